@@ -1,0 +1,421 @@
+//! Configuration of `quiver server`: one serde tree, layered and validated.
+//!
+//! Precedence, lowest to highest: the defaults in this file, the TOML file (`--config`), environment variables
+//! (`QUIVER_` prefix, `__` between levels: `QUIVER_SERVER__PG_ADDR=127.0.0.1:5433`), then command-line flags. After
+//! merging, [`Config::validate`] runs once and startup fails fast on the first problem. Unknown keys in the file or
+//! the environment are errors, so a typo never silently falls back to a default.
+//!
+//! Config is data: loading a file is the caller's I/O; nothing here reads global state except [`Config::load`],
+//! which is given the environment explicitly.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineOptions;
+use crate::error::{Error, Result};
+use crate::storage::{Durability, RocksStoreOptions};
+
+/// The prefix of environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "QUIVER_";
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the node keeps its data.
+    pub storage: StorageConfig,
+    /// Network endpoints.
+    pub server: ServerConfig,
+    /// Limits that protect the node from oversized requests.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            storage: StorageConfig::default(),
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// `fsync`: a write is acknowledged once the write-ahead log is fsync'd (concurrent writes share one fsync).
+    /// `none`: acknowledged once written to the operating system; survives a process crash, not a power loss.
+    pub sync: SyncPolicy,
+    /// Rows per stored chunk that inserts aim for.
+    pub chunk_rows: usize,
+    /// Size of the hot store's block cache.
+    pub block_cache: ByteSize,
+    /// Size of one hot-store memtable.
+    pub write_buffer: ByteSize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./quiver-data"),
+            sync: SyncPolicy::Fsync,
+            chunk_rows: 128 * 1024,
+            block_cache: ByteSize(256 << 20),
+            write_buffer: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// When writes are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// After the write-ahead log is fsync'd.
+    Fsync,
+    /// After the write reached the operating system.
+    None,
+}
+
+/// Network endpoints; each is `host:port`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Arrow Flight SQL.
+    pub flight_addr: String,
+    /// PostgreSQL wire protocol.
+    pub pg_addr: String,
+    /// HTTP: `/health`, `/ready`, `/metrics`.
+    pub http_addr: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            flight_addr: "127.0.0.1:50051".into(),
+            pg_addr: "127.0.0.1:5433".into(),
+            http_addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest gRPC message the Flight SQL server accepts or sends.
+    pub flight_message_max: ByteSize,
+    /// The largest SQL text accepted.
+    pub sql_text_max: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { flight_message_max: ByteSize(64 << 20), sql_text_max: ByteSize(1 << 20) }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `quiver_node=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+/// A size in bytes, written `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or as a plain integer of bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b}B")
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is not a size such as \"64MiB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "KB" | "K" => 1 << 10,
+            "MiB" | "MB" | "M" => 1 << 20,
+            "GiB" | "GB" | "G" => 1 << 30,
+            "TiB" | "TB" | "T" => 1 << 40,
+            other => return Err(format!("unknown size unit \"{other}\" in \"{s}\" (use B, KiB, MiB, GiB, TiB)")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size \"{s}\" is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Command-line values that override the configuration (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--flight-addr`.
+    pub flight_addr: Option<String>,
+    /// `--pg-addr`.
+    pub pg_addr: Option<String>,
+    /// `--http-addr`.
+    pub http_addr: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from an optional TOML text, environment variables and overrides, then validates it.
+    ///
+    /// `env` is the process environment (or a test's); only variables starting with [`ENV_PREFIX`] are read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the key for a syntax error, an unknown key, a value of the wrong type, or a value
+    /// that fails validation.
+    pub fn load(
+        file_text: Option<(&str, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self> {
+        let mut tree = toml::Table::new();
+        if let Some((origin, text)) = file_text {
+            tree = text.parse::<toml::Table>().map_err(|e| Error::Config { detail: format!("{origin}: {e}") })?;
+            // Deserialize once on its own so an unknown key is reported against the file.
+            Config::deserialize(toml::Value::Table(tree.clone()))
+                .map_err(|e| Error::Config { detail: format!("{origin}: {e}") })?;
+        }
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let parts: Vec<String> = path.split("__").map(|p| p.to_lowercase()).collect();
+            if parts.iter().any(String::is_empty) {
+                return Err(Error::Config { detail: format!("environment variable {key} has an empty key part") });
+            }
+            set_path(&mut tree, &parts, parse_env_value(&value), &key)?;
+        }
+        let mut config = Config::deserialize(toml::Value::Table(tree))
+            .map_err(|e| Error::Config { detail: format!("environment: {e}") })?;
+        if let Some(d) = &overrides.data_dir {
+            config.storage.data_dir = d.clone();
+        }
+        if let Some(a) = &overrides.flight_addr {
+            config.server.flight_addr = a.clone();
+        }
+        if let Some(a) = &overrides.pg_addr {
+            config.server.pg_addr = a.clone();
+        }
+        if let Some(a) = &overrides.http_addr {
+            config.server.http_addr = a.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that types alone cannot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for the first invalid value, naming its key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config { detail: format!("{key}: {why}") });
+        for (key, addr) in [
+            ("server.flight_addr", &self.server.flight_addr),
+            ("server.pg_addr", &self.server.pg_addr),
+            ("server.http_addr", &self.server.http_addr),
+        ] {
+            resolve_addr(addr).map_err(|why| Error::Config { detail: format!("{key}: {why}") })?;
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return bad("storage.data_dir", "must not be empty".into());
+        }
+        if self.storage.chunk_rows == 0 || self.storage.chunk_rows > 16 << 20 {
+            return bad("storage.chunk_rows", format!("{} is outside 1..=16777216", self.storage.chunk_rows));
+        }
+        if self.limits.flight_message_max.0 < 1 << 20 || self.limits.flight_message_max.0 > 2 << 30 {
+            return bad("limits.flight_message_max", format!("{} is outside 1MiB..=2GiB", self.limits.flight_message_max));
+        }
+        if self.limits.sql_text_max.0 < 1 << 10 {
+            return bad("limits.sql_text_max", format!("{} is below 1KiB", self.limits.sql_text_max));
+        }
+        if self.storage.block_cache.0 < 1 << 20 {
+            return bad("storage.block_cache", format!("{} is below 1MiB", self.storage.block_cache));
+        }
+        Ok(())
+    }
+
+    /// Returns the engine options this configuration implies.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            chunk_rows_target: self.storage.chunk_rows,
+            durability: match self.storage.sync {
+                SyncPolicy::Fsync => Durability::Sync,
+                SyncPolicy::None => Durability::Buffered,
+            },
+            rocks: RocksStoreOptions {
+                block_cache_bytes: self.storage.block_cache.0 as usize,
+                write_buffer_bytes: self.storage.write_buffer.0 as usize,
+                ..RocksStoreOptions::default()
+            },
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// Resolves a `host:port` endpoint.
+///
+/// # Errors
+///
+/// A message saying why the text is not an endpoint.
+pub fn resolve_addr(addr: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("\"{addr}\" is not host:port"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("\"{addr}\" does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("\"{addr}\" resolves to no address"))
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Numbers and booleans keep their type; everything else is a string.
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+fn set_path(tree: &mut toml::Table, parts: &[String], value: toml::Value, origin: &str) -> Result<()> {
+    let (last, parents) = parts.split_last().expect("split produced at least one part");
+    let mut node = tree;
+    for p in parents {
+        let entry = node.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Config { detail: format!("{origin}: \"{p}\" is a value, not a section") })?;
+    }
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_on_loopback() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert_eq!(c, Config::default());
+        assert!(resolve_addr(&c.server.pg_addr).expect("addr").ip().is_loopback());
+        assert_eq!(c.storage.data_dir, PathBuf::from("./quiver-data"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let file = "[server]\npg_addr = \"127.0.0.1:6000\"\nflight_addr = \"127.0.0.1:6001\"\n[storage]\nblock_cache = \"1GiB\"\n";
+        let c = Config::load(
+            Some(("quiver.toml", file)),
+            env(&[("QUIVER_SERVER__PG_ADDR", "127.0.0.1:7000"), ("OTHER", "x"), ("QUIVER_STORAGE__CHUNK_ROWS", "1000")]),
+            &Overrides { flight_addr: Some("127.0.0.1:8000".into()), ..Overrides::default() },
+        )
+        .expect("load");
+        assert_eq!(c.server.pg_addr, "127.0.0.1:7000", "env beats file");
+        assert_eq!(c.server.flight_addr, "127.0.0.1:8000", "flag beats file");
+        assert_eq!(c.storage.block_cache, ByteSize(1 << 30));
+        assert_eq!(c.storage.chunk_rows, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_key_named() {
+        let err = Config::load(Some(("q.toml", "[server]\npg_adr = \"x:1\"\n")), env(&[]), &Overrides::default())
+            .expect_err("typo");
+        assert!(err.to_string().contains("pg_adr"), "{err}");
+        let err = Config::load(None, env(&[("QUIVER_SERVER__NOPE", "1")]), &Overrides::default()).expect_err("env");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = Config::load(None, env(&[]), &Overrides { pg_addr: Some("nonsense".into()), ..Overrides::default() })
+            .expect_err("addr");
+        assert!(err.to_string().contains("server.pg_addr"), "{err}");
+        let err = Config::load(Some(("q.toml", "[storage]\nblock_cache = \"12 parsecs\"\n")), env(&[]), &Overrides::default())
+            .expect_err("size");
+        assert!(err.to_string().contains("parsecs"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_config_loads_with_its_documented_values() {
+        let text = include_str!("../../deploy/quiver.toml");
+        let c = Config::load(Some(("deploy/quiver.toml", text)), env(&[]), &Overrides::default()).expect("example");
+        assert_eq!(c.storage.data_dir, PathBuf::from("/var/lib/quiver"));
+        assert_eq!(c.storage.sync, SyncPolicy::Fsync);
+        assert_eq!(c.storage.block_cache, ByteSize(1 << 30));
+        assert_eq!(c.server.pg_addr, "0.0.0.0:5433");
+        assert_eq!(c.server.flight_addr, "0.0.0.0:50051");
+        assert_eq!(c.limits.flight_message_max, ByteSize(64 << 20));
+    }
+
+    #[test]
+    fn byte_sizes_parse_and_print() {
+        assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
+        assert_eq!("100".parse::<ByteSize>(), Ok(ByteSize(100)));
+        assert_eq!(ByteSize(3 << 30).to_string(), "3GiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+        assert!("MiB".parse::<ByteSize>().is_err());
+    }
+}

@@ -1,0 +1,950 @@
+//! [`Engine`]: one database — its hot store, catalog, tables and SQL execution. Every frontend (the embedded API,
+//! Flight SQL, the PostgreSQL wire, the CLI) goes through it.
+//!
+//! ```text
+//!  SQL text ──▶ parse (DataFusion's parser, PostgreSQL dialect) ──▶ logical plan
+//!        ├─ CREATE/DROP TABLE ─────────▶ catalog command ─▶ catalog + table data, one atomic durable write
+//!        ├─ DELETE/UPDATE ─────────────▶ query::dml (chunk rewrite, one atomic durable write)
+//!        ├─ COPY t FROM 'file' ────────▶ read the file with DataFusion ─▶ appender
+//!        ├─ BEGIN/COMMIT/SET … ────────▶ accepted (statements autocommit)
+//!        └─ SELECT/INSERT/EXPLAIN/COPY TO ─▶ DataFusion (HotTableProvider scans and inserts)
+//! ```
+//!
+//! Catalog changes are applied to a [`quiver_meta::Catalog`] and the result is written to the hot store in the same
+//! batch as the data change it implies (dropping a table deletes its chunk index in that batch). Statements
+//! autocommit; BEGIN/COMMIT are accepted for client compatibility and do not group statements.
+
+pub mod copy;
+mod registry;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
+use quiver_meta::{Catalog, CatalogCommand, CatalogOutcome, ColumnDef, TableDef, TableKind};
+
+pub use copy::CopyFormat;
+use registry::TableRegistry;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::query::provider::HotTableProvider;
+use crate::storage::{Durability, HotStore, MemoryStore, RocksStore, RocksStoreOptions, WriteBatch};
+use crate::table::{HotTable, TableStore, chunk, keys};
+
+/// The catalog name every table lives in.
+pub const CATALOG_NAME: &str = "quiver";
+/// The schema name every table lives in.
+pub const SCHEMA_NAME: &str = "public";
+
+/// Where an engine keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// A directory on disk (created if missing); the hot store is RocksDB in `<dir>/hot`.
+    Path(PathBuf),
+    /// Memory only; nothing survives the process.
+    Memory,
+}
+
+/// Tuning of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Rows per chunk that inserts aim for.
+    pub chunk_rows_target: usize,
+    /// Whether commits fsync the write-ahead log before they are acknowledged.
+    pub durability: Durability,
+    /// Parallel partitions per scan and per query stage (0: one per CPU core).
+    pub target_partitions: usize,
+    /// Rows per batch inside query execution.
+    pub batch_size: usize,
+    /// RocksDB tuning.
+    pub rocks: RocksStoreOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            chunk_rows_target: 128 * 1024,
+            durability: Durability::Sync,
+            target_partitions: 0,
+            batch_size: 8192,
+            rocks: RocksStoreOptions::default(),
+        }
+    }
+}
+
+/// The statement a [`QueryOutput`] answers, as PostgreSQL names it in its command tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// A query returning rows (SELECT, SHOW, EXPLAIN, DESCRIBE, VALUES).
+    Select,
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// COPY (to or from a file or the client).
+    Copy,
+    /// CREATE TABLE.
+    CreateTable,
+    /// CREATE EXTERNAL TABLE.
+    CreateExternalTable,
+    /// CREATE VIEW.
+    CreateView,
+    /// DROP TABLE.
+    DropTable,
+    /// DROP VIEW.
+    DropView,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT.
+    Commit,
+    /// ROLLBACK.
+    Rollback,
+    /// SET.
+    Set,
+    /// Any other statement that returns no rows.
+    Other,
+}
+
+impl Command {
+    /// Returns the PostgreSQL command tag without the row count (`INSERT`, `CREATE TABLE`, …).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Command::Select => "SELECT",
+            Command::Insert => "INSERT",
+            Command::Update => "UPDATE",
+            Command::Delete => "DELETE",
+            Command::Copy => "COPY",
+            Command::CreateTable | Command::CreateExternalTable => "CREATE TABLE",
+            Command::CreateView => "CREATE VIEW",
+            Command::DropTable => "DROP TABLE",
+            Command::DropView => "DROP VIEW",
+            Command::Begin => "BEGIN",
+            Command::Commit => "COMMIT",
+            Command::Rollback => "ROLLBACK",
+            Command::Set => "SET",
+            Command::Other => "OK",
+        }
+    }
+}
+
+/// The result of one statement.
+pub enum QueryOutput {
+    /// Rows, streamed batch by batch as they are computed.
+    Rows {
+        /// The rows' schema.
+        schema: SchemaRef,
+        /// The rows.
+        stream: SendableRecordBatchStream,
+    },
+    /// A statement that changed rows; `rows` is the exact count.
+    Affected {
+        /// Which statement.
+        command: Command,
+        /// Rows inserted, updated, deleted or copied.
+        rows: u64,
+    },
+    /// A statement that returns nothing.
+    Done {
+        /// Which statement.
+        command: Command,
+    },
+}
+
+impl std::fmt::Debug for QueryOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryOutput::Rows { schema, .. } => f.debug_struct("Rows").field("schema", schema).finish(),
+            QueryOutput::Affected { command, rows } => {
+                f.debug_struct("Affected").field("command", command).field("rows", rows).finish()
+            }
+            QueryOutput::Done { command } => f.debug_struct("Done").field("command", command).finish(),
+        }
+    }
+}
+
+impl QueryOutput {
+    /// Collects the rows of a [`QueryOutput::Rows`]; other outputs give no batch.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first error of the stream.
+    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
+        match self {
+            QueryOutput::Rows { mut stream, .. } => {
+                let mut out = Vec::new();
+                while let Some(b) = stream.next().await {
+                    out.push(b?);
+                }
+                Ok(out)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A statement planned once and executed many times with different parameters.
+#[derive(Debug, Clone)]
+pub struct PreparedStatement {
+    sql: String,
+    plan: LogicalPlan,
+    parameter_types: Vec<Option<DataType>>,
+    result_schema: SchemaRef,
+}
+
+impl PreparedStatement {
+    /// Returns the statement's text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Returns the type of each positional parameter (`$1`, `$2`, …) where the planner could infer it.
+    pub fn parameter_types(&self) -> &[Option<DataType>] {
+        &self.parameter_types
+    }
+
+    /// Returns the schema of the rows the statement returns (empty for statements returning none).
+    pub fn result_schema(&self) -> SchemaRef {
+        Arc::clone(&self.result_schema)
+    }
+}
+
+/// What a bulk ingest does when the table exists or not (Flight SQL `CommandStatementIngest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Create the table; fail if it exists.
+    Create,
+    /// Append to the table; fail if it does not exist.
+    Append,
+    /// Create the table if it does not exist, then append.
+    CreateOrAppend,
+    /// Drop and re-create the table if it exists.
+    Replace,
+}
+
+/// A table as listed to clients.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// `TABLE`, `EXTERNAL TABLE` or `VIEW`.
+    pub table_type: &'static str,
+    /// The declared primary key's columns.
+    pub primary_key: Vec<String>,
+}
+
+/// An open database. Cheap to share: wrap it in an `Arc`.
+pub struct Engine {
+    location: StorageLocation,
+    tables: Arc<TableStore>,
+    catalog: tokio::sync::Mutex<Catalog>,
+    registry: Arc<TableRegistry>,
+    hot: RwLock<HashMap<String, Arc<HotTable>>>,
+    ctx: SessionContext,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("location", &self.location).finish()
+    }
+}
+
+impl Engine {
+    /// Opens the database at `location`, creating it if needed, and recovers its state: the catalog, every table's
+    /// committed chunks, and the removal of data left behind by inserts that never committed.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store cannot be opened or holds data this build cannot read.
+    pub async fn open(location: StorageLocation, options: EngineOptions) -> Result<Arc<Engine>> {
+        let store: Arc<dyn HotStore> = match &location {
+            StorageLocation::Memory => Arc::new(MemoryStore::new()),
+            StorageLocation::Path(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+                let path = dir.join("hot");
+                let rocks = options.rocks.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || RocksStore::open(&path, &rocks))
+                        .await
+                        .map_err(|e| Error::Internal(format!("open task: {e}")))??,
+                )
+            }
+        };
+        Self::open_with_store(location, store, options).await
+    }
+
+    /// Opens a database on a given hot store (the simulation passes its own).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store holds data this build cannot read.
+    pub async fn open_with_store(
+        location: StorageLocation,
+        store: Arc<dyn HotStore>,
+        options: EngineOptions,
+    ) -> Result<Arc<Engine>> {
+        check_format(&*store)?;
+        let catalog = match store.get(keys::CATALOG_KEY)? {
+            Some(bytes) => Catalog::decode(&bytes)?,
+            None => Catalog::new(),
+        };
+        let (chunks_by_table, next_seq) = recover_chunks(&*store, &catalog)?;
+        let metrics = Arc::new(Metrics::default());
+        let tables = Arc::new(TableStore::new(
+            Arc::clone(&store),
+            next_seq,
+            options.chunk_rows_target,
+            options.durability,
+            Arc::clone(&metrics),
+        ));
+        let partitions = if options.target_partitions == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            options.target_partitions
+        };
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(partitions)
+            .with_batch_size(options.batch_size);
+        // TEXT columns are stored as Utf8, which every Arrow and PostgreSQL client reads; Utf8View is an execution
+        // detail DataFusion may still use internally.
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // TIMESTAMPTZ means a UTC-normalized timestamp, as in PostgreSQL.
+        config.options_mut().execution.time_zone = Some("+00:00".to_string());
+        let ctx = SessionContext::new_with_config(config);
+        let registry = Arc::new(TableRegistry::default());
+        registry::install(&ctx, Arc::clone(&registry));
+
+        let engine = Engine {
+            location,
+            tables,
+            catalog: tokio::sync::Mutex::new(catalog.clone()),
+            registry,
+            hot: RwLock::new(HashMap::new()),
+            ctx,
+            metrics,
+        };
+        let mut chunks_by_table = chunks_by_table;
+        for def in catalog.tables() {
+            match &def.kind {
+                TableKind::Native => {
+                    let chunks = chunks_by_table.remove(&def.id).unwrap_or_default();
+                    engine.attach_native(def.clone(), chunks);
+                }
+                TableKind::External { definition, .. } => {
+                    // The files may have moved or be unreachable now; the database still opens, and queries of this
+                    // table report the problem.
+                    if let Err(e) = engine.plan_and_run_datafusion(definition).await {
+                        tracing::warn!(table = %def.name, error = %e.report(), "external table could not be attached");
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(engine))
+    }
+
+    fn attach_native(&self, def: TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) -> Arc<HotTable> {
+        let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), chunks));
+        self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table))));
+        self.hot.write().expect("hot table map poisoned").insert(def.name.clone(), Arc::clone(&table));
+        table
+    }
+
+    /// Returns the engine's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Returns where the engine keeps its data.
+    pub fn location(&self) -> &StorageLocation {
+        &self.location
+    }
+
+    /// Returns the bytes the hot store occupies.
+    pub fn hot_store_bytes(&self) -> u64 {
+        self.tables.store.size_bytes()
+    }
+
+    /// Returns the DataFusion session the engine plans with (for frontends that need its catalog or functions).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Adds a schema beside `public` in the `quiver` catalog (frontends install `pg_catalog` this way).
+    pub fn register_schema(&self, name: &str, schema: Arc<dyn datafusion::catalog::SchemaProvider>) {
+        self.registry.add_schema(name, schema);
+    }
+
+    /// Returns the hot table of this name.
+    pub fn hot_table(&self, name: &str) -> Option<Arc<HotTable>> {
+        self.hot.read().expect("hot table map poisoned").get(name).cloned()
+    }
+
+    /// Returns every table, ordered by name.
+    pub async fn tables(&self) -> Vec<TableInfo> {
+        let catalog = self.catalog.lock().await;
+        let mut out: Vec<TableInfo> = catalog
+            .tables()
+            .map(|def| TableInfo {
+                name: def.name.clone(),
+                schema: match self.registry.get(&def.name) {
+                    Some(p) => p.schema(),
+                    None => Arc::new(def.arrow_schema()),
+                },
+                table_type: if def.is_native() { "TABLE" } else { "EXTERNAL TABLE" },
+                primary_key: def.primary_key.clone(),
+            })
+            .collect();
+        for (name, provider) in self.registry.views() {
+            out.push(TableInfo { name, schema: provider.schema(), table_type: "VIEW", primary_key: vec![] });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Executes every statement of `sql`, in order; returns one output per statement.
+    ///
+    /// # Errors
+    ///
+    /// Stops at the first failing statement; the statements before it have taken effect.
+    pub async fn execute(&self, sql: &str) -> Result<Vec<QueryOutput>> {
+        let statements = parse(sql)?;
+        let mut out = Vec::with_capacity(statements.len());
+        for s in statements {
+            out.push(self.execute_statement(s).await?);
+        }
+        Ok(out)
+    }
+
+    /// Executes exactly one statement.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `sql` holds no statement or several, or when the statement fails.
+    pub async fn execute_one(&self, sql: &str) -> Result<QueryOutput> {
+        let mut statements = parse(sql)?;
+        match (statements.pop(), statements.is_empty()) {
+            (Some(s), true) => self.execute_statement(s).await,
+            (None, _) => Ok(QueryOutput::Done { command: Command::Other }),
+            (Some(_), false) => {
+                Err(Error::Unsupported { what: "several statements in one request of this kind".into() })
+            }
+        }
+    }
+
+    /// Plans a statement with `$n` parameters for repeated execution.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the statement does not parse or plan.
+    pub async fn prepare(&self, sql: &str) -> Result<PreparedStatement> {
+        let mut statements = parse(sql)?;
+        let statement = match (statements.pop(), statements.is_empty()) {
+            (Some(ParsedStatement::DataFusion(s)), true) => s,
+            (None, _) => {
+                return Err(Error::SqlSyntax { message: "empty statement".into() });
+            }
+            (Some(ParsedStatement::CopyFrom(_)), true) => {
+                return Err(Error::Unsupported { what: "COPY FROM in a prepared statement".into() });
+            }
+            (Some(_), false) => return Err(Error::Unsupported { what: "several statements in one prepare".into() }),
+        };
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let types = plan.get_parameter_types()?;
+        let mut parameter_types = Vec::new();
+        for (name, ty) in types {
+            // Positional parameters are named "$1", "$2", ….
+            let Some(n) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
+                return Err(Error::Parameter { detail: format!("parameter {name} is not positional ($1, $2, …)") });
+            };
+            if n == 0 {
+                return Err(Error::Parameter { detail: "parameters are numbered from $1".into() });
+            }
+            if parameter_types.len() < n {
+                parameter_types.resize(n, None);
+            }
+            parameter_types[n - 1] = ty;
+        }
+        let result_schema = match &plan {
+            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
+                Arc::new(arrow::datatypes::Schema::empty())
+            }
+            other => Arc::new(other.schema().as_arrow().clone()),
+        };
+        Ok(PreparedStatement { sql: sql.to_string(), plan, parameter_types, result_schema })
+    }
+
+    /// Executes a prepared statement with `params` for `$1`, `$2`, ….
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Parameter`] when the parameters do not fit; otherwise as [`Engine::execute`].
+    pub async fn execute_prepared(&self, statement: &PreparedStatement, params: Vec<ScalarValue>) -> Result<QueryOutput> {
+        if params.len() != statement.parameter_types.len() {
+            return Err(Error::Parameter {
+                detail: format!(
+                    "the statement has {} parameters, {} values were given",
+                    statement.parameter_types.len(),
+                    params.len()
+                ),
+            });
+        }
+        let mut values = Vec::with_capacity(params.len());
+        for (i, (v, ty)) in params.into_iter().zip(&statement.parameter_types).enumerate() {
+            values.push(match ty {
+                Some(ty) if v.data_type() != *ty && !v.is_null() => v.cast_to(ty).map_err(|e| Error::Parameter {
+                    detail: format!("parameter ${} cannot be used as {ty}: {e}", i + 1),
+                })?,
+                Some(ty) if v.is_null() => ScalarValue::try_from(ty).unwrap_or(v),
+                _ => v,
+            });
+        }
+        let plan = if values.is_empty() {
+            statement.plan.clone()
+        } else {
+            statement
+                .plan
+                .clone()
+                .with_param_values(ParamValues::from(values))
+                .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
+        };
+        self.execute_plan(plan).await
+    }
+
+    async fn execute_statement(&self, statement: ParsedStatement) -> Result<QueryOutput> {
+        self.metrics.statements.inc();
+        match statement {
+            ParsedStatement::DataFusion(s) => {
+                let plan = self.ctx.state().statement_to_plan(s).await?;
+                self.execute_plan(plan).await
+            }
+            ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
+        }
+    }
+
+    /// Executes a planned statement.
+    async fn execute_plan(&self, plan: LogicalPlan) -> Result<QueryOutput> {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                let name = table_name(&create.name)?;
+                if create.or_replace {
+                    return Err(Error::Unsupported { what: "CREATE OR REPLACE TABLE".into() });
+                }
+                if !create.column_defaults.is_empty() {
+                    return Err(Error::Unsupported { what: "column DEFAULT values".into() });
+                }
+                let schema = create.input.schema().as_arrow().clone();
+                let primary_key = primary_key_names(&create.constraints, &schema);
+                let columns = columns_of(&schema);
+                let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
+                let created = self
+                    .create_table(CatalogCommand::CreateTable {
+                        name: name.clone(),
+                        columns,
+                        primary_key,
+                        kind: TableKind::Native,
+                        options: Default::default(),
+                        if_not_exists: create.if_not_exists,
+                    })
+                    .await?;
+                if created && has_rows {
+                    // CREATE TABLE … AS SELECT: insert the query's rows.
+                    let df = self.ctx.execute_logical_plan(create.input.as_ref().clone()).await?;
+                    let stream = df.execute_stream().await?;
+                    let rows = self.append_stream(&name, stream).await?;
+                    return Ok(QueryOutput::Affected { command: Command::Select, rows });
+                }
+                Ok(QueryOutput::Done { command: Command::CreateTable })
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
+                let name = table_name(&create.name)?;
+                let definition = create.definition.clone().ok_or_else(|| Error::Internal("external table without its definition".into()))?;
+                let exists = self.catalog.lock().await.table(&name).is_some();
+                if exists {
+                    return if create.if_not_exists {
+                        Ok(QueryOutput::Done { command: Command::CreateExternalTable })
+                    } else {
+                        Err(Error::TableAlreadyExists { table: name })
+                    };
+                }
+                let location = create.locations.join(",");
+                let format = create.file_type.to_lowercase();
+                // Let DataFusion build (and check) the listing table first; it registers it in our registry.
+                self.ctx.execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create))).await?;
+                let provider = self.registry.get(&name).ok_or_else(|| Error::Internal("external table was not registered".into()))?;
+                let schema = provider.schema();
+                let command = CatalogCommand::CreateTable {
+                    name: name.clone(),
+                    columns: columns_of(&schema),
+                    primary_key: vec![],
+                    kind: TableKind::External { definition, location, format },
+                    options: Default::default(),
+                    if_not_exists: false,
+                };
+                if let Err(e) = self.create_table(command).await {
+                    self.registry.remove(&name);
+                    return Err(e);
+                }
+                Ok(QueryOutput::Done { command: Command::CreateExternalTable })
+            }
+            LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => {
+                let name = table_name(&drop.name)?;
+                if self.registry.is_view(&name) {
+                    return Err(Error::Plan { message: format!("\"{name}\" is a view; use DROP VIEW") });
+                }
+                self.drop_table(&name, drop.if_exists).await?;
+                Ok(QueryOutput::Done { command: Command::DropTable })
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateView(_)) => {
+                self.ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(QueryOutput::Done { command: Command::CreateView })
+            }
+            LogicalPlan::Ddl(DdlStatement::DropView(_)) => {
+                self.ctx.execute_logical_plan(plan).await?.collect().await?;
+                Ok(QueryOutput::Done { command: Command::DropView })
+            }
+            LogicalPlan::Ddl(other) => Err(Error::Unsupported { what: format!("{}", other.name()) }),
+            LogicalPlan::Dml(DmlStatement { table_name: t, op: op @ (WriteOp::Delete | WriteOp::Update), input, .. }) => {
+                let name = table_name(&t)?;
+                let table = self.native_table(&name)?;
+                let is_update = op == WriteOp::Update;
+                let change = crate::query::dml::analyze(&name, &input, is_update)?;
+                let state = self.ctx.state();
+                let rows = crate::query::dml::apply(&state, &table, change).await?;
+                Ok(QueryOutput::Affected { command: if is_update { Command::Update } else { Command::Delete }, rows })
+            }
+            LogicalPlan::Dml(DmlStatement { table_name: ref t, op: WriteOp::Insert(_), .. }) => {
+                let name = table_name(t)?;
+                if !self.registry.contains(&name) {
+                    return Err(Error::TableNotFound { table: name });
+                }
+                if self.hot_table(&name).is_none() {
+                    return Err(Error::TableReadOnly { table: name });
+                }
+                let result = match self.ctx.execute_logical_plan(plan).await {
+                    Ok(df) => df.collect().await,
+                    Err(e) => Err(e),
+                };
+                let rows = count_of(result.map_err(|e| not_null_error(&name, self.hot_table(&name), e.into()))?)?;
+                Ok(QueryOutput::Affected { command: Command::Insert, rows })
+            }
+            LogicalPlan::Dml(DmlStatement { op: WriteOp::Truncate, table_name: t, .. }) => {
+                let name = table_name(&t)?;
+                let table = self.native_table(&name)?;
+                let change = crate::query::dml::RowChange {
+                    predicate: None,
+                    assignments: None,
+                    scan_schema: Arc::new(datafusion::common::DFSchema::try_from(table.schema())?),
+                };
+                let rows = crate::query::dml::apply(&self.ctx.state(), &table, change).await?;
+                Ok(QueryOutput::Affected { command: Command::Delete, rows })
+            }
+            LogicalPlan::Copy(_) => {
+                let rows = count_of(self.ctx.execute_logical_plan(plan).await?.collect().await?)?;
+                Ok(QueryOutput::Affected { command: Command::Copy, rows })
+            }
+            LogicalPlan::Statement(s) => {
+                use datafusion::logical_expr::Statement as S;
+                use datafusion::logical_expr::TransactionConclusion;
+                match s {
+                    S::TransactionStart(_) => Ok(QueryOutput::Done { command: Command::Begin }),
+                    S::TransactionEnd(end) => Ok(QueryOutput::Done {
+                        command: match end.conclusion {
+                            TransactionConclusion::Commit => Command::Commit,
+                            TransactionConclusion::Rollback => Command::Rollback,
+                        },
+                    }),
+                    S::SetVariable(set) if !set.variable.to_lowercase().starts_with("datafusion.") => {
+                        // Client session settings (application_name, extra_float_digits, DateStyle, …) are
+                        // accepted and have no effect.
+                        Ok(QueryOutput::Done { command: Command::Set })
+                    }
+                    S::SetVariable(_) => Err(Error::Unsupported {
+                        what: "changing engine settings from SQL; use the configuration file".into(),
+                    }),
+                    S::Prepare(_) | S::Execute(_) | S::Deallocate(_) | S::ResetVariable(_) => {
+                        Err(Error::Unsupported { what: "SQL-level PREPARE/EXECUTE/RESET; use the protocol's prepared statements".into() })
+                    }
+                }
+            }
+            plan => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let stream = df.execute_stream().await?;
+                Ok(QueryOutput::Rows { schema, stream })
+            }
+        }
+    }
+
+    fn native_table(&self, name: &str) -> Result<Arc<HotTable>> {
+        match self.hot_table(name) {
+            Some(t) => Ok(t),
+            None if self.registry.contains(name) => Err(Error::TableReadOnly { table: name.to_string() }),
+            None => Err(Error::TableNotFound { table: name.to_string() }),
+        }
+    }
+
+    /// Applies a CREATE TABLE command; returns whether a table was created (false for `IF NOT EXISTS` on an
+    /// existing table).
+    async fn create_table(&self, command: CatalogCommand) -> Result<bool> {
+        let mut catalog = self.catalog.lock().await;
+        let mut next = catalog.clone();
+        let outcome = next.apply(command)?;
+        let CatalogOutcome::Created(def) = outcome else {
+            return Ok(false);
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(keys::CATALOG_KEY.to_vec(), next.encode());
+        self.commit_blocking(batch).await?;
+        *catalog = next;
+        if def.is_native() {
+            self.attach_native(def, Vec::new());
+        }
+        Ok(true)
+    }
+
+    async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
+        let mut catalog = self.catalog.lock().await;
+        let mut next = catalog.clone();
+        let outcome = next.apply(CatalogCommand::DropTable { name: name.to_string(), if_exists })?;
+        let CatalogOutcome::Dropped(def) = outcome else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(keys::CATALOG_KEY.to_vec(), next.encode());
+        let [(index_start, index_end), _] = keys::table_ranges(def.id);
+        batch.delete_range(index_start, index_end);
+        self.commit_blocking(batch).await?;
+        *catalog = next;
+        self.registry.remove(name);
+        if let Some(table) = self.hot.write().expect("hot table map poisoned").remove(name) {
+            // Chunk data goes once no running query reads it any more.
+            table.retire_all();
+        }
+        Ok(())
+    }
+
+    async fn commit_blocking(&self, batch: WriteBatch) -> Result<()> {
+        let tables = Arc::clone(&self.tables);
+        tokio::task::spawn_blocking(move || tables.commit(batch))
+            .await
+            .map_err(|e| Error::Internal(format!("commit task: {e}")))?
+    }
+
+    /// Appends a stream of batches to a native table in one atomic, durable commit; returns the rows appended.
+    ///
+    /// # Errors
+    ///
+    /// Fails, appending nothing, when the table does not exist, a batch does not match its schema, or the store fails.
+    pub async fn append_stream(&self, table: &str, mut stream: SendableRecordBatchStream) -> Result<u64> {
+        let table = self.native_table(table)?;
+        let mut appender = table.appender();
+        while let Some(batch) = stream.next().await {
+            appender.push(&batch?)?;
+        }
+        tokio::task::spawn_blocking(move || appender.commit())
+            .await
+            .map_err(|e| Error::Internal(format!("commit task: {e}")))?
+    }
+
+    /// Bulk-ingests batches into `table`, creating it from the batches' schema as `mode` says; returns the rows
+    /// ingested. The ingest is atomic: on error no row of it is visible.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TableNotFound`] / [`Error::TableAlreadyExists`] as `mode` dictates, [`Error::SchemaMismatch`] when the
+    /// batches do not fit an existing table.
+    pub async fn ingest(&self, table: &str, mode: IngestMode, schema: SchemaRef, stream: SendableRecordBatchStream) -> Result<u64> {
+        let exists = self.catalog.lock().await.table(table).is_some();
+        match (mode, exists) {
+            (IngestMode::Create, true) => return Err(Error::TableAlreadyExists { table: table.to_string() }),
+            (IngestMode::Append, false) => return Err(Error::TableNotFound { table: table.to_string() }),
+            (IngestMode::Replace, true) => self.drop_table(table, true).await?,
+            _ => {}
+        }
+        if !exists || mode == IngestMode::Replace {
+            self.create_table(CatalogCommand::CreateTable {
+                name: table.to_string(),
+                columns: columns_of(&schema),
+                primary_key: vec![],
+                kind: TableKind::Native,
+                options: Default::default(),
+                if_not_exists: mode == IngestMode::CreateOrAppend,
+            })
+            .await?;
+        }
+        self.append_stream(table, stream).await
+    }
+
+    /// Runs a statement through DataFusion only, for definitions replayed at open.
+    async fn plan_and_run_datafusion(&self, sql: &str) -> Result<()> {
+        let df = self.ctx.sql(sql).await?;
+        df.collect().await?;
+        Ok(())
+    }
+}
+
+/// A statement as parsed: either one DataFusion plans, or a form we handle before DataFusion sees it.
+enum ParsedStatement {
+    DataFusion(Statement),
+    CopyFrom(copy::CopyFrom),
+}
+
+fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
+    match DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) {
+        Ok(statements) => Ok(statements.into_iter().map(ParsedStatement::DataFusion).collect()),
+        Err(e) => {
+            // DataFusion's parser knows only COPY … TO; COPY … FROM is ours.
+            if let Some(copy) = copy::parse_copy_from(sql)? {
+                return Ok(vec![ParsedStatement::CopyFrom(copy)]);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn table_name(r: &datafusion::common::TableReference) -> Result<String> {
+    if let Some(schema) = r.schema()
+        && schema != SCHEMA_NAME
+    {
+        return Err(Error::Plan { message: format!("schema \"{schema}\" does not exist; tables live in \"{SCHEMA_NAME}\"") });
+    }
+    if let Some(catalog) = r.catalog()
+        && catalog != CATALOG_NAME
+    {
+        return Err(Error::Plan { message: format!("catalog \"{catalog}\" does not exist") });
+    }
+    Ok(r.table().to_string())
+}
+
+fn columns_of(schema: &arrow::datatypes::Schema) -> Vec<ColumnDef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnDef { name: f.name().clone(), data_type: f.data_type().clone(), nullable: f.is_nullable() })
+        .collect()
+}
+
+fn primary_key_names(constraints: &datafusion::common::Constraints, schema: &arrow::datatypes::Schema) -> Vec<String> {
+    for c in constraints.iter() {
+        if let datafusion::common::Constraint::PrimaryKey(idx) = c {
+            return idx.iter().filter_map(|i| schema.fields().get(*i).map(|f| f.name().clone())).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Names the table and column of a NULL that DataFusion's insert plan rejected before our sink saw it.
+///
+/// DataFusion reports it as Arrow's "Column 'columnN' is declared as non-nullable" about its VALUES relation, whose
+/// columns map to the table's by position.
+fn not_null_error(table: &str, hot: Option<Arc<HotTable>>, e: Error) -> Error {
+    let Error::Arrow(arrow::error::ArrowError::InvalidArgumentError(message)) = &e else { return e };
+    if !message.contains("is declared as non-nullable") {
+        return e;
+    }
+    let quoted = message.split('\'').nth(1).unwrap_or_default();
+    let column = match hot {
+        Some(t) if t.schema().field_with_name(quoted).is_ok() => quoted.to_string(),
+        Some(t) => quoted
+            .strip_prefix("column")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| t.schema().fields().get(n.wrapping_sub(1)).map(|f| f.name().clone()))
+            .unwrap_or_else(|| quoted.to_string()),
+        None => quoted.to_string(),
+    };
+    Error::NotNullViolation { table: table.to_string(), column }
+}
+
+/// Reads the `count` column DataFusion's DML and COPY plans return.
+fn count_of(batches: Vec<RecordBatch>) -> Result<u64> {
+    let mut total = 0;
+    for b in batches {
+        if b.num_columns() == 0 {
+            continue;
+        }
+        let col = b.column(0);
+        let col = arrow::compute::cast(col, &DataType::UInt64)?;
+        total += col.as_primitive::<arrow::datatypes::UInt64Type>().iter().flatten().sum::<u64>();
+    }
+    Ok(total)
+}
+
+fn check_format(store: &dyn HotStore) -> Result<()> {
+    match store.get(keys::FORMAT_KEY)? {
+        None => {
+            let mut batch = WriteBatch::new();
+            batch.put(keys::FORMAT_KEY.to_vec(), keys::FORMAT_VERSION.to_be_bytes().to_vec());
+            store.write(batch, Durability::Sync)
+        }
+        Some(v) if v == keys::FORMAT_VERSION.to_be_bytes() => Ok(()),
+        Some(v) => Err(Error::Corrupt {
+            location: "format marker".into(),
+            detail: format!("the data directory has format {v:?}; this build reads format {}", keys::FORMAT_VERSION),
+        }),
+    }
+}
+
+type RecoveredChunks = (HashMap<quiver_meta::TableId, Vec<(u64, chunk::ChunkMeta)>>, u64);
+
+/// Loads every committed chunk's index entry and deletes chunk data that no index entry commits.
+fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredChunks> {
+    let live: std::collections::HashSet<quiver_meta::TableId> = catalog.tables().map(|t| t.id).collect();
+    let mut by_table: HashMap<quiver_meta::TableId, Vec<(u64, chunk::ChunkMeta)>> = HashMap::new();
+    let mut committed = std::collections::HashSet::new();
+    let mut max_seq = 0u64;
+    let mut garbage = WriteBatch::new();
+    let (start, end) = keys::all_index_range();
+    for (key, value) in store.scan(&start, &end)? {
+        let Some((table, seq)) = keys::parse_chunk_key(&key) else {
+            return Err(Error::Corrupt { location: format!("key {key:?}"), detail: "malformed chunk index key".into() });
+        };
+        max_seq = max_seq.max(seq);
+        if !live.contains(&table) {
+            garbage.delete(key);
+            continue;
+        }
+        let meta = chunk::decode_meta(&value, || format!("table {table} chunk {seq} index"))?;
+        committed.insert((table, seq));
+        by_table.entry(table).or_default().push((seq, meta));
+    }
+    let (start, end) = keys::all_data_range();
+    for key in store.scan_keys(&start, &end)? {
+        let Some((table, seq)) = keys::parse_chunk_key(&key) else {
+            return Err(Error::Corrupt { location: format!("key {key:?}"), detail: "malformed chunk data key".into() });
+        };
+        max_seq = max_seq.max(seq);
+        if !committed.contains(&(table, seq)) {
+            garbage.delete(key);
+        }
+    }
+    if !garbage.is_empty() {
+        tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");
+        store.write(garbage, Durability::Sync)?;
+    }
+    Ok((by_table, max_seq + 1))
+}
+
+/// Returns the directory path of a data location, if it has one.
+pub fn data_dir(location: &StorageLocation) -> Option<&Path> {
+    match location {
+        StorageLocation::Path(p) => Some(p),
+        StorageLocation::Memory => None,
+    }
+}

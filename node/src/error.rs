@@ -1,0 +1,340 @@
+//! Errors of the node crate.
+//!
+//! [`Error`] is the rich enum that says what happened, naming the objects involved. [`ErrorKind`] is the small public
+//! classification that tells a caller what to do about it: fix the request, retry, or give up. Each frontend (Flight
+//! SQL, the PostgreSQL wire, the embedded API) maps errors in exactly one function, matching every variant, so that a
+//! new variant forces a decision about its status code.
+
+use std::io;
+
+/// The result type of the node crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a caller should do about an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong (bad SQL, unknown table, type mismatch): fix it; retrying changes nothing.
+    InvalidRequest,
+    /// The named object does not exist.
+    NotFound,
+    /// The named object already exists.
+    AlreadyExists,
+    /// A constraint of the table was violated (for example a NULL in a NOT NULL column).
+    ConstraintViolation,
+    /// The request was larger than a configured limit.
+    ResourceExhausted,
+    /// The feature is not supported (yet).
+    Unsupported,
+    /// A transient condition: retrying later may succeed.
+    Unavailable,
+    /// Our own fault or a storage failure: the request did not take effect, and the operator should look at the logs.
+    Internal,
+}
+
+/// An error of the node crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL text could not be parsed.
+    #[error("syntax error: {message}")]
+    SqlSyntax {
+        /// What the parser said.
+        message: String,
+    },
+    /// The statement parsed but could not be planned (unknown column, type mismatch, …).
+    #[error("{message}")]
+    Plan {
+        /// What the planner said.
+        message: String,
+    },
+    /// The statement failed while it ran (cast failure, division by zero, …).
+    #[error("{message}")]
+    Execution {
+        /// What failed.
+        message: String,
+    },
+    /// No table of this name exists.
+    #[error("table \"{table}\" does not exist")]
+    TableNotFound {
+        /// The table's name.
+        table: String,
+    },
+    /// A table of this name exists already.
+    #[error("table \"{table}\" already exists")]
+    TableAlreadyExists {
+        /// The table's name.
+        table: String,
+    },
+    /// The table is an external (read-only) table.
+    #[error("table \"{table}\" is external and read-only")]
+    TableReadOnly {
+        /// The table's name.
+        table: String,
+    },
+    /// Rows do not match the table's schema.
+    #[error("schema mismatch for table \"{table}\": {detail}")]
+    SchemaMismatch {
+        /// The table's name.
+        table: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A NULL was written to a NOT NULL column.
+    #[error("null value in column \"{column}\" of table \"{table}\" violates not-null constraint")]
+    NotNullViolation {
+        /// The table's name.
+        table: String,
+        /// The column's name.
+        column: String,
+    },
+    /// The request is larger than a configured limit.
+    #[error("{what} of {actual} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        actual: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A parameter of a prepared statement is missing or has the wrong type.
+    #[error("parameter error: {detail}")]
+    Parameter {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The statement is valid SQL that Quiver does not support (yet).
+    #[error("not supported: {what}")]
+    Unsupported {
+        /// What is unsupported.
+        what: String,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The hot store failed.
+    #[error("hot store failure during {operation}")]
+    Storage {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Bytes read from the hot store could not be decoded: the store is corrupt or from another version.
+    #[error("corrupt data in the hot store at {location}: {detail}")]
+    Corrupt {
+        /// Where the bad bytes were.
+        location: String,
+        /// What was wrong with them.
+        detail: String,
+    },
+    /// Arrow failed (encoding, decoding, computing).
+    #[error("arrow error")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The metadata layer refused a change.
+    #[error("metadata error")]
+    Meta(#[from] quiver_meta::Error),
+    /// File or network I/O failed.
+    #[error("i/o error during {operation}")]
+    Io {
+        /// What was being done.
+        operation: String,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// An invariant of ours broke.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Returns what a caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::SqlSyntax { .. }
+            | Error::Plan { .. }
+            | Error::Execution { .. }
+            | Error::SchemaMismatch { .. }
+            | Error::Parameter { .. }
+            | Error::Config { .. }
+            | Error::TableReadOnly { .. } => ErrorKind::InvalidRequest,
+            Error::TableNotFound { .. } => ErrorKind::NotFound,
+            Error::TableAlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
+            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::Meta(e) => match e.kind() {
+                quiver_meta::ErrorKind::NotFound => ErrorKind::NotFound,
+                quiver_meta::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+                quiver_meta::ErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
+                quiver_meta::ErrorKind::Internal => ErrorKind::Internal,
+            },
+            Error::Arrow(e) => match e {
+                arrow::error::ArrowError::CastError(_)
+                | arrow::error::ArrowError::ParseError(_)
+                | arrow::error::ArrowError::DivideByZero
+                | arrow::error::ArrowError::ArithmeticOverflow(_)
+                | arrow::error::ArrowError::InvalidArgumentError(_)
+                | arrow::error::ArrowError::SchemaError(_) => ErrorKind::InvalidRequest,
+                _ => ErrorKind::Internal,
+            },
+            Error::Storage { .. } | Error::Corrupt { .. } | Error::Io { .. } | Error::Internal(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
+    /// Returns the PostgreSQL SQLSTATE code that describes this error.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Error::SqlSyntax { .. } => "42601",
+            Error::Plan { message } => plan_sqlstate(message),
+            Error::Execution { message } => execution_sqlstate(message),
+            Error::TableNotFound { .. } => "42P01",
+            Error::TableAlreadyExists { .. } => "42P07",
+            Error::TableReadOnly { .. } => "42809",
+            Error::SchemaMismatch { .. } => "42804",
+            Error::NotNullViolation { .. } => "23502",
+            Error::TooLarge { .. } => "54000",
+            Error::Parameter { .. } => "08P01",
+            Error::Unsupported { .. } => "0A000",
+            Error::Config { .. } => "F0000",
+            Error::ShuttingDown => "57P01",
+            Error::Meta(e) => match e.kind() {
+                quiver_meta::ErrorKind::NotFound => "42P01",
+                quiver_meta::ErrorKind::AlreadyExists => "42P07",
+                quiver_meta::ErrorKind::InvalidRequest => "42000",
+                quiver_meta::ErrorKind::Internal => "XX000",
+            },
+            Error::Arrow(e) => match e {
+                arrow::error::ArrowError::CastError(_) | arrow::error::ArrowError::ParseError(_) => "22P02",
+                arrow::error::ArrowError::DivideByZero => "22012",
+                arrow::error::ArrowError::ArithmeticOverflow(_) => "22003",
+                _ => "XX000",
+            },
+            Error::Storage { .. } | Error::Io { .. } => "58030",
+            Error::Corrupt { .. } => "XX001",
+            Error::Internal(_) => "XX000",
+        }
+    }
+
+    /// Builds a storage error from any source.
+    pub(crate) fn storage(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Storage { operation, source: source.into() }
+    }
+
+    /// Builds an I/O error.
+    pub(crate) fn io(operation: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { operation: operation.into(), source }
+    }
+
+    /// Returns the message with every source in the chain, for logs and for clients that show one line.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
+
+/// Picks the SQLSTATE of a planning error from DataFusion's message, which is the only place the detail lives.
+fn plan_sqlstate(message: &str) -> &'static str {
+    if message.contains("not found") && message.contains("table") {
+        "42P01"
+    } else if message.contains("No field named") || message.contains("column") && message.contains("not found") {
+        "42703"
+    } else if message.contains("function") && (message.contains("not found") || message.contains("Invalid function")) {
+        "42883"
+    } else if message.contains("Cannot cast") || message.contains("type") {
+        "42804"
+    } else {
+        "42000"
+    }
+}
+
+/// Picks the SQLSTATE of an execution error from its message.
+fn execution_sqlstate(message: &str) -> &'static str {
+    if message.contains("Divide by zero") {
+        "22012"
+    } else if message.contains("Cast error") || message.contains("Cannot cast") || message.contains("parse") {
+        "22P02"
+    } else if message.contains("Overflow") || message.contains("overflow") {
+        "22003"
+    } else {
+        "XX000"
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as D;
+        match e {
+            D::SQL(e, _) => Error::SqlSyntax { message: e.to_string() },
+            D::Plan(m) => Error::Plan { message: m },
+            D::SchemaError(e, _) => Error::Plan { message: e.to_string() },
+            D::NotImplemented(m) => Error::Unsupported { what: m },
+            D::ArrowError(e, _) => Error::Arrow(*e),
+            D::Execution(m) => Error::Execution { message: m },
+            D::Diagnostic(_, inner) => Error::from(*inner),
+            D::ExecutionJoin(e) => Error::Internal(format!("query task failed: {e}")),
+            D::IoError(e) => Error::io("query", e),
+            D::Context(ctx, inner) => {
+                let inner = Error::from(*inner);
+                match inner {
+                    Error::Plan { message } => Error::Plan { message: format!("{ctx}: {message}") },
+                    Error::Execution { message } => Error::Execution { message: format!("{ctx}: {message}") },
+                    other => other,
+                }
+            }
+            D::External(e) => match e.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(e) => match e.downcast::<D>() {
+                    Ok(df) => Error::from(*df),
+                    Err(e) => Error::Execution { message: e.to_string() },
+                },
+            },
+            D::Shared(e) => match std::sync::Arc::try_unwrap(e) {
+                Ok(inner) => Error::from(inner),
+                Err(shared) => Error::Execution { message: shared.to_string() },
+            },
+            D::Collection(mut errors) => match errors.pop() {
+                Some(first) => Error::from(first),
+                None => Error::Internal("empty error collection".into()),
+            },
+            other @ (D::ParquetError(_)
+            | D::ObjectStore(_)
+            | D::Configuration(_)
+            | D::Internal(_)
+            | D::ResourcesExhausted(_)
+            | D::Substrait(_)
+            | D::Ffi(_)) => match other {
+                D::Configuration(m) => Error::Plan { message: m },
+                D::ResourcesExhausted(m) => Error::Execution { message: m },
+                D::ParquetError(e) => Error::Execution { message: format!("parquet: {e}") },
+                D::ObjectStore(e) => Error::Execution { message: format!("object store: {e}") },
+                other => Error::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}

@@ -1,0 +1,27 @@
+//! Quiver's node: the hot store, the query engine, the network servers, the embedded API and the `quiver` binary.
+//!
+//! Architecture, bottom up:
+//!
+//! - [`storage`]: the [`storage::HotStore`] seam (RocksDB in production, memory for in-memory databases and
+//!   simulation).
+//! - [`table`]: native tables as immutable, compressed Arrow IPC chunks with per-chunk statistics.
+//! - `query`: DataFusion integration (table provider, pruned parallel scans, inserts, DELETE/UPDATE).
+//! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
+//! - [`embedded`]: [`Quiver`], the in-process API.
+//! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::start`].
+//! - [`config`]: the server's layered configuration.
+
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+mod query;
+pub mod server;
+pub mod storage;
+pub mod table;
+
+pub use embedded::Quiver;
+pub use engine::{Engine, EngineOptions, QueryOutput, StorageLocation};
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,167 @@
+//! The `quiver` binary: parses the command line and calls the library. See `quiver --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quiver_node::cli::shell::{self, Target};
+use quiver_node::config::{Config, Overrides};
+use quiver_node::engine::{Engine, EngineOptions, StorageLocation};
+use quiver_node::server::Server;
+use quiver_node::{Quiver, cli};
+
+/// Quiver: one database, embedded or served over Arrow Flight SQL and the PostgreSQL wire protocol.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves a data directory over Flight SQL, the PostgreSQL protocol and HTTP.
+    Server {
+        /// A TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory (default ./quiver-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The Arrow Flight SQL endpoint, host:port (default 127.0.0.1:50051).
+        #[arg(long)]
+        flight_addr: Option<String>,
+        /// The PostgreSQL endpoint, host:port (default 127.0.0.1:5433).
+        #[arg(long)]
+        pg_addr: Option<String>,
+        /// The HTTP endpoint for /health, /ready and /metrics, host:port (default 127.0.0.1:9464).
+        #[arg(long)]
+        http_addr: Option<String>,
+    },
+    /// Runs SQL on a data directory (embedded) or a server (--connect); interactive without -c.
+    Sql {
+        /// The data directory to open in-process.
+        #[arg(long, default_value = "./quiver-data", conflicts_with = "connect")]
+        data_dir: PathBuf,
+        /// A server's Flight SQL endpoint, e.g. 127.0.0.1:50051.
+        #[arg(long)]
+        connect: Option<String>,
+        /// SQL to run (may be repeated); without it the shell is interactive.
+        #[arg(short = 'c', long = "command")]
+        commands: Vec<String>,
+    },
+    /// Creates a sample shop database, runs a few queries and prints the results.
+    Demo {
+        /// Where the demo database lives; its demo tables are re-created on every run.
+        #[arg(long, default_value = "./quiver-demo")]
+        data_dir: PathBuf,
+    },
+    /// Imports CSV, Parquet or JSON files into a table (created from the first file if missing).
+    Import {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// The target table.
+        #[arg(long)]
+        table: String,
+        /// The data directory.
+        #[arg(long, default_value = "./quiver-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr } => {
+            let file = match &config {
+                Some(path) => Some((
+                    path.display().to_string(),
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?,
+                )),
+                None => None,
+            };
+            let overrides = Overrides { data_dir, flight_addr, pg_addr, http_addr };
+            let config = Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
+            init_logging(&config.log.filter);
+            let server = Server::bind(config).await?;
+            server.run(shutdown_signal()).await?;
+        }
+        Command::Sql { data_dir, connect, commands } => {
+            init_logging("warn");
+            let mut target = match connect {
+                Some(url) => Target::connect(&url).await?,
+                None => Target::Embedded(Engine::open(StorageLocation::Path(data_dir), EngineOptions::default()).await?),
+            };
+            if commands.is_empty() {
+                shell::interactive(target).await?;
+            } else {
+                for sql in commands {
+                    println!("{}", target.run(&sql).await?);
+                }
+            }
+        }
+        Command::Demo { data_dir } => {
+            init_logging("warn");
+            let db = Quiver::open(&data_dir).await?;
+            db.sql("DROP TABLE IF EXISTS orders; DROP TABLE IF EXISTS customers").await?;
+            println!("Quiver demo: an embedded database in {}\n", data_dir.display());
+            print!("{}", cli::demo::run(&db).await?);
+        }
+        Command::Import { files, table, data_dir } => {
+            init_logging("warn");
+            let engine = Engine::open(StorageLocation::Path(data_dir), EngineOptions::default()).await?;
+            let rows = cli::import::import(&engine, &table, &files, true).await?;
+            println!("imported {rows} rows into {table}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<quiver_node::Error>() {
+                Some(q) => eprintln!("error: {}", q.report()),
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! [`HotTableProvider`]: a hot table as a DataFusion table.
+//!
+//! Scans push projection down into the chunk decoder and use the filters to prune chunks by their min/max statistics
+//! (filters are reported `Inexact`: DataFusion still applies them to the surviving rows). Inserts stream into an
+//! [`crate::table::Appender`] through [`HotSink`], committing once at the end of the statement.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Column, Constraint, Constraints, DFSchema, Result as DfResult, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+
+use super::scan::ChunkScanExec;
+use crate::error::Error;
+use crate::table::{Chunk, HotTable};
+
+/// A native table as seen by DataFusion.
+#[derive(Debug)]
+pub(crate) struct HotTableProvider {
+    table: Arc<HotTable>,
+    constraints: Constraints,
+}
+
+impl HotTableProvider {
+    /// Wraps a hot table.
+    pub(crate) fn new(table: Arc<HotTable>) -> Self {
+        let schema = table.schema();
+        let key: Vec<usize> =
+            table.def().primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+        let constraints = if key.is_empty() {
+            Constraints::default()
+        } else {
+            Constraints::new_unverified(vec![Constraint::PrimaryKey(key)])
+        };
+        Self { table, constraints }
+    }
+}
+
+/// Returns the chunks of `chunks` that `filters` may match, judged by their statistics.
+pub(crate) fn prune_chunks(
+    state: &dyn Session,
+    schema: &SchemaRef,
+    chunks: &[Arc<Chunk>],
+    filters: &[Expr],
+) -> DfResult<Vec<Arc<Chunk>>> {
+    let Some(predicate) = conjunction(filters.iter().cloned()) else {
+        return Ok(chunks.to_vec());
+    };
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let df_schema = DFSchema::try_from(Arc::clone(schema))?;
+    let physical = state.create_physical_expr(predicate, &df_schema)?;
+    let pruning = PruningPredicateBuilder::new().with_file_schema(Arc::clone(schema)).try_build(physical)?;
+    if pruning.always_true() {
+        return Ok(chunks.to_vec());
+    }
+    let keep = pruning.prune(&ChunkStatistics { schema, chunks })?;
+    Ok(chunks.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| Arc::clone(c)).collect())
+}
+
+#[async_trait]
+impl TableProvider for HotTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.table.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        Some(&self.constraints)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let version = self.table.version();
+        let schema = self.table.schema();
+        let chunks = prune_chunks(state, &schema, &version, filters)?;
+        let projected_schema = match projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema,
+        };
+        // With filters, a limit cannot stop the scan early: DataFusion filters after us.
+        let limit = if filters.is_empty() { limit } else { None };
+        Ok(Arc::new(ChunkScanExec::new(
+            Arc::clone(&self.table),
+            projection.cloned(),
+            projected_schema,
+            chunks,
+            version.len(),
+            state.config().target_partitions(),
+            limit,
+        )))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(Error::Unsupported { what: format!("{insert_op} into table \"{}\"", self.table.def().name) }
+                .into());
+        }
+        let sink = HotSink { table: Arc::clone(&self.table), schema: self.table.schema() };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Per-chunk statistics in the shape DataFusion's pruning wants: one array element per chunk.
+struct ChunkStatistics<'a> {
+    schema: &'a SchemaRef,
+    chunks: &'a [Arc<Chunk>],
+}
+
+impl ChunkStatistics<'_> {
+    fn values(&self, column: &Column, pick: impl Fn(&Chunk, usize) -> ScalarValue) -> Option<ArrayRef> {
+        let i = self.schema.index_of(&column.name).ok()?;
+        ScalarValue::iter_to_array(self.chunks.iter().map(|c| pick(c, i))).ok()
+    }
+}
+
+impl PruningStatistics for ChunkStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.values(column, |c, i| c.meta.min[i].clone())
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.values(column, |c, i| c.meta.max[i].clone())
+    }
+
+    fn num_containers(&self) -> usize {
+        self.chunks.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        let i = self.schema.index_of(&column.name).ok()?;
+        Some(Arc::new(UInt64Array::from_iter_values(self.chunks.iter().map(|c| c.meta.null_counts[i]))))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        Some(Arc::new(UInt64Array::from_iter_values(self.chunks.iter().map(|c| c.meta.rows))))
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Writes an INSERT's rows into a hot table, committing once when the input ends.
+#[derive(Debug)]
+struct HotSink {
+    table: Arc<HotTable>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for HotSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HotSink: table={}", self.table.def().name)
+    }
+}
+
+#[async_trait]
+impl DataSink for HotSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+        let mut appender = self.table.appender();
+        while let Some(batch) = data.next().await {
+            appender.push(&batch?)?;
+        }
+        let table = Arc::clone(&self.table);
+        // The commit fsyncs the write-ahead log: run it where blocking is fine.
+        let rows = tokio::task::spawn_blocking(move || appender.commit())
+            .await
+            .map_err(|e| Error::Internal(format!("insert commit task of table \"{}\": {e}", table.def().name)))??;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,201 @@
+//! [`ChunkScanExec`]: the physical scan of a hot table.
+//!
+//! The provider decides which chunks a query needs (pruning by per-chunk min/max) and deals them round-robin into
+//! partitions, largest first, so DataFusion reads partitions in parallel with about equal work. Each partition reads
+//! its chunks one after the other, decoding only the projected columns, and yields one record batch per chunk.
+//!
+//! Reads go to the hot store from the partition's stream; chunk reads are short (one key, mostly from the block cache
+//! or the page cache) and DataFusion runs partitions on its CPU runtime, so we do not hop to a blocking pool for them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ColumnStatistics, Result as DfResult, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+    StatisticsArgs,
+};
+
+use crate::table::{Chunk, HotTable};
+
+/// Scans chosen chunks of one hot table, one partition per group of chunks.
+#[derive(Debug)]
+pub(crate) struct ChunkScanExec {
+    table: Arc<HotTable>,
+    projection: Option<Vec<usize>>,
+    projected_schema: SchemaRef,
+    partitions: Vec<Vec<Arc<Chunk>>>,
+    /// Chunks in the table's version before pruning, for EXPLAIN.
+    chunks_total: usize,
+    limit: Option<usize>,
+    properties: Arc<PlanProperties>,
+}
+
+impl ChunkScanExec {
+    /// Returns a scan of `chunks`, spread over at most `target_partitions` partitions.
+    pub(crate) fn new(
+        table: Arc<HotTable>,
+        projection: Option<Vec<usize>>,
+        projected_schema: SchemaRef,
+        mut chunks: Vec<Arc<Chunk>>,
+        chunks_total: usize,
+        target_partitions: usize,
+        limit: Option<usize>,
+    ) -> Self {
+        let n = target_partitions.max(1).min(chunks.len().max(1));
+        let mut partitions: Vec<Vec<Arc<Chunk>>> = vec![Vec::new(); n];
+        if limit.is_some() {
+            // A LIMIT reads chunks in order and stops early; keep them in one partition.
+            partitions = vec![chunks];
+        } else {
+            // Largest first into the lightest partition: a greedy balance of rows per partition.
+            chunks.sort_by_key(|c| std::cmp::Reverse(c.meta.rows));
+            let mut load = vec![0u64; n];
+            for c in chunks {
+                let (i, _) = load.iter().enumerate().min_by_key(|(_, l)| **l).expect("n >= 1");
+                load[i] += c.meta.rows;
+                partitions[i].push(c);
+            }
+            for p in &mut partitions {
+                p.sort_by_key(|c| c.seq);
+            }
+        }
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&projected_schema)),
+            Partitioning::UnknownPartitioning(partitions.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { table, projection, projected_schema, partitions, chunks_total, limit, properties }
+    }
+
+    fn statistics_of(&self, chunks: &mut dyn Iterator<Item = &Arc<Chunk>>) -> Statistics {
+        let mut rows = 0u64;
+        let mut bytes = 0u64;
+        let columns: Vec<usize> = match &self.projection {
+            Some(p) => p.clone(),
+            None => (0..self.table.schema().fields().len()).collect(),
+        };
+        let mut nulls = vec![0u64; columns.len()];
+        for c in chunks {
+            rows += c.meta.rows;
+            bytes += c.meta.data_bytes;
+            for (i, col) in columns.iter().enumerate() {
+                nulls[i] += c.meta.null_counts.get(*col).copied().unwrap_or(0);
+            }
+        }
+        let mut stats = Statistics::new_unknown(&self.projected_schema);
+        stats.num_rows = match self.limit {
+            Some(l) => Precision::Inexact((rows as usize).min(l)),
+            None => Precision::Exact(rows as usize),
+        };
+        stats.total_byte_size = Precision::Inexact(bytes as usize);
+        stats.column_statistics = nulls
+            .into_iter()
+            .map(|n| ColumnStatistics { null_count: Precision::Exact(n as usize), ..ColumnStatistics::new_unknown() })
+            .collect();
+        stats
+    }
+}
+
+impl DisplayAs for ChunkScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chunks: usize = self.partitions.iter().map(Vec::len).sum();
+        write!(
+            f,
+            "ChunkScanExec: table={}, partitions={}, chunks={}/{} (pruned {})",
+            self.table.def().name,
+            self.partitions.len(),
+            chunks,
+            self.chunks_total,
+            self.chunks_total - chunks
+        )?;
+        if let Some(p) = &self.projection {
+            let names: Vec<String> = self.projected_schema.fields().iter().map(|f| f.name().clone()).collect();
+            write!(f, ", projection=[{}]", if p.is_empty() { String::new() } else { names.join(", ") })?;
+        }
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ChunkScanExec {
+    fn name(&self) -> &'static str {
+        "ChunkScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let chunks = self.partitions.get(partition).cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "ChunkScanExec has {} partitions, asked for {partition}",
+                self.partitions.len()
+            ))
+        })?;
+        let table = Arc::clone(&self.table);
+        let projection = self.projection.clone();
+        let schema = Arc::clone(&self.projected_schema);
+        let mut remaining = self.limit;
+        let reads = chunks.into_iter().map_while(move |chunk| {
+            if remaining == Some(0) {
+                return None;
+            }
+            let batch = table
+                .read_chunk(&chunk, projection.as_deref(), &schema)
+                .map_err(datafusion::error::DataFusionError::from);
+            if let (Some(left), Ok(b)) = (remaining.as_mut(), &batch) {
+                *left = left.saturating_sub(b.num_rows());
+            }
+            Some(batch)
+        });
+        let stream = futures::stream::iter(reads);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.projected_schema), stream)))
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        let stats = match args.partition() {
+            Some(p) => self.statistics_of(&mut self.partitions.get(p).into_iter().flatten()),
+            None => self.statistics_of(&mut self.partitions.iter().flatten()),
+        };
+        Ok(Arc::new(stats))
+    }
+}

@@ -1,0 +1,158 @@
+//! Installs PostgreSQL's catalog into the engine's DataFusion session, so clients' introspection works.
+//!
+//! [`install`] adds datafusion-pg-catalog's `pg_catalog` schema beside `public` in the `quiver` catalog (through
+//! [`Engine::register_schema`]; its dynamic tables — `pg_class`, `pg_attribute`, `pg_namespace`, `pg_database`,
+//! `pg_tables` — read the live catalog, so a table created a moment ago is listed), the PostgreSQL functions client
+//! queries call (`format_type`, `pg_get_userbyid`, `pg_table_is_visible`, `current_schema`, `has_table_privilege`,
+//! …), the `regclass`-style type names and the `int4` bounds of `generate_series`. It does what the crate's
+//! `setup_pg_catalog` does, which cannot be used as is: it registers the schema through
+//! `CatalogProvider::register_schema`, which the engine's catalog does not offer.
+//!
+//! It also replaces DataFusion's `version()` with PostgreSQL's form (`PostgreSQL 16.6 (Quiver …) on …`), which
+//! tools parse to pick their SQL dialect, and adds `current_setting(name)`, which answers with the server defaults
+//! of session parameters (not values a session changed with `SET`). Both are visible to every frontend, since they
+//! live in the engine's shared session.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
+use datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner;
+use datafusion_pg_catalog::pg_catalog::{
+    PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, create_current_database_udf,
+    create_current_schema_udf, create_current_schemas_udf, create_pg_backend_pid_udf, create_pg_encoding_to_char_udf,
+    create_pg_get_constraintdef, create_pg_get_partition_ancestors_udf, create_pg_get_partkeydef_udf,
+    create_pg_get_statisticsobjdef_columns_udf, create_pg_get_userbyid_udf, create_pg_relation_is_publishable_udf,
+    create_pg_relation_size_udf, create_pg_stat_get_numscans, create_pg_table_is_visible,
+    create_pg_total_relation_size_udf, create_session_user_udf, format_type, has_privilege_udf, pg_get_expr_udf,
+    quote_ident_udf,
+};
+
+use super::local::{SERVER_VERSION, setting_named};
+use crate::engine::{CATALOG_NAME, Engine};
+use crate::error::Result;
+
+/// The schema PostgreSQL keeps its catalog in.
+const PG_CATALOG: &str = "pg_catalog";
+
+/// Installs `pg_catalog` and the PostgreSQL functions into `engine`'s session; does nothing if already installed.
+///
+/// # Errors
+///
+/// Fails when the catalog's embedded static tables cannot be loaded.
+pub(super) fn install(engine: &Engine) -> Result<()> {
+    let ctx = engine.session();
+    if ctx.catalog(CATALOG_NAME).and_then(|c| c.schema(PG_CATALOG)).is_some() {
+        return Ok(());
+    }
+    let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+    let schema = PgCatalogSchemaProvider::try_new(
+        Arc::clone(ctx.state().catalog_list()),
+        Arc::clone(&static_tables),
+        EmptyContextProvider,
+    )?;
+    engine.register_schema(PG_CATALOG, Arc::new(schema));
+
+    let functions = [
+        create_current_database_udf(CATALOG_NAME),
+        create_current_schema_udf(),
+        create_current_schemas_udf(),
+        create_pg_get_userbyid_udf(),
+        has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+        create_pg_table_is_visible(),
+        format_type::create_format_type_udf(),
+        create_session_user_udf(),
+        pg_get_expr_udf::create_pg_get_expr_udf(),
+        create_pg_get_partkeydef_udf(),
+        create_pg_relation_is_publishable_udf(),
+        create_pg_get_statisticsobjdef_columns_udf(),
+        create_pg_encoding_to_char_udf(),
+        create_pg_backend_pid_udf(),
+        create_pg_relation_size_udf(),
+        create_pg_total_relation_size_udf(),
+        create_pg_stat_get_numscans(),
+        create_pg_get_constraintdef(),
+        create_pg_get_partition_ancestors_udf(),
+        quote_ident_udf::create_quote_ident_udf(),
+        quote_ident_udf::create_parse_ident_udf(),
+        array_bounds_udf::create_array_upper_udf(),
+        array_bounds_udf::create_array_lower_udf(),
+        version_udf(),
+        current_setting_udf(),
+    ];
+    for f in functions {
+        ctx.register_udf(f);
+    }
+    ctx.register_udtf("pg_get_keywords", Arc::clone(&static_tables.pg_get_keywords) as _);
+
+    // `x::regclass`, `::regtype`, … must parse; they plan as int4, the type of oid columns.
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let planned =
+            SessionStateBuilder::new_from_existing(state.clone()).with_type_planner(Arc::new(PgOidTypePlanner)).build();
+        *state = planned;
+    }
+    // psql passes int4 bounds (from array_upper, …) to generate_series, whose stock version wants int8.
+    CoerceIntArgsToBigInt::widen(ctx);
+    Ok(())
+}
+
+/// `version()` in PostgreSQL's form.
+fn version_udf() -> ScalarUDF {
+    let version = format!(
+        "PostgreSQL {SERVER_VERSION} (Quiver {}) on {}-{}, compiled by rustc",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+    )
+}
+
+/// `current_setting(name)`: the server default of a session parameter.
+fn current_setting_udf() -> ScalarUDF {
+    create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = arrays
+                .first()
+                .ok_or_else(|| DataFusionError::Plan("current_setting takes a parameter name".into()))?
+                .as_string::<i32>();
+            let mut out = StringBuilder::with_capacity(names.len(), names.len() * 8);
+            for name in names {
+                match name {
+                    None => out.append_null(),
+                    Some(name) => match setting_named(&name.to_ascii_lowercase()) {
+                        Some(setting) => out.append_value(setting.default),
+                        None => {
+                            return Err(DataFusionError::Execution(format!(
+                                "unrecognized configuration parameter \"{name}\""
+                            )));
+                        }
+                    },
+                }
+            }
+            let array: ArrayRef = Arc::new(out.finish());
+            Ok(ColumnarValue::Array(array))
+        }),
+    )
+}

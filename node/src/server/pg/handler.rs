@@ -1,0 +1,438 @@
+//! The per-connection handlers pgwire calls: simple queries, the extended protocol, COPY, errors.
+//!
+//! [`Shared`] is built once per server (engine, classifier, startup and cancel handling); [`ConnectionHandlers`]
+//! is built per connection and hands pgwire one [`Session`], which holds the connection's own state: the COPY in
+//! progress, if any. Session parameters live in pgwire's per-connection metadata, prepared statements and portals in
+//! its per-connection store.
+//!
+//! The simple-query path is implemented here rather than by pgwire's default (which computes every statement's
+//! response before sending the first): statements run one at a time, each one's response — rows included — is sent
+//! before the next starts, and the first error ends the query, as in PostgreSQL.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use futures::future::Either;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::copy::{CopyHandler, send_copy_in_response};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response, send_ready_for_query,
+};
+use pgwire::api::results::{CopyResponse, Response, Tag};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler, PgWireConnectionState,
+    PgWireServerHandlers,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use pgwire::types::format::FormatOptions;
+
+use super::copy::CopyIn;
+use super::error::protocol_error;
+use super::request::Request;
+use super::startup::{AuthMethod, Startup};
+use super::statement::{Classified, Classifier, PgStatement, StatementParser, split_statements};
+use super::{params, results};
+use crate::engine::copy::CopyFrom;
+use crate::engine::{Command, Engine, QueryOutput};
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    engine: Arc<Engine>,
+    classifier: Arc<Classifier>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl Shared {
+    /// Builds the shared state of a server for `engine`.
+    pub(super) fn new(engine: Arc<Engine>) -> Self {
+        let cancels = Arc::new(ConnectionManager::new());
+        Self {
+            engine,
+            classifier: Arc::new(Classifier::new()),
+            startup: Arc::new(Startup::new(AuthMethod::Trust, Arc::clone(&cancels))),
+            cancel: Arc::new(DefaultCancelHandler::new(cancels)),
+        }
+    }
+}
+
+/// The handlers of one connection.
+#[derive(Debug)]
+pub(super) struct ConnectionHandlers {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+}
+
+impl ConnectionHandlers {
+    /// Builds the handlers for a new connection.
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let parser = Arc::new(StatementParser::new(Arc::clone(&shared.engine), Arc::clone(&shared.classifier)));
+        let session = Arc::new(Session { shared: Arc::clone(&shared), parser, copy: Mutex::new(None) });
+        Self { shared, session }
+    }
+}
+
+impl PgWireServerHandlers for ConnectionHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.shared.startup)
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.shared.cancel)
+    }
+}
+
+/// One connection's query handling.
+#[derive(Debug)]
+pub(super) struct Session {
+    shared: Arc<Shared>,
+    parser: Arc<StatementParser>,
+    /// The `COPY … FROM STDIN` in progress. Replacing or dropping it aborts it.
+    copy: Mutex<Option<CopyIn>>,
+}
+
+/// How a simple query ended.
+enum SimpleQueryEnd {
+    /// Every statement ran, or one failed: send `ReadyForQuery` with this status.
+    Ready(TransactionStatus),
+    /// The last statement started a COPY: `ReadyForQuery` follows `CopyDone` or `CopyFail`.
+    CopyIn,
+}
+
+impl Session {
+    fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+
+    fn take_copy(&self) -> Option<CopyIn> {
+        // The state is only swapped under the lock, never left half-written, so a poisoned lock is still sound.
+        self.copy.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn put_copy(&self, copy: CopyIn) {
+        *self.copy.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy);
+    }
+
+    /// Starts a COPY-in; the response makes pgwire send `CopyInResponse` and route `CopyData` to this session.
+    async fn start_copy(&self, copy: CopyFrom, request: Request) -> PgWireResult<Response> {
+        let copy = CopyIn::start(self.engine(), copy, request).await?;
+        let columns = copy.columns();
+        // A COPY left behind (its client vanished mid-way) is dropped here, which aborts it.
+        self.put_copy(copy);
+        Ok(Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty())))
+    }
+
+    /// Runs one statement of a simple query; `last` says whether statements follow it.
+    async fn run_simple_statement<C>(&self, client: &mut C, sql: &str, last: bool) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut request = Request::start(self.engine().metrics());
+        match self.shared.classifier.classify(sql) {
+            Classified::Empty => Ok(Response::EmptyQuery),
+            Classified::Local(local) => local.run(client, &Format::UnifiedText).await.map_err(|e| request.fail_with(e)),
+            Classified::CopyIn(_) if !last => Err(request
+                .fail_with(protocol_error("0A000", "COPY FROM STDIN must be the last statement of a query string"))),
+            Classified::CopyIn(copy) => self.start_copy(copy, request).await,
+            Classified::Sql(sql) => {
+                let output = self.engine().execute_one(&sql).await.map_err(|e| request.fail(&e))?;
+                warn_if_rollback(client, is_rollback(&output)).await?;
+                results::into_response(output, &Format::UnifiedText, format_options(client), request)
+            }
+        }
+    }
+
+    /// Runs the statements of a simple query in order, sending each one's response before the next starts.
+    async fn run_simple_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<SimpleQueryEnd>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut status = client.transaction_status();
+        let statements = split_statements(sql);
+        if statements.is_empty() {
+            client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?;
+        }
+        let count = statements.len();
+        for (i, statement) in statements.into_iter().enumerate() {
+            let sent = match self.run_simple_statement(client, statement, i + 1 == count).await {
+                Ok(response) => send_simple_response(client, response, &mut status).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(false) => client.set_transaction_status(status),
+                Ok(true) => {
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    client.set_transaction_status(status);
+                    return Ok(SimpleQueryEnd::CopyIn);
+                }
+                Err(e) if results::is_statement_error(&e) => {
+                    // The statement failed (possibly mid-rows): report it, skip the rest of the query.
+                    client.feed(PgWireBackendMessage::ErrorResponse(ErrorInfo::from(e).into())).await?;
+                    return Ok(SimpleQueryEnd::Ready(status.to_error_state()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(SimpleQueryEnd::Ready(status))
+    }
+}
+
+/// Sends one statement's response in a simple query; returns whether it started a COPY-in.
+async fn send_simple_response<C>(
+    client: &mut C,
+    response: Response,
+    status: &mut TransactionStatus,
+) -> PgWireResult<bool>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    match response {
+        Response::EmptyQuery => client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?,
+        Response::Query(rows) => send_query_response(client, rows, true).await?,
+        Response::Execution(tag) => send_execution_response(client, tag).await?,
+        Response::TransactionStart(tag) => {
+            send_execution_response(client, tag).await?;
+            *status = status.to_in_transaction_state();
+        }
+        Response::TransactionEnd(tag) => {
+            send_execution_response(client, tag).await?;
+            *status = status.to_idle_state();
+        }
+        Response::Error(info) => return Err(PgWireError::UserError(info)),
+        Response::CopyIn(copy) => {
+            send_copy_in_response(client, copy).await?;
+            return Ok(true);
+        }
+        Response::CopyOut(_) | Response::CopyBoth(_) => {
+            return Err(protocol_error("XX000", "the gateway produced a COPY TO response it does not support"));
+        }
+    }
+    Ok(false)
+}
+
+fn is_rollback(output: &QueryOutput) -> bool {
+    matches!(output, QueryOutput::Done { command: Command::Rollback })
+}
+
+/// The client's result formatting settings (`DateStyle`, `extra_float_digits`, `bytea_output`, …).
+fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
+    Arc::new(FormatOptions::from_client_metadata(client.metadata()))
+}
+
+/// Warns a client that ends a transaction with ROLLBACK that nothing was undone: statements autocommit.
+async fn warn_if_rollback<C>(client: &mut C, rollback: bool) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if rollback && client.transaction_status() != TransactionStatus::Idle
+    {
+        let warning = ErrorInfo::new(
+            "WARNING".to_owned(),
+            "01000".to_owned(),
+            "ROLLBACK undid nothing: every statement was committed when it completed".to_owned(),
+        );
+        client.feed(PgWireBackendMessage::NoticeResponse(warning.into())).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Session {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        let outcome = {
+            let run = Box::pin(self.run_simple_query(client, &query.query));
+            match cancel {
+                Some(cancel) => match futures::future::select(run, cancel).await {
+                    Either::Left((outcome, _)) => outcome,
+                    // A CancelRequest for this connection arrived: the statement's future is dropped, which
+                    // stops its execution (and aborts a COPY it was starting).
+                    Either::Right((Ok(()), _)) => Err(PgWireError::QueryCanceled),
+                    // The cancel handle was replaced; there is nothing to wait for but the query.
+                    Either::Right((Err(_), run)) => run.await,
+                },
+                None => run.await,
+            }
+        };
+        match outcome {
+            Ok(SimpleQueryEnd::CopyIn) => Ok(()),
+            Ok(SimpleQueryEnd::Ready(status)) => {
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                client.set_transaction_status(status);
+                send_ready_for_query(client, status).await
+            }
+            // pgwire reports the error, sends ReadyForQuery and resets the state.
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Only reached when a caller bypasses `on_query`: answer with every response at once, stopping at the
+        // first error, as pgwire's default simple-query flow expects.
+        let statements = split_statements(query);
+        let count = statements.len();
+        let mut responses = Vec::with_capacity(count);
+        for (i, statement) in statements.into_iter().enumerate() {
+            match self.run_simple_statement(client, statement, i + 1 == count).await {
+                Ok(response) => responses.push(response),
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(ErrorInfo::from(e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Session {
+    type Statement = PgStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut request = Request::start(self.engine().metrics());
+        match &portal.statement.statement {
+            PgStatement::Prepared(prepared) => {
+                let values = params::decode(portal, prepared.parameter_types()).map_err(|e| request.fail(&e))?;
+                let output = self.engine().execute_prepared(prepared, values).await.map_err(|e| request.fail(&e))?;
+                warn_if_rollback(client, is_rollback(&output)).await?;
+                results::into_response(output, &portal.result_column_format, format_options(client), request)
+            }
+            PgStatement::Local(local) => {
+                local.run(client, &portal.result_column_format).await.map_err(|e| request.fail_with(e))
+            }
+            PgStatement::CopyIn(copy) => self.start_copy(copy.as_ref().clone(), request).await,
+        }
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Session {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(mut copy) = self.take_copy() else {
+            return Err(protocol_error("08P01", "CopyData received outside a COPY"));
+        };
+        match copy.push(&data.data).await {
+            Ok(()) => {
+                self.put_copy(copy);
+                Ok(())
+            }
+            // pgwire reports the error and ignores the rest of the COPY's messages.
+            Err(e) => Err(copy.abort(&e).await),
+        }
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(copy) = self.take_copy() else {
+            return Err(protocol_error("08P01", "CopyDone received outside a COPY"));
+        };
+        let rows = copy.finish().await?;
+        let tag = Tag::new(Command::Copy.tag()).with_rows(usize::try_from(rows).unwrap_or(usize::MAX));
+        client.send(PgWireBackendMessage::CommandComplete(tag.into())).await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self.take_copy() {
+            Some(copy) => copy.fail_by_client(&fail.message).await,
+            None => protocol_error("08P01", "CopyFail received outside a COPY"),
+        }
+    }
+}
+
+impl ErrorHandler for Session {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        // Engine errors were logged where they were mapped; these are the protocol's own (a malformed message, a
+        // statement name that does not exist, a closed socket): the client's doing.
+        if !matches!(error, PgWireError::UserError(_)) {
+            tracing::debug!(error = %error, "postgres protocol error");
+        }
+    }
+}

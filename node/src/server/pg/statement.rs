@@ -1,0 +1,301 @@
+//! From query text to what runs it: splitting a simple query into statements, classifying each, and the prepared
+//! statements of the extended protocol.
+//!
+//! [`split_statements`] cuts at top-level semicolons with sqlparser's tokenizer (so semicolons in strings, quoted
+//! identifiers, dollar quotes and comments do not count) and returns the statements' own text. [`Classifier`] sorts
+//! one statement into a [`Classified`]:
+//!
+//! - `SET`, `SHOW`, `RESET`, `DISCARD`, `DEALLOCATE` → [`Local`], answered by the gateway;
+//! - `COPY t FROM STDIN` → a COPY-in; `COPY` of files stays with the engine;
+//! - a statement naming PostgreSQL catalog objects (`pg_catalog`, `pg_class`, `::regclass`, `current_user`, …),
+//!   which is what clients' introspection queries do → rewritten by datafusion-pg-catalog's
+//!   [`PostgresCompatibilityParser`] (psql's `OPERATOR(pg_catalog.~)`, `COLLATE`, oid casts, known-unplannable
+//!   queries) and sent to the engine in that form;
+//! - anything else → sent to the engine exactly as written. The rewrite rules are made for catalog queries, and some
+//!   of them change results (a projected subquery they cannot plan becomes NULL), so user queries never see them.
+//!
+//! [`StatementParser`] is the extended protocol's `QueryParser`: it prepares engine statements once at `Parse` and
+//! describes their parameters and columns.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use datafusion_pg_catalog::pg_catalog::PG_CATALOG_TABLES;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use pgwire::api::portal::Format;
+use pgwire::api::results::FieldInfo;
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::{ClientInfo, Type};
+use pgwire::error::PgWireResult;
+
+use super::local::Local;
+use super::request::Request;
+use super::{params, results};
+use crate::engine::copy::{CopyFrom, parse_copy_from};
+use crate::engine::{Engine, PreparedStatement};
+use crate::error::Error;
+
+/// What one statement is, for the gateway.
+#[derive(Debug, Clone)]
+pub(super) enum Classified {
+    /// Only whitespace and comments.
+    Empty,
+    /// Answered by the gateway.
+    Local(Local),
+    /// `COPY … FROM STDIN`.
+    CopyIn(CopyFrom),
+    /// SQL for the engine.
+    Sql(String),
+}
+
+/// Words that mark a statement as a client's catalog query (see the module docs).
+const CATALOG_WORDS: &[&str] = &[
+    "pg_catalog",
+    "information_schema",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regnamespace",
+    "regoper",
+    "regoperator",
+    "regrole",
+    "regconfig",
+    "current_user",
+    "session_user",
+    "version",
+];
+
+/// Sorts statements into [`Classified`]; one per server, shared by its connections.
+#[derive(Debug)]
+pub(super) struct Classifier {
+    compat: PostgresCompatibilityParser,
+}
+
+impl Classifier {
+    /// Builds the classifier (this tokenizes the compatibility parser's fixed queries once).
+    pub(super) fn new() -> Self {
+        Self { compat: PostgresCompatibilityParser::new() }
+    }
+
+    /// Classifies one statement's text.
+    pub(super) fn classify(&self, sql: &str) -> Classified {
+        let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+            // Let the engine's parser report what is wrong.
+            return Classified::Sql(sql.to_string());
+        };
+        let Some(first) = tokens.iter().find(|t| !matches!(t, Token::Whitespace(_))) else {
+            return Classified::Empty;
+        };
+        let first = match first {
+            Token::Word(w) => w.value.to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        match first.as_str() {
+            "copy" => match parse_copy_from(sql) {
+                Ok(Some(copy)) if copy.path.is_none() => Classified::CopyIn(copy),
+                // COPY of files, COPY TO, and COPY the sqlparser grammar rejects: the engine runs or reports them.
+                _ => Classified::Sql(sql.to_string()),
+            },
+            "set" | "show" | "reset" | "discard" | "deallocate" => {
+                match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+                    Ok(statements) if statements.len() == 1 => match Local::from_statement(&statements[0]) {
+                        Some(local) => Classified::Local(local),
+                        None => Classified::Sql(sql.to_string()),
+                    },
+                    _ => Classified::Sql(sql.to_string()),
+                }
+            }
+            // PostgreSQL's ABORT is ROLLBACK.
+            "abort" => Classified::Sql("ROLLBACK".to_string()),
+            _ if touches_catalog(&tokens) => match self.compat.parse(sql) {
+                Ok(mut statements) if statements.len() == 1 => Classified::Sql(statements.remove(0).to_string()),
+                _ => Classified::Sql(sql.to_string()),
+            },
+            _ => Classified::Sql(sql.to_string()),
+        }
+    }
+}
+
+/// Whether a statement names PostgreSQL catalog objects (see the module docs).
+fn touches_catalog(tokens: &[Token]) -> bool {
+    tokens.iter().any(|t| match t {
+        Token::Word(w) => {
+            let word = w.value.to_ascii_lowercase();
+            CATALOG_WORDS.contains(&word.as_str()) || PG_CATALOG_TABLES.contains(&word.as_str())
+        }
+        _ => false,
+    })
+}
+
+/// Splits query text into its statements' texts, without the separating semicolons; statements of only whitespace
+/// and comments are dropped.
+pub(super) fn split_statements(sql: &str) -> Vec<&str> {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        // Unterminated string or comment: one statement, whose error the engine reports.
+        return if sql.trim().is_empty() { Vec::new() } else { vec![sql] };
+    };
+    let lines = LineStarts::new(sql);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut has_content = false;
+    for TokenWithSpan { token, span } in &tokens {
+        match token {
+            Token::SemiColon => {
+                let end = lines.offset(sql, span.start);
+                if has_content {
+                    out.push(&sql[start..end]);
+                }
+                start = end + 1;
+                has_content = false;
+            }
+            Token::Whitespace(_) => {}
+            _ => has_content = true,
+        }
+    }
+    if has_content {
+        out.push(&sql[start..]);
+    }
+    out
+}
+
+/// Byte offsets of line starts, to turn the tokenizer's (line, column) locations into byte offsets.
+struct LineStarts(Vec<usize>);
+
+impl LineStarts {
+    fn new(sql: &str) -> Self {
+        Self(std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
+
+    /// Returns the byte offset of `location` (1-based line; 1-based column counted in characters).
+    fn offset(&self, sql: &str, location: Location) -> usize {
+        let line = usize::try_from(location.line).unwrap_or(usize::MAX).saturating_sub(1);
+        let line_start = self.0.get(line).copied().unwrap_or(sql.len());
+        let column = usize::try_from(location.column).unwrap_or(usize::MAX).saturating_sub(1);
+        sql[line_start..].char_indices().nth(column).map_or(sql.len(), |(i, _)| line_start + i)
+    }
+}
+
+/// A statement of the extended protocol, parsed once at `Parse`.
+#[derive(Debug, Clone)]
+pub(super) enum PgStatement {
+    /// Planned by the engine.
+    Prepared(Arc<PreparedStatement>),
+    /// Answered by the gateway.
+    Local(Arc<Local>),
+    /// `COPY … FROM STDIN`.
+    CopyIn(Arc<CopyFrom>),
+}
+
+/// The extended protocol's parser: classifies and prepares statements.
+#[derive(Debug)]
+pub(super) struct StatementParser {
+    engine: Arc<Engine>,
+    classifier: Arc<Classifier>,
+}
+
+impl StatementParser {
+    /// Builds a parser preparing statements on `engine`.
+    pub(super) fn new(engine: Arc<Engine>, classifier: Arc<Classifier>) -> Self {
+        Self { engine, classifier }
+    }
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = split_statements(sql);
+        let statement = match statements.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                let e =
+                    Error::SqlSyntax { message: "cannot insert multiple commands into a prepared statement".into() };
+                return Err(Request::start(self.engine.metrics()).fail(&e));
+            }
+        };
+        Ok(Some(match self.classifier.classify(statement) {
+            Classified::Empty => return Ok(None),
+            Classified::Local(local) => PgStatement::Local(Arc::new(local)),
+            Classified::CopyIn(copy) => PgStatement::CopyIn(Arc::new(copy)),
+            Classified::Sql(sql) => match self.engine.prepare(&sql).await {
+                Ok(prepared) => PgStatement::Prepared(Arc::new(prepared)),
+                Err(e) => return Err(Request::start(self.engine.metrics()).fail(&e)),
+            },
+        }))
+    }
+
+    fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
+        Ok(match statement {
+            PgStatement::Prepared(p) => p.parameter_types().iter().map(|t| params::wire_type(t.as_ref())).collect(),
+            PgStatement::Local(_) | PgStatement::CopyIn(_) => Vec::new(),
+        })
+    }
+
+    fn get_result_schema(&self, statement: &PgStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        let format = format.unwrap_or(&Format::UnifiedText);
+        match statement {
+            PgStatement::Prepared(p) => results::fields(&p.result_schema(), format),
+            PgStatement::Local(local) => Ok(local.fields(format)),
+            PgStatement::CopyIn(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        let sql = "SELECT 'a;b'; SELECT \"x;\" FROM t -- c;\n; /* ; */ SELECT $$;$$;;  ";
+        assert_eq!(
+            split_statements(sql),
+            vec!["SELECT 'a;b'", " SELECT \"x;\" FROM t -- c;\n", " /* ; */ SELECT $$;$$"]
+        );
+        assert_eq!(split_statements("SELECT 'é';SELECT 2"), vec!["SELECT 'é'", "SELECT 2"]);
+        assert_eq!(split_statements("  ;; -- only a comment"), Vec::<&str>::new());
+        assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
+        assert_eq!(split_statements("SELECT 'open"), vec!["SELECT 'open"]);
+        assert_eq!(
+            split_statements("SELECT 1;\nSELECT 'ü';\n  SELECT 3"),
+            vec!["SELECT 1", "\nSELECT 'ü'", "\n  SELECT 3"]
+        );
+    }
+
+    fn sql(classified: Classified) -> String {
+        match classified {
+            Classified::Sql(sql) => sql,
+            other => panic!("expected SQL for the engine, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classifies_statements() {
+        let c = Classifier::new();
+        assert!(matches!(c.classify("  -- nothing"), Classified::Empty));
+        assert_eq!(sql(c.classify("SELECT * FROM trades")), "SELECT * FROM trades");
+        assert!(matches!(c.classify("SET extra_float_digits = 3"), Classified::Local(Local::Set { .. })));
+        assert!(matches!(c.classify("SHOW transaction_isolation"), Classified::Local(Local::Show { .. })));
+        assert!(matches!(c.classify("COPY t FROM STDIN WITH (FORMAT csv)"), Classified::CopyIn(_)));
+        assert_eq!(sql(c.classify("COPY t FROM '/tmp/x.csv'")), "COPY t FROM '/tmp/x.csv'");
+        assert_eq!(sql(c.classify("abort")), "ROLLBACK");
+        // A user query is never rewritten, even where a compatibility rule would apply.
+        let user = "SELECT a, (SELECT max(b) FROM u WHERE u.a = t.a) FROM t";
+        assert_eq!(sql(c.classify(user)), user);
+        // psql's \d pattern lookup: the operator and collation are rewritten away.
+        let psql = "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(t)$' \
+                    COLLATE pg_catalog.default";
+        let rewritten = sql(c.classify(psql));
+        assert!(!rewritten.contains("OPERATOR"), "{rewritten}");
+        assert!(!rewritten.contains("COLLATE"), "{rewritten}");
+    }
+}
