@@ -70,10 +70,11 @@ enum Command {
     },
 }
 
+/// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QUIVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 async fn shutdown_signal() {

@@ -92,14 +92,38 @@ impl Server {
             flight = %self.flight_addr(), pg = %self.pg_addr(), http = %self.http_addr(),
             "quiver is serving"
         );
-        let http = tokio::spawn(http::serve(Arc::clone(&self.engine), self.http, signal(rx.clone())));
-        let _ = (&self.config, &self.flight, &self.pg);
-        shutdown.await;
+        let limits = flight_sql::FlightSqlLimits {
+            max_message_bytes: self.config.limits.flight_message_max.0 as usize,
+            ..flight_sql::FlightSqlLimits::default()
+        };
+        let mut http = tokio::spawn(http::serve(Arc::clone(&self.engine), self.http, signal(rx.clone())));
+        let mut pg = tokio::spawn(pg::serve(Arc::clone(&self.engine), self.pg, signal(rx.clone())));
+        let mut flight =
+            tokio::spawn(flight_sql::serve(Arc::clone(&self.engine), limits, self.flight, signal(rx.clone())));
+        let joined = |what: &'static str| {
+            move |r: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>| match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Io { operation: format!("serve {what}"), source: std::io::Error::other(e) }),
+                Err(e) => Err(Error::Internal(format!("{what} server task: {e}"))),
+            }
+        };
+        let as_string = |r: std::result::Result<(), std::io::Error>| r.map_err(|e| e.to_string());
+        // Serve until shutdown is asked for or a server fails; then stop all of them.
+        let early = tokio::select! {
+            _ = shutdown => None,
+            r = &mut http => Some(joined("HTTP")(r.map(as_string))),
+            r = &mut pg => Some(joined("PostgreSQL")(r.map(as_string))),
+            r = &mut flight => Some(joined("Flight SQL")(r.map(|r| r.map_err(|e| e.to_string())))),
+        };
         tracing::info!("shutting down");
         let _ = tx.send(true);
-        http.await
-            .map_err(|e| Error::Internal(format!("http server task: {e}")))?
-            .map_err(|e| Error::io("serve HTTP", e))?;
+        if let Some(result) = early {
+            result?;
+            return Err(Error::Internal("a server stopped on its own".into()));
+        }
+        joined("HTTP")(http.await.map(as_string))?;
+        joined("PostgreSQL")(pg.await.map(as_string))?;
+        joined("Flight SQL")(flight.await.map(|r| r.map_err(|e| e.to_string())))?;
         Ok(())
     }
 }

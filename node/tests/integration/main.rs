@@ -3,3 +3,4 @@
 mod flight_sql;
 mod pg;
 mod sql;
+mod crash;

@@ -68,10 +68,8 @@ pub(super) fn sql_info() -> SqlInfoData {
     b.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
     b.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
     b.append(SqlInfo::SqlSupportsNonNullableColumns, true);
-    b.append(
-        SqlInfo::SqlSupportedGrammar,
-        (1 << SupportedSqlGrammar::SqlMinimumGrammar as i32) | (1 << SupportedSqlGrammar::SqlCoreGrammar as i32),
-    );
+    let grammars = [SupportedSqlGrammar::SqlMinimumGrammar, SupportedSqlGrammar::SqlCoreGrammar];
+    b.append(SqlInfo::SqlSupportedGrammar, grammars.into_iter().fold(0i32, |mask, g| mask | (1 << g as i32)));
     b.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
     b.append(SqlInfo::SqlSelectForUpdateSupported, false);
     b.append(SqlInfo::SqlStoredProceduresSupported, false);

@@ -219,7 +219,9 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     match response {
-        Response::EmptyQuery => client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?,
+        Response::EmptyQuery => {
+            client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?
+        }
         Response::Query(rows) => send_query_response(client, rows, true).await?,
         Response::Execution(tag) => send_execution_response(client, tag).await?,
         Response::TransactionStart(tag) => {
@@ -258,8 +260,7 @@ where
     C::Error: Debug,
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
-    if rollback && client.transaction_status() != TransactionStatus::Idle
-    {
+    if rollback && client.transaction_status() != TransactionStatus::Idle {
         let warning = ErrorInfo::new(
             "WARNING".to_owned(),
             "01000".to_owned(),
@@ -362,8 +363,9 @@ impl ExtendedQueryHandler for Session {
         let mut request = Request::start(self.engine().metrics());
         match &portal.statement.statement {
             PgStatement::Prepared(prepared) => {
-                let values = params::decode(portal, prepared.parameter_types()).map_err(|e| request.fail(&e))?;
-                let output = self.engine().execute_prepared(prepared, values).await.map_err(|e| request.fail(&e))?;
+                let values = params::decode(portal, &prepared.parameter_types).map_err(|e| request.fail(&e))?;
+                let output =
+                    self.engine().execute_prepared(&prepared.statement, values).await.map_err(|e| request.fail(&e))?;
                 warn_if_rollback(client, is_rollback(&output)).await?;
                 results::into_response(output, &portal.result_column_format, format_options(client), request)
             }

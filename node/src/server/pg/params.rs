@@ -1,21 +1,27 @@
 //! Parameters of the extended protocol: the types announced for `$1`, `$2`, … and the decoding of bound values.
 //!
-//! [`wire_type`] picks the PostgreSQL type announced in `ParameterDescription` for a parameter whose type the planner
-//! inferred (a parameter it could not type is announced as `text`, so the client sends text the engine casts).
-//! [`decode`] turns each bound value into a [`ScalarValue`] of the type it was sent as: the type the client declared
-//! in `Parse` when it declared one, the announced type otherwise; text and binary formats both. The engine then
-//! casts each value to the type the planner inferred ([`Engine::execute_prepared`]), so a client that binds an
-//! `int4` where the column is `int8` still works.
+//! [`announced_types`] picks the PostgreSQL type announced in `ParameterDescription` for each parameter: from the
+//! type the planner inferred ([`wire_type`]); for a parameter the planner left untyped, from a cast written on it
+//! (`$1::bigint`, which the planner does not use for inference); otherwise `text`, so the client sends text the
+//! engine casts. [`decode`] turns each bound value into a [`ScalarValue`] of the type it was sent as: the type the
+//! client declared in `Parse` when it declared one, the announced type otherwise; text and binary formats both. The
+//! engine then casts each value to the type the planner inferred ([`Engine::execute_prepared`]), so a client that
+//! binds an `int4` where the column is `int8` still works.
 //!
 //! Bytes from the network never panic here: a value of the wrong length or an unparsable text is an
 //! [`Error::Parameter`] naming the parameter.
 //!
 //! [`Engine::execute_prepared`]: crate::engine::Engine::execute_prepared
 
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
+use datafusion::sql::sqlparser::ast::{DataType as SqlType, Expr, TimezoneInfo, Value, visit_expressions};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use pgwire::api::Type;
 use pgwire::api::portal::{Format, Portal};
 
@@ -59,12 +65,71 @@ pub(super) fn wire_type(inferred: Option<&DataType>) -> Type {
     }
 }
 
-/// Decodes the values bound to a portal; `inferred` holds the planner's type of each parameter.
+/// Returns the types announced for the parameters of `sql`, whose planned types are `inferred`.
+pub(super) fn announced_types(sql: &str, inferred: &[Option<DataType>]) -> Vec<Type> {
+    let casts = if inferred.iter().any(Option::is_none) { placeholder_casts(sql) } else { HashMap::new() };
+    inferred
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Some(t) => wire_type(Some(t)),
+            None => casts.get(&(i + 1)).cloned().unwrap_or(Type::TEXT),
+        })
+        .collect()
+}
+
+/// Finds parameters written with a cast (`$1::bigint`, `CAST($2 AS date)`) and the PostgreSQL type cast to.
+fn placeholder_casts(sql: &str) -> HashMap<usize, Type> {
+    let mut casts = HashMap::new();
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return casts;
+    };
+    let _ = visit_expressions(&statements, |expr| {
+        if let Expr::Cast { expr: inner, data_type, .. } = expr
+            && let Expr::Value(value) = inner.as_ref()
+            && let Value::Placeholder(placeholder) = &value.value
+            && let Some(number) = placeholder.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            && let Some(ty) = sql_type(data_type)
+        {
+            casts.entry(number).or_insert(ty);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    casts
+}
+
+/// The PostgreSQL type of a SQL type name, for the types parameters are commonly cast to.
+fn sql_type(data_type: &SqlType) -> Option<Type> {
+    Some(match data_type {
+        SqlType::Bool | SqlType::Boolean => Type::BOOL,
+        SqlType::Int2(_) | SqlType::SmallInt(_) => Type::INT2,
+        SqlType::Int(_) | SqlType::Int4(_) | SqlType::Integer(_) => Type::INT4,
+        SqlType::Int8(_) | SqlType::BigInt(_) => Type::INT8,
+        SqlType::Real | SqlType::Float4 => Type::FLOAT4,
+        SqlType::Float8 | SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float(_) => Type::FLOAT8,
+        SqlType::Numeric(_) | SqlType::Decimal(_) | SqlType::Dec(_) => Type::NUMERIC,
+        SqlType::Text
+        | SqlType::Varchar(_)
+        | SqlType::CharacterVarying(_)
+        | SqlType::CharVarying(_)
+        | SqlType::Char(_)
+        | SqlType::Character(_)
+        | SqlType::String(_) => Type::TEXT,
+        SqlType::Bytea => Type::BYTEA,
+        SqlType::Date => Type::DATE,
+        SqlType::Time(..) => Type::TIME,
+        SqlType::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => Type::TIMESTAMPTZ,
+        SqlType::Timestamp(..) => Type::TIMESTAMP,
+        _ => return None,
+    })
+}
+
+/// Decodes the values bound to a portal; `announced` holds the type announced for each parameter.
 ///
 /// # Errors
 ///
 /// [`Error::Parameter`] when the format codes do not match the values, or a value is malformed for its type.
-pub(super) fn decode<S>(portal: &Portal<S>, inferred: &[Option<DataType>]) -> Result<Vec<ScalarValue>> {
+pub(super) fn decode<S>(portal: &Portal<S>, announced: &[Type]) -> Result<Vec<ScalarValue>> {
     let count = portal.parameters.len();
     if let Format::Individual(codes) = &portal.parameter_format
         && codes.len() != count
@@ -76,7 +141,7 @@ pub(super) fn decode<S>(portal: &Portal<S>, inferred: &[Option<DataType>]) -> Re
     let mut values = Vec::with_capacity(count);
     for (index, raw) in portal.parameters.iter().enumerate() {
         let declared = portal.statement.parameter_types.get(index).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
-        let ty = declared.unwrap_or_else(|| wire_type(inferred.get(index).and_then(Option::as_ref)));
+        let ty = declared.or_else(|| announced.get(index).cloned()).unwrap_or(Type::TEXT);
         let binary = portal.parameter_format.is_binary(index);
         values.push(decode_value(index + 1, &ty, raw.as_deref(), binary)?);
     }
@@ -337,6 +402,15 @@ mod tests {
     }
 
     #[test]
+    fn announces_the_type_a_parameter_is_cast_to() {
+        let types = announced_types(
+            "SELECT $1::BIGINT + 1, CAST($2 AS timestamptz), $3, $4::text",
+            &[None, None, None, Some(DataType::Int32)],
+        );
+        assert_eq!(types, vec![Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::INT4]);
+    }
+
+    #[test]
     fn decodes_text_parameters() {
         assert_eq!(text(&Type::INT8, " 42 "), ScalarValue::Int64(Some(42)));
         assert_eq!(text(&Type::BOOL, "t"), ScalarValue::Boolean(Some(true)));
@@ -367,8 +441,7 @@ mod tests {
             binary(&Type::TIMESTAMP, &1_000_000i64.to_be_bytes()),
             ScalarValue::TimestampMicrosecond(Some(PG_EPOCH_MICROS + 1_000_000), None)
         );
-        // -1234.5600: ndigits 3 (1234, 5600, 0?) – written as PostgreSQL does: digits 1234, 5600; weight 0;
-        // sign negative; dscale 4.
+        // -1234.5600 as PostgreSQL writes it: digits 1234 and 5600, weight 0, sign negative, display scale 4.
         let mut numeric = Vec::new();
         for v in [2u16, 0, 0x4000, 4, 1234, 5600] {
             numeric.extend_from_slice(&v.to_be_bytes());

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
@@ -111,12 +112,48 @@ impl Classifier {
             }
             // PostgreSQL's ABORT is ROLLBACK.
             "abort" => Classified::Sql("ROLLBACK".to_string()),
+            "begin" | "commit" | "end" => match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+                Ok(statements) if statements.len() == 1 => {
+                    Classified::Sql(transaction_sql(&statements[0]).unwrap_or_else(|| sql.to_string()))
+                }
+                _ => Classified::Sql(sql.to_string()),
+            },
             _ if touches_catalog(&tokens) => match self.compat.parse(sql) {
                 Ok(mut statements) if statements.len() == 1 => Classified::Sql(statements.remove(0).to_string()),
                 _ => Classified::Sql(sql.to_string()),
             },
             _ => Classified::Sql(sql.to_string()),
         }
+    }
+}
+
+/// Spells PostgreSQL's transaction statements the way DataFusion's planner accepts them: `BEGIN [WORK |
+/// TRANSACTION] [modes]` as `START TRANSACTION [modes]`, and `END` / `COMMIT AND CHAIN` as `COMMIT` (statements
+/// autocommit, so there is no transaction to chain).
+fn transaction_sql(statement: &Statement) -> Option<String> {
+    match statement {
+        Statement::StartTransaction {
+            modes,
+            begin: true,
+            modifier: None,
+            statements,
+            has_end_keyword: false,
+            exception: None,
+            ..
+        } if statements.is_empty() => Some(
+            Statement::StartTransaction {
+                modes: modes.clone(),
+                begin: false,
+                transaction: None,
+                modifier: None,
+                statements: Vec::new(),
+                has_end_keyword: false,
+                exception: None,
+            }
+            .to_string(),
+        ),
+        Statement::Commit { modifier: None, .. } => Some("COMMIT".to_string()),
+        _ => None,
     }
 }
 
@@ -179,11 +216,20 @@ impl LineStarts {
     }
 }
 
+/// An engine statement prepared for the extended protocol.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    /// The engine's plan.
+    pub(super) statement: PreparedStatement,
+    /// The type announced for each parameter (see [`params::announced_types`]).
+    pub(super) parameter_types: Vec<Type>,
+}
+
 /// A statement of the extended protocol, parsed once at `Parse`.
 #[derive(Debug, Clone)]
 pub(super) enum PgStatement {
     /// Planned by the engine.
-    Prepared(Arc<PreparedStatement>),
+    Prepared(Arc<Prepared>),
     /// Answered by the gateway.
     Local(Arc<Local>),
     /// `COPY … FROM STDIN`.
@@ -227,7 +273,10 @@ impl QueryParser for StatementParser {
             Classified::Local(local) => PgStatement::Local(Arc::new(local)),
             Classified::CopyIn(copy) => PgStatement::CopyIn(Arc::new(copy)),
             Classified::Sql(sql) => match self.engine.prepare(&sql).await {
-                Ok(prepared) => PgStatement::Prepared(Arc::new(prepared)),
+                Ok(statement) => {
+                    let parameter_types = params::announced_types(&sql, statement.parameter_types());
+                    PgStatement::Prepared(Arc::new(Prepared { statement, parameter_types }))
+                }
                 Err(e) => return Err(Request::start(self.engine.metrics()).fail(&e)),
             },
         }))
@@ -235,7 +284,7 @@ impl QueryParser for StatementParser {
 
     fn get_parameter_types(&self, statement: &PgStatement) -> PgWireResult<Vec<Type>> {
         Ok(match statement {
-            PgStatement::Prepared(p) => p.parameter_types().iter().map(|t| params::wire_type(t.as_ref())).collect(),
+            PgStatement::Prepared(p) => p.parameter_types.clone(),
             PgStatement::Local(_) | PgStatement::CopyIn(_) => Vec::new(),
         })
     }
@@ -243,7 +292,7 @@ impl QueryParser for StatementParser {
     fn get_result_schema(&self, statement: &PgStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
         let format = format.unwrap_or(&Format::UnifiedText);
         match statement {
-            PgStatement::Prepared(p) => results::fields(&p.result_schema(), format),
+            PgStatement::Prepared(p) => results::fields(&p.statement.result_schema(), format),
             PgStatement::Local(local) => Ok(local.fields(format)),
             PgStatement::CopyIn(_) => Ok(Vec::new()),
         }
@@ -288,6 +337,13 @@ mod tests {
         assert!(matches!(c.classify("COPY t FROM STDIN WITH (FORMAT csv)"), Classified::CopyIn(_)));
         assert_eq!(sql(c.classify("COPY t FROM '/tmp/x.csv'")), "COPY t FROM '/tmp/x.csv'");
         assert_eq!(sql(c.classify("abort")), "ROLLBACK");
+        assert_eq!(sql(c.classify("BEGIN")), "START TRANSACTION");
+        assert_eq!(sql(c.classify("begin work")), "START TRANSACTION");
+        assert_eq!(
+            sql(c.classify("BEGIN ISOLATION LEVEL READ COMMITTED")),
+            "START TRANSACTION ISOLATION LEVEL READ COMMITTED"
+        );
+        assert_eq!(sql(c.classify("END")), "COMMIT");
         // A user query is never rewritten, even where a compatibility rule would apply.
         let user = "SELECT a, (SELECT max(b) FROM u WHERE u.a = t.a) FROM t";
         assert_eq!(sql(c.classify(user)), user);
