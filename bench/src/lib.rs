@@ -1,1 +1,12 @@
-//! placeholder
+//! `quiver-bench`: benchmarks that drive a real Quiver server and report throughput and latency.
+//!
+//! - `ingest`: bulk load of TPC-H `lineitem` over Flight SQL DoPut and over PostgreSQL `COPY FROM STDIN`, durable,
+//!   beside the same COPY into a PostgreSQL server when one is given;
+//! - `tpch`: the 22 TPC-H queries over Flight SQL against the hot store, each beside the same query run by DataFusion
+//!   in-process on Parquet files of the same data, with the answers compared.
+
+pub mod data;
+pub mod harness;
+pub mod ingest;
+pub mod queries;
+pub mod tpch;

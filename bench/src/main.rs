@@ -1,1 +1,95 @@
-fn main() {}
+//! `quiver-bench`: see the library docs. Run `quiver-bench --help`.
+
+use clap::{Parser, Subcommand};
+use quiver_bench::{data, harness::Running, ingest, tpch};
+
+#[derive(Debug, Parser)]
+#[command(name = "quiver-bench", about = "Benchmarks that drive a real Quiver server")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bulk-loads TPC-H lineitem over Flight SQL DoPut and PostgreSQL COPY; rows/s.
+    Ingest {
+        /// TPC-H scale factor (1 = 6M lineitem rows).
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// A PostgreSQL server to load the same CSV into with COPY, as the reference
+        /// (e.g. "host=/var/run/postgresql user=postgres").
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Runs the 22 TPC-H queries over Flight SQL and in DataFusion on Parquet; seconds and ratios.
+    Tpch {
+        /// TPC-H scale factor.
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// Runs per query; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only these queries (comma-separated numbers).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    match args.command {
+        Command::Ingest { sf, postgres } => {
+            eprintln!("generating lineitem at SF {sf} …");
+            let table = data::lineitem(sf);
+            let csv = ingest::to_csv(&table.batches)?;
+            let server = Running::start(&dir.path().join("quiver")).await?;
+            let mut results = vec![ingest::via_flight(&server, &table, "lineitem_flight").await?];
+            let pg = server.pg_client().await?;
+            pg.batch_execute(&ingest::lineitem_ddl("lineitem_copy")).await?;
+            results.push(ingest::via_copy(&pg, &csv, "lineitem_copy", "Quiver PostgreSQL COPY").await?);
+            if let Some(conn) = postgres {
+                let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client.batch_execute("DROP TABLE IF EXISTS quiver_bench_lineitem").await?;
+                client.batch_execute(&ingest::lineitem_ddl("quiver_bench_lineitem")).await?;
+                results.push(ingest::via_copy(&client, &csv, "quiver_bench_lineitem", "PostgreSQL COPY (reference)").await?);
+                client.batch_execute("DROP TABLE quiver_bench_lineitem").await?;
+            }
+            server.stop().await;
+            let reference = results.iter().find(|m| m.path.contains("reference")).map(ingest::Measurement::rows_per_s);
+            println!("{:<32} {:>12} {:>10} {:>14} {:>10}", "path", "rows", "seconds", "rows/s", "vs ref");
+            for m in &results {
+                let ratio = reference.map(|r| format!("{:.2}x", m.rows_per_s() / r)).unwrap_or_else(|| "-".into());
+                println!("{:<32} {:>12} {:>10.2} {:>14.0} {:>10}", m.path, m.rows, m.seconds, m.rows_per_s(), ratio);
+            }
+        }
+        Command::Tpch { sf, runs, queries } => {
+            eprintln!("generating TPC-H at SF {sf} …");
+            let tables = data::all(sf);
+            let server = Running::start(&dir.path().join("quiver")).await?;
+            tpch::load_quiver(&server, &tables).await?;
+            let ctx = tpch::parquet_context(dir.path(), &tables).await?;
+            drop(tables);
+            let which: Vec<usize> = if queries.is_empty() { (1..=22).collect() } else { queries };
+            let timings = tpch::run_all(&server, &ctx, &which, runs).await?;
+            server.stop().await;
+            println!("{:>5} {:>12} {:>14} {:>8} {:>7} {:>6}", "query", "quiver (s)", "datafusion (s)", "ratio", "rows", "same");
+            let (mut q, mut d) = (0.0, 0.0);
+            for t in &timings {
+                q += t.quiver_s;
+                d += t.datafusion_s;
+                println!(
+                    "{:>5} {:>12.3} {:>14.3} {:>7.2}x {:>7} {:>6}",
+                    t.query, t.quiver_s, t.datafusion_s, t.quiver_s / t.datafusion_s, t.rows, t.same_answer
+                );
+            }
+            println!("{:>5} {q:>12.3} {d:>14.3} {:>7.2}x", "total", q / d);
+        }
+    }
+    Ok(())
+}

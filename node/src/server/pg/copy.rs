@@ -75,17 +75,9 @@ impl CopyIn {
     ///
     /// The table does not exist or is external, or the format is not text or CSV.
     pub(super) async fn start(engine: &Arc<Engine>, copy: CopyFrom, mut request: Request) -> Result<Self, PgWireError> {
-        let table = match engine.hot_table(&copy.table) {
-            Some(t) => t,
-            None => {
-                let exists = engine.tables().await.iter().any(|t| t.name == copy.table);
-                let e = if exists {
-                    Error::TableReadOnly { table: copy.table }
-                } else {
-                    Error::TableNotFound { table: copy.table }
-                };
-                return Err(request.fail(&e));
-            }
+        let schema = match target_schema(engine, &copy.table).await {
+            Ok(schema) => schema,
+            Err(e) => return Err(request.fail(&e)),
         };
         let quote = match copy.format.kind {
             CopyFormatKind::Text => None,
@@ -95,7 +87,6 @@ impl CopyIn {
                 return Err(request.fail(&e));
             }
         };
-        let schema = table.schema();
         let (sender, receiver) = mpsc::channel(CHANNEL_BATCHES);
         let stream = chunk_stream(Arc::clone(&schema), receiver);
         let append_engine = Arc::clone(engine);
@@ -228,6 +219,21 @@ impl CopyIn {
             },
             None => Error::Internal("the COPY append task was already joined".into()),
         }
+    }
+}
+
+/// Returns the schema of the native table a COPY appends to.
+///
+/// # Errors
+///
+/// [`Error::TableNotFound`], or [`Error::TableReadOnly`] for an external table.
+pub(super) async fn target_schema(engine: &Engine, table: &str) -> Result<SchemaRef> {
+    match engine.hot_table(table) {
+        Some(t) => Ok(t.schema()),
+        None if engine.tables().await.iter().any(|t| t.name == table) => {
+            Err(Error::TableReadOnly { table: table.to_string() })
+        }
+        None => Err(Error::TableNotFound { table: table.to_string() }),
     }
 }
 

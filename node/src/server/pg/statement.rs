@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{BeginTransactionKind, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
@@ -144,7 +144,7 @@ fn transaction_sql(statement: &Statement) -> Option<String> {
             Statement::StartTransaction {
                 modes: modes.clone(),
                 begin: false,
-                transaction: None,
+                transaction: Some(BeginTransactionKind::Transaction),
                 modifier: None,
                 statements: Vec::new(),
                 has_end_keyword: false,
@@ -271,7 +271,14 @@ impl QueryParser for StatementParser {
         Ok(Some(match self.classifier.classify(statement) {
             Classified::Empty => return Ok(None),
             Classified::Local(local) => PgStatement::Local(Arc::new(local)),
-            Classified::CopyIn(copy) => PgStatement::CopyIn(Arc::new(copy)),
+            Classified::CopyIn(copy) => {
+                // Checked here too (not only at Execute), so that a driver learns of a missing table from `Parse`
+                // and never enters the COPY sub-protocol for it.
+                if let Err(e) = super::copy::target_schema(&self.engine, &copy.table).await {
+                    return Err(Request::start(self.engine.metrics()).fail(&e));
+                }
+                PgStatement::CopyIn(Arc::new(copy))
+            }
             Classified::Sql(sql) => match self.engine.prepare(&sql).await {
                 Ok(statement) => {
                     let parameter_types = params::announced_types(&sql, statement.parameter_types());

@@ -1,0 +1,70 @@
+//! Starts a Quiver server in this process, on loopback ports chosen by the OS, for a benchmark to drive.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use quiver_node::config::{Config, Overrides};
+use quiver_node::engine::{Engine, StorageLocation};
+use quiver_node::server::Server;
+use tonic::transport::Channel;
+
+/// A running in-process server.
+pub struct Running {
+    /// The engine it serves.
+    pub engine: Arc<Engine>,
+    /// Its Flight SQL address.
+    pub flight: SocketAddr,
+    /// Its PostgreSQL address.
+    pub pg: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts a server whose data lives in `dir` (durable: every commit is fsync'd).
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let overrides = Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            flight_addr: Some("127.0.0.1:0".into()),
+            pg_addr: Some("127.0.0.1:0".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+        };
+        let config = Config::load(None, Vec::new(), &overrides)?;
+        let engine = Engine::open(StorageLocation::Path(dir.to_path_buf()), config.engine_options()).await?;
+        let server = Server::bind_with_engine(config, Arc::clone(&engine)).await?;
+        let (flight, pg) = (server.flight_addr(), server.pg_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run(async move { let _ = rx.await; }).await {
+                eprintln!("server failed: {}", e.report());
+            }
+        });
+        Ok(Self { engine, flight, pg, stop: Some(tx), task })
+    }
+
+    /// Returns a Flight SQL client connected to the server.
+    pub async fn flight_client(&self) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.flight))?.connect().await?;
+        Ok(FlightSqlServiceClient::new(channel))
+    }
+
+    /// Returns a PostgreSQL client connected to the server.
+    pub async fn pg_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let conn = format!("host={} port={} user=quiver", self.pg.ip(), self.pg.port());
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,89 @@
+//! The ingest benchmark.
+
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption};
+use bytes::Bytes;
+use futures::SinkExt;
+
+use crate::data::Table;
+use crate::harness::Running;
+
+/// One measured load.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// What was measured.
+    pub path: String,
+    /// Rows loaded.
+    pub rows: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+impl Measurement {
+    /// Returns rows per second.
+    pub fn rows_per_s(&self) -> f64 {
+        self.rows as f64 / self.seconds
+    }
+}
+
+/// Loads `table` over Flight SQL bulk ingest (`CommandStatementIngest` in one DoPut).
+pub async fn via_flight(server: &Running, table: &Table, target: &str) -> anyhow::Result<Measurement> {
+    let mut client = server.flight_client().await?;
+    let command = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: TableNotExistOption::Create.into(),
+            if_exists: TableExistsOption::Append.into(),
+        }),
+        table: target.to_string(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    };
+    let batches: Vec<RecordBatch> = table.batches.clone();
+    let started = Instant::now();
+    let stream = futures::stream::iter(batches.into_iter().map(Ok));
+    let rows = client.execute_ingest(command, stream).await?;
+    Ok(Measurement { path: "Quiver Flight SQL DoPut".into(), rows: rows as u64, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Encodes batches as CSV without a header, as a client would stream them to COPY.
+pub fn to_csv(batches: &[RecordBatch]) -> anyhow::Result<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut buf = Vec::with_capacity(b.num_rows() * 160);
+        {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(false).build(&mut buf);
+            writer.write(b)?;
+        }
+        out.push(Bytes::from(buf));
+    }
+    Ok(out)
+}
+
+/// The `lineitem` DDL in PostgreSQL syntax, for the Quiver gateway and for a PostgreSQL reference server.
+pub fn lineitem_ddl(name: &str) -> String {
+    format!(
+        "CREATE TABLE {name} (l_orderkey BIGINT NOT NULL, l_partkey BIGINT NOT NULL, l_suppkey BIGINT NOT NULL, \
+         l_linenumber INT NOT NULL, l_quantity DECIMAL(15,2) NOT NULL, l_extendedprice DECIMAL(15,2) NOT NULL, \
+         l_discount DECIMAL(15,2) NOT NULL, l_tax DECIMAL(15,2) NOT NULL, l_returnflag TEXT NOT NULL, \
+         l_linestatus TEXT NOT NULL, l_shipdate DATE NOT NULL, l_commitdate DATE NOT NULL, \
+         l_receiptdate DATE NOT NULL, l_shipinstruct TEXT NOT NULL, l_shipmode TEXT NOT NULL, \
+         l_comment TEXT NOT NULL)"
+    )
+}
+
+/// Loads CSV chunks into `table` with `COPY … FROM STDIN (FORMAT csv)` over a PostgreSQL connection.
+pub async fn via_copy(client: &tokio_postgres::Client, csv: &[Bytes], table: &str, path: &str) -> anyhow::Result<Measurement> {
+    let started = Instant::now();
+    let sink = client.copy_in::<_, Bytes>(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)")).await?;
+    futures::pin_mut!(sink);
+    for chunk in csv {
+        sink.send(chunk.clone()).await?;
+    }
+    let rows = sink.finish().await?;
+    Ok(Measurement { path: path.to_string(), rows, seconds: started.elapsed().as_secs_f64() })
+}
