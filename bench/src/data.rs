@@ -29,19 +29,43 @@ impl Table {
 
 /// Generates `lineitem` at scale factor `sf`.
 pub fn lineitem(sf: f64) -> Table {
-    Table { name: "lineitem", batches: LineItemArrow::new(LineItemGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() }
+    Table {
+        name: "lineitem",
+        batches: LineItemArrow::new(LineItemGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+    }
 }
 
 /// Generates all eight tables at scale factor `sf`.
 pub fn all(sf: f64) -> Vec<Table> {
     vec![
-        Table { name: "region", batches: RegionArrow::new(RegionGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "nation", batches: NationArrow::new(NationGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "supplier", batches: SupplierArrow::new(SupplierGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "customer", batches: CustomerArrow::new(CustomerGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "part", batches: PartArrow::new(PartGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "partsupp", batches: PartSuppArrow::new(PartSuppGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
-        Table { name: "orders", batches: OrderArrow::new(OrderGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect() },
+        Table {
+            name: "region",
+            batches: RegionArrow::new(RegionGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "nation",
+            batches: NationArrow::new(NationGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "supplier",
+            batches: SupplierArrow::new(SupplierGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "customer",
+            batches: CustomerArrow::new(CustomerGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "part",
+            batches: PartArrow::new(PartGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "partsupp",
+            batches: PartSuppArrow::new(PartSuppGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
+        Table {
+            name: "orders",
+            batches: OrderArrow::new(OrderGenerator::new(sf, 1, 1)).with_batch_size(BATCH_ROWS).collect(),
+        },
         lineitem(sf),
     ]
 }

@@ -37,7 +37,12 @@ impl Running {
         let (flight, pg) = (server.flight_addr(), server.pg_addr());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            if let Err(e) = server.run(async move { let _ = rx.await; }).await {
+            if let Err(e) = server
+                .run(async move {
+                    let _ = rx.await;
+                })
+                .await
+            {
                 eprintln!("server failed: {}", e.report());
             }
         });

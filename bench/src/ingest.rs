@@ -47,7 +47,11 @@ pub async fn via_flight(server: &Running, table: &Table, target: &str) -> anyhow
     let started = Instant::now();
     let stream = futures::stream::iter(batches.into_iter().map(Ok));
     let rows = client.execute_ingest(command, stream).await?;
-    Ok(Measurement { path: "Quiver Flight SQL DoPut".into(), rows: rows as u64, seconds: started.elapsed().as_secs_f64() })
+    Ok(Measurement {
+        path: "Quiver Flight SQL DoPut".into(),
+        rows: rows as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Encodes batches as CSV without a header, as a client would stream them to COPY.
@@ -77,7 +81,12 @@ pub fn lineitem_ddl(name: &str) -> String {
 }
 
 /// Loads CSV chunks into `table` with `COPY … FROM STDIN (FORMAT csv)` over a PostgreSQL connection.
-pub async fn via_copy(client: &tokio_postgres::Client, csv: &[Bytes], table: &str, path: &str) -> anyhow::Result<Measurement> {
+pub async fn via_copy(
+    client: &tokio_postgres::Client,
+    csv: &[Bytes],
+    table: &str,
+    path: &str,
+) -> anyhow::Result<Measurement> {
     let started = Instant::now();
     let sink = client.copy_in::<_, Bytes>(&format!("COPY {table} FROM STDIN WITH (FORMAT csv)")).await?;
     futures::pin_mut!(sink);

@@ -57,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
                 });
                 client.batch_execute("DROP TABLE IF EXISTS quiver_bench_lineitem").await?;
                 client.batch_execute(&ingest::lineitem_ddl("quiver_bench_lineitem")).await?;
-                results.push(ingest::via_copy(&client, &csv, "quiver_bench_lineitem", "PostgreSQL COPY (reference)").await?);
+                results.push(
+                    ingest::via_copy(&client, &csv, "quiver_bench_lineitem", "PostgreSQL COPY (reference)").await?,
+                );
                 client.batch_execute("DROP TABLE quiver_bench_lineitem").await?;
             }
             server.stop().await;
@@ -78,14 +80,22 @@ async fn main() -> anyhow::Result<()> {
             let which: Vec<usize> = if queries.is_empty() { (1..=22).collect() } else { queries };
             let timings = tpch::run_all(&server, &ctx, &which, runs).await?;
             server.stop().await;
-            println!("{:>5} {:>12} {:>14} {:>8} {:>7} {:>6}", "query", "quiver (s)", "datafusion (s)", "ratio", "rows", "same");
+            println!(
+                "{:>5} {:>12} {:>14} {:>8} {:>7} {:>6}",
+                "query", "quiver (s)", "datafusion (s)", "ratio", "rows", "same"
+            );
             let (mut q, mut d) = (0.0, 0.0);
             for t in &timings {
                 q += t.quiver_s;
                 d += t.datafusion_s;
                 println!(
                     "{:>5} {:>12.3} {:>14.3} {:>7.2}x {:>7} {:>6}",
-                    t.query, t.quiver_s, t.datafusion_s, t.quiver_s / t.datafusion_s, t.rows, t.same_answer
+                    t.query,
+                    t.quiver_s,
+                    t.datafusion_s,
+                    t.quiver_s / t.datafusion_s,
+                    t.rows,
+                    t.same_answer
                 );
             }
             println!("{:>5} {q:>12.3} {d:>14.3} {:>7.2}x", "total", q / d);

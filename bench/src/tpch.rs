@@ -101,7 +101,12 @@ pub struct QueryTiming {
 }
 
 /// Runs every query `runs` times on both engines.
-pub async fn run_all(server: &Running, ctx: &SessionContext, which: &[usize], runs: usize) -> anyhow::Result<Vec<QueryTiming>> {
+pub async fn run_all(
+    server: &Running,
+    ctx: &SessionContext,
+    which: &[usize],
+    runs: usize,
+) -> anyhow::Result<Vec<QueryTiming>> {
     let mut out = Vec::new();
     for &q in which {
         let sql = queries::query(q);

@@ -26,7 +26,8 @@ async fn tpch_answers_match_datafusion_on_parquet_and_ingest_loads_every_row() {
     let csv = ingest::to_csv(&lineitem.batches).expect("csv");
     let copy = ingest::via_copy(&pg, &csv, "li_copy", "copy").await.expect("copy");
     assert_eq!(copy.rows as usize, lineitem_rows);
-    let row = pg.query_one("SELECT count(*), sum(l_quantity) = (SELECT sum(l_quantity) FROM lineitem) FROM li_copy", &[])
+    let row = pg
+        .query_one("SELECT count(*), sum(l_quantity) = (SELECT sum(l_quantity) FROM lineitem) FROM li_copy", &[])
         .await
         .expect("count");
     assert_eq!(row.get::<_, i64>(0) as usize, lineitem_rows);

@@ -22,7 +22,7 @@ use crate::storage::{Durability, RocksStoreOptions};
 pub const ENV_PREFIX: &str = "QUIVER_";
 
 /// The whole configuration of a node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the node keeps its data.
@@ -33,17 +33,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            storage: StorageConfig::default(),
-            server: ServerConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 /// Storage settings.
@@ -151,7 +140,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if b >= 1 << shift && b % (1 << shift) == 0 {
+            if b >= 1 << shift && b.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", b >> shift);
             }
         }
@@ -281,7 +270,10 @@ impl Config {
             return bad("storage.chunk_rows", format!("{} is outside 1..=16777216", self.storage.chunk_rows));
         }
         if self.limits.flight_message_max.0 < 1 << 20 || self.limits.flight_message_max.0 > 2 << 30 {
-            return bad("limits.flight_message_max", format!("{} is outside 1MiB..=2GiB", self.limits.flight_message_max));
+            return bad(
+                "limits.flight_message_max",
+                format!("{} is outside 1MiB..=2GiB", self.limits.flight_message_max),
+            );
         }
         if self.limits.sql_text_max.0 < 1 << 10 {
             return bad("limits.sql_text_max", format!("{} is below 1KiB", self.limits.sql_text_max));
@@ -373,7 +365,11 @@ mod tests {
         let file = "[server]\npg_addr = \"127.0.0.1:6000\"\nflight_addr = \"127.0.0.1:6001\"\n[storage]\nblock_cache = \"1GiB\"\n";
         let c = Config::load(
             Some(("quiver.toml", file)),
-            env(&[("QUIVER_SERVER__PG_ADDR", "127.0.0.1:7000"), ("OTHER", "x"), ("QUIVER_STORAGE__CHUNK_ROWS", "1000")]),
+            env(&[
+                ("QUIVER_SERVER__PG_ADDR", "127.0.0.1:7000"),
+                ("OTHER", "x"),
+                ("QUIVER_STORAGE__CHUNK_ROWS", "1000"),
+            ]),
             &Overrides { flight_addr: Some("127.0.0.1:8000".into()), ..Overrides::default() },
         )
         .expect("load");
@@ -393,8 +389,12 @@ mod tests {
         let err = Config::load(None, env(&[]), &Overrides { pg_addr: Some("nonsense".into()), ..Overrides::default() })
             .expect_err("addr");
         assert!(err.to_string().contains("server.pg_addr"), "{err}");
-        let err = Config::load(Some(("q.toml", "[storage]\nblock_cache = \"12 parsecs\"\n")), env(&[]), &Overrides::default())
-            .expect_err("size");
+        let err = Config::load(
+            Some(("q.toml", "[storage]\nblock_cache = \"12 parsecs\"\n")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .expect_err("size");
         assert!(err.to_string().contains("parsecs"), "{err}");
     }
 

@@ -495,7 +495,12 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::Parameter`] when the parameters do not fit; otherwise as [`Engine::execute`].
-    pub async fn execute_prepared(&self, statement: &PreparedStatement, params: Vec<ScalarValue>) -> Result<QueryOutput> {
+    pub async fn execute_prepared(
+        &self,
+        statement: &PreparedStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        self.metrics.statements.inc();
         if params.len() != statement.parameter_types.len() {
             return Err(Error::Parameter {
                 detail: format!(
@@ -574,7 +579,10 @@ impl Engine {
             }
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
                 let name = table_name(&create.name)?;
-                let definition = create.definition.clone().ok_or_else(|| Error::Internal("external table without its definition".into()))?;
+                let definition = create
+                    .definition
+                    .clone()
+                    .ok_or_else(|| Error::Internal("external table without its definition".into()))?;
                 let exists = self.catalog.lock().await.table(&name).is_some();
                 if exists {
                     return if create.if_not_exists {
@@ -587,7 +595,10 @@ impl Engine {
                 let format = create.file_type.to_lowercase();
                 // Let DataFusion build (and check) the listing table first; it registers it in our registry.
                 self.ctx.execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create))).await?;
-                let provider = self.registry.get(&name).ok_or_else(|| Error::Internal("external table was not registered".into()))?;
+                let provider = self
+                    .registry
+                    .get(&name)
+                    .ok_or_else(|| Error::Internal("external table was not registered".into()))?;
                 let schema = provider.schema();
                 let command = CatalogCommand::CreateTable {
                     name: name.clone(),
@@ -619,8 +630,13 @@ impl Engine {
                 self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(QueryOutput::Done { command: Command::DropView })
             }
-            LogicalPlan::Ddl(other) => Err(Error::Unsupported { what: format!("{}", other.name()) }),
-            LogicalPlan::Dml(DmlStatement { table_name: t, op: op @ (WriteOp::Delete | WriteOp::Update), input, .. }) => {
+            LogicalPlan::Ddl(other) => Err(Error::Unsupported { what: other.name().to_string() }),
+            LogicalPlan::Dml(DmlStatement {
+                table_name: t,
+                op: op @ (WriteOp::Delete | WriteOp::Update),
+                input,
+                ..
+            }) => {
                 let name = table_name(&t)?;
                 let table = self.native_table(&name)?;
                 let is_update = op == WriteOp::Update;
@@ -678,9 +694,9 @@ impl Engine {
                     S::SetVariable(_) => Err(Error::Unsupported {
                         what: "changing engine settings from SQL; use the configuration file".into(),
                     }),
-                    S::Prepare(_) | S::Execute(_) | S::Deallocate(_) | S::ResetVariable(_) => {
-                        Err(Error::Unsupported { what: "SQL-level PREPARE/EXECUTE/RESET; use the protocol's prepared statements".into() })
-                    }
+                    S::Prepare(_) | S::Execute(_) | S::Deallocate(_) | S::ResetVariable(_) => Err(Error::Unsupported {
+                        what: "SQL-level PREPARE/EXECUTE/RESET; use the protocol's prepared statements".into(),
+                    }),
                 }
             }
             plan => {
@@ -770,7 +786,13 @@ impl Engine {
     ///
     /// [`Error::TableNotFound`] / [`Error::TableAlreadyExists`] as `mode` dictates, [`Error::SchemaMismatch`] when the
     /// batches do not fit an existing table.
-    pub async fn ingest(&self, table: &str, mode: IngestMode, schema: SchemaRef, stream: SendableRecordBatchStream) -> Result<u64> {
+    pub async fn ingest(
+        &self,
+        table: &str,
+        mode: IngestMode,
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+    ) -> Result<u64> {
         let exists = self.catalog.lock().await.table(table).is_some();
         match (mode, exists) {
             (IngestMode::Create, true) => return Err(Error::TableAlreadyExists { table: table.to_string() }),
@@ -823,7 +845,9 @@ fn table_name(r: &datafusion::common::TableReference) -> Result<String> {
     if let Some(schema) = r.schema()
         && schema != SCHEMA_NAME
     {
-        return Err(Error::Plan { message: format!("schema \"{schema}\" does not exist; tables live in \"{SCHEMA_NAME}\"") });
+        return Err(Error::Plan {
+            message: format!("schema \"{schema}\" does not exist; tables live in \"{SCHEMA_NAME}\""),
+        });
     }
     if let Some(catalog) = r.catalog()
         && catalog != CATALOG_NAME
@@ -913,7 +937,10 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
     let (start, end) = keys::all_index_range();
     for (key, value) in store.scan(&start, &end)? {
         let Some((table, seq)) = keys::parse_chunk_key(&key) else {
-            return Err(Error::Corrupt { location: format!("key {key:?}"), detail: "malformed chunk index key".into() });
+            return Err(Error::Corrupt {
+                location: format!("key {key:?}"),
+                detail: "malformed chunk index key".into(),
+            });
         };
         max_seq = max_seq.max(seq);
         if !live.contains(&table) {

@@ -8,7 +8,7 @@
 //! - `query`: DataFusion integration (table provider, pruned parallel scans, inserts, DELETE/UPDATE).
 //! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
 //! - [`embedded`]: [`Quiver`], the in-process API.
-//! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::start`].
+//! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::Server`].
 //! - [`config`]: the server's layered configuration.
 
 pub mod cli;

@@ -110,7 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 None => None,
             };
             let overrides = Overrides { data_dir, flight_addr, pg_addr, http_addr };
-            let config = Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
+            let config =
+                Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
             init_logging(&config.log.filter);
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await?;
@@ -119,7 +120,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             init_logging("warn");
             let mut target = match connect {
                 Some(url) => Target::connect(&url).await?,
-                None => Target::Embedded(Engine::open(StorageLocation::Path(data_dir), EngineOptions::default()).await?),
+                None => {
+                    Target::Embedded(Engine::open(StorageLocation::Path(data_dir), EngineOptions::default()).await?)
+                }
             };
             if commands.is_empty() {
                 shell::interactive(target).await?;

@@ -148,7 +148,12 @@ impl Metrics {
         let _ = writeln!(out, "# HELP quiver_requests_total Requests received, by frontend.");
         let _ = writeln!(out, "# TYPE quiver_requests_total counter");
         for f in Frontend::ALL {
-            let _ = writeln!(out, "quiver_requests_total{{frontend=\"{}\"}} {}", f.label(), self.frontend(f).requests.get());
+            let _ = writeln!(
+                out,
+                "quiver_requests_total{{frontend=\"{}\"}} {}",
+                f.label(),
+                self.frontend(f).requests.get()
+            );
         }
         let _ = writeln!(out, "# HELP quiver_request_errors_total Requests that ended in an error, by frontend.");
         let _ = writeln!(out, "# TYPE quiver_request_errors_total counter");

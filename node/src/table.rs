@@ -5,8 +5,8 @@
 //! - [`HotTable`]: one native table. It holds the index entries of all its chunks in memory, in sequence order, as an
 //!   immutable list behind an `Arc` (a *version*). Readers take the current version and scan it without locks; writers
 //!   build a new version and swap it in after their write is durable.
-//! - [`Chunk`]: one chunk, with its [`ChunkMeta`] (row count and per-column statistics for pruning).
-//! - [`Appender`]: an in-progress insert. It writes chunk data as rows arrive (not yet fsync'd, not yet visible) and
+//! - `Chunk`: one chunk, with its `ChunkMeta` (row count and per-column statistics for pruning).
+//! - `Appender`: an in-progress insert. It writes chunk data as rows arrive (not yet fsync'd, not yet visible) and
 //!   commits by writing every index entry in one fsync'd batch, so an insert is atomic and durable when it returns.
 //!
 //! Invariants:
@@ -141,17 +141,17 @@ impl HotTable {
         let mut list: Vec<Arc<Chunk>> = chunks
             .into_iter()
             .map(|(seq, meta)| {
-                Arc::new(Chunk { table: def.id, seq, meta, retired: AtomicBool::new(false), tables: Arc::clone(&tables) })
+                Arc::new(Chunk {
+                    table: def.id,
+                    seq,
+                    meta,
+                    retired: AtomicBool::new(false),
+                    tables: Arc::clone(&tables),
+                })
             })
             .collect();
         list.sort_by_key(|c| c.seq);
-        Self {
-            def,
-            schema,
-            tables,
-            version: RwLock::new(Arc::new(list)),
-            dml_lock: tokio::sync::Mutex::new(()),
-        }
+        Self { def, schema, tables, version: RwLock::new(Arc::new(list)), dml_lock: tokio::sync::Mutex::new(()) }
     }
 
     /// Returns the table's definition.
@@ -190,10 +190,11 @@ impl HotTable {
         }
         let key = keys::data_key(chunk.table, chunk.seq);
         let location = || format!("table \"{}\" chunk {}", self.def.name, chunk.seq);
-        let bytes = self.tables.store.get(&key)?.ok_or_else(|| Error::Corrupt {
-            location: location(),
-            detail: "chunk data is missing".into(),
-        })?;
+        let bytes = self
+            .tables
+            .store
+            .get(&key)?
+            .ok_or_else(|| Error::Corrupt { location: location(), detail: "chunk data is missing".into() })?;
         self.tables.metrics.hot_bytes_read.add(bytes.len() as u64);
         chunk::decode_data(&bytes, projection, projected_schema, location)
     }

@@ -39,13 +39,14 @@ impl SimRng {
 
 /// Returns a batch of the workload table `(id BIGINT NOT NULL, v BIGINT)` holding `ids`.
 pub fn rows(ids: &[i64]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("v", DataType::Int64, true),
-    ]));
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("v", DataType::Int64, true)]));
     RecordBatch::try_new(
         schema,
-        vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * 10)))],
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * 10))),
+        ],
     )
     .expect("columns match the schema")
 }

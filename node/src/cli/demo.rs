@@ -60,12 +60,15 @@ pub const QUERIES: [(&str, &str); 6] = [
          SELECT CAST(month AS DATE) AS month, orders, round(CAST(avg_amount AS DOUBLE), 2) AS avg_amount
          FROM monthly ORDER BY month LIMIT 6",
     ),
-    ("Cancel every order over 990.00 placed in January 2024 (UPDATE)", "UPDATE orders SET status = 'cancelled' WHERE amount > 990 AND ordered_at < TIMESTAMP '2024-02-01'"),
-    ("Delete cancelled orders from 2024 (DELETE)", "DELETE FROM orders WHERE status = 'cancelled' AND ordered_at < TIMESTAMP '2025-01-01'"),
     (
-        "Orders by status now",
-        "SELECT status, count(*) AS orders FROM orders GROUP BY status ORDER BY status",
+        "Cancel every order over 990.00 placed in January 2024 (UPDATE)",
+        "UPDATE orders SET status = 'cancelled' WHERE amount > 990 AND ordered_at < TIMESTAMP '2024-02-01'",
     ),
+    (
+        "Delete cancelled orders from 2024 (DELETE)",
+        "DELETE FROM orders WHERE status = 'cancelled' AND ordered_at < TIMESTAMP '2025-01-01'",
+    ),
+    ("Orders by status now", "SELECT status, count(*) AS orders FROM orders GROUP BY status ORDER BY status"),
 ];
 
 /// Creates the demo tables in `db` and fills them.
@@ -74,10 +77,8 @@ pub const QUERIES: [(&str, &str); 6] = [
 ///
 /// Fails when the database fails.
 pub async fn load(db: &Quiver) -> Result<()> {
-    db.sql(
-        "CREATE TABLE customers (id BIGINT NOT NULL PRIMARY KEY, name TEXT NOT NULL, country TEXT, signup DATE)",
-    )
-    .await?;
+    db.sql("CREATE TABLE customers (id BIGINT NOT NULL PRIMARY KEY, name TEXT NOT NULL, country TEXT, signup DATE)")
+        .await?;
     db.sql(
         "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, customer_id BIGINT NOT NULL, amount DECIMAL(10, 2) \
          NOT NULL, status TEXT NOT NULL, ordered_at TIMESTAMP(3) NOT NULL)",
@@ -156,7 +157,8 @@ pub async fn run(db: &Quiver) -> Result<String> {
     for (title, sql) in QUERIES {
         let started = std::time::Instant::now();
         let text = super::render_output(db.engine().execute_one(sql).await?).await?;
-        let _ = writeln!(out, "-- {title}\n{}\n{text}\n({:.1} ms)\n", squeeze(sql), started.elapsed().as_secs_f64() * 1e3);
+        let _ =
+            writeln!(out, "-- {title}\n{}\n{text}\n({:.1} ms)\n", squeeze(sql), started.elapsed().as_secs_f64() * 1e3);
     }
     Ok(out)
 }

@@ -31,15 +31,19 @@ pub async fn import(engine: &Arc<Engine>, table: &str, files: &[String], show_pr
         bar.set_message(file.clone());
         let lower = file.to_lowercase();
         let ctx = engine.session();
-        let ext = std::path::Path::new(file).extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let ext =
+            std::path::Path::new(file).extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
         let df = if lower.ends_with(".parquet") {
             ctx.read_parquet(file.as_str(), ParquetReadOptions::default().file_extension(&ext)).await?
         } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
             ctx.read_json(file.as_str(), JsonReadOptions::default().file_extension(&ext)).await?
         } else if lower.ends_with(".csv") || lower.ends_with(".tsv") || lower.ends_with(".txt") {
             let delimiter = if lower.ends_with(".tsv") { b'\t' } else { b',' };
-            ctx.read_csv(file.as_str(), CsvReadOptions::new().has_header(true).delimiter(delimiter).file_extension(&ext))
-                .await?
+            ctx.read_csv(
+                file.as_str(),
+                CsvReadOptions::new().has_header(true).delimiter(delimiter).file_extension(&ext),
+            )
+            .await?
         } else {
             return Err(Error::Unsupported {
                 what: format!("the format of {file}; use a .csv, .tsv, .parquet, .json or .ndjson file"),

@@ -30,12 +30,12 @@ impl Target {
     /// Fails when the address is malformed or nothing answers there.
     pub async fn connect(url: &str) -> Result<Self> {
         let url = if url.contains("://") { url.to_string() } else { format!("http://{url}") };
-        let endpoint = Channel::from_shared(url.clone())
-            .map_err(|e| Error::Config { detail: format!("--connect {url}: {e}") })?;
-        let channel = endpoint.connect().await.map_err(|e| Error::Io {
-            operation: format!("connect to {url}"),
-            source: std::io::Error::other(e),
-        })?;
+        let endpoint =
+            Channel::from_shared(url.clone()).map_err(|e| Error::Config { detail: format!("--connect {url}: {e}") })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Error::Io { operation: format!("connect to {url}"), source: std::io::Error::other(e) })?;
         Ok(Target::Remote(Box::new(FlightSqlServiceClient::new(channel))))
     }
 
@@ -60,10 +60,8 @@ impl Target {
                 for endpoint in info.endpoint {
                     let Some(ticket) = endpoint.ticket else { continue };
                     let stream = client.do_get(ticket).await.map_err(remote)?;
-                    let mut got: Vec<RecordBatch> = stream
-                        .try_collect()
-                        .await
-                        .map_err(|e| Error::Execution { message: format!("server: {e}") })?;
+                    let mut got: Vec<RecordBatch> =
+                        stream.try_collect().await.map_err(|e| Error::Execution { message: format!("server: {e}") })?;
                     batches.append(&mut got);
                 }
                 render_batches(&batches)
@@ -78,8 +76,8 @@ impl Target {
 ///
 /// Fails only when the terminal fails; statement errors are printed and the shell goes on.
 pub async fn interactive(mut target: Target) -> Result<()> {
-    let mut editor = rustyline::DefaultEditor::new()
-        .map_err(|e| Error::io("start the line editor", std::io::Error::other(e)))?;
+    let mut editor =
+        rustyline::DefaultEditor::new().map_err(|e| Error::io("start the line editor", std::io::Error::other(e)))?;
     println!("quiver {} — end statements with ';', \\q to quit", env!("CARGO_PKG_VERSION"));
     let mut buffer = String::new();
     loop {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
-use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{
+    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement as SqlStatement,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use futures::StreamExt;
@@ -71,7 +73,8 @@ pub fn parse_copy_from(sql: &str) -> Result<Option<CopyFrom>> {
     if trimmed.len() < 4 || !trimmed[..4].eq_ignore_ascii_case("copy") {
         return Ok(None);
     }
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Error::SqlSyntax { message: e.to_string() })?;
+    let statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Error::SqlSyntax { message: e.to_string() })?;
     let [SqlStatement::Copy { source, to, target, options, legacy_options, .. }] = statements.as_slice() else {
         return Ok(None);
     };
@@ -179,7 +182,9 @@ pub fn decode_delimited(schema: &SchemaRef, format: &CopyFormat, data: &[u8]) ->
     } else {
         format!("^{}$", regex_escape(&format.null))
     };
-    builder = builder.with_null_regex(regex::Regex::new(&null).map_err(|e| Error::Execution { message: format!("NULL marker: {e}") })?);
+    builder = builder.with_null_regex(
+        regex::Regex::new(&null).map_err(|e| Error::Execution { message: format!("NULL marker: {e}") })?,
+    );
     if format.kind == CopyFormatKind::Text {
         // The text format has no quoting; a quote character is data.
         builder = builder.with_quote(0).with_escape(b'\\');
@@ -232,10 +237,8 @@ impl Engine {
         };
         let table = self.native_table(&copy.table)?;
         let schema = table.schema();
-        let extension = std::path::Path::new(&path)
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
+        let extension =
+            std::path::Path::new(&path).extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
         let df = match copy.format.kind {
             CopyFormatKind::Csv | CopyFormatKind::Text => {
                 let options = CsvReadOptions::new()

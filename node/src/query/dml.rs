@@ -37,8 +37,7 @@ pub(crate) struct RowChange {
 }
 
 fn has_subquery(e: &Expr) -> bool {
-    e.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_))))
-        .unwrap_or(true)
+    e.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)))).unwrap_or(true)
 }
 
 /// Takes apart the input plan of a DELETE (`is_update == false`) or UPDATE of `table`.
@@ -47,7 +46,9 @@ fn has_subquery(e: &Expr) -> bool {
 ///
 /// [`Error::Unsupported`] for forms we cannot rewrite safely (UPDATE … FROM, subqueries in WHERE or SET).
 pub(crate) fn analyze(table: &str, input: &LogicalPlan, is_update: bool) -> Result<RowChange> {
-    let unsupported = |what: &str| Error::Unsupported { what: format!("{what} in {} of table \"{table}\"", if is_update { "UPDATE" } else { "DELETE" }) };
+    let unsupported = |what: &str| Error::Unsupported {
+        what: format!("{what} in {} of table \"{table}\"", if is_update { "UPDATE" } else { "DELETE" }),
+    };
     let mut node = input;
     let mut projection: Option<Vec<Expr>> = None;
     let mut predicate: Option<Expr> = None;
@@ -152,11 +153,8 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
                         None => Arc::clone(old),
                         Some(e) => {
                             let new = e.evaluate(&batch)?.into_array(batch.num_rows())?;
-                            let new = if new.data_type() == old.data_type() {
-                                new
-                            } else {
-                                cast(&new, old.data_type())?
-                            };
+                            let new =
+                                if new.data_type() == old.data_type() { new } else { cast(&new, old.data_type())? };
                             zip(&mask, &new, old)?
                         }
                     });

@@ -38,8 +38,7 @@ impl HotTableProvider {
     /// Wraps a hot table.
     pub(crate) fn new(table: Arc<HotTable>) -> Self {
         let schema = table.schema();
-        let key: Vec<usize> =
-            table.def().primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+        let key: Vec<usize> = table.def().primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
         let constraints = if key.is_empty() {
             Constraints::default()
         } else {
@@ -124,8 +123,9 @@ impl TableProvider for HotTableProvider {
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return Err(Error::Unsupported { what: format!("{insert_op} into table \"{}\"", self.table.def().name) }
-                .into());
+            return Err(
+                Error::Unsupported { what: format!("{insert_op} into table \"{}\"", self.table.def().name) }.into()
+            );
         }
         let sink = HotSink { table: Arc::clone(&self.table), schema: self.table.schema() };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))

@@ -611,7 +611,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
     }

@@ -32,11 +32,14 @@
 //! - A `COPY … FROM STDIN` appends all of its rows in one atomic commit, or none of them (bad line, `CopyFail`, a
 //!   dropped connection).
 //! - Statements autocommit, as everywhere in Quiver: `BEGIN`/`COMMIT` are accepted and only drive the transaction
-//!   status clients display; `ROLLBACK` answers with a warning that nothing was undone.
+//!   status clients display; a `ROLLBACK` after `BEGIN` answers with a warning that nothing was undone.
+//! - A `CancelRequest` interrupts the statement running on the connection it names, including while its rows are
+//!   being sent.
 //!
 //! Runtime: the accept loop, the connection tasks and the COPY append tasks run on the Tokio runtime that calls
 //! [`serve`] (the process runtime); decoding COPY blocks runs on its blocking pool.
 
+mod cancel;
 mod catalog;
 mod copy;
 mod error;

@@ -33,9 +33,7 @@ fn scan_map(map: &Map, start: &[u8], end: &[u8]) -> Vec<KeyValue> {
     if start >= end {
         return Vec::new();
     }
-    map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 impl HotStore for MemoryStore {
@@ -56,8 +54,7 @@ impl HotStore for MemoryStore {
                 }
                 WriteOp::DeleteRange { start, end } => {
                     if start < end {
-                        let doomed: Vec<Vec<u8>> =
-                            map.range(start..end).map(|(k, _)| k.clone()).collect();
+                        let doomed: Vec<Vec<u8>> = map.range(start..end).map(|(k, _)| k.clone()).collect();
                         for k in doomed {
                             map.remove(&k);
                         }

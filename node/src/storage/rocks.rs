@@ -77,12 +77,7 @@ impl RocksStore {
     }
 }
 
-fn scan_with(
-    db: &DB,
-    start: &[u8],
-    end: &[u8],
-    mut read: ReadOptions,
-) -> Result<Vec<KeyValue>> {
+fn scan_with(db: &DB, start: &[u8], end: &[u8], mut read: ReadOptions) -> Result<Vec<KeyValue>> {
     if start >= end {
         return Ok(Vec::new());
     }

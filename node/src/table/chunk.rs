@@ -134,11 +134,8 @@ pub(crate) fn encode_meta(meta: &ChunkMeta, schema: &Schema) -> Result<Vec<u8>> 
         });
         columns.push(array.map_err(|e| Error::Internal(format!("chunk statistics of {}: {e}", field.name())))?);
     }
-    let stats = RecordBatch::try_new_with_options(
-        stats_schema,
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(2)),
-    )?;
+    let stats =
+        RecordBatch::try_new_with_options(stats_schema, columns, &RecordBatchOptions::new().with_row_count(Some(2)))?;
     let mut writer = StreamWriter::try_new(out, &stats.schema())?;
     writer.write(&stats)?;
     writer.finish()?;
@@ -169,10 +166,8 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
     }
     let mut reader =
         StreamReader::try_new(Cursor::new(&bytes[at..]), None).map_err(|_| corrupt("bad statistics header"))?;
-    let stats = reader
-        .next()
-        .ok_or_else(|| corrupt("missing statistics"))?
-        .map_err(|_| corrupt("bad statistics batch"))?;
+    let stats =
+        reader.next().ok_or_else(|| corrupt("missing statistics"))?.map_err(|_| corrupt("bad statistics batch"))?;
     if stats.num_columns() != columns || stats.num_rows() != 2 {
         return Err(corrupt("statistics do not match the column count"));
     }

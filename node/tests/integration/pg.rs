@@ -248,6 +248,20 @@ async fn copy_from_stdin_appends_text_and_csv_atomically() {
     }
     assert_eq!(count(&client, "quotes").await, before);
 
+    tracing::info!("a bad line in the first block fails the COPY while data is still arriving");
+    let mut bad_early = data.clone();
+    bad_early.splice(0..0, b"oops,x,y\n".iter().copied());
+    let sink = client.copy_in("COPY quotes FROM STDIN (FORMAT csv)").await.expect("copy bad early");
+    futures::pin_mut!(sink);
+    for part in bad_early.chunks(64 * 1024) {
+        if sink.send(Bytes::copy_from_slice(part)).await.is_err() {
+            break;
+        }
+    }
+    let e = sink.finish().await.expect_err("bad first line");
+    assert!(e.as_db_error().is_some_and(|db| db.message().contains("oops")), "{e:?}");
+    assert_eq!(count(&client, "quotes").await, before);
+
     tracing::info!("a COPY into a missing table fails before any data is sent");
     let Err(e) = client.copy_in::<_, Bytes>("COPY missing FROM STDIN").await else {
         panic!("a COPY into a missing table starts");
@@ -284,6 +298,24 @@ async fn errors_carry_sqlstates_and_the_connection_survives_them() {
     assert_eq!(simple_rows(&client, "SELECT 1 + 1").await, vec![vec![Some("2".to_string())]]);
     assert_eq!(client.query_one("SELECT $1::BIGINT + 1", &[&41i64]).await.expect("after errors").get::<_, i64>(0), 42);
 
+    tracing::info!("a cancel request interrupts a long query, in both protocols, and the connection goes on");
+    let long = "SELECT sum(value) FROM generate_series(1, 5000000000) AS t(value)";
+    for extended in [false, true] {
+        let token = client.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(NoTls).await
+        });
+        let e = if extended {
+            client.query(long, &[]).await.map(|_| ()).expect_err("cancelled")
+        } else {
+            client.simple_query(long).await.map(|_| ()).expect_err("cancelled")
+        };
+        assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+        canceller.await.expect("canceller").expect("cancel request sent");
+        assert_eq!(simple_rows(&client, "SELECT 1").await, vec![vec![Some("1".to_string())]]);
+    }
+
     let metrics = fixture.engine.metrics().frontend(Frontend::Postgres);
     assert!(metrics.errors.get() >= 4, "errors: {}", metrics.errors.get());
     drop(client);
@@ -315,6 +347,8 @@ async fn transactions_session_statements_and_catalog_queries_work() {
     let isolation: String = client.query_one("SHOW transaction_isolation", &[]).await.expect("show, extended").get(0);
     assert_eq!(isolation, "read committed");
     client.execute("SET statement_timeout = 0", &[]).await.expect("set, extended");
+    let regtype: i32 = client.query_one("SELECT to_regtype('integer')", &[]).await.expect("to_regtype").get(0);
+    assert_eq!(regtype, 23);
     let e = client.simple_query("SET server_version = '9.6'").await.expect_err("fixed parameter");
     assert_eq!(e.code(), Some(&SqlState::CANT_CHANGE_RUNTIME_PARAM), "{e:?}");
 
@@ -360,8 +394,17 @@ ORDER BY 1,2;"#;
     fixture.stop().await;
 }
 
-/// Runs psql against the gateway; `None` when psql is not installed.
+/// Runs psql against the gateway and checks that it succeeded; `None` when psql is not installed.
 async fn psql(port: u16, command: &str) -> Option<String> {
+    let output = psql_output(port, command).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "psql -c {command:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    Some(stdout)
+}
+
+/// Runs psql against the gateway; `None` when psql is not installed.
+async fn psql_output(port: u16, command: &str) -> Option<std::process::Output> {
     let output = tokio::process::Command::new("psql")
         .args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "quiver"])
         .args(["-d", "quiver", "-c", command])
@@ -369,16 +412,11 @@ async fn psql(port: u16, command: &str) -> Option<String> {
         .env_remove("PGPASSWORD")
         .kill_on_drop(true)
         .output();
-    let output = match tokio::time::timeout(Duration::from_secs(60), output).await.expect("psql finishes") {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+    match tokio::time::timeout(Duration::from_secs(60), output).await.expect("psql finishes") {
+        Ok(output) => Some(output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("running psql: {e}"),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "psql -c {command:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    eprintln!("DEBUGPSQL {command}\n{stdout}\n{stderr}");
-    Some(stdout)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +457,21 @@ async fn psql_queries_lists_and_describes_tables() {
         psql(fixture.port, &format!(r"\copy trades FROM '{}' WITH (FORMAT csv)", file.display())).await.expect("psql");
     assert!(out.contains("COPY 1"), "{out}");
     assert_eq!(count(&client, "trades").await, 4);
+
+    tracing::info!("a bad line early in a large \\copy fails it cleanly and appends nothing");
+    let mut csv = String::from("oops,x,1,true,2024-02-01,2024-02-01 12:00:00,1.25\n");
+    for i in 0..40_000 {
+        csv.push_str(&format!("{},SYM{i},1.5,false,2024-02-01,2024-02-01 12:00:00,1.25\n", 100 + i));
+    }
+    std::fs::write(&file, csv).expect("write csv");
+    let output = psql_output(fixture.port, &format!(r"\copy trades FROM '{}' WITH (FORMAT csv)", file.display()))
+        .await
+        .expect("psql");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("oops"), "{stderr}");
+    assert_eq!(count(&client, "trades").await, 4);
+    let out = psql(fixture.port, "SELECT count(*) FROM trades").await.expect("psql");
+    assert!(out.contains(" 4\n"), "{out}");
 
     drop(client);
     fixture.stop().await;

@@ -3,7 +3,7 @@
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use quiver_node::engine::{Command, EngineOptions, StorageLocation};
-use quiver_node::{ErrorKind, Quiver, QueryOutput};
+use quiver_node::{ErrorKind, QueryOutput, Quiver};
 
 async fn open(dir: &std::path::Path) -> Quiver {
     // Small chunks so that pruning and multi-chunk DML are exercised with small tables.
@@ -66,7 +66,17 @@ async fn types_round_trip_and_survive_reopen() {
     assert!(matches!(ty("tstz"), DataType::Timestamp(_, Some(_))), "{:?}", ty("tstz"));
     assert!(!schema.field_with_name("i64").expect("i64").is_nullable());
     let text = pretty(&rows(&db, "SELECT b, i8, u64, d, s, bin, day, ts_ms, tstz FROM all_types ORDER BY i64").await);
-    for expected in ["true", "-8", "64", "123.456", "hello", "deadbeef", "2024-02-29", "2024-02-29T12:34:56.789", "2024-02-29T10:34:56"] {
+    for expected in [
+        "true",
+        "-8",
+        "64",
+        "123.456",
+        "hello",
+        "deadbeef",
+        "2024-02-29",
+        "2024-02-29T12:34:56.789",
+        "2024-02-29T10:34:56",
+    ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
     assert_eq!(single_i64(&db, "SELECT count(*) FROM all_types WHERE b IS NULL").await, 1);
@@ -83,7 +93,11 @@ async fn dml_counts_are_exact_and_atomic() {
     db.sql("CREATE TABLE t (id BIGINT NOT NULL, grp TEXT NOT NULL, v DOUBLE)").await.expect("create");
     // 1,000 rows in 10 chunks of 100.
     assert_eq!(
-        affected(&db, "INSERT INTO t SELECT value, 'g' || CAST(value % 7 AS TEXT), value * 0.5 FROM generate_series(1, 1000)").await,
+        affected(
+            &db,
+            "INSERT INTO t SELECT value, 'g' || CAST(value % 7 AS TEXT), value * 0.5 FROM generate_series(1, 1000)"
+        )
+        .await,
         (Command::Insert, 1000)
     );
     assert_eq!(affected(&db, "DELETE FROM t WHERE id <= 150").await, (Command::Delete, 150));
@@ -132,7 +146,9 @@ async fn full_select_dialect_works_on_hot_tables() {
     assert!(text.find("Berlin").expect("Berlin") < text.find("Lagos").expect("Lagos"), "{text}");
     assert!(text.contains("500") && text.contains("250") && text.contains("90"), "{text}");
     // Window function.
-    let text = pretty(&rows(&db, "SELECT id, rank() OVER (PARTITION BY dept ORDER BY salary DESC) AS r FROM emp ORDER BY id").await);
+    let text = pretty(
+        &rows(&db, "SELECT id, rank() OVER (PARTITION BY dept ORDER BY salary DESC) AS r FROM emp ORDER BY id").await,
+    );
     assert!(text.contains("| 4  | 2 |"), "{text}");
     // Recursive CTE over the reporting chain.
     assert_eq!(
@@ -141,10 +157,17 @@ async fn full_select_dialect_works_on_hot_tables() {
     );
     // Correlated and scalar subqueries.
     assert_eq!(
-        single_i64(&db, "SELECT count(*) FROM emp e WHERE salary > (SELECT avg(salary) FROM emp x WHERE x.dept = e.dept)").await,
+        single_i64(
+            &db,
+            "SELECT count(*) FROM emp e WHERE salary > (SELECT avg(salary) FROM emp x WHERE x.dept = e.dept)"
+        )
+        .await,
         2
     );
-    assert_eq!(single_i64(&db, "SELECT count(*) FROM emp WHERE dept IN (SELECT name FROM dept WHERE city LIKE 'L%')").await, 3);
+    assert_eq!(
+        single_i64(&db, "SELECT count(*) FROM emp WHERE dept IN (SELECT name FROM dept WHERE city LIKE 'L%')").await,
+        3
+    );
     // Metadata statements.
     let text = pretty(&rows(&db, "SHOW TABLES").await);
     assert!(text.contains("emp") && text.contains("dept"), "{text}");
@@ -154,7 +177,10 @@ async fn full_select_dialect_works_on_hot_tables() {
     // INSERT … SELECT and CREATE TABLE … AS.
     db.sql("CREATE TABLE rich AS SELECT id, salary FROM emp WHERE salary >= 150").await.expect("ctas");
     assert_eq!(single_i64(&db, "SELECT count(*) FROM rich").await, 3);
-    assert_eq!(affected(&db, "INSERT INTO rich SELECT id, salary FROM emp WHERE salary < 150").await, (Command::Insert, 2));
+    assert_eq!(
+        affected(&db, "INSERT INTO rich SELECT id, salary FROM emp WHERE salary < 150").await,
+        (Command::Insert, 2)
+    );
     assert_eq!(single_i64(&db, "SELECT sum(salary) FROM rich").await, 840);
     // DROP TABLE, then the name is free again.
     db.sql("DROP TABLE rich").await.expect("drop");
@@ -212,20 +238,32 @@ async fn external_tables_and_copy_import_export() {
     let db_dir = dir.path().join("db");
     {
         let db = open(&db_dir).await;
-        db.sql(&format!("CREATE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')", csv.display()))
-            .await
-            .expect("external");
+        db.sql(&format!(
+            "CREATE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+            csv.display()
+        ))
+        .await
+        .expect("external");
         assert_eq!(single_i64(&db, "SELECT sum(age) FROM people").await, 162);
         let err = db.query("INSERT INTO people VALUES (4, 'x', 1)").await.expect_err("read-only");
         assert!(err.to_string().contains("read-only"), "{}", err.report());
         // Import by INSERT … SELECT and by COPY FROM.
         db.sql("CREATE TABLE folks (id BIGINT, name TEXT, age BIGINT)").await.expect("create");
         assert_eq!(affected(&db, "INSERT INTO folks SELECT * FROM people").await, (Command::Insert, 3));
-        assert_eq!(affected(&db, &format!("COPY folks FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display())).await, (Command::Copy, 3));
+        assert_eq!(
+            affected(&db, &format!("COPY folks FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display())).await,
+            (Command::Copy, 3)
+        );
         // Export to Parquet, read it back in place.
         let out = dir.path().join("folks.parquet");
-        assert_eq!(affected(&db, &format!("COPY (SELECT * FROM folks ORDER BY id) TO '{}' STORED AS PARQUET", out.display())).await, (Command::Copy, 6));
-        db.sql(&format!("CREATE EXTERNAL TABLE folks_pq STORED AS PARQUET LOCATION '{}'", out.display())).await.expect("pq");
+        assert_eq!(
+            affected(&db, &format!("COPY (SELECT * FROM folks ORDER BY id) TO '{}' STORED AS PARQUET", out.display()))
+                .await,
+            (Command::Copy, 6)
+        );
+        db.sql(&format!("CREATE EXTERNAL TABLE folks_pq STORED AS PARQUET LOCATION '{}'", out.display()))
+            .await
+            .expect("pq");
         assert_eq!(single_i64(&db, "SELECT count(*) FROM folks_pq WHERE name = 'ada'").await, 2);
     }
     // External tables are part of the catalog and come back after a reopen; the files stayed where they were.
@@ -247,14 +285,20 @@ async fn prepared_statements_bind_parameters() {
     assert_eq!(insert.parameter_types(), &[Some(DataType::Int64), Some(DataType::Utf8)]);
     for (k, v) in [(1, "one"), (2, "two"), (3, "three")] {
         let out = engine
-            .execute_prepared(&insert, vec![datafusion::common::ScalarValue::Int64(Some(k)), datafusion::common::ScalarValue::from(v)])
+            .execute_prepared(
+                &insert,
+                vec![datafusion::common::ScalarValue::Int64(Some(k)), datafusion::common::ScalarValue::from(v)],
+            )
             .await
             .expect("execute insert");
         assert!(matches!(out, QueryOutput::Affected { rows: 1, .. }), "{out:?}");
     }
     let select = engine.prepare("SELECT v FROM kv WHERE k = $1").await.expect("prepare select");
     for (k, want) in [(2, "two"), (3, "three")] {
-        let out = engine.execute_prepared(&select, vec![datafusion::common::ScalarValue::Int32(Some(k))]).await.expect("execute");
+        let out = engine
+            .execute_prepared(&select, vec![datafusion::common::ScalarValue::Int32(Some(k))])
+            .await
+            .expect("execute");
         let batches = out.collect().await.expect("rows");
         assert_eq!(batches[0].column(0).as_string::<i32>().value(0), want);
     }

@@ -10,13 +10,15 @@
 //!
 //! It also replaces DataFusion's `version()` with PostgreSQL's form (`PostgreSQL 16.6 (Quiver …) on …`), which
 //! tools parse to pick their SQL dialect, and adds `current_setting(name)`, which answers with the server defaults
-//! of session parameters (not values a session changed with `SET`). Both are visible to every frontend, since they
-//! live in the engine's shared session.
+//! of session parameters (not values a session changed with `SET`), and `to_regtype(name)`, which drivers use to
+//! look types up (psycopg's `TypeInfo.fetch`). All of them are visible to every frontend, since they live in the
+//! engine's shared session.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, ArrayRef, AsArray, Int32Builder, StringBuilder};
+use arrow::datatypes::{DataType, Int32Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -88,6 +90,7 @@ pub(super) fn install(engine: &Engine) -> Result<()> {
         array_bounds_udf::create_array_lower_udf(),
         version_udf(),
         current_setting_udf(),
+        to_regtype_udf(&static_tables)?,
     ];
     for f in functions {
         ctx.register_udf(f);
@@ -122,6 +125,72 @@ fn version_udf() -> ScalarUDF {
         Volatility::Immutable,
         Arc::new(move |_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
     )
+}
+
+/// SQL spellings of type names that differ from their `pg_type.typname`.
+const TYPE_ALIASES: &[(&str, &str)] = &[
+    ("bigint", "int8"),
+    ("boolean", "bool"),
+    ("character", "bpchar"),
+    ("char", "bpchar"),
+    ("character varying", "varchar"),
+    ("decimal", "numeric"),
+    ("double precision", "float8"),
+    ("int", "int4"),
+    ("integer", "int4"),
+    ("real", "float4"),
+    ("smallint", "int2"),
+    ("time without time zone", "time"),
+    ("time with time zone", "timetz"),
+    ("timestamp without time zone", "timestamp"),
+    ("timestamp with time zone", "timestamptz"),
+];
+
+/// `to_regtype(name)`: the oid of a type by name (`text`, `integer`, `pg_catalog.int4`, `text[]`), NULL when there
+/// is none.
+fn to_regtype_udf(static_tables: &PgCatalogStaticTables) -> Result<ScalarUDF> {
+    let mut oids: HashMap<String, i32> = HashMap::new();
+    for batch in static_tables.pg_type.data() {
+        let (Some(names), Some(ids)) = (batch.column_by_name("typname"), batch.column_by_name("oid")) else {
+            continue;
+        };
+        let names = arrow::compute::cast(names, &DataType::Utf8)?;
+        let ids = arrow::compute::cast(ids, &DataType::Int32)?;
+        for (name, id) in names.as_string::<i32>().iter().zip(ids.as_primitive::<Int32Type>().iter()) {
+            if let (Some(name), Some(id)) = (name, id) {
+                oids.insert(name.to_string(), id);
+            }
+        }
+    }
+    let lookup = move |name: &str| -> Option<i32> {
+        let name = name.trim().to_ascii_lowercase();
+        let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+        let (base, array) = match name.strip_suffix("[]") {
+            Some(base) => (base.trim_end(), true),
+            None => (name, false),
+        };
+        let base = TYPE_ALIASES.iter().find(|(alias, _)| *alias == base).map_or(base, |(_, typname)| *typname);
+        oids.get(&if array { format!("_{base}") } else { base.to_string() }).copied()
+    };
+    Ok(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = arrays
+                .first()
+                .ok_or_else(|| DataFusionError::Plan("to_regtype takes a type name".into()))?
+                .as_string::<i32>();
+            let mut out = Int32Builder::with_capacity(names.len());
+            for name in names {
+                out.append_option(name.and_then(&lookup));
+            }
+            let array: ArrayRef = Arc::new(out.finish());
+            Ok(ColumnarValue::Array(array))
+        }),
+    ))
 }
 
 /// `current_setting(name)`: the server default of a session parameter.

@@ -10,24 +10,22 @@
 //! before the next starts, and the first error ends the query, as in PostgreSQL.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use futures::future::Either;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::{CopyHandler, send_copy_in_response};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
     ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response, send_ready_for_query,
 };
-use pgwire::api::results::{CopyResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, QueryResponse, Response, Tag};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler, PgWireConnectionState,
-    PgWireServerHandlers,
-};
+use pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
@@ -35,6 +33,7 @@ use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::types::format::FormatOptions;
 
+use super::cancel::{Cancel, CancelRegistry, CancelWatch, until_cancelled};
 use super::copy::CopyIn;
 use super::error::protocol_error;
 use super::request::Request;
@@ -50,18 +49,18 @@ pub(super) struct Shared {
     engine: Arc<Engine>,
     classifier: Arc<Classifier>,
     startup: Arc<Startup>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancels: Arc<CancelRegistry>,
 }
 
 impl Shared {
     /// Builds the shared state of a server for `engine`.
     pub(super) fn new(engine: Arc<Engine>) -> Self {
-        let cancels = Arc::new(ConnectionManager::new());
+        let cancels = Arc::new(CancelRegistry::default());
         Self {
             engine,
             classifier: Arc::new(Classifier::new()),
             startup: Arc::new(Startup::new(AuthMethod::Trust, Arc::clone(&cancels))),
-            cancel: Arc::new(DefaultCancelHandler::new(cancels)),
+            cancels,
         }
     }
 }
@@ -104,7 +103,7 @@ impl PgWireServerHandlers for ConnectionHandlers {
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        Arc::clone(&self.shared.cancel)
+        Arc::clone(&self.shared.cancels)
     }
 }
 
@@ -248,6 +247,21 @@ fn is_rollback(output: &QueryOutput) -> bool {
     matches!(output, QueryOutput::Done { command: Command::Rollback })
 }
 
+/// Starts watching the connection for cancel requests (see [`super::cancel`]).
+fn cancel_watch<C: ClientInfo>(client: &C) -> Option<CancelWatch> {
+    client.session_extensions().get::<Arc<Cancel>>().map(|cancel| cancel.watch())
+}
+
+/// Runs `work` unless a cancel request arrives first.
+async fn cancellable<T>(work: impl Future<Output = PgWireResult<T>>, watch: &CancelWatch) -> PgWireResult<T> {
+    let work = std::pin::pin!(work);
+    let cancelled = std::pin::pin!(watch.cancelled());
+    match futures::future::select(work, cancelled).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(((), _)) => Err(PgWireError::QueryCanceled),
+    }
+}
+
 /// The client's result formatting settings (`DateStyle`, `extra_float_digits`, `bytea_output`, …).
 fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
@@ -284,21 +298,13 @@ impl SimpleQueryHandler for Session {
             return Err(PgWireError::NotReadyForQuery);
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
-        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
-            Some(handle) => Some(handle.start_query().await),
-            None => None,
-        };
+        let watch = cancel_watch(client);
         let outcome = {
-            let run = Box::pin(self.run_simple_query(client, &query.query));
-            match cancel {
-                Some(cancel) => match futures::future::select(run, cancel).await {
-                    Either::Left((outcome, _)) => outcome,
-                    // A CancelRequest for this connection arrived: the statement's future is dropped, which
-                    // stops its execution (and aborts a COPY it was starting).
-                    Either::Right((Ok(()), _)) => Err(PgWireError::QueryCanceled),
-                    // The cancel handle was replaced; there is nothing to wait for but the query.
-                    Either::Right((Err(_), run)) => run.await,
-                },
+            let run = self.run_simple_query(client, &query.query);
+            match watch {
+                // On a cancel request the query's future is dropped, which stops its execution (and aborts a COPY
+                // it was starting).
+                Some(watch) => cancellable(run, &watch).await,
                 None => run.await,
             }
         };
@@ -364,10 +370,32 @@ impl ExtendedQueryHandler for Session {
         match &portal.statement.statement {
             PgStatement::Prepared(prepared) => {
                 let values = params::decode(portal, &prepared.parameter_types).map_err(|e| request.fail(&e))?;
-                let output =
-                    self.engine().execute_prepared(&prepared.statement, values).await.map_err(|e| request.fail(&e))?;
+                let watch = cancel_watch(client);
+                let execute = async {
+                    self.engine().execute_prepared(&prepared.statement, values).await.map_err(|e| request.fail(&e))
+                };
+                let output = match &watch {
+                    Some(watch) => cancellable(execute, watch).await,
+                    None => execute.await,
+                };
+                let output = match output {
+                    Ok(output) => output,
+                    Err(e @ PgWireError::QueryCanceled) => return Err(request.fail_with(e)),
+                    Err(e) => return Err(e),
+                };
                 warn_if_rollback(client, is_rollback(&output)).await?;
-                results::into_response(output, &portal.result_column_format, format_options(client), request)
+                let response =
+                    results::into_response(output, &portal.result_column_format, format_options(client), request)?;
+                // Rows are pulled after this returns; they stay cancellable.
+                Ok(match (response, watch) {
+                    (Response::Query(rows), Some(watch)) => {
+                        let QueryResponse { command_tag, row_schema, data_rows, .. } = rows;
+                        let mut rows = QueryResponse::new(row_schema, until_cancelled(data_rows, watch));
+                        rows.set_command_tag(&command_tag);
+                        Response::Query(rows)
+                    }
+                    (response, _) => response,
+                })
             }
             PgStatement::Local(local) => {
                 local.run(client, &portal.result_column_format).await.map_err(|e| request.fail_with(e))

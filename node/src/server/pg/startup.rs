@@ -16,13 +16,11 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
-use pgwire::api::{
-    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PidSecretKeyGenerator,
-    RandomPidSecretKeyGenerator,
-};
+use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use super::cancel::{Cancel, CancelRegistry, Registration};
 use super::error::protocol_error;
 use super::local::SERVER_VERSION;
 
@@ -36,7 +34,7 @@ pub(super) enum AuthMethod {
 /// The startup handler shared by all connections of a server.
 pub(super) struct Startup {
     method: AuthMethod,
-    cancels: Arc<ConnectionManager>,
+    cancels: Arc<CancelRegistry>,
     keys: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
 }
@@ -49,7 +47,7 @@ impl Debug for Startup {
 
 impl Startup {
     /// Builds the handler; connections register their cancel keys in `cancels`.
-    pub(super) fn new(method: AuthMethod, cancels: Arc<ConnectionManager>) -> Self {
+    pub(super) fn new(method: AuthMethod, cancels: Arc<CancelRegistry>) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         // libpq, JDBC and psycopg read the leading "major.minor"; the rest names the server, as distributions do.
         parameters.server_version = format!("{SERVER_VERSION} (Quiver {})", env!("CARGO_PKG_VERSION"));
@@ -65,11 +63,11 @@ impl Startup {
     {
         let (pid, key) = self.keys.generate(&*client);
         client.set_pid_and_secret_key(pid, key.clone());
-        // The handle lets a CancelRequest (sent on another connection) interrupt this connection's query; the
-        // guard unregisters the connection when its session, and with it the guard, is dropped.
-        let (handle, guard) = self.cancels.register(pid, key);
-        client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
-        client.session_extensions().insert::<ConnectionGuard>(guard);
+        // The signal lets a CancelRequest (sent on another connection) interrupt this connection's query; the
+        // registration ends with the connection's session, where it is kept.
+        let (cancel, registration) = self.cancels.register(pid, &key);
+        client.session_extensions().insert::<Arc<Cancel>>(cancel);
+        client.session_extensions().insert::<Registration>(registration);
         finish_authentication(client, &self.parameters).await
     }
 }

@@ -7,6 +7,8 @@
 //!
 //! - `SET`, `SHOW`, `RESET`, `DISCARD`, `DEALLOCATE` → [`Local`], answered by the gateway;
 //! - `COPY t FROM STDIN` → a COPY-in; `COPY` of files stays with the engine;
+//! - `BEGIN`, `END`, `ABORT` → respelled `START TRANSACTION`, `COMMIT`, `ROLLBACK`, the forms DataFusion's planner
+//!   accepts, for the engine;
 //! - a statement naming PostgreSQL catalog objects (`pg_catalog`, `pg_class`, `::regclass`, `current_user`, …),
 //!   which is what clients' introspection queries do → rewritten by datafusion-pg-catalog's
 //!   [`PostgresCompatibilityParser`] (psql's `OPERATOR(pg_catalog.~)`, `COLLATE`, oid casts, known-unplannable
