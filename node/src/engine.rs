@@ -536,6 +536,17 @@ impl Engine {
         self.metrics.statements.inc();
         match statement {
             ParsedStatement::DataFusion(s) => {
+                // Transaction control in any PostgreSQL spelling (BEGIN, BEGIN WORK, END, ABORT, …): statements
+                // autocommit, so these are accepted and change nothing.
+                if let Statement::Statement(inner) = &s {
+                    use datafusion::sql::sqlparser::ast::Statement as Sql;
+                    match inner.as_ref() {
+                        Sql::StartTransaction { .. } => return Ok(QueryOutput::Done { command: Command::Begin }),
+                        Sql::Commit { .. } => return Ok(QueryOutput::Done { command: Command::Commit }),
+                        Sql::Rollback { .. } => return Ok(QueryOutput::Done { command: Command::Rollback }),
+                        _ => {}
+                    }
+                }
                 let plan = self.ctx.state().statement_to_plan(s).await?;
                 self.execute_plan(plan).await
             }

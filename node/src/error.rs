@@ -271,7 +271,10 @@ fn plan_sqlstate(message: &str) -> &'static str {
 fn execution_sqlstate(message: &str) -> &'static str {
     if message.contains("Divide by zero") {
         "22012"
-    } else if message.contains("Cast error") || message.contains("Cannot cast") || message.contains("parse") {
+    } else if message.contains("Cast error")
+        || message.contains("Cannot cast")
+        || message.to_lowercase().contains("pars")
+    {
         "22P02"
     } else if message.contains("Overflow") || message.contains("overflow") {
         "22003"

@@ -305,3 +305,21 @@ async fn prepared_statements_bind_parameters() {
     let err = engine.execute_prepared(&select, vec![]).await.expect_err("missing parameter");
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_control_is_accepted_in_every_spelling() {
+    let db = Quiver::open_in_memory().await.expect("open");
+    for (sql, command) in [
+        ("BEGIN", Command::Begin),
+        ("BEGIN WORK", Command::Begin),
+        ("START TRANSACTION", Command::Begin),
+        ("COMMIT", Command::Commit),
+        ("END", Command::Commit),
+        ("ROLLBACK", Command::Rollback),
+    ] {
+        match db.engine().execute_one(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", e.report())) {
+            QueryOutput::Done { command: got } => assert_eq!(got, command, "{sql}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
