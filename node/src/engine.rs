@@ -214,6 +214,15 @@ impl PreparedStatement {
         &self.parameter_types
     }
 
+    /// Returns whether the statement is a query that returns rows (SELECT, SHOW, EXPLAIN, …) rather than a statement
+    /// that changes something (DDL, INSERT, UPDATE, DELETE, COPY, transaction control).
+    pub fn returns_rows(&self) -> bool {
+        !matches!(
+            self.plan,
+            LogicalPlan::Dml(_) | LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_)
+        )
+    }
+
     /// Returns the schema of the rows the statement returns (empty for statements returning none).
     pub fn result_schema(&self) -> SchemaRef {
         Arc::clone(&self.result_schema)
@@ -454,7 +463,8 @@ impl Engine {
     ///
     /// Fails when the statement does not parse or plan.
     pub async fn prepare(&self, sql: &str) -> Result<PreparedStatement> {
-        let mut statements = parse(sql)?;
+        let numbered = number_question_marks(sql);
+        let mut statements = parse(numbered.as_deref().unwrap_or(sql))?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(ParsedStatement::DataFusion(s)), true) => s,
             (None, _) => {
@@ -852,6 +862,51 @@ fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
     }
 }
 
+/// Rewrites JDBC/ODBC-style `?` parameters to PostgreSQL's `$1`, `$2`, … (which DataFusion plans); returns `None`
+/// when the text has no `?` outside quotes and comments.
+fn number_question_marks(sql: &str) -> Option<String> {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    let mut i = 0;
+    let mut last = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'?' => {
+                n += 1;
+                out.push_str(&sql[last..i]);
+                out.push_str(&format!("${n}"));
+                last = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    out.push_str(&sql[last.min(sql.len())..]);
+    Some(out)
+}
+
 fn table_name(r: &datafusion::common::TableReference) -> Result<String> {
     if let Some(schema) = r.schema()
         && schema != SCHEMA_NAME
@@ -933,6 +988,21 @@ fn check_format(store: &dyn HotStore) -> Result<()> {
             location: "format marker".into(),
             detail: format!("the data directory has format {v:?}; this build reads format {}", keys::FORMAT_VERSION),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_question_marks;
+
+    #[test]
+    fn question_marks_become_numbered_parameters_outside_quotes_and_comments() {
+        assert_eq!(
+            number_question_marks("SELECT * FROM t WHERE a = ? AND b = '?' -- ?\n AND c = ?").as_deref(),
+            Some("SELECT * FROM t WHERE a = $1 AND b = '?' -- ?\n AND c = $2")
+        );
+        assert_eq!(number_question_marks("SELECT '?', \"?\" /* ? */").as_deref(), None);
+        assert_eq!(number_question_marks("SELECT $1").as_deref(), None);
     }
 }
 

@@ -256,11 +256,20 @@ impl QuiverFlightSqlService {
         no_transaction(query.transaction_id.as_ref())?;
         // Planning checks the statement now, so syntax errors and unknown tables fail here rather than at DoGet.
         let statement = self.engine.prepare(&query.query).await.map_err(|e| status_from(&e))?;
+        if !statement.returns_rows() {
+            // A statement that changes something runs now: clients (ADBC among them) send DDL and DML as queries
+            // and may never fetch the empty result.
+            self.engine.execute_prepared(&statement, Vec::new()).await.map_err(|e| status_from(&e))?;
+            return executed_info(descriptor);
+        }
         let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
         flight_info(&statement.result_schema(), ticket.as_any().encode_to_vec(), descriptor)
     }
 
     async fn run_statement_ticket(&self, ticket: &TicketStatementQuery) -> Result<QueryOutput, Status> {
+        if ticket.statement_handle.as_ref() == EXECUTED_TICKET {
+            return Ok(QueryOutput::Done { command: crate::engine::Command::Other });
+        }
         let sql = std::str::from_utf8(&ticket.statement_handle)
             .map_err(|_| malformed("the statement ticket is not UTF-8 SQL text; tickets come from GetFlightInfo"))?;
         self.engine.execute_one(sql).await.map_err(|e| status_from(&e))
@@ -303,6 +312,12 @@ impl QuiverFlightSqlService {
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let open = self.prepared.get(&command.prepared_statement_handle)?;
+        if !open.statement.returns_rows() {
+            // As for plain statements: run it now, with the last bound parameter row.
+            let params = open.bound.last().cloned().unwrap_or_default();
+            self.engine.execute_prepared(&open.statement, params).await.map_err(|e| status_from(&e))?;
+            return executed_info(descriptor);
+        }
         flight_info(&open.statement.result_schema(), command.as_any().encode_to_vec(), descriptor)
     }
 
@@ -387,6 +402,16 @@ impl QuiverFlightSqlService {
 }
 
 /// Builds the FlightInfo of a result with `schema`, fetched with one DoGet of `ticket`.
+/// The statement handle of a ticket whose statement already ran at GetFlightInfo; its DoGet returns no rows. SQL text
+/// never starts with a NUL byte, so it cannot collide with a real statement.
+const EXECUTED_TICKET: &[u8] = b"\0executed";
+
+/// Describes the empty result of a statement that ran at GetFlightInfo.
+fn executed_info(descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    let ticket = TicketStatementQuery { statement_handle: Bytes::from_static(EXECUTED_TICKET) };
+    flight_info(&Schema::empty(), ticket.as_any().encode_to_vec(), descriptor)
+}
+
 fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
