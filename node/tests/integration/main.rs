@@ -1,5 +1,6 @@
 //! The integration tests of the node crate, one binary so that it links once.
 
+mod clients;
 mod crash;
 mod flight_sql;
 mod pg;

@@ -1,0 +1,47 @@
+//! Third-party clients against a real server: the ADBC Flight SQL driver and pyarrow.flight, and psycopg 3 (the
+//! Python scripts under `tests/clients/` assert the answers). The README's test command installs these packages.
+
+use quiver_node::config::{Config, Overrides};
+use quiver_node::server::Server;
+
+async fn with_server(
+    run: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> std::process::Output + Send + 'static,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = Overrides {
+        data_dir: Some(dir.path().to_path_buf()),
+        flight_addr: Some("127.0.0.1:0".into()),
+        pg_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+    };
+    let server = Server::bind(Config::load(None, Vec::new(), &overrides).expect("config")).await.expect("bind");
+    let (flight, pg) = (server.flight_addr(), server.pg_addr());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let out = tokio::task::spawn_blocking(move || run(flight, pg)).await.expect("join");
+    let _ = stop_tx.send(());
+    running.await.expect("join").expect("clean shutdown");
+    assert!(
+        out.status.success(),
+        "client script failed (install the clients with: pip install pyarrow adbc-driver-flightsql 'psycopg[binary]')\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn python(script: &str, args: &[String]) -> std::process::Output {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    std::process::Command::new("python3").arg(path).args(args).output().expect("run python3")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_driver_and_pyarrow_flight_work() {
+    with_server(|flight, _| python("flight_clients.py", &[flight.to_string()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_3_works() {
+    with_server(|_, pg| python("pg_clients.py", &[pg.ip().to_string(), pg.port().to_string()])).await;
+}
