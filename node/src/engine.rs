@@ -991,21 +991,6 @@ fn check_format(store: &dyn HotStore) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::number_question_marks;
-
-    #[test]
-    fn question_marks_become_numbered_parameters_outside_quotes_and_comments() {
-        assert_eq!(
-            number_question_marks("SELECT * FROM t WHERE a = ? AND b = '?' -- ?\n AND c = ?").as_deref(),
-            Some("SELECT * FROM t WHERE a = $1 AND b = '?' -- ?\n AND c = $2")
-        );
-        assert_eq!(number_question_marks("SELECT '?', \"?\" /* ? */").as_deref(), None);
-        assert_eq!(number_question_marks("SELECT $1").as_deref(), None);
-    }
-}
-
 type RecoveredChunks = (HashMap<quiver_meta::TableId, Vec<(u64, chunk::ChunkMeta)>>, u64);
 
 /// Loads every committed chunk's index entry and deletes chunk data that no index entry commits.
@@ -1054,5 +1039,20 @@ pub fn data_dir(location: &StorageLocation) -> Option<&Path> {
     match location {
         StorageLocation::Path(p) => Some(p),
         StorageLocation::Memory => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_question_marks;
+
+    #[test]
+    fn question_marks_become_numbered_parameters_outside_quotes_and_comments() {
+        assert_eq!(
+            number_question_marks("SELECT * FROM t WHERE a = ? AND b = '?' -- ?\n AND c = ?").as_deref(),
+            Some("SELECT * FROM t WHERE a = $1 AND b = '?' -- ?\n AND c = $2")
+        );
+        assert_eq!(number_question_marks("SELECT '?', \"?\" /* ? */").as_deref(), None);
+        assert_eq!(number_question_marks("SELECT $1").as_deref(), None);
     }
 }
