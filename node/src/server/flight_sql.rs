@@ -287,7 +287,7 @@ impl QuiverFlightSqlService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         no_transaction(query.transaction_id.as_ref())?;
         let statement = self.engine.prepare(&query.query).await.map_err(|e| status_from(&e))?;
-        let dataset_schema = ipc_schema(&statement.result_schema())?;
+        let dataset_schema = ipc_schema(&request::wire_schema(&statement.result_schema()))?;
         let parameter_schema = ipc_schema(&parameter_schema(statement.parameter_types()))?;
         let prepared_statement_handle = self.prepared.open(statement)?;
         Ok(ActionCreatePreparedStatementResult { prepared_statement_handle, dataset_schema, parameter_schema })
@@ -413,8 +413,10 @@ fn executed_info(descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
 }
 
 fn flight_info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    // Announce the schema the rows will have on the wire (view types as classic types).
+    let schema = request::wire_schema(&Arc::new(schema.clone()));
     Ok(FlightInfo::new()
-        .try_with_schema(schema)
+        .try_with_schema(&schema)
         .map_err(|e| status_from(&Error::Arrow(e)))?
         .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
         .with_descriptor(descriptor))

@@ -127,3 +127,30 @@ async fn binary_sql_connects_to_a_server_over_flight_sql() {
     let _ = stop_tx.send(());
     running.await.expect("join").expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sends_view_types_as_classic_types() {
+    use arrow::datatypes::DataType;
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(None, Vec::new(), &loopback_overrides(dir.path())).expect("config");
+    let server = Server::bind(config).await.expect("bind");
+    let flight = server.flight_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{flight}")).expect("uri").connect().await.expect("c");
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let sql = "SELECT arrow_cast(CAST(value AS TEXT), 'Utf8View') AS v FROM generate_series(1, 50000)";
+    let info = client.execute(sql.to_string(), None).await.expect("execute");
+    let announced = info.clone().try_decode_schema().expect("schema");
+    assert_eq!(announced.field(0).data_type(), &DataType::Utf8);
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let batches: Vec<_> = client.do_get(ticket).await.expect("do_get").try_collect().await.expect("rows");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50_000);
+    assert!(batches.iter().all(|b| b.column(0).data_type() == &DataType::Utf8));
+    let _ = stop_tx.send(());
+    running.await.expect("join").expect("clean shutdown");
+}

@@ -85,16 +85,56 @@ impl Drop for RequestTimer {
 
 /// Encodes batches as Flight data, announcing `schema` first even when no batch follows (clients read the schema
 /// of an empty result from it). `max_flight_data_bytes` is the size encoded messages aim for.
+///
+/// View types (`Utf8View`, `BinaryView`) leave as `Utf8` / `Binary`: many Flight SQL clients (JDBC, older pyarrow)
+/// cannot read view types, and a sliced view array would carry all of its data buffers in every message.
 pub(super) fn encode_batches(
     schema: SchemaRef,
     batches: BoxStream<'static, Result<RecordBatch, Status>>,
     max_flight_data_bytes: usize,
 ) -> impl Stream<Item = Result<FlightData, Status>> + Send + 'static {
+    let wire = wire_schema(&schema);
+    let batches = if wire == schema {
+        batches
+    } else {
+        let target = Arc::clone(&wire);
+        batches
+            .map(move |b| {
+                let b = b?;
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(target.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| status_from(&Error::Arrow(e)))?;
+                RecordBatch::try_new(Arc::clone(&target), columns).map_err(|e| status_from(&Error::Arrow(e)))
+            })
+            .boxed()
+    };
     FlightDataEncoderBuilder::new()
-        .with_schema(schema)
+        .with_schema(wire)
         .with_max_flight_data_size(max_flight_data_bytes)
         .build(batches.map_err(|status| FlightError::Tonic(Box::new(status))))
         .map_err(encode_failure)
+}
+
+/// Returns `schema` with view types replaced by their classic forms (see [`encode_batches`]).
+pub(super) fn wire_schema(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView)) {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// Maps the engine's stream errors to statuses.
