@@ -1,15 +1,41 @@
-//! Quiver's metadata: the catalog of tables and the commands that change it.
+//! Quiver's metadata: the catalog of tables, the node registry and the shard map, replicated through Raft.
 //!
-//! Metadata changes are expressed as [`CatalogCommand`]s applied to a [`Catalog`] state machine. Applying is
-//! deterministic and does no I/O, so the same commands give the same catalog on every node: in a cluster the commands
-//! travel through the Raft log, in a single node or an embedded database they are applied in-process and the node
-//! persists the resulting catalog next to its data. Every successful change bumps the catalog's version.
+//! Metadata changes are [`MetaCommand`]s applied to the [`MetaState`] state machine (whose catalog part is the
+//! [`Catalog`], changed by [`CatalogCommand`]s). Applying is deterministic and does no I/O, so the same commands give
+//! the same state on every replica. In a single node or an embedded database the node applies [`CatalogCommand`]s to
+//! its [`Catalog`] in-process; in a cluster, [`MetaNode`] replicates [`MetaCommand`]s through an openraft group whose
+//! log, vote and snapshot live in a [`MetaStore`].
 //!
-//! This crate depends on `arrow-schema` only (not on RocksDB, tonic or DataFusion), so that it can be compiled into
-//! every deployment mode.
+//! ```text
+//!  propose(cmd) ──► MetaNode ──(follower: MetaService.Propose to leader)──► leader MetaNode
+//!                                                                           │ raft.client_write
+//!           RaftService.AppendEntries / Vote / InstallSnapshot ◄────────────┘ (raft::GrpcNetwork)
+//!                       │
+//!  every replica: LogStore (MetaStore) ─► commit ─► StateMachineStore::apply ─► MetaState ─► subscribe()
+//! ```
+//!
+//! Module layout: [`catalog`](Catalog) and `state` (the data), [`store`] (the storage seam), [`raft`] (openraft
+//! plumbing), `meta_node` ([`MetaNode`]), [`service`] (gRPC servers, client, error mapping), `config`
+//! ([`MetaConfig`]), `error`.
+//!
+//! This crate depends on `openraft`, `tonic` and the generated protocol, but on no storage engine or query engine:
+//! the node supplies the [`MetaStore`] implementation.
 
 mod catalog;
+mod config;
 mod error;
+mod meta_node;
+pub mod raft;
+pub mod service;
+mod state;
+pub mod store;
 
 pub use catalog::{Catalog, CatalogCommand, CatalogOutcome, ColumnDef, TableDef, TableId, TableKind};
-pub use error::{Error, ErrorKind, Result};
+pub use config::MetaConfig;
+pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
+pub use meta_node::MetaNode;
+pub use state::{
+    ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord, NodeRole, NodeState, ShardId,
+    ShardRecord,
+};
+pub use store::{MemMetaStore, MetaStore, ScanOrder, WriteBatch, WriteOp};

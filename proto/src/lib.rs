@@ -1,5 +1,8 @@
 //! Quiver's wire types: the `.proto` files under `proto/`, the prost messages and tonic services generated from
 //! them, and hand-written conversions. No logic and no I/O live here.
+//!
+//! Files: `node.proto` (node administration), `raft.proto` (Raft transport between metadata replicas) and
+//! `meta.proto` (the metadata service: proposals and linearizable reads), all in package `quiver.v1`.
 
 /// Version 1 of the internal node API.
 pub mod v1 {
@@ -27,5 +30,22 @@ mod tests {
         let bytes = status.encode_to_vec();
         assert_eq!(NodeStatus::decode(bytes.as_slice()).expect("decode"), status);
         assert!(NodeStatus::decode(&[0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn snapshot_chunk_and_raft_reply_round_trip() {
+        use super::v1::{RaftReply, RaftVote, SnapshotChunk, raft_reply};
+
+        let chunk = SnapshotChunk {
+            vote: Some(RaftVote { term: 3, node_id: 1, committed: true }),
+            meta: b"{}".to_vec(),
+            offset: 512,
+            data: vec![7; 100],
+            done: false,
+        };
+        assert_eq!(SnapshotChunk::decode(chunk.encode_to_vec().as_slice()).expect("decode"), chunk);
+        let reply = RaftReply { result: Some(raft_reply::Result::Error(b"stopped".to_vec())) };
+        assert_eq!(RaftReply::decode(reply.encode_to_vec().as_slice()).expect("decode"), reply);
+        assert_eq!(RaftReply::decode(&[][..]).expect("empty").result, None, "an empty reply has no result");
     }
 }

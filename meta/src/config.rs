@@ -1,0 +1,158 @@
+//! [`MetaConfig`]: the settings of a metadata replica (Raft timing, log compaction, request time limits), and its
+//! translation into openraft's configuration.
+//!
+//! Durations are plain milliseconds here; the node's configuration file parses human strings ("250ms") into them.
+//! Defaults suit a cluster on one LAN: a heartbeat every 100 ms and an election after 1 to 2 s of silence keep
+//! elections rare under load while failing over within a few seconds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClusterError;
+
+/// The settings of a metadata replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaConfig {
+    /// The cluster's name in Raft's logs and traces.
+    pub cluster_name: String,
+    /// How often the leader sends heartbeats, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// The shortest time without a heartbeat after which a follower starts an election, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// The longest such time, in milliseconds; each election picks a random timeout in between.
+    pub election_timeout_max_ms: u64,
+    /// How many entries are applied since the last snapshot before a new one is built and the log compacted.
+    pub snapshot_logs_since_last: u64,
+    /// How many entries already in a snapshot are kept in the log, so that slightly lagging replicas catch up from
+    /// the log rather than a snapshot.
+    pub snapshot_logs_kept: u64,
+    /// The largest snapshot chunk sent in one call, in bytes.
+    pub snapshot_chunk_bytes_max: u64,
+    /// The time allowed to send and install one snapshot chunk, in milliseconds.
+    pub install_snapshot_timeout_ms: u64,
+    /// The time allowed for a proposal or a linearizable read, forwarding included, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// The time allowed to connect to a peer, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "quiver".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_logs_since_last: 1_000,
+            snapshot_logs_kept: 100,
+            snapshot_chunk_bytes_max: 1 << 20,
+            install_snapshot_timeout_ms: 2_000,
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl MetaConfig {
+    /// Checks the settings against each other.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ClusterError::InvalidConfig`] naming the first setting that is out of range.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let invalid = |detail: String| Err(ClusterError::InvalidConfig { detail });
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("heartbeat_interval_ms must be positive".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return invalid(format!(
+                "election_timeout_min_ms ({}) must exceed heartbeat_interval_ms ({})",
+                self.election_timeout_min_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return invalid(format!(
+                "election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
+                self.election_timeout_max_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.snapshot_logs_since_last == 0 {
+            return invalid("snapshot_logs_since_last must be positive".into());
+        }
+        if self.snapshot_chunk_bytes_max == 0 {
+            return invalid("snapshot_chunk_bytes_max must be positive".into());
+        }
+        if self.request_timeout_ms == 0 || self.install_snapshot_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return invalid("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Returns the time allowed for a proposal or a linearizable read.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Returns the time allowed to connect to a peer.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Returns the heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Returns openraft's configuration for these settings.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ClusterError::InvalidConfig`] when the settings are invalid.
+    pub(crate) fn to_openraft(&self) -> Result<openraft::Config, ClusterError> {
+        self.validate()?;
+        let config = openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.snapshot_logs_kept,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| ClusterError::InvalidConfig { detail: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_translate() {
+        let config = MetaConfig::default();
+        config.validate().expect("defaults are valid");
+        let raft = config.to_openraft().expect("translates");
+        assert_eq!(raft.heartbeat_interval, 100);
+        assert_eq!(raft.max_in_snapshot_log_to_keep, 100);
+    }
+
+    #[test]
+    fn inverted_election_timeouts_are_refused() {
+        let config = MetaConfig { election_timeout_min_ms: 500, election_timeout_max_ms: 400, ..Default::default() };
+        let err = config.validate().expect_err("invalid");
+        assert!(err.to_string().contains("election_timeout_max_ms (400)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<MetaConfig>(r#"{"heartbeat_interval_ms": 50, "hearbeat": 1}"#)
+            .expect_err("typo must fail");
+        assert!(err.to_string().contains("hearbeat"), "{err}");
+        let config: MetaConfig = serde_json::from_str(r#"{"heartbeat_interval_ms": 50}"#).expect("partial");
+        assert_eq!(config.election_timeout_min_ms, MetaConfig::default().election_timeout_min_ms);
+    }
+}

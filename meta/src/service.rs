@@ -1,0 +1,59 @@
+//! The gRPC service layer of a metadata replica: the servers of `RaftService` ([`RaftGrpcService`]) and
+//! `MetaService` ([`MetaGrpcService`]), the client used to forward to the leader ([`MetaClient`]), and the single
+//! mapping of [`ClusterError`](crate::ClusterError) to `tonic::Status` (`status`).
+//!
+//! Wire types and `tonic` stay in this module and in the Raft transport ([`GrpcNetwork`](crate::raft::GrpcNetwork));
+//! the replica's logic ([`MetaNode`]) sees only [`ClusterError`](crate::ClusterError)s.
+//!
+//! The services run on the caller's Tokio runtime: their handlers wait on Raft and do no heavy computation.
+
+mod client;
+mod meta_service;
+mod raft_service;
+pub(crate) mod status;
+
+use std::future::Future;
+
+use quiver_proto::v1::meta_service_server::MetaServiceServer;
+use quiver_proto::v1::raft_service_server::RaftServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use self::client::MetaClient;
+pub use self::meta_service::MetaGrpcService;
+pub use self::raft_service::RaftGrpcService;
+use crate::meta_node::MetaNode;
+
+/// Returns the `RaftService` server of `node`, to mount on the node's gRPC server.
+pub fn raft_server(node: &MetaNode) -> RaftServiceServer<RaftGrpcService> {
+    // Snapshot chunks are bounded by the configured chunk size plus the envelope; allow them with headroom.
+    let limit = usize::try_from(node.config().snapshot_chunk_bytes_max).unwrap_or(usize::MAX).saturating_mul(2);
+    RaftServiceServer::new(RaftGrpcService::new(node.raft().clone())).max_decoding_message_size(limit.max(4 << 20))
+}
+
+/// Returns the `MetaService` server of `node`, to mount on the node's gRPC server.
+pub fn meta_server(node: &MetaNode) -> MetaServiceServer<MetaGrpcService> {
+    MetaServiceServer::new(MetaGrpcService::new(node.clone()))
+}
+
+/// Serves both metadata services of `node` on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// Returns the transport's error when the server fails.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops serving at once, closing open connections.
+pub async fn serve(
+    node: &MetaNode,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(raft_server(node))
+        .add_service(meta_server(node))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}

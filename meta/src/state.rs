@@ -1,0 +1,273 @@
+//! The replicated metadata: [`MetaState`], the data of the Raft state machine, and the commands that change it.
+//!
+//! [`MetaState`] holds the [`Catalog`], the node registry ([`NodeRecord`]), the shard map ([`ShardRecord`], with each
+//! shard's cold-tier [`ManifestPointer`]), the cluster id and a metadata version. [`MetaState::apply`] is the only way
+//! it changes, and it is deterministic and does no I/O: the same commands in the same order give the same state on
+//! every replica, including after a restart that replays the log.
+//!
+//! Invariants:
+//! - a command either applies completely or changes nothing and returns a [`Rejection`];
+//! - the metadata version grows by exactly one with every command that changes something, and never otherwise;
+//! - every shard belongs to a table of the catalog, and every replica of a shard was a registered node when placed;
+//! - table and shard ids are never reused.
+//!
+//! Module layout: `command` (commands, outcomes, responses), `registry` (nodes), `shards` (shard map).
+
+mod command;
+mod registry;
+mod shards;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::command::{MetaCommand, MetaOutcome, MetaResponse};
+pub use self::registry::{NodeRecord, NodeRole, NodeState};
+pub use self::shards::{ManifestPointer, ShardId, ShardRecord};
+use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
+use crate::error::{Error, Rejection};
+
+/// The replicated metadata of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetaState {
+    cluster_id: Option<String>,
+    catalog: Catalog,
+    nodes: BTreeMap<u64, NodeRecord>,
+    shards: BTreeMap<ShardId, ShardRecord>,
+    next_shard_id: u64,
+    version: u64,
+}
+
+impl MetaState {
+    /// Returns the empty state at version 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the metadata version: the number of changes applied so far.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Returns the cluster id recorded at bootstrap.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Returns the catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Returns the registered node of this id.
+    pub fn node(&self, node_id: u64) -> Option<&NodeRecord> {
+        self.nodes.get(&node_id)
+    }
+
+    /// Returns every registered node, ordered by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// Returns the shard of this id.
+    pub fn shard(&self, shard_id: ShardId) -> Option<&ShardRecord> {
+        self.shards.get(&shard_id)
+    }
+
+    /// Returns every shard, ordered by id.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardRecord> {
+        self.shards.values()
+    }
+
+    /// Returns the shards of a table, ordered by id.
+    pub fn table_shards(&self, table_id: TableId) -> impl Iterator<Item = &ShardRecord> {
+        self.shards.values().filter(move |s| s.table_id == table_id)
+    }
+
+    /// Applies a command and returns its outcome with the resulting version.
+    ///
+    /// A refused command changes nothing; its [`Rejection`] is in the response, not an `Err`, because in a cluster
+    /// it was still applied (as a no-op) at its log position.
+    pub fn apply(&mut self, command: MetaCommand) -> MetaResponse {
+        let outcome = self.apply_inner(command);
+        if matches!(outcome, Ok(ref o) if *o != MetaOutcome::Unchanged) {
+            self.version += 1;
+        }
+        MetaResponse { version: self.version, outcome }
+    }
+
+    /// Encodes the state for a snapshot.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("metadata state is always representable as JSON")
+    }
+
+    /// Decodes a state written by [`MetaState::encode`].
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::Decode`] when the bytes are not a metadata state.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        serde_json::from_slice(bytes).map_err(Error::Decode)
+    }
+
+    /// Validates `command` against the current state and, if it fits, changes the state. Every check that can
+    /// refuse the command runs before the first change.
+    fn apply_inner(&mut self, command: MetaCommand) -> Result<MetaOutcome, Rejection> {
+        match command {
+            MetaCommand::Bootstrap { cluster_id } => match &self.cluster_id {
+                None => {
+                    self.cluster_id = Some(cluster_id.clone());
+                    Ok(MetaOutcome::Bootstrapped { cluster_id })
+                }
+                Some(current) if *current == cluster_id => Ok(MetaOutcome::Unchanged),
+                Some(current) => Err(Rejection::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
+            },
+            MetaCommand::Catalog { command, shard_node } => self.apply_catalog(command, shard_node),
+            MetaCommand::RegisterNode { node_id, grpc_addr, flight_addr, pg_addr, role } => {
+                match self.nodes.get_mut(&node_id) {
+                    Some(node) => {
+                        if node.grpc_addr == grpc_addr
+                            && node.flight_addr == flight_addr
+                            && node.pg_addr == pg_addr
+                            && node.role == role
+                        {
+                            return Ok(MetaOutcome::Unchanged);
+                        }
+                        node.grpc_addr = grpc_addr;
+                        node.flight_addr = flight_addr;
+                        node.pg_addr = pg_addr;
+                        node.role = role;
+                        Ok(MetaOutcome::NodeUpdated { node_id })
+                    }
+                    None => {
+                        let record = NodeRecord {
+                            node_id,
+                            grpc_addr,
+                            flight_addr,
+                            pg_addr,
+                            role,
+                            state: NodeState::Joining,
+                            last_heartbeat: 0,
+                        };
+                        self.nodes.insert(node_id, record);
+                        Ok(MetaOutcome::NodeRegistered { node_id })
+                    }
+                }
+            }
+            MetaCommand::UpdateNodeState { node_id, state } => {
+                let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
+                if node.state == state {
+                    return Ok(MetaOutcome::Unchanged);
+                }
+                node.state = state;
+                Ok(MetaOutcome::NodeUpdated { node_id })
+            }
+            MetaCommand::SetNodeRole { node_id, role } => {
+                let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
+                if node.role == role {
+                    return Ok(MetaOutcome::Unchanged);
+                }
+                node.role = role;
+                Ok(MetaOutcome::NodeUpdated { node_id })
+            }
+            MetaCommand::Heartbeat { node_id, at } => {
+                let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
+                if at <= node.last_heartbeat {
+                    return Ok(MetaOutcome::Unchanged);
+                }
+                node.last_heartbeat = at;
+                Ok(MetaOutcome::NodeUpdated { node_id })
+            }
+            MetaCommand::SetShardReplicas { shard_id, replicas, primary } => {
+                self.validate_replicas(shard_id, &replicas, primary)?;
+                let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
+                if shard.replicas == replicas && shard.primary == primary {
+                    return Ok(MetaOutcome::Unchanged);
+                }
+                shard.replicas = replicas;
+                shard.primary = primary;
+                shard.epoch += 1;
+                Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
+            }
+            MetaCommand::SetShardManifest { shard_id, expected_version, manifest } => {
+                let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
+                let current = shard.manifest.as_ref().map(|m| m.version);
+                if current != expected_version || current.is_some_and(|c| manifest.version <= c) {
+                    return Err(Rejection::ManifestVersionConflict { shard_id, expected: expected_version, current });
+                }
+                let version = manifest.version;
+                shard.manifest = Some(manifest);
+                Ok(MetaOutcome::ShardManifestSet { shard_id, version })
+            }
+        }
+    }
+
+    fn apply_catalog(&mut self, command: CatalogCommand, shard_node: Option<u64>) -> Result<MetaOutcome, Rejection> {
+        // Placement is checked before the catalog changes, and only when the command would create a native table:
+        // `IF NOT EXISTS` on an existing table needs no node.
+        let mut placement = None;
+        if let CatalogCommand::CreateTable { name, kind, .. } = &command {
+            let creates = self.catalog.table(name).is_none();
+            if creates && matches!(kind, crate::catalog::TableKind::Native) {
+                let node_id = shard_node.ok_or_else(|| Rejection::ShardPlacementMissing { table: name.clone() })?;
+                if !self.nodes.contains_key(&node_id) {
+                    return Err(Rejection::NodeNotFound { node_id });
+                }
+                placement = Some(node_id);
+            }
+        }
+        match self.catalog.apply(command).map_err(Rejection::from_catalog)? {
+            CatalogOutcome::Created(table) => {
+                let shard = placement.map(|node_id| {
+                    self.next_shard_id += 1;
+                    let shard_id = ShardId(self.next_shard_id);
+                    let record = ShardRecord {
+                        shard_id,
+                        table_id: table.id,
+                        replicas: vec![node_id],
+                        primary: node_id,
+                        epoch: 1,
+                        manifest: None,
+                    };
+                    self.shards.insert(shard_id, record);
+                    shard_id
+                });
+                Ok(MetaOutcome::TableCreated { table, shard })
+            }
+            CatalogOutcome::Dropped(table) => {
+                let shards: Vec<ShardId> = self.table_shards(table.id).map(|s| s.shard_id).collect();
+                for shard_id in &shards {
+                    self.shards.remove(shard_id);
+                }
+                Ok(MetaOutcome::TableDropped { table, shards })
+            }
+            CatalogOutcome::Unchanged => Ok(MetaOutcome::Unchanged),
+        }
+    }
+
+    fn validate_replicas(&self, shard_id: ShardId, replicas: &[u64], primary: u64) -> Result<(), Rejection> {
+        let invalid = |detail: String| Rejection::InvalidShardReplicas { shard_id, detail };
+        if !self.shards.contains_key(&shard_id) {
+            return Err(Rejection::ShardNotFound { shard_id });
+        }
+        if replicas.is_empty() {
+            return Err(invalid("the replica set is empty".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for node_id in replicas {
+            if !seen.insert(*node_id) {
+                return Err(invalid(format!("node {node_id} is listed twice")));
+            }
+            if !self.nodes.contains_key(node_id) {
+                return Err(Rejection::NodeNotFound { node_id: *node_id });
+            }
+        }
+        if !seen.contains(&primary) {
+            return Err(invalid(format!("primary {primary} is not a replica")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

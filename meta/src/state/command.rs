@@ -1,0 +1,153 @@
+//! The commands that change the replicated metadata and what applying them returns.
+//!
+//! Naming: a [`MetaCommand`] is proposed and replicated; applying it yields a [`MetaResponse`], whose `outcome` is a
+//! [`MetaOutcome`] (what changed) or a [`Rejection`] (why nothing changed). Everything here is serde-serializable,
+//! since commands travel in the Raft log and responses travel back to a forwarding node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CatalogCommand, TableDef};
+use crate::error::{Error, Rejection};
+use crate::state::registry::{NodeRole, NodeState};
+use crate::state::shards::{ManifestPointer, ShardId};
+
+/// A change to the replicated metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Records the cluster's id, chosen by the operator at bootstrap. Idempotent for the same id.
+    Bootstrap {
+        /// The cluster's id.
+        cluster_id: String,
+    },
+    /// Applies a catalog change. Creating a native table also creates its first shard on `shard_node`; dropping a
+    /// table removes its shards.
+    Catalog {
+        /// The catalog change.
+        command: CatalogCommand,
+        /// The registered node that holds the first shard of a created native table; ignored otherwise.
+        shard_node: Option<u64>,
+    },
+    /// Registers a node, or updates the addresses and role of a registered one (its state and heartbeat are kept).
+    RegisterNode {
+        /// The node's id.
+        node_id: u64,
+        /// The internal gRPC address.
+        grpc_addr: String,
+        /// The Arrow Flight SQL address.
+        flight_addr: String,
+        /// The PostgreSQL wire protocol address.
+        pg_addr: String,
+        /// The node's role.
+        role: NodeRole,
+    },
+    /// Sets a registered node's lifecycle state.
+    UpdateNodeState {
+        /// The node's id.
+        node_id: u64,
+        /// The new state.
+        state: NodeState,
+    },
+    /// Records a registered node's Raft role.
+    SetNodeRole {
+        /// The node's id.
+        node_id: u64,
+        /// The new role.
+        role: NodeRole,
+    },
+    /// Records a heartbeat of a registered node at a logical time supplied by the proposer. A heartbeat not newer
+    /// than the recorded one changes nothing.
+    Heartbeat {
+        /// The node's id.
+        node_id: u64,
+        /// The logical time of the heartbeat.
+        at: u64,
+    },
+    /// Replaces a shard's replica set and primary, bumping its configuration epoch.
+    SetShardReplicas {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The registered nodes holding a replica, without duplicates.
+        replicas: Vec<u64>,
+        /// The primary; one of `replicas`.
+        primary: u64,
+    },
+    /// Publishes a shard's new cold-tier manifest if the current one is still at `expected_version`.
+    SetShardManifest {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The manifest version the writer based its manifest on (`None`: the shard has none yet).
+        expected_version: Option<u64>,
+        /// The new manifest; its version must be larger than the current one.
+        manifest: ManifestPointer,
+    },
+}
+
+/// What applying a [`MetaCommand`] changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaOutcome {
+    /// Nothing changed (`IF [NOT] EXISTS`, a repeated registration, a stale heartbeat, or a Raft-internal entry).
+    Unchanged,
+    /// The cluster id was recorded.
+    Bootstrapped {
+        /// The cluster's id.
+        cluster_id: String,
+    },
+    /// A table was created, with its first shard when native.
+    TableCreated {
+        /// The new table.
+        table: TableDef,
+        /// Its first shard.
+        shard: Option<ShardId>,
+    },
+    /// A table and its shards were removed; their data must be deleted.
+    TableDropped {
+        /// The dropped table.
+        table: TableDef,
+        /// Its removed shards.
+        shards: Vec<ShardId>,
+    },
+    /// A node was registered for the first time.
+    NodeRegistered {
+        /// The node's id.
+        node_id: u64,
+    },
+    /// A registered node's record changed.
+    NodeUpdated {
+        /// The node's id.
+        node_id: u64,
+    },
+    /// A shard's replica set changed.
+    ShardReplicasSet {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// Its new configuration epoch.
+        epoch: u64,
+    },
+    /// A shard's manifest pointer moved.
+    ShardManifestSet {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The new manifest version.
+        version: u64,
+    },
+}
+
+/// The result of applying one command at one Raft log position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaResponse {
+    /// The metadata version after the command: unchanged when the command was rejected or changed nothing.
+    pub version: u64,
+    /// What changed, or why nothing did.
+    pub outcome: Result<MetaOutcome, Rejection>,
+}
+
+impl MetaResponse {
+    /// Returns the outcome, with a rejection as an [`Error`].
+    ///
+    /// # Errors
+    ///
+    /// Returns the [`Error`] matching the [`Rejection`] when the command was refused.
+    pub fn into_result(self) -> Result<MetaOutcome, Error> {
+        self.outcome.map_err(Error::from)
+    }
+}

@@ -1,0 +1,93 @@
+//! Replicas on the in-process router, with messages dropped and nodes partitioned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use quiver_meta::raft::{NodeAddr, Router};
+use quiver_meta::{ClusterError, ClusterErrorKind, MemMetaStore, MetaConfig, MetaNode};
+
+use crate::cluster::{converged_state, create_table, init_tracing, register, test_config, wait_leader};
+
+/// Starts `count` replicas on `router`, bootstraps node 1 and makes every node a voter.
+async fn router_cluster(router: &Router, count: u64, config: MetaConfig) -> Result<Vec<MetaNode>> {
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        let addr = NodeAddr::new(format!("router-node-{id}:0"));
+        let node = MetaNode::start(id, addr, Arc::new(MemMetaStore::new()), config.clone(), router.network(id)).await?;
+        router.register(id, node.raft().clone());
+        nodes.push(node);
+    }
+    nodes[0].bootstrap("router-cluster").await?;
+    for node in &nodes {
+        nodes[0].propose(register(node.node_id(), &node.addr().grpc_addr)).await?.into_result()?;
+    }
+    for node in &nodes[1..] {
+        nodes[0].add_learner(node.node_id(), node.addr().clone()).await?;
+    }
+    nodes[0].change_membership((1..=count).collect()).await?;
+    Ok(nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_commit_and_converges_after_heal() -> Result<()> {
+    init_tracing();
+    let config = MetaConfig { request_timeout_ms: 1_500, ..test_config() };
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    assert_eq!(wait_leader(&all, Duration::from_secs(5)).await?, 1);
+    nodes[0].propose(create_table("before", 1)).await?.into_result()?;
+
+    tracing::info!("phase: isolate the leader; the majority side elects a new leader and keeps committing");
+    router.isolate(1);
+    let majority = [&nodes[1], &nodes[2]];
+    let (lost, new_leader) = tokio::join!(nodes[0].propose(create_table("lost", 1)), async {
+        let leader = wait_leader(&majority, Duration::from_secs(5)).await?;
+        let node = majority.iter().find(|n| n.node_id() == leader).expect("leader is on the majority side");
+        node.propose(create_table("after", leader)).await?.into_result()?;
+        anyhow::Ok(leader)
+    });
+    let new_leader = new_leader?;
+    assert_ne!(new_leader, 1);
+    let err = lost.expect_err("a leader cut off from its quorum cannot commit");
+    assert!(matches!(err, ClusterError::Timeout { .. }), "{err}");
+    assert_eq!(err.kind(), ClusterErrorKind::Unavailable);
+
+    tracing::info!("phase: the isolated node refuses linearizable reads rather than serve stale metadata");
+    let stale = nodes[0].read_state(|s| s.catalog().table("after").is_some()).await;
+    ensure!(stale.is_err(), "isolated node answered a linearizable read: {stale:?}");
+    assert!(!nodes[0].read_local(|s| s.catalog().table("after").is_some()), "its local state is indeed stale");
+
+    tracing::info!("phase: heal; the old leader steps down, drops its uncommitted entry and converges");
+    router.heal();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let state = converged_state(&all, &nodes[(leader - 1) as usize]).await?;
+    let tables: Vec<&str> = state.catalog().tables().map(|t| t.name.as_str()).collect();
+    assert_eq!(tables, vec!["after", "before"], "the uncommitted CREATE TABLE lost was discarded");
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_messages_are_retried_until_committed() -> Result<()> {
+    init_tracing();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, test_config()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    for i in 0..5 {
+        // Followers on the router cannot forward, so each proposal goes to the current leader.
+        let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+        router.drop_next(3);
+        nodes[(leader - 1) as usize].propose(create_table(&format!("t{i}"), leader)).await?.into_result()?;
+    }
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let state = converged_state(&all, &nodes[(leader - 1) as usize]).await?;
+    assert_eq!(state.catalog().tables().count(), 5);
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
