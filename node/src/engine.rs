@@ -66,6 +66,8 @@ pub struct EngineOptions {
     pub target_partitions: usize,
     /// Rows per batch inside query execution.
     pub batch_size: usize,
+    /// Bytes of decoded chunk columns kept in memory for scans (0: none).
+    pub column_cache_bytes: usize,
     /// RocksDB tuning.
     pub rocks: RocksStoreOptions,
 }
@@ -77,6 +79,7 @@ impl Default for EngineOptions {
             durability: Durability::Sync,
             target_partitions: 0,
             batch_size: 8192,
+            column_cache_bytes: 1 << 30,
             rocks: RocksStoreOptions::default(),
         }
     }
@@ -318,6 +321,7 @@ impl Engine {
             next_seq,
             options.chunk_rows_target,
             options.durability,
+            options.column_cache_bytes,
             Arc::clone(&metrics),
         ));
         let partitions = if options.target_partitions == 0 {
