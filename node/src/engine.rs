@@ -793,15 +793,8 @@ impl Engine {
     /// # Errors
     ///
     /// Fails, appending nothing, when the table does not exist, a batch does not match its schema, or the store fails.
-    pub async fn append_stream(&self, table: &str, mut stream: SendableRecordBatchStream) -> Result<u64> {
-        let table = self.native_table(table)?;
-        let mut appender = table.appender();
-        while let Some(batch) = stream.next().await {
-            appender.push(&batch?)?;
-        }
-        tokio::task::spawn_blocking(move || appender.commit())
-            .await
-            .map_err(|e| Error::Internal(format!("commit task: {e}")))?
+    pub async fn append_stream(&self, table: &str, stream: SendableRecordBatchStream) -> Result<u64> {
+        self.native_table(table)?.append_stream(stream).await
     }
 
     /// Bulk-ingests batches into `table`, creating it from the batches' schema as `mode` says; returns the rows

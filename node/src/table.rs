@@ -264,6 +264,70 @@ impl HotTable {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())?)
     }
 
+    /// Inserts every batch of `stream` as one atomic, durable insert; returns the rows inserted.
+    ///
+    /// Two stages run side by side: this task pulls the stream (for a network ingest that is where messages are
+    /// decoded) while a blocking thread checks, compresses and writes the chunks, so an ingest uses two cores. A
+    /// bounded channel between them keeps at most a few batches in flight. If the stream fails, or this future is
+    /// dropped, the appender is dropped without committing and no row of the insert becomes visible.
+    ///
+    /// # Errors
+    ///
+    /// The stream's error, or the appender's (schema mismatch, NOT NULL violation, store failure).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling rolls the insert back.
+    pub(crate) async fn append_stream<S, E>(self: &Arc<Self>, mut stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
+        use futures::StreamExt as _;
+        enum Step {
+            Rows(RecordBatch),
+            Commit,
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
+        let mut appender = self.appender();
+        let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+            while let Some(step) = rx.blocking_recv() {
+                match step {
+                    Step::Rows(batch) => appender.push(&batch)?,
+                    Step::Commit => return appender.commit().map(Some),
+                }
+            }
+            // The sender went away without asking to commit: roll back.
+            Ok(None)
+        });
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(batch) => {
+                    if tx.send(Step::Rows(batch)).await.is_err() {
+                        break; // The writer failed; its error is returned below.
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Error::from(e));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let _ = tx.send(Step::Commit).await;
+        }
+        drop(tx);
+        let written =
+            writer.await.map_err(|e| Error::Internal(format!("insert writer of table \"{}\": {e}", self.def.name)))?;
+        match (failure, written) {
+            (Some(e), _) => Err(e),
+            (None, Ok(Some(rows))) => Ok(rows),
+            (None, Ok(None)) => Err(Error::Internal(format!("insert into \"{}\" was not committed", self.def.name))),
+            (None, Err(e)) => Err(e),
+        }
+    }
+
     /// Starts an insert.
     pub(crate) fn appender(self: &Arc<Self>) -> Appender {
         Appender { table: Arc::clone(self), pending: Vec::new(), pending_rows: 0, written: Vec::new(), rows: 0 }
