@@ -48,6 +48,8 @@ pub struct StorageConfig {
     pub chunk_rows: usize,
     /// Size of the hot store's block cache.
     pub block_cache: ByteSize,
+    /// Memory for decoded chunk columns that scans reuse ("0B" turns it off).
+    pub column_cache: ByteSize,
     /// Size of one hot-store memtable.
     pub write_buffer: ByteSize,
 }
@@ -59,6 +61,7 @@ impl Default for StorageConfig {
             sync: SyncPolicy::Fsync,
             chunk_rows: 128 * 1024,
             block_cache: ByteSize(256 << 20),
+            column_cache: ByteSize(1 << 30),
             write_buffer: ByteSize(64 << 20),
         }
     }
@@ -292,6 +295,7 @@ impl Config {
                 SyncPolicy::Fsync => Durability::Sync,
                 SyncPolicy::None => Durability::Buffered,
             },
+            column_cache_bytes: self.storage.column_cache.0 as usize,
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,
@@ -405,6 +409,7 @@ mod tests {
         assert_eq!(c.storage.data_dir, PathBuf::from("/var/lib/quiver"));
         assert_eq!(c.storage.sync, SyncPolicy::Fsync);
         assert_eq!(c.storage.block_cache, ByteSize(1 << 30));
+        assert_eq!(c.storage.column_cache, ByteSize(4 << 30));
         assert_eq!(c.server.pg_addr, "0.0.0.0:5433");
         assert_eq!(c.server.flight_addr, "0.0.0.0:50051");
         assert_eq!(c.limits.flight_message_max, ByteSize(64 << 20));
@@ -414,6 +419,7 @@ mod tests {
     fn byte_sizes_parse_and_print() {
         assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
         assert_eq!("100".parse::<ByteSize>(), Ok(ByteSize(100)));
+        assert_eq!("0B".parse::<ByteSize>(), Ok(ByteSize(0)));
         assert_eq!(ByteSize(3 << 30).to_string(), "3GiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
         assert!("MiB".parse::<ByteSize>().is_err());

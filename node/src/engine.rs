@@ -66,6 +66,8 @@ pub struct EngineOptions {
     pub target_partitions: usize,
     /// Rows per batch inside query execution.
     pub batch_size: usize,
+    /// Bytes of decoded chunk columns kept in memory for scans (0: none).
+    pub column_cache_bytes: usize,
     /// RocksDB tuning.
     pub rocks: RocksStoreOptions,
 }
@@ -77,6 +79,7 @@ impl Default for EngineOptions {
             durability: Durability::Sync,
             target_partitions: 0,
             batch_size: 8192,
+            column_cache_bytes: 1 << 30,
             rocks: RocksStoreOptions::default(),
         }
     }
@@ -318,6 +321,7 @@ impl Engine {
             next_seq,
             options.chunk_rows_target,
             options.durability,
+            options.column_cache_bytes,
             Arc::clone(&metrics),
         ));
         let partitions = if options.target_partitions == 0 {
@@ -789,15 +793,8 @@ impl Engine {
     /// # Errors
     ///
     /// Fails, appending nothing, when the table does not exist, a batch does not match its schema, or the store fails.
-    pub async fn append_stream(&self, table: &str, mut stream: SendableRecordBatchStream) -> Result<u64> {
-        let table = self.native_table(table)?;
-        let mut appender = table.appender();
-        while let Some(batch) = stream.next().await {
-            appender.push(&batch?)?;
-        }
-        tokio::task::spawn_blocking(move || appender.commit())
-            .await
-            .map_err(|e| Error::Internal(format!("commit task: {e}")))?
+    pub async fn append_stream(&self, table: &str, stream: SendableRecordBatchStream) -> Result<u64> {
+        self.native_table(table)?.append_stream(stream).await
     }
 
     /// Bulk-ingests batches into `table`, creating it from the batches' schema as `mode` says; returns the rows

@@ -29,6 +29,22 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Returns the value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 const LATENCY_BUCKETS_S: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -128,6 +144,14 @@ pub struct Metrics {
     pub hot_bytes_read: Counter,
     /// SQL statements executed.
     pub statements: Counter,
+    /// Chunk columns a scan found decoded in the column cache.
+    pub column_cache_hits: Counter,
+    /// Chunk columns a scan had to read and decode.
+    pub column_cache_misses: Counter,
+    /// Columns evicted from the column cache to make room.
+    pub column_cache_evictions: Counter,
+    /// Bytes of decoded columns held by the column cache.
+    pub column_cache_bytes: Gauge,
 }
 
 impl Metrics {
@@ -187,6 +211,30 @@ impl Metrics {
             "quiver_hot_store_read_bytes_total",
             "Bytes of chunk data read from the hot store.",
             self.hot_bytes_read.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_column_cache_hits_total",
+            "Chunk columns scans found decoded in the column cache.",
+            self.column_cache_hits.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_column_cache_misses_total",
+            "Chunk columns scans read from the hot store and decoded.",
+            self.column_cache_misses.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_column_cache_evictions_total",
+            "Columns evicted from the column cache.",
+            self.column_cache_evictions.get(),
+        );
+        gauge(
+            &mut out,
+            "quiver_column_cache_bytes",
+            "Bytes of decoded columns in the column cache.",
+            self.column_cache_bytes.get(),
         );
         gauge(&mut out, "quiver_hot_store_bytes", "Bytes the hot store occupies.", hot_store_bytes);
         gauge(&mut out, "quiver_tables", "Tables in the catalog.", tables as u64);

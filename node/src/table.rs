@@ -17,6 +17,7 @@
 //!   `Drop` queues it for the store's garbage list, which the next commit deletes). A scan therefore never misses data
 //!   that its version promised.
 
+pub(crate) mod cache;
 pub(crate) mod chunk;
 pub(crate) mod keys;
 
@@ -24,13 +25,14 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use quiver_meta::{TableDef, TableId};
 
 pub(crate) use chunk::ChunkMeta;
 
+use self::cache::ColumnCache;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::storage::{Durability, HotStore, WriteBatch};
@@ -48,6 +50,8 @@ pub(crate) struct TableStore {
     /// How durable a commit is before it is acknowledged.
     pub(crate) durability: Durability,
     pub(crate) metrics: Arc<Metrics>,
+    /// Decoded columns of recently scanned chunks.
+    cache: ColumnCache,
 }
 
 impl TableStore {
@@ -57,9 +61,11 @@ impl TableStore {
         next_seq: u64,
         chunk_rows_target: usize,
         durability: Durability,
+        column_cache_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            cache: ColumnCache::new(column_cache_bytes),
             store,
             next_seq: AtomicU64::new(next_seq),
             garbage: Mutex::new(Vec::new()),
@@ -115,6 +121,7 @@ impl Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
+            self.tables.cache.remove_chunk(self.seq, self.meta.null_counts.len(), &self.tables.metrics);
             self.tables.discard([keys::data_key(self.table, self.seq)]);
         }
     }
@@ -185,18 +192,43 @@ impl HotTable {
             return Ok(RecordBatch::try_new_with_options(
                 Arc::clone(projected_schema),
                 vec![],
-                &arrow::array::RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
+                &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
             )?);
         }
-        let key = keys::data_key(chunk.table, chunk.seq);
-        let location = || format!("table \"{}\" chunk {}", self.def.name, chunk.seq);
-        let bytes = self
-            .tables
-            .store
-            .get(&key)?
-            .ok_or_else(|| Error::Corrupt { location: location(), detail: "chunk data is missing".into() })?;
-        self.tables.metrics.hot_bytes_read.add(bytes.len() as u64);
-        chunk::decode_data(&bytes, projection, projected_schema, location)
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let cache = &self.tables.cache;
+        let metrics = &self.tables.metrics;
+        let mut arrays: Vec<Option<ArrayRef>> = columns.iter().map(|c| cache.get(chunk.seq, *c, metrics)).collect();
+        let missing: Vec<usize> = columns.iter().zip(&arrays).filter(|(_, a)| a.is_none()).map(|(c, _)| *c).collect();
+        if !missing.is_empty() {
+            let key = keys::data_key(chunk.table, chunk.seq);
+            let location = || format!("table \"{}\" chunk {}", self.def.name, chunk.seq);
+            let bytes = self
+                .tables
+                .store
+                .get(&key)?
+                .ok_or_else(|| Error::Corrupt { location: location(), detail: "chunk data is missing".into() })?;
+            metrics.hot_bytes_read.add(bytes.len() as u64);
+            let missing_schema = Arc::new(self.schema.project(&missing)?);
+            let decoded = chunk::decode_data(&bytes, Some(&missing), &missing_schema, location)?;
+            let mut decoded_columns = decoded.columns().iter();
+            for (slot, column) in arrays.iter_mut().zip(&columns) {
+                if slot.is_none() {
+                    let array = decoded_columns.next().expect("one decoded column per missing column").clone();
+                    cache.insert(chunk.seq, *column, array.clone(), metrics);
+                    *slot = Some(array);
+                }
+            }
+        }
+        let arrays: Vec<ArrayRef> = arrays.into_iter().map(|a| a.expect("every column read or cached")).collect();
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(projected_schema),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
+        )?)
     }
 
     /// Checks a batch against the table's schema and returns it carrying the table's schema.
@@ -230,6 +262,70 @@ impl HotTable {
             }
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())?)
+    }
+
+    /// Inserts every batch of `stream` as one atomic, durable insert; returns the rows inserted.
+    ///
+    /// Two stages run side by side: this task pulls the stream (for a network ingest that is where messages are
+    /// decoded) while a blocking thread checks, compresses and writes the chunks, so an ingest uses two cores. A
+    /// bounded channel between them keeps at most a few batches in flight. If the stream fails, or this future is
+    /// dropped, the appender is dropped without committing and no row of the insert becomes visible.
+    ///
+    /// # Errors
+    ///
+    /// The stream's error, or the appender's (schema mismatch, NOT NULL violation, store failure).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling rolls the insert back.
+    pub(crate) async fn append_stream<S, E>(self: &Arc<Self>, mut stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
+        use futures::StreamExt as _;
+        enum Step {
+            Rows(RecordBatch),
+            Commit,
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
+        let mut appender = self.appender();
+        let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+            while let Some(step) = rx.blocking_recv() {
+                match step {
+                    Step::Rows(batch) => appender.push(&batch)?,
+                    Step::Commit => return appender.commit().map(Some),
+                }
+            }
+            // The sender went away without asking to commit: roll back.
+            Ok(None)
+        });
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(batch) => {
+                    if tx.send(Step::Rows(batch)).await.is_err() {
+                        break; // The writer failed; its error is returned below.
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Error::from(e));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let _ = tx.send(Step::Commit).await;
+        }
+        drop(tx);
+        let written =
+            writer.await.map_err(|e| Error::Internal(format!("insert writer of table \"{}\": {e}", self.def.name)))?;
+        match (failure, written) {
+            (Some(e), _) => Err(e),
+            (None, Ok(Some(rows))) => Ok(rows),
+            (None, Ok(None)) => Err(Error::Internal(format!("insert into \"{}\" was not committed", self.def.name))),
+            (None, Err(e)) => Err(e),
+        }
     }
 
     /// Starts an insert.

@@ -255,15 +255,9 @@ impl Engine {
                 self.ctx.read_json(path.as_str(), JsonReadOptions::default().file_extension(&extension)).await?
             }
         };
-        let mut stream = df.execute_stream().await?;
-        let mut appender = table.appender();
-        while let Some(batch) = stream.next().await {
-            let batch = cast_to(&schema, &batch?, &copy.table)?;
-            appender.push(&batch)?;
-        }
-        let rows = tokio::task::spawn_blocking(move || appender.commit())
-            .await
-            .map_err(|e| Error::Internal(format!("commit task: {e}")))??;
+        let stream = df.execute_stream().await?;
+        let cast = stream.map(|batch| cast_to(&schema, &batch?, &copy.table));
+        let rows = table.append_stream(cast).await?;
         Ok(QueryOutput::Affected { command: Command::Copy, rows })
     }
 }

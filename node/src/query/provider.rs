@@ -21,7 +21,6 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
-use futures::StreamExt;
 
 use super::scan::ChunkScanExec;
 use crate::error::Error;
@@ -191,16 +190,7 @@ impl DataSink for HotSink {
         &self.schema
     }
 
-    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
-        let mut appender = self.table.appender();
-        while let Some(batch) = data.next().await {
-            appender.push(&batch?)?;
-        }
-        let table = Arc::clone(&self.table);
-        // The commit fsyncs the write-ahead log: run it where blocking is fine.
-        let rows = tokio::task::spawn_blocking(move || appender.commit())
-            .await
-            .map_err(|e| Error::Internal(format!("insert commit task of table \"{}\": {e}", table.def().name)))??;
-        Ok(rows)
+    async fn write_all(&self, data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+        Ok(self.table.append_stream(data).await?)
     }
 }

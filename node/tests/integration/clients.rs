@@ -1,5 +1,6 @@
-//! Third-party clients against a real server: the ADBC Flight SQL driver and pyarrow.flight, and psycopg 3 (the
-//! Python scripts under `tests/clients/` assert the answers). The README's test command installs these packages.
+//! Third-party clients against a real server: the ADBC Flight SQL driver and pyarrow.flight, psycopg 3 and the
+//! PostgreSQL JDBC driver (the scripts under `tests/clients/` assert the answers). The README's test command installs
+//! these packages.
 
 use quiver_node::config::{Config, Overrides};
 use quiver_node::server::Server;
@@ -25,7 +26,7 @@ async fn with_server(
     running.await.expect("join").expect("clean shutdown");
     assert!(
         out.status.success(),
-        "client script failed (install the clients with: pip install pyarrow adbc-driver-flightsql 'psycopg[binary]')\nstdout:\n{}\nstderr:\n{}",
+        "client script failed (install the clients with: pip install pyarrow adbc-driver-flightsql 'psycopg[binary]'; apt-get install default-jdk-headless libpostgresql-jdbc-java)\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -44,4 +45,16 @@ async fn adbc_driver_and_pyarrow_flight_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_3_works() {
     with_server(|_, pg| python("pg_clients.py", &[pg.ip().to_string(), pg.port().to_string()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_jdbc_driver_works_and_browses_the_catalog() {
+    with_server(|_, pg| {
+        let program = format!("{}/tests/clients/PgJdbc.java", env!("CARGO_MANIFEST_DIR"));
+        std::process::Command::new("java")
+            .args(["-cp", "/usr/share/java/postgresql.jar", &program, &pg.ip().to_string(), &pg.port().to_string()])
+            .output()
+            .expect("run java")
+    })
+    .await;
 }

@@ -209,6 +209,48 @@ async fn scans_prune_chunks_by_statistics_and_run_in_parallel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_scans_reuse_decoded_columns_and_see_dml() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path()).await;
+    let metrics = std::sync::Arc::clone(db.engine().metrics());
+    db.sql("CREATE TABLE c (id BIGINT NOT NULL, v BIGINT)").await.expect("create");
+    db.sql("INSERT INTO c SELECT value, value * 2 FROM generate_series(1, 1000)").await.expect("insert");
+    assert_eq!(single_i64(&db, "SELECT sum(v) FROM c").await, 1_001_000);
+    let misses = metrics.column_cache_misses.get();
+    assert!(misses >= 10, "the first scan decodes every chunk's column: {misses}");
+    let hits = metrics.column_cache_hits.get();
+    assert_eq!(single_i64(&db, "SELECT sum(v) FROM c").await, 1_001_000);
+    assert_eq!(metrics.column_cache_misses.get(), misses, "the second scan reads nothing");
+    assert!(metrics.column_cache_hits.get() >= hits + 10);
+    // Rewritten chunks are new chunks: the cache never serves the old values.
+    db.sql("UPDATE c SET v = 0 WHERE id <= 500").await.expect("update");
+    assert_eq!(single_i64(&db, "SELECT sum(v) FROM c").await, 1_001_000 - 250_500);
+    assert!(metrics.column_cache_bytes.get() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_whose_stream_fails_midway_adds_no_row() {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::error::DataFusionError;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use quiver_node::engine::IngestMode;
+
+    let db = Quiver::open_in_memory().await.expect("open");
+    db.sql("CREATE TABLE s (x BIGINT)").await.expect("create");
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..500_000))])
+        .expect("batch");
+    let items = vec![Ok(batch.clone()), Ok(batch), Err(DataFusionError::Execution("client went away".into()))];
+    let stream = Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&schema), futures::stream::iter(items)));
+    let err = db.engine().ingest("s", IngestMode::Append, schema, stream).await.expect_err("failed stream");
+    assert!(err.report().contains("client went away"), "{}", err.report());
+    assert_eq!(single_i64(&db, "SELECT count(*) FROM s").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_statements_get_clear_errors_and_change_nothing() {
     let db = Quiver::open_in_memory().await.expect("open");
     db.sql("CREATE TABLE t (id BIGINT NOT NULL, name TEXT)").await.expect("create");

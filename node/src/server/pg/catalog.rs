@@ -37,8 +37,40 @@ use datafusion_pg_catalog::pg_catalog::{
 };
 
 use super::local::{SERVER_VERSION, setting_named};
-use crate::engine::{CATALOG_NAME, Engine};
+use crate::engine::{CATALOG_NAME, Engine, SCHEMA_NAME};
 use crate::error::Result;
+
+/// Returns SQL that lists the declared primary keys of the tables matching `schema` and `table` (all when `None`),
+/// in the shape of pgjdbc's `getPrimaryKeys` query: `table_cat, table_schem, table_name, column_name, key_seq,
+/// pk_name`, ordered by table and key position. Constraint names follow PostgreSQL's default, `<table>_pkey`.
+pub(super) async fn primary_keys_sql(engine: &Engine, schema: Option<&str>, table: Option<&str>) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut rows = Vec::new();
+    if schema.is_none_or(|s| s == SCHEMA_NAME) {
+        for info in engine.tables().await {
+            if table.is_some_and(|t| t != info.name) {
+                continue;
+            }
+            for (i, column) in info.primary_key.iter().enumerate() {
+                rows.push(format!(
+                    "({}, {}, {}, {}, {})",
+                    quote(&info.name),
+                    quote(column),
+                    i + 1,
+                    quote(&format!("{}_pkey", info.name)),
+                    quote(SCHEMA_NAME)
+                ));
+            }
+        }
+    }
+    let (values, filter) =
+        if rows.is_empty() { ("('', '', 0, '', '')".to_string(), " WHERE false") } else { (rows.join(", "), "") };
+    format!(
+        "SELECT CAST(NULL AS TEXT) AS table_cat, s AS table_schem, t AS table_name, c AS column_name, \
+         CAST(n AS SMALLINT) AS key_seq, p AS pk_name FROM (VALUES {values}) AS k(t, c, n, p, s){filter} \
+         ORDER BY t, n"
+    )
+}
 
 /// The schema PostgreSQL keeps its catalog in.
 const PG_CATALOG: &str = "pg_catalog";

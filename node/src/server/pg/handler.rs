@@ -34,6 +34,7 @@ use pgwire::messages::simplequery::Query;
 use pgwire::types::format::FormatOptions;
 
 use super::cancel::{Cancel, CancelRegistry, CancelWatch, until_cancelled};
+use super::catalog;
 use super::copy::CopyIn;
 use super::error::protocol_error;
 use super::request::Request;
@@ -155,12 +156,21 @@ impl Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut request = Request::start(self.engine().metrics());
-        match self.shared.classifier.classify(sql) {
+        let sql = match self.shared.classifier.classify(sql) {
+            Classified::PrimaryKeys { schema, table } => {
+                Classified::Sql(catalog::primary_keys_sql(self.engine(), schema.as_deref(), table.as_deref()).await)
+            }
+            other => other,
+        };
+        match sql {
             Classified::Empty => Ok(Response::EmptyQuery),
             Classified::Local(local) => local.run(client, &Format::UnifiedText).await.map_err(|e| request.fail_with(e)),
             Classified::CopyIn(_) if !last => Err(request
                 .fail_with(protocol_error("0A000", "COPY FROM STDIN must be the last statement of a query string"))),
             Classified::CopyIn(copy) => self.start_copy(copy, request).await,
+            Classified::PrimaryKeys { .. } => {
+                Err(request.fail(&crate::error::Error::Internal("primary-key listing left unresolved".into())))
+            }
             Classified::Sql(sql) => {
                 let output = self.engine().execute_one(&sql).await.map_err(|e| request.fail(&e))?;
                 warn_if_rollback(client, is_rollback(&output)).await?;

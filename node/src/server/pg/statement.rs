@@ -52,6 +52,14 @@ pub(super) enum Classified {
     CopyIn(CopyFrom),
     /// SQL for the engine.
     Sql(String),
+    /// The primary-key listing of JDBC's `DatabaseMetaData.getPrimaryKeys` (it expands `pg_index.indkey` with a
+    /// set-returning function the engine does not have); answered from the engine's catalog.
+    PrimaryKeys {
+        /// The `n.nspname = '…'` filter, if any.
+        schema: Option<String>,
+        /// The `ct.relname = '…'` filter, if any.
+        table: Option<String>,
+    },
 }
 
 /// Words that mark a statement as a client's catalog query (see the module docs).
@@ -120,6 +128,10 @@ impl Classifier {
                 }
                 _ => Classified::Sql(sql.to_string()),
             },
+            _ if is_jdbc_primary_keys(sql) => Classified::PrimaryKeys {
+                schema: quoted_filter(sql, "n.nspname"),
+                table: quoted_filter(sql, "ct.relname"),
+            },
             _ if touches_catalog(&tokens) => match self.compat.parse(sql) {
                 Ok(mut statements) if statements.len() == 1 => Classified::Sql(statements.remove(0).to_string()),
                 _ => Classified::Sql(sql.to_string()),
@@ -157,6 +169,32 @@ fn transaction_sql(statement: &Statement) -> Option<String> {
         Statement::Commit { modifier: None, .. } => Some("COMMIT".to_string()),
         _ => None,
     }
+}
+
+/// Whether a statement is pgjdbc's primary-key query (`DatabaseMetaData.getPrimaryKeys`).
+fn is_jdbc_primary_keys(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("_pg_expandarray(i.indkey)") && lower.contains("i.indisprimary")
+}
+
+/// Returns the string literal that `column = '…'` (or `E'…'`) compares to in `sql`, unescaped.
+fn quoted_filter(sql: &str, column: &str) -> Option<String> {
+    let pattern = format!(r"(?i){}\s*=\s*E?'((?:[^'\\]|''|\\.)*)'", regex::escape(column));
+    let re = regex::Regex::new(&pattern).ok()?;
+    let raw = re.captures(sql)?.get(1)?.as_str();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '\'' => {
+                out.push('\'');
+                chars.next_if_eq(&'\'');
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Whether a statement names PostgreSQL catalog objects (see the module docs).
@@ -252,6 +290,19 @@ impl StatementParser {
     }
 }
 
+impl StatementParser {
+    /// Prepares SQL for the engine.
+    async fn prepare(&self, sql: &str) -> PgWireResult<PgStatement> {
+        match self.engine.prepare(sql).await {
+            Ok(statement) => {
+                let parameter_types = params::announced_types(sql, statement.parameter_types());
+                Ok(PgStatement::Prepared(Arc::new(Prepared { statement, parameter_types })))
+            }
+            Err(e) => Err(Request::start(self.engine.metrics()).fail(&e)),
+        }
+    }
+}
+
 #[async_trait]
 impl QueryParser for StatementParser {
     type Statement = PgStatement;
@@ -281,13 +332,11 @@ impl QueryParser for StatementParser {
                 }
                 PgStatement::CopyIn(Arc::new(copy))
             }
-            Classified::Sql(sql) => match self.engine.prepare(&sql).await {
-                Ok(statement) => {
-                    let parameter_types = params::announced_types(&sql, statement.parameter_types());
-                    PgStatement::Prepared(Arc::new(Prepared { statement, parameter_types }))
-                }
-                Err(e) => return Err(Request::start(self.engine.metrics()).fail(&e)),
-            },
+            Classified::Sql(sql) => self.prepare(&sql).await?,
+            Classified::PrimaryKeys { schema, table } => {
+                let sql = super::catalog::primary_keys_sql(&self.engine, schema.as_deref(), table.as_deref()).await;
+                self.prepare(&sql).await?
+            }
         }))
     }
 
@@ -332,8 +381,26 @@ mod tests {
     fn sql(classified: Classified) -> String {
         match classified {
             Classified::Sql(sql) => sql,
+            Classified::PrimaryKeys { schema, table } => format!("keys of {schema:?}.{table:?}"),
             other => panic!("expected SQL for the engine, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn recognizes_jdbc_primary_key_query_and_its_filters() {
+        let c = Classifier::new();
+        let sql = "SELECT result.TABLE_CAT, result.TABLE_SCHEM FROM (SELECT NULL AS TABLE_CAT, n.nspname AS \
+                   TABLE_SCHEM, (information_schema._pg_expandarray(i.indkey)).n AS KEY_SEQ FROM pg_catalog.pg_class \
+                   ct JOIN pg_catalog.pg_index i ON (a.attrelid = i.indrelid) WHERE true AND n.nspname = E'public' \
+                   AND ct.relname = E'it''s\\\\x' AND i.indisprimary ) result";
+        match c.classify(sql) {
+            Classified::PrimaryKeys { schema, table } => {
+                assert_eq!(schema.as_deref(), Some("public"));
+                assert_eq!(table.as_deref(), Some("it's\\x"));
+            }
+            other => panic!("not the primary-key query: {other:?}"),
+        }
+        assert_eq!(quoted_filter("where ct.relname = 'a'", "n.nspname"), None);
     }
 
     #[test]
