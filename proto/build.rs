@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/quiver/v1/node.proto", "proto/quiver/v1/raft.proto", "proto/quiver/v1/meta.proto"],
+        &[
+            "proto/quiver/v1/node.proto",
+            "proto/quiver/v1/raft.proto",
+            "proto/quiver/v1/meta.proto",
+            "proto/quiver/v1/cluster.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

@@ -30,6 +30,8 @@ impl Running {
             flight_addr: Some("127.0.0.1:0".into()),
             pg_addr: Some("127.0.0.1:0".into()),
             http_addr: Some("127.0.0.1:0".into()),
+            grpc_addr: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
         };
         let config = Config::load(None, Vec::new(), &overrides)?;
         let engine = Engine::open(StorageLocation::Path(dir.to_path_buf()), config.engine_options()).await?;

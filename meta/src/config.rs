@@ -36,6 +36,9 @@ pub struct MetaConfig {
     pub request_timeout_ms: u64,
     /// The time allowed to connect to a peer, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// How many voters the cluster aims for (odd): joining nodes are promoted to voter while there are fewer, and
+    /// further nodes stay learners (they still receive the metadata).
+    pub voters: usize,
 }
 
 impl Default for MetaConfig {
@@ -51,6 +54,7 @@ impl Default for MetaConfig {
             install_snapshot_timeout_ms: 2_000,
             request_timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
+            voters: 3,
         }
     }
 }
@@ -83,6 +87,9 @@ impl MetaConfig {
         }
         if self.snapshot_chunk_bytes_max == 0 {
             return invalid("snapshot_chunk_bytes_max must be positive".into());
+        }
+        if self.voters == 0 || self.voters.is_multiple_of(2) {
+            return invalid(format!("voters must be odd and positive, not {}", self.voters));
         }
         if self.request_timeout_ms == 0 || self.install_snapshot_timeout_ms == 0 || self.connect_timeout_ms == 0 {
             return invalid("timeouts must be positive".into());

@@ -356,6 +356,12 @@ pub enum ClusterError {
         source: BoxError,
     },
     /// The metadata configuration is invalid.
+    /// A node asked to join and was refused: it belongs to another cluster, or its id is taken by another node.
+    #[error("join refused: {detail}")]
+    JoinRefused {
+        /// Why.
+        detail: String,
+    },
     #[error("invalid metadata configuration: {detail}")]
     InvalidConfig {
         /// What is wrong.
@@ -381,6 +387,7 @@ impl ClusterError {
                 }
             }
             ClusterError::InvalidMembershipChange { .. }
+            | ClusterError::JoinRefused { .. }
             | ClusterError::AlreadyBootstrapped { .. }
             | ClusterError::InvalidConfig { .. } => ClusterErrorKind::InvalidRequest,
             ClusterError::Stopped { .. } | ClusterError::Decode { .. } => ClusterErrorKind::Internal,

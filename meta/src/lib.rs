@@ -33,7 +33,7 @@ pub mod store;
 pub use catalog::{Catalog, CatalogCommand, CatalogOutcome, ColumnDef, TableDef, TableId, TableKind};
 pub use config::MetaConfig;
 pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
-pub use meta_node::MetaNode;
+pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
 pub use state::{
     ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord, NodeRole, NodeState, ShardId,
     ShardRecord,

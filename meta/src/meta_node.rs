@@ -19,6 +19,8 @@
 //!
 //! Time is tokio's (the simulator's under madsim); nothing here reads the wall clock.
 
+mod membership;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +32,11 @@ use openraft::error::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use self::membership::{ClusterStatus, JoinRequest, MemberStatus};
 use crate::config::MetaConfig;
 use crate::error::{ClusterError, ClusterErrorKind};
 use crate::raft::log_store::LogStore;
-use crate::raft::state_machine::{SharedState, StateMachineStore};
+use crate::raft::state_machine::{SharedState, SnapshotStats, StateMachineStore};
 use crate::raft::types::{MetaRaft, NodeAddr, RaftMetrics, TypeConfig};
 use crate::service::MetaClient;
 use crate::state::{MetaCommand, MetaResponse, MetaState, NodeRole};
@@ -142,6 +145,11 @@ impl MetaNode {
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))
+    }
+
+    /// Returns this replica's snapshot activity (counts, size and build time of the last one).
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.inner.shared.snapshot_stats()
     }
 
     /// Returns a receiver of the applied metadata version: it changes after every applied batch of commands that

@@ -20,7 +20,7 @@ pub mod types;
 pub use self::log_store::{LogReader, LogStore};
 pub use self::network::{GrpcConnection, GrpcNetwork};
 pub use self::router::{Router, RouterConnection, RouterNetwork};
-pub use self::state_machine::{SnapshotBuilder, StateMachineStore};
+pub use self::state_machine::{SnapshotBuilder, SnapshotStats, StateMachineStore};
 pub use self::types::{MetaRaft, NodeAddr, Runtime, TypeConfig};
 
 #[cfg(test)]

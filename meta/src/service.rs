@@ -1,5 +1,6 @@
 //! The gRPC service layer of a metadata replica: the servers of `RaftService` ([`RaftGrpcService`]) and
-//! `MetaService` ([`MetaGrpcService`]), the client used to forward to the leader ([`MetaClient`]), and the single
+//! `MetaService` ([`MetaGrpcService`]), `ClusterService` ([`ClusterGrpcService`]), the clients used
+//! to forward to the leader ([`MetaClient`]) and to join and administer a cluster ([`ClusterClient`]), and the single
 //! mapping of [`ClusterError`](crate::ClusterError) to `tonic::Status` (`status`).
 //!
 //! Wire types and `tonic` stay in this module and in the Raft transport ([`GrpcNetwork`](crate::raft::GrpcNetwork));
@@ -8,12 +9,15 @@
 //! The services run on the caller's Tokio runtime: their handlers wait on Raft and do no heavy computation.
 
 mod client;
+mod cluster_client;
+mod cluster_service;
 mod meta_service;
 mod raft_service;
 pub(crate) mod status;
 
 use std::future::Future;
 
+use quiver_proto::v1::cluster_service_server::ClusterServiceServer;
 use quiver_proto::v1::meta_service_server::MetaServiceServer;
 use quiver_proto::v1::raft_service_server::RaftServiceServer;
 use tokio::net::TcpListener;
@@ -21,6 +25,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use self::client::MetaClient;
+pub use self::cluster_client::ClusterClient;
+pub use self::cluster_service::ClusterGrpcService;
 pub use self::meta_service::MetaGrpcService;
 pub use self::raft_service::RaftGrpcService;
 use crate::meta_node::MetaNode;
@@ -37,7 +43,12 @@ pub fn meta_server(node: &MetaNode) -> MetaServiceServer<MetaGrpcService> {
     MetaServiceServer::new(MetaGrpcService::new(node.clone()))
 }
 
-/// Serves both metadata services of `node` on `listener` until `shutdown` completes.
+/// Returns the `ClusterService` server of `node`, to mount on the node's gRPC server.
+pub fn cluster_server(node: &MetaNode) -> ClusterServiceServer<ClusterGrpcService> {
+    ClusterServiceServer::new(ClusterGrpcService::new(node.clone()))
+}
+
+/// Serves the metadata and cluster services of `node` on `listener` until `shutdown` completes.
 ///
 /// # Errors
 ///
@@ -54,6 +65,7 @@ pub async fn serve(
     Server::builder()
         .add_service(raft_server(node))
         .add_service(meta_server(node))
+        .add_service(cluster_server(node))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }

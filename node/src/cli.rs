@@ -1,6 +1,8 @@
-//! The commands of the `quiver` binary other than `server`: the SQL shell, the demo and the file importer.
+//! The commands of the `quiver` binary other than `server`: the SQL shell, the demo, the file importer and cluster
+//! administration.
 //! `main.rs` parses flags and calls these.
 
+pub mod admin;
 pub mod demo;
 pub mod import;
 pub mod shell;

@@ -29,6 +29,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Network endpoints.
     pub server: ServerConfig,
+    /// The node's place in a cluster (its id, internal endpoint, how it joins).
+    pub cluster: ClusterConfig,
     /// Limits that protect the node from oversized requests.
     pub limits: LimitsConfig,
     /// Logging.
@@ -100,6 +102,140 @@ impl Default for ServerConfig {
 }
 
 /// Request limits.
+/// `[cluster]`: this node's identity in the metadata Raft group and how it finds the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster (1 or more).
+    pub node_id: u64,
+    /// The internal gRPC endpoint (Raft, metadata and node-to-node traffic), host:port.
+    pub grpc_addr: String,
+    /// The address other nodes reach the internal endpoint at, when it differs from `grpc_addr` (a wildcard bind,
+    /// NAT); by default the bound `grpc_addr`.
+    pub advertise_addr: Option<String>,
+    /// Internal addresses of existing nodes to join through; empty to bootstrap a new cluster on first start.
+    pub join: Vec<String>,
+    /// The cluster id given at bootstrap, or required of the cluster joined; generated when absent.
+    pub cluster_id: Option<String>,
+    /// How many voters the cluster aims for (odd).
+    pub voters: usize,
+    /// Raft timing.
+    pub heartbeat_interval: Millis,
+    pub election_timeout_min: Millis,
+    pub election_timeout_max: Millis,
+    /// The time allowed for a metadata proposal or linearizable read.
+    pub request_timeout: Millis,
+    /// How long a fresh node keeps trying to join before startup fails.
+    pub join_timeout: Millis,
+    /// Metadata log entries applied between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let meta = quiver_meta::MetaConfig::default();
+        Self {
+            node_id: 1,
+            grpc_addr: "127.0.0.1:50052".into(),
+            advertise_addr: None,
+            join: Vec::new(),
+            cluster_id: None,
+            voters: meta.voters,
+            heartbeat_interval: Millis(meta.heartbeat_interval_ms),
+            election_timeout_min: Millis(meta.election_timeout_min_ms),
+            election_timeout_max: Millis(meta.election_timeout_max_ms),
+            request_timeout: Millis(meta.request_timeout_ms),
+            join_timeout: Millis(60_000),
+            snapshot_every: meta.snapshot_logs_since_last,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Returns the metadata replica's settings.
+    pub fn meta_config(&self) -> quiver_meta::MetaConfig {
+        quiver_meta::MetaConfig {
+            heartbeat_interval_ms: self.heartbeat_interval.0,
+            election_timeout_min_ms: self.election_timeout_min.0,
+            election_timeout_max_ms: self.election_timeout_max.0,
+            request_timeout_ms: self.request_timeout.0,
+            snapshot_logs_since_last: self.snapshot_every,
+            voters: self.voters,
+            ..quiver_meta::MetaConfig::default()
+        }
+    }
+}
+
+/// A duration in whole milliseconds, written "250ms", "2s", "1m" (or a bare number of milliseconds).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// Returns the duration.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0)
+    }
+}
+
+impl fmt::Debug for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        if ms >= 60_000 && ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms >= 1000 && ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl std::str::FromStr for Millis {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is not a duration such as \"250ms\" or \"2s\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            other => return Err(format!("unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m, h)")),
+        };
+        n.checked_mul(mult).map(Millis).ok_or_else(|| format!("duration \"{s}\" is too long"))
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Millis(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -203,6 +339,9 @@ pub struct Overrides {
     pub pg_addr: Option<String>,
     /// `--http-addr`.
     pub http_addr: Option<String>,
+    pub node_id: Option<u64>,
+    pub grpc_addr: Option<String>,
+    pub join: Vec<String>,
 }
 
 impl Config {
@@ -248,6 +387,15 @@ impl Config {
         if let Some(a) = &overrides.http_addr {
             config.server.http_addr = a.clone();
         }
+        if let Some(id) = overrides.node_id {
+            config.cluster.node_id = id;
+        }
+        if let Some(a) = &overrides.grpc_addr {
+            config.cluster.grpc_addr = a.clone();
+        }
+        if !overrides.join.is_empty() {
+            config.cluster.join = overrides.join.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -263,9 +411,20 @@ impl Config {
             ("server.flight_addr", &self.server.flight_addr),
             ("server.pg_addr", &self.server.pg_addr),
             ("server.http_addr", &self.server.http_addr),
+            ("cluster.grpc_addr", &self.cluster.grpc_addr),
         ] {
             resolve_addr(addr).map_err(|why| Error::Config { detail: format!("{key}: {why}") })?;
         }
+        for (i, addr) in self.cluster.join.iter().enumerate() {
+            resolve_addr(addr).map_err(|why| Error::Config { detail: format!("cluster.join[{i}]: {why}") })?;
+        }
+        if self.cluster.node_id == 0 {
+            return bad("cluster.node_id", "must be 1 or more".into());
+        }
+        if self.cluster.cluster_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+            return bad("cluster.cluster_id", "must not be empty when set".into());
+        }
+        self.cluster.meta_config().validate().map_err(|e| Error::Config { detail: format!("cluster: {e}") })?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return bad("storage.data_dir", "must not be empty".into());
         }

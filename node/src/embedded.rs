@@ -63,6 +63,16 @@ impl Quiver {
         Ok(Self { engine: Engine::open(location, options).await? })
     }
 
+    /// Closes the database: stops its metadata replica and releases the directory once the last handle to the
+    /// engine is dropped. Committed data is durable already; dropping a `Quiver` without closing it loses nothing.
+    ///
+    /// # Errors
+    ///
+    /// Fails when an internal task had panicked.
+    pub async fn close(self) -> Result<()> {
+        self.engine.shutdown().await
+    }
+
     /// Returns the engine, for serving this database over the network in the same process.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

@@ -3,21 +3,24 @@
 //!
 //! ```text
 //!  SQL text ──▶ parse (DataFusion's parser, PostgreSQL dialect) ──▶ logical plan
-//!        ├─ CREATE/DROP TABLE ─────────▶ catalog command ─▶ catalog + table data, one atomic durable write
+//!        ├─ CREATE/DROP TABLE ─────────▶ metadata command ─▶ Raft (MetaNode) ─▶ applied ─▶ tables attached/detached
 //!        ├─ DELETE/UPDATE ─────────────▶ query::dml (chunk rewrite, one atomic durable write)
 //!        ├─ COPY t FROM 'file' ────────▶ read the file with DataFusion ─▶ appender
 //!        ├─ BEGIN/COMMIT/SET … ────────▶ accepted (statements autocommit)
 //!        └─ SELECT/INSERT/EXPLAIN/COPY TO ─▶ DataFusion (HotTableProvider scans and inserts)
 //! ```
 //!
-//! Catalog changes are applied to a [`quiver_meta::Catalog`] and the result is written to the hot store in the same
-//! batch as the data change it implies (dropping a table deletes its chunk index in that batch). Statements
-//! autocommit; BEGIN/COMMIT are accepted for client compatibility and do not group statements.
+//! The catalog is the state of the database's metadata replica ([`quiver_meta::MetaNode`]): CREATE and DROP are
+//! proposed through Raft (a single voter in-process for an embedded database, the cluster's group for a server), and
+//! the engine attaches and detaches tables as its replica applies catalog changes, whichever node made them
+//! (`sync_catalog`). A dropped table's chunks are deleted after the drop is applied; chunks of tables the catalog no
+//! longer has are also swept at open, so a crash in between leaves no garbage. Statements autocommit; BEGIN/COMMIT
+//! are accepted for client compatibility and do not group statements.
 
 pub mod copy;
 mod registry;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -30,7 +33,9 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
-use quiver_meta::{Catalog, CatalogCommand, CatalogOutcome, ColumnDef, TableDef, TableKind};
+use quiver_meta::{
+    Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, TableDef, TableId, TableKind,
+};
 
 pub use copy::CopyFormat;
 use registry::TableRegistry;
@@ -262,7 +267,10 @@ pub struct TableInfo {
 pub struct Engine {
     location: StorageLocation,
     tables: Arc<TableStore>,
-    catalog: tokio::sync::Mutex<Catalog>,
+    meta: MetaNode,
+    node_id: u64,
+    /// The catalog's tables as attached to this engine (name → id), guarded for [`Engine::sync_catalog`].
+    attached: tokio::sync::Mutex<BTreeMap<String, TableId>>,
     registry: Arc<TableRegistry>,
     hot: RwLock<HashMap<String, Arc<HotTable>>>,
     ctx: SessionContext,
@@ -276,30 +284,54 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens the database at `location`, creating it if needed, and recovers its state: the catalog, every table's
-    /// committed chunks, and the removal of data left behind by inserts that never committed.
+    /// Opens the database at `location`, creating it if needed, and recovers its state: the catalog (the metadata
+    /// replica's state), every table's committed chunks, and the removal of data left behind by inserts that never
+    /// committed. The database's metadata replica is a single voter in-process.
     ///
     /// # Errors
     ///
     /// Fails when the store cannot be opened or holds data this build cannot read.
     pub async fn open(location: StorageLocation, options: EngineOptions) -> Result<Arc<Engine>> {
-        let store: Arc<dyn HotStore> = match &location {
+        let store = Self::open_store(&location, &options).await?;
+        Self::open_with_store(location, store, options).await
+    }
+
+    /// Opens the hot store of `location` (RocksDB in `<dir>/hot`, or memory) and checks its format.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store cannot be opened or has a format this build cannot read.
+    pub async fn open_store(location: &StorageLocation, options: &EngineOptions) -> Result<Arc<dyn HotStore>> {
+        let store: Arc<dyn HotStore> = match location {
             StorageLocation::Memory => Arc::new(MemoryStore::new()),
             StorageLocation::Path(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
                 let path = dir.join("hot");
-                let rocks = options.rocks.clone();
-                Arc::new(
-                    tokio::task::spawn_blocking(move || RocksStore::open(&path, &rocks))
+                // A database of this process that was just dropped releases RocksDB's lock once its metadata
+                // replica's tasks have seen the drop; wait briefly for that rather than fail.
+                let mut attempts = 0;
+                loop {
+                    let rocks = options.rocks.clone();
+                    let path = path.clone();
+                    let opened = tokio::task::spawn_blocking(move || RocksStore::open(&path, &rocks))
                         .await
-                        .map_err(|e| Error::Internal(format!("open task: {e}")))??,
-                )
+                        .map_err(|e| Error::Internal(format!("open task: {e}")))?;
+                    match opened {
+                        Ok(store) => break Arc::new(store),
+                        Err(e) if attempts < 100 && e.report().contains("lock hold by current process") => {
+                            attempts += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         };
-        Self::open_with_store(location, store, options).await
+        check_format(&*store)?;
+        Ok(store)
     }
 
-    /// Opens a database on a given hot store (the simulation passes its own).
+    /// Opens a database on a given hot store, with a single-voter metadata replica in-process.
     ///
     /// # Errors
     ///
@@ -310,10 +342,25 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Arc<Engine>> {
         check_format(&*store)?;
-        let catalog = match store.get(keys::CATALOG_KEY)? {
-            Some(bytes) => Catalog::decode(&bytes)?,
-            None => Catalog::new(),
-        };
+        let meta = crate::cluster::start_local(Arc::clone(&store), quiver_meta::MetaConfig::default()).await?;
+        Self::open_with_meta(location, store, options, meta).await
+    }
+
+    /// Opens a database on a given hot store whose catalog is the state of `meta`, a metadata replica started on
+    /// the same store (a server's replica, member of a cluster). Catalog changes made anywhere in the cluster are
+    /// applied to this engine as its replica applies them.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store holds data this build cannot read.
+    pub async fn open_with_meta(
+        location: StorageLocation,
+        store: Arc<dyn HotStore>,
+        options: EngineOptions,
+        meta: MetaNode,
+    ) -> Result<Arc<Engine>> {
+        check_format(&*store)?;
+        let catalog = meta.read_local(|s| s.catalog().clone());
         let (chunks_by_table, next_seq) = recover_chunks(&*store, &catalog)?;
         let metrics = Arc::new(Metrics::default());
         let tables = Arc::new(TableStore::new(
@@ -344,32 +391,157 @@ impl Engine {
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
 
+        let node_id = meta.node_id();
         let engine = Engine {
             location,
             tables,
-            catalog: tokio::sync::Mutex::new(catalog.clone()),
+            meta,
+            node_id,
+            attached: tokio::sync::Mutex::new(BTreeMap::new()),
             registry,
             hot: RwLock::new(HashMap::new()),
             ctx,
             metrics,
         };
         let mut chunks_by_table = chunks_by_table;
-        for def in catalog.tables() {
-            match &def.kind {
-                TableKind::Native => {
-                    let chunks = chunks_by_table.remove(&def.id).unwrap_or_default();
-                    engine.attach_native(def.clone(), chunks);
+        {
+            let mut attached = engine.attached.lock().await;
+            for def in catalog.tables() {
+                let chunks = chunks_by_table.remove(&def.id).unwrap_or_default();
+                engine.attach(def, chunks).await;
+                attached.insert(def.name.clone(), def.id);
+            }
+        }
+        let engine = Arc::new(engine);
+        // Catalog changes applied by the replica (made on this node or any other) reach the engine here.
+        let mut versions = engine.meta.subscribe();
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            while versions.changed().await.is_ok() {
+                let Some(engine) = weak.upgrade() else { break };
+                if let Err(e) = engine.sync_catalog().await {
+                    tracing::warn!(error = %e.report(), "applying a catalog change failed");
                 }
-                TableKind::External { definition, .. } => {
-                    // The files may have moved or be unreachable now; the database still opens, and queries of this
-                    // table report the problem.
-                    if let Err(e) = engine.plan_and_run_datafusion(definition).await {
-                        tracing::warn!(table = %def.name, error = %e.report(), "external table could not be attached");
-                    }
+            }
+        });
+        // Leader changes, counted for metrics.
+        let mut raft_metrics = engine.meta.metrics();
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            let mut leader = raft_metrics.borrow_and_update().current_leader;
+            while raft_metrics.changed().await.is_ok() {
+                let now = raft_metrics.borrow_and_update().current_leader;
+                let Some(engine) = weak.upgrade() else { break };
+                if now != leader && now.is_some() {
+                    engine.metrics.meta_leader_changes.inc();
+                }
+                leader = now;
+            }
+        });
+        // Changes applied between the catalog read above and the subscription.
+        engine.sync_catalog().await?;
+        Ok(engine)
+    }
+
+    /// Returns the metadata replica of this database.
+    pub fn meta(&self) -> &MetaNode {
+        &self.meta
+    }
+
+    /// Returns this node's id in the metadata cluster (1 for an embedded database).
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Returns the metadata replica's Raft state, for metrics.
+    pub fn raft_gauges(&self) -> crate::metrics::RaftGauges {
+        let metrics = self.meta.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().count() as u64;
+        let learners = membership.learner_ids().count() as u64;
+        crate::metrics::RaftGauges {
+            term: metrics.current_term,
+            leader: metrics.current_leader.unwrap_or(0),
+            is_leader: metrics.current_leader == Some(self.node_id),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            voters,
+            learners,
+            metadata_version: self.meta.read_local(|s| s.version()),
+            snapshot: self.meta.snapshot_stats(),
+        }
+    }
+
+    /// Returns a copy of the catalog as this node's replica has applied it.
+    pub fn catalog(&self) -> Catalog {
+        self.meta.read_local(|s| s.catalog().clone())
+    }
+
+    /// Stops the metadata replica; the engine answers no more DDL. Committed data is durable already.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a Raft task had panicked.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.meta.shutdown().await?;
+        Ok(())
+    }
+
+    /// Makes the engine's tables match the replica's catalog: attaches tables created since the last call and
+    /// detaches dropped ones, deleting their local data. Idempotent; serialized by the `attached` lock.
+    async fn sync_catalog(&self) -> Result<()> {
+        let mut attached = self.attached.lock().await;
+        let catalog = self.catalog();
+        let gone: Vec<(String, TableId)> = attached
+            .iter()
+            .filter(|(name, id)| catalog.table(name).map(|t| t.id) != Some(**id))
+            .map(|(name, id)| (name.clone(), *id))
+            .collect();
+        for (name, id) in gone {
+            self.detach(&name, id).await?;
+            attached.remove(&name);
+        }
+        for def in catalog.tables() {
+            if attached.get(&def.name) != Some(&def.id) {
+                self.attach(def, Vec::new()).await;
+                attached.insert(def.name.clone(), def.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a table of the catalog queryable.
+    async fn attach(&self, def: &TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) {
+        match &def.kind {
+            TableKind::Native => {
+                self.attach_native(def.clone(), chunks);
+            }
+            // The node that created an external table registered it before proposing it.
+            TableKind::External { .. } if self.registry.contains(&def.name) => {}
+            TableKind::External { definition, .. } => {
+                // The files may have moved or be unreachable from this node; the database still opens, and
+                // queries of this table report the problem.
+                if let Err(e) = self.plan_and_run_datafusion(definition).await {
+                    tracing::warn!(table = %def.name, error = %e.report(), "external table could not be attached");
                 }
             }
         }
-        Ok(Arc::new(engine))
+    }
+
+    /// Removes a dropped table: its provider, and for a native table its chunks (index entries in one durable batch
+    /// now, chunk data once no running query reads it).
+    async fn detach(&self, name: &str, id: TableId) -> Result<()> {
+        self.registry.remove(name);
+        let table = self.hot.write().expect("hot table map poisoned").remove(name);
+        if let Some(table) = table {
+            let mut batch = WriteBatch::new();
+            let [(index_start, index_end), _] = keys::table_ranges(id);
+            batch.delete_range(index_start, index_end);
+            self.commit_blocking(batch).await?;
+            table.retire_all();
+        }
+        Ok(())
     }
 
     fn attach_native(&self, def: TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) -> Arc<HotTable> {
@@ -411,7 +583,7 @@ impl Engine {
 
     /// Returns every table, ordered by name.
     pub async fn tables(&self) -> Vec<TableInfo> {
-        let catalog = self.catalog.lock().await;
+        let catalog = self.catalog();
         let mut out: Vec<TableInfo> = catalog
             .tables()
             .map(|def| TableInfo {
@@ -608,7 +780,7 @@ impl Engine {
                     .definition
                     .clone()
                     .ok_or_else(|| Error::Internal("external table without its definition".into()))?;
-                let exists = self.catalog.lock().await.table(&name).is_some();
+                let exists = self.catalog().table(&name).is_some();
                 if exists {
                     return if create.if_not_exists {
                         Ok(QueryOutput::Done { command: Command::CreateExternalTable })
@@ -741,44 +913,33 @@ impl Engine {
         }
     }
 
-    /// Applies a CREATE TABLE command; returns whether a table was created (false for `IF NOT EXISTS` on an
-    /// existing table).
+    /// Proposes a CREATE TABLE through the metadata replica; returns whether a table was created (false for
+    /// `IF NOT EXISTS` on an existing table). The table is attached on this node when this returns, and on every
+    /// other node as its replica applies the change.
     async fn create_table(&self, command: CatalogCommand) -> Result<bool> {
-        let mut catalog = self.catalog.lock().await;
-        let mut next = catalog.clone();
-        let outcome = next.apply(command)?;
-        let CatalogOutcome::Created(def) = outcome else {
-            return Ok(false);
-        };
-        let mut batch = WriteBatch::new();
-        batch.put(keys::CATALOG_KEY.to_vec(), next.encode());
-        self.commit_blocking(batch).await?;
-        *catalog = next;
-        if def.is_native() {
-            self.attach_native(def, Vec::new());
-        }
-        Ok(true)
+        let proposal = MetaCommand::Catalog { command, shard_node: Some(self.node_id) };
+        let outcome = self.propose(proposal).await?;
+        self.sync_catalog().await?;
+        Ok(matches!(outcome, MetaOutcome::TableCreated { .. }))
     }
 
     async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
-        let mut catalog = self.catalog.lock().await;
-        let mut next = catalog.clone();
-        let outcome = next.apply(CatalogCommand::DropTable { name: name.to_string(), if_exists })?;
-        let CatalogOutcome::Dropped(def) = outcome else {
-            return Ok(());
-        };
-        let mut batch = WriteBatch::new();
-        batch.put(keys::CATALOG_KEY.to_vec(), next.encode());
-        let [(index_start, index_end), _] = keys::table_ranges(def.id);
-        batch.delete_range(index_start, index_end);
-        self.commit_blocking(batch).await?;
-        *catalog = next;
-        self.registry.remove(name);
-        if let Some(table) = self.hot.write().expect("hot table map poisoned").remove(name) {
-            // Chunk data goes once no running query reads it any more.
-            table.retire_all();
+        let command = CatalogCommand::DropTable { name: name.to_string(), if_exists };
+        self.propose(MetaCommand::Catalog { command, shard_node: None }).await?;
+        self.sync_catalog().await
+    }
+
+    /// Replicates a metadata command and returns its outcome; a refusal (the table exists) is an error naming it.
+    async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome> {
+        let started = tokio::time::Instant::now();
+        let response = self.meta.propose(command).await;
+        self.metrics.observe_meta_proposal(started.elapsed(), response.is_ok());
+        match response?.outcome {
+            Ok(outcome) => Ok(outcome),
+            Err(quiver_meta::Rejection::TableAlreadyExists { table }) => Err(Error::TableAlreadyExists { table }),
+            Err(quiver_meta::Rejection::TableNotFound { table }) => Err(Error::TableNotFound { table }),
+            Err(rejection) => Err(Error::Meta(rejection.into())),
         }
-        Ok(())
     }
 
     async fn commit_blocking(&self, batch: WriteBatch) -> Result<()> {
@@ -811,7 +972,7 @@ impl Engine {
         schema: SchemaRef,
         stream: SendableRecordBatchStream,
     ) -> Result<u64> {
-        let exists = self.catalog.lock().await.table(table).is_some();
+        let exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
         match (mode, exists) {
             (IngestMode::Create, true) => return Err(Error::TableAlreadyExists { table: table.to_string() }),
             (IngestMode::Append, false) => return Err(Error::TableNotFound { table: table.to_string() }),
@@ -988,12 +1149,12 @@ fn check_format(store: &dyn HotStore) -> Result<()> {
     }
 }
 
-type RecoveredChunks = (HashMap<quiver_meta::TableId, Vec<(u64, chunk::ChunkMeta)>>, u64);
+type RecoveredChunks = (HashMap<TableId, Vec<(u64, chunk::ChunkMeta)>>, u64);
 
 /// Loads every committed chunk's index entry and deletes chunk data that no index entry commits.
 fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredChunks> {
-    let live: std::collections::HashSet<quiver_meta::TableId> = catalog.tables().map(|t| t.id).collect();
-    let mut by_table: HashMap<quiver_meta::TableId, Vec<(u64, chunk::ChunkMeta)>> = HashMap::new();
+    let live: std::collections::HashSet<TableId> = catalog.tables().map(|t| t.id).collect();
+    let mut by_table: HashMap<TableId, Vec<(u64, chunk::ChunkMeta)>> = HashMap::new();
     let mut committed = std::collections::HashSet::new();
     let mut max_seq = 0u64;
     let mut garbage = WriteBatch::new();

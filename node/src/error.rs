@@ -137,6 +137,9 @@ pub enum Error {
     /// The metadata layer refused a change.
     #[error("metadata error")]
     Meta(#[from] quiver_meta::Error),
+    /// The metadata cluster could not serve the request (no leader, no quorum, a refused join, …).
+    #[error("metadata cluster: {0}")]
+    Cluster(#[from] quiver_meta::ClusterError),
     /// File or network I/O failed.
     #[error("i/o error during {operation}")]
     Io {
@@ -171,6 +174,11 @@ impl Error {
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::Cluster(e) => match e.kind() {
+                quiver_meta::ClusterErrorKind::Unavailable => ErrorKind::Unavailable,
+                quiver_meta::ClusterErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
+                quiver_meta::ClusterErrorKind::Internal => ErrorKind::Internal,
+            },
             Error::Meta(e) => match e.kind() {
                 quiver_meta::ErrorKind::NotFound => ErrorKind::NotFound,
                 quiver_meta::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
@@ -208,6 +216,12 @@ impl Error {
             Error::Unsupported { .. } => "0A000",
             Error::Config { .. } => "F0000",
             Error::ShuttingDown => "57P01",
+            // 57P03 cannot_connect_now: the metadata cluster has no leader or quorum right now; retry later.
+            Error::Cluster(e) => match e.kind() {
+                quiver_meta::ClusterErrorKind::Unavailable => "57P03",
+                quiver_meta::ClusterErrorKind::InvalidRequest => "55000",
+                quiver_meta::ClusterErrorKind::Internal => "XX000",
+            },
             Error::Meta(e) => match e.kind() {
                 quiver_meta::ErrorKind::NotFound => "42P01",
                 quiver_meta::ErrorKind::AlreadyExists => "42P07",

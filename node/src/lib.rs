@@ -9,9 +9,11 @@
 //! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
 //! - [`embedded`]: [`Quiver`], the in-process API.
 //! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::Server`].
+//! - [`cluster`]: the node's replica of the metadata Raft group (the catalog's home), bootstrap and join.
 //! - [`config`]: the server's layered configuration.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod embedded;
 pub mod engine;

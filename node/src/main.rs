@@ -37,6 +37,24 @@ enum Command {
         /// The HTTP endpoint for /health, /ready and /metrics, host:port (default 127.0.0.1:9464).
         #[arg(long)]
         http_addr: Option<String>,
+        /// This node's id in the cluster (1 or more; default 1).
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// The internal gRPC endpoint for Raft and node-to-node traffic, host:port (default 127.0.0.1:50052).
+        #[arg(long)]
+        grpc_addr: Option<String>,
+        /// The internal address of a node of the cluster to join (repeat or separate with commas); without it a
+        /// fresh node bootstraps a new cluster.
+        #[arg(long, value_delimiter = ',')]
+        join: Vec<String>,
+    },
+    /// Administers a cluster through any node's internal gRPC endpoint.
+    Admin {
+        /// A node's internal gRPC address, host:port.
+        #[arg(long, default_value = "127.0.0.1:50052")]
+        connect: String,
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Runs SQL on a data directory (embedded) or a server (--connect); interactive without -c.
     Sql {
@@ -71,6 +89,24 @@ enum Command {
 }
 
 /// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Shows the leader, term, voters and learners, and each node's applied index and lag.
+    Status,
+    /// Removes a node from the cluster (a dead voter before it is replaced, or a retired learner).
+    Remove {
+        /// The node's id.
+        node_id: u64,
+    },
+    /// Moves the metadata leadership to another voter.
+    TransferLeader {
+        /// The voter that should lead.
+        node_id: u64,
+    },
+    /// Makes the node build a metadata snapshot now and compact its log.
+    Snapshot,
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -100,7 +136,7 @@ async fn shutdown_signal() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr } => {
+        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join } => {
             let file = match &config {
                 Some(path) => Some((
                     path.display().to_string(),
@@ -109,12 +145,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 )),
                 None => None,
             };
-            let overrides = Overrides { data_dir, flight_addr, pg_addr, http_addr };
+            let overrides = Overrides { data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join };
             let config =
                 Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
             init_logging(&config.log.filter);
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await?;
+        }
+        Command::Admin { connect, command } => {
+            init_logging("warn");
+            let text = match command {
+                AdminCommand::Status => cli::admin::status(&connect).await?,
+                AdminCommand::Remove { node_id } => cli::admin::remove(&connect, node_id).await?,
+                AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
+                AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
+            };
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
         }
         Command::Sql { data_dir, connect, commands } => {
             init_logging("warn");

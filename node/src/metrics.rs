@@ -152,6 +152,37 @@ pub struct Metrics {
     pub column_cache_evictions: Counter,
     /// Bytes of decoded columns held by the column cache.
     pub column_cache_bytes: Gauge,
+    /// Time to replicate and apply a metadata proposal (DDL) through Raft.
+    pub meta_proposal_latency: Histogram,
+    /// Metadata proposals that failed (no leader, timeout).
+    pub meta_proposal_errors: Counter,
+    /// Times this node saw the metadata leader change.
+    pub meta_leader_changes: Counter,
+}
+
+/// The metadata replica's state at render time, read from Raft's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftGauges {
+    /// The current term.
+    pub term: u64,
+    /// The leader's id (0: none known).
+    pub leader: u64,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// The last log index.
+    pub last_log_index: u64,
+    /// The last applied (committed and applied) index.
+    pub applied_index: u64,
+    /// The last index in the snapshot.
+    pub snapshot_index: u64,
+    /// Voters and learners of the metadata group.
+    pub voters: u64,
+    /// Learners of the metadata group.
+    pub learners: u64,
+    /// The metadata version.
+    pub metadata_version: u64,
+    /// Snapshots built and installed, the last one's bytes and build time.
+    pub snapshot: quiver_meta::raft::SnapshotStats,
 }
 
 impl Metrics {
@@ -160,8 +191,16 @@ impl Metrics {
         &self.frontends[f.index()]
     }
 
+    /// Records one metadata proposal.
+    pub fn observe_meta_proposal(&self, took: Duration, ok: bool) {
+        self.meta_proposal_latency.observe(took);
+        if !ok {
+            self.meta_proposal_errors.inc();
+        }
+    }
+
     /// Renders every metric in the Prometheus text format; `hot_store_bytes` is the store's current size.
-    pub fn render(&self, hot_store_bytes: u64, tables: usize) -> String {
+    pub fn render(&self, hot_store_bytes: u64, tables: usize, raft: &RaftGauges) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -238,6 +277,49 @@ impl Metrics {
         );
         gauge(&mut out, "quiver_hot_store_bytes", "Bytes the hot store occupies.", hot_store_bytes);
         gauge(&mut out, "quiver_tables", "Tables in the catalog.", tables as u64);
+        let _ =
+            writeln!(out, "# HELP quiver_meta_proposal_duration_seconds Metadata proposals, replicated and applied.");
+        let _ = writeln!(out, "# TYPE quiver_meta_proposal_duration_seconds histogram");
+        self.meta_proposal_latency.render(&mut out, "quiver_meta_proposal_duration_seconds", "");
+        counter(
+            &mut out,
+            "quiver_meta_proposal_errors_total",
+            "Metadata proposals that failed.",
+            self.meta_proposal_errors.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_raft_leader_changes_total",
+            "Metadata leader changes seen.",
+            self.meta_leader_changes.get(),
+        );
+        gauge(&mut out, "quiver_raft_term", "Current Raft term of the metadata group.", raft.term);
+        gauge(&mut out, "quiver_raft_leader_id", "Metadata leader's node id (0: none known).", raft.leader);
+        gauge(
+            &mut out,
+            "quiver_raft_is_leader",
+            "1 when this node leads the metadata group.",
+            u64::from(raft.is_leader),
+        );
+        gauge(&mut out, "quiver_raft_last_log_index", "Last index of the metadata log.", raft.last_log_index);
+        gauge(&mut out, "quiver_raft_applied_index", "Last applied index of the metadata log.", raft.applied_index);
+        gauge(&mut out, "quiver_raft_snapshot_index", "Last index in the metadata snapshot.", raft.snapshot_index);
+        gauge(&mut out, "quiver_raft_voters", "Voters of the metadata group.", raft.voters);
+        gauge(&mut out, "quiver_raft_learners", "Learners of the metadata group.", raft.learners);
+        gauge(&mut out, "quiver_meta_version", "Applied metadata version.", raft.metadata_version);
+        counter(&mut out, "quiver_raft_snapshots_built_total", "Metadata snapshots built.", raft.snapshot.built);
+        counter(
+            &mut out,
+            "quiver_raft_snapshots_installed_total",
+            "Metadata snapshots installed.",
+            raft.snapshot.installed,
+        );
+        gauge(&mut out, "quiver_raft_snapshot_bytes", "Bytes of the last metadata snapshot.", raft.snapshot.last_bytes);
+        let _ = writeln!(
+            out,
+            "# HELP quiver_raft_snapshot_build_seconds Time the last metadata snapshot took to build.\n# TYPE quiver_raft_snapshot_build_seconds gauge\nquiver_raft_snapshot_build_seconds {}",
+            raft.snapshot.last_build_micros as f64 / 1e6
+        );
         out
     }
 }
@@ -253,7 +335,7 @@ mod tests {
         let f = m.frontend(Frontend::Postgres);
         f.requests.inc();
         f.latency.observe(Duration::from_micros(300));
-        let text = m.render(1000, 2);
+        let text = m.render(1000, 2, &RaftGauges::default());
         assert!(text.contains("quiver_rows_ingested_total 42"), "{text}");
         assert!(text.contains("quiver_requests_total{frontend=\"postgres\"} 1"), "{text}");
         assert!(text.contains("quiver_request_duration_seconds_bucket{frontend=\"postgres\",le=\"0.0005\"} 1"));

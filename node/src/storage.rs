@@ -132,6 +132,18 @@ pub trait HotStore: Send + Sync + std::fmt::Debug + 'static {
     /// Returns [`crate::Error::Storage`] when the engine fails.
     fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>>;
 
+    /// Returns up to `limit` pairs with `start <= key < end`, largest key first.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`crate::Error::Storage`] when the engine fails.
+    fn scan_reverse(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>> {
+        let mut all = self.scan(start, end)?;
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// Returns every key with `start <= key < end`, in key order, without reading values.
     ///
     /// # Errors

@@ -2,7 +2,8 @@
 //! them, and hand-written conversions. No logic and no I/O live here.
 //!
 //! Files: `node.proto` (node administration), `raft.proto` (Raft transport between metadata replicas) and
-//! `meta.proto` (the metadata service: proposals and linearizable reads), all in package `quiver.v1`.
+//! `meta.proto` (the metadata service: proposals and linearizable reads) and `cluster.proto` (membership and
+//! administration), all in package `quiver.v1`.
 
 /// Version 1 of the internal node API.
 pub mod v1 {

@@ -120,6 +120,8 @@ mod tests {
                     model.retain(|i| i % m != r);
                 }
                 _ => {
+                    // The process stops: its metadata replica with it, so the next one owns the store alone.
+                    engine.shutdown().await.expect("shutdown");
                     drop(engine);
                     engine = open(&store).await;
                     let want: Vec<i64> = model.iter().copied().collect();

@@ -45,12 +45,44 @@ pub(crate) struct Applied {
 pub(crate) struct SharedState {
     applied: RwLock<Applied>,
     version: watch::Sender<u64>,
+    stats: SnapshotCounters,
+}
+
+/// Snapshot activity of a replica, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots built by this replica since it started.
+    pub built: u64,
+    /// Snapshots received from a leader and installed since it started.
+    pub installed: u64,
+    /// Bytes of the last snapshot built or installed.
+    pub last_bytes: u64,
+    /// Microseconds the last snapshot build took (encoding and the synced write).
+    pub last_build_micros: u64,
+}
+
+#[derive(Debug, Default)]
+struct SnapshotCounters {
+    built: AtomicU64,
+    installed: AtomicU64,
+    last_bytes: AtomicU64,
+    last_build_micros: AtomicU64,
 }
 
 impl SharedState {
     fn new(applied: Applied) -> Self {
         let (version, _) = watch::channel(applied.state.version());
-        Self { applied: RwLock::new(applied), version }
+        Self { applied: RwLock::new(applied), version, stats: SnapshotCounters::default() }
+    }
+
+    /// Returns the snapshot activity so far.
+    pub(crate) fn snapshot_stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            built: self.stats.built.load(Ordering::Relaxed),
+            installed: self.stats.installed.load(Ordering::Relaxed),
+            last_bytes: self.stats.last_bytes.load(Ordering::Relaxed),
+            last_build_micros: self.stats.last_build_micros.load(Ordering::Relaxed),
+        }
     }
 
     /// Locks the applied state for reading.
@@ -161,6 +193,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        self.shared.stats.installed.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.last_bytes.store(data.len() as u64, Ordering::Relaxed);
         // Decode before persisting or touching the live state: a snapshot that does not decode changes nothing.
         let state = decode_state(&data, meta)?;
         write_snapshot(self.store.as_ref(), meta, data)?;
@@ -190,6 +224,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = tokio::time::Instant::now();
         let (meta, data) = {
             let applied = self.shared.read();
             let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
@@ -206,6 +241,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         // Persisted before returning: openraft purges the log up to this snapshot once it has it.
         write_snapshot(self.store.as_ref(), &meta, data.clone())?;
+        let stats = &self.shared.stats;
+        stats.built.fetch_add(1, Ordering::Relaxed);
+        stats.last_bytes.store(data.len() as u64, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.last_build_micros.store(micros, Ordering::Relaxed);
         tracing::debug!(snapshot = %meta, bytes = data.len(), "built metadata snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }

@@ -27,6 +27,11 @@ pub(crate) const CODE_NOT_LEADER: u32 = 1001;
 /// The numeric code of [`ClusterError::LeaderUnknown`].
 pub(crate) const CODE_LEADER_UNKNOWN: u32 = 1002;
 
+/// The numeric code of [`ClusterError::InvalidMembershipChange`].
+pub(crate) const CODE_INVALID_MEMBERSHIP_CHANGE: u32 = 1006;
+/// The numeric code of [`ClusterError::JoinRefused`].
+pub(crate) const CODE_JOIN_REFUSED: u32 = 1013;
+
 /// How loudly an error is logged where it is turned into a status: by whose fault it is.
 enum Level {
     /// Expected in normal operation (leader changes) or the caller's mistake.
@@ -47,7 +52,9 @@ pub(crate) fn status_from_error(error: &ClusterError) -> Status {
         ClusterError::NoQuorum { .. } => (Code::Unavailable, 1003, true, Level::Warn),
         ClusterError::Timeout { .. } => (Code::DeadlineExceeded, 1004, true, Level::Warn),
         ClusterError::MembershipChangeInProgress { .. } => (Code::Unavailable, 1005, true, Level::Debug),
-        ClusterError::InvalidMembershipChange { .. } => (Code::FailedPrecondition, 1006, false, Level::Debug),
+        ClusterError::InvalidMembershipChange { .. } => {
+            (Code::FailedPrecondition, CODE_INVALID_MEMBERSHIP_CHANGE, false, Level::Debug)
+        }
         ClusterError::AlreadyBootstrapped { .. } => (Code::AlreadyExists, 1007, false, Level::Debug),
         ClusterError::Unreachable { .. } => (Code::Unavailable, 1008, true, Level::Warn),
         ClusterError::Remote { retryable, .. } => {
@@ -59,6 +66,7 @@ pub(crate) fn status_from_error(error: &ClusterError) -> Status {
         // The caller sent bytes we cannot decode: its mistake (or a version skew).
         ClusterError::Decode { .. } => (Code::InvalidArgument, 1011, false, Level::Debug),
         ClusterError::InvalidConfig { .. } => (Code::Internal, 1012, false, Level::Error),
+        ClusterError::JoinRefused { .. } => (Code::FailedPrecondition, CODE_JOIN_REFUSED, false, Level::Warn),
     };
     let chain = error_chain(error);
     match level {
@@ -102,6 +110,11 @@ pub(crate) fn error_from_status(addr: &str, status: &Status) -> ClusterError {
             ClusterError::NotLeader { node_id, leader_id, leader_addr }
         }
         (CODE_NOT_LEADER | CODE_LEADER_UNKNOWN, _, _) => ClusterError::LeaderUnknown { node_id },
+        // Refusals a caller acts on (a CLI prints them as they are) keep their variant.
+        (CODE_INVALID_MEMBERSHIP_CHANGE, _, _) => {
+            ClusterError::InvalidMembershipChange { detail: strip(status.message(), "invalid membership change: ") }
+        }
+        (CODE_JOIN_REFUSED, _, _) => ClusterError::JoinRefused { detail: strip(status.message(), "join refused: ") },
         _ => {
             let retryable = match metadata.get(RETRYABLE).and_then(|v| v.to_str().ok()) {
                 Some(hint) => hint == "true",
@@ -111,6 +124,10 @@ pub(crate) fn error_from_status(addr: &str, status: &Status) -> ClusterError {
             ClusterError::Remote { addr: addr.to_string(), code, retryable, message: status.message().to_string() }
         }
     }
+}
+
+fn strip(message: &str, prefix: &str) -> String {
+    message.strip_prefix(prefix).unwrap_or(message).to_string()
 }
 
 /// Formats an error with its whole source chain, for logs.

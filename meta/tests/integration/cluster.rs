@@ -29,6 +29,7 @@ pub(crate) fn test_config() -> MetaConfig {
         install_snapshot_timeout_ms: 1_000,
         request_timeout_ms: 3_000,
         connect_timeout_ms: 300,
+        voters: 3,
     }
 }
 

@@ -41,6 +41,6 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
         let engine = Arc::clone(&engine);
         tokio::task::spawn_blocking(move || engine.hot_store_bytes()).await.unwrap_or(0)
     };
-    let body = engine.metrics().render(bytes, tables);
+    let body = engine.metrics().render(bytes, tables, &engine.raft_gauges());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -117,6 +117,24 @@ impl HotStore for RocksStore {
         scan_with(&self.db, start, end, ReadOptions::default())
     }
 
+    fn scan_reverse(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(start.to_vec());
+        read.set_iterate_upper_bound(end.to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_opt(IteratorMode::End, read) {
+            let (k, v) = item.map_err(|e| Error::storage("scan", e))?;
+            out.push((k.into_vec(), v.into_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn scan_keys(&self, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
         if start >= end {
             return Ok(Vec::new());

@@ -42,6 +42,13 @@ fn scan_is_ordered_and_half_open() {
         let all = store.scan(b"", &[0xff]).expect("all");
         assert_eq!(all.len(), 5, "{name}");
         assert_eq!(all[0], (b"a".to_vec(), b"a".to_vec()), "{name}");
+        let last: Vec<Vec<u8>> =
+            store.scan_reverse(b"b", b"b3", 1).expect("reverse").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(last, vec![b"b2".to_vec()], "{name}: reverse scan starts at the largest key below the end");
+        let both: Vec<Vec<u8>> =
+            store.scan_reverse(b"b", b"c", 10).expect("reverse").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(both, vec![b"b3".to_vec(), b"b2".to_vec(), b"b1".to_vec()], "{name}: and stops at the start");
+        assert!(store.scan_reverse(b"z", b"a", 5).expect("empty").is_empty(), "{name}");
     }
 }
 

@@ -2,10 +2,13 @@
 //!
 //! ```text
 //! 0x00 "format"                      -> the on-disk format version (u32, big-endian)
-//! 0x01 "catalog"                     -> the encoded catalog (quiver_meta::Catalog)
 //! 0x02 table_id:u64be seq:u64be       -> chunk index entry (rows, stats)  — the chunk is committed iff this exists
 //! 0x03 table_id:u64be seq:u64be       -> chunk data (compressed Arrow IPC stream)
+//! 0x10 …                             -> the metadata replica: Raft log, vote, snapshot (quiver_meta's key layout)
 //! ```
+//!
+//! The catalog is part of the replicated metadata (under 0x10), not a key of its own: format 1 kept it at
+//! `0x01 "catalog"`, and this build refuses such a directory with a clear error rather than guess.
 //!
 //! Big-endian integers keep a table's chunks adjacent and in sequence order. A chunk's data is written before its
 //! index entry, and the index entry is what commits it: data without an index entry (an insert that crashed before
@@ -16,9 +19,9 @@ use quiver_meta::TableId;
 /// The key of the format version.
 pub(crate) const FORMAT_KEY: &[u8] = b"\x00format";
 /// The on-disk format this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
-/// The key of the encoded catalog.
-pub(crate) const CATALOG_KEY: &[u8] = b"\x01catalog";
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The prefix of every key of the metadata replica.
+pub(crate) const META_PREFIX: u8 = 0x10;
 
 const INDEX_TAG: u8 = 0x02;
 const DATA_TAG: u8 = 0x03;

@@ -14,6 +14,8 @@ async fn with_server(
         flight_addr: Some("127.0.0.1:0".into()),
         pg_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        ..Overrides::default()
     };
     let server = Server::bind(Config::load(None, Vec::new(), &overrides).expect("config")).await.expect("bind");
     let (flight, pg) = (server.flight_addr(), server.pg_addr());

@@ -24,6 +24,7 @@ async fn start(data_dir: &std::path::Path) -> Node {
         .args(["server", "--data-dir"])
         .arg(data_dir)
         .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", "127.0.0.1:0"])
         .env("QUIVER_LOG__FILTER", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -26,6 +26,8 @@ fn loopback_overrides(dir: &std::path::Path) -> Overrides {
         flight_addr: Some("127.0.0.1:0".into()),
         pg_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        ..Overrides::default()
     }
 }
 

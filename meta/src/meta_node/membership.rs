@@ -1,0 +1,384 @@
+//! Cluster membership on a [`MetaNode`]: joining ([`MetaNode::join`]), removing a node ([`MetaNode::remove_node`]),
+//! keeping the configured number of voters ([`MetaNode::keep_voters`]), moving leadership
+//! ([`MetaNode::transfer_leader`]), snapshots on demand and the status behind `quiver admin status`.
+//!
+//! A node joins as a learner and is promoted to voter while the cluster has fewer voters than
+//! [`MetaConfig::voters`](crate::MetaConfig::voters); later nodes stay learners. When a voter is removed (a dead
+//! machine), the leader promotes a caught-up learner in its place. Every change runs on the leader, which checks it
+//! against the replicated state first: a node of another cluster, a node id taken by another address and the removal
+//! of the last voter are refused and change nothing.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::error::Fatal;
+use tokio::time::Instant;
+
+use super::MetaNode;
+use crate::error::ClusterError;
+use crate::raft::types::NodeAddr;
+use crate::state::{MetaCommand, NodeRole, NodeState};
+
+/// A node asking to join the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The joining node's id.
+    pub node_id: u64,
+    /// Its internal gRPC address, reachable from every other node.
+    pub grpc_addr: String,
+    /// Its Arrow Flight SQL address.
+    pub flight_addr: String,
+    /// Its PostgreSQL address.
+    pub pg_addr: String,
+    /// The cluster it already belongs to (or was configured with); `None` for a fresh node.
+    pub cluster_id: Option<String>,
+}
+
+/// One member of the metadata group, as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub node_id: u64,
+    /// Its internal gRPC address.
+    pub grpc_addr: String,
+    /// Voter or learner.
+    pub role: NodeRole,
+    /// Whether it leads.
+    pub leader: bool,
+    /// The last log index known replicated to it (known by the leader only).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader (known by the leader only).
+    pub lag: Option<u64>,
+    /// Its registry record's state, when registered.
+    pub state: Option<NodeState>,
+    /// Its Flight SQL address, when registered.
+    pub flight_addr: String,
+    /// Its PostgreSQL address, when registered.
+    pub pg_addr: String,
+}
+
+/// The metadata group as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The cluster id (empty before bootstrap).
+    pub cluster_id: String,
+    /// The answering node.
+    pub node_id: u64,
+    /// The leader it knows.
+    pub leader_id: Option<u64>,
+    /// Its current term.
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: Option<u64>,
+    /// Its last applied index.
+    pub applied_index: Option<u64>,
+    /// The last index in its snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The metadata version of its applied state.
+    pub metadata_version: u64,
+    /// Every member, by id.
+    pub members: Vec<MemberStatus>,
+    /// The number of voters the cluster aims for.
+    pub target_voters: usize,
+}
+
+impl MetaNode {
+    /// Fails with [`ClusterError::NotLeader`] or [`ClusterError::LeaderUnknown`] unless this replica leads.
+    pub(crate) fn ensure_leader(&self) -> Result<(), ClusterError> {
+        match self.leader() {
+            Some((id, _)) if id == self.inner.node_id => Ok(()),
+            Some((leader_id, addr)) => {
+                Err(ClusterError::NotLeader { node_id: self.inner.node_id, leader_id, leader_addr: addr.grpc_addr })
+            }
+            None => Err(ClusterError::LeaderUnknown { node_id: self.inner.node_id }),
+        }
+    }
+
+    fn members(&self) -> (BTreeSet<u64>, Vec<(u64, NodeAddr)>) {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().collect();
+        let nodes = membership.nodes().map(|(id, addr)| (*id, addr.clone())).collect();
+        (voters, nodes)
+    }
+
+    /// Adds a node to the cluster: registers it, adds it as a learner (waiting until it has caught up) and promotes
+    /// it to voter while there are fewer voters than configured. Returns the cluster id and the node's role. Runs on
+    /// the leader only.
+    ///
+    /// Joining again with the same id and address (a restarted node) changes nothing and succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::JoinRefused`] for a node of another cluster or an id already used by another address;
+    /// [`ClusterError::NotLeader`] / [`ClusterError::LeaderUnknown`] on a replica that does not lead; the errors of
+    /// [`MetaNode::propose`] and [`MetaNode::add_learner`].
+    pub async fn join(&self, request: JoinRequest) -> Result<(String, NodeRole), ClusterError> {
+        self.ensure_leader()?;
+        let refused = |detail: String| Err(ClusterError::JoinRefused { detail });
+        if request.node_id == 0 {
+            return refused("node id 0 is reserved; give every node an id of 1 or more".into());
+        }
+        let node_id = request.node_id;
+        let (cluster_id, record) =
+            self.read_state(|s| (s.cluster_id().map(str::to_string), s.node(node_id).cloned())).await?;
+        let Some(cluster_id) = cluster_id else {
+            return Err(ClusterError::LeaderUnknown { node_id: self.inner.node_id });
+        };
+        if let Some(theirs) = &request.cluster_id
+            && *theirs != cluster_id
+        {
+            return refused(format!(
+                "node {node_id} belongs to cluster \"{theirs}\", and this is cluster \"{cluster_id}\"; start it with \
+                 an empty data directory to join this cluster"
+            ));
+        }
+        let (voters, nodes) = self.members();
+        let member = nodes.iter().find(|(id, _)| *id == node_id).map(|(_, addr)| addr.grpc_addr.clone());
+        let known_addr = member.clone().or_else(|| record.as_ref().map(|r| r.grpc_addr.clone()));
+        if let Some(addr) = known_addr
+            && addr != request.grpc_addr
+        {
+            return refused(format!(
+                "node id {node_id} is already used by the node at {addr}; give the node at {} another id",
+                request.grpc_addr
+            ));
+        }
+        let role = if voters.contains(&node_id) { NodeRole::Voter } else { NodeRole::Learner };
+        let register = MetaCommand::RegisterNode {
+            node_id,
+            grpc_addr: request.grpc_addr.clone(),
+            flight_addr: request.flight_addr.clone(),
+            pg_addr: request.pg_addr.clone(),
+            role,
+        };
+        self.propose(register).await?.into_result().map_err(|e| ClusterError::JoinRefused { detail: e.to_string() })?;
+        if member.is_none() {
+            tracing::info!(node_id, addr = %request.grpc_addr, "adding a node as learner");
+            self.add_learner(node_id, NodeAddr::new(request.grpc_addr.clone())).await?;
+        }
+        self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving }).await?;
+        let role = match self.keep_voters().await? {
+            Some(promoted) if promoted == node_id => NodeRole::Voter,
+            _ if voters.contains(&node_id) => NodeRole::Voter,
+            _ => NodeRole::Learner,
+        };
+        Ok((cluster_id, role))
+    }
+
+    /// Promotes one caught-up learner to voter when the cluster has fewer voters than configured; returns the node
+    /// promoted. Does nothing on a replica that does not lead.
+    ///
+    /// A learner counts as caught up when the leader has replicated to it all but the last few entries; registered
+    /// nodes marked down are never promoted.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`MetaNode::change_membership`].
+    pub async fn keep_voters(&self) -> Result<Option<u64>, ClusterError> {
+        if self.ensure_leader().is_err() {
+            return Ok(None);
+        }
+        let (voters, nodes) = self.members();
+        if voters.len() >= self.inner.config.voters {
+            return Ok(None);
+        }
+        let (last, replication) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.last_log_index.unwrap_or(0), metrics.replication.clone().unwrap_or_default())
+        };
+        let down: BTreeSet<u64> =
+            self.read_local(|s| s.nodes().filter(|n| n.state == NodeState::Down).map(|n| n.node_id).collect());
+        let candidate = nodes.iter().map(|(id, _)| *id).find(|id| {
+            let matched = replication.get(id).copied().flatten().map(|l| l.index);
+            !voters.contains(id) && !down.contains(id) && matched.is_some_and(|m| m + 16 >= last)
+        });
+        let Some(node_id) = candidate else { return Ok(None) };
+        tracing::info!(node_id, voters = voters.len(), target = self.inner.config.voters, "promoting a learner");
+        self.promote(node_id).await?;
+        Ok(Some(node_id))
+    }
+
+    /// Removes a node from the metadata group (a voter or a learner) and marks it down in the registry; then
+    /// promotes a learner if the voters fell below the configured count. Runs on the leader only.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] for a node that is not a member or is the last voter, and the
+    /// errors of [`MetaNode::change_membership`].
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), ClusterError> {
+        self.ensure_leader()?;
+        let invalid = |detail: String| Err(ClusterError::InvalidMembershipChange { detail });
+        let (voters, nodes) = self.members();
+        if !nodes.iter().any(|(id, _)| *id == node_id) {
+            return invalid(format!("node {node_id} is not a member of the cluster"));
+        }
+        let change = if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return invalid(format!(
+                    "node {node_id} is the last voter; a cluster cannot lose its last voter (add another node first)"
+                ));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        let raft = &self.inner.raft;
+        self.with_timeout("remove node", raft.change_membership(change, false))
+            .await?
+            .map_err(|e| self.write_error(e))?;
+        if voters.contains(&node_id) {
+            // The voter was removed from the voting set; now drop it from the members too.
+            let change = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+            match self.with_timeout("remove node", raft.change_membership(change, false)).await? {
+                Ok(_) => {}
+                // This replica was the removed voter and no longer leads: the next leader finishes nothing more.
+                Err(e) => tracing::info!(node_id, error = %self.write_error(e), "removed voter left as learner"),
+            }
+        }
+        tracing::info!(node_id, "node removed from the metadata group");
+        if self.read_local(|s| s.node(node_id).is_some()) {
+            self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Down }).await?;
+        }
+        self.keep_voters().await?;
+        Ok(())
+    }
+
+    /// Returns the metadata group as this replica sees it. Replication progress (matched index, lag) is known by
+    /// the leader only.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = metrics.last_log_index;
+        let replication = metrics.replication.clone();
+        let (cluster_id, version, records) = self.read_local(|s| {
+            (s.cluster_id().unwrap_or_default().to_string(), s.version(), s.nodes().cloned().collect::<Vec<_>>())
+        });
+        let members = membership
+            .nodes()
+            .map(|(id, addr)| {
+                let matched = match &replication {
+                    Some(_) if *id == self.inner.node_id => last,
+                    Some(r) => r.get(id).copied().flatten().map(|l| l.index),
+                    None => None,
+                };
+                let lag = replication.as_ref().map(|_| last.unwrap_or(0).saturating_sub(matched.unwrap_or(0)));
+                let record = records.iter().find(|r| r.node_id == *id);
+                MemberStatus {
+                    node_id: *id,
+                    grpc_addr: addr.grpc_addr.clone(),
+                    role: if voters.contains(id) { NodeRole::Voter } else { NodeRole::Learner },
+                    leader: metrics.current_leader == Some(*id),
+                    matched_index: matched,
+                    lag,
+                    state: record.map(|r| r.state),
+                    flight_addr: record.map(|r| r.flight_addr.clone()).unwrap_or_default(),
+                    pg_addr: record.map(|r| r.pg_addr.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            cluster_id,
+            node_id: self.inner.node_id,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: last,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            metadata_version: version,
+            members,
+            target_voters: self.inner.config.voters,
+        }
+    }
+
+    /// Builds a snapshot of the applied state now (compacting the log) and returns the last index it includes.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Timeout`] when the snapshot is not built within the request timeout;
+    /// [`ClusterError::Stopped`] when the replica stopped.
+    pub async fn snapshot_now(&self) -> Result<Option<u64>, ClusterError> {
+        let applied = self.inner.raft.metrics().borrow().last_applied.map(|l| l.index);
+        self.inner.raft.trigger().snapshot().await.map_err(|e| self.stopped(e))?;
+        let mut metrics = self.inner.raft.metrics();
+        let built = metrics.wait_for(|m| m.snapshot.map(|l| l.index) >= applied);
+        let snapshot = self.with_timeout("snapshot", built).await?.map_err(|_| self.stopped(Fatal::Stopped))?;
+        Ok(snapshot.snapshot.map(|l| l.index))
+    }
+
+    /// Schedules an election on this replica after `after` (the old leader's lease, at most 10 s), for a
+    /// leadership transfer; returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] when this replica is not a voter.
+    pub fn campaign(&self, after: Duration) -> Result<(), ClusterError> {
+        let (voters, _) = self.members();
+        if !voters.contains(&self.inner.node_id) {
+            return Err(ClusterError::InvalidMembershipChange {
+                detail: format!("node {} is not a voter and cannot lead", self.inner.node_id),
+            });
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after.min(Duration::from_secs(10))).await;
+            if let Err(e) = node.inner.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "campaign for a leadership transfer failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Moves leadership to the voter `to`: this leader stops its heartbeats, `ask_to_campaign` makes `to` start an
+    /// election once the followers' leader lease has run out, and this returns when `to` leads (or the request
+    /// timeout passes, after which the heartbeats resume and any voter may win the next election). Returns the
+    /// leader afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] when `to` is not a caught-up voter; [`ClusterError::Timeout`] when
+    /// another node won; the errors of `ask_to_campaign`.
+    pub async fn transfer_leader<F>(
+        &self,
+        to: u64,
+        ask_to_campaign: impl FnOnce(NodeAddr, Duration) -> F,
+    ) -> Result<u64, ClusterError>
+    where
+        F: Future<Output = Result<(), ClusterError>>,
+    {
+        self.ensure_leader()?;
+        if to == self.inner.node_id {
+            return Ok(to);
+        }
+        let (voters, nodes) = self.members();
+        let Some(addr) = nodes.iter().find(|(id, _)| *id == to).map(|(_, a)| a.clone()) else {
+            return Err(ClusterError::InvalidMembershipChange { detail: format!("node {to} is not a member") });
+        };
+        if !voters.contains(&to) {
+            return Err(ClusterError::InvalidMembershipChange {
+                detail: format!("node {to} is a learner; only a voter can lead"),
+            });
+        }
+        let lease =
+            Duration::from_millis(self.inner.config.election_timeout_max_ms + self.inner.config.heartbeat_interval_ms);
+        let deadline = Instant::now() + lease + self.inner.config.request_timeout();
+        self.inner.raft.runtime_config().heartbeat(false);
+        let result = async {
+            ask_to_campaign(addr, lease).await?;
+            let mut metrics = self.inner.raft.metrics();
+            let moved = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != self.inner.node_id));
+            let seen = self.with_deadline(deadline, "transfer leadership", moved).await?;
+            let leader = seen.map_err(|_| self.stopped(Fatal::Stopped))?.current_leader.unwrap_or(to);
+            Ok(leader)
+        }
+        .await;
+        self.inner.raft.runtime_config().heartbeat(true);
+        let leader = result?;
+        tracing::info!(from = self.inner.node_id, to = leader, "leadership transferred");
+        Ok(leader)
+    }
+}

@@ -1,0 +1,160 @@
+//! [`ClusterClient`]: the typed client of `ClusterService`, used by a joining node and by `quiver admin`.
+//!
+//! Membership calls must reach the leader: when the called node answers "not leader" with the leader's address,
+//! the call is sent there (a few hops at most, within the request timeout). Each call opens its own connection, as
+//! in [`MetaClient`](super::MetaClient): these calls are rare.
+
+use std::time::Duration;
+
+use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
+use quiver_proto::v1::{
+    CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage, RemoveNodeRequest,
+    TransferLeaderRequest, TriggerSnapshotRequest,
+};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClusterError;
+use crate::meta_node::JoinRequest;
+use crate::service::status::error_from_status;
+
+/// A client of the cluster service of a node.
+#[derive(Debug, Clone)]
+pub struct ClusterClient {
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// How many leader redirects a call follows before giving up.
+const MAX_REDIRECTS: usize = 5;
+
+impl ClusterClient {
+    /// Returns a client whose connections give up after `connect_timeout` and whose calls (redirects included)
+    /// give up after `request_timeout`.
+    pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
+        Self { connect_timeout, request_timeout }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, ClusterError> {
+        let unreachable = |source: tonic::transport::Error| ClusterError::Unreachable {
+            addr: addr.to_string(),
+            source: Box::new(source),
+        };
+        let endpoint =
+            Endpoint::from_shared(format!("http://{addr}")).map_err(unreachable)?.connect_timeout(self.connect_timeout);
+        Ok(ClusterServiceClient::new(endpoint.connect().await.map_err(unreachable)?))
+    }
+
+    /// Runs `call` on the node at `addr`, following "not leader" answers to the leader, and while no leader is
+    /// known, retrying until the request timeout.
+    async fn on_leader<T, F, Fut>(&self, addr: &str, call: F) -> Result<T, ClusterError>
+    where
+        F: Fn(ClusterServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut target = addr.to_string();
+        let mut redirects = 0;
+        loop {
+            let client = self.connect(&target).await?;
+            let error = match tokio::time::timeout_at(deadline, call(client)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(status)) => error_from_status(&target, &status),
+                Err(_) => {
+                    return Err(ClusterError::Timeout { operation: "cluster call", node_id: 0, timeout_ms: 0 });
+                }
+            };
+            match error {
+                ClusterError::NotLeader { leader_addr, .. } if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    target = leader_addr;
+                }
+                ClusterError::LeaderUnknown { .. } if Instant::now() + Duration::from_millis(200) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return Err(other),
+            }
+        }
+    }
+
+    /// Asks the cluster reached at `addr` to admit a node; returns the cluster id and the role given ("voter" or
+    /// "learner").
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::JoinRefused`] when the cluster refuses the node; [`ClusterError::Unreachable`] and the other
+    /// transport errors.
+    pub async fn join(&self, addr: &str, request: &JoinRequest) -> Result<(String, String), ClusterError> {
+        let message = JoinMessage {
+            node_id: request.node_id,
+            grpc_addr: request.grpc_addr.clone(),
+            flight_addr: request.flight_addr.clone(),
+            pg_addr: request.pg_addr.clone(),
+            cluster_id: request.cluster_id.clone(),
+        };
+        let reply = self
+            .on_leader(addr, |mut c| {
+                let message = message.clone();
+                async move { c.join(message).await }
+            })
+            .await?
+            .into_inner();
+        Ok((reply.cluster_id, reply.role))
+    }
+
+    /// Returns the metadata group as the node at `addr` sees it.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    pub async fn status(&self, addr: &str) -> Result<ClusterStatusResponse, ClusterError> {
+        let mut client = self.connect(addr).await?;
+        let reply = client.status(ClusterStatusRequest {}).await.map_err(|s| error_from_status(addr, &s))?;
+        Ok(reply.into_inner())
+    }
+
+    /// Removes `node_id` from the cluster reached at `addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] for a non-member or the last voter; transport errors.
+    pub async fn remove_node(&self, addr: &str, node_id: u64) -> Result<(), ClusterError> {
+        self.on_leader(addr, |mut c| async move { c.remove_node(RemoveNodeRequest { node_id }).await }).await?;
+        Ok(())
+    }
+
+    /// Moves leadership of the cluster reached at `addr` to `to`; returns the leader afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] when `to` cannot lead; transport errors.
+    pub async fn transfer_leader(&self, addr: &str, to: u64) -> Result<u64, ClusterError> {
+        let reply =
+            self.on_leader(addr, |mut c| async move { c.transfer_leader(TransferLeaderRequest { to }).await }).await?;
+        Ok(reply.into_inner().leader_id)
+    }
+
+    /// Asks the node at `addr` to start an election after `after`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] when that node is not a voter; transport errors.
+    pub async fn campaign(&self, addr: &str, after: Duration) -> Result<(), ClusterError> {
+        let mut client = self.connect(addr).await?;
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        client.campaign(CampaignRequest { after_ms }).await.map_err(|s| error_from_status(addr, &s))?;
+        Ok(())
+    }
+
+    /// Makes the node at `addr` build a snapshot now; returns the last index it includes.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors, and the node's own.
+    pub async fn trigger_snapshot(&self, addr: &str) -> Result<Option<u64>, ClusterError> {
+        let mut client = self.connect(addr).await?;
+        let reply =
+            client.trigger_snapshot(TriggerSnapshotRequest {}).await.map_err(|s| error_from_status(addr, &s))?;
+        Ok(reply.into_inner().snapshot_index)
+    }
+}

@@ -1,0 +1,135 @@
+//! [`ClusterGrpcService`]: the server side of `ClusterService` (joining, status and the administration calls behind
+//! `quiver admin`) on the local [`MetaNode`]. Membership calls run only on the leader; a replica that is not the
+//! leader answers with the leader's address (the `NotLeader` status), and [`ClusterClient`](super::ClusterClient)
+//! retries there.
+
+use std::time::Duration;
+
+use quiver_proto::v1::cluster_service_server::ClusterService;
+use quiver_proto::v1::{
+    CampaignRequest, CampaignResponse, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage,
+    JoinResponse, MemberStatus as MemberMessage, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest,
+    TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::ClusterClient;
+use crate::meta_node::{ClusterStatus, JoinRequest, MetaNode};
+use crate::service::status::status_from_error;
+use crate::state::{NodeRole, NodeState};
+
+/// Serves the cluster service of the local replica.
+#[derive(Debug, Clone)]
+pub struct ClusterGrpcService {
+    node: MetaNode,
+    client: ClusterClient,
+}
+
+impl ClusterGrpcService {
+    /// Returns the service of `node`.
+    pub fn new(node: MetaNode) -> Self {
+        let client = ClusterClient::new(node.config().connect_timeout(), node.config().request_timeout());
+        Self { node, client }
+    }
+}
+
+/// The wire name of a role.
+pub(crate) fn role_name(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Voter => "voter",
+        NodeRole::Learner => "learner",
+    }
+}
+
+/// The wire name of a node state.
+pub(crate) fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Joining => "joining",
+        NodeState::Serving => "serving",
+        NodeState::Draining => "draining",
+        NodeState::Down => "down",
+    }
+}
+
+/// Converts a status to its message.
+pub(crate) fn status_message(status: ClusterStatus) -> ClusterStatusResponse {
+    ClusterStatusResponse {
+        cluster_id: status.cluster_id,
+        node_id: status.node_id,
+        leader_id: status.leader_id,
+        term: status.term,
+        last_log_index: status.last_log_index,
+        applied_index: status.applied_index,
+        snapshot_index: status.snapshot_index,
+        metadata_version: status.metadata_version,
+        members: status
+            .members
+            .into_iter()
+            .map(|m| MemberMessage {
+                node_id: m.node_id,
+                grpc_addr: m.grpc_addr,
+                role: role_name(m.role).to_string(),
+                leader: m.leader,
+                matched_index: m.matched_index,
+                lag: m.lag,
+                state: m.state.map(state_name).unwrap_or_default().to_string(),
+                flight_addr: m.flight_addr,
+                pg_addr: m.pg_addr,
+            })
+            .collect(),
+        target_voters: status.target_voters as u64,
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterGrpcService {
+    async fn join(&self, request: Request<JoinMessage>) -> Result<Response<JoinResponse>, Status> {
+        let m = request.into_inner();
+        let request = JoinRequest {
+            node_id: m.node_id,
+            grpc_addr: m.grpc_addr,
+            flight_addr: m.flight_addr,
+            pg_addr: m.pg_addr,
+            cluster_id: m.cluster_id,
+        };
+        let (cluster_id, role) = self.node.join(request).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(JoinResponse { cluster_id, role: role_name(role).to_string() }))
+    }
+
+    async fn status(&self, _request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(status_message(self.node.status())))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        self.node.remove_node(node_id).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let to = request.into_inner().to;
+        let client = self.client.clone();
+        let campaign = move |addr: crate::raft::NodeAddr, after: Duration| async move {
+            client.campaign(&addr.grpc_addr, after).await
+        };
+        let leader_id = self.node.transfer_leader(to, campaign).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(TransferLeaderResponse { leader_id }))
+    }
+
+    async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let after = Duration::from_millis(request.into_inner().after_ms);
+        self.node.campaign(after).map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(CampaignResponse {}))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        let snapshot_index = self.node.snapshot_now().await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(TriggerSnapshotResponse { snapshot_index }))
+    }
+}

@@ -1,0 +1,121 @@
+//! `quiver admin`: cluster administration over a node's internal gRPC endpoint (`--connect HOST:PORT`).
+//!
+//! `status` asks the given node for its view and, when another node leads, asks the leader too, since only the
+//! leader knows each member's replication progress. Membership changes are sent to the given node and follow its
+//! "not leader" answers to the leader.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use quiver_meta::service::ClusterClient;
+use quiver_proto::v1::ClusterStatusResponse;
+
+use crate::error::{Error, Result};
+
+fn client() -> ClusterClient {
+    ClusterClient::new(Duration::from_secs(3), Duration::from_secs(30))
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Returns the cluster status as text: a header, then one line per member.
+///
+/// # Errors
+///
+/// The node cannot be reached.
+pub async fn status(addr: &str) -> Result<String> {
+    let client = client();
+    let local = client.status(addr).await?;
+    let leader_addr = local
+        .leader_id
+        .filter(|l| *l != local.node_id)
+        .and_then(|l| local.members.iter().find(|m| m.node_id == l))
+        .map(|m| m.grpc_addr.clone());
+    let view = match leader_addr {
+        Some(leader) => match client.status(&leader).await {
+            Ok(status) => status,
+            Err(_) => local,
+        },
+        None => local,
+    };
+    Ok(render_status(&view))
+}
+
+/// Formats a status.
+pub fn render_status(s: &ClusterStatusResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  leader {}  term {}  metadata version {}  voters target {}",
+        if s.cluster_id.is_empty() { "(not bootstrapped)" } else { &s.cluster_id },
+        opt(s.leader_id),
+        s.term,
+        s.metadata_version,
+        s.target_voters
+    );
+    let _ = writeln!(
+        out,
+        "as seen by node {}: last log index {}, applied {}, snapshot {}",
+        s.node_id,
+        opt(s.last_log_index),
+        opt(s.applied_index),
+        opt(s.snapshot_index)
+    );
+    let _ = writeln!(
+        out,
+        "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5}  {:<21} {:<21} {:<21}",
+        "node", "role", "leader", "state", "matched", "lag", "grpc", "flight", "pg"
+    );
+    for m in &s.members {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5}  {:<21} {:<21} {:<21}",
+            m.node_id,
+            m.role,
+            if m.leader { "yes" } else { "" },
+            m.state,
+            opt(m.matched_index),
+            opt(m.lag),
+            m.grpc_addr,
+            m.flight_addr,
+            m.pg_addr
+        );
+    }
+    out
+}
+
+/// Removes a node from the cluster.
+///
+/// # Errors
+///
+/// The cluster refuses (not a member, the last voter) or cannot be reached.
+pub async fn remove(addr: &str, node_id: u64) -> Result<String> {
+    client().remove_node(addr, node_id).await?;
+    Ok(format!("node {node_id} removed"))
+}
+
+/// Moves leadership to `to`.
+///
+/// # Errors
+///
+/// The cluster refuses (not a voter) or cannot be reached.
+pub async fn transfer_leader(addr: &str, to: u64) -> Result<String> {
+    let leader = client().transfer_leader(addr, to).await?;
+    if leader == to {
+        Ok(format!("node {to} leads"))
+    } else {
+        Err(Error::Internal(format!("leadership moved to node {leader}, not {to}; try again")))
+    }
+}
+
+/// Makes the node build a metadata snapshot now.
+///
+/// # Errors
+///
+/// The node cannot be reached or fails to build it.
+pub async fn snapshot(addr: &str) -> Result<String> {
+    let index = client().trigger_snapshot(addr).await?;
+    Ok(format!("snapshot built up to log index {}", opt(index)))
+}
