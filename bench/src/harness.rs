@@ -22,6 +22,22 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Runs `server` on a task until the returned sender fires (or is dropped); the handle ends when it has stopped.
+pub fn run_in_background(server: Server) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        if let Err(e) = server
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await
+        {
+            eprintln!("server failed: {}", e.report());
+        }
+    });
+    (tx, task)
+}
+
 impl Running {
     /// Starts a server whose data lives in `dir` (durable: every commit is fsync'd).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
@@ -37,17 +53,7 @@ impl Running {
         let engine = Engine::open(StorageLocation::Path(dir.to_path_buf()), config.engine_options()).await?;
         let server = Server::bind_with_engine(config, Arc::clone(&engine)).await?;
         let (flight, pg) = (server.flight_addr(), server.pg_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            if let Err(e) = server
-                .run(async move {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                eprintln!("server failed: {}", e.report());
-            }
-        });
+        let (tx, task) = run_in_background(server);
         Ok(Self { engine, flight, pg, stop: Some(tx), task })
     }
 

@@ -3,10 +3,12 @@
 //! - `ingest`: bulk load of TPC-H `lineitem` over Flight SQL DoPut and over PostgreSQL `COPY FROM STDIN`, durable,
 //!   beside the same COPY into a PostgreSQL server when one is given;
 //! - `tpch`: the 22 TPC-H queries over Flight SQL against the hot store, each beside the same query run by DataFusion
-//!   in-process on Parquet files of the same data, with the answers compared.
+//!   in-process on Parquet files of the same data, with the answers compared;
+//! - `meta`: metadata proposal throughput and latency (p50/p90/p99) on a loopback cluster of servers.
 
 pub mod data;
 pub mod harness;
 pub mod ingest;
+pub mod meta;
 pub mod queries;
 pub mod tpch;

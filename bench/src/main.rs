@@ -1,7 +1,7 @@
 //! `quiver-bench`: see the library docs. Run `quiver-bench --help`.
 
 use clap::{Parser, Subcommand};
-use quiver_bench::{data, harness::Running, ingest, tpch};
+use quiver_bench::{data, harness::Running, ingest, meta, tpch};
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver-bench", about = "Benchmarks that drive a real Quiver server")]
@@ -33,6 +33,22 @@ enum Command {
         /// Only these queries (comma-separated numbers).
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
+    },
+    /// Metadata proposals on a loopback cluster of servers (Raft over gRPC, logs synced to RocksDB); per second
+    /// and p50/p90/p99 latency, from the leader and from a follower.
+    Meta {
+        /// Servers in the cluster (the first three are voters).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Proposals per measurement.
+        #[arg(long, default_value_t = 2000)]
+        proposals: usize,
+        /// Concurrent proposers (comma-separated: one measurement each).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 16])]
+        concurrency: Vec<usize>,
+        /// Commands to propose (comma-separated).
+        #[arg(long, value_delimiter = ',', value_enum, default_values_t = [meta::Workload::Heartbeat, meta::Workload::CreateTable])]
+        workload: Vec<meta::Workload>,
     },
 }
 
@@ -99,6 +115,10 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("{:>5} {q:>12.3} {d:>14.3} {:>7.2}x", "total", q / d);
+        }
+        Command::Meta { nodes, proposals, concurrency, workload } => {
+            let results = meta::run(dir.path(), nodes, proposals, &concurrency, &workload).await?;
+            print!("{}", meta::render(&results));
         }
     }
     Ok(())

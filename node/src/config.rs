@@ -339,8 +339,11 @@ pub struct Overrides {
     pub pg_addr: Option<String>,
     /// `--http-addr`.
     pub http_addr: Option<String>,
+    /// `--node-id`.
     pub node_id: Option<u64>,
+    /// `--grpc-addr`.
     pub grpc_addr: Option<String>,
+    /// `--join` (repeatable); replaces the configured list when given.
     pub join: Vec<String>,
 }
 
@@ -572,6 +575,10 @@ mod tests {
         assert_eq!(c.server.pg_addr, "0.0.0.0:5433");
         assert_eq!(c.server.flight_addr, "0.0.0.0:50051");
         assert_eq!(c.limits.flight_message_max, ByteSize(64 << 20));
+        assert_eq!(c.cluster.grpc_addr, "10.0.0.1:50052");
+        assert_eq!(c.cluster.voters, 3);
+        assert_eq!(c.cluster.join_timeout, Millis(60_000));
+        assert_eq!(c.cluster.election_timeout_min, Millis(1_000));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod copy;
 mod registry;
+pub mod system;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -390,6 +391,7 @@ impl Engine {
         let ctx = SessionContext::new_with_config(config);
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
+        registry.add_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(meta.clone())));
 
         let node_id = meta.node_id();
         let engine = Engine {
@@ -471,6 +473,17 @@ impl Engine {
             metadata_version: self.meta.read_local(|s| s.version()),
             snapshot: self.meta.snapshot_stats(),
         }
+    }
+
+    /// Returns whether the metadata group has other members (a cluster), whose changes may reach this node late.
+    fn is_clustered(&self) -> bool {
+        self.meta.metrics().borrow().membership_config.membership().nodes().count() > 1
+    }
+
+    /// Waits until this node has applied every metadata change committed before the call, then attaches them.
+    async fn catch_up(&self) -> Result<()> {
+        self.meta.read_state(|_| ()).await?;
+        self.sync_catalog().await
     }
 
     /// Returns a copy of the catalog as this node's replica has applied it.
@@ -733,7 +746,17 @@ impl Engine {
                         _ => {}
                     }
                 }
-                let plan = self.ctx.state().statement_to_plan(s).await?;
+                let plan = match self.ctx.state().statement_to_plan(s.clone()).await {
+                    Ok(plan) => plan,
+                    // A table created on another node a moment ago may not be applied here yet: catch up with the
+                    // leader (a linearizable read) and plan once more, so DDL on one node is visible on every node
+                    // as soon as it is acknowledged.
+                    Err(e) if self.is_clustered() && names_unknown_table(&e.to_string()) => {
+                        self.catch_up().await?;
+                        self.ctx.state().statement_to_plan(s).await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 self.execute_plan(plan).await
             }
             ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
@@ -972,7 +995,11 @@ impl Engine {
         schema: SchemaRef,
         stream: SendableRecordBatchStream,
     ) -> Result<u64> {
-        let exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
+        let mut exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
+        if !exists && self.is_clustered() {
+            self.catch_up().await?;
+            exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
+        }
         match (mode, exists) {
             (IngestMode::Create, true) => return Err(Error::TableAlreadyExists { table: table.to_string() }),
             (IngestMode::Append, false) => return Err(Error::TableNotFound { table: table.to_string() }),
@@ -1005,6 +1032,11 @@ impl Engine {
 enum ParsedStatement {
     DataFusion(Statement),
     CopyFrom(copy::CopyFrom),
+}
+
+/// Returns whether a planning error says that a table does not exist.
+fn names_unknown_table(message: &str) -> bool {
+    message.contains("not found") && message.contains("table")
 }
 
 fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
@@ -1069,6 +1101,11 @@ fn table_name(r: &datafusion::common::TableReference) -> Result<String> {
     if let Some(schema) = r.schema()
         && schema != SCHEMA_NAME
     {
+        if schema == system::SYSTEM_SCHEMA || schema == "information_schema" || schema == "pg_catalog" {
+            return Err(Error::Plan {
+                message: format!("schema \"{schema}\" is read-only; tables live in \"{SCHEMA_NAME}\""),
+            });
+        }
         return Err(Error::Plan {
             message: format!("schema \"{schema}\" does not exist; tables live in \"{SCHEMA_NAME}\""),
         });
@@ -1144,7 +1181,15 @@ fn check_format(store: &dyn HotStore) -> Result<()> {
         Some(v) if v == keys::FORMAT_VERSION.to_be_bytes() => Ok(()),
         Some(v) => Err(Error::Corrupt {
             location: "format marker".into(),
-            detail: format!("the data directory has format {v:?}; this build reads format {}", keys::FORMAT_VERSION),
+            detail: match <[u8; 4]>::try_from(v.as_slice()) {
+                Ok(b) => format!(
+                    "the data directory has format {}; this build reads format {} (export with the build that wrote \
+                     it, e.g. COPY (SELECT …) TO, and import here)",
+                    u32::from_be_bytes(b),
+                    keys::FORMAT_VERSION
+                ),
+                Err(_) => format!("the format marker is unreadable ({v:?})"),
+            },
         }),
     }
 }

@@ -88,11 +88,26 @@ enum Command {
     },
 }
 
-/// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
+/// The `quiver admin` subcommands.
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Shows the leader, term, voters and learners, and each node's applied index and lag.
     Status,
+    /// Admits a node (as a learner, promoted to voter while voters are fewer than configured) before it starts;
+    /// start it with `--join` so that it waits to be admitted instead of bootstrapping a cluster of its own.
+    Add {
+        /// The node's id, unique in the cluster.
+        node_id: u64,
+        /// Its internal gRPC address, reachable from every node.
+        #[arg(long)]
+        grpc_addr: String,
+        /// Its Arrow Flight SQL address, as clients reach it.
+        #[arg(long, default_value = "")]
+        flight_addr: String,
+        /// Its PostgreSQL address, as clients reach it.
+        #[arg(long, default_value = "")]
+        pg_addr: String,
+    },
     /// Removes a node from the cluster (a dead voter before it is replaced, or a retired learner).
     Remove {
         /// The node's id.
@@ -107,6 +122,7 @@ enum AdminCommand {
     Snapshot,
 }
 
+/// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -156,6 +172,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             init_logging("warn");
             let text = match command {
                 AdminCommand::Status => cli::admin::status(&connect).await?,
+                AdminCommand::Add { node_id, grpc_addr, flight_addr, pg_addr } => {
+                    cli::admin::add(&connect, node_id, grpc_addr, flight_addr, pg_addr).await?
+                }
                 AdminCommand::Remove { node_id } => cli::admin::remove(&connect, node_id).await?,
                 AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,

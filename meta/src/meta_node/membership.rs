@@ -121,6 +121,14 @@ impl MetaNode {
         if request.node_id == 0 {
             return refused("node id 0 is reserved; give every node an id of 1 or more".into());
         }
+        let port = request.grpc_addr.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+        if port.and_then(|p| p.parse::<u16>().ok()).is_none_or(|p| p == 0) {
+            return refused(format!(
+                "node {} gave the internal address \"{}\"; it must be host:port with a fixed port, reachable from \
+                 every node",
+                request.node_id, request.grpc_addr
+            ));
+        }
         let node_id = request.node_id;
         let (cluster_id, record) =
             self.read_state(|s| (s.cluster_id().map(str::to_string), s.node(node_id).cloned())).await?;
@@ -160,10 +168,20 @@ impl MetaNode {
             self.add_learner(node_id, NodeAddr::new(request.grpc_addr.clone())).await?;
         }
         self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving }).await?;
-        let role = match self.keep_voters().await? {
-            Some(promoted) if promoted == node_id => NodeRole::Voter,
-            _ if voters.contains(&node_id) => NodeRole::Voter,
-            _ => NodeRole::Learner,
+        // While the cluster lacks voters, promote the new learner as soon as it has caught up (the replication
+        // progress the leader sees trails the learner by a heartbeat or so), bounded by the request timeout.
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        let role = loop {
+            let (voters, _) = self.members();
+            if voters.contains(&node_id) {
+                break NodeRole::Voter;
+            }
+            if voters.len() >= self.inner.config.voters || Instant::now() >= deadline {
+                break NodeRole::Learner;
+            }
+            if self.keep_voters().await?.is_none() {
+                tokio::time::sleep(Duration::from_millis(self.inner.config.heartbeat_interval_ms)).await;
+            }
         };
         Ok((cluster_id, role))
     }

@@ -5,4 +5,5 @@
 
 mod cluster;
 mod grpc;
+mod membership;
 mod partition;

@@ -86,6 +86,17 @@ pub fn render_status(s: &ClusterStatusResponse) -> String {
     out
 }
 
+/// Admits a node to the cluster before it starts (it then starts with `--join` and finds itself admitted).
+///
+/// # Errors
+///
+/// The cluster refuses (the id is taken by another address) or cannot be reached.
+pub async fn add(addr: &str, node_id: u64, grpc_addr: String, flight_addr: String, pg_addr: String) -> Result<String> {
+    let request = quiver_meta::JoinRequest { node_id, grpc_addr, flight_addr, pg_addr, cluster_id: None };
+    let (cluster_id, role) = client().join(addr, &request).await?;
+    Ok(format!("node {node_id} admitted to cluster {cluster_id} as {role}"))
+}
+
 /// Removes a node from the cluster.
 ///
 /// # Errors

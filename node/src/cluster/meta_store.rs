@@ -1,7 +1,7 @@
 //! [`HotMetaStore`]: the metadata replica's [`MetaStore`] over the node's own [`HotStore`], under one key prefix.
 //!
-//! The Raft log, vote and snapshot live in the same RocksDB database as the table data (prefix `0x10`, see
-//! [`crate::table::keys`]), so one directory holds the whole node and a synced metadata write shares RocksDB's WAL
+//! The Raft log, vote and snapshot live in the same RocksDB database as the table data (prefix `0x10`, beside the
+//! table keys), so one directory holds the whole node and a synced metadata write shares RocksDB's WAL
 //! group commit with data commits. The in-memory store serves embedded in-memory databases and the simulation.
 
 use std::io;

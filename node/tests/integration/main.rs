@@ -1,6 +1,7 @@
 //! The integration tests of the node crate, one binary so that it links once.
 
 mod clients;
+mod cluster;
 mod crash;
 mod flight_sql;
 mod pg;

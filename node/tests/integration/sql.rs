@@ -365,3 +365,34 @@ async fn transaction_control_is_accepted_in_every_spelling() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_tables_show_the_metadata_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(dir.path()).await;
+    // An embedded database is a one-voter group that leads itself.
+    let raft =
+        rows(&db, "SELECT node_id, leader_id, is_leader, voters, learners, metadata_version FROM system.raft").await;
+    assert_eq!(raft.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    let text = pretty(&raft);
+    assert!(text.contains("| 1       | 1         | true      | 1      | 0        |"), "{text}");
+    let before = single_i64(&db, "SELECT metadata_version FROM system.raft").await;
+    let applied = single_i64(&db, "SELECT applied_index FROM system.raft").await;
+
+    // DDL goes through the log: the version and the applied index move, and the tables read them live.
+    rows(&db, "CREATE TABLE t (x INT)").await;
+    assert!(single_i64(&db, "SELECT metadata_version FROM system.raft").await > before);
+    assert!(single_i64(&db, "SELECT applied_index FROM system.raft").await > applied);
+
+    let nodes = pretty(&rows(&db, "SELECT node_id, role, is_leader, state FROM system.nodes").await);
+    assert!(nodes.contains("| 1       | voter | true      |"), "{nodes}");
+    assert_eq!(single_i64(&db, "SELECT count(*) FROM system.nodes").await, 1);
+    // The system schema is listed beside public, and its tables are read-only.
+    let schemas =
+        pretty(&rows(&db, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'system'").await);
+    assert!(schemas.contains("nodes") && schemas.contains("raft"), "{schemas}");
+    assert!(db.query("INSERT INTO system.nodes VALUES (9)").await.is_err());
+    let dropped = db.query("DROP TABLE system.raft").await.expect_err("system tables cannot be dropped");
+    assert!(dropped.to_string().contains("read-only"), "{dropped}");
+    assert!(rows(&db, "SELECT * FROM t").await.iter().all(|b| b.num_rows() == 0));
+}

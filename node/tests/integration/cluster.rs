@@ -1,0 +1,265 @@
+//! Three `quiver server` processes on loopback form a cluster with `--join`: DDL made through psql on any node is
+//! listed by `\dt` on the others, conflicting DDL has one winner, the cluster keeps serving DDL after its leader is
+//! killed, a restarted cluster keeps its catalog, and nodes that must not join are refused with a clear error.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Raft timing short enough that failover takes about a second.
+const FAST_RAFT: [(&str, &str); 4] = [
+    ("QUIVER_CLUSTER__HEARTBEAT_INTERVAL", "50ms"),
+    ("QUIVER_CLUSTER__ELECTION_TIMEOUT_MIN", "400ms"),
+    ("QUIVER_CLUSTER__ELECTION_TIMEOUT_MAX", "800ms"),
+    ("QUIVER_CLUSTER__JOIN_TIMEOUT", "20s"),
+];
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+struct Node {
+    id: u64,
+    grpc: String,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+    pg_port: u16,
+}
+
+/// What a server process did at startup.
+enum Started {
+    Serving { child: Child, pg_port: u16 },
+    Exited { log: String },
+}
+
+async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&str>) -> Started {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    command
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--node-id", &id.to_string(), "--grpc-addr", grpc])
+        .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("QUIVER_LOG__FILTER", "info,openraft=warn")
+        .envs(FAST_RAFT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(seed) = join {
+        command.args(["--join", seed]);
+    }
+    let mut child = command.spawn().expect("spawn quiver server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let pg = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("quiver is serving")
+                && let Some(rest) = line.split(" pg=").nth(1)
+            {
+                let addr = rest.split_whitespace().next().expect("address").to_string();
+                return Some(addr.rsplit(':').next().expect("port").parse::<u16>().expect("port number"));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server starts or exits within a minute");
+    match pg {
+        Some(pg_port) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Started::Serving { child, pg_port }
+        }
+        None => Started::Exited { log },
+    }
+}
+
+impl Node {
+    async fn start(id: u64, dir: std::path::PathBuf, grpc: String, join: Option<&str>) -> Node {
+        match spawn_server(id, &dir, &grpc, join).await {
+            Started::Serving { child, pg_port } => Node { id, grpc, dir, child: Some(child), pg_port },
+            Started::Exited { log } => panic!("node {id} did not start:\n{log}"),
+        }
+    }
+
+    async fn restart(&mut self, join: Option<&str>) {
+        *self = Node::start(self.id, self.dir.clone(), self.grpc.clone(), join).await;
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+    }
+
+    async fn psql(&self, command: &str) -> std::process::Output {
+        let output = Command::new("psql")
+            .args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.pg_port.to_string()])
+            .args(["-U", "quiver", "-d", "quiver", "-c", command])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(60), output).await.expect("psql finishes").expect("run psql")
+    }
+
+    /// Runs a statement through psql, retrying while the cluster has no leader (SQLSTATE 57P03 reads "metadata
+    /// cluster"), for at most `within`.
+    async fn psql_ok(&self, command: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let out = self.psql(command).await;
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).to_string();
+            }
+            assert!(
+                stderr.contains("metadata cluster") && tokio::time::Instant::now() < deadline,
+                "node {}: {command}: {stderr}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `\dt` on this node lists every table of `tables`.
+    async fn wait_listed(&self, tables: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listing = self.psql_ok("\\dt", Duration::from_secs(10)).await;
+            if tables.iter().all(|t| listing.lines().any(|l| l.split('|').nth(1).map(str::trim) == Some(*t))) {
+                return listing;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {} lists {listing}, not all of {tables:?}", self.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Returns the first cell of psql's aligned output (the line after the header's dashes).
+fn first_value(output: &str) -> String {
+    let mut lines = output.lines().skip_while(|l| !l.starts_with("--"));
+    lines.nth(1).and_then(|l| l.split('|').next()).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+async fn admin(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_quiver")).arg("admin").args(args).output().await.expect("run quiver admin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_server_processes_form_a_cluster_that_agrees_on_ddl_and_survives_its_leader() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let seed = grpc[0].clone();
+
+    // Node 1 bootstraps; 2 and 3 join through it and become voters.
+    let mut nodes = vec![Node::start(1, root.path().join("n1"), grpc[0].clone(), None).await];
+    for id in 2..=3u64 {
+        nodes.push(
+            Node::start(id, root.path().join(format!("n{id}")), grpc[id as usize - 1].clone(), Some(&seed)).await,
+        );
+    }
+    let status = admin(&["--connect", &seed, "status"]).await;
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(text.lines().filter(|l| l.contains(" voter ")).count(), 3, "three voters:\n{text}");
+    assert!(text.contains("leader 1"), "the bootstrapping node leads:\n{text}");
+    // Every node shows the group through SQL: system.nodes lists the three voters, system.raft the leader.
+    for node in &nodes {
+        let voters = node.psql_ok("SELECT count(*) FROM system.nodes WHERE role = 'voter'", Duration::from_secs(5));
+        assert_eq!(first_value(&voters.await), "3", "node {}", node.id);
+        let raft = node.psql_ok("SELECT leader_id, node_id, voters FROM system.raft", Duration::from_secs(5)).await;
+        assert_eq!(first_value(&raft), "1", "node {} sees node 1 lead: {raft}", node.id);
+        assert!(raft.lines().any(|l| l.split('|').nth(1).map(str::trim) == Some(&node.id.to_string())), "{raft}");
+    }
+
+    // A fourth node, admitted ahead by an operator and started with --join, stays a learner (three voters is the
+    // target); it is then retired.
+    let grpc4 = format!("127.0.0.1:{}", free_port());
+    let added = admin(&["--connect", &grpc[1], "add", "4", "--grpc-addr", &grpc4]).await;
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(String::from_utf8_lossy(&added.stdout).contains("as learner"), "{added:?}");
+    let mut learner = Node::start(4, root.path().join("n4"), grpc4, Some(&seed)).await;
+    let query = "SELECT role, count(*) AS n FROM system.nodes GROUP BY role ORDER BY role";
+    let roles = nodes[0].psql_ok(query, Duration::from_secs(5)).await;
+    assert!(roles.contains("learner | 1") && roles.contains("voter   | 3"), "{roles}");
+    learner.kill().await;
+    let removed = admin(&["--connect", &seed, "remove", "4"]).await;
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+
+    // DDL on any node is listed by \dt on every node.
+    nodes[0].psql_ok("CREATE TABLE t1 (id BIGINT PRIMARY KEY, v TEXT)", Duration::from_secs(5)).await;
+    nodes[1].psql_ok("CREATE TABLE t2 (id BIGINT)", Duration::from_secs(5)).await;
+    nodes[2].psql_ok("INSERT INTO t1 VALUES (1, 'local to node 3')", Duration::from_secs(5)).await;
+    for node in &nodes {
+        node.wait_listed(&["t1", "t2"]).await;
+    }
+    let described = nodes[2].psql_ok("\\d t1", Duration::from_secs(5)).await;
+    assert!(described.contains("bigint") && described.contains("text"), "{described}");
+
+    // Two nodes create the same table at once: exactly one wins, the other gets a clear error.
+    let (a, b) = tokio::join!(nodes[1].psql("CREATE TABLE dup (x INT)"), nodes[2].psql("CREATE TABLE dup (x INT)"));
+    let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1, "{a:?} {b:?}");
+    let loser = if a.status.success() { &b } else { &a };
+    let message = String::from_utf8_lossy(&loser.stderr);
+    assert!(message.contains("\"dup\" already exists"), "{message}");
+
+    // Bad joins are refused and change nothing: an id taken by another address, a node of another cluster.
+    let dup_dir = root.path().join("dup-id");
+    match spawn_server(2, &dup_dir, &format!("127.0.0.1:{}", free_port()), Some(&seed)).await {
+        Started::Exited { log } => assert!(log.contains("node id 2 is already used"), "{log}"),
+        Started::Serving { .. } => panic!("a duplicate node id was admitted"),
+    }
+    let other_dir = root.path().join("other-cluster");
+    let mut other = Node::start(7, other_dir.clone(), format!("127.0.0.1:{}", free_port()), None).await;
+    other.kill().await;
+    match spawn_server(7, &other_dir, &other.grpc, Some(&seed)).await {
+        Started::Exited { log } => assert!(log.contains("belongs to cluster"), "{log}"),
+        Started::Serving { .. } => panic!("a node of another cluster was admitted"),
+    }
+    let removed = admin(&["--connect", &seed, "remove", "42"]).await;
+    assert!(!removed.status.success());
+    assert!(String::from_utf8_lossy(&removed.stderr).contains("not a member"), "{removed:?}");
+
+    // Kill the leader: the other two elect a new one and keep serving DDL.
+    nodes[0].kill().await;
+    nodes[1].psql_ok("CREATE TABLE after_failover (id INT)", Duration::from_secs(15)).await;
+    nodes[2].wait_listed(&["t1", "t2", "dup", "after_failover"]).await;
+    let status = admin(&["--connect", &grpc[1], "status"]).await;
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(!text.contains("leader 1 "), "a new leader:\n{text}");
+    let leader = nodes[2].psql_ok("SELECT leader_id FROM system.raft", Duration::from_secs(5)).await;
+    assert!(["2", "3"].contains(&first_value(&leader).as_str()), "{leader}");
+
+    // The old leader comes back and catches up.
+    nodes[0].restart(Some(&grpc[1])).await;
+    nodes[0].wait_listed(&["t1", "t2", "dup", "after_failover"]).await;
+
+    // Restart every node: the catalog is intact, and node 3 still has its own row.
+    for node in &mut nodes {
+        node.kill().await;
+    }
+    for node in &mut nodes {
+        node.restart(None).await;
+    }
+    for node in &nodes {
+        node.wait_listed(&["t1", "t2", "dup", "after_failover"]).await;
+    }
+    let rows = nodes[2].psql_ok("SELECT v FROM t1", Duration::from_secs(10)).await;
+    assert!(rows.contains("local to node 3"), "{rows}");
+    nodes[0].psql_ok("DROP TABLE t2", Duration::from_secs(15)).await;
+    for node in &nodes {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listing = node.psql_ok("\\dt", Duration::from_secs(10)).await;
+            if !listing.contains(" t2 ") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {} still lists t2: {listing}", node.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
