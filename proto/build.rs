@@ -1,11 +1,12 @@
 //! Generates the prost messages and tonic services from `proto/`, with a vendored `protoc` so that no system
-//! package is needed.
+//! package is needed. madsim's generator writes tonic's code and, beside it, the simulated services that a
+//! `--cfg madsim` build includes instead.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().compile_with_config(
+    madsim_tonic_build::configure().compile_protos_with_config(
         config,
         &[
             "proto/quiver/v1/node.proto",

@@ -20,6 +20,13 @@
 //!
 //! This crate depends on `openraft`, `tonic` and the generated protocol, but on no storage engine or query engine:
 //! the node supplies the [`MetaStore`] implementation.
+//!
+//! Tokio and tonic are used through madsim's facades under their usual names: an ordinary build gets tokio and
+//! tonic themselves, and a build with `--cfg madsim` (the simulation) gets madsim's simulated time, tasks and
+//! network, so the same code runs under a seeded, deterministic scheduler.
+
+extern crate madsim_tokio as tokio;
+extern crate madsim_tonic as tonic;
 
 mod catalog;
 mod config;

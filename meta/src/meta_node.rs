@@ -395,7 +395,7 @@ impl MetaNode {
         let changed = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != before);
         // Whether the leader changed or the wait ended, the caller retries: a leader that stayed may accept now
         // (its connection came back), and an unchanged view past the deadline ends the caller's loop.
-        let _ = tokio::time::timeout_at(limit, changed).await;
+        let _ = tokio::time::timeout(limit.saturating_duration_since(Instant::now()), changed).await;
         // Do not spin when the view does not move: back off for one heartbeat.
         tokio::time::sleep_until((Instant::now() + self.inner.config.heartbeat_interval()).min(deadline)).await;
     }
@@ -410,7 +410,9 @@ impl MetaNode {
         operation: &'static str,
         future: F,
     ) -> Result<F::Output, ClusterError> {
-        tokio::time::timeout_at(deadline, future).await.map_err(|_| self.timeout_error(operation))
+        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), future)
+            .await
+            .map_err(|_| self.timeout_error(operation))
     }
 
     fn remaining(&self, deadline: Instant, operation: &'static str) -> Result<Duration, ClusterError> {

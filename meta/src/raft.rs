@@ -4,7 +4,8 @@
 //! - `keys`: the key layout in the [`MetaStore`](crate::MetaStore);
 //! - [`LogStore`]: the log and vote ([`openraft::storage::RaftLogStorage`]);
 //! - [`StateMachineStore`]: applies entries to the [`MetaState`](crate::MetaState), builds and installs snapshots;
-//! - [`GrpcNetwork`]: the transport over tonic; [`Router`]: an in-process transport with fault injection, for tests.
+//! - [`GrpcNetwork`]: the transport over tonic; [`Router`]: an in-process transport with fault injection, for tests;
+//! - `sim_runtime`: openraft's runtime on madsim, compiled only with `--cfg madsim`.
 //!
 //! The log is compacted by snapshots: after `snapshot_logs_since_last` applied entries the state machine builds a
 //! snapshot, persists it, and openraft purges the log up to it (keeping `snapshot_logs_kept` entries), so a replica
@@ -14,6 +15,8 @@ pub(crate) mod keys;
 pub(crate) mod log_store;
 pub(crate) mod network;
 mod router;
+#[cfg(madsim)]
+pub mod sim_runtime;
 pub(crate) mod state_machine;
 pub mod types;
 

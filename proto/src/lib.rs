@@ -5,6 +5,9 @@
 //! `meta.proto` (the metadata service: proposals and linearizable reads) and `cluster.proto` (membership and
 //! administration), all in package `quiver.v1`.
 
+// tonic through madsim's facade: tonic itself in an ordinary build, madsim's simulated gRPC under `--cfg madsim`.
+extern crate madsim_tonic as tonic;
+
 /// Version 1 of the internal node API.
 pub mod v1 {
     #![allow(unreachable_pub, unused_qualifications, missing_docs, clippy::all)]

@@ -1,8 +1,8 @@
 //! The openraft type configuration of the metadata group: [`TypeConfig`], the node type [`NodeAddr`], the runtime
 //! choice [`Runtime`] and short aliases for openraft's generic types.
 //!
-//! The async runtime is chosen here and only here: the simulation will swap [`Runtime`] for a madsim runtime under
-//! `cfg(madsim)`, and nothing else in the crate names openraft's runtime.
+//! The async runtime is chosen here and only here: tokio in ordinary builds, madsim's virtual clock and seeded
+//! scheduler under `cfg(madsim)` (`super::sim_runtime`); nothing else in the crate names openraft's runtime.
 
 use std::fmt;
 
@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::state::{MetaCommand, MetaResponse};
 
 /// The async runtime openraft's tasks, timers and channels run on.
+#[cfg(not(madsim))]
 pub type Runtime = openraft::TokioRuntime;
+/// The async runtime openraft's tasks, timers and channels run on: madsim's, in the simulation.
+#[cfg(madsim)]
+pub type Runtime = super::sim_runtime::MadsimRuntime;
 
 /// How a metadata replica is reached: the `Node` type of the Raft membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,13 +57,14 @@ impl ClusterClient {
         let mut redirects = 0;
         loop {
             let client = self.connect(&target).await?;
-            let error = match tokio::time::timeout_at(deadline, call(client)).await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(status)) => error_from_status(&target, &status),
-                Err(_) => {
-                    return Err(ClusterError::Timeout { operation: "cluster call", node_id: 0, timeout_ms: 0 });
-                }
-            };
+            let error =
+                match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), call(client)).await {
+                    Ok(Ok(reply)) => return Ok(reply),
+                    Ok(Err(status)) => error_from_status(&target, &status),
+                    Err(_) => {
+                        return Err(ClusterError::Timeout { operation: "cluster call", node_id: 0, timeout_ms: 0 });
+                    }
+                };
             match error {
                 ClusterError::NotLeader { leader_addr, .. } if redirects < MAX_REDIRECTS => {
                     redirects += 1;
