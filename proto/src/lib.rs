@@ -10,7 +10,7 @@ extern crate madsim_tonic as tonic;
 
 /// Version 1 of the internal node API.
 pub mod v1 {
-    #![allow(unreachable_pub, unused_qualifications, missing_docs, clippy::all)]
+    #![allow(unreachable_pub, unused_qualifications, missing_docs, clippy::all, clippy::unwrap_used)]
     tonic::include_proto!("quiver.v1");
 }
 

@@ -1,7 +1,7 @@
 //! [`MadsimRuntime`]: openraft's async runtime on madsim, used when the crate is built with `--cfg madsim`.
 //!
 //! Tasks are madsim tasks (they die with their simulated node), sleeps and timeouts run on madsim's virtual clock,
-//! and randomness (election timeouts) comes from the thread RNG, which madsim seeds. Instants are tokio's type, the
+//! and randomness (election timeouts) comes from madsim's RNG, drawn from the seed. Instants are tokio's type, the
 //! one openraft implements its `Instant` trait for; under madsim its `now()` reads the virtual clock, so it is
 //! converted to and from the clock's `std::time::Instant` at the edges.
 //!
@@ -77,7 +77,7 @@ impl AsyncRuntime for MadsimRuntime {
     type Instant = TokioInstant;
     type TimeoutError = Elapsed;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = Timeout<T>;
-    type ThreadLocalRng = rand::rngs::ThreadRng;
+    type ThreadLocalRng = madsim::rand::GlobalRng;
     type OneshotSender<T: OptionalSend> = OneshotSender<T>;
     type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
     type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
@@ -111,7 +111,9 @@ impl AsyncRuntime for MadsimRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        rand::thread_rng()
+        // madsim's RNG, drawn from the seed; rand's thread RNG reads the OS entropy source, which madsim cannot
+        // always intercept.
+        madsim::rand::thread_rng()
     }
 
     fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)

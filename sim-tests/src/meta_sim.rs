@@ -1,0 +1,433 @@
+//! The metadata Raft group under madsim: real `MetaNode`s talking real gRPC (madsim's simulated tonic) over a
+//! simulated network, on a virtual clock, with every choice drawn from one seed.
+//!
+//! One run ([`run_seed`]):
+//! 1. **Boot**: replica 1 bootstraps the cluster; replicas 2.. join through `ClusterService.Join` exactly as
+//!    `quiver server --join` does, and the leader promotes them to voters.
+//! 2. **Faults** (for [`SimOptions::fault_secs`] of virtual time) while a workload proposes `CREATE TABLE`s of
+//!    unique names from random replicas (followers forward to the leader): kill a replica (its disk losing unsynced
+//!    writes or not, see [`SimDisk`]) and restart it later on the same disk, isolate a replica, cut one direction of a replica's traffic, drop a share of all packets.
+//! 3. **Heal and liveness**: every fault is lifted; a proposal must then succeed within a bound.
+//! 4. **Checks**: at most one leader per term (sampled all along); every acknowledged table is in the final state;
+//!    nothing that was never proposed is; all replicas converge to the same applied state.
+//!
+//! The run's trace (faults with their virtual times, the workload's outcomes, the final state) is hashed; the same
+//! seed must give the same hash.
+//!
+//! What is simulated: the meta crate's code (Raft through openraft on the madsim runtime, log and snapshot storage
+//! through the `MetaStore` seam on [`SimDisk`], the gRPC services and clients). What is not (yet): the node
+//! (engine, RocksDB, Flight SQL and PostgreSQL frontends) and DataFusion.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::time::{Instant, sleep};
+use openraft::ServerState;
+use quiver_meta::raft::{GrpcNetwork, NodeAddr};
+
+use crate::disk::SimDisk;
+use quiver_meta::service::ClusterClient;
+use quiver_meta::{CatalogCommand, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, TableKind};
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Replicas in the group (all voters when 3 or 5).
+    pub replicas: u64,
+    /// Virtual seconds of faults and workload.
+    pub fault_secs: u64,
+    /// Concurrent proposers in the workload.
+    pub clients: usize,
+    /// Virtual seconds allowed for a proposal to succeed once every fault is healed.
+    pub liveness_secs: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions { replicas: 3, fault_secs: 20, clients: 3, liveness_secs: 30 }
+    }
+}
+
+/// What a passing run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Hash of the run's trace: the same seed must give the same hash.
+    pub trace_hash: u64,
+    /// Faults injected.
+    pub faults: usize,
+    /// Proposals acknowledged.
+    pub acknowledged: usize,
+    /// Proposals whose outcome the client could not know (timeouts, crashes).
+    pub uncertain: usize,
+    /// The trace, one line per event.
+    pub trace: Vec<String>,
+}
+
+/// Runs one seed to completion; `Err` carries the violated invariant.
+///
+/// # Errors
+///
+/// A message naming the invariant that failed, with the seed.
+pub fn run_seed(seed: u64, options: &SimOptions) -> Result<Outcome, String> {
+    let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    runtime.set_time_limit(Duration::from_secs(options.fault_secs + options.liveness_secs + 600));
+    let options = options.clone();
+    runtime.block_on(async move { simulate(options).await }).map_err(|e| format!("seed {seed}: {e}"))
+}
+
+/// Raft timing for the simulation: short, so that many elections and catch-ups happen per virtual minute.
+fn sim_config() -> MetaConfig {
+    MetaConfig {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        request_timeout_ms: 2_000,
+        connect_timeout_ms: 200,
+        install_snapshot_timeout_ms: 1_000,
+        snapshot_logs_since_last: 40,
+        snapshot_logs_kept: 10,
+        ..MetaConfig::default()
+    }
+}
+
+fn ip_of(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+fn addr_of(id: u64) -> SocketAddr {
+    SocketAddr::new(ip_of(id), 7000)
+}
+
+/// The replicas as the checkers see them: the handle of each running incarnation.
+type Live = Arc<Mutex<BTreeMap<u64, MetaNode>>>;
+
+fn live_nodes(live: &Live) -> Vec<MetaNode> {
+    live.lock().expect("live map").values().cloned().collect()
+}
+
+/// One incarnation of replica `id`: starts it on its store, serves its gRPC endpoint, bootstraps or joins when the
+/// store is fresh, then keeps promoting learners while voters are missing. Runs until the node is killed.
+async fn run_replica(id: u64, store: SimDisk, live: Live) {
+    let config = sim_config();
+    let fresh = store.is_empty();
+    let addr = addr_of(id);
+    let network = GrpcNetwork::new(id, &config);
+    let node = match MetaNode::start(id, NodeAddr::new(addr.to_string()), Arc::new(store), config, network).await {
+        Ok(node) => node,
+        Err(e) => panic!("replica {id} failed to start: {e}"),
+    };
+    live.lock().expect("live map").insert(id, node.clone());
+    let server = node.clone();
+    madsim::task::spawn(async move {
+        if let Err(e) = quiver_meta::service::serve(&server, addr, std::future::pending()).await {
+            tracing::warn!(id, error = %e, "gRPC server stopped");
+        }
+    });
+    if fresh {
+        if id == 1 {
+            node.bootstrap("sim").await.expect("bootstrap");
+            let register = MetaCommand::RegisterNode {
+                node_id: 1,
+                grpc_addr: addr.to_string(),
+                flight_addr: String::new(),
+                pg_addr: String::new(),
+                role: NodeRole::Voter,
+            };
+            node.propose(register).await.expect("register the first node");
+        } else {
+            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
+            let request = JoinRequest {
+                node_id: id,
+                grpc_addr: addr.to_string(),
+                flight_addr: String::new(),
+                pg_addr: String::new(),
+                cluster_id: None,
+            };
+            while client.join(&addr_of(1).to_string(), &request).await.is_err() {
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    loop {
+        sleep(Duration::from_millis(200)).await;
+        let _ = node.keep_voters().await;
+    }
+}
+
+fn create_table(name: &str) -> MetaCommand {
+    MetaCommand::Catalog {
+        command: CatalogCommand::CreateTable {
+            name: name.to_string(),
+            columns: vec![ColumnDef { name: "id".into(), data_type: arrow_schema::DataType::Int64, nullable: false }],
+            primary_key: vec![],
+            kind: TableKind::Native,
+            options: BTreeMap::new(),
+            if_not_exists: false,
+        },
+        shard_node: Some(1),
+    }
+}
+
+/// What the workload learned of one proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fate {
+    Acknowledged,
+    Uncertain,
+}
+
+struct World {
+    handle: Handle,
+    nodes: BTreeMap<u64, NodeHandle>,
+    disks: BTreeMap<u64, SimDisk>,
+    live: Live,
+    started: Instant,
+    trace: Vec<String>,
+}
+
+impl World {
+    fn note(&mut self, event: String) {
+        let at = self.started.elapsed().as_millis();
+        tracing::info!(at, "{event}");
+        self.trace.push(format!("{at:>7} ms  {event}"));
+    }
+
+    /// Kills replica `id`; its disk loses the writes it had not synced when the seed says so.
+    fn kill(&mut self, id: u64) -> usize {
+        self.live.lock().expect("live map").remove(&id);
+        self.handle.kill(self.nodes[&id].id());
+        self.disks[&id].crash(thread_rng().gen_bool(0.5))
+    }
+
+    fn restart(&mut self, id: u64) {
+        self.handle.restart(self.nodes[&id].id());
+    }
+}
+
+async fn simulate(options: SimOptions) -> Result<Outcome, String> {
+    let handle = Handle::current();
+    let live: Live = Arc::default();
+    let mut world = World {
+        handle: handle.clone(),
+        nodes: BTreeMap::new(),
+        disks: BTreeMap::new(),
+        live: live.clone(),
+        started: Instant::now(),
+        trace: Vec::new(),
+    };
+    for id in 1..=options.replicas {
+        let store = SimDisk::new();
+        world.disks.insert(id, store.clone());
+        let live = live.clone();
+        let node = handle
+            .create_node()
+            .name(format!("meta-{id}"))
+            .ip(ip_of(id))
+            .init(move || run_replica(id, store.clone(), live.clone()))
+            .build();
+        world.nodes.insert(id, node);
+        // Join one at a time, as an operator would.
+        sleep(Duration::from_millis(1_500)).await;
+    }
+    let voters = options.replicas.min(5) as usize;
+    wait_until(Duration::from_secs(30), || {
+        live_nodes(&live).iter().any(|n| {
+            let m = n.metrics().borrow().clone();
+            m.state == ServerState::Leader && m.membership_config.membership().voter_ids().count() == voters
+        })
+    })
+    .await
+    .map_err(|_| "the cluster did not form within 30 s".to_string())?;
+    world.note(format!("formed: {} replicas", options.replicas));
+
+    // The leader-per-term checker samples every replica's view all along.
+    let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
+    let sampler = {
+        let live = live.clone();
+        let leaders = leaders.clone();
+        madsim::task::spawn(async move {
+            loop {
+                for node in live_nodes(&live) {
+                    let m = node.metrics().borrow().clone();
+                    if m.state == ServerState::Leader {
+                        leaders.lock().expect("leaders").entry(m.current_term).or_default().insert(m.id);
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // The workload: each client proposes new tables from a random live replica.
+    let history: Arc<Mutex<BTreeMap<String, Fate>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
+    let mut clients = Vec::new();
+    for client in 0..options.clients {
+        let live = live.clone();
+        let history = history.clone();
+        let nodes: Vec<(u64, NodeHandle)> = world.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
+        let handle = handle.clone();
+        clients.push(madsim::task::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let (id, on) = &nodes[thread_rng().gen_range(0..nodes.len())];
+                let Some(node) = live.lock().expect("live map").get(id).cloned() else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let name = format!("c{client}_t{n}");
+                n += 1;
+                // The proposal runs on the replica's simulated node (its current incarnation), so a crash of that
+                // node cuts it off.
+                let command = create_table(&name);
+                let Some(on) = handle.get_node(on.id()) else { continue };
+                let task = on.spawn(async move { node.propose(command).await });
+                let fate = match task.await {
+                    Ok(Ok(response)) if response.clone().into_result().is_ok() => Fate::Acknowledged,
+                    Ok(Ok(response)) => panic!("proposal {name} rejected: {response:?}"),
+                    _ => Fate::Uncertain,
+                };
+                history.lock().expect("history").insert(name, fate);
+                sleep(Duration::from_millis(thread_rng().gen_range(0..50))).await;
+            }
+        }));
+    }
+
+    // Faults, until the deadline; at most one replica down or isolated at a time, so a majority stays able to work
+    // most of the time.
+    let net = NetSim::current();
+    let mut faults = 0;
+    while Instant::now() < deadline {
+        sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
+        let victim = thread_rng().gen_range(1..=options.replicas);
+        let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
+        faults += 1;
+        match thread_rng().gen_range(0..4) {
+            0 => {
+                let lost = world.kill(victim);
+                world.note(format!(
+                    "kill replica {victim} for {} ms ({lost} unsynced writes lost)",
+                    lasting.as_millis()
+                ));
+                sleep(lasting).await;
+                world.restart(victim);
+                world.note(format!("restart replica {victim}"));
+            }
+            1 => {
+                world.note(format!("isolate replica {victim} for {} ms", lasting.as_millis()));
+                net.clog_node(world.nodes[&victim].id());
+                sleep(lasting).await;
+                net.unclog_node(world.nodes[&victim].id());
+                world.note(format!("reconnect replica {victim}"));
+            }
+            2 => {
+                world.note(format!("cut replica {victim}'s outgoing traffic for {} ms", lasting.as_millis()));
+                net.clog_node_out(world.nodes[&victim].id());
+                sleep(lasting).await;
+                net.unclog_node_out(world.nodes[&victim].id());
+                world.note(format!("restore replica {victim}'s outgoing traffic"));
+            }
+            _ => {
+                let rate = thread_rng().gen_range(0.01..0.2);
+                world.note(format!("drop {:.0}% of packets for {} ms", rate * 100.0, lasting.as_millis()));
+                net.update_config(|c| c.packet_loss_rate = rate);
+                sleep(lasting).await;
+                net.update_config(|c| c.packet_loss_rate = 0.0);
+                world.note("stop dropping packets".to_string());
+            }
+        }
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    world.note("faults over".to_string());
+
+    // Liveness: with every fault healed, a proposal succeeds within the bound.
+    let healed = Instant::now();
+    let recovered_by = healed + Duration::from_secs(options.liveness_secs);
+    let mut attempt = 0;
+    let probe = loop {
+        let node = live_nodes(&live).into_iter().next().ok_or("no replica is running")?;
+        attempt += 1;
+        let command = create_table(&format!("probe_{attempt}"));
+        // Proposed on the replica's own simulated node, whose address its peers know.
+        let on = handle.get_node(world.nodes[&node.node_id()].id()).ok_or("a replica's node is gone")?;
+        let proposal = on.spawn(async move { node.propose(command).await });
+        if let Ok(Ok(Ok(response))) = madsim::time::timeout(Duration::from_secs(3), proposal).await
+            && response.into_result().is_ok()
+        {
+            break Instant::now();
+        }
+        if Instant::now() >= recovered_by {
+            return Err(format!("no proposal succeeded within {} s after the faults stopped", options.liveness_secs));
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    world.note(format!("available again after {} ms", (probe - healed).as_millis()));
+
+    // Convergence: every replica applies the same log up to the same index and holds the same state.
+    let converged = wait_until(Duration::from_secs(30), || {
+        let nodes = live_nodes(&live);
+        let applied: BTreeSet<_> = nodes.iter().map(|n| n.metrics().borrow().last_applied).collect();
+        nodes.len() == options.replicas as usize && applied.len() == 1
+    })
+    .await;
+    sampler.abort();
+    let nodes = live_nodes(&live);
+    if converged.is_err() {
+        let applied: Vec<_> = nodes.iter().map(|n| (n.node_id(), n.metrics().borrow().last_applied)).collect();
+        return Err(format!("replicas did not converge: applied {applied:?}"));
+    }
+    let states: Vec<_> = nodes.iter().map(|n| n.read_local(|s| s.clone())).collect();
+    if let Some(i) = states.iter().position(|s| *s != states[0]) {
+        return Err(format!("replica {} holds another state than replica {}", nodes[i].node_id(), nodes[0].node_id()));
+    }
+
+    // Safety: one leader per term.
+    for (term, ids) in leaders.lock().expect("leaders").iter() {
+        if ids.len() > 1 {
+            return Err(format!("term {term} had leaders {ids:?}"));
+        }
+    }
+    // Every acknowledged table is there; nothing unproposed is.
+    let history = history.lock().expect("history").clone();
+    let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
+    for (name, fate) in &history {
+        if *fate == Fate::Acknowledged && !tables.contains(name) {
+            return Err(format!("acknowledged table {name} is missing"));
+        }
+    }
+    if let Some(stranger) = tables.iter().find(|t| !t.starts_with("probe_") && !history.contains_key(*t)) {
+        return Err(format!("table {stranger} was never proposed"));
+    }
+
+    let acknowledged = history.values().filter(|f| **f == Fate::Acknowledged).count();
+    let uncertain = history.len() - acknowledged;
+    world.note(format!(
+        "checked: {acknowledged} acknowledged, {uncertain} uncertain, {} tables, version {}",
+        tables.len(),
+        states[0].version()
+    ));
+    let mut hasher = DefaultHasher::new();
+    world.trace.hash(&mut hasher);
+    history.hash(&mut hasher);
+    states[0].encode().hash(&mut hasher);
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.trace })
+}
+
+/// Polls `done` every 50 virtual ms until it holds or `within` passes.
+async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
