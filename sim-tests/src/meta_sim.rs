@@ -5,11 +5,14 @@
 //! 1. **Boot**: replica 1 bootstraps the cluster; replicas 2.. join through `ClusterService.Join` exactly as
 //!    `quiver server --join` does, and the leader promotes them to voters.
 //! 2. **Faults** (for [`SimOptions::fault_secs`] of virtual time) while a workload proposes `CREATE TABLE`s of
-//!    unique names from random replicas (followers forward to the leader): kill a replica (its disk losing unsynced
-//!    writes or not, see [`SimDisk`]) and restart it later on the same disk, isolate a replica, cut one direction of a replica's traffic, drop a share of all packets.
+//!    unique names and reads the table list linearizably, on random replicas (followers forward to the leader):
+//!    kill a replica (its disk losing unsynced writes or not, see [`SimDisk`]) and restart it later on the same
+//!    disk, isolate a replica, cut one direction of a replica's traffic, drop a share of all packets.
 //! 3. **Heal and liveness**: every fault is lifted; a proposal must then succeed within a bound.
-//! 4. **Checks**: at most one leader per term (sampled all along); every acknowledged table is in the final state;
-//!    nothing that was never proposed is; all replicas converge to the same applied state.
+//! 4. **Checks**: at most one leader per term (sampled all along); reads and writes of the catalog are
+//!    linearizable (reads see every table acknowledged before they began, nothing proposed after they ended, and
+//!    never less than an earlier read); every acknowledged table is in the final state; nothing that was never
+//!    proposed is; all replicas converge to the same applied state.
 //!
 //! The run's trace (faults with their virtual times, the workload's outcomes, the final state) is hashed; the same
 //! seed must give the same hash.
@@ -174,6 +177,56 @@ fn create_table(name: &str) -> MetaCommand {
     }
 }
 
+/// One proposal as the workload saw it, with virtual times since the start of the run.
+struct Proposal {
+    name: String,
+    invoked: Duration,
+    completed: Duration,
+    fate: Fate,
+}
+
+/// One linearizable read of the table names.
+struct Read {
+    invoked: Duration,
+    completed: Duration,
+    tables: BTreeSet<String>,
+}
+
+/// Checks the reads against the proposals for linearizability of a grow-only set: a read sees every table
+/// acknowledged before it was invoked, no table proposed after it completed, and a read that starts after another
+/// ended sees at least what that one saw.
+fn check_linearizable(proposals: &[Proposal], reads: &[Read]) -> Result<(), String> {
+    for (i, read) in reads.iter().enumerate() {
+        if let Some(p) = proposals
+            .iter()
+            .find(|p| p.fate == Fate::Acknowledged && p.completed < read.invoked && !read.tables.contains(&p.name))
+        {
+            return Err(format!(
+                "stale read: table {} was acknowledged at {:?} but a read invoked at {:?} did not see it",
+                p.name, p.completed, read.invoked
+            ));
+        }
+        if let Some(p) = proposals.iter().find(|p| p.invoked > read.completed && read.tables.contains(&p.name)) {
+            return Err(format!(
+                "read from the future: a read completed at {:?} saw table {}, proposed at {:?}",
+                read.completed, p.name, p.invoked
+            ));
+        }
+        if let Some(earlier) = reads[..i]
+            .iter()
+            .chain(&reads[i + 1..])
+            .find(|e| e.completed < read.invoked && !e.tables.is_subset(&read.tables))
+        {
+            let missing = earlier.tables.difference(&read.tables).next();
+            return Err(format!(
+                "non-monotonic reads: a read at {:?} saw {missing:?}, a later one at {:?} did not",
+                earlier.completed, read.invoked
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What the workload learned of one proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Fate {
@@ -263,15 +316,20 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         })
     };
 
-    // The workload: each client proposes new tables from a random live replica.
+    // The workload: each client proposes new tables, or reads the table list linearizably, on a random live replica.
     let history: Arc<Mutex<BTreeMap<String, Fate>>> = Arc::default();
+    let proposals: Arc<Mutex<Vec<Proposal>>> = Arc::default();
+    let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let live = live.clone();
         let history = history.clone();
+        let proposals = proposals.clone();
+        let reads = reads.clone();
         let nodes: Vec<(u64, NodeHandle)> = world.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
         let handle = handle.clone();
+        let started = world.started;
         clients.push(madsim::task::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -280,19 +338,36 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                     sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let name = format!("c{client}_t{n}");
-                n += 1;
-                // The proposal runs on the replica's simulated node (its current incarnation), so a crash of that
+                // Each operation runs on the replica's simulated node (its current incarnation), so a crash of that
                 // node cuts it off.
-                let command = create_table(&name);
                 let Some(on) = handle.get_node(on.id()) else { continue };
-                let task = on.spawn(async move { node.propose(command).await });
-                let fate = match task.await {
-                    Ok(Ok(response)) if response.clone().into_result().is_ok() => Fate::Acknowledged,
-                    Ok(Ok(response)) => panic!("proposal {name} rejected: {response:?}"),
-                    _ => Fate::Uncertain,
-                };
-                history.lock().expect("history").insert(name, fate);
+                let invoked = started.elapsed();
+                if thread_rng().gen_bool(0.3) {
+                    let task = on.spawn(async move {
+                        node.read_state(|s| s.catalog().tables().map(|t| t.name.clone()).collect::<BTreeSet<_>>()).await
+                    });
+                    if let Ok(Ok(tables)) = task.await {
+                        reads.lock().expect("reads").push(Read { invoked, completed: started.elapsed(), tables });
+                    }
+                } else {
+                    let name = format!("c{client}_t{n}");
+                    n += 1;
+                    let command = create_table(&name);
+                    let task = on.spawn(async move { node.propose(command).await });
+                    let fate = match task.await {
+                        Ok(Ok(response)) if response.clone().into_result().is_ok() => Fate::Acknowledged,
+                        Ok(Ok(response)) => panic!("proposal {name} rejected: {response:?}"),
+                        _ => Fate::Uncertain,
+                    };
+                    let completed = started.elapsed();
+                    proposals.lock().expect("proposals").push(Proposal {
+                        name: name.clone(),
+                        invoked,
+                        completed,
+                        fate,
+                    });
+                    history.lock().expect("history").insert(name, fate);
+                }
                 sleep(Duration::from_millis(thread_rng().gen_range(0..50))).await;
             }
         }));
@@ -394,6 +469,9 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             return Err(format!("term {term} had leaders {ids:?}"));
         }
     }
+    // Metadata reads and writes are linearizable.
+    let reads = std::mem::take(&mut *reads.lock().expect("reads"));
+    check_linearizable(&proposals.lock().expect("proposals"), &reads)?;
     // Every acknowledged table is there; nothing unproposed is.
     let history = history.lock().expect("history").clone();
     let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
@@ -409,7 +487,8 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     let acknowledged = history.values().filter(|f| **f == Fate::Acknowledged).count();
     let uncertain = history.len() - acknowledged;
     world.note(format!(
-        "checked: {acknowledged} acknowledged, {uncertain} uncertain, {} tables, version {}",
+        "checked: {acknowledged} acknowledged, {uncertain} uncertain, {} linearizable reads, {} tables, version {}",
+        reads.len(),
         tables.len(),
         states[0].version()
     ));
