@@ -28,6 +28,8 @@
 extern crate madsim_tokio as tokio;
 extern crate madsim_tonic as tonic;
 
+#[macro_use]
+pub mod buggify;
 mod catalog;
 mod config;
 mod error;

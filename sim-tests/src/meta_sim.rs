@@ -7,7 +7,8 @@
 //! 2. **Faults** (for [`SimOptions::fault_secs`] of virtual time) while a workload proposes `CREATE TABLE`s of
 //!    unique names and reads the table list linearizably, on random replicas (followers forward to the leader):
 //!    kill a replica (its disk losing unsynced writes or not, see [`SimDisk`]) and restart it later on the same
-//!    disk, isolate a replica, cut one direction of a replica's traffic, drop a share of all packets.
+//!    disk, lose a replica with its disk (removed by an operator, replaced by an empty one that joins anew), isolate
+//!    a replica, cut one direction of a replica's traffic, slow the network down, drop a share of all packets; on half the seeds the fault points inside the meta crate fire too (`buggify!`).
 //! 3. **Heal and liveness**: every fault is lifted; a proposal must then succeed within a bound.
 //! 4. **Checks**: at most one leader per term (sampled all along); reads and writes of the catalog are
 //!    linearizable (reads see every table acknowledged before they began, nothing proposed after they ended, and
@@ -85,7 +86,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Result<Outcome, String> {
 }
 
 /// Raft timing for the simulation: short, so that many elections and catch-ups happen per virtual minute.
-fn sim_config() -> MetaConfig {
+fn sim_config(voters: usize) -> MetaConfig {
     MetaConfig {
         heartbeat_interval_ms: 50,
         election_timeout_min_ms: 300,
@@ -95,6 +96,7 @@ fn sim_config() -> MetaConfig {
         install_snapshot_timeout_ms: 1_000,
         snapshot_logs_since_last: 40,
         snapshot_logs_kept: 10,
+        voters,
         ..MetaConfig::default()
     }
 }
@@ -110,14 +112,18 @@ fn addr_of(id: u64) -> SocketAddr {
 /// The replicas as the checkers see them: the handle of each running incarnation.
 type Live = Arc<Mutex<BTreeMap<u64, MetaNode>>>;
 
+/// Each replica's disk; a replaced replica gets a new, empty one.
+type Disks = Arc<Mutex<BTreeMap<u64, SimDisk>>>;
+
 fn live_nodes(live: &Live) -> Vec<MetaNode> {
     live.lock().expect("live map").values().cloned().collect()
 }
 
 /// One incarnation of replica `id`: starts it on its store, serves its gRPC endpoint, bootstraps or joins when the
 /// store is fresh, then keeps promoting learners while voters are missing. Runs until the node is killed.
-async fn run_replica(id: u64, store: SimDisk, live: Live) {
-    let config = sim_config();
+async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: Live) {
+    let config = sim_config(voters);
+    let store = disks.lock().expect("disks")[&id].clone();
     let fresh = store.is_empty();
     let addr = addr_of(id);
     let network = GrpcNetwork::new(id, &config);
@@ -132,8 +138,11 @@ async fn run_replica(id: u64, store: SimDisk, live: Live) {
             tracing::warn!(id, error = %e, "gRPC server stopped");
         }
     });
+    // Only the first boot of replica 1 bootstraps; any other fresh start (a later replica, or a replaced one with an
+    // empty disk) joins through the other replicas.
+    let first_boot = id == 1 && live.lock().expect("live map").len() == 1;
     if fresh {
-        if id == 1 {
+        if first_boot {
             node.bootstrap("sim").await.expect("bootstrap");
             let register = MetaCommand::RegisterNode {
                 node_id: 1,
@@ -152,7 +161,12 @@ async fn run_replica(id: u64, store: SimDisk, live: Live) {
                 pg_addr: String::new(),
                 cluster_id: None,
             };
-            while client.join(&addr_of(1).to_string(), &request).await.is_err() {
+            let mut seed = 0;
+            loop {
+                seed = seed % replicas + 1;
+                if seed != id && client.join(&addr_of(seed).to_string(), &request).await.is_ok() {
+                    break;
+                }
                 sleep(Duration::from_millis(200)).await;
             }
         }
@@ -237,7 +251,7 @@ enum Fate {
 struct World {
     handle: Handle,
     nodes: BTreeMap<u64, NodeHandle>,
-    disks: BTreeMap<u64, SimDisk>,
+    disks: Disks,
     live: Live,
     started: Instant,
     trace: Vec<String>,
@@ -254,7 +268,7 @@ impl World {
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
         self.handle.kill(self.nodes[&id].id());
-        self.disks[&id].crash(thread_rng().gen_bool(0.5))
+        self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
     }
 
     fn restart(&mut self, id: u64) {
@@ -264,30 +278,35 @@ impl World {
 
 async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     let handle = Handle::current();
+    // Half the seeds also fire, during the fault phase, the fault points inside the production code (slow fsyncs and
+    // applies, late replies).
+    let buggify = thread_rng().gen_bool(0.5);
     let live: Live = Arc::default();
     let mut world = World {
         handle: handle.clone(),
         nodes: BTreeMap::new(),
-        disks: BTreeMap::new(),
+        disks: Disks::default(),
         live: live.clone(),
         started: Instant::now(),
         trace: Vec::new(),
     };
+    // Every replica votes when the group is odd-sized; an even group keeps one learner.
+    let voters = (options.replicas as usize).saturating_sub(1 - options.replicas as usize % 2).max(1);
     for id in 1..=options.replicas {
-        let store = SimDisk::new();
-        world.disks.insert(id, store.clone());
+        world.disks.lock().expect("disks").insert(id, SimDisk::new());
+        let disks = world.disks.clone();
         let live = live.clone();
+        let replicas = options.replicas;
         let node = handle
             .create_node()
             .name(format!("meta-{id}"))
             .ip(ip_of(id))
-            .init(move || run_replica(id, store.clone(), live.clone()))
+            .init(move || run_replica(id, replicas, voters, disks.clone(), live.clone()))
             .build();
         world.nodes.insert(id, node);
         // Join one at a time, as an operator would.
         sleep(Duration::from_millis(1_500)).await;
     }
-    let voters = options.replicas.min(5) as usize;
     wait_until(Duration::from_secs(30), || {
         live_nodes(&live).iter().any(|n| {
             let m = n.metrics().borrow().clone();
@@ -296,8 +315,9 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     })
     .await
     .map_err(|_| "the cluster did not form within 30 s".to_string())?;
-    world.note(format!("formed: {} replicas", options.replicas));
+    world.note(format!("formed: {} replicas, fault points {}", options.replicas, if buggify { "on" } else { "off" }));
 
+    quiver_meta::buggify::set_fault_points(buggify);
     // The leader-per-term checker samples every replica's view all along.
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
     let sampler = {
@@ -382,7 +402,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         let victim = thread_rng().gen_range(1..=options.replicas);
         let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
         faults += 1;
-        match thread_rng().gen_range(0..4) {
+        match thread_rng().gen_range(0..6) {
             0 => {
                 let lost = world.kill(victim);
                 world.note(format!(
@@ -407,6 +427,38 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                 net.unclog_node_out(world.nodes[&victim].id());
                 world.note(format!("restore replica {victim}'s outgoing traffic"));
             }
+            4 => {
+                // The machine is lost with its disk: an operator removes it from the cluster through another replica
+                // and brings up a replacement with the same id and address and an empty disk, which joins anew.
+                world.kill(victim);
+                let helper = live_nodes(&live).into_iter().map(|n| n.node_id()).find(|id| *id != victim);
+                let removed = match helper.and_then(|h| handle.get_node(world.nodes[&h].id()).map(|n| (h, n))) {
+                    Some((h, on)) => {
+                        let remove = on.spawn(async move {
+                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+                            client.remove_node(&addr_of(h).to_string(), victim).await
+                        });
+                        matches!(remove.await, Ok(Ok(())))
+                    }
+                    None => false,
+                };
+                sleep(lasting).await;
+                if removed {
+                    world.disks.lock().expect("disks").insert(victim, SimDisk::new());
+                    world.note(format!("replica {victim} lost with its disk, removed, replaced by an empty one"));
+                } else {
+                    world.note(format!("replica {victim} down; its removal was refused, it restarts on its disk"));
+                }
+                world.restart(victim);
+            }
+            3 => {
+                let slow = thread_rng().gen_range(20..400);
+                world.note(format!("slow network: 1-{slow} ms per packet for {} ms", lasting.as_millis()));
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(slow));
+                sleep(lasting).await;
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
+                world.note("network back to normal".to_string());
+            }
             _ => {
                 let rate = thread_rng().gen_range(0.01..0.2);
                 world.note(format!("drop {:.0}% of packets for {} ms", rate * 100.0, lasting.as_millis()));
@@ -420,6 +472,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     for client in clients {
         let _ = client.await;
     }
+    quiver_meta::buggify::set_fault_points(false);
     world.note("faults over".to_string());
 
     // Liveness: with every fault healed, a proposal succeeds within the bound.

@@ -167,6 +167,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Simulation: a slow fsync, so appends, heartbeats and elections overlap.
+        buggify_delay!(0.02, 300);
         let mut batch = WriteBatch::new();
         let mut last = None;
         for entry in entries {

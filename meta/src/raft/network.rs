@@ -187,6 +187,8 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
             .append_entries(request(rpc, ttl)?)
             .await
             .map_err(|s| self.status_error(&s, RPCTypes::AppendEntries, ttl))?;
+        // Simulation: a reply that arrives late, after the leader may have moved on.
+        buggify_delay!(0.01, 500);
         self.decode_reply(reply.into_inner())
     }
 

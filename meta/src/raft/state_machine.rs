@@ -155,6 +155,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Simulation: a slow apply, so reads wait on the applied index and proposals on their responses.
+        buggify_delay!(0.02, 200);
         let mut applied = self.shared.write();
         let mut responses = Vec::new();
         for entry in entries {
