@@ -1,5 +1,5 @@
 //! Fault points inside production code, FoundationDB's BUGGIFY: `buggify!(p)` is true with probability `p` (drawn
-//! from the simulation's seeded RNG) while a simulation run has them switched on ([`set_fault_points`]), and a
+//! from the simulation's seeded RNG) while a simulation run has them switched on (`set_fault_points`, simulation builds only), and a
 //! constant `false` in an ordinary build, which compiles the branch away. Use it to widen rare paths the simulation
 //! should reach often: a slow fsync, a slow apply, a late reply.
 //!
