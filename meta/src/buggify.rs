@@ -1,7 +1,7 @@
 //! Fault points inside production code, FoundationDB's BUGGIFY: `buggify!(p)` is true with probability `p` (drawn
-//! from the simulation's seeded RNG) while a simulation run has them switched on (`set_fault_points`, simulation builds only), and a
-//! constant `false` in an ordinary build, which compiles the branch away. Use it to widen rare paths the simulation
-//! should reach often: a slow fsync, a slow apply, a late reply.
+//! from the simulation's seeded RNG) while a simulation run has them switched on (`set_fault_points`, in simulation
+//! builds only), and a constant `false` in an ordinary build, which compiles the branch away. Use it to widen rare
+//! paths the simulation should reach often: a slow fsync, a slow apply, a late reply.
 //!
 //! The switch is ours rather than `madsim::buggify`'s, which would also turn on madsim's own network fault (10 % of
 //! sends delayed by seconds) and leave the simulated cluster making almost no progress.
