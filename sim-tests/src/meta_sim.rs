@@ -8,7 +8,8 @@
 //!    unique names and reads the table list linearizably, on random replicas (followers forward to the leader):
 //!    kill a replica (its disk losing unsynced writes or not, see [`SimDisk`]) and restart it later on the same
 //!    disk, lose a replica with its disk (removed by an operator, replaced by an empty one that joins anew), isolate
-//!    a replica, cut one direction of a replica's traffic, slow the network down, drop a share of all packets; on half the seeds the fault points inside the meta crate fire too (`buggify!`).
+//!    a replica, cut one direction of a replica's traffic, slow the network down, drop a share of all packets, make
+//!    every clock jump forward; on half the seeds the fault points inside the meta crate fire too (`buggify!`).
 //! 3. **Heal and liveness**: every fault is lifted; a proposal must then succeed within a bound.
 //! 4. **Checks**: at most one leader per term (sampled all along); reads and writes of the catalog are
 //!    linearizable (reads see every table acknowledged before they began, nothing proposed after they ended, and
@@ -402,7 +403,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         let victim = thread_rng().gen_range(1..=options.replicas);
         let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
         faults += 1;
-        match thread_rng().gen_range(0..6) {
+        match thread_rng().gen_range(0..7) {
             0 => {
                 let lost = world.kill(victim);
                 world.note(format!(
@@ -450,6 +451,13 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                     world.note(format!("replica {victim} down; its removal was refused, it restarts on its disk"));
                 }
                 world.restart(victim);
+            }
+            5 => {
+                // Every clock jumps forward at once (a VM paused and resumed): leases and election timers expire.
+                let jump = Duration::from_millis(thread_rng().gen_range(100..3_000));
+                world.note(format!("clocks jump {} ms forward", jump.as_millis()));
+                madsim::time::advance(jump);
+                sleep(lasting).await;
             }
             3 => {
                 let slow = thread_rng().gen_range(20..400);

@@ -165,7 +165,11 @@ fn request<T: Serialize, E: std::error::Error>(
 
 /// Converts a vote to its protobuf form.
 pub(crate) fn vote_to_proto(vote: &Vote) -> RaftVote {
-    RaftVote { term: vote.leader_id.term, node_id: vote.leader_id.node_id, committed: vote.committed }
+    RaftVote {
+        term: vote.leader_id.term,
+        node_id: vote.leader_id().voted_for().unwrap_or_default(),
+        committed: vote.committed,
+    }
 }
 
 /// Converts a vote from its protobuf form.
