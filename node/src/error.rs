@@ -241,6 +241,7 @@ impl Error {
     }
 
     /// Builds a storage error from any source.
+    #[cfg_attr(madsim, allow(dead_code))]
     pub(crate) fn storage(
         operation: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -11,7 +11,17 @@
 //! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::Server`].
 //! - [`cluster`]: the node's replica of the metadata Raft group (the catalog's home), bootstrap and join.
 //! - [`config`]: the server's layered configuration.
+//!
+//! tokio and tonic are used through madsim's facades: in an ordinary build they are tokio and tonic themselves; a
+//! build with `--cfg madsim` (the simulation, see docs/simulation.md) gets madsim's simulated time, tasks and network,
+//! and leaves out RocksDB, the client frontends and the CLI, which cannot run inside the simulation.
 
+// The facades under their usual names, so the code reads as ordinary tokio and tonic code.
+extern crate madsim_tokio as tokio;
+extern crate madsim_tonic as tonic;
+
+mod blocking;
+#[cfg(not(madsim))]
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -1,5 +1,8 @@
 //! The `quiver` binary: parses the command line and calls the library. See `quiver --help`.
 
+// tokio through madsim's facade, as in the library (an ordinary build gets tokio itself).
+extern crate madsim_tokio as tokio;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

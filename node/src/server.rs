@@ -1,37 +1,66 @@
 //! Network servers of a node, and [`Server`], which binds and runs them until shutdown.
 //!
-//! Startup order ([`Server::bind`]): load and validate the configuration (by the caller), open the hot store, bind
-//! the internal gRPC endpoint and start the metadata replica on it, open the engine (recovery runs here), bind every
-//! client listener (a port in use fails startup with the address named), serve the internal endpoint (Raft,
-//! metadata, cluster services), then bootstrap a new cluster or join an existing one (`cluster.join`). Only then do
-//! the client frontends serve ([`Server::run`]). On shutdown every server stops accepting and finishes its in-flight
-//! requests, then the metadata replica stops; the engine's committed state is already durable.
+//! Startup order ([`Server::bind`], then [`Server::bind_on_store`]): load and validate the configuration (by the
+//! caller), open the hot store, bind the internal gRPC endpoint and start the metadata replica on it, open the engine
+//! (recovery runs here), bind every client listener (a port in use fails startup with the address named), serve the
+//! internal endpoint (Raft, metadata, cluster and data services, see [`internal`]), then bootstrap a new cluster or
+//! join an existing one (`cluster.join`). Only then do the client frontends serve ([`Server::run`]). On shutdown
+//! every server stops accepting and finishes its in-flight requests, then the metadata replica stops; the engine's
+//! committed state is already durable.
+//!
+//! The simulation build (`--cfg madsim`) has no client frontends and no RocksDB: a simulated node is booted by the
+//! same [`Server::bind_on_store`] and [`Server::run`], on a hot store the simulation provides, with the internal
+//! endpoint on madsim's network.
 //!
 //! All servers run on the process's Tokio runtime; DataFusion executes queries on the same runtime. A dedicated
 //! runtime for query execution is future work (see docs/architecture.md).
 
+#[cfg(not(madsim))]
 pub mod http;
+pub mod internal;
+pub(crate) mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+#[cfg(not(madsim))]
 use tokio::net::TcpListener;
 
 use crate::cluster::{self, ClusterOptions};
 use crate::config::{Config, resolve_addr};
 use crate::engine::{Engine, StorageLocation};
 use crate::error::{Error, Result};
+use crate::storage::HotStore;
 
 /// A node with its engine open and its listeners bound, ready to [`Server::run`].
 #[derive(Debug)]
 pub struct Server {
     engine: Arc<Engine>,
     config: Config,
+    #[cfg(not(madsim))]
+    frontends: Frontends,
+    internal: Option<Internal>,
+}
+
+/// The bound listeners of the client frontends.
+#[cfg(not(madsim))]
+#[derive(Debug)]
+struct Frontends {
     flight: TcpListener,
     pg: TcpListener,
     http: TcpListener,
-    internal: Option<Internal>,
+}
+
+#[cfg(not(madsim))]
+impl Frontends {
+    async fn bind(config: &Config) -> Result<Self> {
+        Ok(Self {
+            flight: bind("Flight SQL", &config.server.flight_addr).await?,
+            pg: bind("PostgreSQL", &config.server.pg_addr).await?,
+            http: bind("HTTP", &config.server.http_addr).await?,
+        })
+    }
 }
 
 /// The internal gRPC endpoint of a clustered server, already serving.
@@ -42,56 +71,95 @@ struct Internal {
     task: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
+#[cfg(not(madsim))]
 async fn bind(what: &str, addr: &str) -> Result<TcpListener> {
     let resolved = resolve_addr(addr).map_err(|detail| Error::Config { detail: format!("{what}: {detail}") })?;
     TcpListener::bind(resolved).await.map_err(|e| Error::io(format!("bind the {what} endpoint to {addr}"), e))
 }
 
 impl Server {
-    /// Opens the engine in the configured data directory and binds the listeners.
+    /// Opens the hot store in the configured data directory, then starts the node on it ([`Server::bind_on_store`]).
     ///
     /// # Errors
     ///
     /// Fails when the data directory cannot be opened or a listener cannot be bound.
     pub async fn bind(config: Config) -> Result<Self> {
         let location = StorageLocation::Path(config.storage.data_dir.clone());
-        let options = config.engine_options();
-        let store = Engine::open_store(&location, &options).await?;
-        let grpc = bind("internal gRPC", &config.cluster.grpc_addr).await?;
-        let grpc_addr = grpc.local_addr().map_err(|e| Error::io("read the internal gRPC address", e))?;
-        let flight = bind("Flight SQL", &config.server.flight_addr).await?;
-        let pg = bind("PostgreSQL", &config.server.pg_addr).await?;
-        let http = bind("HTTP", &config.server.http_addr).await?;
-        let advertise = |configured: &str, bound: SocketAddr| {
-            // A wildcard bind is reachable at the configured host only when it names one; else at the bound address.
-            if bound.ip().is_unspecified() { configured.to_string() } else { bound.to_string() }
+        let store = Engine::open_store(&location, &config.engine_options()).await?;
+        Self::bind_on_store(config, store).await
+    }
+
+    /// Starts a node on an open hot store: binds the listeners, starts the metadata replica, opens the engine (its
+    /// recovery), serves the internal endpoint, and bootstraps or joins the cluster. The store is the data directory's
+    /// ([`Server::bind`]) or, in the simulation, a simulated disk.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a listener cannot be bound, the store holds data this build cannot read, or the cluster refuses
+    /// the node or cannot be reached within the join timeout.
+    pub async fn bind_on_store(config: Config, store: Arc<dyn HotStore>) -> Result<Self> {
+        let location = StorageLocation::Path(config.storage.data_dir.clone());
+        let grpc_addr = resolve_addr(&config.cluster.grpc_addr)
+            .map_err(|detail| Error::Config { detail: format!("internal gRPC: {detail}") })?;
+        #[cfg(not(madsim))]
+        let (grpc, grpc_addr) = {
+            let grpc = TcpListener::bind(grpc_addr).await.map_err(|e| {
+                Error::io(format!("bind the internal gRPC endpoint to {}", config.cluster.grpc_addr), e)
+            })?;
+            let bound = grpc.local_addr().map_err(|e| Error::io("read the internal gRPC address", e))?;
+            (grpc, bound)
         };
+        #[cfg(not(madsim))]
+        let frontends = Frontends::bind(&config).await?;
+        #[cfg(not(madsim))]
+        let (flight_addr, pg_addr) = {
+            let advertise = |configured: &str, listener: &TcpListener| -> Result<String> {
+                let bound = listener.local_addr().map_err(|e| Error::io("read a bound address", e))?;
+                // A wildcard bind is reachable at the configured host only when it names one; else at the bound
+                // address.
+                Ok(if bound.ip().is_unspecified() { configured.to_string() } else { bound.to_string() })
+            };
+            (
+                advertise(&config.server.flight_addr, &frontends.flight)?,
+                advertise(&config.server.pg_addr, &frontends.pg)?,
+            )
+        };
+        #[cfg(madsim)]
+        let (flight_addr, pg_addr) = (String::new(), String::new());
         let options = ClusterOptions {
             node_id: config.cluster.node_id,
             grpc_addr: config.cluster.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string()),
             join: config.cluster.join.clone(),
             cluster_id: config.cluster.cluster_id.clone(),
-            flight_addr: advertise(
-                &config.server.flight_addr,
-                flight.local_addr().map_err(|e| Error::io("address", e))?,
-            ),
-            pg_addr: advertise(&config.server.pg_addr, pg.local_addr().map_err(|e| Error::io("address", e))?),
+            flight_addr,
+            pg_addr,
             meta: config.cluster.meta_config(),
             join_timeout: config.cluster.join_timeout.duration(),
         };
         let meta = cluster::start_replica(Arc::clone(&store), &options).await?;
         let engine = Engine::open_with_meta(location, store, config.engine_options(), meta.clone()).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(serve_internal(meta.clone(), grpc, async move {
+        let stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;
-        }));
+        };
+        let max_message = usize::try_from(config.limits.flight_message_max.0).unwrap_or(usize::MAX);
+        #[cfg(not(madsim))]
+        let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc, stopped));
+        #[cfg(madsim)]
+        let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc_addr, stopped));
         let internal = Internal { addr: grpc_addr, stop, task };
         if let Err(e) = cluster::bootstrap_or_join(&meta, &options).await {
             let _ = internal.stop.send(true);
             let _ = engine.shutdown().await;
             return Err(e);
         }
-        Ok(Self { engine, config, flight, pg, http, internal: Some(internal) })
+        Ok(Self {
+            engine,
+            config,
+            #[cfg(not(madsim))]
+            frontends,
+            internal: Some(internal),
+        })
     }
 
     /// Returns the bound internal gRPC address of a clustered server.
@@ -104,11 +172,10 @@ impl Server {
     /// # Errors
     ///
     /// Fails when a listener cannot be bound.
+    #[cfg(not(madsim))]
     pub async fn bind_with_engine(config: Config, engine: Arc<Engine>) -> Result<Self> {
-        let flight = bind("Flight SQL", &config.server.flight_addr).await?;
-        let pg = bind("PostgreSQL", &config.server.pg_addr).await?;
-        let http = bind("HTTP", &config.server.http_addr).await?;
-        Ok(Self { engine, config, flight, pg, http, internal: None })
+        let frontends = Frontends::bind(&config).await?;
+        Ok(Self { engine, config, frontends, internal: None })
     }
 
     /// Returns the engine.
@@ -117,18 +184,21 @@ impl Server {
     }
 
     /// Returns the bound Flight SQL address (useful when the configured port was 0).
+    #[cfg(not(madsim))]
     pub fn flight_addr(&self) -> SocketAddr {
-        self.flight.local_addr().expect("a bound listener has an address")
+        self.frontends.flight.local_addr().expect("a bound listener has an address")
     }
 
     /// Returns the bound PostgreSQL address.
+    #[cfg(not(madsim))]
     pub fn pg_addr(&self) -> SocketAddr {
-        self.pg.local_addr().expect("a bound listener has an address")
+        self.frontends.pg.local_addr().expect("a bound listener has an address")
     }
 
     /// Returns the bound HTTP address.
+    #[cfg(not(madsim))]
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.frontends.http.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then stops every server gracefully.
@@ -137,59 +207,32 @@ impl Server {
     ///
     /// Fails when a server stops with an error; the others are shut down then.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let grpc_addr = self.grpc_addr();
+        #[cfg(not(madsim))]
+        let Server { engine, config, frontends, internal } = self;
+        #[cfg(madsim)]
+        let Server { engine, config, internal } = self;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        tracing::info!(
-            flight = %self.flight_addr(), pg = %self.pg_addr(), http = %self.http_addr(),
-            grpc = ?self.grpc_addr(), node_id = self.engine.node_id(),
-            "quiver is serving"
-        );
-        let keeper = self.internal.as_ref().map(|_| {
-            let interval = self.config.cluster.heartbeat_interval.duration() * 10;
-            tokio::spawn(cluster::keep_voters(self.engine.meta().clone(), interval, signal(rx.clone())))
+        let keeper = internal.as_ref().map(|_| {
+            let interval = config.cluster.heartbeat_interval.duration() * 10;
+            tokio::spawn(cluster::keep_voters(engine.meta().clone(), interval, signal(rx.clone())))
         });
-        let limits = flight_sql::FlightSqlLimits {
-            max_message_bytes: self.config.limits.flight_message_max.0 as usize,
-            ..flight_sql::FlightSqlLimits::default()
-        };
-        let mut http = tokio::spawn(http::serve(Arc::clone(&self.engine), self.http, signal(rx.clone())));
-        let mut pg = tokio::spawn(pg::serve(Arc::clone(&self.engine), self.pg, signal(rx.clone())));
-        let mut flight =
-            tokio::spawn(flight_sql::serve(Arc::clone(&self.engine), limits, self.flight, signal(rx.clone())));
-        let joined = |what: &'static str| {
-            move |r: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>| match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::Io { operation: format!("serve {what}"), source: std::io::Error::other(e) }),
-                Err(e) => Err(Error::Internal(format!("{what} server task: {e}"))),
-            }
-        };
-        let as_string = |r: std::result::Result<(), std::io::Error>| r.map_err(|e| e.to_string());
-        // Serve until shutdown is asked for or a server fails; then stop all of them.
-        let early = tokio::select! {
-            _ = shutdown => None,
-            r = &mut http => Some(joined("HTTP")(r.map(as_string))),
-            r = &mut pg => Some(joined("PostgreSQL")(r.map(as_string))),
-            r = &mut flight => Some(joined("Flight SQL")(r.map(|r| r.map_err(|e| e.to_string())))),
+        #[cfg(not(madsim))]
+        let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
+        #[cfg(madsim)]
+        let result = {
+            tracing::info!(grpc = ?grpc_addr, node_id = engine.node_id(), "quiver is serving");
+            shutdown.await;
+            Ok(())
         };
         tracing::info!("shutting down");
         let _ = tx.send(true);
         if let Some(keeper) = keeper {
             let _ = keeper.await;
         }
-        let stopped = async {
-            joined("HTTP")(http.await.map(as_string))?;
-            joined("PostgreSQL")(pg.await.map(as_string))?;
-            joined("Flight SQL")(flight.await.map(|r| r.map_err(|e| e.to_string())))
-        };
-        let result = match early {
-            Some(result) => result.and(Err(Error::Internal("a server stopped on its own".into()))),
-            None => stopped.await,
-        };
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.
-        if let Some(internal) = self.internal {
-            if let Err(e) = self.engine.shutdown().await {
+        if let Some(internal) = internal {
+            if let Err(e) = engine.shutdown().await {
                 tracing::warn!(error = %e.report(), "metadata replica shutdown");
             }
             let _ = internal.stop.send(true);
@@ -202,14 +245,64 @@ impl Server {
         result
     }
 }
-/// Serves the internal gRPC endpoint: the Raft transport, the metadata service and the cluster service.
-async fn serve_internal(
-    meta: quiver_meta::MetaNode,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> std::result::Result<(), tonic::transport::Error> {
-    quiver_meta::service::serve(&meta, listener, shutdown).await
+
+/// Completes once `rx` says stop.
+async fn signal(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
+#[cfg(not(madsim))]
+async fn run_frontends(
+    engine: &Arc<Engine>,
+    config: &Config,
+    frontends: Frontends,
+    grpc_addr: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<()> {
+    let rx = stop.subscribe();
+    let address = |l: &TcpListener| l.local_addr().map_err(|e| Error::io("read a bound address", e));
+    tracing::info!(
+        flight = %address(&frontends.flight)?, pg = %address(&frontends.pg)?, http = %address(&frontends.http)?,
+        grpc = ?grpc_addr, node_id = engine.node_id(),
+        "quiver is serving"
+    );
+    let limits = flight_sql::FlightSqlLimits {
+        max_message_bytes: config.limits.flight_message_max.0 as usize,
+        ..flight_sql::FlightSqlLimits::default()
+    };
+    let mut http = tokio::spawn(http::serve(Arc::clone(engine), frontends.http, signal(rx.clone())));
+    let mut pg = tokio::spawn(pg::serve(Arc::clone(engine), frontends.pg, signal(rx.clone())));
+    let mut flight = tokio::spawn(flight_sql::serve(Arc::clone(engine), limits, frontends.flight, signal(rx.clone())));
+    let joined = |what: &'static str| {
+        move |r: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Io { operation: format!("serve {what}"), source: std::io::Error::other(e) }),
+            Err(e) => Err(Error::Internal(format!("{what} server task: {e}"))),
+        }
+    };
+    let as_string = |r: std::result::Result<(), std::io::Error>| r.map_err(|e| e.to_string());
+    // Serve until shutdown is asked for or a server fails; then stop all of them.
+    let early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut http => Some(joined("HTTP")(r.map(as_string))),
+        r = &mut pg => Some(joined("PostgreSQL")(r.map(as_string))),
+        r = &mut flight => Some(joined("Flight SQL")(r.map(|r| r.map_err(|e| e.to_string())))),
+    };
+    let _ = stop.send(true);
+    let stopped = async {
+        joined("HTTP")(http.await.map(as_string))?;
+        joined("PostgreSQL")(pg.await.map(as_string))?;
+        joined("Flight SQL")(flight.await.map(|r| r.map_err(|e| e.to_string())))
+    };
+    match early {
+        Some(result) => result.and(Err(Error::Internal("a server stopped on its own".into()))),
+        None => stopped.await,
+    }
+}
+
+#[cfg(not(madsim))]
 pub mod flight_sql;
+#[cfg(not(madsim))]
 pub mod pg;

@@ -10,12 +10,14 @@
 //! (RocksDB's group commit), so throughput grows with concurrency while every acknowledged write survives power loss.
 
 mod memory;
+#[cfg(not(madsim))]
 mod rocks;
 #[cfg(test)]
 mod tests;
 
 pub use memory::MemoryStore;
-pub use rocks::{RocksStore, RocksStoreOptions};
+#[cfg(not(madsim))]
+pub use rocks::RocksStore;
 
 use crate::error::Result;
 
@@ -176,4 +178,21 @@ pub trait StoreSnapshot {
     ///
     /// Returns [`crate::Error::Storage`] when the engine fails.
     fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>>;
+}
+
+/// Tuning of the RocksDB hot store (`RocksStore`).
+#[derive(Debug, Clone)]
+pub struct RocksStoreOptions {
+    /// Bytes of the LRU block cache shared by all reads.
+    pub block_cache_bytes: usize,
+    /// Bytes of one memtable before it is flushed.
+    pub write_buffer_bytes: usize,
+    /// Values at least this large are stored in blob files.
+    pub blob_min_bytes: u64,
+}
+
+impl Default for RocksStoreOptions {
+    fn default() -> Self {
+        Self { block_cache_bytes: 256 << 20, write_buffer_bytes: 64 << 20, blob_min_bytes: 16 << 10 }
+    }
 }

@@ -284,47 +284,62 @@ impl HotTable {
         Error: From<E>,
     {
         use futures::StreamExt as _;
-        enum Step {
-            Rows(RecordBatch),
-            Commit,
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
-        let mut appender = self.appender();
-        let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-            while let Some(step) = rx.blocking_recv() {
-                match step {
-                    Step::Rows(batch) => appender.push(&batch)?,
-                    Step::Commit => return appender.commit().map(Some),
-                }
+        // The simulation has no blocking thread pool for the writer below: the appender runs inline, in this task.
+        #[cfg(madsim)]
+        {
+            let mut appender = self.appender();
+            while let Some(item) = stream.next().await {
+                appender.push(&item?)?;
             }
-            // The sender went away without asking to commit: roll back.
-            Ok(None)
-        });
-        let mut failure = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(batch) => {
-                    if tx.send(Step::Rows(batch)).await.is_err() {
-                        break; // The writer failed; its error is returned below.
+            appender.commit()
+        }
+        #[cfg(not(madsim))]
+        {
+            enum Step {
+                Rows(RecordBatch),
+                Commit,
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
+            let mut appender = self.appender();
+            let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+                while let Some(step) = rx.blocking_recv() {
+                    match step {
+                        Step::Rows(batch) => appender.push(&batch)?,
+                        Step::Commit => return appender.commit().map(Some),
                     }
                 }
-                Err(e) => {
-                    failure = Some(Error::from(e));
-                    break;
+                // The sender went away without asking to commit: roll back.
+                Ok(None)
+            });
+            let mut failure = None;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(batch) => {
+                        if tx.send(Step::Rows(batch)).await.is_err() {
+                            break; // The writer failed; its error is returned below.
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(Error::from(e));
+                        break;
+                    }
                 }
             }
-        }
-        if failure.is_none() {
-            let _ = tx.send(Step::Commit).await;
-        }
-        drop(tx);
-        let written =
-            writer.await.map_err(|e| Error::Internal(format!("insert writer of table \"{}\": {e}", self.def.name)))?;
-        match (failure, written) {
-            (Some(e), _) => Err(e),
-            (None, Ok(Some(rows))) => Ok(rows),
-            (None, Ok(None)) => Err(Error::Internal(format!("insert into \"{}\" was not committed", self.def.name))),
-            (None, Err(e)) => Err(e),
+            if failure.is_none() {
+                let _ = tx.send(Step::Commit).await;
+            }
+            drop(tx);
+            let written = writer
+                .await
+                .map_err(|e| Error::Internal(format!("insert writer of table \"{}\": {e}", self.def.name)))?;
+            match (failure, written) {
+                (Some(e), _) => Err(e),
+                (None, Ok(Some(rows))) => Ok(rows),
+                (None, Ok(None)) => {
+                    Err(Error::Internal(format!("insert into \"{}\" was not committed", self.def.name)))
+                }
+                (None, Err(e)) => Err(e),
+            }
         }
     }
 

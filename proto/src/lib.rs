@@ -1,9 +1,9 @@
 //! Quiver's wire types: the `.proto` files under `proto/`, the prost messages and tonic services generated from
 //! them, and hand-written conversions. No logic and no I/O live here.
 //!
-//! Files: `node.proto` (node administration), `raft.proto` (Raft transport between metadata replicas) and
-//! `meta.proto` (the metadata service: proposals and linearizable reads) and `cluster.proto` (membership and
-//! administration), all in package `quiver.v1`.
+//! Files: `node.proto` (node administration), `raft.proto` (Raft transport between metadata replicas),
+//! `meta.proto` (the metadata service: proposals and linearizable reads), `cluster.proto` (membership and
+//! administration) and `data.proto` (SQL and appends on a node's data), all in package `quiver.v1`.
 
 // tonic through madsim's facade: tonic itself in an ordinary build, madsim's simulated gRPC under `--cfg madsim`.
 extern crate madsim_tonic as tonic;

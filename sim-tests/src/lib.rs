@@ -1,11 +1,13 @@
 //! Quiver's simulation tests.
 //!
 //! Two builds of this crate:
-//! - **`--cfg madsim`** (`sim-tests/run`, its own target directory): `meta_sim`, the metadata Raft group under
-//!   madsim's deterministic scheduler, virtual clock and simulated network, with crashes, partitions and packet
-//!   loss drawn from a seed, and the `quiver-sim` runner that runs many seeds. See docs/simulation.md.
+//! - **`--cfg madsim`** (`sim-tests/run`, its own target directory), under madsim's deterministic scheduler, virtual
+//!   clock and simulated network, with crashes, partitions, packet loss and clock jumps drawn from a seed:
+//!   `meta_sim`, the metadata Raft group alone; `node_sim`, whole nodes (metadata replica, engine, internal gRPC
+//!   endpoint) booted as the binary boots them, with an ingest and query workload checked against a model; and the
+//!   `quiver-sim` runner that runs many seeds of either. See docs/simulation.md.
 //! - **ordinary**: `engine_restart`, a seeded workload against the production engine on the in-memory hot store
-//!   with crash-restarts and a model of the rows that must be visible (the node is not yet built under madsim).
+//!   with crash-restarts and a model of the rows that must be visible.
 
 /// A small seeded generator (SplitMix64) for workloads that run outside madsim.
 #[derive(Debug, Clone)]
@@ -38,4 +40,8 @@ pub mod disk;
 #[cfg(not(madsim))]
 pub mod engine_restart;
 #[cfg(madsim)]
+pub mod hot_disk;
+#[cfg(madsim)]
 pub mod meta_sim;
+#[cfg(madsim)]
+pub mod node_sim;

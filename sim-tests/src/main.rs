@@ -1,4 +1,6 @@
-//! `quiver-sim`: runs the metadata simulation over many seeds (built with `--cfg madsim`; use `sim-tests/run`).
+//! `quiver-sim`: runs a simulation over many seeds (built with `--cfg madsim`; use `sim-tests/run`):
+//! `--workload meta` (the metadata Raft group alone) or `--workload node` (whole nodes with an ingest and query
+//! workload).
 //!
 //! `quiver-sim --seeds N [--first S]` runs seeds S..S+N, each in a child process of its own (exactly as a replay
 //! runs it), and prints one line per seed and a summary, `N passed, M failed`, with the command that replays each
@@ -8,8 +10,11 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "quiver-sim", about = "Deterministic simulation of Quiver's metadata group")]
+#[command(name = "quiver-sim", about = "Deterministic simulation of Quiver under faults")]
 struct Args {
+    /// What to simulate: `meta` (the metadata Raft group) or `node` (whole nodes, ingest and queries).
+    #[arg(long, default_value = "meta", value_parser = ["meta", "node"])]
+    workload: String,
     /// How many seeds to run.
     #[arg(long, default_value_t = 20)]
     seeds: u64,
@@ -25,7 +30,7 @@ struct Args {
     /// Virtual seconds of faults per seed.
     #[arg(long, default_value_t = 20)]
     fault_secs: u64,
-    /// Replicas in the group.
+    /// Replicas in the metadata group (nodes, for the node workload).
     #[arg(long, default_value_t = 3)]
     replicas: u64,
     /// Run every seed twice and require the same trace (determinism).
@@ -58,18 +63,36 @@ fn main() {
 /// Runs `seed` in this process and prints its result line (and, when asked, its trace); returns the exit status.
 #[cfg(madsim)]
 fn run_one(args: &Args, seed: u64) -> i32 {
-    use quiver_sim_tests::meta_sim::{SimOptions, run_seed};
+    use quiver_sim_tests::{meta_sim, node_sim};
 
-    let options = SimOptions { replicas: args.replicas, fault_secs: args.fault_secs, ..SimOptions::default() };
+    let (replicas, fault_secs) = (args.replicas, args.fault_secs);
+    let run: Box<dyn FnOnce(u64) -> Result<meta_sim::Outcome, String> + Send> = match args.workload.as_str() {
+        "node" => Box::new(move |seed| {
+            let options = node_sim::NodeSimOptions { nodes: replicas, fault_secs, ..Default::default() };
+            node_sim::run_seed(seed, &options)
+        }),
+        _ => Box::new(move |seed| {
+            let options = meta_sim::SimOptions { replicas, fault_secs, ..Default::default() };
+            meta_sim::run_seed(seed, &options)
+        }),
+    };
     if args.log {
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn,datafusion=warn".into());
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
         // The panic is reported in the result line.
         std::panic::set_hook(Box::new(|_| {}));
     }
     // A fresh thread: madsim seeds std's hash maps per thread, from the seed.
-    let result = std::thread::spawn(move || run_seed(seed, &options)).join().unwrap_or_else(|payload| {
+    let result = std::thread::spawn(move || {
+        // DataFusion's planner guards deep recursion with stacker, which reads this thread's stack limit once, on
+        // first use. Read it here, before the simulation starts: inside it, madsim refuses the pthread call that
+        // stacker makes (and complains of a thread spawn).
+        let _ = stacker::remaining_stack();
+        run(seed)
+    })
+    .join()
+    .unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()
             .map(String::as_str)
@@ -108,7 +131,7 @@ fn run_many(args: &Args) -> i32 {
     let exe = std::env::current_exe().expect("the runner's own path");
     let child = |seed: u64| -> (bool, String) {
         let output = std::process::Command::new(&exe)
-            .args(["--seed", &seed.to_string(), "--quiet"])
+            .args(["--seed", &seed.to_string(), "--quiet", "--workload", &args.workload])
             .args(["--fault-secs", &args.fault_secs.to_string(), "--replicas", &args.replicas.to_string()])
             .output();
         match output {
@@ -144,7 +167,7 @@ fn run_many(args: &Args) -> i32 {
                     }
                     println!("{line}");
                     if !ok {
-                        println!("  replay: sim-tests/run --seed {seed} --log");
+                        println!("  replay: sim-tests/run --workload {} --seed {seed} --log", args.workload);
                     }
                     results.lock().expect("results").push((seed, ok));
                 }

@@ -179,9 +179,7 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
         return Ok(0);
     }
     let table2 = Arc::clone(table);
-    tokio::task::spawn_blocking(move || table2.replace(&removed, added))
-        .await
-        .map_err(|e| Error::Internal(format!("DML commit task: {e}")))??;
+    crate::blocking::run("DML commit task", move || table2.replace(&removed, added)).await??;
     Ok(affected)
 }
 

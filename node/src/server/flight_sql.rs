@@ -45,7 +45,6 @@
 mod catalog;
 mod prepared;
 mod request;
-mod status;
 
 use std::fmt;
 use std::future::Future;
@@ -88,9 +87,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::prepared::PreparedStatements;
 use self::request::{DoGetStream, RequestTimer, decode_batches, encode_batches, engine_batches, read_parameter_rows};
-use self::status::{decode_failure, encode_failure, malformed, status_from};
 use crate::engine::{CATALOG_NAME, Engine, IngestMode, PreparedStatement, QueryOutput, SCHEMA_NAME};
 use crate::error::Error;
+use crate::server::status::{decode_failure, encode_failure, malformed, status_from};
 
 /// The response stream of a handshake, as the Flight SQL trait names it.
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;

@@ -8,25 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteOptions};
 
-use super::{Durability, HotStore, KeyValue, StoreSnapshot, WriteBatch, WriteOp};
+use super::{Durability, HotStore, KeyValue, RocksStoreOptions, StoreSnapshot, WriteBatch, WriteOp};
 use crate::error::{Error, Result};
-
-/// Tuning of a [`RocksStore`].
-#[derive(Debug, Clone)]
-pub struct RocksStoreOptions {
-    /// Bytes of the LRU block cache shared by all reads.
-    pub block_cache_bytes: usize,
-    /// Bytes of one memtable before it is flushed.
-    pub write_buffer_bytes: usize,
-    /// Values at least this large are stored in blob files.
-    pub blob_min_bytes: u64,
-}
-
-impl Default for RocksStoreOptions {
-    fn default() -> Self {
-        Self { block_cache_bytes: 256 << 20, write_buffer_bytes: 64 << 20, blob_min_bytes: 16 << 10 }
-    }
-}
 
 /// A [`HotStore`] on RocksDB.
 pub struct RocksStore {

@@ -22,9 +22,9 @@ use arrow_flight::sql::{
 };
 use tonic::Status;
 
-use super::status::{encode_failure, status_from};
 use crate::engine::{CATALOG_NAME, SCHEMA_NAME, TableInfo};
 use crate::error::Error;
+use crate::server::status::{encode_failure, status_from};
 
 /// The table types [`TableInfo::table_type`] takes, in the order GetTableTypes lists them.
 pub(super) const TABLE_TYPES: [&str; 3] = ["EXTERNAL TABLE", "TABLE", "VIEW"];

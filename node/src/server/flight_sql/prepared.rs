@@ -20,8 +20,8 @@ use bytes::Bytes;
 use datafusion::common::ScalarValue;
 use tonic::{Code, Status};
 
-use super::status::{malformed, rejected};
 use crate::engine::PreparedStatement;
+use crate::server::status::{malformed, rejected};
 
 /// SQLSTATE `insufficient_resources`.
 const INSUFFICIENT_RESOURCES: &str = "53000";

@@ -24,9 +24,9 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::Status;
 
-use super::status::{decode_failure, encode_failure, status_from};
 use crate::error::Error;
 use crate::metrics::{Frontend, Metrics};
+use crate::server::status::{decode_failure, encode_failure, status_from};
 
 /// The response stream type of DoGet, as the Flight service trait names it.
 pub(super) type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;

@@ -1,17 +1,18 @@
-//! How Flight SQL failures become gRPC statuses.
+//! How failures become gRPC statuses, in every gRPC service of a node (Flight SQL and the internal data service).
 //!
-//! Two kinds of failure leave the service:
+//! Two kinds of failure leave a service:
 //!
 //! - engine errors ([`Error`]), mapped by [`status_from`], the one function that decides a status code for each
 //!   [`ErrorKind`];
-//! - requests that break the Flight SQL protocol before they reach the engine (an undecodable ticket, an unknown
-//!   command or prepared-statement handle), built by [`malformed`] and [`rejected`].
+//! - requests that break the protocol before they reach the engine (an undecodable ticket or Arrow IPC payload, an
+//!   unknown command or prepared-statement handle), built by [`malformed`] and [`rejected`].
 //!
 //! Every status carries two metadata entries so that clients can act without parsing messages: `x-quiver-sqlstate`
 //! (the PostgreSQL SQLSTATE, the same code the PostgreSQL gateway sends) and `x-quiver-retryable` (`true` when the
 //! same request may succeed later). Each failure is logged here, where it is handled: client mistakes at `debug`, our
 //! own faults at `warn`, always with the whole source chain.
 
+#[cfg(not(madsim))]
 use arrow_flight::error::FlightError;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::{Code, Status};
@@ -19,10 +20,10 @@ use tonic::{Code, Status};
 use crate::error::{Error, ErrorKind};
 
 /// Metadata key of the PostgreSQL SQLSTATE that describes a failure.
-pub(super) const SQLSTATE_KEY: &str = "x-quiver-sqlstate";
+pub(crate) const SQLSTATE_KEY: &str = "x-quiver-sqlstate";
 /// Metadata key of the retry hint: `true` when the same request may succeed later.
-pub(super) const RETRYABLE_KEY: &str = "x-quiver-retryable";
-/// SQLSTATE `protocol_violation`, for requests that break the Flight SQL protocol.
+pub(crate) const RETRYABLE_KEY: &str = "x-quiver-retryable";
+/// SQLSTATE `protocol_violation`, for requests that break the protocol.
 const PROTOCOL_VIOLATION: &str = "08P01";
 
 /// Whose fault a failure is, which decides its log level.
@@ -40,7 +41,7 @@ enum Blame {
 ///
 /// The match names every [`ErrorKind`] so that a new kind cannot compile until someone decides its code, retry hint
 /// and log level.
-pub(super) fn status_from(e: &Error) -> Status {
+pub(crate) fn status_from(e: &Error) -> Status {
     let (code, retryable, blame) = match e.kind() {
         ErrorKind::InvalidRequest => (Code::InvalidArgument, false, Blame::Client),
         ErrorKind::NotFound => (Code::NotFound, false, Blame::Client),
@@ -56,19 +57,21 @@ pub(super) fn status_from(e: &Error) -> Status {
     build(code, e.report(), e.sqlstate(), retryable, blame)
 }
 
-/// Returns the status for a request that breaks the Flight SQL protocol; `what` says what was wrong with it.
-pub(super) fn malformed(what: impl Into<String>) -> Status {
+/// Returns the status for a request that breaks the protocol; `what` says what was wrong with it.
+pub(crate) fn malformed(what: impl Into<String>) -> Status {
     build(Code::InvalidArgument, what.into(), PROTOCOL_VIOLATION, false, Blame::Client)
 }
 
 /// Returns a status for a well-formed request the service refuses before it reaches the engine (for example because a
 /// limit of the service was reached).
-pub(super) fn rejected(code: Code, sqlstate: &'static str, message: String) -> Status {
+#[cfg_attr(madsim, allow(dead_code))]
+pub(crate) fn rejected(code: Code, sqlstate: &'static str, message: String) -> Status {
     build(code, message, sqlstate, false, Blame::Client)
 }
 
 /// Maps a failure to encode a response (the engine's errors arrive already mapped, inside [`FlightError::Tonic`]).
-pub(super) fn encode_failure(e: FlightError) -> Status {
+#[cfg(not(madsim))]
+pub(crate) fn encode_failure(e: FlightError) -> Status {
     match e {
         FlightError::Tonic(status) => *status,
         FlightError::Arrow(e) => status_from(&Error::Arrow(e)),
@@ -80,7 +83,8 @@ pub(super) fn encode_failure(e: FlightError) -> Status {
 ///
 /// A transport status (the client cancelled, the connection broke) passes through unchanged; anything else means the
 /// client's bytes were not valid Arrow IPC, which is the client's mistake.
-pub(super) fn decode_failure(e: FlightError) -> Status {
+#[cfg(not(madsim))]
+pub(crate) fn decode_failure(e: FlightError) -> Status {
     match e {
         FlightError::Tonic(status) => *status,
         other => malformed(format!("the DoPut stream does not hold valid Arrow IPC data: {other}")),
@@ -89,9 +93,9 @@ pub(super) fn decode_failure(e: FlightError) -> Status {
 
 fn build(code: Code, message: String, sqlstate: &'static str, retryable: bool, blame: Blame) -> Status {
     match blame {
-        Blame::Client => tracing::debug!(?code, sqlstate, error = %message, "flight sql request refused"),
-        Blame::Transient => tracing::info!(?code, sqlstate, error = %message, "flight sql request failed"),
-        Blame::Server => tracing::warn!(?code, sqlstate, error = %message, "flight sql request failed"),
+        Blame::Client => tracing::debug!(?code, sqlstate, error = %message, "gRPC request refused"),
+        Blame::Transient => tracing::info!(?code, sqlstate, error = %message, "gRPC request failed"),
+        Blame::Server => tracing::warn!(?code, sqlstate, error = %message, "gRPC request failed"),
     }
     let mut status = Status::new(code, message);
     let metadata = status.metadata_mut();

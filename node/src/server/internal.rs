@@ -1,0 +1,144 @@
+//! The internal gRPC endpoint of a node (`cluster.grpc_addr`): what other nodes, operators and the simulation talk
+//! to, never clients.
+//!
+//! It serves the metadata replica's services (Raft transport, metadata proposals and reads, cluster membership, from
+//! [`quiver_meta::service`]) and the node's [`DataService`](quiver_proto::v1::data_service_server::DataService):
+//! one SQL statement, or an atomic append of Arrow IPC rows, against this node's data. Payloads are Arrow IPC
+//! streams bounded by `limits.flight_message_max` in both directions.
+//!
+//! In the simulation build the endpoint runs on madsim's simulated network and the data service is how the
+//! simulated workload writes and reads rows (the client frontends are not part of that build).
+
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use quiver_meta::MetaNode;
+use quiver_proto::v1::data_service_server::{DataService, DataServiceServer};
+use quiver_proto::v1::{AppendReply, AppendRequest, ExecuteReply, ExecuteRequest};
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, QueryOutput};
+use crate::error::Error;
+use crate::server::status::{malformed, status_from};
+
+/// The `DataService` of one node.
+#[derive(Debug, Clone)]
+pub struct DataGrpcService {
+    engine: Arc<Engine>,
+    max_message_bytes: usize,
+}
+
+impl DataGrpcService {
+    /// Returns the service of `engine`; replies larger than `max_message_bytes` are refused.
+    pub fn new(engine: Arc<Engine>, max_message_bytes: usize) -> Self {
+        Self { engine, max_message_bytes }
+    }
+}
+
+/// Encodes batches as one Arrow IPC stream.
+fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// Decodes one Arrow IPC stream; the error says what was wrong with the bytes.
+fn decode(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    Ok((schema, batches))
+}
+
+#[tonic::async_trait]
+impl DataService for DataGrpcService {
+    async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<ExecuteReply>, Status> {
+        let sql = request.into_inner().sql;
+        let output = self.engine.execute_one(&sql).await.map_err(|e| status_from(&e))?;
+        let reply = match output {
+            QueryOutput::Rows { ref schema, .. } => {
+                let schema = Arc::clone(schema);
+                let batches = output.collect().await.map_err(|e| status_from(&e))?;
+                let arrow_ipc = encode(&schema, &batches).map_err(|e| status_from(&e))?;
+                if arrow_ipc.len() > self.max_message_bytes {
+                    let e = Error::TooLarge { what: "result", actual: arrow_ipc.len(), limit: self.max_message_bytes };
+                    return Err(status_from(&e));
+                }
+                ExecuteReply { arrow_ipc, rows_affected: 0, command: "SELECT".into() }
+            }
+            QueryOutput::Affected { command, rows } => {
+                ExecuteReply { arrow_ipc: Vec::new(), rows_affected: rows, command: command.tag().into() }
+            }
+            QueryOutput::Done { command } => {
+                ExecuteReply { arrow_ipc: Vec::new(), rows_affected: 0, command: command.tag().into() }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
+        let AppendRequest { table, arrow_ipc } = request.into_inner();
+        let (schema, batches) =
+            decode(&arrow_ipc).map_err(|e| malformed(format!("the rows are not a valid Arrow IPC stream: {e}")))?;
+        let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok)));
+        let rows = self.engine.append_stream(&table, Box::pin(stream)).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(AppendReply { rows }))
+    }
+}
+
+fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> tonic::transport::server::Router {
+    let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
+    Server::builder()
+        .add_service(quiver_meta::service::raft_server(meta))
+        .add_service(quiver_meta::service::meta_server(meta))
+        .add_service(quiver_meta::service::cluster_server(meta))
+        .add_service(data)
+}
+
+/// Serves the internal endpoint on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// Returns the transport's error when the server fails.
+#[cfg(not(madsim))]
+pub async fn serve(
+    meta: MetaNode,
+    engine: Arc<Engine>,
+    max_message_bytes: usize,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    use tonic::transport::server::TcpIncoming;
+    // Small request/response messages: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to a reply.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    router(&meta, engine, max_message_bytes).serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// Serves the internal endpoint at `addr` of the simulated node until `shutdown` completes (madsim's network has no
+/// listener to hand over).
+///
+/// # Errors
+///
+/// Returns the transport's error when the server fails.
+#[cfg(madsim)]
+pub async fn serve(
+    meta: MetaNode,
+    engine: Arc<Engine>,
+    max_message_bytes: usize,
+    addr: std::net::SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    router(&meta, engine, max_message_bytes).serve_with_shutdown(addr, shutdown).await
+}

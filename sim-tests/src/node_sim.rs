@@ -1,0 +1,712 @@
+//! Whole nodes under madsim: each simulated host boots a Quiver node through the binary's own startup
+//! (`Server::bind_on_store`, then `Server::run`) on a [`SimHotDisk`], with its metadata replica, engine (DataFusion
+//! confined to one partition) and internal gRPC endpoint on madsim's network. Clients on a host of their own use the
+//! nodes' internal `DataService` (SQL and Arrow IPC appends), as node-to-node traffic does.
+//!
+//! One run ([`run_seed`]):
+//! 1. **Boot**: node 1 bootstraps the cluster, the others join it (`cluster.join`), as `quiver server` does.
+//! 2. **Faults** (for [`NodeSimOptions::fault_secs`] virtual seconds) while clients create tables, append batches of
+//!    rows with unique ids to random nodes, and query them back: kill a node (its disk losing unsynced writes or
+//!    not) and restart it on the same disk, lose a node with its disk (removed, an empty replacement joins), isolate
+//!    a node, cut one direction of its traffic, slow the network, drop packets, make the clocks jump; on half the
+//!    seeds the fault points in the production code fire too.
+//! 3. **Heal and liveness**: every fault is lifted; a CREATE TABLE and an append on every node must then succeed
+//!    within a bound.
+//! 4. **Checks**, against a model of what each client learned:
+//!    - every query answer holds each row at most once, whole batches only, every batch acknowledged on that node
+//!      before the query began, and nothing that failed or began after the query ended;
+//!    - after the faults, on every node, every acknowledged row is present exactly once, a batch whose outcome the
+//!      client could not know is present entirely or not at all, and `count(*)`, `sum`, `min`, `max` computed by
+//!      DataFusion equal the model's;
+//!    - every acknowledged table exists on every node; at most one metadata leader per term; the metadata replicas
+//!      converge to the same state.
+//!
+//! Rows live on the node that took them (the cluster data path, with replicated shards, is a later stage), so rows of
+//! a node lost with its disk are gone by design: the model forgets them at the loss, and checks everything else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use madsim::net::NetSim;
+use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::time::{Instant, sleep};
+use madsim_tonic::Code;
+use openraft::ServerState;
+use quiver_meta::service::ClusterClient;
+use quiver_node::Engine;
+use quiver_node::config::{ByteSize, Config, Millis};
+use quiver_node::server::Server;
+use quiver_proto::v1::data_service_client::DataServiceClient;
+use quiver_proto::v1::{AppendRequest, ExecuteRequest};
+
+use crate::hot_disk::SimHotDisk;
+use crate::meta_sim::Outcome;
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct NodeSimOptions {
+    /// Nodes in the cluster (all metadata voters when 3 or 5).
+    pub nodes: u64,
+    /// Virtual seconds of faults and workload.
+    pub fault_secs: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Virtual seconds allowed for the cluster to serve again once every fault is healed.
+    pub liveness_secs: u64,
+}
+
+impl Default for NodeSimOptions {
+    fn default() -> Self {
+        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30 }
+    }
+}
+
+/// Runs one seed to completion; `Err` carries the violated invariant.
+///
+/// # Errors
+///
+/// A message naming the invariant that failed, with the seed.
+pub fn run_seed(seed: u64, options: &NodeSimOptions) -> Result<Outcome, String> {
+    let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
+    runtime.set_time_limit(Duration::from_secs(options.fault_secs + options.liveness_secs + 600));
+    let options = options.clone();
+    runtime.block_on(async move { simulate(options).await }).map_err(|e| format!("seed {seed}: {e}"))
+}
+
+fn ip_of(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, id as u8))
+}
+
+fn addr_of(id: u64) -> SocketAddr {
+    SocketAddr::new(ip_of(id), 7000)
+}
+
+/// The configuration of node `id`, as an operator would write it, with Raft timing short enough that many elections
+/// happen per virtual minute.
+fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
+    let mut config = Config::default();
+    config.storage.data_dir = PathBuf::from(format!("/sim/node-{id}"));
+    // Small chunks: appends and scans cross many of them.
+    config.storage.chunk_rows = 16;
+    config.storage.column_cache = ByteSize(1 << 20);
+    config.cluster.node_id = id;
+    config.cluster.grpc_addr = addr_of(id).to_string();
+    config.cluster.cluster_id = Some("sim".into());
+    config.cluster.join =
+        if bootstrap { Vec::new() } else { (1..=nodes).filter(|n| *n != id).map(|n| addr_of(n).to_string()).collect() };
+    config.cluster.voters = if nodes % 2 == 1 { nodes as usize } else { nodes as usize - 1 };
+    config.cluster.heartbeat_interval = Millis(50);
+    config.cluster.election_timeout_min = Millis(300);
+    config.cluster.election_timeout_max = Millis(600);
+    config.cluster.request_timeout = Millis(2_000);
+    config.cluster.join_timeout = Millis(600_000);
+    config.cluster.snapshot_every = 40;
+    config
+}
+
+/// The running nodes' engines, as the checkers see them.
+type Live = Arc<Mutex<BTreeMap<u64, Arc<Engine>>>>;
+/// Each node's disk; a replaced node gets a new, empty one.
+type Disks = Arc<Mutex<BTreeMap<u64, SimHotDisk>>>;
+
+fn live_engines(live: &Live) -> Vec<Arc<Engine>> {
+    live.lock().expect("live map").values().cloned().collect()
+}
+
+/// One incarnation of node `id`, booted as the binary boots: `Server::bind_on_store` then `Server::run`. Runs until
+/// the node is killed; a startup failure is recorded for the checks.
+async fn run_node(id: u64, nodes: u64, disks: Disks, live: Live, bootstrapped: Arc<AtomicBool>, failures: Failures) {
+    let disk = disks.lock().expect("disks")[&id].clone();
+    // Only node 1's very first boot bootstraps; every other start of a node with an empty disk joins.
+    let bootstrap = id == 1 && !bootstrapped.swap(true, Ordering::SeqCst);
+    let config = node_config(id, nodes, bootstrap);
+    let server = match Server::bind_on_store(config, Arc::new(disk)).await {
+        Ok(server) => server,
+        Err(e) => {
+            failures.lock().expect("failures").push(format!("node {id} failed to start: {}", e.report()));
+            return;
+        }
+    };
+    live.lock().expect("live map").insert(id, Arc::clone(server.engine()));
+    if let Err(e) = server.run(std::future::pending()).await {
+        failures.lock().expect("failures").push(format!("node {id} stopped: {}", e.report()));
+    }
+}
+
+type Failures = Arc<Mutex<Vec<String>>>;
+
+/// What a client learned of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fate {
+    /// It succeeded.
+    Acknowledged,
+    /// It was refused with an error that guarantees it had no effect.
+    Failed,
+    /// The client cannot know (timeout, lost connection, crash).
+    Uncertain,
+}
+
+fn fate_of(code: Code) -> Fate {
+    match code {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::Unimplemented => Fate::Failed,
+        _ => Fate::Uncertain,
+    }
+}
+
+/// One append as a client saw it: ids `first..first + rows` into `table` on `node`.
+#[derive(Debug, Clone)]
+struct Append {
+    node: u64,
+    table: String,
+    first: i64,
+    rows: i64,
+    invoked: Duration,
+    completed: Duration,
+    fate: Fate,
+}
+
+impl Append {
+    fn ids(&self) -> std::ops::Range<i64> {
+        self.first..self.first + self.rows
+    }
+}
+
+/// One `SELECT id` answer.
+#[derive(Debug, Clone)]
+struct Scan {
+    node: u64,
+    table: String,
+    invoked: Duration,
+    completed: Duration,
+    ids: Vec<i64>,
+}
+
+/// Everything the clients saw, and when nodes lost their disks.
+#[derive(Debug, Default)]
+struct History {
+    /// Tables by name, with the fate of their CREATE.
+    tables: BTreeMap<String, Fate>,
+    appends: Vec<Append>,
+    scans: Vec<Scan>,
+    /// When each node lost its disk (the rows it held are gone by design).
+    disk_losses: BTreeMap<u64, Vec<Duration>>,
+}
+
+impl History {
+    /// Whether `node` lost its disk between `from` and `to`.
+    fn lost_between(&self, node: u64, from: Duration, to: Duration) -> bool {
+        self.disk_losses.get(&node).is_some_and(|at| at.iter().any(|t| *t >= from && *t <= to))
+    }
+
+    /// The appends of `table` on `node` whose rows a scan running from `invoked` to `completed` may see: not refused,
+    /// begun before the scan ended, and not wiped by a disk loss before the scan began (a scan begun before a loss
+    /// may have read the node before it).
+    fn candidates<'a>(
+        &'a self,
+        node: u64,
+        table: &'a str,
+        invoked: Duration,
+        completed: Duration,
+    ) -> impl Iterator<Item = &'a Append> + 'a {
+        self.appends.iter().filter(move |a| {
+            a.node == node
+                && a.table == table
+                && a.fate != Fate::Failed
+                && a.invoked <= completed
+                && !self.lost_between(node, a.invoked, invoked)
+        })
+    }
+
+    /// Checks one answer of `SELECT id FROM table` on `node`, taken between `invoked` and `completed`.
+    fn check_scan(&self, scan: &Scan) -> Result<(), String> {
+        let Scan { node, table, invoked, completed, ids } = scan;
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(format!("row {dup} appears twice in {table} on node {node} (query at {invoked:?})"));
+        }
+        let candidates: Vec<&Append> = self.candidates(*node, table, *invoked, *completed).collect();
+        for append in &candidates {
+            let present = append.ids().filter(|id| seen.contains(id)).count() as i64;
+            if present != 0 && present != append.rows {
+                return Err(format!(
+                    "a torn batch: {present} of the {} rows appended to {table} on node {node} at {:?} are visible \
+                     (query at {invoked:?})",
+                    append.rows, append.invoked
+                ));
+            }
+            let must = append.fate == Fate::Acknowledged
+                && append.completed < *invoked
+                && !self.lost_between(*node, append.invoked, *completed);
+            if must && present == 0 {
+                return Err(format!(
+                    "lost rows: the batch {:?} appended to {table} on node {node} was acknowledged at {:?}, but a query \
+                     at {invoked:?} did not see it",
+                    append.ids(),
+                    append.completed
+                ));
+            }
+        }
+        let known: BTreeSet<i64> = candidates.iter().flat_map(|a| a.ids()).collect();
+        if let Some(stranger) = seen.iter().find(|id| !known.contains(id)) {
+            let origin = self.appends.iter().find(|a| a.ids().contains(stranger));
+            return Err(format!(
+                "row {stranger} is in {table} on node {node} (query at {invoked:?}) but no append that may have \
+                 taken effect there wrote it (its append: {origin:?})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("client", DataType::Int64, false)]))
+}
+
+fn encode(first: i64, rows: i64, client: i64) -> Vec<u8> {
+    let ids = Int64Array::from_iter_values(first..first + rows);
+    let clients = Int64Array::from_iter_values(std::iter::repeat_n(client, rows as usize));
+    let batch =
+        RecordBatch::try_new(schema(), vec![Arc::new(ids), Arc::new(clients)]).expect("the batch matches its schema");
+    let mut writer = StreamWriter::try_new(Vec::new(), &schema()).expect("IPC writer");
+    writer.write(&batch).expect("IPC write");
+    writer.finish().expect("IPC finish");
+    writer.into_inner().expect("IPC bytes")
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>, String> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+/// The Int64 values of column `column` of every batch, in order (nulls as `None`).
+fn int64s(batches: &[RecordBatch], column: usize) -> Vec<Option<i64>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let array = batch.column(column).as_primitive::<Int64Type>();
+        out.extend((0..array.len()).map(|i| array.is_valid(i).then(|| array.value(i))));
+    }
+    out
+}
+
+/// A request to a node's data service with a deadline; `Err` carries the status code.
+async fn execute(node: u64, sql: String) -> Result<Vec<RecordBatch>, Code> {
+    let call = async {
+        let mut client =
+            DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+        let reply = client.execute(ExecuteRequest { sql }).await.map_err(|s| s.code())?.into_inner();
+        if reply.arrow_ipc.is_empty() { Ok(Vec::new()) } else { decode(&reply.arrow_ipc).map_err(|_| Code::DataLoss) }
+    };
+    madsim::time::timeout(Duration::from_secs(5), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+}
+
+async fn append(node: u64, table: String, arrow_ipc: Vec<u8>) -> Result<u64, Code> {
+    let call = async {
+        let mut client =
+            DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+        Ok(client.append(AppendRequest { table, arrow_ipc }).await.map_err(|s| s.code())?.into_inner().rows)
+    };
+    madsim::time::timeout(Duration::from_secs(5), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+}
+
+struct World {
+    handle: Handle,
+    nodes: BTreeMap<u64, NodeHandle>,
+    disks: Disks,
+    live: Live,
+    history: Arc<Mutex<History>>,
+    started: Instant,
+    trace: Vec<String>,
+}
+
+impl World {
+    fn note(&mut self, event: String) {
+        let at = self.started.elapsed().as_millis();
+        tracing::info!(at, "{event}");
+        self.trace.push(format!("{at:>7} ms  {event}"));
+    }
+
+    /// Kills node `id`; its disk loses the writes it had not synced when the seed says so.
+    fn kill(&mut self, id: u64) -> usize {
+        self.live.lock().expect("live map").remove(&id);
+        self.handle.kill(self.nodes[&id].id());
+        self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
+    }
+
+    fn restart(&mut self, id: u64) {
+        self.handle.restart(self.nodes[&id].id());
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
+    let handle = Handle::current();
+    let buggify = thread_rng().gen_bool(0.5);
+    let live: Live = Arc::default();
+    let failures: Failures = Arc::default();
+    let bootstrapped = Arc::new(AtomicBool::new(false));
+    let mut world = World {
+        handle: handle.clone(),
+        nodes: BTreeMap::new(),
+        disks: Disks::default(),
+        live: live.clone(),
+        history: Arc::default(),
+        started: Instant::now(),
+        trace: Vec::new(),
+    };
+    let voters = node_config(1, options.nodes, false).cluster.voters;
+    for id in 1..=options.nodes {
+        world.disks.lock().expect("disks").insert(id, SimHotDisk::new());
+        let (disks, live, bootstrapped, failures) =
+            (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone());
+        let nodes = options.nodes;
+        let node = handle
+            .create_node()
+            .name(format!("node-{id}"))
+            .ip(ip_of(id))
+            .init(move || run_node(id, nodes, disks.clone(), live.clone(), bootstrapped.clone(), failures.clone()))
+            .build();
+        world.nodes.insert(id, node);
+        sleep(Duration::from_millis(1_500)).await;
+    }
+    let formed = wait_until(Duration::from_secs(60), || {
+        let engines = live_engines(&live);
+        engines.len() == options.nodes as usize
+            && engines.iter().any(|e| {
+                let m = e.meta().metrics().borrow().clone();
+                m.state == ServerState::Leader && m.membership_config.membership().voter_ids().count() == voters
+            })
+    })
+    .await;
+    if formed.is_err() {
+        let failures = failures.lock().expect("failures").clone();
+        return Err(format!("the cluster did not form within 60 s; {failures:?}"));
+    }
+    world.note(format!("formed: {} nodes, fault points {}", options.nodes, if buggify { "on" } else { "off" }));
+    quiver_meta::buggify::set_fault_points(buggify);
+
+    let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
+    let sampler = {
+        let (live, leaders) = (live.clone(), leaders.clone());
+        madsim::task::spawn(async move {
+            loop {
+                for engine in live_engines(&live) {
+                    let m = engine.meta().metrics().borrow().clone();
+                    if m.state == ServerState::Leader {
+                        leaders.lock().expect("leaders").entry(m.current_term).or_default().insert(m.id);
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // The clients run on a host of their own and reach the nodes over the simulated network.
+    let client_host = handle.create_node().name("clients").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
+    let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
+    let mut clients = Vec::new();
+    for client in 0..options.clients {
+        let history = world.history.clone();
+        let started = world.started;
+        let nodes = options.nodes;
+        clients.push(client_host.spawn(async move {
+            let mut mine: Vec<String> = Vec::new();
+            let mut next_id = (client as i64 + 1) * 1_000_000_000;
+            let mut made = 0;
+            while Instant::now() < deadline {
+                let node = thread_rng().gen_range(1..=nodes);
+                let invoked = started.elapsed();
+                let dice = thread_rng().gen_range(0..100);
+                if mine.is_empty() || dice < 8 {
+                    let table = format!("t{client}_{made}");
+                    made += 1;
+                    let sql = format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
+                    let fate = match execute(node, sql).await {
+                        Ok(_) => Fate::Acknowledged,
+                        Err(code) => fate_of(code),
+                    };
+                    if fate == Fate::Acknowledged {
+                        mine.push(table.clone());
+                    }
+                    history.lock().expect("history").tables.insert(table, fate);
+                } else if dice < 70 {
+                    let table = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let rows = thread_rng().gen_range(1..40);
+                    let first = next_id;
+                    next_id += rows;
+                    let result = append(node, table.clone(), encode(first, rows, client as i64)).await;
+                    let fate = match result {
+                        Ok(n) if n == rows as u64 => Fate::Acknowledged,
+                        Ok(n) => panic!("an append of {rows} rows reported {n}"),
+                        Err(code) => fate_of(code),
+                    };
+                    let completed = started.elapsed();
+                    history.lock().expect("history").appends.push(Append {
+                        node,
+                        table,
+                        first,
+                        rows,
+                        invoked,
+                        completed,
+                        fate,
+                    });
+                } else {
+                    let table = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    if let Ok(batches) = execute(node, format!("SELECT id FROM {table}")).await {
+                        let ids = int64s(&batches, 0).into_iter().flatten().collect();
+                        let completed = started.elapsed();
+                        history.lock().expect("history").scans.push(Scan { node, table, invoked, completed, ids });
+                    }
+                }
+                sleep(Duration::from_millis(thread_rng().gen_range(0..40))).await;
+            }
+        }));
+    }
+
+    let net = NetSim::current();
+    let mut faults = 0;
+    while Instant::now() < deadline {
+        sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
+        let victim = thread_rng().gen_range(1..=options.nodes);
+        let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
+        faults += 1;
+        match thread_rng().gen_range(0..7) {
+            0 => {
+                let lost = world.kill(victim);
+                world.note(format!("kill node {victim} for {} ms ({lost} unsynced writes lost)", lasting.as_millis()));
+                sleep(lasting).await;
+                world.restart(victim);
+                world.note(format!("restart node {victim}"));
+            }
+            1 => {
+                world.note(format!("isolate node {victim} for {} ms", lasting.as_millis()));
+                net.clog_node(world.nodes[&victim].id());
+                sleep(lasting).await;
+                net.unclog_node(world.nodes[&victim].id());
+                world.note(format!("reconnect node {victim}"));
+            }
+            2 => {
+                world.note(format!("cut node {victim}'s outgoing traffic for {} ms", lasting.as_millis()));
+                net.clog_node_out(world.nodes[&victim].id());
+                sleep(lasting).await;
+                net.unclog_node_out(world.nodes[&victim].id());
+                world.note(format!("restore node {victim}'s outgoing traffic"));
+            }
+            3 => {
+                let slow = thread_rng().gen_range(20..400);
+                world.note(format!("slow network: 1-{slow} ms per packet for {} ms", lasting.as_millis()));
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(slow));
+                sleep(lasting).await;
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
+                world.note("network back to normal".to_string());
+            }
+            4 => {
+                // The machine is lost with its disk: an operator removes it through another node and brings up a
+                // replacement with the same id and address and an empty disk, which joins anew.
+                world.kill(victim);
+                let lost_at = world.started.elapsed();
+                let helper = (1..=options.nodes).find(|n| *n != victim && live.lock().expect("live").contains_key(n));
+                let removed = match helper {
+                    Some(h) => {
+                        let remove = client_host.spawn(async move {
+                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+                            client.remove_node(&addr_of(h).to_string(), victim).await
+                        });
+                        matches!(remove.await, Ok(Ok(())))
+                    }
+                    None => false,
+                };
+                sleep(lasting).await;
+                if removed {
+                    world.disks.lock().expect("disks").insert(victim, SimHotDisk::new());
+                    world.history.lock().expect("history").disk_losses.entry(victim).or_default().push(lost_at);
+                    world.note(format!("node {victim} lost with its disk, removed, replaced by an empty one"));
+                } else {
+                    world.note(format!("node {victim} down; its removal was refused, it restarts on its disk"));
+                }
+                world.restart(victim);
+            }
+            5 => {
+                let jump = Duration::from_millis(thread_rng().gen_range(100..3_000));
+                world.note(format!("clocks jump {} ms forward", jump.as_millis()));
+                madsim::time::advance(jump);
+                sleep(lasting).await;
+            }
+            _ => {
+                let rate = thread_rng().gen_range(0.01..0.2);
+                world.note(format!("drop {:.0}% of packets for {} ms", rate * 100.0, lasting.as_millis()));
+                net.update_config(|c| c.packet_loss_rate = rate);
+                sleep(lasting).await;
+                net.update_config(|c| c.packet_loss_rate = 0.0);
+                world.note("stop dropping packets".to_string());
+            }
+        }
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    quiver_meta::buggify::set_fault_points(false);
+    world.note("faults over".to_string());
+
+    // Liveness: every node serves DDL and appends again within the bound.
+    let healed = Instant::now();
+    let recovered_by = healed + Duration::from_secs(options.liveness_secs);
+    for node in 1..=options.nodes {
+        let table = format!("probe_{node}");
+        loop {
+            let probe = client_host.spawn({
+                let table = table.clone();
+                async move {
+                    let created = execute(
+                        node,
+                        format!("CREATE TABLE IF NOT EXISTS {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)"),
+                    )
+                    .await;
+                    match created {
+                        Ok(_) => append(node, table, encode(-1, 1, -1)).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            });
+            if matches!(probe.await, Ok(true)) {
+                break;
+            }
+            if Instant::now() >= recovered_by {
+                let failures = failures.lock().expect("failures").clone();
+                return Err(format!(
+                    "node {node} did not serve within {} s after the faults stopped; {failures:?}",
+                    options.liveness_secs
+                ));
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+    world.note(format!("every node serves again after {} ms", healed.elapsed().as_millis()));
+
+    // The metadata replicas converge.
+    let converged = wait_until(Duration::from_secs(30), || {
+        let engines = live_engines(&live);
+        let applied: BTreeSet<_> = engines.iter().map(|e| e.meta().metrics().borrow().last_applied).collect();
+        engines.len() == options.nodes as usize && applied.len() == 1
+    })
+    .await;
+    sampler.abort();
+    let engines = live_engines(&live);
+    if converged.is_err() {
+        let applied: Vec<_> = engines.iter().map(|e| (e.node_id(), e.meta().metrics().borrow().last_applied)).collect();
+        return Err(format!("metadata replicas did not converge: applied {applied:?}"));
+    }
+    let states: Vec<_> = engines.iter().map(|e| e.meta().read_local(|s| s.clone())).collect();
+    if let Some(i) = states.iter().position(|s| *s != states[0]) {
+        return Err(format!(
+            "node {} holds another metadata state than node {}",
+            engines[i].node_id(),
+            engines[0].node_id()
+        ));
+    }
+    for (term, ids) in leaders.lock().expect("leaders").iter() {
+        if ids.len() > 1 {
+            return Err(format!("term {term} had leaders {ids:?}"));
+        }
+    }
+
+    // Every answer during the faults was consistent with the model.
+    let history = std::mem::take(&mut *world.history.lock().expect("history"));
+    for scan in &history.scans {
+        history.check_scan(scan)?;
+    }
+    // Every acknowledged table exists everywhere; nothing unproposed does.
+    let catalog: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
+    for (table, fate) in &history.tables {
+        if *fate == Fate::Acknowledged && !catalog.contains(table) {
+            return Err(format!("acknowledged table {table} is missing"));
+        }
+    }
+    if let Some(stranger) = catalog.iter().find(|t| !t.starts_with("probe_") && !history.tables.contains_key(*t)) {
+        return Err(format!("table {stranger} was never created"));
+    }
+
+    // After the faults: on every node, every acknowledged row exactly once, uncertain batches whole or absent, and
+    // DataFusion's aggregates equal the model's.
+    let end = world.started.elapsed() + Duration::from_secs(3600);
+    let mut final_rows = BTreeMap::new();
+    let tables: Vec<String> =
+        history.tables.iter().filter(|(_, f)| **f == Fate::Acknowledged).map(|(t, _)| t.clone()).collect();
+    for node in 1..=options.nodes {
+        for table in &tables {
+            let query = client_host.spawn({
+                let table = table.clone();
+                async move {
+                    let ids = execute(node, format!("SELECT id FROM {table}")).await;
+                    let sums = execute(node, format!("SELECT count(*), sum(id), min(id), max(id) FROM {table}")).await;
+                    (ids, sums)
+                }
+            });
+            let (Ok(ids), Ok(sums)) = query.await.map_err(|e| format!("the final query task failed: {e}"))? else {
+                return Err(format!("the final query of {table} on node {node} failed"));
+            };
+            let ids: Vec<i64> = int64s(&ids, 0).into_iter().flatten().collect();
+            let scan = Scan { node, table: table.clone(), invoked: end, completed: end, ids };
+            history.check_scan(&scan)?;
+            let model: Vec<i64> = {
+                let mut ids = scan.ids.clone();
+                ids.sort_unstable();
+                ids
+            };
+            let expected = (
+                Some(model.len() as i64),
+                (!model.is_empty()).then(|| model.iter().sum::<i64>()),
+                model.first().copied(),
+                model.last().copied(),
+            );
+            let got = (int64s(&sums, 0)[0], int64s(&sums, 1)[0], int64s(&sums, 2)[0], int64s(&sums, 3)[0]);
+            if got != expected {
+                return Err(format!(
+                    "aggregates of {table} on node {node}: DataFusion says (count, sum, min, max) = {got:?}, the rows \
+                     give {expected:?}"
+                ));
+            }
+            final_rows.insert((node, table.clone()), model);
+        }
+    }
+
+    let acknowledged = history.appends.iter().filter(|a| a.fate == Fate::Acknowledged).count();
+    let uncertain = history.appends.iter().filter(|a| a.fate == Fate::Uncertain).count();
+    let rows: usize = final_rows.values().map(Vec::len).sum();
+    world.note(format!(
+        "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows",
+        history.appends.len(),
+        history.scans.len(),
+        tables.len()
+    ));
+    let mut hasher = DefaultHasher::new();
+    world.trace.hash(&mut hasher);
+    final_rows.hash(&mut hasher);
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.trace })
+}
+
+/// Polls `done` every 50 virtual ms until it holds or `within` passes.
+async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
