@@ -24,7 +24,18 @@ pub fn fire(probability: f64) -> bool {
     FAULT_POINTS.load(std::sync::atomic::Ordering::Relaxed) && madsim::rand::thread_rng().gen_bool(probability)
 }
 
-/// Whether to take a rare path here; see the module docs.
+/// Sleeps for a random time below `max_ms` (the body of [`buggify_delay!`](crate::buggify_delay)).
+#[cfg(madsim)]
+#[doc(hidden)]
+pub async fn delay(max_ms: u64) {
+    use madsim::rand::Rng as _;
+    let ms = madsim::rand::thread_rng().gen_range(1..max_ms.max(2));
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+/// Whether to take a rare path here; see the module docs. Other crates of the workspace use it as
+/// `quiver_meta::buggify!`.
+#[macro_export]
 macro_rules! buggify {
     ($probability:expr) => {{
         #[cfg(madsim)]
@@ -38,16 +49,13 @@ macro_rules! buggify {
     }};
 }
 
-/// Sleeps for a random time below `max_ms` when `buggify!(probability)` fires.
+/// Sleeps for a random time below `max_ms` milliseconds when `buggify!(probability)` fires (inside an async fn).
+#[macro_export]
 macro_rules! buggify_delay {
     ($probability:expr, $max_ms:expr) => {
-        if buggify!($probability) {
+        if $crate::buggify!($probability) {
             #[cfg(madsim)]
-            {
-                use madsim::rand::Rng as _;
-                let ms = madsim::rand::thread_rng().gen_range(1..$max_ms);
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            }
+            $crate::buggify::delay($max_ms).await;
         }
     };
 }

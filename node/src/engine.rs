@@ -988,6 +988,8 @@ impl Engine {
 
     async fn commit_blocking(&self, batch: WriteBatch) -> Result<()> {
         let tables = Arc::clone(&self.tables);
+        // Fault point: a slow fsync.
+        quiver_meta::buggify_delay!(0.05, 500);
         crate::blocking::run("commit task", move || tables.commit(batch)).await?
     }
 

@@ -241,7 +241,6 @@ impl Error {
     }
 
     /// Builds a storage error from any source.
-    #[cfg_attr(madsim, allow(dead_code))]
     pub(crate) fn storage(
         operation: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -94,6 +94,10 @@ impl TableStore {
 
     /// Writes `batch` plus the queued garbage deletions with the configured durability.
     pub(crate) fn commit(&self, mut batch: WriteBatch) -> Result<()> {
+        // Fault point: the disk refuses the write (the insert must roll back whole).
+        if quiver_meta::buggify!(0.02) {
+            return Err(Error::storage("commit", "injected write failure"));
+        }
         self.drain_garbage_into(&mut batch);
         let bytes = batch.size_bytes() as u64;
         self.store.write(batch, self.durability)?;
@@ -291,6 +295,8 @@ impl HotTable {
             while let Some(item) = stream.next().await {
                 appender.push(&item?)?;
             }
+            // Fault point: a slow fsync.
+            quiver_meta::buggify_delay!(0.05, 500);
             appender.commit()
         }
         #[cfg(not(madsim))]

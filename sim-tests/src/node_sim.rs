@@ -642,12 +642,12 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
 
     // After the faults: on every node, every acknowledged row exactly once, uncertain batches whole or absent, and
     // DataFusion's aggregates equal the model's.
-    let end = world.started.elapsed() + Duration::from_secs(3600);
     let mut final_rows = BTreeMap::new();
     let tables: Vec<String> =
         history.tables.iter().filter(|(_, f)| **f == Fate::Acknowledged).map(|(t, _)| t.clone()).collect();
     for node in 1..=options.nodes {
         for table in &tables {
+            let invoked = world.started.elapsed();
             let query = client_host.spawn({
                 let table = table.clone();
                 async move {
@@ -660,7 +660,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 return Err(format!("the final query of {table} on node {node} failed"));
             };
             let ids: Vec<i64> = int64s(&ids, 0).into_iter().flatten().collect();
-            let scan = Scan { node, table: table.clone(), invoked: end, completed: end, ids };
+            let scan = Scan { node, table: table.clone(), invoked, completed: world.started.elapsed(), ids };
             history.check_scan(&scan)?;
             let model: Vec<i64> = {
                 let mut ids = scan.ids.clone();

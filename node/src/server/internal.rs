@@ -88,6 +88,8 @@ impl DataService for DataGrpcService {
 
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendReply>, Status> {
         let AppendRequest { table, arrow_ipc } = request.into_inner();
+        // Fault point: a slow request (a stalled disk or a busy node); clients time out and retry elsewhere.
+        quiver_meta::buggify_delay!(0.02, 3_000);
         let (schema, batches) =
             decode(&arrow_ipc).map_err(|e| malformed(format!("the rows are not a valid Arrow IPC stream: {e}")))?;
         let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok)));
