@@ -40,6 +40,8 @@ pub mod disk;
 #[cfg(not(madsim))]
 pub mod engine_restart;
 #[cfg(madsim)]
+mod faults;
+#[cfg(madsim)]
 pub mod hot_disk;
 #[cfg(madsim)]
 pub mod meta_sim;

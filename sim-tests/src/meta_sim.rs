@@ -29,14 +29,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use madsim::net::NetSim;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::task::NodeId;
 use madsim::time::{Instant, sleep};
 use openraft::ServerState;
 use quiver_meta::raft::{GrpcNetwork, NodeAddr};
 
 use crate::disk::SimDisk;
+use crate::faults;
 use quiver_meta::service::ClusterClient;
 use quiver_meta::{CatalogCommand, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, TableKind};
 
@@ -264,6 +265,24 @@ impl World {
         tracing::info!(at, "{event}");
         self.trace.push(format!("{at:>7} ms  {event}"));
     }
+}
+
+impl faults::Cluster for World {
+    fn members(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn host(&self, id: u64) -> NodeId {
+        self.nodes[&id].id()
+    }
+
+    fn leader(&self) -> Option<u64> {
+        live_nodes(&self.live)
+            .iter()
+            .map(|n| n.metrics().borrow().clone())
+            .find(|m| m.state == ServerState::Leader)
+            .map(|m| m.id)
+    }
 
     /// Kills replica `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
@@ -274,6 +293,26 @@ impl World {
 
     fn restart(&mut self, id: u64) {
         self.handle.restart(self.nodes[&id].id());
+    }
+
+    async fn remove(&mut self, id: u64) -> bool {
+        let helper = live_nodes(&self.live).into_iter().map(|n| n.node_id()).find(|h| *h != id);
+        let Some((h, on)) = helper.and_then(|h| self.handle.get_node(self.nodes[&h].id()).map(|n| (h, n))) else {
+            return false;
+        };
+        let remove = on.spawn(async move {
+            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+            client.remove_node(&addr_of(h).to_string(), id).await
+        });
+        matches!(remove.await, Ok(Ok(())))
+    }
+
+    fn replace_disk(&mut self, id: u64) {
+        self.disks.lock().expect("disks").insert(id, SimDisk::new());
+    }
+
+    fn note(&mut self, event: String) {
+        World::note(self, event);
     }
 }
 
@@ -394,89 +433,8 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         }));
     }
 
-    // Faults, until the deadline; at most one replica down or isolated at a time, so a majority stays able to work
-    // most of the time.
-    let net = NetSim::current();
-    let mut faults = 0;
-    while Instant::now() < deadline {
-        sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
-        let victim = thread_rng().gen_range(1..=options.replicas);
-        let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
-        faults += 1;
-        match thread_rng().gen_range(0..7) {
-            0 => {
-                let lost = world.kill(victim);
-                world.note(format!(
-                    "kill replica {victim} for {} ms ({lost} unsynced writes lost)",
-                    lasting.as_millis()
-                ));
-                sleep(lasting).await;
-                world.restart(victim);
-                world.note(format!("restart replica {victim}"));
-            }
-            1 => {
-                world.note(format!("isolate replica {victim} for {} ms", lasting.as_millis()));
-                net.clog_node(world.nodes[&victim].id());
-                sleep(lasting).await;
-                net.unclog_node(world.nodes[&victim].id());
-                world.note(format!("reconnect replica {victim}"));
-            }
-            2 => {
-                world.note(format!("cut replica {victim}'s outgoing traffic for {} ms", lasting.as_millis()));
-                net.clog_node_out(world.nodes[&victim].id());
-                sleep(lasting).await;
-                net.unclog_node_out(world.nodes[&victim].id());
-                world.note(format!("restore replica {victim}'s outgoing traffic"));
-            }
-            4 => {
-                // The machine is lost with its disk: an operator removes it from the cluster through another replica
-                // and brings up a replacement with the same id and address and an empty disk, which joins anew.
-                world.kill(victim);
-                let helper = live_nodes(&live).into_iter().map(|n| n.node_id()).find(|id| *id != victim);
-                let removed = match helper.and_then(|h| handle.get_node(world.nodes[&h].id()).map(|n| (h, n))) {
-                    Some((h, on)) => {
-                        let remove = on.spawn(async move {
-                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
-                            client.remove_node(&addr_of(h).to_string(), victim).await
-                        });
-                        matches!(remove.await, Ok(Ok(())))
-                    }
-                    None => false,
-                };
-                sleep(lasting).await;
-                if removed {
-                    world.disks.lock().expect("disks").insert(victim, SimDisk::new());
-                    world.note(format!("replica {victim} lost with its disk, removed, replaced by an empty one"));
-                } else {
-                    world.note(format!("replica {victim} down; its removal was refused, it restarts on its disk"));
-                }
-                world.restart(victim);
-            }
-            5 => {
-                // Every clock jumps forward at once (a VM paused and resumed): leases and election timers expire.
-                let jump = Duration::from_millis(thread_rng().gen_range(100..3_000));
-                world.note(format!("clocks jump {} ms forward", jump.as_millis()));
-                madsim::time::advance(jump);
-                sleep(lasting).await;
-            }
-            3 => {
-                let slow = thread_rng().gen_range(20..400);
-                world.note(format!("slow network: 1-{slow} ms per packet for {} ms", lasting.as_millis()));
-                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(slow));
-                sleep(lasting).await;
-                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
-                world.note("network back to normal".to_string());
-            }
-            _ => {
-                let rate = thread_rng().gen_range(0.01..0.2);
-                world.note(format!("drop {:.0}% of packets for {} ms", rate * 100.0, lasting.as_millis()));
-                net.update_config(|c| c.packet_loss_rate = rate);
-                sleep(lasting).await;
-                net.update_config(|c| c.packet_loss_rate = 0.0);
-                world.note("stop dropping packets".to_string());
-            }
-        }
-    }
+    // Faults, until the deadline; at most one fault at a time, so a majority can work most of the time.
+    let faults = faults::inject(&mut world, deadline).await;
     for client in clients {
         let _ = client.await;
     }

@@ -36,9 +36,9 @@ use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
-use madsim::net::NetSim;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::task::NodeId;
 use madsim::time::{Instant, sleep};
 use madsim_tonic::Code;
 use openraft::ServerState;
@@ -49,6 +49,7 @@ use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
 use quiver_proto::v1::{AppendRequest, ExecuteRequest};
 
+use crate::faults;
 use crate::hot_disk::SimHotDisk;
 use crate::meta_sim::Outcome;
 
@@ -329,6 +330,10 @@ struct World {
     disks: Disks,
     live: Live,
     history: Arc<Mutex<History>>,
+    /// The host the clients (and operators) run on.
+    clients: NodeHandle,
+    /// When each node was last killed.
+    killed_at: BTreeMap<u64, Duration>,
     started: Instant,
     trace: Vec<String>,
 }
@@ -339,16 +344,56 @@ impl World {
         tracing::info!(at, "{event}");
         self.trace.push(format!("{at:>7} ms  {event}"));
     }
+}
+
+impl faults::Cluster for World {
+    fn members(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn host(&self, id: u64) -> NodeId {
+        self.nodes[&id].id()
+    }
+
+    fn leader(&self) -> Option<u64> {
+        live_engines(&self.live)
+            .iter()
+            .map(|e| e.meta().metrics().borrow().clone())
+            .find(|m| m.state == ServerState::Leader)
+            .map(|m| m.id)
+    }
 
     /// Kills node `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
         self.handle.kill(self.nodes[&id].id());
+        self.killed_at.insert(id, self.started.elapsed());
         self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
     }
 
     fn restart(&mut self, id: u64) {
         self.handle.restart(self.nodes[&id].id());
+    }
+
+    async fn remove(&mut self, id: u64) -> bool {
+        let helper =
+            (1..=self.nodes.len() as u64).find(|n| *n != id && self.live.lock().expect("live").contains_key(n));
+        let Some(h) = helper else { return false };
+        let remove = self.clients.spawn(async move {
+            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+            client.remove_node(&addr_of(h).to_string(), id).await
+        });
+        matches!(remove.await, Ok(Ok(())))
+    }
+
+    fn replace_disk(&mut self, id: u64) {
+        self.disks.lock().expect("disks").insert(id, SimHotDisk::new());
+        let lost_at = self.killed_at.get(&id).copied().unwrap_or_else(|| self.started.elapsed());
+        self.history.lock().expect("history").disk_losses.entry(id).or_default().push(lost_at);
+    }
+
+    fn note(&mut self, event: String) {
+        World::note(self, event);
     }
 }
 
@@ -359,12 +404,16 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let live: Live = Arc::default();
     let failures: Failures = Arc::default();
     let bootstrapped = Arc::new(AtomicBool::new(false));
+    // The clients run on a host of their own and reach the nodes over the simulated network.
+    let client_host = handle.create_node().name("clients").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
     let mut world = World {
         handle: handle.clone(),
         nodes: BTreeMap::new(),
         disks: Disks::default(),
         live: live.clone(),
         history: Arc::default(),
+        clients: client_host.clone(),
+        killed_at: BTreeMap::new(),
         started: Instant::now(),
         trace: Vec::new(),
     };
@@ -415,8 +464,6 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         })
     };
 
-    // The clients run on a host of their own and reach the nodes over the simulated network.
-    let client_host = handle.create_node().name("clients").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let mut clients = Vec::new();
     for client in 0..options.clients {
@@ -477,85 +524,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }));
     }
 
-    let net = NetSim::current();
-    let mut faults = 0;
-    while Instant::now() < deadline {
-        sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
-        let victim = thread_rng().gen_range(1..=options.nodes);
-        let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
-        faults += 1;
-        match thread_rng().gen_range(0..7) {
-            0 => {
-                let lost = world.kill(victim);
-                world.note(format!("kill node {victim} for {} ms ({lost} unsynced writes lost)", lasting.as_millis()));
-                sleep(lasting).await;
-                world.restart(victim);
-                world.note(format!("restart node {victim}"));
-            }
-            1 => {
-                world.note(format!("isolate node {victim} for {} ms", lasting.as_millis()));
-                net.clog_node(world.nodes[&victim].id());
-                sleep(lasting).await;
-                net.unclog_node(world.nodes[&victim].id());
-                world.note(format!("reconnect node {victim}"));
-            }
-            2 => {
-                world.note(format!("cut node {victim}'s outgoing traffic for {} ms", lasting.as_millis()));
-                net.clog_node_out(world.nodes[&victim].id());
-                sleep(lasting).await;
-                net.unclog_node_out(world.nodes[&victim].id());
-                world.note(format!("restore node {victim}'s outgoing traffic"));
-            }
-            3 => {
-                let slow = thread_rng().gen_range(20..400);
-                world.note(format!("slow network: 1-{slow} ms per packet for {} ms", lasting.as_millis()));
-                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(slow));
-                sleep(lasting).await;
-                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
-                world.note("network back to normal".to_string());
-            }
-            4 => {
-                // The machine is lost with its disk: an operator removes it through another node and brings up a
-                // replacement with the same id and address and an empty disk, which joins anew.
-                world.kill(victim);
-                let lost_at = world.started.elapsed();
-                let helper = (1..=options.nodes).find(|n| *n != victim && live.lock().expect("live").contains_key(n));
-                let removed = match helper {
-                    Some(h) => {
-                        let remove = client_host.spawn(async move {
-                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
-                            client.remove_node(&addr_of(h).to_string(), victim).await
-                        });
-                        matches!(remove.await, Ok(Ok(())))
-                    }
-                    None => false,
-                };
-                sleep(lasting).await;
-                if removed {
-                    world.disks.lock().expect("disks").insert(victim, SimHotDisk::new());
-                    world.history.lock().expect("history").disk_losses.entry(victim).or_default().push(lost_at);
-                    world.note(format!("node {victim} lost with its disk, removed, replaced by an empty one"));
-                } else {
-                    world.note(format!("node {victim} down; its removal was refused, it restarts on its disk"));
-                }
-                world.restart(victim);
-            }
-            5 => {
-                let jump = Duration::from_millis(thread_rng().gen_range(100..3_000));
-                world.note(format!("clocks jump {} ms forward", jump.as_millis()));
-                madsim::time::advance(jump);
-                sleep(lasting).await;
-            }
-            _ => {
-                let rate = thread_rng().gen_range(0.01..0.2);
-                world.note(format!("drop {:.0}% of packets for {} ms", rate * 100.0, lasting.as_millis()));
-                net.update_config(|c| c.packet_loss_rate = rate);
-                sleep(lasting).await;
-                net.update_config(|c| c.packet_loss_rate = 0.0);
-                world.note("stop dropping packets".to_string());
-            }
-        }
-    }
+    let faults = faults::inject(&mut world, deadline).await;
     for client in clients {
         let _ = client.await;
     }

@@ -1,0 +1,140 @@
+//! The faults both workloads inject, drawn from the seed: one at a time, every 0.3–2 virtual seconds, each lasting
+//! 0.2–3 s, until the fault phase ends. A workload describes its cluster through [`Cluster`]; what a fault does to a
+//! member (kill it, lose its disk) is the workload's business, which faults happen when is this module's.
+
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::rand::{Rng, thread_rng};
+use madsim::task::NodeId;
+use madsim::time::{Instant, sleep};
+
+/// The members of a simulated cluster, as the fault loop sees them (ids `1..=n`).
+pub(crate) trait Cluster {
+    /// The member ids.
+    fn members(&self) -> Vec<u64>;
+    /// The simulated host of member `id`.
+    fn host(&self, id: u64) -> NodeId;
+    /// The member that leads the metadata group now, if a running one says it does.
+    fn leader(&self) -> Option<u64>;
+    /// Kills member `id`; its disk loses its unsynced writes when the seed says so. Returns how many were lost.
+    fn kill(&mut self, id: u64) -> usize;
+    /// Starts member `id` again, on the disk it has.
+    fn restart(&mut self, id: u64);
+    /// Asks another running member to remove the (dead) member `id` from the cluster; true when it was removed.
+    async fn remove(&mut self, id: u64) -> bool;
+    /// Gives member `id` a new, empty disk: the old one is lost with its machine.
+    fn replace_disk(&mut self, id: u64);
+    /// Records an event in the run's trace.
+    fn note(&mut self, event: String);
+}
+
+fn pick(members: &[u64]) -> u64 {
+    members[thread_rng().gen_range(0..members.len())]
+}
+
+/// Injects faults until `until`; returns how many.
+pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize {
+    let net = NetSim::current();
+    let members = cluster.members();
+    let mut faults = 0;
+    while Instant::now() < until {
+        sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
+        let victim = pick(&members);
+        let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
+        let ms = lasting.as_millis();
+        faults += 1;
+        match thread_rng().gen_range(0..10) {
+            0 | 1 => {
+                let lost = cluster.kill(victim);
+                cluster.note(format!("kill {victim} for {ms} ms ({lost} unsynced writes lost)"));
+                sleep(lasting).await;
+                cluster.restart(victim);
+                cluster.note(format!("restart {victim}"));
+            }
+            2 => {
+                // The machine is lost with its disk: an operator removes it through another member and brings up a
+                // replacement with the same id and address and an empty disk, which joins anew.
+                cluster.kill(victim);
+                let removed = cluster.remove(victim).await;
+                sleep(lasting).await;
+                if removed {
+                    cluster.replace_disk(victim);
+                    cluster.note(format!("{victim} lost with its disk, removed, replaced by an empty one"));
+                } else {
+                    cluster.note(format!("{victim} down; its removal was refused, it restarts on its disk"));
+                }
+                cluster.restart(victim);
+            }
+            3 => {
+                // The leader in particular (or a random member when none leads).
+                let target = cluster.leader().unwrap_or(victim);
+                cluster.note(format!("isolate {target} (leader: {:?}) for {ms} ms", cluster.leader()));
+                net.clog_node(cluster.host(target));
+                sleep(lasting).await;
+                net.unclog_node(cluster.host(target));
+                cluster.note(format!("reconnect {target}"));
+            }
+            4 => {
+                // A random split: a random subset of members cannot talk to the others (both directions).
+                let side: Vec<u64> = members.iter().copied().filter(|_| thread_rng().gen_bool(0.5)).collect();
+                let other: Vec<u64> = members.iter().copied().filter(|m| !side.contains(m)).collect();
+                cluster.note(format!("split {side:?} from {other:?} for {ms} ms"));
+                let links: Vec<(NodeId, NodeId)> = side
+                    .iter()
+                    .flat_map(|a| other.iter().map(move |b| (*a, *b)))
+                    .map(|(a, b)| (cluster.host(a), cluster.host(b)))
+                    .collect();
+                for (a, b) in &links {
+                    net.clog_link(*a, *b);
+                    net.clog_link(*b, *a);
+                }
+                sleep(lasting).await;
+                for (a, b) in &links {
+                    net.unclog_link(*a, *b);
+                    net.unclog_link(*b, *a);
+                }
+                cluster.note("split healed".to_string());
+            }
+            5 => {
+                cluster.note(format!("cut {victim}'s outgoing traffic for {ms} ms"));
+                net.clog_node_out(cluster.host(victim));
+                sleep(lasting).await;
+                net.unclog_node_out(cluster.host(victim));
+                cluster.note(format!("restore {victim}'s outgoing traffic"));
+            }
+            6 => {
+                let slow = thread_rng().gen_range(20..400);
+                cluster.note(format!("slow network: 1-{slow} ms per packet for {ms} ms"));
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(slow));
+                sleep(lasting).await;
+                net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
+                cluster.note("network back to normal".to_string());
+            }
+            7 => {
+                // Every clock jumps forward at once (a VM paused and resumed): leases and election timers expire.
+                // madsim has one clock for the whole world, so clocks cannot drift apart.
+                let jump = Duration::from_millis(thread_rng().gen_range(100..3_000));
+                cluster.note(format!("clocks jump {} ms forward", jump.as_millis()));
+                madsim::time::advance(jump);
+                sleep(lasting).await;
+            }
+            8 => {
+                cluster.note(format!("isolate {victim} for {ms} ms"));
+                net.clog_node(cluster.host(victim));
+                sleep(lasting).await;
+                net.unclog_node(cluster.host(victim));
+                cluster.note(format!("reconnect {victim}"));
+            }
+            _ => {
+                let rate = thread_rng().gen_range(0.01..0.2);
+                cluster.note(format!("drop {:.0}% of packets for {ms} ms", rate * 100.0));
+                net.update_config(|c| c.packet_loss_rate = rate);
+                sleep(lasting).await;
+                net.update_config(|c| c.packet_loss_rate = 0.0);
+                cluster.note("stop dropping packets".to_string());
+            }
+        }
+    }
+    faults
+}
