@@ -44,6 +44,8 @@ mod faults;
 #[cfg(madsim)]
 pub mod hot_disk;
 #[cfg(madsim)]
+mod linearizability;
+#[cfg(madsim)]
 pub mod meta_sim;
 #[cfg(madsim)]
 pub mod node_sim;

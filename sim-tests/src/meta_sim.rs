@@ -38,8 +38,11 @@ use quiver_meta::raft::{GrpcNetwork, NodeAddr};
 
 use crate::disk::SimDisk;
 use crate::faults;
+use crate::linearizability::{self, Operation, TableModel, TableOp, TableOutcome};
 use quiver_meta::service::ClusterClient;
-use quiver_meta::{CatalogCommand, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, TableKind};
+use quiver_meta::{
+    CatalogCommand, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, Rejection, TableKind,
+};
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -193,12 +196,20 @@ fn create_table(name: &str) -> MetaCommand {
     }
 }
 
-/// One proposal as the workload saw it, with virtual times since the start of the run.
-struct Proposal {
+fn drop_table(name: &str) -> MetaCommand {
+    MetaCommand::Catalog {
+        command: CatalogCommand::DropTable { name: name.to_string(), if_exists: false },
+        shard_node: None,
+    }
+}
+
+/// One catalog change as the workload saw it, with virtual times since the start of the run.
+struct Change {
     name: String,
+    op: TableOp,
     invoked: Duration,
-    completed: Duration,
-    fate: Fate,
+    /// When it completed and what it returned; `None` when the client could not know (timeout, crash).
+    completed: Option<(Duration, TableOutcome)>,
 }
 
 /// One linearizable read of the table names.
@@ -208,46 +219,60 @@ struct Read {
     tables: BTreeSet<String>,
 }
 
-/// Checks the reads against the proposals for linearizability of a grow-only set: a read sees every table
-/// acknowledged before it was invoked, no table proposed after it completed, and a read that starts after another
-/// ended sees at least what that one saw.
-fn check_linearizable(proposals: &[Proposal], reads: &[Read]) -> Result<(), String> {
-    for (i, read) in reads.iter().enumerate() {
-        if let Some(p) = proposals
-            .iter()
-            .find(|p| p.fate == Fate::Acknowledged && p.completed < read.invoked && !read.tables.contains(&p.name))
-        {
-            return Err(format!(
-                "stale read: table {} was acknowledged at {:?} but a read invoked at {:?} did not see it",
-                p.name, p.completed, read.invoked
-            ));
+/// Checks the catalog history for linearizability, table by table: each table's creates and drops, and every read of
+/// the table list (the final state included) projected onto that table.
+fn check_linearizable(changes: &[Change], reads: &[Read]) -> Result<(), String> {
+    let mut by_table: BTreeMap<&str, Vec<Operation<TableOp, TableOutcome>>> = BTreeMap::new();
+    for change in changes {
+        by_table.entry(change.name.as_str()).or_default().push(Operation {
+            input: change.op,
+            invoked: change.invoked,
+            completed: change.completed,
+        });
+    }
+    for (table, history) in &mut by_table {
+        // Reads outside the window of the table's changes need no search: those that ended before the first change
+        // began must not see the table; those that began after the last change ended must all agree (one of them
+        // joins the search, to pin the final state).
+        let first = history.iter().map(|op| op.invoked).min().unwrap_or_default();
+        let last = history.iter().map(|op| op.completed.map_or(Duration::MAX, |(t, _)| t)).max().unwrap_or_default();
+        let mut after: Option<(&Read, bool)> = None;
+        for read in reads {
+            let seen = read.tables.contains(*table);
+            if read.completed < first {
+                if seen {
+                    return Err(format!(
+                        "table {table}: a read at {:?}..{:?} saw it before any change of it began ({first:?})",
+                        read.invoked, read.completed
+                    ));
+                }
+                continue;
+            }
+            if read.invoked > last {
+                match after {
+                    Some((earlier, saw)) if saw != seen => {
+                        let word = |present: bool| if present { "present" } else { "absent" };
+                        return Err(format!(
+                            "table {table}: after its last change, a read at {:?} found it {} and one at {:?} {}",
+                            earlier.invoked,
+                            word(saw),
+                            read.invoked,
+                            word(seen)
+                        ));
+                    }
+                    Some(_) => continue,
+                    None => after = Some((read, seen)),
+                }
+            }
+            history.push(Operation {
+                input: TableOp::Read,
+                invoked: read.invoked,
+                completed: Some((read.completed, TableOutcome::Exists(seen))),
+            });
         }
-        if let Some(p) = proposals.iter().find(|p| p.invoked > read.completed && read.tables.contains(&p.name)) {
-            return Err(format!(
-                "read from the future: a read completed at {:?} saw table {}, proposed at {:?}",
-                read.completed, p.name, p.invoked
-            ));
-        }
-        if let Some(earlier) = reads[..i]
-            .iter()
-            .chain(&reads[i + 1..])
-            .find(|e| e.completed < read.invoked && !e.tables.is_subset(&read.tables))
-        {
-            let missing = earlier.tables.difference(&read.tables).next();
-            return Err(format!(
-                "non-monotonic reads: a read at {:?} saw {missing:?}, a later one at {:?} did not",
-                earlier.completed, read.invoked
-            ));
-        }
+        linearizability::check(&TableModel, history).map_err(|e| format!("table {table}: {e}"))?;
     }
     Ok(())
-}
-
-/// What the workload learned of one proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Fate {
-    Acknowledged,
-    Uncertain,
 }
 
 struct World {
@@ -376,22 +401,23 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         })
     };
 
-    // The workload: each client proposes new tables, or reads the table list linearizably, on a random live replica.
-    let history: Arc<Mutex<BTreeMap<String, Fate>>> = Arc::default();
-    let proposals: Arc<Mutex<Vec<Proposal>>> = Arc::default();
+    // The workload: each client creates tables of new names, drops one of its own now and then, or reads the table
+    // list linearizably, on a random live replica.
+    let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
     let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let live = live.clone();
-        let history = history.clone();
-        let proposals = proposals.clone();
+        let changes = changes.clone();
         let reads = reads.clone();
         let nodes: Vec<(u64, NodeHandle)> = world.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
         let handle = handle.clone();
         let started = world.started;
         clients.push(madsim::task::spawn(async move {
             let mut n = 0u64;
+            // Tables this client created and has not tried to drop.
+            let mut mine: Vec<String> = Vec::new();
             while Instant::now() < deadline {
                 let (id, on) = &nodes[thread_rng().gen_range(0..nodes.len())];
                 let Some(node) = live.lock().expect("live map").get(id).cloned() else {
@@ -402,7 +428,8 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                 // node cuts it off.
                 let Some(on) = handle.get_node(on.id()) else { continue };
                 let invoked = started.elapsed();
-                if thread_rng().gen_bool(0.3) {
+                let dice = thread_rng().gen_range(0..100);
+                if dice < 30 {
                     let task = on.spawn(async move {
                         node.read_state(|s| s.catalog().tables().map(|t| t.name.clone()).collect::<BTreeSet<_>>()).await
                     });
@@ -410,23 +437,34 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                         reads.lock().expect("reads").push(Read { invoked, completed: started.elapsed(), tables });
                     }
                 } else {
-                    let name = format!("c{client}_t{n}");
-                    n += 1;
-                    let command = create_table(&name);
-                    let task = on.spawn(async move { node.propose(command).await });
-                    let fate = match task.await {
-                        Ok(Ok(response)) if response.clone().into_result().is_ok() => Fate::Acknowledged,
-                        Ok(Ok(response)) => panic!("proposal {name} rejected: {response:?}"),
-                        _ => Fate::Uncertain,
+                    let (name, op) = if dice < 45 && !mine.is_empty() {
+                        (mine.swap_remove(thread_rng().gen_range(0..mine.len())), TableOp::Drop)
+                    } else {
+                        n += 1;
+                        (format!("c{client}_t{n}"), TableOp::Create)
                     };
-                    let completed = started.elapsed();
-                    proposals.lock().expect("proposals").push(Proposal {
-                        name: name.clone(),
-                        invoked,
-                        completed,
-                        fate,
-                    });
-                    history.lock().expect("history").insert(name, fate);
+                    let command = match op {
+                        TableOp::Drop => drop_table(&name),
+                        _ => create_table(&name),
+                    };
+                    let task = on.spawn(async move { node.propose(command).await });
+                    let completed = match task.await {
+                        Ok(Ok(response)) => {
+                            let outcome = match response.outcome {
+                                Ok(_) => TableOutcome::Done,
+                                Err(Rejection::TableAlreadyExists { .. } | Rejection::TableNotFound { .. }) => {
+                                    TableOutcome::Refused
+                                }
+                                Err(other) => panic!("{op:?} {name} rejected: {other}"),
+                            };
+                            Some((started.elapsed(), outcome))
+                        }
+                        _ => None,
+                    };
+                    if op == TableOp::Create && matches!(completed, Some((_, TableOutcome::Done))) {
+                        mine.push(name.clone());
+                    }
+                    changes.lock().expect("changes").push(Change { name, op, invoked, completed });
                 }
                 sleep(Duration::from_millis(thread_rng().gen_range(0..50))).await;
             }
@@ -488,32 +526,34 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             return Err(format!("term {term} had leaders {ids:?}"));
         }
     }
-    // Metadata reads and writes are linearizable.
-    let reads = std::mem::take(&mut *reads.lock().expect("reads"));
-    check_linearizable(&proposals.lock().expect("proposals"), &reads)?;
-    // Every acknowledged table is there; nothing unproposed is.
-    let history = history.lock().expect("history").clone();
+    // Metadata reads and writes are linearizable, the final state read as the last read.
     let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
-    for (name, fate) in &history {
-        if *fate == Fate::Acknowledged && !tables.contains(name) {
-            return Err(format!("acknowledged table {name} is missing"));
-        }
-    }
-    if let Some(stranger) = tables.iter().find(|t| !t.starts_with("probe_") && !history.contains_key(*t)) {
+    let mut reads = std::mem::take(&mut *reads.lock().expect("reads"));
+    let end = world.started.elapsed();
+    reads.push(Read { invoked: end, completed: end, tables: tables.clone() });
+    let changes = std::mem::take(&mut *changes.lock().expect("changes"));
+    check_linearizable(&changes, &reads)?;
+    // Nothing that no client created is there.
+    let created: BTreeSet<&str> = changes.iter().map(|c| c.name.as_str()).collect();
+    if let Some(stranger) = tables.iter().find(|t| !t.starts_with("probe_") && !created.contains(t.as_str())) {
         return Err(format!("table {stranger} was never proposed"));
     }
 
-    let acknowledged = history.values().filter(|f| **f == Fate::Acknowledged).count();
-    let uncertain = history.len() - acknowledged;
+    let acknowledged = changes.iter().filter(|c| c.completed.is_some()).count();
+    let uncertain = changes.len() - acknowledged;
+    let drops = changes.iter().filter(|c| c.op == TableOp::Drop).count();
     world.note(format!(
-        "checked: {acknowledged} acknowledged, {uncertain} uncertain, {} linearizable reads, {} tables, version {}",
+        "checked: {acknowledged} acknowledged, {uncertain} uncertain ({drops} drops), {} linearizable reads, {} tables, \
+         version {}",
         reads.len(),
         tables.len(),
         states[0].version()
     ));
     let mut hasher = DefaultHasher::new();
     world.trace.hash(&mut hasher);
-    history.hash(&mut hasher);
+    for c in &changes {
+        (&c.name, c.invoked, c.completed.map(|(t, o)| (t, format!("{o:?}")))).hash(&mut hasher);
+    }
     states[0].encode().hash(&mut hasher);
     Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.trace })
 }
