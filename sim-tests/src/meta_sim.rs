@@ -41,7 +41,8 @@ use crate::faults;
 use crate::linearizability::{self, Operation, TableModel, TableOp, TableOutcome};
 use quiver_meta::service::ClusterClient;
 use quiver_meta::{
-    CatalogCommand, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, Rejection, TableKind,
+    CatalogCommand, ClusterError, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, NodeState,
+    Rejection, TableKind,
 };
 
 /// What one run does.
@@ -157,6 +158,8 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
                 role: NodeRole::Voter,
             };
             node.propose(register).await.expect("register the first node");
+            let serving = MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Serving };
+            node.propose(serving).await.expect("the first node serves");
         } else {
             let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
             let request = JoinRequest {
@@ -471,8 +474,94 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         }));
     }
 
+    // An operator changes the membership meanwhile: a spare replica joins (as a learner, promoted when a voter is
+    // missing) and is removed again, and the leadership is moved to a random voter.
+    let spare = options.replicas + 1;
+    world.disks.lock().expect("disks").insert(spare, SimDisk::new());
+    let spare_host = {
+        let (disks, live, replicas) = (world.disks.clone(), live.clone(), options.replicas);
+        handle
+            .create_node()
+            .name(format!("meta-{spare}"))
+            .ip(ip_of(spare))
+            .init(move || run_replica(spare, replicas, voters, disks.clone(), live.clone()))
+            .build()
+    };
+    handle.kill(spare_host.id());
+    let operator = {
+        let (handle, disks, live) = (handle.clone(), world.disks.clone(), live.clone());
+        let hosts: BTreeMap<u64, NodeHandle> = world.nodes.clone();
+        let spare_id = spare_host.id();
+        let started = world.started;
+        madsim::task::spawn(async move {
+            let mut log = Vec::new();
+            let mut running = false;
+            while Instant::now() < deadline {
+                sleep(Duration::from_millis(thread_rng().gen_range(1_000..4_000))).await;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let members: Vec<MetaNode> = live_nodes(&live).into_iter().filter(|n| n.node_id() != spare).collect();
+                let Some(via) = members.first().map(MetaNode::node_id) else { continue };
+                let Some(on) = handle.get_node(hosts[&via].id()) else { continue };
+                let at = started.elapsed().as_millis();
+                if thread_rng().gen_bool(0.4) {
+                    let voters: Vec<u64> = {
+                        let m = members[0].metrics().borrow().clone();
+                        m.membership_config.membership().voter_ids().collect()
+                    };
+                    let to = voters[thread_rng().gen_range(0..voters.len())];
+                    let moved = on.spawn(async move {
+                        let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+                        client.transfer_leader(&addr_of(via).to_string(), to).await
+                    });
+                    let ok = matches!(moved.await, Ok(Ok(_)));
+                    log.push(format!(
+                        "{at:>7} ms  operator: transfer leadership to {to}: {}",
+                        if ok { "ok" } else { "failed" }
+                    ));
+                } else if !running {
+                    handle.restart(spare_id);
+                    running = true;
+                    log.push(format!("{at:>7} ms  operator: start spare replica {spare} (it joins)"));
+                } else {
+                    // Decommission: stop the spare, then remove it through another replica, retrying (an operator
+                    // does) until the cluster confirms, or says it is no longer a member (an earlier attempt took
+                    // effect); its disk is then wiped.
+                    live.lock().expect("live map").remove(&spare);
+                    handle.kill(spare_id);
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        let helper = live_nodes(&live).into_iter().map(|n| n.node_id()).next().unwrap_or(via);
+                        let Some(on) = handle.get_node(hosts[&helper].id()) else { break };
+                        let removed = on.spawn(async move {
+                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+                            client.remove_node(&addr_of(helper).to_string(), spare).await
+                        });
+                        match removed.await {
+                            Ok(Ok(()) | Err(ClusterError::InvalidMembershipChange { .. })) => break,
+                            _ => sleep(Duration::from_millis(500)).await,
+                        }
+                    }
+                    disks.lock().expect("disks").insert(spare, SimDisk::new());
+                    running = false;
+                    log.push(format!("{at:>7} ms  operator: remove spare replica {spare} ({attempts} attempts)"));
+                }
+            }
+            (running, log)
+        })
+    };
+
     // Faults, until the deadline; at most one fault at a time, so a majority can work most of the time.
     let faults = faults::inject(&mut world, deadline).await;
+    let (spare_running, operations) = operator.await.map_err(|e| format!("the operator task failed: {e}"))?;
+    for line in &operations {
+        tracing::info!("{line}");
+    }
+    world.trace.extend(operations);
+    // In time order (each line starts with its virtual time); events of the same millisecond keep their order.
+    world.trace.sort_by_key(|line| line.split_whitespace().next().and_then(|ms| ms.parse::<u64>().ok()));
     for client in clients {
         let _ = client.await;
     }
@@ -503,10 +592,11 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     world.note(format!("available again after {} ms", (probe - healed).as_millis()));
 
     // Convergence: every replica applies the same log up to the same index and holds the same state.
+    let expected_replicas = options.replicas as usize + usize::from(spare_running);
     let converged = wait_until(Duration::from_secs(30), || {
         let nodes = live_nodes(&live);
         let applied: BTreeSet<_> = nodes.iter().map(|n| n.metrics().borrow().last_applied).collect();
-        nodes.len() == options.replicas as usize && applied.len() == 1
+        nodes.len() == expected_replicas && applied.len() == 1
     })
     .await;
     sampler.abort();
@@ -518,6 +608,32 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     let states: Vec<_> = nodes.iter().map(|n| n.read_local(|s| s.clone())).collect();
     if let Some(i) = states.iter().position(|s| *s != states[0]) {
         return Err(format!("replica {} holds another state than replica {}", nodes[i].node_id(), nodes[0].node_id()));
+    }
+
+    // Membership: the members are exactly the running replicas, the target number of voters is back, and the node
+    // registry lists every member as serving.
+    let running: BTreeSet<u64> = nodes.iter().map(MetaNode::node_id).collect();
+    let settled = wait_until(Duration::from_secs(30), || {
+        live_nodes(&live).iter().all(|n| {
+            let m = n.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let members: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            members == running && membership.voter_ids().count() == voters.min(running.len())
+        })
+    })
+    .await;
+    if settled.is_err() {
+        let m = nodes[0].metrics().borrow().clone();
+        return Err(format!(
+            "membership did not settle: running {running:?}, membership {:?}",
+            m.membership_config.membership()
+        ));
+    }
+    for id in &running {
+        let record = states[0].node(*id).map(|r| r.state);
+        if record != Some(NodeState::Serving) {
+            return Err(format!("member {id} is {record:?} in the node registry"));
+        }
     }
 
     // Safety: one leader per term.
