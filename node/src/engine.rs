@@ -209,6 +209,8 @@ impl QueryOutput {
 #[derive(Debug, Clone)]
 pub struct PreparedStatement {
     sql: String,
+    /// The metadata version the plan was made at: a later catalog change re-plans it (its tables may be others).
+    version: u64,
     plan: LogicalPlan,
     parameter_types: Vec<Option<DataType>>,
     result_schema: SchemaRef,
@@ -501,6 +503,16 @@ impl Engine {
         self.meta.metrics().borrow().membership_config.membership().nodes().count() > 1
     }
 
+    /// Makes every catalog change acknowledged anywhere in the cluster before this call visible to the statement
+    /// about to run here: in a cluster, a linearizable read of the metadata (one round to the leader, which confirms
+    /// its leadership with a quorum) and waiting until this node has applied and attached what it returned. Without
+    /// it, a statement on a node that has not yet applied a DROP and re-CREATE of a table would write into, or read,
+    /// the dropped table, and the rows of an acknowledged append would vanish when the drop is applied. A database
+    /// that is the only member of its group has applied everything it acknowledged already.
+    async fn see_acknowledged_ddl(&self) -> Result<()> {
+        if self.is_clustered() { self.catch_up().await } else { Ok(()) }
+    }
+
     /// Waits until this node has applied every metadata change committed before the call, then attaches them.
     async fn catch_up(&self) -> Result<()> {
         self.meta.read_state(|_| ()).await?;
@@ -685,6 +697,8 @@ impl Engine {
             }
             (Some(_), false) => return Err(Error::Unsupported { what: "several statements in one prepare".into() }),
         };
+        self.see_acknowledged_ddl().await?;
+        let version = self.meta.read_local(|s| s.version());
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         let types = plan.get_parameter_types()?;
         let mut parameter_types = Vec::new();
@@ -707,7 +721,7 @@ impl Engine {
             }
             other => Arc::new(other.schema().as_arrow().clone()),
         };
-        Ok(PreparedStatement { sql: sql.to_string(), plan, parameter_types, result_schema })
+        Ok(PreparedStatement { sql: sql.to_string(), version, plan, parameter_types, result_schema })
     }
 
     /// Executes a prepared statement with `params` for `$1`, `$2`, ….
@@ -740,6 +754,15 @@ impl Engine {
                 _ => v,
             });
         }
+        // Planned before a catalog change (a table dropped and created again holds other data): plan it anew.
+        self.see_acknowledged_ddl().await?;
+        let replanned;
+        let statement = if self.meta.read_local(|s| s.version()) == statement.version {
+            statement
+        } else {
+            replanned = self.prepare(&statement.sql).await?;
+            &replanned
+        };
         let plan = if values.is_empty() {
             statement.plan.clone()
         } else {
@@ -767,17 +790,8 @@ impl Engine {
                         _ => {}
                     }
                 }
-                let plan = match self.ctx.state().statement_to_plan(s.clone()).await {
-                    Ok(plan) => plan,
-                    // A table created on another node a moment ago may not be applied here yet: catch up with the
-                    // leader (a linearizable read) and plan once more, so DDL on one node is visible on every node
-                    // as soon as it is acknowledged.
-                    Err(e) if self.is_clustered() && names_unknown_table(&e.to_string()) => {
-                        self.catch_up().await?;
-                        self.ctx.state().statement_to_plan(s).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                self.see_acknowledged_ddl().await?;
+                let plan = self.ctx.state().statement_to_plan(s).await?;
                 self.execute_plan(plan).await
             }
             ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
@@ -999,6 +1013,7 @@ impl Engine {
     ///
     /// Fails, appending nothing, when the table does not exist, a batch does not match its schema, or the store fails.
     pub async fn append_stream(&self, table: &str, stream: SendableRecordBatchStream) -> Result<u64> {
+        self.see_acknowledged_ddl().await?;
         self.native_table(table)?.append_stream(stream).await
     }
 
@@ -1016,11 +1031,8 @@ impl Engine {
         schema: SchemaRef,
         stream: SendableRecordBatchStream,
     ) -> Result<u64> {
-        let mut exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
-        if !exists && self.is_clustered() {
-            self.catch_up().await?;
-            exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
-        }
+        self.see_acknowledged_ddl().await?;
+        let exists = self.meta.read_local(|s| s.catalog().table(table).is_some());
         match (mode, exists) {
             (IngestMode::Create, true) => return Err(Error::TableAlreadyExists { table: table.to_string() }),
             (IngestMode::Append, false) => return Err(Error::TableNotFound { table: table.to_string() }),
@@ -1053,11 +1065,6 @@ impl Engine {
 enum ParsedStatement {
     DataFusion(Statement),
     CopyFrom(copy::CopyFrom),
-}
-
-/// Returns whether a planning error says that a table does not exist.
-fn names_unknown_table(message: &str) -> bool {
-    message.contains("not found") && message.contains("table")
 }
 
 fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {

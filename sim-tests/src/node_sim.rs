@@ -174,6 +174,8 @@ fn fate_of(code: Code) -> Fate {
 struct Append {
     node: u64,
     table: String,
+    /// Which life of the table: 0 for the first, one more after each DROP and re-CREATE of its name.
+    incarnation: u32,
     first: i64,
     rows: i64,
     invoked: Duration,
@@ -185,6 +187,28 @@ impl Append {
     fn ids(&self) -> std::ops::Range<i64> {
         self.first..self.first + self.rows
     }
+}
+
+/// Whether a table must exist at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Its last CREATE was acknowledged, with no DROP since.
+    Present,
+    /// Its last DROP was acknowledged, with no CREATE since.
+    Absent,
+    /// A CREATE or DROP of it had an unknown outcome; its client gave the name up.
+    Unknown,
+}
+
+/// One DROP TABLE as a client saw it.
+#[derive(Debug, Clone)]
+struct Dropped {
+    node: u64,
+    table: String,
+    incarnation: u32,
+    invoked: Duration,
+    /// When it was acknowledged; `None` unless it was.
+    acknowledged: Option<Duration>,
 }
 
 /// One `SELECT id` answer.
@@ -200,8 +224,10 @@ struct Scan {
 /// Everything the clients saw, and when nodes lost their disks.
 #[derive(Debug, Default)]
 struct History {
-    /// Tables by name, with the fate of their CREATE.
-    tables: BTreeMap<String, Fate>,
+    /// What the clients know of each table name now.
+    tables: BTreeMap<String, Expect>,
+    /// Every DROP TABLE.
+    drops: Vec<Dropped>,
     appends: Vec<Append>,
     scans: Vec<Scan>,
     /// When each node lost its disk (the rows it held are gone by design).
@@ -223,6 +249,7 @@ impl History {
         table: &'a str,
         invoked: Duration,
         completed: Duration,
+        settled: bool,
     ) -> impl Iterator<Item = &'a Append> + 'a {
         self.appends.iter().filter(move |a| {
             a.node == node
@@ -230,17 +257,36 @@ impl History {
                 && a.fate != Fate::Failed
                 && a.invoked <= completed
                 && !self.lost_between(node, a.invoked, invoked)
+                && !self.dropped_for(node, table, a.incarnation, invoked, settled)
         })
     }
 
-    /// Checks one answer of `SELECT id FROM table` on `node`, taken between `invoked` and `completed`.
-    fn check_scan(&self, scan: &Scan) -> Result<(), String> {
+    /// Whether a scan on `node` begun at `invoked` must no longer see life `incarnation` of `table`: its DROP was
+    /// acknowledged before, by this node (a node applies the DDL it acknowledges before answering), or by any node
+    /// once the cluster has `settled` (every node has applied it).
+    fn dropped_for(&self, node: u64, table: &str, incarnation: u32, invoked: Duration, settled: bool) -> bool {
+        self.drops.iter().any(|d| {
+            d.table == table
+                && d.incarnation == incarnation
+                && d.acknowledged.is_some_and(|at| at < invoked)
+                && (settled || d.node == node)
+        })
+    }
+
+    /// Whether a DROP of life `incarnation` of `table` began before `at` (its rows may be gone since).
+    fn drop_began(&self, table: &str, incarnation: u32, at: Duration) -> bool {
+        self.drops.iter().any(|d| d.table == table && d.incarnation == incarnation && d.invoked < at)
+    }
+
+    /// Checks one answer of `SELECT id FROM table` on `node`, taken between `invoked` and `completed`; `settled`
+    /// when no fault runs and every node has applied every catalog change.
+    fn check_scan(&self, scan: &Scan, settled: bool) -> Result<(), String> {
         let Scan { node, table, invoked, completed, ids } = scan;
         let mut seen = BTreeSet::new();
         if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
             return Err(format!("row {dup} appears twice in {table} on node {node} (query at {invoked:?})"));
         }
-        let candidates: Vec<&Append> = self.candidates(*node, table, *invoked, *completed).collect();
+        let candidates: Vec<&Append> = self.candidates(*node, table, *invoked, *completed, settled).collect();
         for append in &candidates {
             let present = append.ids().filter(|id| seen.contains(id)).count() as i64;
             if present != 0 && present != append.rows {
@@ -252,7 +298,8 @@ impl History {
             }
             let must = append.fate == Fate::Acknowledged
                 && append.completed < *invoked
-                && !self.lost_between(*node, append.invoked, *completed);
+                && !self.lost_between(*node, append.invoked, *completed)
+                && !self.drop_began(table, append.incarnation, *completed);
             if must && present == 0 {
                 return Err(format!(
                     "lost rows: the batch {:?} appended to {table} on node {node} was acknowledged at {:?}, but a query \
@@ -265,9 +312,10 @@ impl History {
         let known: BTreeSet<i64> = candidates.iter().flat_map(|a| a.ids()).collect();
         if let Some(stranger) = seen.iter().find(|id| !known.contains(id)) {
             let origin = self.appends.iter().find(|a| a.ids().contains(stranger));
+            let dropped: Vec<&Dropped> = self.drops.iter().filter(|d| d.table == *table).collect();
             return Err(format!(
                 "row {stranger} is in {table} on node {node} (query at {invoked:?}) but no append that may have \
-                 taken effect there wrote it (its append: {origin:?})"
+                 taken effect there wrote it (its append: {origin:?}; drops of the table: {dropped:?})"
             ));
         }
         Ok(())
@@ -471,9 +519,11 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let started = world.started;
         let nodes = options.nodes;
         clients.push(client_host.spawn(async move {
-            let mut mine: Vec<String> = Vec::new();
+            // This client's tables, with the life of each.
+            let mut mine: Vec<(String, u32)> = Vec::new();
             let mut next_id = (client as i64 + 1) * 1_000_000_000;
             let mut made = 0;
+            let create = |table: String| format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
             while Instant::now() < deadline {
                 let node = thread_rng().gen_range(1..=nodes);
                 let invoked = started.elapsed();
@@ -481,17 +531,40 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 if mine.is_empty() || dice < 8 {
                     let table = format!("t{client}_{made}");
                     made += 1;
-                    let sql = format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
-                    let fate = match execute(node, sql).await {
-                        Ok(_) => Fate::Acknowledged,
-                        Err(code) => fate_of(code),
+                    let expect = match execute(node, create(table.clone())).await {
+                        Ok(_) => {
+                            mine.push((table.clone(), 0));
+                            Expect::Present
+                        }
+                        Err(code) if fate_of(code) == Fate::Failed => panic!("CREATE TABLE {table} refused: {code:?}"),
+                        Err(_) => Expect::Unknown,
                     };
-                    if fate == Fate::Acknowledged {
-                        mine.push(table.clone());
+                    history.lock().expect("history").tables.insert(table, expect);
+                } else if dice < 12 {
+                    // DROP one of this client's tables, then CREATE it again on another random node: the new table
+                    // must start empty everywhere. After an unknown outcome the client gives the name up.
+                    let (table, incarnation) = mine.swap_remove(thread_rng().gen_range(0..mine.len()));
+                    let dropped = execute(node, format!("DROP TABLE {table}")).await;
+                    let acknowledged = dropped.as_ref().ok().map(|_| started.elapsed());
+                    {
+                        let mut history = history.lock().expect("history");
+                        let expect = if acknowledged.is_some() { Expect::Absent } else { Expect::Unknown };
+                        history.drops.push(Dropped { node, table: table.clone(), incarnation, invoked, acknowledged });
+                        history.tables.insert(table.clone(), expect);
                     }
-                    history.lock().expect("history").tables.insert(table, fate);
+                    if acknowledged.is_some() {
+                        let again = thread_rng().gen_range(1..=nodes);
+                        let expect = match execute(again, create(table.clone())).await {
+                            Ok(_) => {
+                                mine.push((table.clone(), incarnation + 1));
+                                Expect::Present
+                            }
+                            Err(_) => Expect::Unknown,
+                        };
+                        history.lock().expect("history").tables.insert(table, expect);
+                    }
                 } else if dice < 70 {
-                    let table = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let (table, incarnation) = mine[thread_rng().gen_range(0..mine.len())].clone();
                     let rows = thread_rng().gen_range(1..40);
                     let first = next_id;
                     next_id += rows;
@@ -505,6 +578,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                     history.lock().expect("history").appends.push(Append {
                         node,
                         table,
+                        incarnation,
                         first,
                         rows,
                         invoked,
@@ -512,7 +586,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                         fate,
                     });
                 } else {
-                    let table = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let (table, _) = mine[thread_rng().gen_range(0..mine.len())].clone();
                     if let Ok(batches) = execute(node, format!("SELECT id FROM {table}")).await {
                         let ids = int64s(&batches, 0).into_iter().flatten().collect();
                         let completed = started.elapsed();
@@ -596,13 +670,19 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // Every answer during the faults was consistent with the model.
     let history = std::mem::take(&mut *world.history.lock().expect("history"));
     for scan in &history.scans {
-        history.check_scan(scan)?;
+        history.check_scan(scan, false)?;
     }
     // Every acknowledged table exists everywhere; nothing unproposed does.
     let catalog: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
-    for (table, fate) in &history.tables {
-        if *fate == Fate::Acknowledged && !catalog.contains(table) {
-            return Err(format!("acknowledged table {table} is missing"));
+    for (table, expect) in &history.tables {
+        match expect {
+            Expect::Present if !catalog.contains(table) => {
+                return Err(format!("table {table}, acknowledged, is missing"));
+            }
+            Expect::Absent if catalog.contains(table) => {
+                return Err(format!("table {table} is there though its DROP was acknowledged"));
+            }
+            _ => {}
         }
     }
     if let Some(stranger) = catalog.iter().find(|t| !t.starts_with("probe_") && !history.tables.contains_key(*t)) {
@@ -613,7 +693,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // DataFusion's aggregates equal the model's.
     let mut final_rows = BTreeMap::new();
     let tables: Vec<String> =
-        history.tables.iter().filter(|(_, f)| **f == Fate::Acknowledged).map(|(t, _)| t.clone()).collect();
+        history.tables.iter().filter(|(_, e)| **e == Expect::Present).map(|(t, _)| t.clone()).collect();
     for node in 1..=options.nodes {
         for table in &tables {
             let invoked = world.started.elapsed();
@@ -630,7 +710,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             };
             let ids: Vec<i64> = int64s(&ids, 0).into_iter().flatten().collect();
             let scan = Scan { node, table: table.clone(), invoked, completed: world.started.elapsed(), ids };
-            history.check_scan(&scan)?;
+            history.check_scan(&scan, true)?;
             let model: Vec<i64> = {
                 let mut ids = scan.ids.clone();
                 ids.sort_unstable();
