@@ -2,7 +2,7 @@
 //! to, never clients.
 //!
 //! It serves the metadata replica's services (Raft transport, metadata proposals and reads, cluster membership, from
-//! [`quiver_meta::service`]) and the node's [`DataService`](quiver_proto::v1::data_service_server::DataService):
+//! [`quiver_meta::service`]) and the node's `DataService`:
 //! one SQL statement, or an atomic append of Arrow IPC rows, against this node's data. Payloads are Arrow IPC
 //! streams bounded by `limits.flight_message_max` in both directions.
 //!
