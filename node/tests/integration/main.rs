@@ -3,6 +3,7 @@
 mod clients;
 mod cluster;
 mod crash;
+mod data_service;
 mod flight_sql;
 mod pg;
 mod server;
