@@ -49,3 +49,5 @@ mod linearizability;
 pub mod meta_sim;
 #[cfg(madsim)]
 pub mod node_sim;
+#[cfg(madsim)]
+pub mod object_store;
