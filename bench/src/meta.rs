@@ -88,6 +88,7 @@ impl Cluster {
                 grpc_addr: Some("127.0.0.1:0".into()),
                 node_id: Some(id),
                 join: seed.iter().cloned().collect(),
+                cold_store: None,
             };
             let config = Config::load(None, Vec::new(), &overrides)?;
             let server = Server::bind(config).await.with_context(|| format!("start node {id}"))?;

@@ -31,6 +31,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The node's place in a cluster (its id, internal endpoint, how it joins).
     pub cluster: ClusterConfig,
+    /// The cold tier: where tiered data lives and how it is written.
+    pub cold: ColdConfig,
     /// Limits that protect the node from oversized requests.
     pub limits: LimitsConfig,
     /// Logging.
@@ -236,6 +238,63 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
+/// `[cold]`: the cold tier's object store. Credentials and endpoints not given here come from the standard environment
+/// variables of each store (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+/// `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdConfig {
+    /// Where cold data lives: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
+    /// Empty: the directory `cold` inside the data directory.
+    pub store: String,
+    /// An S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (path-style requests are used with it).
+    pub endpoint: Option<String>,
+    /// The S3 region.
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
+    /// S3 access key id (prefer the environment or an instance role).
+    pub access_key_id: Option<String>,
+    /// S3 secret access key.
+    pub secret_access_key: Option<String>,
+    /// Rows per Parquet row group in tiered files.
+    pub row_group_rows: usize,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        Self {
+            store: String::new(),
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            access_key_id: None,
+            secret_access_key: None,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+impl ColdConfig {
+    /// The store this configuration names, for a node whose data directory is `data_dir`.
+    pub fn spec(&self, data_dir: &std::path::Path) -> crate::cold::ColdSpec {
+        let url = if self.store.is_empty() {
+            crate::cold::ColdUrl::Directory(data_dir.join("cold"))
+        } else {
+            crate::cold::ColdUrl::Url(self.store.clone())
+        };
+        crate::cold::ColdSpec {
+            url,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            row_group_rows: self.row_group_rows,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -345,6 +404,8 @@ pub struct Overrides {
     pub grpc_addr: Option<String>,
     /// `--join` (repeatable); replaces the configured list when given.
     pub join: Vec<String>,
+    /// `--cold-store`.
+    pub cold_store: Option<String>,
 }
 
 impl Config {
@@ -399,6 +460,9 @@ impl Config {
         if !overrides.join.is_empty() {
             config.cluster.join = overrides.join.clone();
         }
+        if let Some(store) = &overrides.cold_store {
+            config.cold.store = store.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -410,6 +474,14 @@ impl Config {
     /// [`Error::Config`] for the first invalid value, naming its key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::Config { detail: format!("{key}: {why}") });
+        if !self.cold.store.is_empty()
+            && let Err(why) = crate::cold::ColdUrl::Url(self.cold.store.clone()).check()
+        {
+            return bad("cold.store", why);
+        }
+        if self.cold.row_group_rows == 0 {
+            return bad("cold.row_group_rows", "must be 1 or more".into());
+        }
         for (key, addr) in [
             ("server.flight_addr", &self.server.flight_addr),
             ("server.pg_addr", &self.server.pg_addr),
@@ -458,6 +530,7 @@ impl Config {
                 SyncPolicy::None => Durability::Buffered,
             },
             column_cache_bytes: self.storage.column_cache.0 as usize,
+            cold: self.cold.spec(&self.storage.data_dir),
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,
@@ -562,6 +635,19 @@ mod tests {
         )
         .expect_err("size");
         assert!(err.to_string().contains("parsecs"), "{err}");
+        let overrides = Overrides { cold_store: Some("ftp://host/x".into()), ..Overrides::default() };
+        let err = Config::load(None, env(&[]), &overrides).expect_err("cold store");
+        assert!(err.to_string().contains("cold.store") && err.to_string().contains("ftp"), "{err}");
+        let err =
+            Config::load(None, env(&[("QUIVER_COLD__STORE", "s3://")]), &Overrides::default()).expect_err("bucket");
+        assert!(err.to_string().contains("names no bucket"), "{err}");
+        let c = Config::load(
+            Some(("q.toml", "[cold]\nstore = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .expect("cold");
+        assert_eq!((c.cold.store.as_str(), c.cold.allow_http), ("s3://b/p", true));
     }
 
     #[test]

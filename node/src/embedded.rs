@@ -78,6 +78,16 @@ impl Quiver {
         &self.engine
     }
 
+    /// Moves the hot rows of `table` into the cold tier (Parquet files in `<dir>/cold`, or the configured store);
+    /// queries read them from there, transparently.
+    ///
+    /// # Errors
+    ///
+    /// The table does not exist, or the store fails (the rows then stay hot; nothing is lost).
+    pub async fn tier(&self, table: &str) -> Result<crate::engine::TierReport> {
+        self.engine.tier(table).await
+    }
+
     /// Runs the statements in `sql` and returns the rows of the last one as a stream, batch by batch.
     ///
     /// Statements that return no rows (DDL, INSERT, …) give a stream with one `count` column holding the affected

@@ -20,6 +20,7 @@
 pub mod copy;
 mod registry;
 pub mod system;
+mod tier;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use quiver_meta::{
 
 pub use copy::CopyFormat;
 use registry::TableRegistry;
+pub use tier::TierReport;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -78,6 +80,8 @@ pub struct EngineOptions {
     pub column_cache_bytes: usize,
     /// RocksDB tuning.
     pub rocks: RocksStoreOptions,
+    /// The cold tier's store.
+    pub cold: crate::cold::ColdSpec,
 }
 
 impl Default for EngineOptions {
@@ -89,6 +93,7 @@ impl Default for EngineOptions {
             batch_size: 8192,
             column_cache_bytes: 1 << 30,
             rocks: RocksStoreOptions::default(),
+            cold: crate::cold::ColdSpec::default(),
         }
     }
 }
@@ -280,6 +285,11 @@ pub struct Engine {
     hot: RwLock<HashMap<String, Arc<HotTable>>>,
     ctx: SessionContext,
     metrics: Arc<Metrics>,
+    /// The cold tier's store, and the same under this cluster's prefix once registered with DataFusion.
+    cold: crate::cold::ColdStore,
+    cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
+    /// Set when a table's cold view could not be loaded; the next statement retries.
+    cold_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -417,6 +427,11 @@ impl Engine {
         registry.add_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(meta.clone())));
 
         let node_id = meta.node_id();
+        let data_dir = match &location {
+            StorageLocation::Path(dir) => Some(dir.clone()),
+            StorageLocation::Memory => None,
+        };
+        let cold = crate::cold::ColdStore::open(&options.cold, data_dir.as_deref())?;
         let engine = Engine {
             location,
             tables,
@@ -427,6 +442,9 @@ impl Engine {
             hot: RwLock::new(HashMap::new()),
             ctx,
             metrics,
+            cold,
+            cold_cluster: std::sync::Mutex::new(None),
+            cold_failed: std::sync::atomic::AtomicBool::new(false),
         };
         let mut chunks_by_table = chunks_by_table;
         {
@@ -510,7 +528,11 @@ impl Engine {
     /// the dropped table, and the rows of an acknowledged append would vanish when the drop is applied. A database
     /// that is the only member of its group has applied everything it acknowledged already.
     async fn see_acknowledged_ddl(&self) -> Result<()> {
-        if self.is_clustered() { self.catch_up().await } else { Ok(()) }
+        if self.is_clustered() {
+            self.catch_up().await?;
+        }
+        self.reload_unavailable_cold().await;
+        Ok(())
     }
 
     /// Waits until this node has applied every metadata change committed before the call, then attaches them.
@@ -561,7 +583,9 @@ impl Engine {
     async fn attach(&self, def: &TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) {
         match &def.kind {
             TableKind::Native => {
-                self.attach_native(def.clone(), chunks);
+                let cold = self.cold_state_of(def).await;
+                let table = self.attach_native(def.clone(), chunks, cold);
+                self.remove_tiered_chunks(&table).await;
             }
             // The node that created an external table registered it before proposing it.
             TableKind::External { .. } if self.registry.contains(&def.name) => {}
@@ -590,8 +614,14 @@ impl Engine {
         Ok(())
     }
 
-    fn attach_native(&self, def: TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) -> Arc<HotTable> {
+    fn attach_native(
+        &self,
+        def: TableDef,
+        chunks: Vec<(u64, chunk::ChunkMeta)>,
+        cold: crate::cold::ColdState,
+    ) -> Arc<HotTable> {
         let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), chunks));
+        table.set_cold(cold);
         self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table))));
         self.hot.write().expect("hot table map poisoned").insert(def.name.clone(), Arc::clone(&table));
         table

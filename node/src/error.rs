@@ -152,6 +152,12 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The cold tier's object store could not be reached or refused a request; hot data is unaffected.
+    #[error("cold tier unavailable: {detail}")]
+    ColdUnavailable {
+        /// Which request failed, where, and why.
+        detail: String,
+    },
     /// An invariant of ours broke.
     #[error("internal error: {0}")]
     Internal(String),
@@ -173,7 +179,7 @@ impl Error {
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::ShuttingDown | Error::ColdUnavailable { .. } => ErrorKind::Unavailable,
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => ErrorKind::Unavailable,
                 quiver_meta::ClusterErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
@@ -216,6 +222,8 @@ impl Error {
             Error::Unsupported { .. } => "0A000",
             Error::Config { .. } => "F0000",
             Error::ShuttingDown => "57P01",
+            // io_error: an external storage failure.
+            Error::ColdUnavailable { .. } => "58030",
             // 57P03 cannot_connect_now: the metadata cluster has no leader or quorum right now; retry later.
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => "57P03",

@@ -5,6 +5,7 @@
 //! - [`storage`]: the [`storage::HotStore`] seam (RocksDB in production, memory for in-memory databases and
 //!   simulation).
 //! - [`table`]: native tables as immutable, compressed Arrow IPC chunks with per-chunk statistics.
+//! - [`cold`]: the cold tier: hot chunks tiered to Parquet files in an object store, listed in Raft-pointed manifests.
 //! - `query`: DataFusion integration (table provider, pruned parallel scans, inserts, DELETE/UPDATE).
 //! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
 //! - [`embedded`]: [`Quiver`], the in-process API.
@@ -24,6 +25,7 @@ mod blocking;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod cluster;
+pub mod cold;
 pub mod config;
 pub mod embedded;
 pub mod engine;

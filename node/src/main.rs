@@ -50,6 +50,10 @@ enum Command {
         /// fresh node bootstraps a new cluster.
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
+        /// Where tiered (cold) data lives: file:///path, s3://bucket/prefix, gs://bucket/prefix or
+        /// az://container/prefix (default: the directory `cold` in the data directory).
+        #[arg(long)]
+        cold_store: Option<String>,
     },
     /// Administers a cluster through any node's internal gRPC endpoint.
     Admin {
@@ -123,6 +127,12 @@ enum AdminCommand {
     },
     /// Makes the node build a metadata snapshot now and compact its log.
     Snapshot,
+    /// Moves a table's hot rows on the node to the cold tier now.
+    Tier {
+        /// The table.
+        #[arg(long)]
+        table: String,
+    },
 }
 
 /// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
@@ -155,7 +165,7 @@ async fn shutdown_signal() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join } => {
+        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join, cold_store } => {
             let file = match &config {
                 Some(path) => Some((
                     path.display().to_string(),
@@ -164,7 +174,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 )),
                 None => None,
             };
-            let overrides = Overrides { data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join };
+            let overrides =
+                Overrides { data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join, cold_store };
             let config =
                 Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
             init_logging(&config.log.filter);
@@ -181,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::Remove { node_id } => cli::admin::remove(&connect, node_id).await?,
                 AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
+                AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,
             };
             print!("{text}");
             if !text.ends_with('\n') {

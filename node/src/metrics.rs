@@ -138,6 +138,8 @@ pub struct Metrics {
     frontends: [FrontendMetrics; 3],
     /// Rows committed to native tables.
     pub rows_ingested: Counter,
+    /// Rows moved from the hot store to the cold tier.
+    pub rows_tiered: Counter,
     /// Bytes written to the hot store (keys and values).
     pub hot_bytes_written: Counter,
     /// Bytes of chunk data read from the hot store.
@@ -238,6 +240,7 @@ impl Metrics {
             );
         }
         counter(&mut out, "quiver_rows_ingested_total", "Rows committed to native tables.", self.rows_ingested.get());
+        counter(&mut out, "quiver_rows_tiered_total", "Rows moved to the cold tier.", self.rows_tiered.get());
         counter(&mut out, "quiver_statements_total", "SQL statements executed.", self.statements.get());
         counter(
             &mut out,

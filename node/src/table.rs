@@ -33,6 +33,7 @@ use quiver_meta::{TableDef, TableId};
 pub(crate) use chunk::ChunkMeta;
 
 use self::cache::ColumnCache;
+use crate::cold::ColdState;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::storage::{Durability, HotStore, WriteBatch};
@@ -141,7 +142,9 @@ pub struct HotTable {
     schema: SchemaRef,
     tables: Arc<TableStore>,
     version: RwLock<Version>,
-    /// Serializes DELETE and UPDATE of this table; inserts only add chunks and do not take it.
+    /// What this node's scans read from the cold tier (`crate::cold`). Read after `version`; changed before it.
+    cold: RwLock<ColdState>,
+    /// Serializes DELETE, UPDATE and tiering of this table; inserts only add chunks and do not take it.
     pub(crate) dml_lock: tokio::sync::Mutex<()>,
 }
 
@@ -162,7 +165,14 @@ impl HotTable {
             })
             .collect();
         list.sort_by_key(|c| c.seq);
-        Self { def, schema, tables, version: RwLock::new(Arc::new(list)), dml_lock: tokio::sync::Mutex::new(()) }
+        Self {
+            def,
+            schema,
+            tables,
+            version: RwLock::new(Arc::new(list)),
+            cold: RwLock::new(ColdState::Ready(Arc::default())),
+            dml_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Returns the table's definition.
@@ -178,6 +188,16 @@ impl HotTable {
     /// Returns the current version: the chunks a reader starting now must see.
     pub(crate) fn version(&self) -> Version {
         Arc::clone(&self.version.read().expect("version lock poisoned"))
+    }
+
+    /// Returns what this node's scans read from the cold tier; read it after [`HotTable::version`].
+    pub(crate) fn cold(&self) -> ColdState {
+        self.cold.read().expect("cold lock poisoned").clone()
+    }
+
+    /// Installs a new cold view (before the hot chunks it covers are removed).
+    pub(crate) fn set_cold(&self, state: ColdState) {
+        *self.cold.write().expect("cold lock poisoned") = state;
     }
 
     /// Returns the rows in the table now.

@@ -308,7 +308,7 @@ impl faults::Cluster for World {
         live_nodes(&self.live)
             .iter()
             .map(|n| n.metrics().borrow().clone())
-            .find(|m| m.state == ServerState::Leader)
+            .find(|m| m.state == ServerState::Leader && self.nodes.contains_key(&m.id))
             .map(|m| m.id)
     }
 
@@ -324,7 +324,9 @@ impl faults::Cluster for World {
     }
 
     async fn remove(&mut self, id: u64) -> bool {
-        let helper = live_nodes(&self.live).into_iter().map(|n| n.node_id()).find(|h| *h != id);
+        // Through another of the fault loop's replicas (not the operator's spare).
+        let helper =
+            live_nodes(&self.live).into_iter().map(|n| n.node_id()).find(|h| *h != id && self.nodes.contains_key(h));
         let Some((h, on)) = helper.and_then(|h| self.handle.get_node(self.nodes[&h].id()).map(|n| (h, n))) else {
             return false;
         };
@@ -510,6 +512,10 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                         let m = members[0].metrics().borrow().clone();
                         m.membership_config.membership().voter_ids().collect()
                     };
+                    // A replica that has just joined anew may not know the membership yet.
+                    if voters.is_empty() {
+                        continue;
+                    }
                     let to = voters[thread_rng().gen_range(0..voters.len())];
                     let moved = on.spawn(async move {
                         let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
@@ -533,7 +539,11 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                     let mut attempts = 0;
                     loop {
                         attempts += 1;
-                        let helper = live_nodes(&live).into_iter().map(|n| n.node_id()).next().unwrap_or(via);
+                        let helper = live_nodes(&live)
+                            .into_iter()
+                            .map(|n| n.node_id())
+                            .find(|n| hosts.contains_key(n))
+                            .unwrap_or(via);
                         let Some(on) = handle.get_node(hosts[&helper].id()) else { break };
                         let removed = on.spawn(async move {
                             let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
@@ -547,6 +557,30 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                     disks.lock().expect("disks").insert(spare, SimDisk::new());
                     running = false;
                     log.push(format!("{at:>7} ms  operator: remove spare replica {spare} ({attempts} attempts)"));
+                }
+            }
+            // A decommissioned spare's join request may still have been in flight and landed after its removal: an
+            // operator checks the membership and removes it again until it is gone.
+            if !running {
+                for _ in 0..60 {
+                    let members = live_nodes(&live);
+                    let present = members.iter().any(|n| {
+                        n.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == spare)
+                    });
+                    if !present {
+                        break;
+                    }
+                    let Some(helper) = members.iter().map(MetaNode::node_id).find(|n| hosts.contains_key(n)) else {
+                        break;
+                    };
+                    if let Some(on) = handle.get_node(hosts[&helper].id()) {
+                        let removed = on.spawn(async move {
+                            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+                            client.remove_node(&addr_of(helper).to_string(), spare).await
+                        });
+                        let _ = removed.await;
+                    }
+                    sleep(Duration::from_millis(500)).await;
                 }
             }
             (running, log)

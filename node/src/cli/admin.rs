@@ -130,3 +130,31 @@ pub async fn snapshot(addr: &str) -> Result<String> {
     let index = client().trigger_snapshot(addr).await?;
     Ok(format!("snapshot built up to log index {}", opt(index)))
 }
+
+/// Moves table `table`'s hot rows on the node at `addr` to the cold tier now.
+///
+/// # Errors
+///
+/// The node cannot be reached, the table does not exist, or the object store fails (the rows stay hot).
+pub async fn tier(addr: &str, table: &str) -> Result<String> {
+    use quiver_proto::v1::TierRequest;
+    use quiver_proto::v1::data_service_client::DataServiceClient;
+
+    let unreachable = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot reach {addr}: {e}"));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(Duration::from_secs(3));
+    let mut client = DataServiceClient::new(endpoint.connect().await.map_err(|e| unreachable(&e))?);
+    let reply = client
+        .tier(TierRequest { table: table.to_string() })
+        .await
+        .map_err(|status| Error::Internal(format!("tiering \"{table}\" failed: {}", status.message())))?
+        .into_inner();
+    if reply.rows == 0 {
+        return Ok(format!("table {table}: nothing hot to tier (manifest version {})", reply.manifest_version));
+    }
+    Ok(format!(
+        "table {table}: tiered {} rows from {} hot chunks into {} bytes of Parquet (manifest version {})",
+        reply.rows, reply.chunks, reply.bytes, reply.manifest_version
+    ))
+}

@@ -22,6 +22,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::provider::prune_chunks;
+use crate::cold::ColdState;
 use crate::error::{Error, Result};
 use crate::table::HotTable;
 
@@ -116,6 +117,17 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
     };
     let _guard = table.dml_lock.lock().await;
     let version = table.version();
+    // Tiered rows are in Parquet files that DELETE and UPDATE do not rewrite yet: refuse rather than change only the
+    // hot rows.
+    match table.cold() {
+        ColdState::Ready(view) if view.files.is_empty() => {}
+        ColdState::Ready(_) => {
+            return Err(Error::Unsupported {
+                what: format!("DELETE or UPDATE of table \"{}\", which has rows in the cold tier", table.def().name),
+            });
+        }
+        ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+    }
     let schema = table.schema();
     let candidates = match &change.predicate {
         Some(p) => prune_chunks(state, &schema, &version, std::slice::from_ref(&unqualify(p)?))?,

@@ -22,7 +22,14 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_plan::union::UnionExec;
+
 use super::scan::ChunkScanExec;
+use crate::cold::ColdState;
 use crate::error::Error;
 use crate::table::{Chunk, HotTable};
 
@@ -95,24 +102,48 @@ impl TableProvider for HotTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // The hot version first, the cold view second (tiering installs the view before it drops hot chunks): hot
+        // chunks the cold files hold are skipped, so every row is read exactly once.
         let version = self.table.version();
+        let cold = match self.table.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
+        };
+        let hot: Vec<Arc<Chunk>> = version.iter().filter(|c| c.seq > cold.hot_through).cloned().collect();
         let schema = self.table.schema();
-        let chunks = prune_chunks(state, &schema, &version, filters)?;
+        let chunks = prune_chunks(state, &schema, &hot, filters)?;
         let projected_schema = match projection {
             Some(p) => Arc::new(schema.project(p)?),
-            None => schema,
+            None => Arc::clone(&schema),
         };
         // With filters, a limit cannot stop the scan early: DataFusion filters after us.
         let limit = if filters.is_empty() { limit } else { None };
-        Ok(Arc::new(ChunkScanExec::new(
+        let partitions = state.config().target_partitions();
+        let hot_scan: Arc<dyn ExecutionPlan> = Arc::new(ChunkScanExec::new(
             Arc::clone(&self.table),
             projection.cloned(),
             projected_schema,
             chunks,
-            version.len(),
-            state.config().target_partitions(),
+            hot.len(),
+            partitions,
             limit,
-        )))
+        ));
+        if cold.files.is_empty() {
+            return Ok(hot_scan);
+        }
+        // The cold files: Parquet scans with the projection pushed down (DataFusion applies the filters above).
+        let files: Vec<PartitionedFile> =
+            cold.files.iter().map(|f| PartitionedFile::new(f.path.clone(), f.bytes)).collect();
+        let per_group = files.len().div_ceil(partitions.max(1));
+        let groups: Vec<FileGroup> = files.chunks(per_group.max(1)).map(|g| FileGroup::new(g.to_vec())).collect();
+        let source = Arc::new(ParquetSource::new(Arc::clone(&schema)));
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(crate::cold::OBJECT_STORE_URL)?, source)
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        let cold_scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        UnionExec::try_new(vec![hot_scan, cold_scan])
     }
 
     async fn insert_into(

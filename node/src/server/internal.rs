@@ -3,7 +3,7 @@
 //!
 //! It serves the metadata replica's services (Raft transport, metadata proposals and reads, cluster membership, from
 //! [`quiver_meta::service`]) and the node's `DataService`:
-//! one SQL statement, or an atomic append of Arrow IPC rows, against this node's data. Payloads are Arrow IPC
+//! one SQL statement, an atomic append of Arrow IPC rows, or tiering a table to the cold tier, on this node's data. Payloads are Arrow IPC
 //! streams bounded by `limits.flight_message_max` in both directions.
 //!
 //! In the simulation build the endpoint runs on madsim's simulated network and the data service is how the
@@ -20,7 +20,7 @@ use arrow::ipc::writer::StreamWriter;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use quiver_meta::MetaNode;
 use quiver_proto::v1::data_service_server::{DataService, DataServiceServer};
-use quiver_proto::v1::{AppendReply, AppendRequest, ExecuteReply, ExecuteRequest};
+use quiver_proto::v1::{AppendReply, AppendRequest, ExecuteReply, ExecuteRequest, TierReply, TierRequest};
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -95,6 +95,17 @@ impl DataService for DataGrpcService {
         let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok)));
         let rows = self.engine.append_stream(&table, Box::pin(stream)).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(AppendReply { rows }))
+    }
+
+    async fn tier(&self, request: Request<TierRequest>) -> Result<Response<TierReply>, Status> {
+        let table = request.into_inner().table;
+        let report = self.engine.tier(&table).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(TierReply {
+            rows: report.rows,
+            chunks: report.chunks as u64,
+            bytes: report.bytes,
+            manifest_version: report.manifest_version,
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ use arrow::ipc::writer::StreamWriter;
 use quiver_node::config::{ByteSize, Config, Overrides};
 use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
-use quiver_proto::v1::{AppendRequest, ExecuteRequest};
+use quiver_proto::v1::{AppendRequest, ExecuteRequest, TierRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -109,6 +109,31 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     let counted = execute(&mut client, "SELECT count(*) AS n FROM t").await.expect("count");
     let n = rows(&counted.arrow_ipc)[0].column(0).as_primitive::<Int64Type>().value(0);
     assert_eq!(n, 4, "the failed requests appended nothing");
+
+    // Tiering over the endpoint, and with `quiver admin tier`: the rows move to the cold tier and read the same.
+    let tiered = client.tier(TierRequest { table: "t".into() }).await.expect("tier").into_inner();
+    assert_eq!((tiered.rows, tiered.manifest_version), (4, 1));
+    assert!(tiered.bytes > 0);
+    execute(&mut client, "INSERT INTO t VALUES (5, 'e')").await.expect("insert after tiering");
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["admin", "--connect", &grpc.to_string(), "tier", "--table", "t"])
+        .output()
+        .expect("run quiver admin");
+    let said = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success() && said.contains("tiered 1 rows"),
+        "{said} {}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let missing = client.tier(TierRequest { table: "nope".into() }).await.expect_err("unknown table");
+    assert_eq!(missing.code(), Code::NotFound);
+    let selected = execute(&mut client, "SELECT id FROM t ORDER BY id").await.expect("select");
+    let ids: Vec<i64> = rows(&selected.arrow_ipc)
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "every row once, from the cold tier");
+    assert!(dir.path().join("cold").is_dir(), "the default cold store is next to the data");
 
     let _ = stop_tx.send(());
     running.await.expect("join").expect("clean shutdown");

@@ -1,0 +1,138 @@
+//! The cold tier: a table's older rows as Parquet files in an object store (a local directory by default, or the
+//! user's S3, GCS or Azure bucket), listed in per-shard manifests whose current version the metadata Raft group holds.
+//!
+//! ```text
+//!  hot chunks (RocksDB) ──tier──▶ Parquet file ─put─▶ bucket      1. upload the file (multipart when large)
+//!                                 manifest v+1 ─put─▶ bucket      2. write the next manifest
+//!                                 SetShardManifest(v → v+1) ─▶ Raft   3. move the pointer (compare-and-set)
+//!                                 delete the tiered hot chunks     4. only now
+//! ```
+//!
+//! Every step is idempotent and a crash between any two leaves every row readable exactly once: before step 3 the
+//! rows are still hot and the uploaded objects are unreferenced; after it, the manifest's `hot_through` mark says
+//! which of this node's hot chunks the files hold, scans skip those chunks, and they are deleted at the next open if
+//! step 4 did not happen. A scan reads the table's hot version first and its cold view second; tiering installs the
+//! cold view before it drops the hot chunks, so a scan running meanwhile neither misses nor double-counts a row.
+//!
+//! Rows still live on the node that took them (the cluster data path comes later), so each node scans its own files:
+//! files carry the node they came from.
+//!
+//! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout).
+
+pub mod manifest;
+pub mod store;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+pub use self::manifest::{ColdFile, Manifest};
+pub use self::store::{ColdSpec, ColdStore, ColdUrl};
+use crate::error::{Error, Result};
+
+/// The URL DataFusion knows the cold store by (the engine registers the cluster's store under it).
+pub const OBJECT_STORE_URL: &str = "quiver-cold://tier/";
+
+/// What one node's scans of a table read from the cold tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColdView {
+    /// The manifest version this view comes from (0: none yet).
+    pub version: u64,
+    /// This node's files.
+    pub files: Vec<ColdFile>,
+    /// The highest of this node's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
+    pub hot_through: u64,
+}
+
+impl ColdView {
+    /// The view of node `node` in `manifest`.
+    pub fn of(manifest: &Manifest, node: u64) -> Self {
+        ColdView {
+            version: manifest.version,
+            files: manifest.files.iter().filter(|f| f.node == node).cloned().collect(),
+            hot_through: manifest.hot_through.get(&node).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A table's cold view, or why it could not be read (the store is unreachable): scans fail until it can.
+#[derive(Debug, Clone)]
+pub enum ColdState {
+    /// Loaded.
+    Ready(Arc<ColdView>),
+    /// The manifest could not be read.
+    Unavailable(String),
+}
+
+fn unavailable(store: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::ColdUnavailable { detail: format!("{what} in {store}: {e}") }
+}
+
+/// Reads the manifest at `location`.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store cannot be read, [`Error::Corrupt`] when the manifest cannot be decoded.
+pub async fn read_manifest(store: &Arc<dyn ObjectStore>, display: &str, location: &str) -> Result<Manifest> {
+    let bytes = store
+        .get(&Path::from(location))
+        .await
+        .map_err(|e| unavailable(display, &format!("read manifest {location}"), e))?
+        .bytes()
+        .await
+        .map_err(|e| unavailable(display, &format!("read manifest {location}"), e))?;
+    Manifest::decode(&bytes).map_err(|detail| Error::Corrupt { location: location.to_string(), detail })
+}
+
+/// Writes `manifest` at its path.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store refuses the write.
+pub async fn write_manifest(store: &Arc<dyn ObjectStore>, display: &str, manifest: &Manifest) -> Result<String> {
+    let location = Manifest::path_of(manifest.table_id, manifest.shard_id, manifest.version);
+    let bytes = manifest.encode().map_err(|e| Error::Internal(format!("encode a manifest: {e}")))?;
+    store
+        .put(&Path::from(location.as_str()), PutPayload::from(bytes))
+        .await
+        .map_err(|e| unavailable(display, &format!("write manifest {location}"), e))?;
+    Ok(location)
+}
+
+/// Writes `batches` as one Parquet file at `location` (zstd, row-group and page statistics, the page index;
+/// uploaded in parts when large); returns its size in bytes.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store refuses the upload.
+pub async fn write_parquet(
+    store: &Arc<dyn ObjectStore>,
+    display: &str,
+    location: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    row_group_rows: usize,
+) -> Result<u64> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let failed = |e: parquet::errors::ParquetError| unavailable(display, &format!("write {location}"), e);
+    let sink = BufWriter::new(Arc::clone(store), Path::from(location));
+    let mut writer = AsyncArrowWriter::try_new(sink, Arc::clone(schema), Some(properties)).map_err(failed)?;
+    for batch in batches {
+        writer.write(batch).await.map_err(failed)?;
+    }
+    writer.close().await.map_err(failed)?;
+    let meta =
+        store.head(&Path::from(location)).await.map_err(|e| unavailable(display, &format!("check {location}"), e))?;
+    Ok(meta.size)
+}

@@ -1,0 +1,156 @@
+//! The manifest of a shard's cold data, and where things live in the bucket.
+//!
+//! Layout under the cluster's prefix (`quiver/<cluster id>/`), self-describing so that another process can read a
+//! table's cold data from the bucket alone:
+//!
+//! ```text
+//! tables/<table id>/shards/<shard id>/manifests/<version, 20 digits>.json   one per committed version
+//! tables/<table id>/shards/<shard id>/data/n<node>-s<seq>.parquet            the files the manifests list
+//! ```
+//!
+//! A manifest lists every file of the shard with its row count and size, the table's name and Arrow schema, and for
+//! each node the highest hot-chunk sequence number that node has tiered (`hot_through`): that node's hot chunks up to
+//! it are in the files, and its newer ones are still hot. The metadata Raft group holds only each shard's current
+//! manifest version and location (a compare-and-set on the version, `MetaCommand::SetShardManifest`), so Raft state
+//! stays small however many files a table has. Manifests are written before the pointer moves to them and are never
+//! rewritten afterwards; data file names are deterministic, so a retried tiering writes the same object again.
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::Schema;
+use serde::{Deserialize, Serialize};
+
+/// The manifest format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// One Parquet file of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdFile {
+    /// Its key under the cluster's prefix.
+    pub path: String,
+    /// The node whose hot chunks it holds.
+    pub node: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// The highest hot-chunk sequence number in it.
+    pub max_seq: u64,
+}
+
+/// One version of a shard's cold data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The table's id.
+    pub table_id: u64,
+    /// The table's name when this version was written.
+    pub table: String,
+    /// The shard's id.
+    pub shard_id: u64,
+    /// This version; each commit makes a larger one.
+    pub version: u64,
+    /// The table's columns.
+    pub schema: Schema,
+    /// Every file of the shard.
+    pub files: Vec<ColdFile>,
+    /// Per node, the highest hot-chunk sequence number its files hold.
+    pub hot_through: BTreeMap<u64, u64>,
+}
+
+impl Manifest {
+    /// The manifest of a shard with no cold data yet (version 0, never stored).
+    pub fn empty(table_id: u64, table: &str, shard_id: u64, schema: Schema) -> Self {
+        Manifest {
+            format: FORMAT,
+            table_id,
+            table: table.to_string(),
+            shard_id,
+            version: 0,
+            schema,
+            files: Vec::new(),
+            hot_through: BTreeMap::new(),
+        }
+    }
+
+    /// The next version: this one plus `file`, which holds `node`'s hot chunks up to `file.max_seq`.
+    pub fn with_file(&self, file: ColdFile) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        let through = next.hot_through.entry(file.node).or_insert(0);
+        *through = (*through).max(file.max_seq);
+        next.files.retain(|f| f.path != file.path);
+        next.files.push(file);
+        next
+    }
+
+    /// Where version `version` of this shard's manifest is stored.
+    pub fn path_of(table_id: u64, shard_id: u64, version: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}.json")
+    }
+
+    /// Where this shard's file of `node`'s chunks up to `max_seq` is stored.
+    pub fn data_path(table_id: u64, shard_id: u64, node: u64, max_seq: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/data/n{node}-s{max_seq}.parquet")
+    }
+
+    /// Encodes the manifest as JSON.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: every field serializes.
+    pub fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+    }
+
+    /// Decodes a manifest.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the bytes, or a format this build cannot read.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if manifest.format != FORMAT {
+            return Err(format!("manifest format {} (this build reads {FORMAT})", manifest.format));
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    fn file(node: u64, max_seq: u64) -> ColdFile {
+        ColdFile { path: Manifest::data_path(7, 9, node, max_seq), node, rows: 10, bytes: 100, max_seq }
+    }
+
+    #[test]
+    fn versions_grow_files_accumulate_and_a_retried_file_is_not_listed_twice() {
+        let schema = Schema::new(vec![Field::new("x", DataType::Int64, false)]);
+        let m0 = Manifest::empty(7, "t", 9, schema);
+        let m1 = m0.with_file(file(1, 40));
+        let m2 = m1.with_file(file(2, 15)).with_file(file(1, 90));
+        assert_eq!((m1.version, m2.version), (1, 3));
+        assert_eq!(m2.files.len(), 3);
+        assert_eq!(m2.hot_through, BTreeMap::from([(1, 90), (2, 15)]));
+        let again = m2.with_file(file(1, 90));
+        assert_eq!(again.files.len(), 3, "the same file committed twice is listed once");
+        let decoded = Manifest::decode(&m2.encode().expect("encode")).expect("decode");
+        assert_eq!(decoded, m2);
+        assert_eq!(Manifest::path_of(7, 9, 3), "tables/7/shards/9/manifests/00000000000000000003.json");
+    }
+
+    #[test]
+    fn garbage_and_other_formats_are_refused() {
+        assert!(Manifest::decode(b"{").is_err());
+        let schema = Schema::new(vec![Field::new("x", DataType::Int64, false)]);
+        let mut m = Manifest::empty(1, "t", 1, schema);
+        m.format = 99;
+        let e = Manifest::decode(&m.encode().expect("encode")).expect_err("format");
+        assert!(e.contains("format 99"), "{e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Opening the cold tier's object store from its URL: `file:///path` (a local directory, the default), `s3://`
+//! (AWS S3 and S3-compatible servers), `gs://` (Google Cloud Storage), `az://` (Azure Blob Storage). The client is
+//! built without I/O, so a node starts even when the store is unreachable; the first request says what is wrong.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+
+use crate::error::{Error, Result};
+
+/// Where the cold tier lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColdUrl {
+    /// Next to the data: the directory `cold` inside a database's directory, or memory for an in-memory database.
+    Default,
+    /// A URL: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    Url(String),
+    /// A local directory (the default: `cold` in the data directory).
+    Directory(PathBuf),
+    /// Memory (an in-memory database's cold tier).
+    Memory,
+}
+
+impl ColdUrl {
+    /// Checks the URL's form without building a client.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with it.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match self {
+            ColdUrl::Url(text) => parse(text).map(|_| ()),
+            ColdUrl::Default | ColdUrl::Directory(_) | ColdUrl::Memory => Ok(()),
+        }
+    }
+}
+
+/// The cold tier's store and how tiered files are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdSpec {
+    /// Where.
+    pub url: ColdUrl,
+    /// An S3-compatible endpoint (path-style requests are used with it).
+    pub endpoint: Option<String>,
+    /// The S3 region.
+    pub region: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
+    /// S3 access key id; the environment's otherwise.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key; the environment's otherwise.
+    pub secret_access_key: Option<String>,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for ColdSpec {
+    fn default() -> Self {
+        ColdSpec {
+            url: ColdUrl::Default,
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            access_key_id: None,
+            secret_access_key: None,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+/// The scheme, the bucket (or container, or directory) and the key prefix of a cold-store URL.
+fn parse(text: &str) -> std::result::Result<(String, String, String), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL ({e})"))?;
+    let scheme = url.scheme().to_string();
+    match scheme.as_str() {
+        "file" => {
+            if url.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(format!("\"{text}\": a file URL names a local path, file:///path"));
+            }
+            Ok((scheme, String::new(), url.path().to_string()))
+        }
+        "s3" | "s3a" | "gs" | "az" | "abfs" => {
+            let bucket = url
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| format!("\"{text}\" names no bucket: write {scheme}://bucket/prefix"))?;
+            Ok((scheme, bucket.to_string(), url.path().trim_matches('/').to_string()))
+        }
+        other => Err(format!("\"{text}\": unknown scheme \"{other}\" (file://, s3://, gs:// and az:// are supported)")),
+    }
+}
+
+/// The cold tier's object store, with the URL's key prefix applied.
+#[derive(Debug, Clone)]
+pub struct ColdStore {
+    store: Arc<dyn ObjectStore>,
+    display: String,
+    row_group_rows: usize,
+}
+
+impl ColdStore {
+    /// Builds the client for `spec` (no request is made); [`ColdUrl::Default`] means `<data_dir>/cold`, or memory
+    /// when `data_dir` is `None` (an in-memory database).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed URL or store settings the client rejects, or when a local directory cannot
+    /// be created.
+    pub fn open(spec: &ColdSpec, data_dir: Option<&std::path::Path>) -> Result<Self> {
+        let bad = |detail: String| Error::Config { detail: format!("cold.store: {detail}") };
+        let url = match (&spec.url, data_dir) {
+            (ColdUrl::Default, Some(dir)) => ColdUrl::Directory(dir.join("cold")),
+            (ColdUrl::Default, None) => ColdUrl::Memory,
+            (other, _) => other.clone(),
+        };
+        let (store, display): (Arc<dyn ObjectStore>, String) = match &url {
+            ColdUrl::Default | ColdUrl::Memory => (Arc::new(InMemory::new()), "memory".into()),
+            ColdUrl::Directory(dir) => (local(dir)?, format!("file://{}", dir.display())),
+            ColdUrl::Url(text) => {
+                let (scheme, bucket, prefix) = parse(text).map_err(bad)?;
+                let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+                    "file" => local(&PathBuf::from(&prefix))?,
+                    "s3" | "s3a" => {
+                        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                        if let Some(endpoint) = &spec.endpoint {
+                            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+                        }
+                        if let Some(region) = &spec.region {
+                            builder = builder.with_region(region);
+                        }
+                        if spec.allow_http {
+                            builder = builder.with_allow_http(true);
+                        }
+                        if let Some(key) = &spec.access_key_id {
+                            builder = builder.with_access_key_id(key);
+                        }
+                        if let Some(secret) = &spec.secret_access_key {
+                            builder = builder.with_secret_access_key(secret);
+                        }
+                        prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
+                    }
+                    "gs" => {
+                        let builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
+                        prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
+                    }
+                    _ => {
+                        let builder = MicrosoftAzureBuilder::from_env().with_container_name(&bucket);
+                        prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
+                    }
+                };
+                (store, text.clone())
+            }
+        };
+        Ok(ColdStore { store, display, row_group_rows: spec.row_group_rows.max(1) })
+    }
+
+    /// The store under the prefix of one cluster (`quiver/<cluster id>`), so that clusters can share a bucket.
+    pub fn for_cluster(&self, cluster_id: &str) -> Arc<dyn ObjectStore> {
+        prefixed(Arc::clone(&self.store), &format!("quiver/{cluster_id}"))
+    }
+
+    /// The store's URL, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Rows per Parquet row group.
+    pub fn row_group_rows(&self) -> usize {
+        self.row_group_rows
+    }
+}
+
+fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("create the cold-tier directory {}", dir.display()), e))?;
+    let store = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| Error::Config { detail: format!("cold.store: {}: {e}", dir.display()) })?;
+    Ok(Arc::new(store))
+}
+
+fn prefixed(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, Path::from(prefix))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_with_clear_errors() {
+        assert!(ColdUrl::Url("s3://bucket/some/prefix".into()).check().is_ok());
+        assert!(ColdUrl::Url("file:///tmp/cold".into()).check().is_ok());
+        assert!(ColdUrl::Url("gs://b".into()).check().is_ok());
+        let e = ColdUrl::Url("ftp://host/x".into()).check().expect_err("scheme");
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+        let e = ColdUrl::Url("s3:///prefix".into()).check().expect_err("bucket");
+        assert!(e.contains("names no bucket"), "{e}");
+        let e = ColdUrl::Url("not a url".into()).check().expect_err("url");
+        assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn s3_settings_build_a_client_without_requests() {
+        let spec = ColdSpec {
+            url: ColdUrl::Url("s3://bucket/prefix".into()),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+            access_key_id: Some("key".into()),
+            secret_access_key: Some("secret".into()),
+            ..ColdSpec::default()
+        };
+        let store = ColdStore::open(&spec, None).expect("client");
+        assert_eq!(store.display(), "s3://bucket/prefix");
+    }
+}

@@ -1,0 +1,356 @@
+//! Tiering: a table's hot chunks on this node become a Parquet file in the cold tier, following the protocol in
+//! [`crate::cold`] (upload, manifest, compare-and-set of the shard's manifest pointer through Raft, then removal of
+//! the hot chunks), and loading a table's cold view when it is attached.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use object_store::ObjectStore;
+use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef};
+
+use super::Engine;
+use crate::cold::{self, ColdFile, ColdState, ColdView, Manifest};
+use crate::error::{Error, Result};
+use crate::table::{Chunk, HotTable};
+
+/// What one tiering moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierReport {
+    /// Rows moved to the cold tier.
+    pub rows: u64,
+    /// Hot chunks they came from.
+    pub chunks: usize,
+    /// Bytes of the Parquet file written (0 when nothing was hot).
+    pub bytes: u64,
+    /// The shard's manifest version after the commit.
+    pub manifest_version: u64,
+}
+
+/// How often a tiering retries its commit when another node moved the manifest pointer meanwhile.
+const COMMIT_ATTEMPTS: usize = 8;
+
+impl Engine {
+    /// The cold tier's store under this database's cluster prefix, registered with DataFusion on first use.
+    pub(crate) fn cold_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let mut registered = self.cold_cluster.lock().expect("cold store lock poisoned");
+        if let Some(store) = &*registered {
+            return Ok(Arc::clone(store));
+        }
+        let cluster_id = self
+            .meta
+            .read_local(|s| s.cluster_id().map(str::to_string))
+            .ok_or_else(|| Error::Internal("the database has no cluster id yet".into()))?;
+        let store = self.cold.for_cluster(&cluster_id);
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(cold::OBJECT_STORE_URL)?;
+        self.ctx.runtime_env().register_object_store(url.as_ref(), Arc::clone(&store));
+        *registered = Some(Arc::clone(&store));
+        Ok(store)
+    }
+
+    fn shard_of(&self, def: &TableDef) -> Result<ShardRecord> {
+        self.meta
+            .read_local(|s| s.table_shards(def.id).next().cloned())
+            .ok_or_else(|| Error::Internal(format!("table \"{}\" has no shard", def.name)))
+    }
+
+    /// The cold view of table `def` on this node, from its shard's current manifest. A store that cannot be read
+    /// gives [`ColdState::Unavailable`]: the table's scans fail, naming the problem, until a later load succeeds.
+    pub(crate) async fn cold_state_of(&self, def: &TableDef) -> ColdState {
+        match self.read_cold_view(def).await {
+            Ok(view) => ColdState::Ready(Arc::new(view)),
+            Err(e) => {
+                tracing::warn!(table = %def.name, error = %e.report(), "the cold tier of the table cannot be read");
+                self.cold_failed.store(true, Ordering::Relaxed);
+                ColdState::Unavailable(e.report())
+            }
+        }
+    }
+
+    async fn read_cold_view(&self, def: &TableDef) -> Result<ColdView> {
+        let Some(pointer) = self.shard_of(def)?.manifest else {
+            return Ok(ColdView::default());
+        };
+        let store = self.cold_store()?;
+        let manifest = cold::read_manifest(&store, self.cold.display(), &pointer.location).await?;
+        Ok(ColdView::of(&manifest, self.node_id))
+    }
+
+    /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
+    /// tiering's commit and their removal (scans skip them meanwhile).
+    pub(crate) async fn remove_tiered_chunks(&self, table: &Arc<HotTable>) {
+        let ColdState::Ready(view) = table.cold() else { return };
+        let covered: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq <= view.hot_through).cloned().collect();
+        if covered.is_empty() {
+            return;
+        }
+        let t = Arc::clone(table);
+        match crate::blocking::run("remove tiered chunks", move || t.replace(&covered, Vec::new())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(table = %table.def().name, error = %e.report(), "removing tiered hot chunks failed")
+            }
+        }
+    }
+
+    /// Retries loading the cold view of tables whose last load failed (the store was unreachable).
+    pub(crate) async fn reload_unavailable_cold(&self) {
+        if !self.cold_failed.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        for table in tables {
+            if matches!(table.cold(), ColdState::Unavailable(_)) {
+                table.set_cold(self.cold_state_of(table.def()).await);
+                self.remove_tiered_chunks(&table).await;
+            }
+        }
+    }
+
+    /// Moves every hot chunk of table `name` on this node to the cold tier as one Parquet file, and returns what
+    /// moved. Safe to run again after any failure: nothing is lost or counted twice (see [`crate::cold`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TableNotFound`] for an unknown table, [`Error::ColdUnavailable`] when the object store fails (the
+    /// rows stay hot), and the metadata group's errors when the commit cannot be made.
+    pub async fn tier(&self, name: &str) -> Result<TierReport> {
+        self.see_acknowledged_ddl().await?;
+        self.reload_unavailable_cold().await;
+        let table = self.native_table(name)?;
+        let _serialized = table.dml_lock.lock().await;
+        let view = match table.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+        };
+        let chunks: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
+            return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: view.version });
+        };
+        let store = self.cold_store()?;
+        let display = self.cold.display().to_string();
+        let shard = self.shard_of(table.def())?;
+        let (table_id, shard_id) = (table.def().id.0, shard.shard_id.0);
+
+        // 1. The file: the chunks' rows, in sequence order.
+        let schema = table.schema();
+        let mut batches = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            batches.push(table.read_chunk(chunk, None, &schema)?);
+        }
+        let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
+        let path = Manifest::data_path(table_id, shard_id, self.node_id, max_seq);
+        let bytes = cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
+        let file = ColdFile { path, node: self.node_id, rows, bytes, max_seq };
+
+        // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between means
+        // reading its manifest and trying again.
+        let mut committed = None;
+        for _ in 0..COMMIT_ATTEMPTS {
+            let pointer =
+                self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
+            let current = match &pointer {
+                Some(p) => cold::read_manifest(&store, &display, &p.location).await?,
+                None => Manifest::empty(table_id, name, shard_id, schema.as_ref().clone()),
+            };
+            let next = current.with_file(file.clone());
+            let location = cold::write_manifest(&store, &display, &next).await?;
+            let command = MetaCommand::SetShardManifest {
+                shard_id: shard.shard_id,
+                expected_version: pointer.as_ref().map(|p| p.version),
+                manifest: ManifestPointer { version: next.version, location },
+            };
+            match self.meta.propose(command).await?.outcome {
+                Ok(_) => {
+                    committed = Some(next);
+                    break;
+                }
+                Err(Rejection::ManifestVersionConflict { .. }) => continue,
+                Err(other) => return Err(Error::Meta(other.into())),
+            }
+        }
+        let manifest = committed.ok_or_else(|| Error::ColdUnavailable {
+            detail: format!("the manifest of table \"{name}\" kept changing; tier again"),
+        })?;
+
+        // 4. Scans now read the file; the hot chunks go.
+        table.set_cold(ColdState::Ready(Arc::new(ColdView::of(&manifest, self.node_id))));
+        let t = Arc::clone(&table);
+        let removed = chunks.clone();
+        crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
+        self.metrics.rows_tiered.add(rows);
+        tracing::info!(table = name, rows, chunks = chunks.len(), bytes, version = manifest.version, "tiered");
+        Ok(TierReport { rows, chunks: chunks.len(), bytes, manifest_version: manifest.version })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::Int64Type;
+
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    use crate::cold::{ColdSpec, ColdUrl};
+    use crate::engine::{EngineOptions, StorageLocation};
+
+    async fn open(dir: &std::path::Path) -> Arc<Engine> {
+        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
+    }
+
+    /// `count(*)`, `sum(x)`, `count(DISTINCT x)` of table `t`.
+    async fn totals(engine: &Engine) -> (i64, i64, i64) {
+        let batches: Vec<RecordBatch> = engine
+            .execute_one("SELECT count(*), sum(x), count(DISTINCT x) FROM t")
+            .await
+            .expect("query")
+            .collect()
+            .await
+            .expect("rows");
+        let value = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+        (value(0), value(1), value(2))
+    }
+
+    async fn insert(engine: &Engine, from: i64, to: i64) {
+        engine
+            .execute_one(&format!("INSERT INTO t SELECT value FROM generate_series({from}, {to})"))
+            .await
+            .expect("insert");
+    }
+
+    fn expected(n: i64) -> (i64, i64, i64) {
+        (n, n * (n + 1) / 2, n)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiered_rows_are_read_across_tiers_and_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 1000).await;
+        let report = engine.tier("t").await.expect("tier");
+        assert_eq!((report.rows, report.manifest_version), (1000, 1));
+        assert!(report.chunks >= 10 && report.bytes > 0, "{report:?}");
+        let table = engine.hot_table("t").expect("table");
+        assert!(table.version().is_empty(), "the tiered hot chunks are gone");
+        assert_eq!(totals(&engine).await, expected(1000), "all rows from the cold tier");
+
+        insert(&engine, 1001, 1500).await;
+        assert_eq!(totals(&engine).await, expected(1500), "cold and hot rows, each once");
+        let again = engine.tier("t").await.expect("tier again");
+        assert_eq!((again.rows, again.manifest_version), (500, 2));
+        let nothing = engine.tier("t").await.expect("nothing to tier");
+        assert_eq!((nothing.rows, nothing.manifest_version), (0, 2));
+        insert(&engine, 1501, 1600).await;
+        let filtered: Vec<RecordBatch> =
+            engine.execute_one("SELECT count(*) FROM t WHERE x > 1400").await.expect("q").collect().await.expect("r");
+        assert_eq!(filtered[0].column(0).as_primitive::<Int64Type>().value(0), 200);
+
+        // DELETE and UPDATE do not reach tiered rows yet: refused, nothing changes.
+        let refused = engine.execute_one("DELETE FROM t WHERE x < 10").await.expect_err("refused");
+        assert!(refused.report().contains("cold tier"), "{}", refused.report());
+        assert_eq!(totals(&engine).await, expected(1600));
+
+        engine.shutdown().await.expect("shutdown");
+        drop(table);
+        drop(engine);
+        let engine = open(dir.path()).await;
+        assert_eq!(totals(&engine).await, expected(1600), "the same answer after a restart");
+        let files = std::fs::read_dir(dir.path().join("cold")).expect("the cold directory exists").count();
+        assert_eq!(files, 1, "one cluster prefix in the default cold directory");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_the_commit_and_the_removal_of_hot_chunks_counts_no_row_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        let table = engine.hot_table("t").expect("table");
+        let chunks: Vec<Arc<Chunk>> = table.version().to_vec();
+        let max_seq = chunks.iter().map(|c| c.seq).max().expect("chunks");
+
+        // Steps 1 to 3 of a tiering, then the "crash": the hot chunks stay, the manifest pointer has moved.
+        let store = engine.cold_store().expect("store");
+        let shard = engine.shard_of(table.def()).expect("shard");
+        let schema = table.schema();
+        let batches: Vec<RecordBatch> =
+            chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, max_seq);
+        let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
+        let file = ColdFile { path, node: engine.node_id, rows: 300, bytes, max_seq };
+        let manifest =
+            Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
+        let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");
+        let command = MetaCommand::SetShardManifest {
+            shard_id: shard.shard_id,
+            expected_version: None,
+            manifest: ManifestPointer { version: 1, location },
+        };
+        engine.meta().propose(command).await.expect("commit").into_result().expect("committed");
+        assert_eq!(table.version().len(), chunks.len(), "the hot chunks are still there");
+
+        engine.shutdown().await.expect("shutdown");
+        drop((table, chunks));
+        drop(engine);
+        let engine = open(dir.path()).await;
+        assert_eq!(totals(&engine).await, expected(300), "every row once: the covered hot chunks are skipped");
+        let table = engine.hot_table("t").expect("table");
+        assert!(table.version().is_empty(), "and removed at open");
+        insert(&engine, 301, 400).await;
+        assert_eq!(engine.tier("t").await.expect("tier").manifest_version, 2);
+        assert_eq!(totals(&engine).await, expected(400));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_before_the_commit_leaves_the_rows_hot_and_a_retry_writes_the_same_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 250).await;
+        let table = engine.hot_table("t").expect("table");
+        let max_seq = table.version().iter().map(|c| c.seq).max().expect("chunks");
+        let shard = engine.shard_of(table.def()).expect("shard");
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, max_seq);
+        // An upload that never got committed: a stray object at the very path the retry will write.
+        let store = engine.cold_store().expect("store");
+        store
+            .put(&object_store::path::Path::from(path.as_str()), b"half an upload".to_vec().into())
+            .await
+            .expect("put");
+        assert_eq!(totals(&engine).await, expected(250), "uncommitted objects are not read");
+        let report = engine.tier("t").await.expect("tier");
+        assert_eq!(report.rows, 250);
+        assert_eq!(totals(&engine).await, expected(250), "the retry replaced the stray object");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_store_fails_tiering_clearly_and_keeps_the_rows_hot() {
+        let options = EngineOptions {
+            cold: ColdSpec {
+                url: ColdUrl::Url("s3://bucket/prefix".into()),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                region: Some("us-east-1".into()),
+                allow_http: true,
+                access_key_id: Some("key".into()),
+                secret_access_key: Some("secret".into()),
+                ..ColdSpec::default()
+            },
+            ..EngineOptions::default()
+        };
+        let engine = Engine::open(StorageLocation::Memory, options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 100).await;
+        let e = engine.tier("t").await.expect_err("unreachable");
+        assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable, "{}", e.report());
+        assert!(
+            e.report().contains("cold tier unavailable") && e.report().contains("s3://bucket/prefix"),
+            "{}",
+            e.report()
+        );
+        assert_eq!(totals(&engine).await, expected(100), "the rows are still hot");
+        insert(&engine, 101, 200).await;
+        assert_eq!(totals(&engine).await, expected(200), "and writes go on");
+    }
+}
