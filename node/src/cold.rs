@@ -34,7 +34,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use self::manifest::{ColdFile, Manifest};
-pub use self::store::{ColdSpec, ColdStore, ColdUrl};
+pub use self::store::{ColdConfig, ColdStore, check_url};
 use crate::error::{Error, Result};
 
 /// The URL DataFusion knows the cold store by (the engine registers the cluster's store under it).

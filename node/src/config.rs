@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cold::ColdConfig;
 use crate::engine::EngineOptions;
 use crate::error::{Error, Result};
 use crate::storage::{Durability, RocksStoreOptions};
@@ -238,63 +239,6 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
-/// `[cold]`: the cold tier's object store. Credentials and endpoints not given here come from the standard environment
-/// variables of each store (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
-/// `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ColdConfig {
-    /// Where cold data lives: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
-    /// Empty: the directory `cold` inside the data directory.
-    pub store: String,
-    /// An S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (path-style requests are used with it).
-    pub endpoint: Option<String>,
-    /// The S3 region.
-    pub region: Option<String>,
-    /// Allow a plain-HTTP endpoint.
-    pub allow_http: bool,
-    /// S3 access key id (prefer the environment or an instance role).
-    pub access_key_id: Option<String>,
-    /// S3 secret access key.
-    pub secret_access_key: Option<String>,
-    /// Rows per Parquet row group in tiered files.
-    pub row_group_rows: usize,
-}
-
-impl Default for ColdConfig {
-    fn default() -> Self {
-        Self {
-            store: String::new(),
-            endpoint: None,
-            region: None,
-            allow_http: false,
-            access_key_id: None,
-            secret_access_key: None,
-            row_group_rows: 128 * 1024,
-        }
-    }
-}
-
-impl ColdConfig {
-    /// The store this configuration names, for a node whose data directory is `data_dir`.
-    pub fn spec(&self, data_dir: &std::path::Path) -> crate::cold::ColdSpec {
-        let url = if self.store.is_empty() {
-            crate::cold::ColdUrl::Directory(data_dir.join("cold"))
-        } else {
-            crate::cold::ColdUrl::Url(self.store.clone())
-        };
-        crate::cold::ColdSpec {
-            url,
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            allow_http: self.allow_http,
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
-            row_group_rows: self.row_group_rows,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -475,7 +419,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::Config { detail: format!("{key}: {why}") });
         if !self.cold.store.is_empty()
-            && let Err(why) = crate::cold::ColdUrl::Url(self.cold.store.clone()).check()
+            && let Err(why) = crate::cold::check_url(&self.cold.store)
         {
             return bad("cold.store", why);
         }
@@ -530,7 +474,7 @@ impl Config {
                 SyncPolicy::None => Durability::Buffered,
             },
             column_cache_bytes: self.storage.column_cache.0 as usize,
-            cold: self.cold.spec(&self.storage.data_dir),
+            cold: self.cold.clone(),
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,

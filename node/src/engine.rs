@@ -80,8 +80,8 @@ pub struct EngineOptions {
     pub column_cache_bytes: usize,
     /// RocksDB tuning.
     pub rocks: RocksStoreOptions,
-    /// The cold tier's store.
-    pub cold: crate::cold::ColdSpec,
+    /// The cold tier's store (an empty `store`: next to the data).
+    pub cold: crate::cold::ColdConfig,
 }
 
 impl Default for EngineOptions {
@@ -93,7 +93,7 @@ impl Default for EngineOptions {
             batch_size: 8192,
             column_cache_bytes: 1 << 30,
             rocks: RocksStoreOptions::default(),
-            cold: crate::cold::ColdSpec::default(),
+            cold: crate::cold::ColdConfig::default(),
         }
     }
 }

@@ -5,28 +5,81 @@
 use std::time::Duration;
 
 use madsim::net::NetSim;
+use std::collections::BTreeMap;
+
 use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::{Handle, NodeHandle};
 use madsim::task::NodeId;
 use madsim::time::{Instant, sleep};
 
+/// The simulated hosts of a cluster's members and the run's trace, as both workloads keep them.
+pub(crate) struct Hosts {
+    /// The simulation.
+    pub(crate) handle: Handle,
+    /// Each member's host.
+    pub(crate) nodes: BTreeMap<u64, NodeHandle>,
+    /// When the run started (trace times are since then).
+    pub(crate) started: Instant,
+    /// One line per event: virtual milliseconds, then what happened.
+    pub(crate) trace: Vec<String>,
+}
+
+impl Hosts {
+    /// A cluster with no host yet, starting now.
+    pub(crate) fn new(handle: Handle) -> Self {
+        Hosts { handle, nodes: BTreeMap::new(), started: Instant::now(), trace: Vec::new() }
+    }
+
+    /// Records an event in the trace (and the log).
+    pub(crate) fn note(&mut self, event: String) {
+        let at = self.started.elapsed().as_millis();
+        tracing::info!(at, "{event}");
+        self.trace.push(format!("{at:>7} ms  {event}"));
+    }
+}
+
 /// The members of a simulated cluster, as the fault loop sees them (ids `1..=n`).
 pub(crate) trait Cluster {
-    /// The member ids.
-    fn members(&self) -> Vec<u64>;
-    /// The simulated host of member `id`.
-    fn host(&self, id: u64) -> NodeId;
+    /// The hosts and the trace.
+    fn hosts(&mut self) -> &mut Hosts;
     /// The member that leads the metadata group now, if a running one says it does.
     fn leader(&self) -> Option<u64>;
     /// Kills member `id`; its disk loses its unsynced writes when the seed says so. Returns how many were lost.
     fn kill(&mut self, id: u64) -> usize;
-    /// Starts member `id` again, on the disk it has.
-    fn restart(&mut self, id: u64);
     /// Asks another running member to remove the (dead) member `id` from the cluster; true when it was removed.
     async fn remove(&mut self, id: u64) -> bool;
     /// Gives member `id` a new, empty disk: the old one is lost with its machine.
     fn replace_disk(&mut self, id: u64);
+
+    /// The member ids.
+    fn members(&mut self) -> Vec<u64> {
+        self.hosts().nodes.keys().copied().collect()
+    }
+    /// The simulated host of member `id`.
+    fn host(&mut self, id: u64) -> NodeId {
+        self.hosts().nodes[&id].id()
+    }
+    /// Starts member `id` again, on the disk it has.
+    fn restart(&mut self, id: u64) {
+        let hosts = self.hosts();
+        hosts.handle.restart(hosts.nodes[&id].id());
+    }
     /// Records an event in the run's trace.
-    fn note(&mut self, event: String);
+    fn note(&mut self, event: String) {
+        self.hosts().note(event);
+    }
+}
+
+/// Polls `done` every 50 virtual ms until it holds or `within` passes.
+pub(crate) async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 fn pick(members: &[u64]) -> u64 {
@@ -68,11 +121,13 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
             }
             3 => {
                 // The leader in particular (or a random member when none leads).
-                let target = cluster.leader().unwrap_or(victim);
-                cluster.note(format!("isolate {target} (leader: {:?}) for {ms} ms", cluster.leader()));
-                net.clog_node(cluster.host(target));
+                let leader = cluster.leader();
+                let target = leader.unwrap_or(victim);
+                cluster.note(format!("isolate {target} (leader: {leader:?}) for {ms} ms"));
+                let host = cluster.host(target);
+                net.clog_node(host);
                 sleep(lasting).await;
-                net.unclog_node(cluster.host(target));
+                net.unclog_node(host);
                 cluster.note(format!("reconnect {target}"));
             }
             4 => {
@@ -80,11 +135,9 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 let side: Vec<u64> = members.iter().copied().filter(|_| thread_rng().gen_bool(0.5)).collect();
                 let other: Vec<u64> = members.iter().copied().filter(|m| !side.contains(m)).collect();
                 cluster.note(format!("split {side:?} from {other:?} for {ms} ms"));
-                let links: Vec<(NodeId, NodeId)> = side
-                    .iter()
-                    .flat_map(|a| other.iter().map(move |b| (*a, *b)))
-                    .map(|(a, b)| (cluster.host(a), cluster.host(b)))
-                    .collect();
+                let pairs: Vec<(u64, u64)> = side.iter().flat_map(|a| other.iter().map(move |b| (*a, *b))).collect();
+                let links: Vec<(NodeId, NodeId)> =
+                    pairs.into_iter().map(|(a, b)| (cluster.host(a), cluster.host(b))).collect();
                 for (a, b) in &links {
                     net.clog_link(*a, *b);
                     net.clog_link(*b, *a);
@@ -98,9 +151,10 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
             }
             5 => {
                 cluster.note(format!("cut {victim}'s outgoing traffic for {ms} ms"));
-                net.clog_node_out(cluster.host(victim));
+                let host = cluster.host(victim);
+                net.clog_node_out(host);
                 sleep(lasting).await;
-                net.unclog_node_out(cluster.host(victim));
+                net.unclog_node_out(host);
                 cluster.note(format!("restore {victim}'s outgoing traffic"));
             }
             6 => {
@@ -121,9 +175,10 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
             }
             8 => {
                 cluster.note(format!("isolate {victim} for {ms} ms"));
-                net.clog_node(cluster.host(victim));
+                let host = cluster.host(victim);
+                net.clog_node(host);
                 sleep(lasting).await;
-                net.unclog_node(cluster.host(victim));
+                net.unclog_node(host);
                 cluster.note(format!("reconnect {victim}"));
             }
             _ => {

@@ -31,13 +31,12 @@ use std::time::Duration;
 
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use madsim::task::NodeId;
 use madsim::time::{Instant, sleep};
 use openraft::ServerState;
 use quiver_meta::raft::{GrpcNetwork, NodeAddr};
 
 use crate::disk::SimDisk;
-use crate::faults;
+use crate::faults::{self, Hosts, wait_until};
 use crate::linearizability::{self, Operation, TableModel, TableOp, TableOutcome};
 use quiver_meta::service::ClusterClient;
 use quiver_meta::{
@@ -178,6 +177,23 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
                 sleep(Duration::from_millis(200)).await;
             }
         }
+    } else {
+        // A restart on its disk confirms the membership through another replica, as `quiver server --join` does: a
+        // replica that was removed meanwhile (a removal whose answer was lost) is admitted again as a learner
+        // instead of campaigning, alone, in an old configuration.
+        let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
+        let request = JoinRequest {
+            node_id: id,
+            grpc_addr: addr.to_string(),
+            flight_addr: String::new(),
+            pg_addr: String::new(),
+            cluster_id: Some("sim".into()),
+        };
+        for seed in (1..=replicas).filter(|s| *s != id) {
+            if client.join(&addr_of(seed).to_string(), &request).await.is_ok() {
+                break;
+            }
+        }
     }
     loop {
         sleep(Duration::from_millis(200)).await;
@@ -279,55 +295,39 @@ fn check_linearizable(changes: &[Change], reads: &[Read]) -> Result<(), String> 
 }
 
 struct World {
-    handle: Handle,
-    nodes: BTreeMap<u64, NodeHandle>,
+    hosts: Hosts,
     disks: Disks,
     live: Live,
-    started: Instant,
-    trace: Vec<String>,
-}
-
-impl World {
-    fn note(&mut self, event: String) {
-        let at = self.started.elapsed().as_millis();
-        tracing::info!(at, "{event}");
-        self.trace.push(format!("{at:>7} ms  {event}"));
-    }
 }
 
 impl faults::Cluster for World {
-    fn members(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
-    }
-
-    fn host(&self, id: u64) -> NodeId {
-        self.nodes[&id].id()
+    fn hosts(&mut self) -> &mut Hosts {
+        &mut self.hosts
     }
 
     fn leader(&self) -> Option<u64> {
         live_nodes(&self.live)
             .iter()
             .map(|n| n.metrics().borrow().clone())
-            .find(|m| m.state == ServerState::Leader && self.nodes.contains_key(&m.id))
+            .find(|m| m.state == ServerState::Leader && self.hosts.nodes.contains_key(&m.id))
             .map(|m| m.id)
     }
 
     /// Kills replica `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
-        self.handle.kill(self.nodes[&id].id());
+        self.hosts.handle.kill(self.hosts.nodes[&id].id());
         self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
-    }
-
-    fn restart(&mut self, id: u64) {
-        self.handle.restart(self.nodes[&id].id());
     }
 
     async fn remove(&mut self, id: u64) -> bool {
         // Through another of the fault loop's replicas (not the operator's spare).
-        let helper =
-            live_nodes(&self.live).into_iter().map(|n| n.node_id()).find(|h| *h != id && self.nodes.contains_key(h));
-        let Some((h, on)) = helper.and_then(|h| self.handle.get_node(self.nodes[&h].id()).map(|n| (h, n))) else {
+        let helper = live_nodes(&self.live)
+            .into_iter()
+            .map(|n| n.node_id())
+            .find(|h| *h != id && self.hosts.nodes.contains_key(h));
+        let Some((h, on)) = helper.and_then(|h| self.hosts.handle.get_node(self.hosts.nodes[&h].id()).map(|n| (h, n)))
+        else {
             return false;
         };
         let remove = on.spawn(async move {
@@ -340,10 +340,6 @@ impl faults::Cluster for World {
     fn replace_disk(&mut self, id: u64) {
         self.disks.lock().expect("disks").insert(id, SimDisk::new());
     }
-
-    fn note(&mut self, event: String) {
-        World::note(self, event);
-    }
 }
 
 async fn simulate(options: SimOptions) -> Result<Outcome, String> {
@@ -352,14 +348,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     // applies, late replies).
     let buggify = thread_rng().gen_bool(0.5);
     let live: Live = Arc::default();
-    let mut world = World {
-        handle: handle.clone(),
-        nodes: BTreeMap::new(),
-        disks: Disks::default(),
-        live: live.clone(),
-        started: Instant::now(),
-        trace: Vec::new(),
-    };
+    let mut world = World { hosts: Hosts::new(handle.clone()), disks: Disks::default(), live: live.clone() };
     // Every replica votes when the group is odd-sized; an even group keeps one learner.
     let voters = (options.replicas as usize).saturating_sub(1 - options.replicas as usize % 2).max(1);
     for id in 1..=options.replicas {
@@ -373,7 +362,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             .ip(ip_of(id))
             .init(move || run_replica(id, replicas, voters, disks.clone(), live.clone()))
             .build();
-        world.nodes.insert(id, node);
+        world.hosts.nodes.insert(id, node);
         // Join one at a time, as an operator would.
         sleep(Duration::from_millis(1_500)).await;
     }
@@ -385,7 +374,11 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     })
     .await
     .map_err(|_| "the cluster did not form within 30 s".to_string())?;
-    world.note(format!("formed: {} replicas, fault points {}", options.replicas, if buggify { "on" } else { "off" }));
+    world.hosts.note(format!(
+        "formed: {} replicas, fault points {}",
+        options.replicas,
+        if buggify { "on" } else { "off" }
+    ));
 
     quiver_meta::buggify::set_fault_points(buggify);
     // The leader-per-term checker samples every replica's view all along.
@@ -416,9 +409,9 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         let live = live.clone();
         let changes = changes.clone();
         let reads = reads.clone();
-        let nodes: Vec<(u64, NodeHandle)> = world.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
+        let nodes: Vec<(u64, NodeHandle)> = world.hosts.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
         let handle = handle.clone();
-        let started = world.started;
+        let started = world.hosts.started;
         clients.push(madsim::task::spawn(async move {
             let mut n = 0u64;
             // Tables this client created and has not tried to drop.
@@ -492,9 +485,9 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     handle.kill(spare_host.id());
     let operator = {
         let (handle, disks, live) = (handle.clone(), world.disks.clone(), live.clone());
-        let hosts: BTreeMap<u64, NodeHandle> = world.nodes.clone();
+        let hosts: BTreeMap<u64, NodeHandle> = world.hosts.nodes.clone();
         let spare_id = spare_host.id();
-        let started = world.started;
+        let started = world.hosts.started;
         madsim::task::spawn(async move {
             let mut log = Vec::new();
             let mut running = false;
@@ -537,7 +530,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                     live.lock().expect("live map").remove(&spare);
                     handle.kill(spare_id);
                     let mut attempts = 0;
-                    loop {
+                    while attempts < 20 {
                         attempts += 1;
                         let helper = live_nodes(&live)
                             .into_iter()
@@ -593,25 +586,27 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     for line in &operations {
         tracing::info!("{line}");
     }
-    world.trace.extend(operations);
+    world.hosts.trace.extend(operations);
     // In time order (each line starts with its virtual time); events of the same millisecond keep their order.
-    world.trace.sort_by_key(|line| line.split_whitespace().next().and_then(|ms| ms.parse::<u64>().ok()));
+    world.hosts.trace.sort_by_key(|line| line.split_whitespace().next().and_then(|ms| ms.parse::<u64>().ok()));
     for client in clients {
         let _ = client.await;
     }
     quiver_meta::buggify::set_fault_points(false);
-    world.note("faults over".to_string());
+    world.hosts.note("faults over".to_string());
 
     // Liveness: with every fault healed, a proposal succeeds within the bound.
     let healed = Instant::now();
     let recovered_by = healed + Duration::from_secs(options.liveness_secs);
     let mut attempt = 0;
     let probe = loop {
-        let node = live_nodes(&live).into_iter().next().ok_or("no replica is running")?;
+        // A client tries the replicas in turn.
+        let nodes = live_nodes(&live);
+        let node = nodes.get(attempt % nodes.len().max(1)).cloned().ok_or("no replica is running")?;
         attempt += 1;
         let command = create_table(&format!("probe_{attempt}"));
         // Proposed on the replica's own simulated node, whose address its peers know.
-        let on = handle.get_node(world.nodes[&node.node_id()].id()).ok_or("a replica's node is gone")?;
+        let on = handle.get_node(world.hosts.nodes[&node.node_id()].id()).ok_or("a replica's node is gone")?;
         let proposal = on.spawn(async move { node.propose(command).await });
         if let Ok(Ok(Ok(response))) = madsim::time::timeout(Duration::from_secs(3), proposal).await
             && response.into_result().is_ok()
@@ -623,7 +618,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         }
         sleep(Duration::from_millis(100)).await;
     };
-    world.note(format!("available again after {} ms", (probe - healed).as_millis()));
+    world.hosts.note(format!("available again after {} ms", (probe - healed).as_millis()));
 
     // Convergence: every replica applies the same log up to the same index and holds the same state.
     let expected_replicas = options.replicas as usize + usize::from(spare_running);
@@ -679,7 +674,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     // Metadata reads and writes are linearizable, the final state read as the last read.
     let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
     let mut reads = std::mem::take(&mut *reads.lock().expect("reads"));
-    let end = world.started.elapsed();
+    let end = world.hosts.started.elapsed();
     reads.push(Read { invoked: end, completed: end, tables: tables.clone() });
     let changes = std::mem::take(&mut *changes.lock().expect("changes"));
     check_linearizable(&changes, &reads)?;
@@ -692,7 +687,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     let acknowledged = changes.iter().filter(|c| c.completed.is_some()).count();
     let uncertain = changes.len() - acknowledged;
     let drops = changes.iter().filter(|c| c.op == TableOp::Drop).count();
-    world.note(format!(
+    world.hosts.note(format!(
         "checked: {acknowledged} acknowledged, {uncertain} uncertain ({drops} drops), {} linearizable reads, {} tables, \
          version {}",
         reads.len(),
@@ -700,22 +695,10 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         states[0].version()
     ));
     let mut hasher = DefaultHasher::new();
-    world.trace.hash(&mut hasher);
+    world.hosts.trace.hash(&mut hasher);
     for c in &changes {
         (&c.name, c.invoked, c.completed.map(|(t, o)| (t, format!("{o:?}")))).hash(&mut hasher);
     }
     states[0].encode().hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.trace })
-}
-
-/// Polls `done` every 50 virtual ms until it holds or `within` passes.
-async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
-    let deadline = Instant::now() + within;
-    while !done() {
-        if Instant::now() >= deadline {
-            return Err(());
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.hosts.trace })
 }

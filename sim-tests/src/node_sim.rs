@@ -38,7 +38,6 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use madsim::task::NodeId;
 use madsim::time::{Instant, sleep};
 use madsim_tonic::Code;
 use openraft::ServerState;
@@ -49,7 +48,7 @@ use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
 use quiver_proto::v1::{AppendRequest, ExecuteRequest};
 
-use crate::faults;
+use crate::faults::{self, Hosts, wait_until};
 use crate::hot_disk::SimHotDisk;
 use crate::meta_sim::Outcome;
 
@@ -373,8 +372,7 @@ async fn append(node: u64, table: String, arrow_ipc: Vec<u8>) -> Result<u64, Cod
 }
 
 struct World {
-    handle: Handle,
-    nodes: BTreeMap<u64, NodeHandle>,
+    hosts: Hosts,
     disks: Disks,
     live: Live,
     history: Arc<Mutex<History>>,
@@ -382,25 +380,11 @@ struct World {
     clients: NodeHandle,
     /// When each node was last killed.
     killed_at: BTreeMap<u64, Duration>,
-    started: Instant,
-    trace: Vec<String>,
-}
-
-impl World {
-    fn note(&mut self, event: String) {
-        let at = self.started.elapsed().as_millis();
-        tracing::info!(at, "{event}");
-        self.trace.push(format!("{at:>7} ms  {event}"));
-    }
 }
 
 impl faults::Cluster for World {
-    fn members(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
-    }
-
-    fn host(&self, id: u64) -> NodeId {
-        self.nodes[&id].id()
+    fn hosts(&mut self) -> &mut Hosts {
+        &mut self.hosts
     }
 
     fn leader(&self) -> Option<u64> {
@@ -414,18 +398,14 @@ impl faults::Cluster for World {
     /// Kills node `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
-        self.handle.kill(self.nodes[&id].id());
-        self.killed_at.insert(id, self.started.elapsed());
+        self.hosts.handle.kill(self.hosts.nodes[&id].id());
+        self.killed_at.insert(id, self.hosts.started.elapsed());
         self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
-    }
-
-    fn restart(&mut self, id: u64) {
-        self.handle.restart(self.nodes[&id].id());
     }
 
     async fn remove(&mut self, id: u64) -> bool {
         let helper =
-            (1..=self.nodes.len() as u64).find(|n| *n != id && self.live.lock().expect("live").contains_key(n));
+            (1..=self.hosts.nodes.len() as u64).find(|n| *n != id && self.live.lock().expect("live").contains_key(n));
         let Some(h) = helper else { return false };
         let remove = self.clients.spawn(async move {
             let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
@@ -436,12 +416,8 @@ impl faults::Cluster for World {
 
     fn replace_disk(&mut self, id: u64) {
         self.disks.lock().expect("disks").insert(id, SimHotDisk::new());
-        let lost_at = self.killed_at.get(&id).copied().unwrap_or_else(|| self.started.elapsed());
+        let lost_at = self.killed_at.get(&id).copied().unwrap_or_else(|| self.hosts.started.elapsed());
         self.history.lock().expect("history").disk_losses.entry(id).or_default().push(lost_at);
-    }
-
-    fn note(&mut self, event: String) {
-        World::note(self, event);
     }
 }
 
@@ -455,15 +431,12 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // The clients run on a host of their own and reach the nodes over the simulated network.
     let client_host = handle.create_node().name("clients").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1))).build();
     let mut world = World {
-        handle: handle.clone(),
-        nodes: BTreeMap::new(),
+        hosts: Hosts::new(handle.clone()),
         disks: Disks::default(),
         live: live.clone(),
         history: Arc::default(),
         clients: client_host.clone(),
         killed_at: BTreeMap::new(),
-        started: Instant::now(),
-        trace: Vec::new(),
     };
     let voters = node_config(1, options.nodes, false).cluster.voters;
     for id in 1..=options.nodes {
@@ -477,7 +450,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             .ip(ip_of(id))
             .init(move || run_node(id, nodes, disks.clone(), live.clone(), bootstrapped.clone(), failures.clone()))
             .build();
-        world.nodes.insert(id, node);
+        world.hosts.nodes.insert(id, node);
         sleep(Duration::from_millis(1_500)).await;
     }
     let formed = wait_until(Duration::from_secs(60), || {
@@ -493,7 +466,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let failures = failures.lock().expect("failures").clone();
         return Err(format!("the cluster did not form within 60 s; {failures:?}"));
     }
-    world.note(format!("formed: {} nodes, fault points {}", options.nodes, if buggify { "on" } else { "off" }));
+    world.hosts.note(format!("formed: {} nodes, fault points {}", options.nodes, if buggify { "on" } else { "off" }));
     quiver_meta::buggify::set_fault_points(buggify);
 
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
@@ -516,7 +489,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let history = world.history.clone();
-        let started = world.started;
+        let started = world.hosts.started;
         let nodes = options.nodes;
         clients.push(client_host.spawn(async move {
             // This client's tables, with the life of each.
@@ -603,7 +576,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let _ = client.await;
     }
     quiver_meta::buggify::set_fault_points(false);
-    world.note("faults over".to_string());
+    world.hosts.note("faults over".to_string());
 
     // Liveness: every node serves DDL and appends again within the bound.
     let healed = Instant::now();
@@ -638,7 +611,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             sleep(Duration::from_millis(200)).await;
         }
     }
-    world.note(format!("every node serves again after {} ms", healed.elapsed().as_millis()));
+    world.hosts.note(format!("every node serves again after {} ms", healed.elapsed().as_millis()));
 
     // The metadata replicas converge.
     let converged = wait_until(Duration::from_secs(30), || {
@@ -696,7 +669,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         history.tables.iter().filter(|(_, e)| **e == Expect::Present).map(|(t, _)| t.clone()).collect();
     for node in 1..=options.nodes {
         for table in &tables {
-            let invoked = world.started.elapsed();
+            let invoked = world.hosts.started.elapsed();
             let query = client_host.spawn({
                 let table = table.clone();
                 async move {
@@ -709,7 +682,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 return Err(format!("the final query of {table} on node {node} failed"));
             };
             let ids: Vec<i64> = int64s(&ids, 0).into_iter().flatten().collect();
-            let scan = Scan { node, table: table.clone(), invoked, completed: world.started.elapsed(), ids };
+            let scan = Scan { node, table: table.clone(), invoked, completed: world.hosts.started.elapsed(), ids };
             history.check_scan(&scan, true)?;
             let model: Vec<i64> = {
                 let mut ids = scan.ids.clone();
@@ -736,26 +709,14 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let acknowledged = history.appends.iter().filter(|a| a.fate == Fate::Acknowledged).count();
     let uncertain = history.appends.iter().filter(|a| a.fate == Fate::Uncertain).count();
     let rows: usize = final_rows.values().map(Vec::len).sum();
-    world.note(format!(
+    world.hosts.note(format!(
         "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows",
         history.appends.len(),
         history.scans.len(),
         tables.len()
     ));
     let mut hasher = DefaultHasher::new();
-    world.trace.hash(&mut hasher);
+    world.hosts.trace.hash(&mut hasher);
     final_rows.hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.trace })
-}
-
-/// Polls `done` every 50 virtual ms until it holds or `within` passes.
-async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> Result<(), ()> {
-    let deadline = Instant::now() + within;
-    while !done() {
-        if Instant::now() >= deadline {
-            return Err(());
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.hosts.trace })
 }

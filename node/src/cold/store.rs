@@ -14,58 +14,37 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 
-use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 
-/// Where the cold tier lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ColdUrl {
-    /// Next to the data: the directory `cold` inside a database's directory, or memory for an in-memory database.
-    Default,
-    /// A URL: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
-    Url(String),
-    /// A local directory (the default: `cold` in the data directory).
-    Directory(PathBuf),
-    /// Memory (an in-memory database's cold tier).
-    Memory,
-}
+use crate::error::Error;
 
-impl ColdUrl {
-    /// Checks the URL's form without building a client.
-    ///
-    /// # Errors
-    ///
-    /// What is wrong with it.
-    pub fn check(&self) -> std::result::Result<(), String> {
-        match self {
-            ColdUrl::Url(text) => parse(text).map(|_| ()),
-            ColdUrl::Default | ColdUrl::Directory(_) | ColdUrl::Memory => Ok(()),
-        }
-    }
-}
-
-/// The cold tier's store and how tiered files are written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColdSpec {
-    /// Where.
-    pub url: ColdUrl,
-    /// An S3-compatible endpoint (path-style requests are used with it).
+/// `[cold]`: the cold tier's object store. Credentials and endpoints not given here come from the standard environment
+/// variables of each store (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+/// `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdConfig {
+    /// Where cold data lives: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
+    /// Empty: the directory `cold` inside the data directory.
+    pub store: String,
+    /// An S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (path-style requests are used with it).
     pub endpoint: Option<String>,
     /// The S3 region.
     pub region: Option<String>,
     /// Allow a plain-HTTP endpoint.
     pub allow_http: bool,
-    /// S3 access key id; the environment's otherwise.
+    /// S3 access key id (prefer the environment or an instance role).
     pub access_key_id: Option<String>,
-    /// S3 secret access key; the environment's otherwise.
+    /// S3 secret access key.
     pub secret_access_key: Option<String>,
-    /// Rows per Parquet row group.
+    /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
 }
 
-impl Default for ColdSpec {
+impl Default for ColdConfig {
     fn default() -> Self {
-        ColdSpec {
-            url: ColdUrl::Default,
+        Self {
+            store: String::new(),
             endpoint: None,
             region: None,
             allow_http: false,
@@ -76,8 +55,17 @@ impl Default for ColdSpec {
     }
 }
 
+/// Checks the form of a cold-store URL without building a client.
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_url(text: &str) -> Result<(), String> {
+    parse(text).map(|_| ())
+}
+
 /// The scheme, the bucket (or container, or directory) and the key prefix of a cold-store URL.
-fn parse(text: &str) -> std::result::Result<(String, String, String), String> {
+fn parse(text: &str) -> Result<(String, String, String), String> {
     let url = url::Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL ({e})"))?;
     let scheme = url.scheme().to_string();
     match scheme.as_str() {
@@ -107,42 +95,41 @@ pub struct ColdStore {
 }
 
 impl ColdStore {
-    /// Builds the client for `spec` (no request is made); [`ColdUrl::Default`] means `<data_dir>/cold`, or memory
-    /// when `data_dir` is `None` (an in-memory database).
+    /// Builds the client for `config` (no request is made). An empty `config.store` means the directory `cold` in
+    /// `data_dir`, or memory when `data_dir` is `None` (an in-memory database).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a malformed URL or store settings the client rejects, or when a local directory cannot
     /// be created.
-    pub fn open(spec: &ColdSpec, data_dir: Option<&std::path::Path>) -> Result<Self> {
+    pub fn open(config: &ColdConfig, data_dir: Option<&std::path::Path>) -> crate::error::Result<Self> {
         let bad = |detail: String| Error::Config { detail: format!("cold.store: {detail}") };
-        let url = match (&spec.url, data_dir) {
-            (ColdUrl::Default, Some(dir)) => ColdUrl::Directory(dir.join("cold")),
-            (ColdUrl::Default, None) => ColdUrl::Memory,
-            (other, _) => other.clone(),
-        };
-        let (store, display): (Arc<dyn ObjectStore>, String) = match &url {
-            ColdUrl::Default | ColdUrl::Memory => (Arc::new(InMemory::new()), "memory".into()),
-            ColdUrl::Directory(dir) => (local(dir)?, format!("file://{}", dir.display())),
-            ColdUrl::Url(text) => {
+        let text = config.store.as_str();
+        let (store, display): (Arc<dyn ObjectStore>, String) = match (text, data_dir) {
+            ("", None) => (Arc::new(InMemory::new()), "memory".into()),
+            ("", Some(dir)) => {
+                let dir = dir.join("cold");
+                (local(&dir)?, format!("file://{}", dir.display()))
+            }
+            _ => {
                 let (scheme, bucket, prefix) = parse(text).map_err(bad)?;
                 let store: Arc<dyn ObjectStore> = match scheme.as_str() {
                     "file" => local(&PathBuf::from(&prefix))?,
                     "s3" | "s3a" => {
                         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
-                        if let Some(endpoint) = &spec.endpoint {
+                        if let Some(endpoint) = &config.endpoint {
                             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
                         }
-                        if let Some(region) = &spec.region {
+                        if let Some(region) = &config.region {
                             builder = builder.with_region(region);
                         }
-                        if spec.allow_http {
+                        if config.allow_http {
                             builder = builder.with_allow_http(true);
                         }
-                        if let Some(key) = &spec.access_key_id {
+                        if let Some(key) = &config.access_key_id {
                             builder = builder.with_access_key_id(key);
                         }
-                        if let Some(secret) = &spec.secret_access_key {
+                        if let Some(secret) = &config.secret_access_key {
                             builder = builder.with_secret_access_key(secret);
                         }
                         prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
@@ -156,10 +143,10 @@ impl ColdStore {
                         prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
                     }
                 };
-                (store, text.clone())
+                (store, text.to_string())
             }
         };
-        Ok(ColdStore { store, display, row_group_rows: spec.row_group_rows.max(1) })
+        Ok(ColdStore { store, display, row_group_rows: config.row_group_rows.max(1) })
     }
 
     /// The store under the prefix of one cluster (`quiver/<cluster id>`), so that clusters can share a bucket.
@@ -178,7 +165,7 @@ impl ColdStore {
     }
 }
 
-fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+fn local(dir: &std::path::Path) -> crate::error::Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("create the cold-tier directory {}", dir.display()), e))?;
     let store = LocalFileSystem::new_with_prefix(dir)
@@ -196,29 +183,29 @@ mod tests {
 
     #[test]
     fn urls_are_checked_with_clear_errors() {
-        assert!(ColdUrl::Url("s3://bucket/some/prefix".into()).check().is_ok());
-        assert!(ColdUrl::Url("file:///tmp/cold".into()).check().is_ok());
-        assert!(ColdUrl::Url("gs://b".into()).check().is_ok());
-        let e = ColdUrl::Url("ftp://host/x".into()).check().expect_err("scheme");
+        assert!(check_url("s3://bucket/some/prefix").is_ok());
+        assert!(check_url("file:///tmp/cold").is_ok());
+        assert!(check_url("gs://b").is_ok());
+        let e = check_url("ftp://host/x").expect_err("scheme");
         assert!(e.contains("unknown scheme \"ftp\""), "{e}");
-        let e = ColdUrl::Url("s3:///prefix".into()).check().expect_err("bucket");
+        let e = check_url("s3:///prefix").expect_err("bucket");
         assert!(e.contains("names no bucket"), "{e}");
-        let e = ColdUrl::Url("not a url".into()).check().expect_err("url");
+        let e = check_url("not a url").expect_err("url");
         assert!(e.contains("is not a URL"), "{e}");
     }
 
     #[test]
     fn s3_settings_build_a_client_without_requests() {
-        let spec = ColdSpec {
-            url: ColdUrl::Url("s3://bucket/prefix".into()),
+        let config = ColdConfig {
+            store: "s3://bucket/prefix".into(),
             endpoint: Some("http://127.0.0.1:1".into()),
             region: Some("us-east-1".into()),
             allow_http: true,
             access_key_id: Some("key".into()),
             secret_access_key: Some("secret".into()),
-            ..ColdSpec::default()
+            ..ColdConfig::default()
         };
-        let store = ColdStore::open(&spec, None).expect("client");
+        let store = ColdStore::open(&config, None).expect("client");
         assert_eq!(store.display(), "s3://bucket/prefix");
     }
 }

@@ -191,7 +191,7 @@ mod tests {
     use super::*;
     use object_store::ObjectStoreExt;
 
-    use crate::cold::{ColdSpec, ColdUrl};
+    use crate::cold::ColdConfig;
     use crate::engine::{EngineOptions, StorageLocation};
 
     async fn open(dir: &std::path::Path) -> Arc<Engine> {
@@ -328,14 +328,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_store_fails_tiering_clearly_and_keeps_the_rows_hot() {
         let options = EngineOptions {
-            cold: ColdSpec {
-                url: ColdUrl::Url("s3://bucket/prefix".into()),
+            cold: ColdConfig {
+                store: "s3://bucket/prefix".into(),
                 endpoint: Some("http://127.0.0.1:9".into()),
                 region: Some("us-east-1".into()),
                 allow_http: true,
                 access_key_id: Some("key".into()),
                 secret_access_key: Some("secret".into()),
-                ..ColdSpec::default()
+                ..ColdConfig::default()
             },
             ..EngineOptions::default()
         };
