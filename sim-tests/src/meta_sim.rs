@@ -146,6 +146,14 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
     // Only the first boot of replica 1 bootstraps; any other fresh start (a later replica, or a replaced one with an
     // empty disk) joins through the other replicas.
     let first_boot = id == 1 && live.lock().expect("live map").len() == 1;
+    let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
+    let join_request = |cluster_id: Option<String>| JoinRequest {
+        node_id: id,
+        grpc_addr: addr.to_string(),
+        flight_addr: String::new(),
+        pg_addr: String::new(),
+        cluster_id,
+    };
     if fresh {
         if first_boot {
             node.bootstrap("sim").await.expect("bootstrap");
@@ -160,14 +168,7 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
             let serving = MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Serving };
             node.propose(serving).await.expect("the first node serves");
         } else {
-            let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
-            let request = JoinRequest {
-                node_id: id,
-                grpc_addr: addr.to_string(),
-                flight_addr: String::new(),
-                pg_addr: String::new(),
-                cluster_id: None,
-            };
+            let request = join_request(None);
             let mut seed = 0;
             loop {
                 seed = seed % replicas + 1;
@@ -181,14 +182,7 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
         // A restart on its disk confirms the membership through another replica, as `quiver server --join` does: a
         // replica that was removed meanwhile (a removal whose answer was lost) is admitted again as a learner
         // instead of campaigning, alone, in an old configuration.
-        let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(2));
-        let request = JoinRequest {
-            node_id: id,
-            grpc_addr: addr.to_string(),
-            flight_addr: String::new(),
-            pg_addr: String::new(),
-            cluster_id: Some("sim".into()),
-        };
+        let request = join_request(Some("sim".into()));
         for seed in (1..=replicas).filter(|s| *s != id) {
             if client.join(&addr_of(seed).to_string(), &request).await.is_ok() {
                 break;
