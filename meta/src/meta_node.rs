@@ -337,9 +337,19 @@ impl MetaNode {
     }
 
     /// Confirms that this replica is the leader and returns the log index a linearizable read must wait for.
+    ///
+    /// That is the end of the leader's log, not openraft's read log id. A leader that restarts keeps its leadership
+    /// (its vote is committed and its own) but reloads the commit index it last saved, and that save is not synced:
+    /// entries committed before the crash, already applied and read on other replicas, would lie beyond that read log
+    /// id, and a read here would miss them (the simulation found it: a table present in one read, absent in a later
+    /// one). Every committed entry is in the leader's log, so waiting for its end is safe; the cost is that a read
+    /// also waits for proposals the leader has appended but not yet committed.
     pub(crate) async fn read_index_local(&self) -> Result<Option<u64>, ClusterError> {
         match self.inner.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(read_log_id.map(|id| id.index)),
+            Ok((read_log_id, _applied)) => {
+                let last_log = self.inner.raft.metrics().borrow().last_log_index;
+                Ok(read_log_id.map(|id| id.index).max(last_log))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => Err(self.not_leader(forward)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                 Err(ClusterError::NoQuorum { node_id: self.inner.node_id })

@@ -112,6 +112,15 @@ impl MetaState {
 
     /// Validates `command` against the current state and, if it fits, changes the state. Every check that can
     /// refuse the command runs before the first change.
+    fn set_node_state(&mut self, node_id: u64, state: NodeState) -> Result<MetaOutcome, Rejection> {
+        let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
+        if node.state == state {
+            return Ok(MetaOutcome::Unchanged);
+        }
+        node.state = state;
+        Ok(MetaOutcome::NodeUpdated { node_id })
+    }
+
     fn apply_inner(&mut self, command: MetaCommand) -> Result<MetaOutcome, Rejection> {
         match command {
             MetaCommand::Bootstrap { cluster_id } => match &self.cluster_id {
@@ -154,14 +163,8 @@ impl MetaState {
                     }
                 }
             }
-            MetaCommand::UpdateNodeState { node_id, state } => {
-                let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
-                if node.state == state {
-                    return Ok(MetaOutcome::Unchanged);
-                }
-                node.state = state;
-                Ok(MetaOutcome::NodeUpdated { node_id })
-            }
+            MetaCommand::UpdateNodeState { node_id, state } => self.set_node_state(node_id, state),
+            MetaCommand::MarkRemoved { node_id } => self.set_node_state(node_id, NodeState::Down),
             MetaCommand::SetNodeRole { node_id, role } => {
                 let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
                 if node.role == role {

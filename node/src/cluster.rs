@@ -216,15 +216,10 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
             }
         }
         (true, false) => {
-            let seed = &options.join[0];
-            match tokio::time::timeout(options.meta.request_timeout(), client.join(seed, &request)).await {
-                Ok(Err(e @ (ClusterError::JoinRefused { .. } | ClusterError::InvalidMembershipChange { .. }))) => {
-                    return Err(Error::Cluster(e));
-                }
-                Ok(Err(e)) => tracing::info!(via = %seed, error = %e, "could not confirm membership; resuming"),
-                Err(_) => tracing::info!(via = %seed, "membership confirmation timed out; resuming"),
-                Ok(Ok(_)) => {}
-            }
+            client
+                .confirm_membership(options.join.clone(), request, Duration::from_millis(500))
+                .await
+                .map_err(Error::Cluster)?;
             tracing::info!(node_id = options.node_id, cluster_id = ?mine, "resumed as a member of the cluster");
         }
     }

@@ -183,10 +183,9 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
         // replica that was removed meanwhile (a removal whose answer was lost) is admitted again as a learner
         // instead of campaigning, alone, in an old configuration.
         let request = join_request(Some("sim".into()));
-        for seed in (1..=replicas).filter(|s| *s != id) {
-            if client.join(&addr_of(seed).to_string(), &request).await.is_ok() {
-                break;
-            }
+        let seeds = (1..=replicas).filter(|s| *s != id).map(|s| addr_of(s).to_string()).collect();
+        if let Err(e) = client.confirm_membership(seeds, request, Duration::from_millis(500)).await {
+            panic!("replica {id} was refused by its cluster: {e}");
         }
     }
     loop {
@@ -227,6 +226,8 @@ struct Change {
 
 /// One linearizable read of the table names.
 struct Read {
+    /// The replica that served it.
+    replica: u64,
     invoked: Duration,
     completed: Duration,
     tables: BTreeSet<String>,
@@ -266,11 +267,19 @@ fn check_linearizable(changes: &[Change], reads: &[Read]) -> Result<(), String> 
                     Some((earlier, saw)) if saw != seen => {
                         let word = |present: bool| if present { "present" } else { "absent" };
                         return Err(format!(
-                            "table {table}: after its last change, a read at {:?} found it {} and one at {:?} {}",
+                            "table {table}: after its last change, a read at {:?} on replica {} found it {} and one at \
+                             {:?} on replica {} {}; its changes: {:?}",
                             earlier.invoked,
+                            earlier.replica,
                             word(saw),
                             read.invoked,
-                            word(seen)
+                            read.replica,
+                            word(seen),
+                            changes
+                                .iter()
+                                .filter(|c| c.name == *table)
+                                .map(|c| (c.op, c.invoked, c.completed))
+                                .collect::<Vec<_>>()
                         ));
                     }
                     Some(_) => continue,
@@ -426,7 +435,12 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                         node.read_state(|s| s.catalog().tables().map(|t| t.name.clone()).collect::<BTreeSet<_>>()).await
                     });
                     if let Ok(Ok(tables)) = task.await {
-                        reads.lock().expect("reads").push(Read { invoked, completed: started.elapsed(), tables });
+                        reads.lock().expect("reads").push(Read {
+                            replica: *id,
+                            invoked,
+                            completed: started.elapsed(),
+                            tables,
+                        });
                     }
                 } else {
                     let (name, op) = if dice < 45 && !mine.is_empty() {
@@ -669,7 +683,7 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();
     let mut reads = std::mem::take(&mut *reads.lock().expect("reads"));
     let end = world.hosts.started.elapsed();
-    reads.push(Read { invoked: end, completed: end, tables: tables.clone() });
+    reads.push(Read { replica: 0, invoked: end, completed: end, tables: tables.clone() });
     let changes = std::mem::take(&mut *changes.lock().expect("changes"));
     check_linearizable(&changes, &reads)?;
     // Nothing that no client created is there.

@@ -259,7 +259,7 @@ impl MetaNode {
         }
         tracing::info!(node_id, "node removed from the metadata group");
         if self.read_local(|s| s.node(node_id).is_some()) {
-            self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Down }).await?;
+            self.propose(MetaCommand::MarkRemoved { node_id }).await?;
         }
         self.keep_voters().await?;
         Ok(())

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::raft::keys;
 use crate::raft::log_store::{decode, encode};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{MetaOutcome, MetaResponse, MetaState};
+use crate::state::{MetaCommand, MetaOutcome, MetaResponse, MetaState};
 use crate::store::{MetaStore, WriteBatch};
 
 /// The state machine's data: the metadata and the position in the log it reflects.
@@ -162,6 +162,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
+                // A removed node that is a member again (it rejoined after its removal) stays as its join left it.
+                EntryPayload::Normal(MetaCommand::MarkRemoved { node_id })
+                    if applied.membership.membership().nodes().any(|(id, _)| *id == node_id) =>
+                {
+                    unchanged(&applied.state)
+                }
                 EntryPayload::Normal(command) => applied.state.apply(command),
                 EntryPayload::Blank => unchanged(&applied.state),
                 EntryPayload::Membership(membership) => {

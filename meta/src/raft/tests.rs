@@ -74,3 +74,51 @@ async fn corrupt_snapshot_is_a_storage_error_not_a_panic() {
     crate::MetaStore::write(&mem, batch, true).expect("write");
     assert!(StateMachineStore::open(Arc::new(mem)).is_err());
 }
+
+#[tokio::test]
+async fn a_removal_marks_down_only_a_node_that_is_not_a_member_again() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::raft::types::NodeAddr;
+    use crate::state::{NodeRole, NodeState};
+
+    let store: Arc<dyn crate::MetaStore> = Arc::new(MemMetaStore::new());
+    let mut sm = StateMachineStore::open(store).expect("open sm");
+    let entry = |index: u64, payload| Entry { log_id: log_id(1, index), payload };
+    let register = |node_id: u64| MetaCommand::RegisterNode {
+        node_id,
+        grpc_addr: format!("10.0.0.{node_id}:7000"),
+        flight_addr: String::new(),
+        pg_addr: String::new(),
+        role: NodeRole::Voter,
+    };
+    let membership = |ids: &[u64]| {
+        let nodes: BTreeMap<u64, NodeAddr> =
+            ids.iter().map(|id| (*id, NodeAddr::new(format!("10.0.0.{id}:7000")))).collect();
+        openraft::Membership::new(vec![ids.iter().copied().collect::<BTreeSet<u64>>()], nodes)
+    };
+    let serving = |node_id| MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving };
+    sm.apply([
+        entry(1, EntryPayload::Normal(register(1))),
+        entry(2, EntryPayload::Normal(register(2))),
+        entry(3, EntryPayload::Normal(serving(1))),
+        entry(4, EntryPayload::Normal(serving(2))),
+        // Node 2 is removed, and rejoins before the removal's mark lands: it stays serving.
+        entry(5, EntryPayload::Membership(membership(&[1]))),
+        entry(6, EntryPayload::Membership(membership(&[1, 2]))),
+        entry(7, EntryPayload::Normal(MetaCommand::MarkRemoved { node_id: 2 })),
+    ])
+    .await
+    .expect("apply");
+    let state_of = |sm: &StateMachineStore, id| sm.shared().read().state.node(id).map(|n| n.state);
+    assert_eq!(state_of(&sm, 2), Some(NodeState::Serving));
+    // Removed and not back: the mark applies.
+    sm.apply([
+        entry(8, EntryPayload::Membership(membership(&[1]))),
+        entry(9, EntryPayload::Normal(MetaCommand::MarkRemoved { node_id: 2 })),
+    ])
+    .await
+    .expect("apply");
+    assert_eq!(state_of(&sm, 2), Some(NodeState::Down));
+    assert_eq!(state_of(&sm, 1), Some(NodeState::Serving));
+}

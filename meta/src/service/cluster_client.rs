@@ -103,6 +103,62 @@ impl ClusterClient {
         Ok((reply.cluster_id, reply.role))
     }
 
+    /// What a replica restarting on its own disk does with its seeds: asks them in turn to admit it again, as a join
+    /// does. A replica removed while it was down (a removal whose answer the operator never got) comes back as a
+    /// learner instead of campaigning, alone, in an old configuration; a member's confirmation changes nothing.
+    ///
+    /// One round is tried now. When no seed answers (no leader yet, as when a whole cluster restarts: the replicas
+    /// must be up to elect one), the confirmation goes on in the background, a round every `pause`, until a seed
+    /// answers or the cluster refuses the replica; the caller serves meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::JoinRefused`] and [`ClusterError::InvalidMembershipChange`] when the first round is refused
+    /// (another cluster, an id in use by another address).
+    pub async fn confirm_membership(
+        &self,
+        seeds: Vec<String>,
+        request: JoinRequest,
+        pause: Duration,
+    ) -> Result<(), ClusterError> {
+        if self.membership_round(&seeds, &request).await? {
+            return Ok(());
+        }
+        tracing::info!(node_id = request.node_id, "membership not confirmed yet; retrying in the background");
+        let client = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(pause).await;
+                match client.membership_round(&seeds, &request).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(node_id = request.node_id, error = %e, "the cluster refused this node");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// One round of [`ClusterClient::confirm_membership`]: `Ok(true)` once a seed confirmed.
+    async fn membership_round(&self, seeds: &[String], request: &JoinRequest) -> Result<bool, ClusterError> {
+        for seed in seeds {
+            match self.join(seed, request).await {
+                Ok((cluster_id, role)) => {
+                    tracing::info!(node_id = request.node_id, cluster_id, role, via = %seed, "membership confirmed");
+                    return Ok(true);
+                }
+                Err(e @ (ClusterError::JoinRefused { .. } | ClusterError::InvalidMembershipChange { .. })) => {
+                    return Err(e);
+                }
+                Err(e) => tracing::info!(via = %seed, error = %e, "could not confirm membership"),
+            }
+        }
+        Ok(false)
+    }
+
     /// Returns the metadata group as the node at `addr` sees it.
     ///
     /// # Errors

@@ -47,6 +47,13 @@ pub enum MetaCommand {
         /// The new state.
         state: NodeState,
     },
+    /// Marks a node that was removed from the metadata group as down. The state machine skips it when the node is a
+    /// member again by the time it applies (it rejoined after its removal), so the registry follows the membership
+    /// in log order.
+    MarkRemoved {
+        /// The node's id.
+        node_id: u64,
+    },
     /// Records a registered node's Raft role.
     SetNodeRole {
         /// The node's id.
