@@ -110,7 +110,9 @@ impl MetaNode {
         let raft = MetaRaft::new(node_id, raft_config, network, log, state_machine).await.map_err(stopped)?;
         let client = MetaClient::new(config.connect_timeout());
         tracing::info!(node_id, %addr, "metadata replica started");
-        Ok(Self { inner: Arc::new(Inner { node_id, addr, config, raft, shared, client }) })
+        let inner = Arc::new(Inner { node_id, addr, config, raft, shared, client });
+        tokio::spawn(break_split_votes(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// Returns this replica's id.
@@ -485,5 +487,58 @@ mod tests {
         assert_send(&node.add_learner(2, NodeAddr::default()));
         assert_send(&node.promote(2));
         assert_send(&node.shutdown());
+    }
+}
+
+/// Starts an election, after a random pause, on a voter that has known no leader for two maximal election timeouts.
+///
+/// openraft 0.9 draws a replica's election timeout once, when it starts, and checks it on a timer tick. Replicas
+/// whose timeouts round to the same tick and whose ticks line up time out together, each votes for itself, and the
+/// next round splits the same way, for good: the simulation found three replicas doing that after a partition
+/// healed. The random pause puts one replica ahead. Ends when the replica shuts down.
+async fn break_split_votes(replica: std::sync::Weak<Inner>) {
+    use openraft::AsyncRuntime;
+    use rand::Rng;
+
+    // Holds the replica only while it looks: a replica whose handles are all dropped stops, and this task with it.
+    let Some(config) = replica.upgrade().map(|r| r.config.clone()) else { return };
+    let period = Duration::from_millis(config.election_timeout_max_ms);
+    let mut leaderless_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = replica.upgrade() else { return };
+        let (state, leader, voter) = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow();
+            (m.state, m.current_leader, m.membership_config.membership().voter_ids().any(|v| v == m.id))
+        };
+        drop(inner);
+        if state == openraft::ServerState::Shutdown {
+            return;
+        }
+        if leader.is_some() || !voter {
+            leaderless_since = None;
+            continue;
+        }
+        let since = *leaderless_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < 2 * period {
+            continue;
+        }
+        let pause = {
+            let mut rng = crate::raft::types::Runtime::thread_rng();
+            Duration::from_millis(rng.gen_range(0..config.election_timeout_min_ms.max(1)))
+        };
+        tokio::time::sleep(pause).await;
+        let Some(inner) = replica.upgrade() else { return };
+        if inner.raft.metrics().borrow().current_leader.is_none() {
+            tracing::info!(
+                node_id = inner.node_id,
+                "no leader for a while; starting an election to break a split vote"
+            );
+            if inner.raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+        leaderless_since = None;
     }
 }
