@@ -562,15 +562,24 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             }
             // A decommissioned spare's join request may still have been in flight and landed after its removal: an
             // operator checks the membership and removes it again until it is gone.
+            // A join request outlives its sender by the client's and the leader's timeouts (a few seconds), so the
+            // spare must stay out for longer than that.
             if !running {
+                let mut absent_for = 0;
                 for _ in 0..60 {
                     let members = live_nodes(&live);
                     let present = members.iter().any(|n| {
                         n.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == spare)
                     });
                     if !present {
-                        break;
+                        absent_for += 1;
+                        if absent_for >= 12 {
+                            break;
+                        }
+                        sleep(Duration::from_millis(500)).await;
+                        continue;
                     }
+                    absent_for = 0;
                     let Some(helper) = members.iter().map(MetaNode::node_id).find(|n| hosts.contains_key(n)) else {
                         break;
                     };
@@ -666,10 +675,19 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             m.membership_config.membership()
         ));
     }
-    for id in &running {
-        let record = states[0].node(*id).map(|r| r.state);
-        if record != Some(NodeState::Serving) {
-            return Err(format!("member {id} is {record:?} in the node registry"));
+    // A replica that joined at the end (a replaced one) may have applied its registration just now: the registry is
+    // read again, on every replica, until it agrees (or the bound passes).
+    let serving = |n: &MetaNode| {
+        running.iter().find(|id| n.read_local(|s| s.node(**id).map(|r| r.state)) != Some(NodeState::Serving)).copied()
+    };
+    let registered =
+        wait_until(Duration::from_secs(30), || live_nodes(&live).iter().all(|n| serving(n).is_none())).await;
+    if registered.is_err() {
+        for n in live_nodes(&live) {
+            if let Some(id) = serving(&n) {
+                let record = n.read_local(|s| s.node(id).map(|r| r.state));
+                return Err(format!("member {id} is {record:?} in the node registry of replica {}", n.node_id()));
+            }
         }
     }
 
