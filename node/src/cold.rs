@@ -15,7 +15,11 @@
 //! cold view before it drops the hot chunks, so a scan running meanwhile neither misses nor double-counts a row.
 //!
 //! Rows still live on the node that took them (the cluster data path comes later), so each node scans its own files:
-//! files carry the node they came from.
+//! files carry the node and the hot store (data directory) they came from, and the marks are per store.
+//!
+//! An insert numbers its chunks when it writes them, before it commits, so a committed chunk can have a higher number
+//! than one still to come; tiering therefore takes only chunks below every number an insert in progress may use
+//! (`TableStore::settled_below`), and a store that removed chunks keeps a floor for its numbering across restarts.
 //!
 //! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout).
 
@@ -45,19 +49,19 @@ pub const OBJECT_STORE_URL: &str = "quiver-cold://tier/";
 pub struct ColdView {
     /// The manifest version this view comes from (0: none yet).
     pub version: u64,
-    /// This node's files.
+    /// The files of this node's hot store.
     pub files: Vec<ColdFile>,
-    /// The highest of this node's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
+    /// The highest of the store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
     pub hot_through: u64,
 }
 
 impl ColdView {
-    /// The view of node `node` in `manifest`.
-    pub fn of(manifest: &Manifest, node: u64) -> Self {
+    /// The view of the hot store with identity `store` in `manifest`.
+    pub fn of(manifest: &Manifest, store: u64) -> Self {
         ColdView {
             version: manifest.version,
-            files: manifest.files.iter().filter(|f| f.node == node).cloned().collect(),
-            hot_through: manifest.hot_through.get(&node).copied().unwrap_or(0),
+            files: manifest.files.iter().filter(|f| f.store == store).cloned().collect(),
+            hot_through: manifest.hot_through.get(&store).copied().unwrap_or(0),
         }
     }
 }

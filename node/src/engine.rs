@@ -279,6 +279,8 @@ pub struct Engine {
     tables: Arc<TableStore>,
     meta: MetaNode,
     node_id: u64,
+    /// The hot store's identity: the cold tier's marks of which hot chunks are tiered are kept per store.
+    store_id: u64,
     /// The catalog's tables as attached to this engine (name → id), guarded for [`Engine::sync_catalog`].
     attached: tokio::sync::Mutex<BTreeMap<String, TableId>>,
     registry: Arc<TableRegistry>,
@@ -389,6 +391,7 @@ impl Engine {
         check_format(&*store)?;
         let catalog = meta.read_local(|s| s.catalog().clone());
         let (chunks_by_table, next_seq) = recover_chunks(&*store, &catalog)?;
+        let store_id = store_identity(&*store)?;
         let metrics = Arc::new(Metrics::default());
         let tables = Arc::new(TableStore::new(
             Arc::clone(&store),
@@ -437,6 +440,7 @@ impl Engine {
             tables,
             meta,
             node_id,
+            store_id,
             attached: tokio::sync::Mutex::new(BTreeMap::new()),
             registry,
             hot: RwLock::new(HashMap::new()),
@@ -1292,7 +1296,29 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");
         store.write(garbage, Durability::Sync)?;
     }
-    Ok((by_table, max_seq + 1))
+    let floor = match store.get(keys::NEXT_SEQ_KEY)? {
+        Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt {
+            location: "chunk sequence floor".into(),
+            detail: format!("{} bytes where 8 were expected", v.len()),
+        })?),
+        None => 0,
+    };
+    Ok((by_table, (max_seq + 1).max(floor)))
+}
+
+/// Returns the store's identity, choosing one the first time (see [`keys::STORE_ID_KEY`]).
+fn store_identity(store: &dyn HotStore) -> Result<u64> {
+    if let Some(v) = store.get(keys::STORE_ID_KEY)? {
+        return <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
+            location: "store identity".into(),
+            detail: format!("{} bytes where 8 were expected", v.len()),
+        });
+    }
+    let id = crate::random_u64()?;
+    let mut batch = WriteBatch::new();
+    batch.put(keys::STORE_ID_KEY.to_vec(), id.to_be_bytes().to_vec());
+    store.write(batch, Durability::Sync)?;
+    Ok(id)
 }
 
 /// Returns the directory path of a data location, if it has one.

@@ -44,6 +44,10 @@ pub(crate) struct TableStore {
     pub(crate) store: Arc<dyn HotStore>,
     /// The next chunk sequence number; unique across all tables of the database.
     next_seq: AtomicU64,
+    /// The first sequence number each insert in progress may use (a count per number): chunks of an insert get
+    /// their numbers when they are written, before the insert commits, so a chunk with a lower number than a
+    /// committed one may still appear. Tiering stays below all of these ([`TableStore::settled_below`]).
+    pinned: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Data keys of retired chunks that no reader needs any more, deleted by the next commit.
     garbage: Mutex<Vec<Vec<u8>>>,
     /// Rows per chunk that inserts aim for.
@@ -69,6 +73,7 @@ impl TableStore {
             cache: ColumnCache::new(column_cache_bytes),
             store,
             next_seq: AtomicU64::new(next_seq),
+            pinned: Mutex::new(std::collections::BTreeMap::new()),
             garbage: Mutex::new(Vec::new()),
             chunk_rows_target: chunk_rows_target.max(1),
             durability,
@@ -78,6 +83,27 @@ impl TableStore {
 
     fn allocate_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next sequence number not yet handed out (what recovery must not go below after chunks are removed).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// Reserves for an insert every sequence number from the next one on, until the returned pin is dropped.
+    fn pin(self: &Arc<Self>) -> SeqPin {
+        let mut pinned = self.pinned.lock().expect("pin lock poisoned");
+        let first = self.next_seq.load(Ordering::Relaxed);
+        *pinned.entry(first).or_insert(0) += 1;
+        SeqPin { tables: Arc::clone(self), first }
+    }
+
+    /// A sequence number below which no chunk can appear any more: every chunk numbered lower is committed (and in
+    /// its table's version once the caller reads it afterwards) or never will be. Read it before the version.
+    pub(crate) fn settled_below(&self) -> u64 {
+        let pinned = self.pinned.lock().expect("pin lock poisoned");
+        let next = self.next_seq.load(Ordering::Relaxed);
+        pinned.keys().next().copied().map_or(next, |first| first.min(next))
     }
 
     /// Queues data keys for deletion by the next commit.
@@ -104,6 +130,25 @@ impl TableStore {
         self.store.write(batch, self.durability)?;
         self.metrics.hot_bytes_written.add(bytes);
         Ok(())
+    }
+}
+
+/// An insert's reservation of sequence numbers ([`TableStore::pin`]); released when dropped.
+#[derive(Debug)]
+struct SeqPin {
+    tables: Arc<TableStore>,
+    first: u64,
+}
+
+impl Drop for SeqPin {
+    fn drop(&mut self) {
+        let mut pinned = self.tables.pinned.lock().expect("pin lock poisoned");
+        if let Some(count) = pinned.get_mut(&self.first) {
+            *count -= 1;
+            if *count == 0 {
+                pinned.remove(&self.first);
+            }
+        }
     }
 }
 
@@ -369,9 +414,21 @@ impl HotTable {
         }
     }
 
+    /// See [`TableStore::settled_below`].
+    pub(crate) fn settled_below(&self) -> u64 {
+        self.tables.settled_below()
+    }
+
     /// Starts an insert.
     pub(crate) fn appender(self: &Arc<Self>) -> Appender {
-        Appender { table: Arc::clone(self), pending: Vec::new(), pending_rows: 0, written: Vec::new(), rows: 0 }
+        Appender {
+            table: Arc::clone(self),
+            pending: Vec::new(),
+            pending_rows: 0,
+            written: Vec::new(),
+            rows: 0,
+            pin: None,
+        }
     }
 
     /// Encodes `batch` as a new chunk and adds its data to `batch_out`; returns the chunk.
@@ -406,6 +463,11 @@ impl HotTable {
         }
         for c in removed {
             batch.delete(keys::index_key(self.def.id, c.seq));
+        }
+        if !removed.is_empty() {
+            // Removed chunks may have held the highest numbers; a restart must not hand them out again (the cold
+            // tier's mark says which numbers are tiered).
+            batch.put(keys::NEXT_SEQ_KEY.to_vec(), self.tables.next_seq().to_be_bytes().to_vec());
         }
         self.tables.commit(batch)?;
         let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
@@ -472,6 +534,8 @@ pub(crate) struct Appender {
     /// Chunks whose data is written but not committed.
     written: Vec<(u64, ChunkMeta)>,
     rows: u64,
+    /// Held from the first chunk written until the insert's chunks are visible or abandoned.
+    pin: Option<SeqPin>,
 }
 
 impl Appender {
@@ -506,6 +570,9 @@ impl Appender {
         }
         if chunks.is_empty() {
             return Ok(());
+        }
+        if self.pin.is_none() {
+            self.pin = Some(self.table.tables.pin());
         }
         let mut batch = WriteBatch::new();
         for c in &chunks {
@@ -544,6 +611,8 @@ impl Appender {
         list.sort_by_key(|c| c.seq);
         *guard = Arc::new(list);
         drop(guard);
+        // Visible now: tiering may take these chunks.
+        self.pin = None;
         table.tables.metrics.rows_ingested.add(self.rows);
         Ok(self.rows)
     }

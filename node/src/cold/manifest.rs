@@ -5,12 +5,14 @@
 //!
 //! ```text
 //! tables/<table id>/shards/<shard id>/manifests/<version, 20 digits>.json   one per committed version
-//! tables/<table id>/shards/<shard id>/data/n<node>-s<seq>.parquet            the files the manifests list
+//! tables/<table id>/shards/<shard id>/data/n<node>-<store>-s<seq>.parquet    the files the manifests list
 //! ```
 //!
 //! A manifest lists every file of the shard with its row count and size, the table's name and Arrow schema, and for
-//! each node the highest hot-chunk sequence number that node has tiered (`hot_through`): that node's hot chunks up to
-//! it are in the files, and its newer ones are still hot. The metadata Raft group holds only each shard's current
+//! each hot store (a node's data directory, known by the random identity it got when it was created) the highest
+//! hot-chunk sequence number tiered from it (`hot_through`): that store's hot chunks up to it are in the files, and
+//! its newer ones are still hot. Marks are per store, not per node, because a node that comes back with an empty
+//! disk under the same id numbers its chunks from the start again. The metadata Raft group holds only each shard's current
 //! manifest version and location (a compare-and-set on the version, `MetaCommand::SetShardManifest`), so Raft state
 //! stays small however many files a table has. Manifests are written before the pointer moves to them and are never
 //! rewritten afterwards; data file names are deterministic, so a retried tiering writes the same object again.
@@ -21,7 +23,7 @@ use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
 /// The manifest format this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// One Parquet file of a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,8 @@ pub struct ColdFile {
     pub path: String,
     /// The node whose hot chunks it holds.
     pub node: u64,
+    /// The identity of the hot store (the node's data directory) they came from.
+    pub store: u64,
     /// Rows.
     pub rows: u64,
     /// Bytes.
@@ -55,7 +59,7 @@ pub struct Manifest {
     pub schema: Schema,
     /// Every file of the shard.
     pub files: Vec<ColdFile>,
-    /// Per node, the highest hot-chunk sequence number its files hold.
+    /// Per hot store (by identity), the highest hot-chunk sequence number its files hold.
     pub hot_through: BTreeMap<u64, u64>,
 }
 
@@ -74,11 +78,11 @@ impl Manifest {
         }
     }
 
-    /// The next version: this one plus `file`, which holds `node`'s hot chunks up to `file.max_seq`.
+    /// The next version: this one plus `file`, which holds its store's hot chunks up to `file.max_seq`.
     pub fn with_file(&self, file: ColdFile) -> Self {
         let mut next = self.clone();
         next.version += 1;
-        let through = next.hot_through.entry(file.node).or_insert(0);
+        let through = next.hot_through.entry(file.store).or_insert(0);
         *through = (*through).max(file.max_seq);
         next.files.retain(|f| f.path != file.path);
         next.files.push(file);
@@ -90,9 +94,9 @@ impl Manifest {
         format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}.json")
     }
 
-    /// Where this shard's file of `node`'s chunks up to `max_seq` is stored.
-    pub fn data_path(table_id: u64, shard_id: u64, node: u64, max_seq: u64) -> String {
-        format!("tables/{table_id}/shards/{shard_id}/data/n{node}-s{max_seq}.parquet")
+    /// Where this shard's file of the chunks of `node`'s hot store `store` up to `max_seq` is stored.
+    pub fn data_path(table_id: u64, shard_id: u64, node: u64, store: u64, max_seq: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/data/n{node}-{store:016x}-s{max_seq}.parquet")
     }
 
     /// Encodes the manifest as JSON.
@@ -124,8 +128,10 @@ mod tests {
 
     use super::*;
 
+    /// A file of node `node`, whose hot store's identity is `node * 1000` here.
     fn file(node: u64, max_seq: u64) -> ColdFile {
-        ColdFile { path: Manifest::data_path(7, 9, node, max_seq), node, rows: 10, bytes: 100, max_seq }
+        let store = node * 1000;
+        ColdFile { path: Manifest::data_path(7, 9, node, store, max_seq), node, store, rows: 10, bytes: 100, max_seq }
     }
 
     #[test]
@@ -136,7 +142,7 @@ mod tests {
         let m2 = m1.with_file(file(2, 15)).with_file(file(1, 90));
         assert_eq!((m1.version, m2.version), (1, 3));
         assert_eq!(m2.files.len(), 3);
-        assert_eq!(m2.hot_through, BTreeMap::from([(1, 90), (2, 15)]));
+        assert_eq!(m2.hot_through, BTreeMap::from([(1000, 90), (2000, 15)]));
         let again = m2.with_file(file(1, 90));
         assert_eq!(again.files.len(), 3, "the same file committed twice is listed once");
         let decoded = Manifest::decode(&m2.encode().expect("encode")).expect("decode");

@@ -72,7 +72,7 @@ impl Engine {
         };
         let store = self.cold_store()?;
         let manifest = cold::read_manifest(&store, self.cold.display(), &pointer.location).await?;
-        Ok(ColdView::of(&manifest, self.node_id))
+        Ok(ColdView::of(&manifest, self.store_id))
     }
 
     /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
@@ -122,7 +122,11 @@ impl Engine {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
-        let chunks: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        // Only chunks below every number an insert in progress may still commit (read before the version): the mark
+        // must not cover a chunk that appears later.
+        let settled_below = table.settled_below();
+        let chunks: Vec<Arc<Chunk>> =
+            table.version().iter().filter(|c| c.seq > view.hot_through && c.seq < settled_below).cloned().collect();
         let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
             return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: view.version });
         };
@@ -138,9 +142,9 @@ impl Engine {
             batches.push(table.read_chunk(chunk, None, &schema)?);
         }
         let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
-        let path = Manifest::data_path(table_id, shard_id, self.node_id, max_seq);
+        let path = Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq);
         let bytes = cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
-        let file = ColdFile { path, node: self.node_id, rows, bytes, max_seq };
+        let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq };
 
         // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between means
         // reading its manifest and trying again.
@@ -173,7 +177,7 @@ impl Engine {
         })?;
 
         // 4. Scans now read the file; the hot chunks go.
-        table.set_cold(ColdState::Ready(Arc::new(ColdView::of(&manifest, self.node_id))));
+        table.set_cold(ColdState::Ready(Arc::new(ColdView::of(&manifest, self.store_id))));
         let t = Arc::clone(&table);
         let removed = chunks.clone();
         crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
@@ -262,6 +266,51 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_insert_in_progress_during_a_tiering_loses_no_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 200).await;
+        // An insert writes its first chunks (their numbers taken) and has not committed yet...
+        let table = engine.hot_table("t").expect("table");
+        let schema = table.schema();
+        let slow = arrow::array::Int64Array::from_iter_values(201..=450);
+        let slow = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(slow)]).expect("batch");
+        let mut appender = table.appender();
+        appender.push(&slow).expect("push");
+        // ...while another one commits chunks with higher numbers, and the table is tiered.
+        insert(&engine, 451, 600).await;
+        let report = engine.tier("t").await.expect("tier");
+        assert_eq!(report.rows, 200, "only the chunks below the insert in progress move: {report:?}");
+        appender.commit().expect("commit");
+        assert_eq!(totals(&engine).await, expected(600), "no row of the slow insert is hidden by the mark");
+        let report = engine.tier("t").await.expect("tier the rest");
+        assert_eq!(report.rows, 400);
+        assert_eq!(totals(&engine).await, expected(600));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_inserted_after_a_restart_that_follows_a_full_tiering_are_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 500).await;
+        engine.tier("t").await.expect("tier");
+        // The next commit deletes the tiered chunks' data (a commit with nothing else in it, here).
+        engine.tables.commit(crate::storage::WriteBatch::new()).expect("commit");
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        // No chunk is left in the hot store: numbering must still continue above the tiered mark.
+        let engine = open(dir.path()).await;
+        insert(&engine, 501, 700).await;
+        assert_eq!(totals(&engine).await, expected(700));
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open(dir.path()).await;
+        assert_eq!(totals(&engine).await, expected(700), "and after another restart");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_between_the_commit_and_the_removal_of_hot_chunks_counts_no_row_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path()).await;
@@ -277,9 +326,9 @@ mod tests {
         let schema = table.schema();
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, max_seq);
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq);
         let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
-        let file = ColdFile { path, node: engine.node_id, rows: 300, bytes, max_seq };
+        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows: 300, bytes, max_seq };
         let manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
         let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");
@@ -312,7 +361,7 @@ mod tests {
         let table = engine.hot_table("t").expect("table");
         let max_seq = table.version().iter().map(|c| c.seq).max().expect("chunks");
         let shard = engine.shard_of(table.def()).expect("shard");
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, max_seq);
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq);
         // An upload that never got committed: a stray object at the very path the retry will write.
         let store = engine.cold_store().expect("store");
         store

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! 0x00 "format"                      -> the on-disk format version (u32, big-endian)
+//! 0x00 "store_id"                    -> this store's random identity (u64, big-endian), told apart in the cold tier
+//! 0x00 "next_seq"                    -> a floor for the next chunk sequence number (u64, big-endian)
 //! 0x02 table_id:u64be seq:u64be       -> chunk index entry (rows, stats)  — the chunk is committed iff this exists
 //! 0x03 table_id:u64be seq:u64be       -> chunk data (compressed Arrow IPC stream)
 //! 0x10 …                             -> the metadata replica: Raft log, vote, snapshot (quiver_meta's key layout)
@@ -18,6 +20,12 @@ use quiver_meta::TableId;
 
 /// The key of the format version.
 pub(crate) const FORMAT_KEY: &[u8] = b"\x00format";
+/// The key of the store's identity: a data directory's hot chunks are known by it in the cold tier's manifests, so a
+/// node that comes back with an empty disk under the same node id does not take the old disk's marks for its own.
+pub(crate) const STORE_ID_KEY: &[u8] = b"\x00store_id";
+/// The key of the chunk sequence floor, written whenever chunks are removed: recovery starts numbering at the highest
+/// of it and the chunks found.
+pub(crate) const NEXT_SEQ_KEY: &[u8] = b"\x00next_seq";
 /// The on-disk format this build writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 2;
 /// The prefix of every key of the metadata replica.
