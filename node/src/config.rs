@@ -475,6 +475,7 @@ impl Config {
             },
             column_cache_bytes: self.storage.column_cache.0 as usize,
             cold: self.cold.clone(),
+            cold_store: None,
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,

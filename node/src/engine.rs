@@ -82,6 +82,8 @@ pub struct EngineOptions {
     pub rocks: RocksStoreOptions,
     /// The cold tier's store (an empty `store`: next to the data).
     pub cold: crate::cold::ColdConfig,
+    /// A cold store built by the caller, used instead of `cold` (the simulation's faulty in-memory bucket).
+    pub cold_store: Option<crate::cold::ColdStore>,
 }
 
 impl Default for EngineOptions {
@@ -94,6 +96,7 @@ impl Default for EngineOptions {
             column_cache_bytes: 1 << 30,
             rocks: RocksStoreOptions::default(),
             cold: crate::cold::ColdConfig::default(),
+            cold_store: None,
         }
     }
 }
@@ -434,7 +437,10 @@ impl Engine {
             StorageLocation::Path(dir) => Some(dir.clone()),
             StorageLocation::Memory => None,
         };
-        let cold = crate::cold::ColdStore::open(&options.cold, data_dir.as_deref())?;
+        let cold = match &options.cold_store {
+            Some(store) => store.clone(),
+            None => crate::cold::ColdStore::open(&options.cold, data_dir.as_deref())?,
+        };
         let engine = Engine {
             location,
             tables,

@@ -1,7 +1,7 @@
 //! Randomness, through one seam: the operating system's source in an ordinary build, madsim's seeded generator under
 //! `--cfg madsim`, so a simulated run draws the same numbers for the same seed.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A random 64-bit number.
 ///
@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 #[cfg(not(madsim))]
 pub(crate) fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("the random source failed: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| crate::error::Error::Internal(format!("the random source failed: {e}")))?;
     Ok(u64::from_be_bytes(bytes))
 }
 

@@ -1,6 +1,6 @@
 //! Network servers of a node, and [`Server`], which binds and runs them until shutdown.
 //!
-//! Startup order ([`Server::bind`], then [`Server::bind_on_store`]): load and validate the configuration (by the
+//! Startup order ([`Server::bind`], then [`Server::bind_on_stores`]): load and validate the configuration (by the
 //! caller), open the hot store, bind the internal gRPC endpoint and start the metadata replica on it, open the engine
 //! (recovery runs here), bind every client listener (a port in use fails startup with the address named), serve the
 //! internal endpoint (Raft, metadata, cluster and data services, see [`internal`]), then bootstrap a new cluster or
@@ -9,7 +9,7 @@
 //! committed state is already durable.
 //!
 //! The simulation build (`--cfg madsim`) has no client frontends and no RocksDB: a simulated node is booted by the
-//! same [`Server::bind_on_store`] and [`Server::run`], on a hot store the simulation provides, with the internal
+//! same [`Server::bind_on_stores`] and [`Server::run`], on a hot store the simulation provides, with the internal
 //! endpoint on madsim's network.
 //!
 //! All servers run on the process's Tokio runtime; DataFusion executes queries on the same runtime. A dedicated
@@ -78,7 +78,7 @@ async fn bind(what: &str, addr: &str) -> Result<TcpListener> {
 }
 
 impl Server {
-    /// Opens the hot store in the configured data directory, then starts the node on it ([`Server::bind_on_store`]).
+    /// Opens the hot store in the configured data directory, then starts the node on it ([`Server::bind_on_stores`]).
     ///
     /// # Errors
     ///
@@ -86,18 +86,23 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self> {
         let location = StorageLocation::Path(config.storage.data_dir.clone());
         let store = Engine::open_store(&location, &config.engine_options()).await?;
-        Self::bind_on_store(config, store).await
+        Self::bind_on_stores(config, store, None).await
     }
 
     /// Starts a node on an open hot store: binds the listeners, starts the metadata replica, opens the engine (its
     /// recovery), serves the internal endpoint, and bootstraps or joins the cluster. The store is the data directory's
-    /// ([`Server::bind`]) or, in the simulation, a simulated disk.
+    /// ([`Server::bind`]) or, in the simulation, a simulated disk; the cold store is the configured one (`None`) or
+    /// one the caller built (the simulation's faulty in-memory bucket).
     ///
     /// # Errors
     ///
     /// Fails when a listener cannot be bound, the store holds data this build cannot read, or the cluster refuses
     /// the node or cannot be reached within the join timeout.
-    pub async fn bind_on_store(config: Config, store: Arc<dyn HotStore>) -> Result<Self> {
+    pub async fn bind_on_stores(
+        config: Config,
+        store: Arc<dyn HotStore>,
+        cold: Option<crate::cold::ColdStore>,
+    ) -> Result<Self> {
         let location = StorageLocation::Path(config.storage.data_dir.clone());
         let grpc_addr = resolve_addr(&config.cluster.grpc_addr)
             .map_err(|detail| Error::Config { detail: format!("internal gRPC: {detail}") })?;
@@ -137,7 +142,9 @@ impl Server {
             join_timeout: config.cluster.join_timeout.duration(),
         };
         let meta = cluster::start_replica(Arc::clone(&store), &options).await?;
-        let engine = Engine::open_with_meta(location, store, config.engine_options(), meta.clone()).await?;
+        let mut engine_options = config.engine_options();
+        engine_options.cold_store = cold;
+        let engine = Engine::open_with_meta(location, store, engine_options, meta.clone()).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;

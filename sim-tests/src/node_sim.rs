@@ -1,5 +1,5 @@
 //! Whole nodes under madsim: each simulated host boots a Quiver node through the binary's own startup
-//! (`Server::bind_on_store`, then `Server::run`) on a [`SimHotDisk`], with its metadata replica, engine (DataFusion
+//! (`Server::bind_on_stores`, then `Server::run`) on a [`SimHotDisk`], with its metadata replica, engine (DataFusion
 //! confined to one partition) and internal gRPC endpoint on madsim's network. Clients on a host of their own use the
 //! nodes' internal `DataService` (SQL and Arrow IPC appends), as node-to-node traffic does.
 //!
@@ -43,14 +43,16 @@ use madsim_tonic::Code;
 use openraft::ServerState;
 use quiver_meta::service::ClusterClient;
 use quiver_node::Engine;
+use quiver_node::cold::ColdStore;
 use quiver_node::config::{ByteSize, Config, Millis};
 use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
-use quiver_proto::v1::{AppendRequest, ExecuteRequest};
+use quiver_proto::v1::{AppendRequest, ExecuteRequest, TierRequest};
 
 use crate::faults::{self, Hosts, wait_until};
 use crate::hot_disk::SimHotDisk;
 use crate::meta_sim::Outcome;
+use crate::object_store::{FaultRates, FaultyStore};
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -123,14 +125,25 @@ fn live_engines(live: &Live) -> Vec<Arc<Engine>> {
     live.lock().expect("live map").values().cloned().collect()
 }
 
-/// One incarnation of node `id`, booted as the binary boots: `Server::bind_on_store` then `Server::run`. Runs until
+/// One incarnation of node `id`, booted as the binary boots: `Server::bind_on_stores` then `Server::run`. Runs until
 /// the node is killed; a startup failure is recorded for the checks.
-async fn run_node(id: u64, nodes: u64, disks: Disks, live: Live, bootstrapped: Arc<AtomicBool>, failures: Failures) {
+async fn run_node(
+    id: u64,
+    nodes: u64,
+    disks: Disks,
+    live: Live,
+    bootstrapped: Arc<AtomicBool>,
+    failures: Failures,
+    bucket: FaultyStore,
+) {
     let disk = disks.lock().expect("disks")[&id].clone();
     // Only node 1's very first boot bootstraps; every other start of a node with an empty disk joins.
     let bootstrap = id == 1 && !bootstrapped.swap(true, Ordering::SeqCst);
     let config = node_config(id, nodes, bootstrap);
-    let server = match Server::bind_on_store(config, Arc::new(disk)).await {
+    // Every node's cold tier is the one bucket, which outlives the nodes (and their disks); small row groups, so
+    // files have several.
+    let cold = ColdStore::new(Arc::new(bucket), "sim-bucket", 16);
+    let server = match Server::bind_on_stores(config, Arc::new(disk), Some(cold)).await {
         Ok(server) => server,
         Err(e) => {
             failures.lock().expect("failures").push(format!("node {id} failed to start: {}", e.report()));
@@ -371,6 +384,16 @@ async fn append(node: u64, table: String, arrow_ipc: Vec<u8>) -> Result<u64, Cod
     madsim::time::timeout(Duration::from_secs(5), call).await.unwrap_or(Err(Code::DeadlineExceeded))
 }
 
+/// Tiers `table` on `node`: returns the rows moved.
+async fn tier(node: u64, table: String) -> Result<u64, Code> {
+    let call = async {
+        let mut client =
+            DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+        Ok(client.tier(TierRequest { table }).await.map_err(|s| s.code())?.into_inner().rows)
+    };
+    madsim::time::timeout(Duration::from_secs(10), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+}
+
 struct World {
     hosts: Hosts,
     disks: Disks,
@@ -439,16 +462,20 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         killed_at: BTreeMap::new(),
     };
     let voters = node_config(1, options.nodes, false).cluster.voters;
+    // The cold tier's bucket: in memory, shared by the nodes, failing and stalling while the faults run.
+    let bucket = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()), FaultRates::default());
     for id in 1..=options.nodes {
         world.disks.lock().expect("disks").insert(id, SimHotDisk::new());
-        let (disks, live, bootstrapped, failures) =
-            (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone());
+        let (disks, live, bootstrapped, failures, bucket) =
+            (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone());
         let nodes = options.nodes;
         let node = handle
             .create_node()
             .name(format!("node-{id}"))
             .ip(ip_of(id))
-            .init(move || run_node(id, nodes, disks.clone(), live.clone(), bootstrapped.clone(), failures.clone()))
+            .init(move || {
+                run_node(id, nodes, disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone())
+            })
             .build();
         world.hosts.nodes.insert(id, node);
         sleep(Duration::from_millis(1_500)).await;
@@ -468,6 +495,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     }
     world.hosts.note(format!("formed: {} nodes, fault points {}", options.nodes, if buggify { "on" } else { "off" }));
     quiver_meta::buggify::set_fault_points(buggify);
+    bucket.set_faults(true);
 
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
     let sampler = {
@@ -486,11 +514,13 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     };
 
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
+    let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let history = world.history.clone();
         let started = world.hosts.started;
         let nodes = options.nodes;
+        let tiered = tiered.clone();
         clients.push(client_host.spawn(async move {
             // This client's tables, with the life of each.
             let mut mine: Vec<(String, u32)> = Vec::new();
@@ -536,6 +566,15 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                         };
                         history.lock().expect("history").tables.insert(table, expect);
                     }
+                } else if dice < 17 {
+                    // Move the table's hot rows on that node to the cold tier: no row may be lost or counted twice,
+                    // whatever the bucket, the network or a crash does meanwhile.
+                    let (table, _) = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    if let Ok(rows) = tier(node, table).await {
+                        let mut tiered = tiered.lock().expect("tiered");
+                        tiered.0 += 1;
+                        tiered.1 += rows;
+                    }
                 } else if dice < 70 {
                     let (table, incarnation) = mine[thread_rng().gen_range(0..mine.len())].clone();
                     let rows = thread_rng().gen_range(1..40);
@@ -576,6 +615,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let _ = client.await;
     }
     quiver_meta::buggify::set_fault_points(false);
+    bucket.set_faults(false);
     world.hosts.note("faults over".to_string());
 
     // Liveness: every node serves DDL and appends again within the bound.
@@ -709,8 +749,10 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let acknowledged = history.appends.iter().filter(|a| a.fate == Fate::Acknowledged).count();
     let uncertain = history.appends.iter().filter(|a| a.fate == Fate::Uncertain).count();
     let rows: usize = final_rows.values().map(Vec::len).sum();
+    let (tierings, rows_tiered) = *tiered.lock().expect("tiered");
     world.hosts.note(format!(
-        "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows",
+        "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows, \
+         {tierings} tierings ({rows_tiered} rows moved)",
         history.appends.len(),
         history.scans.len(),
         tables.len()

@@ -149,6 +149,11 @@ impl ColdStore {
         Ok(ColdStore { store, display, row_group_rows: config.row_group_rows.max(1) })
     }
 
+    /// A cold store over an object store the caller built (`display` names it in messages).
+    pub fn new(store: Arc<dyn ObjectStore>, display: &str, row_group_rows: usize) -> Self {
+        ColdStore { store, display: display.to_string(), row_group_rows: row_group_rows.max(1) }
+    }
+
     /// The store under the prefix of one cluster (`quiver/<cluster id>`), so that clusters can share a bucket.
     pub fn for_cluster(&self, cluster_id: &str) -> Arc<dyn ObjectStore> {
         prefixed(Arc::clone(&self.store), &format!("quiver/{cluster_id}"))

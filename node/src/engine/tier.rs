@@ -266,6 +266,22 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_partition_reads_both_tiers_in_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = EngineOptions { chunk_rows_target: 100, target_partitions: 1, ..EngineOptions::default() };
+        let engine = Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        engine.tier("t").await.expect("tier");
+        insert(&engine, 301, 450).await;
+        assert_eq!(totals(&engine).await, expected(450));
+        let plan: Vec<RecordBatch> =
+            engine.execute_one("EXPLAIN SELECT x FROM t").await.expect("explain").collect().await.expect("rows");
+        let text = arrow::util::pretty::pretty_format_batches(&plan).expect("format").to_string();
+        assert!(text.contains("ConcatExec") && !text.contains("UnionExec"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_insert_in_progress_during_a_tiering_loses_no_row() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path()).await;

@@ -28,6 +28,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::union::UnionExec;
 
+use super::concat::ConcatExec;
 use super::scan::ChunkScanExec;
 use crate::cold::ColdState;
 use crate::error::Error;
@@ -143,6 +144,9 @@ impl TableProvider for HotTableProvider {
             .with_limit(limit)
             .build();
         let cold_scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        if partitions <= 1 {
+            return Ok(Arc::new(ConcatExec::try_new(vec![hot_scan, cold_scan])?));
+        }
         UnionExec::try_new(vec![hot_scan, cold_scan])
     }
 
