@@ -8,8 +8,10 @@
 //!                                 delete the tiered hot chunks     4. only now
 //! ```
 //!
-//! Every step is idempotent and a crash between any two leaves every row readable exactly once: before step 3 the
-//! rows are still hot and the uploaded objects are unreferenced; after it, the manifest's `hot_through` mark says
+//! Every step can be retried and a crash between any two leaves every row readable exactly once: before step 3 the
+//! rows are still hot and the uploaded objects are unreferenced (every object has a name of its own, so nothing is
+//! ever overwritten); a commit whose answer was lost is seen at the next tiering, which starts from the shard's
+//! current manifest; after it, the manifest's `hot_through` mark says
 //! which of this node's hot chunks the files hold, scans skip those chunks, and they are deleted at the next open if
 //! step 4 did not happen. A scan reads the table's hot version first and its cold view second; tiering installs the
 //! cold view before it drops the hot chunks, so a scan running meanwhile neither misses nor double-counts a row.
@@ -95,13 +97,13 @@ pub async fn read_manifest(store: &Arc<dyn ObjectStore>, display: &str, location
     Manifest::decode(&bytes).map_err(|detail| Error::Corrupt { location: location.to_string(), detail })
 }
 
-/// Writes `manifest` at its path.
+/// Writes `manifest` under a name of its own (its version and a random nonce); returns the name.
 ///
 /// # Errors
 ///
 /// [`Error::ColdUnavailable`] when the store refuses the write.
 pub async fn write_manifest(store: &Arc<dyn ObjectStore>, display: &str, manifest: &Manifest) -> Result<String> {
-    let location = Manifest::path_of(manifest.table_id, manifest.shard_id, manifest.version);
+    let location = Manifest::path_of(manifest.table_id, manifest.shard_id, manifest.version, crate::random_u64()?);
     let bytes = manifest.encode().map_err(|e| Error::Internal(format!("encode a manifest: {e}")))?;
     store
         .put(&Path::from(location.as_str()), PutPayload::from(bytes))

@@ -542,6 +542,7 @@ impl Engine {
             self.catch_up().await?;
         }
         self.reload_unavailable_cold().await;
+        self.follow_manifests().await;
         Ok(())
     }
 

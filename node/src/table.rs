@@ -245,6 +245,15 @@ impl HotTable {
         *self.cold.write().expect("cold lock poisoned") = state;
     }
 
+    /// Installs `view` unless the table already has a newer one: views only move forward, whoever installs them
+    /// (a tiering, or a statement catching up with another node's commit) and in whatever order.
+    pub(crate) fn advance_cold(&self, view: Arc<crate::cold::ColdView>) {
+        let mut current = self.cold.write().expect("cold lock poisoned");
+        if !matches!(&*current, ColdState::Ready(v) if v.version >= view.version) {
+            *current = ColdState::Ready(view);
+        }
+    }
+
     /// Returns the rows in the table now.
     pub fn row_count(&self) -> u64 {
         self.version().iter().map(|c| c.meta.rows).sum()
@@ -360,8 +369,8 @@ impl HotTable {
             while let Some(item) = stream.next().await {
                 appender.push(&item?)?;
             }
-            // Fault point: a slow fsync.
-            quiver_meta::buggify_delay!(0.05, 500);
+            // Fault point: a slow fsync (the insert's first chunks are written, numbered and not yet visible).
+            quiver_meta::buggify_delay!(0.2, 500);
             appender.commit()
         }
         #[cfg(not(madsim))]

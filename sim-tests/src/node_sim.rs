@@ -513,6 +513,17 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         })
     };
 
+    // Two tables every client appends to, scans and tiers (never dropped): inserts, scans and tierings of one table
+    // then overlap on a node, the interleavings a lone client cannot produce.
+    let shared: Vec<String> = vec!["shared_0".into(), "shared_1".into()];
+    for table in &shared {
+        let create = format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
+        let created = client_host.spawn(async move { execute(1, create).await });
+        if !matches!(created.await, Ok(Ok(_))) {
+            return Err(format!("the shared table {table} could not be created before the faults"));
+        }
+        world.history.lock().expect("history").tables.insert(table.clone(), Expect::Present);
+    }
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
     let mut clients = Vec::new();
@@ -521,7 +532,16 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let started = world.hosts.started;
         let nodes = options.nodes;
         let tiered = tiered.clone();
+        let shared = shared.clone();
         clients.push(client_host.spawn(async move {
+            // A table to append to, scan or tier: one of this client's, or a shared one.
+            let pick = |mine: &[(String, u32)]| {
+                if thread_rng().gen_bool(0.4) {
+                    (shared[thread_rng().gen_range(0..shared.len())].clone(), 0)
+                } else {
+                    mine[thread_rng().gen_range(0..mine.len())].clone()
+                }
+            };
             // This client's tables, with the life of each.
             let mut mine: Vec<(String, u32)> = Vec::new();
             let mut next_id = (client as i64 + 1) * 1_000_000_000;
@@ -566,17 +586,17 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                         };
                         history.lock().expect("history").tables.insert(table, expect);
                     }
-                } else if dice < 17 {
+                } else if dice < 22 {
                     // Move the table's hot rows on that node to the cold tier: no row may be lost or counted twice,
                     // whatever the bucket, the network or a crash does meanwhile.
-                    let (table, _) = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let (table, _) = pick(&mine);
                     if let Ok(rows) = tier(node, table).await {
                         let mut tiered = tiered.lock().expect("tiered");
                         tiered.0 += 1;
                         tiered.1 += rows;
                     }
                 } else if dice < 70 {
-                    let (table, incarnation) = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let (table, incarnation) = pick(&mine);
                     let rows = thread_rng().gen_range(1..40);
                     let first = next_id;
                     next_id += rows;
@@ -598,7 +618,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                         fate,
                     });
                 } else {
-                    let (table, _) = mine[thread_rng().gen_range(0..mine.len())].clone();
+                    let (table, _) = pick(&mine);
                     if let Ok(batches) = execute(node, format!("SELECT id FROM {table}")).await {
                         let ids = int64s(&batches, 0).into_iter().flatten().collect();
                         let completed = started.elapsed();

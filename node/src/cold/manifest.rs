@@ -4,8 +4,8 @@
 //! table's cold data from the bucket alone:
 //!
 //! ```text
-//! tables/<table id>/shards/<shard id>/manifests/<version, 20 digits>.json   one per committed version
-//! tables/<table id>/shards/<shard id>/data/n<node>-<store>-s<seq>.parquet    the files the manifests list
+//! tables/<table id>/shards/<shard id>/manifests/<version, 20 digits>-<nonce>.json   one per written version
+//! tables/<table id>/shards/<shard id>/data/n<node>-<store>-s<seq>-<nonce>.parquet    the files the manifests list
 //! ```
 //!
 //! A manifest lists every file of the shard with its row count and size, the table's name and Arrow schema, and for
@@ -14,8 +14,10 @@
 //! its newer ones are still hot. Marks are per store, not per node, because a node that comes back with an empty
 //! disk under the same id numbers its chunks from the start again. The metadata Raft group holds only each shard's current
 //! manifest version and location (a compare-and-set on the version, `MetaCommand::SetShardManifest`), so Raft state
-//! stays small however many files a table has. Manifests are written before the pointer moves to them and are never
-//! rewritten afterwards; data file names are deterministic, so a retried tiering writes the same object again.
+//! stays small however many files a table has. Every object written gets a random nonce in its name, so no write
+//! ever replaces another: two nodes that both build version 7 of a manifest write two objects, and the pointer names
+//! the one whose compare-and-set won (the simulation found the loser overwriting the winner's manifest when the name
+//! was the version alone). Objects no pointer reaches are garbage, for the collector.
 
 use std::collections::BTreeMap;
 
@@ -89,14 +91,15 @@ impl Manifest {
         next
     }
 
-    /// Where version `version` of this shard's manifest is stored.
-    pub fn path_of(table_id: u64, shard_id: u64, version: u64) -> String {
-        format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}.json")
+    /// Where one writing of version `version` of this shard's manifest is stored (`nonce`: random per writing).
+    pub fn path_of(table_id: u64, shard_id: u64, version: u64, nonce: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}-{nonce:016x}.json")
     }
 
-    /// Where this shard's file of the chunks of `node`'s hot store `store` up to `max_seq` is stored.
-    pub fn data_path(table_id: u64, shard_id: u64, node: u64, store: u64, max_seq: u64) -> String {
-        format!("tables/{table_id}/shards/{shard_id}/data/n{node}-{store:016x}-s{max_seq}.parquet")
+    /// Where one writing of this shard's file of the chunks of `node`'s hot store `store` up to `max_seq` is stored
+    /// (`nonce`: random per writing).
+    pub fn data_path(table_id: u64, shard_id: u64, node: u64, store: u64, max_seq: u64, nonce: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/data/n{node}-{store:016x}-s{max_seq}-{nonce:016x}.parquet")
     }
 
     /// Encodes the manifest as JSON.
@@ -131,7 +134,8 @@ mod tests {
     /// A file of node `node`, whose hot store's identity is `node * 1000` here.
     fn file(node: u64, max_seq: u64) -> ColdFile {
         let store = node * 1000;
-        ColdFile { path: Manifest::data_path(7, 9, node, store, max_seq), node, store, rows: 10, bytes: 100, max_seq }
+        let path = Manifest::data_path(7, 9, node, store, max_seq, 0xab);
+        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq }
     }
 
     #[test]
@@ -147,7 +151,10 @@ mod tests {
         assert_eq!(again.files.len(), 3, "the same file committed twice is listed once");
         let decoded = Manifest::decode(&m2.encode().expect("encode")).expect("decode");
         assert_eq!(decoded, m2);
-        assert_eq!(Manifest::path_of(7, 9, 3), "tables/7/shards/9/manifests/00000000000000000003.json");
+        assert_eq!(
+            Manifest::path_of(7, 9, 3, 0xab),
+            "tables/7/shards/9/manifests/00000000000000000003-00000000000000ab.json"
+        );
     }
 
     #[test]

@@ -106,8 +106,72 @@ impl Engine {
         }
     }
 
-    /// Moves every hot chunk of table `name` on this node to the cold tier as one Parquet file, and returns what
+    /// The shard's current manifest pointer (read linearizably) and manifest (empty before the first commit).
+    async fn shard_manifest(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        display: &str,
+        table: &HotTable,
+        shard: &ShardRecord,
+    ) -> Result<(Option<ManifestPointer>, Manifest)> {
+        let pointer = self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
+        let manifest = match &pointer {
+            Some(p) => cold::read_manifest(store, display, &p.location).await?,
+            None => {
+                let def = table.def();
+                Manifest::empty(def.id.0, &def.name, shard.shard_id.0, table.schema().as_ref().clone())
+            }
+        };
+        Ok((pointer, manifest))
+    }
+
+    /// Makes `manifest` the table's cold view on this node when it is newer, and removes the hot chunks it covers.
+    async fn adopt(&self, table: &Arc<HotTable>, manifest: &Manifest) {
+        if matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
+            return;
+        }
+        table.advance_cold(Arc::new(ColdView::of(manifest, self.store_id)));
+        self.remove_tiered_chunks(table).await;
+    }
+
+    /// Brings every table's cold view up to its shard's manifest pointer as this node has applied it. Run before each
+    /// statement: a view must never trail the pointer, because the pointer may cover hot chunks that are gone (a
+    /// node that restarts after a tiering whose commit its replica had not applied yet loads the older manifest, and
+    /// the tiered rows would be in neither its view nor its hot store).
+    pub(crate) async fn follow_manifests(&self) {
+        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        for table in tables {
+            let ColdState::Ready(view) = table.cold() else { continue };
+            let id = table.def().id;
+            let Some(pointer) = self.meta.read_local(|s| s.table_shards(id).next().and_then(|r| r.manifest.clone()))
+            else {
+                continue;
+            };
+            if pointer.version <= view.version {
+                continue;
+            }
+            let loaded = match self.cold_store() {
+                Ok(store) => cold::read_manifest(&store, self.cold.display(), &pointer.location).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(manifest) => self.adopt(&table, &manifest).await,
+                Err(e) => {
+                    // Scans of the table fail, naming the problem, until the next statement loads it.
+                    tracing::warn!(table = %table.def().name, error = %e.report(), "the cold tier of the table cannot be read");
+                    self.cold_failed.store(true, Ordering::Relaxed);
+                    table.set_cold(ColdState::Unavailable(e.report()));
+                }
+            }
+        }
+    }
+
+    /// Moves the hot chunks of table `name` on this node to the cold tier as one Parquet file, and returns what
     /// moved. Safe to run again after any failure: nothing is lost or counted twice (see [`crate::cold`]).
+    ///
+    /// It starts from the shard's current manifest, not from this node's view of it: a commit of an earlier
+    /// tiering whose answer was lost (it may even land while this one runs) has moved this store's mark, and the
+    /// chunks under it must not be written again.
     ///
     /// # Errors
     ///
@@ -118,66 +182,77 @@ impl Engine {
         self.reload_unavailable_cold().await;
         let table = self.native_table(name)?;
         let _serialized = table.dml_lock.lock().await;
-        let view = match table.cold() {
-            ColdState::Ready(view) => view,
-            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
-        };
-        // Only chunks below every number an insert in progress may still commit (read before the version): the mark
-        // must not cover a chunk that appears later.
-        let settled_below = table.settled_below();
-        let chunks: Vec<Arc<Chunk>> =
-            table.version().iter().filter(|c| c.seq > view.hot_through && c.seq < settled_below).cloned().collect();
-        let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
-            return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: view.version });
-        };
+        if let ColdState::Unavailable(detail) = table.cold() {
+            return Err(Error::ColdUnavailable { detail });
+        }
         let store = self.cold_store()?;
         let display = self.cold.display().to_string();
         let shard = self.shard_of(table.def())?;
         let (table_id, shard_id) = (table.def().id.0, shard.shard_id.0);
-
-        // 1. The file: the chunks' rows, in sequence order.
         let schema = table.schema();
-        let mut batches = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            batches.push(table.read_chunk(chunk, None, &schema)?);
-        }
-        let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
-        let path = Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq);
-        let bytes = cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
-        let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq };
+        let kept_changing =
+            || Error::ColdUnavailable { detail: format!("the manifest of table \"{name}\" kept changing; tier again") };
 
-        // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between means
-        // reading its manifest and trying again.
-        let mut committed = None;
-        for _ in 0..COMMIT_ATTEMPTS {
-            let pointer =
-                self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
-            let current = match &pointer {
-                Some(p) => cold::read_manifest(&store, &display, &p.location).await?,
-                None => Manifest::empty(table_id, name, shard_id, schema.as_ref().clone()),
-            };
-            let next = current.with_file(file.clone());
-            let location = cold::write_manifest(&store, &display, &next).await?;
-            let command = MetaCommand::SetShardManifest {
-                shard_id: shard.shard_id,
-                expected_version: pointer.as_ref().map(|p| p.version),
-                manifest: ManifestPointer { version: next.version, location },
-            };
-            match self.meta.propose(command).await?.outcome {
-                Ok(_) => {
-                    committed = Some(next);
-                    break;
-                }
-                Err(Rejection::ManifestVersionConflict { .. }) => continue,
-                Err(other) => return Err(Error::Meta(other.into())),
+        let mut attempts = 0;
+        let (manifest, chunks, rows, bytes) = 'fresh: loop {
+            attempts += 1;
+            if attempts > COMMIT_ATTEMPTS {
+                return Err(kept_changing());
             }
-        }
-        let manifest = committed.ok_or_else(|| Error::ColdUnavailable {
-            detail: format!("the manifest of table \"{name}\" kept changing; tier again"),
-        })?;
+            let (mut pointer, mut current) = self.shard_manifest(&store, &display, &table, &shard).await?;
+            self.adopt(&table, &current).await;
+            let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
+            // Only chunks below every number an insert in progress may still commit (read before the version): the
+            // mark must not cover a chunk that appears later.
+            let settled_below = table.settled_below();
+            let chunks: Vec<Arc<Chunk>> =
+                table.version().iter().filter(|c| c.seq > mark && c.seq < settled_below).cloned().collect();
+            let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
+                return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: current.version });
+            };
+
+            // 1. The file: the chunks' rows, in sequence order, under a name of its own.
+            let mut batches = Vec::with_capacity(chunks.len());
+            for chunk in &chunks {
+                batches.push(table.read_chunk(chunk, None, &schema)?);
+            }
+            let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
+            let path =
+                Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
+            let bytes =
+                cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
+            let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq };
+
+            // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between
+            // means reading its manifest and trying again.
+            loop {
+                let next = current.with_file(file.clone());
+                let location = cold::write_manifest(&store, &display, &next).await?;
+                let command = MetaCommand::SetShardManifest {
+                    shard_id: shard.shard_id,
+                    expected_version: pointer.as_ref().map(|p| p.version),
+                    manifest: ManifestPointer { version: next.version, location },
+                };
+                match self.meta.propose(command).await?.outcome {
+                    Ok(_) => break 'fresh (next, chunks, rows, bytes),
+                    Err(Rejection::ManifestVersionConflict { .. }) => {
+                        attempts += 1;
+                        if attempts > COMMIT_ATTEMPTS {
+                            return Err(kept_changing());
+                        }
+                        (pointer, current) = self.shard_manifest(&store, &display, &table, &shard).await?;
+                        if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
+                            // An earlier tiering of ours landed meanwhile: start again from what it committed.
+                            continue 'fresh;
+                        }
+                    }
+                    Err(other) => return Err(Error::Meta(other.into())),
+                }
+            }
+        };
 
         // 4. Scans now read the file; the hot chunks go.
-        table.set_cold(ColdState::Ready(Arc::new(ColdView::of(&manifest, self.store_id))));
+        table.advance_cold(Arc::new(ColdView::of(&manifest, self.store_id)));
         let t = Arc::clone(&table);
         let removed = chunks.clone();
         crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
@@ -326,25 +401,21 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(700), "and after another restart");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_crash_between_the_commit_and_the_removal_of_hot_chunks_counts_no_row_twice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 300).await;
+    /// Steps 1 to 3 of a tiering of table `t`'s hot chunks, behind the engine's back: the pointer moves, and the
+    /// engine neither learns of it nor removes the chunks (a crash, or a commit whose answer was lost).
+    async fn commit_unnoticed(engine: &Engine) -> Vec<Arc<Chunk>> {
         let table = engine.hot_table("t").expect("table");
         let chunks: Vec<Arc<Chunk>> = table.version().to_vec();
         let max_seq = chunks.iter().map(|c| c.seq).max().expect("chunks");
-
-        // Steps 1 to 3 of a tiering, then the "crash": the hot chunks stay, the manifest pointer has moved.
+        let rows = chunks.iter().map(|c| c.meta.rows).sum();
         let store = engine.cold_store().expect("store");
         let shard = engine.shard_of(table.def()).expect("shard");
         let schema = table.schema();
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq);
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
         let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
-        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows: 300, bytes, max_seq };
+        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows, bytes, max_seq };
         let manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
         let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");
@@ -354,6 +425,34 @@ mod tests {
             manifest: ManifestPointer { version: 1, location },
         };
         engine.meta().propose(command).await.expect("commit").into_result().expect("committed");
+        chunks
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tiering_after_a_commit_whose_answer_was_lost_writes_nothing_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        commit_unnoticed(&engine).await;
+        assert_eq!(totals(&engine).await, expected(300), "the engine still reads its hot chunks");
+        let report = engine.tier("t").await.expect("tier");
+        assert_eq!(report.rows, 0, "the committed chunks are not written again: {report:?}");
+        assert!(engine.hot_table("t").expect("table").version().is_empty(), "and are removed");
+        assert_eq!(totals(&engine).await, expected(300));
+        insert(&engine, 301, 400).await;
+        assert_eq!(engine.tier("t").await.expect("tier").rows, 100);
+        assert_eq!(totals(&engine).await, expected(400));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_the_commit_and_the_removal_of_hot_chunks_counts_no_row_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        let table = engine.hot_table("t").expect("table");
+        let chunks = commit_unnoticed(&engine).await;
         assert_eq!(table.version().len(), chunks.len(), "the hot chunks are still there");
 
         engine.shutdown().await.expect("shutdown");
@@ -369,7 +468,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_crash_before_the_commit_leaves_the_rows_hot_and_a_retry_writes_the_same_file() {
+    async fn a_crash_before_the_commit_leaves_the_rows_hot_and_overwrites_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path()).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
@@ -377,8 +476,8 @@ mod tests {
         let table = engine.hot_table("t").expect("table");
         let max_seq = table.version().iter().map(|c| c.seq).max().expect("chunks");
         let shard = engine.shard_of(table.def()).expect("shard");
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq);
-        // An upload that never got committed: a stray object at the very path the retry will write.
+        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
+        // An upload that never got committed: a stray object, which the retry leaves alone.
         let store = engine.cold_store().expect("store");
         store
             .put(&object_store::path::Path::from(path.as_str()), b"half an upload".to_vec().into())
@@ -387,7 +486,9 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(250), "uncommitted objects are not read");
         let report = engine.tier("t").await.expect("tier");
         assert_eq!(report.rows, 250);
-        assert_eq!(totals(&engine).await, expected(250), "the retry replaced the stray object");
+        assert_eq!(totals(&engine).await, expected(250));
+        let stray = store.get(&object_store::path::Path::from(path.as_str())).await.expect("get");
+        assert_eq!(&stray.bytes().await.expect("bytes")[..], b"half an upload", "no object is overwritten");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,9 +111,8 @@ impl ExecutionPlan for ConcatExec {
                 (0..n).map(move |p| (Arc::clone(input), p))
             })
             .collect();
-        let stream = futures::stream::iter(parts)
-            .map(move |(input, p)| input.execute(p, Arc::clone(&context)))
-            .try_flatten();
+        let stream =
+            futures::stream::iter(parts).map(move |(input, p)| input.execute(p, Arc::clone(&context))).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
     }
 }
