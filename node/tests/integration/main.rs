@@ -1,6 +1,7 @@
 //! The integration tests of the node crate, one binary so that it links once.
 
 mod clients;
+mod cold_s3;
 mod cluster;
 mod crash;
 mod data_service;
