@@ -1,8 +1,8 @@
 //! The integration tests of the node crate, one binary so that it links once.
 
 mod clients;
-mod cold_s3;
 mod cluster;
+mod cold_s3;
 mod crash;
 mod data_service;
 mod flight_sql;
