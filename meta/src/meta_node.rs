@@ -472,24 +472,6 @@ impl MetaNode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn assert_send<T: Send>(_: &T) {}
-
-    /// The node spawns these futures on a multi-threaded runtime, so they must stay `Send`.
-    #[allow(dead_code)]
-    fn futures_are_send(node: &MetaNode, command: MetaCommand) {
-        assert_send(&node.propose(command));
-        assert_send(&node.read_state(|s| s.version()));
-        assert_send(&node.bootstrap("c"));
-        assert_send(&node.add_learner(2, NodeAddr::default()));
-        assert_send(&node.promote(2));
-        assert_send(&node.shutdown());
-    }
-}
-
 /// Starts an election, after a random pause, on a voter that has known no leader for two maximal election timeouts.
 ///
 /// openraft 0.9 draws a replica's election timeout once, when it starts, and checks it on a timer tick. Replicas
@@ -540,5 +522,23 @@ async fn break_split_votes(replica: std::sync::Weak<Inner>) {
             }
         }
         leaderless_since = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The node spawns these futures on a multi-threaded runtime, so they must stay `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(node: &MetaNode, command: MetaCommand) {
+        assert_send(&node.propose(command));
+        assert_send(&node.read_state(|s| s.version()));
+        assert_send(&node.bootstrap("c"));
+        assert_send(&node.add_learner(2, NodeAddr::default()));
+        assert_send(&node.promote(2));
+        assert_send(&node.shutdown());
     }
 }
