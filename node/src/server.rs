@@ -224,6 +224,9 @@ impl Server {
             let interval = config.cluster.heartbeat_interval.duration() * 10;
             tokio::spawn(cluster::keep_voters(engine.meta().clone(), interval, signal(rx.clone())))
         });
+        let tierer = (config.cold.hot_bytes_max.0 > 0).then(|| {
+            tokio::spawn(background_tierer(Arc::clone(&engine), config.cold.tier_check_interval.duration(), rx.clone()))
+        });
         #[cfg(not(madsim))]
         let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
         #[cfg(madsim)]
@@ -236,6 +239,9 @@ impl Server {
         let _ = tx.send(true);
         if let Some(keeper) = keeper {
             let _ = keeper.await;
+        }
+        if let Some(tierer) = tierer {
+            let _ = tierer.await;
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.
         if let Some(internal) = internal {
@@ -250,6 +256,24 @@ impl Server {
             }
         }
         result
+    }
+}
+
+/// Tiers, every `interval`, the tables whose hot rows on this node exceed `cold.hot_bytes_max`, until `stop` says
+/// stop (a round in progress finishes first).
+async fn background_tierer(
+    engine: Arc<Engine>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for (table, report) in engine.tier_over_limit(None).await {
+            tracing::debug!(table, rows = report.rows, bytes = report.bytes, "background tiering");
+        }
     }
 }
 

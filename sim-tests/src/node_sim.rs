@@ -113,6 +113,9 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
     config.cluster.request_timeout = Millis(2_000);
     config.cluster.join_timeout = Millis(600_000);
     config.cluster.snapshot_every = 40;
+    // The background tierer moves a table's hot rows once they pass a few chunks, besides the clients' tierings.
+    config.cold.hot_bytes_max = ByteSize(4 << 10);
+    config.cold.tier_check_interval = Millis(1_000);
     config
 }
 

@@ -16,6 +16,7 @@ use object_store::prefix::PrefixStore;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ByteSize, Millis};
 use crate::error::Error;
 
 /// `[cold]`: the cold tier's object store. Credentials and endpoints not given here come from the standard environment
@@ -39,6 +40,12 @@ pub struct ColdConfig {
     pub secret_access_key: Option<String>,
     /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
+    /// The background tierer moves a table's hot rows on this node to the cold tier once they take more than this
+    /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier`: tiered rows cannot be
+    /// deleted or updated yet.
+    pub hot_bytes_max: ByteSize,
+    /// How often the background tierer looks at the tables.
+    pub tier_check_interval: Millis,
 }
 
 impl Default for ColdConfig {
@@ -51,6 +58,8 @@ impl Default for ColdConfig {
             access_key_id: None,
             secret_access_key: None,
             row_group_rows: 128 * 1024,
+            hot_bytes_max: ByteSize(0),
+            tier_check_interval: Millis(30_000),
         }
     }
 }
@@ -92,6 +101,7 @@ pub struct ColdStore {
     store: Arc<dyn ObjectStore>,
     display: String,
     row_group_rows: usize,
+    hot_bytes_max: u64,
 }
 
 impl ColdStore {
@@ -146,12 +156,17 @@ impl ColdStore {
                 (store, text.to_string())
             }
         };
-        Ok(ColdStore { store, display, row_group_rows: config.row_group_rows.max(1) })
+        Ok(ColdStore {
+            store,
+            display,
+            row_group_rows: config.row_group_rows.max(1),
+            hot_bytes_max: config.hot_bytes_max.0,
+        })
     }
 
     /// A cold store over an object store the caller built (`display` names it in messages).
     pub fn new(store: Arc<dyn ObjectStore>, display: &str, row_group_rows: usize) -> Self {
-        ColdStore { store, display: display.to_string(), row_group_rows: row_group_rows.max(1) }
+        ColdStore { store, display: display.to_string(), row_group_rows: row_group_rows.max(1), hot_bytes_max: 0 }
     }
 
     /// The store under the prefix of one cluster (`quiver/<cluster id>`), so that clusters can share a bucket.
@@ -167,6 +182,17 @@ impl ColdStore {
     /// Rows per Parquet row group.
     pub fn row_group_rows(&self) -> usize {
         self.row_group_rows
+    }
+
+    /// The background tierer's limit on a table's hot bytes per node (0: off).
+    pub fn hot_bytes_max(&self) -> u64 {
+        self.hot_bytes_max
+    }
+
+    /// Sets the background tierer's limit (see [`ColdConfig::hot_bytes_max`]).
+    pub fn with_hot_bytes_max(mut self, bytes: u64) -> Self {
+        self.hot_bytes_max = bytes;
+        self
     }
 }
 

@@ -166,6 +166,33 @@ impl Engine {
         }
     }
 
+    /// The background tierer's round: tiers every table whose hot rows on this node take more than `hot_bytes_max`
+    /// (the `[cold]` setting when `None`); returns the tables tiered. A table that fails (the store is down) is
+    /// logged and left hot; the next round tries again.
+    pub async fn tier_over_limit(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
+        let limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
+        if limit == 0 {
+            return Vec::new();
+        }
+        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        let mut tiered = Vec::new();
+        for table in tables {
+            let ColdState::Ready(view) = table.cold() else { continue };
+            let hot: u64 = table.version().iter().filter(|c| c.seq > view.hot_through).map(|c| c.meta.data_bytes).sum();
+            if hot <= limit {
+                continue;
+            }
+            let name = table.def().name.clone();
+            match self.tier(&name).await {
+                Ok(report) => tiered.push((name, report)),
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot")
+                }
+            }
+        }
+        tiered
+    }
+
     /// Moves the hot chunks of table `name` on this node to the cold tier as one Parquet file, and returns what
     /// moved. Safe to run again after any failure: nothing is lost or counted twice (see [`crate::cold`]).
     ///
@@ -338,6 +365,24 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(1600), "the same answer after a restart");
         let files = std::fs::read_dir(dir.path().join("cold")).expect("the cold directory exists").count();
         assert_eq!(files, 1, "one cluster prefix in the default cold directory");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_background_tierer_moves_only_tables_over_the_hot_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        engine.execute_one("CREATE TABLE small (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 2000).await;
+        engine.execute_one("INSERT INTO small VALUES (1), (2)").await.expect("insert");
+        assert!(engine.tier_over_limit(None).await.is_empty(), "off unless a limit is set");
+        let hot_bytes: u64 = engine.hot_table("t").expect("t").version().iter().map(|c| c.meta.data_bytes).sum();
+        let tiered = engine.tier_over_limit(Some(hot_bytes / 2)).await;
+        let names: Vec<&str> = tiered.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["t"], "only the table over the limit");
+        assert_eq!(tiered[0].1.rows, 2000);
+        assert_eq!(totals(&engine).await, expected(2000));
+        assert!(engine.tier_over_limit(Some(hot_bytes / 2)).await.is_empty(), "nothing hot is left over the limit");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

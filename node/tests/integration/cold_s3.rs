@@ -66,6 +66,7 @@ impl S3Server {
             access_key_id: Some("testing".into()),
             secret_access_key: Some("testing".into()),
             row_group_rows: 1_000,
+            ..ColdConfig::default()
         }
     }
 }
