@@ -325,16 +325,22 @@ mod tests {
             .expect("insert");
     }
 
+    /// A database in a new directory whose table `t (x BIGINT)` holds `1..=rows`.
+    async fn table_t(rows: i64) -> (tempfile::TempDir, Arc<Engine>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, rows).await;
+        (dir, engine)
+    }
+
     fn expected(n: i64) -> (i64, i64, i64) {
         (n, n * (n + 1) / 2, n)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tiered_rows_are_read_across_tiers_and_after_a_restart() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 1000).await;
+        let (dir, engine) = table_t(1000).await;
         let report = engine.tier("t").await.expect("tier");
         assert_eq!((report.rows, report.manifest_version), (1000, 1));
         assert!(report.chunks >= 10 && report.bytes > 0, "{report:?}");
@@ -403,10 +409,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_insert_in_progress_during_a_tiering_loses_no_row() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 200).await;
+        let (_dir, engine) = table_t(200).await;
         // An insert writes its first chunks (their numbers taken) and has not committed yet...
         let table = engine.hot_table("t").expect("table");
         let schema = table.schema();
@@ -427,10 +430,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_inserted_after_a_restart_that_follows_a_full_tiering_are_visible() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 500).await;
+        let (dir, engine) = table_t(500).await;
         engine.tier("t").await.expect("tier");
         // The next commit deletes the tiered chunks' data (a commit with nothing else in it, here).
         engine.tables.commit(crate::storage::WriteBatch::new()).expect("commit");
@@ -475,10 +475,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tiering_after_a_commit_whose_answer_was_lost_writes_nothing_twice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 300).await;
+        let (_dir, engine) = table_t(300).await;
         commit_unnoticed(&engine).await;
         assert_eq!(totals(&engine).await, expected(300), "the engine still reads its hot chunks");
         let report = engine.tier("t").await.expect("tier");
@@ -492,10 +489,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_between_the_commit_and_the_removal_of_hot_chunks_counts_no_row_twice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 300).await;
+        let (dir, engine) = table_t(300).await;
         let table = engine.hot_table("t").expect("table");
         let chunks = commit_unnoticed(&engine).await;
         assert_eq!(table.version().len(), chunks.len(), "the hot chunks are still there");
@@ -514,10 +508,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_before_the_commit_leaves_the_rows_hot_and_overwrites_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        insert(&engine, 1, 250).await;
+        let (_dir, engine) = table_t(250).await;
         let table = engine.hot_table("t").expect("table");
         let max_seq = table.version().iter().map(|c| c.seq).max().expect("chunks");
         let shard = engine.shard_of(table.def()).expect("shard");
