@@ -367,34 +367,44 @@ fn int64s(batches: &[RecordBatch], column: usize) -> Vec<Option<i64>> {
     out
 }
 
-/// A request to a node's data service with a deadline; `Err` carries the status code.
-async fn execute(node: u64, sql: String) -> Result<Vec<RecordBatch>, Code> {
-    let call = async {
-        let mut client =
+/// Connects to `node`'s data service and runs `call` with a deadline; `Err` carries the status code (Unavailable
+/// when the node cannot be reached, DeadlineExceeded past the deadline).
+async fn data_call<T, F, Fut>(node: u64, deadline: Duration, call: F) -> Result<T, Code>
+where
+    F: FnOnce(DataServiceClient<madsim_tonic::transport::Channel>) -> Fut,
+    Fut: Future<Output = Result<T, Code>>,
+{
+    let attempt = async {
+        let client =
             DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+        call(client).await
+    };
+    madsim::time::timeout(deadline, attempt).await.unwrap_or(Err(Code::DeadlineExceeded))
+}
+
+/// Runs one statement on `node`; returns its rows.
+async fn execute(node: u64, sql: String) -> Result<Vec<RecordBatch>, Code> {
+    data_call(node, Duration::from_secs(5), |mut client| async move {
         let reply = client.execute(ExecuteRequest { sql }).await.map_err(|s| s.code())?.into_inner();
         if reply.arrow_ipc.is_empty() { Ok(Vec::new()) } else { decode(&reply.arrow_ipc).map_err(|_| Code::DataLoss) }
-    };
-    madsim::time::timeout(Duration::from_secs(5), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+    })
+    .await
 }
 
+/// Appends Arrow IPC rows to `table` on `node`; returns the rows appended.
 async fn append(node: u64, table: String, arrow_ipc: Vec<u8>) -> Result<u64, Code> {
-    let call = async {
-        let mut client =
-            DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+    data_call(node, Duration::from_secs(5), |mut client| async move {
         Ok(client.append(AppendRequest { table, arrow_ipc }).await.map_err(|s| s.code())?.into_inner().rows)
-    };
-    madsim::time::timeout(Duration::from_secs(5), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+    })
+    .await
 }
 
-/// Tiers `table` on `node`: returns the rows moved.
+/// Tiers `table` on `node`; returns the rows moved.
 async fn tier(node: u64, table: String) -> Result<u64, Code> {
-    let call = async {
-        let mut client =
-            DataServiceClient::connect(format!("http://{}", addr_of(node))).await.map_err(|_| Code::Unavailable)?;
+    data_call(node, Duration::from_secs(10), |mut client| async move {
         Ok(client.tier(TierRequest { table }).await.map_err(|s| s.code())?.into_inner().rows)
-    };
-    madsim::time::timeout(Duration::from_secs(10), call).await.unwrap_or(Err(Code::DeadlineExceeded))
+    })
+    .await
 }
 
 struct World {

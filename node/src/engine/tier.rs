@@ -70,9 +70,12 @@ impl Engine {
         let Some(pointer) = self.shard_of(def)?.manifest else {
             return Ok(ColdView::default());
         };
-        let store = self.cold_store()?;
-        let manifest = cold::read_manifest(&store, self.cold.display(), &pointer.location).await?;
-        Ok(ColdView::of(&manifest, self.store_id))
+        Ok(ColdView::of(&self.manifest_at(&pointer.location).await?, self.store_id))
+    }
+
+    /// Reads the manifest a pointer names, from this cluster's cold store.
+    async fn manifest_at(&self, location: &str) -> Result<Manifest> {
+        cold::read_manifest(&self.cold_store()?, self.cold.display(), location).await
     }
 
     /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
@@ -109,14 +112,12 @@ impl Engine {
     /// The shard's current manifest pointer (read linearizably) and manifest (empty before the first commit).
     async fn shard_manifest(
         &self,
-        store: &Arc<dyn ObjectStore>,
-        display: &str,
         table: &HotTable,
         shard: &ShardRecord,
     ) -> Result<(Option<ManifestPointer>, Manifest)> {
         let pointer = self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
         let manifest = match &pointer {
-            Some(p) => cold::read_manifest(store, display, &p.location).await?,
+            Some(p) => self.manifest_at(&p.location).await?,
             None => {
                 let def = table.def();
                 Manifest::empty(def.id.0, &def.name, shard.shard_id.0, table.schema().as_ref().clone())
@@ -150,11 +151,7 @@ impl Engine {
             if pointer.version <= view.version {
                 continue;
             }
-            let loaded = match self.cold_store() {
-                Ok(store) => cold::read_manifest(&store, self.cold.display(), &pointer.location).await,
-                Err(e) => Err(e),
-            };
-            match loaded {
+            match self.manifest_at(&pointer.location).await {
                 Ok(manifest) => self.adopt(&table, &manifest).await,
                 Err(e) => {
                     // Scans of the table fail, naming the problem, until the next statement loads it.
@@ -226,7 +223,7 @@ impl Engine {
             if attempts > COMMIT_ATTEMPTS {
                 return Err(kept_changing());
             }
-            let (mut pointer, mut current) = self.shard_manifest(&store, &display, &table, &shard).await?;
+            let (mut pointer, mut current) = self.shard_manifest(&table, &shard).await?;
             self.adopt(&table, &current).await;
             let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
             // Only chunks below every number an insert in progress may still commit (read before the version): the
@@ -267,7 +264,7 @@ impl Engine {
                         if attempts > COMMIT_ATTEMPTS {
                             return Err(kept_changing());
                         }
-                        (pointer, current) = self.shard_manifest(&store, &display, &table, &shard).await?;
+                        (pointer, current) = self.shard_manifest(&table, &shard).await?;
                         if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
                             // An earlier tiering of ours landed meanwhile: start again from what it committed.
                             continue 'fresh;
