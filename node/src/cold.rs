@@ -23,15 +23,18 @@
 //! than one still to come; tiering therefore takes only chunks below every number an insert in progress may use
 //! (`TableStore::settled_below`), and a store that removed chunks keeps a floor for its numbering across restarts.
 //!
-//! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout).
+//! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout),
+//! [`metered`] (counting requests and bytes).
 
 pub mod manifest;
+pub mod metered;
 pub mod store;
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -39,7 +42,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-pub use self::manifest::{ColdFile, Manifest};
+pub use self::manifest::{ColdFile, ColumnStats, Manifest};
 pub use self::store::{ColdConfig, ColdStore, check_url};
 use crate::error::{Error, Result};
 
@@ -55,14 +58,49 @@ pub struct ColdView {
     pub files: Vec<ColdFile>,
     /// The highest of the store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
     pub hot_through: u64,
+    /// Per file, its column statistics read for pruning.
+    pub bounds: Vec<FileBounds>,
+}
+
+/// A file's column statistics as values, per column of the table: NULL scalars and `None` where unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBounds {
+    /// The minimums.
+    pub min: Vec<ScalarValue>,
+    /// The maximums.
+    pub max: Vec<ScalarValue>,
+    /// The NULL counts.
+    pub nulls: Vec<Option<u64>>,
+}
+
+impl FileBounds {
+    fn of(file: &ColdFile, schema: &arrow::datatypes::Schema) -> Self {
+        let mut bounds = FileBounds { min: Vec::new(), max: Vec::new(), nulls: Vec::new() };
+        for (i, field) in schema.fields().iter().enumerate() {
+            let stats = file.columns.get(i);
+            let (min, max) = match stats {
+                Some(s) => s.values(field.data_type()),
+                None => {
+                    let unknown = ScalarValue::try_from(field.data_type()).unwrap_or(ScalarValue::Null);
+                    (unknown.clone(), unknown)
+                }
+            };
+            bounds.min.push(min);
+            bounds.max.push(max);
+            bounds.nulls.push(stats.map(|s| s.nulls));
+        }
+        bounds
+    }
 }
 
 impl ColdView {
     /// The view of the hot store with identity `store` in `manifest`.
     pub fn of(manifest: &Manifest, store: u64) -> Self {
+        let files: Vec<ColdFile> = manifest.files.iter().filter(|f| f.store == store).cloned().collect();
         ColdView {
             version: manifest.version,
-            files: manifest.files.iter().filter(|f| f.store == store).cloned().collect(),
+            bounds: files.iter().map(|f| FileBounds::of(f, &manifest.schema)).collect(),
+            files,
             hot_through: manifest.hot_through.get(&store).copied().unwrap_or(0),
         }
     }

@@ -140,6 +140,8 @@ pub struct Metrics {
     pub rows_ingested: Counter,
     /// Rows moved from the hot store to the cold tier.
     pub rows_tiered: Counter,
+    /// Requests to the cold tier's object store and their bytes.
+    pub cold_io: std::sync::Arc<crate::cold::metered::IoCounters>,
     /// Bytes written to the hot store (keys and values).
     pub hot_bytes_written: Counter,
     /// Bytes of chunk data read from the hot store.
@@ -241,6 +243,26 @@ impl Metrics {
         }
         counter(&mut out, "quiver_rows_ingested_total", "Rows committed to native tables.", self.rows_ingested.get());
         counter(&mut out, "quiver_rows_tiered_total", "Rows moved to the cold tier.", self.rows_tiered.get());
+        let io = self.cold_io.totals();
+        let _ = writeln!(out, "# HELP quiver_cold_requests_total Requests to the cold tier's object store, by kind.");
+        let _ = writeln!(out, "# TYPE quiver_cold_requests_total counter");
+        for (kind, n) in
+            [("get", io.gets), ("head", io.heads), ("put", io.puts), ("delete", io.deletes), ("list", io.lists)]
+        {
+            let _ = writeln!(out, "quiver_cold_requests_total{{kind=\"{kind}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "quiver_cold_read_bytes_total",
+            "Bytes read from the cold tier's object store.",
+            io.get_bytes,
+        );
+        counter(
+            &mut out,
+            "quiver_cold_written_bytes_total",
+            "Bytes written to the cold tier's object store.",
+            io.put_bytes,
+        );
         counter(&mut out, "quiver_statements_total", "SQL statements executed.", self.statements.get());
         counter(
             &mut out,

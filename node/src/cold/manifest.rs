@@ -21,7 +21,10 @@
 
 use std::collections::BTreeMap;
 
-use arrow::datatypes::Schema;
+use arrow::array::{Array, StringArray};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Schema};
+use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 
 /// The manifest format this build writes and reads.
@@ -42,6 +45,57 @@ pub struct ColdFile {
     pub bytes: u64,
     /// The highest hot-chunk sequence number in it.
     pub max_seq: u64,
+    /// Per column of the manifest's schema, in order: what scans prune files by (empty: nothing known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<ColumnStats>,
+}
+
+/// A column's statistics in one file: the minimum and maximum as text (Arrow's cast of the value to a string, kept
+/// only when it casts back to the same value) and the NULL count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    /// The smallest non-NULL value, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// The largest non-NULL value, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// NULLs in the column.
+    pub nulls: u64,
+}
+
+impl ColumnStats {
+    /// Statistics from values (a NULL scalar: unknown); a value whose text would not cast back is left unknown.
+    pub fn from_values(min: &ScalarValue, max: &ScalarValue, nulls: u64) -> Self {
+        ColumnStats { min: value_text(min), max: value_text(max), nulls }
+    }
+
+    /// The minimum and maximum as values of `data_type` (NULL scalars when unknown or unreadable).
+    pub fn values(&self, data_type: &DataType) -> (ScalarValue, ScalarValue) {
+        let read = |text: &Option<String>| {
+            text.as_deref()
+                .and_then(|t| text_value(t, data_type))
+                .unwrap_or_else(|| ScalarValue::try_from(data_type).unwrap_or(ScalarValue::Null))
+        };
+        (read(&self.min), read(&self.max))
+    }
+}
+
+fn value_text(value: &ScalarValue) -> Option<String> {
+    if value.is_null() {
+        return None;
+    }
+    let array = value.to_array().ok()?;
+    let text =
+        cast_with_options(&array, &DataType::Utf8, &CastOptions { safe: false, ..CastOptions::default() }).ok()?;
+    let text = text.as_any().downcast_ref::<StringArray>()?.value(0).to_string();
+    (text_value(&text, &value.data_type()).as_ref() == Some(value)).then_some(text)
+}
+
+fn text_value(text: &str, data_type: &DataType) -> Option<ScalarValue> {
+    let array = StringArray::from(vec![text]);
+    let cast = cast_with_options(&array, data_type, &CastOptions { safe: false, ..CastOptions::default() }).ok()?;
+    ScalarValue::try_from_array(&cast, 0).ok().filter(|v| !v.is_null())
 }
 
 /// One version of a shard's cold data.
@@ -135,7 +189,7 @@ mod tests {
     fn file(node: u64, max_seq: u64) -> ColdFile {
         let store = node * 1000;
         let path = Manifest::data_path(7, 9, node, store, max_seq, 0xab);
-        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq }
+        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq, columns: Vec::new() }
     }
 
     #[test]
@@ -155,6 +209,34 @@ mod tests {
             Manifest::path_of(7, 9, 3, 0xab),
             "tables/7/shards/9/manifests/00000000000000000003-00000000000000ab.json"
         );
+    }
+
+    #[test]
+    fn column_statistics_keep_only_values_that_read_back_the_same() {
+        use arrow::datatypes::TimeUnit;
+        let cases = [
+            ScalarValue::Int64(Some(-42)),
+            ScalarValue::Float64(Some(0.1 + 0.2)),
+            ScalarValue::Utf8(Some("a, \"quoted\" text".into())),
+            ScalarValue::Date32(Some(10_000)),
+            ScalarValue::Decimal128(Some(-12_345), 15, 2),
+            ScalarValue::TimestampMicrosecond(Some(1_700_000_000_123_456), None),
+            ScalarValue::Boolean(Some(true)),
+        ];
+        for v in cases {
+            let stats = ColumnStats::from_values(&v, &v, 3);
+            let json = serde_json::to_string(&stats).expect("encode");
+            let back: ColumnStats = serde_json::from_str(&json).expect("decode");
+            assert_eq!(back.values(&v.data_type()), (v.clone(), v.clone()), "{v:?} as {json}");
+        }
+        let unknown = ColumnStats::from_values(&ScalarValue::Int64(None), &ScalarValue::Int64(None), 0);
+        assert_eq!(unknown.values(&DataType::Int64), (ScalarValue::Int64(None), ScalarValue::Int64(None)));
+        // Binary text would not cast back to the same bytes: left unknown.
+        let binary = ScalarValue::Binary(Some(vec![0, 255, 7]));
+        assert_eq!(ColumnStats::from_values(&binary, &binary, 0).min, None);
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let garbage = ColumnStats { min: Some("not a time".into()), max: None, nulls: 0 };
+        assert_eq!(garbage.values(&ts).0, ScalarValue::TimestampMicrosecond(None, None));
     }
 
     #[test]

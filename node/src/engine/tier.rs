@@ -9,7 +9,9 @@ use object_store::ObjectStore;
 use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef};
 
 use super::Engine;
-use crate::cold::{self, ColdFile, ColdState, ColdView, Manifest};
+use datafusion::common::ScalarValue;
+
+use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest};
 use crate::error::{Error, Result};
 use crate::table::{Chunk, HotTable};
 
@@ -40,7 +42,10 @@ impl Engine {
             .meta
             .read_local(|s| s.cluster_id().map(str::to_string))
             .ok_or_else(|| Error::Internal("the database has no cluster id yet".into()))?;
-        let store = self.cold.for_cluster(&cluster_id);
+        let store: Arc<dyn ObjectStore> = Arc::new(cold::metered::MeteredStore::new(
+            self.cold.for_cluster(&cluster_id),
+            Arc::clone(&self.metrics.cold_io),
+        ));
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(cold::OBJECT_STORE_URL)?;
         self.ctx.runtime_env().register_object_store(url.as_ref(), Arc::clone(&store));
         *registered = Some(Arc::clone(&store));
@@ -245,7 +250,8 @@ impl Engine {
                 Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
             let bytes =
                 cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
-            let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq };
+            let columns = file_columns(&chunks, schema.fields().len());
+            let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq, columns };
 
             // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between
             // means reading its manifest and trying again.
@@ -284,6 +290,36 @@ impl Engine {
         tracing::info!(table = name, rows, chunks = chunks.len(), bytes, version = manifest.version, "tiered");
         Ok(TierReport { rows, chunks: chunks.len(), bytes, manifest_version: manifest.version })
     }
+}
+
+/// A file's column statistics from those of the chunks it holds: a bound is known when every chunk with a non-NULL
+/// value in the column knows it.
+fn file_columns(chunks: &[Arc<Chunk>], columns: usize) -> Vec<ColumnStats> {
+    (0..columns)
+        .map(|i| {
+            let nulls: u64 = chunks.iter().map(|c| c.meta.null_counts[i]).sum();
+            let with_values: Vec<&Arc<Chunk>> = chunks.iter().filter(|c| c.meta.null_counts[i] < c.meta.rows).collect();
+            let bound = |keep: std::cmp::Ordering| {
+                let mut best: Option<&ScalarValue> = None;
+                for c in &with_values {
+                    let v = if keep == std::cmp::Ordering::Less { &c.meta.min[i] } else { &c.meta.max[i] };
+                    if v.is_null() {
+                        return ScalarValue::Null;
+                    }
+                    match best.map(|b| v.partial_cmp(b)) {
+                        None => best = Some(v),
+                        Some(Some(o)) if o == keep => best = Some(v),
+                        Some(Some(_)) => {}
+                        Some(None) => return ScalarValue::Null,
+                    }
+                }
+                best.cloned().unwrap_or(ScalarValue::Null)
+            };
+            let min = bound(std::cmp::Ordering::Less);
+            let max = bound(std::cmp::Ordering::Greater);
+            ColumnStats::from_values(&min, &max, nulls)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -333,6 +369,44 @@ mod tests {
 
     fn expected(n: i64) -> (i64, i64, i64) {
         (n, n * (n + 1) / 2, n)
+    }
+
+    /// `count(*)` and `sum(x)` of the rows of `t` that `filter` keeps, and the GET requests the query made.
+    async fn filtered(engine: &Engine, filter: &str) -> ((i64, i64), u64) {
+        let before = engine.metrics().cold_io.totals();
+        let sql = format!("SELECT count(*), coalesce(sum(x), 0) FROM t WHERE {filter}");
+        let batches: Vec<RecordBatch> = engine.execute_one(&sql).await.expect("query").collect().await.expect("rows");
+        let value = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+        ((value(0), value(1)), engine.metrics().cold_io.totals().since(&before).gets)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scans_skip_files_that_filters_rule_out_and_read_each_footer_once() {
+        let (_dir, engine) = table_t(300).await;
+        engine.tier("t").await.expect("tier 1..=300");
+        insert(&engine, 301, 600).await;
+        engine.tier("t").await.expect("tier 301..=600");
+        insert(&engine, 601, 900).await;
+        engine.tier("t").await.expect("tier 601..=900");
+        let sum = |from: i64, to: i64| (to - from + 1, (from..=to).sum::<i64>());
+
+        let (all, first_gets) = filtered(&engine, "x > 0").await;
+        assert_eq!(all, sum(1, 900));
+        assert!(first_gets >= 6, "three footers and three files' data: {first_gets}");
+        let (again, warm_gets) = filtered(&engine, "x > 0").await;
+        assert_eq!(again, all);
+        assert!(warm_gets <= first_gets - 3, "footers come from the cache: {warm_gets} after {first_gets}");
+
+        // The manifest's statistics leave one file (the first time, its page index is read too).
+        let (some, _) = filtered(&engine, "x > 650").await;
+        assert_eq!(some, sum(651, 900));
+        let (some, pruned_gets) = filtered(&engine, "x > 650").await;
+        assert_eq!(some, sum(651, 900));
+        assert!(pruned_gets < warm_gets && pruned_gets <= 2, "one file of three is read: {pruned_gets} vs {warm_gets}");
+        let (none, no_gets) = filtered(&engine, "x > 10000").await;
+        assert_eq!((none, no_gets), ((0, 0), 0), "no file can match");
+        let (nulls, _) = filtered(&engine, "x IS NULL").await;
+        assert_eq!(nulls, (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +531,8 @@ mod tests {
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
         let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
         let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
-        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows, bytes, max_seq };
+        let columns = file_columns(&chunks, 1);
+        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows, bytes, max_seq, columns };
         let manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
         let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");
