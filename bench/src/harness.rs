@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
+use quiver_node::cold::ColdConfig;
 use quiver_node::config::{Config, Overrides};
 use quiver_node::engine::{Engine, StorageLocation};
 use quiver_node::server::Server;
@@ -41,6 +42,11 @@ pub fn run_in_background(server: Server) -> (tokio::sync::oneshot::Sender<()>, t
 impl Running {
     /// Starts a server whose data lives in `dir` (durable: every commit is fsync'd).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Starts a server whose data lives in `dir`, with the cold tier `cold` (default: a directory in `dir`).
+    pub async fn start_with(dir: &Path, cold: Option<ColdConfig>) -> anyhow::Result<Self> {
         let overrides = Overrides {
             data_dir: Some(dir.to_path_buf()),
             flight_addr: Some("127.0.0.1:0".into()),
@@ -49,7 +55,10 @@ impl Running {
             grpc_addr: Some("127.0.0.1:0".into()),
             ..Overrides::default()
         };
-        let config = Config::load(None, Vec::new(), &overrides)?;
+        let mut config = Config::load(None, Vec::new(), &overrides)?;
+        if let Some(cold) = cold {
+            config.cold = cold;
+        }
         let engine = Engine::open(StorageLocation::Path(dir.to_path_buf()), config.engine_options()).await?;
         let server = Server::bind_with_engine(config, Arc::clone(&engine)).await?;
         let (flight, pg) = (server.flight_addr(), server.pg_addr());
@@ -73,11 +82,15 @@ impl Running {
         Ok(client)
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server and its metadata replica and waits for them; the data directory can be opened again once
+    /// this returns.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if let Err(e) = self.engine.shutdown().await {
+            eprintln!("stopping the metadata replica: {}", e.report());
+        }
     }
 }

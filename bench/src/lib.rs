@@ -4,6 +4,9 @@
 //!   beside the same COPY into a PostgreSQL server when one is given;
 //! - `tpch`: the 22 TPC-H queries over Flight SQL against the hot store, each beside the same query run by DataFusion
 //!   in-process on Parquet files of the same data, with the answers compared;
+//! - `tier`: the TPC-H queries with every table tiered to the cold tier (a local directory, then a loopback S3
+//!   server), after a restart (cold caches) and again (warm), beside the same queries on the hot store, with the
+//!   object-store GETs each query made;
 //! - `meta`: metadata proposal throughput and latency (p50/p90/p99) on a loopback cluster of servers.
 
 pub mod data;
@@ -11,4 +14,6 @@ pub mod harness;
 pub mod ingest;
 pub mod meta;
 pub mod queries;
+pub mod s3;
+pub mod tier;
 pub mod tpch;

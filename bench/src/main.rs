@@ -1,7 +1,7 @@
 //! `quiver-bench`: see the library docs. Run `quiver-bench --help`.
 
 use clap::{Parser, Subcommand};
-use quiver_bench::{data, harness::Running, ingest, meta, tpch};
+use quiver_bench::{data, harness::Running, ingest, meta, s3, tier, tpch};
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver-bench", about = "Benchmarks that drive a real Quiver server")]
@@ -33,6 +33,22 @@ enum Command {
         /// Only these queries (comma-separated numbers).
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
+    },
+    /// TPC-H with every table tiered to a local directory and to a loopback S3 server (moto), after a restart and
+    /// warm, beside the hot store; seconds, ratios and GET requests.
+    Tier {
+        /// TPC-H scale factor.
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// Warm runs per query (and hot runs); the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only these queries (comma-separated numbers).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+        /// Skip the S3 store (no python3 -m moto.server needed).
+        #[arg(long)]
+        no_s3: bool,
     },
     /// Metadata proposals on a loopback cluster of servers (Raft over gRPC, logs synced to RocksDB); per second
     /// and p50/p90/p99 latency, from the leader and from a follower.
@@ -115,6 +131,22 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("{:>5} {q:>12.3} {d:>14.3} {:>7.2}x", "total", q / d);
+        }
+        Command::Tier { sf, runs, queries, no_s3 } => {
+            eprintln!("generating TPC-H at SF {sf} …");
+            let tables = data::all(sf);
+            let which: Vec<usize> = if queries.is_empty() { (1..=22).collect() } else { queries };
+            let local =
+                tier::run_store(&dir.path().join("local"), "local directory", None, &tables, &which, runs).await?;
+            print!("{}", tier::render(&local));
+            if !no_s3 {
+                let server = s3::S3Server::start();
+                server.create_bucket("quiver-bench");
+                let cold = server.cold_config("s3://quiver-bench/warehouse");
+                let label = format!("S3 (moto at {})", server.endpoint);
+                let run = tier::run_store(&dir.path().join("s3"), &label, Some(cold), &tables, &which, runs).await?;
+                print!("{}", tier::render(&run));
+            }
         }
         Command::Meta { nodes, proposals, concurrency, workload } => {
             let results = meta::run(dir.path(), nodes, proposals, &concurrency, &workload).await?;

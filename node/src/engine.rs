@@ -287,7 +287,8 @@ pub struct Engine {
     /// The catalog's tables as attached to this engine (name → id), guarded for [`Engine::sync_catalog`].
     attached: tokio::sync::Mutex<BTreeMap<String, TableId>>,
     registry: Arc<TableRegistry>,
-    hot: RwLock<HashMap<String, Arc<HotTable>>>,
+    /// The attached native tables by name (shared with the `system` schema).
+    hot: Arc<RwLock<HashMap<String, Arc<HotTable>>>>,
     ctx: SessionContext,
     metrics: Arc<Metrics>,
     /// The cold tier's store, and the same under this cluster's prefix once registered with DataFusion.
@@ -300,6 +301,13 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("location", &self.location).finish()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Breaks the catalog's cycle (see `TableRegistry::clear_schemas`), so that the hot store closes now.
+        self.registry.clear_schemas();
     }
 }
 
@@ -430,7 +438,8 @@ impl Engine {
         let ctx = SessionContext::new_with_config(config);
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
-        registry.add_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(meta.clone())));
+        let hot = Arc::new(RwLock::new(HashMap::new()));
+        registry.add_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(meta.clone(), Arc::clone(&hot))));
 
         let node_id = meta.node_id();
         let data_dir = match &location {
@@ -449,7 +458,7 @@ impl Engine {
             store_id,
             attached: tokio::sync::Mutex::new(BTreeMap::new()),
             registry,
-            hot: RwLock::new(HashMap::new()),
+            hot,
             ctx,
             metrics,
             cold,

@@ -58,6 +58,12 @@ impl TableRegistry {
     pub(crate) fn add_schema(&self, name: &str, schema: Arc<dyn SchemaProvider>) {
         self.extra_schemas.write().expect("registry poisoned").insert(name.to_string(), schema);
     }
+
+    /// Drops the extra schemas. `pg_catalog` holds the session's catalog list, which holds this registry: a cycle
+    /// that would keep every table, and with them the hot store and its lock, alive after the engine is gone.
+    pub(crate) fn clear_schemas(&self) {
+        std::mem::take(&mut *self.extra_schemas.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
 }
 
 #[derive(Debug)]

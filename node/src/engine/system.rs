@@ -6,10 +6,18 @@
 //! - `system.raft`: one row, this node's replica — cluster id, term, leader, last log / applied / snapshot index,
 //!   metadata version, voter and learner counts, and its snapshot counters.
 //!
+//! - `system.tier_files`: one row per cold-tier file that this node's scans read — table, shard, manifest version,
+//!   path under the cluster's prefix, node and hot store it came from, rows, bytes, the highest hot-chunk sequence
+//!   number in it, and the minimum and maximum of the table's first primary-key column (or first column).
+//! - `system.tiering`: one row per native table on this node — its shard, manifest version, files, cold rows and
+//!   bytes, and the lag: hot chunks, rows and bytes not yet tiered; `state` is `ready`, or `unavailable: <why>` when
+//!   the cold tier cannot be read.
+//!
 //! Each scan reads the replica's state at that moment, so the tables are always current and cost nothing when
 //! nobody queries them. Every node answers for itself: run the same query on another node to see its view.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -22,17 +30,24 @@ use datafusion::physical_plan::ExecutionPlan;
 use quiver_meta::MetaNode;
 use quiver_meta::{NodeRole, NodeState};
 
+use crate::cold::{ColdState, ColdView};
+use crate::table::HotTable;
+
 /// The schema's name.
 pub const SYSTEM_SCHEMA: &str = "system";
 
-/// The `system` schema over one metadata replica.
+/// The attached native tables by name, as the engine keeps them.
+pub(crate) type HotTables = Arc<RwLock<HashMap<String, Arc<HotTable>>>>;
+
+/// The `system` schema over one metadata replica and the engine's tables.
 pub(crate) struct SystemSchema {
     meta: MetaNode,
+    hot: HotTables,
 }
 
 impl SystemSchema {
-    pub(crate) fn new(meta: MetaNode) -> Self {
-        SystemSchema { meta }
+    pub(crate) fn new(meta: MetaNode, hot: HotTables) -> Self {
+        SystemSchema { meta, hot }
     }
 }
 
@@ -47,15 +62,19 @@ impl std::fmt::Debug for SystemSchema {
 enum SystemTable {
     Nodes,
     Raft,
+    TierFiles,
+    Tiering,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 2] = [SystemTable::Nodes, SystemTable::Raft];
+    const ALL: [SystemTable; 4] = [SystemTable::Nodes, SystemTable::Raft, SystemTable::TierFiles, SystemTable::Tiering];
 
     fn name(self) -> &'static str {
         match self {
             SystemTable::Nodes => "nodes",
             SystemTable::Raft => "raft",
+            SystemTable::TierFiles => "tier_files",
+            SystemTable::Tiering => "tiering",
         }
     }
 
@@ -91,13 +110,58 @@ impl SystemTable {
                 u64_field("snapshots_installed", false),
                 u64_field("last_snapshot_bytes", false),
             ],
+            SystemTable::TierFiles => vec![
+                text("table_name", false),
+                u64_field("shard_id", true),
+                u64_field("manifest_version", false),
+                text("path", false),
+                u64_field("node_id", false),
+                text("store", false),
+                u64_field("rows", false),
+                u64_field("bytes", false),
+                u64_field("max_seq", false),
+                text("key_column", false),
+                text("key_min", true),
+                text("key_max", true),
+            ],
+            SystemTable::Tiering => vec![
+                text("table_name", false),
+                u64_field("shard_id", true),
+                u64_field("manifest_version", true),
+                u64_field("files", true),
+                u64_field("cold_rows", true),
+                u64_field("cold_bytes", true),
+                u64_field("hot_chunks", false),
+                u64_field("hot_rows", false),
+                u64_field("hot_bytes", false),
+                text("state", false),
+            ],
         }))
     }
 
-    /// Reads the table's rows from the replica now.
-    fn rows(self, meta: &MetaNode) -> DfResult<RecordBatch> {
+    /// Reads the table's rows from the replica and the engine's tables now.
+    fn rows(self, meta: &MetaNode, hot: &HotTables) -> DfResult<RecordBatch> {
         let status = meta.status();
+        let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
+        tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
+        let shard = |t: &HotTable| meta.read_local(|s| s.table_shards(t.def().id).next().map(|r| r.shard_id.0));
         let columns: Vec<ArrayRef> = match self {
+            SystemTable::TierFiles => {
+                let mut rows = TierFileRows::default();
+                for t in &tables {
+                    if let ColdState::Ready(view) = t.cold() {
+                        rows.add(t, shard(t), &view);
+                    }
+                }
+                rows.columns()
+            }
+            SystemTable::Tiering => {
+                let mut rows = TieringRows::default();
+                for t in &tables {
+                    rows.add(t, shard(t));
+                }
+                rows.columns()
+            }
             SystemTable::Nodes => {
                 let m = &status.members;
                 let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -139,6 +203,117 @@ impl SystemTable {
     }
 }
 
+/// The rows of `system.tier_files`, column by column.
+#[derive(Default)]
+struct TierFileRows {
+    table: Vec<String>,
+    shard: Vec<Option<u64>>,
+    version: Vec<u64>,
+    path: Vec<String>,
+    node: Vec<u64>,
+    store: Vec<String>,
+    rows: Vec<u64>,
+    bytes: Vec<u64>,
+    max_seq: Vec<u64>,
+    key: Vec<String>,
+    key_min: Vec<Option<String>>,
+    key_max: Vec<Option<String>>,
+}
+
+impl TierFileRows {
+    fn add(&mut self, table: &HotTable, shard: Option<u64>, view: &ColdView) {
+        let def = table.def();
+        let schema = table.schema();
+        let key = def.primary_key.first().and_then(|k| schema.index_of(k).ok()).unwrap_or(0);
+        let key_name = schema.fields().get(key).map(|f| f.name().clone()).unwrap_or_default();
+        for file in &view.files {
+            self.table.push(def.name.clone());
+            self.shard.push(shard);
+            self.version.push(view.version);
+            self.path.push(file.path.clone());
+            self.node.push(file.node);
+            self.store.push(format!("{:016x}", file.store));
+            self.rows.push(file.rows);
+            self.bytes.push(file.bytes);
+            self.max_seq.push(file.max_seq);
+            self.key.push(key_name.clone());
+            let stats = file.columns.get(key);
+            self.key_min.push(stats.and_then(|s| s.min.clone()));
+            self.key_max.push(stats.and_then(|s| s.max.clone()));
+        }
+    }
+
+    fn columns(self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(StringArray::from(self.table)),
+            Arc::new(UInt64Array::from(self.shard)),
+            Arc::new(UInt64Array::from(self.version)),
+            Arc::new(StringArray::from(self.path)),
+            Arc::new(UInt64Array::from(self.node)),
+            Arc::new(StringArray::from(self.store)),
+            Arc::new(UInt64Array::from(self.rows)),
+            Arc::new(UInt64Array::from(self.bytes)),
+            Arc::new(UInt64Array::from(self.max_seq)),
+            Arc::new(StringArray::from(self.key)),
+            Arc::new(StringArray::from(self.key_min)),
+            Arc::new(StringArray::from(self.key_max)),
+        ]
+    }
+}
+
+/// The rows of `system.tiering`, column by column.
+#[derive(Default)]
+struct TieringRows {
+    table: Vec<String>,
+    shard: Vec<Option<u64>>,
+    version: Vec<Option<u64>>,
+    files: Vec<Option<u64>>,
+    cold_rows: Vec<Option<u64>>,
+    cold_bytes: Vec<Option<u64>>,
+    hot_chunks: Vec<u64>,
+    hot_rows: Vec<u64>,
+    hot_bytes: Vec<u64>,
+    state: Vec<String>,
+}
+
+impl TieringRows {
+    fn add(&mut self, table: &HotTable, shard: Option<u64>) {
+        let (view, state) = match table.cold() {
+            ColdState::Ready(view) => (Some(view), "ready".to_string()),
+            ColdState::Unavailable(why) => (None, format!("unavailable: {why}")),
+        };
+        // Hot chunks the cold view covers are skipped by scans (and about to be removed): not lag.
+        let through = view.as_ref().map_or(0, |v| v.hot_through);
+        let chunks = table.version();
+        let lag: Vec<_> = chunks.iter().filter(|c| c.seq > through).collect();
+        self.table.push(table.def().name.clone());
+        self.shard.push(shard);
+        self.version.push(view.as_ref().map(|v| v.version));
+        self.files.push(view.as_ref().map(|v| v.files.len() as u64));
+        self.cold_rows.push(view.as_ref().map(|v| v.files.iter().map(|f| f.rows).sum()));
+        self.cold_bytes.push(view.as_ref().map(|v| v.files.iter().map(|f| f.bytes).sum()));
+        self.hot_chunks.push(lag.len() as u64);
+        self.hot_rows.push(lag.iter().map(|c| c.meta.rows).sum());
+        self.hot_bytes.push(lag.iter().map(|c| c.meta.data_bytes).sum());
+        self.state.push(state);
+    }
+
+    fn columns(self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(StringArray::from(self.table)),
+            Arc::new(UInt64Array::from(self.shard)),
+            Arc::new(UInt64Array::from(self.version)),
+            Arc::new(UInt64Array::from(self.files)),
+            Arc::new(UInt64Array::from(self.cold_rows)),
+            Arc::new(UInt64Array::from(self.cold_bytes)),
+            Arc::new(UInt64Array::from(self.hot_chunks)),
+            Arc::new(UInt64Array::from(self.hot_rows)),
+            Arc::new(UInt64Array::from(self.hot_bytes)),
+            Arc::new(StringArray::from(self.state)),
+        ]
+    }
+}
+
 fn role_name(role: NodeRole) -> &'static str {
     match role {
         NodeRole::Voter => "voter",
@@ -162,10 +337,9 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(SystemTable::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .map(|table| Arc::new(SystemTableProvider { table, meta: self.meta.clone() }) as _))
+        Ok(SystemTable::ALL.into_iter().find(|t| t.name() == name).map(|table| {
+            Arc::new(SystemTableProvider { table, meta: self.meta.clone(), hot: Arc::clone(&self.hot) }) as _
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -177,6 +351,7 @@ impl SchemaProvider for SystemSchema {
 struct SystemTableProvider {
     table: SystemTable,
     meta: MetaNode,
+    hot: HotTables,
 }
 
 impl std::fmt::Debug for SystemTableProvider {
@@ -202,7 +377,7 @@ impl TableProvider for SystemTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.table.rows(&self.meta)?;
+        let batch = self.table.rows(&self.meta, &self.hot)?;
         MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }

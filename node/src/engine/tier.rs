@@ -100,12 +100,17 @@ impl Engine {
         }
     }
 
+    /// Every attached native table.
+    fn hot_tables(&self) -> Vec<Arc<HotTable>> {
+        self.hot.read().expect("hot table map poisoned").values().cloned().collect()
+    }
+
     /// Retries loading the cold view of tables whose last load failed (the store was unreachable).
     pub(crate) async fn reload_unavailable_cold(&self) {
         if !self.cold_failed.swap(false, Ordering::Relaxed) {
             return;
         }
-        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        let tables = self.hot_tables();
         for table in tables {
             if matches!(table.cold(), ColdState::Unavailable(_)) {
                 table.set_cold(self.cold_state_of(table.def()).await);
@@ -145,7 +150,7 @@ impl Engine {
     /// node that restarts after a tiering whose commit its replica had not applied yet loads the older manifest, and
     /// the tiered rows would be in neither its view nor its hot store).
     pub(crate) async fn follow_manifests(&self) {
-        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        let tables = self.hot_tables();
         for table in tables {
             let ColdState::Ready(view) = table.cold() else { continue };
             let id = table.def().id;
@@ -176,7 +181,7 @@ impl Engine {
         if limit == 0 {
             return Vec::new();
         }
-        let tables: Vec<Arc<HotTable>> = self.hot.read().expect("hot table map poisoned").values().cloned().collect();
+        let tables = self.hot_tables();
         let mut tiered = Vec::new();
         for table in tables {
             let ColdState::Ready(view) = table.cold() else { continue };
@@ -407,6 +412,43 @@ mod tests {
         assert_eq!((none, no_gets), ((0, 0), 0), "no file can match");
         let (nulls, _) = filtered(&engine, "x IS NULL").await;
         assert_eq!(nulls, (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn system_tables_list_the_files_and_the_lag_of_each_table() {
+        let (_dir, engine) = table_t(300).await;
+        engine.tier("t").await.expect("tier");
+        insert(&engine, 301, 450).await;
+        engine.tier("t").await.expect("tier");
+        insert(&engine, 451, 500).await;
+        let text = |sql: &str| {
+            let engine = Arc::clone(&engine);
+            let sql = sql.to_string();
+            async move {
+                let batches: Vec<RecordBatch> =
+                    engine.execute_one(&sql).await.expect("query").collect().await.expect("rows");
+                arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
+            }
+        };
+        let files = text("SELECT table_name, manifest_version, rows, key_column, key_min, key_max, path LIKE 'tables/%/data/n1-%.parquet' AS p FROM system.tier_files ORDER BY key_min::BIGINT").await;
+        let expected = [
+            "+------------+------------------+------+------------+---------+---------+------+",
+            "| table_name | manifest_version | rows | key_column | key_min | key_max | p    |",
+            "+------------+------------------+------+------------+---------+---------+------+",
+            "| t          | 2                | 300  | x          | 1       | 300     | true |",
+            "| t          | 2                | 150  | x          | 301     | 450     | true |",
+            "+------------+------------------+------+------------+---------+---------+------+",
+        ];
+        assert_eq!(files, expected.join("\n"));
+        let lag = text("SELECT table_name, manifest_version, files, cold_rows, hot_rows, hot_bytes > 0 AS h, state FROM system.tiering").await;
+        let expected = [
+            "+------------+------------------+-------+-----------+----------+------+-------+",
+            "| table_name | manifest_version | files | cold_rows | hot_rows | h    | state |",
+            "+------------+------------------+-------+-----------+----------+------+-------+",
+            "| t          | 2                | 2     | 450       | 50       | true | ready |",
+            "+------------+------------------+-------+-----------+----------+------+-------+",
+        ];
+        assert_eq!(lag, expected.join("\n"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

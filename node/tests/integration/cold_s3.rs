@@ -2,81 +2,16 @@
 //! it) started on a loopback port by the test. Create, ingest, tier, query across tiers, restart, query again: the
 //! answers must be identical, and the bucket must hold the documented layout.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use quiver_bench::s3::S3Server;
 use quiver_node::cold::ColdConfig;
 use quiver_node::{Engine, EngineOptions, StorageLocation};
-
-/// A moto S3 server on a loopback port, stopped when dropped.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start python3 -m moto.server (pip install \"moto[server]\")");
-        let mut server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("moto's S3 server exited ({status}); is it installed? pip install \"moto[server]\"");
-            }
-            assert!(Instant::now() < deadline, "moto's S3 server did not listen within a minute");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    /// Creates a bucket (moto accepts unsigned requests).
-    fn create_bucket(&self, bucket: &str) {
-        let port = self.endpoint.rsplit(':').next().expect("port");
-        let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).expect("reply");
-        assert!(reply.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {reply}");
-    }
-
-    fn cold_config(&self, url: &str) -> ColdConfig {
-        ColdConfig {
-            store: url.to_string(),
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            allow_http: true,
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            row_group_rows: 1_000,
-            ..ColdConfig::default()
-        }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn open(dir: &std::path::Path, cold: ColdConfig) -> Arc<Engine> {
     let options = EngineOptions { chunk_rows_target: 500, cold, ..EngineOptions::default() };
@@ -108,7 +43,7 @@ async fn tiered_rows_live_in_the_bucket_and_answer_the_same_across_a_restart() {
     let s3 = S3Server::start();
     s3.create_bucket("quiver-test");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = s3.cold_config("s3://quiver-test/warehouse");
+    let config = ColdConfig { row_group_rows: 1_000, ..s3.cold_config("s3://quiver-test/warehouse") };
     let engine = open(dir.path(), config.clone()).await;
     engine.execute_one("CREATE TABLE readings (id BIGINT NOT NULL, name TEXT, value DOUBLE)").await.expect("create");
     let insert = |from: i64, to: i64| {
