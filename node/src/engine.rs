@@ -447,7 +447,7 @@ impl Engine {
             StorageLocation::Memory => None,
         };
         let cold = match &options.cold_store {
-            Some(store) => store.clone(),
+            Some(store) => store.clone().with_limits(&options.cold),
             None => crate::cold::ColdStore::open(&options.cold, data_dir.as_deref())?,
         };
         let engine = Engine {

@@ -191,6 +191,8 @@ pub struct HotTable {
     cold: RwLock<ColdState>,
     /// Serializes DELETE, UPDATE and tiering of this table; inserts only add chunks and do not take it.
     pub(crate) dml_lock: tokio::sync::Mutex<()>,
+    /// Why inserts are refused now (the cold tier cannot take rows past the write limit), if they are.
+    refusal: Mutex<Option<String>>,
 }
 
 impl HotTable {
@@ -217,7 +219,13 @@ impl HotTable {
             version: RwLock::new(Arc::new(list)),
             cold: RwLock::new(ColdState::Ready(Arc::default())),
             dml_lock: tokio::sync::Mutex::new(()),
+            refusal: Mutex::new(None),
         }
+    }
+
+    /// Refuses inserts with "cold tier unavailable: `why`" from now on, or (`None`) lets them in again.
+    pub(crate) fn refuse_writes(&self, why: Option<String>) {
+        *self.refusal.lock().expect("refusal lock poisoned") = why;
     }
 
     /// Returns the table's definition.
@@ -362,6 +370,9 @@ impl HotTable {
         Error: From<E>,
     {
         use futures::StreamExt as _;
+        if let Some(detail) = self.refusal.lock().expect("refusal lock poisoned").clone() {
+            return Err(Error::ColdUnavailable { detail });
+        }
         // The simulation has no blocking thread pool for the writer below: the appender runs inline, in this task.
         #[cfg(madsim)]
         {

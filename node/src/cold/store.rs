@@ -46,6 +46,11 @@ pub struct ColdConfig {
     pub hot_bytes_max: ByteSize,
     /// How often the background tierer looks at the tables.
     pub tier_check_interval: Millis,
+    /// While the background tierer cannot reach the store, inserts into a table are refused ("cold tier
+    /// unavailable") once its hot rows on this node waiting to be tiered take more than this, so that an outage of
+    /// the store does not fill the disk. `0`, the default, means four times `hot_bytes_max`. No limit applies when the
+    /// background tierer is off.
+    pub write_limit: ByteSize,
 }
 
 impl Default for ColdConfig {
@@ -60,6 +65,7 @@ impl Default for ColdConfig {
             row_group_rows: 128 * 1024,
             hot_bytes_max: ByteSize(0),
             tier_check_interval: Millis(30_000),
+            write_limit: ByteSize(0),
         }
     }
 }
@@ -102,6 +108,7 @@ pub struct ColdStore {
     display: String,
     row_group_rows: usize,
     hot_bytes_max: u64,
+    write_limit: u64,
 }
 
 impl ColdStore {
@@ -156,17 +163,18 @@ impl ColdStore {
                 (store, text.to_string())
             }
         };
-        Ok(ColdStore {
-            store,
-            display,
-            row_group_rows: config.row_group_rows.max(1),
-            hot_bytes_max: config.hot_bytes_max.0,
-        })
+        Ok(ColdStore::new(store, &display, config.row_group_rows).with_limits(config))
     }
 
     /// A cold store over an object store the caller built (`display` names it in messages).
     pub fn new(store: Arc<dyn ObjectStore>, display: &str, row_group_rows: usize) -> Self {
-        ColdStore { store, display: display.to_string(), row_group_rows: row_group_rows.max(1), hot_bytes_max: 0 }
+        ColdStore {
+            store,
+            display: display.to_string(),
+            row_group_rows: row_group_rows.max(1),
+            hot_bytes_max: 0,
+            write_limit: 0,
+        }
     }
 
     /// The store under the prefix of one cluster (`quiver/<cluster id>`), so that clusters can share a bucket.
@@ -189,9 +197,20 @@ impl ColdStore {
         self.hot_bytes_max
     }
 
-    /// Sets the background tierer's limit (see [`ColdConfig::hot_bytes_max`]).
-    pub fn with_hot_bytes_max(mut self, bytes: u64) -> Self {
-        self.hot_bytes_max = bytes;
+    /// The hot bytes waiting to be tiered past which inserts are refused while the store cannot be reached (0: no
+    /// limit; see [`ColdConfig::write_limit`]).
+    pub fn write_limit(&self) -> u64 {
+        self.write_limit
+    }
+
+    /// Takes the background tierer's limits from `config` (`hot_bytes_max`, `write_limit`).
+    pub fn with_limits(mut self, config: &ColdConfig) -> Self {
+        self.hot_bytes_max = config.hot_bytes_max.0;
+        self.write_limit = match (config.hot_bytes_max.0, config.write_limit.0) {
+            (0, _) => 0,
+            (max, 0) => max.saturating_mul(4),
+            (_, limit) => limit,
+        };
         self
     }
 }

@@ -175,25 +175,43 @@ impl Engine {
 
     /// The background tierer's round: tiers every table whose hot rows on this node take more than `hot_bytes_max`
     /// (the `[cold]` setting when `None`); returns the tables tiered. A table that fails (the store is down) is
-    /// logged and left hot; the next round tries again.
+    /// logged and left hot; the next round tries again. While it fails, inserts into a table whose hot rows waiting
+    /// to be tiered pass `cold.write_limit` are refused; the first round that tiers it (or finds it under the
+    /// limits) lets them in again.
     pub async fn tier_over_limit(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
         let limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
         if limit == 0 {
             return Vec::new();
         }
-        let tables = self.hot_tables();
+        let write_limit = self.cold.write_limit();
         let mut tiered = Vec::new();
-        for table in tables {
-            let ColdState::Ready(view) = table.cold() else { continue };
-            let hot: u64 = table.version().iter().filter(|c| c.seq > view.hot_through).map(|c| c.meta.data_bytes).sum();
+        for table in self.hot_tables() {
+            // Chunks a cold view covers are skipped by scans and removed; without a view, count every chunk.
+            let through = match table.cold() {
+                ColdState::Ready(view) => view.hot_through,
+                ColdState::Unavailable(_) => 0,
+            };
+            let hot: u64 = table.version().iter().filter(|c| c.seq > through).map(|c| c.meta.data_bytes).sum();
             if hot <= limit {
+                table.refuse_writes(None);
                 continue;
             }
             let name = table.def().name.clone();
             match self.tier(&name).await {
-                Ok(report) => tiered.push((name, report)),
+                Ok(report) => {
+                    table.refuse_writes(None);
+                    tiered.push((name, report));
+                }
                 Err(e) => {
-                    tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot")
+                    tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
+                    let refuse = (write_limit > 0 && hot > write_limit).then(|| {
+                        format!(
+                            "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, more \
+                             than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
+                            e.report()
+                        )
+                    });
+                    table.refuse_writes(refuse);
                 }
             }
         }
@@ -484,6 +502,38 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(1600), "the same answer after a restart");
         let files = std::fs::read_dir(dir.path().join("cold")).expect("the cold directory exists").count();
         assert_eq!(files, 1, "one cluster prefix in the default cold directory");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_are_refused_past_the_write_limit_while_the_store_is_down_and_resume_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bucket = dir.path().join("bucket");
+        let cold = ColdConfig {
+            store: format!("file://{}", bucket.display()),
+            hot_bytes_max: crate::config::ByteSize(1),
+            write_limit: crate::config::ByteSize(1),
+            ..ColdConfig::default()
+        };
+        let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
+        let engine = Engine::open(StorageLocation::Path(dir.path().join("data")), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        // The store goes away: its directory becomes a file.
+        let away = dir.path().join("bucket.away");
+        std::fs::rename(&bucket, &away).expect("move the bucket away");
+        std::fs::write(&bucket, b"not a directory").expect("file");
+        assert!(engine.tier_over_limit(None).await.is_empty(), "tiering fails");
+        let e = engine.execute_one("INSERT INTO t VALUES (301)").await.expect_err("refused");
+        let text = e.report();
+        assert!(text.contains("cold tier unavailable") && text.contains("cold.write_limit"), "{text}");
+        assert_eq!(totals(&engine).await, expected(300), "reads go on; the refused row is not there");
+        // The store is back: the next round tiers the table and inserts resume.
+        std::fs::remove_file(&bucket).expect("remove the file");
+        std::fs::rename(&away, &bucket).expect("bring the bucket back");
+        let tiered = engine.tier_over_limit(None).await;
+        assert_eq!(tiered.len(), 1, "{tiered:?}");
+        insert(&engine, 301, 400).await;
+        assert_eq!(totals(&engine).await, expected(400));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
