@@ -18,6 +18,7 @@
 //! are accepted for client compatibility and do not group statements.
 
 pub mod copy;
+mod gc;
 mod registry;
 pub mod system;
 mod tier;

@@ -227,6 +227,10 @@ impl Server {
         let tierer = (config.cold.hot_bytes_max.0 > 0).then(|| {
             tokio::spawn(background_tierer(Arc::clone(&engine), config.cold.tier_check_interval.duration(), rx.clone()))
         });
+        let collector = (config.cold.gc_interval.0 > 0).then(|| {
+            let (interval, grace) = (config.cold.gc_interval.duration(), config.cold.gc_grace.duration());
+            tokio::spawn(background_gc(Arc::clone(&engine), interval, grace, rx.clone()))
+        });
         #[cfg(not(madsim))]
         let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
         #[cfg(madsim)]
@@ -240,8 +244,8 @@ impl Server {
         if let Some(keeper) = keeper {
             let _ = keeper.await;
         }
-        if let Some(tierer) = tierer {
-            let _ = tierer.await;
+        for task in [tierer, collector].into_iter().flatten() {
+            let _ = task.await;
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.
         if let Some(internal) = internal {
@@ -273,6 +277,28 @@ async fn background_tierer(
         }
         for (table, report) in engine.tier_over_limit(None).await {
             tracing::debug!(table, rows = report.rows, bytes = report.bytes, "background tiering");
+        }
+    }
+}
+
+/// Collects the cold tier's garbage every `interval` while this node leads the metadata group (one node lists the
+/// bucket), until `stop` says so.
+async fn background_gc(
+    engine: Arc<Engine>,
+    interval: std::time::Duration,
+    grace: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if engine.meta().status().leader_id != Some(engine.node_id()) {
+            continue;
+        }
+        if let Err(e) = engine.collect_cold_garbage(grace).await {
+            tracing::warn!(error = %e.report(), "collecting the cold tier's garbage failed; it is retried later");
         }
     }
 }

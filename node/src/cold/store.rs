@@ -51,6 +51,12 @@ pub struct ColdConfig {
     /// the store does not fill the disk. `0`, the default, means four times `hot_bytes_max`. No limit applies when the
     /// background tierer is off.
     pub write_limit: ByteSize,
+    /// Objects of the cold tier that no manifest reaches (uploads of failed tierings, replaced manifests, dropped
+    /// tables) are deleted once they are older than this; a tiering that takes more than half of it gives up
+    /// before its commit, so nothing in flight is collected.
+    pub gc_grace: Millis,
+    /// How often the metadata leader collects the cold tier's garbage (`0`: never).
+    pub gc_interval: Millis,
 }
 
 impl Default for ColdConfig {
@@ -66,6 +72,8 @@ impl Default for ColdConfig {
             hot_bytes_max: ByteSize(0),
             tier_check_interval: Millis(30_000),
             write_limit: ByteSize(0),
+            gc_grace: Millis(6 * 3_600_000),
+            gc_interval: Millis(3_600_000),
         }
     }
 }
@@ -109,6 +117,7 @@ pub struct ColdStore {
     row_group_rows: usize,
     hot_bytes_max: u64,
     write_limit: u64,
+    gc_grace: std::time::Duration,
 }
 
 impl ColdStore {
@@ -174,6 +183,7 @@ impl ColdStore {
             row_group_rows: row_group_rows.max(1),
             hot_bytes_max: 0,
             write_limit: 0,
+            gc_grace: ColdConfig::default().gc_grace.duration(),
         }
     }
 
@@ -203,8 +213,14 @@ impl ColdStore {
         self.write_limit
     }
 
-    /// Takes the background tierer's limits from `config` (`hot_bytes_max`, `write_limit`).
+    /// The garbage collector's grace period (see [`ColdConfig::gc_grace`]).
+    pub fn gc_grace(&self) -> std::time::Duration {
+        self.gc_grace
+    }
+
+    /// Takes the background tierer's limits and the garbage collector's grace period from `config`.
     pub fn with_limits(mut self, config: &ColdConfig) -> Self {
+        self.gc_grace = config.gc_grace.duration();
         self.hot_bytes_max = config.hot_bytes_max.0;
         self.write_limit = match (config.hot_bytes_max.0, config.write_limit.0) {
             (0, _) => 0,

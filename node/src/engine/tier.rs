@@ -79,7 +79,7 @@ impl Engine {
     }
 
     /// Reads the manifest a pointer names, from this cluster's cold store.
-    async fn manifest_at(&self, location: &str) -> Result<Manifest> {
+    pub(super) async fn manifest_at(&self, location: &str) -> Result<Manifest> {
         cold::read_manifest(&self.cold_store()?, self.cold.display(), location).await
     }
 
@@ -262,6 +262,9 @@ impl Engine {
             let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
                 return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: current.version });
             };
+            // The garbage collector deletes unreferenced objects older than its grace period: this attempt's
+            // objects must be committed well within it.
+            let began = tokio::time::Instant::now();
 
             // 1. The file: the chunks' rows, in sequence order, under a name of its own.
             let mut batches = Vec::with_capacity(chunks.len());
@@ -281,6 +284,15 @@ impl Engine {
             loop {
                 let next = current.with_file(file.clone());
                 let location = cold::write_manifest(&store, &display, &next).await?;
+                if began.elapsed() > self.cold.gc_grace() / 2 {
+                    return Err(Error::ColdUnavailable {
+                        detail: format!(
+                            "tiering table \"{name}\" took longer than half of cold.gc_grace ({:?}); its upload is \
+                             left for the garbage collector and the rows stay hot: tier again",
+                            self.cold.gc_grace()
+                        ),
+                    });
+                }
                 let command = MetaCommand::SetShardManifest {
                     shard_id: shard.shard_id,
                     expected_version: pointer.as_ref().map(|p| p.version),

@@ -1,0 +1,186 @@
+//! Garbage collection of the cold tier: objects that no shard's manifest pointer reaches.
+//!
+//! Every object in the bucket has a name of its own (see [`crate::cold`]), so an object is garbage exactly when the
+//! current manifest of its shard neither is it nor lists it: uploads of tierings that failed before their commit,
+//! manifests of earlier versions and of commits that lost their compare-and-set, and everything of a dropped table.
+//! Such objects are deleted once they are older than the grace period (`cold.gc_grace`), which protects
+//! what is in flight: a tiering gives up before its commit if it has taken more than half the grace period since it
+//! began uploading, so its objects cannot be collected under it; a reader that read an older pointer finishes long
+//! before the grace period is over.
+//!
+//! The pointers and the catalog are read linearizably before the bucket is listed, so an object written after the
+//! read is young and kept. Any node may collect; the background collector runs on the metadata leader only, so that
+//! one node lists the bucket per interval.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use super::Engine;
+use crate::error::{Error, Result};
+
+/// What a collection deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Objects listed under the cluster's `tables/`.
+    pub listed: u64,
+    /// Objects deleted.
+    pub deleted: u64,
+    /// Bytes they held.
+    pub deleted_bytes: u64,
+}
+
+/// The table and shard ids of a key `tables/<table>/shards/<shard>/…` (the shard is `None` outside a shard).
+fn ids_of(key: &str) -> Option<(u64, Option<u64>)> {
+    let mut parts = key.split('/');
+    if parts.next()? != "tables" {
+        return None;
+    }
+    let table = parts.next()?.parse().ok()?;
+    let shard = match (parts.next(), parts.next()) {
+        (Some("shards"), Some(id)) => id.parse().ok(),
+        _ => None,
+    };
+    Some((table, shard))
+}
+
+impl Engine {
+    /// Deletes the cold tier's objects that no manifest pointer reaches and that are older than `grace`; see the
+    /// module docs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ColdUnavailable`] when the store cannot be listed or a current manifest cannot be read (nothing is
+    /// deleted then), and the metadata group's errors when the pointers cannot be read. A failed deletion is
+    /// logged and retried at the next collection.
+    pub async fn collect_cold_garbage(&self, grace: Duration) -> Result<GcReport> {
+        let store = self.cold_store()?;
+        let display = self.cold.display().to_string();
+        let (tables, pointers): (BTreeSet<u64>, BTreeMap<(u64, u64), Option<String>>) = self
+            .meta
+            .read_state(|s| {
+                let tables = s.catalog().tables().map(|t| t.id.0).collect();
+                let pointers = s
+                    .shards()
+                    .map(|r| ((r.table_id.0, r.shard_id.0), r.manifest.as_ref().map(|p| p.location.clone())))
+                    .collect();
+                (tables, pointers)
+            })
+            .await?;
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Utc::now().checked_sub_signed(grace).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let mut keep: HashSet<String> = HashSet::new();
+        for ((_, _), location) in pointers.iter().filter(|((t, _), _)| tables.contains(t)) {
+            let Some(location) = location else { continue };
+            let manifest = self.manifest_at(location).await?;
+            keep.insert(location.clone());
+            keep.extend(manifest.files.into_iter().map(|f| f.path));
+        }
+        let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };
+        let mut report = GcReport::default();
+        let mut doomed = Vec::new();
+        let mut listing = store.list(Some(&Path::from("tables")));
+        while let Some(object) = listing.next().await {
+            let object = object.map_err(failed)?;
+            report.listed += 1;
+            let key = object.location.to_string();
+            let Some((table, shard)) = ids_of(&key) else { continue };
+            if keep.contains(&key) || object.last_modified > cutoff {
+                continue;
+            }
+            // A live table's objects outside a shard the metadata knows are not ours to judge.
+            let known_shard = shard.is_some_and(|s| pointers.contains_key(&(table, s)));
+            if tables.contains(&table) && !known_shard {
+                continue;
+            }
+            doomed.push((object.location, object.size));
+        }
+        for (location, size) in doomed {
+            match store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    report.deleted += 1;
+                    report.deleted_bytes += size;
+                }
+                Err(e) => tracing::warn!(object = %location, error = %e, "deleting a cold-tier object failed"),
+            }
+        }
+        if report.deleted > 0 {
+            tracing::info!(deleted = report.deleted, bytes = report.deleted_bytes, "cold-tier garbage collected");
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::Int64Type;
+    use object_store::PutPayload;
+
+    use super::*;
+    use crate::engine::{EngineOptions, StorageLocation};
+
+    async fn sum(engine: &Engine) -> i64 {
+        let batches: Vec<RecordBatch> =
+            engine.execute_one("SELECT sum(x) FROM t").await.expect("query").collect().await.expect("rows");
+        batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    }
+
+    async fn keys(engine: &Engine) -> Vec<String> {
+        let store = engine.cold_store().expect("store");
+        let mut keys: Vec<String> =
+            store.list(None).map(|o| o.expect("object").location.to_string()).collect::<Vec<_>>().await;
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn keys_name_their_table_and_shard() {
+        assert_eq!(ids_of("tables/7/shards/9/data/n1-00-s3-00.parquet"), Some((7, Some(9))));
+        assert_eq!(ids_of("tables/7/other"), Some((7, None)));
+        assert_eq!(ids_of("tables/x/shards/9/a"), None);
+        assert_eq!(ids_of("elsewhere/7"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreferenced_objects_past_the_grace_period_go_and_every_row_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        let engine: Arc<Engine> =
+            Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(301, 500)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        // An upload whose tiering never committed.
+        let store = engine.cold_store().expect("store");
+        let orphan = Path::from("tables/1/shards/1/data/n1-0000000000000001-s9-00000000000000ff.parquet");
+        store.put(&orphan, PutPayload::from_static(b"left behind")).await.expect("put");
+        let before = keys(&engine).await;
+        assert_eq!(before.len(), 5, "two files, two manifests, the orphan: {before:?}");
+
+        let young = engine.collect_cold_garbage(Duration::from_secs(3600)).await.expect("gc");
+        assert_eq!((young.listed, young.deleted), (5, 0), "nothing is older than an hour");
+        let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
+        assert_eq!(report.deleted, 2, "the orphan and the first manifest: {report:?}");
+        let after = keys(&engine).await;
+        assert_eq!(after.len(), 3, "{after:?}");
+        assert!(!after.contains(&orphan.to_string()));
+        assert_eq!(sum(&engine).await, 500 * 501 / 2, "every row is still read");
+        engine.execute_one("INSERT INTO t VALUES (501)").await.expect("insert");
+        engine.tier("t").await.expect("tiering goes on");
+        assert_eq!(sum(&engine).await, 501 * 502 / 2);
+
+        // A dropped table's objects all go.
+        engine.execute_one("DROP TABLE t").await.expect("drop");
+        let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
+        assert_eq!(report.deleted, 5, "three files and the current manifest, plus the one replaced: {report:?}");
+        assert_eq!(keys(&engine).await, Vec::<String>::new());
+    }
+}
