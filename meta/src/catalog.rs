@@ -108,6 +108,14 @@ pub enum CatalogCommand {
         /// Succeed without change if the table does not exist.
         if_exists: bool,
     },
+    /// Changes a table's options (`ALTER TABLE … SET (…)` / `RESET (…)`): each key is set to its value, or removed
+    /// when the value is `None`.
+    SetTableOptions {
+        /// The table's name.
+        name: String,
+        /// The changes.
+        options: BTreeMap<String, Option<String>>,
+    },
 }
 
 /// What applying a [`CatalogCommand`] did.
@@ -117,6 +125,8 @@ pub enum CatalogOutcome {
     Created(TableDef),
     /// The table was dropped; its data must be removed.
     Dropped(TableDef),
+    /// The table's options changed.
+    Altered(TableDef),
     /// Nothing changed (`IF NOT EXISTS` / `IF EXISTS`).
     Unchanged,
 }
@@ -189,6 +199,17 @@ impl Catalog {
                 None if if_exists => Ok(CatalogOutcome::Unchanged),
                 None => Err(Error::TableNotFound { table: name }),
             },
+            CatalogCommand::SetTableOptions { name, options } => {
+                let def = self.tables.get_mut(&name).ok_or_else(|| Error::TableNotFound { table: name.clone() })?;
+                for (key, value) in options {
+                    match value {
+                        Some(v) => def.options.insert(key, v),
+                        None => def.options.remove(&key),
+                    };
+                }
+                self.version += 1;
+                Ok(CatalogOutcome::Altered(def.clone()))
+            }
         }
     }
 
@@ -268,6 +289,27 @@ mod tests {
         }
         assert_eq!(c.apply(cmd).expect("if not exists"), CatalogOutcome::Unchanged);
         assert_eq!(c.version(), 1);
+    }
+
+    #[test]
+    fn options_are_set_and_reset_and_an_unknown_table_is_refused() {
+        let mut c = Catalog::new();
+        c.apply(create("a")).expect("create");
+        let set = |pairs: &[(&str, Option<&str>)]| CatalogCommand::SetTableOptions {
+            name: "a".into(),
+            options: pairs.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
+        };
+        c.apply(set(&[("hot_bytes_max", Some("1GiB")), ("tier_after", Some("1h"))])).expect("set");
+        c.apply(set(&[("tier_after", None), ("hot_bytes_max", Some("2GiB"))])).expect("reset");
+        let options = &c.table("a").expect("a").options;
+        assert_eq!(options, &BTreeMap::from([("hot_bytes_max".to_string(), "2GiB".to_string())]));
+        assert_eq!(c.version(), 3);
+        let mut missing = set(&[("x", Some("1"))]);
+        if let CatalogCommand::SetTableOptions { name, .. } = &mut missing {
+            *name = "b".into();
+        }
+        assert_eq!(c.apply(missing).expect_err("unknown").kind(), ErrorKind::NotFound);
+        assert_eq!(c.version(), 3);
     }
 
     #[test]

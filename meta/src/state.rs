@@ -244,6 +244,7 @@ impl MetaState {
                 }
                 Ok(MetaOutcome::TableDropped { table, shards })
             }
+            CatalogOutcome::Altered(table) => Ok(MetaOutcome::TableAltered { table }),
             CatalogOutcome::Unchanged => Ok(MetaOutcome::Unchanged),
         }
     }

@@ -19,6 +19,7 @@
 
 pub mod copy;
 mod gc;
+mod options;
 mod registry;
 pub mod system;
 mod tier;
@@ -119,6 +120,8 @@ pub enum Command {
     CreateTable,
     /// CREATE EXTERNAL TABLE.
     CreateExternalTable,
+    /// ALTER TABLE.
+    AlterTable,
     /// CREATE VIEW.
     CreateView,
     /// DROP TABLE.
@@ -147,6 +150,7 @@ impl Command {
             Command::Delete => "DELETE",
             Command::Copy => "COPY",
             Command::CreateTable | Command::CreateExternalTable => "CREATE TABLE",
+            Command::AlterTable => "ALTER TABLE",
             Command::CreateView => "CREATE VIEW",
             Command::DropTable => "DROP TABLE",
             Command::DropView => "DROP VIEW",
@@ -295,8 +299,6 @@ pub struct Engine {
     /// The cold tier's store, and the same under this cluster's prefix once registered with DataFusion.
     cold: crate::cold::ColdStore,
     cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
-    /// Set when a table's cold view could not be loaded; the next statement retries.
-    cold_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -464,7 +466,6 @@ impl Engine {
             metrics,
             cold,
             cold_cluster: std::sync::Mutex::new(None),
-            cold_failed: std::sync::atomic::AtomicBool::new(false),
         };
         let mut chunks_by_table = chunks_by_table;
         {
@@ -832,18 +833,39 @@ impl Engine {
             ParsedStatement::DataFusion(s) => {
                 // Transaction control in any PostgreSQL spelling (BEGIN, BEGIN WORK, END, ABORT, …): statements
                 // autocommit, so these are accepted and change nothing.
-                if let Statement::Statement(inner) = &s {
-                    use datafusion::sql::sqlparser::ast::Statement as Sql;
-                    match inner.as_ref() {
+                let mut s = s;
+                let mut table_options = BTreeMap::new();
+                if let Statement::Statement(inner) = &mut s {
+                    use datafusion::sql::sqlparser::ast::{AlterTableOperation, CreateTableOptions, Statement as Sql};
+                    match inner.as_mut() {
                         Sql::StartTransaction { .. } => return Ok(QueryOutput::Done { command: Command::Begin }),
                         Sql::Commit { .. } => return Ok(QueryOutput::Done { command: Command::Commit }),
                         Sql::Rollback { .. } => return Ok(QueryOutput::Done { command: Command::Rollback }),
+                        // WITH (…) of CREATE TABLE: Quiver's table options, which DataFusion does not take.
+                        Sql::CreateTable(create) => {
+                            if let CreateTableOptions::With(with) = &create.table_options {
+                                table_options =
+                                    options::parse(with)?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+                                create.table_options = CreateTableOptions::None;
+                            }
+                        }
+                        Sql::AlterTable(alter) => {
+                            let [AlterTableOperation::SetOptionsParens { options: set }] = alter.operations.as_slice()
+                            else {
+                                return Err(Error::Unsupported {
+                                    what: "ALTER TABLE other than SET (table options)".into(),
+                                });
+                            };
+                            let changes = options::parse(set)?;
+                            let name = table_name_of(&alter.name)?;
+                            return self.alter_table_options(&name, changes).await;
+                        }
                         _ => {}
                     }
                 }
                 self.see_acknowledged_ddl().await?;
                 let plan = self.ctx.state().statement_to_plan(s).await?;
-                self.execute_plan(plan).await
+                self.execute_plan_with(plan, table_options).await
             }
             ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
         }
@@ -851,6 +873,24 @@ impl Engine {
 
     /// Executes a planned statement.
     async fn execute_plan(&self, plan: LogicalPlan) -> Result<QueryOutput> {
+        self.execute_plan_with(plan, BTreeMap::new()).await
+    }
+
+    /// Changes the options of native table `name` through the metadata group.
+    async fn alter_table_options(&self, name: &str, options: BTreeMap<String, Option<String>>) -> Result<QueryOutput> {
+        self.see_acknowledged_ddl().await?;
+        self.native_table(name)?;
+        let command = CatalogCommand::SetTableOptions { name: name.to_string(), options };
+        self.propose(MetaCommand::Catalog { command, shard_node: None }).await?;
+        Ok(QueryOutput::Done { command: Command::AlterTable })
+    }
+
+    /// Executes a planned statement; `table_options` are those of a CREATE TABLE.
+    async fn execute_plan_with(
+        &self,
+        plan: LogicalPlan,
+        table_options: BTreeMap<String, String>,
+    ) -> Result<QueryOutput> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let name = table_name(&create.name)?;
@@ -870,7 +910,7 @@ impl Engine {
                         columns,
                         primary_key,
                         kind: TableKind::Native,
-                        options: Default::default(),
+                        options: table_options,
                         if_not_exists: create.if_not_exists,
                     })
                     .await?;
@@ -1174,6 +1214,10 @@ fn number_question_marks(sql: &str) -> Option<String> {
     }
     out.push_str(&sql[last.min(sql.len())..]);
     Some(out)
+}
+
+fn table_name_of(name: &datafusion::sql::sqlparser::ast::ObjectName) -> Result<String> {
+    table_name(&datafusion::sql::planner::object_name_to_table_reference(name.clone(), true)?)
 }
 
 fn table_name(r: &datafusion::common::TableReference) -> Result<String> {

@@ -224,7 +224,8 @@ impl Server {
             let interval = config.cluster.heartbeat_interval.duration() * 10;
             tokio::spawn(cluster::keep_voters(engine.meta().clone(), interval, signal(rx.clone())))
         });
-        let tierer = (config.cold.hot_bytes_max.0 > 0).then(|| {
+        // Always: a table's own hot_bytes_max option can ask for tiering when the node-wide limit is off.
+        let tierer = (config.cold.tier_check_interval.0 > 0).then(|| {
             tokio::spawn(background_tierer(Arc::clone(&engine), config.cold.tier_check_interval.duration(), rx.clone()))
         });
         let collector = (config.cold.gc_interval.0 > 0).then(|| {

@@ -191,6 +191,8 @@ pub struct HotTable {
     cold: RwLock<ColdState>,
     /// Serializes DELETE, UPDATE and tiering of this table; inserts only add chunks and do not take it.
     pub(crate) dml_lock: tokio::sync::Mutex<()>,
+    /// Serializes loads of the cold view after a failure (`Engine::reload_unavailable_cold`).
+    pub(crate) cold_lock: tokio::sync::Mutex<()>,
     /// Why inserts are refused now (the cold tier cannot take rows past the write limit), if they are.
     refusal: Mutex<Option<String>>,
 }
@@ -219,6 +221,7 @@ impl HotTable {
             version: RwLock::new(Arc::new(list)),
             cold: RwLock::new(ColdState::Ready(Arc::default())),
             dml_lock: tokio::sync::Mutex::new(()),
+            cold_lock: tokio::sync::Mutex::new(()),
             refusal: Mutex::new(None),
         }
     }

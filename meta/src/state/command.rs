@@ -113,6 +113,11 @@ pub enum MetaOutcome {
         /// Its removed shards.
         shards: Vec<ShardId>,
     },
+    /// A table's options changed.
+    TableAltered {
+        /// The table as it is now.
+        table: TableDef,
+    },
     /// A node was registered for the first time.
     NodeRegistered {
         /// The node's id.

@@ -48,8 +48,8 @@ pub struct ColdConfig {
     pub tier_check_interval: Millis,
     /// While the background tierer cannot reach the store, inserts into a table are refused ("cold tier
     /// unavailable") once its hot rows on this node waiting to be tiered take more than this, so that an outage of
-    /// the store does not fill the disk. `0`, the default, means four times `hot_bytes_max`. No limit applies when the
-    /// background tierer is off.
+    /// the store does not fill the disk. `0`, the default, means four times the table's `hot_bytes_max` (its own, or
+    /// this section's). No limit applies to a table the background tierer does not tier.
     pub write_limit: ByteSize,
     /// Objects of the cold tier that no manifest reaches (uploads of failed tierings, replaced manifests, dropped
     /// tables) are deleted once they are older than this; a tiering that takes more than half of it gives up
@@ -207,8 +207,8 @@ impl ColdStore {
         self.hot_bytes_max
     }
 
-    /// The hot bytes waiting to be tiered past which inserts are refused while the store cannot be reached (0: no
-    /// limit; see [`ColdConfig::write_limit`]).
+    /// The hot bytes waiting to be tiered past which inserts are refused while the store cannot be reached (0: four
+    /// times the table's limit; see [`ColdConfig::write_limit`]).
     pub fn write_limit(&self) -> u64 {
         self.write_limit
     }
@@ -222,11 +222,7 @@ impl ColdStore {
     pub fn with_limits(mut self, config: &ColdConfig) -> Self {
         self.gc_grace = config.gc_grace.duration();
         self.hot_bytes_max = config.hot_bytes_max.0;
-        self.write_limit = match (config.hot_bytes_max.0, config.write_limit.0) {
-            (0, _) => 0,
-            (max, 0) => max.saturating_mul(4),
-            (_, limit) => limit,
-        };
+        self.write_limit = config.write_limit.0;
         self
     }
 }

@@ -22,6 +22,9 @@ use object_store::path::Path;
 use super::Engine;
 use crate::error::{Error, Result};
 
+/// Each shard's manifest pointer (its location), by table and shard id.
+type Pointers = BTreeMap<(u64, u64), Option<String>>;
+
 /// What a collection deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -59,7 +62,7 @@ impl Engine {
     pub async fn collect_cold_garbage(&self, grace: Duration) -> Result<GcReport> {
         let store = self.cold_store()?;
         let display = self.cold.display().to_string();
-        let (tables, pointers): (BTreeSet<u64>, BTreeMap<(u64, u64), Option<String>>) = self
+        let (tables, pointers): (BTreeSet<u64>, Pointers) = self
             .meta
             .read_state(|s| {
                 let tables = s.catalog().tables().map(|t| t.id.0).collect();

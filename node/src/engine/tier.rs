@@ -3,12 +3,11 @@
 //! the hot chunks), and loading a table's cold view when it is attached.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use object_store::ObjectStore;
 use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef};
 
-use super::Engine;
+use super::{Engine, options};
 use datafusion::common::ScalarValue;
 
 use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest};
@@ -27,6 +26,9 @@ pub struct TierReport {
     /// The shard's manifest version after the commit.
     pub manifest_version: u64,
 }
+
+/// The longest a statement waits for another's load of a table's cold view.
+const COLD_RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often a tiering retries its commit when another node moved the manifest pointer meanwhile.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -65,7 +67,6 @@ impl Engine {
             Ok(view) => ColdState::Ready(Arc::new(view)),
             Err(e) => {
                 tracing::warn!(table = %def.name, error = %e.report(), "the cold tier of the table cannot be read");
-                self.cold_failed.store(true, Ordering::Relaxed);
                 ColdState::Unavailable(e.report())
             }
         }
@@ -105,15 +106,24 @@ impl Engine {
         self.hot.read().expect("hot table map poisoned").values().cloned().collect()
     }
 
-    /// Retries loading the cold view of tables whose last load failed (the store was unreachable).
+    /// Retries loading the cold view of tables whose last load failed (the store was unreachable). Loads of one
+    /// table are serialized, and a load installs its result under the table's lock, so a load that started while the
+    /// store was down and ends late cannot undo a later one that succeeded (the simulation found a table whose scans
+    /// failed after the store was back, because a stalled load from the outage landed last). A statement waits for a
+    /// load in flight at most [`COLD_RELOAD_WAIT`], so that an outage of the store does not hold up statements.
     pub(crate) async fn reload_unavailable_cold(&self) {
-        if !self.cold_failed.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let tables = self.hot_tables();
-        for table in tables {
-            if matches!(table.cold(), ColdState::Unavailable(_)) {
-                table.set_cold(self.cold_state_of(table.def()).await);
+        for table in self.hot_tables() {
+            if !matches!(table.cold(), ColdState::Unavailable(_)) {
+                continue;
+            }
+            let Ok(_loading) = tokio::time::timeout(COLD_RELOAD_WAIT, table.cold_lock.lock()).await else { continue };
+            if !matches!(table.cold(), ColdState::Unavailable(_)) {
+                continue;
+            }
+            let state = self.cold_state_of(table.def()).await;
+            let ready = matches!(state, ColdState::Ready(_));
+            table.set_cold(state);
+            if ready {
                 self.remove_tiered_chunks(&table).await;
             }
         }
@@ -164,28 +174,41 @@ impl Engine {
             match self.manifest_at(&pointer.location).await {
                 Ok(manifest) => self.adopt(&table, &manifest).await,
                 Err(e) => {
-                    // Scans of the table fail, naming the problem, until the next statement loads it.
+                    // Scans of the table fail, naming the problem, until a statement loads it, unless a load
+                    // reached the pointer meanwhile.
                     tracing::warn!(table = %table.def().name, error = %e.report(), "the cold tier of the table cannot be read");
-                    self.cold_failed.store(true, Ordering::Relaxed);
-                    table.set_cold(ColdState::Unavailable(e.report()));
+                    let _loading = table.cold_lock.lock().await;
+                    if !matches!(table.cold(), ColdState::Ready(v) if v.version >= pointer.version) {
+                        table.set_cold(ColdState::Unavailable(e.report()));
+                    }
                 }
             }
         }
     }
 
-    /// The background tierer's round: tiers every table whose hot rows on this node take more than `hot_bytes_max`
-    /// (the `[cold]` setting when `None`); returns the tables tiered. A table that fails (the store is down) is
-    /// logged and left hot; the next round tries again. While it fails, inserts into a table whose hot rows waiting
-    /// to be tiered pass `cold.write_limit` are refused; the first round that tiers it (or finds it under the
-    /// limits) lets them in again.
+    /// The background tierer's round: tiers every table whose hot rows on this node take more than its
+    /// `hot_bytes_max` (the table's option, else `hot_bytes_max` when given, else the `[cold]` setting; 0: never);
+    /// returns the tables tiered. A table that fails (the store is down) is logged and left hot; the next round
+    /// tries again. While it fails, inserts into a table whose hot rows waiting to be tiered pass the write limit
+    /// (`cold.write_limit`, or four times the table's `hot_bytes_max`) are refused; the first round that tiers it (or
+    /// finds it under the limits) lets them in again.
     pub async fn tier_over_limit(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
-        let limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
-        if limit == 0 {
-            return Vec::new();
-        }
-        let write_limit = self.cold.write_limit();
+        let default_limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
+        let catalog = self.catalog();
         let mut tiered = Vec::new();
         for table in self.hot_tables() {
+            let def = table.def();
+            let own =
+                catalog.table(&def.name).filter(|d| d.id == def.id).and_then(|d| options::hot_bytes_max(&d.options));
+            let limit = own.unwrap_or(default_limit);
+            if limit == 0 {
+                table.refuse_writes(None);
+                continue;
+            }
+            let write_limit = match self.cold.write_limit() {
+                0 => limit.saturating_mul(4),
+                set => set,
+            };
             // Chunks a cold view covers are skipped by scans and removed; without a view, count every chunk.
             let through = match table.cold() {
                 ColdState::Ready(view) => view.hot_through,
@@ -204,7 +227,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
-                    let refuse = (write_limit > 0 && hot > write_limit).then(|| {
+                    let refuse = (hot > write_limit).then(|| {
                         format!(
                             "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, more \
                              than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
@@ -546,6 +569,41 @@ mod tests {
         assert_eq!(tiered.len(), 1, "{tiered:?}");
         insert(&engine, 301, 400).await;
         assert_eq!(totals(&engine).await, expected(400));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_table_option_sets_the_tables_own_hot_limit_and_alter_table_changes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE a (x BIGINT NOT NULL) WITH (hot_bytes_max = '1KiB')").await.expect("a");
+        engine.execute_one("CREATE TABLE b (x BIGINT NOT NULL)").await.expect("b");
+        for t in ["a", "b"] {
+            engine
+                .execute_one(&format!("INSERT INTO {t} SELECT value FROM generate_series(1, 2000)"))
+                .await
+                .expect("insert");
+        }
+        let names = |tiered: Vec<(String, TierReport)>| tiered.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(engine.tier_over_limit(None).await), ["a"], "only a has a limit");
+        let output = engine.execute_one("ALTER TABLE b SET (hot_bytes_max = 1024)").await.expect("alter");
+        assert!(matches!(output, crate::engine::QueryOutput::Done { command: crate::engine::Command::AlterTable }));
+        assert_eq!(engine.catalog().table("b").expect("b").options["hot_bytes_max"], "1024");
+        assert_eq!(names(engine.tier_over_limit(None).await), ["b"]);
+        engine.execute_one("ALTER TABLE a SET (hot_bytes_max = '0')").await.expect("alter");
+        engine.execute_one("INSERT INTO a SELECT value FROM generate_series(1, 2000)").await.expect("insert");
+        assert!(engine.tier_over_limit(None).await.is_empty(), "0: never by size");
+        engine.execute_one("ALTER TABLE a SET (hot_bytes_max = DEFAULT)").await.expect("reset");
+        assert!(engine.catalog().table("a").expect("a").options.is_empty());
+
+        let e = engine.execute_one("ALTER TABLE nope SET (hot_bytes_max = 1)").await.expect_err("unknown");
+        assert!(e.to_string().contains("\"nope\" does not exist"), "{e}");
+        let e = engine.execute_one("ALTER TABLE a SET (hot_bytes_max = 'much')").await.expect_err("bad");
+        assert!(e.to_string().contains("much"), "{e}");
+        let e = engine.execute_one("ALTER TABLE a ADD COLUMN y INT").await.expect_err("other alters");
+        assert!(e.to_string().contains("not supported"), "{e}");
+        let e = engine.execute_one("CREATE TABLE c (x INT) WITH (ttl = '7d')").await.expect_err("ttl");
+        assert!(e.to_string().contains("ttl"), "{e}");
+        assert!(engine.catalog().table("c").is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,116 @@
+//! Table options: `CREATE TABLE … WITH (key = value, …)` and `ALTER TABLE … SET (key = value, …)`, kept in the
+//! table's catalog entry (replicated through Raft), so every node tiers a table by the same policy.
+//!
+//! | option | value | meaning |
+//! |---|---|---|
+//! | `hot_bytes_max` | a size (`'1GiB'`, `'64MiB'`, bytes) | the background tierer moves the table's hot rows on a node once they take more than this; overrides `[cold] hot_bytes_max` for the table (`'0'`: never by size) |
+//!
+//! `SET (key = DEFAULT)` removes an option. `tier_after` and `ttl` are recognised and refused until chunks carry
+//! their age.
+
+use std::collections::BTreeMap;
+
+use datafusion::sql::sqlparser::ast::{Expr, SqlOption, Value};
+
+use crate::config::ByteSize;
+use crate::error::{Error, Result};
+
+/// The size past which the background tierer moves a table's hot rows.
+pub(crate) const HOT_BYTES_MAX: &str = "hot_bytes_max";
+
+/// Options that are planned and refused for now, with the reason.
+const NOT_YET: [(&str, &str); 2] = [
+    ("tier_after", "tiering by age needs chunks that carry their age; use hot_bytes_max"),
+    ("ttl", "retention is not implemented yet"),
+];
+
+/// The changes `options` ask for (a `None` value removes the option), checked.
+///
+/// # Errors
+///
+/// [`Error::Unsupported`] for an option that is not a `key = value` pair, an unknown key, or a key not supported
+/// yet; [`Error::Plan`] for a value of the wrong form.
+pub(crate) fn parse(options: &[SqlOption]) -> Result<BTreeMap<String, Option<String>>> {
+    let mut out = BTreeMap::new();
+    for option in options {
+        let SqlOption::KeyValue { key, value } = option else {
+            return Err(Error::Unsupported { what: format!("table option {option}") });
+        };
+        let key = key.value.to_lowercase();
+        let text = match value {
+            Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case("default") => None,
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+                Value::Number(n, _) => Some(n.clone()),
+                other => return Err(bad_value(&key, &other.to_string())),
+            },
+            other => return Err(bad_value(&key, &other.to_string())),
+        };
+        if let Some((_, why)) = NOT_YET.iter().find(|(k, _)| *k == key) {
+            return Err(Error::Unsupported { what: format!("table option {key} ({why})") });
+        }
+        match (key.as_str(), &text) {
+            (HOT_BYTES_MAX, Some(t)) => {
+                t.parse::<ByteSize>().map_err(|e| bad_value(&key, &e))?;
+            }
+            (HOT_BYTES_MAX, None) => {}
+            _ => {
+                return Err(Error::Unsupported {
+                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, tier_after, ttl)"),
+                });
+            }
+        }
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+fn bad_value(key: &str, detail: &str) -> Error {
+    Error::Plan { message: format!("table option {key}: {detail}") }
+}
+
+/// The table's own `hot_bytes_max`, if it has one (an unreadable value, which `parse` never lets in: none).
+pub(crate) fn hot_bytes_max(options: &BTreeMap<String, String>) -> Option<u64> {
+    options.get(HOT_BYTES_MAX).and_then(|t| t.parse::<ByteSize>().ok()).map(|b| b.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn options_of(sql: &str) -> Vec<SqlOption> {
+        use datafusion::sql::sqlparser::ast::{AlterTableOperation, CreateTableOptions, Statement};
+        match Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse").remove(0) {
+            Statement::CreateTable(ct) => match ct.table_options {
+                CreateTableOptions::With(o) => o,
+                other => panic!("{other:?}"),
+            },
+            Statement::AlterTable(at) => match &at.operations[0] {
+                AlterTableOperation::SetOptionsParens { options } => options.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_defaults_reset_and_unknown_keys_are_refused() {
+        let parsed = parse(&options_of("CREATE TABLE t (x INT) WITH (hot_bytes_max = '1GiB')")).expect("parse");
+        assert_eq!(parsed, BTreeMap::from([(HOT_BYTES_MAX.to_string(), Some("1GiB".to_string()))]));
+        let stored = BTreeMap::from([(HOT_BYTES_MAX.to_string(), "1GiB".to_string())]);
+        assert_eq!(hot_bytes_max(&stored), Some(1 << 30));
+        let parsed = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = 4096)")).expect("number");
+        assert_eq!(parsed[HOT_BYTES_MAX].as_deref(), Some("4096"));
+        let parsed = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = DEFAULT)")).expect("default");
+        assert_eq!(parsed[HOT_BYTES_MAX], None);
+        let e = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = 'lots')")).expect_err("bad size").to_string();
+        assert!(e.contains("hot_bytes_max") && e.contains("lots"), "{e}");
+        let e = parse(&options_of("CREATE TABLE t (x INT) WITH (colour = 'red')")).expect_err("unknown").to_string();
+        assert!(e.contains("colour") && e.contains("known: hot_bytes_max"), "{e}");
+        let e = parse(&options_of("CREATE TABLE t (x INT) WITH (tier_after = '1h')")).expect_err("not yet").to_string();
+        assert!(e.contains("tier_after") && e.contains("age"), "{e}");
+    }
+}
