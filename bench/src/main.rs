@@ -23,29 +23,12 @@ enum Command {
         postgres: Option<String>,
     },
     /// Runs the 22 TPC-H queries over Flight SQL and in DataFusion on Parquet; seconds and ratios.
-    Tpch {
-        /// TPC-H scale factor.
-        #[arg(long, default_value_t = 1.0)]
-        sf: f64,
-        /// Runs per query; the best is reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Only these queries (comma-separated numbers).
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
-    },
+    Tpch(TpchArgs),
     /// TPC-H with every table tiered to a local directory and to a loopback S3 server (moto), after a restart and
     /// warm, beside the hot store; seconds, ratios and GET requests.
     Tier {
-        /// TPC-H scale factor.
-        #[arg(long, default_value_t = 1.0)]
-        sf: f64,
-        /// Warm runs per query (and hot runs); the best is reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Only these queries (comma-separated numbers).
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
+        #[command(flatten)]
+        tpch: TpchArgs,
         /// Skip the S3 store (no python3 -m moto.server needed).
         #[arg(long)]
         no_s3: bool,
@@ -66,6 +49,27 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_enum, default_values_t = [meta::Workload::Heartbeat, meta::Workload::CreateTable])]
         workload: Vec<meta::Workload>,
     },
+}
+
+/// What a TPC-H run takes: scale, runs per query (the best is reported; for `tier`, the hot and the warm runs),
+/// and which queries.
+#[derive(Debug, clap::Args)]
+struct TpchArgs {
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 1.0)]
+    sf: f64,
+    /// Runs per query; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only these queries (comma-separated numbers; all 22 when none).
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<usize>,
+}
+
+impl TpchArgs {
+    fn queries(&self) -> Vec<usize> {
+        if self.queries.is_empty() { (1..=22).collect() } else { self.queries.clone() }
+    }
 }
 
 #[tokio::main]
@@ -102,14 +106,14 @@ async fn main() -> anyhow::Result<()> {
                 println!("{:<32} {:>12} {:>10.2} {:>14.0} {:>10}", m.path, m.rows, m.seconds, m.rows_per_s(), ratio);
             }
         }
-        Command::Tpch { sf, runs, queries } => {
+        Command::Tpch(args) => {
+            let (sf, runs, which) = (args.sf, args.runs, args.queries());
             eprintln!("generating TPC-H at SF {sf} …");
             let tables = data::all(sf);
             let server = Running::start(&dir.path().join("quiver")).await?;
             tpch::load_quiver(&server, &tables).await?;
             let ctx = tpch::parquet_context(dir.path(), &tables).await?;
             drop(tables);
-            let which: Vec<usize> = if queries.is_empty() { (1..=22).collect() } else { queries };
             let timings = tpch::run_all(&server, &ctx, &which, runs).await?;
             server.stop().await;
             println!(
@@ -132,10 +136,10 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{:>5} {q:>12.3} {d:>14.3} {:>7.2}x", "total", q / d);
         }
-        Command::Tier { sf, runs, queries, no_s3 } => {
+        Command::Tier { tpch: args, no_s3 } => {
+            let (sf, runs, which) = (args.sf, args.runs, args.queries());
             eprintln!("generating TPC-H at SF {sf} …");
             let tables = data::all(sf);
-            let which: Vec<usize> = if queries.is_empty() { (1..=22).collect() } else { queries };
             let local =
                 tier::run_store(&dir.path().join("local"), "local directory", None, &tables, &which, runs).await?;
             print!("{}", tier::render(&local));

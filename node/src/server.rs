@@ -226,11 +226,15 @@ impl Server {
         });
         // Always: a table's own hot_bytes_max option can ask for tiering when the node-wide limit is off.
         let tierer = (config.cold.tier_check_interval.0 > 0).then(|| {
-            tokio::spawn(background_tierer(Arc::clone(&engine), config.cold.tier_check_interval.duration(), rx.clone()))
+            let engine = Arc::clone(&engine);
+            tokio::spawn(every(config.cold.tier_check_interval.duration(), rx.clone(), move || {
+                tier_round(Arc::clone(&engine))
+            }))
         });
         let collector = (config.cold.gc_interval.0 > 0).then(|| {
             let (interval, grace) = (config.cold.gc_interval.duration(), config.cold.gc_grace.duration());
-            tokio::spawn(background_gc(Arc::clone(&engine), interval, grace, rx.clone()))
+            let engine = Arc::clone(&engine);
+            tokio::spawn(every(interval, rx.clone(), move || gc_round(Arc::clone(&engine), grace)))
         });
         #[cfg(not(madsim))]
         let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
@@ -264,43 +268,36 @@ impl Server {
     }
 }
 
-/// Tiers, every `interval`, the tables whose hot rows on this node exceed `cold.hot_bytes_max`, until `stop` says
-/// stop (a round in progress finishes first).
-async fn background_tierer(
-    engine: Arc<Engine>,
-    interval: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Runs `round` every `interval` until `stop` says stop (a round in progress finishes first).
+async fn every<F, Fut>(interval: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        for (table, report) in engine.tier_over_limit(None).await {
-            tracing::debug!(table, rows = report.rows, bytes = report.bytes, "background tiering");
-        }
+        round().await;
     }
 }
 
-/// Collects the cold tier's garbage every `interval` while this node leads the metadata group (one node lists the
-/// bucket), until `stop` says so.
-async fn background_gc(
-    engine: Arc<Engine>,
-    interval: std::time::Duration,
-    grace: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if engine.meta().status().leader_id != Some(engine.node_id()) {
-            continue;
-        }
-        if let Err(e) = engine.collect_cold_garbage(grace).await {
-            tracing::warn!(error = %e.report(), "collecting the cold tier's garbage failed; it is retried later");
-        }
+/// The background tierer's round: tiers the tables whose hot rows on this node exceed their limit.
+async fn tier_round(engine: Arc<Engine>) {
+    for (table, report) in engine.tier_over_limit(None).await {
+        tracing::debug!(table, rows = report.rows, bytes = report.bytes, "background tiering");
+    }
+}
+
+/// The garbage collector's round: collects the cold tier's garbage while this node leads the metadata group (one
+/// node lists the bucket).
+async fn gc_round(engine: Arc<Engine>, grace: std::time::Duration) {
+    if engine.meta().status().leader_id != Some(engine.node_id()) {
+        return;
+    }
+    if let Err(e) = engine.collect_cold_garbage(grace).await {
+        tracing::warn!(error = %e.report(), "collecting the cold tier's garbage failed; it is retried later");
     }
 }
 
