@@ -1,9 +1,10 @@
 //! The cold-tier benchmark: TPC-H with every table tiered to an object store, beside the same queries on the hot
 //! store of the same server, in the same run.
 //!
-//! For each store: load the tables, time each query on the hot store (best of `runs`), tier every table, restart the
-//! server (so nothing of the cold tier is cached in memory), then time each query once (cold caches) and `runs` more
-//! times (warm: the best is kept), counting the object-store GET requests of the first and of the last run. The
+//! For each store: load the tables, time each query on the hot store (best of `runs`), tier every table, stop the
+//! server and empty its read cache's disk tier, start it again and time each query once (cold: nothing cached) and
+//! `runs` more times (warm: the best is kept); then restart once more and time each query once (restart: what the
+//! disk tier kept). The object-store GET requests of the cold, the last warm and the restart run are counted. The
 //! answers after tiering must equal those before.
 
 use std::path::Path;
@@ -32,6 +33,10 @@ pub struct TierTiming {
     pub warm_gets: u64,
     /// Bytes those GETs returned.
     pub warm_get_bytes: u64,
+    /// Seconds of the one run after a second restart (the disk tier of the read cache kept).
+    pub restart_s: f64,
+    /// GET requests of that run.
+    pub restart_gets: u64,
     /// Whether the answers from the cold tier equal the hot answers.
     pub same_answer: bool,
 }
@@ -84,6 +89,8 @@ pub async fn run_store(
         }
         hot.push((best, answer));
     }
+    let hot_answers: std::collections::HashMap<usize, Vec<String>> =
+        which.iter().zip(&hot).map(|(&q, (_, answer))| (q, answer.clone())).collect();
     let started = Instant::now();
     let (mut rows_tiered, mut bytes_tiered) = (0, 0);
     for t in tables {
@@ -94,8 +101,12 @@ pub async fn run_store(
     }
     let tier_s = started.elapsed().as_secs_f64();
     server.stop().await;
+    let cache_dir = dir.join("cold-cache");
+    if cache_dir.exists() {
+        std::fs::remove_dir_all(&cache_dir)?;
+    }
 
-    let server = Running::start_with(dir, cold).await?;
+    let server = Running::start_with(dir, cold.clone()).await?;
     let mut timings = Vec::new();
     for (&q, (hot_s, hot_answer)) in which.iter().zip(hot) {
         let (cold_s, answer, cold_gets, _) = timed(&server, q).await?;
@@ -107,7 +118,25 @@ pub async fn run_store(
             (warm_gets, warm_get_bytes) = (gets, bytes);
             same_answer &= answer == hot_answer;
         }
-        timings.push(TierTiming { query: q, hot_s, cold_s, warm_s, cold_gets, warm_gets, warm_get_bytes, same_answer });
+        timings.push(TierTiming {
+            query: q,
+            hot_s,
+            cold_s,
+            warm_s,
+            cold_gets,
+            warm_gets,
+            warm_get_bytes,
+            restart_s: 0.0,
+            restart_gets: 0,
+            same_answer,
+        });
+    }
+    server.stop().await;
+    let server = Running::start_with(dir, cold).await?;
+    for t in &mut timings {
+        let (s, answer, gets, _) = timed(&server, t.query).await?;
+        (t.restart_s, t.restart_gets) = (s, gets);
+        t.same_answer &= answer == hot_answers[&t.query];
     }
     server.stop().await;
     Ok(StoreRun { label: label.to_string(), rows_tiered, bytes_tiered, tier_s, timings })
@@ -127,36 +156,52 @@ pub fn render(run: &StoreRun) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>5}",
-        "query", "hot (s)", "cold (s)", "warm (s)", "cold/hot", "warm/hot", "GETs cold", "GETs warm", "same"
+        "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "query",
+        "hot (s)",
+        "cold (s)",
+        "warm (s)",
+        "cold/hot",
+        "warm/hot",
+        "rest/hot",
+        "GETs cold",
+        "GETs warm",
+        "GETs rest",
+        "same"
     );
-    let (mut hot, mut cold, mut warm, mut gets_cold, mut gets_warm) = (0.0, 0.0, 0.0, 0, 0);
+    let (mut hot, mut cold, mut warm, mut restart) = (0.0, 0.0, 0.0, 0.0);
+    let (mut gets_cold, mut gets_warm, mut gets_restart) = (0, 0, 0);
     for t in &run.timings {
         hot += t.hot_s;
         cold += t.cold_s;
         warm += t.warm_s;
+        restart += t.restart_s;
         gets_cold += t.cold_gets;
         gets_warm += t.warm_gets;
+        gets_restart += t.restart_gets;
         let _ = writeln!(
             out,
-            "{:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.2}x {:>8.2}x {:>9} {:>10} {:>5}",
+            "{:>5} {:>9.3} {:>9.3} {:>9.3} {:>8.2}x {:>8.2}x {:>8.2}x {:>9} {:>9} {:>9} {:>5}",
             t.query,
             t.hot_s,
             t.cold_s,
             t.warm_s,
             t.cold_s / t.hot_s,
             t.warm_s / t.hot_s,
+            t.restart_s / t.hot_s,
             t.cold_gets,
             t.warm_gets,
+            t.restart_gets,
             t.same_answer
         );
     }
     let _ = writeln!(
         out,
-        "{:>5} {hot:>9.3} {cold:>9.3} {warm:>9.3} {:>8.2}x {:>8.2}x {gets_cold:>9} {gets_warm:>10}",
+        "{:>5} {hot:>9.3} {cold:>9.3} {warm:>9.3} {:>8.2}x {:>8.2}x {:>8.2}x {gets_cold:>9} {gets_warm:>9} {gets_restart:>9}",
         "total",
         cold / hot,
-        warm / hot
+        warm / hot,
+        restart / hot
     );
     out
 }

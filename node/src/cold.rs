@@ -26,6 +26,7 @@
 //! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout),
 //! [`metered`] (counting requests and bytes).
 
+pub mod cache;
 pub mod manifest;
 pub mod metered;
 pub mod store;

@@ -296,9 +296,12 @@ pub struct Engine {
     hot: Arc<RwLock<HashMap<String, Arc<HotTable>>>>,
     ctx: SessionContext,
     metrics: Arc<Metrics>,
-    /// The cold tier's store, and the same under this cluster's prefix once registered with DataFusion.
+    /// The cold tier's store, and the same under this cluster's prefix, metered and cached, once registered with
+    /// DataFusion; scans find it through `cold_reads`.
     cold: crate::cold::ColdStore,
     cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
+    cold_cache: crate::cold::cache::ReadCache,
+    cold_reads: Arc<crate::query::cold::ColdReads>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -438,6 +441,8 @@ impl Engine {
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         // TIMESTAMPTZ means a UTC-normalized timestamp, as in PostgreSQL.
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
+        let cold_reads = Arc::new(crate::query::cold::ColdReads::default());
+        let config = config.with_extension(Arc::clone(&cold_reads));
         let ctx = SessionContext::new_with_config(config);
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
@@ -453,6 +458,8 @@ impl Engine {
             Some(store) => store.clone().with_limits(&options.cold),
             None => crate::cold::ColdStore::open(&options.cold, data_dir.as_deref())?,
         };
+        let cache_settings = options.cold.cache_settings(data_dir.as_deref());
+        let cold_cache = crate::cold::cache::ReadCache::open(&cache_settings, Arc::clone(&metrics.cold_cache)).await?;
         let engine = Engine {
             location,
             tables,
@@ -466,6 +473,8 @@ impl Engine {
             metrics,
             cold,
             cold_cluster: std::sync::Mutex::new(None),
+            cold_cache,
+            cold_reads,
         };
         let mut chunks_by_table = chunks_by_table;
         {
@@ -575,6 +584,7 @@ impl Engine {
     /// Fails when a Raft task had panicked.
     pub async fn shutdown(&self) -> Result<()> {
         self.meta.shutdown().await?;
+        self.cold_cache.close().await;
         Ok(())
     }
 

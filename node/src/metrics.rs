@@ -142,6 +142,8 @@ pub struct Metrics {
     pub rows_tiered: Counter,
     /// Requests to the cold tier's object store and their bytes.
     pub cold_io: std::sync::Arc<crate::cold::metered::IoCounters>,
+    /// The cold tier's read cache.
+    pub cold_cache: std::sync::Arc<crate::cold::cache::CacheCounters>,
     /// Bytes written to the hot store (keys and values).
     pub hot_bytes_written: Counter,
     /// Bytes of chunk data read from the hot store.
@@ -263,6 +265,24 @@ impl Metrics {
             "Bytes written to the cold tier's object store.",
             io.put_bytes,
         );
+        let cache = &self.cold_cache;
+        for (name, help, value) in [
+            ("quiver_cold_cache_hits_total", "Cold-file blocks scans found in the read cache.", &cache.hits),
+            ("quiver_cold_cache_misses_total", "Cold-file blocks scans fetched from the store.", &cache.misses),
+            (
+                "quiver_cold_cache_evictions_total",
+                "Blocks evicted from the read cache's memory tier.",
+                &cache.evictions,
+            ),
+            ("quiver_cold_cache_filled_bytes_total", "Bytes reads put into the read cache.", &cache.filled_bytes),
+            (
+                "quiver_cold_cache_written_bytes_total",
+                "Bytes of uploads written through to the read cache.",
+                &cache.written_bytes,
+            ),
+        ] {
+            counter(&mut out, name, help, value.get());
+        }
         counter(&mut out, "quiver_statements_total", "SQL statements executed.", self.statements.get());
         counter(
             &mut out,

@@ -1,5 +1,6 @@
 //! Query execution on DataFusion: the table provider of hot tables, its scan, and DELETE/UPDATE.
 
+pub(crate) mod cold;
 pub(crate) mod concat;
 pub(crate) mod dml;
 pub(crate) mod provider;

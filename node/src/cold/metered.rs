@@ -189,7 +189,7 @@ const MERGE_GAP: u64 = 1024 * 1024;
 const PARALLEL_GETS: usize = 10;
 
 /// `ranges` sorted and merged where they overlap or lie less than [`MERGE_GAP`] apart.
-fn merge_ranges(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
+pub(crate) fn merge_ranges(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
     let mut sorted = ranges.to_vec();
     sorted.sort_unstable_by_key(|r| r.start);
     let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());

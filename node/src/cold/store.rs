@@ -16,6 +16,7 @@ use object_store::prefix::PrefixStore;
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::CacheSettings;
 use crate::config::{ByteSize, Millis};
 use crate::error::Error;
 
@@ -57,6 +58,13 @@ pub struct ColdConfig {
     pub gc_grace: Millis,
     /// How often the metadata leader collects the cold tier's garbage (`0`: never).
     pub gc_interval: Millis,
+    /// The read cache's memory tier: bytes of cold-file blocks kept in memory (`0`: none).
+    pub cache_memory: ByteSize,
+    /// The read cache's disk tier: bytes of cold-file blocks kept on local disk, across restarts (`0`: none). Unset:
+    /// 4 GiB for a bucket (`s3://`, `gs://`, `az://`), none for a local directory or memory, which are read directly.
+    pub cache_disk: Option<ByteSize>,
+    /// The directory of the disk tier. Empty: `cold-cache` in the data directory.
+    pub cache_dir: String,
 }
 
 impl Default for ColdConfig {
@@ -74,7 +82,25 @@ impl Default for ColdConfig {
             write_limit: ByteSize(0),
             gc_grace: Millis(6 * 3_600_000),
             gc_interval: Millis(3_600_000),
+            cache_memory: ByteSize(256 << 20),
+            cache_disk: None,
+            cache_dir: String::new(),
         }
+    }
+}
+
+impl ColdConfig {
+    /// The read cache these settings ask for, for a node whose data directory is `data_dir` (`None`: in memory,
+    /// where the disk tier needs `cache_dir`).
+    pub fn cache_settings(&self, data_dir: Option<&std::path::Path>) -> CacheSettings {
+        let remote = parse(&self.store).is_ok_and(|(scheme, _, _)| scheme != "file");
+        let dir = match (self.cache_dir.as_str(), data_dir) {
+            ("", Some(data)) => Some(data.join("cold-cache")),
+            ("", None) => None,
+            (dir, _) => Some(PathBuf::from(dir)),
+        };
+        let disk = self.cache_disk.map(|b| b.0).unwrap_or(if remote { 4 << 30 } else { 0 });
+        CacheSettings { memory_bytes: self.cache_memory.0, disk_bytes: if dir.is_some() { disk } else { 0 }, dir }
     }
 }
 

@@ -44,10 +44,14 @@ impl Engine {
             .meta
             .read_local(|s| s.cluster_id().map(str::to_string))
             .ok_or_else(|| Error::Internal("the database has no cluster id yet".into()))?;
-        let store: Arc<dyn ObjectStore> = Arc::new(cold::metered::MeteredStore::new(
+        let metered: Arc<dyn ObjectStore> = Arc::new(cold::metered::MeteredStore::new(
             self.cold.for_cluster(&cluster_id),
             Arc::clone(&self.metrics.cold_io),
         ));
+        let name = format!("{}/quiver/{cluster_id}", self.cold.display());
+        let cached = Arc::new(cold::cache::CachedStore::new(metered, self.cold_cache.clone(), &name));
+        self.cold_reads.set(Arc::clone(&cached));
+        let store: Arc<dyn ObjectStore> = cached;
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(cold::OBJECT_STORE_URL)?;
         self.ctx.runtime_env().register_object_store(url.as_ref(), Arc::clone(&store));
         *registered = Some(Arc::clone(&store));
@@ -392,7 +396,11 @@ mod tests {
     use crate::engine::{EngineOptions, StorageLocation};
 
     async fn open(dir: &std::path::Path) -> Arc<Engine> {
-        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        open_with(dir, ColdConfig::default()).await
+    }
+
+    async fn open_with(dir: &std::path::Path, cold: ColdConfig) -> Arc<Engine> {
+        let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
         Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
     }
 
@@ -418,8 +426,13 @@ mod tests {
 
     /// A database in a new directory whose table `t (x BIGINT)` holds `1..=rows`.
     async fn table_t(rows: i64) -> (tempfile::TempDir, Arc<Engine>) {
+        table_t_with(rows, ColdConfig::default()).await
+    }
+
+    /// [`table_t`] with the given `[cold]` settings.
+    async fn table_t_with(rows: i64, cold: ColdConfig) -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open(dir.path()).await;
+        let engine = open_with(dir.path(), cold).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, rows).await;
         (dir, engine)
@@ -440,7 +453,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scans_skip_files_that_filters_rule_out_and_read_each_footer_once() {
-        let (_dir, engine) = table_t(300).await;
+        // Without the read cache, so that every block a scan reads is a GET.
+        let no_cache = ColdConfig { cache_memory: crate::config::ByteSize(0), ..ColdConfig::default() };
+        let (_dir, engine) = table_t_with(300, no_cache).await;
         engine.tier("t").await.expect("tier 1..=300");
         insert(&engine, 301, 600).await;
         engine.tier("t").await.expect("tier 301..=600");
@@ -465,6 +480,62 @@ mod tests {
         assert_eq!((none, no_gets), ((0, 0), 0), "no file can match");
         let (nulls, _) = filtered(&engine, "x IS NULL").await;
         assert_eq!(nulls, (0, 0));
+    }
+
+    /// The text of EXPLAIN ANALYZE of `sql`, and the GETs the node made meanwhile.
+    async fn explain_analyze(engine: &Engine, sql: &str) -> (String, u64) {
+        let before = engine.metrics().cold_io.totals();
+        let batches: Vec<RecordBatch> = engine
+            .execute_one(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .expect("explain")
+            .collect()
+            .await
+            .expect("rows");
+        let text = arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
+        (text, engine.metrics().cold_io.totals().since(&before).gets)
+    }
+
+    /// A metric's value in an EXPLAIN ANALYZE text.
+    fn metric(text: &str, name: &str) -> u64 {
+        let re = regex::Regex::new(&format!(r"\b{name}=(\d+)")).expect("regex");
+        re.captures(text).and_then(|c| c[1].parse().ok()).unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_read_cache_serves_tiered_files_across_restarts_and_explain_analyze_shows_each_scans_requests() {
+        let cold = ColdConfig { cache_disk: Some(crate::config::ByteSize(64 << 20)), ..ColdConfig::default() };
+        let (dir, engine) = table_t_with(300, cold.clone()).await;
+        engine.tier("t").await.expect("tier");
+        let sql = "SELECT count(*), sum(x) FROM t WHERE x > 0";
+        // The tiered file was written through to the cache: no GET.
+        let (text, gets) = explain_analyze(&engine, sql).await;
+        assert!(text.contains("ColdScanExec"), "{text}");
+        assert_eq!((gets, metric(&text, "bucket_gets")), (0, 0), "{text}");
+        assert!(metric(&text, "cache_hits") > 0, "{text}");
+        assert_eq!(totals(&engine).await, expected(300));
+
+        // Restarted: the disk tier still has the file.
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open_with(dir.path(), cold.clone()).await;
+        let (text, gets) = explain_analyze(&engine, sql).await;
+        assert_eq!((gets, metric(&text, "bucket_gets")), (0, 0), "{text}");
+        assert_eq!(totals(&engine).await, expected(300));
+
+        // Restarted with the cache gone: the scan's GETs are the node's, and the next scan is served from memory.
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        std::fs::remove_dir_all(dir.path().join("cold-cache")).expect("remove the cache");
+        let engine = open_with(dir.path(), cold).await;
+        let (text, gets) = explain_analyze(&engine, sql).await;
+        assert!(gets > 0, "{text}");
+        assert_eq!(metric(&text, "bucket_gets"), gets, "{text}");
+        assert!(metric(&text, "cache_misses") > 0 && metric(&text, "bucket_get_bytes") > 0, "{text}");
+        let (text, gets) = explain_analyze(&engine, sql).await;
+        assert_eq!((gets, metric(&text, "bucket_gets"), metric(&text, "cache_misses")), (0, 0, 0), "{text}");
+        let rendered = engine.metrics().render(0, 0, &Default::default());
+        assert!(rendered.contains("quiver_cold_cache_hits_total"), "{rendered}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,18 +20,12 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
-
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 
 use super::concat::ConcatExec;
 use super::scan::ChunkScanExec;
-use crate::cold::{ColdState, ColdView, FileBounds};
+use crate::cold::ColdState;
 use crate::error::Error;
 use crate::table::{Chunk, HotTable};
 
@@ -57,7 +51,7 @@ impl HotTableProvider {
 }
 
 /// Which of the containers (chunks, files) that `statistics` describes `filters` may match; `None`: all of them.
-fn prune(
+pub(super) fn prune(
     state: &dyn Session,
     schema: &SchemaRef,
     filters: &[Expr],
@@ -89,50 +83,6 @@ pub(crate) fn prune_chunks(
         None => chunks.to_vec(),
         Some(keep) => chunks.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| Arc::clone(c)).collect(),
     })
-}
-
-/// The scan of a table's cold files that `filters` may match (judged by the manifest's statistics): Parquet with
-/// the projection pushed down and the filters as a predicate that prunes row groups and pages (DataFusion still
-/// applies the filters above). Footers are cached in memory by DataFusion's file metadata cache.
-fn cold_scan(
-    state: &dyn Session,
-    schema: &SchemaRef,
-    view: &ColdView,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
-) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-    let keep = prune(state, schema, filters, &FileStatistics { schema, view })?;
-    let files: Vec<PartitionedFile> = view
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
-        .map(|(_, f)| PartitionedFile::new(f.path.clone(), f.bytes))
-        .collect();
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let partitions = state.config().target_partitions().max(1);
-    let per_group = files.len().div_ceil(partitions);
-    let groups: Vec<FileGroup> = files.chunks(per_group.max(1)).map(|g| FileGroup::new(g.to_vec())).collect();
-    let url = ObjectStoreUrl::parse(crate::cold::OBJECT_STORE_URL)?;
-    let runtime = state.runtime_env();
-    let readers = CachedParquetFileReaderFactory::new(
-        runtime.object_store(&url)?,
-        runtime.cache_manager.get_file_metadata_cache(),
-    );
-    let mut source = ParquetSource::new(Arc::clone(schema)).with_parquet_file_reader_factory(Arc::new(readers));
-    if let Some(predicate) = conjunction(filters.iter().cloned()) {
-        let df_schema = DFSchema::try_from(Arc::clone(schema))?;
-        source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-    }
-    let config = FileScanConfigBuilder::new(url, Arc::new(source))
-        .with_file_groups(groups)
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
-    Ok(Some(DataSourceExec::from_data_source(config)))
 }
 
 #[async_trait]
@@ -186,7 +136,7 @@ impl TableProvider for HotTableProvider {
             partitions,
             limit,
         ));
-        let Some(cold_scan) = cold_scan(state, &schema, &cold, projection, filters, limit)? else {
+        let Some(cold_scan) = super::cold::cold_scan(state, &schema, &cold, projection, filters, limit)? else {
             return Ok(hot_scan);
         };
         if partitions <= 1 {
@@ -244,46 +194,6 @@ impl PruningStatistics for ChunkStatistics<'_> {
 
     fn row_counts(&self) -> Option<ArrayRef> {
         Some(Arc::new(UInt64Array::from_iter_values(self.chunks.iter().map(|c| c.meta.rows))))
-    }
-
-    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
-        None
-    }
-}
-
-/// Per-file statistics from the manifest, in the shape DataFusion's pruning wants.
-struct FileStatistics<'a> {
-    schema: &'a SchemaRef,
-    view: &'a ColdView,
-}
-
-impl FileStatistics<'_> {
-    fn values(&self, column: &Column, pick: impl Fn(&FileBounds, usize) -> ScalarValue) -> Option<ArrayRef> {
-        let i = self.schema.index_of(&column.name).ok()?;
-        ScalarValue::iter_to_array(self.view.bounds.iter().map(|b| pick(b, i))).ok()
-    }
-}
-
-impl PruningStatistics for FileStatistics<'_> {
-    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.values(column, |b, i| b.min[i].clone())
-    }
-
-    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.values(column, |b, i| b.max[i].clone())
-    }
-
-    fn num_containers(&self) -> usize {
-        self.view.files.len()
-    }
-
-    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        let i = self.schema.index_of(&column.name).ok()?;
-        Some(Arc::new(UInt64Array::from_iter(self.view.bounds.iter().map(|b| b.nulls[i]))))
-    }
-
-    fn row_counts(&self) -> Option<ArrayRef> {
-        Some(Arc::new(UInt64Array::from_iter_values(self.view.files.iter().map(|f| f.rows))))
     }
 
     fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
