@@ -43,7 +43,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-pub use self::manifest::{ColdFile, ColumnStats, Manifest};
+pub use self::manifest::{ColdFile, ColumnStats, Manifest, WrittenRange};
 pub use self::store::{ColdConfig, ColdStore, check_url};
 use crate::error::{Error, Result};
 

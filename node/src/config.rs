@@ -212,7 +212,8 @@ impl std::str::FromStr for Millis {
             "s" => 1000,
             "m" | "min" => 60_000,
             "h" => 3_600_000,
-            other => return Err(format!("unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m, h)")),
+            "d" => 86_400_000,
+            other => return Err(format!("unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m, h, d)")),
         };
         n.checked_mul(mult).map(Millis).ok_or_else(|| format!("duration \"{s}\" is too long"))
     }

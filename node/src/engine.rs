@@ -21,6 +21,7 @@ pub mod copy;
 mod gc;
 mod options;
 mod registry;
+mod retention;
 pub mod system;
 mod tier;
 
@@ -43,6 +44,7 @@ use quiver_meta::{
 
 pub use copy::CopyFormat;
 use registry::TableRegistry;
+pub use retention::ExpireReport;
 pub use tier::TierReport;
 
 use crate::error::{Error, Result};

@@ -24,6 +24,7 @@ extern crate madsim_tonic as tonic;
 mod blocking;
 #[cfg(not(madsim))]
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod cold;
 pub mod config;

@@ -283,9 +283,9 @@ where
     }
 }
 
-/// The background tierer's round: tiers the tables whose hot rows on this node exceed their limit.
+/// The background tierer's round: applies each table's tiering and retention policy on this node.
 async fn tier_round(engine: Arc<Engine>) {
-    for (table, report) in engine.tier_over_limit(None).await {
+    for (table, report) in engine.apply_tier_policies(None).await {
         tracing::debug!(table, rows = report.rows, bytes = report.bytes, "background tiering");
     }
 }

@@ -458,7 +458,7 @@ impl HotTable {
     fn encode_chunk(&self, batch: &RecordBatch, out: &mut WriteBatch) -> Result<(u64, ChunkMeta)> {
         let seq = self.tables.allocate_seq();
         let data = chunk::encode_data(batch)?;
-        let meta = chunk::compute_meta(batch, data.len() as u64);
+        let meta = chunk::compute_meta(batch, data.len() as u64, crate::clock::unix_ms());
         out.put(keys::data_key(self.def.id, seq), data);
         Ok((seq, meta))
     }

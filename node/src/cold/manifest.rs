@@ -48,6 +48,19 @@ pub struct ColdFile {
     /// Per column of the manifest's schema, in order: what scans prune files by (empty: nothing known).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<ColumnStats>,
+    /// When its rows were written, oldest and newest, in milliseconds since the Unix epoch: what `tier_after` and
+    /// `ttl` judge. `None` in files tiered before chunks carried their age (such files never expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_ms: Option<WrittenRange>,
+}
+
+/// When the rows of a file were written, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenRange {
+    /// The oldest row's.
+    pub min: u64,
+    /// The newest row's.
+    pub max: u64,
 }
 
 /// A column's statistics in one file: the minimum and maximum as text (Arrow's cast of the value to a string, kept
@@ -145,6 +158,15 @@ impl Manifest {
         next
     }
 
+    /// The next version, without the files at `paths` (expired by retention); the marks stay, so their hot chunks
+    /// are not read again.
+    pub fn without_files(&self, paths: &[String]) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        next.files.retain(|f| !paths.contains(&f.path));
+        next
+    }
+
     /// Where one writing of version `version` of this shard's manifest is stored (`nonce`: random per writing).
     pub fn path_of(table_id: u64, shard_id: u64, version: u64, nonce: u64) -> String {
         format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}-{nonce:016x}.json")
@@ -189,7 +211,7 @@ mod tests {
     fn file(node: u64, max_seq: u64) -> ColdFile {
         let store = node * 1000;
         let path = Manifest::data_path(7, 9, node, store, max_seq, 0xab);
-        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq, columns: Vec::new() }
+        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq, columns: Vec::new(), written_ms: None }
     }
 
     #[test]

@@ -4,25 +4,26 @@
 //! | option | value | meaning |
 //! |---|---|---|
 //! | `hot_bytes_max` | a size (`'1GiB'`, `'64MiB'`, bytes) | the background tierer moves the table's hot rows on a node once they take more than this; overrides `[cold] hot_bytes_max` for the table (`'0'`: never by size) |
+//! | `tier_after` | a duration (`'1h'`, `'30m'`, `'7d'`) | the background tierer moves hot rows once they were written this long ago |
+//! | `ttl` | a duration, more than 0 | rows written longer ago than this are dropped, hot chunks and cold files alike (see [`super::retention`]) |
 //!
-//! `SET (key = DEFAULT)` removes an option. `tier_after` and `ttl` are recognised and refused until chunks carry
-//! their age.
+//! `SET (key = DEFAULT)` removes an option.
 
 use std::collections::BTreeMap;
 
 use datafusion::sql::sqlparser::ast::{Expr, SqlOption, Value};
 
-use crate::config::ByteSize;
+use crate::config::{ByteSize, Millis};
 use crate::error::{Error, Result};
 
 /// The size past which the background tierer moves a table's hot rows.
 pub(crate) const HOT_BYTES_MAX: &str = "hot_bytes_max";
 
-/// Options that are planned and refused for now, with the reason.
-const NOT_YET: [(&str, &str); 2] = [
-    ("tier_after", "tiering by age needs chunks that carry their age; use hot_bytes_max"),
-    ("ttl", "retention is not implemented yet"),
-];
+/// The age past which the background tierer moves a table's hot rows.
+pub(crate) const TIER_AFTER: &str = "tier_after";
+
+/// The age past which a table's rows are dropped.
+pub(crate) const TTL: &str = "ttl";
 
 /// The changes `options` ask for (a `None` value removes the option), checked.
 ///
@@ -46,17 +47,23 @@ pub(crate) fn parse(options: &[SqlOption]) -> Result<BTreeMap<String, Option<Str
             },
             other => return Err(bad_value(&key, &other.to_string())),
         };
-        if let Some((_, why)) = NOT_YET.iter().find(|(k, _)| *k == key) {
-            return Err(Error::Unsupported { what: format!("table option {key} ({why})") });
-        }
         match (key.as_str(), &text) {
             (HOT_BYTES_MAX, Some(t)) => {
                 t.parse::<ByteSize>().map_err(|e| bad_value(&key, &e))?;
             }
-            (HOT_BYTES_MAX, None) => {}
+            (TIER_AFTER, Some(t)) => {
+                t.parse::<Millis>().map_err(|e| bad_value(&key, &e))?;
+            }
+            (TTL, Some(t)) => {
+                let ttl = t.parse::<Millis>().map_err(|e| bad_value(&key, &e))?;
+                if ttl.0 == 0 {
+                    return Err(bad_value(&key, "must be more than 0 (SET (ttl = DEFAULT) keeps rows forever)"));
+                }
+            }
+            (HOT_BYTES_MAX | TIER_AFTER | TTL, None) => {}
             _ => {
                 return Err(Error::Unsupported {
-                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, tier_after, ttl)"),
+                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, {TIER_AFTER}, {TTL})"),
                 });
             }
         }
@@ -72,6 +79,16 @@ fn bad_value(key: &str, detail: &str) -> Error {
 /// The table's own `hot_bytes_max`, if it has one (an unreadable value, which `parse` never lets in: none).
 pub(crate) fn hot_bytes_max(options: &BTreeMap<String, String>) -> Option<u64> {
     options.get(HOT_BYTES_MAX).and_then(|t| t.parse::<ByteSize>().ok()).map(|b| b.0)
+}
+
+/// The table's `tier_after` in milliseconds, if it has one.
+pub(crate) fn tier_after(options: &BTreeMap<String, String>) -> Option<u64> {
+    options.get(TIER_AFTER).and_then(|t| t.parse::<Millis>().ok()).map(|m| m.0)
+}
+
+/// The table's `ttl` in milliseconds, if it has one.
+pub(crate) fn ttl(options: &BTreeMap<String, String>) -> Option<u64> {
+    options.get(TTL).and_then(|t| t.parse::<Millis>().ok()).map(|m| m.0).filter(|&ms| ms > 0)
 }
 
 #[cfg(test)]
@@ -109,8 +126,13 @@ mod tests {
         let e = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = 'lots')")).expect_err("bad size").to_string();
         assert!(e.contains("hot_bytes_max") && e.contains("lots"), "{e}");
         let e = parse(&options_of("CREATE TABLE t (x INT) WITH (colour = 'red')")).expect_err("unknown").to_string();
-        assert!(e.contains("colour") && e.contains("known: hot_bytes_max"), "{e}");
-        let e = parse(&options_of("CREATE TABLE t (x INT) WITH (tier_after = '1h')")).expect_err("not yet").to_string();
-        assert!(e.contains("tier_after") && e.contains("age"), "{e}");
+        assert!(e.contains("colour") && e.contains("known: hot_bytes_max, tier_after, ttl"), "{e}");
+        let parsed = parse(&options_of("CREATE TABLE t (x INT) WITH (tier_after = '1h', ttl = '30d')")).expect("ages");
+        let stored: BTreeMap<String, String> = parsed.into_iter().map(|(k, v)| (k, v.expect("value"))).collect();
+        assert_eq!((tier_after(&stored), ttl(&stored)), (Some(3_600_000), Some(30 * 86_400_000)));
+        let e = parse(&options_of("ALTER TABLE t SET (tier_after = 'soon')")).expect_err("bad age").to_string();
+        assert!(e.contains("tier_after") && e.contains("soon"), "{e}");
+        let e = parse(&options_of("ALTER TABLE t SET (ttl = '0')")).expect_err("no ttl of 0").to_string();
+        assert!(e.contains("ttl") && e.contains("more than 0"), "{e}");
     }
 }

@@ -10,7 +10,7 @@ use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef
 use super::{Engine, options};
 use datafusion::common::ScalarValue;
 
-use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest};
+use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest, WrittenRange};
 use crate::error::{Error, Result};
 use crate::table::{Chunk, HotTable};
 
@@ -58,7 +58,7 @@ impl Engine {
         Ok(store)
     }
 
-    fn shard_of(&self, def: &TableDef) -> Result<ShardRecord> {
+    pub(super) fn shard_of(&self, def: &TableDef) -> Result<ShardRecord> {
         self.meta
             .read_local(|s| s.table_shards(def.id).next().cloned())
             .ok_or_else(|| Error::Internal(format!("table \"{}\" has no shard", def.name)))
@@ -134,7 +134,7 @@ impl Engine {
     }
 
     /// The shard's current manifest pointer (read linearizably) and manifest (empty before the first commit).
-    async fn shard_manifest(
+    pub(super) async fn shard_manifest(
         &self,
         table: &HotTable,
         shard: &ShardRecord,
@@ -151,7 +151,7 @@ impl Engine {
     }
 
     /// Makes `manifest` the table's cold view on this node when it is newer, and removes the hot chunks it covers.
-    async fn adopt(&self, table: &Arc<HotTable>, manifest: &Manifest) {
+    pub(super) async fn adopt(&self, table: &Arc<HotTable>, manifest: &Manifest) {
         if matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
             return;
         }
@@ -190,48 +190,63 @@ impl Engine {
         }
     }
 
-    /// The background tierer's round: tiers every table whose hot rows on this node take more than its
-    /// `hot_bytes_max` (the table's option, else `hot_bytes_max` when given, else the `[cold]` setting; 0: never);
-    /// returns the tables tiered. A table that fails (the store is down) is logged and left hot; the next round
-    /// tries again. While it fails, inserts into a table whose hot rows waiting to be tiered pass the write limit
-    /// (`cold.write_limit`, or four times the table's `hot_bytes_max`) are refused; the first round that tiers it (or
-    /// finds it under the limits) lets them in again.
-    pub async fn tier_over_limit(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
+    /// The background tierer's round: applies each table's policy on this node (the table's options, else
+    /// `hot_bytes_max` when given, else the `[cold]` setting) and returns the tables tiered:
+    ///
+    /// - `ttl`: rows written longer ago are dropped ([`Engine::expire`]);
+    /// - `hot_bytes_max`: once the table's hot rows take more than this, all of them are tiered (0: never by size);
+    /// - `tier_after`: hot rows written longer ago than this are tiered.
+    ///
+    /// A table that fails (the store is down) is logged and left hot; the next round tries again. While it fails,
+    /// inserts into a table whose hot rows waiting to be tiered pass the write limit (`cold.write_limit`, or four
+    /// times the table's `hot_bytes_max`) are refused; the first round that tiers it (or finds it within its
+    /// policy) lets them in again.
+    pub async fn apply_tier_policies(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
         let default_limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
         let catalog = self.catalog();
+        let now = crate::clock::unix_ms();
         let mut tiered = Vec::new();
         for table in self.hot_tables() {
             let def = table.def();
-            let own =
-                catalog.table(&def.name).filter(|d| d.id == def.id).and_then(|d| options::hot_bytes_max(&d.options));
-            let limit = own.unwrap_or(default_limit);
-            if limit == 0 {
-                table.refuse_writes(None);
-                continue;
+            let name = def.name.clone();
+            let table_options =
+                catalog.table(&def.name).filter(|d| d.id == def.id).map(|d| d.options.clone()).unwrap_or_default();
+            if let Some(ttl) = options::ttl(&table_options)
+                && let Err(e) = self.expire(&name, now.saturating_sub(ttl)).await
+            {
+                tracing::warn!(table = %name, error = %e.report(), "retention failed; it is retried next round");
             }
-            let write_limit = match self.cold.write_limit() {
-                0 => limit.saturating_mul(4),
-                set => set,
-            };
+            let limit = options::hot_bytes_max(&table_options).unwrap_or(default_limit);
+            let aged_before = options::tier_after(&table_options).map(|after| now.saturating_sub(after));
             // Chunks a cold view covers are skipped by scans and removed; without a view, count every chunk.
             let through = match table.cold() {
                 ColdState::Ready(view) => view.hot_through,
                 ColdState::Unavailable(_) => 0,
             };
-            let hot: u64 = table.version().iter().filter(|c| c.seq > through).map(|c| c.meta.data_bytes).sum();
-            if hot <= limit {
+            let waiting: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > through).cloned().collect();
+            let hot: u64 = waiting.iter().map(|c| c.meta.data_bytes).sum();
+            let over = limit > 0 && hot > limit;
+            let aged = aged_before.is_some_and(|before| waiting.iter().any(|c| c.meta.written_ms <= before));
+            if !over && !aged {
                 table.refuse_writes(None);
                 continue;
             }
-            let name = table.def().name.clone();
-            match self.tier(&name).await {
+            let result = if over { self.tier(&name).await } else { self.tier_written_before(&name, aged_before).await };
+            match result {
                 Ok(report) => {
                     table.refuse_writes(None);
-                    tiered.push((name, report));
+                    if report.rows > 0 {
+                        tiered.push((name, report));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
-                    let refuse = (hot > write_limit).then(|| {
+                    let write_limit = match (self.cold.write_limit(), limit) {
+                        (0, 0) => None,
+                        (0, limit) => Some(limit.saturating_mul(4)),
+                        (set, _) => Some(set),
+                    };
+                    let refuse = write_limit.filter(|&w| hot > w).map(|write_limit| {
                         format!(
                             "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, more \
                              than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
@@ -257,6 +272,13 @@ impl Engine {
     /// [`Error::TableNotFound`] for an unknown table, [`Error::ColdUnavailable`] when the object store fails (the
     /// rows stay hot), and the metadata group's errors when the commit cannot be made.
     pub async fn tier(&self, name: &str) -> Result<TierReport> {
+        self.tier_written_before(name, None).await
+    }
+
+    /// [`Engine::tier`] of the chunks written at or before `cutoff` (milliseconds since the Unix epoch; `None`: all):
+    /// the longest run of them from the oldest chunk on, since the cold view's mark covers every chunk numbered below
+    /// it.
+    async fn tier_written_before(&self, name: &str, cutoff: Option<u64>) -> Result<TierReport> {
         self.see_acknowledged_ddl().await?;
         self.reload_unavailable_cold().await;
         let table = self.native_table(name)?;
@@ -284,8 +306,13 @@ impl Engine {
             // Only chunks below every number an insert in progress may still commit (read before the version): the
             // mark must not cover a chunk that appears later.
             let settled_below = table.settled_below();
-            let chunks: Vec<Arc<Chunk>> =
+            let mut chunks: Vec<Arc<Chunk>> =
                 table.version().iter().filter(|c| c.seq > mark && c.seq < settled_below).cloned().collect();
+            if let Some(cutoff) = cutoff {
+                chunks.sort_by_key(|c| c.seq);
+                let aged = chunks.iter().take_while(|c| c.meta.written_ms <= cutoff).count();
+                chunks.truncate(aged);
+            }
             let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
                 return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: current.version });
             };
@@ -304,7 +331,12 @@ impl Engine {
             let bytes =
                 cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
             let columns = file_columns(&chunks, schema.fields().len());
-            let file = ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq, columns };
+            let written_ms = Some(WrittenRange {
+                min: chunks.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
+                max: chunks.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
+            });
+            let file =
+                ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq, columns, written_ms };
 
             // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between
             // means reading its manifest and trying again.
@@ -393,7 +425,7 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     use crate::cold::ColdConfig;
-    use crate::engine::{EngineOptions, StorageLocation};
+    use crate::engine::{EngineOptions, ExpireReport, StorageLocation};
 
     async fn open(dir: &std::path::Path) -> Arc<Engine> {
         open_with(dir, ColdConfig::default()).await
@@ -628,7 +660,7 @@ mod tests {
         let away = dir.path().join("bucket.away");
         std::fs::rename(&bucket, &away).expect("move the bucket away");
         std::fs::write(&bucket, b"not a directory").expect("file");
-        assert!(engine.tier_over_limit(None).await.is_empty(), "tiering fails");
+        assert!(engine.apply_tier_policies(None).await.is_empty(), "tiering fails");
         let e = engine.execute_one("INSERT INTO t VALUES (301)").await.expect_err("refused");
         let text = e.report();
         assert!(text.contains("cold tier unavailable") && text.contains("cold.write_limit"), "{text}");
@@ -636,7 +668,7 @@ mod tests {
         // The store is back: the next round tiers the table and inserts resume.
         std::fs::remove_file(&bucket).expect("remove the file");
         std::fs::rename(&away, &bucket).expect("bring the bucket back");
-        let tiered = engine.tier_over_limit(None).await;
+        let tiered = engine.apply_tier_policies(None).await;
         assert_eq!(tiered.len(), 1, "{tiered:?}");
         insert(&engine, 301, 400).await;
         assert_eq!(totals(&engine).await, expected(400));
@@ -655,14 +687,14 @@ mod tests {
                 .expect("insert");
         }
         let names = |tiered: Vec<(String, TierReport)>| tiered.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        assert_eq!(names(engine.tier_over_limit(None).await), ["a"], "only a has a limit");
+        assert_eq!(names(engine.apply_tier_policies(None).await), ["a"], "only a has a limit");
         let output = engine.execute_one("ALTER TABLE b SET (hot_bytes_max = 1024)").await.expect("alter");
         assert!(matches!(output, crate::engine::QueryOutput::Done { command: crate::engine::Command::AlterTable }));
         assert_eq!(engine.catalog().table("b").expect("b").options["hot_bytes_max"], "1024");
-        assert_eq!(names(engine.tier_over_limit(None).await), ["b"]);
+        assert_eq!(names(engine.apply_tier_policies(None).await), ["b"]);
         engine.execute_one("ALTER TABLE a SET (hot_bytes_max = '0')").await.expect("alter");
         engine.execute_one("INSERT INTO a SELECT value FROM generate_series(1, 2000)").await.expect("insert");
-        assert!(engine.tier_over_limit(None).await.is_empty(), "0: never by size");
+        assert!(engine.apply_tier_policies(None).await.is_empty(), "0: never by size");
         engine.execute_one("ALTER TABLE a SET (hot_bytes_max = DEFAULT)").await.expect("reset");
         assert!(engine.catalog().table("a").expect("a").options.is_empty());
 
@@ -672,9 +704,72 @@ mod tests {
         assert!(e.to_string().contains("much"), "{e}");
         let e = engine.execute_one("ALTER TABLE a ADD COLUMN y INT").await.expect_err("other alters");
         assert!(e.to_string().contains("not supported"), "{e}");
-        let e = engine.execute_one("CREATE TABLE c (x INT) WITH (ttl = '7d')").await.expect_err("ttl");
+        let e = engine.execute_one("CREATE TABLE c (x INT) WITH (ttl = '0s')").await.expect_err("ttl");
         assert!(e.to_string().contains("ttl"), "{e}");
         assert!(engine.catalog().table("c").is_none());
+    }
+
+    /// The time now, with the clock moved on past it before and after, so that rows written before and after the
+    /// mark have times on their own side of it.
+    async fn mark() -> u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        let now = crate::clock::unix_ms();
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        now
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tier_after_moves_rows_by_age_and_ttl_drops_expired_rows_hot_and_cold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL) WITH (tier_after = '1h')").await.expect("create");
+        insert(&engine, 1, 100).await;
+        let first = mark().await;
+        insert(&engine, 101, 200).await;
+        assert!(engine.apply_tier_policies(None).await.is_empty(), "no row is an hour old");
+
+        // Only the chunks written before the mark (a run from the oldest on).
+        let report = engine.tier_written_before("t", Some(first)).await.expect("tier by age");
+        assert_eq!(report.rows, 100);
+        assert_eq!(totals(&engine).await, expected(200));
+        let files = |engine: &Arc<Engine>| match engine.native_table("t").expect("t").cold() {
+            ColdState::Ready(view) => view.files.clone(),
+            ColdState::Unavailable(why) => panic!("{why}"),
+        };
+        let written = files(&engine)[0].written_ms.expect("the file knows its rows' age");
+        assert!(written.min <= written.max && written.max <= first, "{written:?} vs {first}");
+
+        // tier_after = 0: everything settled is old enough.
+        engine.execute_one("ALTER TABLE t SET (tier_after = '0')").await.expect("alter");
+        let tiered = engine.apply_tier_policies(None).await;
+        assert_eq!(tiered.iter().map(|(n, r)| (n.as_str(), r.rows)).collect::<Vec<_>>(), [("t", 100)]);
+        let second = mark().await;
+        engine.execute_one("ALTER TABLE t SET (tier_after = DEFAULT)").await.expect("alter");
+        insert(&engine, 201, 300).await;
+
+        // Retention: the first file only, then after a restart everything else, hot and cold.
+        let dropped = engine.expire("t", first).await.expect("expire");
+        assert_eq!(dropped, ExpireReport { chunks: 0, hot_rows: 0, files: 1, cold_rows: 100 });
+        let rest = |from: i64, to: i64| (to - from + 1, (from..=to).sum::<i64>(), to - from + 1);
+        assert_eq!(totals(&engine).await, rest(101, 300));
+        engine.execute_one("ALTER TABLE t SET (ttl = '1h')").await.expect("ttl");
+        assert!(engine.apply_tier_policies(None).await.is_empty());
+        assert_eq!(totals(&engine).await, rest(101, 300), "no row is an hour old");
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open(dir.path()).await;
+        assert_eq!(totals(&engine).await, rest(101, 300), "expired rows stay expired after a restart");
+        assert_eq!(
+            engine.expire("t", second).await.expect("expire"),
+            ExpireReport { chunks: 0, hot_rows: 0, files: 1, cold_rows: 100 }
+        );
+        assert_eq!(totals(&engine).await, rest(201, 300));
+        let dropped = engine.expire("t", crate::clock::unix_ms() + 1).await.expect("expire");
+        assert_eq!((dropped.chunks, dropped.hot_rows, dropped.files), (1, 100, 0));
+        let batches: Vec<RecordBatch> =
+            engine.execute_one("SELECT count(*) FROM t").await.expect("count").collect().await.expect("rows");
+        assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+        assert!(files(&engine).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,14 +780,14 @@ mod tests {
         engine.execute_one("CREATE TABLE small (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, 2000).await;
         engine.execute_one("INSERT INTO small VALUES (1), (2)").await.expect("insert");
-        assert!(engine.tier_over_limit(None).await.is_empty(), "off unless a limit is set");
+        assert!(engine.apply_tier_policies(None).await.is_empty(), "off unless a limit is set");
         let hot_bytes: u64 = engine.hot_table("t").expect("t").version().iter().map(|c| c.meta.data_bytes).sum();
-        let tiered = engine.tier_over_limit(Some(hot_bytes / 2)).await;
+        let tiered = engine.apply_tier_policies(Some(hot_bytes / 2)).await;
         let names: Vec<&str> = tiered.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["t"], "only the table over the limit");
         assert_eq!(tiered[0].1.rows, 2000);
         assert_eq!(totals(&engine).await, expected(2000));
-        assert!(engine.tier_over_limit(Some(hot_bytes / 2)).await.is_empty(), "nothing hot is left over the limit");
+        assert!(engine.apply_tier_policies(Some(hot_bytes / 2)).await.is_empty(), "nothing hot is left over the limit");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,7 +860,16 @@ mod tests {
         let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
         let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
         let columns = file_columns(&chunks, 1);
-        let file = ColdFile { path, node: engine.node_id, store: engine.store_id, rows, bytes, max_seq, columns };
+        let file = ColdFile {
+            path,
+            node: engine.node_id,
+            store: engine.store_id,
+            rows,
+            bytes,
+            max_seq,
+            columns,
+            written_ms: None,
+        };
         let manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
         let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");

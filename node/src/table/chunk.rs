@@ -4,12 +4,14 @@
 //!
 //! - its **data**: one Arrow IPC stream holding one record batch, with LZ4-compressed buffers. Columnar and
 //!   compressed, so a scan decodes only the columns it projects, at memory speed;
-//! - its **index entry** ([`ChunkMeta`]): the row count, the data's size, and per column the null count, minimum and
-//!   maximum. Index entries are small and all of them are held in memory, so a query prunes chunks without reading
-//!   them.
+//! - its **index entry** ([`ChunkMeta`]): the row count, the data's size, when it was written, and per column the null
+//!   count, minimum and maximum. Index entries are small and all of them are held in memory, so a query prunes chunks
+//!   without reading them, and tiering and retention judge their age without reading them either.
 //!
-//! Index entry layout (little-endian): `b'Q' 1u8 rows:u64 data_bytes:u64 columns:u32 null_count:u64*columns`
-//! followed by an Arrow IPC stream of a two-row batch (row 0: minimums, row 1: maximums; NULL where unknown).
+//! Index entry layout (little-endian): `b'Q' 2u8 rows:u64 data_bytes:u64 written_ms:u64 columns:u32
+//! null_count:u64*columns` followed by an Arrow IPC stream of a two-row batch (row 0: minimums, row 1: maximums; NULL
+//! where unknown). `written_ms` is milliseconds since the Unix epoch. Version 1 entries, written before chunks
+//! carried their age, lack it and read as 0: tiering by age takes them at once, retention never drops them.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use datafusion_functions_aggregate_common::min_max::{MaxAccumulator, MinAccumula
 use crate::error::{Error, Result};
 
 const INDEX_MAGIC: u8 = b'Q';
-const INDEX_VERSION: u8 = 1;
+const INDEX_VERSION: u8 = 2;
 
 /// What the index entry of a chunk says about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,8 @@ pub(crate) struct ChunkMeta {
     pub(crate) rows: u64,
     /// Bytes of the chunk's encoded data.
     pub(crate) data_bytes: u64,
+    /// When the chunk was written, in milliseconds since the Unix epoch (0: before chunks carried their age).
+    pub(crate) written_ms: u64,
     /// Per column: NULLs in the chunk.
     pub(crate) null_counts: Vec<u64>,
     /// Per column: the minimum, or a NULL scalar when unknown.
@@ -79,8 +83,8 @@ pub(crate) fn decode_data(
     .map_err(|e| corrupt(format!("chunk data does not match the table schema: {e}")))
 }
 
-/// Computes the index entry of a batch about to be stored in `data_bytes` bytes.
-pub(crate) fn compute_meta(batch: &RecordBatch, data_bytes: u64) -> ChunkMeta {
+/// Computes the index entry of a batch about to be stored in `data_bytes` bytes at `written_ms`.
+pub(crate) fn compute_meta(batch: &RecordBatch, data_bytes: u64, written_ms: u64) -> ChunkMeta {
     let mut null_counts = Vec::with_capacity(batch.num_columns());
     let mut min = Vec::with_capacity(batch.num_columns());
     let mut max = Vec::with_capacity(batch.num_columns());
@@ -89,7 +93,7 @@ pub(crate) fn compute_meta(batch: &RecordBatch, data_bytes: u64) -> ChunkMeta {
         min.push(column_min_max(column, field.data_type(), true));
         max.push(column_min_max(column, field.data_type(), false));
     }
-    ChunkMeta { rows: batch.num_rows() as u64, data_bytes, null_counts, min, max }
+    ChunkMeta { rows: batch.num_rows() as u64, data_bytes, written_ms, null_counts, min, max }
 }
 
 /// Returns the minimum (or maximum) of a column, or a NULL scalar when the type has no order we track.
@@ -116,6 +120,7 @@ pub(crate) fn encode_meta(meta: &ChunkMeta, schema: &Schema) -> Result<Vec<u8>> 
     out.push(INDEX_VERSION);
     out.extend_from_slice(&meta.rows.to_le_bytes());
     out.extend_from_slice(&meta.data_bytes.to_le_bytes());
+    out.extend_from_slice(&meta.written_ms.to_le_bytes());
     out.extend_from_slice(&(meta.null_counts.len() as u32).to_le_bytes());
     for n in &meta.null_counts {
         out.extend_from_slice(&n.to_le_bytes());
@@ -148,7 +153,8 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
     if bytes.len() < 22 || bytes[0] != INDEX_MAGIC {
         return Err(corrupt("not a chunk index entry"));
     }
-    if bytes[1] != INDEX_VERSION {
+    let version = bytes[1];
+    if version != 1 && version != INDEX_VERSION {
         return Err(corrupt("unknown chunk index version"));
     }
     let u64_at = |at: usize| -> Result<u64> {
@@ -157,8 +163,10 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
     };
     let rows = u64_at(2)?;
     let data_bytes = u64_at(10)?;
-    let columns = u32::from_le_bytes(bytes[18..22].try_into().expect("slice of 4 bytes")) as usize;
-    let mut at = 22;
+    let (written_ms, mut at) = if version == 1 { (0, 18) } else { (u64_at(18)?, 26) };
+    let count = bytes.get(at..at + 4).ok_or_else(|| corrupt("truncated chunk index entry"))?;
+    let columns = u32::from_le_bytes(count.try_into().expect("slice of 4 bytes")) as usize;
+    at += 4;
     let mut null_counts = Vec::with_capacity(columns.min(4096));
     for _ in 0..columns {
         null_counts.push(u64_at(at)?);
@@ -177,7 +185,7 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
         min.push(ScalarValue::try_from_array(col, 0).map_err(|_| corrupt("bad minimum"))?);
         max.push(ScalarValue::try_from_array(col, 1).map_err(|_| corrupt("bad maximum"))?);
     }
-    Ok(ChunkMeta { rows, data_bytes, null_counts, min, max })
+    Ok(ChunkMeta { rows, data_bytes, written_ms, null_counts, min, max })
 }
 
 #[cfg(test)]
@@ -220,7 +228,7 @@ mod tests {
     #[test]
     fn meta_holds_min_max_and_nulls_and_round_trips() {
         let b = batch();
-        let meta = compute_meta(&b, 123);
+        let meta = compute_meta(&b, 123, 1_700_000_000_000);
         assert_eq!(meta.rows, 3);
         assert_eq!(meta.null_counts, vec![0, 1, 1]);
         assert_eq!(meta.min[0], ScalarValue::Int64(Some(-3)));
@@ -232,5 +240,11 @@ mod tests {
         assert_eq!(back, meta);
         assert!(decode_meta(&bytes[..10], || "t".into()).is_err());
         assert!(decode_meta(b"garbage-garbage-garbage", || "t".into()).is_err());
+        // A version 1 entry (no written time) still reads, as written at the epoch.
+        let mut v1 = bytes[..18].to_vec();
+        v1[1] = 1;
+        v1.extend_from_slice(&bytes[26..]);
+        let back = decode_meta(&v1, || "t".into()).expect("decode a version 1 entry");
+        assert_eq!(back, ChunkMeta { written_ms: 0, ..meta });
     }
 }
