@@ -269,6 +269,9 @@ impl Default for LogConfig {
     }
 }
 
+/// The smallest disk tier of the cold read cache: it is written and evicted in blocks of a few MiB.
+const MIN_CACHE_DISK: u64 = 64 << 20;
+
 /// A size in bytes, written `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or as a plain integer of bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -426,6 +429,12 @@ impl Config {
         }
         if self.cold.row_group_rows == 0 {
             return bad("cold.row_group_rows", "must be 1 or more".into());
+        }
+        if let Some(disk) = self.cold.cache_disk
+            && disk.0 != 0
+            && disk.0 < MIN_CACHE_DISK
+        {
+            return bad("cold.cache_disk", format!("must be 0 (none) or at least {}", ByteSize(MIN_CACHE_DISK)));
         }
         for (key, addr) in [
             ("server.flight_addr", &self.server.flight_addr),
@@ -587,6 +596,9 @@ mod tests {
         let err =
             Config::load(None, env(&[("QUIVER_COLD__STORE", "s3://")]), &Overrides::default()).expect_err("bucket");
         assert!(err.to_string().contains("names no bucket"), "{err}");
+        let err = Config::load(Some(("q.toml", "[cold]\ncache_disk = \"1MiB\"\n")), env(&[]), &Overrides::default())
+            .expect_err("tiny cache");
+        assert!(err.to_string().contains("cold.cache_disk") && err.to_string().contains("64MiB"), "{err}");
         let c = Config::load(
             Some(("q.toml", "[cold]\nstore = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n")),
             env(&[]),
