@@ -22,6 +22,7 @@ mod gc;
 mod options;
 mod registry;
 mod retention;
+mod statements;
 pub mod system;
 mod tier;
 
@@ -304,6 +305,8 @@ pub struct Engine {
     cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
     cold_cache: crate::cold::cache::ReadCache,
     cold_reads: Arc<crate::query::cold::ColdReads>,
+    /// Recent queries and what they read from the cold tier (`system.queries`).
+    queries: Arc<statements::QueryLog>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -449,7 +452,11 @@ impl Engine {
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
         let hot = Arc::new(RwLock::new(HashMap::new()));
-        registry.add_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(meta.clone(), Arc::clone(&hot))));
+        let queries = Arc::new(statements::QueryLog::default());
+        registry.add_schema(
+            system::SYSTEM_SCHEMA,
+            Arc::new(system::SystemSchema::new(meta.clone(), Arc::clone(&hot), Arc::clone(&queries))),
+        );
 
         let node_id = meta.node_id();
         let data_dir = match &location {
@@ -477,6 +484,7 @@ impl Engine {
             cold_cluster: std::sync::Mutex::new(None),
             cold_cache,
             cold_reads,
+            queries,
         };
         let mut chunks_by_table = chunks_by_table;
         {
@@ -836,7 +844,7 @@ impl Engine {
                 .with_param_values(ParamValues::from(values))
                 .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
         };
-        self.execute_plan(plan).await
+        self.execute_plan_with(plan, BTreeMap::new(), &statement.sql).await
     }
 
     async fn execute_statement(&self, statement: ParsedStatement) -> Result<QueryOutput> {
@@ -876,16 +884,12 @@ impl Engine {
                     }
                 }
                 self.see_acknowledged_ddl().await?;
+                let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
-                self.execute_plan_with(plan, table_options).await
+                self.execute_plan_with(plan, table_options, &text).await
             }
             ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
         }
-    }
-
-    /// Executes a planned statement.
-    async fn execute_plan(&self, plan: LogicalPlan) -> Result<QueryOutput> {
-        self.execute_plan_with(plan, BTreeMap::new()).await
     }
 
     /// Changes the options of native table `name` through the metadata group.
@@ -897,11 +901,13 @@ impl Engine {
         Ok(QueryOutput::Done { command: Command::AlterTable })
     }
 
-    /// Executes a planned statement; `table_options` are those of a CREATE TABLE.
+    /// Executes a planned statement; `table_options` are those of a CREATE TABLE, `text` is the statement for the
+    /// query log.
     async fn execute_plan_with(
         &self,
         plan: LogicalPlan,
         table_options: BTreeMap<String, String>,
+        text: &str,
     ) -> Result<QueryOutput> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
@@ -1058,9 +1064,13 @@ impl Engine {
                 }
             }
             plan => {
-                let df = self.ctx.execute_logical_plan(plan).await?;
+                // A state of its own, so that the query's scans of cold files count into its entry in the log.
+                let reads = Arc::new(crate::cold::cache::ReadTally::default());
+                let mut state = self.ctx.state();
+                state.config_mut().set_extension(Arc::new(crate::query::cold::StatementReads(Arc::clone(&reads))));
+                let df = datafusion::dataframe::DataFrame::new(state, plan);
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let stream = df.execute_stream().await?;
+                let stream = self.queries.track(text, reads, df.execute_stream().await?);
                 Ok(QueryOutput::Rows { schema, stream })
             }
         }

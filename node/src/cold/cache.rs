@@ -58,7 +58,8 @@ pub struct CacheCounters {
     pub written_bytes: Counter,
 }
 
-/// What one scan read: requests to the bucket and blocks found in the cache.
+/// What one scan read: requests to the bucket and blocks found in the cache. Counts also go to the parent tally
+/// (the statement's, which `system.queries` shows).
 #[derive(Debug, Default)]
 pub struct ReadTally {
     /// GET requests sent to the bucket.
@@ -69,6 +70,26 @@ pub struct ReadTally {
     pub cache_hits: Counter,
     /// Blocks the cache did not have.
     pub cache_misses: Counter,
+    parent: Option<Arc<ReadTally>>,
+}
+
+impl ReadTally {
+    /// A tally whose counts also go to `parent`.
+    pub fn within(parent: Option<Arc<ReadTally>>) -> Self {
+        ReadTally { parent, ..ReadTally::default() }
+    }
+
+    fn add(&self, counter: fn(&ReadTally) -> &Counter, n: u64) {
+        counter(self).add(n);
+        if let Some(parent) = &self.parent {
+            parent.add(counter, n);
+        }
+    }
+
+    fn get(&self, bytes: u64) {
+        self.add(|t| &t.gets, 1);
+        self.add(|t| &t.get_bytes, bytes);
+    }
 }
 
 /// `[cold]` settings of the read cache, resolved.
@@ -328,15 +349,12 @@ impl CachedStore {
 
     /// One ranged GET of `range` (clamped to the object's end by the store), tallied.
     async fn fetch(&self, location: &Path, range: Range<u64>, tally: Option<&ReadTally>) -> Result<(Bytes, u64)> {
-        if let Some(t) = tally {
-            t.gets.inc();
-        }
         let options = GetOptions { range: Some(GetRange::Bounded(range)), ..GetOptions::default() };
         let result = self.inner.get_opts(location, options).await?;
         let size = result.meta.size;
         let bytes = result.bytes().await?;
         if let Some(t) = tally {
-            t.get_bytes.add(bytes.len() as u64);
+            t.get(bytes.len() as u64);
         }
         Ok((bytes, size))
     }
@@ -376,8 +394,8 @@ impl CachedStore {
         self.cache.counters.hits.add(hits);
         self.cache.counters.misses.add(missing.len() as u64);
         if let Some(t) = tally {
-            t.cache_hits.add(hits);
-            t.cache_misses.add(missing.len() as u64);
+            t.add(|t| &t.cache_hits, hits);
+            t.add(|t| &t.cache_misses, missing.len() as u64);
         }
         let mut runs: Vec<Range<u64>> = Vec::new();
         for b in missing {
@@ -477,15 +495,13 @@ impl CachedStore {
                 attributes: Default::default(),
             });
         }
-        if let (Some(t), false) = (tally, options.head) {
-            t.gets.inc();
-        }
+        let head = options.head;
         let result = self.inner.get_opts(location, options).await?;
         if let Some(blocks) = &self.cache.blocks {
             self.remember_size(blocks, location, result.meta.size);
         }
-        if let Some(t) = tally {
-            t.get_bytes.add(result.range.end - result.range.start);
+        if let (Some(t), false) = (tally, head) {
+            t.get(result.range.end - result.range.start);
         }
         Ok(result)
     }

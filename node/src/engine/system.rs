@@ -13,14 +13,19 @@
 //!   bytes, and the lag: hot chunks, rows and bytes not yet tiered; `state` is `ready`, or `unavailable: <why>` when
 //!   the cold tier cannot be read.
 //!
+//! - `system.queries`: the last queries on this node (statements that returned rows; up to 1,000) — id, start, duration,
+//!   text, rows returned, and what their scans read from the cold tier: GET requests sent to the bucket and their
+//!   bytes, and the read cache's block hits and misses (a statement writes nothing to the bucket: tiering is not a
+//!   statement).
+//!
 //! Each scan reads the replica's state at that moment, so the tables are always current and cost nothing when
 //! nobody queries them. Every node answers for itself: run the same query on another node to see its view.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::{MemTable, TableType};
@@ -30,6 +35,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use quiver_meta::MetaNode;
 use quiver_meta::{NodeRole, NodeState};
 
+use super::statements::{QueryLog, QueryRecord};
 use crate::cold::{ColdState, ColdView};
 use crate::table::HotTable;
 
@@ -43,11 +49,12 @@ pub(crate) type HotTables = Arc<RwLock<HashMap<String, Arc<HotTable>>>>;
 pub(crate) struct SystemSchema {
     meta: MetaNode,
     hot: HotTables,
+    queries: Arc<QueryLog>,
 }
 
 impl SystemSchema {
-    pub(crate) fn new(meta: MetaNode, hot: HotTables) -> Self {
-        SystemSchema { meta, hot }
+    pub(crate) fn new(meta: MetaNode, hot: HotTables, queries: Arc<QueryLog>) -> Self {
+        SystemSchema { meta, hot, queries }
     }
 }
 
@@ -64,10 +71,12 @@ enum SystemTable {
     Raft,
     TierFiles,
     Tiering,
+    Queries,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 4] = [SystemTable::Nodes, SystemTable::Raft, SystemTable::TierFiles, SystemTable::Tiering];
+    const ALL: [SystemTable; 5] =
+        [SystemTable::Nodes, SystemTable::Raft, SystemTable::TierFiles, SystemTable::Tiering, SystemTable::Queries];
 
     fn name(self) -> &'static str {
         match self {
@@ -75,6 +84,7 @@ impl SystemTable {
             SystemTable::Raft => "raft",
             SystemTable::TierFiles => "tier_files",
             SystemTable::Tiering => "tiering",
+            SystemTable::Queries => "queries",
         }
     }
 
@@ -136,16 +146,47 @@ impl SystemTable {
                 u64_field("hot_bytes", false),
                 text("state", false),
             ],
+            SystemTable::Queries => vec![
+                u64_field("query_id", false),
+                Field::new("started", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+                u64_field("duration_ms", false),
+                text("query", false),
+                u64_field("rows", false),
+                u64_field("bucket_gets", false),
+                u64_field("bucket_get_bytes", false),
+                u64_field("cache_hits", false),
+                u64_field("cache_misses", false),
+            ],
         }))
     }
 
     /// Reads the table's rows from the replica and the engine's tables now.
-    fn rows(self, meta: &MetaNode, hot: &HotTables) -> DfResult<RecordBatch> {
+    fn rows(self, meta: &MetaNode, hot: &HotTables, queries: &QueryLog) -> DfResult<RecordBatch> {
         let status = meta.status();
         let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
         tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
         let shard = |t: &HotTable| meta.read_local(|s| s.table_shards(t.def().id).next().map(|r| r.shard_id.0));
         let columns: Vec<ArrayRef> = match self {
+            SystemTable::Queries => {
+                let q = queries.records();
+                let values = |f: fn(&QueryRecord) -> u64| -> ArrayRef {
+                    Arc::new(UInt64Array::from_iter_values(q.iter().map(f)))
+                };
+                vec![
+                    values(|r| r.id),
+                    Arc::new(
+                        TimestampMillisecondArray::from_iter_values(q.iter().map(|r| r.started_ms as i64))
+                            .with_timezone("+00:00"),
+                    ),
+                    values(|r| r.duration_ms),
+                    Arc::new(StringArray::from_iter_values(q.iter().map(|r| r.text.as_str()))),
+                    values(|r| r.rows),
+                    values(|r| r.bucket_gets),
+                    values(|r| r.bucket_get_bytes),
+                    values(|r| r.cache_hits),
+                    values(|r| r.cache_misses),
+                ]
+            }
             SystemTable::TierFiles => {
                 let mut rows = TierFileRows::default();
                 for t in &tables {
@@ -338,7 +379,12 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         Ok(SystemTable::ALL.into_iter().find(|t| t.name() == name).map(|table| {
-            Arc::new(SystemTableProvider { table, meta: self.meta.clone(), hot: Arc::clone(&self.hot) }) as _
+            Arc::new(SystemTableProvider {
+                table,
+                meta: self.meta.clone(),
+                hot: Arc::clone(&self.hot),
+                queries: Arc::clone(&self.queries),
+            }) as _
         }))
     }
 
@@ -352,6 +398,7 @@ struct SystemTableProvider {
     table: SystemTable,
     meta: MetaNode,
     hot: HotTables,
+    queries: Arc<QueryLog>,
 }
 
 impl std::fmt::Debug for SystemTableProvider {
@@ -377,7 +424,7 @@ impl TableProvider for SystemTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.table.rows(&self.meta, &self.hot)?;
+        let batch = self.table.rows(&self.meta, &self.hot, &self.queries)?;
         MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }

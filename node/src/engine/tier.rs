@@ -560,12 +560,27 @@ mod tests {
         drop(engine);
         std::fs::remove_dir_all(dir.path().join("cold-cache")).expect("remove the cache");
         let engine = open_with(dir.path(), cold).await;
-        let (text, gets) = explain_analyze(&engine, sql).await;
-        assert!(gets > 0, "{text}");
-        assert_eq!(metric(&text, "bucket_gets"), gets, "{text}");
+        let (text, first_gets) = explain_analyze(&engine, sql).await;
+        assert!(first_gets > 0, "{text}");
+        assert_eq!(metric(&text, "bucket_gets"), first_gets, "{text}");
         assert!(metric(&text, "cache_misses") > 0 && metric(&text, "bucket_get_bytes") > 0, "{text}");
         let (text, gets) = explain_analyze(&engine, sql).await;
         assert_eq!((gets, metric(&text, "bucket_gets"), metric(&text, "cache_misses")), (0, 0, 0), "{text}");
+        // system.queries keeps each query's counts.
+        let batches: Vec<RecordBatch> = engine
+            .execute_one(
+                "SELECT bucket_gets, cache_misses, cache_hits, rows FROM system.queries \
+                 WHERE query LIKE 'EXPLAIN ANALYZE%' ORDER BY query_id",
+            )
+            .await
+            .expect("query log")
+            .collect()
+            .await
+            .expect("rows");
+        let column = |i: usize| batches[0].column(i).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+        assert_eq!(column(0), [first_gets, 0]);
+        assert!(column(1)[0] > 0 && column(1)[1] == 0 && column(2)[1] > 0, "{batches:?}");
+        assert_eq!(column(3), [1, 1], "EXPLAIN ANALYZE returns one row");
         let rendered = engine.metrics().render(0, 0, &Default::default());
         assert!(rendered.contains("quiver_cold_cache_hits_total"), "{rendered}");
     }

@@ -36,6 +36,10 @@ use super::provider::prune;
 use crate::cold::cache::{CachedStore, ReadTally, ScanStore};
 use crate::cold::{ColdView, FileBounds};
 
+/// What a statement's scans of cold files read in all: a session extension of the statement's own state.
+#[derive(Debug, Default)]
+pub(crate) struct StatementReads(pub(crate) Arc<ReadTally>);
+
 /// How scans reach the cold tier: the engine's cached store, set once the cluster's store is first used. A session
 /// extension, so that table providers find it in the state they are given.
 #[derive(Debug, Default)]
@@ -78,7 +82,8 @@ pub(super) fn cold_scan(
     let groups: Vec<FileGroup> = files.chunks(per_group.max(1)).map(|g| FileGroup::new(g.to_vec())).collect();
     let url = ObjectStoreUrl::parse(crate::cold::OBJECT_STORE_URL)?;
     let runtime = state.runtime_env();
-    let tally = Arc::new(ReadTally::default());
+    let statement = state.config().get_extension::<StatementReads>().map(|s| Arc::clone(&s.0));
+    let tally = Arc::new(ReadTally::within(statement));
     let store: Arc<dyn ObjectStore> =
         match state.config().get_extension::<ColdReads>().and_then(|r| r.store.get().cloned()) {
             Some(cached) => Arc::new(ScanStore::new(cached, Arc::clone(&tally))),
