@@ -40,6 +40,10 @@ const MERGE_GAP_BLOCKS: u64 = 1;
 /// Requests of one read in flight at once.
 const PARALLEL_GETS: usize = 10;
 
+/// Bytes of blocks waiting to be written to the disk tier past which foyer drops further writes.
+#[cfg(not(madsim))]
+const WRITE_QUEUE_BYTES: usize = 512 << 20;
+
 /// Cache lookups of one read in flight at once.
 const PARALLEL_LOOKUPS: usize = 32;
 
@@ -127,7 +131,7 @@ mod hybrid {
         HybridCachePolicy, RecoverMode,
     };
 
-    use super::{BlockKey, CacheCounters, CacheSettings};
+    use super::{BlockKey, CacheCounters, CacheSettings, WRITE_QUEUE_BYTES};
     use crate::error::{Error, Result};
 
     impl Code for BlockKey {
@@ -197,7 +201,13 @@ mod hybrid {
                     // Blocks of the disk tier: whole units of writing and eviction, several to a cache.
                     let block = (bytes / 16).clamp(4 * super::BLOCK, 16 * super::BLOCK) as usize;
                     builder
-                        .with_engine_config(BlockEngineConfig::new(device).with_block_size(block))
+                        .with_engine_config(
+                            BlockEngineConfig::new(device)
+                                .with_block_size(block)
+                                // Writes waiting for the disk past this are dropped: room for a whole tiered file
+                                // or a scan's fill, so that write-through and fills reach the disk tier.
+                                .with_submit_queue_size_threshold(WRITE_QUEUE_BYTES),
+                        )
                         .with_recover_mode(RecoverMode::Quiet)
                 }
                 _ => builder,
@@ -340,6 +350,9 @@ impl CachedStore {
     /// Caches `bytes`, an object's content from offset 0 (a completed upload), block by block.
     fn write_through(&self, location: &Path, bytes: &Bytes) {
         let Some(blocks) = &self.cache.blocks else { return };
+        if !writes_through(location) {
+            return;
+        }
         for (i, block) in bytes.chunks(BLOCK as usize).enumerate() {
             blocks.insert(self.key(location, i as u64), Bytes::copy_from_slice(block));
         }
@@ -370,6 +383,12 @@ impl CachedStore {
         ranges: &[Range<u64>],
         tally: Option<&ReadTally>,
     ) -> Result<Vec<Bytes>> {
+        if let Some(r) = ranges.iter().find(|r| r.end < r.start) {
+            return Err(object_store::Error::Generic {
+                store: "cold tier",
+                source: format!("range {r:?} of {location} ends before it starts").into(),
+            });
+        }
         let Some(blocks) = &self.cache.blocks else {
             return self.read_uncached(location, ranges, tally).await;
         };
@@ -425,8 +444,7 @@ impl CachedStore {
         for r in ranges {
             match assemble(&have, r) {
                 Some(bytes) => out.push(bytes),
-                // Past the end of the object: the bucket says what is wrong.
-                None => out.push(self.fetch(location, r.clone(), tally).await?.0),
+                None => return Err(past_the_end(location, r)),
             }
         }
         Ok(out)
@@ -438,7 +456,8 @@ impl CachedStore {
         ranges: &[Range<u64>],
         tally: Option<&ReadTally>,
     ) -> Result<Vec<Bytes>> {
-        let merged = super::metered::merge_ranges(ranges);
+        let non_empty: Vec<Range<u64>> = ranges.iter().filter(|r| r.end > r.start).cloned().collect();
+        let merged = super::metered::merge_ranges(&non_empty);
         let fetched: Vec<Bytes> = futures::stream::iter(merged.iter().cloned())
             .map(|range| async move { Ok::<_, object_store::Error>(self.fetch(location, range, tally).await?.0) })
             .buffered(PARALLEL_GETS)
@@ -447,14 +466,14 @@ impl CachedStore {
         ranges
             .iter()
             .map(|r| {
+                if r.end == r.start {
+                    return Ok(Bytes::new());
+                }
                 let i = merged.partition_point(|m| m.start <= r.start) - 1;
                 let start = (r.start - merged[i].start) as usize;
                 let end = start + (r.end - r.start) as usize;
                 if end > fetched[i].len() {
-                    return Err(object_store::Error::Generic {
-                        store: "cold tier",
-                        source: format!("range {r:?} of {location} is past the end of the object").into(),
-                    });
+                    return Err(past_the_end(location, r));
                 }
                 Ok(fetched[i].slice(start..end))
             })
@@ -507,6 +526,20 @@ impl CachedStore {
     }
 }
 
+/// Whether an upload to `location` is written through: data files, which scans read by ranges; not manifests, which
+/// are read whole, once per version, and never from the cache.
+fn writes_through(location: &Path) -> bool {
+    location.extension() == Some("parquet")
+}
+
+/// The error for a range that runs past the end of the object.
+fn past_the_end(location: &Path, range: &Range<u64>) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "cold tier",
+        source: format!("range {range:?} of {location} is past the end of the object").into(),
+    }
+}
+
 /// The bytes of `range` from the blocks in `have`; `None` when a block is missing (past the object's end).
 fn assemble(have: &BTreeMap<u64, Bytes>, range: &Range<u64>) -> Option<Bytes> {
     if range.end <= range.start {
@@ -532,7 +565,7 @@ fn assemble(have: &BTreeMap<u64, Bytes>, range: &Range<u64>) -> Option<Bytes> {
 #[async_trait]
 impl ObjectStore for CachedStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        let bytes = self.cache.enabled().then(|| Bytes::from(payload.clone()));
+        let bytes = (self.cache.enabled() && writes_through(location)).then(|| Bytes::from(payload.clone()));
         let result = self.inner.put_opts(location, payload, opts).await?;
         if let Some(bytes) = bytes {
             self.write_through(location, &bytes);
@@ -542,7 +575,7 @@ impl ObjectStore for CachedStore {
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
         let upload = self.inner.put_multipart_opts(location, opts).await?;
-        if !self.cache.enabled() {
+        if !self.cache.enabled() || !writes_through(location) {
             return Ok(upload);
         }
         Ok(Box::new(CachedUpload { inner: upload, parts: Vec::new(), store: self.clone(), location: location.clone() }))
@@ -713,6 +746,10 @@ mod tests {
         // A range past the end is the bucket's error, as without a cache.
         let past = data.len() as u64 + 10;
         assert!(store.read_ranges(&path, std::slice::from_ref(&(past..past + 5)), None).await.is_err());
+        let across = data.len() as u64 - 5..data.len() as u64 + 5;
+        assert!(store.read_ranges(&path, std::slice::from_ref(&across), None).await.is_err(), "no short read");
+        let across = data.len() as u64 - 5..data.len() as u64 + 5;
+        assert!(store.read_ranges(&path, std::slice::from_ref(&across), None).await.is_err(), "no short read");
     }
 
     #[tokio::test]
@@ -756,7 +793,7 @@ mod tests {
         bucket.put(&path, data.clone().into()).await.expect("put");
         let store = CachedStore::new(bucket, ReadCache::none(Arc::default()), "memory://test");
         let tally = ReadTally::default();
-        let ranges = [3_500_000..3_500_010, 0..100, 200..300, 250..260];
+        let ranges = [3_500_000..3_500_010, 0..100, 200..300, 250..260, 7..7];
         let got = store.read_ranges(&path, &ranges, Some(&tally)).await.expect("read");
         for (r, bytes) in ranges.iter().zip(&got) {
             assert_eq!(bytes.as_ref(), &data[r.start as usize..r.end as usize]);
