@@ -454,11 +454,11 @@ impl HotTable {
         }
     }
 
-    /// Encodes `batch` as a new chunk and adds its data to `batch_out`; returns the chunk.
-    fn encode_chunk(&self, batch: &RecordBatch, out: &mut WriteBatch) -> Result<(u64, ChunkMeta)> {
+    /// Encodes `batch` as a new chunk written at `written_ms` and adds its data to `batch_out`; returns the chunk.
+    fn encode_chunk(&self, batch: &RecordBatch, written_ms: u64, out: &mut WriteBatch) -> Result<(u64, ChunkMeta)> {
         let seq = self.tables.allocate_seq();
         let data = chunk::encode_data(batch)?;
-        let meta = chunk::compute_meta(batch, data.len() as u64, crate::clock::unix_ms());
+        let meta = chunk::compute_meta(batch, data.len() as u64, written_ms);
         out.put(keys::data_key(self.def.id, seq), data);
         Ok((seq, meta))
     }
@@ -475,12 +475,15 @@ impl HotTable {
 
     /// Replaces chunks: removes `removed` and adds `added` (already conformed) in one atomic, durable commit.
     ///
-    /// The caller holds [`HotTable::dml_lock`] and computed `added` from `removed`.
+    /// The caller holds [`HotTable::dml_lock`] and computed `added` from `removed`. The rows of `added` keep the
+    /// newest write time of the chunks they come from, so that a DELETE or UPDATE does not make rows younger for
+    /// `tier_after` and `ttl` than they were.
     pub(crate) fn replace(&self, removed: &[Arc<Chunk>], added: Vec<RecordBatch>) -> Result<()> {
         let mut batch = WriteBatch::new();
         let mut new_chunks = Vec::new();
+        let written_ms = removed.iter().map(|c| c.meta.written_ms).max().unwrap_or_else(crate::clock::unix_ms);
         for b in split_rows(added, self.tables.chunk_rows_target)? {
-            let (seq, meta) = self.encode_chunk(&b, &mut batch)?;
+            let (seq, meta) = self.encode_chunk(&b, written_ms, &mut batch)?;
             batch.put(keys::index_key(self.def.id, seq), chunk::encode_meta(&meta, &self.schema)?);
             new_chunks.push(self.make_chunk(seq, meta));
         }
@@ -599,7 +602,7 @@ impl Appender {
         }
         let mut batch = WriteBatch::new();
         for c in &chunks {
-            let (seq, meta) = self.table.encode_chunk(c, &mut batch)?;
+            let (seq, meta) = self.table.encode_chunk(c, crate::clock::unix_ms(), &mut batch)?;
             self.written.push((seq, meta));
         }
         self.table.tables.store.write(batch, Durability::Buffered)?;

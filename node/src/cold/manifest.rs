@@ -130,6 +130,19 @@ pub struct Manifest {
     pub files: Vec<ColdFile>,
     /// Per hot store (by identity), the highest hot-chunk sequence number its files hold.
     pub hot_through: BTreeMap<u64, u64>,
+    /// Files taken out by retention, with when: the garbage collector keeps them for its grace period from then, so
+    /// that scans still reading an earlier version can finish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
+}
+
+/// A file a manifest version no longer lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredFile {
+    /// Its key under the cluster's prefix.
+    pub path: String,
+    /// When it was taken out, in milliseconds since the Unix epoch.
+    pub removed_ms: u64,
 }
 
 impl Manifest {
@@ -144,6 +157,7 @@ impl Manifest {
             schema,
             files: Vec::new(),
             hot_through: BTreeMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -158,12 +172,15 @@ impl Manifest {
         next
     }
 
-    /// The next version, without the files at `paths` (expired by retention); the marks stay, so their hot chunks
-    /// are not read again.
-    pub fn without_files(&self, paths: &[String]) -> Self {
+    /// The next version, without the files at `paths` (expired by retention), which are listed as retired at
+    /// `now_ms`; retired files older than `keep_ms` are forgotten. The marks stay, so the files' hot chunks are not
+    /// read again.
+    pub fn without_files(&self, paths: &[String], now_ms: u64, keep_ms: u64) -> Self {
         let mut next = self.clone();
         next.version += 1;
         next.files.retain(|f| !paths.contains(&f.path));
+        next.retired.retain(|r| r.removed_ms.saturating_add(keep_ms) > now_ms);
+        next.retired.extend(paths.iter().map(|path| RetiredFile { path: path.clone(), removed_ms: now_ms }));
         next
     }
 

@@ -81,6 +81,9 @@ impl Engine {
             let manifest = self.manifest_at(location).await?;
             keep.insert(location.clone());
             keep.extend(manifest.files.into_iter().map(|f| f.path));
+            // Files retention took out lately: scans of the version before may still read them.
+            let retired_after = cutoff.timestamp_millis().max(0) as u64;
+            keep.extend(manifest.retired.into_iter().filter(|r| r.removed_ms > retired_after).map(|r| r.path));
         }
         let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };
         let mut report = GcReport::default();

@@ -3,7 +3,8 @@
 //! Chunks carry the time they were written in their index entry and files the range of their rows' times in the
 //! manifest, so retention reads nothing but metadata. A hot chunk goes whole once it was written before the cutoff; a
 //! cold file goes whole once its newest row was, by a new manifest version without it, committed through Raft like a
-//! tiering (the file itself is then garbage, collected after `cold.gc_grace`). A chunk or file whose age is unknown
+//! tiering; the manifest lists it as retired, so the garbage collector deletes it only `cold.gc_grace` after that
+//! (scans still reading the previous version finish first). A chunk or file whose age is unknown
 //! (written before chunks carried their age) is never expired. The background tierer applies retention every
 //! `cold.tier_check_interval`, so a row may be seen for up to that long after it expires.
 
@@ -85,7 +86,8 @@ impl Engine {
             }
             let paths: Vec<String> = gone.iter().map(|f| f.path.clone()).collect();
             let rows: u64 = gone.iter().map(|f| f.rows).sum();
-            let next = current.without_files(&paths);
+            let keep_ms = self.cold.gc_grace().as_millis() as u64;
+            let next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
             let location = cold::write_manifest(&store, &display, &next).await?;
             let command = MetaCommand::SetShardManifest {
                 shard_id: shard.shard_id,

@@ -734,6 +734,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_keeps_the_age_of_the_rows_it_leaves() {
+        let (_dir, engine) = table_t(100).await;
+        let before = mark().await;
+        engine.execute_one("DELETE FROM t WHERE x = 5").await.expect("delete");
+        let ages: Vec<u64> = engine.native_table("t").expect("t").version().iter().map(|c| c.meta.written_ms).collect();
+        assert!(!ages.is_empty() && ages.iter().all(|&w| w > 0 && w < before), "{ages:?} vs {before}");
+        let dropped = engine.expire("t", before).await.expect("expire");
+        assert_eq!(dropped.hot_rows, 99, "retention still drops them on time");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tier_after_moves_rows_by_age_and_ttl_drops_expired_rows_hot_and_cold() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path()).await;
