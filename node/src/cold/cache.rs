@@ -108,7 +108,7 @@ pub struct CacheSettings {
 }
 
 /// A cache key: the object (with its store's name in front, so that two stores never share entries) and a block
-/// number; [`SIZE_BLOCK`] holds the object's size.
+/// number; block `u64::MAX` holds the object's size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     object: String,
