@@ -64,7 +64,8 @@ impl Engine {
             crate::blocking::run("expire hot chunks", move || t.replace(&expired, Vec::new())).await??;
         }
 
-        let Some(pointer) = self.shard_of(table.def())?.manifest else {
+        let shard = self.shard_of(table.def())?;
+        let Some(pointer) = &shard.manifest else {
             return Ok(report);
         };
         if let ColdState::Ready(view) = table.cold()
@@ -75,7 +76,6 @@ impl Engine {
         }
         let store = self.cold_store()?;
         let display = self.cold.display().to_string();
-        let shard = self.shard_of(table.def())?;
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(&table, &shard).await?;
             self.adopt(&table, &current).await;
