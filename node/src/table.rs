@@ -32,7 +32,7 @@ use quiver_meta::{TableDef, TableId};
 
 pub(crate) use chunk::ChunkMeta;
 
-use self::cache::ColumnCache;
+pub(crate) use self::cache::{ColumnCache, Source};
 use crate::cold::ColdState;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -270,6 +270,12 @@ impl HotTable {
         self.version().iter().map(|c| c.meta.rows).sum()
     }
 
+    /// The decoded-column cache this table's scans share with every table of the engine (cold scans keep their
+    /// row groups' columns in it too), and the metrics it counts into.
+    pub(crate) fn column_cache(&self) -> (&ColumnCache, &Metrics) {
+        (&self.tables.cache, &self.tables.metrics)
+    }
+
     /// Reads one chunk, keeping the columns in `projection`.
     pub(crate) fn read_chunk(
         &self,
@@ -290,7 +296,8 @@ impl HotTable {
         };
         let cache = &self.tables.cache;
         let metrics = &self.tables.metrics;
-        let mut arrays: Vec<Option<ArrayRef>> = columns.iter().map(|c| cache.get(chunk.seq, *c, metrics)).collect();
+        let mut arrays: Vec<Option<ArrayRef>> =
+            columns.iter().map(|c| cache.get(&Source::Chunk(chunk.seq), *c, metrics)).collect();
         let missing: Vec<usize> = columns.iter().zip(&arrays).filter(|(_, a)| a.is_none()).map(|(c, _)| *c).collect();
         if !missing.is_empty() {
             let key = keys::data_key(chunk.table, chunk.seq);
@@ -307,7 +314,7 @@ impl HotTable {
             for (slot, column) in arrays.iter_mut().zip(&columns) {
                 if slot.is_none() {
                     let array = decoded_columns.next().expect("one decoded column per missing column").clone();
-                    cache.insert(chunk.seq, *column, array.clone(), metrics);
+                    cache.insert(&Source::Chunk(chunk.seq), *column, array.clone(), metrics);
                     *slot = Some(array);
                 }
             }

@@ -432,7 +432,10 @@ mod tests {
     }
 
     async fn open_with(dir: &std::path::Path, cold: ColdConfig) -> Arc<Engine> {
-        let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
+        open_options(dir, EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() }).await
+    }
+
+    async fn open_options(dir: &std::path::Path, options: EngineOptions) -> Arc<Engine> {
         Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
     }
 
@@ -463,8 +466,13 @@ mod tests {
 
     /// [`table_t`] with the given `[cold]` settings.
     async fn table_t_with(rows: i64, cold: ColdConfig) -> (tempfile::TempDir, Arc<Engine>) {
+        table_t_options(rows, EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() }).await
+    }
+
+    /// [`table_t`] with the given engine options.
+    async fn table_t_options(rows: i64, options: EngineOptions) -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = open_with(dir.path(), cold).await;
+        let engine = open_options(dir.path(), options).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, rows).await;
         (dir, engine)
@@ -484,10 +492,13 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scans_skip_files_that_filters_rule_out_and_read_each_footer_once() {
-        // Without the read cache, so that every block a scan reads is a GET.
-        let no_cache = ColdConfig { cache_memory: crate::config::ByteSize(0), ..ColdConfig::default() };
-        let (_dir, engine) = table_t_with(300, no_cache).await;
+    async fn scans_skip_files_and_row_groups_that_filters_rule_out_and_read_each_footer_once() {
+        // Without the read cache and the column cache, so that every column chunk a scan decodes is a GET; files of
+        // three row groups of 100 rows.
+        let cold =
+            ColdConfig { cache_memory: crate::config::ByteSize(0), row_group_rows: 100, ..ColdConfig::default() };
+        let options = EngineOptions { chunk_rows_target: 100, cold, column_cache_bytes: 0, ..EngineOptions::default() };
+        let (_dir, engine) = table_t_options(300, options).await;
         engine.tier("t").await.expect("tier 1..=300");
         insert(&engine, 301, 600).await;
         engine.tier("t").await.expect("tier 301..=600");
@@ -497,21 +508,44 @@ mod tests {
 
         let (all, first_gets) = filtered(&engine, "x > 0").await;
         assert_eq!(all, sum(1, 900));
-        assert!(first_gets >= 6, "three footers and three files' data: {first_gets}");
+        assert!(first_gets >= 12, "three footers and nine row groups: {first_gets}");
         let (again, warm_gets) = filtered(&engine, "x > 0").await;
         assert_eq!(again, all);
-        assert!(warm_gets <= first_gets - 3, "footers come from the cache: {warm_gets} after {first_gets}");
+        assert_eq!(warm_gets, 9, "one GET per row group, footers from the cache: {warm_gets} after {first_gets}");
 
-        // The manifest's statistics leave one file (the first time, its page index is read too).
-        let (some, _) = filtered(&engine, "x > 650").await;
-        assert_eq!(some, sum(651, 900));
-        let (some, pruned_gets) = filtered(&engine, "x > 650").await;
-        assert_eq!(some, sum(651, 900));
-        assert!(pruned_gets < warm_gets && pruned_gets <= 2, "one file of three is read: {pruned_gets} vs {warm_gets}");
+        // The manifest's statistics leave one file, and its footer's statistics two of its row groups.
+        let (some, pruned_gets) = filtered(&engine, "x > 750").await;
+        assert_eq!(some, sum(751, 900));
+        assert_eq!(pruned_gets, 2, "two row groups of one file are read");
+        let (text, _) = explain_analyze(&engine, "SELECT sum(x) FROM t WHERE x > 750").await;
+        assert!(text.contains("files=1/3 (pruned 2), row_groups=2/3 (pruned 1)"), "{text}");
+        assert_eq!(metric(&text, "row_groups_decoded"), 2, "{text}");
         let (none, no_gets) = filtered(&engine, "x > 10000").await;
         assert_eq!((none, no_gets), ((0, 0), 0), "no file can match");
         let (nulls, _) = filtered(&engine, "x IS NULL").await;
         assert_eq!(nulls, (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decoded_columns_of_cold_row_groups_are_kept_in_the_column_cache() {
+        let cold =
+            ColdConfig { cache_memory: crate::config::ByteSize(0), row_group_rows: 100, ..ColdConfig::default() };
+        let (_dir, engine) = table_t_with(300, cold).await;
+        engine.tier("t").await.expect("tier");
+        let (text, first_gets) = explain_analyze(&engine, "SELECT sum(x) FROM t").await;
+        assert!(first_gets >= 3, "{text}");
+        assert_eq!((metric(&text, "row_groups_decoded"), metric(&text, "row_groups_reused")), (3, 0), "{text}");
+        let (text, gets) = explain_analyze(&engine, "SELECT sum(x) FROM t").await;
+        assert_eq!(gets, 0, "{text}");
+        assert_eq!((metric(&text, "row_groups_decoded"), metric(&text, "row_groups_reused")), (0, 3), "{text}");
+        assert_eq!(totals(&engine).await, expected(300));
+        assert!(engine.metrics().column_cache_hits.get() >= 3);
+        // Rows in the same table added after the tiering: both tiers in one answer, the cold part still cached.
+        insert(&engine, 301, 350).await;
+        let (text, gets) = explain_analyze(&engine, "SELECT count(*), sum(x) FROM t WHERE x > 250").await;
+        assert_eq!((gets, metric(&text, "row_groups_reused")), (0, 1), "{text}");
+        let ((rows, total), _) = filtered(&engine, "x > 250").await;
+        assert_eq!((rows, total), (100, (251..=350).sum::<i64>()));
     }
 
     /// The text of EXPLAIN ANALYZE of `sql`, and the GETs the node made meanwhile.
@@ -564,8 +598,10 @@ mod tests {
         assert!(first_gets > 0, "{text}");
         assert_eq!(metric(&text, "bucket_gets"), first_gets, "{text}");
         assert!(metric(&text, "cache_misses") > 0 && metric(&text, "bucket_get_bytes") > 0, "{text}");
+        // The next scan decodes nothing: the column cache has the row group's columns.
         let (text, gets) = explain_analyze(&engine, sql).await;
         assert_eq!((gets, metric(&text, "bucket_gets"), metric(&text, "cache_misses")), (0, 0, 0), "{text}");
+        assert_eq!((metric(&text, "row_groups_decoded"), metric(&text, "cache_hits")), (0, 0), "{text}");
         // system.queries keeps each query's counts.
         let batches: Vec<RecordBatch> = engine
             .execute_one(
@@ -579,7 +615,7 @@ mod tests {
             .expect("rows");
         let column = |i: usize| batches[0].column(i).as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
         assert_eq!(column(0), [first_gets, 0]);
-        assert!(column(1)[0] > 0 && column(1)[1] == 0 && column(2)[1] > 0, "{batches:?}");
+        assert!(column(1)[0] > 0 && column(1)[1] == 0 && column(2)[1] == 0, "{batches:?}");
         assert_eq!(column(3), [1, 1], "EXPLAIN ANALYZE returns one row");
         let rendered = engine.metrics().render(0, 0, &Default::default());
         assert!(rendered.contains("quiver_cold_cache_hits_total"), "{rendered}");

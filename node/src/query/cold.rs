@@ -1,40 +1,51 @@
-//! Scans of a table's cold files: which files the filters may match (judged by the manifest's statistics), the
-//! Parquet scan of those, and [`ColdScanExec`] above it, which shows in EXPLAIN ANALYZE what the scan cost in requests
-//! to the bucket and in cache hits.
+//! Scans of a table's cold files: which files the filters may match (judged by the manifest's statistics), which of
+//! their row groups (judged by the files' own statistics), and [`ColdScanExec`], which reads those row groups'
+//! projected columns. Decoded columns are kept in the engine's column cache beside the hot chunks' columns, so a warm
+//! scan of cold data costs what a scan of hot data costs. Its metrics (EXPLAIN ANALYZE) show what the scan cost in
+//! requests to the bucket, in cache hits, and in row groups decoded.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt64Array, new_null_array};
+use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use datafusion::common::config::ConfigOptions;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, DFSchema, Result as DfResult, ScalarValue};
+use datafusion::common::{Column, ColumnStatistics, DataFusionError, Result as DfResult, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
-use datafusion::logical_expr::utils::conjunction;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::pruning::PruningStatistics;
-use datafusion::physical_plan::execution_plan::ReplaceChildrenOptions;
-use datafusion::physical_plan::filter_pushdown::{
-    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
-};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+    StatisticsArgs,
 };
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::RowGroupMetaData;
 
-use super::provider::prune;
+use super::provider::pruning_predicate;
 use crate::cold::cache::{CachedStore, ReadTally, ScanStore};
 use crate::cold::{ColdView, FileBounds};
+use crate::table::{HotTable, Source};
+
+/// Files whose footers a scan loads at once while planning.
+const FOOTER_LOADS: usize = 16;
 
 /// What a statement's scans of cold files read in all: a session extension of the statement's own state.
 #[derive(Debug, Default)]
@@ -54,32 +65,75 @@ impl ColdReads {
     }
 }
 
-/// The scan of a table's cold files that `filters` may match (judged by the manifest's statistics): Parquet with
-/// the projection pushed down and the filters as a predicate that prunes row groups and pages (DataFusion still
-/// applies the filters above), read through the engine's cache. Footers and page indexes are also kept decoded in
-/// DataFusion's file metadata cache.
-pub(super) fn cold_scan(
+/// A cold file a scan reads: how to open it, and where the table's columns are in it.
+#[derive(Debug)]
+struct ScanFile {
+    /// Its path in the bucket: with a row group's index, where the row group's decoded columns are cached.
+    path: Arc<str>,
+    object: PartitionedFile,
+    /// Its footer, decoded, with the Arrow schema the file was written with.
+    metadata: ArrowReaderMetadata,
+    /// Per column of the table: the file's top-level column of that name, if it has one.
+    roots: Vec<Option<usize>>,
+}
+
+impl ScanFile {
+    /// Reads a file's footer (from DataFusion's metadata cache once read) and matches its columns to the table's.
+    async fn open(
+        readers: &dyn ParquetFileReaderFactory,
+        schema: &SchemaRef,
+        object: PartitionedFile,
+    ) -> DfResult<Self> {
+        let path: Arc<str> = Arc::from(object.object_meta.location.as_ref());
+        let mut reader = readers.create_reader(0, object.clone(), None, &ExecutionPlanMetricsSet::new())?;
+        let metadata = ArrowReaderMetadata::try_new(reader.get_metadata(None).await?, ArrowReaderOptions::new())?;
+        let roots = schema.fields().iter().map(|f| metadata.schema().index_of(f.name()).ok()).collect();
+        Ok(Self { path, object, metadata, roots })
+    }
+
+    fn row_group(&self, index: usize) -> &RowGroupMetaData {
+        self.metadata.metadata().row_group(index)
+    }
+}
+
+/// One row group of a cold file: what a scan reads, decodes and caches as one piece, as the hot scan does a chunk.
+#[derive(Debug, Clone)]
+struct RowGroup {
+    file: Arc<ScanFile>,
+    index: usize,
+    rows: usize,
+}
+
+/// The scan of a table's cold files, or `None` when the filters match none of them. Files are pruned by the
+/// manifest's statistics, then row groups by the files' own (the filters stay inexact: DataFusion applies them
+/// above). The row groups left are dealt into partitions, about equal in rows.
+pub(super) async fn cold_scan(
     state: &dyn Session,
-    schema: &SchemaRef,
+    table: &Arc<HotTable>,
     view: &ColdView,
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
     limit: Option<usize>,
 ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-    let keep = prune(state, schema, filters, &FileStatistics { schema, view })?;
-    let files: Vec<PartitionedFile> = view
+    if view.files.is_empty() {
+        return Ok(None);
+    }
+    let schema = table.schema();
+    let predicate = pruning_predicate(state, &schema, filters)?;
+    let keep = match &predicate {
+        Some(p) => Some(p.prune(&FileStatistics { schema: &schema, view })?),
+        None => None,
+    };
+    let objects: Vec<PartitionedFile> = view
         .files
         .iter()
         .enumerate()
         .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
         .map(|(_, f)| PartitionedFile::new(f.path.clone(), f.bytes))
         .collect();
-    if files.is_empty() {
+    if objects.is_empty() {
         return Ok(None);
     }
-    let partitions = state.config().target_partitions().max(1);
-    let per_group = files.len().div_ceil(partitions);
-    let groups: Vec<FileGroup> = files.chunks(per_group.max(1)).map(|g| FileGroup::new(g.to_vec())).collect();
     let url = ObjectStoreUrl::parse(crate::cold::OBJECT_STORE_URL)?;
     let runtime = state.runtime_env();
     let statement = state.config().get_extension::<StatementReads>().map(|s| Arc::clone(&s.0));
@@ -89,41 +143,147 @@ pub(super) fn cold_scan(
             Some(cached) => Arc::new(ScanStore::new(cached, Arc::clone(&tally))),
             None => runtime.object_store(&url)?,
         };
-    let readers = CachedParquetFileReaderFactory::new(store, runtime.cache_manager.get_file_metadata_cache());
-    let mut source = ParquetSource::new(Arc::clone(schema)).with_parquet_file_reader_factory(Arc::new(readers));
-    if let Some(predicate) = conjunction(filters.iter().cloned()) {
-        let df_schema = DFSchema::try_from(Arc::clone(schema))?;
-        source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+    let readers: Arc<dyn ParquetFileReaderFactory> =
+        Arc::new(CachedParquetFileReaderFactory::new(store, runtime.cache_manager.get_file_metadata_cache()));
+    let files_read = objects.len();
+    let files: Vec<ScanFile> = futures::stream::iter(objects)
+        .map(|object| ScanFile::open(readers.as_ref(), &schema, object))
+        .buffered(FOOTER_LOADS)
+        .try_collect()
+        .await?;
+    let mut row_groups = Vec::new();
+    let mut row_groups_total = 0;
+    for file in files {
+        let groups = file.metadata.metadata().row_groups();
+        row_groups_total += groups.len();
+        let keep = match &predicate {
+            Some(p) => p.prune(&RowGroupStatistics { file: &file, groups })?,
+            None => vec![true; groups.len()],
+        };
+        let rows: Vec<usize> = groups.iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).collect();
+        let file = Arc::new(file);
+        for (index, (rows, keep)) in rows.into_iter().zip(keep).enumerate() {
+            if keep {
+                row_groups.push(RowGroup { file: Arc::clone(&file), index, rows });
+            }
+        }
     }
-    let config = FileScanConfigBuilder::new(url, Arc::new(source))
-        .with_file_groups(groups)
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
-    Ok(Some(Arc::new(ColdScanExec { input: DataSourceExec::from_data_source(config), tally })))
+    if row_groups.is_empty() {
+        return Ok(None);
+    }
+    let projected_schema = match projection {
+        Some(p) => Arc::new(schema.project(p)?),
+        None => Arc::clone(&schema),
+    };
+    let partitions =
+        super::scan::deal(row_groups, state.config().target_partitions(), limit.is_some(), |g| g.rows as u64);
+    let properties = Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(Arc::clone(&projected_schema)),
+        Partitioning::UnknownPartitioning(partitions.len()),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ));
+    Ok(Some(Arc::new(ColdScanExec {
+        table: Arc::clone(table),
+        columns: projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect()),
+        projected: projection.is_some(),
+        projected_schema,
+        partitions,
+        files: (files_read, view.files.len()),
+        row_groups_total,
+        limit,
+        readers,
+        tally,
+        decoded: Count::new(),
+        reused: Count::new(),
+        properties,
+    })))
 }
 
-/// A scan of cold files, reporting in its metrics (EXPLAIN ANALYZE) the GET requests it sent to the bucket, their
-/// bytes, and the cache blocks it found and missed. Rows pass through unchanged.
+/// Scans chosen row groups of a table's cold files, one partition per group of them; each partition reads its row
+/// groups in turn and yields one record batch per row group. Columns come from the engine's column cache where it
+/// has them; the others are decoded from Parquet together (one read of the row group) and kept there. Its metrics
+/// count the GET requests it sent to the bucket and their bytes, the read cache's blocks hit and missed, and the row
+/// groups it decoded and found decoded.
 #[derive(Debug)]
 pub(super) struct ColdScanExec {
-    input: Arc<dyn ExecutionPlan>,
+    table: Arc<HotTable>,
+    /// The table's columns the scan yields, in order.
+    columns: Vec<usize>,
+    /// Whether the scan was given a projection (for EXPLAIN).
+    projected: bool,
+    projected_schema: SchemaRef,
+    partitions: Vec<Vec<RowGroup>>,
+    /// Files read, and files in the view.
+    files: (usize, usize),
+    /// Row groups in the files read.
+    row_groups_total: usize,
+    limit: Option<usize>,
+    readers: Arc<dyn ParquetFileReaderFactory>,
     tally: Arc<ReadTally>,
+    decoded: Count,
+    reused: Count,
+    properties: Arc<PlanProperties>,
 }
 
 impl ColdScanExec {
-    /// The same scan over a new input (the optimizer's rewrites), still tallying into this one's counts.
-    fn over(&self, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|c| {
-            datafusion::common::DataFusionError::Internal(format!("ColdScanExec has one input, got {}", c.len()))
-        })?;
-        Ok(Arc::new(ColdScanExec { input, tally: Arc::clone(&self.tally) }))
+    fn statistics_of<'a>(&self, groups: &mut dyn Iterator<Item = &'a RowGroup>) -> Statistics {
+        let mut rows = 0usize;
+        let mut bytes = 0usize;
+        let mut nulls: Vec<Option<usize>> = vec![Some(0); self.columns.len()];
+        for g in groups {
+            let meta = g.file.row_group(g.index);
+            rows += g.rows;
+            bytes += usize::try_from(meta.compressed_size()).unwrap_or(0);
+            for (n, column) in nulls.iter_mut().zip(&self.columns) {
+                let known = g.file.roots[*column]
+                    .and_then(|root| meta.column(root).statistics())
+                    .and_then(|s| s.null_count_opt());
+                *n = match (*n, known) {
+                    (Some(sum), Some(k)) => Some(sum + k as usize),
+                    _ => None,
+                };
+            }
+        }
+        let mut stats = Statistics::new_unknown(&self.projected_schema);
+        stats.num_rows = match self.limit {
+            Some(l) => Precision::Inexact(rows.min(l)),
+            None => Precision::Exact(rows),
+        };
+        stats.total_byte_size = Precision::Inexact(bytes);
+        stats.column_statistics = nulls
+            .into_iter()
+            .map(|n| ColumnStatistics {
+                null_count: n.map_or(Precision::Absent, Precision::Exact),
+                ..ColumnStatistics::new_unknown()
+            })
+            .collect();
+        stats
     }
 }
 
 impl DisplayAs for ColdScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ColdScanExec")
+        let row_groups: usize = self.partitions.iter().map(Vec::len).sum();
+        let (files, files_total) = self.files;
+        write!(
+            f,
+            "ColdScanExec: table={}, partitions={}, files={files}/{files_total} (pruned {}), row_groups={row_groups}/{} \
+             (pruned {})",
+            self.table.def().name,
+            self.partitions.len(),
+            files_total - files,
+            self.row_groups_total,
+            self.row_groups_total - row_groups,
+        )?;
+        if self.projected {
+            let names: Vec<&str> = self.projected_schema.fields().iter().map(|f| f.name().as_str()).collect();
+            write!(f, ", projection=[{}]", names.join(", "))?;
+        }
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -133,11 +293,11 @@ impl ExecutionPlan for ColdScanExec {
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
+        &self.properties
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+        vec![]
     }
 
     fn apply_expressions(
@@ -149,18 +309,44 @@ impl ExecutionPlan for ColdScanExec {
 
     fn replace_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.over(children)
+        Ok(self)
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.over(children)
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let groups = self.partitions.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "ColdScanExec has {} partitions, asked for {partition}",
+                self.partitions.len()
+            ))
+        })?;
+        let reader = Arc::new(GroupReader {
+            table: Arc::clone(&self.table),
+            columns: self.columns.clone(),
+            schema: Arc::clone(&self.projected_schema),
+            readers: Arc::clone(&self.readers),
+            decoded: self.decoded.clone(),
+            reused: self.reused.clone(),
+        });
+        let stream = futures::stream::try_unfold(
+            (groups.into_iter(), self.limit, reader),
+            |(mut groups, left, reader)| async move {
+                if left == Some(0) {
+                    return Ok(None);
+                }
+                let Some(group) = groups.next() else { return Ok(None) };
+                let batch = reader.read(&group).await?;
+                let left = left.map(|l| l.saturating_sub(batch.num_rows()));
+                Ok(Some((batch, (groups, left, reader))))
+            },
+        );
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.projected_schema), stream)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -171,28 +357,96 @@ impl ExecutionPlan for ColdScanExec {
             ("bucket_get_bytes", tally.get_bytes.get()),
             ("cache_hits", tally.cache_hits.get()),
             ("cache_misses", tally.cache_misses.get()),
+            ("row_groups_decoded", self.decoded.value() as u64),
+            ("row_groups_reused", self.reused.value() as u64),
         ] {
             MetricBuilder::new(&set).global_counter(name).add(value as usize);
         }
         Some(set.clone_inner())
     }
 
-    fn gather_filters_for_pushdown(
+    fn statistics_from_inputs(
         &self,
-        _phase: FilterPushdownPhase,
-        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
-        _config: &ConfigOptions,
-    ) -> DfResult<FilterDescription> {
-        FilterDescription::from_children(parent_filters, &self.children())
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        let stats = match args.partition() {
+            Some(p) => self.statistics_of(&mut self.partitions.get(p).into_iter().flatten()),
+            None => self.statistics_of(&mut self.partitions.iter().flatten()),
+        };
+        Ok(Arc::new(stats))
+    }
+}
+
+/// Reads row groups for one partition of a [`ColdScanExec`].
+struct GroupReader {
+    table: Arc<HotTable>,
+    columns: Vec<usize>,
+    schema: SchemaRef,
+    readers: Arc<dyn ParquetFileReaderFactory>,
+    decoded: Count,
+    reused: Count,
+}
+
+impl GroupReader {
+    /// Returns the scan's columns of one row group: cached ones from the column cache, the rest decoded and cached.
+    async fn read(&self, group: &RowGroup) -> DfResult<RecordBatch> {
+        let options = RecordBatchOptions::new().with_row_count(Some(group.rows));
+        if self.columns.is_empty() {
+            return Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), vec![], &options)?);
+        }
+        let (cache, metrics) = self.table.column_cache();
+        let source = Source::RowGroup(Arc::clone(&group.file.path), group.index);
+        let mut arrays: Vec<Option<ArrayRef>> = self.columns.iter().map(|c| cache.get(&source, *c, metrics)).collect();
+        let missing: Vec<usize> = (0..arrays.len()).filter(|i| arrays[*i].is_none()).collect();
+        if missing.is_empty() {
+            self.reused.add(1);
+        } else {
+            self.decoded.add(1);
+            let roots: Vec<usize> = missing.iter().filter_map(|i| group.file.roots[self.columns[*i]]).collect();
+            let decoded = if roots.is_empty() { None } else { Some(self.decode(group, roots).await?) };
+            let table_schema = self.table.schema();
+            for i in missing {
+                let column = self.columns[i];
+                let field = table_schema.field(column);
+                let array = match decoded.as_ref().and_then(|b| b.column_by_name(field.name())) {
+                    Some(a) if a.data_type() == field.data_type() => Arc::clone(a),
+                    Some(a) => cast(a, field.data_type())?,
+                    None => new_null_array(field.data_type(), group.rows),
+                };
+                cache.insert(&source, column, Arc::clone(&array), metrics);
+                arrays[i] = Some(array);
+            }
+        }
+        let arrays: Vec<ArrayRef> = arrays.into_iter().map(|a| a.expect("every column read or cached")).collect();
+        Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)?)
     }
 
-    fn handle_child_pushdown_result(
-        &self,
-        _phase: FilterPushdownPhase,
-        child_pushdown_result: ChildPushdownResult,
-        _config: &ConfigOptions,
-    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
-        Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
+    /// Decodes the given top-level columns of one row group, in one batch.
+    async fn decode(&self, group: &RowGroup, roots: Vec<usize>) -> DfResult<RecordBatch> {
+        let file = &group.file;
+        // The trait is Send already; parquet's stream wants the plain trait object.
+        let reader: Box<dyn AsyncFileReader> =
+            self.readers.create_reader(0, file.object.clone(), None, &ExecutionPlanMetricsSet::new())?;
+        let mask = ProjectionMask::roots(file.metadata.parquet_schema(), roots);
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
+            .with_row_groups(vec![group.index])
+            .with_projection(mask)
+            .with_batch_size(group.rows.max(1))
+            .build()?;
+        let schema = Arc::clone(stream.schema());
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        let batch = concat_batches(&schema, &batches)?;
+        if batch.num_rows() != group.rows {
+            return Err(DataFusionError::Internal(format!(
+                "cold file {} row group {} decoded {} rows; its footer says {}",
+                file.path,
+                group.index,
+                batch.num_rows(),
+                group.rows
+            )));
+        }
+        Ok(batch)
     }
 }
 
@@ -229,6 +483,46 @@ impl PruningStatistics for FileStatistics<'_> {
 
     fn row_counts(&self) -> Option<ArrayRef> {
         Some(Arc::new(UInt64Array::from_iter_values(self.view.files.iter().map(|f| f.rows))))
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Per-row-group statistics from one file's footer, in the shape DataFusion's pruning wants.
+struct RowGroupStatistics<'a> {
+    file: &'a ScanFile,
+    groups: &'a [RowGroupMetaData],
+}
+
+impl RowGroupStatistics<'_> {
+    fn converter(&self, column: &Column) -> Option<StatisticsConverter<'_>> {
+        StatisticsConverter::try_new(&column.name, self.file.metadata.schema(), self.file.metadata.parquet_schema())
+            .ok()
+    }
+}
+
+impl PruningStatistics for RowGroupStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.converter(column)?.row_group_mins(self.groups).ok()
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.converter(column)?.row_group_maxes(self.groups).ok()
+    }
+
+    fn num_containers(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        Some(Arc::new(self.converter(column)?.row_group_null_counts(self.groups).ok()?))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let rows = self.groups.iter().map(|g| u64::try_from(g.num_rows()).unwrap_or(0));
+        Some(Arc::new(UInt64Array::from_iter_values(rows)))
     }
 
     fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {

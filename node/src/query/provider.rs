@@ -19,7 +19,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder, PruningStatistics};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 
@@ -50,26 +50,20 @@ impl HotTableProvider {
     }
 }
 
-/// Which of the containers (chunks, files) that `statistics` describes `filters` may match; `None`: all of them.
-pub(super) fn prune(
+/// The predicate that prunes containers (chunks, files, row groups) by their statistics for `filters`; `None` when
+/// the filters cannot rule any out.
+pub(super) fn pruning_predicate(
     state: &dyn Session,
     schema: &SchemaRef,
     filters: &[Expr],
-    statistics: &dyn PruningStatistics,
-) -> DfResult<Option<Vec<bool>>> {
+) -> DfResult<Option<PruningPredicate>> {
     let Some(predicate) = conjunction(filters.iter().cloned()) else {
         return Ok(None);
     };
-    if statistics.num_containers() == 0 {
-        return Ok(None);
-    }
     let df_schema = DFSchema::try_from(Arc::clone(schema))?;
     let physical = state.create_physical_expr(predicate, &df_schema)?;
     let pruning = PruningPredicateBuilder::new().with_file_schema(Arc::clone(schema)).try_build(physical)?;
-    if pruning.always_true() {
-        return Ok(None);
-    }
-    Ok(Some(pruning.prune(statistics)?))
+    Ok((!pruning.always_true()).then_some(pruning))
 }
 
 /// Returns the chunks of `chunks` that `filters` may match, judged by their statistics.
@@ -79,10 +73,11 @@ pub(crate) fn prune_chunks(
     chunks: &[Arc<Chunk>],
     filters: &[Expr],
 ) -> DfResult<Vec<Arc<Chunk>>> {
-    Ok(match prune(state, schema, filters, &ChunkStatistics { schema, chunks })? {
-        None => chunks.to_vec(),
-        Some(keep) => chunks.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| Arc::clone(c)).collect(),
-    })
+    let Some(predicate) = pruning_predicate(state, schema, filters)?.filter(|_| !chunks.is_empty()) else {
+        return Ok(chunks.to_vec());
+    };
+    let keep = predicate.prune(&ChunkStatistics { schema, chunks })?;
+    Ok(chunks.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| Arc::clone(c)).collect())
 }
 
 #[async_trait]
@@ -136,7 +131,8 @@ impl TableProvider for HotTableProvider {
             partitions,
             limit,
         ));
-        let Some(cold_scan) = super::cold::cold_scan(state, &schema, &cold, projection, filters, limit)? else {
+        let Some(cold_scan) = super::cold::cold_scan(state, &self.table, &cold, projection, filters, limit).await?
+        else {
             return Ok(hot_scan);
         };
         if partitions <= 1 {

@@ -25,6 +25,37 @@ use datafusion::physical_plan::{
 
 use crate::table::{Chunk, HotTable};
 
+/// Deals the pieces of a scan (chunks, row groups) into at most `target_partitions` partitions of about equal rows:
+/// largest first into the lightest partition, each partition then in the order given. With `in_order` (a LIMIT, which
+/// reads pieces in order and stops early) all stay in one partition. There is always at least one partition.
+pub(super) fn deal<T>(
+    pieces: Vec<T>,
+    target_partitions: usize,
+    in_order: bool,
+    rows: impl Fn(&T) -> u64,
+) -> Vec<Vec<T>> {
+    let n = target_partitions.max(1).min(pieces.len().max(1));
+    if in_order || n == 1 {
+        return vec![pieces];
+    }
+    let mut numbered: Vec<(usize, T)> = pieces.into_iter().enumerate().collect();
+    numbered.sort_by_key(|(i, p)| (std::cmp::Reverse(rows(p)), *i));
+    let mut load = vec![0u64; n];
+    let mut partitions: Vec<Vec<(usize, T)>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, piece) in numbered {
+        let (lightest, _) = load.iter().enumerate().min_by_key(|(_, l)| **l).expect("n >= 1");
+        load[lightest] += rows(&piece);
+        partitions[lightest].push((i, piece));
+    }
+    partitions
+        .into_iter()
+        .map(|mut p| {
+            p.sort_by_key(|(i, _)| *i);
+            p.into_iter().map(|(_, piece)| piece).collect()
+        })
+        .collect()
+}
+
 /// Scans chosen chunks of one hot table, one partition per group of chunks.
 #[derive(Debug)]
 pub(crate) struct ChunkScanExec {
@@ -49,24 +80,8 @@ impl ChunkScanExec {
         target_partitions: usize,
         limit: Option<usize>,
     ) -> Self {
-        let n = target_partitions.max(1).min(chunks.len().max(1));
-        let mut partitions: Vec<Vec<Arc<Chunk>>> = vec![Vec::new(); n];
-        if limit.is_some() {
-            // A LIMIT reads chunks in order and stops early; keep them in one partition.
-            partitions = vec![chunks];
-        } else {
-            // Largest first into the lightest partition: a greedy balance of rows per partition.
-            chunks.sort_by_key(|c| std::cmp::Reverse(c.meta.rows));
-            let mut load = vec![0u64; n];
-            for c in chunks {
-                let (i, _) = load.iter().enumerate().min_by_key(|(_, l)| **l).expect("n >= 1");
-                load[i] += c.meta.rows;
-                partitions[i].push(c);
-            }
-            for p in &mut partitions {
-                p.sort_by_key(|c| c.seq);
-            }
-        }
+        chunks.sort_by_key(|c| c.seq);
+        let partitions = deal(chunks, target_partitions, limit.is_some(), |c| c.meta.rows);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&projected_schema)),
             Partitioning::UnknownPartitioning(partitions.len()),

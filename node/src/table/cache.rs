@@ -1,23 +1,34 @@
-//! [`ColumnCache`]: decoded chunk columns kept in memory, bounded by bytes, least recently used evicted first.
+//! [`ColumnCache`]: decoded columns kept in memory, bounded by bytes, least recently used evicted first. One cache
+//! serves both tiers: columns of hot chunks and of the row groups of cold files.
 //!
 //! A scan of a chunk otherwise reads the chunk's data from the hot store, checks it, decompresses it and decodes the
-//! Arrow IPC stream, every time. Chunks never change once written, so a decoded column can be kept and shared
-//! (`ArrayRef` is reference counted) by every later scan that projects it, at no risk of serving stale data: a chunk's
-//! sequence number is never reused, and a retired chunk's entries are dropped with its data.
+//! Arrow IPC stream, every time; a scan of a cold file decompresses and decodes Parquet pages. Chunks and files never
+//! change once written, so a decoded column can be kept and shared (`ArrayRef` is reference counted) by every later
+//! scan that projects it, at no risk of serving stale data: a chunk's sequence number and a file's name are never
+//! reused; a retired chunk's entries are dropped with its data, and a dropped file's entries age out.
 //!
-//! Entries are keyed by (chunk sequence, column index). Eviction is least-recently-used by a logical tick, kept in a
+//! Entries are keyed by where the column comes from ([`Source`]) and the column's index in the table. Eviction is least-recently-used by a logical tick, kept in a
 //! `BTreeMap` ordered by last use; every operation takes one short mutex. The cache holds at most `capacity_bytes` of
 //! Arrow buffers (as `get_array_memory_size` counts them); a column larger than the whole capacity is not kept.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef};
 
 use crate::metrics::Metrics;
 
-/// A cache key: chunk sequence number and column index.
-type Key = (u64, usize);
+/// Where a decoded column comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    /// A hot chunk, by sequence number.
+    Chunk(u64),
+    /// A row group (by index) of a cold file (by its path in the bucket).
+    RowGroup(Arc<str>, usize),
+}
+
+/// A cache key: the source and the column's index in the table.
+type Key = (Source, usize);
 
 #[derive(Debug)]
 struct Entry {
@@ -54,7 +65,7 @@ impl ColumnCache {
     }
 
     /// Returns the column if cached, marking it recently used.
-    pub(crate) fn get(&self, seq: u64, column: usize, metrics: &Metrics) -> Option<ArrayRef> {
+    pub(crate) fn get(&self, source: &Source, column: usize, metrics: &Metrics) -> Option<ArrayRef> {
         if !self.enabled() {
             return None;
         }
@@ -62,11 +73,12 @@ impl ColumnCache {
         inner.tick += 1;
         let tick = inner.tick;
         let Inner { entries, by_use, .. } = &mut *inner;
-        match entries.get_mut(&(seq, column)) {
+        let key = (source.clone(), column);
+        match entries.get_mut(&key) {
             Some(entry) => {
                 by_use.remove(&entry.tick);
                 entry.tick = tick;
-                by_use.insert(tick, (seq, column));
+                by_use.insert(tick, key);
                 metrics.column_cache_hits.inc();
                 Some(entry.array.clone())
             }
@@ -78,7 +90,7 @@ impl ColumnCache {
     }
 
     /// Keeps a decoded column, evicting the least recently used columns to make room.
-    pub(crate) fn insert(&self, seq: u64, column: usize, array: ArrayRef, metrics: &Metrics) {
+    pub(crate) fn insert(&self, source: &Source, column: usize, array: ArrayRef, metrics: &Metrics) {
         let bytes = array.get_array_memory_size();
         if !self.enabled() || bytes > self.capacity_bytes {
             return;
@@ -86,7 +98,8 @@ impl ColumnCache {
         let mut inner = self.inner.lock().expect("column cache lock poisoned");
         inner.tick += 1;
         let tick = inner.tick;
-        if let Some(old) = inner.entries.remove(&(seq, column)) {
+        let key = (source.clone(), column);
+        if let Some(old) = inner.entries.remove(&key) {
             inner.by_use.remove(&old.tick);
             inner.bytes -= old.bytes;
         }
@@ -97,8 +110,8 @@ impl ColumnCache {
                 metrics.column_cache_evictions.inc();
             }
         }
-        inner.entries.insert((seq, column), Entry { array, bytes, tick });
-        inner.by_use.insert(tick, (seq, column));
+        inner.entries.insert(key.clone(), Entry { array, bytes, tick });
+        inner.by_use.insert(tick, key);
         inner.bytes += bytes;
         metrics.column_cache_bytes.set(inner.bytes as u64);
     }
@@ -110,7 +123,7 @@ impl ColumnCache {
         }
         let mut inner = self.inner.lock().expect("column cache lock poisoned");
         for column in 0..columns {
-            if let Some(old) = inner.entries.remove(&(seq, column)) {
+            if let Some(old) = inner.entries.remove(&(Source::Chunk(seq), column)) {
                 inner.by_use.remove(&old.tick);
                 inner.bytes -= old.bytes;
             }
@@ -127,8 +140,6 @@ impl ColumnCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow::array::Int64Array;
 
     use super::*;
@@ -142,13 +153,13 @@ mod tests {
         let metrics = Metrics::default();
         let one = column(1000).get_array_memory_size();
         let cache = ColumnCache::new(one * 2 + one / 2);
-        cache.insert(1, 0, column(1000), &metrics);
-        cache.insert(2, 0, column(1000), &metrics);
-        assert!(cache.get(1, 0, &metrics).is_some(), "1 is now the most recently used");
-        cache.insert(3, 0, column(1000), &metrics);
-        assert!(cache.get(2, 0, &metrics).is_none(), "2 was least recently used");
-        assert!(cache.get(1, 0, &metrics).is_some());
-        assert!(cache.get(3, 0, &metrics).is_some());
+        cache.insert(&Source::Chunk(1), 0, column(1000), &metrics);
+        cache.insert(&Source::Chunk(2), 0, column(1000), &metrics);
+        assert!(cache.get(&Source::Chunk(1), 0, &metrics).is_some(), "1 is now the most recently used");
+        cache.insert(&Source::Chunk(3), 0, column(1000), &metrics);
+        assert!(cache.get(&Source::Chunk(2), 0, &metrics).is_none(), "2 was least recently used");
+        assert!(cache.get(&Source::Chunk(1), 0, &metrics).is_some());
+        assert!(cache.get(&Source::Chunk(3), 0, &metrics).is_some());
         assert!(cache.bytes() <= one * 2 + one / 2);
         assert_eq!(metrics.column_cache_evictions.get(), 1);
         assert_eq!(metrics.column_cache_misses.get(), 1);
@@ -159,16 +170,18 @@ mod tests {
     fn removing_a_chunk_frees_its_columns_and_oversized_columns_are_not_kept() {
         let metrics = Metrics::default();
         let cache = ColumnCache::new(1 << 20);
-        cache.insert(7, 0, column(10), &metrics);
-        cache.insert(7, 1, column(10), &metrics);
-        cache.insert(8, 0, column(10), &metrics);
+        cache.insert(&Source::Chunk(7), 0, column(10), &metrics);
+        cache.insert(&Source::Chunk(7), 1, column(10), &metrics);
+        cache.insert(&Source::Chunk(8), 0, column(10), &metrics);
         cache.remove_chunk(7, 2, &metrics);
-        assert!(cache.get(7, 0, &metrics).is_none() && cache.get(7, 1, &metrics).is_none());
-        assert_eq!(cache.get(8, 0, &metrics).map(|a| a.len()), Some(10));
-        cache.insert(9, 0, column(1 << 20), &metrics);
-        assert!(cache.get(9, 0, &metrics).is_none());
+        assert!(
+            cache.get(&Source::Chunk(7), 0, &metrics).is_none() && cache.get(&Source::Chunk(7), 1, &metrics).is_none()
+        );
+        assert_eq!(cache.get(&Source::Chunk(8), 0, &metrics).map(|a| a.len()), Some(10));
+        cache.insert(&Source::Chunk(9), 0, column(1 << 20), &metrics);
+        assert!(cache.get(&Source::Chunk(9), 0, &metrics).is_none());
         let disabled = ColumnCache::new(0);
-        disabled.insert(1, 0, column(10), &metrics);
-        assert!(disabled.get(1, 0, &metrics).is_none());
+        disabled.insert(&Source::Chunk(1), 0, column(10), &metrics);
+        assert!(disabled.get(&Source::Chunk(1), 0, &metrics).is_none());
     }
 }
