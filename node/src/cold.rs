@@ -36,6 +36,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
+use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -116,7 +117,7 @@ pub enum ColdState {
     Unavailable(String),
 }
 
-fn unavailable(store: &str, what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn unavailable(store: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::ColdUnavailable { detail: format!("{what} in {store}: {e}") }
 }
 
@@ -151,20 +152,23 @@ pub async fn write_manifest(store: &Arc<dyn ObjectStore>, display: &str, manifes
     Ok(location)
 }
 
-/// Writes `batches` as one Parquet file at `location` (zstd, row-group and page statistics, the page index;
-/// uploaded in parts when large); returns its size in bytes.
+/// Writes the batches of `batches` as one Parquet file at `location` (zstd, row-group and page statistics, the page
+/// index; uploaded in parts when large), reading them as it goes; returns its size in bytes.
 ///
 /// # Errors
 ///
-/// [`Error::ColdUnavailable`] when the store refuses the upload.
-pub async fn write_parquet(
+/// [`Error::ColdUnavailable`] when the store refuses the upload, and the first error of `batches`.
+pub async fn write_parquet<S>(
     store: &Arc<dyn ObjectStore>,
     display: &str,
     location: &str,
     schema: &SchemaRef,
-    batches: &[RecordBatch],
+    batches: S,
     row_group_rows: usize,
-) -> Result<u64> {
+) -> Result<u64>
+where
+    S: futures::Stream<Item = Result<RecordBatch>>,
+{
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(row_group_rows))
@@ -173,8 +177,9 @@ pub async fn write_parquet(
     let failed = |e: parquet::errors::ParquetError| unavailable(display, &format!("write {location}"), e);
     let sink = BufWriter::new(Arc::clone(store), Path::from(location));
     let mut writer = AsyncArrowWriter::try_new(sink, Arc::clone(schema), Some(properties)).map_err(failed)?;
-    for batch in batches {
-        writer.write(batch).await.map_err(failed)?;
+    let mut batches = std::pin::pin!(batches);
+    while let Some(batch) = batches.next().await {
+        writer.write(&batch?).await.map_err(failed)?;
     }
     writer.close().await.map_err(failed)?;
     let meta =

@@ -88,6 +88,16 @@ impl Quiver {
         self.engine.tier(table).await
     }
 
+    /// Merges the small cold files of `table` into larger ones (see `cold.target_file_bytes`); queries see the same
+    /// rows before and after.
+    ///
+    /// # Errors
+    ///
+    /// The table does not exist, or the store fails (the files then stay as they were; nothing is lost).
+    pub async fn compact(&self, table: &str) -> Result<crate::engine::CompactReport> {
+        self.engine.compact(table).await
+    }
+
     /// Runs the statements in `sql` and returns the rows of the last one as a stream, batch by batch.
     ///
     /// Statements that return no rows (DDL, INSERT, …) give a stream with one `count` column holding the affected

@@ -17,6 +17,7 @@
 //! longer has are also swept at open, so a crash in between leaves no garbage. Statements autocommit; BEGIN/COMMIT
 //! are accepted for client compatibility and do not group statements.
 
+mod compact;
 pub mod copy;
 mod gc;
 mod options;
@@ -43,6 +44,7 @@ use quiver_meta::{
     Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, TableDef, TableId, TableKind,
 };
 
+pub use compact::{COMPACT_MIN_FILES, CompactReport};
 pub use copy::CopyFormat;
 use registry::TableRegistry;
 pub use retention::ExpireReport;

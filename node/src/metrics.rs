@@ -140,6 +140,8 @@ pub struct Metrics {
     pub rows_ingested: Counter,
     /// Rows moved from the hot store to the cold tier.
     pub rows_tiered: Counter,
+    /// Cold files merged into larger ones by compaction.
+    pub cold_files_compacted: Counter,
     /// Requests to the cold tier's object store and their bytes.
     pub cold_io: std::sync::Arc<crate::cold::metered::IoCounters>,
     /// The cold tier's read cache.
@@ -245,6 +247,12 @@ impl Metrics {
         }
         counter(&mut out, "quiver_rows_ingested_total", "Rows committed to native tables.", self.rows_ingested.get());
         counter(&mut out, "quiver_rows_tiered_total", "Rows moved to the cold tier.", self.rows_tiered.get());
+        counter(
+            &mut out,
+            "quiver_cold_files_compacted_total",
+            "Cold files merged into larger ones by compaction.",
+            self.cold_files_compacted.get(),
+        );
         let io = self.cold_io.totals();
         let _ = writeln!(out, "# HELP quiver_cold_requests_total Requests to the cold tier's object store, by kind.");
         let _ = writeln!(out, "# TYPE quiver_cold_requests_total counter");

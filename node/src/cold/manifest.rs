@@ -184,6 +184,14 @@ impl Manifest {
         next
     }
 
+    /// The next version, with the files at `paths` replaced by `files`, which hold the same rows (compaction); the
+    /// replaced files are listed as retired, as in [`Manifest::without_files`]. The marks do not change.
+    pub fn replacing(&self, paths: &[String], files: Vec<ColdFile>, now_ms: u64, keep_ms: u64) -> Self {
+        let mut next = self.without_files(paths, now_ms, keep_ms);
+        next.files.extend(files);
+        next
+    }
+
     /// Where one writing of version `version` of this shard's manifest is stored (`nonce`: random per writing).
     pub fn path_of(table_id: u64, shard_id: u64, version: u64, nonce: u64) -> String {
         format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}-{nonce:016x}.json")

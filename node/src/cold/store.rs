@@ -41,6 +41,10 @@ pub struct ColdConfig {
     pub secret_access_key: Option<String>,
     /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
+    /// Compaction merges this node's cold files of a table that are smaller than half of this into files of up to
+    /// this size; the background tierer does so once a table has [`crate::engine::COMPACT_MIN_FILES`] such files.
+    /// `0`: never.
+    pub target_file_bytes: ByteSize,
     /// The background tierer moves a table's hot rows on this node to the cold tier once they take more than this
     /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier`: tiered rows cannot be
     /// deleted or updated yet.
@@ -77,6 +81,7 @@ impl Default for ColdConfig {
             access_key_id: None,
             secret_access_key: None,
             row_group_rows: 128 * 1024,
+            target_file_bytes: ByteSize(128 << 20),
             hot_bytes_max: ByteSize(0),
             tier_check_interval: Millis(30_000),
             write_limit: ByteSize(0),
@@ -143,6 +148,7 @@ pub struct ColdStore {
     row_group_rows: usize,
     hot_bytes_max: u64,
     write_limit: u64,
+    target_file_bytes: u64,
     gc_grace: std::time::Duration,
 }
 
@@ -209,6 +215,7 @@ impl ColdStore {
             row_group_rows: row_group_rows.max(1),
             hot_bytes_max: 0,
             write_limit: 0,
+            target_file_bytes: ColdConfig::default().target_file_bytes.0,
             gc_grace: ColdConfig::default().gc_grace.duration(),
         }
     }
@@ -239,14 +246,21 @@ impl ColdStore {
         self.write_limit
     }
 
+    /// The size compaction merges small files up to (0: no compaction; see [`ColdConfig::target_file_bytes`]).
+    pub fn target_file_bytes(&self) -> u64 {
+        self.target_file_bytes
+    }
+
     /// The garbage collector's grace period (see [`ColdConfig::gc_grace`]).
     pub fn gc_grace(&self) -> std::time::Duration {
         self.gc_grace
     }
 
-    /// Takes the background tierer's limits and the garbage collector's grace period from `config`.
+    /// Takes the background tierer's limits, compaction's target and the garbage collector's grace period from
+    /// `config`.
     pub fn with_limits(mut self, config: &ColdConfig) -> Self {
         self.gc_grace = config.gc_grace.duration();
+        self.target_file_bytes = config.target_file_bytes.0;
         self.hot_bytes_max = config.hot_bytes_max.0;
         self.write_limit = config.write_limit.0;
         self

@@ -195,7 +195,9 @@ impl Engine {
     ///
     /// - `ttl`: rows written longer ago are dropped ([`Engine::expire`]);
     /// - `hot_bytes_max`: once the table's hot rows take more than this, all of them are tiered (0: never by size);
-    /// - `tier_after`: hot rows written longer ago than this are tiered.
+    /// - `tier_after`: hot rows written longer ago than this are tiered;
+    /// - compaction: once the table has [`super::COMPACT_MIN_FILES`] small files on this node, they are merged
+    ///   ([`Engine::compact`]).
     ///
     /// A table that fails (the store is down) is logged and left hot; the next round tries again. While it fails,
     /// inserts into a table whose hot rows waiting to be tiered pass the write limit (`cold.write_limit`, or four
@@ -227,34 +229,40 @@ impl Engine {
             let hot: u64 = waiting.iter().map(|c| c.meta.data_bytes).sum();
             let over = limit > 0 && hot > limit;
             let aged = aged_before.is_some_and(|before| waiting.iter().any(|c| c.meta.written_ms <= before));
-            if !over && !aged {
-                table.refuse_writes(None);
-                continue;
-            }
-            let result = if over { self.tier(&name).await } else { self.tier_written_before(&name, aged_before).await };
-            match result {
-                Ok(report) => {
-                    table.refuse_writes(None);
-                    if report.rows > 0 {
-                        tiered.push((name, report));
+            if over || aged {
+                let result =
+                    if over { self.tier(&name).await } else { self.tier_written_before(&name, aged_before).await };
+                match result {
+                    Ok(report) => {
+                        table.refuse_writes(None);
+                        if report.rows > 0 {
+                            tiered.push((name.clone(), report));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
+                        let write_limit = match (self.cold.write_limit(), limit) {
+                            (0, 0) => None,
+                            (0, limit) => Some(limit.saturating_mul(4)),
+                            (set, _) => Some(set),
+                        };
+                        let refuse = write_limit.filter(|&w| hot > w).map(|write_limit| {
+                            format!(
+                                "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, \
+                                 more than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
+                                e.report()
+                            )
+                        });
+                        table.refuse_writes(refuse);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
-                    let write_limit = match (self.cold.write_limit(), limit) {
-                        (0, 0) => None,
-                        (0, limit) => Some(limit.saturating_mul(4)),
-                        (set, _) => Some(set),
-                    };
-                    let refuse = write_limit.filter(|&w| hot > w).map(|write_limit| {
-                        format!(
-                            "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, more \
-                             than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
-                            e.report()
-                        )
-                    });
-                    table.refuse_writes(refuse);
-                }
+            } else {
+                table.refuse_writes(None);
+            }
+            if self.compaction_due(&table)
+                && let Err(e) = self.compact_with(&name, super::COMPACT_MIN_FILES).await
+            {
+                tracing::warn!(table = %name, error = %e.report(), "compaction failed; it is retried next round");
             }
         }
         tiered
@@ -321,15 +329,12 @@ impl Engine {
             let began = tokio::time::Instant::now();
 
             // 1. The file: the chunks' rows, in sequence order, under a name of its own.
-            let mut batches = Vec::with_capacity(chunks.len());
-            for chunk in &chunks {
-                batches.push(table.read_chunk(chunk, None, &schema)?);
-            }
+            let batches = futures::stream::iter(chunks.iter().map(|chunk| table.read_chunk(chunk, None, &schema)));
             let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
             let path =
                 Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
             let bytes =
-                cold::write_parquet(&store, &display, &path, &schema, &batches, self.cold.row_group_rows()).await?;
+                cold::write_parquet(&store, &display, &path, &schema, batches, self.cold.row_group_rows()).await?;
             let columns = file_columns(&chunks, schema.fields().len());
             let written_ms = Some(WrittenRange {
                 min: chunks.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
@@ -619,6 +624,74 @@ mod tests {
         assert_eq!(column(3), [1, 1], "EXPLAIN ANALYZE returns one row");
         let rendered = engine.metrics().render(0, 0, &Default::default());
         assert!(rendered.contains("quiver_cold_cache_hits_total"), "{rendered}");
+    }
+
+    /// The files of table `t`'s cold view on this node.
+    fn cold_files(engine: &Engine) -> Vec<ColdFile> {
+        match engine.native_table("t").expect("t").cold() {
+            ColdState::Ready(view) => view.files.clone(),
+            ColdState::Unavailable(detail) => panic!("cold tier unavailable: {detail}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_merges_small_files_and_every_row_stays_readable_once() {
+        let cold = ColdConfig { row_group_rows: 100, ..ColdConfig::default() };
+        let (dir, engine) = table_t_with(100, cold.clone()).await;
+        engine.tier("t").await.expect("tier");
+        let files = crate::engine::COMPACT_MIN_FILES as i64;
+        for round in 1..files {
+            insert(&engine, round * 100 + 1, (round + 1) * 100).await;
+            engine.tier("t").await.expect("tier");
+        }
+        let before = cold_files(&engine);
+        assert_eq!(before.len(), files as usize);
+        let n = files * 100;
+
+        // The background round merges them: one file, the same rows.
+        assert!(engine.apply_tier_policies(None).await.is_empty(), "nothing hot to tier");
+        let after = cold_files(&engine);
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(after[0].rows, n as u64);
+        let ages = |f: &[ColdFile]| {
+            let w: Vec<WrittenRange> = f.iter().map(|f| f.written_ms.expect("age")).collect();
+            (w.iter().map(|w| w.min).min(), w.iter().map(|w| w.max).max())
+        };
+        assert_eq!(ages(&after), ages(&before), "the rows keep their write times");
+        assert_eq!(totals(&engine).await, expected(n));
+        assert_eq!(engine.metrics().cold_files_compacted.get(), files as u64);
+        // The merged file's statistics still prune.
+        assert_eq!(filtered(&engine, "x > 100000").await, ((0, 0), 0));
+        assert_eq!(filtered(&engine, "x > 750").await.0, (n - 750, (751..=n).sum::<i64>()));
+
+        // The replaced files are retired, kept for the garbage collector's grace period (in a block: the table
+        // holds the hot store open until it is dropped).
+        {
+            let table = engine.native_table("t").expect("t");
+            let shard = engine.shard_of(table.def()).expect("shard");
+            let (_, manifest) = engine.shard_manifest(&table, &shard).await.expect("manifest");
+            let retired: Vec<&str> = manifest.retired.iter().map(|r| r.path.as_str()).collect();
+            assert_eq!(retired.len(), before.len());
+            let store = engine.cold_store().expect("store");
+            for f in &before {
+                assert!(retired.contains(&f.path.as_str()), "{} is retired", f.path);
+                store.head(&object_store::path::Path::from(f.path.as_str())).await.expect("still stored");
+            }
+        }
+
+        // Rows tiered later join the merged file on an explicit compaction; the answers survive a restart.
+        insert(&engine, n + 1, n + 50).await;
+        engine.tier("t").await.expect("tier");
+        let report = engine.compact("t").await.expect("compact");
+        assert_eq!((report.files_in, report.files_out, report.rows), (2, 1, n as u64 + 50), "{report:?}");
+        assert_eq!(cold_files(&engine).len(), 1);
+        assert_eq!(engine.compact("t").await.expect("compact").files_in, 0, "one file is left as it is");
+        insert(&engine, n + 51, n + 60).await;
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open_with(dir.path(), cold).await;
+        assert_eq!(totals(&engine).await, expected(n + 60));
+        assert_eq!(cold_files(&engine).len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -920,7 +993,16 @@ mod tests {
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
         let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
-        let bytes = cold::write_parquet(&store, "test", &path, &schema, &batches, 1000).await.expect("file");
+        let bytes = cold::write_parquet(
+            &store,
+            "test",
+            &path,
+            &schema,
+            futures::stream::iter(batches.into_iter().map(Ok)),
+            1000,
+        )
+        .await
+        .expect("file");
         let columns = file_columns(&chunks, 1);
         let file = ColdFile {
             path,

@@ -227,7 +227,7 @@ pub(super) struct ColdScanExec {
 }
 
 impl ColdScanExec {
-    fn statistics_of<'a>(&self, groups: &mut dyn Iterator<Item = &'a RowGroup>) -> Statistics {
+    fn statistics_of(&self, groups: &mut dyn Iterator<Item = &RowGroup>) -> Statistics {
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut nulls: Vec<Option<usize>> = vec![Some(0); self.columns.len()];
