@@ -36,6 +36,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::Accumulator;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -150,6 +152,64 @@ pub async fn write_manifest(store: &Arc<dyn ObjectStore>, display: &str, manifes
         .await
         .map_err(|e| unavailable(display, &format!("write manifest {location}"), e))?;
     Ok(location)
+}
+
+/// Per-column statistics of the rows written to a file, gathered batch by batch as they stream past (for files
+/// whose rows are not hot chunks with statistics of their own: rewrites by DELETE and UPDATE).
+pub(crate) struct StatsBuilder {
+    columns: Vec<ColumnBuilder>,
+}
+
+struct ColumnBuilder {
+    /// `None` when the column's type has no minimum and maximum.
+    bounds: Option<(MinAccumulator, MaxAccumulator)>,
+    nulls: u64,
+}
+
+impl StatsBuilder {
+    /// A builder for rows of `schema`.
+    pub(crate) fn new(schema: &SchemaRef) -> Self {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| ColumnBuilder {
+                bounds: MinAccumulator::try_new(f.data_type())
+                    .and_then(|min| Ok((min, MaxAccumulator::try_new(f.data_type())?)))
+                    .ok(),
+                nulls: 0,
+            })
+            .collect();
+        Self { columns }
+    }
+
+    /// Takes in a batch of rows.
+    pub(crate) fn observe(&mut self, batch: &RecordBatch) {
+        for (column, array) in self.columns.iter_mut().zip(batch.columns()) {
+            column.nulls += array.null_count() as u64;
+            if let Some((min, max)) = &mut column.bounds
+                && (min.update_batch(std::slice::from_ref(array)).is_err()
+                    || max.update_batch(std::slice::from_ref(array)).is_err())
+            {
+                column.bounds = None;
+            }
+        }
+    }
+
+    /// The statistics of every row taken in (bounds unknown where the type has none).
+    pub(crate) fn finish(self) -> Vec<ColumnStats> {
+        self.columns
+            .into_iter()
+            .map(|mut c| {
+                let (min, max) = match &mut c.bounds {
+                    Some((min, max)) => {
+                        (min.evaluate().unwrap_or(ScalarValue::Null), max.evaluate().unwrap_or(ScalarValue::Null))
+                    }
+                    None => (ScalarValue::Null, ScalarValue::Null),
+                };
+                ColumnStats::from_values(&min, &max, c.nulls)
+            })
+            .collect()
+    }
 }
 
 /// Writes the batches of `batches` as one Parquet file at `location` (zstd, row-group and page statistics, the page

@@ -427,6 +427,9 @@ impl Config {
         {
             return bad("cold.store", why);
         }
+        if self.cold.compact_min_files < 2 {
+            return bad("cold.compact_min_files", "must be 2 or more".into());
+        }
         if self.cold.row_group_rows == 0 {
             return bad("cold.row_group_rows", "must be 1 or more".into());
         }
@@ -599,6 +602,9 @@ mod tests {
         let err = Config::load(Some(("q.toml", "[cold]\ncache_disk = \"1MiB\"\n")), env(&[]), &Overrides::default())
             .expect_err("tiny cache");
         assert!(err.to_string().contains("cold.cache_disk") && err.to_string().contains("64MiB"), "{err}");
+        let err = Config::load(Some(("q.toml", "[cold]\ncompact_min_files = 1\n")), env(&[]), &Overrides::default())
+            .expect_err("one file is not a merge");
+        assert!(err.to_string().contains("cold.compact_min_files"), "{err}");
         let c = Config::load(
             Some(("q.toml", "[cold]\nstore = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n")),
             env(&[]),

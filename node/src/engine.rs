@@ -23,6 +23,7 @@ mod gc;
 mod options;
 mod registry;
 mod retention;
+mod rewrite;
 mod statements;
 pub mod system;
 mod tier;
@@ -44,7 +45,7 @@ use quiver_meta::{
     Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, TableDef, TableId, TableKind,
 };
 
-pub use compact::{COMPACT_MIN_FILES, CompactReport};
+pub use compact::CompactReport;
 pub use copy::CopyFormat;
 use registry::TableRegistry;
 pub use retention::ExpireReport;
@@ -1008,7 +1009,7 @@ impl Engine {
                 let is_update = op == WriteOp::Update;
                 let change = crate::query::dml::analyze(&name, &input, is_update)?;
                 let state = self.ctx.state();
-                let rows = crate::query::dml::apply(&state, &table, change).await?;
+                let rows = self.change_rows(&state, &table, &change).await?;
                 Ok(QueryOutput::Affected { command: if is_update { Command::Update } else { Command::Delete }, rows })
             }
             LogicalPlan::Dml(DmlStatement { table_name: ref t, op: WriteOp::Insert(_), .. }) => {
@@ -1034,7 +1035,7 @@ impl Engine {
                     assignments: None,
                     scan_schema: Arc::new(datafusion::common::DFSchema::try_from(table.schema())?),
                 };
-                let rows = crate::query::dml::apply(&self.ctx.state(), &table, change).await?;
+                let rows = self.change_rows(&self.ctx.state(), &table, &change).await?;
                 Ok(QueryOutput::Affected { command: Command::Delete, rows })
             }
             LogicalPlan::Copy(_) => {

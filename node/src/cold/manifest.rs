@@ -165,11 +165,21 @@ impl Manifest {
     pub fn with_file(&self, file: ColdFile) -> Self {
         let mut next = self.clone();
         next.version += 1;
-        let through = next.hot_through.entry(file.store).or_insert(0);
-        *through = (*through).max(file.max_seq);
-        next.files.retain(|f| f.path != file.path);
-        next.files.push(file);
+        next.add_tiered(file);
         next
+    }
+
+    /// Adds `file`, which holds its store's hot chunks up to `file.max_seq`, to this version.
+    pub fn add_tiered(&mut self, file: ColdFile) {
+        self.mark_tiered(file.store, file.max_seq);
+        self.files.retain(|f| f.path != file.path);
+        self.files.push(file);
+    }
+
+    /// Marks hot store `store`'s chunks up to `max_seq` as tiered in this version (held by its files, or gone).
+    pub fn mark_tiered(&mut self, store: u64, max_seq: u64) {
+        let through = self.hot_through.entry(store).or_insert(0);
+        *through = (*through).max(max_seq);
     }
 
     /// The next version, without the files at `paths` (expired by retention), which are listed as retired at

@@ -42,9 +42,11 @@ pub struct ColdConfig {
     /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
     /// Compaction merges this node's cold files of a table that are smaller than half of this into files of up to
-    /// this size; the background tierer does so once a table has [`crate::engine::COMPACT_MIN_FILES`] such files.
-    /// `0`: never.
+    /// this size; the background tierer does so once a table has `compact_min_files` such files. `0`: never.
     pub target_file_bytes: ByteSize,
+    /// The small files a table must have on a node before the background tierer compacts them (at least 2): merging
+    /// a few each round would rewrite the same rows again and again.
+    pub compact_min_files: usize,
     /// The background tierer moves a table's hot rows on this node to the cold tier once they take more than this
     /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier`: tiered rows cannot be
     /// deleted or updated yet.
@@ -82,6 +84,7 @@ impl Default for ColdConfig {
             secret_access_key: None,
             row_group_rows: 128 * 1024,
             target_file_bytes: ByteSize(128 << 20),
+            compact_min_files: 8,
             hot_bytes_max: ByteSize(0),
             tier_check_interval: Millis(30_000),
             write_limit: ByteSize(0),
@@ -149,6 +152,7 @@ pub struct ColdStore {
     hot_bytes_max: u64,
     write_limit: u64,
     target_file_bytes: u64,
+    compact_min_files: usize,
     gc_grace: std::time::Duration,
 }
 
@@ -216,6 +220,7 @@ impl ColdStore {
             hot_bytes_max: 0,
             write_limit: 0,
             target_file_bytes: ColdConfig::default().target_file_bytes.0,
+            compact_min_files: ColdConfig::default().compact_min_files,
             gc_grace: ColdConfig::default().gc_grace.duration(),
         }
     }
@@ -251,6 +256,11 @@ impl ColdStore {
         self.target_file_bytes
     }
 
+    /// The small files that make the background tierer compact a table (see [`ColdConfig::compact_min_files`]).
+    pub fn compact_min_files(&self) -> usize {
+        self.compact_min_files
+    }
+
     /// The garbage collector's grace period (see [`ColdConfig::gc_grace`]).
     pub fn gc_grace(&self) -> std::time::Duration {
         self.gc_grace
@@ -261,6 +271,7 @@ impl ColdStore {
     pub fn with_limits(mut self, config: &ColdConfig) -> Self {
         self.gc_grace = config.gc_grace.duration();
         self.target_file_bytes = config.target_file_bytes.0;
+        self.compact_min_files = config.compact_min_files.max(2);
         self.hot_bytes_max = config.hot_bytes_max.0;
         self.write_limit = config.write_limit.0;
         self

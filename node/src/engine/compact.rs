@@ -7,7 +7,8 @@
 //! a time). The new files replace the old ones in one manifest version, committed through Raft like a tiering, so a
 //! scan sees either the old files or the new ones, never both. The old files are listed as retired and the garbage
 //! collector deletes them `cold.gc_grace` later, after scans of the previous version are done. Like tiering, every
-//! step can be retried: a crash before the commit leaves only unreferenced uploads for the garbage collector.
+//! step can be retried: a crash before the commit leaves only unreferenced uploads for the garbage collector. The
+//! background tierer compacts a table once it has `cold.compact_min_files` (8) small files on the node.
 //!
 //! A merged file's rows keep their write times ([`crate::cold::WrittenRange`] spans them all), so `ttl` drops it only
 //! once its newest row expires: compaction can delay the expiry of older rows by up to the span of one run. Files of
@@ -29,13 +30,9 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord};
 
 use super::Engine;
-use crate::cold::{self, ColdFile, ColdState, ColumnStats, Manifest, WrittenRange};
+use crate::cold::{self, ColdFile, ColdState, ColumnStats, WrittenRange};
 use crate::error::{Error, Result};
 use crate::table::HotTable;
-
-/// The small files a table must have on this node before the background tierer compacts it: merging fewer each
-/// round would rewrite the same rows again and again.
-pub const COMPACT_MIN_FILES: usize = 8;
 
 /// How often a compaction retries its commit when another node moved the manifest pointer meanwhile.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -148,12 +145,13 @@ impl Engine {
     }
 
     /// Whether the background tierer should compact `table`: its cold view on this node has at least
-    /// [`COMPACT_MIN_FILES`] small files.
+    /// `cold.compact_min_files` small files.
     pub(super) fn compaction_due(&self, table: &HotTable) -> bool {
         let target = self.cold.target_file_bytes();
         match table.cold() {
             ColdState::Ready(view) => {
-                target > 0 && !runs_to_merge(&view.files, self.store_id, target, COMPACT_MIN_FILES).is_empty()
+                target > 0
+                    && !runs_to_merge(&view.files, self.store_id, target, self.cold.compact_min_files()).is_empty()
             }
             ColdState::Unavailable(_) => false,
         }
@@ -170,29 +168,14 @@ impl Engine {
         let schema = table.schema();
         let display = self.cold.display();
         let max_seq = run.iter().map(|f| f.max_seq).max().unwrap_or(0);
-        let path = Manifest::data_path(
-            table.def().id.0,
-            shard.shard_id.0,
-            self.node_id,
-            self.store_id,
-            max_seq,
-            crate::random_u64()?,
-        );
+        let path = self.new_file_path(table, shard, max_seq)?;
         let sources: Vec<(String, u64)> = run.iter().map(|f| (f.path.clone(), f.bytes)).collect();
-        let readers: Arc<dyn ParquetFileReaderFactory> =
-            Arc::new(DefaultParquetFileReaderFactory::new(Arc::clone(store)));
-        let (owned_display, table_name, checked) = (display.to_string(), table.def().name.clone(), Arc::clone(&schema));
+        let readers = self.readers(store);
+        let owned_display = display.to_string();
         let batches = futures::stream::iter(sources)
             .then(move |(path, bytes)| read_file(Arc::clone(&readers), owned_display.clone(), path, bytes))
             .try_flatten()
-            .map(move |batch| {
-                // The table's schema, checked: a file written under another schema is refused, not rewritten.
-                let batch = batch?;
-                RecordBatch::try_new(Arc::clone(&checked), batch.columns().to_vec()).map_err(|e| Error::Corrupt {
-                    location: format!("table \"{table_name}\" cold files"),
-                    detail: format!("a file's columns do not match the table's: {e}"),
-                })
-            });
+            .map(|batch| super::rewrite::as_table_rows(table, &batch?));
         let bytes = cold::write_parquet(store, display, &path, &schema, batches, self.cold.row_group_rows()).await?;
         let written_ms = run.iter().map(|f| f.written_ms).collect::<Option<Vec<_>>>().map(|w| WrittenRange {
             min: w.iter().map(|w| w.min).min().unwrap_or(0),
@@ -211,8 +194,15 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Opens cold files for reading through `store`.
+    pub(super) fn readers(&self, store: &Arc<dyn ObjectStore>) -> Arc<dyn ParquetFileReaderFactory> {
+        Arc::new(DefaultParquetFileReaderFactory::new(Arc::clone(store)))
+    }
+}
+
 /// The record batches of the cold file at `path` (`bytes` long), as a stream.
-async fn read_file(
+pub(super) async fn read_file(
     readers: Arc<dyn ParquetFileReaderFactory>,
     display: String,
     path: String,

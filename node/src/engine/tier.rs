@@ -196,7 +196,7 @@ impl Engine {
     /// - `ttl`: rows written longer ago are dropped ([`Engine::expire`]);
     /// - `hot_bytes_max`: once the table's hot rows take more than this, all of them are tiered (0: never by size);
     /// - `tier_after`: hot rows written longer ago than this are tiered;
-    /// - compaction: once the table has [`super::COMPACT_MIN_FILES`] small files on this node, they are merged
+    /// - compaction: once the table has `cold.compact_min_files` small files on this node, they are merged
     ///   ([`Engine::compact`]).
     ///
     /// A table that fails (the store is down) is logged and left hot; the next round tries again. While it fails,
@@ -260,7 +260,7 @@ impl Engine {
                 table.refuse_writes(None);
             }
             if self.compaction_due(&table)
-                && let Err(e) = self.compact_with(&name, super::COMPACT_MIN_FILES).await
+                && let Err(e) = self.compact_with(&name, self.cold.compact_min_files()).await
             {
                 tracing::warn!(table = %name, error = %e.report(), "compaction failed; it is retried next round");
             }
@@ -639,7 +639,7 @@ mod tests {
         let cold = ColdConfig { row_group_rows: 100, ..ColdConfig::default() };
         let (dir, engine) = table_t_with(100, cold.clone()).await;
         engine.tier("t").await.expect("tier");
-        let files = crate::engine::COMPACT_MIN_FILES as i64;
+        let files = ColdConfig::default().compact_min_files as i64;
         for round in 1..files {
             insert(&engine, round * 100 + 1, (round + 1) * 100).await;
             engine.tier("t").await.expect("tier");
@@ -752,11 +752,6 @@ mod tests {
             engine.execute_one("SELECT count(*) FROM t WHERE x > 1400").await.expect("q").collect().await.expect("r");
         assert_eq!(filtered[0].column(0).as_primitive::<Int64Type>().value(0), 200);
 
-        // DELETE and UPDATE do not reach tiered rows yet: refused, nothing changes.
-        let refused = engine.execute_one("DELETE FROM t WHERE x < 10").await.expect_err("refused");
-        assert!(refused.report().contains("cold tier"), "{}", refused.report());
-        assert_eq!(totals(&engine).await, expected(1600));
-
         engine.shutdown().await.expect("shutdown");
         drop(table);
         drop(engine);
@@ -764,6 +759,73 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(1600), "the same answer after a restart");
         let files = std::fs::read_dir(dir.path().join("cold")).expect("the cold directory exists").count();
         assert_eq!(files, 1, "one cluster prefix in the default cold directory");
+    }
+
+    /// The rows a DELETE or UPDATE affected.
+    async fn affected(engine: &Engine, sql: &str) -> u64 {
+        match engine.execute_one(sql).await.expect(sql) {
+            crate::engine::QueryOutput::Affected { rows, .. } => rows,
+            _ => panic!("{sql} reports no row count"),
+        }
+    }
+
+    /// `count(*)` and `coalesce(sum(x), 0)` of table `t` where `filter`.
+    async fn count_sum(engine: &Engine, filter: &str) -> (i64, i64) {
+        filtered(engine, filter).await.0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_and_update_reach_tiered_rows_and_take_effect_whole() {
+        let cold = ColdConfig { row_group_rows: 100, ..ColdConfig::default() };
+        let (dir, engine) = table_t_with(300, cold.clone()).await;
+        engine.tier("t").await.expect("tier 1..=300");
+        insert(&engine, 301, 600).await;
+        engine.tier("t").await.expect("tier 301..=600");
+        insert(&engine, 601, 700).await;
+        let sum = |from: i64, to: i64| (from..=to).sum::<i64>();
+        let first = cold_files(&engine);
+        let version = |engine: &Engine| match engine.native_table("t").expect("t").cold() {
+            ColdState::Ready(view) => view.version,
+            ColdState::Unavailable(detail) => panic!("{detail}"),
+        };
+
+        // Only cold rows match: the file holding them is replaced, the other file and the hot rows stay.
+        assert_eq!(affected(&engine, "DELETE FROM t WHERE x <= 10").await, 10);
+        assert_eq!(count_sum(&engine, "true").await, (690, sum(11, 700)));
+        let after = cold_files(&engine);
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().any(|f| f.path == first[1].path), "the file without matches is kept");
+        assert!(!after.iter().any(|f| f.path == first[0].path), "the file with matches is replaced");
+        assert_eq!(after.iter().map(|f| f.rows).sum::<u64>(), 590);
+        assert_eq!(engine.native_table("t").expect("t").row_count(), 100, "the hot rows are untouched");
+        // The new file's statistics are its new rows': nothing below 11 is left to read.
+        assert_eq!(filtered(&engine, "x <= 10").await, ((0, 0), 0));
+
+        // Rows in both tiers: one commit, after which the hot rows live in the cold tier.
+        assert_eq!(affected(&engine, "UPDATE t SET x = x + 1000 WHERE x > 590 AND x <= 610").await, 20);
+        assert_eq!(count_sum(&engine, "true").await, (690, sum(11, 700) + 20 * 1000));
+        assert_eq!(count_sum(&engine, "x > 1000").await, (20, sum(1591, 1610)));
+        assert_eq!(engine.native_table("t").expect("t").row_count(), 0, "the hot rows were tiered with the change");
+        assert_eq!(cold_files(&engine).len(), 3);
+
+        // A failed statement changes nothing; one that matches nothing commits nothing.
+        let before = version(&engine);
+        let e = engine.execute_one("UPDATE t SET x = NULL WHERE x = 100").await.expect_err("NOT NULL");
+        assert!(e.report().contains("x"), "{}", e.report());
+        assert_eq!(affected(&engine, "DELETE FROM t WHERE x = 999999").await, 0);
+        assert_eq!(version(&engine), before);
+        assert_eq!(count_sum(&engine, "true").await, (690, sum(11, 700) + 20 * 1000));
+
+        // A DELETE without WHERE empties both tiers; the answers survive a restart.
+        insert(&engine, 1, 5).await;
+        assert_eq!(affected(&engine, "DELETE FROM t WHERE x > 600").await, 110);
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open_with(dir.path(), cold).await;
+        assert_eq!(count_sum(&engine, "true").await, (585, sum(1, 5) + sum(11, 590)));
+        assert_eq!(affected(&engine, "DELETE FROM t").await, 585);
+        assert_eq!(count_sum(&engine, "true").await, (0, 0));
+        assert!(cold_files(&engine).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

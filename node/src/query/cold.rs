@@ -22,7 +22,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_optimizer::pruning::PruningStatistics;
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningStatistics};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -41,7 +41,7 @@ use parquet::file::metadata::RowGroupMetaData;
 
 use super::provider::pruning_predicate;
 use crate::cold::cache::{CachedStore, ReadTally, ScanStore};
-use crate::cold::{ColdView, FileBounds};
+use crate::cold::{ColdFile, ColdView, FileBounds};
 use crate::table::{HotTable, Source};
 
 /// Files whose footers a scan loads at once while planning.
@@ -120,16 +120,9 @@ pub(super) async fn cold_scan(
     }
     let schema = table.schema();
     let predicate = pruning_predicate(state, &schema, filters)?;
-    let keep = match &predicate {
-        Some(p) => Some(p.prune(&FileStatistics { schema: &schema, view })?),
-        None => None,
-    };
-    let objects: Vec<PartitionedFile> = view
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
-        .map(|(_, f)| PartitionedFile::new(f.path.clone(), f.bytes))
+    let objects: Vec<PartitionedFile> = files_matching(predicate.as_ref(), &schema, view)?
+        .into_iter()
+        .map(|f| PartitionedFile::new(f.path.clone(), f.bytes))
         .collect();
     if objects.is_empty() {
         return Ok(None);
@@ -198,6 +191,28 @@ pub(super) async fn cold_scan(
         reused: Count::new(),
         properties,
     })))
+}
+
+/// The files of `view` that `filters` may match, judged by the manifest's statistics.
+pub(crate) fn matching_files<'a>(
+    state: &dyn Session,
+    schema: &SchemaRef,
+    view: &'a ColdView,
+    filters: &[Expr],
+) -> DfResult<Vec<&'a ColdFile>> {
+    files_matching(pruning_predicate(state, schema, filters)?.as_ref(), schema, view)
+}
+
+fn files_matching<'a>(
+    predicate: Option<&PruningPredicate>,
+    schema: &SchemaRef,
+    view: &'a ColdView,
+) -> DfResult<Vec<&'a ColdFile>> {
+    let keep = match predicate {
+        Some(p) if !view.files.is_empty() => Some(p.prune(&FileStatistics { schema, view })?),
+        _ => None,
+    };
+    Ok(view.files.iter().enumerate().filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i])).map(|(_, f)| f).collect())
 }
 
 /// Scans chosen row groups of a table's cold files, one partition per group of them; each partition reads its row

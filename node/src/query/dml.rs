@@ -1,9 +1,10 @@
-//! DELETE and UPDATE on hot tables.
+//! DELETE and UPDATE: what they change in a batch of rows, and in a table's hot chunks.
 //!
 //! Both rewrite the chunks that hold matching rows: under the table's DML lock, chunks are pruned with the WHERE
 //! clause, each remaining chunk is read whole and the predicate evaluated; a chunk with matches is replaced by its
 //! surviving (DELETE) or changed (UPDATE) rows. All replacements of one statement commit in one atomic, durable write,
-//! so a statement is all-or-nothing and the affected-row count is exact.
+//! so a statement is all-or-nothing and the affected-row count is exact. Tiered rows are rewritten the same way, file
+//! by file, and committed through the manifest (`crate::engine` `rewrite`).
 //!
 //! We plan these statements ourselves from the unoptimized logical plan instead of using DataFusion's
 //! `TableProvider::delete_from`/`update` hooks: in DataFusion 55 the optimizer can fold a `WHERE false` or rewrite an
@@ -22,9 +23,8 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::provider::prune_chunks;
-use crate::cold::ColdState;
 use crate::error::{Error, Result};
-use crate::table::HotTable;
+use crate::table::{Chunk, HotTable};
 
 /// A DELETE or UPDATE taken apart: the WHERE predicate and, for UPDATE, the new value of each assigned column.
 #[derive(Debug)]
@@ -101,8 +101,20 @@ pub(crate) fn analyze(table: &str, input: &LogicalPlan, is_update: bool) -> Resu
     }
 }
 
-/// Applies a DELETE or UPDATE to `table`; returns the number of rows it affected.
-pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: RowChange) -> Result<u64> {
+/// A DELETE or UPDATE ready to apply to batches of the table's rows.
+pub(crate) struct Compiled {
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    assignments: Option<Vec<Option<Arc<dyn PhysicalExpr>>>>,
+    /// The WHERE clause against the bare table schema, for pruning chunks and files by their statistics.
+    pub(crate) prune: Vec<Expr>,
+}
+
+/// Plans the expressions of `change`.
+///
+/// # Errors
+///
+/// Planning errors of the expressions.
+pub(crate) fn compile(state: &dyn Session, change: &RowChange) -> Result<Compiled> {
     let predicate = match &change.predicate {
         Some(p) => Some(state.create_physical_expr(p.clone(), &change.scan_schema)?),
         None => None,
@@ -115,32 +127,24 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
         ),
         None => None,
     };
-    let _guard = table.dml_lock.lock().await;
-    let version = table.version();
-    // Tiered rows are in Parquet files that DELETE and UPDATE do not rewrite yet: refuse rather than change only the
-    // hot rows.
-    match table.cold() {
-        ColdState::Ready(view) if view.files.is_empty() => {}
-        ColdState::Ready(_) => {
-            return Err(Error::Unsupported {
-                what: format!("DELETE or UPDATE of table \"{}\", which has rows in the cold tier", table.def().name),
-            });
-        }
-        ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
-    }
-    let schema = table.schema();
-    let candidates = match &change.predicate {
-        Some(p) => prune_chunks(state, &schema, &version, std::slice::from_ref(&unqualify(p)?))?,
-        None => version.to_vec(),
+    let prune = match &change.predicate {
+        Some(p) => vec![unqualify(p)?],
+        None => Vec::new(),
     };
-    let mut removed = Vec::new();
-    let mut added = Vec::new();
-    let mut affected = 0u64;
-    for chunk in candidates {
-        let batch = table.read_chunk(&chunk, None, &schema)?;
-        let mask = match &predicate {
+    Ok(Compiled { predicate, assignments, prune })
+}
+
+impl Compiled {
+    /// Applies the change to `batch`, rows of `table`: the rows it matched, and what replaces the batch (its
+    /// surviving rows for DELETE, its rows changed for UPDATE; `None` when nothing matched).
+    ///
+    /// # Errors
+    ///
+    /// Evaluation errors, and [`Error::NotNullViolation`] when an UPDATE sets NULL in a NOT NULL column.
+    pub(crate) fn rewrite(&self, table: &HotTable, batch: &RecordBatch) -> Result<(u64, Option<RecordBatch>)> {
+        let mask = match &self.predicate {
             Some(p) => {
-                let value = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let value = p.evaluate(batch)?.into_array(batch.num_rows())?;
                 let mask = value
                     .as_any()
                     .downcast_ref::<BooleanArray>()
@@ -152,11 +156,11 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
         };
         let matched = mask.true_count();
         if matched == 0 {
-            continue;
+            return Ok((0, None));
         }
-        affected += matched as u64;
-        let replacement = match &assignments {
-            None => filter_record_batch(&batch, &not(&mask)?)?,
+        let schema = table.schema();
+        let replacement = match &self.assignments {
+            None => filter_record_batch(batch, &not(&mask)?)?,
             Some(exprs) => {
                 let mut columns: Vec<ArrayRef> = Vec::with_capacity(exprs.len());
                 for (i, expr) in exprs.iter().enumerate() {
@@ -164,7 +168,7 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
                     columns.push(match expr {
                         None => Arc::clone(old),
                         Some(e) => {
-                            let new = e.evaluate(&batch)?.into_array(batch.num_rows())?;
+                            let new = e.evaluate(batch)?.into_array(batch.num_rows())?;
                             let new =
                                 if new.data_type() == old.data_type() { new } else { cast(&new, old.data_type())? };
                             zip(&mask, &new, old)?
@@ -182,17 +186,52 @@ pub(crate) async fn apply(state: &dyn Session, table: &Arc<HotTable>, change: Ro
                 RecordBatch::try_new(Arc::clone(&schema), columns)?
             }
         };
-        if replacement.num_rows() > 0 {
-            added.push(table.conform(&replacement)?);
-        }
-        removed.push(chunk);
+        Ok((matched as u64, Some(table.conform(&replacement)?)))
     }
-    if removed.is_empty() {
+}
+
+/// What a DELETE or UPDATE does to a table's hot chunks.
+#[derive(Default)]
+pub(crate) struct HotChange {
+    /// The rows it matched.
+    pub(crate) affected: u64,
+    /// Each chunk with matching rows, and what replaces it (possibly no rows).
+    pub(crate) changed: Vec<(Arc<Chunk>, RecordBatch)>,
+}
+
+/// Works out what `change` does to `chunks` of `table`, changing nothing yet.
+///
+/// # Errors
+///
+/// As [`Compiled::rewrite`], and errors reading chunks.
+pub(crate) fn hot_change(
+    state: &dyn Session,
+    table: &HotTable,
+    change: &Compiled,
+    chunks: &[Arc<Chunk>],
+) -> Result<HotChange> {
+    let schema = table.schema();
+    let mut out = HotChange::default();
+    for chunk in prune_chunks(state, &schema, chunks, &change.prune)? {
+        let batch = table.read_chunk(&chunk, None, &schema)?;
+        let (matched, replacement) = change.rewrite(table, &batch)?;
+        let Some(replacement) = replacement else { continue };
+        out.affected += matched;
+        out.changed.push((chunk, replacement));
+    }
+    Ok(out)
+}
+
+/// Applies a hot change to the table in one atomic, durable write; returns the rows it affected.
+pub(crate) async fn commit_hot(table: &Arc<HotTable>, change: HotChange) -> Result<u64> {
+    if change.changed.is_empty() {
         return Ok(0);
     }
-    let table2 = Arc::clone(table);
-    crate::blocking::run("DML commit task", move || table2.replace(&removed, added)).await??;
-    Ok(affected)
+    let (removed, added): (Vec<Arc<Chunk>>, Vec<RecordBatch>) = change.changed.into_iter().unzip();
+    let added: Vec<RecordBatch> = added.into_iter().filter(|b| b.num_rows() > 0).collect();
+    let t = Arc::clone(table);
+    crate::blocking::run("DML commit task", move || t.replace(&removed, added)).await??;
+    Ok(change.affected)
 }
 
 /// Strips table qualifiers so the expression can be planned against the bare table schema for pruning.

@@ -1,0 +1,283 @@
+//! DELETE and UPDATE across both tiers.
+//!
+//! Hot chunks with matching rows are rewritten as in [`crate::query::dml`]. Cold files are rewritten the same way,
+//! copy-on-write: every file of this node that the WHERE clause may match (judged by the manifest's statistics) is
+//! read and its matching rows removed or changed; a file with matches is written again under a new name, with
+//! statistics of its new rows, and replaces the old one in a new manifest version (the old file is retired and
+//! collected `cold.gc_grace` later, as after compaction); a file without matches is left as it is.
+//!
+//! A statement must take effect whole or not at all, and the hot store and the manifest are committed separately.
+//! So when a statement changes rows in both tiers, its hot side is committed through the manifest too: the table's
+//! settled hot chunks, with the statement's changes applied, are tiered into a new file in the same manifest version
+//! (one compare-and-set through Raft), and the hot chunks are then removed as after a tiering. A crash before the
+//! commit leaves everything as it was (uploads are collected as garbage); after it, the manifest's mark says which
+//! hot chunks the new file holds. A statement that changes only hot rows commits only to the hot store; one that
+//! changes only cold rows commits only the manifest.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::catalog::Session;
+use futures::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord};
+
+use super::Engine;
+use super::compact::read_file;
+use crate::cold::{self, ColdFile, ColdState, Manifest, StatsBuilder, WrittenRange};
+use crate::error::{Error, Result};
+use crate::query::cold::matching_files;
+use crate::query::dml::{self, Compiled, HotChange, RowChange};
+use crate::table::{Chunk, HotTable};
+
+/// How often a statement retries its manifest commit when another node moved the pointer meanwhile.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// A file written by a statement, and the rows it matched in what it replaces.
+struct Rewritten {
+    matched: u64,
+    /// `None` when no row is left.
+    file: Option<ColdFile>,
+}
+
+impl Engine {
+    /// Applies a DELETE or UPDATE to table `table` on this node, hot and cold rows alike; returns the rows it
+    /// affected. Serialized with tiering, compaction and retention of the table.
+    pub(super) async fn change_rows(
+        &self,
+        state: &dyn Session,
+        table: &Arc<HotTable>,
+        change: &RowChange,
+    ) -> Result<u64> {
+        let compiled = dml::compile(state, change)?;
+        let _serialized = table.dml_lock.lock().await;
+        let view = match table.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+        };
+        if view.files.is_empty() {
+            let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+            let change = dml::hot_change(state, table, &compiled, &hot)?;
+            return dml::commit_hot(table, change).await;
+        }
+        // Work from the shard's current manifest: the files to rewrite and the mark must be the latest.
+        let shard = self.shard_of(table.def())?;
+        let (_, current) = self.shard_manifest(table, &shard).await?;
+        self.adopt(table, &current).await;
+        let view = match table.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+        };
+        // Read before the version: every chunk numbered below it is in the version (see `settled_below`).
+        let settled_below = table.settled_below();
+        let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let hot_change = dml::hot_change(state, table, &compiled, &hot)?;
+        let schema = table.schema();
+        let candidates: Vec<ColdFile> =
+            matching_files(state, &schema, &view, &compiled.prune)?.into_iter().cloned().collect();
+        let store = self.cold_store()?;
+        let began = tokio::time::Instant::now();
+        let (mut replaced, mut files, mut cold_affected) = (Vec::new(), Vec::new(), 0);
+        for file in &candidates {
+            let rewritten = self.rewrite_file(&store, table, &shard, &compiled, file).await?;
+            if rewritten.matched > 0 {
+                cold_affected += rewritten.matched;
+                replaced.push(file.path.clone());
+                files.extend(rewritten.file);
+            }
+        }
+        if replaced.is_empty() {
+            return dml::commit_hot(table, hot_change).await;
+        }
+        let moved: Vec<Arc<Chunk>> = hot.iter().filter(|c| c.seq < settled_below).cloned().collect();
+        let tiered = if hot_change.changed.is_empty() {
+            None
+        } else if hot_change.changed.iter().any(|(c, _)| c.seq >= settled_below) {
+            return Err(Error::ColdUnavailable {
+                detail: format!(
+                    "table \"{}\" has an insert in progress that this statement would change in part; retry the \
+                     statement (its uploads are left for the garbage collector)",
+                    table.def().name
+                ),
+            });
+        } else {
+            Some(self.tier_changed(&store, table, &shard, &moved, &hot_change).await?)
+        };
+
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (pointer, current) = self.shard_manifest(table, &shard).await?;
+            // Only this node changes its own files and mark, and only under the table's lock.
+            let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
+            if mark != view.hot_through || replaced.iter().any(|p| !current.files.iter().any(|f| &f.path == p)) {
+                return Err(Error::Internal(format!(
+                    "the cold files of table \"{}\" on this node changed under a statement",
+                    table.def().name
+                )));
+            }
+            let mut next = current.replacing(
+                &replaced,
+                files.clone(),
+                crate::clock::unix_ms(),
+                self.cold.gc_grace().as_millis() as u64,
+            );
+            match &tiered {
+                // The statement left no hot row: the mark moves past the chunks all the same.
+                Some(file) if file.rows == 0 => next.mark_tiered(file.store, file.max_seq),
+                Some(file) => next.add_tiered(file.clone()),
+                None => {}
+            }
+            let location = cold::write_manifest(&store, self.cold.display(), &next).await?;
+            if began.elapsed() > self.cold.gc_grace() / 2 {
+                return Err(Error::ColdUnavailable {
+                    detail: format!(
+                        "the statement on table \"{}\" took longer than half of cold.gc_grace ({:?}) to rewrite its \
+                         files; nothing was changed: retry it",
+                        table.def().name,
+                        self.cold.gc_grace()
+                    ),
+                });
+            }
+            let command = MetaCommand::SetShardManifest {
+                shard_id: shard.shard_id,
+                expected_version: pointer.as_ref().map(|p| p.version),
+                manifest: ManifestPointer { version: next.version, location },
+            };
+            match self.meta.propose(command).await?.outcome {
+                Ok(_) => {
+                    self.adopt(table, &next).await;
+                    let mut affected = cold_affected;
+                    if tiered.is_some() {
+                        affected += hot_change.affected;
+                        // As after a tiering: the mark covers these chunks, scans skip them, and the next open
+                        // removes them if this does not.
+                        let t = Arc::clone(table);
+                        let rows: u64 = moved.iter().map(|c| c.meta.rows).sum();
+                        crate::blocking::run("remove tiered chunks", move || t.replace(&moved, Vec::new())).await??;
+                        self.metrics.rows_tiered.add(rows);
+                    }
+                    return Ok(affected);
+                }
+                Err(Rejection::ManifestVersionConflict { .. }) => continue,
+                Err(other) => return Err(Error::Meta(other.into())),
+            }
+        }
+        Err(Error::ColdUnavailable {
+            detail: format!("the manifest of table \"{}\" kept changing; retry the statement", table.def().name),
+        })
+    }
+
+    /// Writes `file`'s rows with the statement applied as a new file (deleted again when nothing matched or no row
+    /// is left).
+    async fn rewrite_file(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        table: &HotTable,
+        shard: &ShardRecord,
+        change: &Compiled,
+        file: &ColdFile,
+    ) -> Result<Rewritten> {
+        let schema = table.schema();
+        let display = self.cold.display();
+        let path = self.new_file_path(table, shard, file.max_seq)?;
+        let source = read_file(self.readers(store), display.to_string(), file.path.clone(), file.bytes).await?;
+        let (mut matched, mut rows, mut stats) = (0u64, 0u64, StatsBuilder::new(&schema));
+        let batches = source.map(|batch| {
+            let batch = as_table_rows(table, &batch?)?;
+            let (m, replacement) = change.rewrite(table, &batch)?;
+            let out = replacement.unwrap_or(batch);
+            matched += m;
+            rows += out.num_rows() as u64;
+            stats.observe(&out);
+            Ok(out)
+        });
+        let bytes = cold::write_parquet(store, display, &path, &schema, batches, self.cold.row_group_rows()).await?;
+        if matched == 0 || rows == 0 {
+            // Unreferenced either way; the garbage collector takes it if this fails.
+            let _ = store.delete(&object_store::path::Path::from(path.as_str())).await;
+        }
+        if matched == 0 {
+            return Ok(Rewritten { matched, file: None });
+        }
+        let file = (rows > 0).then(|| ColdFile {
+            path,
+            node: self.node_id,
+            store: self.store_id,
+            rows,
+            bytes,
+            max_seq: file.max_seq,
+            columns: stats.finish(),
+            written_ms: file.written_ms,
+        });
+        Ok(Rewritten { matched, file })
+    }
+
+    /// Writes the settled hot chunks `moved`, with the statement's changes (`change`) applied, as one file that
+    /// holds this store's chunks up to the highest of them (with no rows when none is left: then it is deleted again
+    /// and only the mark moves).
+    async fn tier_changed(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        table: &HotTable,
+        shard: &ShardRecord,
+        moved: &[Arc<Chunk>],
+        change: &HotChange,
+    ) -> Result<ColdFile> {
+        let schema = table.schema();
+        let max_seq = moved.iter().map(|c| c.seq).max().unwrap_or(0);
+        let path = self.new_file_path(table, shard, max_seq)?;
+        let replacements: std::collections::HashMap<u64, &RecordBatch> =
+            change.changed.iter().map(|(c, b)| (c.seq, b)).collect();
+        let mut stats = StatsBuilder::new(&schema);
+        let mut rows = 0u64;
+        let batches = futures::stream::iter(moved.iter().map(|chunk| {
+            let batch = match replacements.get(&chunk.seq) {
+                Some(b) => (*b).clone(),
+                None => table.read_chunk(chunk, None, &schema)?,
+            };
+            rows += batch.num_rows() as u64;
+            stats.observe(&batch);
+            Ok(batch)
+        }));
+        let bytes =
+            cold::write_parquet(store, self.cold.display(), &path, &schema, batches, self.cold.row_group_rows())
+                .await?;
+        if rows == 0 {
+            // Not listed (see `change_rows`); the garbage collector takes it if this fails.
+            let _ = store.delete(&object_store::path::Path::from(path.as_str())).await;
+        }
+        Ok(ColdFile {
+            path,
+            node: self.node_id,
+            store: self.store_id,
+            rows,
+            bytes,
+            max_seq,
+            columns: stats.finish(),
+            written_ms: Some(WrittenRange {
+                min: moved.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
+                max: moved.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
+            }),
+        })
+    }
+
+    /// A new data file's name for this node's store in `table`'s shard.
+    pub(super) fn new_file_path(&self, table: &HotTable, shard: &ShardRecord, max_seq: u64) -> Result<String> {
+        Ok(Manifest::data_path(
+            table.def().id.0,
+            shard.shard_id.0,
+            self.node_id,
+            self.store_id,
+            max_seq,
+            crate::random_u64()?,
+        ))
+    }
+}
+
+/// A batch read from a cold file as rows of the table: its schema, checked (a file written under another schema is
+/// refused, not rewritten).
+pub(super) fn as_table_rows(table: &HotTable, batch: &RecordBatch) -> Result<RecordBatch> {
+    RecordBatch::try_new(table.schema(), batch.columns().to_vec()).map_err(|e| Error::Corrupt {
+        location: format!("table \"{}\" cold files", table.def().name),
+        detail: format!("a file's columns do not match the table's: {e}"),
+    })
+}
