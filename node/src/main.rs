@@ -133,6 +133,12 @@ enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Merges a table's small cold files on the node into larger ones now.
+    Compact {
+        /// The table.
+        #[arg(long)]
+        table: String,
+    },
 }
 
 /// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
@@ -193,6 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
                 AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,
+                AdminCommand::Compact { table } => cli::admin::compact(&connect, &table).await?,
             };
             print!("{text}");
             if !text.ends_with('\n') {

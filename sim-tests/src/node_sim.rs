@@ -790,9 +790,10 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let uncertain = history.appends.iter().filter(|a| a.fate == Fate::Uncertain).count();
     let rows: usize = final_rows.values().map(Vec::len).sum();
     let (tierings, rows_tiered) = *tiered.lock().expect("tiered");
+    let compacted: u64 = live_engines(&live).iter().map(|e| e.metrics().cold_files_compacted.get()).sum();
     world.hosts.note(format!(
         "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows, \
-         {tierings} tierings ({rows_tiered} rows moved)",
+         {tierings} tierings ({rows_tiered} rows moved), {compacted} files compacted by the nodes now running",
         history.appends.len(),
         history.scans.len(),
         tables.len()

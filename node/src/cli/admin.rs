@@ -138,13 +138,8 @@ pub async fn snapshot(addr: &str) -> Result<String> {
 /// The node cannot be reached, the table does not exist, or the object store fails (the rows stay hot).
 pub async fn tier(addr: &str, table: &str) -> Result<String> {
     use quiver_proto::v1::TierRequest;
-    use quiver_proto::v1::data_service_client::DataServiceClient;
 
-    let unreachable = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot reach {addr}: {e}"));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(Duration::from_secs(3));
-    let mut client = DataServiceClient::new(endpoint.connect().await.map_err(|e| unreachable(&e))?);
+    let mut client = data_client(addr).await?;
     let reply = client
         .tier(TierRequest { table: table.to_string() })
         .await
@@ -156,5 +151,41 @@ pub async fn tier(addr: &str, table: &str) -> Result<String> {
     Ok(format!(
         "table {table}: tiered {} rows from {} hot chunks into {} bytes of Parquet (manifest version {})",
         reply.rows, reply.chunks, reply.bytes, reply.manifest_version
+    ))
+}
+
+/// Merges table `table`'s small cold files on the node at `addr` now.
+///
+/// # Errors
+///
+/// The node cannot be reached, the table does not exist, or the object store fails (the files stay as they were).
+pub async fn compact(addr: &str, table: &str) -> Result<String> {
+    use quiver_proto::v1::CompactRequest;
+
+    let mut client = data_client(addr).await?;
+    let reply = client
+        .compact(CompactRequest { table: table.to_string() })
+        .await
+        .map_err(|status| Error::Internal(format!("compacting \"{table}\" failed: {}", status.message())))?
+        .into_inner();
+    if reply.files_in == 0 {
+        return Ok(format!("table {table}: no small files to merge (manifest version {})", reply.manifest_version));
+    }
+    Ok(format!(
+        "table {table}: merged {} files ({} bytes) into {} ({} bytes, {} rows; manifest version {})",
+        reply.files_in, reply.bytes_in, reply.files_out, reply.bytes_out, reply.rows, reply.manifest_version
+    ))
+}
+
+/// A client of the data service of the node at `addr`.
+async fn data_client(
+    addr: &str,
+) -> Result<quiver_proto::v1::data_service_client::DataServiceClient<tonic::transport::Channel>> {
+    let unreachable = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot reach {addr}: {e}"));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(Duration::from_secs(3));
+    Ok(quiver_proto::v1::data_service_client::DataServiceClient::new(
+        endpoint.connect().await.map_err(|e| unreachable(&e))?,
     ))
 }

@@ -48,8 +48,8 @@ pub struct ColdConfig {
     /// a few each round would rewrite the same rows again and again.
     pub compact_min_files: usize,
     /// The background tierer moves a table's hot rows on this node to the cold tier once they take more than this
-    /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier`: tiered rows cannot be
-    /// deleted or updated yet.
+    /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier` and to tables' own
+    /// policies.
     pub hot_bytes_max: ByteSize,
     /// How often the background tierer looks at the tables.
     pub tier_check_interval: Millis,

@@ -861,6 +861,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_while_the_store_is_down_fails_whole_and_succeeds_once_it_is_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bucket = dir.path().join("bucket");
+        let cold = ColdConfig { store: format!("file://{}", bucket.display()), ..ColdConfig::default() };
+        let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
+        let engine = Engine::open(StorageLocation::Path(dir.path().join("data")), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        insert(&engine, 1, 300).await;
+        engine.tier("t").await.expect("tier");
+        insert(&engine, 301, 400).await;
+        let files = cold_files(&engine);
+        let away = dir.path().join("bucket.away");
+        std::fs::rename(&bucket, &away).expect("move the bucket away");
+        std::fs::write(&bucket, b"not a directory").expect("file");
+        let sql = "DELETE FROM t WHERE x <= 10 OR x > 390";
+        let e = engine.execute_one(sql).await.expect_err("the store is down");
+        assert!(e.report().contains("cold tier unavailable"), "{}", e.report());
+        assert_eq!(cold_files(&engine), files, "no file changed");
+        assert_eq!(engine.native_table("t").expect("t").row_count(), 100, "no hot row changed");
+        std::fs::remove_file(&bucket).expect("remove the file");
+        std::fs::rename(&away, &bucket).expect("bring the bucket back");
+        assert_eq!(totals(&engine).await, expected(400), "nothing was deleted");
+        assert_eq!(affected(&engine, sql).await, 20);
+        assert_eq!(count_sum(&engine, "true").await, (380, (11..=390).sum::<i64>()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_table_option_sets_the_tables_own_hot_limit_and_alter_table_changes_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = open(dir.path()).await;

@@ -20,7 +20,9 @@ use arrow::ipc::writer::StreamWriter;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use quiver_meta::MetaNode;
 use quiver_proto::v1::data_service_server::{DataService, DataServiceServer};
-use quiver_proto::v1::{AppendReply, AppendRequest, ExecuteReply, ExecuteRequest, TierReply, TierRequest};
+use quiver_proto::v1::{
+    AppendReply, AppendRequest, CompactReply, CompactRequest, ExecuteReply, ExecuteRequest, TierReply, TierRequest,
+};
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -104,6 +106,19 @@ impl DataService for DataGrpcService {
             rows: report.rows,
             chunks: report.chunks as u64,
             bytes: report.bytes,
+            manifest_version: report.manifest_version,
+        }))
+    }
+
+    async fn compact(&self, request: Request<CompactRequest>) -> Result<Response<CompactReply>, Status> {
+        let table = request.into_inner().table;
+        let report = self.engine.compact(&table).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(CompactReply {
+            files_in: report.files_in as u64,
+            files_out: report.files_out as u64,
+            rows: report.rows,
+            bytes_in: report.bytes_in,
+            bytes_out: report.bytes_out,
             manifest_version: report.manifest_version,
         }))
     }

@@ -10,7 +10,7 @@ use arrow::ipc::writer::StreamWriter;
 use quiver_node::config::{ByteSize, Config, Overrides};
 use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
-use quiver_proto::v1::{AppendRequest, ExecuteRequest, TierRequest};
+use quiver_proto::v1::{AppendRequest, CompactRequest, ExecuteRequest, TierRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -126,6 +126,19 @@ async fn statements_and_appends_over_the_internal_endpoint() {
         String::from_utf8_lossy(&admin.stderr)
     );
     let missing = client.tier(TierRequest { table: "nope".into() }).await.expect_err("unknown table");
+    assert_eq!(missing.code(), Code::NotFound);
+    // Two small files: `quiver admin compact` merges them into one.
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["admin", "--connect", &grpc.to_string(), "compact", "--table", "t"])
+        .output()
+        .expect("run quiver admin");
+    let said = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success() && said.contains("merged 2 files") && said.contains("5 rows"),
+        "{said} {}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let missing = client.compact(CompactRequest { table: "nope".into() }).await.expect_err("unknown table");
     assert_eq!(missing.code(), Code::NotFound);
     let selected = execute(&mut client, "SELECT id FROM t ORDER BY id").await.expect("select");
     let ids: Vec<i64> = rows(&selected.arrow_ipc)
