@@ -116,9 +116,9 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
     // The background tierer moves a table's hot rows once they pass a few chunks, besides the clients' tierings.
     config.cold.hot_bytes_max = ByteSize(4 << 10);
     config.cold.tier_check_interval = Millis(1_000);
-    // Compaction merges a table's files on a node once it has three, under the same faults: the merged file must
+    // Compaction merges a table's files on a node as soon as it has two, under the same faults: the merged file must
     // hold every row of the files it replaces, once.
-    config.cold.compact_min_files = 3;
+    config.cold.compact_min_files = 2;
     // The leader collects unreferenced objects often, with a grace period shorter than a slow tiering under
     // faults: tierings that take too long must give up rather than have their uploads collected under them.
     config.cold.gc_interval = Millis(2_000);
