@@ -163,9 +163,16 @@ impl Manifest {
 
     /// The next version: this one plus `file`, which holds its store's hot chunks up to `file.max_seq`.
     pub fn with_file(&self, file: ColdFile) -> Self {
+        self.with_files(vec![file])
+    }
+
+    /// The next version: this one plus `files`, each holding its store's hot chunks up to its `max_seq`.
+    pub fn with_files(&self, files: Vec<ColdFile>) -> Self {
         let mut next = self.clone();
         next.version += 1;
-        next.add_tiered(file);
+        for file in files {
+            next.add_tiered(file);
+        }
         next
     }
 

@@ -41,8 +41,10 @@ pub struct ColdConfig {
     pub secret_access_key: Option<String>,
     /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
-    /// Compaction merges this node's cold files of a table that are smaller than half of this into files of up to
-    /// this size; the background tierer does so once a table has `compact_min_files` such files. `0`: never.
+    /// The size cold files aim for. Tiering starts a new file once its chunks' hot size passes this; compaction
+    /// merges this node's files of a table that are smaller than half of this into files of up to this size (the
+    /// background tierer does so once a table has `compact_min_files` such files). `0`: one file per tiering, and no
+    /// compaction.
     pub target_file_bytes: ByteSize,
     /// The small files a table must have on a node before the background tierer compacts them (at least 2): merging
     /// a few each round would rewrite the same rows again and again.

@@ -21,7 +21,9 @@ pub struct TierReport {
     pub rows: u64,
     /// Hot chunks they came from.
     pub chunks: usize,
-    /// Bytes of the Parquet file written (0 when nothing was hot).
+    /// Parquet files written (more than one when the rows pass `cold.target_file_bytes`).
+    pub files: usize,
+    /// Bytes of the Parquet files written (0 when nothing was hot).
     pub bytes: u64,
     /// The shard's manifest version after the commit.
     pub manifest_version: u64,
@@ -268,8 +270,9 @@ impl Engine {
         tiered
     }
 
-    /// Moves the hot chunks of table `name` on this node to the cold tier as one Parquet file, and returns what
-    /// moved. Safe to run again after any failure: nothing is lost or counted twice (see [`crate::cold`]).
+    /// Moves the hot chunks of table `name` on this node to the cold tier as Parquet files (cut at
+    /// `cold.target_file_bytes`), and returns what moved. Safe to run again after any failure: nothing is lost or
+    /// counted twice (see [`crate::cold`]).
     ///
     /// It starts from the shard's current manifest, not from this node's view of it: a commit of an earlier
     /// tiering whose answer was lost (it may even land while this one runs) has moved this store's mark, and the
@@ -297,13 +300,12 @@ impl Engine {
         let store = self.cold_store()?;
         let display = self.cold.display().to_string();
         let shard = self.shard_of(table.def())?;
-        let (table_id, shard_id) = (table.def().id.0, shard.shard_id.0);
-        let schema = table.schema();
+        let shard_id = shard.shard_id.0;
         let kept_changing =
             || Error::ColdUnavailable { detail: format!("the manifest of table \"{name}\" kept changing; tier again") };
 
         let mut attempts = 0;
-        let (manifest, chunks, rows, bytes) = 'fresh: loop {
+        let (manifest, chunks, file_count, rows, bytes) = 'fresh: loop {
             attempts += 1;
             if attempts > COMMIT_ATTEMPTS {
                 return Err(kept_changing());
@@ -321,32 +323,26 @@ impl Engine {
                 let aged = chunks.iter().take_while(|c| c.meta.written_ms <= cutoff).count();
                 chunks.truncate(aged);
             }
-            let Some(max_seq) = chunks.iter().map(|c| c.seq).max() else {
-                return Ok(TierReport { rows: 0, chunks: 0, bytes: 0, manifest_version: current.version });
-            };
+            if chunks.is_empty() {
+                return Ok(TierReport { rows: 0, chunks: 0, files: 0, bytes: 0, manifest_version: current.version });
+            }
             // The garbage collector deletes unreferenced objects older than its grace period: this attempt's
             // objects must be committed well within it.
             let began = tokio::time::Instant::now();
 
-            // 1. The file: the chunks' rows, in sequence order, under a name of its own.
-            let batches = futures::stream::iter(chunks.iter().map(|chunk| table.read_chunk(chunk, None, &schema)));
-            let rows: u64 = chunks.iter().map(|c| c.meta.rows).sum();
-            let path =
-                Manifest::data_path(table_id, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
-            let bytes =
-                cold::write_parquet(&store, &display, &path, &schema, batches, self.cold.row_group_rows()).await?;
-            let columns = file_columns(&chunks, schema.fields().len());
-            let written_ms = Some(WrittenRange {
-                min: chunks.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
-                max: chunks.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
-            });
-            let file =
-                ColdFile { path, node: self.node_id, store: self.store_id, rows, bytes, max_seq, columns, written_ms };
+            // 1. The files: the chunks' rows, in sequence order, cut where their hot size passes the target file
+            // size (Parquet is usually smaller), each under a name of its own.
+            let mut files = Vec::new();
+            for run in file_runs(&chunks, self.cold.target_file_bytes()) {
+                files.push(self.write_tiered(&store, &table, shard_id, run).await?);
+            }
+            let rows: u64 = files.iter().map(|f| f.rows).sum();
+            let bytes: u64 = files.iter().map(|f| f.bytes).sum();
 
             // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between
             // means reading its manifest and trying again.
             loop {
-                let next = current.with_file(file.clone());
+                let next = current.with_files(files.clone());
                 let location = cold::write_manifest(&store, &display, &next).await?;
                 if began.elapsed() > self.cold.gc_grace() / 2 {
                     return Err(Error::ColdUnavailable {
@@ -363,7 +359,7 @@ impl Engine {
                     manifest: ManifestPointer { version: next.version, location },
                 };
                 match self.meta.propose(command).await?.outcome {
-                    Ok(_) => break 'fresh (next, chunks, rows, bytes),
+                    Ok(_) => break 'fresh (next, chunks, files.len(), rows, bytes),
                     Err(Rejection::ManifestVersionConflict { .. }) => {
                         attempts += 1;
                         if attempts > COMMIT_ATTEMPTS {
@@ -387,7 +383,58 @@ impl Engine {
         crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
         self.metrics.rows_tiered.add(rows);
         tracing::info!(table = name, rows, chunks = chunks.len(), bytes, version = manifest.version, "tiered");
-        Ok(TierReport { rows, chunks: chunks.len(), bytes, manifest_version: manifest.version })
+        Ok(TierReport { rows, chunks: chunks.len(), files: file_count, bytes, manifest_version: manifest.version })
+    }
+}
+
+/// Cuts `chunks` (in sequence order) into runs for one file each: a run ends once its chunks' hot bytes reach
+/// `target` (0: one run).
+fn file_runs(chunks: &[Arc<Chunk>], target: u64) -> Vec<&[Arc<Chunk>]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, c) in chunks.iter().enumerate() {
+        bytes += c.meta.data_bytes;
+        if target > 0 && bytes >= target {
+            runs.push(&chunks[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < chunks.len() {
+        runs.push(&chunks[start..]);
+    }
+    runs
+}
+
+impl Engine {
+    /// Writes one run of hot chunks as a Parquet file and returns its manifest entry.
+    async fn write_tiered(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        table: &HotTable,
+        shard_id: u64,
+        run: &[Arc<Chunk>],
+    ) -> Result<ColdFile> {
+        let schema = table.schema();
+        let max_seq = run.iter().map(|c| c.seq).max().unwrap_or(0);
+        let batches = futures::stream::iter(run.iter().map(|chunk| table.read_chunk(chunk, None, &schema)));
+        let path =
+            Manifest::data_path(table.def().id.0, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
+        let bytes =
+            cold::write_parquet(store, self.cold.display(), &path, &schema, batches, self.cold.row_group_rows())
+                .await?;
+        Ok(ColdFile {
+            path,
+            node: self.node_id,
+            store: self.store_id,
+            rows: run.iter().map(|c| c.meta.rows).sum(),
+            bytes,
+            max_seq,
+            columns: file_columns(run, schema.fields().len()),
+            written_ms: Some(WrittenRange {
+                min: run.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
+                max: run.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
+            }),
+        })
     }
 }
 
@@ -632,6 +679,27 @@ mod tests {
             ColdState::Ready(view) => view.files.clone(),
             ColdState::Unavailable(detail) => panic!("cold tier unavailable: {detail}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiering_cuts_files_at_the_target_size_and_commits_them_together() {
+        // A target of one byte: every chunk (100 rows) is a file of its own.
+        let cold = ColdConfig { target_file_bytes: crate::config::ByteSize(1), ..ColdConfig::default() };
+        let (dir, engine) = table_t_with(1000, cold.clone()).await;
+        let report = engine.tier("t").await.expect("tier");
+        assert_eq!((report.rows, report.chunks, report.files, report.manifest_version), (1000, 10, 10, 1));
+        let files = cold_files(&engine);
+        assert_eq!(files.len(), 10);
+        assert!(files.iter().all(|f| f.rows == 100), "{files:?}");
+        let mut seqs: Vec<u64> = files.iter().map(|f| f.max_seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 10, "each file holds its own chunks");
+        assert_eq!(totals(&engine).await, expected(1000));
+        assert_eq!(filtered(&engine, "x > 950").await.0, (50, (951..=1000).sum::<i64>()));
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = open_with(dir.path(), cold).await;
+        assert_eq!(totals(&engine).await, expected(1000));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
