@@ -94,6 +94,24 @@ impl ColumnStats {
     }
 }
 
+/// The smallest (`keep` = `Less`) or largest (`Greater`) of `values`, bounds of containers that all hold non-NULL
+/// values: NULL (unknown) when any of them is unknown or two cannot be compared, or when there are none.
+pub(crate) fn extreme<'a>(values: impl IntoIterator<Item = &'a ScalarValue>, keep: std::cmp::Ordering) -> ScalarValue {
+    let mut best: Option<&ScalarValue> = None;
+    for v in values {
+        if v.is_null() {
+            return ScalarValue::Null;
+        }
+        match best.map(|b| v.partial_cmp(b)) {
+            None => best = Some(v),
+            Some(Some(o)) if o == keep => best = Some(v),
+            Some(Some(_)) => {}
+            Some(None) => return ScalarValue::Null,
+        }
+    }
+    best.cloned().unwrap_or(ScalarValue::Null)
+}
+
 fn value_text(value: &ScalarValue) -> Option<String> {
     if value.is_null() {
         return None;

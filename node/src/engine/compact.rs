@@ -27,9 +27,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::async_reader::AsyncFileReader;
-use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord};
+use quiver_meta::ShardRecord;
 
 use super::Engine;
+use crate::cold::manifest::extreme;
 use crate::cold::{self, ColdFile, ColdState, ColumnStats, WrittenRange};
 use crate::error::{Error, Result};
 use crate::table::HotTable;
@@ -114,32 +115,23 @@ impl Engine {
                     ),
                 });
             }
-            let command = MetaCommand::SetShardManifest {
-                shard_id: shard.shard_id,
-                expected_version: pointer.as_ref().map(|p| p.version),
-                manifest: ManifestPointer { version: next.version, location },
-            };
-            match self.meta.propose(command).await?.outcome {
-                Ok(_) => {
-                    self.adopt(&table, &next).await;
-                    report.manifest_version = next.version;
-                    self.metrics.cold_files_compacted.add(report.files_in as u64);
-                    tracing::info!(
-                        table = name,
-                        files_in = report.files_in,
-                        files_out = report.files_out,
-                        rows = report.rows,
-                        bytes = report.bytes_out,
-                        version = next.version,
-                        "compacted cold files"
-                    );
-                    return Ok(report);
-                }
-                // Another node committed meanwhile: plan again from its manifest (this attempt's uploads are left
-                // for the garbage collector).
-                Err(Rejection::ManifestVersionConflict { .. }) => continue,
-                Err(other) => return Err(Error::Meta(other.into())),
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+                self.adopt(&table, &next).await;
+                report.manifest_version = next.version;
+                self.metrics.cold_files_compacted.add(report.files_in as u64);
+                tracing::info!(
+                    table = name,
+                    files_in = report.files_in,
+                    files_out = report.files_out,
+                    rows = report.rows,
+                    bytes = report.bytes_out,
+                    version = next.version,
+                    "compacted cold files"
+                );
+                return Ok(report);
             }
+            // Another node committed meanwhile: plan again from its manifest (this attempt's uploads are left for
+            // the garbage collector).
         }
         Err(Error::ColdUnavailable { detail: format!("the manifest of table \"{name}\" kept changing; compact again") })
     }
@@ -260,24 +252,8 @@ fn merged_columns(run: &[&ColdFile], schema: &Schema) -> Vec<ColumnStats> {
                 .filter(|f| f.columns[i].nulls < f.rows)
                 .map(|f| f.columns[i].values(field.data_type()))
                 .collect();
-            let pick = |keep: std::cmp::Ordering, of: fn(&(ScalarValue, ScalarValue)) -> &ScalarValue| {
-                let mut best: Option<&ScalarValue> = None;
-                for b in &bounds {
-                    let v = of(b);
-                    if v.is_null() {
-                        return ScalarValue::Null;
-                    }
-                    match best.map(|current| v.partial_cmp(current)) {
-                        None => best = Some(v),
-                        Some(Some(o)) if o == keep => best = Some(v),
-                        Some(Some(_)) => {}
-                        Some(None) => return ScalarValue::Null,
-                    }
-                }
-                best.cloned().unwrap_or(ScalarValue::Null)
-            };
-            let min = pick(std::cmp::Ordering::Less, |b| &b.0);
-            let max = pick(std::cmp::Ordering::Greater, |b| &b.1);
+            let min = extreme(bounds.iter().map(|b| &b.0), std::cmp::Ordering::Less);
+            let max = extreme(bounds.iter().map(|b| &b.1), std::cmp::Ordering::Greater);
             ColumnStats::from_values(&min, &max, nulls)
         })
         .collect()

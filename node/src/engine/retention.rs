@@ -10,8 +10,6 @@
 
 use std::sync::Arc;
 
-use quiver_meta::{ManifestPointer, MetaCommand, Rejection};
-
 use super::Engine;
 use crate::cold::{self, ColdState};
 use crate::error::{Error, Result};
@@ -89,20 +87,11 @@ impl Engine {
             let keep_ms = self.cold.gc_grace().as_millis() as u64;
             let next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
             let location = cold::write_manifest(&store, &display, &next).await?;
-            let command = MetaCommand::SetShardManifest {
-                shard_id: shard.shard_id,
-                expected_version: pointer.as_ref().map(|p| p.version),
-                manifest: ManifestPointer { version: next.version, location },
-            };
-            match self.meta.propose(command).await?.outcome {
-                Ok(_) => {
-                    self.adopt(&table, &next).await;
-                    (report.files, report.cold_rows) = (paths.len(), rows);
-                    tracing::info!(table = name, files = paths.len(), rows, "expired cold files");
-                    return Ok(report);
-                }
-                Err(Rejection::ManifestVersionConflict { .. }) => continue,
-                Err(other) => return Err(Error::Meta(other.into())),
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+                self.adopt(&table, &next).await;
+                (report.files, report.cold_rows) = (paths.len(), rows);
+                tracing::info!(table = name, files = paths.len(), rows, "expired cold files");
+                return Ok(report);
             }
         }
         Err(Error::ColdUnavailable {

@@ -20,7 +20,7 @@ use arrow::array::RecordBatch;
 use datafusion::catalog::Session;
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord};
+use quiver_meta::ShardRecord;
 
 use super::Engine;
 use super::compact::read_file;
@@ -137,28 +137,19 @@ impl Engine {
                     ),
                 });
             }
-            let command = MetaCommand::SetShardManifest {
-                shard_id: shard.shard_id,
-                expected_version: pointer.as_ref().map(|p| p.version),
-                manifest: ManifestPointer { version: next.version, location },
-            };
-            match self.meta.propose(command).await?.outcome {
-                Ok(_) => {
-                    self.adopt(table, &next).await;
-                    let mut affected = cold_affected;
-                    if tiered.is_some() {
-                        affected += hot_change.affected;
-                        // As after a tiering: the mark covers these chunks, scans skip them, and the next open
-                        // removes them if this does not.
-                        let t = Arc::clone(table);
-                        let rows: u64 = moved.iter().map(|c| c.meta.rows).sum();
-                        crate::blocking::run("remove tiered chunks", move || t.replace(&moved, Vec::new())).await??;
-                        self.metrics.rows_tiered.add(rows);
-                    }
-                    return Ok(affected);
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+                self.adopt(table, &next).await;
+                let mut affected = cold_affected;
+                if tiered.is_some() {
+                    affected += hot_change.affected;
+                    // As after a tiering: the mark covers these chunks, scans skip them, and the next open
+                    // removes them if this does not.
+                    let t = Arc::clone(table);
+                    let rows: u64 = moved.iter().map(|c| c.meta.rows).sum();
+                    crate::blocking::run("remove tiered chunks", move || t.replace(&moved, Vec::new())).await??;
+                    self.metrics.rows_tiered.add(rows);
                 }
-                Err(Rejection::ManifestVersionConflict { .. }) => continue,
-                Err(other) => return Err(Error::Meta(other.into())),
+                return Ok(affected);
             }
         }
         Err(Error::ColdUnavailable {

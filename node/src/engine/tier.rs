@@ -8,8 +8,8 @@ use object_store::ObjectStore;
 use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef};
 
 use super::{Engine, options};
-use datafusion::common::ScalarValue;
 
+use crate::cold::manifest::extreme;
 use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest, WrittenRange};
 use crate::error::{Error, Result};
 use crate::table::{Chunk, HotTable};
@@ -159,6 +159,27 @@ impl Engine {
         }
         table.advance_cold(Arc::new(ColdView::of(manifest, self.store_id)));
         self.remove_tiered_chunks(table).await;
+    }
+
+    /// Moves `shard`'s manifest pointer from `expected` to `next`, stored at `location`, by compare-and-set through
+    /// Raft: `true` once committed, `false` when another commit moved the pointer first.
+    pub(super) async fn propose_manifest(
+        &self,
+        shard: &ShardRecord,
+        expected: Option<&ManifestPointer>,
+        next: &Manifest,
+        location: String,
+    ) -> Result<bool> {
+        let command = MetaCommand::SetShardManifest {
+            shard_id: shard.shard_id,
+            expected_version: expected.map(|p| p.version),
+            manifest: ManifestPointer { version: next.version, location },
+        };
+        match self.meta.propose(command).await?.outcome {
+            Ok(_) => Ok(true),
+            Err(Rejection::ManifestVersionConflict { .. }) => Ok(false),
+            Err(other) => Err(Error::Meta(other.into())),
+        }
     }
 
     /// Brings every table's cold view up to its shard's manifest pointer as this node has applied it. Run before each
@@ -353,25 +374,17 @@ impl Engine {
                         ),
                     });
                 }
-                let command = MetaCommand::SetShardManifest {
-                    shard_id: shard.shard_id,
-                    expected_version: pointer.as_ref().map(|p| p.version),
-                    manifest: ManifestPointer { version: next.version, location },
-                };
-                match self.meta.propose(command).await?.outcome {
-                    Ok(_) => break 'fresh (next, chunks, files.len(), rows, bytes),
-                    Err(Rejection::ManifestVersionConflict { .. }) => {
-                        attempts += 1;
-                        if attempts > COMMIT_ATTEMPTS {
-                            return Err(kept_changing());
-                        }
-                        (pointer, current) = self.shard_manifest(&table, &shard).await?;
-                        if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
-                            // An earlier tiering of ours landed meanwhile: start again from what it committed.
-                            continue 'fresh;
-                        }
-                    }
-                    Err(other) => return Err(Error::Meta(other.into())),
+                if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+                    break 'fresh (next, chunks, files.len(), rows, bytes);
+                }
+                attempts += 1;
+                if attempts > COMMIT_ATTEMPTS {
+                    return Err(kept_changing());
+                }
+                (pointer, current) = self.shard_manifest(&table, &shard).await?;
+                if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
+                    // An earlier tiering of ours landed meanwhile: start again from what it committed.
+                    continue 'fresh;
                 }
             }
         };
@@ -445,24 +458,8 @@ fn file_columns(chunks: &[Arc<Chunk>], columns: usize) -> Vec<ColumnStats> {
         .map(|i| {
             let nulls: u64 = chunks.iter().map(|c| c.meta.null_counts[i]).sum();
             let with_values: Vec<&Arc<Chunk>> = chunks.iter().filter(|c| c.meta.null_counts[i] < c.meta.rows).collect();
-            let bound = |keep: std::cmp::Ordering| {
-                let mut best: Option<&ScalarValue> = None;
-                for c in &with_values {
-                    let v = if keep == std::cmp::Ordering::Less { &c.meta.min[i] } else { &c.meta.max[i] };
-                    if v.is_null() {
-                        return ScalarValue::Null;
-                    }
-                    match best.map(|b| v.partial_cmp(b)) {
-                        None => best = Some(v),
-                        Some(Some(o)) if o == keep => best = Some(v),
-                        Some(Some(_)) => {}
-                        Some(None) => return ScalarValue::Null,
-                    }
-                }
-                best.cloned().unwrap_or(ScalarValue::Null)
-            };
-            let min = bound(std::cmp::Ordering::Less);
-            let max = bound(std::cmp::Ordering::Greater);
+            let min = extreme(with_values.iter().map(|c| &c.meta.min[i]), std::cmp::Ordering::Less);
+            let max = extreme(with_values.iter().map(|c| &c.meta.max[i]), std::cmp::Ordering::Greater);
             ColumnStats::from_values(&min, &max, nulls)
         })
         .collect()
