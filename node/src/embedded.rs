@@ -98,6 +98,17 @@ impl Quiver {
         self.engine.compact(table).await
     }
 
+    /// Deletes the cold tier's objects that no manifest reaches any more (replaced manifests, merged and expired
+    /// files, uploads that never committed, dropped tables) once they are older than `cold.gc_grace`. Embedded
+    /// Quiver has no background collector; call this now and then.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be listed or a manifest read (nothing is deleted then).
+    pub async fn collect_garbage(&self) -> Result<crate::engine::GcReport> {
+        self.engine.collect_garbage(None).await
+    }
+
     /// Runs the statements in `sql` and returns the rows of the last one as a stream, batch by batch.
     ///
     /// Statements that return no rows (DDL, INSERT, …) give a stream with one `count` column holding the affected

@@ -47,6 +47,7 @@ use quiver_meta::{
 
 pub use compact::CompactReport;
 pub use copy::CopyFormat;
+pub use gc::GcReport;
 use registry::TableRegistry;
 pub use retention::ExpireReport;
 pub use tier::TierReport;

@@ -139,6 +139,12 @@ enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Deletes the cold tier's objects that no manifest reaches any more, now.
+    Gc {
+        /// Keep objects younger than this ("6h", "2d"); at least the node's cold.gc_grace, which is the default.
+        #[arg(long)]
+        grace: Option<quiver_node::config::Millis>,
+    },
 }
 
 /// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
@@ -200,6 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
                 AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,
                 AdminCommand::Compact { table } => cli::admin::compact(&connect, &table).await?,
+                AdminCommand::Gc { grace } => cli::admin::gc(&connect, grace.map(|g| g.duration())).await?,
             };
             print!("{text}");
             if !text.ends_with('\n') {

@@ -177,6 +177,30 @@ pub async fn compact(addr: &str, table: &str) -> Result<String> {
     ))
 }
 
+/// Collects the cold tier's garbage through the node at `addr` now, with its `cold.gc_grace` or a longer `grace`.
+///
+/// # Errors
+///
+/// The node cannot be reached, the grace period is too short, or the object store fails (nothing is deleted).
+pub async fn gc(addr: &str, grace: Option<Duration>) -> Result<String> {
+    use quiver_proto::v1::CollectGarbageRequest;
+
+    let mut client = data_client(addr).await?;
+    let grace_ms = grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
+    let reply = client
+        .collect_garbage(CollectGarbageRequest { grace_ms })
+        .await
+        .map_err(|status| Error::Internal(format!("collecting garbage failed: {}", status.message())))?
+        .into_inner();
+    Ok(format!(
+        "deleted {} of {} objects ({} bytes) unreferenced for longer than {}",
+        reply.deleted,
+        reply.listed,
+        reply.deleted_bytes,
+        crate::config::Millis(reply.grace_ms)
+    ))
+}
+
 /// A client of the data service of the node at `addr`.
 async fn data_client(
     addr: &str,

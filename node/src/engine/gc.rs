@@ -34,6 +34,8 @@ pub struct GcReport {
     pub deleted: u64,
     /// Bytes they held.
     pub deleted_bytes: u64,
+    /// The grace period applied.
+    pub grace: Duration,
 }
 
 /// The table and shard ids of a key `tables/<table>/shards/<shard>/…` (the shard is `None` outside a shard).
@@ -51,6 +53,30 @@ fn ids_of(key: &str) -> Option<(u64, Option<u64>)> {
 }
 
 impl Engine {
+    /// Collects the cold tier's garbage now, as the background collector does: with the node's `cold.gc_grace`, or
+    /// with a longer `grace`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Plan`] for a `grace` shorter than `cold.gc_grace` (tierings and scans in flight rely on that one:
+    /// lower it in the config to collect sooner), and the errors of [`Engine::collect_cold_garbage`].
+    pub async fn collect_garbage(&self, grace: Option<Duration>) -> Result<GcReport> {
+        let configured = self.cold.gc_grace();
+        let grace = match grace {
+            Some(g) if g < configured => {
+                return Err(Error::Plan {
+                    message: format!(
+                        "a grace period of {g:?} is shorter than cold.gc_grace ({configured:?}), which tierings, \
+                         compactions and scans in flight rely on; lower cold.gc_grace in the config to collect sooner"
+                    ),
+                });
+            }
+            Some(g) => g,
+            None => configured,
+        };
+        self.collect_cold_garbage(grace).await
+    }
+
     /// Deletes the cold tier's objects that no manifest pointer reaches and that are older than `grace`; see the
     /// module docs.
     ///
@@ -86,7 +112,7 @@ impl Engine {
             keep.extend(manifest.retired.into_iter().filter(|r| r.removed_ms > retired_after).map(|r| r.path));
         }
         let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };
-        let mut report = GcReport::default();
+        let mut report = GcReport { grace: grace.to_std().unwrap_or(Duration::MAX), ..GcReport::default() };
         let mut doomed = Vec::new();
         let mut listing = store.list(Some(&Path::from("tables")));
         while let Some(object) = listing.next().await {
@@ -171,8 +197,11 @@ mod tests {
         let before = keys(&engine).await;
         assert_eq!(before.len(), 5, "two files, two manifests, the orphan: {before:?}");
 
-        let young = engine.collect_cold_garbage(Duration::from_secs(3600)).await.expect("gc");
-        assert_eq!((young.listed, young.deleted), (5, 0), "nothing is older than an hour");
+        let young = engine.collect_garbage(None).await.expect("gc");
+        assert_eq!((young.listed, young.deleted), (5, 0), "nothing is older than cold.gc_grace");
+        assert_eq!(young.grace, engine.cold.gc_grace());
+        let short = engine.collect_garbage(Some(Duration::from_secs(1))).await.expect_err("too short");
+        assert!(matches!(short, Error::Plan { .. }) && short.to_string().contains("cold.gc_grace"), "{short}");
         let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
         assert_eq!(report.deleted, 2, "the orphan and the first manifest: {report:?}");
         let after = keys(&engine).await;

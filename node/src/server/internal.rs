@@ -21,7 +21,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use quiver_meta::MetaNode;
 use quiver_proto::v1::data_service_server::{DataService, DataServiceServer};
 use quiver_proto::v1::{
-    AppendReply, AppendRequest, CompactReply, CompactRequest, ExecuteReply, ExecuteRequest, TierReply, TierRequest,
+    AppendReply, AppendRequest, CollectGarbageReply, CollectGarbageRequest, CompactReply, CompactRequest, ExecuteReply,
+    ExecuteRequest, TierReply, TierRequest,
 };
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -120,6 +121,20 @@ impl DataService for DataGrpcService {
             bytes_in: report.bytes_in,
             bytes_out: report.bytes_out,
             manifest_version: report.manifest_version,
+        }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<CollectGarbageRequest>,
+    ) -> Result<Response<CollectGarbageReply>, Status> {
+        let grace = request.into_inner().grace_ms.map(std::time::Duration::from_millis);
+        let report = self.engine.collect_garbage(grace).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(CollectGarbageReply {
+            listed: report.listed,
+            deleted: report.deleted,
+            deleted_bytes: report.deleted_bytes,
+            grace_ms: u64::try_from(report.grace.as_millis()).unwrap_or(u64::MAX),
         }))
     }
 }

@@ -10,7 +10,7 @@ use arrow::ipc::writer::StreamWriter;
 use quiver_node::config::{ByteSize, Config, Overrides};
 use quiver_node::server::Server;
 use quiver_proto::v1::data_service_client::DataServiceClient;
-use quiver_proto::v1::{AppendRequest, CompactRequest, ExecuteRequest, TierRequest};
+use quiver_proto::v1::{AppendRequest, CollectGarbageRequest, CompactRequest, ExecuteRequest, TierRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -147,6 +147,27 @@ async fn statements_and_appends_over_the_internal_endpoint() {
         .collect();
     assert_eq!(ids, [1, 2, 3, 4, 5], "every row once, from the cold tier");
     assert!(dir.path().join("cold").is_dir(), "the default cold store is next to the data");
+
+    // Garbage collection now: the replaced files and manifests are younger than cold.gc_grace (6h), so they stay;
+    // a shorter grace period is refused, a longer one is taken.
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["admin", "--connect", &grpc.to_string(), "gc"])
+        .output()
+        .expect("run quiver admin");
+    let said = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success() && said.contains("deleted 0 of 6 objects") && said.contains("longer than 360m"),
+        "three files and three manifests: {said} {}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let short = client.collect_garbage(CollectGarbageRequest { grace_ms: Some(1000) }).await.expect_err("short");
+    assert_eq!(short.code(), Code::InvalidArgument);
+    assert!(short.message().contains("cold.gc_grace"), "{}", short.message());
+    let long = client.collect_garbage(CollectGarbageRequest { grace_ms: Some(86_400_000) }).await.expect("gc");
+    let long = long.into_inner();
+    assert_eq!((long.listed, long.deleted, long.grace_ms), (6, 0, 86_400_000));
+    let still = execute(&mut client, "SELECT count(*) FROM t").await.expect("count");
+    assert_eq!(rows(&still.arrow_ipc)[0].column(0).as_primitive::<Int64Type>().value(0), 5);
 
     let _ = stop_tx.send(());
     running.await.expect("join").expect("clean shutdown");
