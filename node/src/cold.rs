@@ -24,12 +24,14 @@
 //! (`TableStore::settled_below`), and a store that removed chunks keeps a floor for its numbering across restarts.
 //!
 //! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout),
-//! [`metered`] (counting requests and bytes).
+//! [`metered`] (counting requests and bytes), [`writer`] (writing files, sorted by the table's key), [`cache`] (the
+//! read cache).
 
 pub mod cache;
 pub mod manifest;
 pub mod metered;
 pub mod store;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -38,16 +40,12 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
-use futures::StreamExt;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use self::manifest::{ColdFile, ColumnStats, Manifest, WrittenRange};
 pub use self::store::{ColdConfig, ColdStore, check_url};
+pub use self::writer::{FileLayout, write_parquet};
 use crate::error::{Error, Result};
 
 /// The URL DataFusion knows the cold store by (the engine registers the cluster's store under it).
@@ -210,39 +208,4 @@ impl StatsBuilder {
             })
             .collect()
     }
-}
-
-/// Writes the batches of `batches` as one Parquet file at `location` (zstd, row-group and page statistics, the page
-/// index; uploaded in parts when large), reading them as it goes; returns its size in bytes.
-///
-/// # Errors
-///
-/// [`Error::ColdUnavailable`] when the store refuses the upload, and the first error of `batches`.
-pub async fn write_parquet<S>(
-    store: &Arc<dyn ObjectStore>,
-    display: &str,
-    location: &str,
-    schema: &SchemaRef,
-    batches: S,
-    row_group_rows: usize,
-) -> Result<u64>
-where
-    S: futures::Stream<Item = Result<RecordBatch>>,
-{
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(row_group_rows))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build();
-    let failed = |e: parquet::errors::ParquetError| unavailable(display, &format!("write {location}"), e);
-    let sink = BufWriter::new(Arc::clone(store), Path::from(location));
-    let mut writer = AsyncArrowWriter::try_new(sink, Arc::clone(schema), Some(properties)).map_err(failed)?;
-    let mut batches = std::pin::pin!(batches);
-    while let Some(batch) = batches.next().await {
-        writer.write(&batch?).await.map_err(failed)?;
-    }
-    writer.close().await.map_err(failed)?;
-    let meta =
-        store.head(&Path::from(location)).await.map_err(|e| unavailable(display, &format!("check {location}"), e))?;
-    Ok(meta.size)
 }

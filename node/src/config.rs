@@ -272,6 +272,9 @@ impl Default for LogConfig {
 /// The smallest disk tier of the cold read cache: it is written and evicted in blocks of a few MiB.
 const MIN_CACHE_DISK: u64 = 64 << 20;
 
+/// The least memory a sort of a file's rows may have: DataFusion reserves some for merging its spilled runs.
+const MIN_SORT_MEMORY: u64 = 32 << 20;
+
 /// A size in bytes, written `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"` or as a plain integer of bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -429,6 +432,9 @@ impl Config {
         }
         if self.cold.compact_min_files < 2 {
             return bad("cold.compact_min_files", "must be 2 or more".into());
+        }
+        if self.cold.sort_memory.0 < MIN_SORT_MEMORY {
+            return bad("cold.sort_memory", format!("must be at least {}", ByteSize(MIN_SORT_MEMORY)));
         }
         if self.cold.row_group_rows == 0 {
             return bad("cold.row_group_rows", "must be 1 or more".into());
@@ -605,6 +611,9 @@ mod tests {
         let err = Config::load(Some(("q.toml", "[cold]\ncompact_min_files = 1\n")), env(&[]), &Overrides::default())
             .expect_err("one file is not a merge");
         assert!(err.to_string().contains("cold.compact_min_files"), "{err}");
+        let err = Config::load(Some(("q.toml", "[cold]\nsort_memory = \"1MiB\"\n")), env(&[]), &Overrides::default())
+            .expect_err("too little to sort in");
+        assert!(err.to_string().contains("cold.sort_memory") && err.to_string().contains("32MiB"), "{err}");
         let c = Config::load(
             Some(("q.toml", "[cold]\nstore = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n")),
             env(&[]),

@@ -309,6 +309,8 @@ pub struct Engine {
     cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
     cold_cache: crate::cold::cache::ReadCache,
     cold_reads: Arc<crate::query::cold::ColdReads>,
+    /// Where the rows of cold files being written are sorted: `cold.sort_memory`, spilling to `spill/`.
+    sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
     queries: Arc<statements::QueryLog>,
 }
@@ -473,6 +475,7 @@ impl Engine {
         };
         let cache_settings = options.cold.cache_settings(data_dir.as_deref());
         let cold_cache = crate::cold::cache::ReadCache::open(&cache_settings, Arc::clone(&metrics.cold_cache)).await?;
+        let sorts = sort_context(&options.cold, data_dir.as_deref())?;
         let engine = Engine {
             location,
             tables,
@@ -488,6 +491,7 @@ impl Engine {
             cold_cluster: std::sync::Mutex::new(None),
             cold_cache,
             cold_reads,
+            sorts,
             queries,
         };
         let mut chunks_by_table = chunks_by_table;
@@ -1273,6 +1277,38 @@ fn columns_of(schema: &arrow::datatypes::Schema) -> Vec<ColumnDef> {
         .iter()
         .map(|f| ColumnDef { name: f.name().clone(), data_type: f.data_type().clone(), nullable: f.is_nullable() })
         .collect()
+}
+
+/// Where the rows of cold files being written are sorted: a memory pool of `cold.sort_memory`, and the spill
+/// directory `spill/` in the data directory (emptied here: a crash can leave spilled runs behind), or the system's
+/// temporary directory for an in-memory database.
+fn sort_context(
+    config: &crate::cold::ColdConfig,
+    data_dir: Option<&Path>,
+) -> Result<Arc<datafusion::execution::TaskContext>> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+
+    let mode = match data_dir {
+        // The simulation runs no sort big enough to spill, and has no disk for it.
+        _ if cfg!(madsim) => DiskManagerMode::Disabled,
+        Some(dir) => {
+            let spill = dir.join("spill");
+            if spill.exists() {
+                std::fs::remove_dir_all(&spill).map_err(|e| Error::io(format!("empty {}", spill.display()), e))?;
+            }
+            std::fs::create_dir_all(&spill).map_err(|e| Error::io(format!("create {}", spill.display()), e))?;
+            DiskManagerMode::Directories(vec![spill])
+        }
+        None => DiskManagerMode::OsTmpDirectory,
+    };
+    let memory = usize::try_from(config.sort_memory.0).unwrap_or(usize::MAX);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory)))
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode))
+        .build_arc()?;
+    Ok(Arc::new(datafusion::execution::TaskContext::default().with_runtime(runtime)))
 }
 
 fn primary_key_names(constraints: &datafusion::common::Constraints, schema: &arrow::datatypes::Schema) -> Vec<String> {

@@ -49,6 +49,9 @@ pub struct ColdConfig {
     /// The small files a table must have on a node before the background tierer compacts them (at least 2): merging
     /// a few each round would rewrite the same rows again and again.
     pub compact_min_files: usize,
+    /// Memory for sorting the rows of files being written (tiering, compaction, DELETE/UPDATE of tiered rows), shared
+    /// by the writes in progress; past it, sorts spill to `spill/` in the data directory (at least 32 MiB).
+    pub sort_memory: ByteSize,
     /// The background tierer moves a table's hot rows on this node to the cold tier once they take more than this
     /// (encoded, compressed) size. `0`, the default, leaves tiering to `quiver admin tier` and to tables' own
     /// policies.
@@ -87,6 +90,7 @@ impl Default for ColdConfig {
             row_group_rows: 128 * 1024,
             target_file_bytes: ByteSize(128 << 20),
             compact_min_files: 8,
+            sort_memory: ByteSize(256 << 20),
             hot_bytes_max: ByteSize(0),
             tier_check_interval: Millis(30_000),
             write_limit: ByteSize(0),

@@ -168,7 +168,7 @@ impl Engine {
             .then(move |(path, bytes)| read_file(Arc::clone(&readers), owned_display.clone(), path, bytes))
             .try_flatten()
             .map(|batch| super::rewrite::as_table_rows(table, &batch?));
-        let bytes = cold::write_parquet(store, display, &path, &schema, batches, self.cold.row_group_rows()).await?;
+        let bytes = cold::write_parquet(store, display, &path, &schema, batches, &self.file_layout(table)).await?;
         let written_ms = run.iter().map(|f| f.written_ms).collect::<Option<Vec<_>>>().map(|w| WrittenRange {
             min: w.iter().map(|w| w.min).min().unwrap_or(0),
             max: w.iter().map(|w| w.max).max().unwrap_or(0),

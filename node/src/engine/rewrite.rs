@@ -181,7 +181,7 @@ impl Engine {
             stats.observe(&out);
             Ok(out)
         });
-        let bytes = cold::write_parquet(store, display, &path, &schema, batches, self.cold.row_group_rows()).await?;
+        let bytes = cold::write_parquet(store, display, &path, &schema, batches, &self.file_layout(table)).await?;
         if matched == 0 || rows == 0 {
             // Unreferenced either way; the garbage collector takes it if this fails.
             let _ = store.delete(&object_store::path::Path::from(path.as_str())).await;
@@ -229,9 +229,8 @@ impl Engine {
             stats.observe(&batch);
             Ok(batch)
         }));
-        let bytes =
-            cold::write_parquet(store, self.cold.display(), &path, &schema, batches, self.cold.row_group_rows())
-                .await?;
+        let layout = self.file_layout(table);
+        let bytes = cold::write_parquet(store, self.cold.display(), &path, &schema, batches, &layout).await?;
         if rows == 0 {
             // Not listed (see `change_rows`); the garbage collector takes it if this fails.
             let _ = store.delete(&object_store::path::Path::from(path.as_str())).await;

@@ -419,6 +419,13 @@ fn file_runs(chunks: &[Arc<Chunk>], target: u64) -> Vec<&[Arc<Chunk>]> {
 }
 
 impl Engine {
+    /// How `table`'s cold files are written: sorted by its primary key, with a bloom filter on each key column.
+    pub(super) fn file_layout(&self, table: &HotTable) -> cold::FileLayout {
+        let schema = table.schema();
+        let key = table.def().primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+        cold::FileLayout { row_group_rows: self.cold.row_group_rows(), key, sorts: Arc::clone(&self.sorts) }
+    }
+
     /// Writes one run of hot chunks as a Parquet file and returns its manifest entry.
     async fn write_tiered(
         &self,
@@ -432,9 +439,8 @@ impl Engine {
         let batches = futures::stream::iter(run.iter().map(|chunk| table.read_chunk(chunk, None, &schema)));
         let path =
             Manifest::data_path(table.def().id.0, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
-        let bytes =
-            cold::write_parquet(store, self.cold.display(), &path, &schema, batches, self.cold.row_group_rows())
-                .await?;
+        let layout = self.file_layout(table);
+        let bytes = cold::write_parquet(store, self.cold.display(), &path, &schema, batches, &layout).await?;
         Ok(ColdFile {
             path,
             node: self.node_id,
@@ -573,6 +579,73 @@ mod tests {
         assert_eq!((none, no_gets), ((0, 0), 0), "no file can match");
         let (nulls, _) = filtered(&engine, "x IS NULL").await;
         assert_eq!(nulls, (0, 0));
+    }
+
+    /// The ids of the cold file at `path`, in file order, and whether every row group declares itself sorted by
+    /// `id` and has a bloom filter on it.
+    async fn ids_in_file(engine: &Engine, path: &str) -> (Vec<i64>, bool) {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let store = engine.cold_store().expect("store");
+        let bytes = store.get(&object_store::path::Path::from(path)).await.expect("get").bytes().await.expect("bytes");
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+        let declared = builder.metadata().row_groups().iter().all(|g| {
+            let sorted = g.sorting_columns().is_some_and(|s| s.len() == 1 && s[0].column_idx == 0 && !s[0].descending);
+            sorted && g.column(0).bloom_filter_offset().is_some()
+        });
+        let mut ids = Vec::new();
+        for batch in builder.build().expect("reader") {
+            ids.extend(batch.expect("batch").column(0).as_primitive::<Int64Type>().values().iter().copied());
+        }
+        (ids, declared)
+    }
+
+    /// The paths of table `name`'s cold files.
+    async fn cold_paths(engine: &Engine, name: &str) -> Vec<String> {
+        let sql = format!("SELECT path FROM system.tier_files WHERE table_name = '{name}' ORDER BY path");
+        let batches: Vec<RecordBatch> = engine.execute_one(&sql).await.expect("query").collect().await.expect("rows");
+        batches.iter().flat_map(|b| b.column(0).as_string::<i32>().iter().flatten().map(str::to_string)).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_are_sorted_by_the_primary_key_and_key_lookups_skip_row_groups_by_bloom_filter() {
+        let cold = ColdConfig { row_group_rows: 100, ..ColdConfig::default() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open_with(dir.path(), cold).await;
+        engine.execute_one("CREATE TABLE k (id BIGINT NOT NULL PRIMARY KEY, v BIGINT)").await.expect("create");
+        // The even ids 0..=1998 in scrambled order (7919 is prime to 1000), ten chunks of a hundred.
+        let scrambled = "SELECT ((value * 7919) % 1000) * 2 + {odd}, value FROM generate_series(0, 999)";
+        engine.execute_one(&format!("INSERT INTO k {}", scrambled.replace("{odd}", "0"))).await.expect("insert");
+        engine.tier("k").await.expect("tier");
+        let paths = cold_paths(&engine, "k").await;
+        assert_eq!(paths.len(), 1);
+        let (ids, declared) = ids_in_file(&engine, &paths[0]).await;
+        assert_eq!(ids, (0..1000).map(|i| i * 2).collect::<Vec<i64>>(), "the file holds the rows sorted by id");
+        assert!(declared, "every row group says it is sorted by id and has a bloom filter on it");
+
+        // A key lookup reads one row group of ten, by the row groups' ranges.
+        let (text, _) = explain_analyze(&engine, "SELECT v FROM k WHERE id = 346").await;
+        assert!(text.contains("row_groups=1/10 (pruned 9)"), "{text}");
+        let v = |id: i64| (0..1000).find(|v| (v * 7919) % 1000 * 2 == id).expect("an even id");
+        let found = engine.execute_one("SELECT v FROM k WHERE id = 346").await.expect("q").collect().await.expect("r");
+        assert_eq!(found[0].column(0).as_primitive::<Int64Type>().value(0), v(346));
+        // Odd ids fall inside a row group's range but are not in it: its bloom filter rules it out.
+        let sql = "SELECT count(*) FROM k WHERE id IN (201, 203, 205, 600)";
+        let (text, _) = explain_analyze(&engine, sql).await;
+        assert!(text.contains("row_groups=1/10 (pruned 9, 1 by bloom filters)"), "{text}");
+        let counted = engine.execute_one(sql).await.expect("q").collect().await.expect("r");
+        assert_eq!(counted[0].column(0).as_primitive::<Int64Type>().value(0), 1);
+
+        // The odd ids, scrambled too, in a second file; compaction merges both into one file, sorted again.
+        engine.execute_one(&format!("INSERT INTO k {}", scrambled.replace("{odd}", "1"))).await.expect("insert");
+        engine.tier("k").await.expect("tier");
+        let report = engine.compact("k").await.expect("compact");
+        assert_eq!((report.files_in, report.files_out), (2, 1));
+        let paths = cold_paths(&engine, "k").await;
+        let (ids, declared) = ids_in_file(&engine, &paths[0]).await;
+        assert_eq!(ids, (0..2000).collect::<Vec<i64>>(), "the merged file is sorted by id");
+        assert!(declared);
+        let text = explain_analyze(&engine, "SELECT v FROM k WHERE id = 1001").await.0;
+        assert!(text.contains("row_groups=1/20 (pruned 19)"), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1153,7 +1226,7 @@ mod tests {
             &path,
             &schema,
             futures::stream::iter(batches.into_iter().map(Ok)),
-            1000,
+            &cold::FileLayout::unsorted(1000),
         )
         .await
         .expect("file");

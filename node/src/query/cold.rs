@@ -17,7 +17,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, ColumnStatistics, DataFusionError, Result as DfResult, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::{BloomFilterStatistics, CachedParquetFileReaderFactory};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
@@ -146,13 +146,17 @@ pub(super) async fn cold_scan(
         .await?;
     let mut row_groups = Vec::new();
     let mut row_groups_total = 0;
+    let mut bloom_pruned = 0;
     for file in files {
         let groups = file.metadata.metadata().row_groups();
         row_groups_total += groups.len();
-        let keep = match &predicate {
+        let mut keep = match &predicate {
             Some(p) => p.prune(&RowGroupStatistics { file: &file, groups })?,
             None => vec![true; groups.len()],
         };
+        if let Some(p) = &predicate {
+            bloom_pruned += prune_by_bloom_filters(p, &file, readers.as_ref(), &mut keep).await?;
+        }
         let rows: Vec<usize> = groups.iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).collect();
         let file = Arc::new(file);
         for (index, (rows, keep)) in rows.into_iter().zip(keep).enumerate() {
@@ -184,6 +188,7 @@ pub(super) async fn cold_scan(
         partitions,
         files: (files_read, view.files.len()),
         row_groups_total,
+        bloom_pruned,
         limit,
         readers,
         tally,
@@ -233,6 +238,8 @@ pub(super) struct ColdScanExec {
     files: (usize, usize),
     /// Row groups in the files read.
     row_groups_total: usize,
+    /// Row groups left out by their bloom filters (their statistics would have kept them).
+    bloom_pruned: usize,
     limit: Option<usize>,
     readers: Arc<dyn ParquetFileReaderFactory>,
     tally: Arc<ReadTally>,
@@ -284,13 +291,17 @@ impl DisplayAs for ColdScanExec {
         write!(
             f,
             "ColdScanExec: table={}, partitions={}, files={files}/{files_total} (pruned {}), row_groups={row_groups}/{} \
-             (pruned {})",
+             (pruned {}",
             self.table.def().name,
             self.partitions.len(),
             files_total - files,
             self.row_groups_total,
             self.row_groups_total - row_groups,
         )?;
+        if self.bloom_pruned > 0 {
+            write!(f, ", {} by bloom filters", self.bloom_pruned)?;
+        }
+        f.write_str(")")?;
         if self.projected {
             let names: Vec<&str> = self.projected_schema.fields().iter().map(|f| f.name().as_str()).collect();
             write!(f, ", projection=[{}]", names.join(", "))?;
@@ -463,6 +474,55 @@ impl GroupReader {
         }
         Ok(batch)
     }
+}
+
+/// Drops the row groups of `file` still in `keep` whose bloom filters show that they hold none of the values an
+/// equality or `IN` filter asks for (DataFusion's literal guarantees), and returns how many it dropped. Only the
+/// filters' columns that have bloom filters in the file are read (written for the table's primary key), one per row
+/// group still kept, through the read cache.
+async fn prune_by_bloom_filters(
+    predicate: &PruningPredicate,
+    file: &ScanFile,
+    readers: &dyn ParquetFileReaderFactory,
+    keep: &mut [bool],
+) -> DfResult<usize> {
+    let parquet = file.metadata.parquet_schema();
+    let groups = file.metadata.metadata().row_groups();
+    let mut columns: Vec<(String, usize)> = Vec::new();
+    for guarantee in predicate.literal_guarantees() {
+        let name = &guarantee.column.name;
+        let Some(leaf) = parquet.columns().iter().position(|c| c.path().parts() == std::slice::from_ref(name)) else {
+            continue;
+        };
+        let has_filters = groups.iter().any(|g| g.column(leaf).bloom_filter_offset().is_some());
+        if has_filters && !columns.iter().any(|(n, _)| n == name) {
+            columns.push((name.clone(), leaf));
+        }
+    }
+    if columns.is_empty() || !keep.contains(&true) {
+        return Ok(0);
+    }
+    let reader: Box<dyn AsyncFileReader> =
+        readers.create_reader(0, file.object.clone(), None, &ExecutionPlanMetricsSet::new())?;
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone());
+    let mut dropped = 0;
+    for (index, kept) in keep.iter_mut().enumerate() {
+        if !*kept {
+            continue;
+        }
+        let mut filters = BloomFilterStatistics::with_capacity(columns.len());
+        for (name, leaf) in &columns {
+            if let Some(filter) = builder.get_row_group_column_bloom_filter(index, *leaf).await? {
+                let column = parquet.column(*leaf);
+                filters.insert(name.clone(), filter, column.physical_type(), column.type_length());
+            }
+        }
+        if predicate.prune(&filters)?.first() == Some(&false) {
+            *kept = false;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
 }
 
 /// Per-file statistics from the manifest, in the shape DataFusion's pruning wants.
