@@ -28,6 +28,17 @@ fn rows(bytes: &[u8]) -> Vec<RecordBatch> {
         .expect("batches")
 }
 
+/// Runs `quiver admin --connect ADDR ARGS…`: its output, and its standard output as text.
+fn quiver_admin(addr: &str, args: &[&str]) -> (std::process::Output, String) {
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["admin", "--connect", addr])
+        .args(args)
+        .output()
+        .expect("run quiver admin");
+    let said = String::from_utf8_lossy(&admin.stdout).into_owned();
+    (admin, said)
+}
+
 async fn execute(
     client: &mut DataServiceClient<Channel>,
     sql: &str,
@@ -115,11 +126,7 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     assert_eq!((tiered.rows, tiered.manifest_version), (4, 1));
     assert!(tiered.bytes > 0);
     execute(&mut client, "INSERT INTO t VALUES (5, 'e')").await.expect("insert after tiering");
-    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["admin", "--connect", &grpc.to_string(), "tier", "--table", "t"])
-        .output()
-        .expect("run quiver admin");
-    let said = String::from_utf8_lossy(&admin.stdout);
+    let (admin, said) = quiver_admin(&grpc.to_string(), &["tier", "--table", "t"]);
     assert!(
         admin.status.success() && said.contains("tiered 1 rows"),
         "{said} {}",
@@ -128,11 +135,7 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     let missing = client.tier(TierRequest { table: "nope".into() }).await.expect_err("unknown table");
     assert_eq!(missing.code(), Code::NotFound);
     // Two small files: `quiver admin compact` merges them into one.
-    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["admin", "--connect", &grpc.to_string(), "compact", "--table", "t"])
-        .output()
-        .expect("run quiver admin");
-    let said = String::from_utf8_lossy(&admin.stdout);
+    let (admin, said) = quiver_admin(&grpc.to_string(), &["compact", "--table", "t"]);
     assert!(
         admin.status.success() && said.contains("merged 2 files") && said.contains("5 rows"),
         "{said} {}",
@@ -150,11 +153,7 @@ async fn statements_and_appends_over_the_internal_endpoint() {
 
     // Garbage collection now: the replaced files and manifests are younger than cold.gc_grace (6h), so they stay;
     // a shorter grace period is refused, a longer one is taken.
-    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
-        .args(["admin", "--connect", &grpc.to_string(), "gc"])
-        .output()
-        .expect("run quiver admin");
-    let said = String::from_utf8_lossy(&admin.stdout);
+    let (admin, said) = quiver_admin(&grpc.to_string(), &["gc"]);
     assert!(
         admin.status.success() && said.contains("deleted 0 of 6 objects") && said.contains("longer than 360m"),
         "three files and three manifests: {said} {}",
