@@ -24,12 +24,14 @@
 //! (`TableStore::settled_below`), and a store that removed chunks keeps a floor for its numbering across restarts.
 //!
 //! Modules: [`store`] (opening the store from its URL), [`manifest`] (manifest format and bucket layout),
+//! [`segments`] (reading and writing manifest versions, with a cache of their segments),
 //! [`metered`] (counting requests and bytes), [`writer`] (writing files, sorted by the table's key), [`cache`] (the
 //! read cache).
 
 pub mod cache;
 pub mod manifest;
 pub mod metered;
+pub mod segments;
 pub mod store;
 pub mod writer;
 
@@ -40,13 +42,12 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 pub use self::manifest::{ColdFile, ColumnStats, Manifest, WrittenRange};
+pub use self::segments::{SegmentCache, read_manifest, write_manifest};
 pub use self::store::{ColdConfig, ColdStore, check_url};
 pub use self::writer::{FileLayout, write_parquet};
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 /// The URL DataFusion knows the cold store by (the engine registers the cluster's store under it).
 pub const OBJECT_STORE_URL: &str = "quiver-cold://tier/";
@@ -119,37 +120,6 @@ pub enum ColdState {
 
 pub(crate) fn unavailable(store: &str, what: &str, e: impl std::fmt::Display) -> Error {
     Error::ColdUnavailable { detail: format!("{what} in {store}: {e}") }
-}
-
-/// Reads the manifest at `location`.
-///
-/// # Errors
-///
-/// [`Error::ColdUnavailable`] when the store cannot be read, [`Error::Corrupt`] when the manifest cannot be decoded.
-pub async fn read_manifest(store: &Arc<dyn ObjectStore>, display: &str, location: &str) -> Result<Manifest> {
-    let bytes = store
-        .get(&Path::from(location))
-        .await
-        .map_err(|e| unavailable(display, &format!("read manifest {location}"), e))?
-        .bytes()
-        .await
-        .map_err(|e| unavailable(display, &format!("read manifest {location}"), e))?;
-    Manifest::decode(&bytes).map_err(|detail| Error::Corrupt { location: location.to_string(), detail })
-}
-
-/// Writes `manifest` under a name of its own (its version and a random nonce); returns the name.
-///
-/// # Errors
-///
-/// [`Error::ColdUnavailable`] when the store refuses the write.
-pub async fn write_manifest(store: &Arc<dyn ObjectStore>, display: &str, manifest: &Manifest) -> Result<String> {
-    let location = Manifest::path_of(manifest.table_id, manifest.shard_id, manifest.version, crate::random_u64()?);
-    let bytes = manifest.encode().map_err(|e| Error::Internal(format!("encode a manifest: {e}")))?;
-    store
-        .put(&Path::from(location.as_str()), PutPayload::from(bytes))
-        .await
-        .map_err(|e| unavailable(display, &format!("write manifest {location}"), e))?;
-    Ok(location)
 }
 
 /// Per-column statistics of the rows written to a file, gathered batch by batch as they stream past (for files

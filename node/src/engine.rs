@@ -309,6 +309,8 @@ pub struct Engine {
     cold_cluster: std::sync::Mutex<Option<Arc<dyn object_store::ObjectStore>>>,
     cold_cache: crate::cold::cache::ReadCache,
     cold_reads: Arc<crate::query::cold::ColdReads>,
+    /// The manifest segments of each shard's latest version read or written here.
+    manifest_segments: crate::cold::SegmentCache,
     /// Where the rows of cold files being written are sorted: `cold.sort_memory`, spilling to `spill/`.
     sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
@@ -491,6 +493,7 @@ impl Engine {
             cold_cluster: std::sync::Mutex::new(None),
             cold_cache,
             cold_reads,
+            manifest_segments: crate::cold::SegmentCache::default(),
             sorts,
             queries,
         };

@@ -103,9 +103,9 @@ impl Engine {
             }
             report.files_out = merged.len();
             let replaced: Vec<String> = runs.iter().flatten().map(|f| f.path.clone()).collect();
-            let next =
+            let mut next =
                 current.replacing(&replaced, merged, crate::clock::unix_ms(), self.cold.gc_grace().as_millis() as u64);
-            let location = cold::write_manifest(&store, self.cold.display(), &next).await?;
+            let location = self.store_manifest(&store, &mut next).await?;
             if began.elapsed() > self.cold.gc_grace() / 2 {
                 return Err(Error::ColdUnavailable {
                     detail: format!(

@@ -1,8 +1,9 @@
 //! Garbage collection of the cold tier: objects that no shard's manifest pointer reaches.
 //!
 //! Every object in the bucket has a name of its own (see [`crate::cold`]), so an object is garbage exactly when the
-//! current manifest of its shard neither is it nor lists it: uploads of tierings that failed before their commit,
-//! manifests of earlier versions and of commits that lost their compare-and-set, and everything of a dropped table.
+//! current manifest of its shard neither is it nor names it (as one of its segments, or one of their files): uploads
+//! of tierings that failed before their commit, manifests and segments of earlier versions and of commits that lost
+//! their compare-and-set, and everything of a dropped table.
 //! Such objects are deleted once they are older than the grace period (`cold.gc_grace`), which protects
 //! what is in flight: a tiering gives up before its commit if it has taken more than half the grace period since it
 //! began uploading, so its objects cannot be collected under it; a reader that read an older pointer finishes long
@@ -106,6 +107,7 @@ impl Engine {
             let Some(location) = location else { continue };
             let manifest = self.manifest_at(location).await?;
             keep.insert(location.clone());
+            keep.extend(manifest.segments.into_iter().map(|s| s.path));
             keep.extend(manifest.files.into_iter().map(|f| f.path));
             // Files retention took out lately: scans of the version before may still read them.
             let retired_after = cutoff.timestamp_millis().max(0) as u64;
@@ -195,18 +197,20 @@ mod tests {
         let orphan = Path::from("tables/1/shards/1/data/n1-0000000000000001-s9-00000000000000ff.parquet");
         store.put(&orphan, PutPayload::from_static(b"left behind")).await.expect("put");
         let before = keys(&engine).await;
-        assert_eq!(before.len(), 5, "two files, two manifests, the orphan: {before:?}");
+        assert_eq!(before.len(), 7, "two files, two manifests and their segments, the orphan: {before:?}");
 
         let young = engine.collect_garbage(None).await.expect("gc");
-        assert_eq!((young.listed, young.deleted), (5, 0), "nothing is older than cold.gc_grace");
+        assert_eq!((young.listed, young.deleted), (7, 0), "nothing is older than cold.gc_grace");
         assert_eq!(young.grace, engine.cold.gc_grace());
         let short = engine.collect_garbage(Some(Duration::from_secs(1))).await.expect_err("too short");
         assert!(matches!(short, Error::Plan { .. }) && short.to_string().contains("cold.gc_grace"), "{short}");
         let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
-        assert_eq!(report.deleted, 2, "the orphan and the first manifest: {report:?}");
+        assert_eq!(report.deleted, 3, "the orphan and the first manifest and its segment: {report:?}");
         let after = keys(&engine).await;
-        assert_eq!(after.len(), 3, "{after:?}");
+        assert_eq!(after.len(), 4, "{after:?}");
         assert!(!after.contains(&orphan.to_string()));
+        let segments: Vec<&String> = after.iter().filter(|k| k.contains("/segments/00000000000000000002-")).collect();
+        assert_eq!(segments.len(), 1, "the current manifest's segment stays: {after:?}");
         assert_eq!(sum(&engine).await, 500 * 501 / 2, "every row is still read");
         engine.execute_one("INSERT INTO t VALUES (501)").await.expect("insert");
         engine.tier("t").await.expect("tiering goes on");
@@ -215,7 +219,10 @@ mod tests {
         // A dropped table's objects all go.
         engine.execute_one("DROP TABLE t").await.expect("drop");
         let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
-        assert_eq!(report.deleted, 5, "three files and the current manifest, plus the one replaced: {report:?}");
+        assert_eq!(
+            report.deleted, 7,
+            "three files, the current manifest and the one replaced, their segments: {report:?}"
+        );
         assert_eq!(keys(&engine).await, Vec::<String>::new());
     }
 }

@@ -73,7 +73,6 @@ impl Engine {
             return Ok(report);
         }
         let store = self.cold_store()?;
-        let display = self.cold.display().to_string();
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(&table, &shard).await?;
             self.adopt(&table, &current).await;
@@ -85,8 +84,8 @@ impl Engine {
             let paths: Vec<String> = gone.iter().map(|f| f.path.clone()).collect();
             let rows: u64 = gone.iter().map(|f| f.rows).sum();
             let keep_ms = self.cold.gc_grace().as_millis() as u64;
-            let next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
-            let location = cold::write_manifest(&store, &display, &next).await?;
+            let mut next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
+            let location = self.store_manifest(&store, &mut next).await?;
             if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
                 self.adopt(&table, &next).await;
                 (report.files, report.cold_rows) = (paths.len(), rows);

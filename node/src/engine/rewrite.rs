@@ -126,7 +126,7 @@ impl Engine {
                 Some(file) => next.add_tiered(file.clone()),
                 None => {}
             }
-            let location = cold::write_manifest(&store, self.cold.display(), &next).await?;
+            let location = self.store_manifest(&store, &mut next).await?;
             if began.elapsed() > self.cold.gc_grace() / 2 {
                 return Err(Error::ColdUnavailable {
                     detail: format!(

@@ -87,7 +87,13 @@ impl Engine {
 
     /// Reads the manifest a pointer names, from this cluster's cold store.
     pub(super) async fn manifest_at(&self, location: &str) -> Result<Manifest> {
-        cold::read_manifest(&self.cold_store()?, self.cold.display(), location).await
+        cold::read_manifest(&self.cold_store()?, self.cold.display(), location, &self.manifest_segments).await
+    }
+
+    /// Stores `next`, the shard's next manifest version, in the cold store; returns where (see
+    /// [`cold::write_manifest`]).
+    pub(super) async fn store_manifest(&self, store: &Arc<dyn ObjectStore>, next: &mut Manifest) -> Result<String> {
+        cold::write_manifest(store, self.cold.display(), next, &self.manifest_segments).await
     }
 
     /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
@@ -319,7 +325,6 @@ impl Engine {
             return Err(Error::ColdUnavailable { detail });
         }
         let store = self.cold_store()?;
-        let display = self.cold.display().to_string();
         let shard = self.shard_of(table.def())?;
         let shard_id = shard.shard_id.0;
         let kept_changing =
@@ -363,8 +368,8 @@ impl Engine {
             // 2 and 3. The next manifest, then the pointer, by compare-and-set; another node's commit in between
             // means reading its manifest and trying again.
             loop {
-                let next = current.with_files(files.clone());
-                let location = cold::write_manifest(&store, &display, &next).await?;
+                let mut next = current.with_files(files.clone());
+                let location = self.store_manifest(&store, &mut next).await?;
                 if began.elapsed() > self.cold.gc_grace() / 2 {
                     return Err(Error::ColdUnavailable {
                         detail: format!(
@@ -1241,9 +1246,9 @@ mod tests {
             columns,
             written_ms: None,
         };
-        let manifest =
+        let mut manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);
-        let location = cold::write_manifest(&store, "test", &manifest).await.expect("manifest");
+        let location = engine.store_manifest(&store, &mut manifest).await.expect("manifest");
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
             expected_version: None,
