@@ -37,7 +37,9 @@ pub mod writer;
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
@@ -53,7 +55,7 @@ use crate::error::Error;
 pub const OBJECT_STORE_URL: &str = "quiver-cold://tier/";
 
 /// What one node's scans of a table read from the cold tier.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ColdView {
     /// The manifest version this view comes from (0: none yet).
     pub version: u64,
@@ -61,38 +63,35 @@ pub struct ColdView {
     pub files: Vec<ColdFile>,
     /// The highest of the store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
     pub hot_through: u64,
-    /// Per file, its column statistics read for pruning.
-    pub bounds: Vec<FileBounds>,
+    /// Per column of the table, its statistics across the files, read once for pruning.
+    pub bounds: Vec<ColumnBounds>,
 }
 
-/// A file's column statistics as values, per column of the table: NULL scalars and `None` where unknown.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileBounds {
+/// One column's statistics across a view's files, in their order: NULL where unknown.
+#[derive(Debug, Clone)]
+pub struct ColumnBounds {
     /// The minimums.
-    pub min: Vec<ScalarValue>,
+    pub min: ArrayRef,
     /// The maximums.
-    pub max: Vec<ScalarValue>,
+    pub max: ArrayRef,
     /// The NULL counts.
-    pub nulls: Vec<Option<u64>>,
+    pub nulls: ArrayRef,
 }
 
-impl FileBounds {
-    fn of(file: &ColdFile, schema: &arrow::datatypes::Schema) -> Self {
-        let mut bounds = FileBounds { min: Vec::new(), max: Vec::new(), nulls: Vec::new() };
-        for (i, field) in schema.fields().iter().enumerate() {
-            let stats = file.columns.get(i);
-            let (min, max) = match stats {
-                Some(s) => s.values(field.data_type()),
-                None => {
-                    let unknown = ScalarValue::try_from(field.data_type()).unwrap_or(ScalarValue::Null);
-                    (unknown.clone(), unknown)
-                }
-            };
-            bounds.min.push(min);
-            bounds.max.push(max);
-            bounds.nulls.push(stats.map(|s| s.nulls));
+impl ColumnBounds {
+    /// Column `i` (of type `data_type`) of `files`: the texts of all the files are cast at once, so a view of
+    /// 100,000 files takes two casts a column; a text that does not read as the type is unknown.
+    fn of(files: &[ColdFile], i: usize, data_type: &DataType) -> Self {
+        let read = |pick: fn(&ColumnStats) -> Option<&str>| {
+            let texts = StringArray::from_iter(files.iter().map(|f| f.columns.get(i).and_then(pick)));
+            cast_with_options(&texts, data_type, &CastOptions { safe: true, ..CastOptions::default() })
+                .unwrap_or_else(|_| new_null_array(data_type, files.len()))
+        };
+        ColumnBounds {
+            min: read(|c| c.min.as_deref()),
+            max: read(|c| c.max.as_deref()),
+            nulls: Arc::new(UInt64Array::from_iter(files.iter().map(|f| f.columns.get(i).map(|c| c.nulls)))),
         }
-        bounds
     }
 }
 
@@ -102,7 +101,13 @@ impl ColdView {
         let files: Vec<ColdFile> = manifest.files.iter().filter(|f| f.store == store).cloned().collect();
         ColdView {
             version: manifest.version,
-            bounds: files.iter().map(|f| FileBounds::of(f, &manifest.schema)).collect(),
+            bounds: manifest
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, field)| ColumnBounds::of(&files, i, field.data_type()))
+                .collect(),
             files,
             hot_through: manifest.hot_through.get(&store).copied().unwrap_or(0),
         }

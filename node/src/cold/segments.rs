@@ -154,12 +154,13 @@ pub async fn write_manifest(
 
 #[cfg(test)]
 mod tests {
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use object_store::memory::InMemory;
 
     use super::*;
     use crate::cold::metered::{IoCounters, MeteredStore};
-    use crate::cold::{ColumnStats, WrittenRange};
+    use crate::cold::{ColdView, ColumnStats, WrittenRange};
 
     fn file(i: u64) -> ColdFile {
         ColdFile {
@@ -212,6 +213,12 @@ mod tests {
         assert_eq!(loaded, next);
         assert_eq!(loaded.files.len(), 100_001);
         assert_eq!(reader.len(), 101, "only the latest version's segments are kept");
+        // The view scans prune by: each column's bounds across the files, read in one pass.
+        let view = ColdView::of(&loaded, 77);
+        let mins = view.bounds[0].min.as_primitive::<Int64Type>();
+        assert_eq!((mins.len(), mins.value(0), mins.value(100_000)), (100_001, 1000, 100_001_000));
+        assert_eq!(view.bounds[0].max.as_primitive::<Int64Type>().value(41), 42_999);
+        assert!(ColdView::of(&loaded, 78).files.is_empty(), "another store's view");
 
         // Compaction of 20 files spread over the shard: their segments are written again, the others kept.
         let replaced: Vec<String> = (0..20).map(|k| loaded.files[k * 5_000].path.clone()).collect();

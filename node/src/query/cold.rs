@@ -41,7 +41,7 @@ use parquet::file::metadata::RowGroupMetaData;
 
 use super::provider::pruning_predicate;
 use crate::cold::cache::{CachedStore, ReadTally, ScanStore};
-use crate::cold::{ColdFile, ColdView, FileBounds};
+use crate::cold::{ColdFile, ColdView, ColumnBounds};
 use crate::table::{HotTable, Source};
 
 /// Files whose footers a scan loads at once while planning.
@@ -532,19 +532,18 @@ struct FileStatistics<'a> {
 }
 
 impl FileStatistics<'_> {
-    fn values(&self, column: &Column, pick: impl Fn(&FileBounds, usize) -> ScalarValue) -> Option<ArrayRef> {
-        let i = self.schema.index_of(&column.name).ok()?;
-        ScalarValue::iter_to_array(self.view.bounds.iter().map(|b| pick(b, i))).ok()
+    fn column(&self, column: &Column) -> Option<&ColumnBounds> {
+        self.view.bounds.get(self.schema.index_of(&column.name).ok()?)
     }
 }
 
 impl PruningStatistics for FileStatistics<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.values(column, |b, i| b.min[i].clone())
+        Some(Arc::clone(&self.column(column)?.min))
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
-        self.values(column, |b, i| b.max[i].clone())
+        Some(Arc::clone(&self.column(column)?.max))
     }
 
     fn num_containers(&self) -> usize {
@@ -552,8 +551,7 @@ impl PruningStatistics for FileStatistics<'_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        let i = self.schema.index_of(&column.name).ok()?;
-        Some(Arc::new(UInt64Array::from_iter(self.view.bounds.iter().map(|b| b.nulls[i]))))
+        Some(Arc::clone(&self.column(column)?.nulls))
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
