@@ -906,7 +906,15 @@ impl Engine {
     /// Changes the options of native table `name` through the metadata group.
     async fn alter_table_options(&self, name: &str, options: BTreeMap<String, Option<String>>) -> Result<QueryOutput> {
         self.see_acknowledged_ddl().await?;
-        self.native_table(name)?;
+        let table = self.native_table(name)?;
+        let mut after = self.catalog().table(name).map(|d| d.options.clone()).unwrap_or_default();
+        for (key, value) in &options {
+            match value {
+                Some(v) => after.insert(key.clone(), v.clone()),
+                None => after.remove(key),
+            };
+        }
+        options::check(&after, &table.schema())?;
         let command = CatalogCommand::SetTableOptions { name: name.to_string(), options };
         self.propose(MetaCommand::Catalog { command, shard_node: None }).await?;
         Ok(QueryOutput::Done { command: Command::AlterTable })
@@ -930,6 +938,7 @@ impl Engine {
                     return Err(Error::Unsupported { what: "column DEFAULT values".into() });
                 }
                 let schema = create.input.schema().as_arrow().clone();
+                options::check(&table_options, &schema)?;
                 let primary_key = primary_key_names(&create.constraints, &schema);
                 let columns = columns_of(&schema);
                 let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);

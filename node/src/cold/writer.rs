@@ -1,12 +1,12 @@
 //! Writing cold files: Parquet with zstd, row-group and page statistics and the page index, its rows sorted by the
-//! table's primary key, with a bloom filter on each key column.
+//! table's sort key (its `sort_key` option, else its primary key), with a bloom filter on each primary-key column.
 //!
 //! Tiering, compaction and DELETE/UPDATE all write through [`write_parquet`], which reads its rows as a stream. A
-//! table with a primary key has them sorted first, by DataFusion's sort (`SortExec`), within the engine's sort
-//! memory (`cold.sort_memory`): past it, the sort spills sorted runs to the data directory's `spill/` and merges
-//! them, so a file is sorted whatever its size. Sorted files give row groups narrow key ranges, which the scan
-//! prunes by; the bloom filters rule out row groups for `key = value` and `key IN (…)` when the ranges overlap. A
-//! table without a primary key keeps write order, which is time order.
+//! table with a sort key has them sorted first, by DataFusion's sort (`SortExec`), within the engine's sort memory
+//! (`cold.sort_memory`): past it, the sort spills sorted runs to the data directory's `spill/` and merges them, so a
+//! file is sorted whatever its size. Sorted files give row groups and pages narrow key ranges, which the scan prunes
+//! by; the bloom filters rule out row groups for `key = value` and `key IN (…)` when the ranges overlap. A table
+//! with neither keeps write order, which is time order.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -41,42 +41,57 @@ use crate::error::{Error, Result};
 pub struct FileLayout {
     /// Rows per row group.
     pub row_group_rows: usize,
-    /// The columns (indices in the table's schema) the rows are sorted by, ascending with NULLs first, each with a
-    /// bloom filter: the table's primary key. Empty: write order.
-    pub key: Vec<usize>,
+    /// The columns (indices in the table's schema) the rows are sorted by, ascending with NULLs first: the table's
+    /// `sort_key`, else its primary key. Empty: write order.
+    pub sort: Vec<usize>,
+    /// The columns with a bloom filter: the table's primary key.
+    pub bloom: Vec<usize>,
     /// Where sorts run: the engine's sort memory and spill directory.
     pub sorts: Arc<TaskContext>,
 }
 
 impl fmt::Debug for FileLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileLayout").field("row_group_rows", &self.row_group_rows).field("key", &self.key).finish()
+        f.debug_struct("FileLayout")
+            .field("row_group_rows", &self.row_group_rows)
+            .field("sort", &self.sort)
+            .field("bloom", &self.bloom)
+            .finish()
     }
 }
 
 impl FileLayout {
     /// A layout in write order, sorting nothing.
     pub fn unsorted(row_group_rows: usize) -> Self {
-        FileLayout { row_group_rows, key: Vec::new(), sorts: Arc::new(TaskContext::default()) }
+        FileLayout { row_group_rows, sort: Vec::new(), bloom: Vec::new(), sorts: Arc::new(TaskContext::default()) }
     }
 
-    /// The key columns that can be sorted and filtered by: top-level columns of a flat schema (where a column's
-    /// index is its Parquet leaf's), of types with an order.
-    fn key_of(&self, schema: &Schema) -> Vec<usize> {
+    /// Of `columns`, those that can be sorted and filtered by: top-level columns of a flat schema (where a
+    /// column's index is its Parquet leaf's).
+    fn usable(columns: &[usize], schema: &Schema) -> Vec<usize> {
         let flat = schema.fields().iter().all(|f| !f.data_type().is_nested());
         if !flat {
             return Vec::new();
         }
-        self.key.iter().copied().filter(|i| *i < schema.fields().len()).collect()
+        columns.iter().copied().filter(|i| *i < schema.fields().len()).collect()
     }
 
-    fn properties(&self, schema: &Schema, key: &[usize]) -> WriterProperties {
+    /// The most rows of a data page: an eighth of a row group, at most 20,000 (Parquet's default), so that the page
+    /// index can narrow a key lookup in a sorted file to a part of a row group.
+    fn page_rows(&self) -> usize {
+        (self.row_group_rows / 8).clamp(1, 20_000)
+    }
+
+    fn properties(&self, schema: &Schema, sort: &[usize]) -> WriterProperties {
+        let page_rows = self.page_rows();
         let mut builder = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(self.row_group_rows.max(1)))
+            .set_data_page_row_count_limit(page_rows)
+            .set_write_batch_size(page_rows.min(1024))
             .set_statistics_enabled(EnabledStatistics::Page);
-        if !key.is_empty() {
-            let sorting = key
+        if !sort.is_empty() {
+            let sorting = sort
                 .iter()
                 .map(|i| SortingColumn {
                     column_idx: i32::try_from(*i).unwrap_or(i32::MAX),
@@ -85,11 +100,11 @@ impl FileLayout {
                 })
                 .collect();
             builder = builder.set_sorting_columns(Some(sorting));
-            for i in key {
-                // Sized for a row group's rows (the writer's default when enabled without a count).
-                let path = ColumnPath::new(vec![schema.field(*i).name().clone()]);
-                builder = builder.set_column_bloom_filter_enabled(path, true);
-            }
+        }
+        for i in Self::usable(&self.bloom, schema) {
+            // Sized for a row group's rows (the writer's default when enabled without a count).
+            let path = ColumnPath::new(vec![schema.field(i).name().clone()]);
+            builder = builder.set_column_bloom_filter_enabled(path, true);
         }
         builder.build()
     }
@@ -113,7 +128,7 @@ pub async fn write_parquet<S>(
 where
     S: futures::Stream<Item = Result<RecordBatch>>,
 {
-    let key = layout.key_of(schema);
+    let key = FileLayout::usable(&layout.sort, schema);
     let failed = |e: parquet::errors::ParquetError| unavailable(display, &format!("write {location}"), e);
     let sink = BufWriter::new(Arc::clone(store), Path::from(location));
     let properties = layout.properties(schema, &key);
@@ -153,7 +168,7 @@ where
         };
         let sort_failed = |e: DataFusionError| Error::Execution {
             message: format!(
-                "sorting the rows of cold file {location} by the table's primary key failed: {e} (cold.sort_memory \
+                "sorting the rows of cold file {location} by the table's sort key failed: {e} (cold.sort_memory \
                  and the space of the spill directory bound the sort)"
             ),
         };
@@ -259,7 +274,12 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
 
         // With nowhere to spill, the sort cannot hold the rows: a clear error, and no file.
-        let layout = FileLayout { row_group_rows: 65_536, key: vec![0], sorts: small_sorts(DiskManagerMode::Disabled) };
+        let layout = FileLayout {
+            row_group_rows: 65_536,
+            sort: vec![0],
+            bloom: vec![0],
+            sorts: small_sorts(DiskManagerMode::Disabled),
+        };
         let err = write_parquet(&store, "memory", "a.parquet", &schema, scrambled(&schema), &layout)
             .await
             .expect_err("the sort needs more memory than it has");
@@ -268,7 +288,7 @@ mod tests {
 
         let spill = tempfile::tempdir().expect("tempdir");
         let mode = DiskManagerMode::Directories(vec![spill.path().to_path_buf()]);
-        let layout = FileLayout { row_group_rows: 65_536, key: vec![0], sorts: small_sorts(mode) };
+        let layout = FileLayout { row_group_rows: 65_536, sort: vec![0], bloom: vec![0], sorts: small_sorts(mode) };
         write_parquet(&store, "memory", "b.parquet", &schema, scrambled(&schema), &layout).await.expect("write");
         let bytes = store.get(&Path::from("b.parquet")).await.expect("get").bytes().await.expect("bytes");
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet").build().expect("reader");
@@ -289,7 +309,7 @@ mod tests {
         let good =
             RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![3, 1, 2]))]).expect("batch");
         let batches = futures::stream::iter(vec![Ok(good), Err(Error::Internal("the chunk is gone".into()))]);
-        let layout = FileLayout { key: vec![0], ..FileLayout::unsorted(100) };
+        let layout = FileLayout { sort: vec![0], bloom: vec![0], ..FileLayout::unsorted(100) };
         let err = write_parquet(&store, "memory", "c.parquet", &schema, batches, &layout).await.expect_err("fails");
         assert!(matches!(&err, Error::Internal(m) if m == "the chunk is gone"), "{err}");
         assert!(store.head(&Path::from("c.parquet")).await.is_err(), "no file was completed");

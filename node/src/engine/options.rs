@@ -6,11 +6,13 @@
 //! | `hot_bytes_max` | a size (`'1GiB'`, `'64MiB'`, bytes) | the background tierer moves the table's hot rows on a node once they take more than this; overrides `[cold] hot_bytes_max` for the table (`'0'`: never by size) |
 //! | `tier_after` | a duration (`'1h'`, `'30m'`, `'7d'`) | the background tierer moves hot rows once they were written this long ago |
 //! | `ttl` | a duration, more than 0 | rows written longer ago than this are dropped, hot chunks and cold files alike (see [`super::retention`]) |
+//! | `sort_key` | column names, comma-separated (`'device, ts'`) | the order of the rows in the table's cold files, instead of the primary key; files written before a change keep their order until compaction or a rewrite writes them again |
 //!
 //! `SET (key = DEFAULT)` removes an option.
 
 use std::collections::BTreeMap;
 
+use arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::{Expr, SqlOption, Value};
 
 use crate::config::{ByteSize, Millis};
@@ -24,6 +26,9 @@ pub(crate) const TIER_AFTER: &str = "tier_after";
 
 /// The age past which a table's rows are dropped.
 pub(crate) const TTL: &str = "ttl";
+
+/// The columns a table's cold files are sorted by.
+pub(crate) const SORT_KEY: &str = "sort_key";
 
 /// The changes `options` ask for (a `None` value removes the option), checked.
 ///
@@ -60,16 +65,65 @@ pub(crate) fn parse(options: &[SqlOption]) -> Result<BTreeMap<String, Option<Str
                     return Err(bad_value(&key, "must be more than 0 (SET (ttl = DEFAULT) keeps rows forever)"));
                 }
             }
-            (HOT_BYTES_MAX | TIER_AFTER | TTL, None) => {}
+            (SORT_KEY, Some(t)) => {
+                let names = names_of(t);
+                if names.iter().any(|n| n.is_empty()) {
+                    return Err(bad_value(&key, &format!("\"{t}\" is not a list of column names")));
+                }
+            }
+            (HOT_BYTES_MAX | TIER_AFTER | TTL | SORT_KEY, None) => {}
             _ => {
                 return Err(Error::Unsupported {
-                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, {TIER_AFTER}, {TTL})"),
+                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, {TIER_AFTER}, {TTL}, {SORT_KEY})"),
                 });
             }
         }
         out.insert(key, text);
     }
     Ok(out)
+}
+
+/// The names of a `sort_key` value, trimmed (an empty one where the list has a gap).
+fn names_of(text: &str) -> Vec<&str> {
+    text.split(',').map(str::trim).collect()
+}
+
+/// Checks the options a table would have against its columns: each `sort_key` column is a column of the table, of a
+/// type that sorts (not nested), named once.
+///
+/// # Errors
+///
+/// [`Error::Plan`] naming the column that is not.
+pub(crate) fn check(options: &BTreeMap<String, String>, schema: &Schema) -> Result<()> {
+    let Some(text) = options.get(SORT_KEY) else { return Ok(()) };
+    let mut seen = Vec::new();
+    for name in names_of(text) {
+        let Some(i) = column_index(schema, name) else {
+            return Err(bad_value(SORT_KEY, &format!("the table has no column \"{name}\"")));
+        };
+        let field = schema.field(i);
+        if field.data_type().is_nested() {
+            return Err(bad_value(
+                SORT_KEY,
+                &format!("column \"{name}\" is of type {}, which does not sort", field.data_type()),
+            ));
+        }
+        if seen.contains(&i) {
+            return Err(bad_value(SORT_KEY, &format!("column \"{name}\" is named twice")));
+        }
+        seen.push(i);
+    }
+    Ok(())
+}
+
+/// A column by the name given in an option: as written, else folded to lower case as SQL folds unquoted names.
+fn column_index(schema: &Schema, name: &str) -> Option<usize> {
+    schema.index_of(name).or_else(|_| schema.index_of(&name.to_lowercase())).ok()
+}
+
+/// The columns (indices in `schema`) of the table's `sort_key`, if it has one that names only its columns.
+pub(crate) fn sort_key(options: &BTreeMap<String, String>, schema: &Schema) -> Option<Vec<usize>> {
+    names_of(options.get(SORT_KEY)?).into_iter().map(|n| column_index(schema, n)).collect()
 }
 
 fn bad_value(key: &str, detail: &str) -> Error {
@@ -126,7 +180,7 @@ mod tests {
         let e = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = 'lots')")).expect_err("bad size").to_string();
         assert!(e.contains("hot_bytes_max") && e.contains("lots"), "{e}");
         let e = parse(&options_of("CREATE TABLE t (x INT) WITH (colour = 'red')")).expect_err("unknown").to_string();
-        assert!(e.contains("colour") && e.contains("known: hot_bytes_max, tier_after, ttl"), "{e}");
+        assert!(e.contains("colour") && e.contains("known: hot_bytes_max, tier_after, ttl, sort_key"), "{e}");
         let parsed = parse(&options_of("CREATE TABLE t (x INT) WITH (tier_after = '1h', ttl = '30d')")).expect("ages");
         let stored: BTreeMap<String, String> = parsed.into_iter().map(|(k, v)| (k, v.expect("value"))).collect();
         assert_eq!((tier_after(&stored), ttl(&stored)), (Some(3_600_000), Some(30 * 86_400_000)));
@@ -134,5 +188,28 @@ mod tests {
         assert!(e.contains("tier_after") && e.contains("soon"), "{e}");
         let e = parse(&options_of("ALTER TABLE t SET (ttl = '0')")).expect_err("no ttl of 0").to_string();
         assert!(e.contains("ttl") && e.contains("more than 0"), "{e}");
+    }
+
+    #[test]
+    fn sort_keys_name_columns_of_the_table_once() {
+        use arrow::datatypes::{DataType, Field};
+        let schema = Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("tags", DataType::new_list(DataType::Utf8, true), true),
+        ]);
+        let parsed = parse(&options_of("CREATE TABLE t (x INT) WITH (sort_key = 'ts, Device')")).expect("parse");
+        let stored: BTreeMap<String, String> = parsed.into_iter().map(|(k, v)| (k, v.expect("value"))).collect();
+        check(&stored, &schema).expect("both are columns");
+        assert_eq!(sort_key(&stored, &schema), Some(vec![1, 0]));
+        let e = parse(&options_of("ALTER TABLE t SET (sort_key = 'ts,,device')")).expect_err("gap").to_string();
+        assert!(e.contains("sort_key") && e.contains("not a list"), "{e}");
+        for (value, says) in [("ts, nope", "no column \"nope\""), ("tags", "does not sort"), ("ts, ts", "named twice")]
+        {
+            let options = BTreeMap::from([(SORT_KEY.to_string(), value.to_string())]);
+            let e = check(&options, &schema).expect_err(value).to_string();
+            assert!(e.contains(says), "{value}: {e}");
+        }
+        assert_eq!(sort_key(&BTreeMap::new(), &schema), None);
     }
 }

@@ -427,8 +427,17 @@ impl Engine {
     /// How `table`'s cold files are written: sorted by its primary key, with a bloom filter on each key column.
     pub(super) fn file_layout(&self, table: &HotTable) -> cold::FileLayout {
         let schema = table.schema();
-        let key = table.def().primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
-        cold::FileLayout { row_group_rows: self.cold.row_group_rows(), key, sorts: Arc::clone(&self.sorts) }
+        let def = table.def();
+        let primary: Vec<usize> = def.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+        // The catalog's options, which ALTER TABLE changes (the attached definition is the one at attach time).
+        let defined = self.catalog().table(&def.name).filter(|d| d.id == def.id).map(|d| d.options.clone());
+        let sort = defined.and_then(|o| options::sort_key(&o, &schema)).unwrap_or_else(|| primary.clone());
+        cold::FileLayout {
+            row_group_rows: self.cold.row_group_rows(),
+            sort,
+            bloom: primary,
+            sorts: Arc::clone(&self.sorts),
+        }
     }
 
     /// Writes one run of hot chunks as a Parquet file and returns its manifest entry.
@@ -651,6 +660,104 @@ mod tests {
         assert!(declared);
         let text = explain_analyze(&engine, "SELECT v FROM k WHERE id = 1001").await.0;
         assert!(text.contains("row_groups=1/20 (pruned 19)"), "{text}");
+    }
+
+    /// Column `column` (BIGINT) of a cold file, the columns its first row group says it is sorted by, and whether
+    /// each column has a bloom filter there.
+    async fn file_column(engine: &Engine, path: &str, column: usize) -> (Vec<i64>, Vec<i32>, Vec<bool>) {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let store = engine.cold_store().expect("store");
+        let bytes = store.get(&object_store::path::Path::from(path)).await.expect("get").bytes().await.expect("bytes");
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
+        let group = builder.metadata().row_group(0);
+        let sorted = group.sorting_columns().map(|s| s.iter().map(|c| c.column_idx).collect()).unwrap_or_default();
+        let blooms = group.columns().iter().map(|c| c.bloom_filter_offset().is_some()).collect();
+        let mut values = Vec::new();
+        for batch in builder.build().expect("reader") {
+            values.extend(batch.expect("batch").column(column).as_primitive::<Int64Type>().values().iter().copied());
+        }
+        (values, sorted, blooms)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sort_key_orders_the_files_by_other_columns_than_the_primary_key() {
+        let cold = ColdConfig { row_group_rows: 100, ..ColdConfig::default() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open_with(dir.path(), cold).await;
+        let e = engine
+            .execute_one("CREATE TABLE bad (id BIGINT) WITH (sort_key = 'nope')")
+            .await
+            .expect_err("no such column")
+            .to_string();
+        assert!(e.contains("sort_key") && e.contains("no column \"nope\""), "{e}");
+        assert!(engine.catalog().table("bad").is_none());
+        engine
+            .execute_one("CREATE TABLE m (id BIGINT NOT NULL PRIMARY KEY, ts BIGINT) WITH (sort_key = 'ts')")
+            .await
+            .expect("create");
+        // Ids in order, times scrambled.
+        let rows = "SELECT value + {base}, (value * 7919) % 1000 FROM generate_series(0, 999)";
+        engine.execute_one(&format!("INSERT INTO m {}", rows.replace("{base}", "0"))).await.expect("insert");
+        engine.tier("m").await.expect("tier");
+        let paths = cold_paths(&engine, "m").await;
+        let (times, sorted, blooms) = file_column(&engine, &paths[0], 1).await;
+        assert_eq!(times, (0..1000).collect::<Vec<i64>>(), "sorted by ts");
+        assert_eq!((sorted, blooms), (vec![1], vec![true, false]), "declared by ts; the bloom filter stays on id");
+        let (text, _) = explain_analyze(&engine, "SELECT count(*) FROM m WHERE ts BETWEEN 120 AND 150").await;
+        assert!(text.contains("row_groups=1/10 (pruned 9)"), "{text}");
+
+        // Back to the primary key: files written from now on, compacted ones too, are sorted by id.
+        let e = engine.execute_one("ALTER TABLE m SET (sort_key = 'id, id')").await.expect_err("twice").to_string();
+        assert!(e.contains("named twice"), "{e}");
+        engine.execute_one("ALTER TABLE m SET (sort_key = DEFAULT)").await.expect("alter");
+        engine.execute_one(&format!("INSERT INTO m {}", rows.replace("{base}", "1000"))).await.expect("insert");
+        engine.tier("m").await.expect("tier");
+        assert_eq!(engine.compact("m").await.expect("compact").files_out, 1);
+        let paths = cold_paths(&engine, "m").await;
+        let (ids, sorted, _) = file_column(&engine, &paths[0], 0).await;
+        assert_eq!(ids, (0..2000).collect::<Vec<i64>>());
+        assert_eq!(sorted, vec![0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_lookups_decode_only_the_pages_the_page_index_may_match() {
+        let cold = ColdConfig { row_group_rows: 1000, ..ColdConfig::default() };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open_with(dir.path(), cold).await;
+        engine.execute_one("CREATE TABLE k (id BIGINT NOT NULL PRIMARY KEY, v BIGINT)").await.expect("create");
+        let rows = "SELECT ((value * 7919) % 2000), value FROM generate_series(0, 1999)";
+        engine.execute_one(&format!("INSERT INTO k {rows}")).await.expect("insert");
+        engine.tier("k").await.expect("tier");
+        let v = |id: i64| (0..2000).find(|v| (v * 7919) % 2000 == id).expect("an id");
+        let lookup = |sql: &'static str| {
+            let engine = &engine;
+            async move {
+                let batches = engine.execute_one(sql).await.expect("query").collect().await.expect("rows");
+                batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect::<Vec<_>>()
+            }
+        };
+
+        // Two row groups of a thousand ids, pages of 125: a lookup reads one page of one row group.
+        let (text, _) = explain_analyze(&engine, "SELECT v FROM k WHERE id = 346").await;
+        assert!(text.contains("row_groups=1/2 (pruned 1), rows skipped by page index=875"), "{text}");
+        assert_eq!(lookup("SELECT v FROM k WHERE id = 346").await, [v(346)]);
+        // A range over a page boundary reads two pages; one matching nothing in a row group's range reads none.
+        let (text, _) = explain_analyze(&engine, "SELECT v FROM k WHERE id BETWEEN 1120 AND 1130").await;
+        assert!(text.contains("rows skipped by page index=750"), "{text}");
+        let mut got = lookup("SELECT v FROM k WHERE id BETWEEN 1120 AND 1130").await;
+        got.sort_unstable();
+        let mut want: Vec<i64> = (1120..=1130).map(v).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // Pages read in part are not cached; once a full scan has cached the row groups, lookups use them whole.
+        assert_eq!(lookup("SELECT count(*) FROM k").await, [2000]);
+        assert_eq!(lookup("SELECT sum(id) + sum(v) FROM k").await, [2 * (0..2000).sum::<i64>()]);
+        let (text, gets) = explain_analyze(&engine, "SELECT v FROM k WHERE id = 1999").await;
+        assert_eq!((gets, metric(&text, "row_groups_reused")), (0, 1), "{text}");
+        assert_eq!(lookup("SELECT v FROM k WHERE id = 1999").await, [v(1999)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,10 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, ColumnStatistics, DataFusionError, Result as DfResult, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::parquet::{BloomFilterStatistics, CachedParquetFileReaderFactory};
+use datafusion::datasource::physical_plan::parquet::{
+    BloomFilterStatistics, CachedParquetFileReaderFactory, PagePruningAccessPlanFilter, ParquetAccessPlan,
+    ParquetFileMetrics, RowGroupAccess,
+};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
@@ -35,7 +38,7 @@ use object_store::ObjectStore;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::RowGroupMetaData;
 
@@ -102,6 +105,16 @@ struct RowGroup {
     file: Arc<ScanFile>,
     index: usize,
     rows: usize,
+    /// The rows the filters may match, by the page index, when that is half of them or fewer: unless the row
+    /// group's columns are cached already, only their pages are decoded, and not cached.
+    selection: Option<(RowSelection, usize)>,
+}
+
+impl RowGroup {
+    /// The rows the scan yields of it.
+    fn rows_read(&self) -> usize {
+        self.selection.as_ref().map_or(self.rows, |(_, rows)| *rows)
+    }
 }
 
 /// The scan of a table's cold files, or `None` when the filters match none of them. Files are pruned by the
@@ -147,6 +160,8 @@ pub(super) async fn cold_scan(
     let mut row_groups = Vec::new();
     let mut row_groups_total = 0;
     let mut bloom_pruned = 0;
+    let mut page_skipped = 0;
+    let pages = predicate.as_ref().map(|p| PagePruningAccessPlanFilter::new(p.orig_expr(), Arc::clone(&schema)));
     for file in files {
         let groups = file.metadata.metadata().row_groups();
         row_groups_total += groups.len();
@@ -158,11 +173,27 @@ pub(super) async fn cold_scan(
             bloom_pruned += prune_by_bloom_filters(p, &file, readers.as_ref(), &mut keep).await?;
         }
         let rows: Vec<usize> = groups.iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).collect();
+        let access = match &pages {
+            Some(pages) if keep.contains(&true) => select_pages(pages, &file, &schema, &keep),
+            _ => keep.iter().map(|k| if *k { RowGroupAccess::Scan } else { RowGroupAccess::Skip }).collect(),
+        };
         let file = Arc::new(file);
-        for (index, (rows, keep)) in rows.into_iter().zip(keep).enumerate() {
-            if keep {
-                row_groups.push(RowGroup { file: Arc::clone(&file), index, rows });
-            }
+        for (index, (rows, access)) in rows.into_iter().zip(access).enumerate() {
+            let selection = match access {
+                RowGroupAccess::Skip => continue,
+                RowGroupAccess::Scan => None,
+                // Read in part only when that skips half the rows or more: a row group read whole is cached.
+                RowGroupAccess::Selection(selection) if selection.row_count().saturating_mul(2) <= rows => {
+                    let selected = selection.row_count();
+                    page_skipped += rows - selected;
+                    if selected == 0 {
+                        continue;
+                    }
+                    Some((selection, selected))
+                }
+                RowGroupAccess::Selection(_) => None,
+            };
+            row_groups.push(RowGroup { file: Arc::clone(&file), index, rows, selection });
         }
     }
     if row_groups.is_empty() {
@@ -173,7 +204,7 @@ pub(super) async fn cold_scan(
         None => Arc::clone(&schema),
     };
     let partitions =
-        super::scan::deal(row_groups, state.config().target_partitions(), limit.is_some(), |g| g.rows as u64);
+        super::scan::deal(row_groups, state.config().target_partitions(), limit.is_some(), |g| g.rows_read() as u64);
     let properties = Arc::new(PlanProperties::new(
         EquivalenceProperties::new(Arc::clone(&projected_schema)),
         Partitioning::UnknownPartitioning(partitions.len()),
@@ -189,6 +220,7 @@ pub(super) async fn cold_scan(
         files: (files_read, view.files.len()),
         row_groups_total,
         bloom_pruned,
+        page_skipped,
         limit,
         readers,
         tally,
@@ -240,6 +272,8 @@ pub(super) struct ColdScanExec {
     row_groups_total: usize,
     /// Row groups left out by their bloom filters (their statistics would have kept them).
     bloom_pruned: usize,
+    /// Rows of the row groups kept that the page index left out.
+    page_skipped: usize,
     limit: Option<usize>,
     readers: Arc<dyn ParquetFileReaderFactory>,
     tally: Arc<ReadTally>,
@@ -251,11 +285,14 @@ pub(super) struct ColdScanExec {
 impl ColdScanExec {
     fn statistics_of(&self, groups: &mut dyn Iterator<Item = &RowGroup>) -> Statistics {
         let mut rows = 0usize;
+        let mut exact = true;
         let mut bytes = 0usize;
         let mut nulls: Vec<Option<usize>> = vec![Some(0); self.columns.len()];
         for g in groups {
             let meta = g.file.row_group(g.index);
-            rows += g.rows;
+            rows += g.rows_read();
+            // A row group read in part may yield whole when cached so.
+            exact &= g.selection.is_none();
             bytes += usize::try_from(meta.compressed_size()).unwrap_or(0);
             for (n, column) in nulls.iter_mut().zip(&self.columns) {
                 let known = g.file.roots[*column]
@@ -270,7 +307,8 @@ impl ColdScanExec {
         let mut stats = Statistics::new_unknown(&self.projected_schema);
         stats.num_rows = match self.limit {
             Some(l) => Precision::Inexact(rows.min(l)),
-            None => Precision::Exact(rows),
+            None if exact => Precision::Exact(rows),
+            None => Precision::Inexact(rows),
         };
         stats.total_byte_size = Precision::Inexact(bytes);
         stats.column_statistics = nulls
@@ -302,6 +340,9 @@ impl DisplayAs for ColdScanExec {
             write!(f, ", {} by bloom filters", self.bloom_pruned)?;
         }
         f.write_str(")")?;
+        if self.page_skipped > 0 {
+            write!(f, ", rows skipped by page index={}", self.page_skipped)?;
+        }
         if self.projected {
             let names: Vec<&str> = self.projected_schema.fields().iter().map(|f| f.name().as_str()).collect();
             write!(f, ", projection=[{}]", names.join(", "))?;
@@ -425,21 +466,19 @@ impl GroupReader {
         let source = Source::RowGroup(Arc::clone(&group.file.path), group.index);
         let mut arrays: Vec<Option<ArrayRef>> = self.columns.iter().map(|c| cache.get(&source, *c, metrics)).collect();
         let missing: Vec<usize> = (0..arrays.len()).filter(|i| arrays[*i].is_none()).collect();
+        if let Some((selection, rows)) = group.selection.as_ref().filter(|_| !missing.is_empty()) {
+            self.decoded.add(1);
+            return self.decode_selected(group, selection, *rows).await;
+        }
         if missing.is_empty() {
             self.reused.add(1);
         } else {
             self.decoded.add(1);
             let roots: Vec<usize> = missing.iter().filter_map(|i| group.file.roots[self.columns[*i]]).collect();
-            let decoded = if roots.is_empty() { None } else { Some(self.decode(group, roots).await?) };
-            let table_schema = self.table.schema();
+            let decoded = if roots.is_empty() { None } else { Some(self.decode(group, roots, None).await?) };
             for i in missing {
                 let column = self.columns[i];
-                let field = table_schema.field(column);
-                let array = match decoded.as_ref().and_then(|b| b.column_by_name(field.name())) {
-                    Some(a) if a.data_type() == field.data_type() => Arc::clone(a),
-                    Some(a) => cast(a, field.data_type())?,
-                    None => new_null_array(field.data_type(), group.rows),
-                };
+                let array = self.column_of(decoded.as_ref(), column, group.rows)?;
                 cache.insert(&source, column, Arc::clone(&array), metrics);
                 arrays[i] = Some(array);
             }
@@ -448,32 +487,85 @@ impl GroupReader {
         Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)?)
     }
 
-    /// Decodes the given top-level columns of one row group, in one batch.
-    async fn decode(&self, group: &RowGroup, roots: Vec<usize>) -> DfResult<RecordBatch> {
+    /// The scan's columns of the `rows` rows of `selection` in a row group, decoded and not cached.
+    async fn decode_selected(&self, group: &RowGroup, selection: &RowSelection, rows: usize) -> DfResult<RecordBatch> {
+        let roots: Vec<usize> = self.columns.iter().filter_map(|c| group.file.roots[*c]).collect();
+        let decoded =
+            if roots.is_empty() { None } else { Some(self.decode(group, roots, Some((selection, rows))).await?) };
+        let arrays =
+            self.columns.iter().map(|c| self.column_of(decoded.as_ref(), *c, rows)).collect::<DfResult<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)?)
+    }
+
+    /// The table's column `column` from decoded columns: cast to the table's type when the file has another, NULLs
+    /// when the file lacks it.
+    fn column_of(&self, decoded: Option<&RecordBatch>, column: usize, rows: usize) -> DfResult<ArrayRef> {
+        let table_schema = self.table.schema();
+        let field = table_schema.field(column);
+        Ok(match decoded.and_then(|b| b.column_by_name(field.name())) {
+            Some(a) if a.data_type() == field.data_type() => Arc::clone(a),
+            Some(a) => cast(a, field.data_type())?,
+            None => new_null_array(field.data_type(), rows),
+        })
+    }
+
+    /// Decodes the given top-level columns of one row group, in one batch: all its rows, or those of a selection
+    /// (with their number).
+    async fn decode(
+        &self,
+        group: &RowGroup,
+        roots: Vec<usize>,
+        selection: Option<(&RowSelection, usize)>,
+    ) -> DfResult<RecordBatch> {
         let file = &group.file;
         // The trait is Send already; parquet's stream wants the plain trait object.
         let reader: Box<dyn AsyncFileReader> =
             self.readers.create_reader(0, file.object.clone(), None, &ExecutionPlanMetricsSet::new())?;
         let mask = ProjectionMask::roots(file.metadata.parquet_schema(), roots);
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.metadata.clone())
             .with_row_groups(vec![group.index])
             .with_projection(mask)
-            .with_batch_size(group.rows.max(1))
-            .build()?;
+            .with_batch_size(group.rows.max(1));
+        let expected = match selection {
+            Some((selection, rows)) => {
+                builder = builder.with_row_selection(selection.clone());
+                rows
+            }
+            None => group.rows,
+        };
+        let stream = builder.build()?;
         let schema = Arc::clone(stream.schema());
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
         let batch = concat_batches(&schema, &batches)?;
-        if batch.num_rows() != group.rows {
+        if batch.num_rows() != expected {
             return Err(DataFusionError::Internal(format!(
-                "cold file {} row group {} decoded {} rows; its footer says {}",
+                "cold file {} row group {} decoded {} rows; {expected} were expected",
                 file.path,
                 group.index,
                 batch.num_rows(),
-                group.rows
             )));
         }
         Ok(batch)
     }
+}
+
+/// How to read each row group of `file` (`keep`: those its statistics and bloom filters kept), by its page index:
+/// skipped, read whole, or only the rows of the pages the filters may match (DataFusion's page pruning, for filters
+/// on one column each).
+fn select_pages(
+    pages: &PagePruningAccessPlanFilter,
+    file: &ScanFile,
+    schema: &SchemaRef,
+    keep: &[bool],
+) -> Vec<RowGroupAccess> {
+    let mut plan = ParquetAccessPlan::new_all(keep.len());
+    for (index, _) in keep.iter().enumerate().filter(|(_, k)| !**k) {
+        plan.skip(index);
+    }
+    let metrics = ParquetFileMetrics::new(0, &file.path, &ExecutionPlanMetricsSet::new());
+    let metadata = file.metadata.metadata();
+    pages.prune_plan_with_page_index(plan, schema, file.metadata.parquet_schema(), metadata, &metrics).into_inner()
 }
 
 /// Drops the row groups of `file` still in `keep` whose bloom filters show that they hold none of the values an
