@@ -256,9 +256,14 @@ impl Metrics {
         let io = self.cold_io.totals();
         let _ = writeln!(out, "# HELP quiver_cold_requests_total Requests to the cold tier's object store, by kind.");
         let _ = writeln!(out, "# TYPE quiver_cold_requests_total counter");
-        for (kind, n) in
-            [("get", io.gets), ("head", io.heads), ("put", io.puts), ("delete", io.deletes), ("list", io.lists)]
-        {
+        for (kind, n) in [
+            ("get", io.gets),
+            ("head", io.heads),
+            ("put", io.puts),
+            ("delete", io.deletes),
+            ("list", io.lists),
+            ("abort", io.aborts),
+        ] {
             let _ = writeln!(out, "quiver_cold_requests_total{{kind=\"{kind}\"}} {n}");
         }
         counter(

@@ -349,15 +349,28 @@ impl CachedStore {
 
     /// Caches `bytes`, an object's content from offset 0 (a completed upload), block by block.
     fn write_through(&self, location: &Path, bytes: &Bytes) {
-        let Some(blocks) = &self.cache.blocks else { return };
-        if !writes_through(location) {
+        if self.cache.blocks.is_none() || !writes_through(location) {
             return;
         }
         for (i, block) in bytes.chunks(BLOCK as usize).enumerate() {
-            blocks.insert(self.key(location, i as u64), Bytes::copy_from_slice(block));
+            self.write_block(location, i as u64, Bytes::copy_from_slice(block));
         }
-        self.remember_size(blocks, location, bytes.len() as u64);
-        self.cache.counters.written_bytes.add(bytes.len() as u64);
+        self.written(location, bytes.len() as u64);
+    }
+
+    /// Caches block `index` of an object being written.
+    fn write_block(&self, location: &Path, index: u64, block: Bytes) {
+        if let Some(blocks) = &self.cache.blocks {
+            blocks.insert(self.key(location, index), block);
+        }
+    }
+
+    /// Records that the object at `location`, of `size` bytes, is written whole.
+    fn written(&self, location: &Path, size: u64) {
+        if let Some(blocks) = &self.cache.blocks {
+            self.remember_size(blocks, location, size);
+            self.cache.counters.written_bytes.add(size);
+        }
     }
 
     /// One ranged GET of `range` (clamped to the object's end by the store), tallied.
@@ -578,7 +591,13 @@ impl ObjectStore for CachedStore {
         if !self.cache.enabled() || !writes_through(location) {
             return Ok(upload);
         }
-        Ok(Box::new(CachedUpload { inner: upload, parts: Vec::new(), store: self.clone(), location: location.clone() }))
+        Ok(Box::new(CachedUpload {
+            inner: upload,
+            store: self.clone(),
+            location: location.clone(),
+            blocks: 0,
+            tail: BytesMut::new(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -606,36 +625,53 @@ impl ObjectStore for CachedStore {
     }
 }
 
-/// A multipart upload whose parts are cached once it completes.
+/// A multipart upload written through to the cache as its parts go: each whole block is cached at once, so the
+/// upload holds at most one block (the tail after the last whole one), whatever the object's size; its size is
+/// recorded when it completes. An upload that fails leaves blocks under a name that nothing refers to (every object
+/// has a name of its own, and a retry takes a new one), for the cache to evict.
 #[derive(Debug)]
 struct CachedUpload {
     inner: Box<dyn MultipartUpload>,
-    parts: Vec<PutPayload>,
     store: CachedStore,
     location: Path,
+    /// Whole blocks cached so far.
+    blocks: u64,
+    /// The bytes after them.
+    tail: BytesMut,
 }
 
 #[async_trait]
 impl MultipartUpload for CachedUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        self.parts.push(data.clone());
+        for chunk in data.iter() {
+            let mut chunk = chunk.as_ref();
+            while !chunk.is_empty() {
+                let take = chunk.len().min(BLOCK as usize - self.tail.len());
+                self.tail.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if self.tail.len() == BLOCK as usize {
+                    let block = std::mem::take(&mut self.tail).freeze();
+                    self.store.write_block(&self.location, self.blocks, block);
+                    self.blocks += 1;
+                }
+            }
+        }
         self.inner.put_part(data)
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
         let result = self.inner.complete().await?;
-        let mut whole = BytesMut::new();
-        for part in self.parts.drain(..) {
-            for chunk in part.iter() {
-                whole.extend_from_slice(chunk);
-            }
+        let size = self.blocks * BLOCK + self.tail.len() as u64;
+        if !self.tail.is_empty() {
+            let block = std::mem::take(&mut self.tail).freeze();
+            self.store.write_block(&self.location, self.blocks, block);
         }
-        self.store.write_through(&self.location, &whole.freeze());
+        self.store.written(&self.location, size);
         Ok(result)
     }
 
     async fn abort(&mut self) -> Result<()> {
-        self.parts.clear();
+        self.tail.clear();
         self.inner.abort().await
     }
 }
@@ -759,10 +795,12 @@ mod tests {
         let data = body(3 * BLOCK as usize + 77);
         let (bucket, io_after_restart) = {
             let (store, io, bucket) = cached(dir.path(), 64 << 20, 4 << 20).await;
-            // A multipart upload, as the tierer's writer makes for large files.
+            // A multipart upload, as the tierer's writer makes for large files, in parts that do not end on blocks.
             let mut upload = store.put_multipart(&path).await.expect("multipart");
-            upload.put_part(Bytes::from(data[..2 * BLOCK as usize].to_vec()).into()).await.expect("part");
-            upload.put_part(Bytes::from(data[2 * BLOCK as usize..].to_vec()).into()).await.expect("part");
+            let cut = [0, 300, BLOCK as usize + 5, 2 * BLOCK as usize + 9, data.len()];
+            for part in cut.windows(2) {
+                upload.put_part(Bytes::from(data[part[0]..part[1]].to_vec()).into()).await.expect("part");
+            }
             upload.complete().await.expect("complete");
             let got =
                 store.read_ranges(&path, std::slice::from_ref(&(0..data.len() as u64)), None).await.expect("read");

@@ -38,6 +38,8 @@ pub struct IoCounters {
     pub deletes: Counter,
     /// LIST requests.
     pub lists: Counter,
+    /// Multipart uploads aborted (writes that failed after their first part).
+    pub aborts: Counter,
 }
 
 /// A snapshot of [`IoCounters`].
@@ -57,6 +59,8 @@ pub struct IoTotals {
     pub deletes: u64,
     /// LIST requests.
     pub lists: u64,
+    /// Multipart uploads aborted.
+    pub aborts: u64,
 }
 
 impl IoCounters {
@@ -70,6 +74,7 @@ impl IoCounters {
             put_bytes: self.put_bytes.get(),
             deletes: self.deletes.get(),
             lists: self.lists.get(),
+            aborts: self.aborts.get(),
         }
     }
 }
@@ -85,6 +90,7 @@ impl IoTotals {
             put_bytes: self.put_bytes - earlier.put_bytes,
             deletes: self.deletes - earlier.deletes,
             lists: self.lists - earlier.lists,
+            aborts: self.aborts - earlier.aborts,
         }
     }
 }
@@ -222,6 +228,7 @@ impl MultipartUpload for MeteredUpload {
     }
 
     async fn abort(&mut self) -> Result<()> {
+        self.io.aborts.inc();
         self.inner.abort().await
     }
 }
@@ -263,6 +270,7 @@ mod tests {
                 put_bytes: body.len() as u64,
                 deletes: 1,
                 lists: 1,
+                aborts: 0,
             }
         );
         assert_eq!(totals.since(&totals), IoTotals::default());

@@ -133,8 +133,37 @@ where
     let sink = BufWriter::new(Arc::clone(store), Path::from(location));
     let properties = layout.properties(schema, &key);
     let mut writer = AsyncArrowWriter::try_new(sink, Arc::clone(schema), Some(properties)).map_err(failed)?;
+    let written = write_rows(&mut writer, schema, batches, &key, layout, location, &failed).await;
+    if let Err(e) = written {
+        // An upload in parts has parts in the bucket already: abort it, so they do not linger.
+        let mut sink = writer.into_inner();
+        if let Err(abort) = sink.abort().await {
+            tracing::warn!(object = location, error = %abort, "aborting a failed upload failed");
+        }
+        return Err(e);
+    }
+    writer.close().await.map_err(failed)?;
+    let meta =
+        store.head(&Path::from(location)).await.map_err(|e| unavailable(display, &format!("check {location}"), e))?;
+    Ok(meta.size)
+}
+
+/// Writes the rows of `batches` to `writer`: sorted by the columns `key` (through the layout's sort context), or as
+/// they come when it is empty.
+async fn write_rows<S>(
+    writer: &mut AsyncArrowWriter<BufWriter>,
+    schema: &SchemaRef,
+    batches: S,
+    key: &[usize],
+    layout: &FileLayout,
+    location: &str,
+    failed: &impl Fn(parquet::errors::ParquetError) -> Error,
+) -> Result<()>
+where
+    S: futures::Stream<Item = Result<RecordBatch>>,
+{
     if key.is_empty() {
-        write_all(&mut writer, batches, &failed).await?;
+        write_all(writer, batches, failed).await?;
     } else {
         let ordering = LexOrdering::new(key.iter().map(|i| {
             let column = Column::new(schema.field(*i).name(), *i);
@@ -172,15 +201,12 @@ where
                  and the space of the spill directory bound the sort)"
             ),
         };
-        let drain = write_all(&mut writer, sorted.map(|b| b.map_err(sort_failed)), &failed);
+        let drain = write_all(writer, sorted.map(|b| b.map_err(sort_failed)), failed);
         let ((), written) = futures::join!(feed, drain);
         fed?;
         written?;
     }
-    writer.close().await.map_err(failed)?;
-    let meta =
-        store.head(&Path::from(location)).await.map_err(|e| unavailable(display, &format!("check {location}"), e))?;
-    Ok(meta.size)
+    Ok(())
 }
 
 async fn write_all<S>(
@@ -313,5 +339,35 @@ mod tests {
         let err = write_parquet(&store, "memory", "c.parquet", &schema, batches, &layout).await.expect_err("fails");
         assert!(matches!(&err, Error::Internal(m) if m == "the chunk is gone"), "{err}");
         assert!(store.head(&Path::from("c.parquet")).await.is_err(), "no file was completed");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_after_its_first_parts_aborts_its_upload() {
+        use crate::cold::metered::{IoCounters, MeteredStore};
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let io = Arc::new(IoCounters::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(Arc::new(InMemory::new()), Arc::clone(&io)));
+        // 24 MiB of values that do not compress, then a failure: the writer is uploading in parts by then.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state as i64
+        };
+        let mut batches: Vec<Result<RecordBatch>> = (0..48)
+            .map(|_| {
+                let values: Int64Array = (0..65_536).map(|_| next()).collect();
+                Ok(RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).expect("batch"))
+            })
+            .collect();
+        batches.push(Err(Error::Internal("the chunk is gone".into())));
+        let layout = FileLayout::unsorted(65_536);
+        let err = write_parquet(&store, "memory", "d.parquet", &schema, futures::stream::iter(batches), &layout)
+            .await
+            .expect_err("fails");
+        assert!(matches!(&err, Error::Internal(m) if m == "the chunk is gone"), "{err}");
+        let totals = io.totals();
+        assert!(totals.puts >= 2, "parts were sent: {totals:?}");
+        assert_eq!(totals.aborts, 1, "and the upload aborted");
+        assert!(store.head(&Path::from("d.parquet")).await.is_err());
     }
 }
