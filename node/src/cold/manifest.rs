@@ -7,6 +7,7 @@
 //! tables/<table id>/shards/<shard id>/manifests/<version, 20 digits>-<nonce>.json          one per written version
 //! tables/<table id>/shards/<shard id>/segments/<version, 20 digits>-<nonce>-<index>.json   lists of files
 //! tables/<table id>/shards/<shard id>/data/n<node>-<store>-s<seq>-<nonce>.parquet           the files
+//! tables/<table id>/shards/<shard id>/commits/<version, 20 digits>.json                     which version won
 //! ```
 //!
 //! A manifest version lists every file of the shard with its row count, size and per-column statistics, the table's
@@ -28,6 +29,12 @@
 //! of a manifest write two sets of objects, and the pointer names the one whose compare-and-set won (the simulation
 //! found the loser overwriting the winner's manifest when the name was the version alone). Objects no pointer
 //! reaches (through its version object and that object's segments) are garbage, for the collector.
+//!
+//! After its compare-and-set succeeds, a commit writes a [`CommitMarker`] naming the winning version object, and the
+//! garbage collector writes the marker of each shard's current version again before it deletes anything (a node
+//! that crashed in between left it out), so a process with the bucket alone (backup, an embedded reader) finds each
+//! shard's current manifest as the one its newest marker names ([`crate::cold::read_committed`]). Markers of older
+//! versions are garbage like their manifests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -190,6 +197,17 @@ pub struct Segment {
     pub files: Vec<String>,
 }
 
+/// What a shard's commit of a version wrote to the bucket besides the version's objects: which of the version
+/// objects of that version won the compare-and-set (losers' objects stay until they are collected), so that a
+/// process with the bucket alone finds each shard's current manifest: the one its newest marker names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    /// The version committed.
+    pub version: u64,
+    /// Its version object's key.
+    pub manifest: String,
+}
+
 /// A segment as a version object names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRef {
@@ -320,6 +338,11 @@ impl Manifest {
     /// Where one writing of version `version` of this shard's manifest is stored (`nonce`: random per writing).
     pub fn path_of(table_id: u64, shard_id: u64, version: u64, nonce: u64) -> String {
         format!("tables/{table_id}/shards/{shard_id}/manifests/{version:020}-{nonce:016x}.json")
+    }
+
+    /// Where the marker of the commit of version `version` of a shard is stored (see [`CommitMarker`]).
+    pub fn commit_path(table_id: u64, shard_id: u64, version: u64) -> String {
+        format!("tables/{table_id}/shards/{shard_id}/commits/{version:020}.json")
     }
 
     /// Where segment `index` of the writing of version `version` with nonce `nonce` is stored.

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::manifest::{ColdFile, Manifest, SEGMENT_FILES, StoredVersion, decode_segment};
+use super::manifest::{ColdFile, CommitMarker, Manifest, SEGMENT_FILES, StoredVersion, decode_segment};
 use super::unavailable;
 use crate::error::{Error, Result};
 
@@ -150,6 +150,75 @@ pub async fn write_manifest(
     }
     cache.keep(shard, manifest.version, kept);
     Ok(form.location)
+}
+
+/// Writes the marker of the commit of version `version` of shard `shard` (table and shard ids), stored at
+/// `location` (see [`CommitMarker`]); writing it again writes the same bytes.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store refuses the write.
+pub async fn mark_commit(
+    store: &Arc<dyn ObjectStore>,
+    display: &str,
+    shard: (u64, u64),
+    version: u64,
+    location: &str,
+) -> Result<()> {
+    let marker = CommitMarker { version, manifest: location.to_string() };
+    let bytes = serde_json::to_vec_pretty(&marker).map_err(|e| Error::Internal(format!("encode a marker: {e}")))?;
+    put(store, display, Manifest::commit_path(shard.0, shard.1, version), bytes).await
+}
+
+/// The current manifest of shard `shard` (table and shard ids) as the bucket alone tells it: the one its newest
+/// commit marker names; `None` when it has none.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store cannot be read, [`Error::Corrupt`] when an object cannot be decoded.
+pub async fn read_committed(
+    store: &Arc<dyn ObjectStore>,
+    display: &str,
+    shard: (u64, u64),
+    cache: &SegmentCache,
+) -> Result<Option<Manifest>> {
+    let prefix = Path::from(format!("tables/{}/shards/{}/commits", shard.0, shard.1));
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| unavailable(display, &format!("list {prefix}"), e))?;
+    let Some(newest) = listed.into_iter().map(|o| o.location).filter(|l| l.as_ref().ends_with(".json")).max() else {
+        return Ok(None);
+    };
+    let bytes = get(store, display, newest.as_ref()).await?;
+    let marker: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| corrupt(newest.as_ref())(e.to_string()))?;
+    read_manifest(store, display, &marker.manifest, cache).await.map(Some)
+}
+
+/// The shards (table and shard ids) that have commits in the bucket, in order.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store cannot be listed.
+pub async fn committed_shards(store: &Arc<dyn ObjectStore>, display: &str) -> Result<Vec<(u64, u64)>> {
+    let ids = |listed: object_store::ListResult| -> Vec<u64> {
+        listed.common_prefixes.iter().filter_map(|p| p.filename().and_then(|n| n.parse().ok())).collect()
+    };
+    let list = |prefix: String| async move {
+        store
+            .list_with_delimiter(Some(&Path::from(prefix.as_str())))
+            .await
+            .map_err(|e| unavailable(display, &format!("list {prefix}"), e))
+    };
+    let mut shards = Vec::new();
+    for table in ids(list("tables".to_string()).await?) {
+        for shard in ids(list(format!("tables/{table}/shards")).await?) {
+            shards.push((table, shard));
+        }
+    }
+    shards.sort_unstable();
+    Ok(shards)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::Engine;
+use crate::cold::{self, Manifest};
 use crate::error::{Error, Result};
 
 /// Each shard's manifest pointer (its location), by table and shard id.
@@ -103,9 +104,13 @@ impl Engine {
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now().checked_sub_signed(grace).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut keep: HashSet<String> = HashSet::new();
-        for ((_, _), location) in pointers.iter().filter(|((t, _), _)| tables.contains(t)) {
+        for ((table, shard), location) in pointers.iter().filter(|((t, _), _)| tables.contains(t)) {
             let Some(location) = location else { continue };
             let manifest = self.manifest_at(location).await?;
+            // The commit marker, written again before anything is deleted: a commit whose node crashed before
+            // writing it left the bucket's newest marker naming a version about to be collected.
+            cold::mark_commit(&store, &display, (*table, *shard), manifest.version, location).await?;
+            keep.insert(Manifest::commit_path(*table, *shard, manifest.version));
             keep.insert(location.clone());
             keep.extend(manifest.segments.into_iter().map(|s| s.path));
             keep.extend(manifest.files.into_iter().map(|f| f.path));
@@ -165,6 +170,52 @@ mod tests {
         batches[0].column(0).as_primitive::<Int64Type>().value(0)
     }
 
+    /// The sum of column x of the files of `manifest`, read from the bucket with a plain Parquet reader.
+    async fn sum_of_files(store: &Arc<dyn object_store::ObjectStore>, manifest: &Manifest) -> i64 {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let mut total = 0;
+        for file in &manifest.files {
+            let bytes = store.get(&Path::from(file.path.as_str())).await.expect("get").bytes().await.expect("bytes");
+            for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet").build().expect("reader") {
+                total += batch.expect("batch").column(0).as_primitive::<Int64Type>().values().iter().sum::<i64>();
+            }
+        }
+        total
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_with_the_bucket_alone_finds_each_shards_current_manifest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        let engine: Arc<Engine> =
+            Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(301, 500)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        // Only the bucket from here on (under the cluster's prefix), and a cache of its own.
+        let store = engine.cold_store().expect("store");
+        let alone = cold::SegmentCache::default();
+        let shards = cold::committed_shards(&store, "bucket").await.expect("shards");
+        assert_eq!(shards.len(), 1);
+        let manifest = cold::read_committed(&store, "bucket", shards[0], &alone).await.expect("read").expect("one");
+        assert_eq!((manifest.table.as_str(), manifest.version, manifest.files.len()), ("t", 2, 2));
+        assert_eq!(manifest.schema.field(0).name(), "x");
+        assert_eq!(sum_of_files(&store, &manifest).await, 500 * 501 / 2);
+        assert_eq!(cold::read_committed(&store, "bucket", (9, 9), &alone).await.expect("read"), None);
+
+        // A commit whose node crashed before its marker: the bucket tells the version before, until the collector
+        // writes the marker again, before it deletes that version's objects.
+        store.delete(&Path::from(Manifest::commit_path(shards[0].0, shards[0].1, 2))).await.expect("delete");
+        let older = cold::read_committed(&store, "bucket", shards[0], &alone).await.expect("read").expect("one");
+        assert_eq!((older.version, sum_of_files(&store, &older).await), (1, 300 * 301 / 2));
+        engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
+        let current = cold::read_committed(&store, "bucket", shards[0], &alone).await.expect("read").expect("one");
+        assert_eq!((current.version, sum_of_files(&store, &current).await), (2, 500 * 501 / 2));
+        assert!(keys(&engine).await.iter().all(|k| !k.contains("/00000000000000000001")), "version 1 is collected");
+    }
+
     async fn keys(engine: &Engine) -> Vec<String> {
         let store = engine.cold_store().expect("store");
         let mut keys: Vec<String> =
@@ -197,17 +248,21 @@ mod tests {
         let orphan = Path::from("tables/1/shards/1/data/n1-0000000000000001-s9-00000000000000ff.parquet");
         store.put(&orphan, PutPayload::from_static(b"left behind")).await.expect("put");
         let before = keys(&engine).await;
-        assert_eq!(before.len(), 7, "two files, two manifests and their segments, the orphan: {before:?}");
+        assert_eq!(
+            before.len(),
+            9,
+            "two files, two manifests, their segments and commit markers, the orphan: {before:?}"
+        );
 
         let young = engine.collect_garbage(None).await.expect("gc");
-        assert_eq!((young.listed, young.deleted), (7, 0), "nothing is older than cold.gc_grace");
+        assert_eq!((young.listed, young.deleted), (9, 0), "nothing is older than cold.gc_grace");
         assert_eq!(young.grace, engine.cold.gc_grace());
         let short = engine.collect_garbage(Some(Duration::from_secs(1))).await.expect_err("too short");
         assert!(matches!(short, Error::Plan { .. }) && short.to_string().contains("cold.gc_grace"), "{short}");
         let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
-        assert_eq!(report.deleted, 3, "the orphan and the first manifest and its segment: {report:?}");
+        assert_eq!(report.deleted, 4, "the orphan, the first manifest, its segment and marker: {report:?}");
         let after = keys(&engine).await;
-        assert_eq!(after.len(), 4, "{after:?}");
+        assert_eq!(after.len(), 5, "{after:?}");
         assert!(!after.contains(&orphan.to_string()));
         let segments: Vec<&String> = after.iter().filter(|k| k.contains("/segments/00000000000000000002-")).collect();
         assert_eq!(segments.len(), 1, "the current manifest's segment stays: {after:?}");
@@ -219,10 +274,7 @@ mod tests {
         // A dropped table's objects all go.
         engine.execute_one("DROP TABLE t").await.expect("drop");
         let report = engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
-        assert_eq!(
-            report.deleted, 7,
-            "three files, the current manifest and the one replaced, their segments: {report:?}"
-        );
+        assert_eq!(report.deleted, 9, "three files, two manifests, their segments and commit markers: {report:?}");
         assert_eq!(keys(&engine).await, Vec::<String>::new());
     }
 }

@@ -179,10 +179,23 @@ impl Engine {
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
             expected_version: expected.map(|p| p.version),
-            manifest: ManifestPointer { version: next.version, location },
+            manifest: ManifestPointer { version: next.version, location: location.clone() },
         };
         match self.meta.propose(command).await?.outcome {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                // For readers of the bucket alone; the collector writes it again if this fails.
+                let marked = match self.cold_store() {
+                    Ok(store) => {
+                        let shard = (next.table_id, next.shard_id);
+                        cold::mark_commit(&store, self.cold.display(), shard, next.version, &location).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = marked {
+                    tracing::warn!(table = %next.table, version = next.version, error = %e.report(), "writing a commit marker failed");
+                }
+                Ok(true)
+            }
             Err(Rejection::ManifestVersionConflict { .. }) => Ok(false),
             Err(other) => Err(Error::Meta(other.into())),
         }

@@ -155,8 +155,8 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     // a shorter grace period is refused, a longer one is taken.
     let (admin, said) = quiver_admin(&grpc.to_string(), &["gc"]);
     assert!(
-        admin.status.success() && said.contains("deleted 0 of 9 objects") && said.contains("longer than 360m"),
-        "three files, three manifests and their segments: {said} {}",
+        admin.status.success() && said.contains("deleted 0 of 12 objects") && said.contains("longer than 360m"),
+        "three files, three manifests, their segments and commit markers: {said} {}",
         String::from_utf8_lossy(&admin.stderr)
     );
     let short = client.collect_garbage(CollectGarbageRequest { grace_ms: Some(1000) }).await.expect_err("short");
@@ -164,7 +164,7 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     assert!(short.message().contains("cold.gc_grace"), "{}", short.message());
     let long = client.collect_garbage(CollectGarbageRequest { grace_ms: Some(86_400_000) }).await.expect("gc");
     let long = long.into_inner();
-    assert_eq!((long.listed, long.deleted, long.grace_ms), (9, 0, 86_400_000));
+    assert_eq!((long.listed, long.deleted, long.grace_ms), (12, 0, 86_400_000));
     let still = execute(&mut client, "SELECT count(*) FROM t").await.expect("count");
     assert_eq!(rows(&still.arrow_ipc)[0].column(0).as_primitive::<Int64Type>().value(0), 5);
 
