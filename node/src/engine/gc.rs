@@ -170,6 +170,18 @@ mod tests {
         batches[0].column(0).as_primitive::<Int64Type>().value(0)
     }
 
+    /// An engine in `dir` whose table t holds 1..=500 in two files: tiered when it held 1..=300, and again.
+    async fn tiered_twice(dir: &std::path::Path) -> Arc<Engine> {
+        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        let engine: Arc<Engine> = Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open");
+        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(301, 500)").await.expect("insert");
+        engine.tier("t").await.expect("tier");
+        engine
+    }
+
     /// The sum of column x of the files of `manifest`, read from the bucket with a plain Parquet reader.
     async fn sum_of_files(store: &Arc<dyn object_store::ObjectStore>, manifest: &Manifest) -> i64 {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -186,14 +198,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_process_with_the_bucket_alone_finds_each_shards_current_manifest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
-        let engine: Arc<Engine> =
-            Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");
-        engine.tier("t").await.expect("tier");
-        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(301, 500)").await.expect("insert");
-        engine.tier("t").await.expect("tier");
+        let engine = tiered_twice(dir.path()).await;
         // Only the bucket from here on (under the cluster's prefix), and a cache of its own.
         let store = engine.cold_store().expect("store");
         let alone = cold::SegmentCache::default();
@@ -235,14 +240,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreferenced_objects_past_the_grace_period_go_and_every_row_stays() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
-        let engine: Arc<Engine> =
-            Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
-        engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
-        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");
-        engine.tier("t").await.expect("tier");
-        engine.execute_one("INSERT INTO t SELECT value FROM generate_series(301, 500)").await.expect("insert");
-        engine.tier("t").await.expect("tier");
+        let engine = tiered_twice(dir.path()).await;
         // An upload whose tiering never committed.
         let store = engine.cold_store().expect("store");
         let orphan = Path::from("tables/1/shards/1/data/n1-0000000000000001-s9-00000000000000ff.parquet");
