@@ -285,27 +285,31 @@ impl Manifest {
     pub fn with_files(&self, files: Vec<ColdFile>) -> Self {
         let mut next = self.clone();
         next.version += 1;
-        let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        next.files.retain(|f| !paths.contains(f.path.as_str()));
-        let mut added: HashMap<&str, usize> = HashMap::new();
-        for file in &files {
-            next.mark_tiered(file.store, file.max_seq);
-            match added.get(file.path.as_str()) {
-                Some(&at) => next.files[at] = file.clone(),
-                None => {
-                    added.insert(&file.path, next.files.len());
-                    next.files.push(file.clone());
-                }
-            }
-        }
+        next.add_all_tiered(files);
         next
     }
 
     /// Adds `file`, which holds its store's hot chunks up to `file.max_seq`, to this version.
     pub fn add_tiered(&mut self, file: ColdFile) {
-        self.mark_tiered(file.store, file.max_seq);
-        self.files.retain(|f| f.path != file.path);
-        self.files.push(file);
+        self.add_all_tiered(vec![file]);
+    }
+
+    /// Adds `files`, each holding its store's hot chunks up to its `max_seq`, to this version, in one pass: a file
+    /// listed already (a retried commit) is listed once, as given last.
+    fn add_all_tiered(&mut self, files: Vec<ColdFile>) {
+        let paths: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        self.files.retain(|f| !paths.contains(f.path.as_str()));
+        let mut added: HashMap<String, usize> = HashMap::new();
+        for file in files {
+            self.mark_tiered(file.store, file.max_seq);
+            match added.get(&file.path) {
+                Some(&at) => self.files[at] = file,
+                None => {
+                    added.insert(file.path.clone(), self.files.len());
+                    self.files.push(file);
+                }
+            }
+        }
     }
 
     /// Marks hot store `store`'s chunks up to `max_seq` as tiered in this version (held by its files, or gone).

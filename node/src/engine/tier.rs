@@ -611,19 +611,8 @@ mod tests {
     /// The ids of the cold file at `path`, in file order, and whether every row group declares itself sorted by
     /// `id` and has a bloom filter on it.
     async fn ids_in_file(engine: &Engine, path: &str) -> (Vec<i64>, bool) {
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        let store = engine.cold_store().expect("store");
-        let bytes = store.get(&object_store::path::Path::from(path)).await.expect("get").bytes().await.expect("bytes");
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
-        let declared = builder.metadata().row_groups().iter().all(|g| {
-            let sorted = g.sorting_columns().is_some_and(|s| s.len() == 1 && s[0].column_idx == 0 && !s[0].descending);
-            sorted && g.column(0).bloom_filter_offset().is_some()
-        });
-        let mut ids = Vec::new();
-        for batch in builder.build().expect("reader") {
-            ids.extend(batch.expect("batch").column(0).as_primitive::<Int64Type>().values().iter().copied());
-        }
-        (ids, declared)
+        let (ids, sorted, blooms) = file_column(engine, path, 0).await;
+        (ids, sorted == [0] && blooms.first() == Some(&true))
     }
 
     /// The paths of table `name`'s cold files.
@@ -675,16 +664,24 @@ mod tests {
         assert!(text.contains("row_groups=1/20 (pruned 19)"), "{text}");
     }
 
-    /// Column `column` (BIGINT) of a cold file, the columns its first row group says it is sorted by, and whether
-    /// each column has a bloom filter there.
+    /// Column `column` (BIGINT) of a cold file, the columns every row group says it is sorted by (empty when they
+    /// differ), and whether each column has a bloom filter in every row group.
     async fn file_column(engine: &Engine, path: &str, column: usize) -> (Vec<i64>, Vec<i32>, Vec<bool>) {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let store = engine.cold_store().expect("store");
         let bytes = store.get(&object_store::path::Path::from(path)).await.expect("get").bytes().await.expect("bytes");
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet");
-        let group = builder.metadata().row_group(0);
-        let sorted = group.sorting_columns().map(|s| s.iter().map(|c| c.column_idx).collect()).unwrap_or_default();
-        let blooms = group.columns().iter().map(|c| c.bloom_filter_offset().is_some()).collect();
+        let groups = builder.metadata().row_groups();
+        let declared = |g: &parquet::file::metadata::RowGroupMetaData| -> Vec<i32> {
+            g.sorting_columns()
+                .map(|s| s.iter().filter(|c| !c.descending).map(|c| c.column_idx).collect())
+                .unwrap_or_default()
+        };
+        let sorted =
+            if groups.iter().all(|g| declared(g) == declared(&groups[0])) { declared(&groups[0]) } else { Vec::new() };
+        let blooms = (0..groups[0].num_columns())
+            .map(|i| groups.iter().all(|g| g.column(i).bloom_filter_offset().is_some()))
+            .collect();
         let mut values = Vec::new();
         for batch in builder.build().expect("reader") {
             values.extend(batch.expect("batch").column(column).as_primitive::<Int64Type>().values().iter().copied());
