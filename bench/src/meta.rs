@@ -159,9 +159,9 @@ fn command(workload: Workload, origin: Origin, concurrency: usize, task: usize, 
                 primary_key: vec!["id".into()],
                 kind: TableKind::Native,
                 options: Default::default(),
+                sharding: Default::default(),
                 if_not_exists: false,
             },
-            shard_node: Some(1),
         },
     }
 }

@@ -50,6 +50,29 @@ pub enum TableKind {
     },
 }
 
+/// How a native table's rows are spread over the cluster: its shards, the copies kept of each, and the columns whose
+/// hash picks a row's shard (docs/rfcs/0001-cluster-data-path.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sharding {
+    /// The number of shards, 1 to [`SLOT_COUNT`](crate::SLOT_COUNT).
+    pub shards: u32,
+    /// The copies of each shard the cluster keeps (1 or more).
+    pub replicas: u32,
+    /// The columns hashed to choose a row's shard, in order; empty when the table has neither a shard key nor a
+    /// primary key, and each statement then goes whole to one shard.
+    pub shard_key: Vec<String>,
+}
+
+impl Default for Sharding {
+    /// One shard, one copy: what tables created before sharding existed have.
+    fn default() -> Self {
+        Self { shards: 1, replicas: 1, shard_key: Vec::new() }
+    }
+}
+
+/// The most copies of a shard a table may ask for.
+pub const REPLICAS_MAX: u32 = 7;
+
 /// The definition of a table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {
@@ -65,6 +88,9 @@ pub struct TableDef {
     pub kind: TableKind,
     /// Table options given at creation (`WITH (...)` / `OPTIONS (...)`).
     pub options: BTreeMap<String, String>,
+    /// How a native table's rows are spread over shards (external tables: the default, unused).
+    #[serde(default)]
+    pub sharding: Sharding,
     /// The catalog version that created the table.
     pub created_version: u64,
 }
@@ -98,6 +124,9 @@ pub enum CatalogCommand {
         kind: TableKind,
         /// Its options.
         options: BTreeMap<String, String>,
+        /// How a native table's rows are spread (ignored for external tables).
+        #[serde(default)]
+        sharding: Sharding,
         /// Succeed without change if the table exists.
         if_not_exists: bool,
     },
@@ -168,7 +197,7 @@ impl Catalog {
     /// the catalog unchanged when the command does not fit the current state.
     pub fn apply(&mut self, command: CatalogCommand) -> Result<CatalogOutcome> {
         match command {
-            CatalogCommand::CreateTable { name, columns, primary_key, kind, options, if_not_exists } => {
+            CatalogCommand::CreateTable { name, columns, primary_key, kind, options, sharding, if_not_exists } => {
                 if self.tables.contains_key(&name) {
                     return if if_not_exists {
                         Ok(CatalogOutcome::Unchanged)
@@ -177,6 +206,13 @@ impl Catalog {
                     };
                 }
                 validate_definition(&name, &columns, &primary_key)?;
+                let sharding = match kind {
+                    TableKind::Native => {
+                        validate_sharding(&name, &columns, &sharding)?;
+                        sharding
+                    }
+                    TableKind::External { .. } => Sharding::default(),
+                };
                 self.version += 1;
                 self.next_table_id += 1;
                 let def = TableDef {
@@ -186,6 +222,7 @@ impl Catalog {
                     primary_key,
                     kind,
                     options,
+                    sharding,
                     created_version: self.version,
                 };
                 self.tables.insert(name, def.clone());
@@ -247,6 +284,32 @@ fn validate_definition(name: &str, columns: &[ColumnDef], primary_key: &[String]
     Ok(())
 }
 
+fn validate_sharding(name: &str, columns: &[ColumnDef], sharding: &Sharding) -> Result<()> {
+    let invalid = |detail: String| Error::InvalidTableDefinition { table: name.to_string(), detail };
+    if sharding.shards == 0 || sharding.shards > crate::SLOT_COUNT {
+        return Err(invalid(format!("shards must be 1 to {}, not {}", crate::SLOT_COUNT, sharding.shards)));
+    }
+    if sharding.replicas == 0 || sharding.replicas > REPLICAS_MAX {
+        return Err(invalid(format!("replicas must be 1 to {REPLICAS_MAX}, not {}", sharding.replicas)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for k in &sharding.shard_key {
+        let Some(column) = columns.iter().find(|c| &c.name == k) else {
+            return Err(invalid(format!("shard key column \"{k}\" is not a column of the table")));
+        };
+        if !seen.insert(k.as_str()) {
+            return Err(invalid(format!("shard key column \"{k}\" is named twice")));
+        }
+        if !crate::state::is_shard_key_type(&column.data_type) {
+            return Err(invalid(format!(
+                "shard key column \"{k}\" is of type {}, which cannot be hashed to a shard",
+                column.data_type
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +325,7 @@ mod tests {
             primary_key: vec!["id".into()],
             kind: TableKind::Native,
             options: BTreeMap::new(),
+            sharding: Sharding::default(),
             if_not_exists: false,
         }
     }

@@ -39,6 +39,10 @@ pub struct MetaConfig {
     /// How many voters the cluster aims for (odd): joining nodes are promoted to voter while there are fewer, and
     /// further nodes stay learners (they still receive the metadata).
     pub voters: usize,
+    /// How often every member tells the leader it is alive, in milliseconds.
+    pub node_heartbeat_interval_ms: u64,
+    /// How long a member may stay silent before the leader marks it down in the node registry, in milliseconds.
+    pub node_down_after_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -55,6 +59,8 @@ impl Default for MetaConfig {
             request_timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
             voters: 3,
+            node_heartbeat_interval_ms: 1_000,
+            node_down_after_ms: 10_000,
         }
     }
 }
@@ -94,6 +100,17 @@ impl MetaConfig {
         if self.request_timeout_ms == 0 || self.install_snapshot_timeout_ms == 0 || self.connect_timeout_ms == 0 {
             return invalid("timeouts must be positive".into());
         }
+        if self.node_heartbeat_interval_ms == 0 {
+            return invalid("node_heartbeat_interval_ms must be positive".into());
+        }
+        // A single lost or late heartbeat must not mark a node down.
+        if self.node_down_after_ms < 3 * self.node_heartbeat_interval_ms {
+            return invalid(format!(
+                "node_down_after_ms ({}) must be at least three node heartbeat intervals ({})",
+                self.node_down_after_ms,
+                3 * self.node_heartbeat_interval_ms
+            ));
+        }
         Ok(())
     }
 
@@ -110,6 +127,16 @@ impl MetaConfig {
     /// Returns the heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Returns how often a member heartbeats to the leader.
+    pub fn node_heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.node_heartbeat_interval_ms)
+    }
+
+    /// Returns how long a member may be silent before it is marked down.
+    pub fn node_down_after(&self) -> Duration {
+        Duration::from_millis(self.node_down_after_ms)
     }
 
     /// Returns openraft's configuration for these settings.
@@ -145,6 +172,13 @@ mod tests {
         let raft = config.to_openraft().expect("translates");
         assert_eq!(raft.heartbeat_interval, 100);
         assert_eq!(raft.max_in_snapshot_log_to_keep, 100);
+    }
+
+    #[test]
+    fn a_node_is_not_marked_down_after_a_single_missed_heartbeat() {
+        let config = MetaConfig { node_heartbeat_interval_ms: 1_000, node_down_after_ms: 2_500, ..Default::default() };
+        let err = config.validate().expect_err("too short").to_string();
+        assert!(err.contains("node_down_after_ms (2500)") && err.contains("(3000)"), "{err}");
     }
 
     #[test]

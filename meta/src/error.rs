@@ -72,11 +72,21 @@ pub enum Error {
         /// The shard's id.
         shard_id: ShardId,
     },
-    /// A native table was created without naming the node that holds its first shard.
-    #[error("table \"{table}\" needs a node for its first shard")]
-    ShardPlacementMissing {
+    /// No registered node can hold the shards of a new table (there is none, or every one is draining).
+    #[error("no node can hold the shards of table \"{table}\": every registered node is draining")]
+    NoNodeForShards {
         /// The table's name.
         table: String,
+    },
+    /// A shard's configuration change expected another epoch than the shard's current one.
+    #[error("shard {shard_id} is at epoch {current}, the change expected epoch {expected}")]
+    ShardEpochConflict {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The epoch the change was based on.
+        expected: u64,
+        /// The shard's current epoch.
+        current: u64,
     },
     /// A shard's replica set is invalid.
     #[error("invalid replicas for shard {shard_id}: {detail}")]
@@ -118,7 +128,8 @@ impl Error {
             }
             Error::TableAlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::InvalidTableDefinition { .. }
-            | Error::ShardPlacementMissing { .. }
+            | Error::NoNodeForShards { .. }
+            | Error::ShardEpochConflict { .. }
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ClusterIdMismatch { .. } => ErrorKind::InvalidRequest,
@@ -165,11 +176,21 @@ pub enum Rejection {
         /// The shard's id.
         shard_id: ShardId,
     },
-    /// See [`Error::ShardPlacementMissing`].
-    #[error("table \"{table}\" needs a node for its first shard")]
-    ShardPlacementMissing {
+    /// See [`Error::NoNodeForShards`].
+    #[error("no node can hold the shards of table \"{table}\": every registered node is draining")]
+    NoNodeForShards {
         /// The table's name.
         table: String,
+    },
+    /// See [`Error::ShardEpochConflict`].
+    #[error("shard {shard_id} is at epoch {current}, the change expected epoch {expected}")]
+    ShardEpochConflict {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The epoch the change was based on.
+        expected: u64,
+        /// The shard's current epoch.
+        current: u64,
     },
     /// See [`Error::InvalidShardReplicas`].
     #[error("invalid replicas for shard {shard_id}: {detail}")]
@@ -214,7 +235,10 @@ impl From<Rejection> for Error {
             Rejection::InvalidTableDefinition { table, detail } => Error::InvalidTableDefinition { table, detail },
             Rejection::NodeNotFound { node_id } => Error::NodeNotFound { node_id },
             Rejection::ShardNotFound { shard_id } => Error::ShardNotFound { shard_id },
-            Rejection::ShardPlacementMissing { table } => Error::ShardPlacementMissing { table },
+            Rejection::NoNodeForShards { table } => Error::NoNodeForShards { table },
+            Rejection::ShardEpochConflict { shard_id, expected, current } => {
+                Error::ShardEpochConflict { shard_id, expected, current }
+            }
             Rejection::InvalidShardReplicas { shard_id, detail } => Error::InvalidShardReplicas { shard_id, detail },
             Rejection::ManifestVersionConflict { shard_id, expected, current } => {
                 Error::ManifestVersionConflict { shard_id, expected, current }
@@ -238,7 +262,8 @@ impl Rejection {
             Error::InvalidTableDefinition { table, detail } => Rejection::InvalidTableDefinition { table, detail },
             other @ (Error::NodeNotFound { .. }
             | Error::ShardNotFound { .. }
-            | Error::ShardPlacementMissing { .. }
+            | Error::NoNodeForShards { .. }
+            | Error::ShardEpochConflict { .. }
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ClusterIdMismatch { .. }

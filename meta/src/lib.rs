@@ -39,12 +39,14 @@ pub mod service;
 mod state;
 pub mod store;
 
-pub use catalog::{Catalog, CatalogCommand, CatalogOutcome, ColumnDef, TableDef, TableId, TableKind};
+pub use catalog::{
+    Catalog, CatalogCommand, CatalogOutcome, ColumnDef, REPLICAS_MAX, Sharding, TableDef, TableId, TableKind,
+};
 pub use config::MetaConfig;
 pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
 pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
 pub use state::{
-    ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord, NodeRole, NodeState, ShardId,
-    ShardRecord,
+    ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord, NodeRole, NodeState, SLOT_COUNT,
+    ShardId, ShardRecord, SlotRange, is_shard_key_type,
 };
 pub use store::{MemMetaStore, MetaStore, ScanOrder, WriteBatch, WriteOp};

@@ -19,16 +19,18 @@
 //!
 //! Time is tokio's (the simulator's under madsim); nothing here reads the wall clock.
 
+mod liveness;
 mod membership;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use openraft::RaftNetworkFactory;
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
 };
+use openraft::{ChangeMembers, RaftNetworkFactory};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -55,6 +57,11 @@ struct Inner {
     raft: MetaRaft,
     shared: Arc<SharedState>,
     client: MetaClient,
+    /// Membership changes this replica is driving now (see `membership::InFlight`): a joint configuration is
+    /// finished by the voter keeper only when none is, so that the keeper does not race the change's own second phase.
+    changes_in_flight: AtomicUsize,
+    /// When the members were last heard from, while this replica leads (`liveness`).
+    liveness: liveness::Liveness,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -110,8 +117,19 @@ impl MetaNode {
         let raft = MetaRaft::new(node_id, raft_config, network, log, state_machine).await.map_err(stopped)?;
         let client = MetaClient::new(config.connect_timeout());
         tracing::info!(node_id, %addr, "metadata replica started");
-        let inner = Arc::new(Inner { node_id, addr, config, raft, shared, client });
+        let inner = Arc::new(Inner {
+            node_id,
+            addr,
+            config,
+            raft,
+            shared,
+            client,
+            changes_in_flight: AtomicUsize::new(0),
+            liveness: liveness::Liveness::default(),
+        });
         tokio::spawn(break_split_votes(Arc::downgrade(&inner)));
+        tokio::spawn(liveness::send_heartbeats(Arc::downgrade(&inner)));
+        tokio::spawn(liveness::detect_failures(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -204,11 +222,7 @@ impl MetaNode {
     ///
     /// As for [`MetaNode::change_membership`].
     pub async fn promote(&self, node_id: u64) -> Result<(), ClusterError> {
-        let mut voters: BTreeSet<u64> = {
-            let metrics = self.inner.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.membership_config.membership().voter_ids().collect()
-        };
+        let (mut voters, _) = self.members();
         voters.insert(node_id);
         self.change_membership(voters).await
     }
@@ -222,13 +236,8 @@ impl MetaNode {
     /// [`ClusterError::InvalidMembershipChange`] for an empty set or an unknown id,
     /// [`ClusterError::MembershipChangeInProgress`] while another change runs, and [`ClusterError::Timeout`].
     pub async fn change_membership(&self, voters: BTreeSet<u64>) -> Result<(), ClusterError> {
-        let before: BTreeSet<u64> = {
-            let metrics = self.inner.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.membership_config.membership().voter_ids().collect()
-        };
-        let change = self.inner.raft.change_membership(voters.clone(), true);
-        self.with_timeout("change membership", change).await?.map_err(|e| self.write_error(e))?;
+        let (before, _) = self.members();
+        self.change_members("change membership", ChangeMembers::ReplaceAllVoters(voters.clone()), true).await?;
         tracing::info!(node_id = self.inner.node_id, ?voters, "metadata voters changed");
         for node_id in voters.difference(&before) {
             self.record_role(*node_id, NodeRole::Voter).await?;

@@ -9,11 +9,16 @@
 //! - a command either applies completely or changes nothing and returns a [`Rejection`];
 //! - the metadata version grows by exactly one with every command that changes something, and never otherwise;
 //! - every shard belongs to a table of the catalog, and every replica of a shard was a registered node when placed;
+//! - a native table's shards own disjoint slot ranges that together cover every slot;
+//! - a shard's primary is in its in-sync set, which is a subset of its replicas;
+//! - a shard's epoch grows by one with every change to its configuration, and never goes back;
 //! - table and shard ids are never reused.
 //!
-//! Module layout: `command` (commands, outcomes, responses), `registry` (nodes), `shards` (shard map).
+//! Module layout: `command` (commands, outcomes, responses), `registry` (nodes), `shards` (shard map, slots),
+//! `placement` (where a new table's shards go).
 
 mod command;
+mod placement;
 mod registry;
 mod shards;
 
@@ -23,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::command::{MetaCommand, MetaOutcome, MetaResponse};
 pub use self::registry::{NodeRecord, NodeRole, NodeState};
-pub use self::shards::{ManifestPointer, ShardId, ShardRecord};
+pub use self::shards::{ManifestPointer, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type};
 use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
 use crate::error::{Error, Rejection};
 
@@ -107,7 +112,14 @@ impl MetaState {
     ///
     /// Returns [`Error::Decode`] when the bytes are not a metadata state.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes).map_err(Error::Decode)
+        let mut state: Self = serde_json::from_slice(bytes).map_err(Error::Decode)?;
+        // Shards recorded before in-sync sets existed had every replica in sync (they had one).
+        for shard in state.shards.values_mut() {
+            if shard.in_sync.is_empty() {
+                shard.in_sync = shard.replicas.clone();
+            }
+        }
+        Ok(state)
     }
 
     /// Validates `command` against the current state and, if it fits, changes the state. Every check that can
@@ -131,7 +143,7 @@ impl MetaState {
                 Some(current) if *current == cluster_id => Ok(MetaOutcome::Unchanged),
                 Some(current) => Err(Rejection::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
             },
-            MetaCommand::Catalog { command, shard_node } => self.apply_catalog(command, shard_node),
+            MetaCommand::Catalog { command } => self.apply_catalog(command),
             MetaCommand::RegisterNode { node_id, grpc_addr, flight_addr, pg_addr, role } => {
                 match self.nodes.get_mut(&node_id) {
                     Some(node) => {
@@ -181,13 +193,18 @@ impl MetaState {
                 node.last_heartbeat = at;
                 Ok(MetaOutcome::NodeUpdated { node_id })
             }
-            MetaCommand::SetShardReplicas { shard_id, replicas, primary } => {
-                self.validate_replicas(shard_id, &replicas, primary)?;
+            MetaCommand::SetShardReplicas { shard_id, replicas, in_sync, primary, expected_epoch } => {
+                let in_sync = if in_sync.is_empty() { replicas.clone() } else { in_sync };
+                self.validate_replicas(shard_id, &replicas, &in_sync, primary)?;
                 let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
-                if shard.replicas == replicas && shard.primary == primary {
+                if let Some(expected) = expected_epoch.filter(|e| *e != shard.epoch) {
+                    return Err(Rejection::ShardEpochConflict { shard_id, expected, current: shard.epoch });
+                }
+                if shard.replicas == replicas && shard.in_sync == in_sync && shard.primary == primary {
                     return Ok(MetaOutcome::Unchanged);
                 }
                 shard.replicas = replicas;
+                shard.in_sync = in_sync;
                 shard.primary = primary;
                 shard.epoch += 1;
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
@@ -205,37 +222,43 @@ impl MetaState {
         }
     }
 
-    fn apply_catalog(&mut self, command: CatalogCommand, shard_node: Option<u64>) -> Result<MetaOutcome, Rejection> {
-        // Placement is checked before the catalog changes, and only when the command would create a native table:
-        // `IF NOT EXISTS` on an existing table needs no node.
+    fn apply_catalog(&mut self, command: CatalogCommand) -> Result<MetaOutcome, Rejection> {
+        // Placement is decided before the catalog changes, and only when the command would create a native table:
+        // `IF NOT EXISTS` on an existing table needs no node. The catalog validates the sharding itself.
         let mut placement = None;
-        if let CatalogCommand::CreateTable { name, kind, .. } = &command {
+        if let CatalogCommand::CreateTable { name, kind, sharding, .. } = &command {
             let creates = self.catalog.table(name).is_none();
-            if creates && matches!(kind, crate::catalog::TableKind::Native) {
-                let node_id = shard_node.ok_or_else(|| Rejection::ShardPlacementMissing { table: name.clone() })?;
-                if !self.nodes.contains_key(&node_id) {
-                    return Err(Rejection::NodeNotFound { node_id });
-                }
-                placement = Some(node_id);
+            // A sharding the catalog will refuse needs no placement (and placing it would be wasted work).
+            let valid = (1..=SLOT_COUNT).contains(&sharding.shards) && sharding.replicas >= 1;
+            if creates && valid && matches!(kind, crate::catalog::TableKind::Native) {
+                let placed =
+                    placement::place(self.nodes.values(), self.shards.values(), sharding.shards, sharding.replicas);
+                placement = Some(placed.ok_or_else(|| Rejection::NoNodeForShards { table: name.clone() })?);
             }
         }
         match self.catalog.apply(command).map_err(Rejection::from_catalog)? {
             CatalogOutcome::Created(table) => {
-                let shard = placement.map(|node_id| {
+                let placed = placement.unwrap_or_default();
+                let count = placed.len() as u32;
+                let mut shards = Vec::with_capacity(placed.len());
+                for (index, placed) in placed.into_iter().enumerate() {
                     self.next_shard_id += 1;
                     let shard_id = ShardId(self.next_shard_id);
+                    let primary = placed.replicas[0];
                     let record = ShardRecord {
                         shard_id,
                         table_id: table.id,
-                        replicas: vec![node_id],
-                        primary: node_id,
+                        slots: SlotRange::of_shard(index as u32, count),
+                        in_sync: placed.replicas.clone(),
+                        replicas: placed.replicas,
+                        primary,
                         epoch: 1,
                         manifest: None,
                     };
                     self.shards.insert(shard_id, record);
-                    shard_id
-                });
-                Ok(MetaOutcome::TableCreated { table, shard })
+                    shards.push(shard_id);
+                }
+                Ok(MetaOutcome::TableCreated { table, shards })
             }
             CatalogOutcome::Dropped(table) => {
                 let shards: Vec<ShardId> = self.table_shards(table.id).map(|s| s.shard_id).collect();
@@ -249,7 +272,13 @@ impl MetaState {
         }
     }
 
-    fn validate_replicas(&self, shard_id: ShardId, replicas: &[u64], primary: u64) -> Result<(), Rejection> {
+    fn validate_replicas(
+        &self,
+        shard_id: ShardId,
+        replicas: &[u64],
+        in_sync: &[u64],
+        primary: u64,
+    ) -> Result<(), Rejection> {
         let invalid = |detail: String| Rejection::InvalidShardReplicas { shard_id, detail };
         if !self.shards.contains_key(&shard_id) {
             return Err(Rejection::ShardNotFound { shard_id });
@@ -268,6 +297,18 @@ impl MetaState {
         }
         if !seen.contains(&primary) {
             return Err(invalid(format!("primary {primary} is not a replica")));
+        }
+        let mut in_sync_seen = BTreeSet::new();
+        for node_id in in_sync {
+            if !seen.contains(node_id) {
+                return Err(invalid(format!("in-sync node {node_id} is not a replica")));
+            }
+            if !in_sync_seen.insert(*node_id) {
+                return Err(invalid(format!("in-sync node {node_id} is listed twice")));
+            }
+        }
+        if !in_sync_seen.contains(&primary) {
+            return Err(invalid(format!("primary {primary} is not in sync")));
         }
         Ok(())
     }

@@ -132,6 +132,17 @@ pub struct ClusterConfig {
     pub join_timeout: Millis,
     /// Metadata log entries applied between snapshots.
     pub snapshot_every: u64,
+    /// How often this node tells the metadata leader it is alive.
+    pub node_heartbeat_interval: Millis,
+    /// How long a node may stay silent before the metadata leader marks it down (at least three heartbeat
+    /// intervals).
+    pub node_down_after: Millis,
+    /// Shards of a new table whose CREATE TABLE does not say (`WITH (shards = N)`); 0: two per serving node at
+    /// creation.
+    pub shards_per_table: u32,
+    /// Copies kept of each shard of a new table whose CREATE TABLE does not say (`WITH (replicas = R)`); 0: 2 once
+    /// the cluster has two serving nodes, else 1.
+    pub replication_factor: u32,
 }
 
 impl Default for ClusterConfig {
@@ -150,6 +161,10 @@ impl Default for ClusterConfig {
             request_timeout: Millis(meta.request_timeout_ms),
             join_timeout: Millis(60_000),
             snapshot_every: meta.snapshot_logs_since_last,
+            node_heartbeat_interval: Millis(meta.node_heartbeat_interval_ms),
+            node_down_after: Millis(meta.node_down_after_ms),
+            shards_per_table: 0,
+            replication_factor: 0,
         }
     }
 }
@@ -164,6 +179,8 @@ impl ClusterConfig {
             request_timeout_ms: self.request_timeout.0,
             snapshot_logs_since_last: self.snapshot_every,
             voters: self.voters,
+            node_heartbeat_interval_ms: self.node_heartbeat_interval.0,
+            node_down_after_ms: self.node_down_after.0,
             ..quiver_meta::MetaConfig::default()
         }
     }
@@ -481,6 +498,14 @@ impl Config {
         if self.storage.block_cache.0 < 1 << 20 {
             return bad("storage.block_cache", format!("{} is below 1MiB", self.storage.block_cache));
         }
+        if self.cluster.shards_per_table > quiver_meta::SLOT_COUNT {
+            let n = self.cluster.shards_per_table;
+            return bad("cluster.shards_per_table", format!("{n} is more than {}", quiver_meta::SLOT_COUNT));
+        }
+        if self.cluster.replication_factor > quiver_meta::REPLICAS_MAX {
+            let n = self.cluster.replication_factor;
+            return bad("cluster.replication_factor", format!("{n} is more than {}", quiver_meta::REPLICAS_MAX));
+        }
         Ok(())
     }
 
@@ -495,6 +520,10 @@ impl Config {
             column_cache_bytes: self.storage.column_cache.0 as usize,
             cold: self.cold.clone(),
             cold_store: None,
+            sharding: crate::engine::ShardingDefaults {
+                shards_per_table: self.cluster.shards_per_table,
+                replication_factor: self.cluster.replication_factor,
+            },
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,

@@ -48,6 +48,7 @@ use quiver_meta::{
 pub use compact::CompactReport;
 pub use copy::CopyFormat;
 pub use gc::GcReport;
+pub use options::ShardingDefaults;
 use registry::TableRegistry;
 pub use retention::ExpireReport;
 pub use tier::TierReport;
@@ -93,6 +94,8 @@ pub struct EngineOptions {
     pub cold: crate::cold::ColdConfig,
     /// A cold store built by the caller, used instead of `cold` (the simulation's faulty in-memory bucket).
     pub cold_store: Option<crate::cold::ColdStore>,
+    /// The shards and copies of a new table whose CREATE TABLE does not say.
+    pub sharding: ShardingDefaults,
 }
 
 impl Default for EngineOptions {
@@ -106,6 +109,7 @@ impl Default for EngineOptions {
             rocks: RocksStoreOptions::default(),
             cold: crate::cold::ColdConfig::default(),
             cold_store: None,
+            sharding: ShardingDefaults::default(),
         }
     }
 }
@@ -315,6 +319,8 @@ pub struct Engine {
     sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
     queries: Arc<statements::QueryLog>,
+    /// The sharding of new tables whose CREATE TABLE does not say.
+    sharding: ShardingDefaults,
 }
 
 impl std::fmt::Debug for Engine {
@@ -496,6 +502,7 @@ impl Engine {
             manifest_segments: crate::cold::SegmentCache::default(),
             sorts,
             queries,
+            sharding: options.sharding,
         };
         let mut chunks_by_table = chunks_by_table;
         {
@@ -565,6 +572,13 @@ impl Engine {
             metadata_version: self.meta.read_local(|s| s.version()),
             snapshot: self.meta.snapshot_stats(),
         }
+    }
+
+    /// Returns how many registered nodes can take new shards now (neither down nor draining), as this replica knows.
+    fn serving_nodes(&self) -> usize {
+        use quiver_meta::NodeState;
+        self.meta
+            .read_local(|s| s.nodes().filter(|n| !matches!(n.state, NodeState::Down | NodeState::Draining)).count())
     }
 
     /// Returns whether the metadata group has other members (a cluster), whose changes may reach this node late.
@@ -914,9 +928,10 @@ impl Engine {
                 None => after.remove(key),
             };
         }
+        options::check_alterable(&options)?;
         options::check(&after, &table.schema())?;
         let command = CatalogCommand::SetTableOptions { name: name.to_string(), options };
-        self.propose(MetaCommand::Catalog { command, shard_node: None }).await?;
+        self.propose(MetaCommand::Catalog { command }).await?;
         Ok(QueryOutput::Done { command: Command::AlterTable })
     }
 
@@ -938,8 +953,16 @@ impl Engine {
                     return Err(Error::Unsupported { what: "column DEFAULT values".into() });
                 }
                 let schema = create.input.schema().as_arrow().clone();
+                let mut table_options = table_options;
                 options::check(&table_options, &schema)?;
                 let primary_key = primary_key_names(&create.constraints, &schema);
+                let sharding = options::take_sharding(
+                    &mut table_options,
+                    &schema,
+                    &primary_key,
+                    self.sharding,
+                    self.serving_nodes(),
+                )?;
                 let columns = columns_of(&schema);
                 let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(e) if !e.produce_one_row);
                 let created = self
@@ -949,6 +972,7 @@ impl Engine {
                         primary_key,
                         kind: TableKind::Native,
                         options: table_options,
+                        sharding,
                         if_not_exists: create.if_not_exists,
                     })
                     .await?;
@@ -990,6 +1014,7 @@ impl Engine {
                     primary_key: vec![],
                     kind: TableKind::External { definition, location, format },
                     options: Default::default(),
+                    sharding: Default::default(),
                     if_not_exists: false,
                 };
                 if let Err(e) = self.create_table(command).await {
@@ -1108,15 +1133,14 @@ impl Engine {
     /// `IF NOT EXISTS` on an existing table). The table is attached on this node when this returns, and on every
     /// other node as its replica applies the change.
     async fn create_table(&self, command: CatalogCommand) -> Result<bool> {
-        let proposal = MetaCommand::Catalog { command, shard_node: Some(self.node_id) };
-        let outcome = self.propose(proposal).await?;
+        let outcome = self.propose(MetaCommand::Catalog { command }).await?;
         self.sync_catalog().await?;
         Ok(matches!(outcome, MetaOutcome::TableCreated { .. }))
     }
 
     async fn drop_table(&self, name: &str, if_exists: bool) -> Result<()> {
         let command = CatalogCommand::DropTable { name: name.to_string(), if_exists };
-        self.propose(MetaCommand::Catalog { command, shard_node: None }).await?;
+        self.propose(MetaCommand::Catalog { command }).await?;
         self.sync_catalog().await
     }
 
@@ -1173,12 +1197,15 @@ impl Engine {
             _ => {}
         }
         if !exists || mode == IngestMode::Replace {
+            let sharding =
+                options::take_sharding(&mut BTreeMap::new(), &schema, &[], self.sharding, self.serving_nodes())?;
             self.create_table(CatalogCommand::CreateTable {
                 name: table.to_string(),
                 columns: columns_of(&schema),
                 primary_key: vec![],
                 kind: TableKind::Native,
                 options: Default::default(),
+                sharding,
                 if_not_exists: mode == IngestMode::CreateOrAppend,
             })
             .await?;

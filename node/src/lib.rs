@@ -6,6 +6,7 @@
 //!   simulation).
 //! - [`table`]: native tables as immutable, compressed Arrow IPC chunks with per-chunk statistics.
 //! - [`cold`]: the cold tier: hot chunks tiered to Parquet files in an object store, listed in Raft-pointed manifests.
+//! - [`shard`]: the cluster data path on a node: which shard a row belongs to (docs/rfcs/0001-cluster-data-path.md).
 //! - `query`: DataFusion integration (table provider, pruned parallel scans, inserts, DELETE/UPDATE).
 //! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
 //! - [`embedded`]: [`Quiver`], the in-process API.
@@ -35,6 +36,7 @@ pub mod metrics;
 mod query;
 mod random;
 pub mod server;
+pub mod shard;
 pub mod storage;
 pub mod table;
 

@@ -139,6 +139,8 @@ enum AdminCommand {
         #[arg(long)]
         table: String,
     },
+    /// Lists every table's shards: slot ranges, primary, replicas, in-sync replicas, epoch and state.
+    Shards,
     /// Deletes the cold tier's objects that no manifest reaches any more, now.
     Gc {
         /// Keep objects younger than this ("6h", "2d"); at least the node's cold.gc_grace, which is the default.
@@ -206,6 +208,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
                 AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,
                 AdminCommand::Compact { table } => cli::admin::compact(&connect, &table).await?,
+                AdminCommand::Shards => cli::admin::shards(&connect).await?,
                 AdminCommand::Gc { grace } => cli::admin::gc(&connect, grace.map(|g| g.duration())).await?,
             };
             print!("{text}");

@@ -45,9 +45,13 @@ mod faults;
 pub mod hot_disk;
 #[cfg(madsim)]
 mod linearizability;
+#[cfg(all(madsim, test))]
+mod membership;
 #[cfg(madsim)]
 pub mod meta_sim;
 #[cfg(madsim)]
 pub mod node_sim;
 #[cfg(madsim)]
 pub mod object_store;
+#[cfg(madsim)]
+mod shard_map;

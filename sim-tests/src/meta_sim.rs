@@ -102,6 +102,9 @@ fn sim_config(voters: usize) -> MetaConfig {
         snapshot_logs_since_last: 40,
         snapshot_logs_kept: 10,
         voters,
+        // Failure detection runs under the faults: silent replicas are marked down and back to serving.
+        node_heartbeat_interval_ms: 250,
+        node_down_after_ms: 1_500,
         ..MetaConfig::default()
     }
 }
@@ -202,17 +205,14 @@ fn create_table(name: &str) -> MetaCommand {
             primary_key: vec![],
             kind: TableKind::Native,
             options: BTreeMap::new(),
+            sharding: Default::default(),
             if_not_exists: false,
         },
-        shard_node: Some(1),
     }
 }
 
 fn drop_table(name: &str) -> MetaCommand {
-    MetaCommand::Catalog {
-        command: CatalogCommand::DropTable { name: name.to_string(), if_exists: false },
-        shard_node: None,
-    }
+    MetaCommand::Catalog { command: CatalogCommand::DropTable { name: name.to_string(), if_exists: false } }
 }
 
 /// One catalog change as the workload saw it, with virtual times since the start of the run.

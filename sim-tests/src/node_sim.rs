@@ -53,6 +53,7 @@ use crate::faults::{self, Hosts, wait_until};
 use crate::hot_disk::SimHotDisk;
 use crate::meta_sim::Outcome;
 use crate::object_store::{FaultRates, FaultyStore};
+use crate::shard_map::{self, ShardMapChecker};
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -518,14 +519,33 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     bucket.set_faults(true);
 
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> = Arc::default();
+    let shard_map: Arc<Mutex<(ShardMapChecker, Option<String>)>> = Arc::default();
     let sampler = {
-        let (live, leaders) = (live.clone(), leaders.clone());
+        let (live, leaders, shard_map) = (live.clone(), leaders.clone(), shard_map.clone());
         madsim::task::spawn(async move {
-            loop {
+            // Each engine seen, as one observer of the shard map: a restarted node is a new engine and replays its
+            // metadata from the start (a freed engine's address may come back, hence the weak references).
+            let mut incarnations: Vec<std::sync::Weak<Engine>> = Vec::new();
+            for round in 0u64.. {
                 for engine in live_engines(&live) {
                     let m = engine.meta().metrics().borrow().clone();
                     if m.state == ServerState::Leader {
                         leaders.lock().expect("leaders").entry(m.current_term).or_default().insert(m.id);
+                    }
+                    // The shard map every 100 ms on each replica; an engine is one incarnation of its node.
+                    if round % 10 == 0 {
+                        let known =
+                            incarnations.iter().position(|w| w.upgrade().is_some_and(|e| Arc::ptr_eq(&e, &engine)));
+                        let observer = known.unwrap_or_else(|| {
+                            incarnations.push(Arc::downgrade(&engine));
+                            incarnations.len() - 1
+                        });
+                        let mut checked = shard_map.lock().expect("shard map");
+                        if checked.1.is_none()
+                            && let Err(e) = engine.meta().read_local(|s| checked.0.observe(observer, s))
+                        {
+                            checked.1 = Some(format!("node {}: {e}", engine.node_id()));
+                        }
                     }
                 }
                 sleep(Duration::from_millis(10)).await;
@@ -718,6 +738,15 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         if ids.len() > 1 {
             return Err(format!("term {term} had leaders {ids:?}"));
         }
+    }
+    // The shard map held its invariants on every replica all along, and holds them in the converged state.
+    {
+        let mut checked = shard_map.lock().expect("shard map");
+        if let Some(violation) = checked.1.take() {
+            return Err(format!("shard map: {violation}"));
+        }
+        shard_map::check_state(&states[0]).map_err(|e| format!("shard map after the faults: {e}"))?;
+        world.hosts.note(format!("shard map checked in {} replica states", checked.0.observed));
     }
 
     // Every answer during the faults was consistent with the model.

@@ -7,12 +7,22 @@
 //! machine), the leader promotes a caught-up learner in its place. Every change runs on the leader, which checks it
 //! against the replicated state first: a node of another cluster, a node id taken by another address and the removal
 //! of the last voter are refused and change nothing.
+//!
+//! A change of voters goes through a joint configuration (old and new voters together), and openraft 0.9 proposes
+//! the second, uniform configuration only from the call that made the change: a call that times out, or a leader
+//! that loses its leadership, between the two leaves the group joint, and no later leader finishes it by itself.
+//! The decisions here read the configuration the group is heading for (the joint configuration's last half), and
+//! the voter keeper, a join and a removal first finish a joint configuration that nobody is driving any more
+//! ([`MetaNode::finish_membership_change`]). Without that, a replica that rejoined while its own removal hung half
+//! done was told it was still a voter, and the next removal, computed from the joint configuration, dropped it from
+//! the group as a side effect: it ran on, outside the group, campaigning in its old configuration.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use openraft::ChangeMembers;
-use openraft::error::Fatal;
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use tokio::time::Instant;
 
 use super::MetaNode;
@@ -95,26 +105,118 @@ impl MetaNode {
         }
     }
 
-    fn members(&self) -> (BTreeSet<u64>, Vec<(u64, NodeAddr)>) {
+    /// Returns the voters the group is heading for and every member with its address.
+    ///
+    /// The voters are those of the configuration's last half: in a joint configuration (a change under way, or one
+    /// left half done) `voter_ids` would also count the voters being removed.
+    pub(crate) fn members(&self) -> (BTreeSet<u64>, Vec<(u64, NodeAddr)>) {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
-        let voters = membership.voter_ids().collect();
+        let voters = membership.get_joint_config().last().cloned().unwrap_or_default();
         let nodes = membership.nodes().map(|(id, addr)| (*id, addr.clone())).collect();
         (voters, nodes)
+    }
+
+    /// Runs one membership change through openraft, both halves of a joint change, within the request timeout. While
+    /// it runs, the voter keeper leaves a joint configuration to it.
+    pub(crate) async fn change_members(
+        &self,
+        operation: &'static str,
+        changes: ChangeMembers<u64, NodeAddr>,
+        retain: bool,
+    ) -> Result<(), ClusterError> {
+        let _in_flight = InFlight::new(&self.inner.changes_in_flight);
+        let change = self.inner.raft.change_membership(changes, retain);
+        self.with_timeout(operation, change).await?.map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    /// Finishes a joint configuration that no change on this replica is driving any more (its call timed out, or
+    /// an earlier leader made it and lost its leadership before the second half) by proposing its last half, the
+    /// configuration it was heading for. Voters of the first half only stay as learners: an interrupted removal may
+    /// have been answered as failed, and its node may be running again; `remove_node` takes learners out.
+    ///
+    /// Returns whether the configuration is uniform now: `false` while a change is still under way (its joint
+    /// configuration not yet committed, or a change on this replica driving it). Does nothing on a replica that does
+    /// not lead.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Timeout`] when the configuration could not be committed in time, and the errors of
+    /// [`MetaNode::change_membership`].
+    pub(crate) async fn finish_membership_change(&self) -> Result<bool, ClusterError> {
+        if self.ensure_leader().is_err() {
+            return Ok(false);
+        }
+        let (joint, target, committed) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            let stored = &metrics.membership_config;
+            let configs = stored.membership().get_joint_config();
+            (configs.len() > 1, configs.last().cloned().unwrap_or_default(), *stored.log_id() <= metrics.last_applied)
+        };
+        if !joint {
+            return Ok(true);
+        }
+        if !committed || self.inner.changes_in_flight.load(Ordering::SeqCst) > 0 {
+            return Ok(false);
+        }
+        tracing::info!(node_id = self.inner.node_id, voters = ?target, "finishing a membership change left half done");
+        let change = self.inner.raft.change_membership(ChangeMembers::ReplaceAllVoters(target), true);
+        match self.with_timeout("finish membership change", change).await? {
+            Ok(_) => Ok(true),
+            // Another change got there first; it carries the configuration on.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Waits, within the request timeout, until the configuration is uniform, finishing a joint configuration left
+    /// half done; on the leader only.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::MembershipChangeInProgress`] when a change is still under way at the deadline, and the errors
+    /// of [`MetaNode::finish_membership_change`].
+    async fn settle_membership(&self) -> Result<(), ClusterError> {
+        self.ensure_leader()?;
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        loop {
+            if self.finish_membership_change().await? {
+                return Ok(());
+            }
+            // Leadership lost meanwhile: the caller's request goes to the next leader.
+            self.ensure_leader()?;
+            if Instant::now() >= deadline {
+                return Err(ClusterError::MembershipChangeInProgress {
+                    detail: format!(
+                        "the membership change under way on node {} did not finish within {} ms",
+                        self.inner.node_id, self.inner.config.request_timeout_ms
+                    ),
+                });
+            }
+            let pause = Instant::now() + Duration::from_millis(self.inner.config.heartbeat_interval_ms);
+            tokio::time::sleep_until(pause.min(deadline)).await;
+        }
     }
 
     /// Adds a node to the cluster: registers it, adds it as a learner (waiting until it has caught up) and promotes
     /// it to voter while there are fewer voters than configured. Returns the cluster id and the node's role. Runs on
     /// the leader only.
     ///
-    /// Joining again with the same id and address (a restarted node) changes nothing and succeeds.
+    /// Joining again with the same id and address (a restarted node) changes nothing and succeeds. The answer is
+    /// given on a uniform configuration: a membership change under way is waited for, one left half done is
+    /// finished first, so a node whose removal hung half done is not told it is a voter just before it is dropped.
     ///
     /// # Errors
     ///
     /// [`ClusterError::JoinRefused`] for a node of another cluster or an id already used by another address;
-    /// [`ClusterError::NotLeader`] / [`ClusterError::LeaderUnknown`] on a replica that does not lead; the errors of
-    /// [`MetaNode::propose`] and [`MetaNode::add_learner`].
+    /// [`ClusterError::NotLeader`] / [`ClusterError::LeaderUnknown`] on a replica that does not lead;
+    /// [`ClusterError::MembershipChangeInProgress`] when a change under way does not finish within the request
+    /// timeout; the errors of [`MetaNode::propose`] and [`MetaNode::add_learner`].
     pub async fn join(&self, request: JoinRequest) -> Result<(String, NodeRole), ClusterError> {
         self.ensure_leader()?;
         let refused = |detail: String| Err(ClusterError::JoinRefused { detail });
@@ -130,6 +232,10 @@ impl MetaNode {
             ));
         }
         let node_id = request.node_id;
+        // Decide on the configuration the group settled on: in a joint configuration left by an interrupted removal
+        // of this very node, it would count as a voter, be told so, and then be dropped when the configuration moves
+        // on, still running and believing itself a member.
+        self.settle_membership().await?;
         let (cluster_id, record) =
             self.read_state(|s| (s.cluster_id().map(str::to_string), s.node(node_id).cloned())).await?;
         let Some(cluster_id) = cluster_id else {
@@ -187,7 +293,9 @@ impl MetaNode {
     }
 
     /// Promotes one caught-up learner to voter when the cluster has fewer voters than configured; returns the node
-    /// promoted. Does nothing on a replica that does not lead.
+    /// promoted. Does nothing on a replica that does not lead. First finishes a membership change left half done
+    /// (a joint configuration whose call ended before its second half), and promotes nobody while a change is under
+    /// way.
     ///
     /// A learner counts as caught up when the leader has replicated to it all but the last few entries; registered
     /// nodes marked down are never promoted.
@@ -197,6 +305,11 @@ impl MetaNode {
     /// The errors of [`MetaNode::change_membership`].
     pub async fn keep_voters(&self) -> Result<Option<u64>, ClusterError> {
         if self.ensure_leader().is_err() {
+            return Ok(None);
+        }
+        // The keeper runs on every leader, so a joint configuration left by a change that was cut short (by its
+        // timeout, or by a leader change between its two halves) is finished here, whoever made it.
+        if !self.finish_membership_change().await? {
             return Ok(None);
         }
         let (voters, nodes) = self.members();
@@ -221,14 +334,20 @@ impl MetaNode {
     }
 
     /// Removes a node from the metadata group (a voter or a learner) and marks it down in the registry; then
-    /// promotes a learner if the voters fell below the configured count. Runs on the leader only.
+    /// promotes a learner if the voters fell below the configured count. Runs on the leader only, from a uniform
+    /// configuration: a change under way is waited for, one left half done is finished first.
     ///
     /// # Errors
     ///
-    /// [`ClusterError::InvalidMembershipChange`] for a node that is not a member or is the last voter, and the
-    /// errors of [`MetaNode::change_membership`].
+    /// [`ClusterError::InvalidMembershipChange`] for a node that is not a member or is the last voter,
+    /// [`ClusterError::MembershipChangeInProgress`] when a change under way does not finish within the request
+    /// timeout, and the errors of [`MetaNode::change_membership`].
     pub async fn remove_node(&self, node_id: u64) -> Result<(), ClusterError> {
         self.ensure_leader()?;
+        // The removal runs with `retain = false`, which drops from the group every voter the new configuration
+        // leaves out: computed from a joint configuration left half done, it would drop that change's outgoing
+        // voters too, running or not.
+        self.settle_membership().await?;
         let invalid = |detail: String| Err(ClusterError::InvalidMembershipChange { detail });
         let (voters, nodes) = self.members();
         if !nodes.iter().any(|(id, _)| *id == node_id) {
@@ -244,17 +363,19 @@ impl MetaNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
-        let raft = &self.inner.raft;
-        self.with_timeout("remove node", raft.change_membership(change, false))
-            .await?
-            .map_err(|e| self.write_error(e))?;
-        if voters.contains(&node_id) {
-            // The voter was removed from the voting set; now drop it from the members too.
+        self.change_members("remove node", change, false).await?;
+        // Removing a voter with `retain = false` takes it out of the members too. A removal answered as done must
+        // leave no member behind, since a replacement with the same id and an empty disk would be taken for it: should
+        // the node still be a learner (a joint configuration finished with its voters kept), it is taken out as one.
+        if self.members().1.iter().any(|(id, _)| *id == node_id) {
             let change = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-            match self.with_timeout("remove node", raft.change_membership(change, false)).await? {
-                Ok(_) => {}
-                // This replica was the removed voter and no longer leads: the next leader finishes nothing more.
-                Err(e) => tracing::info!(node_id, error = %self.write_error(e), "removed voter left as learner"),
+            match self.change_members("remove node", change, false).await {
+                Ok(()) => {}
+                // This replica removed itself and no longer leads: the next leader finishes nothing more.
+                Err(e) if node_id == self.inner.node_id => {
+                    tracing::info!(node_id, error = %e, "removed voter left as learner");
+                }
+                Err(e) => return Err(e),
             }
         }
         tracing::info!(node_id, "node removed from the metadata group");
@@ -398,5 +519,21 @@ impl MetaNode {
         let leader = result?;
         tracing::info!(from = self.inner.node_id, to = leader, "leadership transferred");
         Ok(leader)
+    }
+}
+
+/// Counts a membership change in flight on this replica for as long as it lives, dropped call included.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::{
-    CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage, RemoveNodeRequest,
-    TransferLeaderRequest, TriggerSnapshotRequest,
+    CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage, NodeHeartbeatRequest,
+    RemoveNodeRequest, TransferLeaderRequest, TriggerSnapshotRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -201,6 +201,21 @@ impl ClusterClient {
         let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         client.campaign(CampaignRequest { after_ms }).await.map_err(|s| error_from_status(addr, &s))?;
         Ok(())
+    }
+
+    /// Tells the node at `addr`, the leader as far as the caller knows, that member `node_id` is alive. One attempt:
+    /// heartbeats repeat anyway, so a lost one is not resent.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::NotLeader`] when the called node does not lead; transport errors.
+    pub async fn heartbeat(&self, addr: &str, node_id: u64) -> Result<(), ClusterError> {
+        let mut client = self.connect(addr).await?;
+        let call = client.heartbeat(NodeHeartbeatRequest { node_id });
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(reply) => reply.map(|_| ()).map_err(|s| error_from_status(addr, &s)),
+            Err(_) => Err(ClusterError::Timeout { operation: "heartbeat", node_id, timeout_ms: 0 }),
+        }
     }
 
     /// Makes the node at `addr` build a snapshot now; returns the last index it includes.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use quiver_proto::v1::cluster_service_server::ClusterService;
 use quiver_proto::v1::{
     CampaignRequest, CampaignResponse, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage,
-    JoinResponse, MemberStatus as MemberMessage, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest,
-    TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    JoinResponse, MemberStatus as MemberMessage, NodeHeartbeatRequest, NodeHeartbeatResponse, RemoveNodeRequest,
+    RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -131,5 +131,14 @@ impl ClusterService for ClusterGrpcService {
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let snapshot_index = self.node.snapshot_now().await.map_err(|e| status_from_error(&e))?;
         Ok(Response::new(TriggerSnapshotResponse { snapshot_index }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<NodeHeartbeatRequest>,
+    ) -> Result<Response<NodeHeartbeatResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        self.node.record_heartbeat(node_id).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(NodeHeartbeatResponse {}))
     }
 }

@@ -19,13 +19,11 @@ pub enum MetaCommand {
         /// The cluster's id.
         cluster_id: String,
     },
-    /// Applies a catalog change. Creating a native table also creates its first shard on `shard_node`; dropping a
-    /// table removes its shards.
+    /// Applies a catalog change. Creating a native table also creates its shards, placed on the registered nodes
+    /// by the state machine (`state::placement`); dropping a table removes its shards.
     Catalog {
         /// The catalog change.
         command: CatalogCommand,
-        /// The registered node that holds the first shard of a created native table; ignored otherwise.
-        shard_node: Option<u64>,
     },
     /// Registers a node, or updates the addresses and role of a registered one (its state and heartbeat are kept).
     RegisterNode {
@@ -69,14 +67,21 @@ pub enum MetaCommand {
         /// The logical time of the heartbeat.
         at: u64,
     },
-    /// Replaces a shard's replica set and primary, bumping its configuration epoch.
+    /// Replaces a shard's configuration (replica set, in-sync set and primary), bumping its epoch.
     SetShardReplicas {
         /// The shard's id.
         shard_id: ShardId,
         /// The registered nodes holding a replica, without duplicates.
         replicas: Vec<u64>,
-        /// The primary; one of `replicas`.
+        /// The replicas in sync, a subset of `replicas` holding the primary; empty (as in commands written before
+        /// in-sync sets existed): all of `replicas`.
+        #[serde(default)]
+        in_sync: Vec<u64>,
+        /// The primary; one of `in_sync`.
         primary: u64,
+        /// Applies only while the shard is at this epoch (a compare-and-set); `None`: whatever its epoch.
+        #[serde(default)]
+        expected_epoch: Option<u64>,
     },
     /// Publishes a shard's new cold-tier manifest if the current one is still at `expected_version`.
     SetShardManifest {
@@ -99,12 +104,12 @@ pub enum MetaOutcome {
         /// The cluster's id.
         cluster_id: String,
     },
-    /// A table was created, with its first shard when native.
+    /// A table was created, with its shards when native.
     TableCreated {
         /// The new table.
         table: TableDef,
-        /// Its first shard.
-        shard: Option<ShardId>,
+        /// Its shards, in slot order (none for an external table).
+        shards: Vec<ShardId>,
     },
     /// A table and its shards were removed; their data must be deleted.
     TableDropped {

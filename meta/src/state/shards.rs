@@ -1,13 +1,16 @@
-//! The shard map: which nodes hold each table's shards, which replica is primary, and where each shard's cold-tier
-//! manifest is.
+//! The shard map: which slots each shard of a table owns, which nodes hold its replicas, which of those are in sync,
+//! which is primary, and where the shard's cold-tier manifest is (docs/rfcs/0001-cluster-data-path.md).
 //!
-//! Every change to a shard's replica set bumps its configuration `epoch`, so a node can refuse requests routed with
-//! an older configuration. Creating a native table creates its first shard; dropping the table removes its shards.
-//! The manifest pointer is updated by compare-and-set on its version, so two writers racing to publish a manifest
-//! cannot silently overwrite each other.
+//! Rows go to shards by a hash of their shard key over a fixed space of [`SLOT_COUNT`] slots; each shard owns a
+//! contiguous [`SlotRange`], so a shard can later split at a slot boundary without rehashing a row. Every change to a
+//! shard's configuration (replicas, in-sync set, primary) bumps its `epoch`, so a node can refuse requests routed
+//! with an older configuration. Creating a native table creates its shards; dropping the table removes them. The
+//! manifest pointer is updated by compare-and-set on its version, so two writers racing to publish a manifest cannot
+//! silently overwrite each other.
 
 use std::fmt;
 
+use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TableId;
@@ -20,6 +23,88 @@ impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }
+}
+
+/// The number of slots a table's key space is divided into. Fixed for the life of a cluster: a row's slot is part
+/// of where it is stored.
+pub const SLOT_COUNT: u32 = 4096;
+
+/// A contiguous range of slots, `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotRange {
+    /// The first slot of the range.
+    pub start: u32,
+    /// The slot after the last one.
+    pub end: u32,
+}
+
+impl SlotRange {
+    /// Returns the whole slot space.
+    pub const fn all() -> Self {
+        Self { start: 0, end: SLOT_COUNT }
+    }
+
+    /// Returns the range of shard `index` of `count` equal shards: `[index·N/count, (index+1)·N/count)` with `N` the
+    /// slot count, so the ranges of `count` shards cover every slot once.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `index < count <= SLOT_COUNT`; the catalog refuses other shard counts before any is placed.
+    pub fn of_shard(index: u32, count: u32) -> Self {
+        assert!(index < count && count <= SLOT_COUNT, "shard {index} of {count}");
+        let bound = |i: u32| (u64::from(i) * u64::from(SLOT_COUNT) / u64::from(count)) as u32;
+        Self { start: bound(index), end: bound(index + 1) }
+    }
+
+    /// Returns whether `slot` is in the range.
+    pub fn contains(&self, slot: u32) -> bool {
+        self.start <= slot && slot < self.end
+    }
+}
+
+impl Default for SlotRange {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl fmt::Display for SlotRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
+    }
+}
+
+/// Returns whether a column of this type can be part of a shard key: the types whose values have one fixed encoding
+/// for hashing (integers, floats, booleans, strings, binaries, dates, times, timestamps, decimals). Nested types,
+/// intervals and dictionaries cannot.
+pub fn is_shard_key_type(data_type: &DataType) -> bool {
+    use DataType as T;
+    matches!(
+        data_type,
+        T::Int8
+            | T::Int16
+            | T::Int32
+            | T::Int64
+            | T::UInt8
+            | T::UInt16
+            | T::UInt32
+            | T::UInt64
+            | T::Float32
+            | T::Float64
+            | T::Boolean
+            | T::Utf8
+            | T::LargeUtf8
+            | T::Utf8View
+            | T::Binary
+            | T::LargeBinary
+            | T::BinaryView
+            | T::Date32
+            | T::Date64
+            | T::Time32(_)
+            | T::Time64(_)
+            | T::Timestamp(_, _)
+            | T::Decimal128(_, _)
+    )
 }
 
 /// Where a shard's current cold-tier manifest is.
@@ -38,11 +123,18 @@ pub struct ShardRecord {
     pub shard_id: ShardId,
     /// The table the shard belongs to.
     pub table_id: TableId,
-    /// The nodes holding a replica, in placement order.
+    /// The slots whose rows this shard holds (shards of metadata written before slots existed own them all).
+    #[serde(default)]
+    pub slots: SlotRange,
+    /// The nodes holding a replica, in placement order, including replicas still catching up.
     pub replicas: Vec<u64>,
-    /// The replica that accepts writes; always one of `replicas`.
+    /// The replicas that have every acknowledged write of the shard: the primary and the backups it replicates to
+    /// before it acknowledges. A subset of `replicas`; always holds the primary.
+    #[serde(default)]
+    pub in_sync: Vec<u64>,
+    /// The replica that accepts writes; always one of `in_sync`.
     pub primary: u64,
-    /// The configuration epoch: 1 at creation, plus one for every change to `replicas` or `primary`.
+    /// The configuration epoch: 1 at creation, plus one for every change to `replicas`, `in_sync` or `primary`.
     pub epoch: u64,
     /// The current cold-tier manifest, `None` until the shard's data first reaches the cold tier.
     pub manifest: Option<ManifestPointer>,

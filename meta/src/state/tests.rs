@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use arrow_schema::DataType;
 
 use super::*;
-use crate::catalog::{ColumnDef, TableKind};
+use crate::catalog::{ColumnDef, Sharding, TableKind};
 use crate::error::ErrorKind;
 
 fn create(name: &str) -> CatalogCommand {
@@ -15,8 +15,17 @@ fn create(name: &str) -> CatalogCommand {
         primary_key: vec!["id".into()],
         kind: TableKind::Native,
         options: BTreeMap::new(),
+        sharding: Sharding::default(),
         if_not_exists: false,
     }
+}
+
+fn create_sharded(name: &str, shards: u32, replicas: u32) -> MetaCommand {
+    let mut command = create(name);
+    if let CatalogCommand::CreateTable { sharding, .. } = &mut command {
+        *sharding = Sharding { shards, replicas, shard_key: vec!["id".into()] };
+    }
+    MetaCommand::Catalog { command }
 }
 
 fn register(node_id: u64) -> MetaCommand {
@@ -29,8 +38,9 @@ fn register(node_id: u64) -> MetaCommand {
     }
 }
 
-fn create_on(name: &str, node: u64) -> MetaCommand {
-    MetaCommand::Catalog { command: create(name), shard_node: Some(node) }
+/// A table of one shard and one copy, placed on the least loaded node.
+fn create_one(name: &str) -> MetaCommand {
+    MetaCommand::Catalog { command: create(name) }
 }
 
 fn applied(state: &mut MetaState, command: MetaCommand) -> MetaOutcome {
@@ -41,16 +51,15 @@ fn applied(state: &mut MetaState, command: MetaCommand) -> MetaOutcome {
 fn create_table_places_first_shard_and_drop_removes_it() {
     let mut s = MetaState::new();
     applied(&mut s, register(1));
-    let MetaOutcome::TableCreated { table, shard: Some(shard_id) } = applied(&mut s, create_on("t", 1)) else {
-        panic!("not created with a shard")
+    let MetaOutcome::TableCreated { table, shards: created } = applied(&mut s, create_one("t")) else {
+        panic!("not created")
     };
+    let [shard_id] = created[..] else { panic!("one shard: {created:?}") };
     let shard = s.shard(shard_id).expect("shard exists");
     assert_eq!((shard.table_id, shard.replicas.clone(), shard.primary, shard.epoch), (table.id, vec![1], 1, 1));
+    assert_eq!((shard.in_sync.clone(), shard.slots), (vec![1], SlotRange::all()));
     assert_eq!(shard.manifest, None);
-    let drop = MetaCommand::Catalog {
-        command: CatalogCommand::DropTable { name: "t".into(), if_exists: false },
-        shard_node: None,
-    };
+    let drop = MetaCommand::Catalog { command: CatalogCommand::DropTable { name: "t".into(), if_exists: false } };
     let MetaOutcome::TableDropped { shards, .. } = applied(&mut s, drop) else { panic!("not dropped") };
     assert_eq!(shards, vec![shard_id]);
     assert_eq!(s.shards().count(), 0);
@@ -68,8 +77,74 @@ fn external_table_has_no_shard() {
             format: "csv".into(),
         };
     }
-    let outcome = applied(&mut s, MetaCommand::Catalog { command: cmd, shard_node: None });
-    assert!(matches!(outcome, MetaOutcome::TableCreated { shard: None, .. }), "{outcome:?}");
+    let outcome = applied(&mut s, MetaCommand::Catalog { command: cmd });
+    assert!(matches!(&outcome, MetaOutcome::TableCreated { shards, .. } if shards.is_empty()), "{outcome:?}");
+}
+
+#[test]
+fn a_sharded_table_covers_every_slot_once_with_replicas_spread_over_the_nodes() {
+    let mut s = MetaState::new();
+    for id in 1..=3 {
+        applied(&mut s, register(id));
+    }
+    let MetaOutcome::TableCreated { table, shards } = applied(&mut s, create_sharded("t", 6, 2)) else {
+        panic!("not created")
+    };
+    assert_eq!(table.sharding, Sharding { shards: 6, replicas: 2, shard_key: vec!["id".into()] });
+    assert_eq!(shards.len(), 6);
+    let records: Vec<&ShardRecord> = shards.iter().map(|id| s.shard(*id).expect("placed")).collect();
+    // The slot ranges are contiguous, in order, and cover the slot space.
+    let mut next = 0;
+    for r in &records {
+        assert_eq!(r.slots.start, next, "{:?}", r.slots);
+        assert!(r.slots.end > r.slots.start);
+        next = r.slots.end;
+        assert_eq!(r.replicas.len(), 2);
+        assert_ne!(r.replicas[0], r.replicas[1]);
+        assert_eq!((r.primary, r.in_sync.clone(), r.epoch), (r.replicas[0], r.replicas.clone(), 1));
+    }
+    assert_eq!(next, SLOT_COUNT);
+    for node in 1..=3 {
+        let primaries = records.iter().filter(|r| r.primary == node).count();
+        assert_eq!(primaries, 2, "node {node} leads two of six shards");
+    }
+    // Too many copies for the cluster: one per node, the table keeps its declared factor.
+    let MetaOutcome::TableCreated { table, shards } = applied(&mut s, create_sharded("u", 1, 5)) else {
+        panic!("not created")
+    };
+    assert_eq!((table.sharding.replicas, s.shard(shards[0]).map(|r| r.replicas.len())), (5, Some(3)));
+}
+
+#[test]
+fn shard_configuration_changes_are_compare_and_set_on_the_epoch() {
+    let mut s = MetaState::new();
+    applied(&mut s, register(1));
+    applied(&mut s, register(2));
+    let MetaOutcome::TableCreated { shards, .. } = applied(&mut s, create_sharded("t", 1, 2)) else { panic!() };
+    let shard_id = shards[0];
+    let primary = s.shard(shard_id).expect("shard").primary;
+    let backup = 3 - primary;
+    let drop_backup = |expected| MetaCommand::SetShardReplicas {
+        shard_id,
+        replicas: vec![primary, backup],
+        in_sync: vec![primary],
+        primary,
+        expected_epoch: Some(expected),
+    };
+    let MetaOutcome::ShardReplicasSet { epoch, .. } = applied(&mut s, drop_backup(1)) else { panic!() };
+    assert_eq!(epoch, 2);
+    assert_eq!(s.shard(shard_id).map(|r| r.in_sync.clone()), Some(vec![primary]));
+    // A deposed primary's change, based on the old epoch, is refused.
+    let stale = s.apply(drop_backup(1)).outcome.expect_err("stale epoch");
+    assert_eq!(stale, Rejection::ShardEpochConflict { shard_id, expected: 1, current: 2 });
+    let not_in_sync = MetaCommand::SetShardReplicas {
+        shard_id,
+        replicas: vec![primary, backup],
+        in_sync: vec![primary],
+        primary: backup,
+        expected_epoch: None,
+    };
+    assert_eq!(s.apply(not_in_sync).outcome.expect_err("primary must be in sync").kind(), ErrorKind::InvalidRequest);
 }
 
 #[test]
@@ -77,23 +152,25 @@ fn rejected_commands_change_nothing() {
     let mut s = MetaState::new();
     applied(&mut s, MetaCommand::Bootstrap { cluster_id: "c1".into() });
     applied(&mut s, register(1));
-    applied(&mut s, create_on("t", 1));
+    applied(&mut s, create_one("t"));
     let before = s.clone();
+    let set = |replicas: Vec<u64>, primary| MetaCommand::SetShardReplicas {
+        shard_id: ShardId(1),
+        replicas,
+        in_sync: vec![],
+        primary,
+        expected_epoch: None,
+    };
     let rejected = [
-        (create_on("t", 1), ErrorKind::AlreadyExists),
-        (create_on("u", 9), ErrorKind::NotFound),
-        (MetaCommand::Catalog { command: create("u"), shard_node: None }, ErrorKind::InvalidRequest),
+        (create_one("t"), ErrorKind::AlreadyExists),
+        (create_sharded("u", 0, 1), ErrorKind::InvalidRequest),
+        (create_sharded("u", SLOT_COUNT + 1, 1), ErrorKind::InvalidRequest),
+        (create_sharded("u", 2, 0), ErrorKind::InvalidRequest),
         (MetaCommand::Bootstrap { cluster_id: "other".into() }, ErrorKind::InvalidRequest),
         (MetaCommand::Heartbeat { node_id: 7, at: 5 }, ErrorKind::NotFound),
-        (
-            MetaCommand::SetShardReplicas { shard_id: ShardId(1), replicas: vec![1, 1], primary: 1 },
-            ErrorKind::InvalidRequest,
-        ),
-        (
-            MetaCommand::SetShardReplicas { shard_id: ShardId(1), replicas: vec![1], primary: 2 },
-            ErrorKind::InvalidRequest,
-        ),
-        (MetaCommand::SetShardReplicas { shard_id: ShardId(1), replicas: vec![1, 4], primary: 1 }, ErrorKind::NotFound),
+        (set(vec![1, 1], 1), ErrorKind::InvalidRequest),
+        (set(vec![1], 2), ErrorKind::InvalidRequest),
+        (set(vec![1, 4], 1), ErrorKind::NotFound),
         (
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
@@ -118,8 +195,12 @@ fn rejected_commands_change_nothing() {
         assert_eq!(response.version, before.version(), "a rejection reports the unchanged version");
         assert_eq!(s, before, "{command:?} changed the state");
     }
-    let err = s.apply(create_on("t", 1)).into_result().expect_err("exists");
+    let err = s.apply(create_one("t")).into_result().expect_err("exists");
     assert_eq!(err.to_string(), "table \"t\" already exists");
+    // With every node draining, a new table has nowhere to go.
+    applied(&mut s, MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Draining });
+    let err = s.apply(create_one("u")).into_result().expect_err("no node");
+    assert_eq!(err.to_string(), "no node can hold the shards of table \"u\": every registered node is draining");
 }
 
 #[test]
@@ -133,15 +214,9 @@ fn version_grows_by_one_per_change_only() {
         (MetaCommand::Heartbeat { node_id: 1, at: 9 }, false),
         (MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Serving }, true),
         (MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Serving }, false),
-        (create_on("a", 1), true),
-        (
-            MetaCommand::Catalog {
-                command: CatalogCommand::DropTable { name: "zz".into(), if_exists: true },
-                shard_node: None,
-            },
-            false,
-        ),
-        (create_on("a", 1), false),
+        (create_one("a"), true),
+        (MetaCommand::Catalog { command: CatalogCommand::DropTable { name: "zz".into(), if_exists: true } }, false),
+        (create_one("a"), false),
         (
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
@@ -151,7 +226,16 @@ fn version_grows_by_one_per_change_only() {
             true,
         ),
         (register(2), true),
-        (MetaCommand::SetShardReplicas { shard_id: ShardId(1), replicas: vec![1, 2], primary: 2 }, true),
+        (
+            MetaCommand::SetShardReplicas {
+                shard_id: ShardId(1),
+                replicas: vec![1, 2],
+                in_sync: vec![],
+                primary: 2,
+                expected_epoch: Some(1),
+            },
+            true,
+        ),
     ];
     for (command, changes) in commands {
         let response = s.apply(command.clone());
@@ -170,7 +254,7 @@ fn version_grows_by_one_per_change_only() {
 fn manifest_updates_are_compare_and_set() {
     let mut s = MetaState::new();
     applied(&mut s, register(1));
-    applied(&mut s, create_on("t", 1));
+    applied(&mut s, create_one("t"));
     let set = |expected, version| MetaCommand::SetShardManifest {
         shard_id: ShardId(1),
         expected_version: expected,
@@ -190,23 +274,21 @@ fn snapshot_round_trips_and_rejects_garbage() {
     applied(&mut s, MetaCommand::Bootstrap { cluster_id: "c1".into() });
     applied(&mut s, register(1));
     applied(&mut s, register(2));
-    applied(&mut s, create_on("a", 1));
-    applied(&mut s, create_on("b", 2));
+    applied(&mut s, create_one("a"));
+    applied(&mut s, create_one("b"));
     let back = MetaState::decode(&s.encode()).expect("decode");
     assert_eq!(back, s);
     assert_eq!(back.cluster_id(), Some("c1"));
     // Ids keep growing after a restore: the counters are part of the snapshot.
     let mut back = back;
-    let MetaOutcome::TableCreated { shard: Some(shard), .. } = applied(&mut back, create_on("c", 1)) else {
-        panic!("not created")
-    };
-    assert_eq!(shard, ShardId(3));
+    let MetaOutcome::TableCreated { shards, .. } = applied(&mut back, create_one("c")) else { panic!("not created") };
+    assert_eq!(shards, vec![ShardId(3)]);
     assert!(MetaState::decode(b"{\"cluster_id\": 7").is_err());
 }
 
 #[test]
 fn replaying_the_same_commands_gives_the_same_state() {
-    let commands = [register(1), register(2), create_on("a", 1), create_on("a", 2), create_on("b", 2)];
+    let commands = [register(1), register(2), create_one("a"), create_one("a"), create_sharded("b", 3, 2)];
     let run = || {
         let mut s = MetaState::new();
         let responses: Vec<MetaResponse> = commands.iter().cloned().map(|c| s.apply(c)).collect();

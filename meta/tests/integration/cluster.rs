@@ -30,6 +30,8 @@ pub(crate) fn test_config() -> MetaConfig {
         request_timeout_ms: 3_000,
         connect_timeout_ms: 300,
         voters: 3,
+        node_heartbeat_interval_ms: 100,
+        node_down_after_ms: 600,
     }
 }
 
@@ -127,7 +129,7 @@ pub(crate) fn register(id: u64, grpc_addr: &str) -> MetaCommand {
 }
 
 /// Returns a command that creates native table `name` with its shard on `node`.
-pub(crate) fn create_table(name: &str, node: u64) -> MetaCommand {
+pub(crate) fn create_table(name: &str) -> MetaCommand {
     MetaCommand::Catalog {
         command: CatalogCommand::CreateTable {
             name: name.into(),
@@ -138,9 +140,9 @@ pub(crate) fn create_table(name: &str, node: u64) -> MetaCommand {
             primary_key: vec!["id".into()],
             kind: TableKind::Native,
             options: BTreeMap::new(),
+            sharding: Default::default(),
             if_not_exists: false,
         },
-        shard_node: Some(node),
     }
 }
 

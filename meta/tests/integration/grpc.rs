@@ -32,8 +32,11 @@ async fn three_replicas_forward_proposals_and_agree() -> Result<()> {
     let mut subscription = all[2].subscribe();
     for (i, node) in all.iter().enumerate() {
         let name = format!("t{}", i + 1);
-        let outcome = node.propose(create_table(&name, node.node_id())).await?.into_result()?;
-        ensure!(matches!(outcome, MetaOutcome::TableCreated { shard: Some(_), .. }), "{name}: {outcome:?}");
+        let outcome = node.propose(create_table(&name)).await?.into_result()?;
+        ensure!(
+            matches!(&outcome, MetaOutcome::TableCreated { shards, .. } if shards.len() == 1),
+            "{name}: {outcome:?}"
+        );
     }
 
     tracing::info!("phase: every replica reads the same state, linearizably");
@@ -45,7 +48,7 @@ async fn three_replicas_forward_proposals_and_agree() -> Result<()> {
     subscription.wait_for(|v| *v == state.version()).await.context("subscription follows the applied version")?;
 
     tracing::info!("phase: a follower's linearizable read sees a write made through another follower");
-    all[1].propose(create_table("t4", 2)).await?.into_result()?;
+    all[1].propose(create_table("t4")).await?.into_result()?;
     let seen = all[2].read_state(|s| s.catalog().table("t4").is_some()).await?;
     assert!(seen, "read-your-writes across replicas");
 
@@ -62,7 +65,7 @@ async fn concurrent_conflicting_ddl_has_exactly_one_winner() -> Result<()> {
     let (a, b) = (&replicas[1].node, &replicas[2].node);
 
     tracing::info!("phase: two followers create the same table at once");
-    let (ra, rb) = tokio::join!(a.propose(create_table("dup", 2)), b.propose(create_table("dup", 3)));
+    let (ra, rb) = tokio::join!(a.propose(create_table("dup")), b.propose(create_table("dup")));
     let outcomes = [ra?.outcome, rb?.outcome];
     let created = outcomes.iter().filter(|o| matches!(o, Ok(MetaOutcome::TableCreated { .. }))).count();
     let refused: Vec<&Rejection> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
@@ -82,7 +85,7 @@ async fn concurrent_conflicting_ddl_has_exactly_one_winner() -> Result<()> {
 async fn leader_failover_keeps_accepting_proposals() -> Result<()> {
     init_tracing();
     let mut replicas = grpc_cluster(3, test_config()).await?;
-    replicas[0].node.propose(create_table("before", 1)).await?.into_result()?;
+    replicas[0].node.propose(create_table("before")).await?.into_result()?;
 
     tracing::info!("phase: stop the leader; the other two elect a new one");
     let old = replicas.remove(0);
@@ -94,7 +97,7 @@ async fn leader_failover_keeps_accepting_proposals() -> Result<()> {
 
     tracing::info!("phase: proposals continue on both survivors");
     for node in &survivors {
-        node.propose(create_table(&format!("after{}", node.node_id()), node.node_id())).await?.into_result()?;
+        node.propose(create_table(&format!("after{}", node.node_id()))).await?.into_result()?;
     }
     let state = agreed_state(&survivors).await?;
     assert_eq!(state.catalog().tables().count(), 3);
@@ -118,7 +121,7 @@ async fn restart_of_every_replica_keeps_state() -> Result<()> {
     init_tracing();
     let replicas = grpc_cluster(3, test_config()).await?;
     for i in 0..5 {
-        replicas[0].node.propose(create_table(&format!("t{i}"), 1 + i % 3)).await?.into_result()?;
+        replicas[0].node.propose(create_table(&format!("t{i}"))).await?.into_result()?;
     }
     let before = agreed_state(&nodes(&replicas)).await?;
 
@@ -138,7 +141,7 @@ async fn restart_of_every_replica_keeps_state() -> Result<()> {
     assert_eq!(after, before, "the restarted cluster has the same metadata");
 
     tracing::info!("phase: the restarted cluster accepts writes");
-    all[1].propose(create_table("later", 2)).await?.into_result()?;
+    all[1].propose(create_table("later")).await?.into_result()?;
     assert_eq!(agreed_state(&all).await?.version(), before.version() + 1);
     for replica in replicas {
         replica.stop().await?;
@@ -163,7 +166,7 @@ async fn lagging_replica_catches_up_by_snapshot() -> Result<()> {
     for at in 1..=60 {
         leader_node.propose(MetaCommand::Heartbeat { node_id: leader, at }).await?.into_result()?;
     }
-    leader_node.propose(create_table("late", leader)).await?.into_result()?;
+    leader_node.propose(create_table("late")).await?.into_result()?;
     let metrics = leader_node
         .raft()
         .wait(Some(ELECTION_WAIT))
@@ -206,7 +209,7 @@ async fn five_replicas_survive_two_failures() -> Result<()> {
     let survivors = nodes(&replicas);
     let new_leader = wait_leader(&survivors, ELECTION_WAIT).await?;
     assert_ne!(new_leader, leader);
-    survivors[2].propose(create_table("survivor", survivors[2].node_id())).await?.into_result()?;
+    survivors[2].propose(create_table("survivor")).await?.into_result()?;
     let state = agreed_state(&survivors).await?;
     assert!(state.catalog().table("survivor").is_some());
     for replica in replicas {

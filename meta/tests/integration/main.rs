@@ -5,5 +5,6 @@
 
 mod cluster;
 mod grpc;
+mod liveness;
 mod membership;
 mod partition;

@@ -88,14 +88,14 @@ async fn nodes_join_as_voters_up_to_the_target_and_bad_changes_are_refused() -> 
     }
     let state = replicas[0].node.read_state(|s| s.node(3).map(|n| n.state)).await?;
     assert_eq!(state, Some(NodeState::Down));
-    replicas[2].node.propose(create_table("after_replace", 4)).await?.into_result()?;
+    replicas[2].node.propose(create_table("after_replace")).await?.into_result()?;
 
     // Leadership moves to node 2 on request.
     let leader = client().transfer_leader(&replicas[2].addr.to_string(), 2).await?;
     assert_eq!(leader, 2);
     let nodes: Vec<_> = replicas.iter().map(|r| &r.node).collect();
     assert_eq!(wait_leader(&nodes, Duration::from_secs(5)).await?, 2);
-    replicas[0].node.propose(create_table("after_transfer", 1)).await?.into_result()?;
+    replicas[0].node.propose(create_table("after_transfer")).await?.into_result()?;
 
     // A snapshot on demand covers everything applied.
     let applied = replicas[2].node.metrics().borrow().last_applied.map(|l| l.index);
@@ -162,7 +162,7 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() -> Result<()> 
     // Nothing changed, and the replica still commits.
     assert_eq!(replica.node.read_state(|s| s.version()).await?, version);
     assert_eq!(replica.node.status().members.len(), 1);
-    replica.node.propose(create_table("still_works", 1)).await?.into_result()?;
+    replica.node.propose(create_table("still_works")).await?.into_result()?;
     replica.stop().await?;
     Ok(())
 }

@@ -37,15 +37,15 @@ async fn isolated_leader_cannot_commit_and_converges_after_heal() -> Result<()> 
     let nodes = router_cluster(&router, 3, config).await?;
     let all: Vec<&MetaNode> = nodes.iter().collect();
     assert_eq!(wait_leader(&all, Duration::from_secs(5)).await?, 1);
-    nodes[0].propose(create_table("before", 1)).await?.into_result()?;
+    nodes[0].propose(create_table("before")).await?.into_result()?;
 
     tracing::info!("phase: isolate the leader; the majority side elects a new leader and keeps committing");
     router.isolate(1);
     let majority = [&nodes[1], &nodes[2]];
-    let (lost, new_leader) = tokio::join!(nodes[0].propose(create_table("lost", 1)), async {
+    let (lost, new_leader) = tokio::join!(nodes[0].propose(create_table("lost")), async {
         let leader = wait_leader(&majority, Duration::from_secs(5)).await?;
         let node = majority.iter().find(|n| n.node_id() == leader).expect("leader is on the majority side");
-        node.propose(create_table("after", leader)).await?.into_result()?;
+        node.propose(create_table("after")).await?.into_result()?;
         anyhow::Ok(leader)
     });
     let new_leader = new_leader?;
@@ -81,7 +81,7 @@ async fn dropped_messages_are_retried_until_committed() -> Result<()> {
         // Followers on the router cannot forward, so each proposal goes to the current leader.
         let leader = wait_leader(&all, Duration::from_secs(5)).await?;
         router.drop_next(3);
-        nodes[(leader - 1) as usize].propose(create_table(&format!("t{i}"), leader)).await?.into_result()?;
+        nodes[(leader - 1) as usize].propose(create_table(&format!("t{i}"))).await?.into_result()?;
     }
     let leader = wait_leader(&all, Duration::from_secs(5)).await?;
     let state = converged_state(&all, &nodes[(leader - 1) as usize]).await?;

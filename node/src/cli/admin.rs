@@ -201,6 +201,26 @@ pub async fn gc(addr: &str, grace: Option<Duration>) -> Result<String> {
     ))
 }
 
+/// Returns the shard map as the node at `addr` has applied it: `system.shards`, as a table.
+///
+/// # Errors
+///
+/// The node cannot be reached or its answer cannot be decoded.
+pub async fn shards(addr: &str) -> Result<String> {
+    use quiver_proto::v1::ExecuteRequest;
+
+    let mut client = data_client(addr).await?;
+    let sql = "SELECT * FROM system.shards ORDER BY table_name, shard_id";
+    let reply = client
+        .execute(ExecuteRequest { sql: sql.to_string() })
+        .await
+        .map_err(|status| Error::Internal(format!("reading the shard map failed: {}", status.message())))?
+        .into_inner();
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(reply.arrow_ipc), None)?;
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+}
+
 /// A client of the data service of the node at `addr`.
 async fn data_client(
     addr: &str,

@@ -7,13 +7,19 @@
 //! | `tier_after` | a duration (`'1h'`, `'30m'`, `'7d'`) | the background tierer moves hot rows once they were written this long ago |
 //! | `ttl` | a duration, more than 0 | rows written longer ago than this are dropped, hot chunks and cold files alike (see [`super::retention`]) |
 //! | `sort_key` | column names, comma-separated (`'device, ts'`) | the order of the rows in the table's cold files, instead of the primary key; files written before a change keep their order until compaction or a rewrite writes them again |
+//! | `shards` | 1 to 4,096 | CREATE TABLE only: the number of shards (default `[cluster] shards_per_table`, or two per serving node) |
+//! | `replicas` | 1 to 7 | CREATE TABLE only: the copies kept of each shard (default `[cluster] replication_factor`, or 2 once the cluster has two serving nodes) |
+//! | `shard_key` | column names, comma-separated | CREATE TABLE only: the columns whose hash picks a row's shard (default the primary key) |
 //!
-//! `SET (key = DEFAULT)` removes an option.
+//! `SET (key = DEFAULT)` removes an option. The sharding options are not kept in the options map: they become the
+//! table's [`Sharding`], fixed at creation (docs/rfcs/0001-cluster-data-path.md).
 
 use std::collections::BTreeMap;
 
 use arrow::datatypes::Schema;
 use datafusion::sql::sqlparser::ast::{Expr, SqlOption, Value};
+
+use quiver_meta::{REPLICAS_MAX, SLOT_COUNT, Sharding};
 
 use crate::config::{ByteSize, Millis};
 use crate::error::{Error, Result};
@@ -29,6 +35,25 @@ pub(crate) const TTL: &str = "ttl";
 
 /// The columns a table's cold files are sorted by.
 pub(crate) const SORT_KEY: &str = "sort_key";
+
+/// The number of shards of a new table.
+pub(crate) const SHARDS: &str = "shards";
+
+/// The copies kept of each shard of a new table.
+pub(crate) const REPLICAS: &str = "replicas";
+
+/// The columns whose hash picks a row's shard.
+pub(crate) const SHARD_KEY: &str = "shard_key";
+
+/// What a new table's sharding is when its CREATE TABLE does not say (`[cluster] shards_per_table` and
+/// `replication_factor`; 0 means: decided by the cluster's size at creation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardingDefaults {
+    /// Shards per new table; 0: two per serving node.
+    pub shards_per_table: u32,
+    /// Copies of each shard; 0: 2 once the cluster has two serving nodes, else 1.
+    pub replication_factor: u32,
+}
 
 /// The changes `options` ask for (a `None` value removes the option), checked.
 ///
@@ -71,16 +96,110 @@ pub(crate) fn parse(options: &[SqlOption]) -> Result<BTreeMap<String, Option<Str
                     return Err(bad_value(&key, &format!("\"{t}\" is not a list of column names")));
                 }
             }
-            (HOT_BYTES_MAX | TIER_AFTER | TTL | SORT_KEY, None) => {}
+            (SHARDS, Some(t)) => {
+                number_in(&key, t, 1, SLOT_COUNT)?;
+            }
+            (REPLICAS, Some(t)) => {
+                number_in(&key, t, 1, REPLICAS_MAX)?;
+            }
+            (SHARD_KEY, Some(t)) => {
+                if names_of(t).iter().any(|n| n.is_empty()) {
+                    return Err(bad_value(&key, &format!("\"{t}\" is not a list of column names")));
+                }
+            }
+            (HOT_BYTES_MAX | TIER_AFTER | TTL | SORT_KEY | SHARDS | REPLICAS | SHARD_KEY, None) => {}
             _ => {
                 return Err(Error::Unsupported {
-                    what: format!("table option {key} (known: {HOT_BYTES_MAX}, {TIER_AFTER}, {TTL}, {SORT_KEY})"),
+                    what: format!(
+                        "table option {key} (known: {HOT_BYTES_MAX}, {TIER_AFTER}, {TTL}, {SORT_KEY}, {SHARDS}, \
+                         {REPLICAS}, {SHARD_KEY})"
+                    ),
                 });
             }
         }
         out.insert(key, text);
     }
     Ok(out)
+}
+
+/// Parses a whole number from `low` to `high` for option `key`.
+fn number_in(key: &str, text: &str, low: u32, high: u32) -> Result<u32> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (low..=high).contains(&n) => Ok(n),
+        _ => Err(bad_value(key, &format!("\"{text}\" is not a whole number from {low} to {high}"))),
+    }
+}
+
+/// Refuses changes to the options fixed at CREATE TABLE.
+///
+/// # Errors
+///
+/// [`Error::Unsupported`] naming the option.
+pub(crate) fn check_alterable(changes: &BTreeMap<String, Option<String>>) -> Result<()> {
+    match changes.keys().find(|k| matches!(k.as_str(), SHARDS | REPLICAS | SHARD_KEY)) {
+        Some(key) => Err(Error::Unsupported { what: format!("changing table option {key} after CREATE TABLE") }),
+        None => Ok(()),
+    }
+}
+
+/// Takes the sharding options out of a new table's `options` and resolves them with `defaults`: the shard key is
+/// checked against the table's columns (each a column of a type that hashes, named once), and defaults to the
+/// primary key; `serving_nodes` sizes the defaults left to the cluster.
+///
+/// # Errors
+///
+/// [`Error::Plan`] naming the option and the column at fault.
+pub(crate) fn take_sharding(
+    options: &mut BTreeMap<String, String>,
+    schema: &Schema,
+    primary_key: &[String],
+    defaults: ShardingDefaults,
+    serving_nodes: usize,
+) -> Result<Sharding> {
+    let nodes = serving_nodes.max(1) as u32;
+    let shards = match options.remove(SHARDS) {
+        Some(t) => number_in(SHARDS, &t, 1, SLOT_COUNT)?,
+        None if defaults.shards_per_table > 0 => defaults.shards_per_table.min(SLOT_COUNT),
+        None => (2 * nodes).min(SLOT_COUNT),
+    };
+    let replicas = match options.remove(REPLICAS) {
+        Some(t) => number_in(REPLICAS, &t, 1, REPLICAS_MAX)?,
+        None if defaults.replication_factor > 0 => defaults.replication_factor.min(REPLICAS_MAX),
+        None => nodes.min(2),
+    };
+    let shard_key = match options.remove(SHARD_KEY) {
+        None => primary_key.to_vec(),
+        Some(text) => {
+            let mut key: Vec<String> = Vec::new();
+            for name in names_of(&text) {
+                let Some(i) = column_index(schema, name) else {
+                    return Err(bad_value(SHARD_KEY, &format!("the table has no column \"{name}\"")));
+                };
+                let field = schema.field(i);
+                if !quiver_meta::is_shard_key_type(field.data_type()) {
+                    return Err(bad_value(
+                        SHARD_KEY,
+                        &format!(
+                            "column \"{name}\" is of type {}, which cannot be hashed to a shard",
+                            field.data_type()
+                        ),
+                    ));
+                }
+                if key.contains(field.name()) {
+                    return Err(bad_value(SHARD_KEY, &format!("column \"{name}\" is named twice")));
+                }
+                key.push(field.name().clone());
+            }
+            key
+        }
+    };
+    // A primary key with a column of a type that does not hash cannot be the default shard key: such a table's
+    // statements go whole to one shard, as for a table without keys. (Named shard keys were checked above.)
+    let hashes = shard_key
+        .iter()
+        .all(|k| schema.field_with_name(k).is_ok_and(|f| quiver_meta::is_shard_key_type(f.data_type())));
+    let shard_key = if hashes { shard_key } else { Vec::new() };
+    Ok(Sharding { shards, replicas, shard_key })
 }
 
 /// The names of a `sort_key` value, trimmed (an empty one where the list has a gap).
@@ -180,7 +299,7 @@ mod tests {
         let e = parse(&options_of("ALTER TABLE t SET (hot_bytes_max = 'lots')")).expect_err("bad size").to_string();
         assert!(e.contains("hot_bytes_max") && e.contains("lots"), "{e}");
         let e = parse(&options_of("CREATE TABLE t (x INT) WITH (colour = 'red')")).expect_err("unknown").to_string();
-        assert!(e.contains("colour") && e.contains("known: hot_bytes_max, tier_after, ttl, sort_key"), "{e}");
+        assert!(e.contains("colour") && e.contains("known: hot_bytes_max, tier_after, ttl, sort_key, shards"), "{e}");
         let parsed = parse(&options_of("CREATE TABLE t (x INT) WITH (tier_after = '1h', ttl = '30d')")).expect("ages");
         let stored: BTreeMap<String, String> = parsed.into_iter().map(|(k, v)| (k, v.expect("value"))).collect();
         assert_eq!((tier_after(&stored), ttl(&stored)), (Some(3_600_000), Some(30 * 86_400_000)));
@@ -188,6 +307,56 @@ mod tests {
         assert!(e.contains("tier_after") && e.contains("soon"), "{e}");
         let e = parse(&options_of("ALTER TABLE t SET (ttl = '0')")).expect_err("no ttl of 0").to_string();
         assert!(e.contains("ttl") && e.contains("more than 0"), "{e}");
+    }
+
+    #[test]
+    fn sharding_options_resolve_against_the_columns_and_the_cluster_size() {
+        use arrow::datatypes::{DataType, Field};
+        let schema = Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("tags", DataType::new_list(DataType::Utf8, true), true),
+        ]);
+        let stored = |sql: &str| -> BTreeMap<String, String> {
+            parse(&options_of(sql)).expect("parse").into_iter().map(|(k, v)| (k, v.expect("value"))).collect()
+        };
+        let pk = vec!["device".to_string()];
+        let auto = ShardingDefaults::default();
+        // Defaults from the cluster's size: two shards a node, two copies once there are two nodes.
+        let mut none = BTreeMap::new();
+        let one = take_sharding(&mut none, &schema, &pk, auto, 1).expect("defaults");
+        assert_eq!(one, Sharding { shards: 2, replicas: 1, shard_key: pk.clone() });
+        let three = take_sharding(&mut none, &schema, &pk, auto, 3).expect("defaults");
+        assert_eq!((three.shards, three.replicas), (6, 2));
+        let configured = ShardingDefaults { shards_per_table: 4, replication_factor: 3 };
+        let c = take_sharding(&mut none, &schema, &pk, configured, 3).expect("configured");
+        assert_eq!((c.shards, c.replicas), (4, 3));
+        // Named in the statement: taken out of the options map, names as the table spells them.
+        let mut given =
+            stored("CREATE TABLE t (x INT) WITH (shards = 8, replicas = '3', shard_key = 'TS, device', ttl = '1d')");
+        let s = take_sharding(&mut given, &schema, &pk, auto, 1).expect("given");
+        assert_eq!(s, Sharding { shards: 8, replicas: 3, shard_key: vec!["ts".into(), "device".into()] });
+        assert_eq!(given.keys().collect::<Vec<_>>(), vec!["ttl"], "only the tiering options stay options");
+        for (sql, says) in [
+            ("CREATE TABLE t (x INT) WITH (shards = 0)", "from 1 to 4096"),
+            ("CREATE TABLE t (x INT) WITH (replicas = 9)", "from 1 to 7"),
+            ("CREATE TABLE t (x INT) WITH (shards = 'many')", "\"many\""),
+        ] {
+            let e = parse(&options_of(sql)).expect_err(sql).to_string();
+            assert!(e.contains(says), "{sql}: {e}");
+        }
+        for (key, says) in [("nope", "no column \"nope\""), ("tags", "cannot be hashed"), ("ts, ts", "named twice")] {
+            let mut options = BTreeMap::from([(SHARD_KEY.to_string(), key.to_string())]);
+            let e = take_sharding(&mut options, &schema, &pk, auto, 1).expect_err(key).to_string();
+            assert!(e.contains(says), "{key}: {e}");
+        }
+        // A primary key that does not hash leaves the table without a shard key.
+        let s = take_sharding(&mut BTreeMap::new(), &schema, &["tags".to_string()], auto, 1).expect("pk");
+        assert!(s.shard_key.is_empty());
+        let alter = parse(&options_of("ALTER TABLE t SET (shards = 4)")).expect("parse");
+        let e = check_alterable(&alter).expect_err("fixed at creation").to_string();
+        assert!(e.contains("shards") && e.contains("after CREATE TABLE"), "{e}");
+        check_alterable(&parse(&options_of("ALTER TABLE t SET (ttl = '1d')")).expect("parse")).expect("ttl changes");
     }
 
     #[test]

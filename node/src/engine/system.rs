@@ -5,6 +5,9 @@
 //!   knows) the log index replicated to it and how far it lags.
 //! - `system.raft`: one row, this node's replica — cluster id, term, leader, last log / applied / snapshot index,
 //!   metadata version, voter and learner counts, and its snapshot counters.
+//! - `system.shards`: one row per shard of every native table, from the shard map — its slot range, primary,
+//!   replicas, in-sync replicas, configuration epoch, and `state`: `ok`, or `under-replicated` while fewer copies are
+//!   in sync than the table's replication factor.
 //!
 //! - `system.tier_files`: one row per cold-tier file that this node's scans read — table, shard, manifest version,
 //!   path under the cluster's prefix, node and hot store it came from, rows, bytes, the highest hot-chunk sequence
@@ -69,19 +72,27 @@ impl std::fmt::Debug for SystemSchema {
 enum SystemTable {
     Nodes,
     Raft,
+    Shards,
     TierFiles,
     Tiering,
     Queries,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 5] =
-        [SystemTable::Nodes, SystemTable::Raft, SystemTable::TierFiles, SystemTable::Tiering, SystemTable::Queries];
+    const ALL: [SystemTable; 6] = [
+        SystemTable::Nodes,
+        SystemTable::Raft,
+        SystemTable::Shards,
+        SystemTable::TierFiles,
+        SystemTable::Tiering,
+        SystemTable::Queries,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             SystemTable::Nodes => "nodes",
             SystemTable::Raft => "raft",
+            SystemTable::Shards => "shards",
             SystemTable::TierFiles => "tier_files",
             SystemTable::Tiering => "tiering",
             SystemTable::Queries => "queries",
@@ -119,6 +130,16 @@ impl SystemTable {
                 u64_field("snapshots_built", false),
                 u64_field("snapshots_installed", false),
                 u64_field("last_snapshot_bytes", false),
+            ],
+            SystemTable::Shards => vec![
+                text("table_name", false),
+                u64_field("shard_id", false),
+                text("slots", false),
+                u64_field("primary", false),
+                text("replicas", false),
+                text("in_sync", false),
+                u64_field("epoch", false),
+                text("state", false),
             ],
             SystemTable::TierFiles => vec![
                 text("table_name", false),
@@ -203,6 +224,7 @@ impl SystemTable {
                 }
                 rows.columns()
             }
+            SystemTable::Shards => meta.read_local(shard_columns),
             SystemTable::Nodes => {
                 let m = &status.members;
                 let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -242,6 +264,38 @@ impl SystemTable {
         };
         Ok(RecordBatch::try_new(self.schema(), columns)?)
     }
+}
+
+/// The columns of `system.shards`: every native table's shards, tables by name, shards in slot order.
+fn shard_columns(state: &quiver_meta::MetaState) -> Vec<ArrayRef> {
+    let list = |nodes: &[u64]| nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let (mut table, mut shard, mut slots, mut primary) = (vec![], vec![], vec![], vec![]);
+    let (mut replicas, mut in_sync, mut epoch, mut health) = (vec![], vec![], vec![], vec![]);
+    for def in state.catalog().tables() {
+        let mut shards: Vec<_> = state.table_shards(def.id).collect();
+        shards.sort_by_key(|r| r.slots);
+        for r in shards {
+            table.push(def.name.clone());
+            shard.push(r.shard_id.0);
+            slots.push(r.slots.to_string());
+            primary.push(r.primary);
+            replicas.push(list(&r.replicas));
+            in_sync.push(list(&r.in_sync));
+            epoch.push(r.epoch);
+            let full = r.in_sync.len() as u64 >= u64::from(def.sharding.replicas);
+            health.push(if full { "ok" } else { "under-replicated" });
+        }
+    }
+    vec![
+        Arc::new(StringArray::from(table)),
+        Arc::new(UInt64Array::from(shard)),
+        Arc::new(StringArray::from(slots)),
+        Arc::new(UInt64Array::from(primary)),
+        Arc::new(StringArray::from(replicas)),
+        Arc::new(StringArray::from(in_sync)),
+        Arc::new(UInt64Array::from(epoch)),
+        Arc::new(StringArray::from(health)),
+    ]
 }
 
 /// The rows of `system.tier_files`, column by column.

@@ -199,6 +199,34 @@ async fn three_server_processes_form_a_cluster_that_agrees_on_ddl_and_survives_i
     let described = nodes[2].psql_ok("\\d t1", Duration::from_secs(5)).await;
     assert!(described.contains("bigint") && described.contains("text"), "{described}");
 
+    // A sharded table: the metadata group places its shards, every node shows the same shard map.
+    let create = "CREATE TABLE sharded (id BIGINT PRIMARY KEY, v TEXT) WITH (shards = 6, replicas = 2)";
+    nodes[1].psql_ok(create, Duration::from_secs(5)).await;
+    let by_primary = "SELECT \"primary\", count(*) FROM system.shards WHERE table_name = 'sharded' AND state = 'ok' \
+                      AND replicas = in_sync AND replicas LIKE '%,%' GROUP BY \"primary\" ORDER BY \"primary\"";
+    let mut maps = Vec::new();
+    for node in &nodes {
+        node.wait_listed(&["sharded"]).await;
+        let map = node.psql_ok(by_primary, Duration::from_secs(5)).await;
+        let rows: Vec<(String, String)> = map
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(p, n)| (p.trim().to_string(), n.trim().to_string()))
+            .filter(|(p, _)| p.parse::<u64>().is_ok())
+            .collect();
+        let expected: Vec<(String, String)> = (1..=3).map(|p| (p.to_string(), "2".to_string())).collect();
+        assert_eq!(rows, expected, "node {}: two of six shards led by each node, two copies each:\n{map}", node.id);
+        maps.push(node.psql_ok("SELECT * FROM system.shards ORDER BY shard_id", Duration::from_secs(5)).await);
+    }
+    assert!(maps.iter().all(|m| *m == maps[0]), "every node shows the same shard map: {maps:?}");
+    let listed = admin(&["--connect", &grpc[2], "shards"]).await;
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(text.lines().filter(|l| l.contains("| sharded ")).count(), 6, "{text}");
+    let refused = nodes[0].psql("ALTER TABLE sharded SET (shards = 3)").await;
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("shards after CREATE TABLE"), "{message}");
+
     // Two nodes create the same table at once: exactly one wins, the other gets a clear error.
     let (a, b) = tokio::join!(nodes[1].psql("CREATE TABLE dup (x INT)"), nodes[2].psql("CREATE TABLE dup (x INT)"));
     let wins = [&a, &b].iter().filter(|o| o.status.success()).count();

@@ -367,6 +367,56 @@ async fn transaction_control_is_accepted_in_every_spelling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_sharded_by_their_options_or_the_defaults_and_keep_their_sharding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = open(dir.path()).await;
+        // A cluster of one: two shards a node, one copy.
+        db.sql("CREATE TABLE d (id BIGINT PRIMARY KEY, v TEXT)").await.expect("default sharding");
+        db.sql(
+            "CREATE TABLE s (device TEXT, ts BIGINT, v DOUBLE) WITH (shards = 4, replicas = 3, shard_key = 'device')",
+        )
+        .await
+        .expect("sharded");
+        let shards = pretty(
+            &rows(
+                &db,
+                "SELECT table_name, shard_id, slots, \"primary\", replicas, in_sync, epoch, state FROM system.shards",
+            )
+            .await,
+        );
+        for line in [
+            "| d          | 1        | 0..2048    | 1       | 1        | 1       | 1     | ok               |",
+            "| d          | 2        | 2048..4096 | 1       | 1        | 1       | 1     | ok               |",
+            "| s          | 3        | 0..1024    | 1       | 1        | 1       | 1     | under-replicated |",
+            "| s          | 6        | 3072..4096 | 1       | 1        | 1       | 1     | under-replicated |",
+        ] {
+            assert!(shards.contains(line), "{line} in\n{shards}");
+        }
+        assert_eq!(single_i64(&db, "SELECT count(*) FROM system.shards").await, 6);
+    }
+    // The sharding is part of the table's definition: it survives a restart, and it cannot change.
+    let db = open(dir.path()).await;
+    let def = db.engine().catalog().table("s").expect("s").clone();
+    assert_eq!(
+        (def.sharding.shards, def.sharding.replicas, def.sharding.shard_key),
+        (4, 3, vec!["device".to_string()])
+    );
+    assert!(def.options.is_empty(), "sharding options are not tiering options: {:?}", def.options);
+    let cases = [
+        ("ALTER TABLE s SET (replicas = 2)", "replicas after CREATE TABLE"),
+        ("CREATE TABLE x (id INT) WITH (shards = 0)", "from 1 to 4096"),
+        ("CREATE TABLE x (id INT) WITH (shard_key = 'nope')", "no column \"nope\""),
+        ("CREATE TABLE x (id INT, tags INT[]) WITH (shard_key = 'tags')", "cannot be hashed"),
+    ];
+    for (sql, says) in cases {
+        let err = db.query(sql).await.expect_err(sql);
+        assert!(err.report().contains(says), "{sql}: {}", err.report());
+    }
+    assert!(db.engine().catalog().table("x").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_tables_show_the_metadata_replica() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path()).await;
