@@ -62,6 +62,8 @@ struct Inner {
     changes_in_flight: AtomicUsize,
     /// When the members were last heard from, while this replica leads (`liveness`).
     liveness: liveness::Liveness,
+    /// Set while this replica must not vote: it started with an empty store and has not rejoined yet.
+    votes_held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -126,6 +128,7 @@ impl MetaNode {
             client,
             changes_in_flight: AtomicUsize::new(0),
             liveness: liveness::Liveness::default(),
+            votes_held: Arc::default(),
         });
         tokio::spawn(break_split_votes(Arc::downgrade(&inner)));
         tokio::spawn(liveness::send_heartbeats(Arc::downgrade(&inner)));
@@ -146,6 +149,18 @@ impl MetaNode {
     /// Returns the replica's settings.
     pub fn config(&self) -> &MetaConfig {
         &self.inner.config
+    }
+
+    /// Holds (`true`) or releases this replica's votes. A node that comes back under its id with an empty store
+    /// (its disk was lost) holds them until the cluster has added it anew: the votes it cast before are gone with
+    /// its disk, so answering a candidate of a term it already voted in could elect two leaders in that term.
+    pub fn hold_votes(&self, hold: bool) {
+        self.inner.votes_held.store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The flag [`MetaNode::hold_votes`] sets, for the Raft service.
+    pub(crate) fn votes_held(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.inner.votes_held)
     }
 
     /// Returns the Raft handle, to serve its RPCs or wait on its metrics.

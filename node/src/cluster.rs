@@ -167,6 +167,8 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
         flight_addr: options.flight_addr.clone(),
         pg_addr: options.pg_addr.clone(),
         cluster_id: mine.clone().or_else(|| options.cluster_id.clone()),
+        // A member that lost its disk comes back under its id with nothing: the cluster must add it anew.
+        empty_store: !initialized,
     };
     if let (Some(mine), Some(configured)) = (&mine, &options.cluster_id)
         && mine != configured
@@ -190,6 +192,9 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
             tracing::info!(node_id = options.node_id, cluster_id = ?mine, "resumed as a member of the cluster");
         }
         (false, false) => {
+            // Until the cluster has added this node anew, it must not vote: if it is a member that lost its disk,
+            // the votes it cast before are gone with it.
+            node.hold_votes(true);
             let deadline = tokio::time::Instant::now() + options.join_timeout;
             loop {
                 let mut last = None;
@@ -197,6 +202,7 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
                     match client.join(seed, &request).await {
                         Ok((cluster_id, role)) => {
                             tracing::info!(node_id = options.node_id, cluster_id, role, via = %seed, "joined the cluster");
+                            node.hold_votes(false);
                             return Ok(());
                         }
                         Err(e @ (ClusterError::JoinRefused { .. } | ClusterError::InvalidMembershipChange { .. })) => {

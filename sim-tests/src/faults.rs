@@ -91,6 +91,10 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
     let net = NetSim::current();
     let members = cluster.members();
     let mut faults = 0;
+    // Disk losses so far: one without the operator's removal comes only first, on a healthy group. A second loss
+    // before the first member is back in sync can destroy the last copy of the metadata log (two disks of three),
+    // which no replicated system survives; the removal of the other variant needs a quorum, which stops that.
+    let mut disks_lost = 0;
     while Instant::now() < until {
         sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
         let victim = pick(&members);
@@ -105,9 +109,21 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 cluster.restart(victim);
                 cluster.note(format!("restart {victim}"));
             }
+            2 if disks_lost == 0 && thread_rng().gen_bool(0.25) => {
+                disks_lost += 1;
+                // The machine is lost with its disk and an operator brings up a replacement with the same id,
+                // address and an empty disk without removing the old one first: the replacement joins with an empty
+                // store, holding its votes, and the cluster takes the member out and adds it anew.
+                cluster.kill(victim);
+                sleep(lasting).await;
+                cluster.replace_disk(victim);
+                cluster.note(format!("{victim} lost with its disk, replaced by an empty one without a removal"));
+                cluster.restart(victim);
+            }
             2 => {
                 // The machine is lost with its disk: an operator removes it through another member and brings up a
                 // replacement with the same id and address and an empty disk, which joins anew.
+                disks_lost += 1;
                 cluster.kill(victim);
                 let removed = cluster.remove(victim).await;
                 sleep(lasting).await;

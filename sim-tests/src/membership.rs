@@ -33,6 +33,7 @@ fn config() -> MetaConfig {
 
 fn join_request(id: u64) -> JoinRequest {
     JoinRequest {
+        empty_store: false,
         node_id: id,
         grpc_addr: addr(id),
         flight_addr: String::new(),

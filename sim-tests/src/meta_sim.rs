@@ -155,6 +155,7 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
         grpc_addr: addr.to_string(),
         flight_addr: String::new(),
         pg_addr: String::new(),
+        empty_store: fresh,
         cluster_id,
     };
     if fresh {
@@ -171,6 +172,9 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
             let serving = MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Serving };
             node.propose(serving).await.expect("the first node serves");
         } else {
+            // As `quiver server --join` does with an empty store: no vote until the cluster has added it (anew, when
+            // it is a member that lost its disk).
+            node.hold_votes(true);
             let request = join_request(None);
             let mut seed = 0;
             loop {
@@ -180,6 +184,7 @@ async fn run_replica(id: u64, replicas: u64, voters: usize, disks: Disks, live: 
                 }
                 sleep(Duration::from_millis(200)).await;
             }
+            node.hold_votes(false);
         }
     } else {
         // A restart on its disk confirms the membership through another replica, as `quiver server --join` does: a

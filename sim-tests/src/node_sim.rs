@@ -265,7 +265,10 @@ impl History {
 
     /// The appends of `table` on `node` whose rows a scan running from `invoked` to `completed` may see: not refused,
     /// begun before the scan ended, and not wiped by a disk loss before the scan began (a scan begun before a loss
-    /// may have read the node before it).
+    /// may have read the node before it). An append whose outcome the client never learned may take effect at any
+    /// time after it was sent, and it names its table: once the table was dropped and created again, it may land in
+    /// the new table (node seed 8600058: an append held up by a cut link took effect after a DROP and CREATE of its
+    /// table's name), so its incarnation's drop does not rule it out.
     fn candidates<'a>(
         &'a self,
         node: u64,
@@ -280,7 +283,7 @@ impl History {
                 && a.fate != Fate::Failed
                 && a.invoked <= completed
                 && !self.lost_between(node, a.invoked, invoked)
-                && !self.dropped_for(node, table, a.incarnation, invoked, settled)
+                && (a.fate == Fate::Uncertain || !self.dropped_for(node, table, a.incarnation, invoked, settled))
         })
     }
 

@@ -112,6 +112,13 @@ impl MetaNode {
     }
 }
 
+/// The replica, while it runs: `None` once its handles are all dropped or Raft has stopped, which ends the task.
+fn running(replica: &Weak<Inner>) -> Option<MetaNode> {
+    let inner = replica.upgrade()?;
+    let stopped = inner.raft.metrics().borrow().state == openraft::ServerState::Shutdown;
+    (!stopped).then_some(MetaNode { inner })
+}
+
 /// Sends this member's heartbeat to the leader every `node_heartbeat_interval`, for as long as the replica runs. The
 /// leader records its own directly.
 pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
@@ -123,11 +130,7 @@ pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
     };
     loop {
         tokio::time::sleep(interval).await;
-        let Some(inner) = replica.upgrade() else { return };
-        if inner.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
-            return;
-        }
-        let node = MetaNode { inner };
+        let Some(node) = running(&replica) else { return };
         let node_id = node.inner.node_id;
         match node.leader() {
             Some((leader, _)) if leader == node_id => {
@@ -151,11 +154,7 @@ pub(super) async fn detect_failures(replica: Weak<Inner>) {
     let Some(interval) = replica.upgrade().map(|r| r.config.node_heartbeat_interval()) else { return };
     loop {
         tokio::time::sleep(interval).await;
-        let Some(inner) = replica.upgrade() else { return };
-        if inner.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
-            return;
-        }
-        let node = MetaNode { inner };
+        let Some(node) = running(&replica) else { return };
         if let Err(e) = node.mark_silent_down().await {
             tracing::debug!(node_id = node.inner.node_id, error = %e, "marking silent nodes down failed");
         }

@@ -43,6 +43,8 @@ pub struct JoinRequest {
     pub pg_addr: String,
     /// The cluster it already belongs to (or was configured with); `None` for a fresh node.
     pub cluster_id: Option<String>,
+    /// Whether it starts with no metadata at all (a new node, or a member that lost its disk).
+    pub empty_store: bool,
 }
 
 /// One member of the metadata group, as a node sees it.
@@ -260,6 +262,17 @@ impl MetaNode {
                 request.grpc_addr
             ));
         }
+        // A member joining with an empty store that leads already was brought up to date and elected by the others
+        // meanwhile (it held its votes, not its candidacy): the group counts what it really holds. Any other is
+        // taken out and added anew.
+        let member = match member {
+            Some(_) if request.empty_store && node_id != self.inner.node_id => {
+                self.forget_member(node_id, voters.contains(&node_id)).await?;
+                None
+            }
+            member => member,
+        };
+        let (voters, _) = self.members();
         let role = if voters.contains(&node_id) { NodeRole::Voter } else { NodeRole::Learner };
         let register = MetaCommand::RegisterNode {
             node_id,
@@ -290,6 +303,49 @@ impl MetaNode {
             }
         };
         Ok((cluster_id, role))
+    }
+
+    /// Takes member `node_id`, which is joining again with an empty store (it lost its disk), out of the group, so
+    /// that it can be added again as a new learner.
+    ///
+    /// Counting it as the member it was would be unsafe: the leader's record of the entries it holds would be wrong
+    /// (a voter would count towards commit quorums for entries it no longer has, and openraft refuses a follower's
+    /// log going backwards), and its vote of the current term is gone.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`MetaNode::change_membership`].
+    async fn forget_member(&self, node_id: u64, voter: bool) -> Result<(), ClusterError> {
+        tracing::warn!(node_id, voter, "a member rejoins with an empty store; taking it out to add it anew");
+        self.take_out("rejoin with an empty store", node_id, voter).await
+    }
+
+    /// Takes `node_id` out of the group: out of the voters (when `voter`) and out of the members. A removal with
+    /// `retain = false` does both for a voter; should the node still be a learner after it (a joint configuration
+    /// finished with its voters kept), it is taken out as one, since a replacement with the same id and an empty disk
+    /// would be taken for it. A replica that took itself out and no longer leads leaves that second step to nobody.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`MetaNode::change_membership`].
+    async fn take_out(&self, operation: &'static str, node_id: u64, voter: bool) -> Result<(), ClusterError> {
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        self.change_members(operation, change, false).await?;
+        if self.members().1.iter().any(|(id, _)| *id == node_id) {
+            let change = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+            match self.change_members(operation, change, false).await {
+                Ok(()) => {}
+                Err(e) if node_id == self.inner.node_id => {
+                    tracing::info!(node_id, error = %e, "removed voter left as learner");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Promotes one caught-up learner to voter when the cluster has fewer voters than configured; returns the node
@@ -353,31 +409,14 @@ impl MetaNode {
         if !nodes.iter().any(|(id, _)| *id == node_id) {
             return invalid(format!("node {node_id} is not a member of the cluster"));
         }
-        let change = if voters.contains(&node_id) {
-            if voters.len() == 1 {
-                return invalid(format!(
-                    "node {node_id} is the last voter; a cluster cannot lose its last voter (add another node first)"
-                ));
-            }
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        };
-        self.change_members("remove node", change, false).await?;
-        // Removing a voter with `retain = false` takes it out of the members too. A removal answered as done must
-        // leave no member behind, since a replacement with the same id and an empty disk would be taken for it: should
-        // the node still be a learner (a joint configuration finished with its voters kept), it is taken out as one.
-        if self.members().1.iter().any(|(id, _)| *id == node_id) {
-            let change = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-            match self.change_members("remove node", change, false).await {
-                Ok(()) => {}
-                // This replica removed itself and no longer leads: the next leader finishes nothing more.
-                Err(e) if node_id == self.inner.node_id => {
-                    tracing::info!(node_id, error = %e, "removed voter left as learner");
-                }
-                Err(e) => return Err(e),
-            }
+        let voter = voters.contains(&node_id);
+        if voter && voters.len() == 1 {
+            return invalid(format!(
+                "node {node_id} is the last voter; a cluster cannot lose its last voter (add another node first)"
+            ));
         }
+        // A removal answered as done leaves no member behind (see `take_out`).
+        self.take_out("remove node", node_id, voter).await?;
         tracing::info!(node_id, "node removed from the metadata group");
         if self.read_local(|s| s.node(node_id).is_some()) {
             self.propose(MetaCommand::MarkRemoved { node_id }).await?;

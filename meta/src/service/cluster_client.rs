@@ -92,6 +92,7 @@ impl ClusterClient {
             flight_addr: request.flight_addr.clone(),
             pg_addr: request.pg_addr.clone(),
             cluster_id: request.cluster_id.clone(),
+            empty_store: request.empty_store,
         };
         let reply = self
             .on_leader(addr, |mut c| {

@@ -91,6 +91,7 @@ impl ClusterService for ClusterGrpcService {
             flight_addr: m.flight_addr,
             pg_addr: m.pg_addr,
             cluster_id: m.cluster_id,
+            empty_store: m.empty_store,
         };
         let (cluster_id, role) = self.node.join(request).await.map_err(|e| status_from_error(&e))?;
         Ok(Response::new(JoinResponse { cluster_id, role: role_name(role).to_string() }))

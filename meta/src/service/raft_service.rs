@@ -2,6 +2,9 @@
 //! local [`MetaRaft`] and encodes the answer; a Raft-level refusal travels in the reply body, so that the sender's
 //! [`GrpcNetwork`](crate::raft::GrpcNetwork) can tell it from a transport failure.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use openraft::raft::InstallSnapshotRequest;
 use quiver_proto::v1::raft_reply;
 use quiver_proto::v1::raft_service_server::RaftService;
@@ -19,12 +22,14 @@ use crate::service::status::status_from_error;
 #[derive(Clone)]
 pub struct RaftGrpcService {
     raft: MetaRaft,
+    /// Set while the replica must not vote (see [`MetaNode::hold_votes`](crate::MetaNode::hold_votes)).
+    votes_held: Arc<AtomicBool>,
 }
 
 impl RaftGrpcService {
-    /// Returns the service of the local replica `raft`.
-    pub fn new(raft: MetaRaft) -> Self {
-        Self { raft }
+    /// Returns the service of the local replica `raft`, which answers no vote request while `votes_held` is set.
+    pub fn new(raft: MetaRaft, votes_held: Arc<AtomicBool>) -> Self {
+        Self { raft, votes_held }
     }
 }
 
@@ -49,6 +54,10 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        if self.votes_held.load(Ordering::SeqCst) {
+            // As if unreachable: the candidate counts no vote from here, granted or refused.
+            return Err(Status::unavailable("this replica lost its store and votes again once it has rejoined"));
+        }
         let rpc = decode(&request.into_inner().payload, "vote request")?;
         Ok(reply(self.raft.vote(rpc).await))
     }

@@ -22,6 +22,7 @@ fn join_request(replica: &GrpcReplica, cluster_id: Option<&str>) -> JoinRequest 
         flight_addr: String::new(),
         pg_addr: String::new(),
         cluster_id: cluster_id.map(str::to_string),
+        empty_store: false,
     }
 }
 
@@ -103,6 +104,57 @@ async fn nodes_join_as_voters_up_to_the_target_and_bad_changes_are_refused() -> 
     ensure!(index >= applied, "snapshot {index:?} < applied {applied:?}");
     assert!(replicas[2].node.snapshot_stats().built >= 1);
 
+    for replica in replicas {
+        replica.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_back_with_an_empty_disk_is_added_anew_and_catches_up() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(GrpcReplica::start_fresh(id, config.clone()).await?);
+    }
+    let seed = replicas[0].addr.to_string();
+    replicas[0].node.bootstrap("c1").await?;
+    replicas[0].node.propose(register(1, &seed)).await?.into_result()?;
+    for replica in &replicas[1..] {
+        client().join(&seed, &join_request(replica, None)).await?;
+    }
+    assert_eq!(voters(&replicas[0]), BTreeSet::from([1, 2, 3]));
+    for i in 0..20 {
+        replicas[0].node.propose(create_table(&format!("before{i}"))).await?.into_result()?;
+    }
+
+    tracing::info!("phase: node 3 loses its disk and comes back under its id and address, as an operator would");
+    let membership_index = |r: &GrpcReplica| r.node.metrics().borrow().membership_config.log_id().map(|l| l.index);
+    let before = membership_index(&replicas[0]);
+    let lost = replicas.remove(2);
+    let (_, addr) = lost.stop().await?;
+    let back = GrpcReplica::restart(3, quiver_meta::MemMetaStore::new(), addr, config.clone()).await?;
+    let mut request = join_request(&back, None);
+    request.empty_store = true;
+    let (_, role) = client().join(&seed, &request).await?;
+    assert_eq!(role, "voter", "taken out, added as a learner and promoted again once caught up");
+    // Its old membership, which counted a copy of the log it no longer has, was replaced, not kept.
+    ensure!(membership_index(&replicas[0]) > before, "no membership change: {before:?}");
+    replicas.push(back);
+
+    tracing::info!("phase: it holds the whole log again and the cluster keeps committing");
+    replicas[1].node.propose(create_table("after")).await?.into_result()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tables = replicas[2].node.read_local(|s| s.catalog().tables().count());
+        if tables == 21 {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "node 3 has {tables} of 21 tables");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(voters(&replicas[0]), BTreeSet::from([1, 2, 3]));
     for replica in replicas {
         replica.stop().await?;
     }

@@ -92,7 +92,9 @@ pub fn render_status(s: &ClusterStatusResponse) -> String {
 ///
 /// The cluster refuses (the id is taken by another address) or cannot be reached.
 pub async fn add(addr: &str, node_id: u64, grpc_addr: String, flight_addr: String, pg_addr: String) -> Result<String> {
-    let request = quiver_meta::JoinRequest { node_id, grpc_addr, flight_addr, pg_addr, cluster_id: None };
+    // A node admitted ahead of its start is not a member yet: whether its store is empty changes nothing.
+    let request =
+        quiver_meta::JoinRequest { node_id, grpc_addr, flight_addr, pg_addr, cluster_id: None, empty_store: false };
     let (cluster_id, role) = client().join(addr, &request).await?;
     Ok(format!("node {node_id} admitted to cluster {cluster_id} as {role}"))
 }
