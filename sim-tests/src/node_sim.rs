@@ -785,9 +785,25 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             let query = client_host.spawn({
                 let table = table.clone();
                 async move {
-                    let ids = execute(node, format!("SELECT id FROM {table}")).await;
-                    let sums = execute(node, format!("SELECT count(*), sum(id), min(id), max(id) FROM {table}")).await;
-                    (ids, sums)
+                    // An append whose client gave up during the faults may still take effect now (its request
+                    // outlives the client's wait, node seed 8900114): the rows and the aggregates are compared once
+                    // two readings of the rows around the aggregates agree, so both describe one state.
+                    let mut tries = 0;
+                    loop {
+                        let ids = execute(node, format!("SELECT id FROM {table}")).await;
+                        let sums =
+                            execute(node, format!("SELECT count(*), sum(id), min(id), max(id) FROM {table}")).await;
+                        let again = execute(node, format!("SELECT id FROM {table}")).await;
+                        let settled = match (&ids, &again) {
+                            (Ok(a), Ok(b)) => int64s(a, 0) == int64s(b, 0),
+                            _ => true,
+                        };
+                        tries += 1;
+                        if settled || tries == 10 {
+                            break (ids, sums);
+                        }
+                        sleep(Duration::from_millis(500)).await;
+                    }
                 }
             });
             let (Ok(ids), Ok(sums)) = query.await.map_err(|e| format!("the final query task failed: {e}"))? else {
