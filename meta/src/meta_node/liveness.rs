@@ -66,8 +66,8 @@ impl MetaNode {
     ///
     /// # Errors
     ///
-    /// [`ClusterError::NotLeader`] or [`ClusterError::LeaderUnknown`] unless this replica leads, and the errors of
-    /// [`MetaNode::propose`] when the member must be marked serving.
+    /// [`ClusterError::NotLeader`] or [`ClusterError::LeaderUnknown`] unless this replica leads (also when it stops
+    /// leading before the member is marked serving), and [`ClusterError::Timeout`].
     pub async fn record_heartbeat(&self, node_id: u64) -> Result<(), ClusterError> {
         self.ensure_leader()?;
         let term = self.inner.raft.metrics().borrow().current_term;
@@ -77,8 +77,16 @@ impl MetaNode {
         let down = self.read_local(|s| s.node(node_id).is_some_and(|n| n.state == NodeState::Down));
         if member && down {
             tracing::info!(node_id, "node heard from again; marking it serving");
-            self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving }).await?;
+            self.set_state_as_leader(node_id, NodeState::Serving).await?;
         }
+        Ok(())
+    }
+
+    /// Records a liveness transition through this replica's own log only: a leader deposed meanwhile must not have
+    /// what it observed, now stale, applied by its successor (which forwarding would do).
+    async fn set_state_as_leader(&self, node_id: u64, state: NodeState) -> Result<(), ClusterError> {
+        let command = MetaCommand::UpdateNodeState { node_id, state };
+        self.with_timeout("record a node's state", self.propose_local(command)).await??;
         Ok(())
     }
 
@@ -104,7 +112,7 @@ impl MetaNode {
             let silent = now.saturating_duration_since(self.inner.liveness.last_heard(term, node_id, now));
             if silent > limit {
                 tracing::warn!(node_id, silent_ms = silent.as_millis() as u64, "node silent; marking it down");
-                self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Down }).await?;
+                self.set_state_as_leader(node_id, NodeState::Down).await?;
                 marked.push(node_id);
             }
         }
