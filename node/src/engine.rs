@@ -42,7 +42,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
 use quiver_meta::{
-    Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, TableDef, TableId, TableKind,
+    Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, ShardId, TableDef, TableId, TableKind,
 };
 
 pub use compact::CompactReport;
@@ -56,6 +56,7 @@ pub use tier::TierReport;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::query::provider::HotTableProvider;
+use crate::shard::ShardMap;
 #[cfg(not(madsim))]
 use crate::storage::RocksStore;
 use crate::storage::{Durability, HotStore, MemoryStore, RocksStoreOptions, WriteBatch};
@@ -424,14 +425,20 @@ impl Engine {
         options: EngineOptions,
         meta: MetaNode,
     ) -> Result<Arc<Engine>> {
-        check_format(&*store)?;
+        if check_format(&*store)? == keys::v2::FORMAT_VERSION {
+            let store = Arc::clone(&store);
+            let shards = meta.read_local(crate::table::upgrade::table_shards);
+            crate::blocking::run("rewrite the hot store to format 3", move || {
+                crate::table::upgrade::from_format_2(&*store, &shards)
+            })
+            .await??;
+        }
         let catalog = meta.read_local(|s| s.catalog().clone());
-        let (chunks_by_table, next_seq) = recover_chunks(&*store, &catalog)?;
+        let chunks_by_shard = recover_chunks(&*store, &catalog)?;
         let store_id = store_identity(&*store)?;
         let metrics = Arc::new(Metrics::default());
         let tables = Arc::new(TableStore::new(
             Arc::clone(&store),
-            next_seq,
             options.chunk_rows_target,
             options.durability,
             options.column_cache_bytes,
@@ -504,13 +511,17 @@ impl Engine {
             queries,
             sharding: options.sharding,
         };
-        let mut chunks_by_table = chunks_by_table;
+        let mut chunks_by_shard = chunks_by_shard;
         {
             let mut attached = engine.attached.lock().await;
             for def in catalog.tables() {
-                let chunks = chunks_by_table.remove(&def.id).unwrap_or_default();
-                engine.attach(def, chunks).await;
+                engine.attach(def, &mut chunks_by_shard).await;
                 attached.insert(def.name.clone(), def.id);
+            }
+            for ((table, shard), (chunks, _)) in &chunks_by_shard {
+                if !chunks.is_empty() {
+                    tracing::warn!(%table, %shard, chunks = chunks.len(), "hot chunks of a shard the table does not have are left unread");
+                }
             }
         }
         let engine = Arc::new(engine);
@@ -639,21 +650,25 @@ impl Engine {
         }
         for def in catalog.tables() {
             if attached.get(&def.name) != Some(&def.id) {
-                self.attach(def, Vec::new()).await;
+                self.attach(def, &mut HashMap::new()).await;
                 attached.insert(def.name.clone(), def.id);
             }
         }
         Ok(())
     }
 
-    /// Makes a table of the catalog queryable.
-    async fn attach(&self, def: &TableDef, chunks: Vec<(u64, chunk::ChunkMeta)>) {
+    /// Makes a table of the catalog queryable, taking its recovered chunks out of `recovered`.
+    async fn attach(&self, def: &TableDef, recovered: &mut RecoveredChunks) {
         match &def.kind {
-            TableKind::Native => {
-                let cold = self.cold_state_of(def).await;
-                let table = self.attach_native(def.clone(), chunks, cold);
-                self.remove_tiered_chunks(&table).await;
-            }
+            TableKind::Native => match self.attach_native(def, recovered).await {
+                Ok(table) => {
+                    for shard in table.shards() {
+                        self.remove_tiered_chunks(shard).await;
+                    }
+                }
+                // The metadata gives every native table a shard map; a table without one cannot be read or written.
+                Err(e) => tracing::error!(table = %def.name, error = %e.report(), "the table could not be attached"),
+            },
             // The node that created an external table registered it before proposing it.
             TableKind::External { .. } if self.registry.contains(&def.name) => {}
             TableKind::External { definition, .. } => {
@@ -673,25 +688,31 @@ impl Engine {
         let table = self.hot.write().expect("hot table map poisoned").remove(name);
         if let Some(table) = table {
             let mut batch = WriteBatch::new();
-            let [(index_start, index_end), _] = keys::table_ranges(id);
+            let [(index_start, index_end), _, (floor_start, floor_end)] = keys::table_ranges(id);
             batch.delete_range(index_start, index_end);
+            batch.delete_range(floor_start, floor_end);
             self.commit_blocking(batch).await?;
             table.retire_all();
         }
         Ok(())
     }
 
-    fn attach_native(
-        &self,
-        def: TableDef,
-        chunks: Vec<(u64, chunk::ChunkMeta)>,
-        cold: crate::cold::ColdState,
-    ) -> Arc<HotTable> {
-        let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), chunks));
-        table.set_cold(cold);
+    /// Attaches a native table as its shards' replicas on this node, each with its recovered chunks and the cold
+    /// view of its manifest. Every node holds a replica of every shard until rows move between nodes.
+    async fn attach_native(&self, def: &TableDef, recovered: &mut RecoveredChunks) -> Result<Arc<HotTable>> {
+        let map = self.meta.read_local(|state| ShardMap::of(state, def))?;
+        let mut shards = Vec::new();
+        for shard in map.shards() {
+            let (chunks, floor) = recovered.remove(&(def.id, shard)).unwrap_or_default();
+            let replica =
+                Arc::new(crate::table::ShardReplica::new(def.clone(), shard, Arc::clone(&self.tables), chunks, floor));
+            replica.set_cold(self.cold_state_of(&replica).await);
+            shards.push(replica);
+        }
+        let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), map, shards));
         self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table))));
         self.hot.write().expect("hot table map poisoned").insert(def.name.clone(), Arc::clone(&table));
-        table
+        Ok(table)
     }
 
     /// Returns the engine's metrics.
@@ -1395,14 +1416,17 @@ fn count_of(batches: Vec<RecordBatch>) -> Result<u64> {
     Ok(total)
 }
 
-fn check_format(store: &dyn HotStore) -> Result<()> {
+/// Checks the store's format, marking a new store with this build's; returns the format found.
+fn check_format(store: &dyn HotStore) -> Result<u32> {
     match store.get(keys::FORMAT_KEY)? {
         None => {
             let mut batch = WriteBatch::new();
             batch.put(keys::FORMAT_KEY.to_vec(), keys::FORMAT_VERSION.to_be_bytes().to_vec());
-            store.write(batch, Durability::Sync)
+            store.write(batch, Durability::Sync)?;
+            Ok(keys::FORMAT_VERSION)
         }
-        Some(v) if v == keys::FORMAT_VERSION.to_be_bytes() => Ok(()),
+        Some(v) if v == keys::FORMAT_VERSION.to_be_bytes() => Ok(keys::FORMAT_VERSION),
+        Some(v) if v == keys::v2::FORMAT_VERSION.to_be_bytes() => Ok(keys::v2::FORMAT_VERSION),
         Some(v) => Err(Error::Corrupt {
             location: "format marker".into(),
             detail: match <[u8; 4]>::try_from(v.as_slice()) {
@@ -1418,54 +1442,57 @@ fn check_format(store: &dyn HotStore) -> Result<()> {
     }
 }
 
-type RecoveredChunks = (HashMap<TableId, Vec<(u64, chunk::ChunkMeta)>>, u64);
+/// Each shard's committed chunks and sequence floor, by table and shard.
+type RecoveredChunks = HashMap<(TableId, ShardId), (Vec<(u64, chunk::ChunkMeta)>, u64)>;
 
-/// Loads every committed chunk's index entry and deletes chunk data that no index entry commits.
+/// Loads every committed chunk's index entry and each shard's sequence floor, and deletes chunk data that no index
+/// entry commits and the chunks of tables that are gone.
 fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredChunks> {
     let live: std::collections::HashSet<TableId> = catalog.tables().map(|t| t.id).collect();
-    let mut by_table: HashMap<TableId, Vec<(u64, chunk::ChunkMeta)>> = HashMap::new();
+    let mut by_shard: RecoveredChunks = HashMap::new();
     let mut committed = std::collections::HashSet::new();
-    let mut max_seq = 0u64;
     let mut garbage = WriteBatch::new();
+    let malformed = |key: &[u8], what: &str| Error::Corrupt {
+        location: format!("key {key:?}"),
+        detail: format!("malformed {what}"),
+    };
     let (start, end) = keys::all_index_range();
     for (key, value) in store.scan(&start, &end)? {
-        let Some((table, seq)) = keys::parse_chunk_key(&key) else {
-            return Err(Error::Corrupt {
-                location: format!("key {key:?}"),
-                detail: "malformed chunk index key".into(),
-            });
-        };
-        max_seq = max_seq.max(seq);
+        let id = keys::parse_chunk_key(&key).ok_or_else(|| malformed(&key, "chunk index key"))?;
+        if !live.contains(&id.table) {
+            garbage.delete(key);
+            continue;
+        }
+        let meta =
+            chunk::decode_meta(&value, || format!("table {} shard {} chunk {} index", id.table, id.shard, id.seq))?;
+        committed.insert(id);
+        by_shard.entry((id.table, id.shard)).or_default().0.push((id.seq, meta));
+    }
+    let (start, end) = keys::all_data_range();
+    for key in store.scan_keys(&start, &end)? {
+        let id = keys::parse_chunk_key(&key).ok_or_else(|| malformed(&key, "chunk data key"))?;
+        if !committed.contains(&id) {
+            garbage.delete(key);
+        }
+    }
+    let (start, end) = keys::all_floor_range();
+    for (key, value) in store.scan(&start, &end)? {
+        let (table, shard) = keys::parse_floor_key(&key).ok_or_else(|| malformed(&key, "sequence floor key"))?;
         if !live.contains(&table) {
             garbage.delete(key);
             continue;
         }
-        let meta = chunk::decode_meta(&value, || format!("table {table} chunk {seq} index"))?;
-        committed.insert((table, seq));
-        by_table.entry(table).or_default().push((seq, meta));
-    }
-    let (start, end) = keys::all_data_range();
-    for key in store.scan_keys(&start, &end)? {
-        let Some((table, seq)) = keys::parse_chunk_key(&key) else {
-            return Err(Error::Corrupt { location: format!("key {key:?}"), detail: "malformed chunk data key".into() });
-        };
-        max_seq = max_seq.max(seq);
-        if !committed.contains(&(table, seq)) {
-            garbage.delete(key);
-        }
+        let floor = u64::from_be_bytes(value.as_slice().try_into().map_err(|_| Error::Corrupt {
+            location: format!("sequence floor of table {table} shard {shard}"),
+            detail: format!("{} bytes where 8 were expected", value.len()),
+        })?);
+        by_shard.entry((table, shard)).or_default().1 = floor;
     }
     if !garbage.is_empty() {
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");
         store.write(garbage, Durability::Sync)?;
     }
-    let floor = match store.get(keys::NEXT_SEQ_KEY)? {
-        Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt {
-            location: "chunk sequence floor".into(),
-            detail: format!("{} bytes where 8 were expected", v.len()),
-        })?),
-        None => 0,
-    };
-    Ok((by_table, (max_seq + 1).max(floor)))
+    Ok(by_shard)
 }
 
 /// Returns the store's identity, choosing one the first time (see [`keys::STORE_ID_KEY`]).

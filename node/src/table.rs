@@ -1,10 +1,14 @@
-//! Hot tables: a table's rows as immutable columnar chunks in the [`HotStore`].
+//! Hot tables: a table's rows as immutable columnar chunks in the [`HotStore`], kept per shard.
 //!
 //! Key types:
 //!
-//! - [`HotTable`]: one native table. It holds the index entries of all its chunks in memory, in sequence order, as an
-//!   immutable list behind an `Arc` (a *version*). Readers take the current version and scan it without locks; writers
-//!   build a new version and swap it in after their write is durable.
+//! - [`HotTable`]: one native table on this node, the set of its shard replicas here. A statement's rows are split
+//!   by slot ([`ShardMap::split`]; a table without a shard key sends each statement whole to one shard, in turn) and
+//!   the chunks of every shard commit in one synced batch, published under a lock that scans take too: a statement
+//!   is atomic and durable across the table's shards on this node.
+//! - `ShardReplica`: one shard. It holds the index entries of all its chunks in memory, in sequence order, as an
+//!   immutable list behind an `Arc` (a *version*). Readers take the current version and scan it without locks;
+//!   writers build a new version and swap it in after their write is durable.
 //! - `Chunk`: one chunk, with its `ChunkMeta` (row count and per-column statistics for pruning).
 //! - `Appender`: an in-progress insert. It writes chunk data as rows arrive (not yet fsync'd, not yet visible) and
 //!   commits by writing every index entry in one fsync'd batch, so an insert is atomic and durable when it returns.
@@ -12,7 +16,7 @@
 //! Invariants:
 //!
 //! - Chunks are never modified. DELETE and UPDATE replace whole chunks: the new chunks' entries and the removal of the
-//!   old entries commit in one atomic batch, serialized per table by the DML lock.
+//!   old entries commit in one atomic batch, serialized per shard by the DML lock.
 //! - A retired chunk's data is deleted only after the last reader of a version holding it has finished (the chunk's
 //!   `Drop` queues it for the store's garbage list, which the next commit deletes). A scan therefore never misses data
 //!   that its version promised.
@@ -20,34 +24,31 @@
 pub(crate) mod cache;
 pub(crate) mod chunk;
 pub(crate) mod keys;
+mod replica;
+pub(crate) mod upgrade;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
-use quiver_meta::{TableDef, TableId};
+use quiver_meta::TableDef;
 
 pub(crate) use chunk::ChunkMeta;
 
 pub(crate) use self::cache::{ColumnCache, Source};
+pub(crate) use self::replica::{Chunk, ShardAppender, ShardReplica, Version};
 use crate::cold::ColdState;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::shard::ShardMap;
 use crate::storage::{Durability, HotStore, WriteBatch};
 
 /// Storage context shared by every table of an engine.
 #[derive(Debug)]
 pub(crate) struct TableStore {
     pub(crate) store: Arc<dyn HotStore>,
-    /// The next chunk sequence number; unique across all tables of the database.
-    next_seq: AtomicU64,
-    /// The first sequence number each insert in progress may use (a count per number): chunks of an insert get
-    /// their numbers when they are written, before the insert commits, so a chunk with a lower number than a
-    /// committed one may still appear. Tiering stays below all of these ([`TableStore::settled_below`]).
-    pinned: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Data keys of retired chunks that no reader needs any more, deleted by the next commit.
     garbage: Mutex<Vec<Vec<u8>>>,
     /// Rows per chunk that inserts aim for.
@@ -60,10 +61,9 @@ pub(crate) struct TableStore {
 }
 
 impl TableStore {
-    /// Returns a context whose sequence numbers start at `next_seq`.
+    /// Returns a context over `store`.
     pub(crate) fn new(
         store: Arc<dyn HotStore>,
-        next_seq: u64,
         chunk_rows_target: usize,
         durability: Durability,
         column_cache_bytes: usize,
@@ -72,38 +72,11 @@ impl TableStore {
         Self {
             cache: ColumnCache::new(column_cache_bytes),
             store,
-            next_seq: AtomicU64::new(next_seq),
-            pinned: Mutex::new(std::collections::BTreeMap::new()),
             garbage: Mutex::new(Vec::new()),
             chunk_rows_target: chunk_rows_target.max(1),
             durability,
             metrics,
         }
-    }
-
-    fn allocate_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The next sequence number not yet handed out (what recovery must not go below after chunks are removed).
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.next_seq.load(Ordering::Relaxed)
-    }
-
-    /// Reserves for an insert every sequence number from the next one on, until the returned pin is dropped.
-    fn pin(self: &Arc<Self>) -> SeqPin {
-        let mut pinned = self.pinned.lock().expect("pin lock poisoned");
-        let first = self.next_seq.load(Ordering::Relaxed);
-        *pinned.entry(first).or_insert(0) += 1;
-        SeqPin { tables: Arc::clone(self), first }
-    }
-
-    /// A sequence number below which no chunk can appear any more: every chunk numbered lower is committed (and in
-    /// its table's version once the caller reads it afterwards) or never will be. Read it before the version.
-    pub(crate) fn settled_below(&self) -> u64 {
-        let pinned = self.pinned.lock().expect("pin lock poisoned");
-        let next = self.next_seq.load(Ordering::Relaxed);
-        pinned.keys().next().copied().map_or(next, |first| first.min(next))
     }
 
     /// Queues data keys for deletion by the next commit.
@@ -133,102 +106,118 @@ impl TableStore {
     }
 }
 
-/// An insert's reservation of sequence numbers ([`TableStore::pin`]); released when dropped.
-#[derive(Debug)]
-struct SeqPin {
-    tables: Arc<TableStore>,
-    first: u64,
-}
-
-impl Drop for SeqPin {
-    fn drop(&mut self) {
-        let mut pinned = self.tables.pinned.lock().expect("pin lock poisoned");
-        if let Some(count) = pinned.get_mut(&self.first) {
-            *count -= 1;
-            if *count == 0 {
-                pinned.remove(&self.first);
+/// Reads one chunk of table `name`, keeping the columns in `projection`.
+fn read_chunk(
+    tables: &TableStore,
+    schema: &SchemaRef,
+    name: &str,
+    chunk: &Chunk,
+    projection: Option<&[usize]>,
+    projected_schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    if projection.is_some_and(|p| p.is_empty()) {
+        return Ok(RecordBatch::try_new_with_options(
+            Arc::clone(projected_schema),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
+        )?);
+    }
+    let columns: Vec<usize> = match projection {
+        Some(p) => p.to_vec(),
+        None => (0..schema.fields().len()).collect(),
+    };
+    let cache = &tables.cache;
+    let metrics = &tables.metrics;
+    let source = Source::Chunk(chunk.shard.0, chunk.seq);
+    let mut arrays: Vec<Option<ArrayRef>> = columns.iter().map(|c| cache.get(&source, *c, metrics)).collect();
+    let missing: Vec<usize> = columns.iter().zip(&arrays).filter(|(_, a)| a.is_none()).map(|(c, _)| *c).collect();
+    if !missing.is_empty() {
+        let location = || format!("table \"{name}\" shard {} chunk {}", chunk.shard, chunk.seq);
+        let bytes = tables
+            .store
+            .get(&chunk.data_key())?
+            .ok_or_else(|| Error::Corrupt { location: location(), detail: "chunk data is missing".into() })?;
+        metrics.hot_bytes_read.add(bytes.len() as u64);
+        let missing_schema = Arc::new(schema.project(&missing)?);
+        let decoded = chunk::decode_data(&bytes, Some(&missing), &missing_schema, location)?;
+        let mut decoded_columns = decoded.columns().iter();
+        for (slot, column) in arrays.iter_mut().zip(&columns) {
+            if slot.is_none() {
+                let array = decoded_columns.next().expect("one decoded column per missing column").clone();
+                cache.insert(&source, *column, array.clone(), metrics);
+                *slot = Some(array);
             }
         }
     }
+    let arrays: Vec<ArrayRef> = arrays.into_iter().map(|a| a.expect("every column read or cached")).collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(projected_schema),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
+    )?)
 }
 
-/// One immutable chunk of a table.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    pub(crate) table: TableId,
-    pub(crate) seq: u64,
-    pub(crate) meta: ChunkMeta,
-    retired: AtomicBool,
-    tables: Arc<TableStore>,
-}
-
-impl Chunk {
-    fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+/// Checks a batch against table `def`'s schema and returns it carrying that schema (see [`HotTable::conform`]).
+fn conform(def: &TableDef, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let fields = schema.fields();
+    if batch.num_columns() != fields.len() {
+        return Err(Error::SchemaMismatch {
+            table: def.name.clone(),
+            detail: format!("expected {} columns, got {}", fields.len(), batch.num_columns()),
+        });
     }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire) {
-            self.tables.cache.remove_chunk(self.seq, self.meta.null_counts.len(), &self.tables.metrics);
-            self.tables.discard([keys::data_key(self.table, self.seq)]);
+    for (field, column) in fields.iter().zip(batch.columns()) {
+        if column.data_type() != field.data_type() {
+            return Err(Error::SchemaMismatch {
+                table: def.name.clone(),
+                detail: format!(
+                    "column \"{}\" has type {}, got {}",
+                    field.name(),
+                    field.data_type(),
+                    column.data_type()
+                ),
+            });
+        }
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(Error::NotNullViolation { table: def.name.clone(), column: field.name().clone() });
         }
     }
+    Ok(RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?)
 }
 
-/// The chunks of a table at one moment.
-pub(crate) type Version = Arc<Vec<Arc<Chunk>>>;
+/// One shard's replacement in a statement that changes several: the chunks it removes and the rows that replace
+/// them (see [`HotTable::replace_many`]).
+pub(crate) type ShardChange = (Arc<ShardReplica>, Vec<Arc<Chunk>>, Vec<RecordBatch>);
 
-/// A native table stored in the hot store.
+/// A native table on this node: its shard replicas here.
 #[derive(Debug)]
 pub struct HotTable {
     def: TableDef,
     schema: SchemaRef,
     tables: Arc<TableStore>,
-    version: RwLock<Version>,
-    /// What this node's scans read from the cold tier (`crate::cold`). Read after `version`; changed before it.
-    cold: RwLock<ColdState>,
-    /// Serializes DELETE, UPDATE and tiering of this table; inserts only add chunks and do not take it.
-    pub(crate) dml_lock: tokio::sync::Mutex<()>,
-    /// Serializes loads of the cold view after a failure (`Engine::reload_unavailable_cold`).
-    pub(crate) cold_lock: tokio::sync::Mutex<()>,
-    /// Why inserts are refused now (the cold tier cannot take rows past the write limit), if they are.
-    refusal: Mutex<Option<String>>,
+    map: ShardMap,
+    /// The replicas, in the order of the map's shards.
+    shards: Vec<Arc<ShardReplica>>,
+    /// Scans read every shard's version under the read side; a statement that commits to several shards publishes
+    /// their new versions under the write side, so that no scan sees part of it.
+    publish: RwLock<()>,
+    /// Where the next statement goes, for a table without a shard key.
+    next_whole: AtomicUsize,
 }
 
 impl HotTable {
-    /// Returns a table with the given committed chunks.
-    pub(crate) fn new(def: TableDef, tables: Arc<TableStore>, chunks: Vec<(u64, ChunkMeta)>) -> Self {
-        let schema = Arc::new(def.arrow_schema());
-        let mut list: Vec<Arc<Chunk>> = chunks
-            .into_iter()
-            .map(|(seq, meta)| {
-                Arc::new(Chunk {
-                    table: def.id,
-                    seq,
-                    meta,
-                    retired: AtomicBool::new(false),
-                    tables: Arc::clone(&tables),
-                })
-            })
-            .collect();
-        list.sort_by_key(|c| c.seq);
+    /// Returns the table made of `shards`, in the order of `map`'s shards.
+    pub(crate) fn new(def: TableDef, tables: Arc<TableStore>, map: ShardMap, shards: Vec<Arc<ShardReplica>>) -> Self {
+        debug_assert!(map.shards().eq(shards.iter().map(|s| s.shard_id())), "replicas in the map's order");
         Self {
+            schema: Arc::new(def.arrow_schema()),
             def,
-            schema,
             tables,
-            version: RwLock::new(Arc::new(list)),
-            cold: RwLock::new(ColdState::Ready(Arc::default())),
-            dml_lock: tokio::sync::Mutex::new(()),
-            cold_lock: tokio::sync::Mutex::new(()),
-            refusal: Mutex::new(None),
+            map,
+            shards,
+            publish: RwLock::new(()),
+            next_whole: AtomicUsize::new(0),
         }
-    }
-
-    /// Refuses inserts with "cold tier unavailable: `why`" from now on, or (`None`) lets them in again.
-    pub(crate) fn refuse_writes(&self, why: Option<String>) {
-        *self.refusal.lock().expect("refusal lock poisoned") = why;
     }
 
     /// Returns the table's definition.
@@ -241,90 +230,49 @@ impl HotTable {
         Arc::clone(&self.schema)
     }
 
-    /// Returns the current version: the chunks a reader starting now must see.
-    pub(crate) fn version(&self) -> Version {
-        Arc::clone(&self.version.read().expect("version lock poisoned"))
-    }
-
-    /// Returns what this node's scans read from the cold tier; read it after [`HotTable::version`].
-    pub(crate) fn cold(&self) -> ColdState {
-        self.cold.read().expect("cold lock poisoned").clone()
-    }
-
-    /// Installs a new cold view (before the hot chunks it covers are removed).
-    pub(crate) fn set_cold(&self, state: ColdState) {
-        *self.cold.write().expect("cold lock poisoned") = state;
-    }
-
-    /// Installs `view` unless the table already has a newer one: views only move forward, whoever installs them
-    /// (a tiering, or a statement catching up with another node's commit) and in whatever order.
-    pub(crate) fn advance_cold(&self, view: Arc<crate::cold::ColdView>) {
-        let mut current = self.cold.write().expect("cold lock poisoned");
-        if !matches!(&*current, ColdState::Ready(v) if v.version >= view.version) {
-            *current = ColdState::Ready(view);
-        }
-    }
-
-    /// Returns the rows in the table now.
+    /// Returns the hot rows of the table on this node now.
     pub fn row_count(&self) -> u64 {
-        self.version().iter().map(|c| c.meta.rows).sum()
+        self.shards.iter().map(|s| s.row_count()).sum()
     }
 
-    /// The decoded-column cache this table's scans share with every table of the engine (cold scans keep their
-    /// row groups' columns in it too), and the metrics it counts into.
-    pub(crate) fn column_cache(&self) -> (&ColumnCache, &Metrics) {
-        (&self.tables.cache, &self.tables.metrics)
+    /// Returns the number of the table's shards stored on this node.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
-    /// Reads one chunk, keeping the columns in `projection`.
+    /// Returns the table's shards by slot range.
+    #[cfg(test)]
+    pub(crate) fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// Returns the table's shard replicas on this node, in slot order.
+    pub(crate) fn shards(&self) -> &[Arc<ShardReplica>] {
+        &self.shards
+    }
+
+    /// Returns the replica of a table of one shard (for tests that look at its chunks).
+    #[cfg(test)]
+    pub(crate) fn only_shard(&self) -> &Arc<ShardReplica> {
+        assert_eq!(self.shards.len(), 1, "table \"{}\" has {} shards", self.def.name, self.shards.len());
+        &self.shards[0]
+    }
+
+    /// Returns each shard's version and cold state as of one moment: every statement is wholly in or wholly out.
+    pub(crate) fn snapshot(&self) -> Vec<(Arc<ShardReplica>, Version, ColdState)> {
+        let _published = self.publish.read().expect("publish lock poisoned");
+        // The version first, the cold view second (tiering installs the view before it drops hot chunks).
+        self.shards.iter().map(|s| (Arc::clone(s), s.version(), s.cold())).collect()
+    }
+
+    /// Reads one chunk of any of the table's shards, keeping the columns in `projection`.
     pub(crate) fn read_chunk(
         &self,
         chunk: &Chunk,
         projection: Option<&[usize]>,
         projected_schema: &SchemaRef,
     ) -> Result<RecordBatch> {
-        if projection.is_some_and(|p| p.is_empty()) {
-            return Ok(RecordBatch::try_new_with_options(
-                Arc::clone(projected_schema),
-                vec![],
-                &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
-            )?);
-        }
-        let columns: Vec<usize> = match projection {
-            Some(p) => p.to_vec(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
-        let cache = &self.tables.cache;
-        let metrics = &self.tables.metrics;
-        let mut arrays: Vec<Option<ArrayRef>> =
-            columns.iter().map(|c| cache.get(&Source::Chunk(chunk.seq), *c, metrics)).collect();
-        let missing: Vec<usize> = columns.iter().zip(&arrays).filter(|(_, a)| a.is_none()).map(|(c, _)| *c).collect();
-        if !missing.is_empty() {
-            let key = keys::data_key(chunk.table, chunk.seq);
-            let location = || format!("table \"{}\" chunk {}", self.def.name, chunk.seq);
-            let bytes = self
-                .tables
-                .store
-                .get(&key)?
-                .ok_or_else(|| Error::Corrupt { location: location(), detail: "chunk data is missing".into() })?;
-            metrics.hot_bytes_read.add(bytes.len() as u64);
-            let missing_schema = Arc::new(self.schema.project(&missing)?);
-            let decoded = chunk::decode_data(&bytes, Some(&missing), &missing_schema, location)?;
-            let mut decoded_columns = decoded.columns().iter();
-            for (slot, column) in arrays.iter_mut().zip(&columns) {
-                if slot.is_none() {
-                    let array = decoded_columns.next().expect("one decoded column per missing column").clone();
-                    cache.insert(&Source::Chunk(chunk.seq), *column, array.clone(), metrics);
-                    *slot = Some(array);
-                }
-            }
-        }
-        let arrays: Vec<ArrayRef> = arrays.into_iter().map(|a| a.expect("every column read or cached")).collect();
-        Ok(RecordBatch::try_new_with_options(
-            Arc::clone(projected_schema),
-            arrays,
-            &RecordBatchOptions::new().with_row_count(Some(chunk.meta.rows as usize)),
-        )?)
+        read_chunk(&self.tables, &self.schema, &self.def.name, chunk, projection, projected_schema)
     }
 
     /// Checks a batch against the table's schema and returns it carrying the table's schema.
@@ -334,30 +282,39 @@ impl HotTable {
     /// [`Error::SchemaMismatch`] when the column count or a column type differs; [`Error::NotNullViolation`] when a
     /// NOT NULL column holds a NULL.
     pub(crate) fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let fields = self.schema.fields();
-        if batch.num_columns() != fields.len() {
-            return Err(Error::SchemaMismatch {
-                table: self.def.name.clone(),
-                detail: format!("expected {} columns, got {}", fields.len(), batch.num_columns()),
-            });
+        conform(&self.def, &self.schema, batch)
+    }
+
+    /// Replaces chunks in several shards at once: for each, removes its chunks and adds its rows (already
+    /// conformed), all in one atomic, durable commit published as one. The caller holds every named shard's
+    /// [`ShardReplica::dml_lock`].
+    pub(crate) fn replace_many(&self, changes: Vec<ShardChange>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        let mut staged = Vec::with_capacity(changes.len());
+        for (replica, removed, added) in changes {
+            let new_chunks = replica.stage_replace(&removed, added, &mut batch)?;
+            staged.push((replica, removed, new_chunks));
         }
-        for (field, column) in fields.iter().zip(batch.columns()) {
-            if column.data_type() != field.data_type() {
-                return Err(Error::SchemaMismatch {
-                    table: self.def.name.clone(),
-                    detail: format!(
-                        "column \"{}\" has type {}, got {}",
-                        field.name(),
-                        field.data_type(),
-                        column.data_type()
-                    ),
-                });
-            }
-            if !field.is_nullable() && column.null_count() > 0 {
-                return Err(Error::NotNullViolation { table: self.def.name.clone(), column: field.name().clone() });
-            }
+        self.tables.commit(batch)?;
+        let _published = self.publish.write().expect("publish lock poisoned");
+        for (replica, removed, added) in staged {
+            replica.install(&removed, added);
         }
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec())?)
+        Ok(())
+    }
+
+    /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it.
+    pub(crate) fn retire_all(&self) {
+        for s in &self.shards {
+            s.retire_all();
+        }
+    }
+
+    /// Starts an insert.
+    pub(crate) fn appender(self: &Arc<Self>) -> Appender {
+        let whole =
+            if self.map.has_key() { 0 } else { self.next_whole.fetch_add(1, Ordering::Relaxed) % self.shards.len() };
+        Appender { table: Arc::clone(self), parts: (0..self.shards.len()).map(|_| None).collect(), whole, rows: 0 }
     }
 
     /// Inserts every batch of `stream` as one atomic, durable insert; returns the rows inserted.
@@ -380,7 +337,7 @@ impl HotTable {
         Error: From<E>,
     {
         use futures::StreamExt as _;
-        if let Some(detail) = self.refusal.lock().expect("refusal lock poisoned").clone() {
+        if let Some(detail) = self.shards.iter().find_map(|s| s.refusal()) {
             return Err(Error::ColdUnavailable { detail });
         }
         // The simulation has no blocking thread pool for the writer below: the appender runs inline, in this task.
@@ -443,87 +400,6 @@ impl HotTable {
             }
         }
     }
-
-    /// See [`TableStore::settled_below`].
-    pub(crate) fn settled_below(&self) -> u64 {
-        self.tables.settled_below()
-    }
-
-    /// Starts an insert.
-    pub(crate) fn appender(self: &Arc<Self>) -> Appender {
-        Appender {
-            table: Arc::clone(self),
-            pending: Vec::new(),
-            pending_rows: 0,
-            written: Vec::new(),
-            rows: 0,
-            pin: None,
-        }
-    }
-
-    /// Encodes `batch` as a new chunk written at `written_ms` and adds its data to `batch_out`; returns the chunk.
-    fn encode_chunk(&self, batch: &RecordBatch, written_ms: u64, out: &mut WriteBatch) -> Result<(u64, ChunkMeta)> {
-        let seq = self.tables.allocate_seq();
-        let data = chunk::encode_data(batch)?;
-        let meta = chunk::compute_meta(batch, data.len() as u64, written_ms);
-        out.put(keys::data_key(self.def.id, seq), data);
-        Ok((seq, meta))
-    }
-
-    fn make_chunk(&self, seq: u64, meta: ChunkMeta) -> Arc<Chunk> {
-        Arc::new(Chunk {
-            table: self.def.id,
-            seq,
-            meta,
-            retired: AtomicBool::new(false),
-            tables: Arc::clone(&self.tables),
-        })
-    }
-
-    /// Replaces chunks: removes `removed` and adds `added` (already conformed) in one atomic, durable commit.
-    ///
-    /// The caller holds [`HotTable::dml_lock`] and computed `added` from `removed`. The rows of `added` keep the
-    /// newest write time of the chunks they come from, so that a DELETE or UPDATE does not make rows younger for
-    /// `tier_after` and `ttl` than they were.
-    pub(crate) fn replace(&self, removed: &[Arc<Chunk>], added: Vec<RecordBatch>) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        let mut new_chunks = Vec::new();
-        let written_ms = removed.iter().map(|c| c.meta.written_ms).max().unwrap_or_else(crate::clock::unix_ms);
-        for b in split_rows(added, self.tables.chunk_rows_target)? {
-            let (seq, meta) = self.encode_chunk(&b, written_ms, &mut batch)?;
-            batch.put(keys::index_key(self.def.id, seq), chunk::encode_meta(&meta, &self.schema)?);
-            new_chunks.push(self.make_chunk(seq, meta));
-        }
-        for c in removed {
-            batch.delete(keys::index_key(self.def.id, c.seq));
-        }
-        if !removed.is_empty() {
-            // Removed chunks may have held the highest numbers; a restart must not hand them out again (the cold
-            // tier's mark says which numbers are tiered).
-            batch.put(keys::NEXT_SEQ_KEY.to_vec(), self.tables.next_seq().to_be_bytes().to_vec());
-        }
-        self.tables.commit(batch)?;
-        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
-        let mut guard = self.version.write().expect("version lock poisoned");
-        let mut list: Vec<Arc<Chunk>> = guard.iter().filter(|c| !gone.contains(&c.seq)).cloned().collect();
-        list.extend(new_chunks);
-        list.sort_by_key(|c| c.seq);
-        *guard = Arc::new(list);
-        drop(guard);
-        for c in removed {
-            c.retire();
-        }
-        Ok(())
-    }
-
-    /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it.
-    pub(crate) fn retire_all(&self) {
-        let mut guard = self.version.write().expect("version lock poisoned");
-        for c in guard.iter() {
-            c.retire();
-        }
-        *guard = Arc::new(Vec::new());
-    }
 }
 
 /// Splits and coalesces batches into batches of about `target` rows.
@@ -562,13 +438,11 @@ fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
 #[derive(Debug)]
 pub(crate) struct Appender {
     table: Arc<HotTable>,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    /// Chunks whose data is written but not committed.
-    written: Vec<(u64, ChunkMeta)>,
+    /// Each shard's part, by the shard's position in the table, once it has rows.
+    parts: Vec<Option<ShardAppender>>,
+    /// The shard that takes every row, for a table without a shard key.
+    whole: usize,
     rows: u64,
-    /// Held from the first chunk written until the insert's chunks are visible or abandoned.
-    pin: Option<SeqPin>,
 }
 
 impl Appender {
@@ -583,37 +457,21 @@ impl Appender {
         }
         let batch = self.table.conform(batch)?;
         self.rows += batch.num_rows() as u64;
-        self.pending_rows += batch.num_rows();
-        self.pending.push(batch);
-        if self.pending_rows >= self.table.tables.chunk_rows_target {
-            self.flush(false)?;
+        if !self.table.map.has_key() {
+            return self.part(self.whole).push(batch);
+        }
+        for (shard, rows) in self.table.map.split(&batch)? {
+            let i = self.table.shards.iter().position(|s| s.shard_id() == shard).ok_or_else(|| {
+                Error::Internal(format!("table \"{}\" has no replica of shard {shard} here", self.table.def.name))
+            })?;
+            self.part(i).push(rows)?;
         }
         Ok(())
     }
 
-    /// Writes full chunks of the pending rows (all of them when `all`), unsynced and not yet visible.
-    fn flush(&mut self, all: bool) -> Result<()> {
-        let target = self.table.tables.chunk_rows_target;
-        let mut chunks = split_rows(std::mem::take(&mut self.pending), target)?;
-        self.pending_rows = 0;
-        if !all && chunks.last().is_some_and(|c| c.num_rows() < target) {
-            let rest = chunks.pop().expect("checked non-empty");
-            self.pending_rows = rest.num_rows();
-            self.pending.push(rest);
-        }
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        if self.pin.is_none() {
-            self.pin = Some(self.table.tables.pin());
-        }
-        let mut batch = WriteBatch::new();
-        for c in &chunks {
-            let (seq, meta) = self.table.encode_chunk(c, crate::clock::unix_ms(), &mut batch)?;
-            self.written.push((seq, meta));
-        }
-        self.table.tables.store.write(batch, Durability::Buffered)?;
-        Ok(())
+    fn part(&mut self, i: usize) -> &mut ShardAppender {
+        let shard = &self.table.shards[i];
+        self.parts[i].get_or_insert_with(|| shard.appender())
     }
 
     /// Commits the insert durably and makes its rows visible; returns the rows inserted.
@@ -622,40 +480,26 @@ impl Appender {
     ///
     /// Fails when the store fails; then no row of the insert is visible, now or after a restart.
     pub(crate) fn commit(mut self) -> Result<u64> {
-        self.flush(true)?;
-        let written = std::mem::take(&mut self.written);
-        if written.is_empty() {
+        let mut batch = WriteBatch::new();
+        for part in self.parts.iter_mut().flatten() {
+            part.stage(&mut batch)?;
+        }
+        if batch.is_empty() {
             return Ok(0);
         }
-        let table = Arc::clone(&self.table);
-        let mut batch = WriteBatch::new();
-        for (seq, meta) in &written {
-            batch.put(keys::index_key(table.def.id, *seq), chunk::encode_meta(meta, &table.schema)?);
+        // On failure the parts are dropped uncommitted: their data keys are queued for deletion.
+        self.table.tables.commit(batch)?;
+        let parts: Vec<ShardAppender> = self.parts.iter_mut().filter_map(Option::take).collect();
+        {
+            let _published = self.table.publish.write().expect("publish lock poisoned");
+            for part in parts {
+                part.install();
+            }
         }
-        if let Err(e) = table.tables.commit(batch) {
-            // The data keys stay orphaned; queue them so they do not linger until the next restart.
-            table.tables.discard(written.iter().map(|(seq, _)| keys::data_key(table.def.id, *seq)));
-            return Err(e);
-        }
-        let new_chunks: Vec<Arc<Chunk>> = written.into_iter().map(|(seq, meta)| table.make_chunk(seq, meta)).collect();
-        let mut guard = table.version.write().expect("version lock poisoned");
-        let mut list: Vec<Arc<Chunk>> = guard.iter().cloned().collect();
-        list.extend(new_chunks);
-        list.sort_by_key(|c| c.seq);
-        *guard = Arc::new(list);
-        drop(guard);
-        // Visible now: tiering may take these chunks.
-        self.pin = None;
-        table.tables.metrics.rows_ingested.add(self.rows);
+        self.table.tables.metrics.rows_ingested.add(self.rows);
         Ok(self.rows)
     }
 }
 
-impl Drop for Appender {
-    fn drop(&mut self) {
-        if !self.written.is_empty() {
-            let id = self.table.def.id;
-            self.table.tables.discard(self.written.drain(..).map(|(seq, _)| keys::data_key(id, seq)));
-        }
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -33,7 +33,7 @@ use super::Engine;
 use crate::cold::manifest::extreme;
 use crate::cold::{self, ColdFile, ColdState, ColumnStats, WrittenRange};
 use crate::error::{Error, Result};
-use crate::table::HotTable;
+use crate::table::ShardReplica;
 
 /// How often a compaction retries its commit when another node moved the manifest pointer meanwhile.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -72,19 +72,35 @@ impl Engine {
         self.see_acknowledged_ddl().await?;
         self.reload_unavailable_cold().await;
         let table = self.native_table(name)?;
+        let mut report = CompactReport::default();
+        for shard in table.shards() {
+            let r = self.compact_shard(shard, min_files).await?;
+            report.files_in += r.files_in;
+            report.files_out += r.files_out;
+            report.bytes_in += r.bytes_in;
+            report.bytes_out += r.bytes_out;
+            report.rows += r.rows;
+            report.manifest_version = report.manifest_version.max(r.manifest_version);
+        }
+        Ok(report)
+    }
+
+    /// Compacts one shard's small files on this node, when at least `min_files` of them are small.
+    pub(super) async fn compact_shard(&self, table: &Arc<ShardReplica>, min_files: usize) -> Result<CompactReport> {
+        let name = table.def().name.as_str();
         let _serialized = table.dml_lock.lock().await;
         if let ColdState::Unavailable(detail) = table.cold() {
             return Err(Error::ColdUnavailable { detail });
         }
         let target = self.cold.target_file_bytes();
-        let shard = self.shard_of(table.def())?;
+        let shard = self.shard_record(table)?;
         if target == 0 || shard.manifest.is_none() {
             return Ok(CompactReport::default());
         }
         let store = self.cold_store()?;
         for _ in 0..COMMIT_ATTEMPTS {
-            let (pointer, current) = self.shard_manifest(&table, &shard).await?;
-            self.adopt(&table, &current).await;
+            let (pointer, current) = self.shard_manifest(table, &shard).await?;
+            self.adopt(table, &current).await;
             let runs = runs_to_merge(&current.files, self.store_id, target, min_files);
             if runs.is_empty() {
                 return Ok(CompactReport { manifest_version: current.version, ..CompactReport::default() });
@@ -94,7 +110,7 @@ impl Engine {
             let mut report = CompactReport::default();
             let mut merged = Vec::with_capacity(runs.len());
             for run in &runs {
-                let file = self.merge(&store, &table, &shard, run).await?;
+                let file = self.merge(&store, table, &shard, run).await?;
                 report.files_in += run.len();
                 report.bytes_in += run.iter().map(|f| f.bytes).sum::<u64>();
                 report.rows += file.rows;
@@ -116,7 +132,7 @@ impl Engine {
                 });
             }
             if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
-                self.adopt(&table, &next).await;
+                self.adopt(table, &next).await;
                 report.manifest_version = next.version;
                 self.metrics.cold_files_compacted.add(report.files_in as u64);
                 tracing::info!(
@@ -138,7 +154,7 @@ impl Engine {
 
     /// Whether the background tierer should compact `table`: its cold view on this node has at least
     /// `cold.compact_min_files` small files.
-    pub(super) fn compaction_due(&self, table: &HotTable) -> bool {
+    pub(super) fn compaction_due(&self, table: &ShardReplica) -> bool {
         let target = self.cold.target_file_bytes();
         match table.cold() {
             ColdState::Ready(view) => {
@@ -153,7 +169,7 @@ impl Engine {
     async fn merge(
         &self,
         store: &Arc<dyn ObjectStore>,
-        table: &HotTable,
+        table: &ShardReplica,
         shard: &ShardRecord,
         run: &[&ColdFile],
     ) -> Result<ColdFile> {

@@ -172,7 +172,9 @@ mod tests {
 
     /// An engine in `dir` whose table t holds 1..=500 in two files: tiered when it held 1..=300, and again.
     async fn tiered_twice(dir: &std::path::Path) -> Arc<Engine> {
-        let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        // One shard per table: the tests count one shard's manifests and files.
+        let sharding = crate::engine::ShardingDefaults { shards_per_table: 1, ..Default::default() };
+        let options = EngineOptions { chunk_rows_target: 100, sharding, ..EngineOptions::default() };
         let engine: Arc<Engine> = Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open");
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         engine.execute_one("INSERT INTO t SELECT value FROM generate_series(1, 300)").await.expect("insert");

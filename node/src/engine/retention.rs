@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::Engine;
 use crate::cold::{self, ColdState};
 use crate::error::{Error, Result};
-use crate::table::Chunk;
+use crate::table::{Chunk, ShardReplica};
 
 /// What one application of retention dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,6 +42,20 @@ impl Engine {
     pub async fn expire(&self, name: &str, cutoff: u64) -> Result<ExpireReport> {
         self.see_acknowledged_ddl().await?;
         let table = self.native_table(name)?;
+        let mut report = ExpireReport::default();
+        for shard in table.shards() {
+            let r = self.expire_shard(shard, cutoff).await?;
+            report.chunks += r.chunks;
+            report.hot_rows += r.hot_rows;
+            report.files += r.files;
+            report.cold_rows += r.cold_rows;
+        }
+        Ok(report)
+    }
+
+    /// Drops one shard's rows on this node written before `cutoff`.
+    async fn expire_shard(&self, table: &Arc<ShardReplica>, cutoff: u64) -> Result<ExpireReport> {
+        let name = table.def().name.as_str();
         let _serialized = table.dml_lock.lock().await;
         let mut report = ExpireReport::default();
 
@@ -58,11 +72,11 @@ impl Engine {
         if !expired.is_empty() {
             report.chunks = expired.len();
             report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
-            let t = Arc::clone(&table);
+            let t = Arc::clone(table);
             crate::blocking::run("expire hot chunks", move || t.replace(&expired, Vec::new())).await??;
         }
 
-        let shard = self.shard_of(table.def())?;
+        let shard = self.shard_record(table)?;
         let Some(pointer) = &shard.manifest else {
             return Ok(report);
         };
@@ -74,8 +88,8 @@ impl Engine {
         }
         let store = self.cold_store()?;
         for _ in 0..COMMIT_ATTEMPTS {
-            let (pointer, current) = self.shard_manifest(&table, &shard).await?;
-            self.adopt(&table, &current).await;
+            let (pointer, current) = self.shard_manifest(table, &shard).await?;
+            self.adopt(table, &current).await;
             let gone: Vec<&cold::ColdFile> =
                 current.files.iter().filter(|f| f.store == self.store_id && expires(f, cutoff)).collect();
             if gone.is_empty() {
@@ -87,7 +101,7 @@ impl Engine {
             let mut next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
             let location = self.store_manifest(&store, &mut next).await?;
             if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
-                self.adopt(&table, &next).await;
+                self.adopt(table, &next).await;
                 (report.files, report.cold_rows) = (paths.len(), rows);
                 tracing::info!(table = name, files = paths.len(), rows, "expired cold files");
                 return Ok(report);

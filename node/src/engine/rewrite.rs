@@ -28,7 +28,7 @@ use crate::cold::{self, ColdFile, ColdState, Manifest, StatsBuilder, WrittenRang
 use crate::error::{Error, Result};
 use crate::query::cold::matching_files;
 use crate::query::dml::{self, Compiled, HotChange, RowChange};
-use crate::table::{Chunk, HotTable};
+use crate::table::{Chunk, HotTable, ShardReplica};
 
 /// How often a statement retries its manifest commit when another node moved the pointer meanwhile.
 const COMMIT_ATTEMPTS: usize = 8;
@@ -42,26 +42,111 @@ struct Rewritten {
 
 impl Engine {
     /// Applies a DELETE or UPDATE to table `table` on this node, hot and cold rows alike; returns the rows it
-    /// affected. Serialized with tiering, compaction and retention of the table.
+    /// affected. Serialized with tiering, compaction and retention of each of the table's shards.
+    ///
+    /// When no shard has cold files on this node, the statement changes every shard's hot chunks in one atomic,
+    /// durable commit, published as one. Otherwise it applies shard by shard, each shard whole; the statement is
+    /// then atomic per shard only (a crash between two shards' commits leaves the first changed).
     pub(super) async fn change_rows(
         &self,
         state: &dyn Session,
         table: &Arc<HotTable>,
         change: &RowChange,
     ) -> Result<u64> {
+        if let Some(assigned) = &change.assignments {
+            let def = table.def();
+            for (column, value) in def.columns.iter().zip(assigned) {
+                if value.is_some() && def.sharding.shard_key.contains(&column.name) {
+                    return Err(Error::Unsupported {
+                        what: format!(
+                            "UPDATE of column \"{}\" of table \"{}\": it is part of the shard key, and a changed key \
+                             would move rows between shards (DELETE the rows and INSERT them again)",
+                            column.name, def.name
+                        ),
+                    });
+                }
+            }
+        }
         let compiled = dml::compile(state, change)?;
-        let _serialized = table.dml_lock.lock().await;
+        let mut locks = Vec::with_capacity(table.shards().len());
+        for shard in table.shards() {
+            locks.push(shard.dml_lock.lock().await);
+        }
+        // Every shard's version and cold view as of one moment: an insert that spans shards is wholly in or out.
+        let mut shards = Vec::with_capacity(table.shards().len());
+        for (shard, version, cold) in table.snapshot() {
+            match cold {
+                ColdState::Ready(view) => shards.push((shard, version, view)),
+                ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+            }
+        }
+        if shards.iter().all(|(_, _, view)| view.files.is_empty()) {
+            let mut affected = 0;
+            let mut changes = Vec::new();
+            for (shard, version, view) in &shards {
+                let hot: Vec<Arc<Chunk>> = version.iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+                let change = dml::hot_change(state, shard, &compiled, &hot)?;
+                if change.changed.is_empty() {
+                    continue;
+                }
+                affected += change.affected;
+                let (removed, added): (Vec<Arc<Chunk>>, Vec<RecordBatch>) = change.changed.into_iter().unzip();
+                let added: Vec<RecordBatch> = added.into_iter().filter(|b| b.num_rows() > 0).collect();
+                changes.push((Arc::clone(shard), removed, added));
+            }
+            if !changes.is_empty() {
+                let t = Arc::clone(table);
+                crate::blocking::run("DML commit task", move || t.replace_many(changes)).await??;
+            }
+            return Ok(affected);
+        }
+        // Some shard has cold files: each shard commits on its own (its manifest, then its hot chunks). A failure
+        // after a shard changed rows must not invite a blind retry.
+        let mut affected = 0;
+        let mut changed_shards = Vec::new();
+        for (shard, _, _) in &shards {
+            match self.change_shard_rows(state, shard, &compiled).await {
+                Ok(n) => {
+                    affected += n;
+                    if n > 0 {
+                        changed_shards.push(shard.shard_id().to_string());
+                    }
+                }
+                Err(e) if changed_shards.is_empty() => return Err(e),
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "the statement on table \"{}\" was applied in part: shards {} of it changed {affected} rows \
+                         before shard {} failed ({}); check the table before running it again",
+                        table.def().name,
+                        changed_shards.join(", "),
+                        shard.shard_id(),
+                        e.report()
+                    )));
+                }
+            }
+        }
+        drop(locks);
+        Ok(affected)
+    }
+
+    /// [`Engine::change_rows`] on one shard; the caller holds the shard's DML lock.
+    async fn change_shard_rows(
+        &self,
+        state: &dyn Session,
+        table: &Arc<ShardReplica>,
+        compiled: &Compiled,
+    ) -> Result<u64> {
         let view = match table.cold() {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
         if view.files.is_empty() {
             let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
-            let change = dml::hot_change(state, table, &compiled, &hot)?;
+            let change = dml::hot_change(state, table, compiled, &hot)?;
             return dml::commit_hot(table, change).await;
         }
         // Work from the shard's current manifest: the files to rewrite and the mark must be the latest.
-        let shard = self.shard_of(table.def())?;
+        let shard = self.shard_record(table)?;
         let (_, current) = self.shard_manifest(table, &shard).await?;
         self.adopt(table, &current).await;
         let view = match table.cold() {
@@ -71,7 +156,7 @@ impl Engine {
         // Read before the version: every chunk numbered below it is in the version (see `settled_below`).
         let settled_below = table.settled_below();
         let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
-        let hot_change = dml::hot_change(state, table, &compiled, &hot)?;
+        let hot_change = dml::hot_change(state, table, compiled, &hot)?;
         let schema = table.schema();
         let candidates: Vec<ColdFile> =
             matching_files(state, &schema, &view, &compiled.prune)?.into_iter().cloned().collect();
@@ -79,7 +164,7 @@ impl Engine {
         let began = tokio::time::Instant::now();
         let (mut replaced, mut files, mut cold_affected) = (Vec::new(), Vec::new(), 0);
         for file in &candidates {
-            let rewritten = self.rewrite_file(&store, table, &shard, &compiled, file).await?;
+            let rewritten = self.rewrite_file(&store, table, &shard, compiled, file).await?;
             if rewritten.matched > 0 {
                 cold_affected += rewritten.matched;
                 replaced.push(file.path.clone());
@@ -162,7 +247,7 @@ impl Engine {
     async fn rewrite_file(
         &self,
         store: &Arc<dyn ObjectStore>,
-        table: &HotTable,
+        table: &ShardReplica,
         shard: &ShardRecord,
         change: &Compiled,
         file: &ColdFile,
@@ -208,7 +293,7 @@ impl Engine {
     async fn tier_changed(
         &self,
         store: &Arc<dyn ObjectStore>,
-        table: &HotTable,
+        table: &ShardReplica,
         shard: &ShardRecord,
         moved: &[Arc<Chunk>],
         change: &HotChange,
@@ -251,7 +336,7 @@ impl Engine {
     }
 
     /// A new data file's name for this node's store in `table`'s shard.
-    pub(super) fn new_file_path(&self, table: &HotTable, shard: &ShardRecord, max_seq: u64) -> Result<String> {
+    pub(super) fn new_file_path(&self, table: &ShardReplica, shard: &ShardRecord, max_seq: u64) -> Result<String> {
         Ok(Manifest::data_path(
             table.def().id.0,
             shard.shard_id.0,
@@ -265,7 +350,7 @@ impl Engine {
 
 /// A batch read from a cold file as rows of the table: its schema, checked (a file written under another schema is
 /// refused, not rewritten).
-pub(super) fn as_table_rows(table: &HotTable, batch: &RecordBatch) -> Result<RecordBatch> {
+pub(super) fn as_table_rows(table: &ShardReplica, batch: &RecordBatch) -> Result<RecordBatch> {
     RecordBatch::try_new(table.schema(), batch.columns().to_vec()).map_err(|e| Error::Corrupt {
         location: format!("table \"{}\" cold files", table.def().name),
         detail: format!("a file's columns do not match the table's: {e}"),

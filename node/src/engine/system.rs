@@ -40,7 +40,7 @@ use quiver_meta::{NodeRole, NodeState};
 
 use super::statements::{QueryLog, QueryRecord};
 use crate::cold::{ColdState, ColdView};
-use crate::table::HotTable;
+use crate::table::{HotTable, ShardReplica};
 
 /// The schema's name.
 pub const SYSTEM_SCHEMA: &str = "system";
@@ -140,6 +140,8 @@ impl SystemTable {
                 text("in_sync", false),
                 u64_field("epoch", false),
                 text("state", false),
+                u64_field("hot_rows", true),
+                u64_field("hot_bytes", true),
             ],
             SystemTable::TierFiles => vec![
                 text("table_name", false),
@@ -186,7 +188,6 @@ impl SystemTable {
         let status = meta.status();
         let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
         tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
-        let shard = |t: &HotTable| meta.read_local(|s| s.table_shards(t.def().id).next().map(|r| r.shard_id.0));
         let columns: Vec<ArrayRef> = match self {
             SystemTable::Queries => {
                 let q = queries.records();
@@ -210,21 +211,39 @@ impl SystemTable {
             }
             SystemTable::TierFiles => {
                 let mut rows = TierFileRows::default();
-                for t in &tables {
-                    if let ColdState::Ready(view) = t.cold() {
-                        rows.add(t, shard(t), &view);
+                for shard in tables.iter().flat_map(|t| t.shards()) {
+                    if let ColdState::Ready(view) = shard.cold() {
+                        rows.add(shard, Some(shard.shard_id().0), &view);
                     }
                 }
                 rows.columns()
             }
             SystemTable::Tiering => {
                 let mut rows = TieringRows::default();
-                for t in &tables {
-                    rows.add(t, shard(t));
+                for shard in tables.iter().flat_map(|t| t.shards()) {
+                    rows.add(shard, Some(shard.shard_id().0));
                 }
                 rows.columns()
             }
-            SystemTable::Shards => meta.read_local(shard_columns),
+            SystemTable::Shards => {
+                let local: HashMap<u64, (u64, u64)> = tables
+                    .iter()
+                    .flat_map(|t| t.shards())
+                    .map(|shard| {
+                        let chunks = shard.version();
+                        // Chunks the cold view covers are in cold files already (and about to be removed).
+                        let through = match shard.cold() {
+                            ColdState::Ready(view) => view.hot_through,
+                            ColdState::Unavailable(_) => 0,
+                        };
+                        let hot = chunks.iter().filter(|c| c.seq > through);
+                        let rows = hot.clone().map(|c| c.meta.rows).sum();
+                        let bytes = hot.map(|c| c.meta.data_bytes).sum();
+                        (shard.shard_id().0, (rows, bytes))
+                    })
+                    .collect();
+                meta.read_local(|state| shard_columns(state, &local))
+            }
             SystemTable::Nodes => {
                 let m = &status.members;
                 let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -266,11 +285,13 @@ impl SystemTable {
     }
 }
 
-/// The columns of `system.shards`: every native table's shards, tables by name, shards in slot order.
-fn shard_columns(state: &quiver_meta::MetaState) -> Vec<ArrayRef> {
+/// The columns of `system.shards`: every native table's shards, tables by name, shards in slot order, with the hot
+/// rows and bytes of this node's replica (`local`, by shard id; NULL where this node holds none).
+fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)>) -> Vec<ArrayRef> {
     let list = |nodes: &[u64]| nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let (mut table, mut shard, mut slots, mut primary) = (vec![], vec![], vec![], vec![]);
     let (mut replicas, mut in_sync, mut epoch, mut health) = (vec![], vec![], vec![], vec![]);
+    let (mut hot_rows, mut hot_bytes) = (vec![], vec![]);
     for def in state.catalog().tables() {
         let mut shards: Vec<_> = state.table_shards(def.id).collect();
         shards.sort_by_key(|r| r.slots);
@@ -284,6 +305,9 @@ fn shard_columns(state: &quiver_meta::MetaState) -> Vec<ArrayRef> {
             epoch.push(r.epoch);
             let full = r.in_sync.len() as u64 >= u64::from(def.sharding.replicas);
             health.push(if full { "ok" } else { "under-replicated" });
+            let here = local.get(&r.shard_id.0);
+            hot_rows.push(here.map(|h| h.0));
+            hot_bytes.push(here.map(|h| h.1));
         }
     }
     vec![
@@ -295,6 +319,8 @@ fn shard_columns(state: &quiver_meta::MetaState) -> Vec<ArrayRef> {
         Arc::new(StringArray::from(in_sync)),
         Arc::new(UInt64Array::from(epoch)),
         Arc::new(StringArray::from(health)),
+        Arc::new(UInt64Array::from(hot_rows)),
+        Arc::new(UInt64Array::from(hot_bytes)),
     ]
 }
 
@@ -316,7 +342,7 @@ struct TierFileRows {
 }
 
 impl TierFileRows {
-    fn add(&mut self, table: &HotTable, shard: Option<u64>, view: &ColdView) {
+    fn add(&mut self, table: &ShardReplica, shard: Option<u64>, view: &ColdView) {
         let def = table.def();
         let schema = table.schema();
         let key = def.primary_key.first().and_then(|k| schema.index_of(k).ok()).unwrap_or(0);
@@ -372,7 +398,7 @@ struct TieringRows {
 }
 
 impl TieringRows {
-    fn add(&mut self, table: &HotTable, shard: Option<u64>) {
+    fn add(&mut self, table: &ShardReplica, shard: Option<u64>) {
         let (view, state) = match table.cold() {
             ColdState::Ready(view) => (Some(view), "ready".to_string()),
             ColdState::Unavailable(why) => (None, format!("unavailable: {why}")),

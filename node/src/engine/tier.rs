@@ -5,17 +5,17 @@
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord, TableDef};
+use quiver_meta::{ManifestPointer, MetaCommand, Rejection, ShardRecord};
 
 use super::{Engine, options};
 
 use crate::cold::manifest::extreme;
 use crate::cold::{self, ColdFile, ColdState, ColdView, ColumnStats, Manifest, WrittenRange};
 use crate::error::{Error, Result};
-use crate::table::{Chunk, HotTable};
+use crate::table::{Chunk, HotTable, ShardReplica};
 
 /// What one tiering moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TierReport {
     /// Rows moved to the cold tier.
     pub rows: u64,
@@ -25,8 +25,19 @@ pub struct TierReport {
     pub files: usize,
     /// Bytes of the Parquet files written (0 when nothing was hot).
     pub bytes: u64,
-    /// The shard's manifest version after the commit.
+    /// The shard's manifest version after the commit (of a table of several shards: the highest of theirs).
     pub manifest_version: u64,
+}
+
+impl TierReport {
+    /// Adds what a tiering of another shard of the same table moved.
+    fn absorb(&mut self, other: &TierReport) {
+        self.rows += other.rows;
+        self.chunks += other.chunks;
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.manifest_version = self.manifest_version.max(other.manifest_version);
+    }
 }
 
 /// The longest a statement waits for another's load of a table's cold view.
@@ -60,26 +71,28 @@ impl Engine {
         Ok(store)
     }
 
-    pub(super) fn shard_of(&self, def: &TableDef) -> Result<ShardRecord> {
-        self.meta
-            .read_local(|s| s.table_shards(def.id).next().cloned())
-            .ok_or_else(|| Error::Internal(format!("table \"{}\" has no shard", def.name)))
+    /// The metadata's record of the shard `replica` holds.
+    pub(super) fn shard_record(&self, replica: &ShardReplica) -> Result<ShardRecord> {
+        self.meta.read_local(|s| s.shard(replica.shard_id()).cloned()).ok_or_else(|| {
+            Error::Internal(format!("table \"{}\" has no shard {}", replica.def().name, replica.shard_id()))
+        })
     }
 
-    /// The cold view of table `def` on this node, from its shard's current manifest. A store that cannot be read
-    /// gives [`ColdState::Unavailable`]: the table's scans fail, naming the problem, until a later load succeeds.
-    pub(crate) async fn cold_state_of(&self, def: &TableDef) -> ColdState {
-        match self.read_cold_view(def).await {
+    /// The cold view of a shard on this node, from the shard's current manifest. A store that cannot be read gives
+    /// [`ColdState::Unavailable`]: the table's scans fail, naming the problem, until a later load succeeds.
+    pub(crate) async fn cold_state_of(&self, replica: &ShardReplica) -> ColdState {
+        match self.read_cold_view(replica).await {
             Ok(view) => ColdState::Ready(Arc::new(view)),
             Err(e) => {
-                tracing::warn!(table = %def.name, error = %e.report(), "the cold tier of the table cannot be read");
+                let def = replica.def();
+                tracing::warn!(table = %def.name, shard = %replica.shard_id(), error = %e.report(), "the cold tier of the table cannot be read");
                 ColdState::Unavailable(e.report())
             }
         }
     }
 
-    async fn read_cold_view(&self, def: &TableDef) -> Result<ColdView> {
-        let Some(pointer) = self.shard_of(def)?.manifest else {
+    async fn read_cold_view(&self, replica: &ShardReplica) -> Result<ColdView> {
+        let Some(pointer) = self.shard_record(replica)?.manifest else {
             return Ok(ColdView::default());
         };
         Ok(ColdView::of(&self.manifest_at(&pointer.location).await?, self.store_id))
@@ -98,7 +111,7 @@ impl Engine {
 
     /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
     /// tiering's commit and their removal (scans skip them meanwhile).
-    pub(crate) async fn remove_tiered_chunks(&self, table: &Arc<HotTable>) {
+    pub(crate) async fn remove_tiered_chunks(&self, table: &Arc<ShardReplica>) {
         let ColdState::Ready(view) = table.cold() else { return };
         let covered: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq <= view.hot_through).cloned().collect();
         if covered.is_empty() {
@@ -114,8 +127,13 @@ impl Engine {
     }
 
     /// Every attached native table.
-    fn hot_tables(&self) -> Vec<Arc<HotTable>> {
+    pub(super) fn hot_tables(&self) -> Vec<Arc<HotTable>> {
         self.hot.read().expect("hot table map poisoned").values().cloned().collect()
+    }
+
+    /// Every shard replica of every attached native table.
+    fn replicas(&self) -> Vec<Arc<ShardReplica>> {
+        self.hot_tables().iter().flat_map(|t| t.shards().iter().cloned()).collect()
     }
 
     /// Retries loading the cold view of tables whose last load failed (the store was unreachable). Loads of one
@@ -124,7 +142,7 @@ impl Engine {
     /// failed after the store was back, because a stalled load from the outage landed last). A statement waits for a
     /// load in flight at most [`COLD_RELOAD_WAIT`], so that an outage of the store does not hold up statements.
     pub(crate) async fn reload_unavailable_cold(&self) {
-        for table in self.hot_tables() {
+        for table in self.replicas() {
             if !matches!(table.cold(), ColdState::Unavailable(_)) {
                 continue;
             }
@@ -132,7 +150,7 @@ impl Engine {
             if !matches!(table.cold(), ColdState::Unavailable(_)) {
                 continue;
             }
-            let state = self.cold_state_of(table.def()).await;
+            let state = self.cold_state_of(&table).await;
             let ready = matches!(state, ColdState::Ready(_));
             table.set_cold(state);
             if ready {
@@ -144,7 +162,7 @@ impl Engine {
     /// The shard's current manifest pointer (read linearizably) and manifest (empty before the first commit).
     pub(super) async fn shard_manifest(
         &self,
-        table: &HotTable,
+        table: &ShardReplica,
         shard: &ShardRecord,
     ) -> Result<(Option<ManifestPointer>, Manifest)> {
         let pointer = self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
@@ -159,7 +177,7 @@ impl Engine {
     }
 
     /// Makes `manifest` the table's cold view on this node when it is newer, and removes the hot chunks it covers.
-    pub(super) async fn adopt(&self, table: &Arc<HotTable>, manifest: &Manifest) {
+    pub(super) async fn adopt(&self, table: &Arc<ShardReplica>, manifest: &Manifest) {
         if matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
             return;
         }
@@ -206,12 +224,10 @@ impl Engine {
     /// node that restarts after a tiering whose commit its replica had not applied yet loads the older manifest, and
     /// the tiered rows would be in neither its view nor its hot store).
     pub(crate) async fn follow_manifests(&self) {
-        let tables = self.hot_tables();
-        for table in tables {
+        for table in self.replicas() {
             let ColdState::Ready(view) = table.cold() else { continue };
-            let id = table.def().id;
-            let Some(pointer) = self.meta.read_local(|s| s.table_shards(id).next().and_then(|r| r.manifest.clone()))
-            else {
+            let shard = table.shard_id();
+            let Some(pointer) = self.meta.read_local(|s| s.shard(shard).and_then(|r| r.manifest.clone())) else {
                 continue;
             };
             if pointer.version <= view.version {
@@ -247,6 +263,8 @@ impl Engine {
     /// policy) lets them in again.
     pub async fn apply_tier_policies(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
         let default_limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
+        // Views whose last load failed are loaded again first: a shard whose view is unavailable cannot tier.
+        self.reload_unavailable_cold().await;
         let catalog = self.catalog();
         let now = crate::clock::unix_ms();
         let mut tiered = Vec::new();
@@ -263,48 +281,68 @@ impl Engine {
             let limit = options::hot_bytes_max(&table_options).unwrap_or(default_limit);
             let aged_before = options::tier_after(&table_options).map(|after| now.saturating_sub(after));
             // Chunks a cold view covers are skipped by scans and removed; without a view, count every chunk.
-            let through = match table.cold() {
-                ColdState::Ready(view) => view.hot_through,
-                ColdState::Unavailable(_) => 0,
-            };
-            let waiting: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > through).cloned().collect();
-            let hot: u64 = waiting.iter().map(|c| c.meta.data_bytes).sum();
+            let waiting: Vec<Vec<Arc<Chunk>>> = table
+                .shards()
+                .iter()
+                .map(|shard| {
+                    let through = match shard.cold() {
+                        ColdState::Ready(view) => view.hot_through,
+                        ColdState::Unavailable(_) => 0,
+                    };
+                    shard.version().iter().filter(|c| c.seq > through).cloned().collect()
+                })
+                .collect();
+            let hot: u64 = waiting.iter().flatten().map(|c| c.meta.data_bytes).sum();
             let over = limit > 0 && hot > limit;
-            let aged = aged_before.is_some_and(|before| waiting.iter().any(|c| c.meta.written_ms <= before));
-            if over || aged {
-                let result =
-                    if over { self.tier(&name).await } else { self.tier_written_before(&name, aged_before).await };
-                match result {
-                    Ok(report) => {
-                        table.refuse_writes(None);
-                        if report.rows > 0 {
-                            tiered.push((name.clone(), report));
-                        }
+            let mut report = TierReport::default();
+            let mut failure = None;
+            // The hot bytes still waiting once this round is done: what shards that tiered moved no longer counts.
+            let mut left = hot;
+            for (shard, waiting) in table.shards().iter().zip(&waiting) {
+                let aged = aged_before.is_some_and(|before| waiting.iter().any(|c| c.meta.written_ms <= before));
+                if !over && !aged {
+                    continue;
+                }
+                match self.tier_shard(shard, if over { None } else { aged_before }).await {
+                    Ok(r) => {
+                        report.absorb(&r);
+                        let still: std::collections::HashSet<u64> = shard.version().iter().map(|c| c.seq).collect();
+                        let moved: u64 =
+                            waiting.iter().filter(|c| !still.contains(&c.seq)).map(|c| c.meta.data_bytes).sum();
+                        left = left.saturating_sub(moved);
                     }
                     Err(e) => {
-                        tracing::warn!(table = %name, error = %e.report(), "background tiering failed; the rows stay hot");
-                        let write_limit = match (self.cold.write_limit(), limit) {
-                            (0, 0) => None,
-                            (0, limit) => Some(limit.saturating_mul(4)),
-                            (set, _) => Some(set),
-                        };
-                        let refuse = write_limit.filter(|&w| hot > w).map(|write_limit| {
-                            format!(
-                                "table \"{name}\" has {hot} bytes of hot rows on this node waiting for the cold tier, \
-                                 more than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
-                                e.report()
-                            )
-                        });
-                        table.refuse_writes(refuse);
+                        tracing::warn!(table = %name, shard = %shard.shard_id(), error = %e.report(), "background tiering failed; the rows stay hot");
+                        failure.get_or_insert(e);
                     }
                 }
-            } else {
-                table.refuse_writes(None);
             }
-            if self.compaction_due(&table)
-                && let Err(e) = self.compact_with(&name, self.cold.compact_min_files()).await
-            {
-                tracing::warn!(table = %name, error = %e.report(), "compaction failed; it is retried next round");
+            let refuse = failure.and_then(|e| {
+                let write_limit = match (self.cold.write_limit(), limit) {
+                    (0, 0) => None,
+                    (0, limit) => Some(limit.saturating_mul(4)),
+                    (set, _) => Some(set),
+                };
+                write_limit.filter(|&w| left > w).map(|write_limit| {
+                    format!(
+                        "table \"{name}\" has {left} bytes of hot rows on this node waiting for the cold tier, more \
+                         than cold.write_limit ({write_limit}); inserts resume once tiering succeeds ({})",
+                        e.report()
+                    )
+                })
+            });
+            for shard in table.shards() {
+                shard.refuse_writes(refuse.clone());
+            }
+            if report.rows > 0 {
+                tiered.push((name.clone(), report));
+            }
+            for shard in table.shards() {
+                if self.compaction_due(shard)
+                    && let Err(e) = self.compact_shard(shard, self.cold.compact_min_files()).await
+                {
+                    tracing::warn!(table = %name, shard = %shard.shard_id(), error = %e.report(), "compaction failed; it is retried next round");
+                }
             }
         }
         tiered
@@ -333,12 +371,22 @@ impl Engine {
         self.see_acknowledged_ddl().await?;
         self.reload_unavailable_cold().await;
         let table = self.native_table(name)?;
+        let mut report = TierReport::default();
+        for shard in table.shards() {
+            report.absorb(&self.tier_shard(shard, cutoff).await?);
+        }
+        Ok(report)
+    }
+
+    /// Tiers one shard's hot chunks on this node written at or before `cutoff` (`None`: all).
+    async fn tier_shard(&self, table: &Arc<ShardReplica>, cutoff: Option<u64>) -> Result<TierReport> {
+        let name = table.def().name.as_str();
         let _serialized = table.dml_lock.lock().await;
         if let ColdState::Unavailable(detail) = table.cold() {
             return Err(Error::ColdUnavailable { detail });
         }
         let store = self.cold_store()?;
-        let shard = self.shard_of(table.def())?;
+        let shard = self.shard_record(table)?;
         let shard_id = shard.shard_id.0;
         let kept_changing =
             || Error::ColdUnavailable { detail: format!("the manifest of table \"{name}\" kept changing; tier again") };
@@ -349,8 +397,8 @@ impl Engine {
             if attempts > COMMIT_ATTEMPTS {
                 return Err(kept_changing());
             }
-            let (mut pointer, mut current) = self.shard_manifest(&table, &shard).await?;
-            self.adopt(&table, &current).await;
+            let (mut pointer, mut current) = self.shard_manifest(table, &shard).await?;
+            self.adopt(table, &current).await;
             let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
             // Only chunks below every number an insert in progress may still commit (read before the version): the
             // mark must not cover a chunk that appears later.
@@ -373,7 +421,7 @@ impl Engine {
             // size (Parquet is usually smaller), each under a name of its own.
             let mut files = Vec::new();
             for run in file_runs(&chunks, self.cold.target_file_bytes()) {
-                files.push(self.write_tiered(&store, &table, shard_id, run).await?);
+                files.push(self.write_tiered(&store, table, shard_id, run).await?);
             }
             let rows: u64 = files.iter().map(|f| f.rows).sum();
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
@@ -399,7 +447,7 @@ impl Engine {
                 if attempts > COMMIT_ATTEMPTS {
                     return Err(kept_changing());
                 }
-                (pointer, current) = self.shard_manifest(&table, &shard).await?;
+                (pointer, current) = self.shard_manifest(table, &shard).await?;
                 if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
                     // An earlier tiering of ours landed meanwhile: start again from what it committed.
                     continue 'fresh;
@@ -409,7 +457,7 @@ impl Engine {
 
         // 4. Scans now read the file; the hot chunks go.
         table.advance_cold(Arc::new(ColdView::of(&manifest, self.store_id)));
-        let t = Arc::clone(&table);
+        let t = Arc::clone(table);
         let removed = chunks.clone();
         crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
         self.metrics.rows_tiered.add(rows);
@@ -438,7 +486,7 @@ fn file_runs(chunks: &[Arc<Chunk>], target: u64) -> Vec<&[Arc<Chunk>]> {
 
 impl Engine {
     /// How `table`'s cold files are written: sorted by its primary key, with a bloom filter on each key column.
-    pub(super) fn file_layout(&self, table: &HotTable) -> cold::FileLayout {
+    pub(super) fn file_layout(&self, table: &ShardReplica) -> cold::FileLayout {
         let schema = table.schema();
         let def = table.def();
         let primary: Vec<usize> = def.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
@@ -457,7 +505,7 @@ impl Engine {
     async fn write_tiered(
         &self,
         store: &Arc<dyn ObjectStore>,
-        table: &HotTable,
+        table: &ShardReplica,
         shard_id: u64,
         run: &[Arc<Chunk>],
     ) -> Result<ColdFile> {
@@ -517,7 +565,12 @@ mod tests {
         open_options(dir, EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() }).await
     }
 
-    async fn open_options(dir: &std::path::Path, options: EngineOptions) -> Arc<Engine> {
+    /// Opens a database whose tables have one shard unless the options say otherwise: these tests look at the
+    /// chunks and files of one shard (`multi_shard_tables_tier_each_shard_into_its_own_manifest` covers several).
+    async fn open_options(dir: &std::path::Path, mut options: EngineOptions) -> Arc<Engine> {
+        if options.sharding.shards_per_table == 0 {
+            options.sharding.shards_per_table = 1;
+        }
         Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
     }
 
@@ -867,7 +920,7 @@ mod tests {
 
     /// The files of table `t`'s cold view on this node.
     fn cold_files(engine: &Engine) -> Vec<ColdFile> {
-        match engine.native_table("t").expect("t").cold() {
+        match engine.native_table("t").expect("t").only_shard().cold() {
             ColdState::Ready(view) => view.files.clone(),
             ColdState::Unavailable(detail) => panic!("cold tier unavailable: {detail}"),
         }
@@ -928,8 +981,8 @@ mod tests {
         // holds the hot store open until it is dropped).
         {
             let table = engine.native_table("t").expect("t");
-            let shard = engine.shard_of(table.def()).expect("shard");
-            let (_, manifest) = engine.shard_manifest(&table, &shard).await.expect("manifest");
+            let shard = engine.shard_record(table.only_shard()).expect("shard");
+            let (_, manifest) = engine.shard_manifest(table.only_shard(), &shard).await.expect("manifest");
             let retired: Vec<&str> = manifest.retired.iter().map(|r| r.path.as_str()).collect();
             assert_eq!(retired.len(), before.len());
             let store = engine.cold_store().expect("store");
@@ -998,7 +1051,7 @@ mod tests {
         assert_eq!((report.rows, report.manifest_version), (1000, 1));
         assert!(report.chunks >= 10 && report.bytes > 0, "{report:?}");
         let table = engine.hot_table("t").expect("table");
-        assert!(table.version().is_empty(), "the tiered hot chunks are gone");
+        assert!(table.only_shard().version().is_empty(), "the tiered hot chunks are gone");
         assert_eq!(totals(&engine).await, expected(1000), "all rows from the cold tier");
 
         insert(&engine, 1001, 1500).await;
@@ -1044,7 +1097,7 @@ mod tests {
         insert(&engine, 601, 700).await;
         let sum = |from: i64, to: i64| (from..=to).sum::<i64>();
         let first = cold_files(&engine);
-        let version = |engine: &Engine| match engine.native_table("t").expect("t").cold() {
+        let version = |engine: &Engine| match engine.native_table("t").expect("t").only_shard().cold() {
             ColdState::Ready(view) => view.version,
             ColdState::Unavailable(detail) => panic!("{detail}"),
         };
@@ -1057,7 +1110,7 @@ mod tests {
         assert!(after.iter().any(|f| f.path == first[1].path), "the file without matches is kept");
         assert!(!after.iter().any(|f| f.path == first[0].path), "the file with matches is replaced");
         assert_eq!(after.iter().map(|f| f.rows).sum::<u64>(), 590);
-        assert_eq!(engine.native_table("t").expect("t").row_count(), 100, "the hot rows are untouched");
+        assert_eq!(engine.native_table("t").expect("t").only_shard().row_count(), 100, "the hot rows are untouched");
         // The new file's statistics are its new rows': nothing below 11 is left to read.
         assert_eq!(filtered(&engine, "x <= 10").await, ((0, 0), 0));
 
@@ -1065,7 +1118,11 @@ mod tests {
         assert_eq!(affected(&engine, "UPDATE t SET x = x + 1000 WHERE x > 590 AND x <= 610").await, 20);
         assert_eq!(count_sum(&engine, "true").await, (690, sum(11, 700) + 20 * 1000));
         assert_eq!(count_sum(&engine, "x > 1000").await, (20, sum(1591, 1610)));
-        assert_eq!(engine.native_table("t").expect("t").row_count(), 0, "the hot rows were tiered with the change");
+        assert_eq!(
+            engine.native_table("t").expect("t").only_shard().row_count(),
+            0,
+            "the hot rows were tiered with the change"
+        );
         assert_eq!(cold_files(&engine).len(), 3);
 
         // A failed statement changes nothing; one that matches nothing commits nothing.
@@ -1099,7 +1156,7 @@ mod tests {
             ..ColdConfig::default()
         };
         let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
-        let engine = Engine::open(StorageLocation::Path(dir.path().join("data")), options).await.expect("open");
+        let engine = open_options(&dir.path().join("data"), options).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, 300).await;
         // The store goes away: its directory becomes a file.
@@ -1126,7 +1183,7 @@ mod tests {
         let bucket = dir.path().join("bucket");
         let cold = ColdConfig { store: format!("file://{}", bucket.display()), ..ColdConfig::default() };
         let options = EngineOptions { chunk_rows_target: 100, cold, ..EngineOptions::default() };
-        let engine = Engine::open(StorageLocation::Path(dir.path().join("data")), options).await.expect("open");
+        let engine = open_options(&dir.path().join("data"), options).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, 300).await;
         engine.tier("t").await.expect("tier");
@@ -1139,7 +1196,7 @@ mod tests {
         let e = engine.execute_one(sql).await.expect_err("the store is down");
         assert!(e.report().contains("cold tier unavailable"), "{}", e.report());
         assert_eq!(cold_files(&engine), files, "no file changed");
-        assert_eq!(engine.native_table("t").expect("t").row_count(), 100, "no hot row changed");
+        assert_eq!(engine.native_table("t").expect("t").only_shard().row_count(), 100, "no hot row changed");
         std::fs::remove_file(&bucket).expect("remove the file");
         std::fs::rename(&away, &bucket).expect("bring the bucket back");
         assert_eq!(totals(&engine).await, expected(400), "nothing was deleted");
@@ -1196,7 +1253,8 @@ mod tests {
         let (_dir, engine) = table_t(100).await;
         let before = mark().await;
         engine.execute_one("DELETE FROM t WHERE x = 5").await.expect("delete");
-        let ages: Vec<u64> = engine.native_table("t").expect("t").version().iter().map(|c| c.meta.written_ms).collect();
+        let ages: Vec<u64> =
+            engine.native_table("t").expect("t").only_shard().version().iter().map(|c| c.meta.written_ms).collect();
         assert!(!ages.is_empty() && ages.iter().all(|&w| w > 0 && w < before), "{ages:?} vs {before}");
         let dropped = engine.expire("t", before).await.expect("expire");
         assert_eq!(dropped.hot_rows, 99, "retention still drops them on time");
@@ -1216,7 +1274,7 @@ mod tests {
         let report = engine.tier_written_before("t", Some(first)).await.expect("tier by age");
         assert_eq!(report.rows, 100);
         assert_eq!(totals(&engine).await, expected(200));
-        let files = |engine: &Arc<Engine>| match engine.native_table("t").expect("t").cold() {
+        let files = |engine: &Arc<Engine>| match engine.native_table("t").expect("t").only_shard().cold() {
             ColdState::Ready(view) => view.files.clone(),
             ColdState::Unavailable(why) => panic!("{why}"),
         };
@@ -1265,7 +1323,8 @@ mod tests {
         insert(&engine, 1, 2000).await;
         engine.execute_one("INSERT INTO small VALUES (1), (2)").await.expect("insert");
         assert!(engine.apply_tier_policies(None).await.is_empty(), "off unless a limit is set");
-        let hot_bytes: u64 = engine.hot_table("t").expect("t").version().iter().map(|c| c.meta.data_bytes).sum();
+        let hot_bytes: u64 =
+            engine.hot_table("t").expect("t").only_shard().version().iter().map(|c| c.meta.data_bytes).sum();
         let tiered = engine.apply_tier_policies(Some(hot_bytes / 2)).await;
         let names: Vec<&str> = tiered.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["t"], "only the table over the limit");
@@ -1278,7 +1337,7 @@ mod tests {
     async fn one_partition_reads_both_tiers_in_turn() {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = EngineOptions { chunk_rows_target: 100, target_partitions: 1, ..EngineOptions::default() };
-        let engine = Engine::open(StorageLocation::Path(dir.path().to_path_buf()), options).await.expect("open");
+        let engine = open_options(dir.path(), options).await;
         engine.execute_one("CREATE TABLE t (x BIGINT NOT NULL)").await.expect("create");
         insert(&engine, 1, 300).await;
         engine.tier("t").await.expect("tier");
@@ -1333,11 +1392,11 @@ mod tests {
     /// engine neither learns of it nor removes the chunks (a crash, or a commit whose answer was lost).
     async fn commit_unnoticed(engine: &Engine) -> Vec<Arc<Chunk>> {
         let table = engine.hot_table("t").expect("table");
-        let chunks: Vec<Arc<Chunk>> = table.version().to_vec();
+        let chunks: Vec<Arc<Chunk>> = table.only_shard().version().to_vec();
         let max_seq = chunks.iter().map(|c| c.seq).max().expect("chunks");
         let rows = chunks.iter().map(|c| c.meta.rows).sum();
         let store = engine.cold_store().expect("store");
-        let shard = engine.shard_of(table.def()).expect("shard");
+        let shard = engine.shard_record(table.only_shard()).expect("shard");
         let schema = table.schema();
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
@@ -1382,7 +1441,7 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(300), "the engine still reads its hot chunks");
         let report = engine.tier("t").await.expect("tier");
         assert_eq!(report.rows, 0, "the committed chunks are not written again: {report:?}");
-        assert!(engine.hot_table("t").expect("table").version().is_empty(), "and are removed");
+        assert!(engine.hot_table("t").expect("table").only_shard().version().is_empty(), "and are removed");
         assert_eq!(totals(&engine).await, expected(300));
         insert(&engine, 301, 400).await;
         assert_eq!(engine.tier("t").await.expect("tier").rows, 100);
@@ -1394,7 +1453,7 @@ mod tests {
         let (dir, engine) = table_t(300).await;
         let table = engine.hot_table("t").expect("table");
         let chunks = commit_unnoticed(&engine).await;
-        assert_eq!(table.version().len(), chunks.len(), "the hot chunks are still there");
+        assert_eq!(table.only_shard().version().len(), chunks.len(), "the hot chunks are still there");
 
         engine.shutdown().await.expect("shutdown");
         drop((table, chunks));
@@ -1402,7 +1461,7 @@ mod tests {
         let engine = open(dir.path()).await;
         assert_eq!(totals(&engine).await, expected(300), "every row once: the covered hot chunks are skipped");
         let table = engine.hot_table("t").expect("table");
-        assert!(table.version().is_empty(), "and removed at open");
+        assert!(table.only_shard().version().is_empty(), "and removed at open");
         insert(&engine, 301, 400).await;
         assert_eq!(engine.tier("t").await.expect("tier").manifest_version, 2);
         assert_eq!(totals(&engine).await, expected(400));
@@ -1412,8 +1471,8 @@ mod tests {
     async fn a_crash_before_the_commit_leaves_the_rows_hot_and_overwrites_nothing() {
         let (_dir, engine) = table_t(250).await;
         let table = engine.hot_table("t").expect("table");
-        let max_seq = table.version().iter().map(|c| c.seq).max().expect("chunks");
-        let shard = engine.shard_of(table.def()).expect("shard");
+        let max_seq = table.only_shard().version().iter().map(|c| c.seq).max().expect("chunks");
+        let shard = engine.shard_record(table.only_shard()).expect("shard");
         let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
         // An upload that never got committed: a stray object, which the retry leaves alone.
         let store = engine.cold_store().expect("store");

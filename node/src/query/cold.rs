@@ -45,7 +45,7 @@ use parquet::file::metadata::RowGroupMetaData;
 use super::provider::pruning_predicate;
 use crate::cold::cache::{CachedStore, ReadTally, ScanStore};
 use crate::cold::{ColdFile, ColdView, ColumnBounds};
-use crate::table::{HotTable, Source};
+use crate::table::{ShardReplica, Source};
 
 /// Files whose footers a scan loads at once while planning.
 const FOOTER_LOADS: usize = 16;
@@ -122,7 +122,7 @@ impl RowGroup {
 /// above). The row groups left are dealt into partitions, about equal in rows.
 pub(super) async fn cold_scan(
     state: &dyn Session,
-    table: &Arc<HotTable>,
+    table: &Arc<ShardReplica>,
     view: &ColdView,
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
@@ -259,7 +259,7 @@ fn files_matching<'a>(
 /// groups it decoded and found decoded.
 #[derive(Debug)]
 pub(super) struct ColdScanExec {
-    table: Arc<HotTable>,
+    table: Arc<ShardReplica>,
     /// The table's columns the scan yields, in order.
     columns: Vec<usize>,
     /// Whether the scan was given a projection (for EXPLAIN).
@@ -447,7 +447,7 @@ impl ExecutionPlan for ColdScanExec {
 
 /// Reads row groups for one partition of a [`ColdScanExec`].
 struct GroupReader {
-    table: Arc<HotTable>,
+    table: Arc<ShardReplica>,
     columns: Vec<usize>,
     schema: SchemaRef,
     readers: Arc<dyn ParquetFileReaderFactory>,

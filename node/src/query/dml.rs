@@ -24,7 +24,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::provider::prune_chunks;
 use crate::error::{Error, Result};
-use crate::table::{Chunk, HotTable};
+use crate::table::{Chunk, ShardReplica};
 
 /// A DELETE or UPDATE taken apart: the WHERE predicate and, for UPDATE, the new value of each assigned column.
 #[derive(Debug)]
@@ -141,7 +141,7 @@ impl Compiled {
     /// # Errors
     ///
     /// Evaluation errors, and [`Error::NotNullViolation`] when an UPDATE sets NULL in a NOT NULL column.
-    pub(crate) fn rewrite(&self, table: &HotTable, batch: &RecordBatch) -> Result<(u64, Option<RecordBatch>)> {
+    pub(crate) fn rewrite(&self, table: &ShardReplica, batch: &RecordBatch) -> Result<(u64, Option<RecordBatch>)> {
         let mask = match &self.predicate {
             Some(p) => {
                 let value = p.evaluate(batch)?.into_array(batch.num_rows())?;
@@ -206,7 +206,7 @@ pub(crate) struct HotChange {
 /// As [`Compiled::rewrite`], and errors reading chunks.
 pub(crate) fn hot_change(
     state: &dyn Session,
-    table: &HotTable,
+    table: &ShardReplica,
     change: &Compiled,
     chunks: &[Arc<Chunk>],
 ) -> Result<HotChange> {
@@ -223,7 +223,7 @@ pub(crate) fn hot_change(
 }
 
 /// Applies a hot change to the table in one atomic, durable write; returns the rows it affected.
-pub(crate) async fn commit_hot(table: &Arc<HotTable>, change: HotChange) -> Result<u64> {
+pub(crate) async fn commit_hot(table: &Arc<ShardReplica>, change: HotChange) -> Result<u64> {
     if change.changed.is_empty() {
         return Ok(0);
     }

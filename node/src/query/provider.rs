@@ -105,14 +105,19 @@ impl TableProvider for HotTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        // The hot version first, the cold view second (tiering installs the view before it drops hot chunks): hot
-        // chunks the cold files hold are skipped, so every row is read exactly once.
-        let version = self.table.version();
-        let cold = match self.table.cold() {
-            ColdState::Ready(view) => view,
-            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
-        };
-        let hot: Vec<Arc<Chunk>> = version.iter().filter(|c| c.seq > cold.hot_through).cloned().collect();
+        // Every shard's version and cold view as of one moment (each shard's hot version first, its cold view
+        // second: tiering installs the view before it drops hot chunks): hot chunks the cold files hold are
+        // skipped, so every row is read exactly once, and no statement is seen in part.
+        let mut hot: Vec<Arc<Chunk>> = Vec::new();
+        let mut colds = Vec::new();
+        for (shard, version, cold) in self.table.snapshot() {
+            let cold = match cold {
+                ColdState::Ready(view) => view,
+                ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
+            };
+            hot.extend(version.iter().filter(|c| c.seq > cold.hot_through).cloned());
+            colds.push((shard, cold));
+        }
         let schema = self.table.schema();
         let chunks = prune_chunks(state, &schema, &hot, filters)?;
         let projected_schema = match projection {
@@ -131,14 +136,19 @@ impl TableProvider for HotTableProvider {
             partitions,
             limit,
         ));
-        let Some(cold_scan) = super::cold::cold_scan(state, &self.table, &cold, projection, filters, limit).await?
-        else {
-            return Ok(hot_scan);
-        };
-        if partitions <= 1 {
-            return Ok(Arc::new(ConcatExec::try_new(vec![hot_scan, cold_scan])?));
+        let mut scans = vec![hot_scan];
+        for (shard, cold) in &colds {
+            if let Some(cold_scan) = super::cold::cold_scan(state, shard, cold, projection, filters, limit).await? {
+                scans.push(cold_scan);
+            }
         }
-        UnionExec::try_new(vec![hot_scan, cold_scan])
+        if scans.len() == 1 {
+            return Ok(scans.remove(0));
+        }
+        if partitions <= 1 {
+            return Ok(Arc::new(ConcatExec::try_new(scans)?));
+        }
+        UnionExec::try_new(scans)
     }
 
     async fn insert_into(

@@ -45,7 +45,11 @@ async fn tiered_rows_live_in_the_bucket_and_answer_the_same_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ColdConfig { row_group_rows: 1_000, ..s3.cold_config("s3://quiver-test/warehouse") };
     let engine = open(dir.path(), config.clone()).await;
-    engine.execute_one("CREATE TABLE readings (id BIGINT NOT NULL, name TEXT, value DOUBLE)").await.expect("create");
+    // One shard, so that each tiering commits one manifest version.
+    engine
+        .execute_one("CREATE TABLE readings (id BIGINT NOT NULL, name TEXT, value DOUBLE) WITH (shards = 1)")
+        .await
+        .expect("create");
     let insert = |from: i64, to: i64| {
         format!(
             "INSERT INTO readings SELECT value, 'sensor-' || (value % 13), value * 0.5 FROM generate_series({from}, \

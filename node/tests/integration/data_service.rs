@@ -67,7 +67,8 @@ async fn statements_and_appends_over_the_internal_endpoint() {
     }));
     let mut client = DataServiceClient::connect(format!("http://{grpc}")).await.expect("connect");
 
-    let created = execute(&mut client, "CREATE TABLE t (id BIGINT NOT NULL, name TEXT)").await.expect("create");
+    let created =
+        execute(&mut client, "CREATE TABLE t (id BIGINT NOT NULL, name TEXT) WITH (shards = 1)").await.expect("create");
     assert_eq!(created.command, "CREATE TABLE");
     assert!(created.arrow_ipc.is_empty());
 

@@ -1,0 +1,419 @@
+//! [`ShardReplica`]: one shard of a table as stored on this node, with its chunks, its numbering and its cold view.
+//!
+//! Everything that runs per table on a single node (tiering, compaction, retention, DELETE and UPDATE of cold files,
+//! the removal of tiered chunks) runs per shard replica: a shard has its own manifest in the cold tier, its own
+//! sequence numbers and its own tiering mark.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use quiver_meta::{ShardId, TableDef, TableId};
+
+use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
+use crate::cold::ColdState;
+use crate::error::Result;
+use crate::storage::{Durability, WriteBatch};
+
+/// One immutable chunk of a shard.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) table: TableId,
+    pub(crate) shard: ShardId,
+    pub(crate) seq: u64,
+    pub(crate) meta: ChunkMeta,
+    retired: AtomicBool,
+    tables: Arc<TableStore>,
+}
+
+impl Chunk {
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// The key of the chunk's data.
+    pub(crate) fn data_key(&self) -> Vec<u8> {
+        keys::data_key(self.table, self.shard, self.seq)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            self.tables.cache.remove_chunk(self.shard.0, self.seq, self.meta.null_counts.len(), &self.tables.metrics);
+            self.tables.discard([self.data_key()]);
+        }
+    }
+}
+
+/// The chunks of a shard at one moment, in sequence order.
+pub(crate) type Version = Arc<Vec<Arc<Chunk>>>;
+
+/// One shard of a table stored on this node.
+#[derive(Debug)]
+pub(crate) struct ShardReplica {
+    def: TableDef,
+    schema: SchemaRef,
+    shard: ShardId,
+    pub(super) tables: Arc<TableStore>,
+    /// The next chunk sequence number of the shard.
+    next_seq: AtomicU64,
+    /// The first sequence number each insert in progress may use (a count per number): chunks of an insert get
+    /// their numbers when they are written, before the insert commits, so a chunk with a lower number than a
+    /// committed one may still appear. Tiering stays below all of these ([`ShardReplica::settled_below`]).
+    pinned: Mutex<BTreeMap<u64, usize>>,
+    version: RwLock<Version>,
+    /// What this node's scans read from the shard's cold tier (`crate::cold`). Read after `version`; changed before.
+    cold: RwLock<ColdState>,
+    /// Serializes DELETE, UPDATE and tiering of this shard; inserts only add chunks and do not take it.
+    pub(crate) dml_lock: tokio::sync::Mutex<()>,
+    /// Serializes loads of the cold view after a failure (`Engine::reload_unavailable_cold`).
+    pub(crate) cold_lock: tokio::sync::Mutex<()>,
+    /// Why inserts are refused now (the cold tier cannot take rows past the write limit), if they are.
+    refusal: Mutex<Option<String>>,
+}
+
+impl ShardReplica {
+    /// Returns the replica of shard `shard` of table `def` with the given committed chunks, numbering new chunks from
+    /// `next_seq` on.
+    pub(crate) fn new(
+        def: TableDef,
+        shard: ShardId,
+        tables: Arc<TableStore>,
+        chunks: Vec<(u64, ChunkMeta)>,
+        next_seq: u64,
+    ) -> Self {
+        let schema = Arc::new(def.arrow_schema());
+        let mut list: Vec<Arc<Chunk>> = chunks
+            .into_iter()
+            .map(|(seq, meta)| {
+                Arc::new(Chunk {
+                    table: def.id,
+                    shard,
+                    seq,
+                    meta,
+                    retired: AtomicBool::new(false),
+                    tables: Arc::clone(&tables),
+                })
+            })
+            .collect();
+        list.sort_by_key(|c| c.seq);
+        let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1));
+        Self {
+            def,
+            schema,
+            shard,
+            tables,
+            next_seq: AtomicU64::new(next_seq),
+            pinned: Mutex::new(BTreeMap::new()),
+            version: RwLock::new(Arc::new(list)),
+            cold: RwLock::new(ColdState::Ready(Arc::default())),
+            dml_lock: tokio::sync::Mutex::new(()),
+            cold_lock: tokio::sync::Mutex::new(()),
+            refusal: Mutex::new(None),
+        }
+    }
+
+    /// Returns the table's definition.
+    pub(crate) fn def(&self) -> &TableDef {
+        &self.def
+    }
+
+    /// Returns the table's Arrow schema.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// Returns the shard this replica holds.
+    pub(crate) fn shard_id(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Refuses inserts with "cold tier unavailable: `why`" from now on, or (`None`) lets them in again.
+    pub(crate) fn refuse_writes(&self, why: Option<String>) {
+        *self.refusal.lock().expect("refusal lock poisoned") = why;
+    }
+
+    /// Why inserts are refused now, if they are.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        self.refusal.lock().expect("refusal lock poisoned").clone()
+    }
+
+    /// Returns the current version: the chunks a reader starting now must see.
+    pub(crate) fn version(&self) -> Version {
+        Arc::clone(&self.version.read().expect("version lock poisoned"))
+    }
+
+    /// Returns what this node's scans read from the cold tier; read it after [`ShardReplica::version`].
+    pub(crate) fn cold(&self) -> ColdState {
+        self.cold.read().expect("cold lock poisoned").clone()
+    }
+
+    /// Installs a new cold view (before the hot chunks it covers are removed).
+    pub(crate) fn set_cold(&self, state: ColdState) {
+        *self.cold.write().expect("cold lock poisoned") = state;
+    }
+
+    /// Installs `view` unless the shard already has a newer one: views only move forward, whoever installs them
+    /// (a tiering, or a statement catching up with another node's commit) and in whatever order.
+    pub(crate) fn advance_cold(&self, view: Arc<crate::cold::ColdView>) {
+        let mut current = self.cold.write().expect("cold lock poisoned");
+        if !matches!(&*current, ColdState::Ready(v) if v.version >= view.version) {
+            *current = ColdState::Ready(view);
+        }
+    }
+
+    /// Returns the rows in the shard's hot chunks now.
+    pub(crate) fn row_count(&self) -> u64 {
+        self.version().iter().map(|c| c.meta.rows).sum()
+    }
+
+    /// The decoded-column cache this shard's scans share with every table of the engine (cold scans keep their row
+    /// groups' columns in it too), and the metrics it counts into.
+    pub(crate) fn column_cache(&self) -> (&super::ColumnCache, &crate::metrics::Metrics) {
+        (&self.tables.cache, &self.tables.metrics)
+    }
+
+    /// Reads one chunk of this shard, keeping the columns in `projection`.
+    pub(crate) fn read_chunk(
+        &self,
+        chunk: &Chunk,
+        projection: Option<&[usize]>,
+        projected_schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
+        super::read_chunk(&self.tables, &self.schema, &self.def.name, chunk, projection, projected_schema)
+    }
+
+    /// Checks a batch against the table's schema (see [`super::HotTable::conform`]).
+    pub(crate) fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        super::conform(&self.def, &self.schema, batch)
+    }
+
+    fn allocate_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next sequence number not yet handed out (what recovery must not go below after chunks are removed).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// Reserves for an insert every sequence number from the next one on, until the returned pin is dropped.
+    fn pin(self: &Arc<Self>) -> SeqPin {
+        let mut pinned = self.pinned.lock().expect("pin lock poisoned");
+        let first = self.next_seq.load(Ordering::Relaxed);
+        *pinned.entry(first).or_insert(0) += 1;
+        SeqPin { replica: Arc::clone(self), first }
+    }
+
+    /// A sequence number below which no chunk can appear any more: every chunk numbered lower is committed (and in
+    /// the shard's version once the caller reads it afterwards) or never will be. Read it before the version.
+    pub(crate) fn settled_below(&self) -> u64 {
+        let pinned = self.pinned.lock().expect("pin lock poisoned");
+        let next = self.next_seq.load(Ordering::Relaxed);
+        pinned.keys().next().copied().map_or(next, |first| first.min(next))
+    }
+
+    /// Starts this shard's part of an insert.
+    pub(crate) fn appender(self: &Arc<Self>) -> ShardAppender {
+        ShardAppender {
+            replica: Arc::clone(self),
+            pending: Vec::new(),
+            pending_rows: 0,
+            written: Vec::new(),
+            pin: None,
+        }
+    }
+
+    /// Encodes `batch` as a new chunk written at `written_ms` and adds its data to `out`; returns the chunk.
+    fn encode_chunk(&self, batch: &RecordBatch, written_ms: u64, out: &mut WriteBatch) -> Result<(u64, ChunkMeta)> {
+        let seq = self.allocate_seq();
+        let data = chunk::encode_data(batch)?;
+        let meta = chunk::compute_meta(batch, data.len() as u64, written_ms);
+        out.put(keys::data_key(self.def.id, self.shard, seq), data);
+        Ok((seq, meta))
+    }
+
+    fn make_chunk(&self, seq: u64, meta: ChunkMeta) -> Arc<Chunk> {
+        Arc::new(Chunk {
+            table: self.def.id,
+            shard: self.shard,
+            seq,
+            meta,
+            retired: AtomicBool::new(false),
+            tables: Arc::clone(&self.tables),
+        })
+    }
+
+    /// Adds to `batch` the replacement of `removed` by `added` (already conformed): the new chunks' data and index
+    /// entries, the removal of the old index entries, and the shard's sequence floor. Returns the new chunks, to
+    /// [`ShardReplica::install`] once `batch` is durable.
+    ///
+    /// The rows of `added` keep the newest write time of the chunks they come from, so that a DELETE or UPDATE does
+    /// not make rows younger for `tier_after` and `ttl` than they were.
+    pub(crate) fn stage_replace(
+        &self,
+        removed: &[Arc<Chunk>],
+        added: Vec<RecordBatch>,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<Arc<Chunk>>> {
+        let mut new_chunks = Vec::new();
+        let written_ms = removed.iter().map(|c| c.meta.written_ms).max().unwrap_or_else(crate::clock::unix_ms);
+        for b in split_rows(added, self.tables.chunk_rows_target)? {
+            let (seq, meta) = self.encode_chunk(&b, written_ms, batch)?;
+            batch.put(keys::index_key(self.def.id, self.shard, seq), chunk::encode_meta(&meta, &self.schema)?);
+            new_chunks.push(self.make_chunk(seq, meta));
+        }
+        for c in removed {
+            batch.delete(keys::index_key(self.def.id, self.shard, c.seq));
+        }
+        if !removed.is_empty() {
+            // Removed chunks may have held the highest numbers; a restart must not hand them out again (the cold
+            // tier's mark says which numbers are tiered).
+            batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
+        }
+        Ok(new_chunks)
+    }
+
+    /// Makes a durable replacement visible: `removed` leave the version, `added` join it.
+    pub(crate) fn install(&self, removed: &[Arc<Chunk>], added: Vec<Arc<Chunk>>) {
+        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
+        let mut guard = self.version.write().expect("version lock poisoned");
+        let mut list: Vec<Arc<Chunk>> = guard.iter().filter(|c| !gone.contains(&c.seq)).cloned().collect();
+        list.extend(added);
+        list.sort_by_key(|c| c.seq);
+        *guard = Arc::new(list);
+        drop(guard);
+        for c in removed {
+            c.retire();
+        }
+    }
+
+    /// Replaces chunks: removes `removed` and adds `added` (already conformed) in one atomic, durable commit.
+    ///
+    /// The caller holds [`ShardReplica::dml_lock`] and computed `added` from `removed`.
+    pub(crate) fn replace(&self, removed: &[Arc<Chunk>], added: Vec<RecordBatch>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        let new_chunks = self.stage_replace(removed, added, &mut batch)?;
+        self.tables.commit(batch)?;
+        self.install(removed, new_chunks);
+        Ok(())
+    }
+
+    /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it.
+    pub(crate) fn retire_all(&self) {
+        let mut guard = self.version.write().expect("version lock poisoned");
+        for c in guard.iter() {
+            c.retire();
+        }
+        *guard = Arc::new(Vec::new());
+    }
+}
+
+/// An insert's reservation of sequence numbers in a shard ([`ShardReplica::pin`]); released when dropped.
+#[derive(Debug)]
+struct SeqPin {
+    replica: Arc<ShardReplica>,
+    first: u64,
+}
+
+impl Drop for SeqPin {
+    fn drop(&mut self) {
+        let mut pinned = self.replica.pinned.lock().expect("pin lock poisoned");
+        if let Some(count) = pinned.get_mut(&self.first) {
+            *count -= 1;
+            if *count == 0 {
+                pinned.remove(&self.first);
+            }
+        }
+    }
+}
+
+/// One shard's part of an insert in progress. It writes chunk data as rows arrive (not yet fsync'd, not yet
+/// visible); the statement's [`super::Appender`] commits the index entries of every shard in one batch. Dropping it
+/// uncommitted rolls its part back.
+#[derive(Debug)]
+pub(crate) struct ShardAppender {
+    replica: Arc<ShardReplica>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    /// Chunks whose data is written but not committed.
+    written: Vec<(u64, ChunkMeta)>,
+    /// Held from the first chunk written until the insert's chunks are visible or abandoned.
+    pin: Option<SeqPin>,
+}
+
+impl ShardAppender {
+    /// Adds rows already conformed to the table. They become visible, all at once, when the insert commits.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store fails.
+    pub(crate) fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        if self.pending_rows >= self.replica.tables.chunk_rows_target {
+            self.flush(false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes full chunks of the pending rows (all of them when `all`), unsynced and not yet visible.
+    fn flush(&mut self, all: bool) -> Result<()> {
+        let target = self.replica.tables.chunk_rows_target;
+        let mut chunks = split_rows(std::mem::take(&mut self.pending), target)?;
+        self.pending_rows = 0;
+        if !all && chunks.last().is_some_and(|c| c.num_rows() < target) {
+            let rest = chunks.pop().expect("checked non-empty");
+            self.pending_rows = rest.num_rows();
+            self.pending.push(rest);
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        if self.pin.is_none() {
+            self.pin = Some(self.replica.pin());
+        }
+        let mut batch = WriteBatch::new();
+        for c in &chunks {
+            let (seq, meta) = self.replica.encode_chunk(c, crate::clock::unix_ms(), &mut batch)?;
+            self.written.push((seq, meta));
+        }
+        self.replica.tables.store.write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    /// Writes the rest of the rows and adds the index entries of every chunk written to `batch`, whose durable
+    /// write commits them.
+    pub(crate) fn stage(&mut self, batch: &mut WriteBatch) -> Result<()> {
+        self.flush(true)?;
+        let replica = &self.replica;
+        for (seq, meta) in &self.written {
+            batch.put(keys::index_key(replica.def.id, replica.shard, *seq), chunk::encode_meta(meta, &replica.schema)?);
+        }
+        Ok(())
+    }
+
+    /// Makes the chunks staged by [`ShardAppender::stage`] visible, once their batch is durable.
+    pub(crate) fn install(mut self) {
+        let written = std::mem::take(&mut self.written);
+        let chunks: Vec<Arc<Chunk>> =
+            written.into_iter().map(|(seq, meta)| self.replica.make_chunk(seq, meta)).collect();
+        self.replica.install(&[], chunks);
+        // Visible now: tiering may take these chunks (the pin goes with `self`).
+    }
+}
+
+impl Drop for ShardAppender {
+    fn drop(&mut self) {
+        if !self.written.is_empty() {
+            let (id, shard) = (self.replica.def.id, self.replica.shard);
+            self.replica.tables.discard(self.written.drain(..).map(|(seq, _)| keys::data_key(id, shard, seq)));
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Tables of several shards on one node: rows land in the shard that owns their slot, statements are atomic across
+//! shards, and format 2 directories are rewritten to format 3 at open.
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, UInt64Type};
+
+use super::keys;
+use crate::engine::{Engine, EngineOptions, StorageLocation};
+use crate::shard::slot;
+
+async fn open(dir: &std::path::Path) -> Arc<Engine> {
+    let options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+    Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
+}
+
+async fn rows(engine: &Engine, sql: &str) -> Vec<RecordBatch> {
+    engine.execute_one(sql).await.expect(sql).collect().await.expect(sql)
+}
+
+/// The single BIGINT value `sql` returns.
+async fn value(engine: &Engine, sql: &str) -> i64 {
+    let batches = rows(engine, sql).await;
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// `count(*)` and `sum(v)` of table `name`.
+async fn count_sum(engine: &Engine, name: &str) -> (i64, i64) {
+    let batches = rows(engine, &format!("SELECT count(*), coalesce(sum(v), 0) FROM {name}")).await;
+    (
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        batches[0].column(1).as_primitive::<Int64Type>().value(0),
+    )
+}
+
+/// Checks that every hot row of `name` is in the shard owning its slot, and returns the hot rows per shard.
+fn rows_per_shard(engine: &Engine, name: &str) -> Vec<u64> {
+    let table = engine.hot_table(name).expect("table");
+    let key: Vec<usize> =
+        table.def().sharding.shard_key.iter().map(|k| table.schema().index_of(k).expect("key column")).collect();
+    let mut out = Vec::new();
+    for replica in table.shards() {
+        let schema = table.schema();
+        let mut count = 0;
+        for chunk in replica.version().iter() {
+            let batch = replica.read_chunk(chunk, None, &schema).expect("read");
+            count += batch.num_rows() as u64;
+            if key.is_empty() {
+                continue;
+            }
+            for s in slot::slots(&batch, &key).expect("slots") {
+                assert_eq!(table.shard_map().shard_of(s), replica.shard_id(), "a row of slot {s} in the wrong shard");
+            }
+        }
+        out.push(count);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_go_to_the_shard_owning_their_slot_and_statements_are_whole_across_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    engine.execute_one("CREATE TABLE k (id BIGINT PRIMARY KEY, v BIGINT)").await.expect("create");
+    engine.execute_one("INSERT INTO k SELECT value, value * 10 FROM generate_series(1, 1000)").await.expect("insert");
+    let per_shard = rows_per_shard(&engine, "k");
+    assert_eq!(per_shard.len(), 2, "a single node makes two shards per table by default");
+    assert!(per_shard.iter().all(|&n| n > 300), "the keys spread over both shards: {per_shard:?}");
+    assert_eq!(per_shard.iter().sum::<u64>(), 1000);
+    assert_eq!(count_sum(&engine, "k").await, (1000, 5_005_000));
+
+    // system.shards shows each shard's hot rows on this node.
+    let batches = rows(&engine, "SELECT hot_rows FROM system.shards WHERE table_name = 'k' ORDER BY shard_id").await;
+    let listed: Vec<u64> = batches[0].column(0).as_primitive::<UInt64Type>().values().to_vec();
+    assert_eq!(listed, per_shard);
+
+    // DELETE and UPDATE across both shards; each shard keeps only its own rows.
+    let deleted = engine.execute_one("DELETE FROM k WHERE id % 2 = 0").await.expect("delete");
+    assert!(format!("{deleted:?}").contains("500"), "{deleted:?}");
+    engine.execute_one("UPDATE k SET v = v + 1 WHERE id <= 100").await.expect("update");
+    assert_eq!(count_sum(&engine, "k").await, (500, 2_500_000 + 50));
+    assert_eq!(rows_per_shard(&engine, "k").iter().sum::<u64>(), 500);
+
+    // The shard key cannot change: a row would have to move to another shard.
+    let refused = engine.execute_one("UPDATE k SET id = id + 1 WHERE id = 1").await.expect_err("shard key update");
+    assert!(refused.to_string().contains("shard key"), "{refused}");
+
+    // After a restart each shard has its chunks back, numbering continues, and nothing moved.
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(count_sum(&engine, "k").await, (500, 2_500_050));
+    engine.execute_one("INSERT INTO k VALUES (2, 0), (4, 0)").await.expect("insert after restart");
+    assert_eq!(count_sum(&engine, "k").await.0, 502);
+    assert_eq!(rows_per_shard(&engine, "k").iter().sum::<u64>(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_keys_sends_each_statement_whole_to_one_shard_in_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    engine.execute_one("CREATE TABLE logs (v BIGINT)").await.expect("create");
+    for i in 0..4 {
+        engine.execute_one(&format!("INSERT INTO logs SELECT {i} FROM generate_series(1, 10)")).await.expect("insert");
+    }
+    let table = engine.hot_table("logs").expect("table");
+    for replica in table.shards() {
+        let schema = table.schema();
+        let mut values: Vec<i64> = Vec::new();
+        for chunk in replica.version().iter() {
+            let batch = replica.read_chunk(chunk, None, &schema).expect("read");
+            values.extend(batch.column(0).as_primitive::<Int64Type>().values().iter());
+        }
+        assert_eq!(values.len(), 20, "two statements of ten rows each per shard");
+        values.dedup();
+        assert_eq!(values.len(), 2, "each statement whole in one shard: {values:?}");
+    }
+    assert_eq!(count_sum(&engine, "logs").await, (40, 60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_tiers_into_its_own_manifest_and_reads_stay_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    engine.execute_one("CREATE TABLE k (id BIGINT PRIMARY KEY, v BIGINT)").await.expect("create");
+    engine.execute_one("INSERT INTO k SELECT value, value + 0 FROM generate_series(1, 600)").await.expect("insert");
+    let report = engine.tier("k").await.expect("tier");
+    assert_eq!(report.rows, 600);
+    let table = engine.hot_table("k").expect("table");
+    let pointers: Vec<_> = table
+        .shards()
+        .iter()
+        .map(|s| engine.meta().read_local(|m| m.shard(s.shard_id()).and_then(|r| r.manifest.clone())))
+        .collect();
+    assert!(pointers.iter().all(Option::is_some), "both shards have a manifest: {pointers:?}");
+    assert_ne!(pointers[0], pointers[1]);
+    engine.execute_one("INSERT INTO k SELECT value, value + 0 FROM generate_series(601, 800)").await.expect("insert");
+    assert_eq!(count_sum(&engine, "k").await, (800, 320_400));
+    engine.execute_one("DELETE FROM k WHERE id > 500 AND id <= 700").await.expect("delete across tiers");
+    assert_eq!(count_sum(&engine, "k").await, (600, 320_400 - 120_100));
+    drop(table);
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(count_sum(&engine, "k").await, (600, 200_300));
+    assert_eq!(value(&engine, "SELECT count(DISTINCT id) FROM k").await, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_directory_is_rewritten_to_format_3_keeping_every_row_and_tiering_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    engine.execute_one("CREATE TABLE a (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1)").await.expect("create");
+    engine.execute_one("CREATE TABLE b (v BIGINT) WITH (shards = 1)").await.expect("create");
+    engine.execute_one("CREATE TABLE gone (v BIGINT) WITH (shards = 1)").await.expect("create");
+    engine.execute_one("INSERT INTO a SELECT value, value + 0 FROM generate_series(1, 300)").await.expect("insert");
+    engine.execute_one("INSERT INTO gone VALUES (1)").await.expect("insert");
+    assert_eq!(engine.tier("a").await.expect("tier").rows, 300);
+    engine.execute_one("INSERT INTO a SELECT value, value + 0 FROM generate_series(301, 450)").await.expect("insert");
+    engine.execute_one("INSERT INTO b SELECT value FROM generate_series(1, 250)").await.expect("insert");
+    let next_seq = 1 + [engine.hot_table("a"), engine.hot_table("b"), engine.hot_table("gone")]
+        .iter()
+        .map(|t| t.as_ref().expect("table").only_shard().next_seq())
+        .max()
+        .expect("tables");
+    let gone = engine.hot_table("gone").expect("table").def().id;
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+
+    // As a format 2 build left it: chunks keyed by table and number, one floor for the store; plus the chunk of a
+    // table dropped before the rewrite (its entry still there) and the data of an insert that never committed.
+    let location = StorageLocation::Path(dir.path().to_path_buf());
+    let options = EngineOptions::default();
+    let store = Engine::open_store(&location, &options).await.expect("store");
+    super::upgrade::to_format_2_for_tests(&*store, next_seq);
+    let mut batch = crate::storage::WriteBatch::new();
+    batch.put(keys::v2::key(false, quiver_meta::TableId(9999), 1), b"orphan".to_vec());
+    store.write(batch, crate::storage::Durability::Sync).expect("orphan");
+    drop(store);
+    {
+        let engine = open(dir.path()).await;
+        engine.execute_one("DROP TABLE gone").await.expect("drop");
+        engine.shutdown().await.expect("shutdown");
+    }
+    let store = Engine::open_store(&location, &options).await.expect("store");
+    assert_eq!(
+        store.get(keys::FORMAT_KEY).expect("format"),
+        Some(keys::FORMAT_VERSION.to_be_bytes().to_vec()),
+        "format 3 after the first open"
+    );
+    let (start, end) = keys::v2::data_range();
+    assert!(store.scan_keys(&start, &end).expect("scan").is_empty(), "no format 2 key is left");
+    let [(start, end), ..] = keys::table_ranges(gone);
+    assert!(store.scan_keys(&start, &end).expect("scan").is_empty(), "the dropped table's chunks are gone");
+    drop(store);
+
+    let engine = open(dir.path()).await;
+    assert_eq!(count_sum(&engine, "a").await, (450, 101_475), "tiered rows once, hot rows once");
+    assert_eq!(count_sum(&engine, "b").await, (250, 31_375));
+    engine.execute_one("INSERT INTO a VALUES (451, 451)").await.expect("insert after the rewrite");
+    let seqs: Vec<u64> = engine.hot_table("a").expect("table").only_shard().version().iter().map(|c| c.seq).collect();
+    assert!(seqs.iter().all(|&s| s >= 1), "{seqs:?}");
+    assert!(*seqs.last().expect("chunks") >= next_seq, "new chunks are numbered above the old floor: {seqs:?}");
+    assert_eq!(engine.tier("a").await.expect("tier").rows, 151);
+    assert_eq!(count_sum(&engine, "a").await, (451, 101_926));
+}
