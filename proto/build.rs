@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/quiver/v1/meta.proto",
             "proto/quiver/v1/cluster.proto",
             "proto/quiver/v1/data.proto",
+            "proto/quiver/v1/shard.proto",
         ],
         &["proto"],
     )?;

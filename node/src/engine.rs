@@ -22,6 +22,7 @@ pub mod copy;
 mod gc;
 mod options;
 mod registry;
+mod replication;
 mod retention;
 mod rewrite;
 mod statements;
@@ -50,6 +51,7 @@ pub use copy::CopyFormat;
 pub use gc::GcReport;
 pub use options::ShardingDefaults;
 use registry::TableRegistry;
+pub use replication::{ReplicaState, ReplicatedChange, ReplicatedChunk, ShardScan};
 pub use retention::ExpireReport;
 pub use tier::TierReport;
 

@@ -3,7 +3,8 @@
 //!
 //! Files: `node.proto` (node administration), `raft.proto` (Raft transport between metadata replicas),
 //! `meta.proto` (the metadata service: proposals and linearizable reads), `cluster.proto` (membership and
-//! administration) and `data.proto` (SQL and appends on a node's data), all in package `quiver.v1`.
+//! administration), `data.proto` (SQL and appends on a node's data) and `shard.proto` (the replication stream
+//! between a shard's replicas, and scans of one shard), all in package `quiver.v1`.
 
 // tonic through madsim's facade: tonic itself in an ordinary build, madsim's simulated gRPC under `--cfg madsim`.
 extern crate madsim_tonic as tonic;

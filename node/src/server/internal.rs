@@ -2,9 +2,10 @@
 //! to, never clients.
 //!
 //! It serves the metadata replica's services (Raft transport, metadata proposals and reads, cluster membership, from
-//! [`quiver_meta::service`]) and the node's `DataService`:
-//! one SQL statement, an atomic append of Arrow IPC rows, or tiering a table to the cold tier, on this node's data. Payloads are Arrow IPC
-//! streams bounded by `limits.flight_message_max` in both directions.
+//! [`quiver_meta::service`]), the node's `DataService` (one SQL statement, an atomic append of Arrow IPC rows, or
+//! tiering a table to the cold tier, on this node's data) and its `ShardService` (`shard`: the replication stream
+//! into this node's shard replicas, and scans of one of them). Payloads are Arrow IPC streams bounded by
+//! `limits.flight_message_max` in both directions.
 //!
 //! In the simulation build the endpoint runs on madsim's simulated network and the data service is how the
 //! simulated workload writes and reads rows (the client frontends are not part of that build).
@@ -20,6 +21,7 @@ use arrow::ipc::writer::StreamWriter;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use quiver_meta::MetaNode;
 use quiver_proto::v1::data_service_server::{DataService, DataServiceServer};
+use quiver_proto::v1::shard_service_server::ShardServiceServer;
 use quiver_proto::v1::{
     AppendReply, AppendRequest, CollectGarbageReply, CollectGarbageRequest, CompactReply, CompactRequest, ExecuteReply,
     ExecuteRequest, TierReply, TierRequest,
@@ -27,6 +29,9 @@ use quiver_proto::v1::{
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
+mod shard;
+
+pub use self::shard::ShardGrpcService;
 use crate::engine::{Engine, QueryOutput};
 use crate::error::Error;
 use crate::server::status::{malformed, status_from};
@@ -140,6 +145,9 @@ impl DataService for DataGrpcService {
 }
 
 fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> tonic::transport::server::Router {
+    let shard = ShardServiceServer::new(ShardGrpcService::new(Arc::clone(&engine), max_message_bytes))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
     let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
@@ -148,6 +156,7 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
         .add_service(quiver_meta::service::meta_server(meta))
         .add_service(quiver_meta::service::cluster_server(meta))
         .add_service(data)
+        .add_service(shard)
 }
 
 /// Serves the internal endpoint on `listener` until `shutdown` completes.

@@ -302,6 +302,76 @@ impl ShardReplica {
         Ok(())
     }
 
+    /// Applies a change the shard's primary made (the replication stream): `added` chunks under the primary's numbers,
+    /// each as its index entry and data as the hot store keeps them; the chunks numbered in `removed`; and the
+    /// primary's next number, below which this replica never numbers. Durable and visible when it returns.
+    ///
+    /// Idempotent: a chunk already present is kept and a number already gone is skipped, so a change sent again
+    /// after its answer was lost applies once. The caller holds [`ShardReplica::dml_lock`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Parameter`] for an index entry that does not decode or does not fit the table; store errors.
+    pub(crate) fn apply(
+        &self,
+        added: Vec<crate::engine::ReplicatedChunk>,
+        removed: &[u64],
+        next_seq: u64,
+    ) -> Result<()> {
+        let current = self.version();
+        let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
+        let mut batch = WriteBatch::new();
+        let mut new_chunks = Vec::new();
+        let mut highest = next_seq;
+        for (seq, index, data) in added {
+            highest = highest.max(seq + 1);
+            if present.contains(&seq) {
+                continue;
+            }
+            let location = || format!("replicated chunk {seq} of table \"{}\" shard {}", self.def.name, self.shard);
+            let malformed = |why: String| crate::error::Error::Parameter { detail: format!("{}: {why}", location()) };
+            let meta = chunk::decode_meta(&index, location).map_err(|e| malformed(e.to_string()))?;
+            if meta.null_counts.len() != self.schema.fields().len() {
+                return Err(malformed(format!(
+                    "the chunk has {} columns, the table {}",
+                    meta.null_counts.len(),
+                    self.schema.fields().len()
+                )));
+            }
+            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            batch.put(keys::index_key(self.def.id, self.shard, seq), index);
+            new_chunks.push(self.make_chunk(seq, meta));
+        }
+        let removed: HashSet<u64> = removed.iter().copied().collect();
+        let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
+        for c in &gone {
+            batch.delete(keys::index_key(self.def.id, self.shard, c.seq));
+        }
+        self.next_seq.fetch_max(highest, Ordering::Relaxed);
+        batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
+        self.tables.commit(batch)?;
+        self.install(&gone, new_chunks);
+        Ok(())
+    }
+
+    /// Returns every committed chunk of the shard as the replication stream carries it (number, index entry, data),
+    /// in number order: what a replica that catches up is sent.
+    ///
+    /// # Errors
+    ///
+    /// Store errors, and [`crate::Error::Corrupt`] when a chunk's data is missing.
+    pub(crate) fn committed_chunks(&self) -> Result<Vec<crate::engine::ReplicatedChunk>> {
+        let mut out = Vec::new();
+        for c in self.version().iter() {
+            let data = self.tables.store.get(&c.data_key())?.ok_or_else(|| crate::error::Error::Corrupt {
+                location: format!("table \"{}\" shard {} chunk {}", self.def.name, self.shard, c.seq),
+                detail: "chunk data is missing".into(),
+            })?;
+            out.push((c.seq, chunk::encode_meta(&c.meta, &self.schema)?, data));
+        }
+        Ok(out)
+    }
+
     /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it.
     pub(crate) fn retire_all(&self) {
         let mut guard = self.version.write().expect("version lock poisoned");

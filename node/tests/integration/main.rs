@@ -7,5 +7,6 @@ mod crash;
 mod data_service;
 mod flight_sql;
 mod pg;
+mod replication;
 mod server;
 mod sql;

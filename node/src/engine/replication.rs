@@ -1,0 +1,199 @@
+//! The replica side of the cluster data path (docs/rfcs/0001-cluster-data-path.md): changes a shard's primary
+//! replicates to this node, the committed chunks a catching-up replica is sent, and scans of one shard's replica.
+//!
+//! Every request names the shard's configuration epoch as its sender knows it, and is checked against this node's
+//! metadata replica first ([`Engine::check_shard_epoch`]): an older epoch is refused (its sender was deposed or
+//! planned on a configuration that no longer holds), a newer one makes this node catch up with the metadata group
+//! before it decides.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use quiver_meta::{ShardId, ShardRecord, TableId};
+
+use super::Engine;
+use crate::cold::ColdState;
+use crate::error::{Error, Result};
+use crate::table::ShardReplica;
+
+/// One chunk as the replication stream carries it: its number, index entry and data.
+pub type ReplicatedChunk = (u64, Vec<u8>, Vec<u8>);
+
+/// A change a shard's primary made, as the replication stream carries it.
+#[derive(Debug, Clone)]
+pub struct ReplicatedChange {
+    /// The table and its shard.
+    pub table: TableId,
+    /// The shard.
+    pub shard: ShardId,
+    /// The shard's epoch as the primary knows it.
+    pub epoch: u64,
+    /// The primary.
+    pub from_node: u64,
+    /// Chunks added, under the primary's numbers.
+    pub added: Vec<ReplicatedChunk>,
+    /// Numbers of chunks removed.
+    pub removed: Vec<u64>,
+    /// The primary's next chunk number after the change.
+    pub next_seq: u64,
+}
+
+/// What a replica holds after a change was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// The shard's epoch on this node.
+    pub epoch: u64,
+    /// Chunks held.
+    pub chunks: u64,
+    /// Rows of those chunks.
+    pub rows: u64,
+}
+
+/// The hot rows of one shard's replica, read by [`Engine::scan_shard`].
+#[derive(Debug)]
+pub struct ShardScan {
+    /// The projected schema.
+    pub schema: SchemaRef,
+    /// One batch per chunk read.
+    pub batches: Vec<RecordBatch>,
+    /// The manifest version of the replica's cold view: the shard's cold rows are that version's files.
+    pub manifest_version: u64,
+    /// The highest chunk number the cold view covers: the hot rows returned are above it.
+    pub hot_through: u64,
+}
+
+impl Engine {
+    /// Returns the shard's record when `epoch` is its current epoch as this node knows it, catching up with the
+    /// metadata group first when `epoch` is newer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardEpoch`] for an unknown shard, a shard of another table, or an epoch other than the current one.
+    pub(crate) async fn check_shard_epoch(&self, table: TableId, shard: ShardId, epoch: u64) -> Result<ShardRecord> {
+        let read = || self.meta.read_local(|s| s.shard(shard).cloned());
+        let mut record = read();
+        if record.as_ref().is_none_or(|r| r.epoch < epoch) {
+            // This node may be behind: a newer configuration, or a table created since its last apply.
+            self.catch_up().await?;
+            record = read();
+        }
+        let refuse = |detail: String| Error::ShardEpoch { shard: shard.0, detail };
+        let Some(record) = record else { return Err(refuse("no such shard".into())) };
+        if record.table_id != table {
+            return Err(refuse(format!("the shard belongs to table {}, not {table}", record.table_id)));
+        }
+        if record.epoch != epoch {
+            return Err(refuse(format!("the request is at epoch {epoch}, the shard at epoch {}", record.epoch)));
+        }
+        Ok(record)
+    }
+
+    /// This node's replica of a shard.
+    fn replica_of(&self, table: TableId, shard: ShardId) -> Result<Arc<ShardReplica>> {
+        self.hot_tables()
+            .into_iter()
+            .filter(|t| t.def().id == table)
+            .flat_map(|t| t.shards().to_vec())
+            .find(|r| r.shard_id() == shard)
+            .ok_or_else(|| Error::ShardEpoch {
+                shard: shard.0,
+                detail: format!("no replica of it on node {}", self.node_id),
+            })
+    }
+
+    /// Applies a change a shard's primary made (see `ShardReplica::apply`); returns what the replica holds once the
+    /// change is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardEpoch`] when the epoch is not the shard's, `from_node` is not its primary, or this node holds
+    /// no replica of it; [`Error::Parameter`] for a malformed chunk; store errors.
+    pub async fn apply_replicated(&self, change: ReplicatedChange) -> Result<ReplicaState> {
+        let ReplicatedChange { table, shard, epoch, from_node, added, removed, next_seq } = change;
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        let refuse = |detail: String| Error::ShardEpoch { shard: shard.0, detail };
+        if record.primary != from_node {
+            return Err(refuse(format!(
+                "node {from_node} is not its primary at epoch {epoch} (node {} is)",
+                record.primary
+            )));
+        }
+        if !record.replicas.contains(&self.node_id) {
+            return Err(refuse(format!("node {} holds no replica of it at epoch {epoch}", self.node_id)));
+        }
+        let replica = self.replica_of(table, shard)?;
+        let _serialized = replica.dml_lock.lock().await;
+        // The epoch may have moved while this waited for the lock: a deposed primary's change must not land after
+        // its successor's.
+        let now = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch));
+        if now != Some(epoch) {
+            return Err(refuse(format!("the shard moved from epoch {epoch} to {now:?} meanwhile")));
+        }
+        let r = Arc::clone(&replica);
+        crate::blocking::run("apply a replicated change", move || r.apply(added, &removed, next_seq)).await??;
+        let version = replica.version();
+        Ok(ReplicaState { epoch, chunks: version.len() as u64, rows: version.iter().map(|c| c.meta.rows).sum() })
+    }
+
+    /// Every committed chunk of this node's replica of a shard, in number order, as the replication stream carries
+    /// them, with the replica's next chunk number: what a replica that catches up is sent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardEpoch`] when this node holds no replica of the shard; store errors.
+    pub async fn committed_chunks(&self, table: TableId, shard: ShardId) -> Result<(Vec<ReplicatedChunk>, u64)> {
+        let replica = self.replica_of(table, shard)?;
+        let r = Arc::clone(&replica);
+        let chunks = crate::blocking::run("read committed chunks", move || r.committed_chunks()).await??;
+        Ok((chunks, replica.next_seq()))
+    }
+
+    /// Reads the hot rows of this node's replica of a shard at `epoch`: the chunks above its cold view's mark, with
+    /// the columns in `projection` (`None`: all), stopping once `limit` rows are read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardEpoch`] when the epoch is not the shard's or this node holds no replica of it;
+    /// [`Error::ColdUnavailable`] when the replica's cold view could not be loaded; store errors.
+    pub async fn scan_shard(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<ShardScan> {
+        self.check_shard_epoch(table, shard, epoch).await?;
+        let replica = self.replica_of(table, shard)?;
+        let version = replica.version();
+        let view = match replica.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+        };
+        let schema = replica.schema();
+        let columns = projection.unwrap_or_else(|| (0..schema.fields().len()).collect());
+        if let Some(bad) = columns.iter().find(|c| **c >= schema.fields().len()) {
+            return Err(Error::Plan { message: format!("table \"{}\" has no column {bad}", replica.def().name) });
+        }
+        let projected: SchemaRef = Arc::new(schema.project(&columns)?);
+        let chunks: Vec<_> = version.iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let r = Arc::clone(&replica);
+        let out_schema = Arc::clone(&projected);
+        let batches = crate::blocking::run("scan a shard", move || -> Result<Vec<RecordBatch>> {
+            let mut out = Vec::new();
+            let mut rows = 0;
+            for chunk in &chunks {
+                if limit.is_some_and(|l| rows >= l) {
+                    break;
+                }
+                let batch = r.read_chunk(chunk, Some(&columns), &out_schema)?;
+                rows += batch.num_rows();
+                out.push(batch);
+            }
+            Ok(out)
+        })
+        .await??;
+        Ok(ShardScan { schema: projected, batches, manifest_version: view.version, hot_through: view.hot_through })
+    }
+}

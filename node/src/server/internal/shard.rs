@@ -1,0 +1,90 @@
+//! The `ShardService` of a node (`proto/quiver/v1/shard.proto`): a shard's primary replicates its changes to this
+//! node's replica, and other nodes scan this node's replica of a shard. The epoch checks and the storage work are the
+//! engine's ([`Engine::apply_replicated`], [`Engine::scan_shard`]); this layer decodes and encodes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::Stream;
+use quiver_meta::{ShardId, TableId};
+use quiver_proto::v1::shard_service_server::ShardService;
+use quiver_proto::v1::{ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest};
+use tonic::{Request, Response, Status};
+
+use super::encode;
+use crate::engine::{Engine, ReplicatedChange};
+use crate::server::status::status_from;
+
+/// The `ShardService` of one node.
+#[derive(Debug, Clone)]
+pub struct ShardGrpcService {
+    engine: Arc<Engine>,
+    max_message_bytes: usize,
+}
+
+impl ShardGrpcService {
+    /// Returns the service of `engine`; no reply message is larger than `max_message_bytes`.
+    pub fn new(engine: Arc<Engine>, max_message_bytes: usize) -> Self {
+        Self { engine, max_message_bytes }
+    }
+}
+
+/// Encodes `batch` as Arrow IPC streams of at most `limit` bytes each, halving the batch until its parts fit.
+fn encode_within(schema: &SchemaRef, batch: &RecordBatch, limit: usize) -> Result<Vec<Vec<u8>>, Status> {
+    let bytes = encode(schema, std::slice::from_ref(batch)).map_err(|e| status_from(&e))?;
+    if bytes.len() <= limit || batch.num_rows() <= 1 {
+        return Ok(vec![bytes]);
+    }
+    let half = batch.num_rows() / 2;
+    let mut out = encode_within(schema, &batch.slice(0, half), limit)?;
+    out.extend(encode_within(schema, &batch.slice(half, batch.num_rows() - half), limit)?);
+    Ok(out)
+}
+
+#[tonic::async_trait]
+impl ShardService for ShardGrpcService {
+    async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
+        let r = request.into_inner();
+        let change = ReplicatedChange {
+            table: TableId(r.table_id),
+            shard: ShardId(r.shard_id),
+            epoch: r.epoch,
+            from_node: r.from_node,
+            added: r.added.into_iter().map(|c| (c.seq, c.index_entry, c.data)).collect(),
+            removed: r.removed,
+            next_seq: r.next_seq,
+        };
+        let state = self.engine.apply_replicated(change).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(ReplicateReply { epoch: state.epoch, chunks: state.chunks, rows: state.rows }))
+    }
+
+    type ScanShardStream = Pin<Box<dyn Stream<Item = Result<ScanShardReply, Status>> + Send>>;
+
+    async fn scan_shard(&self, request: Request<ScanShardRequest>) -> Result<Response<Self::ScanShardStream>, Status> {
+        let r = request.into_inner();
+        let projection = (!r.all_columns).then(|| r.projection.iter().map(|c| *c as usize).collect());
+        let limit = r.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        let scan = self
+            .engine
+            .scan_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, projection, limit)
+            .await
+            .map_err(|e| status_from(&e))?;
+        // Headroom for the message's other fields.
+        let limit = self.max_message_bytes.saturating_sub(1024).max(1);
+        let mut replies = Vec::new();
+        for batch in &scan.batches {
+            for arrow_ipc in encode_within(&scan.schema, batch, limit)? {
+                replies.push(ScanShardReply { arrow_ipc, manifest_version: 0, hot_through: 0 });
+            }
+        }
+        if replies.is_empty() {
+            let arrow_ipc = encode(&scan.schema, &[]).map_err(|e| status_from(&e))?;
+            replies.push(ScanShardReply { arrow_ipc, manifest_version: 0, hot_through: 0 });
+        }
+        replies[0].manifest_version = scan.manifest_version;
+        replies[0].hot_through = scan.hot_through;
+        Ok(Response::new(Box::pin(futures::stream::iter(replies.into_iter().map(Ok)))))
+    }
+}

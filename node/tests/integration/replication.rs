@@ -1,0 +1,203 @@
+//! The shard service between two in-process nodes on loopback: a primary's committed chunks replicated to a backup
+//! under the same numbers, scans of either replica, and the epoch fencing that refuses a deposed primary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use arrow::ipc::reader::StreamReader;
+use quiver_meta::{MetaCommand, ShardRecord};
+use quiver_node::Engine;
+use quiver_node::config::{Config, Overrides};
+use quiver_node::server::Server;
+use quiver_proto::v1::shard_service_client::ShardServiceClient;
+use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk, ScanShardRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Node {
+    engine: Arc<Engine>,
+    grpc: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: tokio::task::JoinHandle<quiver_node::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(node_id: u64, join: Vec<String>) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = Overrides {
+        data_dir: Some(dir.path().to_path_buf()),
+        flight_addr: Some("127.0.0.1:0".into()),
+        pg_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        node_id: Some(node_id),
+        join,
+        ..Overrides::default()
+    };
+    let config = Config::load(None, Vec::new(), &overrides).expect("config");
+    let server = Server::bind(config).await.expect("bind");
+    let grpc = server.grpc_addr().expect("internal endpoint").to_string();
+    let engine = Arc::clone(server.engine());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Node { engine, grpc, stop: Some(stop), running, _dir: dir }
+}
+
+impl Node {
+    async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        self.running.await.expect("join").expect("clean shutdown");
+    }
+
+    async fn client(&self) -> ShardServiceClient<Channel> {
+        ShardServiceClient::connect(format!("http://{}", self.grpc)).await.expect("connect")
+    }
+}
+
+/// Waits until `engine` has the table `name` attached.
+async fn until_attached(engine: &Engine, name: &str) {
+    for _ in 0..100 {
+        if engine.hot_table(name).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("table {name} never reached the node");
+}
+
+/// The ids a scan of one shard on `node` returns, sorted.
+async fn scan_ids(node: &Node, shard: &ShardRecord, epoch: u64) -> Result<Vec<i64>, tonic::Status> {
+    let request = ScanShardRequest {
+        table_id: shard.table_id.0,
+        shard_id: shard.shard_id.0,
+        epoch,
+        projection: vec![0],
+        all_columns: false,
+        limit: None,
+    };
+    let mut stream = node.client().await.scan_shard(request).await?.into_inner();
+    let mut ids = Vec::new();
+    while let Some(reply) = stream.message().await? {
+        let batches: Vec<RecordBatch> = StreamReader::try_new(std::io::Cursor::new(reply.arrow_ipc), None)
+            .expect("ipc")
+            .collect::<Result<_, _>>()
+            .expect("batches");
+        for b in batches {
+            ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter());
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn request(
+    shard: &ShardRecord,
+    epoch: u64,
+    from: u64,
+    chunks: &[(u64, Vec<u8>, Vec<u8>)],
+    next: u64,
+) -> ReplicateRequest {
+    ReplicateRequest {
+        table_id: shard.table_id.0,
+        shard_id: shard.shard_id.0,
+        epoch,
+        from_node: from,
+        added: chunks
+            .iter()
+            .map(|(seq, index, data)| ReplicatedChunk { seq: *seq, index_entry: index.clone(), data: data.clone() })
+            .collect(),
+        removed: vec![],
+        next_seq: next,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refused() {
+    let one = start(1, vec![]).await;
+    let two = start(2, vec![one.grpc.clone()]).await;
+    one.engine
+        .execute_one("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 2)")
+        .await
+        .expect("create");
+    until_attached(&two.engine, "t").await;
+    let table = one.engine.hot_table("t").expect("table").def().id;
+    let shard: ShardRecord =
+        one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("the table's shard");
+    assert_eq!(shard.replicas.len(), 2, "{shard:?}");
+    let (primary, backup) = if shard.primary == 1 { (&one, &two) } else { (&two, &one) };
+    let backup_id = if shard.primary == 1 { 2 } else { 1 };
+    until_attached(&primary.engine, "t").await;
+
+    primary
+        .engine
+        .execute_one("INSERT INTO t SELECT value, value + 0 FROM generate_series(1, 500)")
+        .await
+        .expect("insert");
+    primary.engine.execute_one("INSERT INTO t VALUES (501, 0)").await.expect("insert");
+    let (chunks, next_seq) = primary.engine.committed_chunks(table, shard.shard_id).await.expect("chunks");
+    assert!(chunks.len() >= 2, "two inserts, two chunks at least");
+    let all: Vec<i64> = (1..=501).collect();
+    assert_eq!(scan_ids(primary, &shard, shard.epoch).await.expect("scan the primary"), all);
+    assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("scan the backup"), Vec::<i64>::new());
+
+    // The stream: the backup stores every chunk under the primary's number; sent again, nothing changes.
+    let mut client = backup.client().await;
+    let reply =
+        client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("replicate");
+    let reply = reply.into_inner();
+    assert_eq!((reply.epoch, reply.chunks, reply.rows), (shard.epoch, chunks.len() as u64, 501));
+    let again = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("again");
+    assert_eq!((again.get_ref().chunks, again.get_ref().rows), (chunks.len() as u64, 501), "applied once");
+    let (copied, _) = backup.engine.committed_chunks(table, shard.shard_id).await.expect("backup chunks");
+    assert_eq!(copied, chunks, "the same numbers, index entries and data on both replicas");
+    assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("scan the backup"), all);
+
+    // Requests that do not match the shard's configuration are refused, retryably, and change nothing.
+    let from_backup = client.replicate(request(&shard, shard.epoch, backup_id, &chunks, next_seq)).await;
+    let status = from_backup.expect_err("a sender that is not the primary");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("not its primary"), "{}", status.message());
+    let newer = client.replicate(request(&shard, shard.epoch + 5, shard.primary, &chunks, next_seq)).await;
+    assert_eq!(newer.expect_err("an epoch the cluster never had").code(), Code::Unavailable);
+    let mut garbage = request(&shard, shard.epoch, shard.primary, &chunks, next_seq);
+    garbage.added[0].seq = 10_000;
+    garbage.added[0].index_entry = vec![1, 2, 3];
+    let status = client.replicate(garbage).await.expect_err("a malformed chunk");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // The metadata group moves the shard to a new epoch (the backup leaves the in-sync set): the old primary's
+    // changes at the old epoch are refused from now on, and so are scans planned at it.
+    let moved = MetaCommand::SetShardReplicas {
+        shard_id: shard.shard_id,
+        replicas: shard.replicas.clone(),
+        in_sync: vec![shard.primary],
+        primary: shard.primary,
+        expected_epoch: Some(shard.epoch),
+    };
+    one.engine.meta().propose(moved).await.expect("propose").into_result().expect("committed");
+    // A replica refuses epochs older than the one it knows: once the backup's metadata replica has applied the move.
+    let epoch_on = |node: &Node| node.engine.meta().read_local(|s| s.shard(shard.shard_id).map(|r| r.epoch));
+    for _ in 0..100 {
+        if epoch_on(backup) == Some(shard.epoch + 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(epoch_on(backup), Some(shard.epoch + 1), "the backup learns the new epoch");
+    let stale = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await;
+    let status = stale.expect_err("a change at the old epoch");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("epoch"), "{}", status.message());
+    assert_eq!(
+        scan_ids(backup, &shard, shard.epoch).await.expect_err("a scan at the old epoch").code(),
+        Code::Unavailable
+    );
+    assert_eq!(scan_ids(backup, &shard, shard.epoch + 1).await.expect("at the new epoch"), all);
+
+    two.stop().await;
+    one.stop().await;
+}
