@@ -88,7 +88,9 @@ impl Cluster {
                 grpc_addr: Some("127.0.0.1:0".into()),
                 node_id: Some(id),
                 join: seed.iter().cloned().collect(),
-                cold_store: None,
+                // One directory for every node's cold tier, as a shared bucket would be.
+                cold_store: Some(format!("file://{}", dir.join("cold").display())),
+                cold_shared_dir: true,
             };
             let config = Config::load(None, Vec::new(), &overrides)?;
             let server = Server::bind(config).await.with_context(|| format!("start node {id}"))?;

@@ -374,6 +374,19 @@ pub struct Overrides {
     pub join: Vec<String>,
     /// `--cold-store`.
     pub cold_store: Option<String>,
+    /// `--cold-shared-dir`: sets `cold.shared_dir` when given.
+    pub cold_shared_dir: bool,
+}
+
+/// The error of a node of a cluster whose cold store only it can read.
+pub(crate) fn cold_store_not_shared(what: &str) -> Error {
+    Error::Config {
+        detail: format!(
+            "cold.store: this node is part of a cluster of several nodes, and its cold store is {what}: the other \
+             nodes could not read the files it tiers. Set cold.store to a bucket every node reaches (s3://, gs://, \
+             az://), or to a directory every node mounts at the same path, with cold.shared_dir = true"
+        ),
+    }
 }
 
 impl Config {
@@ -431,6 +444,9 @@ impl Config {
         if let Some(store) = &overrides.cold_store {
             config.cold.store = store.clone();
         }
+        if overrides.cold_shared_dir {
+            config.cold.shared_dir = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -472,6 +488,11 @@ impl Config {
         }
         for (i, addr) in self.cluster.join.iter().enumerate() {
             resolve_addr(addr).map_err(|why| Error::Config { detail: format!("cluster.join[{i}]: {why}") })?;
+        }
+        if !self.cluster.join.is_empty()
+            && let Some(what) = self.cold.node_local()
+        {
+            return Err(cold_store_not_shared(&what));
         }
         if self.cluster.node_id == 0 {
             return bad("cluster.node_id", "must be 1 or more".into());
@@ -590,6 +611,22 @@ mod tests {
         assert_eq!(c, Config::default());
         assert!(resolve_addr(&c.server.pg_addr).expect("addr").ip().is_loopback());
         assert_eq!(c.storage.data_dir, PathBuf::from("./quiver-data"));
+    }
+
+    #[test]
+    fn a_node_joining_a_cluster_needs_a_cold_store_every_node_reads() {
+        let joining = Overrides { join: vec!["127.0.0.1:50052".into()], ..Overrides::default() };
+        let err = Config::load(None, env(&[]), &joining).expect_err("the default, in the data directory");
+        assert!(err.to_string().contains("cold.store") && err.to_string().contains("shared_dir"), "{err}");
+        let dir = Overrides { cold_store: Some("file:///mnt/quiver".into()), ..joining.clone() };
+        let err = Config::load(None, env(&[]), &dir).expect_err("a directory not declared shared");
+        assert!(err.to_string().contains("file:///mnt/quiver"), "{err}");
+        let shared = Overrides { cold_shared_dir: true, ..dir.clone() };
+        assert!(Config::load(None, env(&[]), &shared).is_ok_and(|c| c.cold.shared_dir));
+        assert!(Config::load(None, env(&[("QUIVER_COLD__SHARED_DIR", "true")]), &dir).is_ok());
+        let bucket = Overrides { cold_store: Some("s3://bucket/quiver".into()), ..joining };
+        assert!(Config::load(None, env(&[]), &bucket).is_ok(), "a bucket is shared");
+        assert!(Config::load(None, env(&[]), &Overrides::default()).is_ok(), "a single node keeps its own");
     }
 
     #[test]

@@ -54,6 +54,9 @@ enum Command {
         /// az://container/prefix (default: the directory `cold` in the data directory).
         #[arg(long)]
         cold_store: Option<String>,
+        /// The directory --cold-store names is mounted by every node of the cluster at that path (cold.shared_dir).
+        #[arg(long)]
+        cold_shared_dir: bool,
     },
     /// Administers a cluster through any node's internal gRPC endpoint.
     Admin {
@@ -179,7 +182,18 @@ async fn shutdown_signal() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Server { config, data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join, cold_store } => {
+        Command::Server {
+            config,
+            data_dir,
+            flight_addr,
+            pg_addr,
+            http_addr,
+            node_id,
+            grpc_addr,
+            join,
+            cold_store,
+            cold_shared_dir,
+        } => {
             let file = match &config {
                 Some(path) => Some((
                     path.display().to_string(),
@@ -188,8 +202,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 )),
                 None => None,
             };
-            let overrides =
-                Overrides { data_dir, flight_addr, pg_addr, http_addr, node_id, grpc_addr, join, cold_store };
+            let overrides = Overrides {
+                data_dir,
+                flight_addr,
+                pg_addr,
+                http_addr,
+                node_id,
+                grpc_addr,
+                join,
+                cold_store,
+                cold_shared_dir,
+            };
             let config =
                 Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
             init_logging(&config.log.filter);

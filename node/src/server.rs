@@ -142,6 +142,15 @@ impl Server {
             join_timeout: config.cluster.join_timeout.duration(),
         };
         let meta = cluster::start_replica(Arc::clone(&store), &options).await?;
+        // A member of a cluster of several nodes (restarting: joiners are checked with the configuration) must tier
+        // to a store every node reads. A cold store the caller built (the simulation's bucket) is shared.
+        if cold.is_none()
+            && let Some(what) = config.cold.node_local()
+            && meta.read_local(|s| s.nodes().count()) > 1
+        {
+            let _ = meta.shutdown().await;
+            return Err(crate::config::cold_store_not_shared(&what));
+        }
         let mut engine_options = config.engine_options();
         engine_options.cold_store = cold;
         let engine = Engine::open_with_meta(location, store, engine_options, meta.clone()).await?;

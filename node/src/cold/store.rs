@@ -29,6 +29,10 @@ pub struct ColdConfig {
     /// Where cold data lives: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
     /// Empty: the directory `cold` inside the data directory.
     pub store: String,
+    /// The directory `store` names (`file:///path`) is mounted by every node of the cluster at that path (a network
+    /// file system). Every node reads the files any node tiered, so a cluster of several nodes refuses a cold store
+    /// that is a directory unless it is declared shared here (the default, `cold` in the data directory, never is).
+    pub shared_dir: bool,
     /// An S3-compatible endpoint, e.g. `http://127.0.0.1:9000` (path-style requests are used with it).
     pub endpoint: Option<String>,
     /// The S3 region.
@@ -82,6 +86,7 @@ impl Default for ColdConfig {
     fn default() -> Self {
         Self {
             store: String::new(),
+            shared_dir: false,
             endpoint: None,
             region: None,
             allow_http: false,
@@ -104,6 +109,15 @@ impl Default for ColdConfig {
 }
 
 impl ColdConfig {
+    /// Why this cold store cannot serve a cluster of several nodes (a directory only this node reads), if it cannot.
+    pub fn node_local(&self) -> Option<String> {
+        if self.store.is_empty() {
+            return Some("the default cold store, the directory `cold` in this node's data directory".into());
+        }
+        let directory = parse(&self.store).is_ok_and(|(scheme, _, _)| scheme == "file");
+        (directory && !self.shared_dir).then(|| format!("\"{}\", a directory not declared shared", self.store))
+    }
+
     /// The read cache these settings ask for, for a node whose data directory is `data_dir` (`None`: in memory,
     /// where the disk tier needs `cache_dir`).
     pub fn cache_settings(&self, data_dir: Option<&std::path::Path>) -> CacheSettings {

@@ -42,6 +42,13 @@ async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&
         .arg(dir)
         .args(["--node-id", &id.to_string(), "--grpc-addr", grpc])
         .args(["--flight-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        // Every node tiers to one directory beside the data directories, as to a shared bucket.
+        .arg("--cold-store")
+        .arg(format!(
+            "file://{}",
+            dir.parent().expect("data directories live in a test directory").join("cold").display()
+        ))
+        .arg("--cold-shared-dir")
         .env("QUIVER_LOG__FILTER", "info,openraft=warn")
         .envs(FAST_RAFT)
         .stdout(Stdio::null())

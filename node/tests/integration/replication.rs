@@ -24,7 +24,7 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-async fn start(node_id: u64, join: Vec<String>) -> Node {
+async fn start(node_id: u64, join: Vec<String>, cold: &std::path::Path) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let overrides = Overrides {
         data_dir: Some(dir.path().to_path_buf()),
@@ -34,7 +34,8 @@ async fn start(node_id: u64, join: Vec<String>) -> Node {
         grpc_addr: Some("127.0.0.1:0".into()),
         node_id: Some(node_id),
         join,
-        ..Overrides::default()
+        cold_store: Some(format!("file://{}", cold.display())),
+        cold_shared_dir: true,
     };
     let config = Config::load(None, Vec::new(), &overrides).expect("config");
     let server = Server::bind(config).await.expect("bind");
@@ -48,9 +49,11 @@ async fn start(node_id: u64, join: Vec<String>) -> Node {
 }
 
 impl Node {
-    async fn stop(mut self) {
+    /// Stops the node; returns its data directory.
+    async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().expect("running").send(());
         self.running.await.expect("join").expect("clean shutdown");
+        self._dir
     }
 
     async fn client(&self) -> ShardServiceClient<Channel> {
@@ -117,8 +120,9 @@ fn request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refused() {
-    let one = start(1, vec![]).await;
-    let two = start(2, vec![one.grpc.clone()]).await;
+    let cold = tempfile::tempdir().expect("tempdir");
+    let one = start(1, vec![], cold.path()).await;
+    let two = start(2, vec![one.grpc.clone()], cold.path()).await;
     one.engine
         .execute_one("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 2)")
         .await
@@ -198,6 +202,19 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     );
     assert_eq!(scan_ids(backup, &shard, shard.epoch + 1).await.expect("at the new epoch"), all);
 
-    two.stop().await;
+    // A member of a cluster of several nodes that comes back with a cold store only it can read is refused.
+    let dir = two.stop().await;
+    let overrides = Overrides {
+        data_dir: Some(dir.path().to_path_buf()),
+        flight_addr: Some("127.0.0.1:0".into()),
+        pg_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some("127.0.0.1:0".into()),
+        node_id: Some(2),
+        ..Overrides::default()
+    };
+    let config = Config::load(None, Vec::new(), &overrides).expect("config");
+    let Err(refused) = Server::bind(config).await else { panic!("a node-local cold store in a cluster was accepted") };
+    assert!(refused.to_string().contains("cold.store"), "{refused}");
     one.stop().await;
 }
