@@ -158,13 +158,14 @@ pub enum Error {
         /// Which request failed, where, and why.
         detail: String,
     },
-    /// A request on a shard does not match the shard's configuration as this node knows it (an older or newer
-    /// epoch, a sender that is not the primary, no replica here): the sender refreshes its view and retries.
+    /// A shard cannot serve a request now: the request does not match the shard's configuration as this node knows
+    /// it (an older or newer epoch, a sender that is not the primary, no replica here), or no replica could be
+    /// reached. The sender refreshes its view of the shard and retries.
     #[error("shard {shard}: {detail}")]
-    ShardEpoch {
+    ShardUnavailable {
         /// The shard.
         shard: u64,
-        /// What did not match.
+        /// What went wrong.
         detail: String,
     },
     /// An invariant of ours broke.
@@ -188,7 +189,9 @@ impl Error {
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::ShuttingDown | Error::ColdUnavailable { .. } | Error::ShardEpoch { .. } => ErrorKind::Unavailable,
+            Error::ShuttingDown | Error::ColdUnavailable { .. } | Error::ShardUnavailable { .. } => {
+                ErrorKind::Unavailable
+            }
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => ErrorKind::Unavailable,
                 quiver_meta::ClusterErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
@@ -234,7 +237,7 @@ impl Error {
             // io_error: an external storage failure.
             Error::ColdUnavailable { .. } => "58030",
             // cannot_connect_now: the shard's configuration is changing; retry once it has settled.
-            Error::ShardEpoch { .. } => "57P03",
+            Error::ShardUnavailable { .. } => "57P03",
             // 57P03 cannot_connect_now: the metadata cluster has no leader or quorum right now; retry later.
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => "57P03",

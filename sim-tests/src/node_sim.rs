@@ -19,7 +19,9 @@
 //!      client could not know is present entirely or not at all, and `count(*)`, `sum`, `min`, `max` computed by
 //!      DataFusion equal the model's;
 //!    - every acknowledged table exists on every node; at most one metadata leader per term; the metadata replicas
-//!      converge to the same state.
+//!      converge to the same state;
+//!    - every hot row on every node is stored in the shard that owns its slot (the tables have a shard key, so every
+//!      append is split over the shards and committed across them in one batch).
 //!
 //! Rows live on the node that took them (the cluster data path, with replicated shards, is a later stage), so rows of
 //! a node lost with its disk are gone by design: the model forgets them at the loss, and checks everything else.
@@ -560,7 +562,8 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // then overlap on a node, the interleavings a lone client cannot produce.
     let shared: Vec<String> = vec!["shared_0".into(), "shared_1".into()];
     for table in &shared {
-        let create = format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
+        let create =
+            format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id')");
         let created = client_host.spawn(async move { execute(1, create).await });
         if !matches!(created.await, Ok(Ok(_))) {
             return Err(format!("the shared table {table} could not be created before the faults"));
@@ -589,7 +592,9 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             let mut mine: Vec<(String, u32)> = Vec::new();
             let mut next_id = (client as i64 + 1) * 1_000_000_000;
             let mut made = 0;
-            let create = |table: String| format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)");
+            let create = |table: String| {
+                format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id')")
+            };
             while Instant::now() < deadline {
                 let node = thread_rng().gen_range(1..=nodes);
                 let invoked = started.elapsed();
@@ -692,7 +697,10 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 async move {
                     let created = execute(
                         node,
-                        format!("CREATE TABLE IF NOT EXISTS {table} (id BIGINT NOT NULL, client BIGINT NOT NULL)"),
+                        format!(
+                            "CREATE TABLE IF NOT EXISTS {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH \
+                             (shard_key = 'id')"
+                        ),
                     )
                     .await;
                     match created {
@@ -831,6 +839,22 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 ));
             }
             final_rows.insert((node, table.clone()), model);
+        }
+    }
+
+    // Every hot row on every node is in the shard that owns its slot: appends split by slot, DELETE, tiering and
+    // restarts keep it so.
+    for engine in live_engines(&live) {
+        for table in &tables {
+            let Some(hot) = engine.hot_table(table) else { continue };
+            let misplaced =
+                hot.misplaced_rows().map_err(|e| format!("reading {table} on node {}: {e}", engine.node_id()))?;
+            if misplaced > 0 {
+                return Err(format!(
+                    "{misplaced} rows of {table} on node {} are in a shard that does not own them",
+                    engine.node_id()
+                ));
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The replica side of the cluster data path (docs/rfcs/0001-cluster-data-path.md): changes a shard's primary
-//! replicates to this node, the committed chunks a catching-up replica is sent, and scans of one shard's replica.
+//! replicates to this node, the committed chunks a catching-up replica is sent, and scans of one shard's replica
+//! (hot and cold rows, from the replica's own consistent view).
 //!
 //! Every request names the shard's configuration epoch as its sender knows it, and is checked against this node's
 //! metadata replica first ([`Engine::check_shard_epoch`]): an older epoch is refused (its sender was deposed or
@@ -15,6 +16,7 @@ use quiver_meta::{ShardId, ShardRecord, TableId};
 use super::Engine;
 use crate::cold::ColdState;
 use crate::error::{Error, Result};
+use crate::query::provider::HotTableProvider;
 use crate::table::ShardReplica;
 
 /// One chunk as the replication stream carries it: its number, index entry and data.
@@ -50,16 +52,16 @@ pub struct ReplicaState {
     pub rows: u64,
 }
 
-/// The hot rows of one shard's replica, read by [`Engine::scan_shard`].
+/// The rows of one shard's replica, read by [`Engine::scan_shard`].
 #[derive(Debug)]
 pub struct ShardScan {
     /// The projected schema.
     pub schema: SchemaRef,
-    /// One batch per chunk read.
+    /// The rows.
     pub batches: Vec<RecordBatch>,
-    /// The manifest version of the replica's cold view: the shard's cold rows are that version's files.
+    /// The manifest version of the replica's cold view: the cold rows read are that version's files.
     pub manifest_version: u64,
-    /// The highest chunk number the cold view covers: the hot rows returned are above it.
+    /// The highest chunk number the cold view covers: the hot rows read are above it.
     pub hot_through: u64,
 }
 
@@ -69,7 +71,7 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`Error::ShardEpoch`] for an unknown shard, a shard of another table, or an epoch other than the current one.
+    /// [`Error::ShardUnavailable`] for an unknown shard, a shard of another table, or an epoch other than the current one.
     pub(crate) async fn check_shard_epoch(&self, table: TableId, shard: ShardId, epoch: u64) -> Result<ShardRecord> {
         let read = || self.meta.read_local(|s| s.shard(shard).cloned());
         let mut record = read();
@@ -78,7 +80,7 @@ impl Engine {
             self.catch_up().await?;
             record = read();
         }
-        let refuse = |detail: String| Error::ShardEpoch { shard: shard.0, detail };
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let Some(record) = record else { return Err(refuse("no such shard".into())) };
         if record.table_id != table {
             return Err(refuse(format!("the shard belongs to table {}, not {table}", record.table_id)));
@@ -96,7 +98,7 @@ impl Engine {
             .filter(|t| t.def().id == table)
             .flat_map(|t| t.shards().to_vec())
             .find(|r| r.shard_id() == shard)
-            .ok_or_else(|| Error::ShardEpoch {
+            .ok_or_else(|| Error::ShardUnavailable {
                 shard: shard.0,
                 detail: format!("no replica of it on node {}", self.node_id),
             })
@@ -107,12 +109,12 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`Error::ShardEpoch`] when the epoch is not the shard's, `from_node` is not its primary, or this node holds
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's, `from_node` is not its primary, or this node holds
     /// no replica of it; [`Error::Parameter`] for a malformed chunk; store errors.
     pub async fn apply_replicated(&self, change: ReplicatedChange) -> Result<ReplicaState> {
         let ReplicatedChange { table, shard, epoch, from_node, added, removed, next_seq } = change;
         let record = self.check_shard_epoch(table, shard, epoch).await?;
-        let refuse = |detail: String| Error::ShardEpoch { shard: shard.0, detail };
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         if record.primary != from_node {
             return Err(refuse(format!(
                 "node {from_node} is not its primary at epoch {epoch} (node {} is)",
@@ -141,7 +143,7 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`Error::ShardEpoch`] when this node holds no replica of the shard; store errors.
+    /// [`Error::ShardUnavailable`] when this node holds no replica of the shard; store errors.
     pub async fn committed_chunks(&self, table: TableId, shard: ShardId) -> Result<(Vec<ReplicatedChunk>, u64)> {
         let replica = self.replica_of(table, shard)?;
         let r = Arc::clone(&replica);
@@ -149,13 +151,14 @@ impl Engine {
         Ok((chunks, replica.next_seq()))
     }
 
-    /// Reads the hot rows of this node's replica of a shard at `epoch`: the chunks above its cold view's mark, with
-    /// the columns in `projection` (`None`: all), stopping once `limit` rows are read.
+    /// Reads the rows of this node's replica of a shard at `epoch`, hot and cold (the replica's own consistent view
+    /// of both), with the columns in `projection` (`None`: all; empty: row counts only), at most `limit` rows.
     ///
     /// # Errors
     ///
-    /// [`Error::ShardEpoch`] when the epoch is not the shard's or this node holds no replica of it;
-    /// [`Error::ColdUnavailable`] when the replica's cold view could not be loaded; store errors.
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node holds no replica of it;
+    /// [`Error::Plan`] for a column the table does not have; [`Error::ColdUnavailable`] when the replica's cold
+    /// files cannot be read; store errors.
     pub async fn scan_shard(
         &self,
         table: TableId,
@@ -166,9 +169,14 @@ impl Engine {
     ) -> Result<ShardScan> {
         self.check_shard_epoch(table, shard, epoch).await?;
         let replica = self.replica_of(table, shard)?;
-        let version = replica.version();
-        let view = match replica.cold() {
-            ColdState::Ready(view) => view,
+        let hot = self.hot_tables().into_iter().find(|t| t.def().id == table).ok_or_else(|| {
+            Error::ShardUnavailable { shard: shard.0, detail: "its table is not attached here".into() }
+        })?;
+        // As before any statement: a cold view must not trail the shard's manifest pointer.
+        self.reload_unavailable_cold().await;
+        self.follow_manifests().await;
+        let (manifest_version, hot_through) = match replica.cold() {
+            ColdState::Ready(view) => (view.version, view.hot_through),
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
         let schema = replica.schema();
@@ -176,24 +184,33 @@ impl Engine {
         if let Some(bad) = columns.iter().find(|c| **c >= schema.fields().len()) {
             return Err(Error::Plan { message: format!("table \"{}\" has no column {bad}", replica.def().name) });
         }
-        let projected: SchemaRef = Arc::new(schema.project(&columns)?);
-        let chunks: Vec<_> = version.iter().filter(|c| c.seq > view.hot_through).cloned().collect();
-        let r = Arc::clone(&replica);
-        let out_schema = Arc::clone(&projected);
-        let batches = crate::blocking::run("scan a shard", move || -> Result<Vec<RecordBatch>> {
-            let mut out = Vec::new();
-            let mut rows = 0;
-            for chunk in &chunks {
-                if limit.is_some_and(|l| rows >= l) {
-                    break;
-                }
-                let batch = r.read_chunk(chunk, Some(&columns), &out_schema)?;
-                rows += batch.num_rows();
-                out.push(batch);
-            }
-            Ok(out)
-        })
-        .await??;
-        Ok(ShardScan { schema: projected, batches, manifest_version: view.version, hot_through: view.hot_through })
+        let provider = Arc::new(HotTableProvider::for_shard(hot, shard));
+        let mut frame = self.ctx.read_table(provider)?;
+        // Row counts only: read the narrowest column and keep the counts.
+        let counts_only = columns.is_empty();
+        let names: Vec<&str> = match columns.first() {
+            None => vec![schema.field(0).name().as_str()],
+            Some(_) => columns.iter().map(|c| schema.field(*c).name().as_str()).collect(),
+        };
+        frame = frame.select_columns(&names)?;
+        if let Some(limit) = limit {
+            frame = frame.limit(0, Some(limit))?;
+        }
+        let mut projected: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let mut batches = frame.collect().await?;
+        if counts_only {
+            projected = Arc::new(arrow::datatypes::Schema::empty());
+            batches = batches
+                .into_iter()
+                .map(|b| {
+                    RecordBatch::try_new_with_options(
+                        Arc::clone(&projected),
+                        vec![],
+                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                    )
+                })
+                .collect::<std::result::Result<_, _>>()?;
+        }
+        Ok(ShardScan { schema: projected, batches, manifest_version, hot_through })
     }
 }

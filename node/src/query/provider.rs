@@ -22,6 +22,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder, PruningStatistics};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use quiver_meta::ShardId;
 
 use super::concat::ConcatExec;
 use super::scan::ChunkScanExec;
@@ -34,6 +35,8 @@ use crate::table::{Chunk, HotTable};
 pub(crate) struct HotTableProvider {
     table: Arc<HotTable>,
     constraints: Constraints,
+    /// Scan this shard only (a scan of one shard's replica served to another node); `None`: every shard.
+    only: Option<ShardId>,
 }
 
 impl HotTableProvider {
@@ -46,7 +49,13 @@ impl HotTableProvider {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(key)])
         };
-        Self { table, constraints }
+        Self { table, constraints, only: None }
+    }
+
+    /// Wraps one shard of a hot table: scans read that shard's replica on this node, hot and cold rows. Inserts are
+    /// refused.
+    pub(crate) fn for_shard(table: Arc<HotTable>, shard: ShardId) -> Self {
+        Self { only: Some(shard), ..Self::new(table) }
     }
 }
 
@@ -111,6 +120,9 @@ impl TableProvider for HotTableProvider {
         let mut hot: Vec<Arc<Chunk>> = Vec::new();
         let mut colds = Vec::new();
         for (shard, version, cold) in self.table.snapshot() {
+            if self.only.is_some_and(|only| only != shard.shard_id()) {
+                continue;
+            }
             let cold = match cold {
                 ColdState::Ready(view) => view,
                 ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
@@ -157,7 +169,7 @@ impl TableProvider for HotTableProvider {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if insert_op != InsertOp::Append {
+        if insert_op != InsertOp::Append || self.only.is_some() {
             return Err(
                 Error::Unsupported { what: format!("{insert_op} into table \"{}\"", self.table.def().name) }.into()
             );

@@ -68,6 +68,7 @@ async fn rows_go_to_the_shard_owning_their_slot_and_statements_are_whole_across_
     assert_eq!(per_shard.len(), 2, "a single node makes two shards per table by default");
     assert!(per_shard.iter().all(|&n| n > 300), "the keys spread over both shards: {per_shard:?}");
     assert_eq!(per_shard.iter().sum::<u64>(), 1000);
+    assert_eq!(engine.hot_table("k").expect("table").misplaced_rows().expect("check"), 0);
     assert_eq!(count_sum(&engine, "k").await, (1000, 5_005_000));
 
     // system.shards shows each shard's hot rows on this node.

@@ -8,9 +8,9 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use arrow::ipc::reader::StreamReader;
 use quiver_meta::{MetaCommand, ShardRecord};
-use quiver_node::Engine;
 use quiver_node::config::{Config, Overrides};
 use quiver_node::server::Server;
+use quiver_node::{Engine, RemoteShardScanExec};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk, ScanShardRequest};
 use tonic::Code;
@@ -159,6 +159,56 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let (copied, _) = backup.engine.committed_chunks(table, shard.shard_id).await.expect("backup chunks");
     assert_eq!(copied, chunks, "the same numbers, index entries and data on both replicas");
     assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("scan the backup"), all);
+
+    // The DataFusion leaf of a remote shard scan: an unreachable replica is skipped, the next one answers.
+    let remote = |replicas: Vec<String>, projection: Option<Vec<usize>>| {
+        let schema = one.engine.hot_table("t").expect("table").schema();
+        let projected = match &projection {
+            Some(p) => Arc::new(schema.project(p).expect("project")),
+            None => schema,
+        };
+        Arc::new(RemoteShardScanExec::new(
+            table,
+            shard.shard_id,
+            shard.epoch,
+            replicas,
+            projection,
+            projected,
+            None,
+            Duration::from_secs(2),
+            64 << 20,
+        ))
+    };
+    let task = one.engine.session().task_ctx();
+    let unreachable = "127.0.0.1:1".to_string();
+    let read = datafusion::physical_plan::collect(
+        remote(vec![unreachable.clone(), backup.grpc.clone()], None),
+        Arc::clone(&task),
+    )
+    .await
+    .expect("remote scan");
+    let mut ids: Vec<i64> =
+        read.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, all, "every row of the shard, from the second replica");
+    let counted =
+        datafusion::physical_plan::collect(remote(vec![primary.grpc.clone()], Some(vec![])), Arc::clone(&task))
+            .await
+            .expect("row counts only");
+    assert_eq!(counted.iter().map(RecordBatch::num_rows).sum::<usize>(), 501);
+    // A replica serves its cold rows too, from its own view of the shard's manifest.
+    let tiered = primary.engine.tier("t").await.expect("tier on the primary");
+    assert_eq!(tiered.rows, 501);
+    let read = datafusion::physical_plan::collect(remote(vec![primary.grpc.clone()], Some(vec![0])), Arc::clone(&task))
+        .await
+        .expect("remote scan of tiered rows");
+    let mut ids: Vec<i64> =
+        read.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, all, "the tiered rows, once");
+    let failed = datafusion::physical_plan::collect(remote(vec![unreachable], None), task).await;
+    let message = failed.expect_err("no replica reachable").to_string();
+    assert!(message.contains("no replica could be scanned"), "{message}");
 
     // Requests that do not match the shard's configuration are refused, retryably, and change nothing.
     let from_backup = client.replicate(request(&shard, shard.epoch, backup_id, &chunks, next_seq)).await;

@@ -1,0 +1,211 @@
+//! [`RemoteShardScanExec`]: one shard of a table read from a replica on another node, over the internal endpoint
+//! (`ShardService.ScanShard`, served by `Engine::scan_shard` there): the leaf of a scan of a shard this node holds no
+//! replica of, and the leaf multi-stage execution will place where the data lives.
+//!
+//! The replicas are tried in the order given (the primary first). One that cannot be reached, or fails before it sent
+//! rows, is skipped; a failure after rows arrived fails the scan with a retryable error, since a second replica's
+//! rows cannot be merged with part of the first one's.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use quiver_meta::{ShardId, TableId};
+use quiver_proto::v1::ScanShardRequest;
+use quiver_proto::v1::shard_service_client::ShardServiceClient;
+
+use crate::error::Error;
+
+/// A scan of one shard on other nodes.
+#[derive(Debug)]
+pub struct RemoteShardScanExec {
+    table: TableId,
+    shard: ShardId,
+    epoch: u64,
+    /// Internal addresses of the replicas to try, in order.
+    replicas: Vec<String>,
+    /// Columns to read, by index in the table (`None`: all).
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+    /// The longest a replica may take to answer before the next one is tried.
+    timeout: Duration,
+    max_message_bytes: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl RemoteShardScanExec {
+    /// Returns a scan of `shard` of `table` at `epoch`, reading `projection` (by index in the table; `None`: all)
+    /// and producing `schema` (the table's schema projected), from the replicas at `replicas` in turn.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        replicas: Vec<String>,
+        projection: Option<Vec<usize>>,
+        schema: SchemaRef,
+        limit: Option<usize>,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { table, shard, epoch, replicas, projection, limit, timeout, max_message_bytes, properties }
+    }
+
+    fn request(&self) -> ScanShardRequest {
+        ScanShardRequest {
+            table_id: self.table.0,
+            shard_id: self.shard.0,
+            epoch: self.epoch,
+            projection: self.projection.iter().flatten().map(|c| *c as u32).collect(),
+            all_columns: self.projection.is_none(),
+            limit: self.limit.map(|l| l as u64),
+        }
+    }
+}
+
+/// Decodes one reply's Arrow IPC stream, checking it carries `schema`'s columns.
+fn decode(bytes: &[u8], schema: &SchemaRef, shard: ShardId, from: &str) -> DfResult<Vec<RecordBatch>> {
+    let bad =
+        |why: String| DataFusionError::External(Box::new(Error::Internal(format!("shard {shard} from {from}: {why}"))));
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| bad(e.to_string()))?;
+    if reader.schema().fields().len() != schema.fields().len()
+        || reader.schema().fields().iter().zip(schema.fields()).any(|(a, b)| a.data_type() != b.data_type())
+    {
+        return Err(bad(format!("rows of another shape ({:?}) than asked for", reader.schema())));
+    }
+    reader
+        .map(|b| {
+            let b = b.map_err(|e| bad(e.to_string()))?;
+            RecordBatch::try_new_with_options(
+                Arc::clone(schema),
+                b.columns().to_vec(),
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+            )
+            .map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
+impl DisplayAs for RemoteShardScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RemoteShardScanExec: shard={} epoch={} replicas={}", self.shard, self.epoch, self.replicas.join(","))
+    }
+}
+
+impl ExecutionPlan for RemoteShardScanExec {
+    fn name(&self) -> &'static str {
+        "RemoteShardScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "RemoteShardScanExec has one partition, asked for {partition}"
+            )));
+        }
+        let (request, shard, replicas, timeout, max) =
+            (self.request(), self.shard, self.replicas.clone(), self.timeout, self.max_message_bytes);
+        let schema = self.schema();
+        let out_schema = Arc::clone(&schema);
+        let stream = futures::stream::once(async move {
+            let mut failures = Vec::new();
+            for addr in &replicas {
+                let attempt = async {
+                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .connect_timeout(timeout);
+                    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+                    let mut client = ShardServiceClient::new(channel).max_decoding_message_size(max);
+                    let mut replies =
+                        client.scan_shard(request.clone()).await.map_err(|s| s.message().to_string())?.into_inner();
+                    let first = replies.message().await.map_err(|s| s.message().to_string())?;
+                    Ok::<_, String>((first, replies))
+                };
+                match tokio::time::timeout(timeout, attempt).await {
+                    Ok(Ok((first, replies))) => {
+                        let first = match first {
+                            Some(reply) => decode(&reply.arrow_ipc, &schema, shard, addr)?,
+                            None => Vec::new(),
+                        };
+                        let (schema, addr) = (Arc::clone(&schema), addr.clone());
+                        let rest = futures::stream::unfold(replies, |mut replies| async move {
+                            match replies.message().await {
+                                Ok(Some(reply)) => Some((Ok(reply), replies)),
+                                Ok(None) => None,
+                                Err(status) => Some((Err(status), replies)),
+                            }
+                        })
+                        .map(move |reply| match reply {
+                            Ok(reply) => decode(&reply.arrow_ipc, &schema, shard, &addr),
+                            Err(status) => Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
+                                shard: shard.0,
+                                detail: format!(
+                                    "the scan from {addr} failed after it returned rows ({}); retry the statement",
+                                    status.message()
+                                ),
+                            }))),
+                        });
+                        let all = futures::stream::iter(vec![Ok(first)]).chain(rest);
+                        return Ok(all
+                            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                            .try_flatten());
+                    }
+                    Ok(Err(why)) => failures.push(format!("{addr}: {why}")),
+                    Err(_) => failures.push(format!("{addr}: no answer within {timeout:?}")),
+                }
+            }
+            Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("no replica could be scanned ({})", failures.join("; ")),
+            })))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
