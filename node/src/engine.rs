@@ -520,9 +520,9 @@ impl Engine {
                 engine.attach(def, &mut chunks_by_shard).await;
                 attached.insert(def.name.clone(), def.id);
             }
-            for ((table, shard), (chunks, _)) in &chunks_by_shard {
-                if !chunks.is_empty() {
-                    tracing::warn!(%table, %shard, chunks = chunks.len(), "hot chunks of a shard the table does not have are left unread");
+            for ((table, shard), found) in &chunks_by_shard {
+                if !found.chunks.is_empty() || !found.prepared.is_empty() {
+                    tracing::warn!(%table, %shard, chunks = found.chunks.len(), prepared = found.prepared.len(), "hot chunks of a shard the table does not have are left unread");
                 }
             }
         }
@@ -690,9 +690,11 @@ impl Engine {
         let table = self.hot.write().expect("hot table map poisoned").remove(name);
         if let Some(table) = table {
             let mut batch = WriteBatch::new();
-            let [(index_start, index_end), _, (floor_start, floor_end)] = keys::table_ranges(id);
+            let [(index_start, index_end), _, floors, prepared, commits] = keys::table_ranges(id);
             batch.delete_range(index_start, index_end);
-            batch.delete_range(floor_start, floor_end);
+            for (start, end) in [floors, prepared, commits] {
+                batch.delete_range(start, end);
+            }
             self.commit_blocking(batch).await?;
             table.retire_all();
         }
@@ -705,9 +707,9 @@ impl Engine {
         let map = self.meta.read_local(|state| ShardMap::of(state, def))?;
         let mut shards = Vec::new();
         for shard in map.shards() {
-            let (chunks, floor) = recovered.remove(&(def.id, shard)).unwrap_or_default();
+            let found = recovered.remove(&(def.id, shard)).unwrap_or_default();
             let replica =
-                Arc::new(crate::table::ShardReplica::new(def.clone(), shard, Arc::clone(&self.tables), chunks, floor));
+                Arc::new(crate::table::ShardReplica::new(def.clone(), shard, Arc::clone(&self.tables), found));
             replica.set_cold(self.cold_state_of(&replica).await);
             shards.push(replica);
         }
@@ -1444,11 +1446,11 @@ fn check_format(store: &dyn HotStore) -> Result<u32> {
     }
 }
 
-/// Each shard's committed chunks and sequence floor, by table and shard.
-type RecoveredChunks = HashMap<(TableId, ShardId), (Vec<(u64, chunk::ChunkMeta)>, u64)>;
+/// What recovery found of each shard replica, by table and shard.
+type RecoveredChunks = HashMap<(TableId, ShardId), crate::table::RecoveredShard>;
 
-/// Loads every committed chunk's index entry and each shard's sequence floor, and deletes chunk data that no index
-/// entry commits and the chunks of tables that are gone.
+/// Loads every committed chunk's index entry, each shard's sequence floor, prepared changes and commit point, and
+/// deletes chunk data that neither an index entry nor a prepared change holds, and what tables that are gone left.
 fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredChunks> {
     let live: std::collections::HashSet<TableId> = catalog.tables().map(|t| t.id).collect();
     let mut by_shard: RecoveredChunks = HashMap::new();
@@ -1468,7 +1470,34 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
         let meta =
             chunk::decode_meta(&value, || format!("table {} shard {} chunk {} index", id.table, id.shard, id.seq))?;
         committed.insert(id);
-        by_shard.entry((id.table, id.shard)).or_default().0.push((id.seq, meta));
+        by_shard.entry((id.table, id.shard)).or_default().chunks.push((id.seq, meta));
+    }
+    let (start, end) = keys::all_prepared_range();
+    for (key, value) in store.scan(&start, &end)? {
+        let id = keys::parse_prepared_key(&key).ok_or_else(|| malformed(&key, "prepared change key"))?;
+        if !live.contains(&id.table) {
+            garbage.delete(key);
+            continue;
+        }
+        let location = || format!("prepared change {} of table {} shard {}", id.seq, id.table, id.shard);
+        let change = crate::table::log::PreparedChange::decode(id.seq, &value, location)?;
+        for (seq, _) in &change.added {
+            committed.insert(keys::ChunkId { seq: *seq, ..id });
+        }
+        by_shard.entry((id.table, id.shard)).or_default().prepared.push(change);
+    }
+    let (start, end) = keys::all_commit_range();
+    for (key, value) in store.scan(&start, &end)? {
+        let (table, shard) = keys::parse_shard_key(&key).ok_or_else(|| malformed(&key, "commit point key"))?;
+        if !live.contains(&table) {
+            garbage.delete(key);
+            continue;
+        }
+        let lsn = u64::from_be_bytes(value.as_slice().try_into().map_err(|_| Error::Corrupt {
+            location: format!("commit point of table {table} shard {shard}"),
+            detail: format!("{} bytes where 8 were expected", value.len()),
+        })?);
+        by_shard.entry((table, shard)).or_default().committed_lsn = lsn;
     }
     let (start, end) = keys::all_data_range();
     for key in store.scan_keys(&start, &end)? {
@@ -1479,7 +1508,7 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
     }
     let (start, end) = keys::all_floor_range();
     for (key, value) in store.scan(&start, &end)? {
-        let (table, shard) = keys::parse_floor_key(&key).ok_or_else(|| malformed(&key, "sequence floor key"))?;
+        let (table, shard) = keys::parse_shard_key(&key).ok_or_else(|| malformed(&key, "sequence floor key"))?;
         if !live.contains(&table) {
             garbage.delete(key);
             continue;
@@ -1488,7 +1517,7 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
             location: format!("sequence floor of table {table} shard {shard}"),
             detail: format!("{} bytes where 8 were expected", value.len()),
         })?);
-        by_shard.entry((table, shard)).or_default().1 = floor;
+        by_shard.entry((table, shard)).or_default().floor = floor;
     }
     if !garbage.is_empty() {
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");

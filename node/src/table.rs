@@ -24,6 +24,7 @@
 pub(crate) mod cache;
 pub(crate) mod chunk;
 pub(crate) mod keys;
+pub(crate) mod log;
 mod replica;
 pub(crate) mod upgrade;
 
@@ -38,7 +39,7 @@ use quiver_meta::TableDef;
 pub(crate) use chunk::ChunkMeta;
 
 pub(crate) use self::cache::{ColumnCache, Source};
-pub(crate) use self::replica::{Chunk, ShardAppender, ShardReplica, Version};
+pub(crate) use self::replica::{Chunk, RecoveredShard, ShardAppender, ShardReplica, Version};
 use crate::cold::ColdState;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;

@@ -39,10 +39,17 @@ pub struct ReplicatedChange {
     pub removed: Vec<u64>,
     /// The primary's next chunk number after the change.
     pub next_seq: u64,
+    /// The change's number in the shard's log, kept prepared until `commit_through` passes it; 0: committed as it
+    /// arrives (a catching-up replica's committed chunks).
+    pub lsn: u64,
+    /// The primary's commit point.
+    pub commit_through: u64,
+    /// Prepared changes above this number are discarded first (a new primary's reconciliation).
+    pub discard_after: Option<u64>,
 }
 
 /// What a replica holds after a change was applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaState {
     /// The shard's epoch on this node.
     pub epoch: u64,
@@ -50,6 +57,10 @@ pub struct ReplicaState {
     pub chunks: u64,
     /// Rows of those chunks.
     pub rows: u64,
+    /// The replica's commit point.
+    pub committed_lsn: u64,
+    /// The changes it holds prepared above it.
+    pub prepared: Vec<u64>,
 }
 
 /// The rows of one shard's replica, read by [`Engine::scan_shard`].
@@ -104,15 +115,27 @@ impl Engine {
             })
     }
 
-    /// Applies a change a shard's primary made (see `ShardReplica::apply`); returns what the replica holds once the
-    /// change is durable.
+    /// Applies what a shard's primary sent: discards prepared changes it never had, prepares a change of the shard's
+    /// log (or, numbered 0, applies committed chunks directly: `ShardReplica::apply`), and commits the prepared
+    /// changes up to the primary's commit point; returns what the replica holds once all that is durable.
     ///
     /// # Errors
     ///
     /// [`Error::ShardUnavailable`] when the epoch is not the shard's, `from_node` is not its primary, or this node holds
     /// no replica of it; [`Error::Parameter`] for a malformed chunk; store errors.
     pub async fn apply_replicated(&self, change: ReplicatedChange) -> Result<ReplicaState> {
-        let ReplicatedChange { table, shard, epoch, from_node, added, removed, next_seq } = change;
+        let ReplicatedChange {
+            table,
+            shard,
+            epoch,
+            from_node,
+            added,
+            removed,
+            next_seq,
+            lsn,
+            commit_through,
+            discard_after,
+        } = change;
         let record = self.check_shard_epoch(table, shard, epoch).await?;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         if record.primary != from_node {
@@ -133,9 +156,29 @@ impl Engine {
             return Err(refuse(format!("the shard moved from epoch {epoch} to {now:?} meanwhile")));
         }
         let r = Arc::clone(&replica);
-        crate::blocking::run("apply a replicated change", move || r.apply(added, &removed, next_seq)).await??;
+        crate::blocking::run("apply a replicated change", move || -> Result<()> {
+            if let Some(lsn) = discard_after {
+                r.discard_after(lsn)?;
+            }
+            if lsn > 0 {
+                r.prepare(lsn, added, removed)?;
+            } else if !added.is_empty() || !removed.is_empty() {
+                r.apply(added, &removed, next_seq)?;
+            }
+            if commit_through > 0 {
+                r.commit_through(commit_through)?;
+            }
+            Ok(())
+        })
+        .await??;
         let version = replica.version();
-        Ok(ReplicaState { epoch, chunks: version.len() as u64, rows: version.iter().map(|c| c.meta.rows).sum() })
+        Ok(ReplicaState {
+            epoch,
+            chunks: version.len() as u64,
+            rows: version.iter().map(|c| c.meta.rows).sum(),
+            committed_lsn: replica.committed_lsn(),
+            prepared: replica.prepared_lsns(),
+        })
     }
 
     /// Every committed chunk of this node's replica of a shard, in number order, as the replication stream carries

@@ -6,6 +6,8 @@
 //! 0x04 table:u64be shard:u64be seq:u64be  -> chunk index entry (rows, stats) — the chunk is committed iff this exists
 //! 0x05 table:u64be shard:u64be seq:u64be  -> chunk data (compressed Arrow IPC stream)
 //! 0x06 table:u64be shard:u64be            -> a floor for the shard's next chunk sequence number (u64, big-endian)
+//! 0x07 table:u64be shard:u64be lsn:u64be  -> a prepared change of the shard's log (`crate::table::log`)
+//! 0x08 table:u64be shard:u64be            -> the shard's commit point: the last change of its log committed here
 //! 0x10 …                                  -> the metadata replica: Raft log, vote, snapshot (quiver_meta's layout)
 //! ```
 //!
@@ -37,6 +39,8 @@ pub(crate) const META_PREFIX: u8 = 0x10;
 const INDEX_TAG: u8 = 0x04;
 const DATA_TAG: u8 = 0x05;
 const FLOOR_TAG: u8 = 0x06;
+const PREPARED_TAG: u8 = 0x07;
+const COMMIT_TAG: u8 = 0x08;
 /// The length of a chunk key.
 const CHUNK_KEY_LEN: usize = 25;
 
@@ -77,6 +81,49 @@ pub(crate) fn floor_key(table: TableId, shard: ShardId) -> Vec<u8> {
     shard_prefix(FLOOR_TAG, table, shard)
 }
 
+/// Returns the key of a prepared change of a shard's log.
+pub(crate) fn prepared_key(table: TableId, shard: ShardId, lsn: u64) -> Vec<u8> {
+    chunk_key(PREPARED_TAG, table, shard, lsn)
+}
+
+/// Returns the key of a shard's commit point.
+pub(crate) fn commit_key(table: TableId, shard: ShardId) -> Vec<u8> {
+    shard_prefix(COMMIT_TAG, table, shard)
+}
+
+/// Returns the `[start, end)` range of every prepared change.
+pub(crate) fn all_prepared_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![PREPARED_TAG], vec![PREPARED_TAG + 1])
+}
+
+/// Returns the `[start, end)` range of every commit point.
+pub(crate) fn all_commit_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![COMMIT_TAG], vec![COMMIT_TAG + 1])
+}
+
+/// Splits a prepared change's key into its table, shard and log number.
+pub(crate) fn parse_prepared_key(key: &[u8]) -> Option<ChunkId> {
+    if key.len() != CHUNK_KEY_LEN || key[0] != PREPARED_TAG {
+        return None;
+    }
+    Some(ChunkId {
+        table: TableId(u64::from_be_bytes(key[1..9].try_into().ok()?)),
+        shard: ShardId(u64::from_be_bytes(key[9..17].try_into().ok()?)),
+        seq: u64::from_be_bytes(key[17..25].try_into().ok()?),
+    })
+}
+
+/// Splits a floor or commit point key into its table and shard.
+pub(crate) fn parse_shard_key(key: &[u8]) -> Option<(TableId, ShardId)> {
+    if key.len() != 17 || (key[0] != FLOOR_TAG && key[0] != COMMIT_TAG) {
+        return None;
+    }
+    Some((
+        TableId(u64::from_be_bytes(key[1..9].try_into().ok()?)),
+        ShardId(u64::from_be_bytes(key[9..17].try_into().ok()?)),
+    ))
+}
+
 /// Returns the `[start, end)` range of every index entry.
 pub(crate) fn all_index_range() -> (Vec<u8>, Vec<u8>) {
     (vec![INDEX_TAG], vec![INDEX_TAG + 1])
@@ -92,8 +139,9 @@ pub(crate) fn all_floor_range() -> (Vec<u8>, Vec<u8>) {
     (vec![FLOOR_TAG], vec![FLOOR_TAG + 1])
 }
 
-/// Returns the `[start, end)` ranges (index, data, floors) holding one table's chunks, all shards.
-pub(crate) fn table_ranges(table: TableId) -> [(Vec<u8>, Vec<u8>); 3] {
+/// Returns the `[start, end)` ranges (index, data, floors, prepared changes, commit points) holding one table's chunks
+/// and logs, all shards.
+pub(crate) fn table_ranges(table: TableId) -> [(Vec<u8>, Vec<u8>); 5] {
     let range = |tag: u8| {
         let mut start = vec![tag];
         start.extend_from_slice(&table.0.to_be_bytes());
@@ -101,7 +149,7 @@ pub(crate) fn table_ranges(table: TableId) -> [(Vec<u8>, Vec<u8>); 3] {
         end.extend_from_slice(&(table.0 + 1).to_be_bytes());
         (start, end)
     };
-    [range(INDEX_TAG), range(DATA_TAG), range(FLOOR_TAG)]
+    [range(INDEX_TAG), range(DATA_TAG), range(FLOOR_TAG), range(PREPARED_TAG), range(COMMIT_TAG)]
 }
 
 /// Splits a chunk key (index or data) into its table, shard and sequence number.
@@ -114,17 +162,6 @@ pub(crate) fn parse_chunk_key(key: &[u8]) -> Option<ChunkId> {
         shard: ShardId(u64::from_be_bytes(key[9..17].try_into().ok()?)),
         seq: u64::from_be_bytes(key[17..25].try_into().ok()?),
     })
-}
-
-/// Splits a floor key into its table and shard.
-pub(crate) fn parse_floor_key(key: &[u8]) -> Option<(TableId, ShardId)> {
-    if key.len() != 17 || key[0] != FLOOR_TAG {
-        return None;
-    }
-    Some((
-        TableId(u64::from_be_bytes(key[1..9].try_into().ok()?)),
-        ShardId(u64::from_be_bytes(key[9..17].try_into().ok()?)),
-    ))
 }
 
 /// The keys of format 2, read only by the rewrite to format 3.
@@ -184,8 +221,13 @@ mod tests {
             Some(ChunkId { table: TableId(7), shard: ShardId(8), seq: 9 })
         );
         assert_eq!(parse_chunk_key(b"\x04short"), None);
-        assert_eq!(parse_floor_key(&floor_key(TableId(5), ShardId(6))), Some((TableId(5), ShardId(6))));
-        let [(s, e), _, (fs, fe)] = table_ranges(TableId(1));
+        assert_eq!(parse_shard_key(&floor_key(TableId(5), ShardId(6))), Some((TableId(5), ShardId(6))));
+        assert_eq!(parse_shard_key(&commit_key(TableId(5), ShardId(6))), Some((TableId(5), ShardId(6))));
+        assert_eq!(
+            parse_prepared_key(&prepared_key(TableId(5), ShardId(6), 7)),
+            Some(ChunkId { table: TableId(5), shard: ShardId(6), seq: 7 })
+        );
+        let [(s, e), _, (fs, fe), ..] = table_ranges(TableId(1));
         assert!(s <= a && c < e && d >= e);
         let floor = floor_key(TableId(1), ShardId(9));
         assert!(fs <= floor && floor < fe);

@@ -12,6 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use quiver_meta::{ShardId, TableDef, TableId};
 
+use super::log::PreparedChange;
 use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
 use crate::cold::ColdState;
 use crate::error::Result;
@@ -73,18 +74,30 @@ pub(crate) struct ShardReplica {
     pub(crate) cold_lock: tokio::sync::Mutex<()>,
     /// Why inserts are refused now (the cold tier cannot take rows past the write limit), if they are.
     refusal: Mutex<Option<String>>,
+    /// Changes of the shard's log prepared here and not committed yet, by number (`super::log`).
+    prepared: Mutex<BTreeMap<u64, PreparedChange>>,
+    /// The last change of the shard's log committed here.
+    committed_lsn: AtomicU64,
+}
+
+/// What recovery found of one shard replica in the hot store.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveredShard {
+    /// Committed chunks: number and index entry.
+    pub(crate) chunks: Vec<(u64, ChunkMeta)>,
+    /// The numbering floor.
+    pub(crate) floor: u64,
+    /// Prepared changes of the shard's log.
+    pub(crate) prepared: Vec<PreparedChange>,
+    /// The commit point.
+    pub(crate) committed_lsn: u64,
 }
 
 impl ShardReplica {
-    /// Returns the replica of shard `shard` of table `def` with the given committed chunks, numbering new chunks from
-    /// `next_seq` on.
-    pub(crate) fn new(
-        def: TableDef,
-        shard: ShardId,
-        tables: Arc<TableStore>,
-        chunks: Vec<(u64, ChunkMeta)>,
-        next_seq: u64,
-    ) -> Self {
+    /// Returns the replica of shard `shard` of table `def` with what recovery found of it: committed chunks, the
+    /// numbering floor, prepared changes and the commit point.
+    pub(crate) fn new(def: TableDef, shard: ShardId, tables: Arc<TableStore>, recovered: RecoveredShard) -> Self {
+        let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn } = recovered;
         let schema = Arc::new(def.arrow_schema());
         let mut list: Vec<Arc<Chunk>> = chunks
             .into_iter()
@@ -100,7 +113,8 @@ impl ShardReplica {
             })
             .collect();
         list.sort_by_key(|c| c.seq);
-        let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1));
+        let prepared_above = prepared.iter().flat_map(|p| p.added.iter().map(|(seq, _)| seq + 1)).max().unwrap_or(1);
+        let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1)).max(prepared_above);
         Self {
             def,
             schema,
@@ -113,6 +127,8 @@ impl ShardReplica {
             dml_lock: tokio::sync::Mutex::new(()),
             cold_lock: tokio::sync::Mutex::new(()),
             refusal: Mutex::new(None),
+            prepared: Mutex::new(prepared.into_iter().map(|p| (p.lsn, p)).collect()),
+            committed_lsn: AtomicU64::new(committed_lsn),
         }
     }
 
@@ -328,16 +344,7 @@ impl ShardReplica {
             if present.contains(&seq) {
                 continue;
             }
-            let location = || format!("replicated chunk {seq} of table \"{}\" shard {}", self.def.name, self.shard);
-            let malformed = |why: String| crate::error::Error::Parameter { detail: format!("{}: {why}", location()) };
-            let meta = chunk::decode_meta(&index, location).map_err(|e| malformed(e.to_string()))?;
-            if meta.null_counts.len() != self.schema.fields().len() {
-                return Err(malformed(format!(
-                    "the chunk has {} columns, the table {}",
-                    meta.null_counts.len(),
-                    self.schema.fields().len()
-                )));
-            }
+            let meta = self.replicated_meta(seq, &index)?;
             batch.put(keys::data_key(self.def.id, self.shard, seq), data);
             batch.put(keys::index_key(self.def.id, self.shard, seq), index);
             new_chunks.push(self.make_chunk(seq, meta));
@@ -352,6 +359,150 @@ impl ShardReplica {
         self.tables.commit(batch)?;
         self.install(&gone, new_chunks);
         Ok(())
+    }
+
+    /// Decodes a replicated chunk's index entry, checking it fits the table.
+    fn replicated_meta(&self, seq: u64, index: &[u8]) -> Result<ChunkMeta> {
+        let location = || format!("replicated chunk {seq} of table \"{}\" shard {}", self.def.name, self.shard);
+        let malformed = |why: String| crate::error::Error::Parameter { detail: format!("{}: {why}", location()) };
+        let meta = chunk::decode_meta(index, location).map_err(|e| malformed(e.to_string()))?;
+        if meta.null_counts.len() != self.schema.fields().len() {
+            return Err(malformed(format!(
+                "the chunk has {} columns, the table {}",
+                meta.null_counts.len(),
+                self.schema.fields().len()
+            )));
+        }
+        Ok(meta)
+    }
+
+    /// The last change of the shard's log committed here.
+    pub(crate) fn committed_lsn(&self) -> u64 {
+        self.committed_lsn.load(Ordering::Acquire)
+    }
+
+    /// The numbers of the changes prepared here and not committed, in order.
+    pub(crate) fn prepared_lsns(&self) -> Vec<u64> {
+        self.prepared.lock().expect("prepared lock poisoned").keys().copied().collect()
+    }
+
+    /// Prepares change `lsn` of the shard's log: its chunks' data and its record durable, nothing visible. A change
+    /// already prepared or committed is not prepared again. The caller holds [`ShardReplica::dml_lock`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Parameter`] for a chunk whose index entry does not fit the table; store errors.
+    pub(crate) fn prepare(
+        &self,
+        lsn: u64,
+        added: Vec<crate::engine::ReplicatedChunk>,
+        removed: Vec<u64>,
+    ) -> Result<()> {
+        if lsn <= self.committed_lsn() || self.prepared.lock().expect("prepared lock poisoned").contains_key(&lsn) {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        let mut entries = Vec::with_capacity(added.len());
+        let mut highest = 0;
+        for (seq, index, data) in added {
+            self.replicated_meta(seq, &index)?;
+            highest = highest.max(seq + 1);
+            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            entries.push((seq, index));
+        }
+        let change = PreparedChange { lsn, added: entries, removed };
+        batch.put(keys::prepared_key(self.def.id, self.shard, lsn), change.encode());
+        self.next_seq.fetch_max(highest, Ordering::Relaxed);
+        batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
+        self.tables.commit(batch)?;
+        self.prepared.lock().expect("prepared lock poisoned").insert(lsn, change);
+        Ok(())
+    }
+
+    /// Commits every prepared change numbered up to `lsn`, in order, in one durable batch, and makes them visible;
+    /// returns how many were committed. The caller holds [`ShardReplica::dml_lock`].
+    ///
+    /// # Errors
+    ///
+    /// Store errors; then nothing is committed.
+    pub(crate) fn commit_through(&self, lsn: u64) -> Result<usize> {
+        let changes: Vec<PreparedChange> =
+            self.prepared.lock().expect("prepared lock poisoned").range(..=lsn).map(|(_, c)| c.clone()).collect();
+        let Some(last) = changes.last().map(|c| c.lsn) else { return Ok(0) };
+        let current = self.version();
+        let mut present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
+        let mut batch = WriteBatch::new();
+        let mut added = Vec::new();
+        let mut removed: HashSet<u64> = HashSet::new();
+        for change in &changes {
+            for (seq, index) in &change.added {
+                if present.insert(*seq) {
+                    batch.put(keys::index_key(self.def.id, self.shard, *seq), index.clone());
+                    added.push(self.make_chunk(*seq, self.replicated_meta(*seq, index)?));
+                }
+            }
+            for seq in &change.removed {
+                batch.delete(keys::index_key(self.def.id, self.shard, *seq));
+                removed.insert(*seq);
+            }
+            batch.delete(keys::prepared_key(self.def.id, self.shard, change.lsn));
+        }
+        batch.put(keys::commit_key(self.def.id, self.shard), last.to_be_bytes().to_vec());
+        self.tables.commit(batch)?;
+        // A chunk added and removed by changes committed together never becomes visible.
+        let (gone_now, added): (Vec<_>, Vec<_>) = added.into_iter().partition(|c| removed.contains(&c.seq));
+        for c in gone_now {
+            c.retire();
+        }
+        let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
+        self.install(&gone, added);
+        let mut prepared = self.prepared.lock().expect("prepared lock poisoned");
+        for change in &changes {
+            prepared.remove(&change.lsn);
+        }
+        self.committed_lsn.fetch_max(last, Ordering::AcqRel);
+        Ok(changes.len())
+    }
+
+    /// Discards every prepared change numbered above `lsn` (changes a new primary does not have: never
+    /// acknowledged), deleting their records and their chunks' data; returns how many. The caller holds
+    /// [`ShardReplica::dml_lock`].
+    ///
+    /// # Errors
+    ///
+    /// Store errors; then nothing is discarded.
+    pub(crate) fn discard_after(&self, lsn: u64) -> Result<usize> {
+        let changes: Vec<PreparedChange> = self
+            .prepared
+            .lock()
+            .expect("prepared lock poisoned")
+            .range(lsn.saturating_add(1)..)
+            .map(|(_, c)| c.clone())
+            .collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        // Chunk data that a committed chunk or a kept change still names stays (a deposed primary may have numbered
+        // a chunk as its successor did).
+        let mut kept: HashSet<u64> = self.version().iter().map(|c| c.seq).collect();
+        for change in self.prepared.lock().expect("prepared lock poisoned").range(..=lsn).map(|(_, c)| c) {
+            kept.extend(change.added.iter().map(|(seq, _)| *seq));
+        }
+        let mut batch = WriteBatch::new();
+        for change in &changes {
+            for (seq, _) in &change.added {
+                if !kept.contains(seq) {
+                    batch.delete(keys::data_key(self.def.id, self.shard, *seq));
+                }
+            }
+            batch.delete(keys::prepared_key(self.def.id, self.shard, change.lsn));
+        }
+        self.tables.commit(batch)?;
+        let mut prepared = self.prepared.lock().expect("prepared lock poisoned");
+        for change in &changes {
+            prepared.remove(&change.lsn);
+        }
+        Ok(changes.len())
     }
 
     /// Returns every committed chunk of the shard as the replication stream carries it (number, index entry, data),
@@ -372,13 +523,19 @@ impl ShardReplica {
         Ok(out)
     }
 
-    /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it.
+    /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it; the
+    /// data of prepared changes goes too.
     pub(crate) fn retire_all(&self) {
         let mut guard = self.version.write().expect("version lock poisoned");
         for c in guard.iter() {
             c.retire();
         }
         *guard = Arc::new(Vec::new());
+        let prepared = std::mem::take(&mut *self.prepared.lock().expect("prepared lock poisoned"));
+        let (id, shard) = (self.def.id, self.shard);
+        self.tables.discard(
+            prepared.values().flat_map(|c| c.added.iter().map(move |(seq, _)| keys::data_key(id, shard, *seq))),
+        );
     }
 }
 

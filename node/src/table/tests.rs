@@ -206,3 +206,64 @@ async fn a_format_2_directory_is_rewritten_to_format_3_keeping_every_row_and_tie
     assert_eq!(engine.tier("a").await.expect("tier").rows, 151);
     assert_eq!(count_sum(&engine, "a").await, (451, 101_926));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_discarded_ones_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    for name in ["source", "copy"] {
+        engine
+            .execute_one(&format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1)"))
+            .await
+            .expect("create");
+    }
+    engine
+        .execute_one("INSERT INTO source SELECT value, value + 0 FROM generate_series(1, 250)")
+        .await
+        .expect("insert");
+    let chunks = engine.hot_table("source").expect("table").only_shard().committed_chunks().expect("chunks");
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    // Change 1 adds the first two chunks, change 2 the rest, change 3 (later discarded) the first one again under
+    // another number.
+    let (first, rest) = chunks.split_at(2);
+    let again: Vec<_> = first[..1].iter().map(|(_, index, data)| (1000, index.clone(), data.clone())).collect();
+    {
+        let copy = engine.hot_table("copy").expect("table");
+        let replica = copy.only_shard();
+        replica.prepare(1, first.to_vec(), vec![]).expect("prepare 1");
+        replica.prepare(2, rest.to_vec(), vec![]).expect("prepare 2");
+        replica.prepare(3, again, vec![]).expect("prepare 3");
+        replica.prepare(1, first.to_vec(), vec![]).expect("prepared twice: nothing changes");
+        assert_eq!(replica.prepared_lsns(), [1, 2, 3]);
+    }
+    assert_eq!(count_sum(&engine, "copy").await.0, 0, "prepared changes are not visible");
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+
+    let engine = open(dir.path()).await;
+    let copy = engine.hot_table("copy").expect("table");
+    let replica = Arc::clone(copy.only_shard());
+    assert_eq!(replica.prepared_lsns(), [1, 2, 3], "prepared changes survive a restart, their data too");
+    assert_eq!(count_sum(&engine, "copy").await.0, 0);
+    assert_eq!(replica.discard_after(2).expect("discard"), 1);
+    assert_eq!(replica.commit_through(1).expect("commit 1"), 1);
+    let rows_first: i64 = count_sum(&engine, "copy").await.0;
+    assert!(rows_first > 0 && rows_first < 250, "change 1 alone: {rows_first}");
+    assert_eq!(replica.commit_through(5).expect("commit the rest"), 1);
+    assert_eq!((replica.committed_lsn(), replica.prepared_lsns()), (2, vec![]));
+    assert_eq!(count_sum(&engine, "copy").await, count_sum(&engine, "source").await);
+    let store = engine.hot_store_bytes();
+    assert!(store > 0);
+    drop((copy, replica));
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+
+    let engine = open(dir.path()).await;
+    let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+    assert_eq!((replica.committed_lsn(), replica.prepared_lsns()), (2, vec![]), "the commit point is durable");
+    assert_eq!(count_sum(&engine, "copy").await, (250, 31_375));
+    assert!(replica.version().iter().all(|c| c.seq != 1000), "the discarded change's chunk never became visible");
+    // A change at or below the commit point is not prepared again.
+    replica.prepare(2, rest.to_vec(), vec![]).expect("an old change");
+    assert!(replica.prepared_lsns().is_empty());
+}

@@ -24,19 +24,25 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-async fn start(node_id: u64, join: Vec<String>, cold: &std::path::Path) -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = Overrides {
-        data_dir: Some(dir.path().to_path_buf()),
+/// A node's settings on loopback ports: its data in `dir`, its cold tier in `cold` (a shared directory) or, without
+/// one, the default directory of its own.
+fn overrides(node_id: u64, dir: &std::path::Path, join: Vec<String>, cold: Option<&std::path::Path>) -> Overrides {
+    Overrides {
+        data_dir: Some(dir.to_path_buf()),
         flight_addr: Some("127.0.0.1:0".into()),
         pg_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
         grpc_addr: Some("127.0.0.1:0".into()),
         node_id: Some(node_id),
         join,
-        cold_store: Some(format!("file://{}", cold.display())),
-        cold_shared_dir: true,
-    };
+        cold_store: cold.map(|c| format!("file://{}", c.display())),
+        cold_shared_dir: cold.is_some(),
+    }
+}
+
+async fn start(node_id: u64, join: Vec<String>, cold: &std::path::Path) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = overrides(node_id, dir.path(), join, Some(cold));
     let config = Config::load(None, Vec::new(), &overrides).expect("config");
     let server = Server::bind(config).await.expect("bind");
     let grpc = server.grpc_addr().expect("internal endpoint").to_string();
@@ -115,6 +121,9 @@ fn request(
             .collect(),
         removed: vec![],
         next_seq: next,
+        lsn: 0,
+        commit_through: 0,
+        discard_after: None,
     }
 }
 
@@ -252,18 +261,32 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     );
     assert_eq!(scan_ids(backup, &shard, shard.epoch + 1).await.expect("at the new epoch"), all);
 
+    // The shard's log: a change sent with a number stays prepared (durable, invisible) on the backup until the
+    // primary's commit point passes it; a change the primary never had is discarded.
+    let epoch = shard.epoch + 1;
+    primary.engine.execute_one("INSERT INTO t SELECT value, 1 FROM generate_series(502, 600)").await.expect("insert");
+    let (now, next_seq) = primary.engine.committed_chunks(table, shard.shard_id).await.expect("chunks");
+    let new: Vec<_> = now.into_iter().filter(|c| !chunks.contains(c)).collect();
+    assert!(!new.is_empty());
+    let prepared = ReplicateRequest { lsn: 1, ..request(&shard, epoch, shard.primary, &new, next_seq) };
+    let reply = client.replicate(prepared).await.expect("prepare").into_inner();
+    assert_eq!((reply.rows, reply.committed_lsn, reply.prepared.as_slice()), (501, 0, &[1][..]), "{reply:?}");
+    assert_eq!(scan_ids(backup, &shard, epoch).await.expect("scan").len(), 501, "prepared rows are not visible");
+    let stray = ReplicateRequest { lsn: 2, ..request(&shard, epoch, shard.primary, &new[..1], next_seq) };
+    assert_eq!(client.replicate(stray).await.expect("prepare 2").into_inner().prepared, [1, 2]);
+    let commit = ReplicateRequest {
+        commit_through: 1,
+        discard_after: Some(1),
+        ..request(&shard, epoch, shard.primary, &[], next_seq)
+    };
+    let reply = client.replicate(commit).await.expect("commit").into_inner();
+    assert_eq!((reply.rows, reply.committed_lsn, reply.prepared.len()), (600, 1, 0), "{reply:?}");
+    let ids = scan_ids(backup, &shard, epoch).await.expect("scan");
+    assert_eq!(ids, (1..=600).collect::<Vec<i64>>());
+
     // A member of a cluster of several nodes that comes back with a cold store only it can read is refused.
     let dir = two.stop().await;
-    let overrides = Overrides {
-        data_dir: Some(dir.path().to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        node_id: Some(2),
-        ..Overrides::default()
-    };
-    let config = Config::load(None, Vec::new(), &overrides).expect("config");
+    let config = Config::load(None, Vec::new(), &overrides(2, dir.path(), vec![], None)).expect("config");
     let Err(refused) = Server::bind(config).await else { panic!("a node-local cold store in a cluster was accepted") };
     assert!(refused.to_string().contains("cold.store"), "{refused}");
     one.stop().await;

@@ -55,9 +55,18 @@ impl ShardService for ShardGrpcService {
             added: r.added.into_iter().map(|c| (c.seq, c.index_entry, c.data)).collect(),
             removed: r.removed,
             next_seq: r.next_seq,
+            lsn: r.lsn,
+            commit_through: r.commit_through,
+            discard_after: r.discard_after,
         };
         let state = self.engine.apply_replicated(change).await.map_err(|e| status_from(&e))?;
-        Ok(Response::new(ReplicateReply { epoch: state.epoch, chunks: state.chunks, rows: state.rows }))
+        Ok(Response::new(ReplicateReply {
+            epoch: state.epoch,
+            chunks: state.chunks,
+            rows: state.rows,
+            committed_lsn: state.committed_lsn,
+            prepared: state.prepared,
+        }))
     }
 
     type ScanShardStream = Pin<Box<dyn Stream<Item = Result<ScanShardReply, Status>> + Send>>;
