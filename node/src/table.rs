@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
-use quiver_meta::TableDef;
+use quiver_meta::{ShardId, TableDef};
 
 pub(crate) use chunk::ChunkMeta;
 
@@ -344,7 +344,13 @@ impl HotTable {
     pub(crate) fn appender(self: &Arc<Self>) -> Appender {
         let whole =
             if self.map.has_key() { 0 } else { self.next_whole.fetch_add(1, Ordering::Relaxed) % self.shards.len() };
-        Appender { table: Arc::clone(self), parts: (0..self.shards.len()).map(|_| None).collect(), whole, rows: 0 }
+        Appender {
+            table: Arc::clone(self),
+            parts: (0..self.shards.len()).map(|_| None).collect(),
+            whole,
+            only: None,
+            rows: 0,
+        }
     }
 
     /// Inserts every batch of `stream` as one atomic, durable insert; returns the rows inserted.
@@ -361,7 +367,37 @@ impl HotTable {
     /// # Cancel safety
     ///
     /// Cancelling rolls the insert back.
-    pub(crate) async fn append_stream<S, E>(self: &Arc<Self>, mut stream: S) -> Result<u64>
+    pub(crate) async fn append_stream<S, E>(self: &Arc<Self>, stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
+        self.append_stream_with(self.appender(), stream).await
+    }
+
+    /// [`HotTable::append_stream`] into one shard: a part of a statement sent to this node as the shard's primary.
+    /// Every row must belong to the shard.
+    ///
+    /// # Errors
+    ///
+    /// As [`HotTable::append_stream`], and [`Error::Plan`] for a row of another shard (nothing is inserted).
+    pub(crate) async fn append_shard_stream<S, E>(self: &Arc<Self>, shard: ShardId, stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
+        let Some(i) = self.shards.iter().position(|s| s.shard_id() == shard) else {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("table \"{}\" has no replica of it on this node", self.def.name),
+            });
+        };
+        let mut appender = self.appender();
+        appender.only = Some(i);
+        self.append_stream_with(appender, stream).await
+    }
+
+    async fn append_stream_with<S, E>(self: &Arc<Self>, appender: Appender, mut stream: S) -> Result<u64>
     where
         S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
         Error: From<E>,
@@ -373,7 +409,7 @@ impl HotTable {
         // The simulation has no blocking thread pool for the writer below: the appender runs inline, in this task.
         #[cfg(madsim)]
         {
-            let mut appender = self.appender();
+            let mut appender = appender;
             while let Some(item) = stream.next().await {
                 appender.push(&item?)?;
             }
@@ -388,7 +424,7 @@ impl HotTable {
                 Commit,
             }
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
-            let mut appender = self.appender();
+            let mut appender = appender;
             let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
                 while let Some(step) = rx.blocking_recv() {
                     match step {
@@ -472,6 +508,8 @@ pub(crate) struct Appender {
     parts: Vec<Option<ShardAppender>>,
     /// The shard that takes every row, for a table without a shard key.
     whole: usize,
+    /// The one shard every row must belong to (a part sent to this node as the shard's primary), by position.
+    only: Option<usize>,
     rows: u64,
 }
 
@@ -488,9 +526,20 @@ impl Appender {
         let batch = self.table.conform(batch)?;
         self.rows += batch.num_rows() as u64;
         if !self.table.map.has_key() {
-            return self.part(self.whole).push(batch);
+            return self.part(self.only.unwrap_or(self.whole)).push(batch);
         }
         for (shard, rows) in self.table.map.split(&batch)? {
+            if let Some(only) = self.only
+                && self.table.shards[only].shard_id() != shard
+            {
+                return Err(Error::Plan {
+                    message: format!(
+                        "rows of shard {shard} of table \"{}\" were sent to shard {}",
+                        self.table.def.name,
+                        self.table.shards[only].shard_id()
+                    ),
+                });
+            }
             let i = self.table.shards.iter().position(|s| s.shard_id() == shard).ok_or_else(|| {
                 Error::Internal(format!("table \"{}\" has no replica of shard {shard} here", self.table.def.name))
             })?;

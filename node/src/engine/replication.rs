@@ -181,6 +181,37 @@ impl Engine {
         })
     }
 
+    /// Writes rows of one shard on this node as its primary at `epoch`, in one atomic, durable commit; returns the
+    /// rows written. The rows of a statement a node routed by slot (`ShardService.WriteShard`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node is not its primary; [`Error::Plan`]
+    /// for a row of another shard; the errors of an insert (schema mismatch, NOT NULL, store).
+    pub async fn write_shard(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        if record.primary != self.node_id {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!(
+                    "node {} is not its primary at epoch {epoch} (node {} is)",
+                    self.node_id, record.primary
+                ),
+            });
+        }
+        let hot = self.hot_tables().into_iter().find(|t| t.def().id == table).ok_or_else(|| {
+            Error::ShardUnavailable { shard: shard.0, detail: "its table is not attached here".into() }
+        })?;
+        let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
+        hot.append_shard_stream(shard, stream).await
+    }
+
     /// Every committed chunk of this node's replica of a shard, in number order, as the replication stream carries
     /// them, with the replica's next chunk number: what a replica that catches up is sent.
     ///

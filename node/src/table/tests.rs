@@ -267,3 +267,33 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     replica.prepare(2, rest.to_vec(), vec![]).expect("an old change");
     assert!(replica.prepared_lsns().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_sent_to_one_shard_must_hold_only_that_shards_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    engine.execute_one("CREATE TABLE k (id BIGINT PRIMARY KEY, v BIGINT)").await.expect("create");
+    let table = engine.hot_table("k").expect("table");
+    let schema = table.schema();
+    let batch = |ids: Vec<i64>| {
+        let values = arrow::array::Int64Array::from(ids.clone());
+        RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(arrow::array::Int64Array::from(ids)), Arc::new(values)])
+            .expect("batch")
+    };
+    let all = batch((1..=100).collect());
+    let parts = table.shard_map().split(&all).expect("split");
+    assert_eq!(parts.len(), 2, "100 keys over two shards");
+    let (first, mine) = (&parts[0].0, &parts[0].1);
+    let refused = table
+        .append_shard_stream(*first, futures::stream::iter(vec![Ok::<_, crate::Error>(all.clone())]))
+        .await
+        .expect_err("rows of the other shard");
+    assert!(refused.to_string().contains("were sent to shard"), "{refused}");
+    assert_eq!(count_sum(&engine, "k").await.0, 0, "nothing of the refused part");
+    let written = table
+        .append_shard_stream(*first, futures::stream::iter(vec![Ok::<_, crate::Error>(mine.clone())]))
+        .await
+        .expect("its own rows");
+    assert_eq!(written, mine.num_rows() as u64);
+    assert_eq!(rows_per_shard(&engine, "k"), [mine.num_rows() as u64, 0]);
+}

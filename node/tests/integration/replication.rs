@@ -12,7 +12,7 @@ use quiver_node::config::{Config, Overrides};
 use quiver_node::server::Server;
 use quiver_node::{Engine, RemoteShardScanExec};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
-use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk, ScanShardRequest};
+use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk, ScanShardRequest, WriteShardRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -283,6 +283,41 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     assert_eq!((reply.rows, reply.committed_lsn, reply.prepared.len()), (600, 1, 0), "{reply:?}");
     let ids = scan_ids(backup, &shard, epoch).await.expect("scan");
     assert_eq!(ids, (1..=600).collect::<Vec<i64>>());
+
+    // Rows routed to the shard's primary: written there in one commit; refused by a node that is not the primary,
+    // at another epoch, or when a row belongs to another shard.
+    let t2 = primary.engine.hot_table("t").expect("table");
+    let rows = |ids: Vec<i64>| {
+        let schema = t2.schema();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(arrow::array::Int64Array::from(ids.clone())), Arc::new(arrow::array::Int64Array::from(ids))],
+        )
+        .expect("batch");
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.finish().expect("finish");
+        writer.into_inner().expect("bytes")
+    };
+    let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
+        let request = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: rows(ids) };
+        let addr = node.grpc.clone();
+        async move {
+            ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
+        }
+    };
+    let written = write(primary, epoch, vec![601, 602, 603]).await.expect("write to the primary");
+    assert_eq!(written.into_inner().rows, 3);
+    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 603);
+    let not_primary = write(backup, epoch, vec![604]).await.expect_err("a backup takes no writes");
+    assert_eq!(not_primary.code(), Code::Unavailable);
+    assert!(not_primary.message().contains("not its primary"), "{}", not_primary.message());
+    let stale = write(primary, epoch - 1, vec![604]).await.expect_err("an old epoch");
+    assert_eq!(stale.code(), Code::Unavailable);
+    let garbage = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: vec![1, 2] };
+    let status = primary.client().await.write_shard(garbage).await.expect_err("not Arrow IPC");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 603, "the refused writes left nothing");
 
     // A member of a cluster of several nodes that comes back with a cold store only it can read is refused.
     let dir = two.stop().await;

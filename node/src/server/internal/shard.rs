@@ -10,12 +10,14 @@ use arrow::datatypes::SchemaRef;
 use futures::Stream;
 use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::shard_service_server::ShardService;
-use quiver_proto::v1::{ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest};
+use quiver_proto::v1::{
+    ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest, WriteShardReply, WriteShardRequest,
+};
 use tonic::{Request, Response, Status};
 
-use super::encode;
+use super::{decode, encode};
 use crate::engine::{Engine, ReplicatedChange};
-use crate::server::status::status_from;
+use crate::server::status::{malformed, status_from};
 
 /// The `ShardService` of one node.
 #[derive(Debug, Clone)]
@@ -45,6 +47,18 @@ fn encode_within(schema: &SchemaRef, batch: &RecordBatch, limit: usize) -> Resul
 
 #[tonic::async_trait]
 impl ShardService for ShardGrpcService {
+    async fn write_shard(&self, request: Request<WriteShardRequest>) -> Result<Response<WriteShardReply>, Status> {
+        let r = request.into_inner();
+        let (_, batches) =
+            decode(&r.arrow_ipc).map_err(|e| malformed(format!("the rows are not a valid Arrow IPC stream: {e}")))?;
+        let rows = self
+            .engine
+            .write_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, batches)
+            .await
+            .map_err(|e| status_from(&e))?;
+        Ok(Response::new(WriteShardReply { rows }))
+    }
+
     async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
         let r = request.into_inner();
         let change = ReplicatedChange {
