@@ -308,6 +308,8 @@ pub struct Engine {
     registry: Arc<TableRegistry>,
     /// The attached native tables by name (shared with the `system` schema).
     hot: Arc<RwLock<HashMap<String, Arc<HotTable>>>>,
+    /// The same tables by id, for requests that name a shard (the shard service).
+    hot_by_id: RwLock<HashMap<TableId, Arc<HotTable>>>,
     ctx: SessionContext,
     metrics: Arc<Metrics>,
     /// The cold tier's store, and the same under this cluster's prefix, metered and cached, once registered with
@@ -502,6 +504,7 @@ impl Engine {
             attached: tokio::sync::Mutex::new(BTreeMap::new()),
             registry,
             hot,
+            hot_by_id: RwLock::new(HashMap::new()),
             ctx,
             metrics,
             cold,
@@ -688,6 +691,7 @@ impl Engine {
     async fn detach(&self, name: &str, id: TableId) -> Result<()> {
         self.registry.remove(name);
         let table = self.hot.write().expect("hot table map poisoned").remove(name);
+        self.hot_by_id.write().expect("hot table map poisoned").remove(&id);
         if let Some(table) = table {
             let mut batch = WriteBatch::new();
             let [(index_start, index_end), _, floors, prepared, commits] = keys::table_ranges(id);
@@ -716,6 +720,7 @@ impl Engine {
         let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), map, shards));
         self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table))));
         self.hot.write().expect("hot table map poisoned").insert(def.name.clone(), Arc::clone(&table));
+        self.hot_by_id.write().expect("hot table map poisoned").insert(def.id, Arc::clone(&table));
         Ok(table)
     }
 
@@ -747,6 +752,11 @@ impl Engine {
     /// Returns the hot table of this name.
     pub fn hot_table(&self, name: &str) -> Option<Arc<HotTable>> {
         self.hot.read().expect("hot table map poisoned").get(name).cloned()
+    }
+
+    /// Returns the attached native table with id `id`.
+    pub(crate) fn hot_table_by_id(&self, id: TableId) -> Option<Arc<HotTable>> {
+        self.hot_by_id.read().expect("hot table map poisoned").get(&id).cloned()
     }
 
     /// Returns every table, ordered by name.

@@ -104,15 +104,9 @@ impl Engine {
 
     /// This node's replica of a shard.
     fn replica_of(&self, table: TableId, shard: ShardId) -> Result<Arc<ShardReplica>> {
-        self.hot_tables()
-            .into_iter()
-            .filter(|t| t.def().id == table)
-            .flat_map(|t| t.shards().to_vec())
-            .find(|r| r.shard_id() == shard)
-            .ok_or_else(|| Error::ShardUnavailable {
-                shard: shard.0,
-                detail: format!("no replica of it on node {}", self.node_id),
-            })
+        self.hot_table_by_id(table).and_then(|t| t.shards().iter().find(|r| r.shard_id() == shard).cloned()).ok_or_else(
+            || Error::ShardUnavailable { shard: shard.0, detail: format!("no replica of it on node {}", self.node_id) },
+        )
     }
 
     /// Applies what a shard's primary sent: discards prepared changes it never had, prepares a change of the shard's
@@ -205,8 +199,9 @@ impl Engine {
                 ),
             });
         }
-        let hot = self.hot_tables().into_iter().find(|t| t.def().id == table).ok_or_else(|| {
-            Error::ShardUnavailable { shard: shard.0, detail: "its table is not attached here".into() }
+        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
+            shard: shard.0,
+            detail: "its table is not attached here".into(),
         })?;
         let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
         hot.append_shard_stream(shard, stream).await
@@ -243,8 +238,9 @@ impl Engine {
     ) -> Result<ShardScan> {
         self.check_shard_epoch(table, shard, epoch).await?;
         let replica = self.replica_of(table, shard)?;
-        let hot = self.hot_tables().into_iter().find(|t| t.def().id == table).ok_or_else(|| {
-            Error::ShardUnavailable { shard: shard.0, detail: "its table is not attached here".into() }
+        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
+            shard: shard.0,
+            detail: "its table is not attached here".into(),
         })?;
         // As before any statement: a cold view must not trail the shard's manifest pointer.
         self.reload_unavailable_cold().await;
