@@ -180,7 +180,8 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node is not its primary; [`Error::Plan`]
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's, this node is not its primary, or the shard has
+    /// an in-sync backup (writes are not replicated yet); [`Error::Plan`]
     /// for a row of another shard; the errors of an insert (schema mismatch, NOT NULL, store).
     pub async fn write_shard(
         &self,
@@ -196,6 +197,17 @@ impl Engine {
                 detail: format!(
                     "node {} is not its primary at epoch {epoch} (node {} is)",
                     self.node_id, record.primary
+                ),
+            });
+        }
+        // Nothing is acknowledged before every in-sync copy is durable: until the primary replicates its changes,
+        // it takes writes only for a shard it is the sole in-sync copy of.
+        if let Some(backup) = record.in_sync.iter().find(|n| **n != self.node_id) {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!(
+                    "node {backup} is an in-sync backup at epoch {epoch}, and this build does not replicate writes to \
+                     backups yet"
                 ),
             });
         }

@@ -103,6 +103,20 @@ async fn scan_ids(node: &Node, shard: &ShardRecord, epoch: u64) -> Result<Vec<i6
     Ok(ids)
 }
 
+/// Rows `(id, id)` of table `t` as an Arrow IPC stream.
+fn arrow_ipc_of(engine: &Engine, ids: Vec<i64>) -> Vec<u8> {
+    let schema = engine.hot_table("t").expect("table").schema();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(arrow::array::Int64Array::from(ids.clone())), Arc::new(arrow::array::Int64Array::from(ids))],
+    )
+    .expect("batch");
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.finish().expect("finish");
+    writer.into_inner().expect("bytes")
+}
+
 fn request(
     shard: &ShardRecord,
     epoch: u64,
@@ -232,6 +246,17 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let status = client.replicate(garbage).await.expect_err("a malformed chunk");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
+    // While the backup is in sync, the primary takes no write it cannot replicate yet.
+    let unreplicated = WriteShardRequest {
+        table_id: table.0,
+        shard_id: shard.shard_id.0,
+        epoch: shard.epoch,
+        arrow_ipc: arrow_ipc_of(&primary.engine, vec![700]),
+    };
+    let status = primary.client().await.write_shard(unreplicated).await.expect_err("an in-sync backup");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("in-sync backup"), "{}", status.message());
+
     // The metadata group moves the shard to a new epoch (the backup leaves the in-sync set): the old primary's
     // changes at the old epoch are refused from now on, and so are scans planned at it.
     let moved = MetaCommand::SetShardReplicas {
@@ -286,19 +311,7 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
 
     // Rows routed to the shard's primary: written there in one commit; refused by a node that is not the primary,
     // at another epoch, or when a row belongs to another shard.
-    let t2 = primary.engine.hot_table("t").expect("table");
-    let rows = |ids: Vec<i64>| {
-        let schema = t2.schema();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(arrow::array::Int64Array::from(ids.clone())), Arc::new(arrow::array::Int64Array::from(ids))],
-        )
-        .expect("batch");
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).expect("writer");
-        writer.write(&batch).expect("write");
-        writer.finish().expect("finish");
-        writer.into_inner().expect("bytes")
-    };
+    let rows = |ids: Vec<i64>| arrow_ipc_of(&primary.engine, ids);
     let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
         let request = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: rows(ids) };
         let addr = node.grpc.clone();
