@@ -143,6 +143,11 @@ pub struct ClusterConfig {
     /// Copies kept of each shard of a new table whose CREATE TABLE does not say (`WITH (replicas = R)`); 0: 2 once
     /// the cluster has two serving nodes, else 1.
     pub replication_factor: u32,
+    /// The fewest in-sync copies (the primary's included) a shard takes writes with, capped at its table's copies:
+    /// below it, writes are refused with a retryable error.
+    pub min_in_sync: u32,
+    /// The longest a backup may take to make a change durable before the primary takes it out of the in-sync set.
+    pub replication_timeout: Millis,
 }
 
 impl Default for ClusterConfig {
@@ -165,6 +170,8 @@ impl Default for ClusterConfig {
             node_down_after: Millis(meta.node_down_after_ms),
             shards_per_table: 0,
             replication_factor: 0,
+            min_in_sync: crate::engine::ReplicationOptions::default().min_in_sync,
+            replication_timeout: Millis(crate::engine::ReplicationOptions::default().timeout.as_millis() as u64),
         }
     }
 }
@@ -527,6 +534,12 @@ impl Config {
             let n = self.cluster.replication_factor;
             return bad("cluster.replication_factor", format!("{n} is more than {}", quiver_meta::REPLICAS_MAX));
         }
+        if self.cluster.min_in_sync == 0 {
+            return bad("cluster.min_in_sync", "0 is below 1 (the primary's own copy)".to_string());
+        }
+        if self.cluster.replication_timeout.0 == 0 {
+            return bad("cluster.replication_timeout", "must be above 0".to_string());
+        }
         Ok(())
     }
 
@@ -544,6 +557,10 @@ impl Config {
             sharding: crate::engine::ShardingDefaults {
                 shards_per_table: self.cluster.shards_per_table,
                 replication_factor: self.cluster.replication_factor,
+            },
+            replication: crate::engine::ReplicationOptions {
+                min_in_sync: self.cluster.min_in_sync,
+                timeout: self.cluster.replication_timeout.duration(),
             },
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,

@@ -21,6 +21,7 @@ mod compact;
 pub mod copy;
 mod gc;
 mod options;
+mod primary;
 mod registry;
 mod replication;
 mod retention;
@@ -49,7 +50,8 @@ use quiver_meta::{
 pub use compact::CompactReport;
 pub use copy::CopyFormat;
 pub use gc::GcReport;
-pub use options::ShardingDefaults;
+pub use options::{ReplicationOptions, ShardingDefaults};
+pub use primary::COMMIT_PUSH_INTERVAL;
 use registry::TableRegistry;
 pub use replication::{ReplicaState, ReplicatedChange, ReplicatedChunk, ShardScan};
 pub use retention::ExpireReport;
@@ -99,6 +101,8 @@ pub struct EngineOptions {
     pub cold_store: Option<crate::cold::ColdStore>,
     /// The shards and copies of a new table whose CREATE TABLE does not say.
     pub sharding: ShardingDefaults,
+    /// How a shard's primary replicates its changes.
+    pub replication: ReplicationOptions,
 }
 
 impl Default for EngineOptions {
@@ -113,6 +117,7 @@ impl Default for EngineOptions {
             cold: crate::cold::ColdConfig::default(),
             cold_store: None,
             sharding: ShardingDefaults::default(),
+            replication: ReplicationOptions::default(),
         }
     }
 }
@@ -326,6 +331,11 @@ pub struct Engine {
     queries: Arc<statements::QueryLog>,
     /// The sharding of new tables whose CREATE TABLE does not say.
     sharding: ShardingDefaults,
+    /// How this node replicates the changes of the shards it leads, and its connections to their backups.
+    replication: ReplicationOptions,
+    peers: primary::Peers,
+    /// Shards whose backups have not been told this node's latest commit point ([`Engine::push_commit_points`]).
+    commit_unsent: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -515,6 +525,9 @@ impl Engine {
             sorts,
             queries,
             sharding: options.sharding,
+            replication: options.replication,
+            peers: primary::Peers::default(),
+            commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         };
         let mut chunks_by_shard = chunks_by_shard;
         {

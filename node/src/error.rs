@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A transient condition: retrying later may succeed.
     Unavailable,
+    /// The request may or may not have taken effect (a write reached some copies of its data before a failure):
+    /// look before repeating it.
+    OutcomeUnknown,
     /// Our own fault or a storage failure: the request did not take effect, and the operator should look at the logs.
     Internal,
 }
@@ -168,6 +171,15 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// A write reached some copies of a shard before a failure, so whether it takes effect depends on which copy leads
+    /// the shard next (or it took effect on fewer copies than required). The client must look before repeating it.
+    #[error("shard {shard}: the write's outcome is unknown: {detail}")]
+    OutcomeUnknown {
+        /// The shard.
+        shard: u64,
+        /// What happened.
+        detail: String,
+    },
     /// An invariant of ours broke.
     #[error("internal error: {0}")]
     Internal(String),
@@ -192,6 +204,7 @@ impl Error {
             Error::ShuttingDown | Error::ColdUnavailable { .. } | Error::ShardUnavailable { .. } => {
                 ErrorKind::Unavailable
             }
+            Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => ErrorKind::Unavailable,
                 quiver_meta::ClusterErrorKind::InvalidRequest => ErrorKind::InvalidRequest,
@@ -238,6 +251,8 @@ impl Error {
             Error::ColdUnavailable { .. } => "58030",
             // cannot_connect_now: the shard's configuration is changing; retry once it has settled.
             Error::ShardUnavailable { .. } => "57P03",
+            // statement_completion_unknown.
+            Error::OutcomeUnknown { .. } => "40003",
             // 57P03 cannot_connect_now: the metadata cluster has no leader or quorum right now; retry later.
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => "57P03",

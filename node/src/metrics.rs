@@ -166,6 +166,14 @@ pub struct Metrics {
     pub meta_proposal_errors: Counter,
     /// Times this node saw the metadata leader change.
     pub meta_leader_changes: Counter,
+    /// Changes of shards this node leads, made durable on every in-sync copy and committed.
+    pub shard_changes_replicated: Counter,
+    /// Time for a shard's change to be durable on every in-sync backup.
+    pub shard_replication_latency: Histogram,
+    /// Backups this node took out of a shard's in-sync set because a change did not reach them.
+    pub shard_in_sync_removals: Counter,
+    /// Shard writes whose outcome a failure left unknown.
+    pub shard_outcome_unknown: Counter,
 }
 
 /// The metadata replica's state at render time, read from Raft's metrics.
@@ -344,6 +352,30 @@ impl Metrics {
             "quiver_meta_proposal_errors_total",
             "Metadata proposals that failed.",
             self.meta_proposal_errors.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_changes_replicated_total",
+            "Changes of shards this node leads, durable on every in-sync copy and committed.",
+            self.shard_changes_replicated.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP quiver_shard_replication_duration_seconds Time for a change to be durable on every in-sync backup."
+        );
+        let _ = writeln!(out, "# TYPE quiver_shard_replication_duration_seconds histogram");
+        self.shard_replication_latency.render(&mut out, "quiver_shard_replication_duration_seconds", "");
+        counter(
+            &mut out,
+            "quiver_shard_in_sync_removals_total",
+            "Backups taken out of a shard's in-sync set because a change did not reach them.",
+            self.shard_in_sync_removals.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_outcome_unknown_total",
+            "Shard writes whose outcome a failure left unknown.",
+            self.shard_outcome_unknown.get(),
         );
         counter(
             &mut out,

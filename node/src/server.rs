@@ -245,6 +245,14 @@ impl Server {
             let engine = Arc::clone(&engine);
             tokio::spawn(every(interval, rx.clone(), move || gc_round(Arc::clone(&engine), grace)))
         });
+        // Backups learn a commit point no later change carried to them.
+        let committer = internal.as_ref().map(|_| {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(every(crate::engine::COMMIT_PUSH_INTERVAL, rx.clone(), move || {
+                let engine = Arc::clone(&engine);
+                async move { engine.push_commit_points().await }
+            }))
+        });
         #[cfg(not(madsim))]
         let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
         #[cfg(madsim)]
@@ -258,7 +266,7 @@ impl Server {
         if let Some(keeper) = keeper {
             let _ = keeper.await;
         }
-        for task in [tierer, collector].into_iter().flatten() {
+        for task in [tierer, collector, committer].into_iter().flatten() {
             let _ = task.await;
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.

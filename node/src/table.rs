@@ -315,6 +315,24 @@ impl HotTable {
         conform(&self.def, &self.schema, batch)
     }
 
+    /// Checks rows sent to `shard` as its primary: conformed to the table, every one of them owned by the shard (a
+    /// table without a shard key takes any row in any shard). Blocking work (a hash per row).
+    ///
+    /// # Errors
+    ///
+    /// As [`HotTable::conform`], and [`Error::Plan`] for a row of another shard.
+    pub(crate) fn conform_part(&self, shard: ShardId, batch: &RecordBatch) -> Result<RecordBatch> {
+        let batch = self.conform(batch)?;
+        if self.map.has_key()
+            && let Some((other, _)) = self.map.split(&batch)?.into_iter().find(|(s, _)| *s != shard)
+        {
+            return Err(Error::Plan {
+                message: format!("rows of shard {other} of table \"{}\" were sent to shard {shard}", self.def.name),
+            });
+        }
+        Ok(batch)
+    }
+
     /// Replaces chunks in several shards at once: for each, removes its chunks and adds its rows (already
     /// conformed), all in one atomic, durable commit published as one. The caller holds every named shard's
     /// [`ShardReplica::dml_lock`].

@@ -55,6 +55,22 @@ pub struct ShardingDefaults {
     pub replication_factor: u32,
 }
 
+/// How a shard's primary replicates its changes (`[cluster] min_in_sync`, `replication_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationOptions {
+    /// The fewest in-sync copies (the primary's included) a shard takes writes with, capped at the table's
+    /// `replicas`: below it a write is refused with a retryable error.
+    pub min_in_sync: u32,
+    /// The longest a backup may take to make a change durable before the primary takes it out of the in-sync set.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ReplicationOptions {
+    fn default() -> Self {
+        Self { min_in_sync: 2, timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
 /// The changes `options` ask for (a `None` value removes the option), checked.
 ///
 /// # Errors

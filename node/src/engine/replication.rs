@@ -1,6 +1,6 @@
 //! The replica side of the cluster data path (docs/rfcs/0001-cluster-data-path.md): changes a shard's primary
 //! replicates to this node, the committed chunks a catching-up replica is sent, and scans of one shard's replica
-//! (hot and cold rows, from the replica's own consistent view).
+//! (hot and cold rows, from the replica's own consistent view). The primary's side is `super::primary`.
 //!
 //! Every request names the shard's configuration epoch as its sender knows it, and is checked against this node's
 //! metadata replica first ([`Engine::check_shard_epoch`]): an older epoch is refused (its sender was deposed or
@@ -42,6 +42,8 @@ pub struct ReplicatedChange {
     /// The change's number in the shard's log, kept prepared until `commit_through` passes it; 0: committed as it
     /// arrives (a catching-up replica's committed chunks).
     pub lsn: u64,
+    /// The epoch at which the primary numbered the change (0: `epoch`).
+    pub term: u64,
     /// The primary's commit point.
     pub commit_through: u64,
     /// Prepared changes above this number are discarded first (a new primary's reconciliation).
@@ -103,7 +105,7 @@ impl Engine {
     }
 
     /// This node's replica of a shard.
-    fn replica_of(&self, table: TableId, shard: ShardId) -> Result<Arc<ShardReplica>> {
+    pub(super) fn replica_of(&self, table: TableId, shard: ShardId) -> Result<Arc<ShardReplica>> {
         self.hot_table_by_id(table).and_then(|t| t.shards().iter().find(|r| r.shard_id() == shard).cloned()).ok_or_else(
             || Error::ShardUnavailable { shard: shard.0, detail: format!("no replica of it on node {}", self.node_id) },
         )
@@ -127,6 +129,7 @@ impl Engine {
             removed,
             next_seq,
             lsn,
+            term,
             commit_through,
             discard_after,
         } = change;
@@ -155,12 +158,23 @@ impl Engine {
                 r.discard_after(lsn)?;
             }
             if lsn > 0 {
-                r.prepare(lsn, added, removed)?;
+                let term = if term == 0 { epoch } else { term };
+                r.prepare(lsn, term, epoch, added, removed)?;
             } else if !added.is_empty() || !removed.is_empty() {
                 r.apply(added, &removed, next_seq)?;
             }
             if commit_through > 0 {
                 r.commit_through(commit_through)?;
+                if r.committed_lsn() < commit_through {
+                    return Err(Error::ShardUnavailable {
+                        shard: shard.0,
+                        detail: format!(
+                            "the primary committed through change {commit_through}, this replica holds the log only \
+                             through {}; it must catch up",
+                            r.log_end()
+                        ),
+                    });
+                }
             }
             Ok(())
         })
@@ -173,50 +187,6 @@ impl Engine {
             committed_lsn: replica.committed_lsn(),
             prepared: replica.prepared_lsns(),
         })
-    }
-
-    /// Writes rows of one shard on this node as its primary at `epoch`, in one atomic, durable commit; returns the
-    /// rows written. The rows of a statement a node routed by slot (`ShardService.WriteShard`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::ShardUnavailable`] when the epoch is not the shard's, this node is not its primary, or the shard has
-    /// an in-sync backup (writes are not replicated yet); [`Error::Plan`]
-    /// for a row of another shard; the errors of an insert (schema mismatch, NOT NULL, store).
-    pub async fn write_shard(
-        &self,
-        table: TableId,
-        shard: ShardId,
-        epoch: u64,
-        batches: Vec<RecordBatch>,
-    ) -> Result<u64> {
-        let record = self.check_shard_epoch(table, shard, epoch).await?;
-        if record.primary != self.node_id {
-            return Err(Error::ShardUnavailable {
-                shard: shard.0,
-                detail: format!(
-                    "node {} is not its primary at epoch {epoch} (node {} is)",
-                    self.node_id, record.primary
-                ),
-            });
-        }
-        // Nothing is acknowledged before every in-sync copy is durable: until the primary replicates its changes,
-        // it takes writes only for a shard it is the sole in-sync copy of.
-        if let Some(backup) = record.in_sync.iter().find(|n| **n != self.node_id) {
-            return Err(Error::ShardUnavailable {
-                shard: shard.0,
-                detail: format!(
-                    "node {backup} is an in-sync backup at epoch {epoch}, and this build does not replicate writes to \
-                     backups yet"
-                ),
-            });
-        }
-        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
-            shard: shard.0,
-            detail: "its table is not attached here".into(),
-        })?;
-        let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
-        hot.append_shard_stream(shard, stream).await
     }
 
     /// Every committed chunk of this node's replica of a shard, in number order, as the replication stream carries

@@ -145,8 +145,10 @@ impl DataService for DataGrpcService {
 }
 
 fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> tonic::transport::server::Router {
+    // A replicated change carries the chunks of a write that fit in `max_message_bytes`, compressed, with their index
+    // entries: headroom for those.
     let shard = ShardServiceServer::new(ShardGrpcService::new(Arc::clone(&engine), max_message_bytes))
-        .max_decoding_message_size(max_message_bytes)
+        .max_decoding_message_size(max_message_bytes.saturating_add(1 << 20))
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
     let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
         .max_decoding_message_size(max_message_bytes)

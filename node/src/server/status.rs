@@ -51,6 +51,8 @@ pub(crate) fn status_from(e: &Error) -> Status {
         ErrorKind::ResourceExhausted => (Code::ResourceExhausted, false, Blame::Client),
         ErrorKind::Unsupported => (Code::Unimplemented, false, Blame::Client),
         ErrorKind::Unavailable => (Code::Unavailable, true, Blame::Transient),
+        // Repeating the request may apply it twice.
+        ErrorKind::OutcomeUnknown => (Code::Unknown, false, Blame::Transient),
         // The request did not take effect, but repeating it blindly against a failing store helps nobody.
         ErrorKind::Internal => (Code::Internal, false, Blame::Server),
     };
@@ -130,6 +132,7 @@ mod tests {
             (Error::TooLarge { what: "x", actual: 2, limit: 1 }, Code::ResourceExhausted, "54000", "false"),
             (Error::Unsupported { what: "x".into() }, Code::Unimplemented, "0A000", "false"),
             (Error::ShuttingDown, Code::Unavailable, "57P01", "true"),
+            (Error::OutcomeUnknown { shard: 1, detail: "x".into() }, Code::Unknown, "40003", "false"),
             (Error::Internal("x".into()), Code::Internal, "XX000", "false"),
         ];
         for (error, code, sqlstate, retryable) in cases {

@@ -15,19 +15,36 @@ use crate::error::{Error, Result};
 pub(crate) struct PreparedChange {
     /// The change's number in the shard's log.
     pub(crate) lsn: u64,
+    /// The epoch at which its primary numbered it: one primary per epoch, so two changes of one number and term
+    /// are the same change, and of one number and different terms, changes of two primaries (the later one wins).
+    pub(crate) term: u64,
     /// The chunks it adds: number and index entry.
     pub(crate) added: Vec<(u64, Vec<u8>)>,
     /// The numbers of the chunks it removes.
     pub(crate) removed: Vec<u64>,
 }
 
-/// The record format's version, first byte of every record.
-const RECORD_VERSION: u8 = 1;
+/// One change of a shard's log as the replication stream carries it, chunks' data included.
+#[derive(Debug, Clone)]
+pub(crate) struct LoggedChange {
+    /// The change's number in the shard's log.
+    pub(crate) lsn: u64,
+    /// The epoch at which its primary numbered it.
+    pub(crate) term: u64,
+    /// The chunks it adds.
+    pub(crate) added: Vec<crate::engine::ReplicatedChunk>,
+    /// The numbers of the chunks it removes.
+    pub(crate) removed: Vec<u64>,
+}
+
+/// The record format's version, first byte of every record: 2 adds the term (version 1 records read as term 0).
+const RECORD_VERSION: u8 = 2;
 
 impl PreparedChange {
     /// Encodes the record (the lsn is in its key).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![RECORD_VERSION];
+        out.extend_from_slice(&self.term.to_be_bytes());
         out.extend_from_slice(&(self.added.len() as u32).to_be_bytes());
         for (seq, index) in &self.added {
             out.extend_from_slice(&seq.to_be_bytes());
@@ -55,9 +72,11 @@ impl PreparedChange {
         };
         let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
         let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
-        if take(1)?[0] != RECORD_VERSION {
-            return Err(corrupt("unknown prepared change record version"));
-        }
+        let term = match take(1)?[0] {
+            1 => 0,
+            RECORD_VERSION => u64_of(take(8)?),
+            _ => return Err(corrupt("unknown prepared change record version")),
+        };
         let count = u32_of(take(4)?);
         let mut added = Vec::with_capacity(count.min(1 << 16));
         for _ in 0..count {
@@ -73,7 +92,7 @@ impl PreparedChange {
         if !rest.is_empty() {
             return Err(corrupt("the prepared change record has trailing bytes"));
         }
-        Ok(Self { lsn, added, removed })
+        Ok(Self { lsn, term, added, removed })
     }
 }
 
@@ -83,7 +102,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_is_reported() {
-        let change = PreparedChange { lsn: 9, added: vec![(4, vec![1, 2, 3]), (5, vec![])], removed: vec![1, 2] };
+        let change =
+            PreparedChange { lsn: 9, term: 3, added: vec![(4, vec![1, 2, 3]), (5, vec![])], removed: vec![1, 2] };
         let bytes = change.encode();
         assert_eq!(PreparedChange::decode(9, &bytes, || "test".into()).expect("decode"), change);
         for cut in [0, 1, 7, bytes.len() - 1] {
@@ -92,5 +112,10 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(PreparedChange::decode(9, &longer, || "test".into()).is_err());
+        // A record of the first version has no term.
+        let mut first = vec![1];
+        first.extend_from_slice(&bytes[9..]);
+        let old = PreparedChange::decode(9, &first, || "test".into()).expect("version 1");
+        assert_eq!(old, PreparedChange { term: 0, ..change });
     }
 }

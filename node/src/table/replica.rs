@@ -12,7 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use quiver_meta::{ShardId, TableDef, TableId};
 
-use super::log::PreparedChange;
+use super::log::{LoggedChange, PreparedChange};
 use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
 use crate::cold::ColdState;
 use crate::error::Result;
@@ -386,20 +386,62 @@ impl ShardReplica {
         self.prepared.lock().expect("prepared lock poisoned").keys().copied().collect()
     }
 
-    /// Prepares change `lsn` of the shard's log: its chunks' data and its record durable, nothing visible. A change
-    /// already prepared or committed is not prepared again. The caller holds [`ShardReplica::dml_lock`].
+    /// The last change of the shard's log this replica holds, prepared or committed: a primary numbers its next
+    /// change above it.
+    pub(crate) fn log_end(&self) -> u64 {
+        let prepared = self.prepared.lock().expect("prepared lock poisoned");
+        prepared.keys().next_back().copied().unwrap_or(0).max(self.committed_lsn())
+    }
+
+    /// Prepares change `lsn` of the shard's log, numbered at `term`, sent by the shard's primary at `epoch`: its
+    /// chunks' data and its record durable, nothing visible. The caller holds [`ShardReplica::dml_lock`].
+    ///
+    /// - A change at or below the commit point, or already prepared under the same term, is not prepared again (a
+    ///   message sent twice).
+    /// - Prepared changes from `lsn` on with a term below `epoch` are discarded first: they come from an earlier
+    ///   primary and the sender, the shard's primary now, does not have them (the primary numbers each change once,
+    ///   and sends its changes to each backup in order).
+    /// - The log has no holes: every change between the commit point and `lsn` must be prepared here, or the change
+    ///   is refused (the replica missed a change and must catch up).
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Parameter`] for a chunk whose index entry does not fit the table; store errors.
+    /// [`crate::Error::ShardUnavailable`] for a hole in the log or a prepared change of the same number from the
+    /// sender's own epoch that differs; [`crate::Error::Parameter`] for a chunk whose index entry does not fit the
+    /// table; store errors.
     pub(crate) fn prepare(
         &self,
         lsn: u64,
+        term: u64,
+        epoch: u64,
         added: Vec<crate::engine::ReplicatedChunk>,
         removed: Vec<u64>,
     ) -> Result<()> {
-        if lsn <= self.committed_lsn() || self.prepared.lock().expect("prepared lock poisoned").contains_key(&lsn) {
+        if lsn <= self.committed_lsn() {
             return Ok(());
+        }
+        let refuse = |detail: String| crate::error::Error::ShardUnavailable { shard: self.shard.0, detail };
+        if let Some(held) = self.prepared.lock().expect("prepared lock poisoned").get(&lsn).map(|c| c.term) {
+            if held == term {
+                return Ok(());
+            }
+            if held >= epoch {
+                return Err(refuse(format!(
+                    "change {lsn} is prepared here under term {held}, the primary at epoch {epoch} sent it under \
+                     term {term}"
+                )));
+            }
+        }
+        self.discard_stale(lsn, epoch)?;
+        {
+            let prepared = self.prepared.lock().expect("prepared lock poisoned");
+            let committed = self.committed_lsn();
+            if let Some(missing) = (committed + 1..lsn).find(|n| !prepared.contains_key(n)) {
+                return Err(refuse(format!(
+                    "change {missing} of the shard's log is missing here (committed through {committed}), change \
+                     {lsn} cannot follow it; the replica must catch up"
+                )));
+            }
         }
         let mut batch = WriteBatch::new();
         let mut entries = Vec::with_capacity(added.len());
@@ -410,7 +452,7 @@ impl ShardReplica {
             batch.put(keys::data_key(self.def.id, self.shard, seq), data);
             entries.push((seq, index));
         }
-        let change = PreparedChange { lsn, added: entries, removed };
+        let change = PreparedChange { lsn, term, added: entries, removed };
         batch.put(keys::prepared_key(self.def.id, self.shard, lsn), change.encode());
         self.next_seq.fetch_max(highest, Ordering::Relaxed);
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
@@ -419,15 +461,81 @@ impl ShardReplica {
         Ok(())
     }
 
-    /// Commits every prepared change numbered up to `lsn`, in order, in one durable batch, and makes them visible;
-    /// returns how many were committed. The caller holds [`ShardReplica::dml_lock`].
+    /// Discards the prepared changes numbered `from` or later whose term is below `epoch` (see
+    /// [`ShardReplica::prepare`]).
+    fn discard_stale(&self, from: u64, epoch: u64) -> Result<usize> {
+        let stale: Vec<u64> = self
+            .prepared
+            .lock()
+            .expect("prepared lock poisoned")
+            .range(from..)
+            .filter(|(_, c)| c.term < epoch)
+            .map(|(lsn, _)| *lsn)
+            .collect();
+        self.discard(&stale)
+    }
+
+    /// The change `lsn` prepared here, as the replication stream carries it (its term, its chunks with their data,
+    /// the numbers it removes): what a primary sends again to a backup that may lack it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Corrupt`] when a chunk's data is missing; store errors.
+    pub(crate) fn prepared_change(&self, lsn: u64) -> Result<Option<LoggedChange>> {
+        let Some(change) = self.prepared.lock().expect("prepared lock poisoned").get(&lsn).cloned() else {
+            return Ok(None);
+        };
+        let mut added = Vec::with_capacity(change.added.len());
+        for (seq, index) in change.added {
+            let data = self.tables.store.get(&keys::data_key(self.def.id, self.shard, seq))?.ok_or_else(|| {
+                crate::error::Error::Corrupt {
+                    location: format!("table \"{}\" shard {} prepared chunk {seq}", self.def.name, self.shard),
+                    detail: "chunk data is missing".into(),
+                }
+            })?;
+            added.push((seq, index, data));
+        }
+        Ok(Some(LoggedChange { lsn, term: change.term, added, removed: change.removed }))
+    }
+
+    /// Encodes rows (already conformed) as new chunks of this shard, numbered now, written nowhere yet: an insert
+    /// that becomes a change of the shard's log. Blocking work (compression).
+    pub(crate) fn encode_chunks(&self, batches: Vec<RecordBatch>) -> Result<Vec<crate::engine::ReplicatedChunk>> {
+        let written_ms = crate::clock::unix_ms();
+        let mut out = Vec::new();
+        for b in split_rows(batches, self.tables.chunk_rows_target)? {
+            let seq = self.allocate_seq();
+            let data = chunk::encode_data(&b)?;
+            let meta = chunk::compute_meta(&b, data.len() as u64, written_ms);
+            out.push((seq, chunk::encode_meta(&meta, &self.schema)?, data));
+        }
+        Ok(out)
+    }
+
+    /// Commits the prepared changes that follow the commit point without a hole, up to `lsn`, in order, in one
+    /// durable batch, and makes them visible; returns how many were committed. The caller holds
+    /// [`ShardReplica::dml_lock`].
     ///
     /// # Errors
     ///
     /// Store errors; then nothing is committed.
     pub(crate) fn commit_through(&self, lsn: u64) -> Result<usize> {
-        let changes: Vec<PreparedChange> =
-            self.prepared.lock().expect("prepared lock poisoned").range(..=lsn).map(|(_, c)| c.clone()).collect();
+        let changes: Vec<PreparedChange> = {
+            let prepared = self.prepared.lock().expect("prepared lock poisoned");
+            let mut next = self.committed_lsn() + 1;
+            let mut run = Vec::new();
+            for (n, change) in prepared.range(..=lsn) {
+                if *n < next {
+                    continue;
+                }
+                if *n != next {
+                    break;
+                }
+                run.push(change.clone());
+                next += 1;
+            }
+            run
+        };
         let Some(last) = changes.last().map(|c| c.lsn) else { return Ok(0) };
         let current = self.version();
         let mut present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
@@ -472,22 +580,34 @@ impl ShardReplica {
     ///
     /// Store errors; then nothing is discarded.
     pub(crate) fn discard_after(&self, lsn: u64) -> Result<usize> {
-        let changes: Vec<PreparedChange> = self
+        let above: Vec<u64> = self
             .prepared
             .lock()
             .expect("prepared lock poisoned")
             .range(lsn.saturating_add(1)..)
-            .map(|(_, c)| c.clone())
+            .map(|(n, _)| *n)
             .collect();
-        if changes.is_empty() {
+        self.discard(&above)
+    }
+
+    /// Discards the prepared changes numbered in `lsns`: their records, and the data of their chunks that no committed
+    /// chunk or kept change names (a deposed primary may have numbered a chunk as its successor did).
+    fn discard(&self, lsns: &[u64]) -> Result<usize> {
+        if lsns.is_empty() {
             return Ok(0);
         }
-        // Chunk data that a committed chunk or a kept change still names stays (a deposed primary may have numbered
-        // a chunk as its successor did).
-        let mut kept: HashSet<u64> = self.version().iter().map(|c| c.seq).collect();
-        for change in self.prepared.lock().expect("prepared lock poisoned").range(..=lsn).map(|(_, c)| c) {
-            kept.extend(change.added.iter().map(|(seq, _)| *seq));
-        }
+        let gone: HashSet<u64> = lsns.iter().copied().collect();
+        let (changes, mut kept): (Vec<PreparedChange>, HashSet<u64>) = {
+            let prepared = self.prepared.lock().expect("prepared lock poisoned");
+            let changes = prepared.values().filter(|c| gone.contains(&c.lsn)).cloned().collect();
+            let kept = prepared
+                .values()
+                .filter(|c| !gone.contains(&c.lsn))
+                .flat_map(|c| c.added.iter().map(|(seq, _)| *seq))
+                .collect();
+            (changes, kept)
+        };
+        kept.extend(self.version().iter().map(|c| c.seq));
         let mut batch = WriteBatch::new();
         for change in &changes {
             for (seq, _) in &change.added {

@@ -230,10 +230,10 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     {
         let copy = engine.hot_table("copy").expect("table");
         let replica = copy.only_shard();
-        replica.prepare(1, first.to_vec(), vec![]).expect("prepare 1");
-        replica.prepare(2, rest.to_vec(), vec![]).expect("prepare 2");
-        replica.prepare(3, again, vec![]).expect("prepare 3");
-        replica.prepare(1, first.to_vec(), vec![]).expect("prepared twice: nothing changes");
+        replica.prepare(1, 1, 1, first.to_vec(), vec![]).expect("prepare 1");
+        replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect("prepare 2");
+        replica.prepare(3, 1, 1, again, vec![]).expect("prepare 3");
+        replica.prepare(1, 1, 1, first.to_vec(), vec![]).expect("prepared twice: nothing changes");
         assert_eq!(replica.prepared_lsns(), [1, 2, 3]);
     }
     assert_eq!(count_sum(&engine, "copy").await.0, 0, "prepared changes are not visible");
@@ -264,8 +264,49 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     assert_eq!(count_sum(&engine, "copy").await, (250, 31_375));
     assert!(replica.version().iter().all(|c| c.seq != 1000), "the discarded change's chunk never became visible");
     // A change at or below the commit point is not prepared again.
-    replica.prepare(2, rest.to_vec(), vec![]).expect("an old change");
+    replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect("an old change");
     assert!(replica.prepared_lsns().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primarys_change_replaces_an_earlier_primarys_and_the_log_has_no_holes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path()).await;
+    for name in ["source", "copy"] {
+        engine
+            .execute_one(&format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1)"))
+            .await
+            .expect("create");
+    }
+    engine
+        .execute_one("INSERT INTO source SELECT value, value + 0 FROM generate_series(1, 300)")
+        .await
+        .expect("insert");
+    let chunks = engine.hot_table("source").expect("table").only_shard().committed_chunks().expect("chunks");
+    assert_eq!(chunks.len(), 3, "100 rows a chunk");
+    let (a, b, c) = (vec![chunks[0].clone()], vec![chunks[1].clone()], vec![chunks[2].clone()]);
+    let copy = engine.hot_table("copy").expect("table");
+    let replica = copy.only_shard();
+    // The primary of epoch 1 sends changes 1 and 2 (term 1).
+    replica.prepare(1, 1, 1, a.clone(), vec![]).expect("prepare 1");
+    replica.prepare(2, 1, 1, b.clone(), vec![]).expect("prepare 2");
+    // A change that skips a number is refused: the replica missed one and must catch up.
+    let hole = replica.prepare(4, 1, 1, c.clone(), vec![]).expect_err("a hole in the log");
+    assert!(hole.to_string().contains("missing"), "{hole}");
+    // The primary of epoch 3 never had change 2: its own change 2 replaces it, and its copy of change 1 (term 1,
+    // sent again) is the one the replica holds.
+    replica.prepare(1, 1, 3, a.clone(), vec![]).expect("change 1 again");
+    replica.prepare(2, 3, 3, c.clone(), vec![]).expect("the new primary's change 2");
+    assert_eq!(replica.prepared_lsns(), [1, 2]);
+    // A different change 2 under a term as new as the sender's epoch is refused, not replaced.
+    let clash = replica.prepare(2, 2, 3, b, vec![]).expect_err("two changes 2 of current terms");
+    assert!(clash.to_string().contains("term"), "{clash}");
+    assert_eq!(replica.commit_through(2).expect("commit"), 2);
+    let expected = |chunk: &(u64, Vec<u8>, Vec<u8>)| chunk.0;
+    let seqs: Vec<u64> = replica.version().iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![expected(&a[0]), expected(&c[0])], "changes 1 and the new primary's 2");
+    assert_eq!(count_sum(&engine, "copy").await.0, 200);
+    assert_eq!(replica.log_end(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use arrow::ipc::reader::StreamReader;
+use quiver_meta::ShardId;
 use quiver_meta::{MetaCommand, ShardRecord};
 use quiver_node::config::{Config, Overrides};
 use quiver_node::server::Server;
@@ -105,7 +106,12 @@ async fn scan_ids(node: &Node, shard: &ShardRecord, epoch: u64) -> Result<Vec<i6
 
 /// Rows `(id, id)` of table `t` as an Arrow IPC stream.
 fn arrow_ipc_of(engine: &Engine, ids: Vec<i64>) -> Vec<u8> {
-    let schema = engine.hot_table("t").expect("table").schema();
+    rows_of(engine, "t", ids)
+}
+
+/// Rows `(id, id)` of table `table` as an Arrow IPC stream.
+fn rows_of(engine: &Engine, table: &str, ids: Vec<i64>) -> Vec<u8> {
+    let schema = engine.hot_table(table).expect("table").schema();
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
         vec![Arc::new(arrow::array::Int64Array::from(ids.clone())), Arc::new(arrow::array::Int64Array::from(ids))],
@@ -136,6 +142,7 @@ fn request(
         removed: vec![],
         next_seq: next,
         lsn: 0,
+        term: 0,
         commit_through: 0,
         discard_after: None,
     }
@@ -246,17 +253,6 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let status = client.replicate(garbage).await.expect_err("a malformed chunk");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    // While the backup is in sync, the primary takes no write it cannot replicate yet.
-    let unreplicated = WriteShardRequest {
-        table_id: table.0,
-        shard_id: shard.shard_id.0,
-        epoch: shard.epoch,
-        arrow_ipc: arrow_ipc_of(&primary.engine, vec![700]),
-    };
-    let status = primary.client().await.write_shard(unreplicated).await.expect_err("an in-sync backup");
-    assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("in-sync backup"), "{}", status.message());
-
     // The metadata group moves the shard to a new epoch (the backup leaves the in-sync set): the old primary's
     // changes at the old epoch are refused from now on, and so are scans planned at it.
     let moved = MetaCommand::SetShardReplicas {
@@ -319,9 +315,10 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
             ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
         }
     };
-    let written = write(primary, epoch, vec![601, 602, 603]).await.expect("write to the primary");
-    assert_eq!(written.into_inner().rows, 3);
-    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 603);
+    // One of the shard's two copies is in sync: below min_in_sync (2 by default), writes are refused.
+    let refused = write(primary, epoch, vec![601]).await.expect_err("one copy of two in sync");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("min_in_sync"), "{}", refused.message());
     let not_primary = write(backup, epoch, vec![604]).await.expect_err("a backup takes no writes");
     assert_eq!(not_primary.code(), Code::Unavailable);
     assert!(not_primary.message().contains("not its primary"), "{}", not_primary.message());
@@ -330,12 +327,196 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let garbage = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: vec![1, 2] };
     let status = primary.client().await.write_shard(garbage).await.expect_err("not Arrow IPC");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 603, "the refused writes left nothing");
+    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 600, "the refused writes left nothing");
 
     // A member of a cluster of several nodes that comes back with a cold store only it can read is refused.
     let dir = two.stop().await;
     let config = Config::load(None, Vec::new(), &overrides(2, dir.path(), vec![], None)).expect("config");
     let Err(refused) = Server::bind(config).await else { panic!("a node-local cold store in a cluster was accepted") };
     assert!(refused.to_string().contains("cold.store"), "{refused}");
+    one.stop().await;
+}
+
+/// Waits until `node` has applied epoch `epoch` of shard `shard`; returns its record there.
+async fn until_epoch(node: &Node, shard: ShardId, epoch: u64) -> ShardRecord {
+    for _ in 0..200 {
+        if let Some(record) = node.engine.meta().read_local(|s| s.shard(shard).cloned())
+            && record.epoch >= epoch
+        {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node never reached epoch {epoch} of shard {shard}");
+}
+
+/// Waits until `node` has applied a configuration of `shard` with these replicas, all in sync, and this primary;
+/// returns its record there.
+async fn until_config(node: &Node, shard: ShardId, replicas: &[u64], primary: u64) -> ShardRecord {
+    for _ in 0..200 {
+        if let Some(record) = node.engine.meta().read_local(|s| s.shard(shard).cloned())
+            && record.replicas == replicas
+            && record.in_sync == replicas
+            && record.primary == primary
+        {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node never applied the configuration {replicas:?} led by {primary} of shard {shard}");
+}
+
+/// Waits until a scan of `shard` at `epoch` on `node` returns `expected`.
+async fn until_rows(node: &Node, shard: &ShardRecord, epoch: u64, expected: &[i64]) {
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = scan_ids(node, shard, epoch).await.expect("scan");
+        if last == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node {} shows {} rows of shard {}, not {}", node.grpc, last.len(), shard.shard_id, expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_acknowledges_only_what_every_in_sync_copy_holds_and_drops_a_backup_that_fails() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let one = start(1, vec![], cold.path()).await;
+    let two = start(2, vec![one.grpc.clone()], cold.path()).await;
+    let three = start(3, vec![one.grpc.clone()], cold.path()).await;
+    for (name, replicas) in [("t3", 3), ("t2", 2)] {
+        one.engine
+            .execute_one(&format!(
+                "CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = {replicas})"
+            ))
+            .await
+            .expect("create");
+    }
+    for node in [&one, &two, &three] {
+        until_attached(&node.engine, "t3").await;
+        until_attached(&node.engine, "t2").await;
+    }
+    // Node 1 leads both shards; node 3 is a backup of both, node 2 of the first (the default min_in_sync is 2).
+    let shard_of = |name: &str| {
+        let table = one.engine.hot_table(name).expect("table").def().id;
+        one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("the table's shard")
+    };
+    let mut shards = Vec::new();
+    let replicas_of = |name: &str| if name == "t3" { vec![1, 2, 3] } else { vec![1, 3] };
+    for name in ["t3", "t2"] {
+        let replicas = replicas_of(name);
+        let shard = shard_of(name);
+        let placed = MetaCommand::SetShardReplicas {
+            shard_id: shard.shard_id,
+            replicas: replicas.clone(),
+            in_sync: replicas,
+            primary: 1,
+            expected_epoch: None,
+        };
+        one.engine.meta().propose(placed).await.expect("propose").into_result().expect("placed");
+        let placed = until_config(&one, shard.shard_id, &replicas_of(name), 1).await;
+        for node in [&two, &three] {
+            until_epoch(node, shard.shard_id, placed.epoch).await;
+        }
+        shards.push((name, placed));
+    }
+    let (t3, t2) = (shards[0].1.clone(), shards[1].1.clone());
+    let write = |table: &'static str, shard: &ShardRecord, epoch: u64, ids: Vec<i64>| {
+        let request = WriteShardRequest {
+            table_id: shard.table_id.0,
+            shard_id: shard.shard_id.0,
+            epoch,
+            arrow_ipc: rows_of(&one.engine, table, ids),
+        };
+        let addr = one.grpc.clone();
+        async move {
+            ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
+        }
+    };
+
+    // Every write is on every in-sync copy before it is acknowledged, under the same numbers; backups make it
+    // visible once the primary's commit point reaches them (with the next change, or pushed on its own).
+    let first: Vec<i64> = (1..=300).collect();
+    assert_eq!(write("t3", &t3, t3.epoch, first.clone()).await.expect("write").into_inner().rows, 300);
+    let second: Vec<i64> = (301..=310).collect();
+    assert_eq!(write("t3", &t3, t3.epoch, second).await.expect("write").into_inner().rows, 10);
+    assert_eq!(write("t2", &t2, t2.epoch, first.clone()).await.expect("write").into_inner().rows, 300);
+    let all: Vec<i64> = (1..=310).collect();
+    for node in [&one, &two, &three] {
+        until_rows(node, &t3, t3.epoch, &all).await;
+    }
+    until_rows(&three, &t2, t2.epoch, &first).await;
+    let (chunks, _) = one.engine.committed_chunks(t3.table_id, t3.shard_id).await.expect("primary chunks");
+    for node in [&two, &three] {
+        let (copied, _) = node.engine.committed_chunks(t3.table_id, t3.shard_id).await.expect("backup chunks");
+        assert_eq!(copied, chunks, "the same chunks, numbers and data on every copy");
+    }
+    // Rows of another shard, or that do not fit the table, are refused before anything is written.
+    let t2_rows = WriteShardRequest {
+        table_id: t3.table_id.0,
+        shard_id: t3.shard_id.0,
+        epoch: t3.epoch,
+        arrow_ipc: vec![9, 9, 9],
+    };
+    let status = one.client().await.write_shard(t2_rows).await.expect_err("not Arrow IPC");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // A backup that fails is taken out of the in-sync set (a new epoch) before the write is acknowledged.
+    three.stop().await;
+    let third: Vec<i64> = (311..=320).collect();
+    let written = write("t3", &t3, t3.epoch, third).await.expect("acknowledged by the copies still in sync");
+    assert_eq!(written.into_inner().rows, 10);
+    let after = until_epoch(&one, t3.shard_id, t3.epoch + 1).await;
+    assert_eq!((after.in_sync.clone(), after.replicas.clone(), after.primary), (vec![1, 2], vec![1, 2, 3], 1));
+    let all: Vec<i64> = (1..=320).collect();
+    until_epoch(&two, t3.shard_id, after.epoch).await;
+    until_rows(&two, &t3, after.epoch, &all).await;
+    // A write planned at the old epoch is refused: the shard moved on.
+    let stale = write("t3", &t3, t3.epoch, vec![999]).await.expect_err("an old epoch");
+    assert_eq!(stale.code(), Code::Unavailable, "{stale:?}");
+
+    // With its only backup gone, a shard of two copies falls below min_in_sync: the write that finds out took
+    // effect on the primary alone and says its outcome is unknown; the next one is refused and writes nothing.
+    let status = write("t2", &t2, t2.epoch, vec![301]).await.expect_err("fewer copies than min_in_sync");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(status.message().contains("min_in_sync"), "{}", status.message());
+    let t2_after = until_epoch(&one, t2.shard_id, t2.epoch + 1).await;
+    assert_eq!(t2_after.in_sync, vec![1]);
+    let status = write("t2", &t2, t2_after.epoch, vec![302]).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("min_in_sync"), "{}", status.message());
+    let mut expected = first.clone();
+    expected.push(301);
+    assert_eq!(scan_ids(&one, &t2, t2_after.epoch).await.expect("scan"), expected);
+    let metrics = one.engine.metrics().render(0, 0, &Default::default());
+    assert!(metrics.contains("quiver_shard_in_sync_removals_total 2"), "{metrics}");
+    assert!(metrics.contains("quiver_shard_outcome_unknown_total 1"), "{metrics}");
+
+    // The metadata group hands the shard to node 2: node 1 takes no more writes for it, node 2 does, and
+    // replicates them to node 1 under the next number of the same log.
+    let handed = MetaCommand::SetShardReplicas {
+        shard_id: t3.shard_id,
+        replicas: vec![1, 2, 3],
+        in_sync: vec![1, 2],
+        primary: 2,
+        expected_epoch: Some(after.epoch),
+    };
+    one.engine.meta().propose(handed).await.expect("propose").into_result().expect("handed over");
+    let moved = until_epoch(&two, t3.shard_id, after.epoch + 1).await;
+    until_epoch(&one, t3.shard_id, moved.epoch).await;
+    let deposed = write("t3", &t3, moved.epoch, vec![998]).await.expect_err("not the primary any more");
+    assert!(deposed.message().contains("not its primary"), "{}", deposed.message());
+    let request = WriteShardRequest {
+        table_id: t3.table_id.0,
+        shard_id: t3.shard_id.0,
+        epoch: moved.epoch,
+        arrow_ipc: rows_of(&two.engine, "t3", vec![321, 322]),
+    };
+    assert_eq!(two.client().await.write_shard(request).await.expect("the new primary").into_inner().rows, 2);
+    let all: Vec<i64> = (1..=322).collect();
+    until_rows(&one, &t3, moved.epoch, &all).await;
+    until_rows(&two, &t3, moved.epoch, &all).await;
+    two.stop().await;
     one.stop().await;
 }

@@ -70,6 +70,7 @@ impl ShardService for ShardGrpcService {
             removed: r.removed,
             next_seq: r.next_seq,
             lsn: r.lsn,
+            term: r.term,
             commit_through: r.commit_through,
             discard_after: r.discard_after,
         };

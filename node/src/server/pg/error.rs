@@ -38,6 +38,10 @@ pub(super) fn error_info(e: &Error) -> ErrorInfo {
             tracing::info!(sqlstate, ?kind, error = %e.report(), "postgres request refused while unavailable");
             Some("the condition is transient; retry the statement later")
         }
+        ErrorKind::OutcomeUnknown => {
+            tracing::info!(sqlstate, ?kind, error = %e.report(), "postgres write with an unknown outcome");
+            Some("the statement may or may not have taken effect; look before repeating it")
+        }
         ErrorKind::Internal => {
             tracing::warn!(sqlstate, ?kind, error = %e.report(), "postgres request failed");
             Some("this is a server-side failure; the server log has the details")

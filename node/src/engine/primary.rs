@@ -1,0 +1,401 @@
+//! The primary's side of a shard's log (docs/rfcs/0001-cluster-data-path.md, "Writes and replication"): a change
+//! of a shard this node leads is numbered, made durable here as *prepared*, sent to every in-sync backup, and
+//! committed (made visible) only once every in-sync copy has it durable.
+//!
+//! ```text
+//!  write_shard ─▶ dml_lock ─▶ check epoch, role, min_in_sync ─▶ number chunks and change ─▶ prepare here (fsync)
+//!      ─▶ Replicate(lsn, term, chunks, commit point) to each in-sync backup, in log order, in parallel
+//!      ─▶ all durable ──────────────────────────────────────────────▶ commit here ─▶ acknowledge
+//!      └▶ a backup failed ─▶ SetShardReplicas { in_sync − it, expected_epoch } ─▶ applied: commit, acknowledge
+//!                                                                            └▶ refused: "outcome unknown"
+//! ```
+//!
+//! Rules:
+//!
+//! - Nothing is acknowledged before every in-sync copy has the change durable: a backup that did not take it leaves
+//!   the in-sync set first, by a compare-and-set on the shard's epoch, which fails once this node was deposed.
+//! - A write is refused, before anything is written, when fewer copies are in sync than `min_in_sync` (capped at the
+//!   table's `replicas`).
+//! - Changes of one shard are serialized (the replica's DML lock), so every backup receives them in log order; a
+//!   change left prepared here by an earlier failure is sent again, under its own number and term, before the next
+//!   one, and committed with it (a change whose outcome was reported unknown may take effect).
+//! - Once a change is prepared anywhere, a failure is reported as [`Error::OutcomeUnknown`], never as a refusal.
+//! - Backups learn the commit point with the next change, or from [`Engine::push_commit_points`] when none follows.
+//! - A shard whose only in-sync copy is this node, with nothing prepared, commits directly, as a single node does.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use quiver_meta::{MetaCommand, Rejection, ShardId, ShardRecord, TableDef, TableId};
+use quiver_proto::v1::shard_service_client::ShardServiceClient;
+use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Engine, ReplicatedChunk};
+use crate::error::{Error, Result};
+use crate::table::ShardReplica;
+use crate::table::log::LoggedChange;
+
+/// How often a primary tells its backups a commit point no later change carried to them.
+pub const COMMIT_PUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Connections to the internal endpoints of other nodes, by address, opened on first use and kept.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// A shard service client for the node at `addr`.
+    fn client(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> std::result::Result<ShardServiceClient<Channel>, String> {
+        let mut channels = self.channels.lock().expect("peers lock poisoned");
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+                let channel = endpoint.connect_timeout(connect_timeout).connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(ShardServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+}
+
+impl Engine {
+    /// Writes rows of one shard on this node as its primary at `epoch`: durable on every in-sync copy, then visible,
+    /// as one change of the shard's log; returns the rows written. The rows of a statement a node routed by slot
+    /// (`ShardService.WriteShard`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's, this node is not its primary, or fewer copies
+    /// are in sync than `min_in_sync` (nothing was written); [`Error::OutcomeUnknown`] when a failure came after the
+    /// rows were durable somewhere; [`Error::Plan`] for a row of another shard; the errors of an insert (schema
+    /// mismatch, NOT NULL, store).
+    pub async fn write_shard(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        self.check_primary(&record)?;
+        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
+            shard: shard.0,
+            detail: "its table is not attached here".into(),
+        })?;
+        let replica = self.replica_of(table, shard)?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let _serialized = replica.dml_lock.lock().await;
+        // A shard whose only in-sync copy is this one, with nothing left prepared, has no backup to wait for: it
+        // commits as a single node does. Decided under the lock, so that no backup joins the in-sync set meanwhile.
+        let now = self.meta.read_local(|s| s.shard(shard).cloned()).unwrap_or(record);
+        let alone = now.epoch == epoch && now.in_sync.iter().all(|n| *n == self.node_id);
+        if alone && replica.log_end() == replica.committed_lsn() {
+            self.check_primary(&now)?;
+            self.check_min_in_sync(&now, hot.def())?;
+            let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
+            return hot.append_shard_stream(shard, stream).await;
+        }
+        let (h, r) = (Arc::clone(&hot), Arc::clone(&replica));
+        let added = crate::blocking::run("encode a shard's rows", move || -> Result<Vec<ReplicatedChunk>> {
+            let parts = batches.iter().map(|b| h.conform_part(shard, b)).collect::<Result<Vec<_>>>()?;
+            r.encode_chunks(parts.into_iter().filter(|b| b.num_rows() > 0).collect())
+        })
+        .await??;
+        if added.is_empty() {
+            return Ok(0);
+        }
+        self.replicate_change(&replica, epoch, added, Vec::new()).await?;
+        self.metrics.rows_ingested.add(rows);
+        Ok(rows)
+    }
+
+    /// Refuses a shard this node does not lead.
+    fn check_primary(&self, record: &ShardRecord) -> Result<()> {
+        if record.primary == self.node_id {
+            return Ok(());
+        }
+        Err(Error::ShardUnavailable {
+            shard: record.shard_id.0,
+            detail: format!(
+                "node {} is not its primary at epoch {} (node {} is)",
+                self.node_id, record.epoch, record.primary
+            ),
+        })
+    }
+
+    /// The fewest in-sync copies a shard of `def` takes writes with.
+    fn min_in_sync(&self, def: &TableDef) -> usize {
+        self.replication.min_in_sync.clamp(1, def.sharding.replicas.max(1)) as usize
+    }
+
+    /// Refuses a write to a shard with fewer in-sync copies than `min_in_sync`.
+    fn check_min_in_sync(&self, record: &ShardRecord, def: &TableDef) -> Result<()> {
+        let need = self.min_in_sync(def);
+        if record.in_sync.len() >= need {
+            return Ok(());
+        }
+        Err(Error::ShardUnavailable {
+            shard: record.shard_id.0,
+            detail: format!(
+                "{} of its copies {} in sync at epoch {}, and writes need {need} (min_in_sync); nothing was written",
+                record.in_sync.len(),
+                if record.in_sync.len() == 1 { "is" } else { "are" },
+                record.epoch
+            ),
+        })
+    }
+
+    /// Makes a change of a shard this node leads at `epoch` durable on every in-sync copy, then visible here: the
+    /// change adds `added` (numbered by the replica) and removes the chunks numbered in `removed`. The caller holds
+    /// the replica's DML lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the shard moved past `epoch`, this node is not its primary or too few copies
+    /// are in sync (nothing was written); [`Error::ColdUnavailable`] while the shard refuses writes; store errors
+    /// preparing the change here (nothing was sent); [`Error::OutcomeUnknown`] for any failure after that.
+    pub(crate) async fn replicate_change(
+        &self,
+        replica: &Arc<ShardReplica>,
+        epoch: u64,
+        added: Vec<ReplicatedChunk>,
+        removed: Vec<u64>,
+    ) -> Result<()> {
+        let (table, shard) = (replica.def().id, replica.shard_id());
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        // The configuration may have moved while the caller waited for the lock.
+        let record = self.meta.read_local(|s| s.shard(shard).cloned()).ok_or_else(|| refuse("no such shard".into()))?;
+        if record.epoch != epoch {
+            return Err(refuse(format!("the shard moved from epoch {epoch} to {} meanwhile", record.epoch)));
+        }
+        self.check_primary(&record)?;
+        self.check_min_in_sync(&record, replica.def())?;
+        if let Some(detail) = replica.refusal() {
+            return Err(Error::ColdUnavailable { detail });
+        }
+        let lsn = replica.log_end() + 1;
+        let change = LoggedChange { lsn, term: epoch, added, removed };
+        let r = Arc::clone(replica);
+        let mine = change.clone();
+        let changes = crate::blocking::run("prepare a shard's change", move || -> Result<Vec<LoggedChange>> {
+            // Changes an earlier failure left prepared here go first, as they were numbered.
+            let mut changes = Vec::new();
+            for n in r.prepared_lsns() {
+                changes.extend(r.prepared_change(n)?);
+            }
+            r.prepare(mine.lsn, mine.term, epoch, mine.added.clone(), mine.removed.clone())?;
+            changes.push(mine);
+            Ok(changes)
+        })
+        .await??;
+
+        let unknown = |detail: String| {
+            self.metrics.shard_outcome_unknown.inc();
+            Error::OutcomeUnknown { shard: shard.0, detail }
+        };
+        let started = tokio::time::Instant::now();
+        let backups: Vec<u64> = record.in_sync.iter().copied().filter(|n| *n != self.node_id).collect();
+        let commit_point = replica.committed_lsn();
+        let sent = futures::future::join_all(
+            backups.iter().map(|b| self.send_changes(*b, &record, table, &changes, commit_point, replica.next_seq())),
+        )
+        .await;
+        let failed: Vec<(u64, String)> =
+            backups.iter().zip(sent).filter_map(|(b, r)| r.err().map(|why| (*b, why))).collect();
+        let current =
+            if failed.is_empty() { record } else { self.take_out_of_sync(&record, &failed).await.map_err(&unknown)? };
+        if !backups.is_empty() {
+            self.metrics.shard_replication_latency.observe(started.elapsed());
+        }
+        let r = Arc::clone(replica);
+        let committed = crate::blocking::run("commit a shard's change", move || r.commit_through(lsn)).await?;
+        if let Err(e) = committed {
+            return Err(unknown(format!(
+                "change {lsn} is durable on every in-sync copy, and committing it here failed: {}",
+                e.report()
+            )));
+        }
+        if current.in_sync.len() > 1 {
+            self.commit_unsent.lock().expect("commit lock poisoned").insert((table, shard));
+        }
+        self.metrics.shard_changes_replicated.inc();
+        let need = self.min_in_sync(replica.def());
+        if current.in_sync.len() < need {
+            return Err(unknown(format!(
+                "the write took effect on {} in-sync {}, fewer than min_in_sync ({need}): it is lost if {} lost",
+                current.in_sync.len(),
+                if current.in_sync.len() == 1 { "copy" } else { "copies" },
+                if current.in_sync.len() == 1 { "that copy is" } else { "those copies are" },
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends `changes`, in order, to the backup `backup` of a shard at the configuration `record`, with this node's
+    /// commit point; returns why it did not take them all.
+    async fn send_changes(
+        &self,
+        backup: u64,
+        record: &ShardRecord,
+        table: TableId,
+        changes: &[LoggedChange],
+        commit_through: u64,
+        next_seq: u64,
+    ) -> std::result::Result<(), String> {
+        let timeout = self.replication.timeout;
+        let addr = self
+            .meta
+            .read_local(|s| s.node(backup).map(|n| n.grpc_addr.clone()))
+            .ok_or_else(|| "it is not in the node registry".to_string())?;
+        let mut client = self.peers.client(&addr, timeout)?;
+        for change in changes {
+            let request = ReplicateRequest {
+                table_id: table.0,
+                shard_id: record.shard_id.0,
+                epoch: record.epoch,
+                from_node: self.node_id,
+                added: change
+                    .added
+                    .iter()
+                    .map(|(seq, index, data)| WireChunk { seq: *seq, index_entry: index.clone(), data: data.clone() })
+                    .collect(),
+                removed: change.removed.clone(),
+                next_seq,
+                lsn: change.lsn,
+                term: change.term,
+                commit_through,
+                discard_after: None,
+            };
+            match tokio::time::timeout(timeout, client.replicate(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => return Err(format!("change {}: {}", change.lsn, status.message())),
+                Err(_) => return Err(format!("change {}: no answer within {timeout:?}", change.lsn)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the backups in `failed` out of the shard's in-sync set by a compare-and-set on its epoch, starting from
+    /// the configuration `record`; returns the configuration that holds once they are out. Fails (with what to tell
+    /// the client) when this node lost the primary role, the in-sync set gained a copy that may lack the change, or
+    /// the metadata group did not take the change.
+    async fn take_out_of_sync(
+        &self,
+        record: &ShardRecord,
+        failed: &[(u64, String)],
+    ) -> std::result::Result<ShardRecord, String> {
+        let why = failed.iter().map(|(n, e)| format!("node {n}: {e}")).collect::<Vec<_>>().join("; ");
+        let original: BTreeSet<u64> = record.in_sync.iter().copied().collect();
+        let out: BTreeSet<u64> = failed.iter().map(|(n, _)| *n).collect();
+        let mut current = record.clone();
+        for _ in 0..5 {
+            if current.primary != self.node_id {
+                return Err(format!(
+                    "this node lost the shard's primary role (epoch {}) before every in-sync copy had the change \
+                     ({why})",
+                    current.epoch
+                ));
+            }
+            if let Some(new) = current.in_sync.iter().find(|n| !original.contains(n)) {
+                return Err(format!("node {new} joined the in-sync set meanwhile, without the change ({why})"));
+            }
+            let in_sync: Vec<u64> = current.in_sync.iter().copied().filter(|n| !out.contains(n)).collect();
+            if in_sync.len() == current.in_sync.len() {
+                return Ok(current);
+            }
+            tracing::warn!(shard = %current.shard_id, epoch = current.epoch, failed = %why, "taking backups out of the in-sync set");
+            let command = MetaCommand::SetShardReplicas {
+                shard_id: current.shard_id,
+                replicas: current.replicas.clone(),
+                in_sync,
+                primary: self.node_id,
+                expected_epoch: Some(current.epoch),
+            };
+            match self.meta.propose(command).await.map(|r| r.outcome) {
+                Ok(Ok(_)) => {
+                    self.metrics.shard_in_sync_removals.add(out.len() as u64);
+                }
+                Ok(Err(Rejection::ShardEpochConflict { .. })) => {}
+                Ok(Err(other)) => return Err(format!("the metadata group refused to take ({why}) out: {other}")),
+                Err(e) => {
+                    return Err(format!("the metadata group did not take ({why}) out: {}", e));
+                }
+            }
+            if let Err(e) = self.meta.read_state(|_| ()).await {
+                return Err(format!("the shard's configuration could not be read back ({why}): {e}"));
+            }
+            current = self
+                .meta
+                .read_local(|s| s.shard(current.shard_id).cloned())
+                .ok_or_else(|| format!("the shard is gone ({why})"))?;
+        }
+        Err(format!("the shard's configuration kept changing ({why})"))
+    }
+
+    /// Tells the backups of the shards this node leads the commit point no later change carried to them (a
+    /// background round, every [`COMMIT_PUSH_INTERVAL`]). A backup that does not answer learns it later.
+    pub async fn push_commit_points(&self) {
+        let pending = std::mem::take(&mut *self.commit_unsent.lock().expect("commit lock poisoned"));
+        for (table, shard) in pending {
+            let Ok(replica) = self.replica_of(table, shard) else { continue };
+            let Some(record) = self.meta.read_local(|s| s.shard(shard).cloned()) else { continue };
+            if record.primary != self.node_id {
+                continue;
+            }
+            let commit_through = replica.committed_lsn();
+            let next_seq = replica.next_seq();
+            futures::future::join_all(
+                record
+                    .in_sync
+                    .iter()
+                    .filter(|n| **n != self.node_id)
+                    .map(|backup| self.send_commit_point(*backup, &record, table, commit_through, next_seq)),
+            )
+            .await;
+        }
+    }
+
+    /// Sends a commit point alone to one backup.
+    async fn send_commit_point(
+        &self,
+        backup: u64,
+        record: &ShardRecord,
+        table: TableId,
+        commit_through: u64,
+        next_seq: u64,
+    ) {
+        let timeout = self.replication.timeout;
+        let Some(addr) = self.meta.read_local(|s| s.node(backup).map(|n| n.grpc_addr.clone())) else { return };
+        let Ok(mut client) = self.peers.client(&addr, timeout) else { return };
+        let request = ReplicateRequest {
+            table_id: table.0,
+            shard_id: record.shard_id.0,
+            epoch: record.epoch,
+            from_node: self.node_id,
+            added: Vec::new(),
+            removed: Vec::new(),
+            next_seq,
+            lsn: 0,
+            term: 0,
+            commit_through,
+            discard_after: None,
+        };
+        match tokio::time::timeout(timeout, client.replicate(request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::debug!(shard = %record.shard_id, backup, error = status.message(), "commit point not taken")
+            }
+            Err(_) => tracing::debug!(shard = %record.shard_id, backup, "commit point not answered"),
+        }
+    }
+}
