@@ -130,7 +130,24 @@ impl MetaState {
             return Ok(MetaOutcome::Unchanged);
         }
         node.state = state;
+        if state == NodeState::Down {
+            self.fail_over(node_id);
+        }
         Ok(MetaOutcome::NodeUpdated { node_id })
+    }
+
+    /// Takes `node_id` out of every in-sync set, promoting a new primary for each shard it leads where a live
+    /// in-sync replica remains (`placement::fail_over`); returns how many shards changed, each at a new epoch.
+    fn fail_over(&mut self, node_id: u64) -> usize {
+        let changes = placement::fail_over(&self.nodes, self.shards.values(), node_id);
+        for (shard_id, in_sync, primary) in &changes {
+            if let Some(shard) = self.shards.get_mut(shard_id) {
+                shard.in_sync.clone_from(in_sync);
+                shard.primary = *primary;
+                shard.epoch += 1;
+            }
+        }
+        changes.len()
     }
 
     fn apply_inner(&mut self, command: MetaCommand) -> Result<MetaOutcome, Rejection> {
@@ -177,6 +194,13 @@ impl MetaState {
             }
             MetaCommand::UpdateNodeState { node_id, state } => self.set_node_state(node_id, state),
             MetaCommand::MarkRemoved { node_id } => self.set_node_state(node_id, NodeState::Down),
+            MetaCommand::LeaveInSync { node_id } => {
+                if !self.nodes.contains_key(&node_id) {
+                    return Err(Rejection::NodeNotFound { node_id });
+                }
+                let changed = self.fail_over(node_id);
+                Ok(if changed == 0 { MetaOutcome::Unchanged } else { MetaOutcome::NodeUpdated { node_id } })
+            }
             MetaCommand::SetNodeRole { node_id, role } => {
                 let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
                 if node.role == role {

@@ -148,6 +148,8 @@ pub struct ClusterConfig {
     pub min_in_sync: u32,
     /// The longest a backup may take to make a change durable before the primary takes it out of the in-sync set.
     pub replication_timeout: Millis,
+    /// Bytes a second a primary sends at most to catch a replica up (0: no limit).
+    pub catch_up_rate: ByteSize,
 }
 
 impl Default for ClusterConfig {
@@ -172,6 +174,7 @@ impl Default for ClusterConfig {
             replication_factor: 0,
             min_in_sync: crate::engine::ReplicationOptions::default().min_in_sync,
             replication_timeout: Millis(crate::engine::ReplicationOptions::default().timeout.as_millis() as u64),
+            catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
         }
     }
 }
@@ -561,6 +564,7 @@ impl Config {
             replication: crate::engine::ReplicationOptions {
                 min_in_sync: self.cluster.min_in_sync,
                 timeout: self.cluster.replication_timeout.duration(),
+                catch_up_rate: self.cluster.catch_up_rate.0,
             },
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,

@@ -17,6 +17,7 @@
 //! longer has are also swept at open, so a crash in between leaves no garbage. Statements autocommit; BEGIN/COMMIT
 //! are accepted for client compatibility and do not group statements.
 
+mod catch_up;
 mod compact;
 pub mod copy;
 mod gc;
@@ -47,13 +48,14 @@ use quiver_meta::{
     Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, ShardId, TableDef, TableId, TableKind,
 };
 
+pub use catch_up::CatchUpReport;
 pub use compact::CompactReport;
 pub use copy::CopyFormat;
 pub use gc::GcReport;
 pub use options::{ReplicationOptions, ShardingDefaults};
 pub use primary::COMMIT_PUSH_INTERVAL;
 use registry::TableRegistry;
-pub use replication::{ReplicaState, ReplicatedChange, ReplicatedChunk, ShardScan};
+pub use replication::{ReplicaState, ReplicaStatus, ReplicatedChange, ReplicatedChunk, ShardScan};
 pub use retention::ExpireReport;
 pub use tier::TierReport;
 
@@ -334,8 +336,11 @@ pub struct Engine {
     /// How this node replicates the changes of the shards it leads, and its connections to their backups.
     replication: ReplicationOptions,
     peers: primary::Peers,
-    /// Shards whose backups have not been told this node's latest commit point ([`Engine::push_commit_points`]).
+    /// Shards whose backups have not been told this node's latest commit point ([`Engine::tend_shards`]).
     commit_unsent: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId)>>,
+    /// Shards with changes prepared here and not committed yet, which [`Engine::tend_shards`] settles once this node
+    /// leads them.
+    unsettled: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -528,6 +533,7 @@ impl Engine {
             replication: options.replication,
             peers: primary::Peers::default(),
             commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         };
         let mut chunks_by_shard = chunks_by_shard;
         {
@@ -540,6 +546,16 @@ impl Engine {
                 if !found.chunks.is_empty() || !found.prepared.is_empty() {
                     tracing::warn!(%table, %shard, chunks = found.chunks.len(), prepared = found.prepared.len(), "hot chunks of a shard the table does not have are left unread");
                 }
+            }
+        }
+        // Changes left prepared by the last run are settled once this node leads their shard.
+        for replica in engine.replicas() {
+            if replica.log_end() > replica.committed_lsn() {
+                engine
+                    .unsettled
+                    .lock()
+                    .expect("unsettled lock poisoned")
+                    .insert((replica.def().id, replica.shard_id()));
             }
         }
         let engine = Arc::new(engine);

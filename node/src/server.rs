@@ -245,12 +245,12 @@ impl Server {
             let engine = Arc::clone(&engine);
             tokio::spawn(every(interval, rx.clone(), move || gc_round(Arc::clone(&engine), grace)))
         });
-        // Backups learn a commit point no later change carried to them.
+        // Backups learn a commit point no later change carried to them; a new primary settles what it holds prepared.
         let committer = internal.as_ref().map(|_| {
             let engine = Arc::clone(&engine);
             tokio::spawn(every(crate::engine::COMMIT_PUSH_INTERVAL, rx.clone(), move || {
                 let engine = Arc::clone(&engine);
-                async move { engine.push_commit_points().await }
+                async move { engine.tend_shards().await }
             }))
         });
         #[cfg(not(madsim))]

@@ -82,6 +82,13 @@ impl MetaNode {
         Ok(())
     }
 
+    /// Records on the leader that member `node_id` was heard from now, as it joins (or rejoins): the memory of its last
+    /// heartbeat may date from before it stopped, and would have it marked down again at once.
+    pub(super) fn heard_at_join(&self, node_id: u64) {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        self.inner.liveness.heard(term, node_id, Instant::now());
+    }
+
     /// Records a liveness transition through this replica's own log only: a leader deposed meanwhile must not have
     /// what it observed, now stale, applied by its successor (which forwarding would do).
     async fn set_state_as_leader(&self, node_id: u64, state: NodeState) -> Result<(), ClusterError> {

@@ -272,6 +272,14 @@ impl MetaNode {
             }
             member => member,
         };
+        // A registered node back with an empty store lost its copies of shards: none may count them as in sync, and
+        // the shards it led fail over, before it serves again.
+        if request.empty_store && record.is_some() {
+            self.propose(MetaCommand::LeaveInSync { node_id })
+                .await?
+                .into_result()
+                .map_err(|e| ClusterError::JoinRefused { detail: e.to_string() })?;
+        }
         let (voters, _) = self.members();
         let role = if voters.contains(&node_id) { NodeRole::Voter } else { NodeRole::Learner };
         let register = MetaCommand::RegisterNode {
@@ -286,6 +294,7 @@ impl MetaNode {
             tracing::info!(node_id, addr = %request.grpc_addr, "adding a node as learner");
             self.add_learner(node_id, NodeAddr::new(request.grpc_addr.clone())).await?;
         }
+        self.heard_at_join(node_id);
         self.propose(MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving }).await?;
         // While the cluster lacks voters, promote the new learner as soon as it has caught up (the replication
         // progress the leader sees trails the learner by a heartbeat or so), bounded by the request timeout.

@@ -67,6 +67,13 @@ pub enum MetaCommand {
         /// The logical time of the heartbeat.
         at: u64,
     },
+    /// Takes a node out of every in-sync set, promoting a new primary for each shard it leads, as failover does when
+    /// the node is marked down: sent by a node that lost its disk before it serves again (its copies hold nothing
+    /// any more), and by operators.
+    LeaveInSync {
+        /// The node's id.
+        node_id: u64,
+    },
     /// Replaces a shard's configuration (replica set, in-sync set and primary), bumping its epoch.
     SetShardReplicas {
         /// The shard's id.

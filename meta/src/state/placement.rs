@@ -15,6 +15,12 @@
 //!   adds the missing copies once nodes join.
 //!
 //! Loads count every existing shard, so successive tables keep the cluster balanced too.
+//!
+//! Failover ([`fail_over`]) runs in the state machine too, when a node is marked down: each shard it leads gets a new
+//! primary among its other in-sync replicas that are not down (the one leading the fewest shards, then the lowest id),
+//! and the node leaves every in-sync set, each such shard at a new epoch. An in-sync replica holds every acknowledged
+//! change of its shard (the primary acknowledges only what every in-sync copy has durable), so promoting one loses
+//! nothing. A shard with no other live in-sync replica keeps its configuration and waits for the node.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +90,40 @@ pub(crate) fn place<'a>(
         placed.push(Placed { replicas });
     }
     Some(placed)
+}
+
+/// The configurations failover gives the shards `down` is in sync for (see the module docs): for each changed shard,
+/// its new in-sync set and primary. `nodes` is the registry, with `down` already marked down.
+pub(crate) fn fail_over<'a>(
+    nodes: &BTreeMap<u64, NodeRecord>,
+    shards: impl Iterator<Item = &'a ShardRecord> + Clone,
+    down: u64,
+) -> Vec<(super::ShardId, Vec<u64>, u64)> {
+    let live = |id: &u64| *id != down && nodes.get(id).is_some_and(|n| n.state != NodeState::Down);
+    let mut primaries: BTreeMap<u64, u64> = BTreeMap::new();
+    for shard in shards.clone() {
+        *primaries.entry(shard.primary).or_default() += 1;
+    }
+    let mut changes = Vec::new();
+    for shard in shards {
+        if !shard.in_sync.contains(&down) {
+            continue;
+        }
+        let in_sync: Vec<u64> = shard.in_sync.iter().copied().filter(|n| *n != down).collect();
+        let primary = if shard.primary == down {
+            let Some(new) =
+                in_sync.iter().copied().filter(live).min_by_key(|n| (primaries.get(n).copied().unwrap_or(0), *n))
+            else {
+                continue;
+            };
+            *primaries.entry(new).or_default() += 1;
+            new
+        } else {
+            shard.primary
+        };
+        changes.push((shard.shard_id, in_sync, primary));
+    }
+    changes
 }
 
 #[cfg(test)]

@@ -148,6 +148,50 @@ fn shard_configuration_changes_are_compare_and_set_on_the_epoch() {
 }
 
 #[test]
+fn a_node_marked_down_leaves_every_in_sync_set_and_its_shards_get_new_primaries() {
+    let mut s = MetaState::new();
+    for node in 1..=3 {
+        applied(&mut s, register(node));
+    }
+    let MetaOutcome::TableCreated { shards, .. } = applied(&mut s, create_sharded("t", 6, 2)) else { panic!() };
+    let MetaOutcome::TableCreated { shards: lone, .. } = applied(&mut s, create_sharded("u", 3, 1)) else { panic!() };
+    let before: Vec<ShardRecord> = shards.iter().chain(&lone).map(|id| s.shard(*id).cloned().expect("shard")).collect();
+    applied(&mut s, MetaCommand::UpdateNodeState { node_id: 2, state: NodeState::Down });
+    for old in &before {
+        let now = s.shard(old.shard_id).expect("shard");
+        assert_eq!(now.replicas, old.replicas, "failover moves no data");
+        if !old.in_sync.contains(&2) {
+            assert_eq!(now, old, "a shard node 2 has no copy of does not change");
+            continue;
+        }
+        if old.in_sync == [2] {
+            assert_eq!(now, old, "a shard whose only in-sync copy is down waits for it");
+            continue;
+        }
+        assert_eq!(now.epoch, old.epoch + 1, "{old:?} -> {now:?}");
+        assert!(!now.in_sync.contains(&2), "{now:?}");
+        assert!(now.in_sync.contains(&now.primary), "{now:?}");
+        if old.primary == 2 {
+            assert!(old.in_sync.contains(&now.primary) && now.primary != 2, "promoted from the in-sync set: {now:?}");
+        } else {
+            assert_eq!(now.primary, old.primary);
+        }
+    }
+    assert!(before.iter().any(|r| r.primary == 2 && r.in_sync.len() == 2), "node 2 led a replicated shard");
+    // A node back with an empty store leaves every in-sync set the same way.
+    let node3: Vec<ShardId> =
+        s.shards().filter(|r| r.in_sync.contains(&3) && r.in_sync.len() > 1).map(|r| r.shard_id).collect();
+    applied(&mut s, MetaCommand::UpdateNodeState { node_id: 2, state: NodeState::Serving });
+    applied(&mut s, MetaCommand::LeaveInSync { node_id: 3 });
+    for id in node3 {
+        let r = s.shard(id).expect("shard");
+        assert!(!r.in_sync.contains(&3) && r.primary != 3, "{r:?}");
+    }
+    let again = s.apply(MetaCommand::LeaveInSync { node_id: 3 });
+    assert_eq!(again.outcome, Ok(MetaOutcome::Unchanged));
+}
+
+#[test]
 fn rejected_commands_change_nothing() {
     let mut s = MetaState::new();
     applied(&mut s, MetaCommand::Bootstrap { cluster_id: "c1".into() });

@@ -63,11 +63,13 @@ pub struct ReplicationOptions {
     pub min_in_sync: u32,
     /// The longest a backup may take to make a change durable before the primary takes it out of the in-sync set.
     pub timeout: std::time::Duration,
+    /// Bytes of chunk data a second a catch-up sends a replica at most (0: no limit).
+    pub catch_up_rate: u64,
 }
 
 impl Default for ReplicationOptions {
     fn default() -> Self {
-        Self { min_in_sync: 2, timeout: std::time::Duration::from_secs(5) }
+        Self { min_in_sync: 2, timeout: std::time::Duration::from_secs(5), catch_up_rate: 64 << 20 }
     }
 }
 

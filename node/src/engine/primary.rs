@@ -49,7 +49,7 @@ pub(crate) struct Peers {
 
 impl Peers {
     /// A shard service client for the node at `addr`.
-    fn client(
+    pub(super) fn client(
         &self,
         addr: &str,
         connect_timeout: Duration,
@@ -120,7 +120,7 @@ impl Engine {
     }
 
     /// Refuses a shard this node does not lead.
-    fn check_primary(&self, record: &ShardRecord) -> Result<()> {
+    pub(super) fn check_primary(&self, record: &ShardRecord) -> Result<()> {
         if record.primary == self.node_id {
             return Ok(());
         }
@@ -199,6 +199,44 @@ impl Engine {
         })
         .await??;
 
+        let current = match self.replicate_prepared(replica, record, changes, lsn).await {
+            Ok(current) => current,
+            Err(e) => {
+                self.unsettled.lock().expect("unsettled lock poisoned").insert((table, shard));
+                return Err(e);
+            }
+        };
+        let need = self.min_in_sync(replica.def());
+        if current.in_sync.len() < need {
+            self.metrics.shard_outcome_unknown.inc();
+            return Err(Error::OutcomeUnknown {
+                shard: shard.0,
+                detail: format!(
+                    "the write took effect on {} in-sync {}, fewer than min_in_sync ({need}): it is lost if {} lost",
+                    current.in_sync.len(),
+                    if current.in_sync.len() == 1 { "copy" } else { "copies" },
+                    if current.in_sync.len() == 1 { "that copy is" } else { "those copies are" },
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `changes` (prepared here, in log order) to every in-sync backup of the configuration `record`, takes
+    /// those that failed out of the in-sync set, and commits here through change `through`; returns the
+    /// configuration that holds then. The caller holds the replica's DML lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutcomeUnknown`] when a backup that failed could not be taken out, or the commit here failed.
+    async fn replicate_prepared(
+        &self,
+        replica: &Arc<ShardReplica>,
+        record: ShardRecord,
+        changes: Vec<LoggedChange>,
+        through: u64,
+    ) -> Result<ShardRecord> {
+        let (table, shard) = (replica.def().id, replica.shard_id());
         let unknown = |detail: String| {
             self.metrics.shard_outcome_unknown.inc();
             Error::OutcomeUnknown { shard: shard.0, detail }
@@ -218,10 +256,10 @@ impl Engine {
             self.metrics.shard_replication_latency.observe(started.elapsed());
         }
         let r = Arc::clone(replica);
-        let committed = crate::blocking::run("commit a shard's change", move || r.commit_through(lsn)).await?;
+        let committed = crate::blocking::run("commit a shard's change", move || r.commit_through(through)).await?;
         if let Err(e) = committed {
             return Err(unknown(format!(
-                "change {lsn} is durable on every in-sync copy, and committing it here failed: {}",
+                "change {through} is durable on every in-sync copy, and committing it here failed: {}",
                 e.report()
             )));
         }
@@ -229,16 +267,67 @@ impl Engine {
             self.commit_unsent.lock().expect("commit lock poisoned").insert((table, shard));
         }
         self.metrics.shard_changes_replicated.inc();
-        let need = self.min_in_sync(replica.def());
-        if current.in_sync.len() < need {
-            return Err(unknown(format!(
-                "the write took effect on {} in-sync {}, fewer than min_in_sync ({need}): it is lost if {} lost",
-                current.in_sync.len(),
-                if current.in_sync.len() == 1 { "copy" } else { "copies" },
-                if current.in_sync.len() == 1 { "that copy is" } else { "those copies are" },
-            )));
+        Ok(current)
+    }
+
+    /// Settles the changes left prepared on this node's replica of a shard it leads (a change whose outcome a failure
+    /// left unknown, or, on a new primary, changes its predecessor numbered and may have acknowledged): sends them to
+    /// every in-sync backup and commits them, so that a read here sees every acknowledged change. Returns whether
+    /// nothing is left prepared. The caller holds the replica's DML lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::replicate_change`] after its prepare.
+    pub(crate) async fn settle(&self, replica: &Arc<ShardReplica>) -> Result<bool> {
+        let shard = replica.shard_id();
+        let Some(record) = self.meta.read_local(|s| s.shard(shard).cloned()) else { return Ok(false) };
+        if record.primary != self.node_id {
+            return Ok(replica.log_end() == replica.committed_lsn());
         }
-        Ok(())
+        let through = replica.log_end();
+        if through == replica.committed_lsn() {
+            return Ok(true);
+        }
+        let r = Arc::clone(replica);
+        let changes = crate::blocking::run("read prepared changes", move || -> Result<Vec<LoggedChange>> {
+            let mut changes = Vec::new();
+            for n in r.prepared_lsns() {
+                changes.extend(r.prepared_change(n)?);
+            }
+            Ok(changes)
+        })
+        .await??;
+        tracing::info!(%shard, epoch = record.epoch, through, changes = changes.len(), "settling prepared changes as primary");
+        self.replicate_prepared(replica, record, changes, through).await?;
+        Ok(true)
+    }
+
+    /// The duties of the shards this node holds, every [`COMMIT_PUSH_INTERVAL`]: tells backups the commit points no
+    /// later change carried to them, and settles prepared changes of shards this node leads ([`Engine::settle`]).
+    pub async fn tend_shards(&self) {
+        self.push_commit_points().await;
+        let pending = std::mem::take(&mut *self.unsettled.lock().expect("unsettled lock poisoned"));
+        let mut still = Vec::new();
+        for (table, shard) in pending {
+            let Ok(replica) = self.replica_of(table, shard) else { continue };
+            if replica.log_end() == replica.committed_lsn() {
+                continue;
+            }
+            let settled = match replica.dml_lock.try_lock() {
+                Ok(_serialized) => match self.settle(&replica).await {
+                    Ok(settled) => settled,
+                    Err(e) => {
+                        tracing::warn!(%shard, error = %e.report(), "settling prepared changes failed; retrying");
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
+            if !settled {
+                still.push((table, shard));
+            }
+        }
+        self.unsettled.lock().expect("unsettled lock poisoned").extend(still);
     }
 
     /// Sends `changes`, in order, to the backup `backup` of a shard at the configuration `record`, with this node's
@@ -275,6 +364,8 @@ impl Engine {
                 term: change.term,
                 commit_through,
                 discard_after: None,
+                reset: false,
+                keep: Vec::new(),
             };
             match tokio::time::timeout(timeout, client.replicate(request)).await {
                 Ok(Ok(_)) => {}
@@ -342,9 +433,9 @@ impl Engine {
         Err(format!("the shard's configuration kept changing ({why})"))
     }
 
-    /// Tells the backups of the shards this node leads the commit point no later change carried to them (a
-    /// background round, every [`COMMIT_PUSH_INTERVAL`]). A backup that does not answer learns it later.
-    pub async fn push_commit_points(&self) {
+    /// Tells the backups of the shards this node leads the commit point no later change carried to them. A backup
+    /// that does not answer learns it later.
+    async fn push_commit_points(&self) {
         let pending = std::mem::take(&mut *self.commit_unsent.lock().expect("commit lock poisoned"));
         for (table, shard) in pending {
             let Ok(replica) = self.replica_of(table, shard) else { continue };
@@ -389,6 +480,8 @@ impl Engine {
             term: 0,
             commit_through,
             discard_after: None,
+            reset: false,
+            keep: Vec::new(),
         };
         match tokio::time::timeout(timeout, client.replicate(request)).await {
             Ok(Ok(_)) => {}

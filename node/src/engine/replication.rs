@@ -48,6 +48,20 @@ pub struct ReplicatedChange {
     pub commit_through: u64,
     /// Prepared changes above this number are discarded first (a new primary's reconciliation).
     pub discard_after: Option<u64>,
+    /// The last message of a catch-up: the committed chunks the replica holds afterwards, exactly (see
+    /// `ShardReplica::reset`); `commit_through` is then its commit point.
+    pub reset: Option<Vec<u64>>,
+}
+
+/// What a replica of one shard holds ([`Engine::replica_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The numbers of its committed chunks.
+    pub chunks: Vec<u64>,
+    /// Its commit point.
+    pub committed_lsn: u64,
+    /// The last change of the shard's log it holds.
+    pub log_end: u64,
 }
 
 /// What a replica holds after a change was applied.
@@ -111,6 +125,48 @@ impl Engine {
         )
     }
 
+    /// This node's replica of a shard, for a request of its primary `from_node` at `epoch`.
+    async fn replica_for(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        from_node: u64,
+    ) -> Result<Arc<ShardReplica>> {
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        if record.primary != from_node {
+            return Err(refuse(format!(
+                "node {from_node} is not its primary at epoch {epoch} (node {} is)",
+                record.primary
+            )));
+        }
+        if !record.replicas.contains(&self.node_id) {
+            return Err(refuse(format!("node {} holds no replica of it at epoch {epoch}", self.node_id)));
+        }
+        self.replica_of(table, shard)
+    }
+
+    /// What this node's replica of a shard holds, asked by its primary `from_node` at `epoch`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::apply_replicated`]'s checks.
+    pub async fn replica_status(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        from_node: u64,
+    ) -> Result<ReplicaStatus> {
+        let replica = self.replica_for(table, shard, epoch, from_node).await?;
+        Ok(ReplicaStatus {
+            chunks: replica.version().iter().map(|c| c.seq).collect(),
+            committed_lsn: replica.committed_lsn(),
+            log_end: replica.log_end(),
+        })
+    }
+
     /// Applies what a shard's primary sent: discards prepared changes it never had, prepares a change of the shard's
     /// log (or, numbered 0, applies committed chunks directly: `ShardReplica::apply`), and commits the prepared
     /// changes up to the primary's commit point; returns what the replica holds once all that is durable.
@@ -132,19 +188,10 @@ impl Engine {
             term,
             commit_through,
             discard_after,
+            reset,
         } = change;
-        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        let replica = self.replica_for(table, shard, epoch, from_node).await?;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
-        if record.primary != from_node {
-            return Err(refuse(format!(
-                "node {from_node} is not its primary at epoch {epoch} (node {} is)",
-                record.primary
-            )));
-        }
-        if !record.replicas.contains(&self.node_id) {
-            return Err(refuse(format!("node {} holds no replica of it at epoch {epoch}", self.node_id)));
-        }
-        let replica = self.replica_of(table, shard)?;
         let _serialized = replica.dml_lock.lock().await;
         // The epoch may have moved while this waited for the lock: a deposed primary's change must not land after
         // its successor's.
@@ -154,6 +201,9 @@ impl Engine {
         }
         let r = Arc::clone(&replica);
         crate::blocking::run("apply a replicated change", move || -> Result<()> {
+            if let Some(keep) = reset {
+                return r.reset(added, &keep, commit_through, next_seq);
+            }
             if let Some(lsn) = discard_after {
                 r.discard_after(lsn)?;
             }
@@ -179,6 +229,9 @@ impl Engine {
             Ok(())
         })
         .await??;
+        if replica.log_end() > replica.committed_lsn() {
+            self.unsettled.lock().expect("unsettled lock poisoned").insert((table, shard));
+        }
         let version = replica.version();
         Ok(ReplicaState {
             epoch,
@@ -218,8 +271,17 @@ impl Engine {
         projection: Option<Vec<usize>>,
         limit: Option<usize>,
     ) -> Result<ShardScan> {
-        self.check_shard_epoch(table, shard, epoch).await?;
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
         let replica = self.replica_of(table, shard)?;
+        // A primary serves every change it may have acknowledged: changes left prepared (by a failure, or by its
+        // predecessor) are settled first.
+        if record.primary == self.node_id && replica.log_end() > replica.committed_lsn() {
+            let _serialized = replica.dml_lock.lock().await;
+            self.settle(&replica).await.map_err(|e| Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("its prepared changes could not be settled: {}", e.report()),
+            })?;
+        }
         let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
             shard: shard.0,
             detail: "its table is not attached here".into(),

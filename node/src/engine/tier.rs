@@ -132,7 +132,7 @@ impl Engine {
     }
 
     /// Every shard replica of every attached native table.
-    fn replicas(&self) -> Vec<Arc<ShardReplica>> {
+    pub(super) fn replicas(&self) -> Vec<Arc<ShardReplica>> {
         self.hot_tables().iter().flat_map(|t| t.shards().iter().cloned()).collect()
     }
 

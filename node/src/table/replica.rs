@@ -361,6 +361,70 @@ impl ShardReplica {
         Ok(())
     }
 
+    /// Ends a catch-up: applies `added` (as [`ShardReplica::apply`]), then makes the committed chunks exactly those
+    /// numbered in `keep` (dropping any other), discards every prepared change and sets the commit point to
+    /// `committed_lsn`, all in one durable batch. The caller holds [`ShardReplica::dml_lock`].
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Parameter`] for an index entry that does not fit the table, or a chunk in `keep` that this
+    /// replica neither holds nor was sent; store errors.
+    pub(crate) fn reset(
+        &self,
+        added: Vec<crate::engine::ReplicatedChunk>,
+        keep: &[u64],
+        committed_lsn: u64,
+        next_seq: u64,
+    ) -> Result<()> {
+        let keep: HashSet<u64> = keep.iter().copied().collect();
+        let current = self.version();
+        let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
+        let mut batch = WriteBatch::new();
+        let mut new_chunks = Vec::new();
+        let mut highest = next_seq;
+        for (seq, index, data) in added {
+            highest = highest.max(seq + 1);
+            if present.contains(&seq) || !keep.contains(&seq) {
+                continue;
+            }
+            let meta = self.replicated_meta(seq, &index)?;
+            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            batch.put(keys::index_key(self.def.id, self.shard, seq), index);
+            new_chunks.push(self.make_chunk(seq, meta));
+        }
+        let held: HashSet<u64> = present.iter().chain(new_chunks.iter().map(|c| &c.seq)).copied().collect();
+        if let Some(missing) = keep.iter().find(|seq| !held.contains(seq)) {
+            return Err(crate::error::Error::Parameter {
+                detail: format!(
+                    "catch-up of table \"{}\" shard {}: chunk {missing} was neither held nor sent",
+                    self.def.name, self.shard
+                ),
+            });
+        }
+        let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| !keep.contains(&c.seq)).cloned().collect();
+        for c in &gone {
+            batch.delete(keys::index_key(self.def.id, self.shard, c.seq));
+        }
+        let prepared: Vec<PreparedChange> =
+            self.prepared.lock().expect("prepared lock poisoned").values().cloned().collect();
+        for change in &prepared {
+            for (seq, _) in &change.added {
+                if !held.contains(seq) {
+                    batch.delete(keys::data_key(self.def.id, self.shard, *seq));
+                }
+            }
+            batch.delete(keys::prepared_key(self.def.id, self.shard, change.lsn));
+        }
+        self.next_seq.fetch_max(highest, Ordering::Relaxed);
+        batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
+        batch.put(keys::commit_key(self.def.id, self.shard), committed_lsn.to_be_bytes().to_vec());
+        self.tables.commit(batch)?;
+        self.install(&gone, new_chunks);
+        self.prepared.lock().expect("prepared lock poisoned").clear();
+        self.committed_lsn.store(committed_lsn, Ordering::Release);
+        Ok(())
+    }
+
     /// Decodes a replicated chunk's index entry, checking it fits the table.
     fn replicated_meta(&self, seq: u64, index: &[u8]) -> Result<ChunkMeta> {
         let location = || format!("replicated chunk {seq} of table \"{}\" shard {}", self.def.name, self.shard);
@@ -641,6 +705,39 @@ impl ShardReplica {
             out.push((c.seq, chunk::encode_meta(&c.meta, &self.schema)?, data));
         }
         Ok(out)
+    }
+
+    /// The committed chunks numbered in `seqs` (in that order; numbers no longer committed are skipped), as the
+    /// replication stream carries them, until their data reaches `max_bytes` (at least one chunk); returns them and
+    /// how many numbers of `seqs` were gone through.
+    ///
+    /// # Errors
+    ///
+    /// Store errors, and [`crate::Error::Corrupt`] when a chunk's data is missing.
+    pub(crate) fn committed_chunks_numbered(
+        &self,
+        seqs: &[u64],
+        max_bytes: u64,
+    ) -> Result<(Vec<crate::engine::ReplicatedChunk>, usize)> {
+        let version = self.version();
+        let by_seq: std::collections::HashMap<u64, &Arc<Chunk>> = version.iter().map(|c| (c.seq, c)).collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut consumed = 0;
+        for seq in seqs {
+            consumed += 1;
+            let Some(c) = by_seq.get(seq) else { continue };
+            let data = self.tables.store.get(&c.data_key())?.ok_or_else(|| crate::error::Error::Corrupt {
+                location: format!("table \"{}\" shard {} chunk {}", self.def.name, self.shard, c.seq),
+                detail: "chunk data is missing".into(),
+            })?;
+            bytes += data.len() as u64;
+            out.push((c.seq, chunk::encode_meta(&c.meta, &self.schema)?, data));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok((out, consumed))
     }
 
     /// Marks every chunk retired after the table was dropped, so their data is deleted once no reader needs it; the

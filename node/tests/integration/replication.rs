@@ -43,9 +43,35 @@ fn overrides(node_id: u64, dir: &std::path::Path, join: Vec<String>, cold: Optio
 
 async fn start(node_id: u64, join: Vec<String>, cold: &std::path::Path) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = overrides(node_id, dir.path(), join, Some(cold));
-    let config = Config::load(None, Vec::new(), &overrides).expect("config");
-    let server = Server::bind(config).await.expect("bind");
+    start_on(node_id, dir, "127.0.0.1:0", join, cold, &[]).await
+}
+
+/// Starts node `node_id` on the data directory `dir`, its internal endpoint at `grpc`, with settings `env` (as
+/// `QUIVER_…` environment variables).
+async fn start_on(
+    node_id: u64,
+    dir: tempfile::TempDir,
+    grpc: &str,
+    join: Vec<String>,
+    cold: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Node {
+    let mut overrides = overrides(node_id, dir.path(), join, Some(cold));
+    overrides.grpc_addr = Some(grpc.to_string());
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // A restart on the port of a node just stopped may find it held a little longer.
+    let mut attempts = 0;
+    let server = loop {
+        let config = Config::load(None, env.clone(), &overrides).expect("config");
+        match Server::bind(config).await {
+            Ok(server) => break server,
+            Err(e) if attempts < 50 && e.report().contains("in use") => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bind: {e}"),
+        }
+    };
     let grpc = server.grpc_addr().expect("internal endpoint").to_string();
     let engine = Arc::clone(server.engine());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -145,6 +171,8 @@ fn request(
         term: 0,
         commit_through: 0,
         discard_after: None,
+        reset: false,
+        keep: vec![],
     }
 }
 
@@ -366,17 +394,37 @@ async fn until_config(node: &Node, shard: ShardId, replicas: &[u64], primary: u6
     panic!("node never applied the configuration {replicas:?} led by {primary} of shard {shard}");
 }
 
-/// Waits until a scan of `shard` at `epoch` on `node` returns `expected`.
+/// Waits until a scan of `shard` on `node`, at the shard's epoch there (`epoch` or later), returns `expected`.
 async fn until_rows(node: &Node, shard: &ShardRecord, epoch: u64, expected: &[i64]) {
     let mut last = Vec::new();
     for _ in 0..200 {
-        last = scan_ids(node, shard, epoch).await.expect("scan");
-        if last == expected {
-            return;
+        let now = node.engine.meta().read_local(|s| s.shard(shard.shard_id).map(|r| r.epoch)).unwrap_or(epoch);
+        // A scan at an epoch that moved meanwhile is refused: asked again at the next one.
+        if let Ok(ids) = scan_ids(node, shard, now.max(epoch)).await {
+            last = ids;
+            if last == expected {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("node {} shows {} rows of shard {}, not {}", node.grpc, last.len(), shard.shard_id, expected.len());
+    let record = node.engine.meta().read_local(|s| s.shard(shard.shard_id).cloned());
+    let held = node
+        .engine
+        .replica_status(
+            shard.table_id,
+            shard.shard_id,
+            record.as_ref().map_or(0, |r| r.epoch),
+            record.as_ref().map_or(0, |r| r.primary),
+        )
+        .await;
+    panic!(
+        "node {} shows {} rows of shard {}, not {}; its configuration {record:?}, its replica {held:?}",
+        node.grpc,
+        last.len(),
+        shard.shard_id,
+        expected.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,4 +567,120 @@ async fn a_primary_acknowledges_only_what_every_in_sync_copy_holds_and_drops_a_b
     until_rows(&two, &t3, moved.epoch, &all).await;
     two.stop().await;
     one.stop().await;
+}
+
+/// Failure detection fast enough for a test.
+const FAST_FAILOVER: &[(&str, &str)] = &[
+    ("QUIVER_CLUSTER__NODE_HEARTBEAT_INTERVAL", "200ms"),
+    ("QUIVER_CLUSTER__NODE_DOWN_AFTER", "3s"),
+    ("QUIVER_CLUSTER__HEARTBEAT_INTERVAL", "100ms"),
+    ("QUIVER_CLUSTER__ELECTION_TIMEOUT_MIN", "400ms"),
+    ("QUIVER_CLUSTER__ELECTION_TIMEOUT_MAX", "800ms"),
+];
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catches_up_when_it_returns() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), FAST_FAILOVER).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    one.engine
+        .execute_one("CREATE TABLE f (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 3)")
+        .await
+        .expect("create");
+    for node in [&one, &two, &three] {
+        until_attached(&node.engine, "f").await;
+    }
+    let table = one.engine.hot_table("f").expect("table").def().id;
+    let shard = one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("shard");
+    // Node 2 leads the shard (node 1 leads the metadata group, which must stay up to fail the shard over).
+    let placed = MetaCommand::SetShardReplicas {
+        shard_id: shard.shard_id,
+        replicas: vec![1, 2, 3],
+        in_sync: vec![1, 2, 3],
+        primary: 2,
+        expected_epoch: None,
+    };
+    one.engine.meta().propose(placed).await.expect("propose").into_result().expect("placed");
+    let placed = until_config(&two, shard.shard_id, &[1, 2, 3], 2).await;
+    until_epoch(&one, shard.shard_id, placed.epoch).await;
+    until_epoch(&three, shard.shard_id, placed.epoch).await;
+    let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
+        let request = WriteShardRequest {
+            table_id: table.0,
+            shard_id: shard.shard_id.0,
+            epoch,
+            arrow_ipc: rows_of(&one.engine, "f", ids),
+        };
+        let addr = node.grpc.clone();
+        async move {
+            ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
+        }
+    };
+    write(&two, placed.epoch, (1..=100).collect()).await.expect("write");
+    // Acknowledged, then the primary stops at once: its backups may hold this change prepared only.
+    write(&two, placed.epoch, (101..=110).collect()).await.expect("write");
+    let two_dir = two.stop().await;
+
+    // The metadata leader marks node 2 down and promotes an in-sync backup at a new epoch; the new primary serves
+    // every acknowledged row, and takes writes replicated to the remaining backup.
+    let mut failed_over = None;
+    for _ in 0..300 {
+        let record = one.engine.meta().read_local(|s| s.shard(shard.shard_id).cloned()).expect("shard");
+        if record.primary != 2 {
+            failed_over = Some(record);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = failed_over.expect("the shard failed over");
+    assert!(after.epoch > placed.epoch, "{after:?}");
+    assert_eq!((after.in_sync.contains(&2), after.replicas.clone()), (false, vec![1, 2, 3]), "{after:?}");
+    let (new, other) = if after.primary == 1 { (&one, &three) } else { (&three, &one) };
+    until_epoch(new, shard.shard_id, after.epoch).await;
+    let acknowledged: Vec<i64> = (1..=110).collect();
+    assert_eq!(scan_ids(new, &shard, after.epoch).await.expect("scan the new primary"), acknowledged);
+    write(new, after.epoch, (111..=120).collect()).await.expect("write to the new primary");
+    let all: Vec<i64> = (1..=120).collect();
+    until_epoch(other, shard.shard_id, after.epoch).await;
+    until_rows(other, &shard, after.epoch, &all).await;
+
+    // Node 2 returns on its disk: a replica, not in sync. The primary catches it up and admits it; it then holds
+    // exactly the primary's committed chunks, and takes the next change.
+    let two = start_on(2, two_dir, &addrs[1], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    until_attached(&two.engine, "f").await;
+    let mut report = None;
+    for _ in 0..100 {
+        match new.engine.catch_up_replica(table, shard.shard_id, 2).await {
+            Ok(r) => {
+                report = Some(r);
+                break;
+            }
+            // Node 2 may not know the shard's current epoch or be reachable yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let report = report.expect("caught up");
+    assert!(report.epoch > after.epoch, "{report:?}");
+    let admitted = until_epoch(&two, shard.shard_id, report.epoch).await;
+    assert!(admitted.in_sync.contains(&2), "{admitted:?}");
+    let (theirs, _) = new.engine.committed_chunks(table, shard.shard_id).await.expect("primary chunks");
+    let (mine, _) = two.engine.committed_chunks(table, shard.shard_id).await.expect("caught-up chunks");
+    assert_eq!(mine, theirs, "the returning replica holds exactly the primary's committed chunks");
+    write(new, report.epoch, (121..=130).collect()).await.expect("write with node 2 in sync");
+    let all: Vec<i64> = (1..=130).collect();
+    until_rows(&two, &shard, report.epoch, &all).await;
+    // Caught up already: nothing moves.
+    let again = new.engine.catch_up_replica(table, shard.shard_id, 2).await.expect("in sync");
+    assert_eq!(again.chunks, 0);
+    for node in [one, two, three] {
+        node.stop().await;
+    }
 }

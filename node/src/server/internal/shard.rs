@@ -11,7 +11,8 @@ use futures::Stream;
 use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::shard_service_server::ShardService;
 use quiver_proto::v1::{
-    ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest, WriteShardReply, WriteShardRequest,
+    ReplicaStatusReply, ReplicaStatusRequest, ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest,
+    WriteShardReply, WriteShardRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -73,6 +74,7 @@ impl ShardService for ShardGrpcService {
             term: r.term,
             commit_through: r.commit_through,
             discard_after: r.discard_after,
+            reset: r.reset.then_some(r.keep),
         };
         let state = self.engine.apply_replicated(change).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(ReplicateReply {
@@ -81,6 +83,23 @@ impl ShardService for ShardGrpcService {
             rows: state.rows,
             committed_lsn: state.committed_lsn,
             prepared: state.prepared,
+        }))
+    }
+
+    async fn replica_status(
+        &self,
+        request: Request<ReplicaStatusRequest>,
+    ) -> Result<Response<ReplicaStatusReply>, Status> {
+        let r = request.into_inner();
+        let status = self
+            .engine
+            .replica_status(TableId(r.table_id), ShardId(r.shard_id), r.epoch, r.from_node)
+            .await
+            .map_err(|e| status_from(&e))?;
+        Ok(Response::new(ReplicaStatusReply {
+            chunks: status.chunks,
+            committed_lsn: status.committed_lsn,
+            log_end: status.log_end,
         }))
     }
 

@@ -1,0 +1,203 @@
+//! Catch-up (docs/rfcs/0001-cluster-data-path.md, "Failure detection, failover, re-replication"): a shard's primary
+//! brings a replica that is not in sync (back after a failure, or new) to its own committed state, then admits it
+//! to the in-sync set.
+//!
+//! ```text
+//!  primary                                         replica (in `replicas`, not in `in_sync`)
+//!   ReplicaStatus ───────────────────────────────▶ committed chunk numbers, commit point
+//!   Replicate(lsn 0, chunks it lacks) … ──────────▶ applied as they come (resumable: a new catch-up asks again)
+//!   ── DML lock: no change of the shard in flight ──
+//!   settle prepared changes here
+//!   ReplicaStatus, Replicate(lsn 0, what it still lacks) …
+//!   Replicate(reset, keep = committed chunks, commit point) ─▶ exactly the primary's committed chunks
+//!   SetShardReplicas { in_sync + replica, expected_epoch } (compare-and-set)
+//!   ── lock released: the next change goes to it too ──
+//! ```
+//!
+//! The bulk of the data moves before the lock, throttled to `[cluster] catch_up_rate`; under the lock only what was
+//! committed meanwhile moves. A replica admitted holds every committed change and nothing prepared, so the primary's
+//! next change (numbered after its commit point) follows its log without a hole.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_meta::{MetaCommand, Rejection, ShardId, ShardRecord, TableId};
+use quiver_proto::v1::{ReplicaStatusRequest, ReplicateRequest, ReplicatedChunk as WireChunk};
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::table::ShardReplica;
+
+/// The most chunk data one catch-up message carries.
+const CATCH_UP_MESSAGE_BYTES: u64 = 8 << 20;
+
+/// What a catch-up moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUpReport {
+    /// Chunks sent to the replica.
+    pub chunks: u64,
+    /// Bytes of chunk data sent.
+    pub bytes: u64,
+    /// The shard's epoch once the replica is in sync.
+    pub epoch: u64,
+}
+
+impl Engine {
+    /// Brings node `target`'s replica of a shard this node leads to this node's committed state and admits it to the
+    /// shard's in-sync set; returns what moved. A replica already in sync is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when this node is not the shard's primary, `target` holds no replica of it, the
+    /// target cannot be reached or refuses, or the shard's configuration changed meanwhile (a later catch-up resumes
+    /// where this one stopped); store errors.
+    pub async fn catch_up_replica(&self, table: TableId, shard: ShardId, target: u64) -> Result<CatchUpReport> {
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        let replica = self.replica_of(table, shard)?;
+        let record = self.catch_up_record(shard, target)?;
+        if record.in_sync.contains(&target) {
+            return Ok(CatchUpReport { epoch: record.epoch, ..CatchUpReport::default() });
+        }
+        let addr = self
+            .meta
+            .read_local(|s| s.node(target).map(|n| n.grpc_addr.clone()))
+            .ok_or_else(|| refuse(format!("node {target} is not in the node registry")))?;
+        let mut report = CatchUpReport::default();
+        // The bulk, while writes go on.
+        let held = self.status_of(&addr, &record, table, target).await?;
+        self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
+
+        let _serialized = replica.dml_lock.lock().await;
+        if !self.settle(&replica).await? {
+            return Err(refuse("this node's prepared changes are not settled".into()));
+        }
+        let record = self.catch_up_record(shard, target)?;
+        let held = self.status_of(&addr, &record, table, target).await?;
+        self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
+        let keep: Vec<u64> = replica.version().iter().map(|c| c.seq).collect();
+        let reset = ReplicateRequest {
+            table_id: table.0,
+            shard_id: shard.0,
+            epoch: record.epoch,
+            from_node: self.node_id,
+            next_seq: replica.next_seq(),
+            commit_through: replica.committed_lsn(),
+            reset: true,
+            keep,
+            ..ReplicateRequest::default()
+        };
+        let timeout = self.replication.timeout;
+        let mut client = self.peers.client(&addr, timeout).map_err(|e| refuse(e.clone()))?;
+        match tokio::time::timeout(timeout, client.replicate(reset)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => return Err(refuse(format!("node {target} refused the catch-up: {}", status.message()))),
+            Err(_) => return Err(refuse(format!("node {target} did not answer the catch-up within {timeout:?}"))),
+        }
+        let mut in_sync = record.in_sync.clone();
+        in_sync.push(target);
+        let admit = MetaCommand::SetShardReplicas {
+            shard_id: shard,
+            replicas: record.replicas.clone(),
+            in_sync,
+            primary: self.node_id,
+            expected_epoch: Some(record.epoch),
+        };
+        match self.meta.propose(admit).await?.outcome {
+            Ok(_) => {}
+            Err(Rejection::ShardEpochConflict { current, .. }) => {
+                return Err(refuse(format!(
+                    "the shard moved to epoch {current} during the catch-up of node {target}; it resumes next time"
+                )));
+            }
+            Err(other) => return Err(Error::Meta(other.into())),
+        }
+        self.meta.read_state(|_| ()).await?;
+        report.epoch = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch)).unwrap_or(record.epoch + 1);
+        tracing::info!(%shard, target, chunks = report.chunks, bytes = report.bytes, epoch = report.epoch, "replica caught up and in sync");
+        Ok(report)
+    }
+
+    /// The shard's configuration, checked for a catch-up of `target`: this node leads it and `target` holds a replica.
+    fn catch_up_record(&self, shard: ShardId, target: u64) -> Result<ShardRecord> {
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        let record = self.meta.read_local(|s| s.shard(shard).cloned()).ok_or_else(|| refuse("no such shard".into()))?;
+        self.check_primary(&record)?;
+        if !record.replicas.contains(&target) || target == self.node_id {
+            return Err(refuse(format!("node {target} holds no replica of it to catch up at epoch {}", record.epoch)));
+        }
+        Ok(record)
+    }
+
+    /// The committed chunks the replica at `addr` holds.
+    async fn status_of(&self, addr: &str, record: &ShardRecord, table: TableId, target: u64) -> Result<HashSet<u64>> {
+        let refuse = |detail: String| Error::ShardUnavailable { shard: record.shard_id.0, detail };
+        let timeout = self.replication.timeout;
+        let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
+        let request = ReplicaStatusRequest {
+            table_id: table.0,
+            shard_id: record.shard_id.0,
+            epoch: record.epoch,
+            from_node: self.node_id,
+        };
+        match tokio::time::timeout(timeout, client.replica_status(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().chunks.into_iter().collect()),
+            Ok(Err(status)) => Err(refuse(format!("node {target} did not say what it holds: {}", status.message()))),
+            Err(_) => Err(refuse(format!("node {target} did not say what it holds within {timeout:?}"))),
+        }
+    }
+
+    /// Sends the replica at `addr` the committed chunks of this node's replica it does not hold, in messages of at
+    /// most [`CATCH_UP_MESSAGE_BYTES`] of data, at most `[cluster] catch_up_rate` bytes a second.
+    async fn send_missing(
+        &self,
+        addr: &str,
+        record: &ShardRecord,
+        replica: &Arc<ShardReplica>,
+        held: &HashSet<u64>,
+        report: &mut CatchUpReport,
+    ) -> Result<()> {
+        let shard = record.shard_id;
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        let missing: Vec<u64> = replica.version().iter().map(|c| c.seq).filter(|s| !held.contains(s)).collect();
+        let timeout = self.replication.timeout;
+        let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
+        let mut next = 0;
+        while next < missing.len() {
+            // One message: chunks read until the size limit (at least one).
+            let r = Arc::clone(replica);
+            let from = missing[next..].to_vec();
+            let (batch, consumed) = crate::blocking::run("read chunks to catch up", move || {
+                r.committed_chunks_numbered(&from, CATCH_UP_MESSAGE_BYTES)
+            })
+            .await??;
+            next += consumed;
+            if batch.is_empty() {
+                // Removed meanwhile (tiered, compacted): the final reset settles it.
+                continue;
+            }
+            let bytes: u64 = batch.iter().map(|c| c.2.len() as u64).sum();
+            let request = ReplicateRequest {
+                table_id: record.table_id.0,
+                shard_id: shard.0,
+                epoch: record.epoch,
+                from_node: self.node_id,
+                added: batch.into_iter().map(|(seq, index_entry, data)| WireChunk { seq, index_entry, data }).collect(),
+                next_seq: replica.next_seq(),
+                ..ReplicateRequest::default()
+            };
+            let count = request.added.len() as u64;
+            match tokio::time::timeout(timeout, client.replicate(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => return Err(refuse(format!("the catch-up was refused: {}", status.message()))),
+                Err(_) => return Err(refuse(format!("the catch-up got no answer within {timeout:?}"))),
+            }
+            report.chunks += count;
+            report.bytes += bytes;
+            if self.replication.catch_up_rate > 0 {
+                tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.replication.catch_up_rate as f64)).await;
+            }
+        }
+        Ok(())
+    }
+}
