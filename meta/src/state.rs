@@ -131,20 +131,27 @@ impl MetaState {
         }
         node.state = state;
         if state == NodeState::Down {
-            self.fail_over(node_id);
+            self.fail_over(node_id, false);
         }
         Ok(MetaOutcome::NodeUpdated { node_id })
     }
 
     /// Takes `node_id` out of every in-sync set, promoting a new primary for each shard it leads where a live
-    /// in-sync replica remains (`placement::fail_over`); returns how many shards changed, each at a new epoch.
-    fn fail_over(&mut self, node_id: u64) -> usize {
-        let changes = placement::fail_over(&self.nodes, self.shards.values(), node_id);
+    /// in-sync replica remains (`placement::fail_over`); returns how many shards changed, each at a new epoch. With
+    /// `lost` (the node's copies are gone), a shard whose only in-sync copy it was gets the replica that left the
+    /// in-sync set last as its primary, the one copy holding every acknowledged write.
+    fn fail_over(&mut self, node_id: u64, lost: bool) -> usize {
+        let changes = placement::fail_over(&self.nodes, self.shards.values(), node_id, lost);
         for (shard_id, in_sync, primary) in &changes {
             if let Some(shard) = self.shards.get_mut(shard_id) {
-                shard.in_sync.clone_from(in_sync);
-                shard.primary = *primary;
-                shard.epoch += 1;
+                let replicas = shard.replicas.clone();
+                shard.reconfigure(replicas, in_sync.clone(), *primary);
+            }
+        }
+        if lost {
+            // Its copies hold nothing: never the one to lead later.
+            for shard in self.shards.values_mut() {
+                shard.left_in_sync.remove(&node_id);
             }
         }
         changes.len()
@@ -198,7 +205,7 @@ impl MetaState {
                 if !self.nodes.contains_key(&node_id) {
                     return Err(Rejection::NodeNotFound { node_id });
                 }
-                let changed = self.fail_over(node_id);
+                let changed = self.fail_over(node_id, true);
                 Ok(if changed == 0 { MetaOutcome::Unchanged } else { MetaOutcome::NodeUpdated { node_id } })
             }
             MetaCommand::SetNodeRole { node_id, role } => {
@@ -227,10 +234,7 @@ impl MetaState {
                 if shard.replicas == replicas && shard.in_sync == in_sync && shard.primary == primary {
                     return Ok(MetaOutcome::Unchanged);
                 }
-                shard.replicas = replicas;
-                shard.in_sync = in_sync;
-                shard.primary = primary;
-                shard.epoch += 1;
+                shard.reconfigure(replicas, in_sync, primary);
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
             MetaCommand::SetShardManifest { shard_id, expected_version, manifest } => {
@@ -278,6 +282,7 @@ impl MetaState {
                         primary,
                         epoch: 1,
                         manifest: None,
+                        left_in_sync: Default::default(),
                     };
                     self.shards.insert(shard_id, record);
                     shards.push(shard_id);

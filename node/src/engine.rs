@@ -341,6 +341,11 @@ pub struct Engine {
     /// Shards with changes prepared here and not committed yet, which [`Engine::tend_shards`] settles once this node
     /// leads them.
     unsettled: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId)>>,
+    /// Rounds of [`Engine::tend_shards`] so far.
+    tend_rounds: std::sync::atomic::AtomicU64,
+    /// Whether the metadata replica caught up with the metadata group since the engine opened (shard requests wait
+    /// for it: `Engine::check_shard_epoch`).
+    meta_confirmed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -534,6 +539,8 @@ impl Engine {
             peers: primary::Peers::default(),
             commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            tend_rounds: std::sync::atomic::AtomicU64::new(0),
+            meta_confirmed: std::sync::atomic::AtomicBool::new(false),
         };
         let mut chunks_by_shard = chunks_by_shard;
         {

@@ -57,6 +57,8 @@ use crate::meta_sim::Outcome;
 use crate::object_store::{FaultRates, FaultyStore};
 use crate::shard_map::{self, ShardMapChecker};
 
+mod replicated;
+
 /// What one run does.
 #[derive(Debug, Clone)]
 pub struct NodeSimOptions {
@@ -570,7 +572,15 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }
         world.history.lock().expect("history").tables.insert(table.clone(), Expect::Present);
     }
+    // The replicated shard (see `replicated`): its writer and the operator that catches its copies up.
+    let created = client_host.spawn(async move { execute(1, replicated::create_sql()).await });
+    if !matches!(created.await, Ok(Ok(_))) {
+        return Err(format!("the table {} could not be created before the faults", replicated::TABLE));
+    }
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
+    let replicated_writer = client_host.spawn(replicated::writer(live.clone(), deadline));
+    let operator_stop = Arc::new(AtomicBool::new(false));
+    let operator = client_host.spawn(replicated::operator(live.clone(), operator_stop.clone()));
     let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
     let mut clients = Vec::new();
     for client in 0..options.clients {
@@ -723,6 +733,12 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }
     }
     world.hosts.note(format!("every node serves again after {} ms", healed.elapsed().as_millis()));
+    // The replicated shard: back in sync, every acknowledged write there once, every copy the primary's.
+    let writes = replicated_writer.await.map_err(|e| format!("the replicated shard's writer: {e}"))?;
+    let summary = replicated::check(&live, &client_host, &writes, Duration::from_secs(options.liveness_secs)).await?;
+    operator_stop.store(true, Ordering::SeqCst);
+    let _ = operator.await;
+    world.hosts.note(summary);
 
     // The metadata replicas converge.
     let converged = wait_until(Duration::from_secs(30), || {
@@ -778,7 +794,9 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             _ => {}
         }
     }
-    if let Some(stranger) = catalog.iter().find(|t| !t.starts_with("probe_") && !history.tables.contains_key(*t)) {
+    if let Some(stranger) =
+        catalog.iter().find(|t| !t.starts_with("probe_") && *t != replicated::TABLE && !history.tables.contains_key(*t))
+    {
         return Err(format!("table {stranger} was never created"));
     }
 

@@ -98,6 +98,7 @@ pub(crate) fn fail_over<'a>(
     nodes: &BTreeMap<u64, NodeRecord>,
     shards: impl Iterator<Item = &'a ShardRecord> + Clone,
     down: u64,
+    lost: bool,
 ) -> Vec<(super::ShardId, Vec<u64>, u64)> {
     let live = |id: &u64| *id != down && nodes.get(id).is_some_and(|n| n.state != NodeState::Down);
     let mut primaries: BTreeMap<u64, u64> = BTreeMap::new();
@@ -110,6 +111,19 @@ pub(crate) fn fail_over<'a>(
             continue;
         }
         let in_sync: Vec<u64> = shard.in_sync.iter().copied().filter(|n| *n != down).collect();
+        if in_sync.is_empty() {
+            // Its only in-sync copy. A node down may come back with it: the shard waits. A copy lost for good leaves
+            // the replica that left the in-sync set last (live ones first among those that left together).
+            let stale = shard
+                .left_in_sync
+                .iter()
+                .filter(|(n, _)| **n != down && shard.replicas.contains(n))
+                .max_by_key(|(n, epoch)| (**epoch, live(n), std::cmp::Reverse(**n)));
+            if let (true, Some((next, _))) = (lost, stale) {
+                changes.push((shard.shard_id, vec![*next], *next));
+            }
+            continue;
+        }
         let primary = if shard.primary == down {
             let Some(new) =
                 in_sync.iter().copied().filter(live).min_by_key(|n| (primaries.get(n).copied().unwrap_or(0), *n))
@@ -206,6 +220,7 @@ mod tests {
             primary: 1,
             epoch: 1,
             manifest: None,
+            left_in_sync: Default::default(),
         };
         let placed = place(nodes.iter(), [&existing].into_iter(), 1, 1).expect("placed");
         assert_eq!(placed, vec![Placed { replicas: vec![2] }], "node 1 leads a shard already");

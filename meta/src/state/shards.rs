@@ -138,4 +138,25 @@ pub struct ShardRecord {
     pub epoch: u64,
     /// The current cold-tier manifest, `None` until the shard's data first reaches the cold tier.
     pub manifest: Option<ManifestPointer>,
+    /// For each replica out of sync that was in sync before: the epoch at which it last left the in-sync set. The one
+    /// that left last holds every acknowledged write (none is acknowledged without every in-sync copy, and at least
+    /// `min_in_sync` of them), so it is the one to lead when every in-sync copy is lost.
+    #[serde(default)]
+    pub left_in_sync: std::collections::BTreeMap<u64, u64>,
+}
+
+impl ShardRecord {
+    /// Replaces the configuration and bumps the epoch, recording which replicas leave the in-sync set.
+    pub(crate) fn reconfigure(&mut self, replicas: Vec<u64>, in_sync: Vec<u64>, primary: u64) {
+        self.epoch += 1;
+        for node in &self.in_sync {
+            if !in_sync.contains(node) {
+                self.left_in_sync.insert(*node, self.epoch);
+            }
+        }
+        self.left_in_sync.retain(|node, _| replicas.contains(node) && !in_sync.contains(node));
+        self.replicas = replicas;
+        self.in_sync = in_sync;
+        self.primary = primary;
+    }
 }

@@ -192,6 +192,47 @@ fn a_node_marked_down_leaves_every_in_sync_set_and_its_shards_get_new_primaries(
 }
 
 #[test]
+fn a_shard_whose_only_in_sync_copy_is_lost_is_led_by_the_copy_that_left_the_in_sync_set_last() {
+    let mut s = MetaState::new();
+    for node in 1..=3 {
+        applied(&mut s, register(node));
+    }
+    let MetaOutcome::TableCreated { shards, .. } = applied(&mut s, create_sharded("t", 1, 3)) else { panic!() };
+    let id = shards[0];
+    let set = |in_sync: Vec<u64>, expected| MetaCommand::SetShardReplicas {
+        shard_id: id,
+        replicas: vec![1, 2, 3],
+        in_sync,
+        primary: 1,
+        expected_epoch: Some(expected),
+    };
+    applied(&mut s, set(vec![1, 2, 3], 1));
+    let e = s.shard(id).expect("shard").epoch;
+    applied(&mut s, set(vec![1, 2], e));
+    applied(&mut s, set(vec![1], e + 1));
+    let r = s.shard(id).expect("shard").clone();
+    assert_eq!(r.left_in_sync, BTreeMap::from([(3, e + 1), (2, e + 2)]));
+    // Down, node 1 may come back with its copy: the shard waits for it.
+    applied(&mut s, MetaCommand::UpdateNodeState { node_id: 1, state: NodeState::Down });
+    assert_eq!(s.shard(id), Some(&r));
+    // Lost with its disk: node 2, the last to leave the in-sync set, holds every acknowledged write and leads.
+    applied(&mut s, MetaCommand::LeaveInSync { node_id: 1 });
+    let r = s.shard(id).expect("shard").clone();
+    assert_eq!((r.primary, r.in_sync.clone(), r.epoch), (2, vec![2], e + 3));
+    assert_eq!(r.left_in_sync, BTreeMap::from([(3, e + 1)]), "the lost copy is never a candidate");
+    // Back in sync, a replica leaves the record.
+    let back = MetaCommand::SetShardReplicas {
+        shard_id: id,
+        replicas: vec![1, 2, 3],
+        in_sync: vec![2, 3],
+        primary: 2,
+        expected_epoch: Some(e + 3),
+    };
+    applied(&mut s, back);
+    assert!(s.shard(id).expect("shard").left_in_sync.is_empty());
+}
+
+#[test]
 fn rejected_commands_change_nothing() {
     let mut s = MetaState::new();
     applied(&mut s, MetaCommand::Bootstrap { cluster_id: "c1".into() });

@@ -41,6 +41,9 @@ use crate::table::log::LoggedChange;
 /// How often a primary tells its backups a commit point no later change carried to them.
 pub const COMMIT_PUSH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Every this many rounds of [`Engine::tend_shards`], every shard whose backups may lag the commit point is swept in.
+const COMMIT_SWEEP_ROUNDS: u64 = 25;
+
 /// Connections to the internal endpoints of other nodes, by address, opened on first use and kept.
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
@@ -103,7 +106,28 @@ impl Engine {
             self.check_primary(&now)?;
             self.check_min_in_sync(&now, hot.def())?;
             let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
-            return hot.append_shard_stream(shard, stream).await;
+            let written = hot.append_shard_stream(shard, stream).await?;
+            // No backup fences a sole copy: a node whose metadata lags (back from a lost disk, replaying the log)
+            // could take itself for a primary the cluster has replaced. The configuration is confirmed current
+            // (a linearizable read) after the commit and before the acknowledgement.
+            let confirmed = self.meta.read_state(|s| s.shard(shard).cloned()).await;
+            let current = matches!(&confirmed, Ok(Some(r)) if r.epoch == epoch && r.primary == self.node_id);
+            if !current {
+                self.metrics.shard_outcome_unknown.inc();
+                return Err(Error::OutcomeUnknown {
+                    shard: shard.0,
+                    detail: format!(
+                        "the rows were written here as the shard's only in-sync copy at epoch {epoch}, and the \
+                         shard's configuration could not be confirmed current afterwards ({})",
+                        match confirmed {
+                            Ok(Some(r)) => format!("it is at epoch {}, led by node {}", r.epoch, r.primary),
+                            Ok(None) => "the shard is gone".to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    ),
+                });
+            }
+            return Ok(written);
         }
         let (h, r) = (Arc::clone(&hot), Arc::clone(&replica));
         let added = crate::blocking::run("encode a shard's rows", move || -> Result<Vec<ReplicatedChunk>> {
@@ -305,6 +329,17 @@ impl Engine {
     /// The duties of the shards this node holds, every [`COMMIT_PUSH_INTERVAL`]: tells backups the commit points no
     /// later change carried to them, and settles prepared changes of shards this node leads ([`Engine::settle`]).
     pub async fn tend_shards(&self) {
+        // Every few seconds, the shards led here whose backups may not know the commit point (this node restarted,
+        // or took the shard over, since it last told them) are told again.
+        if self.tend_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(COMMIT_SWEEP_ROUNDS) {
+            let stale: Vec<(TableId, ShardId)> = self
+                .replicas()
+                .iter()
+                .filter(|r| r.committed_lsn() > r.pushed_commit())
+                .map(|r| (r.def().id, r.shard_id()))
+                .collect();
+            self.commit_unsent.lock().expect("commit lock poisoned").extend(stale);
+        }
         self.push_commit_points().await;
         let pending = std::mem::take(&mut *self.unsettled.lock().expect("unsettled lock poisoned"));
         let mut still = Vec::new();
@@ -437,6 +472,7 @@ impl Engine {
     /// that does not answer learns it later.
     async fn push_commit_points(&self) {
         let pending = std::mem::take(&mut *self.commit_unsent.lock().expect("commit lock poisoned"));
+        let mut again = Vec::new();
         for (table, shard) in pending {
             let Ok(replica) = self.replica_of(table, shard) else { continue };
             let Some(record) = self.meta.read_local(|s| s.shard(shard).cloned()) else { continue };
@@ -445,7 +481,7 @@ impl Engine {
             }
             let commit_through = replica.committed_lsn();
             let next_seq = replica.next_seq();
-            futures::future::join_all(
+            let sent = futures::future::join_all(
                 record
                     .in_sync
                     .iter()
@@ -453,10 +489,18 @@ impl Engine {
                     .map(|backup| self.send_commit_point(*backup, &record, table, commit_through, next_seq)),
             )
             .await;
+            // Sent again next round until every in-sync backup has it (one that stays unreachable leaves the
+            // in-sync set with the next change, or when it is marked down).
+            if sent.iter().any(|ok| !ok) {
+                again.push((table, shard));
+            } else {
+                replica.set_pushed_commit(commit_through);
+            }
         }
+        self.commit_unsent.lock().expect("commit lock poisoned").extend(again);
     }
 
-    /// Sends a commit point alone to one backup.
+    /// Sends a commit point alone to one backup; returns whether it took it.
     async fn send_commit_point(
         &self,
         backup: u64,
@@ -464,10 +508,10 @@ impl Engine {
         table: TableId,
         commit_through: u64,
         next_seq: u64,
-    ) {
+    ) -> bool {
         let timeout = self.replication.timeout;
-        let Some(addr) = self.meta.read_local(|s| s.node(backup).map(|n| n.grpc_addr.clone())) else { return };
-        let Ok(mut client) = self.peers.client(&addr, timeout) else { return };
+        let Some(addr) = self.meta.read_local(|s| s.node(backup).map(|n| n.grpc_addr.clone())) else { return false };
+        let Ok(mut client) = self.peers.client(&addr, timeout) else { return false };
         let request = ReplicateRequest {
             table_id: table.0,
             shard_id: record.shard_id.0,
@@ -484,11 +528,15 @@ impl Engine {
             keep: Vec::new(),
         };
         match tokio::time::timeout(timeout, client.replicate(request)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => true,
             Ok(Err(status)) => {
-                tracing::debug!(shard = %record.shard_id, backup, error = status.message(), "commit point not taken")
+                tracing::debug!(shard = %record.shard_id, backup, error = status.message(), "commit point not taken");
+                false
             }
-            Err(_) => tracing::debug!(shard = %record.shard_id, backup, "commit point not answered"),
+            Err(_) => {
+                tracing::debug!(shard = %record.shard_id, backup, "commit point not answered");
+                false
+            }
         }
     }
 }

@@ -100,6 +100,13 @@ impl Engine {
     ///
     /// [`Error::ShardUnavailable`] for an unknown shard, a shard of another table, or an epoch other than the current one.
     pub(crate) async fn check_shard_epoch(&self, table: TableId, shard: ShardId, epoch: u64) -> Result<ShardRecord> {
+        // A node's metadata replica replays old configurations after a start (all of them, after a lost disk), in
+        // which it may have led shards it leads no more: its first shard request waits until the replica has caught
+        // up with the metadata group once.
+        if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire) {
+            self.catch_up().await?;
+            self.meta_confirmed.store(true, std::sync::atomic::Ordering::Release);
+        }
         let read = || self.meta.read_local(|s| s.shard(shard).cloned());
         let mut record = read();
         if record.as_ref().is_none_or(|r| r.epoch < epoch) {

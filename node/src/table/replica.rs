@@ -78,6 +78,8 @@ pub(crate) struct ShardReplica {
     prepared: Mutex<BTreeMap<u64, PreparedChange>>,
     /// The last change of the shard's log committed here.
     committed_lsn: AtomicU64,
+    /// As its primary: the commit point every in-sync backup was last told (in memory: 0 after a restart).
+    pushed_commit: AtomicU64,
 }
 
 /// What recovery found of one shard replica in the hot store.
@@ -129,6 +131,7 @@ impl ShardReplica {
             refusal: Mutex::new(None),
             prepared: Mutex::new(prepared.into_iter().map(|p| (p.lsn, p)).collect()),
             committed_lsn: AtomicU64::new(committed_lsn),
+            pushed_commit: AtomicU64::new(0),
         }
     }
 
@@ -443,6 +446,16 @@ impl ShardReplica {
     /// The last change of the shard's log committed here.
     pub(crate) fn committed_lsn(&self) -> u64 {
         self.committed_lsn.load(Ordering::Acquire)
+    }
+
+    /// As its primary: the commit point every in-sync backup was last told.
+    pub(crate) fn pushed_commit(&self) -> u64 {
+        self.pushed_commit.load(Ordering::Acquire)
+    }
+
+    /// Records that every in-sync backup was told commit point `lsn`.
+    pub(crate) fn set_pushed_commit(&self, lsn: u64) {
+        self.pushed_commit.fetch_max(lsn, Ordering::AcqRel);
     }
 
     /// The numbers of the changes prepared here and not committed, in order.
