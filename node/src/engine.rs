@@ -346,6 +346,9 @@ pub struct Engine {
     /// Whether the metadata replica caught up with the metadata group since the engine opened (shard requests wait
     /// for it: `Engine::check_shard_epoch`).
     meta_confirmed: std::sync::atomic::AtomicBool,
+    /// Whether this node takes shard requests: once it has joined its cluster ([`Engine::serve_shards`]); a node back
+    /// with an empty disk must first be out of every in-sync set.
+    shards_served: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -541,6 +544,7 @@ impl Engine {
             unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             tend_rounds: std::sync::atomic::AtomicU64::new(0),
             meta_confirmed: std::sync::atomic::AtomicBool::new(false),
+            shards_served: std::sync::atomic::AtomicBool::new(false),
         };
         let mut chunks_by_shard = chunks_by_shard;
         {

@@ -169,6 +169,7 @@ impl Server {
             let _ = engine.shutdown().await;
             return Err(e);
         }
+        engine.serve_shards();
         Ok(Self {
             engine,
             config,

@@ -23,8 +23,10 @@
 //!    - every hot row on every node is stored in the shard that owns its slot (the tables have a shard key, so every
 //!      append is split over the shards and committed across them in one batch).
 //!
-//! Rows live on the node that took them (the cluster data path, with replicated shards, is a later stage), so rows of
+//! Rows of these tables live on the node that took them (statements do not route to shard primaries yet), so rows of
 //! a node lost with its disk are gone by design: the model forgets them at the loss, and checks everything else.
+//! Beside them, one table of one shard with three copies is written through its primary and replicated, under the same
+//! faults, with its own checks (`replicated`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};

@@ -103,6 +103,12 @@ impl Engine {
         // A node's metadata replica replays old configurations after a start (all of them, after a lost disk), in
         // which it may have led shards it leads no more: its first shard request waits until the replica has caught
         // up with the metadata group once.
+        if !self.shards_served.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: "this node is still joining its cluster".into(),
+            });
+        }
         if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire) {
             self.catch_up().await?;
             self.meta_confirmed.store(true, std::sync::atomic::Ordering::Release);
@@ -130,6 +136,12 @@ impl Engine {
         self.hot_table_by_id(table).and_then(|t| t.shards().iter().find(|r| r.shard_id() == shard).cloned()).ok_or_else(
             || Error::ShardUnavailable { shard: shard.0, detail: format!("no replica of it on node {}", self.node_id) },
         )
+    }
+
+    /// Lets shard requests in, once this node has joined its cluster (a node back with an empty disk is then out of
+    /// every in-sync set).
+    pub fn serve_shards(&self) {
+        self.shards_served.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// This node's replica of a shard, for a request of its primary `from_node` at `epoch`.

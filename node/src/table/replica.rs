@@ -473,8 +473,8 @@ impl ShardReplica {
     /// Prepares change `lsn` of the shard's log, numbered at `term`, sent by the shard's primary at `epoch`: its
     /// chunks' data and its record durable, nothing visible. The caller holds [`ShardReplica::dml_lock`].
     ///
-    /// - A change at or below the commit point, or already prepared under the same term, is not prepared again (a
-    ///   message sent twice).
+    /// - A change already prepared under the same term is not prepared again (a message sent twice); a change at or
+    ///   below the commit point is refused (its sender's log is behind this replica's).
     /// - Prepared changes from `lsn` on with a term below `epoch` are discarded first: they come from an earlier
     ///   primary and the sender, the shard's primary now, does not have them (the primary numbers each change once,
     ///   and sends its changes to each backup in order).
@@ -494,10 +494,16 @@ impl ShardReplica {
         added: Vec<crate::engine::ReplicatedChunk>,
         removed: Vec<u64>,
     ) -> Result<()> {
-        if lsn <= self.committed_lsn() {
-            return Ok(());
-        }
         let refuse = |detail: String| crate::error::Error::ShardUnavailable { shard: self.shard.0, detail };
+        // A primary sends only changes above its commit point, and a replica's commit point never passes its
+        // primary's: a change at or below it comes from a sender whose log is behind this replica's (a node that lost
+        // its disk and took itself for the primary), or is a stale copy of a message long answered.
+        let committed = self.committed_lsn();
+        if lsn <= committed {
+            return Err(refuse(format!(
+                "change {lsn} is at or below this replica's commit point {committed}: the sender's log is behind"
+            )));
+        }
         if let Some(held) = self.prepared.lock().expect("prepared lock poisoned").get(&lsn).map(|c| c.term) {
             if held == term {
                 return Ok(());

@@ -263,8 +263,9 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     assert_eq!((replica.committed_lsn(), replica.prepared_lsns()), (2, vec![]), "the commit point is durable");
     assert_eq!(count_sum(&engine, "copy").await, (250, 31_375));
     assert!(replica.version().iter().all(|c| c.seq != 1000), "the discarded change's chunk never became visible");
-    // A change at or below the commit point is not prepared again.
-    replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect("an old change");
+    // A change at or below the commit point is refused: its sender's log is behind this replica's.
+    let behind = replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect_err("an old change");
+    assert!(behind.to_string().contains("commit point"), "{behind}");
     assert!(replica.prepared_lsns().is_empty());
 }
 
