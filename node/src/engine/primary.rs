@@ -327,7 +327,7 @@ impl Engine {
     }
 
     /// The duties of the shards this node holds, every [`COMMIT_PUSH_INTERVAL`]: tells backups the commit points no
-    /// later change carried to them, and settles prepared changes of shards this node leads ([`Engine::settle`]).
+    /// later change carried to them, and settles prepared changes of shards this node leads (`Engine::settle`).
     pub async fn tend_shards(&self) {
         // Every few seconds, the shards led here whose backups may not know the commit point (this node restarted,
         // or took the shard over, since it last told them) are told again.
