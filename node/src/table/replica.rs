@@ -340,18 +340,7 @@ impl ShardReplica {
         let current = self.version();
         let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
         let mut batch = WriteBatch::new();
-        let mut new_chunks = Vec::new();
-        let mut highest = next_seq;
-        for (seq, index, data) in added {
-            highest = highest.max(seq + 1);
-            if present.contains(&seq) {
-                continue;
-            }
-            let meta = self.replicated_meta(seq, &index)?;
-            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
-            batch.put(keys::index_key(self.def.id, self.shard, seq), index);
-            new_chunks.push(self.make_chunk(seq, meta));
-        }
+        let (new_chunks, highest) = self.stage_added(added, &present, |_| true, next_seq, &mut batch)?;
         let removed: HashSet<u64> = removed.iter().copied().collect();
         let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
         for c in &gone {
@@ -362,6 +351,31 @@ impl ShardReplica {
         self.tables.commit(batch)?;
         self.install(&gone, new_chunks);
         Ok(())
+    }
+
+    /// Adds to `batch` the data and index entries of the replicated chunks of `added` that are not `present` and that
+    /// `wanted` takes; returns their chunks and the next number above every chunk of `added` and `next_seq`.
+    fn stage_added(
+        &self,
+        added: Vec<crate::engine::ReplicatedChunk>,
+        present: &HashSet<u64>,
+        wanted: impl Fn(u64) -> bool,
+        next_seq: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(Vec<Arc<Chunk>>, u64)> {
+        let mut new_chunks = Vec::new();
+        let mut highest = next_seq;
+        for (seq, index, data) in added {
+            highest = highest.max(seq + 1);
+            if present.contains(&seq) || !wanted(seq) {
+                continue;
+            }
+            let meta = self.replicated_meta(seq, &index)?;
+            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            batch.put(keys::index_key(self.def.id, self.shard, seq), index);
+            new_chunks.push(self.make_chunk(seq, meta));
+        }
+        Ok((new_chunks, highest))
     }
 
     /// Ends a catch-up: applies `added` (as [`ShardReplica::apply`]), then makes the committed chunks exactly those
@@ -383,18 +397,8 @@ impl ShardReplica {
         let current = self.version();
         let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
         let mut batch = WriteBatch::new();
-        let mut new_chunks = Vec::new();
-        let mut highest = next_seq;
-        for (seq, index, data) in added {
-            highest = highest.max(seq + 1);
-            if present.contains(&seq) || !keep.contains(&seq) {
-                continue;
-            }
-            let meta = self.replicated_meta(seq, &index)?;
-            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
-            batch.put(keys::index_key(self.def.id, self.shard, seq), index);
-            new_chunks.push(self.make_chunk(seq, meta));
-        }
+        let (new_chunks, highest) =
+            self.stage_added(added, &present, |seq| keep.contains(&seq), next_seq, &mut batch)?;
         let held: HashSet<u64> = present.iter().chain(new_chunks.iter().map(|c| &c.seq)).copied().collect();
         if let Some(missing) = keep.iter().find(|seq| !held.contains(seq)) {
             return Err(crate::error::Error::Parameter {
