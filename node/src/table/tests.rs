@@ -207,10 +207,10 @@ async fn a_format_2_directory_is_rewritten_to_format_3_keeping_every_row_and_tie
     assert_eq!(count_sum(&engine, "a").await, (451, 101_926));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_discarded_ones_leave_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path()).await;
+/// An engine in `dir` with two tables of one shard, `source` holding ids 1..=`rows` and `copy` empty; returns it and
+/// the committed chunks of `source`, as a primary would send them.
+async fn source_and_copy(dir: &std::path::Path, rows: i64) -> (Arc<Engine>, Vec<crate::engine::ReplicatedChunk>) {
+    let engine = open(dir).await;
     for name in ["source", "copy"] {
         engine
             .execute_one(&format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1)"))
@@ -218,10 +218,17 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
             .expect("create");
     }
     engine
-        .execute_one("INSERT INTO source SELECT value, value + 0 FROM generate_series(1, 250)")
+        .execute_one(&format!("INSERT INTO source SELECT value, value + 0 FROM generate_series(1, {rows})"))
         .await
         .expect("insert");
     let chunks = engine.hot_table("source").expect("table").only_shard().committed_chunks().expect("chunks");
+    (engine, chunks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_discarded_ones_leave_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     // Change 1 adds the first two chunks, change 2 the rest, change 3 (later discarded) the first one again under
     // another number.
@@ -272,18 +279,7 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_primarys_change_replaces_an_earlier_primarys_and_the_log_has_no_holes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open(dir.path()).await;
-    for name in ["source", "copy"] {
-        engine
-            .execute_one(&format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1)"))
-            .await
-            .expect("create");
-    }
-    engine
-        .execute_one("INSERT INTO source SELECT value, value + 0 FROM generate_series(1, 300)")
-        .await
-        .expect("insert");
-    let chunks = engine.hot_table("source").expect("table").only_shard().committed_chunks().expect("chunks");
+    let (engine, chunks) = source_and_copy(dir.path(), 300).await;
     assert_eq!(chunks.len(), 3, "100 rows a chunk");
     let (a, b, c) = (vec![chunks[0].clone()], vec![chunks[1].clone()], vec![chunks[2].clone()]);
     let copy = engine.hot_table("copy").expect("table");
