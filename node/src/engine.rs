@@ -1536,18 +1536,8 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
         }
         by_shard.entry((id.table, id.shard)).or_default().prepared.push(change);
     }
-    let (start, end) = keys::all_commit_range();
-    for (key, value) in store.scan(&start, &end)? {
-        let (table, shard) = keys::parse_shard_key(&key).ok_or_else(|| malformed(&key, "commit point key"))?;
-        if !live.contains(&table) {
-            garbage.delete(key);
-            continue;
-        }
-        let lsn = u64::from_be_bytes(value.as_slice().try_into().map_err(|_| Error::Corrupt {
-            location: format!("commit point of table {table} shard {shard}"),
-            detail: format!("{} bytes where 8 were expected", value.len()),
-        })?);
-        by_shard.entry((table, shard)).or_default().committed_lsn = lsn;
+    for (shard, lsn) in shard_values(store, keys::all_commit_range(), "commit point", &live, &mut garbage)? {
+        by_shard.entry(shard).or_default().committed_lsn = lsn;
     }
     let (start, end) = keys::all_data_range();
     for key in store.scan_keys(&start, &end)? {
@@ -1556,24 +1546,42 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
             garbage.delete(key);
         }
     }
-    let (start, end) = keys::all_floor_range();
-    for (key, value) in store.scan(&start, &end)? {
-        let (table, shard) = keys::parse_shard_key(&key).ok_or_else(|| malformed(&key, "sequence floor key"))?;
-        if !live.contains(&table) {
-            garbage.delete(key);
-            continue;
-        }
-        let floor = u64::from_be_bytes(value.as_slice().try_into().map_err(|_| Error::Corrupt {
-            location: format!("sequence floor of table {table} shard {shard}"),
-            detail: format!("{} bytes where 8 were expected", value.len()),
-        })?);
-        by_shard.entry((table, shard)).or_default().floor = floor;
+    for (shard, floor) in shard_values(store, keys::all_floor_range(), "sequence floor", &live, &mut garbage)? {
+        by_shard.entry(shard).or_default().floor = floor;
     }
     if !garbage.is_empty() {
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");
         store.write(garbage, Durability::Sync)?;
     }
     Ok(by_shard)
+}
+
+/// The per-shard numbers under `range` (commit points, sequence floors), by table and shard; keys of tables the
+/// catalog no longer has go to `garbage`. `what` names them in errors.
+fn shard_values(
+    store: &dyn HotStore,
+    (start, end): (Vec<u8>, Vec<u8>),
+    what: &str,
+    live: &std::collections::HashSet<TableId>,
+    garbage: &mut WriteBatch,
+) -> Result<Vec<((TableId, ShardId), u64)>> {
+    let mut out = Vec::new();
+    for (key, value) in store.scan(&start, &end)? {
+        let (table, shard) = keys::parse_shard_key(&key).ok_or_else(|| Error::Corrupt {
+            location: format!("key {key:?}"),
+            detail: format!("malformed {what} key"),
+        })?;
+        if !live.contains(&table) {
+            garbage.delete(key);
+            continue;
+        }
+        let number = u64::from_be_bytes(value.as_slice().try_into().map_err(|_| Error::Corrupt {
+            location: format!("{what} of table {table} shard {shard}"),
+            detail: format!("{} bytes where 8 were expected", value.len()),
+        })?);
+        out.push(((table, shard), number));
+    }
+    Ok(out)
 }
 
 /// Returns the store's identity, choosing one the first time (see [`keys::STORE_ID_KEY`]).
