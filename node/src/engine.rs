@@ -27,6 +27,7 @@ mod registry;
 mod replication;
 mod retention;
 mod rewrite;
+pub(crate) mod route;
 mod statements;
 pub mod system;
 mod tier;
@@ -349,6 +350,11 @@ pub struct Engine {
     /// Whether this node takes shard requests: once it has joined its cluster ([`Engine::serve_shards`]); a node back
     /// with an empty disk must first be out of every in-sync set.
     shards_served: std::sync::atomic::AtomicBool,
+    /// This engine, for the tables' providers, which route inserts and scans through it, and for its background
+    /// duties. Set once the engine is shared.
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    /// Catch-ups running from this node, as (table, shard, target node).
+    catching_up: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId, u64)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -545,7 +551,11 @@ impl Engine {
             tend_rounds: std::sync::atomic::AtomicU64::new(0),
             meta_confirmed: std::sync::atomic::AtomicBool::new(false),
             shards_served: std::sync::atomic::AtomicBool::new(false),
+            me: std::sync::OnceLock::new(),
+            catching_up: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         };
+        let engine = Arc::new(engine);
+        let _ = engine.me.set(Arc::downgrade(&engine));
         let mut chunks_by_shard = chunks_by_shard;
         {
             let mut attached = engine.attached.lock().await;
@@ -569,7 +579,6 @@ impl Engine {
                     .insert((replica.def().id, replica.shard_id()));
             }
         }
-        let engine = Arc::new(engine);
         // Catalog changes applied by the replica (made on this node or any other) reach the engine here.
         let mut versions = engine.meta.subscribe();
         let weak = Arc::downgrade(&engine);
@@ -758,7 +767,8 @@ impl Engine {
             shards.push(replica);
         }
         let table = Arc::new(HotTable::new(def.clone(), Arc::clone(&self.tables), map, shards));
-        self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table))));
+        let engine = self.me.get().cloned().unwrap_or_default();
+        self.registry.insert(&def.name, Arc::new(HotTableProvider::new(Arc::clone(&table)).routed_by(engine)));
         self.hot.write().expect("hot table map poisoned").insert(def.name.clone(), Arc::clone(&table));
         self.hot_by_id.write().expect("hot table map poisoned").insert(def.id, Arc::clone(&table));
         Ok(table)
@@ -1246,7 +1256,7 @@ impl Engine {
     /// Fails, appending nothing, when the table does not exist, a batch does not match its schema, or the store fails.
     pub async fn append_stream(&self, table: &str, stream: SendableRecordBatchStream) -> Result<u64> {
         self.see_acknowledged_ddl().await?;
-        self.native_table(table)?.append_stream(stream).await
+        self.insert_routed(&self.native_table(table)?, stream).await
     }
 
     /// Bulk-ingests batches into `table`, creating it from the batches' schema as `mode` says; returns the rows

@@ -358,10 +358,41 @@ impl HotTable {
         }
     }
 
+    /// The shard (by position) that takes every row of the next statement, for a table without a shard key.
+    pub(crate) fn pick_whole(&self) -> usize {
+        if self.map.has_key() { 0 } else { self.next_whole.fetch_add(1, Ordering::Relaxed) % self.shards.len() }
+    }
+
+    /// Checks rows against the table and splits them by shard, by position in the table; a table without a shard
+    /// key puts every row in the shard at position `whole`. Blocking work (a hash per row).
+    ///
+    /// # Errors
+    ///
+    /// As [`HotTable::conform`].
+    pub(crate) fn split_by_shard(&self, batch: &RecordBatch, whole: usize) -> Result<Vec<(usize, RecordBatch)>> {
+        let batch = self.conform(batch)?;
+        if !self.map.has_key() {
+            return Ok(vec![(whole, batch)]);
+        }
+        self.map
+            .split(&batch)?
+            .into_iter()
+            .map(|(shard, rows)| {
+                let i = self.shards.iter().position(|s| s.shard_id() == shard).ok_or_else(|| {
+                    Error::Internal(format!("table \"{}\" has no replica of shard {shard} here", self.def.name))
+                })?;
+                Ok((i, rows))
+            })
+            .collect()
+    }
+
     /// Starts an insert.
     pub(crate) fn appender(self: &Arc<Self>) -> Appender {
-        let whole =
-            if self.map.has_key() { 0 } else { self.next_whole.fetch_add(1, Ordering::Relaxed) % self.shards.len() };
+        self.appender_into(self.pick_whole())
+    }
+
+    /// Starts an insert whose rows, for a table without a shard key, go to the shard at position `whole`.
+    fn appender_into(self: &Arc<Self>, whole: usize) -> Appender {
         Appender {
             table: Arc::clone(self),
             parts: (0..self.shards.len()).map(|_| None).collect(),
@@ -391,6 +422,16 @@ impl HotTable {
         Error: From<E>,
     {
         self.append_stream_with(self.appender(), stream).await
+    }
+
+    /// [`HotTable::append_stream`] of a statement whose rows, for a table without a shard key, go to the shard at
+    /// position `whole`.
+    pub(crate) async fn append_stream_into<S, E>(self: &Arc<Self>, whole: usize, stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+        Error: From<E>,
+    {
+        self.append_stream_with(self.appender_into(whole), stream).await
     }
 
     /// [`HotTable::append_stream`] into one shard: a part of a statement sent to this node as the shard's primary.

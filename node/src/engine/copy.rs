@@ -257,7 +257,7 @@ impl Engine {
         };
         let stream = df.execute_stream().await?;
         let cast = stream.map(|batch| cast_to(&schema, &batch?, &copy.table));
-        let rows = table.append_stream(cast).await?;
+        let rows = self.insert_routed(&table, cast).await?;
         Ok(QueryOutput::Affected { command: Command::Copy, rows })
     }
 }

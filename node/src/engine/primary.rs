@@ -44,6 +44,9 @@ pub const COMMIT_PUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Every this many rounds of [`Engine::tend_shards`], every shard whose backups may lag the commit point is swept in.
 const COMMIT_SWEEP_ROUNDS: u64 = 25;
 
+/// Every this many rounds of [`Engine::tend_shards`], replicas out of the in-sync set are caught up.
+const CATCH_UP_ROUNDS: u64 = 5;
+
 /// Connections to the internal endpoints of other nodes, by address, opened on first use and kept.
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
@@ -341,6 +344,9 @@ impl Engine {
             self.commit_unsent.lock().expect("commit lock poisoned").extend(stale);
         }
         self.push_commit_points().await;
+        if self.tend_rounds.load(std::sync::atomic::Ordering::Relaxed).is_multiple_of(CATCH_UP_ROUNDS) {
+            self.start_catch_ups();
+        }
         let pending = std::mem::take(&mut *self.unsettled.lock().expect("unsettled lock poisoned"));
         let mut still = Vec::new();
         for (table, shard) in pending {
@@ -363,6 +369,41 @@ impl Engine {
             }
         }
         self.unsettled.lock().expect("unsettled lock poisoned").extend(still);
+    }
+
+    /// Starts a catch-up ([`Engine::catch_up_replica`]) of every replica of a shard this node leads that is out of the
+    /// in-sync set while its node serves, unless one runs already. Each runs on its own task; a failed one is started
+    /// again a later round, and resumes where it stopped.
+    fn start_catch_ups(&self) {
+        use quiver_meta::NodeState;
+        let Some(engine) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let me = self.node_id;
+        let wanted: Vec<(TableId, ShardId, u64)> = self.meta.read_local(|s| {
+            s.shards()
+                .filter(|r| r.primary == me)
+                .flat_map(|r| {
+                    r.replicas
+                        .iter()
+                        .filter(|n| !r.in_sync.contains(n))
+                        .filter(|n| s.node(**n).is_some_and(|node| node.state == NodeState::Serving))
+                        .map(|n| (r.table_id, r.shard_id, *n))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        });
+        for key in wanted {
+            if !self.catching_up.lock().expect("catch-up lock poisoned").insert(key) {
+                continue;
+            }
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                let (table, shard, target) = key;
+                if let Err(e) = engine.catch_up_replica(table, shard, target).await {
+                    tracing::info!(%shard, target, error = %e.report(), "catching a replica up failed; retrying later");
+                }
+                engine.catching_up.lock().expect("catch-up lock poisoned").remove(&key);
+            });
+        }
     }
 
     /// Sends `changes`, in order, to the backup `backup` of a shard at the configuration `record`, with this node's

@@ -58,6 +58,24 @@ impl Engine {
         let name = table.def().name.as_str();
         let _serialized = table.dml_lock.lock().await;
         let mut report = ExpireReport::default();
+        // A replicated shard's rows change only through its primary's log: the primary expires them as a change its
+        // backups apply too.
+        let record = self.shard_record(table)?;
+        if record.replicas.len() > 1 {
+            if record.primary != self.node_id {
+                return Ok(report);
+            }
+            let version = table.version();
+            let expired: Vec<&Arc<Chunk>> =
+                version.iter().filter(|c| c.meta.written_ms > 0 && c.meta.written_ms < cutoff).collect();
+            if !expired.is_empty() {
+                report.chunks = expired.len();
+                report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
+                let removed = expired.iter().map(|c| c.seq).collect();
+                self.replicate_change(table, record.epoch, Vec::new(), removed).await?;
+            }
+            return Ok(report);
+        }
 
         let through = match table.cold() {
             ColdState::Ready(view) => view.hot_through,

@@ -67,6 +67,20 @@ impl Engine {
                 }
             }
         }
+        // In a cluster, a shard replicated or led elsewhere changes through its primary's log; only shards this node
+        // leads as their only in-sync copy are changed here for now.
+        if self.is_clustered()
+            && let Some(i) = self.write_routes(table).iter().position(|r| *r != super::route::Route::Direct)
+        {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "DELETE, UPDATE or TRUNCATE of table \"{}\": its shard {} is replicated or led by another node, and \
+                     changing rows through a shard's primary is not built yet",
+                    table.def().name,
+                    table.shards()[i].shard_id()
+                ),
+            });
+        }
         let compiled = dml::compile(state, change)?;
         let mut locks = Vec::with_capacity(table.shards().len());
         for shard in table.shards() {

@@ -385,8 +385,13 @@ impl Engine {
         if let ColdState::Unavailable(detail) = table.cold() {
             return Err(Error::ColdUnavailable { detail });
         }
-        let store = self.cold_store()?;
         let shard = self.shard_record(table)?;
+        // A replicated shard stays hot until the cold tier is per shard (docs/rfcs/0001-cluster-data-path.md, "The
+        // switch", 3): a copy that tiered on its own would keep rows its primary deleted, or lose rows at a failover.
+        if shard.replicas.len() > 1 {
+            return Ok(TierReport::default());
+        }
+        let store = self.cold_store()?;
         let shard_id = shard.shard_id.0;
         let kept_changing =
             || Error::ColdUnavailable { detail: format!("the manifest of table \"{name}\" kept changing; tier again") };

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use arrow::datatypes::SchemaRef;
@@ -25,8 +25,11 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use quiver_meta::ShardId;
 
 use super::concat::ConcatExec;
+use super::remote::RemoteShardScanExec;
 use super::scan::ChunkScanExec;
 use crate::cold::ColdState;
+use crate::engine::Engine;
+use crate::engine::route::ShardRead;
 use crate::error::Error;
 use crate::table::{Chunk, HotTable};
 
@@ -37,6 +40,9 @@ pub(crate) struct HotTableProvider {
     constraints: Constraints,
     /// Scan this shard only (a scan of one shard's replica served to another node); `None`: every shard.
     only: Option<ShardId>,
+    /// The engine that routes this table's inserts and scans to its shards' primaries (`engine::route`); without
+    /// it, every shard is written and read here.
+    engine: Weak<Engine>,
 }
 
 impl HotTableProvider {
@@ -49,7 +55,12 @@ impl HotTableProvider {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(key)])
         };
-        Self { table, constraints, only: None }
+        Self { table, constraints, only: None, engine: Weak::new() }
+    }
+
+    /// Routes the table's inserts and scans through `engine`.
+    pub(crate) fn routed_by(self, engine: Weak<Engine>) -> Self {
+        Self { engine, ..self }
     }
 
     /// Wraps one shard of a hot table: scans read that shard's replica on this node, hot and cold rows. Inserts are
@@ -117,10 +128,16 @@ impl TableProvider for HotTableProvider {
         // Every shard's version and cold view as of one moment (each shard's hot version first, its cold view
         // second: tiering installs the view before it drops hot chunks): hot chunks the cold files hold are
         // skipped, so every row is read exactly once, and no statement is seen in part.
+        // In a cluster, shards led by other nodes are read there (`engine::route`).
+        let engine = if self.only.is_none() { self.engine.upgrade() } else { None };
+        let reads = match &engine {
+            Some(engine) => engine.shard_reads(&self.table).await?,
+            None => vec![ShardRead::Local; self.table.shards().len()],
+        };
         let mut hot: Vec<Arc<Chunk>> = Vec::new();
         let mut colds = Vec::new();
-        for (shard, version, cold) in self.table.snapshot() {
-            if self.only.is_some_and(|only| only != shard.shard_id()) {
+        for ((shard, version, cold), read) in self.table.snapshot().into_iter().zip(&reads) {
+            if self.only.is_some_and(|only| only != shard.shard_id()) || !matches!(read, ShardRead::Local) {
                 continue;
             }
             let cold = match cold {
@@ -142,13 +159,27 @@ impl TableProvider for HotTableProvider {
         let hot_scan: Arc<dyn ExecutionPlan> = Arc::new(ChunkScanExec::new(
             Arc::clone(&self.table),
             projection.cloned(),
-            projected_schema,
+            Arc::clone(&projected_schema),
             chunks,
             hot.len(),
             partitions,
             limit,
         ));
         let mut scans = vec![hot_scan];
+        for (replica, read) in self.table.shards().iter().zip(&reads) {
+            let (Some(engine), ShardRead::Remote { epoch, addr }) = (&engine, read) else { continue };
+            scans.push(Arc::new(RemoteShardScanExec::new(
+                self.table.def().id,
+                replica.shard_id(),
+                *epoch,
+                vec![addr.clone()],
+                projection.cloned(),
+                Arc::clone(&projected_schema),
+                limit,
+                engine.remote_timeout(),
+                usize::MAX,
+            )));
+        }
         for (shard, cold) in &colds {
             if let Some(cold_scan) = super::cold::cold_scan(state, shard, cold, projection, filters, limit).await? {
                 scans.push(cold_scan);
@@ -174,7 +205,7 @@ impl TableProvider for HotTableProvider {
                 Error::Unsupported { what: format!("{insert_op} into table \"{}\"", self.table.def().name) }.into()
             );
         }
-        let sink = HotSink { table: Arc::clone(&self.table), schema: self.table.schema() };
+        let sink = HotSink { table: Arc::clone(&self.table), schema: self.table.schema(), engine: self.engine.clone() };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }
@@ -224,6 +255,8 @@ impl PruningStatistics for ChunkStatistics<'_> {
 struct HotSink {
     table: Arc<HotTable>,
     schema: SchemaRef,
+    /// Routes the rows to the shards' primaries (see [`HotTableProvider`]'s field).
+    engine: Weak<Engine>,
 }
 
 impl DisplayAs for HotSink {
@@ -239,6 +272,9 @@ impl DataSink for HotSink {
     }
 
     async fn write_all(&self, data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
-        Ok(self.table.append_stream(data).await?)
+        match self.engine.upgrade() {
+            Some(engine) => Ok(engine.insert_routed(&self.table, data).await?),
+            None => Ok(self.table.append_stream(data).await?),
+        }
     }
 }

@@ -51,7 +51,7 @@ impl DataGrpcService {
 }
 
 /// Encodes batches as one Arrow IPC stream.
-fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
     let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
     for batch in batches {
         writer.write(batch)?;

@@ -204,19 +204,27 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     assert!(chunks.len() >= 2, "two inserts, two chunks at least");
     let all: Vec<i64> = (1..=501).collect();
     assert_eq!(scan_ids(primary, &shard, shard.epoch).await.expect("scan the primary"), all);
-    assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("scan the backup"), Vec::<i64>::new());
-
-    // The stream: the backup stores every chunk under the primary's number; sent again, nothing changes.
-    let mut client = backup.client().await;
-    let reply =
-        client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("replicate");
-    let reply = reply.into_inner();
-    assert_eq!((reply.epoch, reply.chunks, reply.rows), (shard.epoch, chunks.len() as u64, 501));
-    let again = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("again");
-    assert_eq!((again.get_ref().chunks, again.get_ref().rows), (chunks.len() as u64, 501), "applied once");
-    let (copied, _) = backup.engine.committed_chunks(table, shard.shard_id).await.expect("backup chunks");
+    // Inserts route to the primary, which acknowledges once the backup has every change: the backup holds every
+    // chunk under the primary's number, with the same index entries and data (committed there once the primary's
+    // commit point reaches it, with its next change or within a push interval).
+    let mut copied = Vec::new();
+    for _ in 0..100 {
+        copied = backup.engine.committed_chunks(table, shard.shard_id).await.expect("backup chunks").0;
+        if copied == chunks {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(copied, chunks, "the same numbers, index entries and data on both replicas");
     assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("scan the backup"), all);
+    // The same rows through the other node: its statement reads the shard on the primary.
+    let counted = backup.engine.execute_one("SELECT count(*) FROM t").await.expect("count").collect().await;
+    assert_eq!(counted.expect("rows")[0].column(0).as_primitive::<Int64Type>().value(0), 501);
+
+    // Chunks sent again (as a catch-up sends them) change nothing.
+    let mut client = backup.client().await;
+    let again = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("again");
+    assert_eq!((again.get_ref().chunks, again.get_ref().rows), (chunks.len() as u64, 501), "applied once");
 
     // The DataFusion leaf of a remote shard scan: an unreachable replica is skipped, the next one answers.
     let remote = |replicas: Vec<String>, projection: Option<Vec<usize>>| {
@@ -254,16 +262,9 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
             .await
             .expect("row counts only");
     assert_eq!(counted.iter().map(RecordBatch::num_rows).sum::<usize>(), 501);
-    // A replica serves its cold rows too, from its own view of the shard's manifest.
+    // A replicated shard stays hot until the cold tier is kept per shard.
     let tiered = primary.engine.tier("t").await.expect("tier on the primary");
-    assert_eq!(tiered.rows, 501);
-    let read = datafusion::physical_plan::collect(remote(vec![primary.grpc.clone()], Some(vec![0])), Arc::clone(&task))
-        .await
-        .expect("remote scan of tiered rows");
-    let mut ids: Vec<i64> =
-        read.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
-    ids.sort_unstable();
-    assert_eq!(ids, all, "the tiered rows, once");
+    assert_eq!(tiered.rows, 0, "{tiered:?}");
     let failed = datafusion::physical_plan::collect(remote(vec![unreachable], None), task).await;
     let message = failed.expect_err("no replica reachable").to_string();
     assert!(message.contains("no replica could be scanned"), "{message}");
@@ -281,25 +282,18 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let status = client.replicate(garbage).await.expect_err("a malformed chunk");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    // The metadata group moves the shard to a new epoch (the backup leaves the in-sync set): the old primary's
-    // changes at the old epoch are refused from now on, and so are scans planned at it.
+    // The metadata group moves the shard to a new epoch without the backup: the old primary's changes at the old
+    // epoch are refused from now on, and so are scans planned at it.
     let moved = MetaCommand::SetShardReplicas {
         shard_id: shard.shard_id,
-        replicas: shard.replicas.clone(),
+        replicas: vec![shard.primary],
         in_sync: vec![shard.primary],
         primary: shard.primary,
         expected_epoch: Some(shard.epoch),
     };
     one.engine.meta().propose(moved).await.expect("propose").into_result().expect("committed");
-    // A replica refuses epochs older than the one it knows: once the backup's metadata replica has applied the move.
-    let epoch_on = |node: &Node| node.engine.meta().read_local(|s| s.shard(shard.shard_id).map(|r| r.epoch));
-    for _ in 0..100 {
-        if epoch_on(backup) == Some(shard.epoch + 1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(epoch_on(backup), Some(shard.epoch + 1), "the backup learns the new epoch");
+    let epoch = shard.epoch + 1;
+    until_epoch(backup, shard.shard_id, epoch).await;
     let stale = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await;
     let status = stale.expect_err("a change at the old epoch");
     assert_eq!(status.code(), Code::Unavailable);
@@ -308,33 +302,11 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
         scan_ids(backup, &shard, shard.epoch).await.expect_err("a scan at the old epoch").code(),
         Code::Unavailable
     );
-    assert_eq!(scan_ids(backup, &shard, shard.epoch + 1).await.expect("at the new epoch"), all);
+    until_epoch(primary, shard.shard_id, epoch).await;
+    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("at the new epoch"), all);
 
-    // The shard's log: a change sent with a number stays prepared (durable, invisible) on the backup until the
-    // primary's commit point passes it; a change the primary never had is discarded.
-    let epoch = shard.epoch + 1;
-    primary.engine.execute_one("INSERT INTO t SELECT value, 1 FROM generate_series(502, 600)").await.expect("insert");
-    let (now, next_seq) = primary.engine.committed_chunks(table, shard.shard_id).await.expect("chunks");
-    let new: Vec<_> = now.into_iter().filter(|c| !chunks.contains(c)).collect();
-    assert!(!new.is_empty());
-    let prepared = ReplicateRequest { lsn: 1, ..request(&shard, epoch, shard.primary, &new, next_seq) };
-    let reply = client.replicate(prepared).await.expect("prepare").into_inner();
-    assert_eq!((reply.rows, reply.committed_lsn, reply.prepared.as_slice()), (501, 0, &[1][..]), "{reply:?}");
-    assert_eq!(scan_ids(backup, &shard, epoch).await.expect("scan").len(), 501, "prepared rows are not visible");
-    let stray = ReplicateRequest { lsn: 2, ..request(&shard, epoch, shard.primary, &new[..1], next_seq) };
-    assert_eq!(client.replicate(stray).await.expect("prepare 2").into_inner().prepared, [1, 2]);
-    let commit = ReplicateRequest {
-        commit_through: 1,
-        discard_after: Some(1),
-        ..request(&shard, epoch, shard.primary, &[], next_seq)
-    };
-    let reply = client.replicate(commit).await.expect("commit").into_inner();
-    assert_eq!((reply.rows, reply.committed_lsn, reply.prepared.len()), (600, 1, 0), "{reply:?}");
-    let ids = scan_ids(backup, &shard, epoch).await.expect("scan");
-    assert_eq!(ids, (1..=600).collect::<Vec<i64>>());
-
-    // Rows routed to the shard's primary: written there in one commit; refused by a node that is not the primary,
-    // at another epoch, or when a row belongs to another shard.
+    // Rows routed to the shard's primary are refused by a node that is not the primary, at another epoch, below
+    // min_in_sync, or when they are not Arrow IPC.
     let rows = |ids: Vec<i64>| arrow_ipc_of(&primary.engine, ids);
     let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
         let request = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: rows(ids) };
@@ -343,7 +315,7 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
             ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
         }
     };
-    // One of the shard's two copies is in sync: below min_in_sync (2 by default), writes are refused.
+    // One copy of the table's two is in sync: below min_in_sync (2 by default), writes are refused.
     let refused = write(primary, epoch, vec![601]).await.expect_err("one copy of two in sync");
     assert_eq!(refused.code(), Code::Unavailable);
     assert!(refused.message().contains("min_in_sync"), "{}", refused.message());
@@ -355,7 +327,7 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let garbage = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: vec![1, 2] };
     let status = primary.client().await.write_shard(garbage).await.expect_err("not Arrow IPC");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan").len(), 600, "the refused writes left nothing");
+    assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan"), all, "the refused writes left nothing");
 
     // A member of a cluster of several nodes that comes back with a cold store only it can read is refused.
     let dir = two.stop().await;
@@ -681,6 +653,104 @@ async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catche
     let again = new.engine.catch_up_replica(table, shard.shard_id, 2).await.expect("in sync");
     assert_eq!(again.chunks, 0);
     for node in [one, two, three] {
+        node.stop().await;
+    }
+}
+
+/// One number of the first row of a statement's answer on `node`.
+async fn number(node: &Node, sql: &str) -> i64 {
+    let batches = node.engine.execute_one(sql).await.expect(sql).collect().await.expect(sql);
+    let column = batches[0].column(0);
+    match column.data_type() {
+        arrow::datatypes::DataType::Int64 => column.as_primitive::<Int64Type>().value(0),
+        arrow::datatypes::DataType::UInt64 => column.as_primitive::<arrow::datatypes::UInt64Type>().value(0) as i64,
+        other => panic!("{sql}: a {other} answer"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_through_any_node_are_stored_on_their_shards_copies_and_read_the_same_from_every_node() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let one = start(1, vec![], cold.path()).await;
+    let two = start(2, vec![one.grpc.clone()], cold.path()).await;
+    let three = start(3, vec![one.grpc.clone()], cold.path()).await;
+    let nodes = [&one, &two, &three];
+    for node in nodes {
+        node.engine.execute_one("SELECT 1").await.expect("serving");
+    }
+    one.engine
+        .execute_one("CREATE TABLE r (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 4, replicas = 2)")
+        .await
+        .expect("create");
+    for node in nodes {
+        until_attached(&node.engine, "r").await;
+    }
+    // Each node takes a statement whose rows span every shard: each shard's rows go to its primary.
+    for (i, node) in nodes.iter().enumerate() {
+        let (lo, hi) = (i as i64 * 1000 + 1, i as i64 * 1000 + 1000);
+        let sql = format!("INSERT INTO r SELECT value, {i} FROM generate_series({lo}, {hi})");
+        node.engine.execute_one(&sql).await.expect("insert");
+    }
+    // Through the ingest path (a Flight DoPut or a pg COPY), on the third node.
+    let schema = three.engine.hot_table("r").expect("table").schema();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(arrow::array::Int64Array::from_iter_values(3001..=3500)),
+            Arc::new(arrow::array::Int64Array::from_iter_values((3001..=3500).map(|_| 3))),
+        ],
+    )
+    .expect("batch");
+    let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+        Arc::clone(&schema),
+        futures::stream::iter(vec![Ok(batch)]),
+    );
+    assert_eq!(three.engine.append_stream("r", Box::pin(stream)).await.expect("append"), 500);
+
+    // Every node reads every row, once.
+    for node in nodes {
+        assert_eq!(number(node, "SELECT count(*) FROM r").await, 3500);
+        assert_eq!(number(node, "SELECT count(DISTINCT id) FROM r").await, 3500);
+        assert_eq!(number(node, "SELECT sum(id) FROM r").await, 3500 * 3501 / 2);
+        assert_eq!(number(node, "SELECT count(*) FROM r WHERE v = 3 AND id > 3400").await, 100);
+    }
+    // A node stores only the shards placed on it, and each copy of a shard holds the same rows.
+    let table = one.engine.hot_table("r").expect("table").def().id;
+    let records: Vec<ShardRecord> = one.engine.meta().read_local(|s| s.table_shards(table).cloned().collect());
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        assert_eq!(record.replicas.len(), 2, "{record:?}");
+        let mut held = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let sql = format!(
+                "SELECT hot_rows FROM system.shards WHERE table_name = 'r' AND shard_id = {}",
+                record.shard_id.0
+            );
+            let mut rows = number(node, &sql).await;
+            // A backup commits a change once the primary's commit point reaches it.
+            for _ in 0..100 {
+                if !record.replicas.contains(&(i as u64 + 1)) || rows == held.first().copied().unwrap_or(rows) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                rows = number(node, &sql).await;
+            }
+            if record.replicas.contains(&(i as u64 + 1)) {
+                held.push(rows);
+            } else {
+                assert_eq!(rows, 0, "node {} holds rows of shard {} not placed on it", i + 1, record.shard_id);
+            }
+        }
+        assert_eq!(held.len(), 2);
+        assert!(held[0] > 0 && held[0] == held[1], "shard {}: {held:?}", record.shard_id);
+    }
+    assert_eq!(records.iter().map(|r| r.primary).collect::<std::collections::BTreeSet<_>>().len(), 3, "{records:?}");
+
+    // Changing rows through a shard's primary comes later: refused with a clear error, nothing changed.
+    let refused = two.engine.execute_one("DELETE FROM r WHERE id < 10").await.expect_err("not built yet");
+    assert!(refused.to_string().contains("primary"), "{refused}");
+    assert_eq!(number(&two, "SELECT count(*) FROM r").await, 3500);
+    for node in [three, two, one] {
         node.stop().await;
     }
 }

@@ -1,0 +1,365 @@
+//! Routing of a statement's rows and scans to the shards' primaries (docs/rfcs/0001-cluster-data-path.md, "The
+//! switch"): any node takes a statement, and every shard's rows are written and read where its primary is.
+//!
+//! ```text
+//!  insert ─▶ conform, split by slot ─┬▶ shard led here, sole in-sync copy ─▶ direct: one durable batch for all such
+//!                                    │                                        shards (a single node's every shard)
+//!                                    └▶ any other shard ─▶ buffered ─▶ a change of the shard's log, on its primary:
+//!                                         Engine::write_shard here, ShardService.WriteShard on another node
+//!  scan ─▶ per shard: led here ─▶ this node's replica (prepared changes settled first)
+//!                     otherwise ─▶ RemoteShardScanExec on the primary, at the shard's epoch
+//! ```
+//!
+//! A database that is the only member of its group writes and reads every shard here, as it always did: one batch per
+//! statement. In a cluster, rows for another copy are buffered per shard and sent in changes of at most
+//! [`CHANGE_BYTES`]; until multi-shard transactions exist, a statement whose rows span several shards is atomic per
+//! change only, and a failure after one of its changes took effect is reported as [`Error::OutcomeUnknown`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use quiver_meta::{ShardId, ShardRecord, TableId};
+use quiver_proto::v1::WriteShardRequest;
+use tonic::Code;
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::table::HotTable;
+
+/// The most bytes of rows (in Arrow memory) buffered for one shard before they are sent to its primary as a change.
+pub(crate) const CHANGE_BYTES: usize = 4 << 20;
+
+/// How often a part is sent again after its shard's primary refused it (nothing was written): the configuration moved.
+const ROUTE_ATTEMPTS: usize = 4;
+
+/// Where a shard's part of a statement goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// This node leads the shard and is its only in-sync copy: written here, in the statement's one batch.
+    Direct,
+    /// A change of the shard's log on its primary (this node or another).
+    Primary,
+}
+
+impl Engine {
+    /// Where each shard of `table` is written from this node now, in the table's shard order.
+    pub(super) fn write_routes(&self, table: &HotTable) -> Vec<Route> {
+        let me = self.node_id;
+        self.meta.read_local(|s| {
+            table
+                .shards()
+                .iter()
+                .map(|replica| match s.shard(replica.shard_id()) {
+                    Some(r)
+                        if r.primary == me
+                            && r.in_sync.iter().all(|n| *n == me)
+                            && replica.log_end() == replica.committed_lsn() =>
+                    {
+                        Route::Direct
+                    }
+                    _ => Route::Primary,
+                })
+                .collect()
+        })
+    }
+
+    /// Inserts every batch of `stream` into `table`, each shard's rows written on its primary (see the module docs);
+    /// returns the rows inserted.
+    ///
+    /// # Errors
+    ///
+    /// As [`HotTable::append_stream`]; [`Error::ShardUnavailable`] when a shard's primary refused its rows (nothing of
+    /// the statement was written); [`Error::OutcomeUnknown`] when a failure came after part of the statement took
+    /// effect.
+    pub(crate) async fn insert_routed<S, E>(&self, table: &Arc<HotTable>, stream: S) -> Result<u64>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin + Send,
+        Error: From<E>,
+    {
+        let routes = self.write_routes(table);
+        let clustered = self.is_clustered();
+        let whole = table.pick_whole();
+        if routes.iter().all(|r| *r == Route::Direct) {
+            let rows = table.append_stream_into(whole, stream).await?;
+            if clustered {
+                self.confirm_direct(table, &routes).await?;
+            }
+            return Ok(rows);
+        }
+        // The direct shards' rows stream into one appender, beside the parts sent to primaries.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+        let direct_rows = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let direct = {
+            let table = Arc::clone(table);
+            async move { table.append_stream_into::<_, Error>(whole, Box::pin(direct_rows)).await }
+        };
+        let routed = self.route_parts(table, &routes, whole, stream, tx);
+        let (direct, routed) = futures::join!(direct, routed);
+        let (routed_rows, written) = routed?;
+        let direct_rows = match direct {
+            Ok(rows) => rows,
+            Err(e) if written => return Err(partial(e)),
+            Err(e) => return Err(e),
+        };
+        if direct_rows > 0 {
+            self.confirm_direct(table, &routes).await.map_err(|e| if written { partial(e) } else { e })?;
+        }
+        Ok(direct_rows + routed_rows)
+    }
+
+    /// Pulls `stream`, sending direct shards' rows into `direct` and every other shard's to its primary; returns the
+    /// rows sent to primaries and whether any part took effect. On failure, fails `direct` too (its rows roll back).
+    async fn route_parts<S, E>(
+        &self,
+        table: &Arc<HotTable>,
+        routes: &[Route],
+        whole: usize,
+        mut stream: S,
+        direct: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    ) -> std::result::Result<(u64, bool), Error>
+    where
+        S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin + Send,
+        Error: From<E>,
+    {
+        let mut pending: BTreeMap<usize, (Vec<RecordBatch>, usize)> = BTreeMap::new();
+        let mut rows = 0;
+        let mut written = false;
+        let outcome: Result<()> = async {
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let t = Arc::clone(table);
+                let parts =
+                    crate::blocking::run("split rows by shard", move || t.split_by_shard(&batch, whole)).await??;
+                for (i, part) in parts {
+                    if routes[i] == Route::Direct {
+                        if direct.send(Ok(part)).await.is_err() {
+                            return Ok(()); // The appender failed; its error is the statement's.
+                        }
+                        continue;
+                    }
+                    let (batches, bytes) = pending.entry(i).or_default();
+                    *bytes += part.get_array_memory_size();
+                    batches.push(part);
+                    if *bytes >= CHANGE_BYTES {
+                        let (batches, _) = pending.remove(&i).unwrap_or_default();
+                        rows += self.write_part(table, i, batches).await.map_err(|e| part_error(e, written))?;
+                        written = true;
+                    }
+                }
+            }
+            // The rest, every shard's part at once.
+            let sent = futures::future::join_all(
+                pending.into_iter().map(|(i, (batches, _))| self.write_part(table, i, batches)),
+            )
+            .await;
+            let mut failure = None;
+            for result in sent {
+                match result {
+                    Ok(n) => {
+                        rows += n;
+                        written = true;
+                    }
+                    Err(e) => failure = failure.or(Some(e)),
+                }
+            }
+            match failure {
+                Some(e) => Err(part_error(e, written)),
+                None => Ok(()),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok((rows, written)),
+            Err(e) => {
+                let _ = direct.send(Err(Error::Internal("the statement failed in another shard".into()))).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one shard's part (the shard at position `i` of `table`) on its primary, following the configuration
+    /// when it moved; returns the rows written.
+    async fn write_part(&self, table: &Arc<HotTable>, i: usize, batches: Vec<RecordBatch>) -> Result<u64> {
+        let shard = table.shards()[i].shard_id();
+        let id = table.def().id;
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                // The configuration moved (a failover, a new primary's first change): learn the new one.
+                self.catch_up().await?;
+            }
+            let record = self.shard_record_of(id, shard)?;
+            let result = if record.primary == self.node_id {
+                self.write_shard(id, shard, record.epoch, batches.clone()).await
+            } else {
+                self.write_remote(&record, &table.schema(), &batches).await
+            };
+            match result {
+                Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no attempt made".into())))
+    }
+
+    /// The configuration of a shard of table `table` as this node knows it.
+    pub(crate) fn shard_record_of(&self, table: TableId, shard: ShardId) -> Result<ShardRecord> {
+        match self.meta.read_local(|s| s.shard(shard).cloned()) {
+            Some(r) if r.table_id == table => Ok(r),
+            _ => Err(Error::ShardUnavailable { shard: shard.0, detail: "its table is gone".into() }),
+        }
+    }
+
+    /// Sends a shard's rows to its primary on another node (`ShardService.WriteShard`); returns the rows written.
+    async fn write_remote(&self, record: &ShardRecord, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
+        let shard = record.shard_id;
+        let unavailable = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        let addr = self
+            .meta
+            .read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone()))
+            .ok_or_else(|| unavailable(format!("its primary, node {}, is not registered", record.primary)))?;
+        let arrow_ipc = crate::server::internal::encode(schema, batches)?;
+        let request =
+            WriteShardRequest { table_id: record.table_id.0, shard_id: shard.0, epoch: record.epoch, arrow_ipc };
+        let timeout = self.replication.timeout;
+        let mut client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
+        // The primary waits for its backups up to the replication timeout, and may take one out of the in-sync set.
+        match tokio::time::timeout(timeout * 3, client.write_shard(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().rows),
+            Ok(Err(status)) => Err(error_from_status(record.primary, shard, &status)),
+            Err(_) => Err(Error::OutcomeUnknown {
+                shard: shard.0,
+                detail: format!("its primary, node {}, did not answer within {:?}", record.primary, timeout * 3),
+            }),
+        }
+    }
+
+    /// Confirms, after a direct write in a cluster, that this node still led every direct shard as its only in-sync
+    /// copy (a linearizable read): no backup fences a sole copy.
+    async fn confirm_direct(&self, table: &HotTable, routes: &[Route]) -> Result<()> {
+        let me = self.node_id;
+        let shards: Vec<(ShardId, u64)> = self.meta.read_local(|s| {
+            table
+                .shards()
+                .iter()
+                .zip(routes)
+                .filter(|(_, r)| **r == Route::Direct)
+                .filter_map(|(replica, _)| s.shard(replica.shard_id()).map(|r| (r.shard_id, r.epoch)))
+                .collect()
+        });
+        let moved = self
+            .meta
+            .read_state(|s| {
+                shards
+                    .iter()
+                    .find(|(id, epoch)| s.shard(*id).is_none_or(|r| r.epoch != *epoch || r.primary != me))
+                    .copied()
+            })
+            .await;
+        match moved {
+            Ok(None) => Ok(()),
+            Ok(Some((shard, epoch))) => Err(Error::OutcomeUnknown {
+                shard: shard.0,
+                detail: format!(
+                    "the rows were written here as the shard's only in-sync copy at epoch {epoch}, and the shard moved \
+                     on meanwhile"
+                ),
+            }),
+            Err(e) => Err(Error::OutcomeUnknown {
+                shard: shards.first().map_or(0, |(s, _)| s.0),
+                detail: format!(
+                    "the rows were written here, and the shard's configuration could not be confirmed: {e}"
+                ),
+            }),
+        }
+    }
+}
+
+/// A failure after part of a statement took effect: the client must look before repeating it.
+fn partial(e: Error) -> Error {
+    match e {
+        e @ Error::OutcomeUnknown { .. } => e,
+        other => Error::OutcomeUnknown {
+            shard: 0,
+            detail: format!("part of the statement was written before it failed: {}", other.report()),
+        },
+    }
+}
+
+fn part_error(e: Error, written: bool) -> Error {
+    if written { partial(e) } else { e }
+}
+
+/// The error a remote node's status stands for, keeping what the client must do about it. A status the node did not
+/// send (the connection failed: the request may have reached it) is an unknown outcome.
+pub(crate) fn error_from_status(node: u64, shard: ShardId, status: &tonic::Status) -> Error {
+    let message = format!("node {node}: {}", status.message());
+    let from_engine = status.metadata().get(crate::server::status::SQLSTATE_KEY).is_some();
+    match status.code() {
+        _ if !from_engine => Error::OutcomeUnknown { shard: shard.0, detail: message },
+        Code::Unknown => Error::OutcomeUnknown { shard: shard.0, detail: message },
+        Code::InvalidArgument => Error::Plan { message },
+        Code::FailedPrecondition | Code::ResourceExhausted => Error::Execution { message },
+        Code::Unimplemented => Error::Unsupported { what: message },
+        Code::Internal | Code::DataLoss => Error::Internal(message),
+        _ => Error::ShardUnavailable { shard: shard.0, detail: message },
+    }
+}
+
+/// Where a scan reads one shard.
+#[derive(Debug, Clone)]
+pub(crate) enum ShardRead {
+    /// This node's replica: this node leads the shard (or is not part of a cluster).
+    Local,
+    /// The primary on another node, at the shard's epoch.
+    Remote { epoch: u64, addr: String },
+}
+
+impl Engine {
+    /// Where a scan from this node reads each shard of `table`, in the table's shard order. A shard led here has its
+    /// prepared changes settled first, so that the scan sees every change this node may have acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when a shard's primary is not registered, or a shard led here could not settle.
+    pub(crate) async fn shard_reads(&self, table: &HotTable) -> Result<Vec<ShardRead>> {
+        if !self.is_clustered() {
+            return Ok(vec![ShardRead::Local; table.shards().len()]);
+        }
+        let mut reads = Vec::with_capacity(table.shards().len());
+        for replica in table.shards() {
+            let record = self.shard_record_of(table.def().id, replica.shard_id())?;
+            if record.primary == self.node_id {
+                if replica.log_end() > replica.committed_lsn() {
+                    let _serialized = replica.dml_lock.lock().await;
+                    self.settle(replica).await.map_err(|e| Error::ShardUnavailable {
+                        shard: record.shard_id.0,
+                        detail: format!("its prepared changes could not be settled: {}", e.report()),
+                    })?;
+                }
+                reads.push(ShardRead::Local);
+                continue;
+            }
+            let addr =
+                self.meta.read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone())).ok_or_else(|| {
+                    Error::ShardUnavailable {
+                        shard: record.shard_id.0,
+                        detail: format!("its primary, node {}, is not registered", record.primary),
+                    }
+                })?;
+            reads.push(ShardRead::Remote { epoch: record.epoch, addr });
+        }
+        Ok(reads)
+    }
+
+    /// How long a scan waits for a shard's primary on another node to answer.
+    pub(crate) fn remote_timeout(&self) -> std::time::Duration {
+        self.replication.timeout
+    }
+}
