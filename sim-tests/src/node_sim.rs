@@ -20,13 +20,15 @@
 //!      DataFusion equal the model's;
 //!    - every acknowledged table exists on every node; at most one metadata leader per term; the metadata replicas
 //!      converge to the same state;
-//!    - every hot row on every node is stored in the shard that owns its slot (the tables have a shard key, so every
-//!      append is split over the shards and committed across them in one batch).
+//!    - every hot row on every node is stored in the shard that owns its slot.
 //!
-//! Rows of these tables live on the node that took them (statements do not route to shard primaries yet), so rows of
-//! a node lost with its disk are gone by design: the model forgets them at the loss, and checks everything else.
-//! Beside them, one table of one shard with three copies is written through its primary and replicated, under the same
-//! faults, with its own checks (`replicated`).
+//! Statements route to the shards' primaries, so a row acknowledged through any node is visible on every node. Half
+//! the tables keep one copy (and tier to the cold tier), the other half three (hot: a replicated shard is not tiered
+//! until the cold tier is per shard); [`replicas_of`] says which. Rows of a table with one copy may be lost when any
+//! node loses its disk; rows of a replicated table only when two nodes lost their disks since the row was written (an
+//! acknowledgement needs two durable copies, `min_in_sync`). Each table has one shard until statements spanning
+//! shards are atomic. Beside them, one table of one shard with three copies is written directly through its primary,
+//! under the same faults, with its own checks (`replicated`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -261,20 +263,24 @@ struct History {
     scans: Vec<Scan>,
     /// When each node lost its disk (the rows it held are gone by design).
     disk_losses: BTreeMap<u64, Vec<Duration>>,
+    /// Nodes in the cluster.
+    nodes: u64,
 }
 
 impl History {
-    /// Whether `node` lost its disk between `from` and `to`.
-    fn lost_between(&self, node: u64, from: Duration, to: Duration) -> bool {
-        self.disk_losses.get(&node).is_some_and(|at| at.iter().any(|t| *t >= from && *t <= to))
+    /// Whether rows of `table` written at `from` may have been lost by `to`: every copy of their shard could have
+    /// been on a disk lost meanwhile.
+    fn may_be_lost(&self, table: &str, from: Duration, to: Duration) -> bool {
+        let losses = self.disk_losses.values().flatten().filter(|t| **t >= from && **t <= to).count();
+        let copies_needed = if replicas_of(table, self.nodes) == 1 { 1 } else { 2 };
+        losses >= copies_needed
     }
 
-    /// The appends of `table` on `node` whose rows a scan running from `invoked` to `completed` may see: not refused,
-    /// begun before the scan ended, and not wiped by a disk loss before the scan began (a scan begun before a loss
-    /// may have read the node before it). An append whose outcome the client never learned may take effect at any
-    /// time after it was sent, and it names its table: once the table was dropped and created again, it may land in
-    /// the new table (node seed 8600058: an append held up by a cut link took effect after a DROP and CREATE of its
-    /// table's name), so its incarnation's drop does not rule it out.
+    /// The appends of `table`, through any node, whose rows a scan on `node` running from `invoked` to `completed` may
+    /// see: not refused and begun before the scan ended. An append whose outcome the client never learned may take
+    /// effect at any time after it was sent, and it names its table: once the table was dropped and created again,
+    /// it may land in the new table (node seed 8600058: an append held up by a cut link took effect after a DROP and
+    /// CREATE of its table's name), so its incarnation's drop does not rule it out.
     fn candidates<'a>(
         &'a self,
         node: u64,
@@ -284,11 +290,9 @@ impl History {
         settled: bool,
     ) -> impl Iterator<Item = &'a Append> + 'a {
         self.appends.iter().filter(move |a| {
-            a.node == node
-                && a.table == table
+            a.table == table
                 && a.fate != Fate::Failed
                 && a.invoked <= completed
-                && !self.lost_between(node, a.invoked, invoked)
                 && (a.fate == Fate::Uncertain || !self.dropped_for(node, table, a.incarnation, invoked, settled))
         })
     }
@@ -323,20 +327,21 @@ impl History {
             let present = append.ids().filter(|id| seen.contains(id)).count() as i64;
             if present != 0 && present != append.rows {
                 return Err(format!(
-                    "a torn batch: {present} of the {} rows appended to {table} on node {node} at {:?} are visible \
-                     (query at {invoked:?})",
-                    append.rows, append.invoked
+                    "a torn batch: {present} of the {} rows appended to {table} on node {} at {:?} are visible on \
+                     node {node} (query at {invoked:?})",
+                    append.rows, append.node, append.invoked
                 ));
             }
             let must = append.fate == Fate::Acknowledged
                 && append.completed < *invoked
-                && !self.lost_between(*node, append.invoked, *completed)
+                && !self.may_be_lost(table, append.invoked, *completed)
                 && !self.drop_began(table, append.incarnation, *completed);
             if must && present == 0 {
                 return Err(format!(
-                    "lost rows: the batch {:?} appended to {table} on node {node} was acknowledged at {:?}, but a query \
-                     at {invoked:?} did not see it",
+                    "lost rows: the batch {:?} appended to {table} on node {} was acknowledged at {:?}, but a query \
+                     on node {node} at {invoked:?} did not see it",
                     append.ids(),
+                    append.node,
                     append.completed
                 ));
             }
@@ -352,6 +357,24 @@ impl History {
         }
         Ok(())
     }
+}
+
+/// How many copies table `table` keeps in a cluster of `nodes`: one for half the names, three (at most `nodes`) for
+/// the others, the same for every life of a name.
+fn replicas_of(table: &str, nodes: u64) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    table.hash(&mut hasher);
+    if hasher.finish().is_multiple_of(2) { 1 } else { nodes.min(3) }
+}
+
+/// The CREATE TABLE of a workload table: one shard, [`replicas_of`] copies.
+fn create_sql(table: &str, nodes: u64, if_not_exists: bool) -> String {
+    format!(
+        "CREATE TABLE {}{table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id', shards = 1, \
+         replicas = {})",
+        if if_not_exists { "IF NOT EXISTS " } else { "" },
+        replicas_of(table, nodes)
+    )
 }
 
 fn schema() -> SchemaRef {
@@ -487,7 +510,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         hosts: Hosts::new(handle.clone()),
         disks: Disks::default(),
         live: live.clone(),
-        history: Arc::default(),
+        history: Arc::new(Mutex::new(History { nodes: options.nodes, ..History::default() })),
         clients: client_host.clone(),
         killed_at: BTreeMap::new(),
     };
@@ -566,23 +589,20 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // then overlap on a node, the interleavings a lone client cannot produce.
     let shared: Vec<String> = vec!["shared_0".into(), "shared_1".into()];
     for table in &shared {
-        let create =
-            format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id')");
+        let create = create_sql(table, options.nodes, false);
         let created = client_host.spawn(async move { execute(1, create).await });
         if !matches!(created.await, Ok(Ok(_))) {
             return Err(format!("the shared table {table} could not be created before the faults"));
         }
         world.history.lock().expect("history").tables.insert(table.clone(), Expect::Present);
     }
-    // The replicated shard (see `replicated`): its writer and the operator that catches its copies up.
+    // The replicated shard written directly through its primary (see `replicated`).
     let created = client_host.spawn(async move { execute(1, replicated::create_sql()).await });
     if !matches!(created.await, Ok(Ok(_))) {
         return Err(format!("the table {} could not be created before the faults", replicated::TABLE));
     }
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let replicated_writer = client_host.spawn(replicated::writer(live.clone(), deadline));
-    let operator_stop = Arc::new(AtomicBool::new(false));
-    let operator = client_host.spawn(replicated::operator(live.clone(), operator_stop.clone()));
     let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
     let mut clients = Vec::new();
     for client in 0..options.clients {
@@ -604,9 +624,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             let mut mine: Vec<(String, u32)> = Vec::new();
             let mut next_id = (client as i64 + 1) * 1_000_000_000;
             let mut made = 0;
-            let create = |table: String| {
-                format!("CREATE TABLE {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id')")
-            };
+            let create = |table: String| create_sql(&table, nodes, false);
             while Instant::now() < deadline {
                 let node = thread_rng().gen_range(1..=nodes);
                 let invoked = started.elapsed();
@@ -701,20 +719,14 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // Liveness: every node serves DDL and appends again within the bound.
     let healed = Instant::now();
     let recovered_by = healed + Duration::from_secs(options.liveness_secs);
+    let nodes = options.nodes;
     for node in 1..=options.nodes {
         let table = format!("probe_{node}");
         loop {
             let probe = client_host.spawn({
                 let table = table.clone();
                 async move {
-                    let created = execute(
-                        node,
-                        format!(
-                            "CREATE TABLE IF NOT EXISTS {table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH \
-                             (shard_key = 'id')"
-                        ),
-                    )
-                    .await;
+                    let created = execute(node, create_sql(&table, nodes, true)).await;
                     match created {
                         Ok(_) => append(node, table, encode(-1, 1, -1)).await.is_ok(),
                         Err(_) => false,
@@ -738,8 +750,6 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // The replicated shard: back in sync, every acknowledged write there once, every copy the primary's.
     let writes = replicated_writer.await.map_err(|e| format!("the replicated shard's writer: {e}"))?;
     let summary = replicated::check(&live, &client_host, &writes, Duration::from_secs(options.liveness_secs)).await?;
-    operator_stop.store(true, Ordering::SeqCst);
-    let _ = operator.await;
     world.hosts.note(summary);
 
     // The metadata replicas converge.

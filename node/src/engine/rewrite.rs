@@ -67,19 +67,9 @@ impl Engine {
                 }
             }
         }
-        // In a cluster, a shard replicated or led elsewhere changes through its primary's log; only shards this node
-        // leads as their only in-sync copy are changed here for now.
-        if self.is_clustered()
-            && let Some(i) = self.write_routes(table).iter().position(|r| *r != super::route::Route::Direct)
-        {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "DELETE, UPDATE or TRUNCATE of table \"{}\": its shard {} is replicated or led by another node, and \
-                     changing rows through a shard's primary is not built yet",
-                    table.def().name,
-                    table.shards()[i].shard_id()
-                ),
-            });
+        // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`).
+        if self.is_clustered() && self.write_routes(table).iter().any(|r| *r != super::route::Route::Direct) {
+            return self.change_rows_routed(state, table, change).await;
         }
         let compiled = dml::compile(state, change)?;
         let mut locks = Vec::with_capacity(table.shards().len());
@@ -141,6 +131,67 @@ impl Engine {
         }
         drop(locks);
         Ok(affected)
+    }
+
+    /// Applies a compiled DELETE or UPDATE to one shard this node leads at `epoch`; returns the rows it affected. A
+    /// shard whose only in-sync copy is this node changes here, hot and cold rows alike; a replicated one (all hot)
+    /// changes as one change of its log, durable on every in-sync copy before it is visible.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the shard moved past `epoch` or its prepared changes could not be settled
+    /// (nothing changed); the errors of [`Engine::replicate_change`].
+    pub(super) async fn change_led_shard(
+        &self,
+        state: &dyn Session,
+        replica: &Arc<ShardReplica>,
+        compiled: &Compiled,
+        epoch: u64,
+    ) -> Result<u64> {
+        let shard = replica.shard_id();
+        let _serialized = replica.dml_lock.lock().await;
+        let record = self.shard_record_of(replica.def().id, shard)?;
+        if record.epoch != epoch {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("the shard moved from epoch {epoch} to {} meanwhile", record.epoch),
+            });
+        }
+        self.check_primary(&record)?;
+        let alone = record.in_sync.iter().all(|n| *n == self.node_id) && replica.log_end() == replica.committed_lsn();
+        if alone {
+            return self.change_shard_rows(state, replica, compiled).await;
+        }
+        if !self.settle(replica).await? {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: "its prepared changes are not settled".into(),
+            });
+        }
+        let view = match replica.cold() {
+            ColdState::Ready(view) => view,
+            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
+        };
+        if !view.files.is_empty() {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "changing rows of shard {shard} of table \"{}\": it has cold files and copies to keep in step",
+                    replica.def().name
+                ),
+            });
+        }
+        let hot: Vec<Arc<Chunk>> = replica.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let change = dml::hot_change(state, replica, compiled, &hot)?;
+        if change.changed.is_empty() {
+            return Ok(0);
+        }
+        let removed: Vec<u64> = change.changed.iter().map(|(chunk, _)| chunk.seq).collect();
+        let rows: Vec<RecordBatch> =
+            change.changed.into_iter().map(|(_, rows)| rows).filter(|b| b.num_rows() > 0).collect();
+        let r = Arc::clone(replica);
+        let added = crate::blocking::run("encode changed rows", move || r.encode_chunks(rows)).await??;
+        self.replicate_change(replica, epoch, added, removed).await?;
+        Ok(change.affected)
     }
 
     /// [`Engine::change_rows`] on one shard; the caller holds the shard's DML lock.

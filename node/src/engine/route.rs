@@ -22,11 +22,12 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use quiver_meta::{ShardId, ShardRecord, TableId};
-use quiver_proto::v1::WriteShardRequest;
+use quiver_proto::v1::{ChangeShardRequest, WriteShardRequest};
 use tonic::Code;
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::query::dml::{self, RowChange};
 use crate::table::HotTable;
 
 /// The most bytes of rows (in Arrow memory) buffered for one shard before they are sent to its primary as a change.
@@ -362,4 +363,171 @@ impl Engine {
     pub(crate) fn remote_timeout(&self) -> std::time::Duration {
         self.replication.timeout
     }
+}
+
+impl Engine {
+    /// [`Engine::change_rows`](super::Engine) in a cluster where some shard of `table` is replicated or led elsewhere:
+    /// each shard changes on its primary, as one change of its log (`ShardService.ChangeShard` on another node).
+    /// Atomic per shard: a failure after a shard changed is reported as [`Error::OutcomeUnknown`].
+    pub(super) async fn change_rows_routed(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        table: &Arc<HotTable>,
+        change: &RowChange,
+    ) -> Result<u64> {
+        let compiled = dml::compile(state, change)?;
+        let mut statement: Option<String> = None;
+        let mut affected = 0;
+        let mut changed: Vec<ShardId> = Vec::new();
+        for replica in table.shards() {
+            let shard = replica.shard_id();
+            let mut last = None;
+            let mut result = None;
+            for attempt in 0..ROUTE_ATTEMPTS {
+                if attempt > 0 {
+                    self.catch_up().await?;
+                }
+                let record = self.shard_record_of(table.def().id, shard)?;
+                let outcome = if record.primary == self.node_id {
+                    self.change_led_shard(state, replica, &compiled, record.epoch).await
+                } else {
+                    let sql = match &statement {
+                        Some(sql) => sql.clone(),
+                        None => statement.insert(statement_sql(table.def(), change)?).clone(),
+                    };
+                    self.change_remote(&record, sql).await
+                };
+                match outcome {
+                    Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
+                    other => {
+                        result = Some(other);
+                        break;
+                    }
+                }
+            }
+            let result = result.unwrap_or_else(|| Err(last.unwrap_or_else(|| Error::Internal("no attempt".into()))));
+            match result {
+                Ok(n) => {
+                    affected += n;
+                    if n > 0 {
+                        changed.push(shard);
+                    }
+                }
+                Err(e) if changed.is_empty() => return Err(e),
+                Err(e) => {
+                    let done: Vec<String> = changed.iter().map(ToString::to_string).collect();
+                    return Err(Error::OutcomeUnknown {
+                        shard: shard.0,
+                        detail: format!(
+                            "the statement on table \"{}\" was applied in part: shards {} changed {affected} rows \
+                             before this one failed ({}); check the table before running it again",
+                            table.def().name,
+                            done.join(", "),
+                            e.report()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(affected)
+    }
+
+    /// Sends a DELETE or UPDATE of one shard to its primary on another node; returns the rows it affected there.
+    async fn change_remote(&self, record: &ShardRecord, statement: String) -> Result<u64> {
+        let shard = record.shard_id;
+        let unavailable = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
+        let addr = self
+            .meta
+            .read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone()))
+            .ok_or_else(|| unavailable(format!("its primary, node {}, is not registered", record.primary)))?;
+        let request =
+            ChangeShardRequest { table_id: record.table_id.0, shard_id: shard.0, epoch: record.epoch, statement };
+        let timeout = self.replication.timeout;
+        let mut client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
+        match tokio::time::timeout(timeout * 3, client.change_shard(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().rows),
+            Ok(Err(status)) => Err(error_from_status(record.primary, shard, &status)),
+            Err(_) => Err(Error::OutcomeUnknown {
+                shard: shard.0,
+                detail: format!("its primary, node {}, did not answer within {:?}", record.primary, timeout * 3),
+            }),
+        }
+    }
+
+    /// Applies a DELETE or UPDATE (`statement`, SQL against the table) to one shard this node leads at `epoch`, as
+    /// one change of its log; returns the rows it affected. A statement another node routed here
+    /// (`ShardService.ChangeShard`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node is not its primary (nothing
+    /// changed); [`Error::Plan`] for a statement that is not a DELETE or UPDATE of the shard's table; the errors of
+    /// the statement.
+    pub async fn change_shard(&self, table: TableId, shard: ShardId, epoch: u64, statement: &str) -> Result<u64> {
+        use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        self.check_primary(&record)?;
+        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
+            shard: shard.0,
+            detail: "its table is not attached here".into(),
+        })?;
+        let replica = self.replica_of(table, shard)?;
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(statement).await?;
+        let LogicalPlan::Dml(DmlStatement { table_name, op: op @ (WriteOp::Delete | WriteOp::Update), input, .. }) =
+            plan
+        else {
+            return Err(Error::Plan { message: format!("not a DELETE or UPDATE: {statement}") });
+        };
+        if table_name.table() != hot.def().name {
+            return Err(Error::Plan {
+                message: format!("the statement changes \"{}\", not shard {shard}'s table", table_name.table()),
+            });
+        }
+        let change = dml::analyze(&hot.def().name, &input, op == WriteOp::Update)?;
+        let compiled = dml::compile(&state, &change)?;
+        self.change_led_shard(&state, &replica, &compiled, epoch).await
+    }
+}
+
+/// A DELETE or UPDATE as SQL against its table, for the primaries of its shards on other nodes: the predicate and
+/// assigned values unparsed, with column names unqualified.
+fn statement_sql(def: &quiver_meta::TableDef, change: &RowChange) -> Result<String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Expr;
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let sql = |expr: &Expr| -> Result<String> {
+        let bare = expr
+            .clone()
+            .transform(|e| match e {
+                Expr::Column(c) => {
+                    Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))))
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        Ok(datafusion::sql::unparser::expr_to_sql(&bare)?.to_string())
+    };
+    let mut out = match &change.assignments {
+        None => format!("DELETE FROM {}", quoted(&def.name)),
+        Some(values) => {
+            let mut sets = Vec::new();
+            for (column, value) in def.columns.iter().zip(values) {
+                if let Some(value) = value {
+                    sets.push(format!("{} = {}", quoted(&column.name), sql(value)?));
+                }
+            }
+            if sets.is_empty() {
+                // An UPDATE that assigns every column its own value still counts the rows it matches.
+                let first = quoted(&def.columns[0].name);
+                sets.push(format!("{first} = {first}"));
+            }
+            format!("UPDATE {} SET {}", quoted(&def.name), sets.join(", "))
+        }
+    };
+    if let Some(predicate) = &change.predicate {
+        out.push_str(" WHERE ");
+        out.push_str(&sql(predicate)?);
+    }
+    Ok(out)
 }

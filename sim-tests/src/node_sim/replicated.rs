@@ -1,8 +1,8 @@
 //! The replicated shard of the node workload: one table of one shard with a copy on three nodes, written through
 //! the shard service on its primary (`ShardService.WriteShard`, routed as a node routes: by the shard's configuration
 //! in a node's metadata) and read back from it (`ShardService.ScanShard`), under the workload's faults. Failover comes
-//! from the metadata group when a node is marked down; an operator task catches up every serving replica that is out
-//! of sync (`Engine::catch_up_replica` of the primary's engine).
+//! from the metadata group when a node is marked down; the primary catches up every serving replica that is out of
+//! sync on its own (`Engine::tend_shards`).
 //!
 //! Checks, once the faults are over and every copy is back in sync:
 //! - the primary holds every acknowledged write exactly once, every write whole or not at all, and no id that was
@@ -10,18 +10,16 @@
 //!   in-sync set: no acknowledged write is lost by a failover, a kill or a lost disk of one node at a time);
 //! - every in-sync copy holds the same committed chunks, under the same numbers, as the primary.
 //!
-//! The table has `hot_bytes_max = '0'`: tiering runs per node until the cold tier is per shard, so its rows stay hot.
+//! Its rows stay hot: a replicated shard is not tiered until the cold tier is per shard.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::NodeHandle;
 use madsim::time::{Instant, sleep};
 use madsim_tonic::Code;
-use quiver_meta::{NodeState, ShardRecord};
+use quiver_meta::ShardRecord;
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ScanShardRequest, WriteShardRequest};
 
@@ -88,31 +86,6 @@ pub(super) async fn writer(live: Live, deadline: Instant) -> Vec<Write> {
         sleep(Duration::from_millis(thread_rng().gen_range(10..60))).await;
     }
     writes
-}
-
-/// The operator: every 300 ms until `stop`, has the primary catch up each replica that is serving, running and out of
-/// sync.
-pub(super) async fn operator(live: Live, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
-        sleep(Duration::from_millis(300)).await;
-        let Some(shard) = config(&live) else { continue };
-        let engines: BTreeMap<u64, _> = live_engines(&live).into_iter().map(|e| (e.node_id(), e)).collect();
-        let Some(primary) = engines.get(&shard.primary).cloned() else { continue };
-        let serving =
-            |id: u64| primary.meta().read_local(|s| s.node(id).is_some_and(|n| n.state == NodeState::Serving));
-        for target in shard.replicas.iter().copied().filter(|r| !shard.in_sync.contains(r)) {
-            if !engines.contains_key(&target) || !serving(target) {
-                continue;
-            }
-            let (table, id) = (shard.table_id, shard.shard_id);
-            // Called here, on the clients' host: the engine's catch-up traffic leaves from this host (a node's
-            // background duty takes this over once statements route to primaries).
-            let result = primary.catch_up_replica(table, id, target).await;
-            if let Err(e) = result {
-                tracing::info!(target_node = target, error = %e.report(), "catch-up of the replicated shard failed");
-            }
-        }
-    }
 }
 
 /// The ids of the shard's rows on its primary, read from `client`'s host.

@@ -11,8 +11,8 @@ use futures::Stream;
 use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::shard_service_server::ShardService;
 use quiver_proto::v1::{
-    ReplicaStatusReply, ReplicaStatusRequest, ReplicateReply, ReplicateRequest, ScanShardReply, ScanShardRequest,
-    WriteShardReply, WriteShardRequest,
+    ChangeShardReply, ChangeShardRequest, ReplicaStatusReply, ReplicaStatusRequest, ReplicateReply, ReplicateRequest,
+    ScanShardReply, ScanShardRequest, WriteShardReply, WriteShardRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -58,6 +58,16 @@ impl ShardService for ShardGrpcService {
             .await
             .map_err(|e| status_from(&e))?;
         Ok(Response::new(WriteShardReply { rows }))
+    }
+
+    async fn change_shard(&self, request: Request<ChangeShardRequest>) -> Result<Response<ChangeShardReply>, Status> {
+        let r = request.into_inner();
+        let rows = self
+            .engine
+            .change_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, &r.statement)
+            .await
+            .map_err(|e| status_from(&e))?;
+        Ok(Response::new(ChangeShardReply { rows }))
     }
 
     async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
