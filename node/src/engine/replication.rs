@@ -288,6 +288,7 @@ impl Engine {
         shard: ShardId,
         epoch: u64,
         projection: Option<Vec<usize>>,
+        filter: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ShardScan> {
         let record = self.check_shard_epoch(table, shard, epoch).await?;
@@ -319,6 +320,10 @@ impl Engine {
         }
         let provider = Arc::new(HotTableProvider::for_shard(hot, shard));
         let mut frame = self.ctx.read_table(provider)?;
+        if let Some(filter) = filter {
+            let predicate = frame.parse_sql_expr(filter)?;
+            frame = frame.filter(predicate)?;
+        }
         // Row counts only: read the narrowest column and keep the counts.
         let counts_only = columns.is_empty();
         let names: Vec<&str> = match columns.first() {

@@ -493,21 +493,8 @@ impl Engine {
 /// A DELETE or UPDATE as SQL against its table, for the primaries of its shards on other nodes: the predicate and
 /// assigned values unparsed, with column names unqualified.
 fn statement_sql(def: &quiver_meta::TableDef, change: &RowChange) -> Result<String> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::logical_expr::Expr;
     let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-    let sql = |expr: &Expr| -> Result<String> {
-        let bare = expr
-            .clone()
-            .transform(|e| match e {
-                Expr::Column(c) => {
-                    Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))))
-                }
-                other => Ok(Transformed::no(other)),
-            })?
-            .data;
-        Ok(datafusion::sql::unparser::expr_to_sql(&bare)?.to_string())
-    };
+    let sql = crate::query::remote::expr_sql;
     let mut out = match &change.assignments {
         None => format!("DELETE FROM {}", quoted(&def.name)),
         Some(values) => {

@@ -166,19 +166,28 @@ impl TableProvider for HotTableProvider {
             limit,
         ));
         let mut scans = vec![hot_scan];
+        // Filters travel to remote shards as SQL; one the unparser cannot write is applied here only.
+        let pushed = if reads.iter().any(|r| matches!(r, ShardRead::Remote { .. })) {
+            conjunction(filters.iter().cloned()).and_then(|e| super::remote::expr_sql(&e).ok())
+        } else {
+            None
+        };
         for (replica, read) in self.table.shards().iter().zip(&reads) {
             let (Some(engine), ShardRead::Remote { epoch, addr }) = (&engine, read) else { continue };
-            scans.push(Arc::new(RemoteShardScanExec::new(
-                self.table.def().id,
-                replica.shard_id(),
-                *epoch,
-                vec![addr.clone()],
-                projection.cloned(),
-                Arc::clone(&projected_schema),
-                limit,
-                engine.remote_timeout(),
-                usize::MAX,
-            )));
+            scans.push(Arc::new(
+                RemoteShardScanExec::new(
+                    self.table.def().id,
+                    replica.shard_id(),
+                    *epoch,
+                    vec![addr.clone()],
+                    projection.cloned(),
+                    Arc::clone(&projected_schema),
+                    limit,
+                    engine.remote_timeout(),
+                    usize::MAX,
+                )
+                .with_filter(pushed.clone()),
+            ));
         }
         for (shard, cold) in &colds {
             if let Some(cold_scan) = super::cold::cold_scan(state, shard, cold, projection, filters, limit).await? {

@@ -40,6 +40,8 @@ pub struct RemoteShardScanExec {
     /// Columns to read, by index in the table (`None`: all).
     projection: Option<Vec<usize>>,
     limit: Option<usize>,
+    /// A predicate the replica applies before sending rows (SQL over the table's columns).
+    filter: Option<String>,
     /// The longest a replica may take to answer before the next one is tried.
     timeout: Duration,
     max_message_bytes: usize,
@@ -67,7 +69,12 @@ impl RemoteShardScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { table, shard, epoch, replicas, projection, limit, timeout, max_message_bytes, properties }
+        Self { table, shard, epoch, replicas, projection, limit, filter: None, timeout, max_message_bytes, properties }
+    }
+
+    /// Has the replica send only rows `filter` (SQL over the table's columns) may match.
+    pub fn with_filter(self, filter: Option<String>) -> Self {
+        Self { filter, ..self }
     }
 
     fn request(&self) -> ScanShardRequest {
@@ -78,6 +85,7 @@ impl RemoteShardScanExec {
             projection: self.projection.iter().flatten().map(|c| *c as u32).collect(),
             all_columns: self.projection.is_none(),
             limit: self.limit.map(|l| l as u64),
+            filter: self.filter.clone(),
         }
     }
 }
@@ -107,7 +115,17 @@ fn decode(bytes: &[u8], schema: &SchemaRef, shard: ShardId, from: &str) -> DfRes
 
 impl DisplayAs for RemoteShardScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RemoteShardScanExec: shard={} epoch={} replicas={}", self.shard, self.epoch, self.replicas.join(","))
+        write!(
+            f,
+            "RemoteShardScanExec: shard={} epoch={} replicas={}",
+            self.shard,
+            self.epoch,
+            self.replicas.join(",")
+        )?;
+        if let Some(filter) = &self.filter {
+            write!(f, " filter={filter}")?;
+        }
+        Ok(())
     }
 }
 
@@ -208,4 +226,23 @@ impl ExecutionPlan for RemoteShardScanExec {
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
+}
+
+/// An expression as SQL another node parses against the same table: column names unqualified (the statement's
+/// aliases mean nothing there).
+///
+/// # Errors
+///
+/// An expression the unparser cannot write as SQL.
+pub(crate) fn expr_sql(expr: &datafusion::logical_expr::Expr) -> crate::error::Result<String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Expr;
+    let bare = expr
+        .clone()
+        .transform(|e| match e {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name)))),
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    Ok(datafusion::sql::unparser::expr_to_sql(&bare)?.to_string())
 }

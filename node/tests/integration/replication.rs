@@ -114,6 +114,7 @@ async fn scan_ids(node: &Node, shard: &ShardRecord, epoch: u64) -> Result<Vec<i6
         projection: vec![0],
         all_columns: false,
         limit: None,
+        filter: None,
     };
     let mut stream = node.client().await.scan_shard(request).await?.into_inner();
     let mut ids = Vec::new();
@@ -262,6 +263,15 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
             .await
             .expect("row counts only");
     assert_eq!(counted.iter().map(RecordBatch::num_rows).sum::<usize>(), 501);
+    // Filters travel as SQL: the replica sends only the rows they keep.
+    let scan = Arc::try_unwrap(remote(vec![primary.grpc.clone()], Some(vec![0]))).expect("one owner");
+    let filtered = datafusion::physical_plan::collect(
+        Arc::new(scan.with_filter(Some("id > 490 AND v IS NOT NULL".into()))),
+        Arc::clone(&task),
+    )
+    .await
+    .expect("a filtered remote scan");
+    assert_eq!(filtered.iter().map(RecordBatch::num_rows).sum::<usize>(), 11);
     // A replicated shard stays hot until the cold tier is kept per shard.
     let tiered = primary.engine.tier("t").await.expect("tier on the primary");
     assert_eq!(tiered.rows, 0, "{tiered:?}");
@@ -714,6 +724,11 @@ async fn rows_written_through_any_node_are_stored_on_their_shards_copies_and_rea
         assert_eq!(number(node, "SELECT sum(id) FROM r").await, 3500 * 3501 / 2);
         assert_eq!(number(node, "SELECT count(*) FROM r WHERE v = 3 AND id > 3400").await, 100);
     }
+    // Scans of shards led elsewhere carry the statement's filters to their primaries.
+    let plan = one.engine.execute_one("EXPLAIN SELECT id FROM r WHERE v = 3 AND id > 3400").await.expect("explain");
+    let plan =
+        arrow::util::pretty::pretty_format_batches(&plan.collect().await.expect("plan")).expect("text").to_string();
+    assert!(plan.contains("RemoteShardScanExec") && plan.contains("filter=((v = 3) AND (id > 3400))"), "{plan}");
     // DELETE and UPDATE through any node change each shard on its primary, as a change its backups take too.
     let deleted = two.engine.execute_one("DELETE FROM r WHERE id <= 10 OR id > 3490").await.expect("delete");
     assert!(matches!(deleted, quiver_node::QueryOutput::Affected { rows: 20, .. }), "{deleted:?}");

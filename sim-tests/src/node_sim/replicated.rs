@@ -97,6 +97,7 @@ async fn scan(client: &NodeHandle, shard: &ShardRecord) -> Result<Vec<i64>, Stri
         projection: vec![0],
         all_columns: false,
         limit: None,
+        filter: None,
     };
     let primary = shard.primary;
     client

@@ -121,7 +121,7 @@ impl ShardService for ShardGrpcService {
         let limit = r.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
         let scan = self
             .engine
-            .scan_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, projection, limit)
+            .scan_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, projection, r.filter.as_deref(), limit)
             .await
             .map_err(|e| status_from(&e))?;
         // Headroom for the message's other fields.
