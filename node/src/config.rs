@@ -150,6 +150,10 @@ pub struct ClusterConfig {
     pub replication_timeout: Millis,
     /// Bytes a second a primary sends at most to catch a replica up (0: no limit).
     pub catch_up_rate: ByteSize,
+    /// A bug the simulation injects on purpose (simulation builds only; never read from a file).
+    #[cfg(madsim)]
+    #[serde(skip)]
+    pub injected_bug: Option<crate::engine::InjectedBug>,
 }
 
 impl Default for ClusterConfig {
@@ -175,6 +179,8 @@ impl Default for ClusterConfig {
             min_in_sync: crate::engine::ReplicationOptions::default().min_in_sync,
             replication_timeout: Millis(crate::engine::ReplicationOptions::default().timeout.as_millis() as u64),
             catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
+            #[cfg(madsim)]
+            injected_bug: None,
         }
     }
 }
@@ -565,6 +571,8 @@ impl Config {
                 min_in_sync: self.cluster.min_in_sync,
                 timeout: self.cluster.replication_timeout.duration(),
                 catch_up_rate: self.cluster.catch_up_rate.0,
+                #[cfg(madsim)]
+                injected_bug: self.cluster.injected_bug,
             },
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,

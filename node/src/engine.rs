@@ -53,6 +53,12 @@ pub use catch_up::CatchUpReport;
 pub use compact::CompactReport;
 pub use copy::CopyFormat;
 pub use gc::GcReport;
+#[cfg(madsim)]
+pub use options::InjectedBug;
+#[cfg(madsim)]
+pub(crate) use options::InjectedBug as InjectedBugKind;
+#[cfg(not(madsim))]
+pub(crate) use options::InjectedBugKind;
 pub use options::{ReplicationOptions, ShardingDefaults};
 pub use primary::COMMIT_PUSH_INTERVAL;
 use registry::TableRegistry;
@@ -646,6 +652,20 @@ impl Engine {
             .read_local(|s| s.nodes().filter(|n| !matches!(n.state, NodeState::Down | NodeState::Draining)).count())
     }
 
+    /// Whether the simulation injected `bug` into this node (never, outside the simulation).
+    #[allow(clippy::unused_self)]
+    pub(crate) fn injected(&self, bug: InjectedBugKind) -> bool {
+        #[cfg(madsim)]
+        {
+            self.replication.injected_bug == Some(bug)
+        }
+        #[cfg(not(madsim))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
     /// Returns whether the metadata group has other members (a cluster), whose changes may reach this node late.
     fn is_clustered(&self) -> bool {
         self.meta.metrics().borrow().membership_config.membership().nodes().count() > 1
@@ -658,7 +678,7 @@ impl Engine {
     /// the dropped table, and the rows of an acknowledged append would vanish when the drop is applied. A database
     /// that is the only member of its group has applied everything it acknowledged already.
     async fn see_acknowledged_ddl(&self) -> Result<()> {
-        if self.is_clustered() {
+        if self.is_clustered() && !self.injected(InjectedBugKind::StaleEpochScan) {
             self.catch_up().await?;
         }
         self.reload_unavailable_cold().await;

@@ -42,6 +42,10 @@ struct Args {
     /// With --seed: print only the result line, not the trace.
     #[arg(long)]
     quiet: bool,
+    /// Node workload: inject a bug into every node (ack-before-backups, deposed-primary-accepts, stale-epoch-scan),
+    /// to show that the checks catch it.
+    #[arg(long)]
+    inject_bug: Option<String>,
 }
 
 #[cfg(not(madsim))]
@@ -66,9 +70,16 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     use quiver_sim_tests::{meta_sim, node_sim};
 
     let (replicas, fault_secs) = (args.replicas, args.fault_secs);
+    let bug = match args.inject_bug.as_deref().map(str::parse::<quiver_node::engine::InjectedBug>).transpose() {
+        Ok(bug) => bug,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
     let run: Box<dyn FnOnce(u64) -> Result<meta_sim::Outcome, String> + Send> = match args.workload.as_str() {
         "node" => Box::new(move |seed| {
-            let options = node_sim::NodeSimOptions { nodes: replicas, fault_secs, ..Default::default() };
+            let options = node_sim::NodeSimOptions { nodes: replicas, fault_secs, bug, ..Default::default() };
             node_sim::run_seed(seed, &options)
         }),
         _ => Box::new(move |seed| {
@@ -133,6 +144,7 @@ fn run_many(args: &Args) -> i32 {
         let output = std::process::Command::new(&exe)
             .args(["--seed", &seed.to_string(), "--quiet", "--workload", &args.workload])
             .args(["--fault-secs", &args.fault_secs.to_string(), "--replicas", &args.replicas.to_string()])
+            .args(args.inject_bug.iter().flat_map(|bug| ["--inject-bug", bug.as_str()]))
             .output();
         match output {
             Ok(out) => {

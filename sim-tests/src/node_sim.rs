@@ -74,11 +74,13 @@ pub struct NodeSimOptions {
     pub clients: usize,
     /// Virtual seconds allowed for the cluster to serve again once every fault is healed.
     pub liveness_secs: u64,
+    /// A bug injected into every node, to show that the checks catch it.
+    pub bug: Option<quiver_node::engine::InjectedBug>,
 }
 
 impl Default for NodeSimOptions {
     fn default() -> Self {
-        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30 }
+        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None }
     }
 }
 
@@ -122,6 +124,10 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
     config.cluster.request_timeout = Millis(2_000);
     config.cluster.join_timeout = Millis(600_000);
     config.cluster.snapshot_every = 40;
+    // Failure detection within the faults' time scale: a node cut off or killed for two seconds is marked down, and
+    // the shards it led fail over.
+    config.cluster.node_heartbeat_interval = Millis(200);
+    config.cluster.node_down_after = Millis(2_000);
     // The background tierer moves a table's hot rows once they pass a few chunks, besides the clients' tierings.
     config.cold.hot_bytes_max = ByteSize(4 << 10);
     config.cold.tier_check_interval = Millis(1_000);
@@ -146,9 +152,11 @@ fn live_engines(live: &Live) -> Vec<Arc<Engine>> {
 
 /// One incarnation of node `id`, booted as the binary boots: `Server::bind_on_stores` then `Server::run`. Runs until
 /// the node is killed; a startup failure is recorded for the checks.
+#[allow(clippy::too_many_arguments)]
 async fn run_node(
     id: u64,
     nodes: u64,
+    bug: Option<quiver_node::engine::InjectedBug>,
     disks: Disks,
     live: Live,
     bootstrapped: Arc<AtomicBool>,
@@ -158,7 +166,8 @@ async fn run_node(
     let disk = disks.lock().expect("disks")[&id].clone();
     // Only node 1's very first boot bootstraps; every other start of a node with an empty disk joins.
     let bootstrap = id == 1 && !bootstrapped.swap(true, Ordering::SeqCst);
-    let config = node_config(id, nodes, bootstrap);
+    let mut config = node_config(id, nodes, bootstrap);
+    config.cluster.injected_bug = bug;
     // Every node's cold tier is the one bucket, which outlives the nodes (and their disks); small row groups, so
     // files have several.
     let cold = ColdStore::new(Arc::new(bucket), "sim-bucket", 16);
@@ -521,13 +530,22 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         world.disks.lock().expect("disks").insert(id, SimHotDisk::new());
         let (disks, live, bootstrapped, failures, bucket) =
             (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone());
-        let nodes = options.nodes;
+        let (nodes, bug) = (options.nodes, options.bug);
         let node = handle
             .create_node()
             .name(format!("node-{id}"))
             .ip(ip_of(id))
             .init(move || {
-                run_node(id, nodes, disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone())
+                run_node(
+                    id,
+                    nodes,
+                    bug,
+                    disks.clone(),
+                    live.clone(),
+                    bootstrapped.clone(),
+                    failures.clone(),
+                    bucket.clone(),
+                )
             })
             .build();
         world.hosts.nodes.insert(id, node);

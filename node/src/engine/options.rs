@@ -65,11 +65,59 @@ pub struct ReplicationOptions {
     pub timeout: std::time::Duration,
     /// Bytes of chunk data a second a catch-up sends a replica at most (0: no limit).
     pub catch_up_rate: u64,
+    /// A bug the simulation injects on purpose, to show that its checkers catch it.
+    #[cfg(madsim)]
+    pub injected_bug: Option<InjectedBug>,
 }
 
 impl Default for ReplicationOptions {
     fn default() -> Self {
-        Self { min_in_sync: 2, timeout: std::time::Duration::from_secs(5), catch_up_rate: 64 << 20 }
+        Self {
+            min_in_sync: 2,
+            timeout: std::time::Duration::from_secs(5),
+            catch_up_rate: 64 << 20,
+            #[cfg(madsim)]
+            injected_bug: None,
+        }
+    }
+}
+
+/// Outside the simulation, the names of its injected bugs, which never fire (`Engine::injected` is false).
+#[cfg(not(madsim))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InjectedBugKind {
+    AckBeforeBackups,
+    DeposedPrimaryAccepts,
+    StaleEpochScan,
+}
+
+/// Bugs the simulation injects, each breaking one rule of the data path (simulation builds only).
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// A primary acknowledges a change once it is durable here, sending it to its backups on the side.
+    AckBeforeBackups,
+    /// A node trusts the shard configuration it replayed: a sole in-sync copy acknowledges without confirming it is
+    /// still the primary, and shard requests do not wait for the metadata to catch up after a start.
+    DeposedPrimaryAccepts,
+    /// A replica serves a scan at whatever epoch it is asked, and a statement routes by the configuration its node
+    /// has applied, unconfirmed.
+    StaleEpochScan,
+}
+
+#[cfg(madsim)]
+impl std::str::FromStr for InjectedBug {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ack-before-backups" => Ok(Self::AckBeforeBackups),
+            "deposed-primary-accepts" => Ok(Self::DeposedPrimaryAccepts),
+            "stale-epoch-scan" => Ok(Self::StaleEpochScan),
+            other => {
+                Err(format!("unknown bug '{other}' (ack-before-backups, deposed-primary-accepts, stale-epoch-scan)"))
+            }
+        }
     }
 }
 

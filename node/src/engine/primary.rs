@@ -33,7 +33,7 @@ use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Engine, ReplicatedChunk};
+use super::{Engine, InjectedBugKind, ReplicatedChunk};
 use crate::error::{Error, Result};
 use crate::table::ShardReplica;
 use crate::table::log::LoggedChange;
@@ -113,6 +113,9 @@ impl Engine {
             // No backup fences a sole copy: a node whose metadata lags (back from a lost disk, replaying the log)
             // could take itself for a primary the cluster has replaced. The configuration is confirmed current
             // (a linearizable read) after the commit and before the acknowledgement.
+            if self.injected(InjectedBugKind::DeposedPrimaryAccepts) {
+                return Ok(written);
+            }
             let confirmed = self.meta.read_state(|s| s.shard(shard).cloned()).await;
             let current = matches!(&confirmed, Ok(Some(r)) if r.epoch == epoch && r.primary == self.node_id);
             if !current {
@@ -271,6 +274,24 @@ impl Engine {
         let started = tokio::time::Instant::now();
         let backups: Vec<u64> = record.in_sync.iter().copied().filter(|n| *n != self.node_id).collect();
         let commit_point = replica.committed_lsn();
+        if self.injected(InjectedBugKind::AckBeforeBackups)
+            && !backups.is_empty()
+            && let Some(engine) = self.me.get().and_then(std::sync::Weak::upgrade)
+        {
+            // The injected bug: the backups get the change on the side, after the acknowledgement.
+            let (config, next_seq) = (record.clone(), replica.next_seq());
+            let sent = changes.clone();
+            tokio::spawn(async move {
+                for backup in backups {
+                    let _ = engine.send_changes(backup, &config, table, &sent, commit_point, next_seq).await;
+                }
+            });
+            let r = Arc::clone(replica);
+            crate::blocking::run("commit a shard's change", move || r.commit_through(through))
+                .await?
+                .map_err(|e| unknown(e.report()))?;
+            return Ok(record);
+        }
         let sent = futures::future::join_all(
             backups.iter().map(|b| self.send_changes(*b, &record, table, &changes, commit_point, replica.next_seq())),
         )

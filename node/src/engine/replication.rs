@@ -109,7 +109,9 @@ impl Engine {
                 detail: "this node is still joining its cluster".into(),
             });
         }
-        if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire)
+            && !self.injected(super::InjectedBugKind::DeposedPrimaryAccepts)
+        {
             self.catch_up().await?;
             self.meta_confirmed.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -291,7 +293,11 @@ impl Engine {
         filter: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ShardScan> {
-        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        let record = if self.injected(super::InjectedBugKind::StaleEpochScan) {
+            self.shard_record_of(table, shard)?
+        } else {
+            self.check_shard_epoch(table, shard, epoch).await?
+        };
         let replica = self.replica_of(table, shard)?;
         // A primary serves every change it may have acknowledged: changes left prepared (by a failure, or by its
         // predecessor) are settled first.

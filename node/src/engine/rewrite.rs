@@ -68,7 +68,7 @@ impl Engine {
             }
         }
         // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`).
-        if self.is_clustered() && self.write_routes(table).iter().any(|r| *r != super::route::Route::Direct) {
+        if self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct()) {
             return self.change_rows_routed(state, table, change).await;
         }
         let compiled = dml::compile(state, change)?;

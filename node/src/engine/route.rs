@@ -2,8 +2,8 @@
 //! switch"): any node takes a statement, and every shard's rows are written and read where its primary is.
 //!
 //! ```text
-//!  insert ─▶ conform, split by slot ─┬▶ shard led here, sole in-sync copy ─▶ direct: one durable batch for all such
-//!                                    │                                        shards (a single node's every shard)
+//!  insert ─▶ conform, split by slot ─┬▶ shard whose only copy is here ─▶ direct: one durable batch for all such
+//!                                    │                                    shards (a single node's every shard)
 //!                                    └▶ any other shard ─▶ buffered ─▶ a change of the shard's log, on its primary:
 //!                                         Engine::write_shard here, ShardService.WriteShard on another node
 //!  scan ─▶ per shard: led here ─▶ this node's replica (prepared changes settled first)
@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A database that is the only member of its group writes and reads every shard here, as it always did: one batch per
-//! statement. In a cluster, rows for another copy are buffered per shard and sent in changes of at most
+//! statement. A shard with other copies always goes through its log, even while they are all out of sync (its primary
+//! then commits alone, under the shard's DML lock, which a catch-up holds while it admits a copy). In a cluster, rows for another copy are buffered per shard and sent in changes of at most
 //! [`CHANGE_BYTES`]; until multi-shard transactions exist, a statement whose rows span several shards is atomic per
 //! change only, and a failure after one of its changes took effect is reported as [`Error::OutcomeUnknown`].
 
@@ -37,12 +38,18 @@ pub(crate) const CHANGE_BYTES: usize = 4 << 20;
 const ROUTE_ATTEMPTS: usize = 4;
 
 /// Where a shard's part of a statement goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// This node leads the shard and is its only in-sync copy: written here, in the statement's one batch.
-    Direct,
+    /// The shard's only copy is here, and it leads it at `epoch`: written here, in the statement's one batch.
+    Direct { epoch: u64 },
     /// A change of the shard's log on its primary (this node or another).
     Primary,
+}
+
+impl Route {
+    pub(crate) fn is_direct(self) -> bool {
+        matches!(self, Route::Direct { .. })
+    }
 }
 
 impl Engine {
@@ -54,12 +61,15 @@ impl Engine {
                 .shards()
                 .iter()
                 .map(|replica| match s.shard(replica.shard_id()) {
+                    // A shard with other copies goes through its log even while they are all out of sync: a
+                    // catch-up admits a backup under the shard's DML lock, which `write_shard` takes.
                     Some(r)
                         if r.primary == me
+                            && r.replicas.iter().all(|n| *n == me)
                             && r.in_sync.iter().all(|n| *n == me)
                             && replica.log_end() == replica.committed_lsn() =>
                     {
-                        Route::Direct
+                        Route::Direct { epoch: r.epoch }
                     }
                     _ => Route::Primary,
                 })
@@ -83,7 +93,7 @@ impl Engine {
         let routes = self.write_routes(table);
         let clustered = self.is_clustered();
         let whole = table.pick_whole();
-        if routes.iter().all(|r| *r == Route::Direct) {
+        if routes.iter().all(|r| r.is_direct()) {
             let rows = table.append_stream_into(whole, stream).await?;
             if clustered {
                 self.confirm_direct(table, &routes).await?;
@@ -138,7 +148,7 @@ impl Engine {
                 let parts =
                     crate::blocking::run("split rows by shard", move || t.split_by_shard(&batch, whole)).await??;
                 for (i, part) in parts {
-                    if routes[i] == Route::Direct {
+                    if routes[i].is_direct() {
                         if direct.send(Ok(part)).await.is_err() {
                             return Ok(()); // The appender failed; its error is the statement's.
                         }
@@ -244,16 +254,21 @@ impl Engine {
     /// Confirms, after a direct write in a cluster, that this node still led every direct shard as its only in-sync
     /// copy (a linearizable read): no backup fences a sole copy.
     async fn confirm_direct(&self, table: &HotTable, routes: &[Route]) -> Result<()> {
+        if self.injected(super::InjectedBugKind::DeposedPrimaryAccepts) {
+            return Ok(());
+        }
         let me = self.node_id;
-        let shards: Vec<(ShardId, u64)> = self.meta.read_local(|s| {
-            table
-                .shards()
-                .iter()
-                .zip(routes)
-                .filter(|(_, r)| **r == Route::Direct)
-                .filter_map(|(replica, _)| s.shard(replica.shard_id()).map(|r| (r.shard_id, r.epoch)))
-                .collect()
-        });
+        // The epochs the statement was routed at: any move since (a backup admitted, a failover) is an unknown
+        // outcome.
+        let shards: Vec<(ShardId, u64)> = table
+            .shards()
+            .iter()
+            .zip(routes)
+            .filter_map(|(replica, route)| match route {
+                Route::Direct { epoch } => Some((replica.shard_id(), *epoch)),
+                Route::Primary => None,
+            })
+            .collect();
         let moved = self
             .meta
             .read_state(|s| {
