@@ -577,6 +577,14 @@ impl Engine {
         }
         // Changes left prepared by the last run are settled once this node leads their shard.
         for replica in engine.replicas() {
+            // Rows an earlier build stored outside their shard's placement are not read: statements read each shard
+            // from its primary. They stay on disk (moving them to their primary is still to be built).
+            let placed = engine
+                .meta
+                .read_local(|s| s.shard(replica.shard_id()).is_none_or(|r| r.replicas.contains(&engine.node_id)));
+            if !placed && replica.row_count() > 0 {
+                tracing::warn!(table = %replica.def().name, shard = %replica.shard_id(), rows = replica.row_count(), "hot rows of a shard not placed on this node, written by an earlier build, are not served");
+            }
             if replica.log_end() > replica.committed_lsn() {
                 engine
                     .unsettled
