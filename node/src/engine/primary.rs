@@ -92,13 +92,7 @@ impl Engine {
         epoch: u64,
         batches: Vec<RecordBatch>,
     ) -> Result<u64> {
-        let record = self.check_shard_epoch(table, shard, epoch).await?;
-        self.check_primary(&record)?;
-        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
-            shard: shard.0,
-            detail: "its table is not attached here".into(),
-        })?;
-        let replica = self.replica_of(table, shard)?;
+        let (record, hot, replica) = self.led_shard(table, shard, epoch).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let _serialized = replica.dml_lock.lock().await;
         // A shard whose only in-sync copy is this one, with nothing left prepared, has no backup to wait for: it
@@ -147,6 +141,28 @@ impl Engine {
         self.replicate_change(&replica, epoch, added, Vec::new()).await?;
         self.metrics.rows_ingested.add(rows);
         Ok(rows)
+    }
+
+    /// A shard a request names for its primary at `epoch`: its configuration, table and replica here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when the epoch is not the shard's, this node does not lead it, or its table is not
+    /// attached here.
+    pub(super) async fn led_shard(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+    ) -> Result<(ShardRecord, Arc<crate::table::HotTable>, Arc<ShardReplica>)> {
+        let record = self.check_shard_epoch(table, shard, epoch).await?;
+        self.check_primary(&record)?;
+        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
+            shard: shard.0,
+            detail: "its table is not attached here".into(),
+        })?;
+        let replica = self.replica_of(table, shard)?;
+        Ok((record, hot, replica))
     }
 
     /// Refuses a shard this node does not lead.

@@ -23,8 +23,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use quiver_meta::{ShardId, ShardRecord, TableId};
+use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ChangeShardRequest, WriteShardRequest};
 use tonic::Code;
+use tonic::transport::Channel;
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -229,20 +231,29 @@ impl Engine {
 
     /// Sends a shard's rows to its primary on another node (`ShardService.WriteShard`); returns the rows written.
     async fn write_remote(&self, record: &ShardRecord, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
+        let arrow_ipc = crate::server::internal::encode(schema, batches)?;
+        let (table_id, shard_id, epoch) = (record.table_id.0, record.shard_id.0, record.epoch);
+        let request = WriteShardRequest { table_id, shard_id, epoch, arrow_ipc };
+        self.call_primary(record, |mut client| async move { client.write_shard(request).await }).await.map(|r| r.rows)
+    }
+
+    /// Makes one call to the primary of the shard configuration `record`, on another node. It may take up to three
+    /// replication timeouts: the primary waits for its backups, and may take one out of the in-sync set.
+    async fn call_primary<T, F, Fut>(&self, record: &ShardRecord, call: F) -> Result<T>
+    where
+        F: FnOnce(ShardServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let shard = record.shard_id;
         let unavailable = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let addr = self
             .meta
             .read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone()))
             .ok_or_else(|| unavailable(format!("its primary, node {}, is not registered", record.primary)))?;
-        let arrow_ipc = crate::server::internal::encode(schema, batches)?;
-        let request =
-            WriteShardRequest { table_id: record.table_id.0, shard_id: shard.0, epoch: record.epoch, arrow_ipc };
         let timeout = self.replication.timeout;
-        let mut client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
-        // The primary waits for its backups up to the replication timeout, and may take one out of the in-sync set.
-        match tokio::time::timeout(timeout * 3, client.write_shard(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner().rows),
+        let client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
+        match tokio::time::timeout(timeout * 3, call(client)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(error_from_status(record.primary, shard, &status)),
             Err(_) => Err(Error::OutcomeUnknown {
                 shard: shard.0,
@@ -449,24 +460,9 @@ impl Engine {
 
     /// Sends a DELETE or UPDATE of one shard to its primary on another node; returns the rows it affected there.
     async fn change_remote(&self, record: &ShardRecord, statement: String) -> Result<u64> {
-        let shard = record.shard_id;
-        let unavailable = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
-        let addr = self
-            .meta
-            .read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone()))
-            .ok_or_else(|| unavailable(format!("its primary, node {}, is not registered", record.primary)))?;
-        let request =
-            ChangeShardRequest { table_id: record.table_id.0, shard_id: shard.0, epoch: record.epoch, statement };
-        let timeout = self.replication.timeout;
-        let mut client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
-        match tokio::time::timeout(timeout * 3, client.change_shard(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner().rows),
-            Ok(Err(status)) => Err(error_from_status(record.primary, shard, &status)),
-            Err(_) => Err(Error::OutcomeUnknown {
-                shard: shard.0,
-                detail: format!("its primary, node {}, did not answer within {:?}", record.primary, timeout * 3),
-            }),
-        }
+        let (table_id, shard_id, epoch) = (record.table_id.0, record.shard_id.0, record.epoch);
+        let request = ChangeShardRequest { table_id, shard_id, epoch, statement };
+        self.call_primary(record, |mut client| async move { client.change_shard(request).await }).await.map(|r| r.rows)
     }
 
     /// Applies a DELETE or UPDATE (`statement`, SQL against the table) to one shard this node leads at `epoch`, as
@@ -480,13 +476,7 @@ impl Engine {
     /// the statement.
     pub async fn change_shard(&self, table: TableId, shard: ShardId, epoch: u64, statement: &str) -> Result<u64> {
         use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
-        let record = self.check_shard_epoch(table, shard, epoch).await?;
-        self.check_primary(&record)?;
-        let hot = self.hot_table_by_id(table).ok_or_else(|| Error::ShardUnavailable {
-            shard: shard.0,
-            detail: "its table is not attached here".into(),
-        })?;
-        let replica = self.replica_of(table, shard)?;
+        let (_, hot, replica) = self.led_shard(table, shard, epoch).await?;
         let state = self.ctx.state();
         let plan = state.create_logical_plan(statement).await?;
         let LogicalPlan::Dml(DmlStatement { table_name, op: op @ (WriteOp::Delete | WriteOp::Update), input, .. }) =
