@@ -773,6 +773,27 @@ async fn rows_written_through_any_node_are_stored_on_their_shards_copies_and_rea
     }
     assert_eq!(records.iter().map(|r| r.primary).collect::<std::collections::BTreeSet<_>>().len(), 3, "{records:?}");
 
+    // A table of one copy per shard tiers on each shard's node; every node reads the shard's cold rows from there.
+    one.engine
+        .execute_one("CREATE TABLE c (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 3, replicas = 1)")
+        .await
+        .expect("create");
+    for node in nodes {
+        until_attached(&node.engine, "c").await;
+    }
+    two.engine.execute_one("INSERT INTO c SELECT value, 1 FROM generate_series(1, 900)").await.expect("insert");
+    let tiered: u64 = {
+        let mut rows = 0;
+        for node in nodes {
+            rows += node.engine.tier("c").await.expect("tier").rows;
+        }
+        rows
+    };
+    assert_eq!(tiered, 900, "each shard tiered once, by the node holding it");
+    for node in nodes {
+        assert_eq!(number(node, "SELECT count(*) FROM c").await, 900);
+        assert_eq!(number(node, "SELECT sum(id) FROM c WHERE id > 800").await, (801..=900).sum::<i64>());
+    }
     for node in [three, two, one] {
         node.stop().await;
     }
