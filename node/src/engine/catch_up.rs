@@ -73,6 +73,10 @@ impl Engine {
             return Err(refuse("this node's prepared changes are not settled".into()));
         }
         let record = self.catch_up_record(shard, target)?;
+        if record.in_sync.contains(&target) {
+            // Another catch-up admitted it meanwhile.
+            return Ok(CatchUpReport { epoch: record.epoch, ..report });
+        }
         let held = self.status_of(&addr, &record, table, target).await?;
         self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
         let keep: Vec<u64> = replica.version().iter().map(|c| c.seq).collect();
