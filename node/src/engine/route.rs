@@ -323,13 +323,18 @@ fn part_error(e: Error, written: bool) -> Error {
     if written { partial(e) } else { e }
 }
 
-/// The error a remote node's status stands for, keeping what the client must do about it. A status the node did not
-/// send (the connection failed: the request may have reached it) is an unknown outcome.
+/// The error a remote node's status stands for, keeping what the client must do about it. Only a shard's refusal
+/// (`x-quiver-refused`: nothing was done) becomes [`Error::ShardUnavailable`], which the router may send again; any
+/// other unavailability (the connection failed, the metadata group did not answer in the middle of the request) is an
+/// unknown outcome, since the request may have taken effect.
 pub(crate) fn error_from_status(node: u64, shard: ShardId, status: &tonic::Status) -> Error {
+    use crate::server::status::{REFUSED_KEY, SQLSTATE_KEY};
     let message = format!("node {node}: {}", status.message());
-    let from_engine = status.metadata().get(crate::server::status::SQLSTATE_KEY).is_some();
+    let from_engine = status.metadata().get(SQLSTATE_KEY).is_some();
+    let refused = status.metadata().get(REFUSED_KEY).is_some();
     match status.code() {
         _ if !from_engine => Error::OutcomeUnknown { shard: shard.0, detail: message },
+        Code::Unavailable if !refused => Error::OutcomeUnknown { shard: shard.0, detail: message },
         Code::Unknown => Error::OutcomeUnknown { shard: shard.0, detail: message },
         Code::InvalidArgument => Error::Plan { message },
         Code::FailedPrecondition | Code::ResourceExhausted => Error::Execution { message },

@@ -23,6 +23,9 @@ use crate::error::{Error, ErrorKind};
 pub(crate) const SQLSTATE_KEY: &str = "x-quiver-sqlstate";
 /// Metadata key of the retry hint: `true` when the same request may succeed later.
 pub(crate) const RETRYABLE_KEY: &str = "x-quiver-retryable";
+/// Metadata key present (`true`) when a shard refused the request before it had any effect
+/// ([`Error::ShardUnavailable`]): a node that routed it may send it again once it has the shard's new configuration.
+pub(crate) const REFUSED_KEY: &str = "x-quiver-refused";
 /// SQLSTATE `protocol_violation`, for requests that break the protocol.
 const PROTOCOL_VIOLATION: &str = "08P01";
 
@@ -56,7 +59,11 @@ pub(crate) fn status_from(e: &Error) -> Status {
         // The request did not take effect, but repeating it blindly against a failing store helps nobody.
         ErrorKind::Internal => (Code::Internal, false, Blame::Server),
     };
-    build(code, e.report(), e.sqlstate(), retryable, blame)
+    let mut status = build(code, e.report(), e.sqlstate(), retryable, blame);
+    if matches!(e, Error::ShardUnavailable { .. }) {
+        status.metadata_mut().insert(REFUSED_KEY, AsciiMetadataValue::from_static("true"));
+    }
+    status
 }
 
 /// Returns the status for a request that breaks the protocol; `what` says what was wrong with it.
@@ -115,6 +122,25 @@ mod tests {
 
     fn metadata(status: &Status, key: &str) -> String {
         status.metadata().get(key).expect("metadata present").to_str().expect("ascii").to_string()
+    }
+
+    #[test]
+    fn only_a_shards_refusal_is_sent_again_by_a_router() {
+        use crate::engine::route::error_from_status;
+        let shard = quiver_meta::ShardId(4);
+        let refused = status_from(&Error::ShardUnavailable { shard: 4, detail: "at epoch 3, the shard at 4".into() });
+        assert_eq!(metadata(&refused, REFUSED_KEY), "true");
+        assert!(matches!(error_from_status(2, shard, &refused), Error::ShardUnavailable { shard: 4, .. }));
+        // Unavailable for another reason (the cold store, the metadata group mid-request) may have taken effect.
+        let cold = status_from(&Error::ColdUnavailable { detail: "the bucket does not answer".into() });
+        assert_eq!(cold.code(), Code::Unavailable);
+        assert!(cold.metadata().get(REFUSED_KEY).is_none());
+        assert!(matches!(error_from_status(2, shard, &cold), Error::OutcomeUnknown { .. }));
+        // A status no engine sent: the connection failed, maybe after the request arrived.
+        let transport = Status::unavailable("connection reset");
+        assert!(matches!(error_from_status(2, shard, &transport), Error::OutcomeUnknown { .. }));
+        let bad = status_from(&Error::Plan { message: "no column z".into() });
+        assert!(matches!(error_from_status(2, shard, &bad), Error::Plan { .. }));
     }
 
     #[test]
