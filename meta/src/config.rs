@@ -43,6 +43,10 @@ pub struct MetaConfig {
     pub node_heartbeat_interval_ms: u64,
     /// How long a member may stay silent before the leader marks it down in the node registry, in milliseconds.
     pub node_down_after_ms: u64,
+    /// How long a node may stay down before the leader gives each shard it holds a replica on another node, in
+    /// milliseconds (0: at once). Shards of fewer copies than their table asks for, and replicas on draining nodes,
+    /// are repaired whatever this says.
+    pub replica_down_timeout_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -61,6 +65,7 @@ impl Default for MetaConfig {
             voters: 3,
             node_heartbeat_interval_ms: 1_000,
             node_down_after_ms: 10_000,
+            replica_down_timeout_ms: 300_000,
         }
     }
 }
@@ -112,6 +117,11 @@ impl MetaConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Returns how long a node may stay down before its replicas are made again elsewhere.
+    pub fn replica_down_timeout(&self) -> Duration {
+        Duration::from_millis(self.replica_down_timeout_ms)
     }
 
     /// Returns the time allowed for a proposal or a linearizable read.

@@ -21,6 +21,7 @@
 
 mod liveness;
 mod membership;
+mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -62,6 +63,8 @@ struct Inner {
     changes_in_flight: AtomicUsize,
     /// When the members were last heard from, while this replica leads (`liveness`).
     liveness: liveness::Liveness,
+    /// The leader's memory of when each node went down (the repair round's clock).
+    down_since: repair::DownSince,
     /// Set while this replica must not vote: it started with an empty store and has not rejoined yet.
     votes_held: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -128,6 +131,7 @@ impl MetaNode {
             client,
             changes_in_flight: AtomicUsize::new(0),
             liveness: liveness::Liveness::default(),
+            down_since: repair::DownSince::default(),
             votes_held: Arc::default(),
         });
         tokio::spawn(break_split_votes(Arc::downgrade(&inner)));

@@ -15,11 +15,13 @@
 //! - table and shard ids are never reused.
 //!
 //! Module layout: `command` (commands, outcomes, responses), `registry` (nodes), `shards` (shard map, slots),
-//! `placement` (where a new table's shards go).
+//! `placement` (where a new table's shards go, and failover), `repair` (the changes that bring shards back to their
+//! number of copies, and drain nodes).
 
 mod command;
 mod placement;
 mod registry;
+pub(crate) mod repair;
 mod shards;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,6 +195,7 @@ impl MetaState {
                             role,
                             state: NodeState::Joining,
                             last_heartbeat: 0,
+                            draining: false,
                         };
                         self.nodes.insert(node_id, record);
                         Ok(MetaOutcome::NodeRegistered { node_id })
@@ -207,6 +210,18 @@ impl MetaState {
                 }
                 let changed = self.fail_over(node_id, true);
                 Ok(if changed == 0 { MetaOutcome::Unchanged } else { MetaOutcome::NodeUpdated { node_id } })
+            }
+            MetaCommand::SetDraining { node_id, draining } => {
+                let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;
+                if node.draining == draining && node.state != NodeState::Draining {
+                    return Ok(MetaOutcome::Unchanged);
+                }
+                node.draining = draining;
+                if node.state == NodeState::Draining {
+                    // The old way of draining, now carried by the flag.
+                    node.state = NodeState::Serving;
+                }
+                Ok(MetaOutcome::NodeUpdated { node_id })
             }
             MetaCommand::SetNodeRole { node_id, role } => {
                 let node = self.nodes.get_mut(&node_id).ok_or(Rejection::NodeNotFound { node_id })?;

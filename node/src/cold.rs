@@ -59,9 +59,11 @@ pub const OBJECT_STORE_URL: &str = "quiver-cold://tier/";
 pub struct ColdView {
     /// The manifest version this view comes from (0: none yet).
     pub version: u64,
-    /// The files of this node's hot store.
+    /// The shard's files, whichever store tiered them: a shard that moved to this node keeps the files its earlier
+    /// holders wrote.
     pub files: Vec<ColdFile>,
-    /// The highest of the store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped.
+    /// The highest of this store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped. (A
+    /// replica caught up from another holder receives only chunks above that holder's mark.)
     pub hot_through: u64,
     /// Per column of the table, its statistics across the files, read once for pruning.
     pub bounds: Vec<ColumnBounds>,
@@ -96,9 +98,9 @@ impl ColumnBounds {
 }
 
 impl ColdView {
-    /// The view of the hot store with identity `store` in `manifest`.
+    /// The view of a shard's `manifest` for the hot store with identity `store`.
     pub fn of(manifest: &Manifest, store: u64) -> Self {
-        let files: Vec<ColdFile> = manifest.files.iter().filter(|f| f.store == store).cloned().collect();
+        let files: Vec<ColdFile> = manifest.files.clone();
         ColdView {
             version: manifest.version,
             bounds: manifest

@@ -137,6 +137,8 @@ pub struct ClusterConfig {
     /// How long a node may stay silent before the metadata leader marks it down (at least three heartbeat
     /// intervals).
     pub node_down_after: Millis,
+    /// How long a node may stay down before each of its replicas is made again on another node (0: at once).
+    pub replica_down_timeout: Millis,
     /// Shards of a new table whose CREATE TABLE does not say (`WITH (shards = N)`); 0: two per serving node at
     /// creation.
     pub shards_per_table: u32,
@@ -174,6 +176,7 @@ impl Default for ClusterConfig {
             snapshot_every: meta.snapshot_logs_since_last,
             node_heartbeat_interval: Millis(meta.node_heartbeat_interval_ms),
             node_down_after: Millis(meta.node_down_after_ms),
+            replica_down_timeout: Millis(meta.replica_down_timeout_ms),
             shards_per_table: 0,
             replication_factor: 0,
             min_in_sync: crate::engine::ReplicationOptions::default().min_in_sync,
@@ -197,6 +200,7 @@ impl ClusterConfig {
             voters: self.voters,
             node_heartbeat_interval_ms: self.node_heartbeat_interval.0,
             node_down_after_ms: self.node_down_after.0,
+            replica_down_timeout_ms: self.replica_down_timeout.0,
             ..quiver_meta::MetaConfig::default()
         }
     }

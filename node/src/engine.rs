@@ -361,6 +361,9 @@ pub struct Engine {
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     /// Catch-ups running from this node, as (table, shard, target node).
     catching_up: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId, u64)>>,
+    /// Whether the store holds only rows of shards placed on this node ([`keys::PLACED_ONLY_KEY`]): the rows of a
+    /// shard that left the node are then deleted ([`Engine::drop_unplaced`]).
+    placed_only: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -475,6 +478,7 @@ impl Engine {
         let catalog = meta.read_local(|s| s.catalog().clone());
         let chunks_by_shard = recover_chunks(&*store, &catalog)?;
         let store_id = store_identity(&*store)?;
+        let placed_only = store.get(keys::PLACED_ONLY_KEY)?.is_some();
         let metrics = Arc::new(Metrics::default());
         let tables = Arc::new(TableStore::new(
             Arc::clone(&store),
@@ -559,6 +563,7 @@ impl Engine {
             shards_served: std::sync::atomic::AtomicBool::new(false),
             me: std::sync::OnceLock::new(),
             catching_up: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            placed_only,
         };
         let engine = Arc::new(engine);
         let _ = engine.me.set(Arc::downgrade(&engine));
@@ -582,7 +587,7 @@ impl Engine {
             let placed = engine
                 .meta
                 .read_local(|s| s.shard(replica.shard_id()).is_none_or(|r| r.replicas.contains(&engine.node_id)));
-            if !placed && replica.row_count() > 0 {
+            if !placed && replica.row_count() > 0 && !engine.placed_only {
                 tracing::warn!(table = %replica.def().name, shard = %replica.shard_id(), rows = replica.row_count(), "hot rows of a shard not placed on this node, written by an earlier build, are not served");
             }
             if replica.log_end() > replica.committed_lsn() {
@@ -656,8 +661,7 @@ impl Engine {
     /// Returns how many registered nodes can take new shards now (neither down nor draining), as this replica knows.
     fn serving_nodes(&self) -> usize {
         use quiver_meta::NodeState;
-        self.meta
-            .read_local(|s| s.nodes().filter(|n| !matches!(n.state, NodeState::Down | NodeState::Draining)).count())
+        self.meta.read_local(|s| s.nodes().filter(|n| n.state != NodeState::Down && !n.is_draining()).count())
     }
 
     /// Whether the simulation injected `bug` into this node (never, outside the simulation).
@@ -1514,6 +1518,7 @@ fn check_format(store: &dyn HotStore) -> Result<u32> {
         None => {
             let mut batch = WriteBatch::new();
             batch.put(keys::FORMAT_KEY.to_vec(), keys::FORMAT_VERSION.to_be_bytes().to_vec());
+            batch.put(keys::PLACED_ONLY_KEY.to_vec(), Vec::new());
             store.write(batch, Durability::Sync)?;
             Ok(keys::FORMAT_VERSION)
         }

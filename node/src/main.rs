@@ -118,10 +118,33 @@ enum AdminCommand {
         #[arg(long, default_value = "")]
         pg_addr: String,
     },
-    /// Removes a node from the cluster (a dead voter before it is replaced, or a retired learner).
+    /// Removes a node from the cluster: drains it first (every shard replica it holds is copied to another node),
+    /// waits for that, then takes it out of the metadata group.
     Remove {
         /// The node's id.
         node_id: u64,
+        /// Remove it at once, without draining (a node that is gone for good: its replicas are made again from the
+        /// other copies).
+        #[arg(long)]
+        now: bool,
+        /// The longest to wait for the drain ("30m", "2h").
+        #[arg(long, default_value = "1h")]
+        timeout: quiver_node::config::Millis,
+    },
+    /// Drains a node: it gets no new shard replica, and each one it holds is copied to another node, then dropped
+    /// from it. Progress shows in `status` (replicas column) and `system.nodes`.
+    Drain {
+        /// The node's id.
+        node_id: u64,
+        /// Stop draining: the node takes new replicas again (those moved stay where they are).
+        #[arg(long)]
+        cancel: bool,
+        /// Wait until the node holds no replica.
+        #[arg(long)]
+        wait: bool,
+        /// The longest to wait ("30m", "2h").
+        #[arg(long, default_value = "1h")]
+        timeout: quiver_node::config::Millis,
     },
     /// Moves the metadata leadership to another voter.
     TransferLeader {
@@ -226,7 +249,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::Add { node_id, grpc_addr, flight_addr, pg_addr } => {
                     cli::admin::add(&connect, node_id, grpc_addr, flight_addr, pg_addr).await?
                 }
-                AdminCommand::Remove { node_id } => cli::admin::remove(&connect, node_id).await?,
+                AdminCommand::Remove { node_id, now, timeout } => {
+                    cli::admin::remove(&connect, node_id, (!now).then(|| timeout.duration())).await?
+                }
+                AdminCommand::Drain { node_id, cancel, wait, timeout } => {
+                    cli::admin::drain(&connect, node_id, cancel, wait.then(|| timeout.duration())).await?
+                }
                 AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
                 AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,

@@ -164,7 +164,8 @@ pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
     }
 }
 
-/// On the leader, looks for silent members every `node_heartbeat_interval`, for as long as the replica runs.
+/// On the leader, looks for silent members and repairs the shard map ([`super::repair`]) every
+/// `node_heartbeat_interval`, for as long as the replica runs.
 pub(super) async fn detect_failures(replica: Weak<Inner>) {
     let Some(interval) = replica.upgrade().map(|r| r.config.node_heartbeat_interval()) else { return };
     loop {
@@ -172,6 +173,9 @@ pub(super) async fn detect_failures(replica: Weak<Inner>) {
         let Some(node) = running(&replica) else { return };
         if let Err(e) = node.mark_silent_down().await {
             tracing::debug!(node_id = node.inner.node_id, error = %e, "marking silent nodes down failed");
+        }
+        if let Err(e) = node.repair_shards().await {
+            tracing::debug!(node_id = node.inner.node_id, error = %e, "repairing shards failed");
         }
     }
 }

@@ -68,6 +68,12 @@ pub struct MemberStatus {
     pub flight_addr: String,
     /// Its PostgreSQL address, when registered.
     pub pg_addr: String,
+    /// Whether an operator is draining it of its replicas.
+    pub draining: bool,
+    /// How many shard replicas it holds.
+    pub replicas: u64,
+    /// Of how many shards it is the primary.
+    pub primaries: u64,
 }
 
 /// The metadata group as one node sees it.
@@ -434,6 +440,25 @@ impl MetaNode {
         Ok(())
     }
 
+    /// Starts draining node `node_id` (or, with `draining` false, stops): it gets no new replica, and the leader's
+    /// repair round ([`super::repair`]) copies each of its replicas to another node, then drops it. Returns how many
+    /// replicas the node still holds, as this replica knows once the change is applied.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] for a node that is not registered, and the errors of
+    /// [`MetaNode::propose`].
+    pub async fn drain_node(&self, node_id: u64, draining: bool) -> Result<u64, ClusterError> {
+        if self.read_local(|s| s.node(node_id).is_none()) {
+            return Err(ClusterError::InvalidMembershipChange {
+                detail: format!("node {node_id} is not a member of the cluster"),
+            });
+        }
+        self.propose(MetaCommand::SetDraining { node_id, draining }).await?;
+        tracing::info!(node_id, draining, "node drain set");
+        Ok(self.read_local(|s| s.shards().filter(|r| r.replicas.contains(&node_id)).count() as u64))
+    }
+
     /// Returns the metadata group as this replica sees it. Replication progress (matched index, lag) is known by
     /// the leader only.
     pub fn status(&self) -> ClusterStatus {
@@ -442,8 +467,17 @@ impl MetaNode {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let last = metrics.last_log_index;
         let replication = metrics.replication.clone();
-        let (cluster_id, version, records) = self.read_local(|s| {
-            (s.cluster_id().unwrap_or_default().to_string(), s.version(), s.nodes().cloned().collect::<Vec<_>>())
+        let (cluster_id, version, records, loads) = self.read_local(|s| {
+            let mut loads: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
+            for shard in s.shards() {
+                for node in &shard.replicas {
+                    let load = loads.entry(*node).or_default();
+                    load.0 += 1;
+                    load.1 += u64::from(*node == shard.primary);
+                }
+            }
+            let nodes = s.nodes().cloned().collect::<Vec<_>>();
+            (s.cluster_id().unwrap_or_default().to_string(), s.version(), nodes, loads)
         });
         let members = membership
             .nodes()
@@ -465,6 +499,9 @@ impl MetaNode {
                     state: record.map(|r| r.state),
                     flight_addr: record.map(|r| r.flight_addr.clone()).unwrap_or_default(),
                     pg_addr: record.map(|r| r.pg_addr.clone()).unwrap_or_default(),
+                    draining: record.is_some_and(crate::state::NodeRecord::is_draining),
+                    replicas: loads.get(id).map_or(0, |l| l.0),
+                    primaries: loads.get(id).map_or(0, |l| l.1),
                 }
             })
             .collect();

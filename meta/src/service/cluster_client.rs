@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::{
-    CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage, NodeHeartbeatRequest,
-    RemoveNodeRequest, TransferLeaderRequest, TriggerSnapshotRequest,
+    CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, DrainNodeRequest, JoinRequest as JoinMessage,
+    NodeHeartbeatRequest, RemoveNodeRequest, TransferLeaderRequest, TriggerSnapshotRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -179,6 +179,19 @@ impl ClusterClient {
     pub async fn remove_node(&self, addr: &str, node_id: u64) -> Result<(), ClusterError> {
         self.on_leader(addr, |mut c| async move { c.remove_node(RemoveNodeRequest { node_id }).await }).await?;
         Ok(())
+    }
+
+    /// Starts draining node `node_id` of the cluster reached at `addr` (or stops, with `cancel`); returns how many
+    /// replicas it still holds.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::InvalidMembershipChange`] for a node that is not registered; transport errors.
+    pub async fn drain_node(&self, addr: &str, node_id: u64, cancel: bool) -> Result<u64, ClusterError> {
+        let reply = self
+            .on_leader(addr, |mut c| async move { c.drain_node(DrainNodeRequest { node_id, cancel }).await })
+            .await?;
+        Ok(reply.into_inner().replicas)
     }
 
     /// Moves leadership of the cluster reached at `addr` to `to`; returns the leader afterwards.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use quiver_proto::v1::cluster_service_server::ClusterService;
 use quiver_proto::v1::{
-    CampaignRequest, CampaignResponse, ClusterStatusRequest, ClusterStatusResponse, JoinRequest as JoinMessage,
-    JoinResponse, MemberStatus as MemberMessage, NodeHeartbeatRequest, NodeHeartbeatResponse, RemoveNodeRequest,
-    RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    CampaignRequest, CampaignResponse, ClusterStatusRequest, ClusterStatusResponse, DrainNodeRequest,
+    DrainNodeResponse, JoinRequest as JoinMessage, JoinResponse, MemberStatus as MemberMessage, NodeHeartbeatRequest,
+    NodeHeartbeatResponse, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -75,6 +76,9 @@ pub(crate) fn status_message(status: ClusterStatus) -> ClusterStatusResponse {
                 state: m.state.map(state_name).unwrap_or_default().to_string(),
                 flight_addr: m.flight_addr,
                 pg_addr: m.pg_addr,
+                draining: m.draining,
+                replicas: m.replicas,
+                primaries: m.primaries,
             })
             .collect(),
         target_voters: status.target_voters as u64,
@@ -105,6 +109,12 @@ impl ClusterService for ClusterGrpcService {
         let node_id = request.into_inner().node_id;
         self.node.remove_node(node_id).await.map_err(|e| status_from_error(&e))?;
         Ok(Response::new(RemoveNodeResponse {}))
+    }
+
+    async fn drain_node(&self, request: Request<DrainNodeRequest>) -> Result<Response<DrainNodeResponse>, Status> {
+        let DrainNodeRequest { node_id, cancel } = request.into_inner();
+        let replicas = self.node.drain_node(node_id, !cancel).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(DrainNodeResponse { replicas }))
     }
 
     async fn transfer_leader(

@@ -52,6 +52,14 @@ pub enum MetaCommand {
         /// The node's id.
         node_id: u64,
     },
+    /// Starts (or, with `draining: false`, stops) draining a registered node: it gets no new replica, and the
+    /// metadata leader moves each of its replicas to another node, adding the new copy before it drops the old one.
+    SetDraining {
+        /// The node's id.
+        node_id: u64,
+        /// Whether the node is to be drained.
+        draining: bool,
+    },
     /// Records a registered node's Raft role.
     SetNodeRole {
         /// The node's id.

@@ -48,7 +48,7 @@ pub(crate) fn place<'a>(
     shards: u32,
     replication: u32,
 ) -> Option<Vec<Placed>> {
-    let nodes: Vec<&NodeRecord> = nodes.filter(|n| n.state != NodeState::Draining).collect();
+    let nodes: Vec<&NodeRecord> = nodes.filter(|n| !n.is_draining()).collect();
     let live = |n: &&&NodeRecord| n.state != NodeState::Down;
     let candidates: Vec<&NodeRecord> =
         if nodes.iter().any(|n| live(&n)) { nodes.into_iter().filter(|n| live(&n)).collect() } else { nodes };
@@ -154,6 +154,7 @@ mod tests {
             role: NodeRole::Voter,
             state,
             last_heartbeat: 0,
+            draining: false,
         }
     }
 

@@ -24,7 +24,8 @@ pub enum NodeState {
     Joining,
     /// Serving reads and writes.
     Serving,
-    /// Moving its shards away before leaving.
+    /// Moving its shards away before leaving (records written before [`NodeRecord::draining`] existed; a node
+    /// drained now keeps its liveness state and has that flag set).
     Draining,
     /// Considered down (missed heartbeats, or stopped by an operator).
     Down,
@@ -47,4 +48,16 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// The logical time of the last heartbeat recorded (0 before the first one).
     pub last_heartbeat: u64,
+    /// Set by an operator (`quiver admin drain`): the node gets no new replica, and every replica it holds moves to
+    /// other nodes. Apart from its state, so that a draining node is still marked down when it goes silent, and
+    /// stays draining when it comes back.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl NodeRecord {
+    /// Returns whether the node is being drained of its replicas.
+    pub fn is_draining(&self) -> bool {
+        self.draining || self.state == NodeState::Draining
+    }
 }

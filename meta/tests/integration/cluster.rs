@@ -32,6 +32,7 @@ pub(crate) fn test_config() -> MetaConfig {
         voters: 3,
         node_heartbeat_interval_ms: 100,
         node_down_after_ms: 600,
+        replica_down_timeout_ms: 1_000,
     }
 }
 

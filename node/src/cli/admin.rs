@@ -65,19 +65,21 @@ pub fn render_status(s: &ClusterStatusResponse) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5}  {:<21} {:<21} {:<21}",
-        "node", "role", "leader", "state", "matched", "lag", "grpc", "flight", "pg"
+        "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5} {:>8} {:>9}  {:<21} {:<21} {:<21}",
+        "node", "role", "leader", "state", "matched", "lag", "replicas", "primaries", "grpc", "flight", "pg"
     );
     for m in &s.members {
         let _ = writeln!(
             out,
-            "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5}  {:<21} {:<21} {:<21}",
+            "{:>5}  {:<8} {:<7} {:<8} {:>8} {:>5} {:>8} {:>9}  {:<21} {:<21} {:<21}",
             m.node_id,
             m.role,
             if m.leader { "yes" } else { "" },
-            m.state,
+            if m.draining { "draining" } else { &m.state },
             opt(m.matched_index),
             opt(m.lag),
+            m.replicas,
+            m.primaries,
             m.grpc_addr,
             m.flight_addr,
             m.pg_addr
@@ -99,14 +101,56 @@ pub async fn add(addr: &str, node_id: u64, grpc_addr: String, flight_addr: Strin
     Ok(format!("node {node_id} admitted to cluster {cluster_id} as {role}"))
 }
 
-/// Removes a node from the cluster.
+/// Removes a node from the cluster; with `drain_for`, drains it first and waits up to that long for it to hold no
+/// replica.
 ///
 /// # Errors
 ///
-/// The cluster refuses (not a member, the last voter) or cannot be reached.
-pub async fn remove(addr: &str, node_id: u64) -> Result<String> {
+/// The cluster refuses (not a member, the last voter) or cannot be reached, or the drain does not finish in time
+/// (the node stays, draining).
+pub async fn remove(addr: &str, node_id: u64, drain_for: Option<Duration>) -> Result<String> {
+    let mut out = String::new();
+    if let Some(limit) = drain_for {
+        out = drain(addr, node_id, false, Some(limit)).await?;
+    }
     client().remove_node(addr, node_id).await?;
-    Ok(format!("node {node_id} removed"))
+    let _ = writeln!(out, "node {node_id} removed");
+    Ok(out)
+}
+
+/// Starts draining node `node_id` (or stops, with `cancel`); with `wait`, waits up to that long until it holds no
+/// shard replica, telling the progress on stderr.
+///
+/// # Errors
+///
+/// The node is not registered, the cluster cannot be reached, or the wait runs out.
+pub async fn drain(addr: &str, node_id: u64, cancel: bool, wait: Option<Duration>) -> Result<String> {
+    let client = client();
+    let mut left = client.drain_node(addr, node_id, cancel).await?;
+    if cancel {
+        return Ok(format!("node {node_id} no longer draining; it holds {left} shard replicas"));
+    }
+    let Some(limit) = wait else {
+        return Ok(format!("node {node_id} draining: {left} shard replicas to move (see `quiver admin status`)"));
+    };
+    let started = tokio::time::Instant::now();
+    let mut told = None;
+    while left > 0 {
+        if started.elapsed() >= limit {
+            return Err(Error::Internal(format!(
+                "node {node_id} still holds {left} shard replicas after {limit:?}; it stays draining. A shard moves \
+                 only to a serving node that holds none of its copies: add a node if every one holds them"
+            )));
+        }
+        if told != Some(left) {
+            eprintln!("node {node_id}: {left} shard replicas to move");
+            told = Some(left);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = client.status(addr).await?;
+        left = status.members.iter().find(|m| m.node_id == node_id).map_or(0, |m| m.replicas);
+    }
+    Ok(format!("node {node_id} drained: it holds no shard replica\n"))
 }
 
 /// Moves leadership to `to`.

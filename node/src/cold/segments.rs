@@ -287,7 +287,8 @@ mod tests {
         let mins = view.bounds[0].min.as_primitive::<Int64Type>();
         assert_eq!((mins.len(), mins.value(0), mins.value(100_000)), (100_001, 1000, 100_001_000));
         assert_eq!(view.bounds[0].max.as_primitive::<Int64Type>().value(41), 42_999);
-        assert!(ColdView::of(&loaded, 78).files.is_empty(), "another store's view");
+        let other = ColdView::of(&loaded, 78);
+        assert_eq!((other.files.len(), other.hot_through), (100_001, 0), "another store's view: the shard's files");
 
         // Compaction of 20 files spread over the shard: their segments are written again, the others kept.
         let replaced: Vec<String> = (0..20).map(|k| loaded.files[k * 5_000].path.clone()).collect();

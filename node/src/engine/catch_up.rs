@@ -43,6 +43,23 @@ pub struct CatchUpReport {
     pub epoch: u64,
 }
 
+/// The numbers of the committed chunks a replica caught up from `replica` must hold: those above the cold tier's mark
+/// of this node's view. A chunk at or below it is in the shard's cold files already (tiered here, not yet removed):
+/// the caught-up replica reads those files, and must not count the chunk's rows a second time.
+fn hot_chunks(record: &ShardRecord, replica: &ShardReplica) -> Result<Vec<u64>> {
+    let through = match replica.cold() {
+        crate::cold::ColdState::Ready(view) => view.hot_through,
+        crate::cold::ColdState::Unavailable(why) if record.manifest.is_some() => {
+            return Err(Error::ShardUnavailable {
+                shard: record.shard_id.0,
+                detail: format!("its cold tier's manifest is unreadable here, so what is still hot is unknown: {why}"),
+            });
+        }
+        crate::cold::ColdState::Unavailable(_) => 0,
+    };
+    Ok(replica.version().iter().map(|c| c.seq).filter(|seq| *seq > through).collect())
+}
+
 impl Engine {
     /// Brings node `target`'s replica of a shard this node leads to this node's committed state and admits it to the
     /// shard's in-sync set; returns what moved. A replica already in sync is left as it is.
@@ -79,7 +96,7 @@ impl Engine {
         }
         let held = self.status_of(&addr, &record, table, target).await?;
         self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
-        let keep: Vec<u64> = replica.version().iter().map(|c| c.seq).collect();
+        let keep = hot_chunks(&record, &replica)?;
         let reset = ReplicateRequest {
             table_id: table.0,
             shard_id: shard.0,
@@ -163,7 +180,7 @@ impl Engine {
     ) -> Result<()> {
         let shard = record.shard_id;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
-        let missing: Vec<u64> = replica.version().iter().map(|c| c.seq).filter(|s| !held.contains(s)).collect();
+        let missing: Vec<u64> = hot_chunks(record, replica)?.into_iter().filter(|s| !held.contains(s)).collect();
         let timeout = self.replication.timeout;
         let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
         let mut next = 0;

@@ -383,6 +383,7 @@ impl Engine {
         self.push_commit_points().await;
         if self.tend_rounds.load(std::sync::atomic::Ordering::Relaxed).is_multiple_of(CATCH_UP_ROUNDS) {
             self.start_catch_ups();
+            self.drop_unplaced().await;
         }
         let pending = std::mem::take(&mut *self.unsettled.lock().expect("unsettled lock poisoned"));
         let mut still = Vec::new();
@@ -406,6 +407,49 @@ impl Engine {
             }
         }
         self.unsettled.lock().expect("unsettled lock poisoned").extend(still);
+    }
+
+    /// Deletes the rows of every shard that left this node (drained, or replaced while the node was down), when its
+    /// store holds only placed shards ([`crate::table::keys::PLACED_ONLY_KEY`]). Under the shard's DML lock, with its
+    /// configuration read again there: a change or catch-up message is applied under that lock and only at the
+    /// shard's current epoch, so none lands between the check and the deletion, and a node added back later is sent
+    /// everything anew by its catch-up.
+    pub(super) async fn drop_unplaced(&self) {
+        if !self.placed_only {
+            return;
+        }
+        let me = self.node_id;
+        let placed = |replica: &ShardReplica| {
+            self.meta.read_local(|s| s.shard(replica.shard_id()).is_none_or(|r| r.replicas.contains(&me)))
+        };
+        for replica in self.replicas() {
+            let holds = !replica.version().is_empty() || replica.log_end() > replica.committed_lsn();
+            if !holds || placed(&replica) {
+                continue;
+            }
+            let Ok(_serialized) = replica.dml_lock.try_lock() else { continue };
+            if placed(&replica) {
+                continue;
+            }
+            let rows = replica.row_count();
+            let r = Arc::clone(&replica);
+            let next_seq = replica.next_seq();
+            match crate::blocking::run("delete a shard that left this node", move || {
+                r.reset(Vec::new(), &[], 0, next_seq)
+            })
+            .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!(table = %replica.def().name, shard = %replica.shard_id(), rows, "rows of a shard that left this node deleted");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(shard = %replica.shard_id(), error = %e.report(), "deleting a shard that left this node failed")
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %replica.shard_id(), error = %e.report(), "deleting a shard that left this node failed")
+                }
+            }
+        }
     }
 
     /// Starts a catch-up ([`Engine::catch_up_replica`]) of every replica of a shard this node leads that is out of the

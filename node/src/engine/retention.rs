@@ -33,7 +33,8 @@ const COMMIT_ATTEMPTS: usize = 8;
 
 impl Engine {
     /// Drops the rows of table `name` on this node written before `cutoff` (milliseconds since the Unix epoch): hot
-    /// chunks, and this node's cold files whose newest row is older. Serialized with tiering and DML on the table.
+    /// chunks, and, of the shards this node holds alone, the cold files whose newest row is older. Serialized with
+    /// tiering and DML on the table.
     ///
     /// # Errors
     ///
@@ -95,6 +96,10 @@ impl Engine {
         }
 
         let shard = self.shard_record(table)?;
+        // The cold files are the shard's, whoever tiered them: its holder expires them.
+        if shard.replicas != [self.node_id] {
+            return Ok(report);
+        }
         let Some(pointer) = &shard.manifest else {
             return Ok(report);
         };
@@ -108,8 +113,7 @@ impl Engine {
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
-            let gone: Vec<&cold::ColdFile> =
-                current.files.iter().filter(|f| f.store == self.store_id && expires(f, cutoff)).collect();
+            let gone: Vec<&cold::ColdFile> = current.files.iter().filter(|f| expires(f, cutoff)).collect();
             if gone.is_empty() {
                 return Ok(report);
             }

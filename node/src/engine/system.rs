@@ -113,6 +113,9 @@ impl SystemTable {
                 text("pg_addr", true),
                 u64_field("matched_index", true),
                 u64_field("lag", true),
+                Field::new("draining", DataType::Boolean, false),
+                u64_field("replicas", false),
+                u64_field("primaries", false),
             ],
             SystemTable::Raft => vec![
                 u64_field("node_id", false),
@@ -257,6 +260,9 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter(m.iter().map(|n| non_empty(&n.pg_addr)))),
                     Arc::new(UInt64Array::from_iter(m.iter().map(|n| n.matched_index))),
                     Arc::new(UInt64Array::from_iter(m.iter().map(|n| n.lag))),
+                    Arc::new(BooleanArray::from_iter(m.iter().map(|n| Some(n.draining)))),
+                    Arc::new(UInt64Array::from_iter_values(m.iter().map(|n| n.replicas))),
+                    Arc::new(UInt64Array::from_iter_values(m.iter().map(|n| n.primaries))),
                 ]
             }
             SystemTable::Raft => {

@@ -388,7 +388,8 @@ impl Engine {
         let shard = self.shard_record(table)?;
         // A replicated shard stays hot until the cold tier is per shard (docs/rfcs/0001-cluster-data-path.md, "The
         // switch", 3): a copy that tiered on its own would keep rows its primary deleted, or lose rows at a failover.
-        if shard.replicas.len() > 1 {
+        // A shard not placed here (it moved away, and its rows here wait to be deleted) is tiered by its holder.
+        if shard.replicas != [self.node_id] {
             return Ok(TierReport::default());
         }
         let store = self.cold_store()?;

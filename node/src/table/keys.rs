@@ -31,6 +31,10 @@ pub(crate) const FORMAT_KEY: &[u8] = b"\x00format";
 /// The key of the store's identity: a data directory's hot chunks are known by it in the cold tier's manifests, so a
 /// node that comes back with an empty disk under the same node id does not take the old disk's marks for its own.
 pub(crate) const STORE_ID_KEY: &[u8] = b"\x00store_id";
+/// Present in a store created by a build that stores only the shards placed on its node: such a store deletes the
+/// rows of a shard that left the node. A store without it (made before, when every node wrote rows of every shard)
+/// may hold rows whose only copy it is outside their shard's placement, and keeps them.
+pub(crate) const PLACED_ONLY_KEY: &[u8] = b"\x00placed_only";
 /// The on-disk format this build writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The prefix of every key of the metadata replica.

@@ -798,3 +798,157 @@ async fn rows_written_through_any_node_are_stored_on_their_shards_copies_and_rea
         node.stop().await;
     }
 }
+
+/// Waits until every shard of table `table`, as `node` knows the shard map, satisfies `done`; returns the shards.
+async fn until_shards(
+    node: &Node,
+    table: quiver_meta::TableId,
+    what: &str,
+    done: impl Fn(&ShardRecord) -> bool,
+) -> Vec<ShardRecord> {
+    let mut records = Vec::new();
+    for _ in 0..600 {
+        records = node.engine.meta().read_local(|s| s.table_shards(table).cloned().collect::<Vec<_>>());
+        if !records.is_empty() && records.iter().all(&done) {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: never; the shards are {records:#?}");
+}
+
+/// Checks that every copy of each shard holds exactly its primary's committed chunks.
+async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
+    for record in records {
+        let holder = |id: u64| nodes.iter().find(|n| n.engine.node_id() == id).expect("a running holder");
+        let table = record.table_id;
+        let (theirs, _) =
+            holder(record.primary).engine.committed_chunks(table, record.shard_id).await.expect("primary chunks");
+        for backup in record.replicas.iter().filter(|n| **n != record.primary) {
+            let mut mine = Vec::new();
+            // A backup commits a change once the primary's commit point reaches it.
+            for _ in 0..100 {
+                mine = holder(*backup).engine.committed_chunks(table, record.shard_id).await.expect("chunks").0;
+                if mine == theirs {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(mine, theirs, "node {backup}'s copy of {record:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_gone_or_drained() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let addrs: Vec<String> = (0..4).map(|_| free_addr()).collect();
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let mut env = FAST_FAILOVER.to_vec();
+    env.push(("QUIVER_CLUSTER__REPLICA_DOWN_TIMEOUT", "0s"));
+    let join = vec![addrs[0].clone()];
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), &env).await;
+    one.engine.execute_one("SELECT 1").await.expect("serving");
+    // Created while the cluster has one node: one copy of each shard, though the table asks for two.
+    one.engine
+        .execute_one("CREATE TABLE m (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 4, replicas = 2)")
+        .await
+        .expect("create");
+    one.engine.execute_one("INSERT INTO m SELECT value, value * 2 FROM generate_series(1, 400)").await.expect("insert");
+    let table = one.engine.hot_table("m").expect("table").def().id;
+    assert!(one.engine.meta().read_local(|s| s.table_shards(table).all(|r| r.replicas == [1])));
+    // A table of one copy, partly tiered: its shards move whole (cold files stay in the shared bucket).
+    one.engine.execute_one("CREATE TABLE c (id BIGINT PRIMARY KEY) WITH (shards = 2, replicas = 1)").await.expect("c");
+    one.engine.execute_one("INSERT INTO c SELECT value FROM generate_series(1, 300)").await.expect("insert");
+    assert_eq!(one.engine.tier("c").await.expect("tier").rows, 300);
+    one.engine.execute_one("INSERT INTO c SELECT value FROM generate_series(301, 400)").await.expect("insert");
+
+    // Two nodes join: each shard gets its second copy, caught up by its primary and admitted in sync.
+    let two = start_on(2, tmp(), &addrs[1], join.clone(), cold.path(), &env).await;
+    let three = start_on(3, tmp(), &addrs[2], join.clone(), cold.path(), &env).await;
+    let copied = until_shards(&one, table, "two in-sync copies of each shard", |r| {
+        r.replicas.len() == 2 && r.in_sync.len() == 2
+    })
+    .await;
+    copies_equal(&[&one, &two, &three], &copied).await;
+    for node in [&one, &two, &three] {
+        until_attached(&node.engine, "m").await;
+        assert_eq!(number(node, "SELECT count(*) FROM m").await, 400);
+    }
+
+    // A node holding copies is gone for good (down, and the timeout is 0): its copies are made again on the others.
+    let holds = |id: u64| copied.iter().filter(|r| r.replicas.contains(&id)).count();
+    let (gone, two) = if holds(2) >= holds(3) { (two, three) } else { (three, two) };
+    let gone_id = gone.engine.node_id();
+    assert!(holds(gone_id) > 0);
+    drop(gone.stop().await);
+    let moved = until_shards(&one, table, "no copy on the node gone", |r| {
+        !r.replicas.contains(&gone_id) && r.in_sync.len() == 2 && r.replicas.len() == 2
+    })
+    .await;
+    copies_equal(&[&one, &two], &moved).await;
+    two.engine
+        .execute_one("INSERT INTO m SELECT value, value * 2 FROM generate_series(401, 500)")
+        .await
+        .expect("insert");
+    for node in [&one, &two] {
+        assert_eq!(number(node, "SELECT count(*) FROM m").await, 500);
+    }
+
+    // Node 1 is drained onto a fourth node, primaries included: the operator's command waits for it.
+    let four = start_on(4, tmp(), &addrs[3], join.clone(), cold.path(), &env).await;
+    until_attached(&four.engine, "m").await;
+    let said =
+        quiver_node::cli::admin::drain(&two.grpc, 1, false, Some(Duration::from_secs(60))).await.expect("drained");
+    assert!(said.contains("drained"), "{said}");
+    // The table of one copy moved too; its rows written after the move land on its new holder.
+    four.engine.execute_one("INSERT INTO c SELECT value FROM generate_series(401, 450)").await.expect("insert");
+    one.engine.execute_one("DELETE FROM c WHERE id > 400").await.expect("delete");
+    let drained = until_shards(&two, table, "no copy on node 1", |r| {
+        !r.replicas.contains(&1) && r.in_sync.len() == 2 && r.replicas.len() == 2
+    })
+    .await;
+    let other = two.engine.node_id();
+    assert!(drained.iter().all(|r| r.primary != 1 && r.replicas.contains(&other) && r.replicas.contains(&4)));
+    copies_equal(&[&two, &four], &drained).await;
+    four.engine
+        .execute_one("INSERT INTO m SELECT value, value * 2 FROM generate_series(501, 600)")
+        .await
+        .expect("insert");
+    until_attached(&four.engine, "c").await;
+    let c = four.engine.hot_table("c").expect("table").def().id;
+    assert!(four.engine.meta().read_local(|s| s.table_shards(c).all(|r| r.replicas.len() == 1 && r.primary != 1)));
+    for node in [&one, &two, &four] {
+        assert_eq!(number(node, "SELECT count(*) FROM m").await, 600);
+        assert_eq!(number(node, "SELECT sum(v) FROM m").await, 600 * 601);
+        assert_eq!(number(node, "SELECT count(*) FROM c").await, 400);
+        assert_eq!(number(node, "SELECT sum(id) FROM c").await, 400 * 401 / 2);
+    }
+    // The drained node deletes its rows of the shards that left it, and gets no new replica.
+    let mut held = -1;
+    for _ in 0..200 {
+        held = number(
+            &one,
+            "SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name IN ('m', 'c')",
+        )
+        .await;
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 0, "node 1 still holds rows of shards that left it");
+    two.engine
+        .execute_one("CREATE TABLE later (id BIGINT PRIMARY KEY) WITH (shards = 3, replicas = 2)")
+        .await
+        .expect("create");
+    until_attached(&two.engine, "later").await;
+    let later = two.engine.hot_table("later").expect("table").def().id;
+    assert!(two.engine.meta().read_local(|s| s.table_shards(later).all(|r| !r.replicas.contains(&1))));
+    let status = two.engine.meta().status();
+    let member = status.members.iter().find(|m| m.node_id == 1).expect("node 1");
+    assert!(member.draining && member.replicas == 0 && member.primaries == 0, "{member:?}");
+    for node in [one, two, four] {
+        node.stop().await;
+    }
+}
