@@ -43,5 +43,5 @@ pub mod table;
 pub use embedded::Quiver;
 pub use engine::{Engine, EngineOptions, QueryOutput, StorageLocation};
 pub use error::{Error, ErrorKind, Result};
-pub use query::remote::RemoteShardScanExec;
+pub use query::remote::{RemoteShardScanExec, ShardLocator};
 pub(crate) use random::random_u64;

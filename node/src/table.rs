@@ -50,8 +50,11 @@ use crate::storage::{Durability, HotStore, WriteBatch};
 #[derive(Debug)]
 pub(crate) struct TableStore {
     pub(crate) store: Arc<dyn HotStore>,
-    /// Data keys of retired chunks that no reader needs any more, deleted by the next commit.
-    garbage: Mutex<Vec<Vec<u8>>>,
+    /// Data keys of retired chunks that no reader needs any more, deleted by the next commit, and the retired chunks
+    /// still read.
+    garbage: Mutex<Garbage>,
+    /// The incarnation the next chunk object gets.
+    incarnations: std::sync::atomic::AtomicU64,
     /// Rows per chunk that inserts aim for.
     pub(crate) chunk_rows_target: usize,
     /// How durable a commit is before it is acknowledged.
@@ -73,7 +76,8 @@ impl TableStore {
         Self {
             cache: ColumnCache::new(column_cache_bytes),
             store,
-            garbage: Mutex::new(Vec::new()),
+            garbage: Mutex::new(Garbage::default()),
+            incarnations: std::sync::atomic::AtomicU64::new(1),
             chunk_rows_target: chunk_rows_target.max(1),
             durability,
             metrics,
@@ -82,12 +86,42 @@ impl TableStore {
 
     /// Queues data keys for deletion by the next commit.
     pub(crate) fn discard(&self, keys: impl IntoIterator<Item = Vec<u8>>) {
-        self.garbage.lock().expect("garbage lock poisoned").extend(keys);
+        self.garbage.lock().expect("garbage lock poisoned").keys.extend(keys);
+    }
+
+    /// Returns a new chunk object's incarnation.
+    pub(crate) fn next_incarnation(&self) -> u64 {
+        self.incarnations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records that the chunk object `incarnation` of data key `key` was retired: its data goes when the last reader
+    /// drops it ([`TableStore::discard_retired`]), unless the key is written again meanwhile ([`TableStore::reclaim`]).
+    pub(crate) fn retiring(&self, key: Vec<u8>, incarnation: u64) {
+        self.garbage.lock().expect("garbage lock poisoned").retired.insert(key, incarnation);
+    }
+
+    /// Queues the data of a retired chunk object no reader needs any more for deletion, unless its key was written
+    /// again since it retired (a replica sent the same chunk number anew): that data is another chunk's.
+    pub(crate) fn discard_retired(&self, key: Vec<u8>, incarnation: u64) {
+        let mut garbage = self.garbage.lock().expect("garbage lock poisoned");
+        if garbage.retired.get(&key) == Some(&incarnation) {
+            garbage.retired.remove(&key);
+            garbage.keys.push(key);
+        }
+    }
+
+    /// Claims data key `key` for a chunk about to be written under it: a retired chunk's pending deletion of the key,
+    /// queued or to come, is cancelled.
+    pub(crate) fn reclaim(&self, key: &[u8]) {
+        let mut garbage = self.garbage.lock().expect("garbage lock poisoned");
+        if garbage.retired.remove(key).is_some() || !garbage.keys.is_empty() {
+            garbage.keys.retain(|k| k.as_slice() != key);
+        }
     }
 
     /// Moves the queued garbage into `batch`.
     pub(crate) fn drain_garbage_into(&self, batch: &mut WriteBatch) {
-        let keys = std::mem::take(&mut *self.garbage.lock().expect("garbage lock poisoned"));
+        let keys = std::mem::take(&mut self.garbage.lock().expect("garbage lock poisoned").keys);
         for k in keys {
             batch.delete(k);
         }
@@ -105,6 +139,13 @@ impl TableStore {
         self.metrics.hot_bytes_written.add(bytes);
         Ok(())
     }
+}
+
+/// Data keys waiting for deletion, and the retired chunk objects still read (by data key, their incarnation).
+#[derive(Debug, Default)]
+struct Garbage {
+    keys: Vec<Vec<u8>>,
+    retired: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 /// Reads one chunk of table `name`, keeping the columns in `projection`.

@@ -128,6 +128,8 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
     // the shards it led fail over.
     config.cluster.node_heartbeat_interval = Millis(200);
     config.cluster.node_down_after = Millis(2_000);
+    // A node down for three seconds more has its shard copies made again on others (where some node holds none).
+    config.cluster.replica_down_timeout = Millis(3_000);
     // The background tierer moves a table's hot rows once they pass a few chunks, besides the clients' tierings.
     config.cold.hot_bytes_max = ByteSize(4 << 10);
     config.cold.tier_check_interval = Millis(1_000);
@@ -366,6 +368,32 @@ impl History {
         }
         Ok(())
     }
+}
+
+/// An operator draining a random node now and then, and stopping the drain a few seconds later, until `deadline`;
+/// returns how many drains began. Each moves the node's shard copies to others (where a node holds none), under the
+/// faults. Every drain is stopped before it returns, so the cluster serves on every node afterwards.
+async fn drain_now_and_then(nodes: u64, deadline: Instant) -> usize {
+    let client = ClusterClient::new(Duration::from_millis(200), Duration::from_secs(3));
+    let mut begun = 0;
+    while Instant::now() < deadline {
+        sleep(Duration::from_millis(thread_rng().gen_range(2_000..6_000))).await;
+        let node = thread_rng().gen_range(1..=nodes);
+        let via = addr_of(thread_rng().gen_range(1..=nodes)).to_string();
+        if client.drain_node(&via, node, false).await.is_ok() {
+            begun += 1;
+        }
+        sleep(Duration::from_millis(thread_rng().gen_range(1_000..6_000))).await;
+        // Stopped whatever happened to the request that began it (it may have taken effect unanswered).
+        loop {
+            let via = addr_of(thread_rng().gen_range(1..=nodes)).to_string();
+            if client.drain_node(&via, node, true).await.is_ok() {
+                break;
+            }
+            sleep(Duration::from_millis(500)).await;
+        }
+    }
+    begun
 }
 
 /// How many copies table `table` keeps in a cluster of `nodes`: one for half the names, three (at most `nodes`) for
@@ -622,6 +650,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let replicated_writer = client_host.spawn(replicated::writer(live.clone(), deadline));
     let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
+    let operator = client_host.spawn(drain_now_and_then(options.nodes, deadline));
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let history = world.history.clone();
@@ -730,6 +759,8 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     for client in clients {
         let _ = client.await;
     }
+    let drains = operator.await.unwrap_or_default();
+    world.hosts.note(format!("{drains} drains begun"));
     quiver_meta::buggify::set_fault_points(false);
     bucket.set_faults(false);
     world.hosts.note("faults over".to_string());
@@ -862,8 +893,12 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                     }
                 }
             });
-            let (Ok(ids), Ok(sums)) = query.await.map_err(|e| format!("the final query task failed: {e}"))? else {
-                return Err(format!("the final query of {table} on node {node} failed"));
+            let (ids, sums) = match query.await.map_err(|e| format!("the final query task failed: {e}"))? {
+                (Ok(ids), Ok(sums)) => (ids, sums),
+                (ids, sums) => {
+                    let codes = (ids.err(), sums.err());
+                    return Err(format!("the final query of {table} on node {node} failed: {codes:?}"));
+                }
             };
             let ids: Vec<i64> = int64s(&ids, 0).into_iter().flatten().collect();
             let scan = Scan { node, table: table.clone(), invoked, completed: world.hosts.started.elapsed(), ids };

@@ -441,7 +441,7 @@ impl MetaNode {
     }
 
     /// Starts draining node `node_id` (or, with `draining` false, stops): it gets no new replica, and the leader's
-    /// repair round ([`super::repair`]) copies each of its replicas to another node, then drops it. Returns how many
+    /// repair round (`meta_node/repair.rs`) copies each of its replicas to another node, then drops it. Returns how many
     /// replicas the node still holds, as this replica knows once the change is applied.
     ///
     /// # Errors

@@ -390,6 +390,11 @@ impl Engine {
         Ok(reads)
     }
 
+    /// Where a scan finds a shard that moved since it was planned.
+    pub(crate) fn locator(&self) -> Arc<dyn crate::query::remote::ShardLocator> {
+        Arc::new(Locator(self.me.get().cloned().unwrap_or_default()))
+    }
+
     /// How long a scan waits for a shard's primary on another node to answer.
     pub(crate) fn remote_timeout(&self) -> std::time::Duration {
         self.replication.timeout
@@ -527,4 +532,23 @@ fn statement_sql(def: &quiver_meta::TableDef, change: &RowChange) -> Result<Stri
         out.push_str(&sql(predicate)?);
     }
     Ok(out)
+}
+
+/// Finds a shard's current primary for a remote scan refused at an older epoch: through a linearizable read of the
+/// metadata, so the answer is at least as new as the configuration that refused the scan.
+#[derive(Debug)]
+struct Locator(std::sync::Weak<Engine>);
+
+#[async_trait::async_trait]
+impl crate::query::remote::ShardLocator for Locator {
+    async fn locate(&self, table: TableId, shard: ShardId) -> std::result::Result<(u64, String), String> {
+        let engine = self.0.upgrade().ok_or_else(|| "the node is shutting down".to_string())?;
+        engine.meta.read_state(|_| ()).await.map_err(|e| e.to_string())?;
+        let record = engine.shard_record_of(table, shard).map_err(|e| e.to_string())?;
+        let addr = engine
+            .meta
+            .read_local(|s| s.node(record.primary).map(|n| n.grpc_addr.clone()))
+            .ok_or_else(|| format!("its primary, node {}, is not registered", record.primary))?;
+        Ok((record.epoch, addr))
+    }
 }

@@ -186,7 +186,8 @@ impl TableProvider for HotTableProvider {
                     engine.remote_timeout(),
                     usize::MAX,
                 )
-                .with_filter(pushed.clone()),
+                .with_filter(pushed.clone())
+                .with_locator(engine.locator()),
             ));
         }
         for (shard, cold) in &colds {

@@ -4,7 +4,11 @@
 //!
 //! The replicas are tried in the order given (the primary first). One that cannot be reached, or fails before it sent
 //! rows, is skipped; a failure after rows arrived fails the scan with a retryable error, since a second replica's
-//! rows cannot be merged with part of the first one's.
+//! rows cannot be merged with part of the first one's. When every replica failed before sending rows (the shard moved
+//! to a new epoch since the statement read its configuration: a failover, a copy admitted or dropped), the scan asks
+//! its [`ShardLocator`] where the shard is read now and tries there, a few times. A newer configuration's primary holds
+//! every write acknowledged under the older one, so the statement still sees every write acknowledged before it
+//! began.
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +33,17 @@ use quiver_proto::v1::shard_service_client::ShardServiceClient;
 
 use crate::error::Error;
 
+/// Where a shard is read now: its configuration's epoch and its primary's internal address, from metadata at least as
+/// new as every configuration the cluster had committed when asked (a linearizable read).
+#[async_trait::async_trait]
+pub trait ShardLocator: Send + Sync + fmt::Debug {
+    /// Returns the current epoch of `shard` of `table` and its primary's internal address.
+    async fn locate(&self, table: TableId, shard: ShardId) -> Result<(u64, String), String>;
+}
+
+/// How many times a scan asks its locator where a shard moved before it gives up.
+const RELOCATIONS: usize = 3;
+
 /// A scan of one shard on other nodes.
 #[derive(Debug)]
 pub struct RemoteShardScanExec {
@@ -45,6 +60,8 @@ pub struct RemoteShardScanExec {
     /// The longest a replica may take to answer before the next one is tried.
     timeout: Duration,
     max_message_bytes: usize,
+    /// Where to look when the shard moved since the scan was planned.
+    locator: Option<Arc<dyn ShardLocator>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -69,7 +86,24 @@ impl RemoteShardScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { table, shard, epoch, replicas, projection, limit, filter: None, timeout, max_message_bytes, properties }
+        Self {
+            table,
+            shard,
+            epoch,
+            replicas,
+            projection,
+            limit,
+            filter: None,
+            timeout,
+            max_message_bytes,
+            locator: None,
+            properties,
+        }
+    }
+
+    /// Has the scan ask `locator` where the shard is when every replica refused it before sending rows.
+    pub fn with_locator(self, locator: Arc<dyn ShardLocator>) -> Self {
+        Self { locator: Some(locator), ..self }
     }
 
     /// Has the replica send only rows `filter` (SQL over the table's columns) may match.
@@ -167,55 +201,31 @@ impl ExecutionPlan for RemoteShardScanExec {
                 "RemoteShardScanExec has one partition, asked for {partition}"
             )));
         }
-        let (request, shard, replicas, timeout, max) =
-            (self.request(), self.shard, self.replicas.clone(), self.timeout, self.max_message_bytes);
+        let (mut request, shard, timeout, max) = (self.request(), self.shard, self.timeout, self.max_message_bytes);
+        let (table, mut replicas, locator) = (self.table, self.replicas.clone(), self.locator.clone());
         let schema = self.schema();
         let out_schema = Arc::clone(&schema);
         let stream = futures::stream::once(async move {
             let mut failures = Vec::new();
-            for addr in &replicas {
-                let attempt = async {
-                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| e.to_string())?
-                        .connect_timeout(timeout);
-                    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-                    let mut client = ShardServiceClient::new(channel).max_decoding_message_size(max);
-                    let mut replies =
-                        client.scan_shard(request.clone()).await.map_err(|s| s.message().to_string())?.into_inner();
-                    let first = replies.message().await.map_err(|s| s.message().to_string())?;
-                    Ok::<_, String>((first, replies))
-                };
-                match tokio::time::timeout(timeout, attempt).await {
-                    Ok(Ok((first, replies))) => {
-                        let first = match first {
-                            Some(reply) => decode(&reply.arrow_ipc, &schema, shard, addr)?,
-                            None => Vec::new(),
-                        };
-                        let (schema, addr) = (Arc::clone(&schema), addr.clone());
-                        let rest = futures::stream::unfold(replies, |mut replies| async move {
-                            match replies.message().await {
-                                Ok(Some(reply)) => Some((Ok(reply), replies)),
-                                Ok(None) => None,
-                                Err(status) => Some((Err(status), replies)),
-                            }
-                        })
-                        .map(move |reply| match reply {
-                            Ok(reply) => decode(&reply.arrow_ipc, &schema, shard, &addr),
-                            Err(status) => Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
-                                shard: shard.0,
-                                detail: format!(
-                                    "the scan from {addr} failed after it returned rows ({}); retry the statement",
-                                    status.message()
-                                ),
-                            }))),
-                        });
-                        let all = futures::stream::iter(vec![Ok(first)]).chain(rest);
-                        return Ok(all
-                            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-                            .try_flatten());
+            for relocation in 0..=RELOCATIONS {
+                for addr in &replicas {
+                    match first_reply(addr, &request, timeout, max).await {
+                        Ok((first, replies)) => return rows(first, replies, Arc::clone(&schema), shard, addr),
+                        Err(why) => failures.push(format!("{addr} at epoch {}: {why}", request.epoch)),
                     }
-                    Ok(Err(why)) => failures.push(format!("{addr}: {why}")),
-                    Err(_) => failures.push(format!("{addr}: no answer within {timeout:?}")),
+                }
+                let Some(locator) = locator.as_ref().filter(|_| relocation < RELOCATIONS) else { break };
+                match locator.locate(table, shard).await {
+                    Ok((epoch, addr)) if epoch != request.epoch || replicas != [addr.clone()] => {
+                        request.epoch = epoch;
+                        replicas = vec![addr];
+                    }
+                    // Nowhere new to look.
+                    Ok(_) => break,
+                    Err(why) => {
+                        failures.push(format!("locating it: {why}"));
+                        break;
+                    }
                 }
             }
             Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
@@ -226,6 +236,64 @@ impl ExecutionPlan for RemoteShardScanExec {
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
+}
+
+/// The scan's first reply from the replica at `addr`, with the stream of the others.
+async fn first_reply(
+    addr: &str,
+    request: &ScanShardRequest,
+    timeout: Duration,
+    max: usize,
+) -> Result<(Option<quiver_proto::v1::ScanShardReply>, tonic::Streaming<quiver_proto::v1::ScanShardReply>), String> {
+    let attempt = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(timeout);
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = ShardServiceClient::new(channel).max_decoding_message_size(max);
+        let mut replies = client.scan_shard(request.clone()).await.map_err(|s| s.message().to_string())?.into_inner();
+        let first = replies.message().await.map_err(|s| s.message().to_string())?;
+        Ok::<_, String>((first, replies))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The rows of a scan whose first reply came: that reply's, then the stream's. A failure of the stream fails the scan
+/// (with a retryable error): rows came already.
+fn rows(
+    first: Option<quiver_proto::v1::ScanShardReply>,
+    replies: tonic::Streaming<quiver_proto::v1::ScanShardReply>,
+    schema: SchemaRef,
+    shard: ShardId,
+    addr: &str,
+) -> DfResult<impl futures::Stream<Item = DfResult<RecordBatch>> + use<>> {
+    let first = match first {
+        Some(reply) => decode(&reply.arrow_ipc, &schema, shard, addr)?,
+        None => Vec::new(),
+    };
+    let addr = addr.to_string();
+    let rest = futures::stream::unfold(replies, |mut replies| async move {
+        match replies.message().await {
+            Ok(Some(reply)) => Some((Ok(reply), replies)),
+            Ok(None) => None,
+            Err(status) => Some((Err(status), replies)),
+        }
+    })
+    .map(move |reply| match reply {
+        Ok(reply) => decode(&reply.arrow_ipc, &schema, shard, &addr),
+        Err(status) => Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
+            shard: shard.0,
+            detail: format!(
+                "the scan from {addr} failed after it returned rows ({}); retry the statement",
+                status.message()
+            ),
+        }))),
+    });
+    let all = futures::stream::iter(vec![Ok(first)]).chain(rest);
+    Ok(all.map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok))).try_flatten())
 }
 
 /// An expression as SQL another node parses against the same table: column names unqualified (the statement's

@@ -26,11 +26,15 @@ pub(crate) struct Chunk {
     pub(crate) seq: u64,
     pub(crate) meta: ChunkMeta,
     retired: AtomicBool,
+    /// Tells this chunk object from another of the same number (a replica may receive a chunk number again after it
+    /// dropped it): only the object that retired last deletes the data.
+    incarnation: u64,
     tables: Arc<TableStore>,
 }
 
 impl Chunk {
     fn retire(&self) {
+        self.tables.retiring(self.data_key(), self.incarnation);
         self.retired.store(true, Ordering::Release);
     }
 
@@ -44,7 +48,7 @@ impl Drop for Chunk {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
             self.tables.cache.remove_chunk(self.shard.0, self.seq, self.meta.null_counts.len(), &self.tables.metrics);
-            self.tables.discard([self.data_key()]);
+            self.tables.discard_retired(self.data_key(), self.incarnation);
         }
     }
 }
@@ -110,6 +114,7 @@ impl ShardReplica {
                     seq,
                     meta,
                     retired: AtomicBool::new(false),
+                    incarnation: tables.next_incarnation(),
                     tables: Arc::clone(&tables),
                 })
             })
@@ -262,6 +267,7 @@ impl ShardReplica {
             seq,
             meta,
             retired: AtomicBool::new(false),
+            incarnation: self.tables.next_incarnation(),
             tables: Arc::clone(&self.tables),
         })
     }
@@ -371,7 +377,11 @@ impl ShardReplica {
                 continue;
             }
             let meta = self.replicated_meta(seq, &index)?;
-            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            let key = keys::data_key(self.def.id, self.shard, seq);
+            // This replica may have held the number before (dropped by a reset, or with its shard when it left the
+            // node): the old chunk's deferred deletion must not take the new data.
+            self.tables.reclaim(&key);
+            batch.put(key, data);
             batch.put(keys::index_key(self.def.id, self.shard, seq), index);
             new_chunks.push(self.make_chunk(seq, meta));
         }
@@ -536,7 +546,9 @@ impl ShardReplica {
         for (seq, index, data) in added {
             self.replicated_meta(seq, &index)?;
             highest = highest.max(seq + 1);
-            batch.put(keys::data_key(self.def.id, self.shard, seq), data);
+            let key = keys::data_key(self.def.id, self.shard, seq);
+            self.tables.reclaim(&key);
+            batch.put(key, data);
             entries.push((seq, index));
         }
         let change = PreparedChange { lsn, term, added: entries, removed };

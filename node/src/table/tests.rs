@@ -335,3 +335,29 @@ async fn a_part_sent_to_one_shard_must_hold_only_that_shards_rows() {
     assert_eq!(written, mine.num_rows() as u64);
     assert_eq!(rows_per_shard(&engine, "k"), [mine.num_rows() as u64, 0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_received_again_after_its_replica_dropped_it_keeps_its_data_when_the_old_one_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    let copy = engine.hot_table("copy").expect("table");
+    let replica = Arc::clone(copy.only_shard());
+    let next_seq = chunks.iter().map(|c| c.0 + 1).max().expect("chunks");
+    replica.apply(chunks.clone(), &[], next_seq).expect("caught up");
+    assert_eq!(count_sum(&engine, "copy").await, count_sum(&engine, "source").await);
+    // A reader holds the chunks while the shard leaves the node (everything dropped)...
+    let held = replica.version();
+    replica.reset(Vec::new(), &[], 0, next_seq).expect("dropped");
+    assert_eq!(count_sum(&engine, "copy").await.0, 0);
+    // ...and comes back: the same chunk numbers are sent again before the reader lets the old ones go.
+    replica.apply(chunks.clone(), &[], next_seq).expect("caught up again");
+    drop(held);
+    // The old chunks' deferred deletions would now run with the next commit: there is none to run.
+    engine.execute_one("INSERT INTO source VALUES (100000, 1)").await.expect("a commit");
+    assert_eq!(count_sum(&engine, "copy").await, (250, 31_375), "every chunk's data is still there");
+    drop((copy, replica));
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(count_sum(&engine, "copy").await, (250, 31_375), "and after a restart");
+}

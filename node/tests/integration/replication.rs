@@ -314,6 +314,20 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     );
     until_epoch(primary, shard.shard_id, epoch).await;
     assert_eq!(scan_ids(primary, &shard, epoch).await.expect("at the new epoch"), all);
+    // A scan planned at the old epoch, refused by every replica it was given, asks where the shard is now and reads
+    // it there; without a locator it fails, retryably.
+    let stale_plan = || remote(vec![backup.grpc.clone()], Some(vec![0]));
+    let refused = datafusion::physical_plan::collect(stale_plan(), one.engine.session().task_ctx()).await;
+    assert!(refused.expect_err("planned at the old epoch").to_string().contains("epoch"));
+    let located =
+        Arc::try_unwrap(stale_plan()).expect("one owner").with_locator(Arc::new(Located(Arc::clone(&one.engine))));
+    let read = datafusion::physical_plan::collect(Arc::new(located), one.engine.session().task_ctx())
+        .await
+        .expect("relocated to the new epoch");
+    let mut ids: Vec<i64> =
+        read.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, all);
 
     // Rows routed to the shard's primary are refused by a node that is not the primary, at another epoch, below
     // min_in_sync, or when they are not Arrow IPC.
@@ -345,6 +359,24 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let Err(refused) = Server::bind(config).await else { panic!("a node-local cold store in a cluster was accepted") };
     assert!(refused.to_string().contains("cold.store"), "{refused}");
     one.stop().await;
+}
+
+/// A shard's current primary and epoch, as a node's metadata replica knows them after a linearizable read.
+#[derive(Debug)]
+struct Located(Arc<Engine>);
+
+#[async_trait::async_trait]
+impl quiver_node::ShardLocator for Located {
+    async fn locate(&self, _table: quiver_meta::TableId, shard: ShardId) -> Result<(u64, String), String> {
+        self.0.meta().read_state(|_| ()).await.map_err(|e| e.to_string())?;
+        self.0
+            .meta()
+            .read_local(|s| {
+                let record = s.shard(shard)?;
+                Some((record.epoch, s.node(record.primary)?.grpc_addr.clone()))
+            })
+            .ok_or_else(|| "no such shard".to_string())
+    }
 }
 
 /// Waits until `node` has applied epoch `epoch` of shard `shard`; returns its record there.
