@@ -22,7 +22,7 @@ use quiver_meta::{ClusterError, JoinRequest, MetaCommand, MetaConfig, MetaNode, 
 
 pub use self::meta_store::HotMetaStore;
 use crate::error::{Error, Result};
-use crate::storage::HotStore;
+use crate::storage::{Durability, HotStore, WriteBatch};
 
 /// The node id of an embedded database's replica.
 pub const LOCAL_NODE_ID: u64 = 1;
@@ -146,6 +146,10 @@ pub async fn start_replica(store: Arc<dyn HotStore>, options: &ClusterOptions) -
     .map_err(cluster_error)
 }
 
+/// Present while a node joins with an empty store: until the cluster admitted it anew (taking it out of every shard's
+/// in-sync set), a restart joins as empty again.
+const REJOIN_KEY: &[u8] = b"\x00rejoin_pending";
+
 /// Makes a started replica part of a cluster:
 ///
 /// - a fresh node without `join` bootstraps a new cluster and registers itself;
@@ -157,9 +161,17 @@ pub async fn start_replica(store: Arc<dyn HotStore>, options: &ClusterOptions) -
 /// # Errors
 ///
 /// A refusal by the cluster (another cluster id, a duplicate node id), or no answer within the join timeout.
-pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Result<()> {
-    let initialized =
+pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions, store: &dyn HotStore) -> Result<()> {
+    let mut initialized =
         node.raft().is_initialized().await.map_err(|e| Error::Internal(format!("metadata replica: {e}")))?;
+    // A node that began joining with an empty store and stopped before the cluster admitted it anew still holds no
+    // shard data, even if its metadata replica received the log meanwhile (the leader kept replicating to the
+    // member it was): it joins anew, as empty, until a join completes.
+    let rejoining = store.get(REJOIN_KEY)?.is_some() && !options.join.is_empty();
+    if rejoining {
+        tracing::info!(node_id = options.node_id, "an earlier join with an empty store did not finish; joining anew");
+        initialized = false;
+    }
     let mine = node.read_local(|s| s.cluster_id().map(str::to_string));
     let request = JoinRequest {
         node_id: options.node_id,
@@ -195,6 +207,11 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
             // Until the cluster has added this node anew, it must not vote: if it is a member that lost its disk,
             // the votes it cast before are gone with it.
             node.hold_votes(true);
+            if !rejoining {
+                let mut batch = WriteBatch::new();
+                batch.put(REJOIN_KEY.to_vec(), Vec::new());
+                store.write(batch, Durability::Sync)?;
+            }
             let deadline = tokio::time::Instant::now() + options.join_timeout;
             loop {
                 let mut last = None;
@@ -203,6 +220,9 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions) -> Res
                         Ok((cluster_id, role)) => {
                             tracing::info!(node_id = options.node_id, cluster_id, role, via = %seed, "joined the cluster");
                             node.hold_votes(false);
+                            let mut batch = WriteBatch::new();
+                            batch.delete(REJOIN_KEY.to_vec());
+                            store.write(batch, Durability::Sync)?;
                             return Ok(());
                         }
                         Err(e @ (ClusterError::JoinRefused { .. } | ClusterError::InvalidMembershipChange { .. })) => {

@@ -174,6 +174,14 @@ pub struct Metrics {
     pub shard_in_sync_removals: Counter,
     /// Shard writes whose outcome a failure left unknown.
     pub shard_outcome_unknown: Counter,
+    /// Replicas this node caught up and admitted to a shard's in-sync set (new copies, and copies back from a failure).
+    pub shard_catch_ups: Counter,
+    /// Bytes of chunk data this node sent to catch replicas up.
+    pub shard_catch_up_bytes: Counter,
+    /// Catch-ups running from this node.
+    pub shard_catch_ups_running: Gauge,
+    /// Shards whose rows this node deleted because they left it (drained, or made again elsewhere).
+    pub shard_copies_deleted: Counter,
 }
 
 /// The metadata replica's state at render time, read from Raft's metrics.
@@ -376,6 +384,30 @@ impl Metrics {
             "quiver_shard_outcome_unknown_total",
             "Shard writes whose outcome a failure left unknown.",
             self.shard_outcome_unknown.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_catch_ups_total",
+            "Replicas caught up by this node and admitted to a shard's in-sync set.",
+            self.shard_catch_ups.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_catch_up_bytes_total",
+            "Bytes of chunk data this node sent to catch replicas up.",
+            self.shard_catch_up_bytes.get(),
+        );
+        gauge(
+            &mut out,
+            "quiver_shard_catch_ups_running",
+            "Catch-ups running from this node.",
+            self.shard_catch_ups_running.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_copies_deleted_total",
+            "Shards whose rows this node deleted because they left it.",
+            self.shard_copies_deleted.get(),
         );
         counter(
             &mut out,

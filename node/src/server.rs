@@ -153,7 +153,7 @@ impl Server {
         }
         let mut engine_options = config.engine_options();
         engine_options.cold_store = cold;
-        let engine = Engine::open_with_meta(location, store, engine_options, meta.clone()).await?;
+        let engine = Engine::open_with_meta(location, Arc::clone(&store), engine_options, meta.clone()).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -164,7 +164,7 @@ impl Server {
         #[cfg(madsim)]
         let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc_addr, stopped));
         let internal = Internal { addr: grpc_addr, stop, task };
-        if let Err(e) = cluster::bootstrap_or_join(&meta, &options).await {
+        if let Err(e) = cluster::bootstrap_or_join(&meta, &options, &*store).await {
             let _ = internal.stop.send(true);
             let _ = engine.shutdown().await;
             return Err(e);

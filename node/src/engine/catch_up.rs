@@ -124,7 +124,17 @@ impl Engine {
             primary: self.node_id,
             expected_epoch: Some(record.epoch),
         };
-        match self.meta.propose(admit).await?.outcome {
+        let proposed = match self.meta.propose(admit).await {
+            Ok(response) => response,
+            Err(e) => {
+                // The admission may have been committed unanswered: this node would then write at the old epoch to
+                // backups that miss the admitted copy, which a failover may promote without the write. The lock is
+                // held until this node's metadata replica knows the outcome.
+                self.learn_configuration().await;
+                return Err(e.into());
+            }
+        };
+        match proposed.outcome {
             Ok(_) => {}
             Err(Rejection::ShardEpochConflict { current, .. }) => {
                 return Err(refuse(format!(
@@ -133,10 +143,22 @@ impl Engine {
             }
             Err(other) => return Err(Error::Meta(other.into())),
         }
+        self.metrics.shard_catch_ups.inc();
         self.meta.read_state(|_| ()).await?;
         report.epoch = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch)).unwrap_or(record.epoch + 1);
         tracing::info!(%shard, target, chunks = report.chunks, bytes = report.bytes, epoch = report.epoch, "replica caught up and in sync");
         Ok(report)
+    }
+
+    /// Waits until a linearizable read of the metadata succeeds, so this node's replica has applied every
+    /// configuration committed so far (retrying while the metadata group does not answer).
+    async fn learn_configuration(&self) {
+        let mut wait = Duration::from_millis(50);
+        while let Err(e) = self.meta.read_state(|_| ()).await {
+            tracing::warn!(error = %e, "a replica's admission has an unknown outcome; learning it before the next write");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// The shard's configuration, checked for a catch-up of `target`: this node leads it and `target` holds a replica.
@@ -215,6 +237,7 @@ impl Engine {
             }
             report.chunks += count;
             report.bytes += bytes;
+            self.metrics.shard_catch_up_bytes.add(bytes);
             if self.replication.catch_up_rate > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.replication.catch_up_rate as f64)).await;
             }

@@ -440,6 +440,7 @@ impl Engine {
             .await
             {
                 Ok(Ok(())) => {
+                    self.metrics.shard_copies_deleted.inc();
                     tracing::info!(table = %replica.def().name, shard = %replica.shard_id(), rows, "rows of a shard that left this node deleted");
                 }
                 Ok(Err(e)) => {
@@ -473,8 +474,12 @@ impl Engine {
                 .collect()
         });
         for key in wanted {
-            if !self.catching_up.lock().expect("catch-up lock poisoned").insert(key) {
-                continue;
+            {
+                let mut running = self.catching_up.lock().expect("catch-up lock poisoned");
+                if !running.insert(key) {
+                    continue;
+                }
+                self.metrics.shard_catch_ups_running.set(running.len() as u64);
             }
             let engine = Arc::clone(&engine);
             tokio::spawn(async move {
@@ -482,7 +487,9 @@ impl Engine {
                 if let Err(e) = engine.catch_up_replica(table, shard, target).await {
                     tracing::info!(%shard, target, error = %e.report(), "catching a replica up failed; retrying later");
                 }
-                engine.catching_up.lock().expect("catch-up lock poisoned").remove(&key);
+                let mut running = engine.catching_up.lock().expect("catch-up lock poisoned");
+                running.remove(&key);
+                engine.metrics.shard_catch_ups_running.set(running.len() as u64);
             });
         }
     }

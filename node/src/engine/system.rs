@@ -145,6 +145,7 @@ impl SystemTable {
                 text("state", false),
                 u64_field("hot_rows", true),
                 u64_field("hot_bytes", true),
+                text("catching_up", false),
             ],
             SystemTable::TierFiles => vec![
                 text("table_name", false),
@@ -297,7 +298,7 @@ fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)
     let list = |nodes: &[u64]| nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let (mut table, mut shard, mut slots, mut primary) = (vec![], vec![], vec![], vec![]);
     let (mut replicas, mut in_sync, mut epoch, mut health) = (vec![], vec![], vec![], vec![]);
-    let (mut hot_rows, mut hot_bytes) = (vec![], vec![]);
+    let (mut hot_rows, mut hot_bytes, mut catching_up) = (vec![], vec![], vec![]);
     for def in state.catalog().tables() {
         let mut shards: Vec<_> = state.table_shards(def.id).collect();
         shards.sort_by_key(|r| r.slots);
@@ -314,6 +315,8 @@ fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)
             let here = local.get(&r.shard_id.0);
             hot_rows.push(here.map(|h| h.0));
             hot_bytes.push(here.map(|h| h.1));
+            let behind: Vec<u64> = r.replicas.iter().copied().filter(|n| !r.in_sync.contains(n)).collect();
+            catching_up.push(list(&behind));
         }
     }
     vec![
@@ -327,6 +330,7 @@ fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)
         Arc::new(StringArray::from(health)),
         Arc::new(UInt64Array::from(hot_rows)),
         Arc::new(UInt64Array::from(hot_bytes)),
+        Arc::new(StringArray::from(catching_up)),
     ]
 }
 

@@ -970,6 +970,12 @@ async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_go
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(held, 0, "node 1 still holds rows of shards that left it");
+    assert!(one.engine.metrics().shard_copies_deleted.get() >= 4);
+    let caught_up: u64 = [&one, &two, &four].iter().map(|n| n.engine.metrics().shard_catch_ups.get()).sum();
+    let sent: u64 = [&one, &two, &four].iter().map(|n| n.engine.metrics().shard_catch_up_bytes.get()).sum();
+    assert!(caught_up >= 8 && sent > 0, "{caught_up} catch-ups, {sent} bytes");
+    let moving = "SELECT count(*) FROM system.shards WHERE table_name IN ('m', 'c') AND catching_up <> ''";
+    assert_eq!(number(&two, moving).await, 0);
     two.engine
         .execute_one("CREATE TABLE later (id BIGINT PRIMARY KEY) WITH (shards = 3, replicas = 2)")
         .await

@@ -42,6 +42,9 @@ pub(super) struct Write {
     first: i64,
     rows: i64,
     fate: Fate,
+    /// The primary and epoch it was sent to, and when it was answered (from the writer's start).
+    sent_to: (u64, u64),
+    answered: Duration,
 }
 
 /// The shard's configuration as a live node's metadata has it.
@@ -53,8 +56,9 @@ fn config(live: &Live) -> Option<ShardRecord> {
 }
 
 /// Writes ids `first..first + rows` to the shard's primary; returns the rows written.
-async fn write(live: &Live, first: i64, rows: i64) -> Result<u64, Code> {
+async fn write(live: &Live, first: i64, rows: i64, sent_to: &mut (u64, u64)) -> Result<u64, Code> {
     let Some(shard) = config(live) else { return Err(Code::Unavailable) };
+    *sent_to = (shard.primary, shard.epoch);
     let request = WriteShardRequest {
         table_id: shard.table_id.0,
         shard_id: shard.shard_id.0,
@@ -74,14 +78,16 @@ async fn write(live: &Live, first: i64, rows: i64) -> Result<u64, Code> {
 pub(super) async fn writer(live: Live, deadline: Instant) -> Vec<Write> {
     let mut writes = Vec::new();
     let mut next = 9_000_000_000_i64;
+    let started = Instant::now();
     while Instant::now() < deadline {
         let rows = thread_rng().gen_range(1..=20);
-        let fate = match write(&live, next, rows).await {
+        let mut sent_to = (0, 0);
+        let fate = match write(&live, next, rows, &mut sent_to).await {
             Ok(n) if n == rows as u64 => Fate::Acknowledged,
             Ok(n) => panic!("a write of {rows} rows to the replicated shard reported {n}"),
             Err(code) => fate_of(code),
         };
-        writes.push(Write { first: next, rows, fate });
+        writes.push(Write { first: next, rows, fate, sent_to, answered: started.elapsed() });
         next += rows;
         sleep(Duration::from_millis(thread_rng().gen_range(10..60))).await;
     }
@@ -155,7 +161,11 @@ pub(super) async fn check(
             return Err(format!("replicated shard: {present} of the {} rows of write {} are there", w.rows, w.first));
         }
         if w.fate == Fate::Acknowledged && present == 0 {
-            return Err(format!("replicated shard: acknowledged write {} ({} rows) is lost", w.first, w.rows));
+            return Err(format!(
+                "replicated shard: acknowledged write {} ({} rows) is lost (primary {} at epoch {}, answered {:?} \
+                 into the faults)",
+                w.first, w.rows, w.sent_to.0, w.sent_to.1, w.answered
+            ));
         }
         if w.fate == Fate::Failed && present > 0 {
             return Err(format!("replicated shard: write {}, refused, is there", w.first));
