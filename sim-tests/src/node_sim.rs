@@ -9,7 +9,9 @@
 //!    rows with unique ids to random nodes, and query them back: kill a node (its disk losing unsynced writes or
 //!    not) and restart it on the same disk, lose a node with its disk (removed, an empty replacement joins), isolate
 //!    a node, cut one direction of its traffic, slow the network, drop packets, make the clocks jump; on half the
-//!    seeds the fault points in the production code fire too.
+//!    seeds the fault points in the production code fire too. An operator drains a random node now and then and stops
+//!    the drain a few seconds later, and the copies of a node down for three seconds are made again elsewhere, so
+//!    shards move (copies added, caught up, dropped, primaries handed over) under the faults.
 //! 3. **Heal and liveness**: every fault is lifted; a CREATE TABLE and an append on every node must then succeed
 //!    within a bound.
 //! 4. **Checks**, against a model of what each client learned:
