@@ -252,11 +252,8 @@ impl MetaState {
                 shard.reconfigure(replicas, in_sync, primary);
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
-            MetaCommand::SetShardManifest { shard_id, expected_version, manifest, expected_epoch } => {
+            MetaCommand::SetShardManifest { shard_id, expected_version, manifest } => {
                 let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
-                if let Some(expected) = expected_epoch.filter(|e| *e != shard.epoch) {
-                    return Err(Rejection::ShardEpochConflict { shard_id, expected, current: shard.epoch });
-                }
                 let current = shard.manifest.as_ref().map(|m| m.version);
                 if current != expected_version || current.is_some_and(|c| manifest.version <= c) {
                     return Err(Rejection::ManifestVersionConflict { shard_id, expected: expected_version, current });

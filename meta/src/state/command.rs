@@ -106,11 +106,6 @@ pub enum MetaCommand {
         expected_version: Option<u64>,
         /// The new manifest; its version must be larger than the current one.
         manifest: ManifestPointer,
-        /// Applies only while the shard's configuration is at this epoch: a node that tiered by a configuration the
-        /// cluster moved past (its shard moved to another node meanwhile) must not publish rows the new holder keeps
-        /// hot. `None`: whatever the epoch.
-        #[serde(default)]
-        expected_epoch: Option<u64>,
     },
 }
 

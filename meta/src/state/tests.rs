@@ -259,7 +259,6 @@ fn rejected_commands_change_nothing() {
         (
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
-                expected_epoch: None,
                 expected_version: Some(3),
                 manifest: ManifestPointer { version: 4, location: "m/4".into() },
             },
@@ -268,7 +267,6 @@ fn rejected_commands_change_nothing() {
         (
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(42),
-                expected_epoch: None,
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
             },
@@ -307,7 +305,6 @@ fn version_grows_by_one_per_change_only() {
         (
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
-                expected_epoch: None,
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
             },
@@ -345,7 +342,6 @@ fn manifest_updates_are_compare_and_set() {
     applied(&mut s, create_one("t"));
     let set = |expected, version| MetaCommand::SetShardManifest {
         shard_id: ShardId(1),
-        expected_epoch: None,
         expected_version: expected,
         manifest: ManifestPointer { version, location: format!("m/{version}") },
     };

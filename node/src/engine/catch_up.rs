@@ -94,9 +94,6 @@ impl Engine {
             // Another catch-up admitted it meanwhile.
             return Ok(CatchUpReport { epoch: record.epoch, ..report });
         }
-        // The cold view as the cluster has it now (a linearizable read): chunks a tiering published are not sent.
-        let (_, manifest) = self.shard_manifest(&replica, &record).await?;
-        self.adopt(&replica, &manifest).await;
         let held = self.status_of(&addr, &record, table, target).await?;
         self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
         let keep = hot_chunks(&record, &replica)?;
@@ -155,7 +152,7 @@ impl Engine {
 
     /// Waits until a linearizable read of the metadata succeeds, so this node's replica has applied every
     /// configuration committed so far (retrying while the metadata group does not answer).
-    pub(super) async fn learn_configuration(&self) {
+    async fn learn_configuration(&self) {
         let mut wait = Duration::from_millis(50);
         while let Err(e) = self.meta.read_state(|_| ()).await {
             tracing::warn!(error = %e, "a replica's admission has an unknown outcome; learning it before the next write");

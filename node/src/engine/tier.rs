@@ -194,24 +194,12 @@ impl Engine {
         next: &Manifest,
         location: String,
     ) -> Result<bool> {
-        // Published only at the configuration the caller read (under the shard's lock): a shard that moved to another
-        // node meanwhile is that node's to tier.
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
-            expected_epoch: Some(shard.epoch),
             expected_version: expected.map(|p| p.version),
             manifest: ManifestPointer { version: next.version, location: location.clone() },
         };
-        let proposed = match self.meta.propose(command).await {
-            Ok(response) => response,
-            Err(e) => {
-                // The pointer may have moved unanswered: the caller holds the shard's lock, and a catch-up that took
-                // it next must see the outcome (it sends only chunks above the cold mark).
-                self.learn_configuration().await;
-                return Err(e.into());
-            }
-        };
-        match proposed.outcome {
+        match self.meta.propose(command).await?.outcome {
             Ok(_) => {
                 // For readers of the bucket alone; the collector writes it again if this fails.
                 let marked = match self.cold_store() {
@@ -227,14 +215,6 @@ impl Engine {
                 Ok(true)
             }
             Err(Rejection::ManifestVersionConflict { .. }) => Ok(false),
-            Err(Rejection::ShardEpochConflict { current, .. }) => Err(Error::ShardUnavailable {
-                shard: shard.shard_id.0,
-                detail: format!(
-                    "its configuration moved from epoch {} to {current} during the change of its cold files; nothing was \
-                     published",
-                    shard.epoch
-                ),
-            }),
             Err(other) => Err(Error::Meta(other.into())),
         }
     }
@@ -1453,7 +1433,6 @@ mod tests {
         let location = engine.store_manifest(&store, &mut manifest).await.expect("manifest");
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
-            expected_epoch: None,
             expected_version: None,
             manifest: ManifestPointer { version: 1, location },
         };
