@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_meta::{MetaCommand, Rejection, ShardId, ShardRecord, TableId};
+use quiver_meta::{MetaCommand, MetaResponse, Rejection, ShardId, ShardRecord, TableId};
 use quiver_proto::v1::{ReplicaStatusRequest, ReplicateRequest, ReplicatedChunk as WireChunk};
 
 use super::Engine;
@@ -124,13 +124,14 @@ impl Engine {
             primary: self.node_id,
             expected_epoch: Some(record.epoch),
         };
-        let proposed = match self.meta.propose(admit).await {
+        let proposed = match self.meta.propose(admit.clone()).await {
             Ok(response) => response,
             Err(e) => {
                 // The admission may have been committed unanswered: this node would then write at the old epoch to
                 // backups that miss the admitted copy, which a failover may promote without the write. The lock is
-                // held until this node's metadata replica knows the outcome.
-                self.learn_configuration().await;
+                // held until the outcome is settled and this node's metadata replica has it; the next round sees the
+                // copy in sync, or catches it up again.
+                let _ = self.settle_proposal(admit, "a replica's admission").await;
                 return Err(e.into());
             }
         };
@@ -150,12 +151,26 @@ impl Engine {
         Ok(report)
     }
 
-    /// Waits until a linearizable read of the metadata succeeds, so this node's replica has applied every
-    /// configuration committed so far (retrying while the metadata group does not answer).
-    async fn learn_configuration(&self) {
+    /// Settles a compare-and-set proposal whose outcome is unknown (the metadata group took it, or not, without
+    /// answering): proposes the same command again until the group answers, then reads the metadata linearizably, so
+    /// this node's replica has applied whatever came of it.
+    ///
+    /// A read alone is not enough: the first proposal may still sit uncommitted in a leader's log, or in flight to
+    /// one, and apply after the read. Its copy settles it. If the copy applies, the compare-and-set's expectation no
+    /// longer holds for the first, which then changes nothing wherever it lands; if the copy is refused, the
+    /// expectation failed already, and the first was applied before or never will be. The caller holds the shard's
+    /// lock throughout, since what it does next depends on the outcome; returns the copy's answer.
+    pub(super) async fn settle_proposal(&self, command: MetaCommand, what: &str) -> MetaResponse {
         let mut wait = Duration::from_millis(50);
-        while let Err(e) = self.meta.read_state(|_| ()).await {
-            tracing::warn!(error = %e, "a replica's admission has an unknown outcome; learning it before the next write");
+        loop {
+            let answered = match self.meta.propose(command.clone()).await {
+                Ok(response) => match self.meta.read_state(|_| ()).await {
+                    Ok(()) => return response,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::warn!(error = %answered, what, "a metadata change has an unknown outcome; settling it before the shard changes again");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }

@@ -186,7 +186,8 @@ impl Engine {
     }
 
     /// Moves `shard`'s manifest pointer from `expected` to `next`, stored at `location`, by compare-and-set through
-    /// Raft: `true` once committed, `false` when another commit moved the pointer first.
+    /// Raft: `true` once committed, `false` when another commit moved the pointer first. A commit whose outcome is
+    /// unknown is settled before this returns (`Engine::settle_proposal`), holding the caller's lock.
     pub(super) async fn propose_manifest(
         &self,
         shard: &ShardRecord,
@@ -199,8 +200,22 @@ impl Engine {
             expected_version: expected.map(|p| p.version),
             manifest: ManifestPointer { version: next.version, location: location.clone() },
         };
-        match self.meta.propose(command).await?.outcome {
-            Ok(_) => {
+        let outcome = match self.meta.propose(command.clone()).await {
+            Ok(response) => response.outcome.map(|_| ()),
+            // The pointer may have moved unanswered. The caller holds the shard's lock, and whoever takes it next
+            // (a catch-up sending the chunks above the cold mark, another tiering) must see the outcome: settled
+            // here, and a pointer this commit moved counts as committed.
+            Err(_) => {
+                let settled = self.settle_proposal(command, "a commit of a shard's cold files").await;
+                let now = self.meta.read_local(|s| s.shard(shard.shard_id).and_then(|r| r.manifest.clone()));
+                match now {
+                    Some(p) if p.version == next.version && p.location == location => Ok(()),
+                    _ => settled.outcome.map(|_| ()),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
                 // For readers of the bucket alone; the collector writes it again if this fails.
                 let marked = match self.cold_store() {
                     Ok(store) => {
