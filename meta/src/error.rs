@@ -114,6 +114,19 @@ pub enum Error {
         /// The cluster id in the command.
         proposed: String,
     },
+    /// A manifest commit named uploads older than the cold-upload fence: a garbage collection may have deleted them.
+    #[error(
+        "the cold files of shard {shard_id} began uploading at {uploaded_from_ms} ms, before the garbage collector's \
+         fence at {fence_ms} ms; they may be collected: upload them again"
+    )]
+    ColdUploadsFenced {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// When the uploads began (unix ms).
+        uploaded_from_ms: u64,
+        /// The fence (unix ms).
+        fence_ms: u64,
+    },
     /// Stored metadata could not be decoded.
     #[error("metadata could not be decoded")]
     Decode(#[source] serde_json::Error),
@@ -132,6 +145,7 @@ impl Error {
             | Error::ShardEpochConflict { .. }
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
+            | Error::ColdUploadsFenced { .. }
             | Error::ClusterIdMismatch { .. } => ErrorKind::InvalidRequest,
             Error::Decode(_) => ErrorKind::Internal,
         }
@@ -210,6 +224,18 @@ pub enum Rejection {
         /// The current version.
         current: Option<u64>,
     },
+    /// See [`Error::ColdUploadsFenced`].
+    #[error(
+        "the cold files of shard {shard_id} began uploading at {uploaded_from_ms} ms, before the fence at {fence_ms} ms"
+    )]
+    ColdUploadsFenced {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// When the uploads began (unix ms).
+        uploaded_from_ms: u64,
+        /// The fence (unix ms).
+        fence_ms: u64,
+    },
     /// See [`Error::ClusterIdMismatch`].
     #[error("metadata belongs to cluster \"{current}\", not \"{proposed}\"")]
     ClusterIdMismatch {
@@ -243,6 +269,9 @@ impl From<Rejection> for Error {
             Rejection::ManifestVersionConflict { shard_id, expected, current } => {
                 Error::ManifestVersionConflict { shard_id, expected, current }
             }
+            Rejection::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms } => {
+                Error::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms }
+            }
             Rejection::ClusterIdMismatch { current, proposed } => Error::ClusterIdMismatch { current, proposed },
         }
     }
@@ -266,6 +295,7 @@ impl Rejection {
             | Error::ShardEpochConflict { .. }
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
+            | Error::ColdUploadsFenced { .. }
             | Error::ClusterIdMismatch { .. }
             | Error::Decode(_)) => unreachable!("Catalog::apply returned {other}"),
         }

@@ -43,6 +43,9 @@ pub struct MetaState {
     shards: BTreeMap<ShardId, ShardRecord>,
     next_shard_id: u64,
     version: u64,
+    /// Manifest commits of uploads begun before this (unix ms) are refused ([`MetaCommand::FenceColdUploads`]).
+    #[serde(default)]
+    cold_upload_fence_ms: u64,
 }
 
 impl MetaState {
@@ -54,6 +57,11 @@ impl MetaState {
     /// Returns the metadata version: the number of changes applied so far.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Returns the cold-upload fence: manifest commits of uploads begun before this (unix ms) are refused.
+    pub fn cold_upload_fence_ms(&self) -> u64 {
+        self.cold_upload_fence_ms
     }
 
     /// Returns the cluster id recorded at bootstrap.
@@ -252,15 +260,23 @@ impl MetaState {
                 shard.reconfigure(replicas, in_sync, primary);
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
-            MetaCommand::SetShardManifest { shard_id, expected_version, manifest } => {
+            MetaCommand::SetShardManifest { shard_id, expected_version, manifest, uploaded_from_ms } => {
+                let fence_ms = self.cold_upload_fence_ms;
                 let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
                 let current = shard.manifest.as_ref().map(|m| m.version);
                 if current != expected_version || current.is_some_and(|c| manifest.version <= c) {
                     return Err(Rejection::ManifestVersionConflict { shard_id, expected: expected_version, current });
                 }
+                if uploaded_from_ms != 0 && uploaded_from_ms < fence_ms {
+                    return Err(Rejection::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms });
+                }
                 let version = manifest.version;
                 shard.manifest = Some(manifest);
                 Ok(MetaOutcome::ShardManifestSet { shard_id, version })
+            }
+            MetaCommand::FenceColdUploads { before_ms } => {
+                self.cold_upload_fence_ms = self.cold_upload_fence_ms.max(before_ms);
+                Ok(MetaOutcome::ColdUploadsFenced { before_ms: self.cold_upload_fence_ms })
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The faults both workloads inject, drawn from the seed: one at a time, every 0.3–2 virtual seconds, each lasting
-//! 0.2–3 s, until the fault phase ends. A workload describes its cluster through [`Cluster`]; what a fault does to a
+//! 0.2–3 s (splits longer where a workload asks, [`Cluster::split_ms`]), until the fault phase ends. A workload describes its cluster through [`Cluster`]; what a fault does to a
 //! member (kill it, lose its disk) is the workload's business, which faults happen when is this module's.
 
 use std::time::Duration;
@@ -68,6 +68,37 @@ pub(crate) trait Cluster {
     fn note(&mut self, event: String) {
         self.hosts().note(event);
     }
+    /// How long a split of the members lasts, in virtual ms, when it is not the common 0.2–3 s: a workload whose
+    /// clients reach both sides of a split and whose members fail over within it draws longer splits, so a side cut
+    /// off from the metadata leader is asked to serve after the others moved on.
+    fn split_ms(&self) -> Option<std::ops::Range<u64>> {
+        None
+    }
+    /// Whether this isolation of a member cuts it off from the other members only, its clients still reaching it
+    /// (for as long as a split lasts), rather than from everyone: a workload whose clients run on hosts of their own
+    /// says so now and then.
+    fn isolate_from_peers_only(&self) -> bool {
+        false
+    }
+}
+
+/// Cuts member `target` off from the other `members` (both directions) for `lasting`; the trace says why (`what`).
+async fn isolate_from_peers<C: Cluster>(cluster: &mut C, net: &NetSim, members: &[u64], target: u64, what: &str) {
+    let lasting = Duration::from_millis(thread_rng().gen_range(cluster.split_ms().unwrap_or(200..3_000)));
+    let ms = lasting.as_millis();
+    cluster.note(format!("isolate {target} ({what}) from the other members, not from its clients, for {ms} ms"));
+    let links: Vec<(NodeId, NodeId)> =
+        members.iter().filter(|m| **m != target).map(|m| (cluster.host(target), cluster.host(*m))).collect();
+    for (a, b) in &links {
+        net.clog_link(*a, *b);
+        net.clog_link(*b, *a);
+    }
+    sleep(lasting).await;
+    for (a, b) in &links {
+        net.unclog_link(*a, *b);
+        net.unclog_link(*b, *a);
+    }
+    cluster.note(format!("reconnect {target} to the other members"));
 }
 
 /// Polls `done` every 50 virtual ms until it holds or `within` passes.
@@ -135,6 +166,11 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 }
                 cluster.restart(victim);
             }
+            3 if cluster.isolate_from_peers_only() => {
+                let leader = cluster.leader();
+                let target = leader.unwrap_or(victim);
+                isolate_from_peers(cluster, &net, &members, target, &format!("leader: {leader:?}")).await;
+            }
             3 => {
                 // The leader in particular (or a random member when none leads).
                 let leader = cluster.leader();
@@ -148,6 +184,11 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
             }
             4 => {
                 // A random split: a random subset of members cannot talk to the others (both directions).
+                let lasting = match cluster.split_ms() {
+                    Some(range) => Duration::from_millis(thread_rng().gen_range(range)),
+                    None => lasting,
+                };
+                let ms = lasting.as_millis();
                 let side: Vec<u64> = members.iter().copied().filter(|_| thread_rng().gen_bool(0.5)).collect();
                 let other: Vec<u64> = members.iter().copied().filter(|m| !side.contains(m)).collect();
                 cluster.note(format!("split {side:?} from {other:?} for {ms} ms"));
@@ -188,6 +229,9 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 cluster.note(format!("clocks jump {} ms forward", jump.as_millis()));
                 madsim::time::advance(jump);
                 sleep(lasting).await;
+            }
+            8 if cluster.isolate_from_peers_only() => {
+                isolate_from_peers(cluster, &net, &members, victim, "at random").await;
             }
             8 => {
                 cluster.note(format!("isolate {victim} for {ms} ms"));

@@ -518,6 +518,19 @@ impl faults::Cluster for World {
         self.disks.lock().expect("disks")[&id].crash(thread_rng().gen_bool(0.5))
     }
 
+    /// Splits last up to 8 s: the clients reach both sides, and a node cut off for 2 s is marked down and its shards
+    /// fail over, so the cut-off side is asked for rows acknowledged by the others since (a node that served them
+    /// from the shard configuration it last applied would miss them).
+    fn split_ms(&self) -> Option<std::ops::Range<u64>> {
+        Some(500..8_000)
+    }
+
+    /// Half the isolations cut a node off from its peers only: its clients still send it statements, which it must
+    /// refuse (it cannot confirm the shard configuration) rather than answer from the configuration it last applied.
+    fn isolate_from_peers_only(&self) -> bool {
+        thread_rng().gen_bool(0.5)
+    }
+
     async fn remove(&mut self, id: u64) -> bool {
         let helper =
             (1..=self.hosts.nodes.len() as u64).find(|n| *n != id && self.live.lock().expect("live").contains_key(n));
@@ -650,7 +663,10 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         return Err(format!("the table {} could not be created before the faults", replicated::TABLE));
     }
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
-    let replicated_writer = client_host.spawn(replicated::writer(live.clone(), deadline));
+    let replicated_writer = client_host.spawn(replicated::writer(live.clone(), world.hosts.started, deadline));
+    let replicated_readers: Vec<_> = (1..=options.nodes)
+        .map(|node| client_host.spawn(replicated::reader(node, world.hosts.started, deadline)))
+        .collect();
     let tiered: Arc<Mutex<(usize, u64)>> = Arc::default();
     let operator = client_host.spawn(drain_now_and_then(options.nodes, deadline));
     let mut clients = Vec::new();
@@ -800,8 +816,13 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     world.hosts.note(format!("every node serves again after {} ms", healed.elapsed().as_millis()));
     // The replicated shard: back in sync, every acknowledged write there once, every copy the primary's.
     let writes = replicated_writer.await.map_err(|e| format!("the replicated shard's writer: {e}"))?;
+    let mut reads = Vec::new();
+    for reader in replicated_readers {
+        reads.extend(reader.await.map_err(|e| format!("a reader of the replicated shard: {e}"))?);
+    }
+    let read_summary = replicated::check_reads(&writes, &reads)?;
     let summary = replicated::check(&live, &client_host, &writes, Duration::from_secs(options.liveness_secs)).await?;
-    world.hosts.note(summary);
+    world.hosts.note(format!("{summary}; {read_summary} through the nodes"));
 
     // The metadata replicas converge.
     let converged = wait_until(Duration::from_secs(30), || {

@@ -106,6 +106,20 @@ pub enum MetaCommand {
         expected_version: Option<u64>,
         /// The new manifest; its version must be larger than the current one.
         manifest: ManifestPointer,
+        /// When the writer began uploading the objects the manifest names (unix ms, by its clock): refused once a
+        /// garbage collection fenced uploads begun earlier ([`MetaCommand::FenceColdUploads`]); 0 (commands written
+        /// before fences existed): never refused.
+        #[serde(default)]
+        uploaded_from_ms: u64,
+    },
+    /// Refuses, from now on, every manifest commit whose uploads began before `before_ms` (unix ms; the fence only
+    /// moves forward). A garbage collection fences before it reads the manifest pointers and deletes what they do not
+    /// name: a commit that was still in flight (a slow proposal, one settled by proposing it again, one left in a
+    /// deposed leader's log) either lands before the fence, and the collection sees it, or is refused, and can never
+    /// name objects the collection deleted.
+    FenceColdUploads {
+        /// Commits of uploads begun before this (unix ms) are refused.
+        before_ms: u64,
     },
 }
 
@@ -161,6 +175,11 @@ pub enum MetaOutcome {
         shard_id: ShardId,
         /// The new manifest version.
         version: u64,
+    },
+    /// The cold-upload fence stands at `before_ms` (it moved there, or was there already, or further).
+    ColdUploadsFenced {
+        /// The fence now (unix ms).
+        before_ms: u64,
     },
 }
 

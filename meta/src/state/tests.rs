@@ -261,6 +261,7 @@ fn rejected_commands_change_nothing() {
                 shard_id: ShardId(1),
                 expected_version: Some(3),
                 manifest: ManifestPointer { version: 4, location: "m/4".into() },
+                uploaded_from_ms: 0,
             },
             ErrorKind::InvalidRequest,
         ),
@@ -269,6 +270,7 @@ fn rejected_commands_change_nothing() {
                 shard_id: ShardId(42),
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
+                uploaded_from_ms: 0,
             },
             ErrorKind::NotFound,
         ),
@@ -307,6 +309,7 @@ fn version_grows_by_one_per_change_only() {
                 shard_id: ShardId(1),
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
+                uploaded_from_ms: 0,
             },
             true,
         ),
@@ -344,6 +347,7 @@ fn manifest_updates_are_compare_and_set() {
         shard_id: ShardId(1),
         expected_version: expected,
         manifest: ManifestPointer { version, location: format!("m/{version}") },
+        uploaded_from_ms: 0,
     };
     applied(&mut s, set(None, 1));
     applied(&mut s, set(Some(1), 2));
@@ -351,6 +355,33 @@ fn manifest_updates_are_compare_and_set() {
     assert_eq!(stale, Rejection::ManifestVersionConflict { shard_id: ShardId(1), expected: Some(1), current: Some(2) });
     let backwards = s.apply(set(Some(2), 2)).outcome.expect_err("same version");
     assert!(matches!(backwards, Rejection::ManifestVersionConflict { .. }));
+}
+
+#[test]
+fn a_collection_fence_refuses_commits_of_older_uploads_and_only_moves_forward() {
+    let mut s = MetaState::new();
+    applied(&mut s, register(1));
+    applied(&mut s, create_one("t"));
+    let set = |expected, version, uploaded_from_ms| MetaCommand::SetShardManifest {
+        shard_id: ShardId(1),
+        expected_version: expected,
+        manifest: ManifestPointer { version, location: format!("m/{version}") },
+        uploaded_from_ms,
+    };
+    applied(&mut s, set(None, 1, 1_000));
+    let fenced = s.apply(MetaCommand::FenceColdUploads { before_ms: 5_000 }).outcome.expect("fence");
+    assert_eq!(fenced, MetaOutcome::ColdUploadsFenced { before_ms: 5_000 });
+    let late = s.apply(set(Some(1), 2, 4_999)).outcome.expect_err("an upload begun before the fence");
+    assert_eq!(late, Rejection::ColdUploadsFenced { shard_id: ShardId(1), uploaded_from_ms: 4_999, fence_ms: 5_000 });
+    assert_eq!(s.shard(ShardId(1)).and_then(|r| r.manifest.as_ref()).map(|m| m.version), Some(1), "nothing moved");
+    // A fence never moves back; a commit of an upload begun at or after it applies, as does one of unknown age.
+    let again = s.apply(MetaCommand::FenceColdUploads { before_ms: 3_000 }).outcome.expect("fence");
+    assert_eq!(again, MetaOutcome::ColdUploadsFenced { before_ms: 5_000 });
+    assert_eq!(s.cold_upload_fence_ms(), 5_000);
+    applied(&mut s, set(Some(1), 2, 5_000));
+    applied(&mut s, set(Some(2), 3, 0));
+    let back = MetaState::decode(&s.encode()).expect("decode");
+    assert_eq!(back.cold_upload_fence_ms(), 5_000, "the fence is part of the snapshot");
 }
 
 #[test]

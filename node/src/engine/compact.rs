@@ -107,6 +107,7 @@ impl Engine {
             }
             // As in tiering: the new files must be committed well within the garbage collector's grace period.
             let began = tokio::time::Instant::now();
+            let began_ms = crate::clock::unix_ms();
             let mut report = CompactReport::default();
             let mut merged = Vec::with_capacity(runs.len());
             for run in &runs {
@@ -131,7 +132,7 @@ impl Engine {
                     ),
                 });
             }
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
                 self.adopt(table, &next).await;
                 report.manifest_version = next.version;
                 self.metrics.cold_files_compacted.add(report.files_in as u64);

@@ -9,8 +9,11 @@
 //! began uploading, so its objects cannot be collected under it; a reader that read an older pointer finishes long
 //! before the grace period is over.
 //!
-//! The pointers and the catalog are read linearizably before the bucket is listed, so an object written after the
-//! read is young and kept. Any node may collect; the background collector runs on the metadata leader only, so that
+//! A collection first fences the commits of uploads begun more than half the grace period ago
+//! (`MetaCommand::FenceColdUploads`): a commit still in flight after that (a slow proposal, one proposed again to
+//! learn its outcome, one left in a deposed leader's log) is refused wherever it lands, so it cannot name an object
+//! this collection deletes. The pointers and the catalog are then read linearizably before the bucket is listed, so
+//! an object written after the read is young and kept. Any node may collect; the background collector runs on the metadata leader only, so that
 //! one node lists the bucket per interval.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -19,6 +22,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
+
+use quiver_meta::MetaCommand;
 
 use super::Engine;
 use crate::cold::{self, Manifest};
@@ -90,6 +95,12 @@ impl Engine {
     pub async fn collect_cold_garbage(&self, grace: Duration) -> Result<GcReport> {
         let store = self.cold_store()?;
         let display = self.cold.display().to_string();
+        // First the fence: a manifest commit still in flight (slow, proposed again to settle it, or left in a
+        // deposed leader's log) whose uploads began more than half the grace period ago is refused from now on, so
+        // none can land after the read below and name an object deleted here. Its objects are at least that old
+        // only if the clocks of its node and the bucket are less than half the grace period apart.
+        let before_ms = crate::clock::unix_ms().saturating_sub((grace / 2).as_millis() as u64);
+        self.meta.propose(MetaCommand::FenceColdUploads { before_ms }).await?.into_result()?;
         let (tables, pointers): (BTreeSet<u64>, Pointers) = self
             .meta
             .read_state(|s| {
@@ -229,6 +240,36 @@ mod tests {
             store.list(None).map(|o| o.expect("object").location.to_string()).collect::<Vec<_>>().await;
         keys.sort();
         keys
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_of_uploads_begun_before_a_collection_is_refused_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = tiered_twice(dir.path()).await;
+        let table = engine.hot_table("t").expect("table");
+        let replica = table.only_shard();
+        let shard = engine.shard_record(replica).expect("shard");
+        let store = engine.cold_store().expect("store");
+        // A commit held up (a slow proposal, or one proposed again to learn its outcome) while a collection runs:
+        // its manifest was uploaded before the collection, which may delete it as unreferenced.
+        let uploaded_from_ms = crate::clock::unix_ms().saturating_sub(1);
+        let (pointer, current) = engine.shard_manifest(replica, &shard).await.expect("manifest");
+        let mut next = current.with_files(Vec::new());
+        let location = engine.store_manifest(&store, &mut next).await.expect("store");
+        engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
+        assert!(!keys(&engine).await.contains(&location), "the collection deleted the uncommitted manifest");
+        let refused = engine
+            .propose_manifest(&shard, pointer.as_ref(), &next, location.clone(), uploaded_from_ms)
+            .await
+            .expect_err("a commit of uploads older than the fence");
+        assert!(refused.to_string().contains("fence"), "{refused}");
+        let now = engine.meta.read_local(|s| s.shard(shard.shard_id).and_then(|r| r.manifest.clone()));
+        assert_eq!(now, pointer, "the pointer did not move to the deleted manifest");
+        assert_eq!(sum(&engine).await, 500 * 501 / 2, "every row is still read");
+        // Uploads begun after the collection commit.
+        engine.execute_one("INSERT INTO t VALUES (501)").await.expect("insert");
+        assert_eq!(engine.tier("t").await.expect("tier").rows, 1);
+        assert_eq!(sum(&engine).await, 501 * 502 / 2);
     }
 
     #[test]

@@ -120,9 +120,10 @@ impl Engine {
             let paths: Vec<String> = gone.iter().map(|f| f.path.clone()).collect();
             let rows: u64 = gone.iter().map(|f| f.rows).sum();
             let keep_ms = self.cold.gc_grace().as_millis() as u64;
-            let mut next = current.without_files(&paths, crate::clock::unix_ms(), keep_ms);
+            let uploading = crate::clock::unix_ms();
+            let mut next = current.without_files(&paths, uploading, keep_ms);
             let location = self.store_manifest(&store, &mut next).await?;
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, uploading).await? {
                 self.adopt(table, &next).await;
                 (report.files, report.cold_rows) = (paths.len(), rows);
                 tracing::info!(table = name, files = paths.len(), rows, "expired cold files");

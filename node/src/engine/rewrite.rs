@@ -227,6 +227,7 @@ impl Engine {
             matching_files(state, &schema, &view, &compiled.prune)?.into_iter().cloned().collect();
         let store = self.cold_store()?;
         let began = tokio::time::Instant::now();
+        let began_ms = crate::clock::unix_ms();
         let (mut replaced, mut files, mut cold_affected) = (Vec::new(), Vec::new(), 0);
         for file in &candidates {
             let rewritten = self.rewrite_file(&store, table, &shard, compiled, file).await?;
@@ -287,7 +288,7 @@ impl Engine {
                     ),
                 });
             }
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
                 self.adopt(table, &next).await;
                 let mut affected = cold_affected;
                 if tiered.is_some() {

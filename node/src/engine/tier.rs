@@ -188,17 +188,22 @@ impl Engine {
     /// Moves `shard`'s manifest pointer from `expected` to `next`, stored at `location`, by compare-and-set through
     /// Raft: `true` once committed, `false` when another commit moved the pointer first. A commit whose outcome is
     /// unknown is settled before this returns (`Engine::settle_proposal`), holding the caller's lock.
+    /// `uploaded_from_ms` is when this node began uploading the objects `next` names, itself included (unix ms): a
+    /// garbage collection begun since may have fenced them off (`MetaCommand::FenceColdUploads`), and the commit is
+    /// then refused ([`Error::Meta`]) rather than name objects it deletes.
     pub(super) async fn propose_manifest(
         &self,
         shard: &ShardRecord,
         expected: Option<&ManifestPointer>,
         next: &Manifest,
         location: String,
+        uploaded_from_ms: u64,
     ) -> Result<bool> {
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
             expected_version: expected.map(|p| p.version),
             manifest: ManifestPointer { version: next.version, location: location.clone() },
+            uploaded_from_ms,
         };
         let outcome = match self.meta.propose(command.clone()).await {
             Ok(response) => response.outcome.map(|_| ()),
@@ -437,6 +442,7 @@ impl Engine {
             // The garbage collector deletes unreferenced objects older than its grace period: this attempt's
             // objects must be committed well within it.
             let began = tokio::time::Instant::now();
+            let began_ms = crate::clock::unix_ms();
 
             // 1. The files: the chunks' rows, in sequence order, cut where their hot size passes the target file
             // size (Parquet is usually smaller), each under a name of its own.
@@ -461,7 +467,7 @@ impl Engine {
                         ),
                     });
                 }
-                if self.propose_manifest(&shard, pointer.as_ref(), &next, location).await? {
+                if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
                     break 'fresh (next, chunks, files.len(), rows, bytes);
                 }
                 attempts += 1;
@@ -1450,6 +1456,7 @@ mod tests {
             shard_id: shard.shard_id,
             expected_version: None,
             manifest: ManifestPointer { version: 1, location },
+            uploaded_from_ms: crate::clock::unix_ms(),
         };
         engine.meta().propose(command).await.expect("commit").into_result().expect("committed");
         chunks

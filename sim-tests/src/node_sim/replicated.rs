@@ -4,6 +4,12 @@
 //! from the metadata group when a node is marked down; the primary catches up every serving replica that is out of
 //! sync on its own (`Engine::tend_shards`).
 //!
+//! While the faults run, a reader on each node queries the table through it (`SELECT id`, planned and routed as any
+//! statement is) every few tens of milliseconds. Each answer must hold every write acknowledged before the query
+//! began, every write whole or not at all, nothing refused and nothing never written, each id once: a node cut off
+//! from the metadata leader must not answer from a shard configuration the cluster has left behind (a primary it no
+//! longer is, a copy no longer in sync).
+//!
 //! Checks, once the faults are over and every copy is back in sync:
 //! - the primary holds every acknowledged write exactly once, every write whole or not at all, and no id that was
 //!   never written (a primary acknowledges only what every in-sync copy has durable, and a new primary comes from the
@@ -42,9 +48,17 @@ pub(super) struct Write {
     first: i64,
     rows: i64,
     fate: Fate,
-    /// The primary and epoch it was sent to, and when it was answered (from the writer's start).
+    /// The primary and epoch it was sent to, and when it was answered (since the run began).
     sent_to: (u64, u64),
     answered: Duration,
+}
+
+/// One answer of the reader's query: the ids node `node` returned for a query sent at `invoked` (since the run began).
+#[derive(Debug, Clone)]
+pub(super) struct Read {
+    node: u64,
+    invoked: Duration,
+    ids: Vec<i64>,
 }
 
 /// The shard's configuration as a live node's metadata has it.
@@ -74,11 +88,11 @@ async fn write(live: &Live, first: i64, rows: i64, sent_to: &mut (u64, u64)) -> 
     madsim::time::timeout(Duration::from_secs(5), attempt).await.unwrap_or(Err(Code::DeadlineExceeded))
 }
 
-/// The writer: until `deadline`, batches of 1 to 20 rows with ids from 9·10⁹ on.
-pub(super) async fn writer(live: Live, deadline: Instant) -> Vec<Write> {
+/// The writer: until `deadline`, batches of 1 to 20 rows with ids from 9·10⁹ on, with quiet spells of 1–5 s now and
+/// then; `started` is when the run began.
+pub(super) async fn writer(live: Live, started: Instant, deadline: Instant) -> Vec<Write> {
     let mut writes = Vec::new();
     let mut next = 9_000_000_000_i64;
-    let started = Instant::now();
     while Instant::now() < deadline {
         let rows = thread_rng().gen_range(1..=20);
         let mut sent_to = (0, 0);
@@ -89,9 +103,66 @@ pub(super) async fn writer(live: Live, deadline: Instant) -> Vec<Write> {
         };
         writes.push(Write { first: next, rows, fate, sent_to, answered: started.elapsed() });
         next += rows;
-        sleep(Duration::from_millis(thread_rng().gen_range(10..60))).await;
+        // Now and then a quiet spell: a primary cut off while its shard is quiet has nothing pending to settle, and
+        // could answer from its own copy after the others failed the shard over.
+        let pause = if thread_rng().gen_ratio(1, 25) { 1_000..5_000 } else { 10..60 };
+        sleep(Duration::from_millis(thread_rng().gen_range(pause))).await;
     }
     writes
+}
+
+/// A reader: until `deadline`, `SELECT id` of the table through `node`; the answers it got.
+pub(super) async fn reader(node: u64, started: Instant, deadline: Instant) -> Vec<Read> {
+    let mut reads = Vec::new();
+    while Instant::now() < deadline {
+        let invoked = started.elapsed();
+        if let Ok(batches) = super::execute(node, format!("SELECT id FROM {TABLE}")).await {
+            reads.push(Read { node, invoked, ids: int64s(&batches, 0).into_iter().flatten().collect() });
+        }
+        sleep(Duration::from_millis(thread_rng().gen_range(10..60))).await;
+    }
+    reads
+}
+
+/// Checks each of the reader's answers against the writes: every write acknowledged before the query was sent is
+/// there, every write whole or absent, nothing refused, nothing never written, each id once.
+pub(super) fn check_reads(writes: &[Write], reads: &[Read]) -> Result<String, String> {
+    for read in reads {
+        let Read { node, invoked, ids } = read;
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(format!("replicated shard: id {dup} appears twice in a query on node {node} at {invoked:?}"));
+        }
+        let mut known = 0;
+        for w in writes {
+            let present = (w.first..w.first + w.rows).filter(|id| seen.contains(id)).count() as i64;
+            known += present as usize;
+            if present != 0 && present != w.rows {
+                return Err(format!(
+                    "replicated shard: {present} of the {} rows of write {} are in a query on node {node} at \
+                     {invoked:?}",
+                    w.rows, w.first
+                ));
+            }
+            if w.fate == Fate::Acknowledged && w.answered < *invoked && present == 0 {
+                return Err(format!(
+                    "replicated shard: write {} ({} rows, primary {} at epoch {}), acknowledged at {:?}, is missing \
+                     from a query on node {node} at {invoked:?} (a stale read)",
+                    w.first, w.rows, w.sent_to.0, w.sent_to.1, w.answered
+                ));
+            }
+            if w.fate == Fate::Failed && present > 0 {
+                return Err(format!("replicated shard: write {}, refused, is in a query on node {node}", w.first));
+            }
+        }
+        if known != seen.len() {
+            return Err(format!(
+                "replicated shard: a query on node {node} at {invoked:?} returned {} ids, of which {known} were written",
+                seen.len()
+            ));
+        }
+    }
+    Ok(format!("{} reads", reads.len()))
 }
 
 /// The ids of the shard's rows on its primary, read from `client`'s host.
@@ -162,8 +233,7 @@ pub(super) async fn check(
         }
         if w.fate == Fate::Acknowledged && present == 0 {
             return Err(format!(
-                "replicated shard: acknowledged write {} ({} rows) is lost (primary {} at epoch {}, answered {:?} \
-                 into the faults)",
+                "replicated shard: acknowledged write {} ({} rows) is lost (primary {} at epoch {}, answered at {:?})",
                 w.first, w.rows, w.sent_to.0, w.sent_to.1, w.answered
             ));
         }
