@@ -262,7 +262,7 @@ mod tests {
             .propose_manifest(&shard, pointer.as_ref(), &next, location.clone(), uploaded_from_ms)
             .await
             .expect_err("a commit of uploads older than the fence");
-        assert!(refused.to_string().contains("fence"), "{refused}");
+        assert!(refused.report().contains("fence"), "{}", refused.report());
         let now = engine.meta.read_local(|s| s.shard(shard.shard_id).and_then(|r| r.manifest.clone()));
         assert_eq!(now, pointer, "the pointer did not move to the deleted manifest");
         assert_eq!(sum(&engine).await, 500 * 501 / 2, "every row is still read");

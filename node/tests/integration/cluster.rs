@@ -21,21 +21,35 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// Failure detection fast enough for a test: a node silent for 2 s is down and the shards it led fail over; copies
+/// of a node down for 1 s more are made again elsewhere.
+const FAST_FAILOVER: [(&str, &str); 3] = [
+    ("QUIVER_CLUSTER__NODE_HEARTBEAT_INTERVAL", "200ms"),
+    ("QUIVER_CLUSTER__NODE_DOWN_AFTER", "2s"),
+    ("QUIVER_CLUSTER__REPLICA_DOWN_TIMEOUT", "1s"),
+];
+
 struct Node {
     id: u64,
     grpc: String,
     dir: std::path::PathBuf,
     child: Option<Child>,
     pg_port: u16,
+    env: &'static [(&'static str, &'static str)],
+    log: Log,
 }
+
+/// The last lines a server process logged.
+type Log = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+const LOG_LINES_KEPT: usize = 60;
 
 /// What a server process did at startup.
 enum Started {
-    Serving { child: Child, pg_port: u16 },
+    Serving { child: Child, pg_port: u16, log: Log },
     Exited { log: String },
 }
 
-async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&str>) -> Started {
+async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&str>, env: &[(&str, &str)]) -> Started {
     let mut command = Command::new(env!("CARGO_BIN_EXE_quiver"));
     command
         .args(["server", "--data-dir"])
@@ -51,6 +65,7 @@ async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&
         .arg("--cold-shared-dir")
         .env("QUIVER_LOG__FILTER", "info,openraft=warn")
         .envs(FAST_RAFT)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -77,8 +92,19 @@ async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&
     .expect("the server starts or exits within a minute");
     match pg {
         Some(pg_port) => {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Started::Serving { child, pg_port }
+            // The last lines of its log, for a test's failure message.
+            let kept: Log = std::sync::Arc::default();
+            let tail = kept.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut tail = tail.lock().expect("log");
+                    if tail.len() == LOG_LINES_KEPT {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            });
+            Started::Serving { child, pg_port, log: kept }
         }
         None => Started::Exited { log },
     }
@@ -86,14 +112,24 @@ async fn spawn_server(id: u64, dir: &std::path::Path, grpc: &str, join: Option<&
 
 impl Node {
     async fn start(id: u64, dir: std::path::PathBuf, grpc: String, join: Option<&str>) -> Node {
-        match spawn_server(id, &dir, &grpc, join).await {
-            Started::Serving { child, pg_port } => Node { id, grpc, dir, child: Some(child), pg_port },
+        Node::start_with(id, dir, grpc, join, &[]).await
+    }
+
+    async fn start_with(
+        id: u64,
+        dir: std::path::PathBuf,
+        grpc: String,
+        join: Option<&str>,
+        env: &'static [(&'static str, &'static str)],
+    ) -> Node {
+        match spawn_server(id, &dir, &grpc, join, env).await {
+            Started::Serving { child, pg_port, log } => Node { id, grpc, dir, child: Some(child), pg_port, env, log },
             Started::Exited { log } => panic!("node {id} did not start:\n{log}"),
         }
     }
 
     async fn restart(&mut self, join: Option<&str>) {
-        *self = Node::start(self.id, self.dir.clone(), self.grpc.clone(), join).await;
+        *self = Node::start_with(self.id, self.dir.clone(), self.grpc.clone(), join, self.env).await;
     }
 
     async fn kill(&mut self) {
@@ -251,14 +287,14 @@ async fn three_server_processes_form_a_cluster_that_agrees_on_ddl_and_survives_i
 
     // Bad joins are refused and change nothing: an id taken by another address, a node of another cluster.
     let dup_dir = root.path().join("dup-id");
-    match spawn_server(2, &dup_dir, &format!("127.0.0.1:{}", free_port()), Some(&seed)).await {
+    match spawn_server(2, &dup_dir, &format!("127.0.0.1:{}", free_port()), Some(&seed), &[]).await {
         Started::Exited { log } => assert!(log.contains("node id 2 is already used"), "{log}"),
         Started::Serving { .. } => panic!("a duplicate node id was admitted"),
     }
     let other_dir = root.path().join("other-cluster");
     let mut other = Node::start(7, other_dir.clone(), format!("127.0.0.1:{}", free_port()), None).await;
     other.kill().await;
-    match spawn_server(7, &other_dir, &other.grpc, Some(&seed)).await {
+    match spawn_server(7, &other_dir, &other.grpc, Some(&seed), &[]).await {
         Started::Exited { log } => assert!(log.contains("belongs to cluster"), "{log}"),
         Started::Serving { .. } => panic!("a node of another cluster was admitted"),
     }
@@ -303,5 +339,196 @@ async fn three_server_processes_form_a_cluster_that_agrees_on_ddl_and_survives_i
             assert!(tokio::time::Instant::now() < deadline, "node {} still lists t2: {listing}", node.id);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// What one writer learned of each of its single-row inserts.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Answered OK.
+    acknowledged: Vec<i64>,
+    /// Refused with 57P03 (unavailable, nothing written).
+    refused: Vec<i64>,
+    /// Any other error, a lost connection or no answer: may or may not have taken effect.
+    unknown: Vec<i64>,
+}
+
+/// Inserts single rows (ids from `client · 10⁹`) into `r` through the node whose pg port `port` holds, reconnecting
+/// as needed, until `stop`.
+async fn insert_until(
+    client: i64,
+    port: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Outcomes {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut outcomes = Outcomes::default();
+    let mut next = client * 1_000_000_000;
+    let mut connection: Option<tokio_postgres::Client> = None;
+    while !stop.load(Relaxed) {
+        let Some(pg) = connection.as_ref().filter(|c| !c.is_closed()) else {
+            let config =
+                format!("host=127.0.0.1 port={} user=quiver dbname=quiver connect_timeout=2", port.load(Relaxed));
+            match tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
+                Ok((pg, driver)) => {
+                    tokio::spawn(driver);
+                    connection = Some(pg);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            continue;
+        };
+        let id = next;
+        next += 1;
+        let sql = format!("INSERT INTO r VALUES ({id}, {client})");
+        match tokio::time::timeout(Duration::from_secs(15), pg.simple_query(&sql)).await {
+            Ok(Ok(_)) => outcomes.acknowledged.push(id),
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) => {
+                outcomes.refused.push(id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => {
+                outcomes.unknown.push(id);
+                if e.as_db_error().is_none() {
+                    connection = None;
+                }
+            }
+            Err(_) => {
+                outcomes.unknown.push(id);
+                connection = None;
+            }
+        }
+    }
+    outcomes
+}
+
+/// The ids of `r` as `node` reads them, asked again while the cluster fails over (for at most 30 s).
+async fn ids_of_r(node: &Node) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let config = format!("host=127.0.0.1 port={} user=quiver dbname=quiver connect_timeout=5", node.pg_port);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        if let Ok((pg, driver)) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await {
+            tokio::spawn(driver);
+            match pg.query("SELECT id FROM r", &[]).await {
+                Ok(rows) => return rows.iter().map(|r| r.get::<_, i64>(0)).collect(),
+                Err(e) => last = format!("{e:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("node {} could not read r within 30 s: {last}", node.id);
+}
+
+/// Checks `ids`, read on `node`, against what the writers learned: each id once, every acknowledged id there, none
+/// refused, none never written.
+fn check_rows(node: u64, ids: &[i64], outcomes: &[Outcomes]) {
+    let seen: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(seen.len(), ids.len(), "node {node}: an id appears twice");
+    for o in outcomes {
+        let lost: Vec<&i64> = o.acknowledged.iter().filter(|id| !seen.contains(id)).collect();
+        assert!(lost.is_empty(), "node {node}: acknowledged rows are missing: {lost:?}");
+        let refused: Vec<&i64> = o.refused.iter().filter(|id| seen.contains(id)).collect();
+        assert!(refused.is_empty(), "node {node}: refused rows are there: {refused:?}");
+    }
+    let written: std::collections::BTreeSet<i64> =
+        outcomes.iter().flat_map(|o| o.acknowledged.iter().chain(&o.unknown)).copied().collect();
+    let strangers: Vec<&i64> = seen.iter().filter(|id| !written.contains(id)).collect();
+    assert!(strangers.is_empty(), "node {node}: rows nobody wrote: {strangers:?}");
+}
+
+/// The last lines each of `nodes` logged.
+fn logs(nodes: &[Node]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        out.push_str(&format!("--- node {} ---\n", node.id));
+        for line in node.log.lock().expect("log").iter() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Waits until every shard of `r` has two copies, both in sync, as `nodes[0]` sees them.
+async fn until_replicated(nodes: &[Node]) {
+    let node = &nodes[0];
+    let query = "SELECT count(*) FROM system.shards WHERE table_name = 'r' AND replicas = in_sync \
+                 AND replicas LIKE '%,%' AND state = 'ok'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let settled = first_value(&node.psql_ok(query, Duration::from_secs(15)).await);
+        if settled == "4" {
+            return;
+        }
+        let map = node.psql_ok("SELECT * FROM system.shards WHERE table_name = 'r'", Duration::from_secs(15)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards of r not back to two copies in sync:\n{map}\n{}",
+            logs(nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_table_loses_no_acknowledged_row_to_kill_9_a_lost_disk_and_then_a_second_node() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU16, Ordering::Relaxed};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let seed = grpc[0].clone();
+    let mut nodes = vec![Node::start_with(1, root.path().join("n1"), grpc[0].clone(), None, &FAST_FAILOVER).await];
+    for id in 2..=3u64 {
+        let dir = root.path().join(format!("n{id}"));
+        nodes.push(Node::start_with(id, dir, grpc[id as usize - 1].clone(), Some(&seed), &FAST_FAILOVER).await);
+    }
+    let create = "CREATE TABLE r (id BIGINT PRIMARY KEY, client BIGINT NOT NULL) WITH (shards = 4, replicas = 2)";
+    nodes[0].psql_ok(create, Duration::from_secs(15)).await;
+    for node in &nodes {
+        node.wait_listed(&["r"]).await;
+    }
+    until_replicated(&nodes).await;
+
+    // One writer through each node, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Vec<Arc<AtomicU16>> = nodes.iter().map(|n| Arc::new(AtomicU16::new(n.pg_port))).collect();
+    let writers: Vec<_> =
+        (0..3).map(|k| tokio::spawn(insert_until(k as i64 + 1, ports[k].clone(), stop.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // kill -9 of node 2 mid-ingest; the shards it led fail over.
+    nodes[1].kill().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Its disk is lost: a replacement with the same id and address and an empty data directory joins.
+    std::fs::remove_dir_all(&nodes[1].dir).expect("lose node 2's disk");
+    nodes[1] = Node::start_with(2, root.path().join("n2"), grpc[1].clone(), Some(&seed), &FAST_FAILOVER).await;
+    ports[1].store(nodes[1].pg_port, Relaxed);
+    until_replicated(&nodes).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Relaxed);
+    let mut outcomes = Vec::new();
+    for writer in writers {
+        outcomes.push(writer.await.expect("writer"));
+    }
+    let acknowledged: usize = outcomes.iter().map(|o| o.acknowledged.len()).sum();
+    assert!(acknowledged > 100, "the writers got rows in: {outcomes:?}");
+    assert!(!outcomes[0].acknowledged.is_empty() && !outcomes[2].acknowledged.is_empty());
+
+    // Every node reads every acknowledged row once, nothing refused, nothing never written.
+    let mut reads = Vec::new();
+    for node in &nodes {
+        let ids = ids_of_r(node).await;
+        check_rows(node.id, &ids, &outcomes);
+        reads.push(ids.len());
+    }
+    assert!(reads.iter().all(|n| *n == reads[0]), "every node reads the same rows: {reads:?}");
+
+    // A second node lost after the shards are back to two copies: still nothing lost.
+    nodes[0].kill().await;
+    for node in &nodes[1..] {
+        let ids = ids_of_r(node).await;
+        check_rows(node.id, &ids, &outcomes);
+        assert_eq!(ids.len(), reads[0], "node {} after node 1's loss", node.id);
     }
 }
