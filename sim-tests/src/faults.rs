@@ -89,16 +89,21 @@ async fn isolate_from_peers<C: Cluster>(cluster: &mut C, net: &NetSim, members: 
     cluster.note(format!("isolate {target} ({what}) from the other members, not from its clients, for {ms} ms"));
     let links: Vec<(NodeId, NodeId)> =
         members.iter().filter(|m| **m != target).map(|m| (cluster.host(target), cluster.host(*m))).collect();
-    for (a, b) in &links {
+    cut_links(net, &links, lasting).await;
+    cluster.note(format!("reconnect {target} to the other members"));
+}
+
+/// Cuts each of `links` in both directions for `lasting`, then heals them.
+async fn cut_links(net: &NetSim, links: &[(NodeId, NodeId)], lasting: Duration) {
+    for (a, b) in links {
         net.clog_link(*a, *b);
         net.clog_link(*b, *a);
     }
     sleep(lasting).await;
-    for (a, b) in &links {
+    for (a, b) in links {
         net.unclog_link(*a, *b);
         net.unclog_link(*b, *a);
     }
-    cluster.note(format!("reconnect {target} to the other members"));
 }
 
 /// Polls `done` every 50 virtual ms until it holds or `within` passes.
@@ -195,15 +200,7 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 let pairs: Vec<(u64, u64)> = side.iter().flat_map(|a| other.iter().map(move |b| (*a, *b))).collect();
                 let links: Vec<(NodeId, NodeId)> =
                     pairs.into_iter().map(|(a, b)| (cluster.host(a), cluster.host(b))).collect();
-                for (a, b) in &links {
-                    net.clog_link(*a, *b);
-                    net.clog_link(*b, *a);
-                }
-                sleep(lasting).await;
-                for (a, b) in &links {
-                    net.unclog_link(*a, *b);
-                    net.unclog_link(*b, *a);
-                }
+                cut_links(&net, &links, lasting).await;
                 cluster.note("split healed".to_string());
             }
             5 => {
