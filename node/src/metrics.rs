@@ -174,6 +174,9 @@ pub struct Metrics {
     pub shard_in_sync_removals: Counter,
     /// Shard writes whose outcome a failure left unknown.
     pub shard_outcome_unknown: Counter,
+    /// Metadata changes of a shard (a copy's admission, a cold-file commit) proposed again because the outcome of the
+    /// proposal before was unknown; the shard's lock is held until one is answered.
+    pub shard_settle_retries: Counter,
     /// Replicas this node caught up and admitted to a shard's in-sync set (new copies, and copies back from a failure).
     pub shard_catch_ups: Counter,
     /// Bytes of chunk data this node sent to catch replicas up.
@@ -384,6 +387,12 @@ impl Metrics {
             "quiver_shard_outcome_unknown_total",
             "Shard writes whose outcome a failure left unknown.",
             self.shard_outcome_unknown.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_settle_retries_total",
+            "Metadata changes of a shard proposed again because the outcome of the proposal before was unknown.",
+            self.shard_settle_retries.get(),
         );
         counter(
             &mut out,

@@ -170,6 +170,7 @@ impl Engine {
                 },
                 Err(e) => e,
             };
+            self.metrics.shard_settle_retries.inc();
             tracing::warn!(error = %answered, what, "a metadata change has an unknown outcome; settling it before the shard changes again");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
