@@ -127,6 +127,14 @@ pub enum Error {
         /// The fence (unix ms).
         fence_ms: u64,
     },
+    /// A transaction's outcome was decided otherwise before.
+    #[error("transaction {txn} was decided before: {}", if *commit { "committed" } else { "aborted" })]
+    TransactionDecided {
+        /// The transaction's id.
+        txn: u64,
+        /// The decision that stands (true: commit).
+        commit: bool,
+    },
     /// Stored metadata could not be decoded.
     #[error("metadata could not be decoded")]
     Decode(#[source] serde_json::Error),
@@ -146,6 +154,7 @@ impl Error {
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ColdUploadsFenced { .. }
+            | Error::TransactionDecided { .. }
             | Error::ClusterIdMismatch { .. } => ErrorKind::InvalidRequest,
             Error::Decode(_) => ErrorKind::Internal,
         }
@@ -236,6 +245,14 @@ pub enum Rejection {
         /// The fence (unix ms).
         fence_ms: u64,
     },
+    /// See [`Error::TransactionDecided`].
+    #[error("transaction {txn} was decided before: {}", if *commit { "committed" } else { "aborted" })]
+    TransactionDecided {
+        /// The transaction's id.
+        txn: u64,
+        /// The decision that stands (true: commit).
+        commit: bool,
+    },
     /// See [`Error::ClusterIdMismatch`].
     #[error("metadata belongs to cluster \"{current}\", not \"{proposed}\"")]
     ClusterIdMismatch {
@@ -272,6 +289,7 @@ impl From<Rejection> for Error {
             Rejection::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms } => {
                 Error::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms }
             }
+            Rejection::TransactionDecided { txn, commit } => Error::TransactionDecided { txn, commit },
             Rejection::ClusterIdMismatch { current, proposed } => Error::ClusterIdMismatch { current, proposed },
         }
     }
@@ -296,6 +314,7 @@ impl Rejection {
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ColdUploadsFenced { .. }
+            | Error::TransactionDecided { .. }
             | Error::ClusterIdMismatch { .. }
             | Error::Decode(_)) => unreachable!("Catalog::apply returned {other}"),
         }

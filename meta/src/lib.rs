@@ -46,7 +46,7 @@ pub use config::MetaConfig;
 pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
 pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
 pub use state::{
-    ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord, NodeRole, NodeState, SLOT_COUNT,
-    ShardId, ShardRecord, SlotRange, is_shard_key_type,
+    DECISION_KEPT_MS, Decision, ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord,
+    NodeRole, NodeState, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
 };
 pub use store::{MemMetaStore, MetaStore, ScanOrder, WriteBatch, WriteOp};

@@ -23,6 +23,7 @@ mod placement;
 mod registry;
 pub(crate) mod repair;
 mod shards;
+mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use self::command::{MetaCommand, MetaOutcome, MetaResponse};
 pub use self::registry::{NodeRecord, NodeRole, NodeState};
 pub use self::shards::{ManifestPointer, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type};
+pub use self::transactions::{DECISION_KEPT_MS, Decision};
 use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
 use crate::error::{Error, Rejection};
 
@@ -46,6 +48,9 @@ pub struct MetaState {
     /// Manifest commits of uploads begun before this (unix ms) are refused ([`MetaCommand::FenceColdUploads`]).
     #[serde(default)]
     cold_upload_fence_ms: u64,
+    /// The decisions of statements spanning shards, by transaction id, until forgotten or expired.
+    #[serde(default)]
+    transactions: BTreeMap<u64, Decision>,
 }
 
 impl MetaState {
@@ -57,6 +62,16 @@ impl MetaState {
     /// Returns the metadata version: the number of changes applied so far.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Returns the recorded decision of transaction `txn`, if one was made and is still kept.
+    pub fn transaction(&self, txn: u64) -> Option<Decision> {
+        self.transactions.get(&txn).copied()
+    }
+
+    /// Returns how many transaction decisions are kept.
+    pub fn transaction_count(&self) -> usize {
+        self.transactions.len()
     }
 
     /// Returns the cold-upload fence: manifest commits of uploads begun before this (unix ms) are refused.
@@ -278,6 +293,24 @@ impl MetaState {
                 self.cold_upload_fence_ms = self.cold_upload_fence_ms.max(before_ms);
                 Ok(MetaOutcome::ColdUploadsFenced { before_ms: self.cold_upload_fence_ms })
             }
+            MetaCommand::DecideTransaction { txn, commit, at_ms } => {
+                if let Some(decided) = self.transactions.get(&txn) {
+                    return if decided.commit == commit {
+                        Ok(MetaOutcome::Unchanged)
+                    } else {
+                        Err(Rejection::TransactionDecided { txn, commit: decided.commit })
+                    };
+                }
+                // Decisions made more than a day before this one (by the deciders' clocks) are dropped.
+                let expired_before = at_ms.saturating_sub(DECISION_KEPT_MS);
+                self.transactions.retain(|_, d| d.at_ms >= expired_before);
+                self.transactions.insert(txn, Decision { commit, at_ms, version: self.version + 1 });
+                Ok(MetaOutcome::TransactionDecided { txn, commit })
+            }
+            MetaCommand::ForgetTransaction { txn } => match self.transactions.remove(&txn) {
+                Some(_) => Ok(MetaOutcome::TransactionForgotten { txn }),
+                None => Ok(MetaOutcome::Unchanged),
+            },
         }
     }
 

@@ -121,6 +121,22 @@ pub enum MetaCommand {
         /// Commits of uploads begun before this (unix ms) are refused.
         before_ms: u64,
     },
+    /// Records the outcome of transaction `txn` (a statement spanning shards), unless one is recorded already: the
+    /// first decision stands, the same one again changes nothing, the other is refused
+    /// ([`Rejection::TransactionDecided`](crate::Rejection::TransactionDecided)) naming the one that stands.
+    DecideTransaction {
+        /// The transaction's id, chosen at random by its coordinator.
+        txn: u64,
+        /// Commit (true) or abort (false).
+        commit: bool,
+        /// When the decider decided (unix ms, its clock); decisions older by a day are dropped.
+        at_ms: u64,
+    },
+    /// Drops the decision of transaction `txn` once every part of it is resolved.
+    ForgetTransaction {
+        /// The transaction's id.
+        txn: u64,
+    },
 }
 
 /// What applying a [`MetaCommand`] changed.
@@ -180,6 +196,18 @@ pub enum MetaOutcome {
     ColdUploadsFenced {
         /// The fence now (unix ms).
         before_ms: u64,
+    },
+    /// The outcome of a transaction was recorded.
+    TransactionDecided {
+        /// The transaction's id.
+        txn: u64,
+        /// Commit (true) or abort (false).
+        commit: bool,
+    },
+    /// A transaction's decision was dropped.
+    TransactionForgotten {
+        /// The transaction's id.
+        txn: u64,
     },
 }
 

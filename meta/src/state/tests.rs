@@ -412,3 +412,35 @@ fn replaying_the_same_commands_gives_the_same_state() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn the_first_decision_of_a_transaction_stands_until_it_is_forgotten() {
+    let mut s = MetaState::new();
+    let decide = |txn, commit, at_ms| MetaCommand::DecideTransaction { txn, commit, at_ms };
+    assert_eq!(applied(&mut s, decide(7, true, 1_000)), MetaOutcome::TransactionDecided { txn: 7, commit: true });
+    let recorded = s.transaction(7).expect("decided");
+    assert_eq!((recorded.commit, recorded.at_ms, recorded.version), (true, 1_000, s.version()));
+    // The same decision again changes nothing; the other one is refused, naming the one that stands.
+    let version = s.version();
+    assert_eq!(applied(&mut s, decide(7, true, 2_000)), MetaOutcome::Unchanged);
+    let refused = s.apply(decide(7, false, 2_000)).outcome.expect_err("decided already");
+    assert_eq!(refused, Rejection::TransactionDecided { txn: 7, commit: true });
+    assert_eq!((s.version(), s.transaction(7).map(|d| d.commit)), (version, Some(true)));
+    // An abort decided first stands the same way.
+    applied(&mut s, decide(8, false, 3_000));
+    assert_eq!(s.apply(decide(8, true, 3_001)).outcome, Err(Rejection::TransactionDecided { txn: 8, commit: false }));
+    // Forgotten, a decision is gone (a second forget changes nothing); the snapshot keeps the others.
+    assert_eq!(
+        applied(&mut s, MetaCommand::ForgetTransaction { txn: 7 }),
+        MetaOutcome::TransactionForgotten { txn: 7 }
+    );
+    assert_eq!(applied(&mut s, MetaCommand::ForgetTransaction { txn: 7 }), MetaOutcome::Unchanged);
+    assert_eq!((s.transaction(7), s.transaction_count()), (None, 1));
+    let back = MetaState::decode(&s.encode()).expect("decode");
+    assert_eq!(back.transaction(8).map(|d| d.commit), Some(false));
+    // A decision nobody forgot is dropped once a later decider's clock is a day past it.
+    applied(&mut s, decide(9, true, 3_000 + DECISION_KEPT_MS));
+    assert_eq!(s.transaction(8).map(|d| d.commit), Some(false), "exactly a day: kept");
+    applied(&mut s, decide(10, true, 3_001 + DECISION_KEPT_MS));
+    assert_eq!((s.transaction(8), s.transaction_count()), (None, 2), "past a day: dropped");
+}
