@@ -117,7 +117,7 @@ pub enum Error {
     /// A manifest commit named uploads older than the cold-upload fence: a garbage collection may have deleted them.
     #[error(
         "the cold files of shard {shard_id} began uploading at {uploaded_from_ms} ms, before the garbage collector's \
-         fence at {fence_ms} ms; they may be collected: upload them again"
+         fence at {fence_ms} ms; they may have been collected: retry the statement or tiering"
     )]
     ColdUploadsFenced {
         /// The shard's id.
