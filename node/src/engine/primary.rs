@@ -180,7 +180,7 @@ impl Engine {
     }
 
     /// The fewest in-sync copies a shard of `def` takes writes with.
-    fn min_in_sync(&self, def: &TableDef) -> usize {
+    pub(super) fn min_in_sync(&self, def: &TableDef) -> usize {
         self.replication.min_in_sync.clamp(1, def.sharding.replicas.max(1)) as usize
     }
 

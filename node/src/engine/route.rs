@@ -42,7 +42,8 @@ const ROUTE_ATTEMPTS: usize = 4;
 /// Where a shard's part of a statement goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// The shard's only copy is here, and it leads it at `epoch`: written here, in the statement's one batch.
+    /// The shard's only copy is here, it leads it at `epoch`, and one copy is all the table needs in sync: written
+    /// here, in the statement's one batch.
     Direct { epoch: u64 },
     /// A change of the shard's log on its primary (this node or another).
     Primary,
@@ -58,6 +59,11 @@ impl Engine {
     /// Where each shard of `table` is written from this node now, in the table's shard order.
     pub(super) fn write_routes(&self, table: &HotTable) -> Vec<Route> {
         let me = self.node_id;
+        // A sole copy takes writes directly only when the table asks for no more in-sync copies than one, or the
+        // cluster has no other member to hold them. A table of three copies placed on one node while the others were
+        // down or draining goes through its primary, which refuses writes below `min_in_sync` until re-replication
+        // has added copies: acknowledged on a single disk, its rows would be lost with it (node seed 7713).
+        let sole_copy_suffices = self.min_in_sync(table.def()) <= 1 || !self.is_clustered();
         self.meta.read_local(|s| {
             table
                 .shards()
@@ -66,7 +72,8 @@ impl Engine {
                     // A shard with other copies goes through its log even while they are all out of sync: a
                     // catch-up admits a backup under the shard's DML lock, which `write_shard` takes.
                     Some(r)
-                        if r.primary == me
+                        if sole_copy_suffices
+                            && r.primary == me
                             && r.replicas.iter().all(|n| *n == me)
                             && r.in_sync.iter().all(|n| *n == me)
                             && replica.log_end() == replica.committed_lsn() =>

@@ -986,6 +986,28 @@ async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_go
     let status = two.engine.meta().status();
     let member = status.members.iter().find(|m| m.node_id == 1).expect("node 1");
     assert!(member.draining && member.replicas == 0 && member.primaries == 0, "{member:?}");
+
+    // With node 4 draining as well, a table of two copies gets one, on node 2: the cluster has other members, so a
+    // write to it is refused (nothing written) until a second copy is in sync, never acknowledged on one disk.
+    quiver_node::cli::admin::drain(&two.grpc, 4, false, None).await.expect("drain node 4");
+    two.engine
+        .execute_one("CREATE TABLE lone (id BIGINT PRIMARY KEY) WITH (shards = 1, replicas = 2)")
+        .await
+        .expect("create");
+    until_attached(&two.engine, "lone").await;
+    let lone = two.engine.hot_table("lone").expect("table").def().id;
+    assert!(two.engine.meta().read_local(|s| s.table_shards(lone).all(|r| r.replicas == [other])));
+    let refused = two.engine.execute_one("INSERT INTO lone VALUES (1), (2)").await.expect_err("one copy of two");
+    assert!(refused.to_string().contains("min_in_sync"), "{refused}");
+    assert_eq!(number(&two, "SELECT count(*) FROM lone").await, 0);
+    // Once node 4 takes copies again, the shard gets its second one and takes writes.
+    quiver_node::cli::admin::drain(&two.grpc, 4, true, None).await.expect("stop draining node 4");
+    until_shards(&two, lone, "a second in-sync copy", |r| r.in_sync.len() == 2).await;
+    two.engine.execute_one("INSERT INTO lone VALUES (1), (2)").await.expect("insert");
+    until_attached(&four.engine, "lone").await;
+    for node in [&two, &four] {
+        assert_eq!(number(node, "SELECT sum(id) FROM lone").await, 3);
+    }
     for node in [one, two, four] {
         node.stop().await;
     }
