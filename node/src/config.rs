@@ -152,6 +152,9 @@ pub struct ClusterConfig {
     pub replication_timeout: Millis,
     /// Bytes a second a primary sends at most to catch a replica up (0: no limit).
     pub catch_up_rate: ByteSize,
+    /// How long a part of a statement spanning shards may wait for its statement's decision before the shard's
+    /// primary decides it aborted (its coordinator is taken for lost).
+    pub transaction_hold: Millis,
     /// A bug the simulation injects on purpose (simulation builds only; never read from a file).
     #[cfg(madsim)]
     #[serde(skip)]
@@ -181,6 +184,7 @@ impl Default for ClusterConfig {
             replication_factor: 0,
             min_in_sync: crate::engine::ReplicationOptions::default().min_in_sync,
             replication_timeout: Millis(crate::engine::ReplicationOptions::default().timeout.as_millis() as u64),
+            transaction_hold: Millis(crate::engine::ReplicationOptions::default().transaction_hold.as_millis() as u64),
             catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
             #[cfg(madsim)]
             injected_bug: None,
@@ -550,6 +554,9 @@ impl Config {
         if self.cluster.min_in_sync == 0 {
             return bad("cluster.min_in_sync", "0 is below 1 (the primary's own copy)".to_string());
         }
+        if self.cluster.transaction_hold.0 == 0 {
+            return bad("cluster.transaction_hold", "must be above 0".to_string());
+        }
         if self.cluster.replication_timeout.0 == 0 {
             return bad("cluster.replication_timeout", "must be above 0".to_string());
         }
@@ -575,6 +582,7 @@ impl Config {
                 min_in_sync: self.cluster.min_in_sync,
                 timeout: self.cluster.replication_timeout.duration(),
                 catch_up_rate: self.cluster.catch_up_rate.0,
+                transaction_hold: self.cluster.transaction_hold.duration(),
                 #[cfg(madsim)]
                 injected_bug: self.cluster.injected_bug,
             },

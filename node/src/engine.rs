@@ -31,6 +31,7 @@ pub(crate) mod route;
 mod statements;
 pub mod system;
 mod tier;
+mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ use quiver_meta::{
     Catalog, CatalogCommand, ColumnDef, MetaCommand, MetaNode, MetaOutcome, ShardId, TableDef, TableId, TableKind,
 };
 
+pub use crate::table::log::Resolution;
 pub use catch_up::CatchUpReport;
 pub use compact::CompactReport;
 pub use copy::CopyFormat;

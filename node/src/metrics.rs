@@ -177,6 +177,11 @@ pub struct Metrics {
     /// Metadata changes of a shard (a copy's admission, a cold-file commit) proposed again because the outcome of the
     /// proposal before was unknown; the shard's lock is held until one is answered.
     pub shard_settle_retries: Counter,
+    /// Statements spanning shards this node coordinated, by outcome.
+    pub transactions_committed: Counter,
+    pub transactions_aborted: Counter,
+    /// Parts of statements spanning shards this node settled in the shards it leads.
+    pub transaction_parts_settled: Counter,
     /// Replicas this node caught up and admitted to a shard's in-sync set (new copies, and copies back from a failure).
     pub shard_catch_ups: Counter,
     /// Bytes of chunk data this node sent to catch replicas up.
@@ -393,6 +398,24 @@ impl Metrics {
             "quiver_shard_settle_retries_total",
             "Metadata changes of a shard proposed again because the outcome of the proposal before was unknown.",
             self.shard_settle_retries.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_transactions_committed_total",
+            "Statements spanning shards this node coordinated whose commit the metadata group recorded.",
+            self.transactions_committed.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_transactions_aborted_total",
+            "Statements spanning shards this node coordinated whose abort the metadata group recorded.",
+            self.transactions_aborted.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_transaction_parts_settled_total",
+            "Parts of statements spanning shards settled in the shards this node leads.",
+            self.transaction_parts_settled.get(),
         );
         counter(
             &mut out,

@@ -106,6 +106,11 @@ impl Engine {
             commit_through: replica.committed_lsn(),
             reset: true,
             keep,
+            resolved: replica
+                .settled_commits()
+                .into_iter()
+                .map(|r| quiver_proto::v1::TransactionOutcome { txn: r.txn, commit: r.commit, version: r.version })
+                .collect(),
             ..ReplicateRequest::default()
         };
         let timeout = self.replication.timeout;

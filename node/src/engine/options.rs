@@ -65,6 +65,9 @@ pub struct ReplicationOptions {
     pub timeout: std::time::Duration,
     /// Bytes of chunk data a second a catch-up sends a replica at most (0: no limit).
     pub catch_up_rate: u64,
+    /// How long a part of a statement spanning shards waits for the statement's decision before the shard's primary
+    /// decides it aborted.
+    pub transaction_hold: std::time::Duration,
     /// A bug the simulation injects on purpose, to show that its checkers catch it.
     #[cfg(madsim)]
     pub injected_bug: Option<InjectedBug>,
@@ -76,6 +79,7 @@ impl Default for ReplicationOptions {
             min_in_sync: 2,
             timeout: std::time::Duration::from_secs(5),
             catch_up_rate: 64 << 20,
+            transaction_hold: std::time::Duration::from_secs(600),
             #[cfg(madsim)]
             injected_bug: None,
         }

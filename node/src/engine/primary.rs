@@ -30,7 +30,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use quiver_meta::{MetaCommand, Rejection, ShardId, ShardRecord, TableDef, TableId};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
-use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk};
+use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk, TransactionOutcome};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Engine, InjectedBugKind, ReplicatedChunk};
@@ -85,12 +85,17 @@ impl Engine {
     /// are in sync than `min_in_sync` (nothing was written); [`Error::OutcomeUnknown`] when a failure came after the
     /// rows were durable somewhere; [`Error::Plan`] for a row of another shard; the errors of an insert (schema
     /// mismatch, NOT NULL, store).
+    ///
+    /// With `txn` other than 0, the rows are one part of that statement spanning shards: replicated and committed in
+    /// the shard's log like any write, but visible only once the metadata group records the statement's commit (see
+    /// [`Engine::resolve_part`]).
     pub async fn write_shard(
         &self,
         table: TableId,
         shard: ShardId,
         epoch: u64,
         batches: Vec<RecordBatch>,
+        txn: u64,
     ) -> Result<u64> {
         let (record, hot, replica) = self.led_shard(table, shard, epoch).await?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -99,7 +104,7 @@ impl Engine {
         // commits as a single node does. Decided under the lock, so that no backup joins the in-sync set meanwhile.
         let now = self.meta.read_local(|s| s.shard(shard).cloned()).unwrap_or(record);
         let alone = now.epoch == epoch && now.in_sync.iter().all(|n| *n == self.node_id);
-        if alone && replica.log_end() == replica.committed_lsn() {
+        if alone && txn == 0 && replica.log_end() == replica.committed_lsn() {
             self.check_primary(&now)?;
             self.check_min_in_sync(&now, hot.def())?;
             let stream = futures::stream::iter(batches.into_iter().map(Ok::<_, Error>));
@@ -132,13 +137,13 @@ impl Engine {
         let (h, r) = (Arc::clone(&hot), Arc::clone(&replica));
         let added = crate::blocking::run("encode a shard's rows", move || -> Result<Vec<ReplicatedChunk>> {
             let parts = batches.iter().map(|b| h.conform_part(shard, b)).collect::<Result<Vec<_>>>()?;
-            r.encode_chunks(parts.into_iter().filter(|b| b.num_rows() > 0).collect())
+            r.encode_chunks(parts.into_iter().filter(|b| b.num_rows() > 0).collect(), txn, 0)
         })
         .await??;
         if added.is_empty() {
             return Ok(0);
         }
-        self.replicate_change(&replica, epoch, added, Vec::new()).await?;
+        self.replicate_change(&replica, epoch, added, Vec::new(), Vec::new()).await?;
         self.metrics.rows_ingested.add(rows);
         Ok(rows)
     }
@@ -216,6 +221,7 @@ impl Engine {
         epoch: u64,
         added: Vec<ReplicatedChunk>,
         removed: Vec<u64>,
+        resolved: Vec<crate::table::log::Resolution>,
     ) -> Result<()> {
         let (table, shard) = (replica.def().id, replica.shard_id());
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
@@ -230,7 +236,7 @@ impl Engine {
             return Err(Error::ColdUnavailable { detail });
         }
         let lsn = replica.log_end() + 1;
-        let change = LoggedChange { lsn, term: epoch, added, removed };
+        let change = LoggedChange { lsn, term: epoch, added, removed, resolved };
         let r = Arc::clone(replica);
         let mine = change.clone();
         let changes = crate::blocking::run("prepare a shard's change", move || -> Result<Vec<LoggedChange>> {
@@ -239,7 +245,7 @@ impl Engine {
             for n in r.prepared_lsns() {
                 changes.extend(r.prepared_change(n)?);
             }
-            r.prepare(mine.lsn, mine.term, epoch, mine.added.clone(), mine.removed.clone())?;
+            r.prepare(mine.lsn, mine.term, epoch, mine.added.clone(), mine.removed.clone(), mine.resolved.clone())?;
             changes.push(mine);
             Ok(changes)
         })
@@ -384,6 +390,7 @@ impl Engine {
         if self.tend_rounds.load(std::sync::atomic::Ordering::Relaxed).is_multiple_of(CATCH_UP_ROUNDS) {
             self.start_catch_ups();
             self.drop_unplaced().await;
+            self.resolve_abandoned().await;
         }
         let pending = std::mem::take(&mut *self.unsettled.lock().expect("unsettled lock poisoned"));
         let mut still = Vec::new();
@@ -435,7 +442,7 @@ impl Engine {
             let r = Arc::clone(&replica);
             let next_seq = replica.next_seq();
             match crate::blocking::run("delete a shard that left this node", move || {
-                r.reset(Vec::new(), &[], 0, next_seq)
+                r.reset(Vec::new(), &[], 0, next_seq, &[])
             })
             .await
             {
@@ -530,6 +537,11 @@ impl Engine {
                 discard_after: None,
                 reset: false,
                 keep: Vec::new(),
+                resolved: change
+                    .resolved
+                    .iter()
+                    .map(|r| TransactionOutcome { txn: r.txn, commit: r.commit, version: r.version })
+                    .collect(),
             };
             match tokio::time::timeout(timeout, client.replicate(request)).await {
                 Ok(Ok(_)) => {}
@@ -655,6 +667,7 @@ impl Engine {
             discard_after: None,
             reset: false,
             keep: Vec::new(),
+            resolved: Vec::new(),
         };
         match tokio::time::timeout(timeout, client.replicate(request)).await {
             Ok(Ok(_)) => true,

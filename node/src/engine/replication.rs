@@ -51,6 +51,8 @@ pub struct ReplicatedChange {
     /// The last message of a catch-up: the committed chunks the replica holds afterwards, exactly (see
     /// `ShardReplica::reset`); `commit_through` is then its commit point.
     pub reset: Option<Vec<u64>>,
+    /// The statements spanning shards whose parts the change settles.
+    pub resolved: Vec<crate::table::log::Resolution>,
 }
 
 /// What a replica of one shard holds ([`Engine::replica_status`]).
@@ -210,6 +212,7 @@ impl Engine {
             commit_through,
             discard_after,
             reset,
+            resolved,
         } = change;
         let replica = self.replica_for(table, shard, epoch, from_node).await?;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
@@ -223,14 +226,14 @@ impl Engine {
         let r = Arc::clone(&replica);
         crate::blocking::run("apply a replicated change", move || -> Result<()> {
             if let Some(keep) = reset {
-                return r.reset(added, &keep, commit_through, next_seq);
+                return r.reset(added, &keep, commit_through, next_seq, &resolved);
             }
             if let Some(lsn) = discard_after {
                 r.discard_after(lsn)?;
             }
             if lsn > 0 {
                 let term = if term == 0 { epoch } else { term };
-                r.prepare(lsn, term, epoch, added, removed)?;
+                r.prepare(lsn, term, epoch, added, removed, resolved)?;
             } else if !added.is_empty() || !removed.is_empty() {
                 r.apply(added, &removed, next_seq)?;
             }
@@ -292,6 +295,7 @@ impl Engine {
         projection: Option<Vec<usize>>,
         filter: Option<&str>,
         limit: Option<usize>,
+        snapshot: Option<u64>,
     ) -> Result<ShardScan> {
         let record = if self.injected(super::InjectedBugKind::StaleEpochScan) {
             self.shard_record_of(table, shard)?
@@ -324,7 +328,13 @@ impl Engine {
         if let Some(bad) = columns.iter().find(|c| **c >= schema.fields().len()) {
             return Err(Error::Plan { message: format!("table \"{}\" has no column {bad}", replica.def().name) });
         }
-        let provider = Arc::new(HotTableProvider::for_shard(hot, shard));
+        // The reader's snapshot decides which statements spanning shards it sees; this node judges them once it has
+        // applied the metadata up to that snapshot.
+        if snapshot.is_some_and(|s| self.meta.read_local(|m| m.version()) < s) {
+            self.meta.read_state(|_| ()).await?;
+        }
+        let read_at = crate::query::provider::ReadAt { meta: self.meta.clone(), snapshot };
+        let provider = Arc::new(HotTableProvider::for_shard(hot, shard, read_at));
         let mut frame = self.ctx.read_table(provider)?;
         if let Some(filter) = filter {
             let predicate = frame.parse_sql_expr(filter)?;

@@ -67,13 +67,15 @@ impl Engine {
                 return Ok(report);
             }
             let version = table.version();
-            let expired: Vec<&Arc<Chunk>> =
-                version.iter().filter(|c| c.meta.written_ms > 0 && c.meta.written_ms < cutoff).collect();
+            let expired: Vec<&Arc<Chunk>> = version
+                .iter()
+                .filter(|c| c.meta.written_ms > 0 && c.meta.written_ms < cutoff && !c.meta.unsettled())
+                .collect();
             if !expired.is_empty() {
                 report.chunks = expired.len();
                 report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
                 let removed = expired.iter().map(|c| c.seq).collect();
-                self.replicate_change(table, record.epoch, Vec::new(), removed).await?;
+                self.replicate_change(table, record.epoch, Vec::new(), removed, Vec::new()).await?;
             }
             return Ok(report);
         }
@@ -85,7 +87,7 @@ impl Engine {
         let expired: Vec<Arc<Chunk>> = table
             .version()
             .iter()
-            .filter(|c| c.seq > through && c.meta.written_ms > 0 && c.meta.written_ms < cutoff)
+            .filter(|c| c.seq > through && c.meta.written_ms > 0 && c.meta.written_ms < cutoff && !c.meta.unsettled())
             .cloned()
             .collect();
         if !expired.is_empty() {

@@ -158,6 +158,9 @@ impl Engine {
             });
         }
         self.check_primary(&record)?;
+        // Parts of statements spanning shards whose decision is recorded are settled first: the statement sees every
+        // acknowledged row, and changes none it cannot see.
+        self.resolve_decided_locked(replica, epoch).await?;
         let alone = record.in_sync.iter().all(|n| *n == self.node_id) && replica.log_end() == replica.committed_lsn();
         if alone {
             return self.change_shard_rows(state, replica, compiled).await;
@@ -180,17 +183,21 @@ impl Engine {
                 ),
             });
         }
-        let hot: Vec<Arc<Chunk>> = replica.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let hot: Vec<Arc<Chunk>> =
+            replica.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
         let change = dml::hot_change(state, replica, compiled, &hot)?;
         if change.changed.is_empty() {
             return Ok(0);
         }
         let removed: Vec<u64> = change.changed.iter().map(|(chunk, _)| chunk.seq).collect();
+        // The rows changed are seen by the readers that saw the rows they come from.
+        let visible_from = change.changed.iter().map(|(chunk, _)| chunk.meta.visible_from).max().unwrap_or(0);
         let rows: Vec<RecordBatch> =
             change.changed.into_iter().map(|(_, rows)| rows).filter(|b| b.num_rows() > 0).collect();
         let r = Arc::clone(replica);
-        let added = crate::blocking::run("encode changed rows", move || r.encode_chunks(rows)).await??;
-        self.replicate_change(replica, epoch, added, removed).await?;
+        let added =
+            crate::blocking::run("encode changed rows", move || r.encode_chunks(rows, 0, visible_from)).await??;
+        self.replicate_change(replica, epoch, added, removed, Vec::new()).await?;
         Ok(change.affected)
     }
 
@@ -206,7 +213,8 @@ impl Engine {
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
         if view.files.is_empty() {
-            let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+            let hot: Vec<Arc<Chunk>> =
+                table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
             let change = dml::hot_change(state, table, compiled, &hot)?;
             return dml::commit_hot(table, change).await;
         }
@@ -220,7 +228,8 @@ impl Engine {
         };
         // Read before the version: every chunk numbered below it is in the version (see `settled_below`).
         let settled_below = table.settled_below();
-        let hot: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq > view.hot_through).cloned().collect();
+        let hot: Vec<Arc<Chunk>> =
+            table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
         let hot_change = dml::hot_change(state, table, compiled, &hot)?;
         let schema = table.schema();
         let candidates: Vec<ColdFile> =

@@ -16,7 +16,7 @@
 //! [`CHANGE_BYTES`]; until multi-shard transactions exist, a statement whose rows span several shards is atomic per
 //! change only, and a failure after one of its changes took effect is reported as [`Error::OutcomeUnknown`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -24,7 +24,7 @@ use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use quiver_meta::{ShardId, ShardRecord, TableId};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
-use quiver_proto::v1::{ChangeShardRequest, WriteShardRequest};
+use quiver_proto::v1::{ChangeShardRequest, ResolveTransactionRequest, WriteShardRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -99,8 +99,16 @@ impl Engine {
         S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin + Send,
         Error: From<E>,
     {
-        let routes = self.write_routes(table);
         let clustered = self.is_clustered();
+        // In a cluster, a statement that may span shards is one transaction: its parts go through the shards'
+        // primaries, tagged with its id, and become visible together once the metadata group records its commit
+        // (`engine::transactions`).
+        let spanning = clustered && table.shards().len() > 1;
+        let (routes, txn) = if spanning {
+            (vec![Route::Primary; table.shards().len()], Self::new_transaction_id()?)
+        } else {
+            (self.write_routes(table), 0)
+        };
         let whole = table.pick_whole();
         if routes.iter().all(|r| r.is_direct()) {
             let rows = table.append_stream_into(whole, stream).await?;
@@ -116,8 +124,13 @@ impl Engine {
             let table = Arc::clone(table);
             async move { table.append_stream_into::<_, Error>(whole, Box::pin(direct_rows)).await }
         };
-        let routed = self.route_parts(table, &routes, whole, stream, tx);
+        let tagged = std::sync::Mutex::new(BTreeSet::new());
+        let routed = self.route_parts(table, &routes, whole, stream, tx, txn, &tagged);
         let (direct, routed) = futures::join!(direct, routed);
+        let tagged = tagged.into_inner().expect("tagged lock poisoned");
+        if !tagged.is_empty() {
+            return self.finish_transaction(table, txn, &tagged, routed.map(|(rows, _)| rows)).await;
+        }
         let (routed_rows, written) = routed?;
         let direct_rows = match direct {
             Ok(rows) => rows,
@@ -132,6 +145,11 @@ impl Engine {
 
     /// Pulls `stream`, sending direct shards' rows into `direct` and every other shard's to its primary; returns the
     /// rows sent to primaries and whether any part took effect. On failure, fails `direct` too (its rows roll back).
+    ///
+    /// With `txn` other than 0, the parts are written as parts of that statement spanning shards, and the position
+    /// of every shard sent one (whatever came of it) is added to `tagged`; a statement whose rows all belong to one
+    /// shard, sent at once, is written plainly (it needs no decision).
+    #[allow(clippy::too_many_arguments)]
     async fn route_parts<S, E>(
         &self,
         table: &Arc<HotTable>,
@@ -139,6 +157,8 @@ impl Engine {
         whole: usize,
         mut stream: S,
         direct: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+        txn: u64,
+        tagged: &std::sync::Mutex<BTreeSet<usize>>,
     ) -> std::result::Result<(u64, bool), Error>
     where
         S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin + Send,
@@ -168,14 +188,22 @@ impl Engine {
                     batches.push(part);
                     if *bytes >= CHANGE_BYTES {
                         let (batches, _) = pending.remove(&i).unwrap_or_default();
-                        rows += self.write_part(table, i, batches).await.map_err(|e| part_error(e, written))?;
+                        if txn != 0 {
+                            tagged.lock().expect("tagged lock poisoned").insert(i);
+                        }
+                        rows += self.write_part(table, i, batches, txn).await.map_err(|e| part_error(e, written))?;
                         written = true;
                     }
                 }
             }
-            // The rest, every shard's part at once.
+            // The rest, every shard's part at once; one shard's rows alone need no transaction.
+            let txn =
+                if pending.len() == 1 && tagged.lock().expect("tagged lock poisoned").is_empty() { 0 } else { txn };
+            if txn != 0 {
+                tagged.lock().expect("tagged lock poisoned").extend(pending.keys().copied());
+            }
             let sent = futures::future::join_all(
-                pending.into_iter().map(|(i, (batches, _))| self.write_part(table, i, batches)),
+                pending.into_iter().map(|(i, (batches, _))| self.write_part(table, i, batches, txn)),
             )
             .await;
             let mut failure = None;
@@ -204,8 +232,8 @@ impl Engine {
     }
 
     /// Writes one shard's part (the shard at position `i` of `table`) on its primary, following the configuration
-    /// when it moved; returns the rows written.
-    async fn write_part(&self, table: &Arc<HotTable>, i: usize, batches: Vec<RecordBatch>) -> Result<u64> {
+    /// when it moved, as a part of statement `txn` unless 0; returns the rows written.
+    async fn write_part(&self, table: &Arc<HotTable>, i: usize, batches: Vec<RecordBatch>, txn: u64) -> Result<u64> {
         let shard = table.shards()[i].shard_id();
         let id = table.def().id;
         let mut last = None;
@@ -216,9 +244,98 @@ impl Engine {
             }
             let record = self.shard_record_of(id, shard)?;
             let result = if record.primary == self.node_id {
-                self.write_shard(id, shard, record.epoch, batches.clone()).await
+                self.write_shard(id, shard, record.epoch, batches.clone(), txn).await
             } else {
-                self.write_remote(&record, &table.schema(), &batches).await
+                self.write_remote(&record, &table.schema(), &batches, txn).await
+            };
+            match result {
+                Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no attempt made".into())))
+    }
+
+    /// Ends statement `txn` spanning shards, whose parts went to the shards at the positions in `tagged`, with
+    /// `written` (the rows, or why the statement failed): records its commit, or its abort, in the metadata group,
+    /// then settles each part on its shard's primary and forgets the decision. The statement is acknowledged only
+    /// once its commit is recorded; a statement whose abort is recorded failed as a whole, with nothing written.
+    async fn finish_transaction(
+        &self,
+        table: &Arc<HotTable>,
+        txn: u64,
+        tagged: &BTreeSet<usize>,
+        written: Result<u64>,
+    ) -> Result<u64> {
+        let decision = self.decide(txn, written.is_ok()).await;
+        let resolution = match decision {
+            Ok(r) => r,
+            Err(e) => {
+                // Undecided: the parts' primaries decide once the hold runs out, and the first decision stands.
+                return Err(Error::OutcomeUnknown {
+                    shard: 0,
+                    detail: format!(
+                        "the statement spans shards, and its outcome could not be recorded: {}{}",
+                        e.report(),
+                        match &written {
+                            Ok(_) => String::new(),
+                            Err(failed) => format!(" (it had failed: {})", failed.report()),
+                        }
+                    ),
+                });
+            }
+        };
+        if resolution.commit {
+            self.metrics.transactions_committed.inc();
+        } else {
+            self.metrics.transactions_aborted.inc();
+        }
+        let mut settled = true;
+        for i in tagged {
+            if let Err(e) = self.settle_part(table, *i, txn).await {
+                tracing::debug!(txn, error = %e.report(), "settling a part failed; its primary settles it later");
+                settled = false;
+            }
+        }
+        if settled {
+            self.forget(txn).await;
+        }
+        match (written, resolution.commit) {
+            (Ok(rows), true) => Ok(rows),
+            (Ok(_), false) => Err(Error::ShardUnavailable {
+                shard: 0,
+                detail: "a shard's primary took the statement for abandoned and aborted it; nothing was written".into(),
+            }),
+            // The abort is recorded: no part is visible, or ever will be.
+            (Err(Error::OutcomeUnknown { shard, detail }), false) => Err(Error::ShardUnavailable {
+                shard,
+                detail: format!("{detail}; the statement was rolled back, nothing was written"),
+            }),
+            (Err(e), false) => Err(e),
+            (Err(e), true) => Err(Error::Internal(format!(
+                "statement {txn:x} failed ({}) and yet its commit is recorded",
+                e.report()
+            ))),
+        }
+    }
+
+    /// Settles the part of statement `txn` in the shard at position `i` of `table`, on the shard's primary.
+    async fn settle_part(&self, table: &Arc<HotTable>, i: usize, txn: u64) -> Result<u64> {
+        let shard = table.shards()[i].shard_id();
+        let id = table.def().id;
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                self.catch_up().await?;
+            }
+            let record = self.shard_record_of(id, shard)?;
+            let result = if record.primary == self.node_id {
+                self.resolve_part(id, shard, record.epoch, txn).await
+            } else {
+                let request = ResolveTransactionRequest { table_id: id.0, shard_id: shard.0, epoch: record.epoch, txn };
+                self.call_primary(&record, |mut client| async move { client.resolve_transaction(request).await })
+                    .await
+                    .map(|r| r.chunks)
             };
             match result {
                 Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
@@ -237,10 +354,16 @@ impl Engine {
     }
 
     /// Sends a shard's rows to its primary on another node (`ShardService.WriteShard`); returns the rows written.
-    async fn write_remote(&self, record: &ShardRecord, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
+    async fn write_remote(
+        &self,
+        record: &ShardRecord,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        txn: u64,
+    ) -> Result<u64> {
         let arrow_ipc = crate::server::internal::encode(schema, batches)?;
         let (table_id, shard_id, epoch) = (record.table_id.0, record.shard_id.0, record.epoch);
-        let request = WriteShardRequest { table_id, shard_id, epoch, arrow_ipc };
+        let request = WriteShardRequest { table_id, shard_id, epoch, arrow_ipc, txn };
         self.call_primary(record, |mut client| async move { client.write_shard(request).await }).await.map(|r| r.rows)
     }
 

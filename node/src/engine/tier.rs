@@ -429,8 +429,18 @@ impl Engine {
             // Only chunks below every number an insert in progress may still commit (read before the version): the
             // mark must not cover a chunk that appears later.
             let settled_below = table.settled_below();
+            let version = table.version();
+            // Nor a part of a statement spanning shards not settled yet: it may still be removed, and its rows are
+            // not everybody's to see.
+            let settled_below = version
+                .iter()
+                .filter(|c| c.meta.unsettled())
+                .map(|c| c.seq)
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(settled_below);
             let mut chunks: Vec<Arc<Chunk>> =
-                table.version().iter().filter(|c| c.seq > mark && c.seq < settled_below).cloned().collect();
+                version.iter().filter(|c| c.seq > mark && c.seq < settled_below).cloned().collect();
             if let Some(cutoff) = cutoff {
                 chunks.sort_by_key(|c| c.seq);
                 let aged = chunks.iter().take_while(|c| c.meta.written_ms <= cutoff).count();

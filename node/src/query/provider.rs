@@ -43,6 +43,28 @@ pub(crate) struct HotTableProvider {
     /// The engine that routes this table's inserts and scans to its shards' primaries (`engine::route`); without
     /// it, every shard is written and read here.
     engine: Weak<Engine>,
+    /// What the scan sees of chunks written by statements spanning shards, when not the engine's view now.
+    read_at: Option<ReadAt>,
+}
+
+/// The metadata a scan judges chunk visibility by ([`crate::table::ChunkMeta::visible`]): the decisions of statements
+/// spanning shards, from `meta`, and the snapshot the reader's node took (`None`: `meta`'s version now).
+#[derive(Debug, Clone)]
+pub(crate) struct ReadAt {
+    pub(crate) meta: quiver_meta::MetaNode,
+    pub(crate) snapshot: Option<u64>,
+}
+
+impl ReadAt {
+    /// Keeps the chunks of `chunks` a reader at this snapshot sees.
+    pub(crate) fn visible(&self, chunks: impl Iterator<Item = Arc<Chunk>>) -> Vec<Arc<Chunk>> {
+        self.meta.read_local(|s| {
+            let snapshot = Some(self.snapshot.unwrap_or_else(|| s.version()));
+            chunks
+                .filter(|c| c.meta.visible(snapshot, |txn| s.transaction(txn).map(|d| (d.commit, d.version))))
+                .collect()
+        })
+    }
 }
 
 impl HotTableProvider {
@@ -55,7 +77,7 @@ impl HotTableProvider {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(key)])
         };
-        Self { table, constraints, only: None, engine: Weak::new() }
+        Self { table, constraints, only: None, engine: Weak::new(), read_at: None }
     }
 
     /// Routes the table's inserts and scans through `engine`.
@@ -65,8 +87,8 @@ impl HotTableProvider {
 
     /// Wraps one shard of a hot table: scans read that shard's replica on this node, hot and cold rows. Inserts are
     /// refused.
-    pub(crate) fn for_shard(table: Arc<HotTable>, shard: ShardId) -> Self {
-        Self { only: Some(shard), ..Self::new(table) }
+    pub(crate) fn for_shard(table: Arc<HotTable>, shard: ShardId, read_at: ReadAt) -> Self {
+        Self { only: Some(shard), read_at: Some(read_at), ..Self::new(table) }
     }
 }
 
@@ -134,6 +156,12 @@ impl TableProvider for HotTableProvider {
             Some(engine) => engine.shard_reads(&self.table).await?,
             None => vec![ShardRead::Local; self.table.shards().len()],
         };
+        // One snapshot for every shard of the table: a statement spanning shards is seen whole or not at all.
+        let read_at = self.read_at.clone().or_else(|| {
+            self.engine
+                .upgrade()
+                .map(|e| ReadAt { meta: e.meta().clone(), snapshot: Some(e.meta().read_local(|s| s.version())) })
+        });
         let mut hot: Vec<Arc<Chunk>> = Vec::new();
         let mut colds = Vec::new();
         for ((shard, version, cold), read) in self.table.snapshot().into_iter().zip(&reads) {
@@ -144,7 +172,11 @@ impl TableProvider for HotTableProvider {
                 ColdState::Ready(view) => view,
                 ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
             };
-            hot.extend(version.iter().filter(|c| c.seq > cold.hot_through).cloned());
+            let unread = version.iter().filter(|c| c.seq > cold.hot_through).cloned();
+            match &read_at {
+                Some(read_at) => hot.extend(read_at.visible(unread)),
+                None => hot.extend(unread.filter(|c| c.meta.visible(None, |_| None))),
+            }
             colds.push((shard, cold));
         }
         let schema = self.table.schema();
@@ -187,6 +219,7 @@ impl TableProvider for HotTableProvider {
                     usize::MAX,
                 )
                 .with_filter(pushed.clone())
+                .with_snapshot(read_at.as_ref().and_then(|r| r.snapshot))
                 .with_locator(engine.locator()),
             ));
         }

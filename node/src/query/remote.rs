@@ -62,6 +62,8 @@ pub struct RemoteShardScanExec {
     max_message_bytes: usize,
     /// Where to look when the shard moved since the scan was planned.
     locator: Option<Arc<dyn ShardLocator>>,
+    /// The metadata version the reading node scans every shard of the table at (0: the replica's now).
+    snapshot: u64,
     properties: Arc<PlanProperties>,
 }
 
@@ -97,8 +99,15 @@ impl RemoteShardScanExec {
             timeout,
             max_message_bytes,
             locator: None,
+            snapshot: 0,
             properties,
         }
+    }
+
+    /// Has the replica read at metadata version `snapshot`: a statement spanning shards committed after it is not
+    /// seen, in this shard as in the others.
+    pub fn with_snapshot(self, snapshot: Option<u64>) -> Self {
+        Self { snapshot: snapshot.unwrap_or(0), ..self }
     }
 
     /// Has the scan ask `locator` where the shard is when every replica refused it before sending rows.
@@ -120,6 +129,7 @@ impl RemoteShardScanExec {
             all_columns: self.projection.is_none(),
             limit: self.limit.map(|l| l as u64),
             filter: self.filter.clone(),
+            snapshot: self.snapshot,
         }
     }
 }

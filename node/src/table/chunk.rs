@@ -8,10 +8,12 @@
 //!   count, minimum and maximum. Index entries are small and all of them are held in memory, so a query prunes chunks
 //!   without reading them, and tiering and retention judge their age without reading them either.
 //!
-//! Index entry layout (little-endian): `b'Q' 2u8 rows:u64 data_bytes:u64 written_ms:u64 columns:u32
-//! null_count:u64*columns` followed by an Arrow IPC stream of a two-row batch (row 0: minimums, row 1: maximums; NULL
-//! where unknown). `written_ms` is milliseconds since the Unix epoch. Version 1 entries, written before chunks
-//! carried their age, lack it and read as 0: tiering by age takes them at once, retention never drops them.
+//! Index entry layout (little-endian): `b'Q' 3u8 rows:u64 data_bytes:u64 written_ms:u64 txn:u64 visible_from:u64
+//! columns:u32 null_count:u64*columns` followed by an Arrow IPC stream of a two-row batch (row 0: minimums, row 1:
+//! maximums; NULL where unknown). `written_ms` is milliseconds since the Unix epoch. `txn` and `visible_from` say
+//! when the chunk's rows become visible (see [`ChunkMeta::visible`]). Version 1 entries, written before chunks
+//! carried their age, lack it and read as 0: tiering by age takes them at once, retention never drops them. Version
+//! 1 and 2 entries lack `txn` and `visible_from` and read as 0: visible to every reader.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use datafusion_functions_aggregate_common::min_max::{MaxAccumulator, MinAccumula
 use crate::error::{Error, Result};
 
 const INDEX_MAGIC: u8 = b'Q';
-const INDEX_VERSION: u8 = 2;
+const INDEX_VERSION: u8 = 3;
 
 /// What the index entry of a chunk says about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,13 @@ pub(crate) struct ChunkMeta {
     pub(crate) data_bytes: u64,
     /// When the chunk was written, in milliseconds since the Unix epoch (0: before chunks carried their age).
     pub(crate) written_ms: u64,
+    /// The statement spanning shards that wrote the chunk (0: none). Until the shard's log settles it, the chunk is
+    /// visible only once the metadata group recorded that statement's commit.
+    pub(crate) txn: u64,
+    /// The metadata version at which the chunk's rows became visible, once settled (the commit decision of the
+    /// statement that wrote them; 0: at once, or not settled yet): a reader whose snapshot is older does not see
+    /// them.
+    pub(crate) visible_from: u64,
     /// Per column: NULLs in the chunk.
     pub(crate) null_counts: Vec<u64>,
     /// Per column: the minimum, or a NULL scalar when unknown.
@@ -93,7 +102,34 @@ pub(crate) fn compute_meta(batch: &RecordBatch, data_bytes: u64, written_ms: u64
         min.push(column_min_max(column, field.data_type(), true));
         max.push(column_min_max(column, field.data_type(), false));
     }
-    ChunkMeta { rows: batch.num_rows() as u64, data_bytes, written_ms, null_counts, min, max }
+    ChunkMeta { rows: batch.num_rows() as u64, data_bytes, written_ms, txn: 0, visible_from: 0, null_counts, min, max }
+}
+
+impl ChunkMeta {
+    /// Whether a reader at metadata version `snapshot` (`None`: the latest, a statement changing rows on the shard's
+    /// primary) sees the chunk; `decision` says what the metadata group decided of a statement spanning shards:
+    /// `Some((commit, version))`, or `None` while undecided or forgotten.
+    ///
+    /// A settled chunk, or one of no such statement, is visible from its `visible_from` on; one whose statement is
+    /// not settled in the shard's log yet is visible only once its commit is recorded, at or before the snapshot. A
+    /// chunk whose statement is undecided, aborted or forgotten unsettled is seen by nobody (its part is removed, or
+    /// settled, by the shard's primary).
+    pub(crate) fn visible(&self, snapshot: Option<u64>, decision: impl Fn(u64) -> Option<(bool, u64)>) -> bool {
+        let from = if !self.unsettled() {
+            self.visible_from
+        } else {
+            match decision(self.txn) {
+                Some((true, version)) => version,
+                _ => return false,
+            }
+        };
+        snapshot.is_none_or(|s| from <= s)
+    }
+
+    /// Whether the chunk is part of a statement spanning shards that the shard's log has not settled yet.
+    pub(crate) fn unsettled(&self) -> bool {
+        self.txn != 0 && self.visible_from == 0
+    }
 }
 
 /// Returns the minimum (or maximum) of a column, or a NULL scalar when the type has no order we track.
@@ -121,6 +157,8 @@ pub(crate) fn encode_meta(meta: &ChunkMeta, schema: &Schema) -> Result<Vec<u8>> 
     out.extend_from_slice(&meta.rows.to_le_bytes());
     out.extend_from_slice(&meta.data_bytes.to_le_bytes());
     out.extend_from_slice(&meta.written_ms.to_le_bytes());
+    out.extend_from_slice(&meta.txn.to_le_bytes());
+    out.extend_from_slice(&meta.visible_from.to_le_bytes());
     out.extend_from_slice(&(meta.null_counts.len() as u32).to_le_bytes());
     for n in &meta.null_counts {
         out.extend_from_slice(&n.to_le_bytes());
@@ -154,7 +192,7 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
         return Err(corrupt("not a chunk index entry"));
     }
     let version = bytes[1];
-    if version != 1 && version != INDEX_VERSION {
+    if !(1..=INDEX_VERSION).contains(&version) {
         return Err(corrupt("unknown chunk index version"));
     }
     let u64_at = |at: usize| -> Result<u64> {
@@ -163,7 +201,11 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
     };
     let rows = u64_at(2)?;
     let data_bytes = u64_at(10)?;
-    let (written_ms, mut at) = if version == 1 { (0, 18) } else { (u64_at(18)?, 26) };
+    let (written_ms, txn, visible_from, mut at) = match version {
+        1 => (0, 0, 0, 18),
+        2 => (u64_at(18)?, 0, 0, 26),
+        _ => (u64_at(18)?, u64_at(26)?, u64_at(34)?, 42),
+    };
     let count = bytes.get(at..at + 4).ok_or_else(|| corrupt("truncated chunk index entry"))?;
     let columns = u32::from_le_bytes(count.try_into().expect("slice of 4 bytes")) as usize;
     at += 4;
@@ -185,7 +227,7 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
         min.push(ScalarValue::try_from_array(col, 0).map_err(|_| corrupt("bad minimum"))?);
         max.push(ScalarValue::try_from_array(col, 1).map_err(|_| corrupt("bad maximum"))?);
     }
-    Ok(ChunkMeta { rows, data_bytes, written_ms, null_counts, min, max })
+    Ok(ChunkMeta { rows, data_bytes, written_ms, txn, visible_from, null_counts, min, max })
 }
 
 #[cfg(test)]
@@ -240,11 +282,37 @@ mod tests {
         assert_eq!(back, meta);
         assert!(decode_meta(&bytes[..10], || "t".into()).is_err());
         assert!(decode_meta(b"garbage-garbage-garbage", || "t".into()).is_err());
-        // A version 1 entry (no written time) still reads, as written at the epoch.
+        // A version 1 entry (no written time) still reads, as written at the epoch; a version 2 entry (no
+        // visibility) as visible to every reader.
         let mut v1 = bytes[..18].to_vec();
         v1[1] = 1;
-        v1.extend_from_slice(&bytes[26..]);
+        v1.extend_from_slice(&bytes[42..]);
         let back = decode_meta(&v1, || "t".into()).expect("decode a version 1 entry");
-        assert_eq!(back, ChunkMeta { written_ms: 0, ..meta });
+        assert_eq!(back, ChunkMeta { written_ms: 0, ..meta.clone() });
+        let mut v2 = bytes[..26].to_vec();
+        v2[1] = 2;
+        v2.extend_from_slice(&bytes[42..]);
+        assert_eq!(decode_meta(&v2, || "t".into()).expect("decode a version 2 entry"), meta);
+        let tagged = ChunkMeta { txn: 77, visible_from: 0, ..meta.clone() };
+        let stamped = ChunkMeta { txn: 77, visible_from: 12, ..meta.clone() };
+        for m in [&tagged, &stamped] {
+            assert_eq!(&decode_meta(&encode_meta(m, &b.schema()).expect("encode"), || "t".into()).expect("decode"), m);
+        }
+    }
+
+    #[test]
+    fn visibility_follows_the_decision_and_the_snapshot() {
+        let meta = compute_meta(&batch(), 1, 1);
+        let undecided = |_| None;
+        let committed_at_10 = |_| Some((true, 10));
+        let aborted = |_| Some((false, 10));
+        assert!(meta.visible(None, undecided) && meta.visible(Some(0), undecided));
+        let stamped = ChunkMeta { txn: 5, visible_from: 10, ..meta.clone() };
+        assert!(!stamped.visible(Some(9), undecided) && stamped.visible(Some(10), undecided));
+        assert!(stamped.visible(None, undecided));
+        let tagged = ChunkMeta { txn: 5, ..meta };
+        assert!(!tagged.visible(None, undecided) && !tagged.visible(None, aborted));
+        assert!(!tagged.visible(Some(9), committed_at_10) && tagged.visible(Some(10), committed_at_10));
+        assert!(tagged.visible(None, committed_at_10));
     }
 }

@@ -7,6 +7,10 @@
 //! writes its index entries and removals, deletes its record and moves the commit point (`0x08 table shard`) in one
 //! batch; discarding it (a change the new primary of a failover does not have) deletes the record and the chunks'
 //! data. Recovery loads the records and keeps their chunks' data, which has no index entry yet.
+//!
+//! A change may also settle parts of statements spanning shards ([`Resolution`]): committing it rewrites the index
+//! entries of a committed statement's chunks (visible from the decision's metadata version on, untagged) and removes
+//! an aborted statement's chunks, on every replica alike.
 
 use crate::error::{Error, Result};
 
@@ -22,6 +26,19 @@ pub(crate) struct PreparedChange {
     pub(crate) added: Vec<(u64, Vec<u8>)>,
     /// The numbers of the chunks it removes.
     pub(crate) removed: Vec<u64>,
+    /// The statements spanning shards whose parts it settles.
+    pub(crate) resolved: Vec<Resolution>,
+}
+
+/// What the metadata group decided of one statement spanning shards, as a change of a shard's log settles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    /// The statement.
+    pub txn: u64,
+    /// Commit (its part becomes visible) or abort (its part is removed).
+    pub commit: bool,
+    /// The metadata version that recorded the decision: the committed part is visible from it on.
+    pub version: u64,
 }
 
 /// One change of a shard's log as the replication stream carries it, chunks' data included.
@@ -35,10 +52,13 @@ pub(crate) struct LoggedChange {
     pub(crate) added: Vec<crate::engine::ReplicatedChunk>,
     /// The numbers of the chunks it removes.
     pub(crate) removed: Vec<u64>,
+    /// The statements spanning shards whose parts it settles.
+    pub(crate) resolved: Vec<Resolution>,
 }
 
-/// The record format's version, first byte of every record: 2 adds the term (version 1 records read as term 0).
-const RECORD_VERSION: u8 = 2;
+/// The record format's version, first byte of every record: 2 adds the term (version 1 records read as term 0), 3
+/// the resolutions (none in earlier records).
+const RECORD_VERSION: u8 = 3;
 
 impl PreparedChange {
     /// Encodes the record (the lsn is in its key).
@@ -54,6 +74,12 @@ impl PreparedChange {
         out.extend_from_slice(&(self.removed.len() as u32).to_be_bytes());
         for seq in &self.removed {
             out.extend_from_slice(&seq.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.resolved.len() as u32).to_be_bytes());
+        for r in &self.resolved {
+            out.extend_from_slice(&r.txn.to_be_bytes());
+            out.push(u8::from(r.commit));
+            out.extend_from_slice(&r.version.to_be_bytes());
         }
         out
     }
@@ -72,9 +98,10 @@ impl PreparedChange {
         };
         let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize;
         let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
-        let term = match take(1)?[0] {
+        let version = take(1)?[0];
+        let term = match version {
             1 => 0,
-            RECORD_VERSION => u64_of(take(8)?),
+            2 | RECORD_VERSION => u64_of(take(8)?),
             _ => return Err(corrupt("unknown prepared change record version")),
         };
         let count = u32_of(take(4)?);
@@ -89,10 +116,23 @@ impl PreparedChange {
         for _ in 0..count {
             removed.push(u64_of(take(8)?));
         }
+        let mut resolved = Vec::new();
+        if version >= 3 {
+            let count = u32_of(take(4)?);
+            for _ in 0..count {
+                let txn = u64_of(take(8)?);
+                let commit = match take(1)?[0] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(corrupt("a resolution is neither commit nor abort")),
+                };
+                resolved.push(Resolution { txn, commit, version: u64_of(take(8)?) });
+            }
+        }
         if !rest.is_empty() {
             return Err(corrupt("the prepared change record has trailing bytes"));
         }
-        Ok(Self { lsn, term, added, removed })
+        Ok(Self { lsn, term, added, removed, resolved })
     }
 }
 
@@ -102,8 +142,16 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_is_reported() {
-        let change =
-            PreparedChange { lsn: 9, term: 3, added: vec![(4, vec![1, 2, 3]), (5, vec![])], removed: vec![1, 2] };
+        let change = PreparedChange {
+            lsn: 9,
+            term: 3,
+            added: vec![(4, vec![1, 2, 3]), (5, vec![])],
+            removed: vec![1, 2],
+            resolved: vec![
+                Resolution { txn: 7, commit: true, version: 40 },
+                Resolution { txn: 8, commit: false, version: 41 },
+            ],
+        };
         let bytes = change.encode();
         assert_eq!(PreparedChange::decode(9, &bytes, || "test".into()).expect("decode"), change);
         for cut in [0, 1, 7, bytes.len() - 1] {
@@ -112,10 +160,16 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(PreparedChange::decode(9, &longer, || "test".into()).is_err());
-        // A record of the first version has no term.
+        // A record of the first version has no term, of the first two no resolutions.
+        let plain = PreparedChange { resolved: Vec::new(), ..change.clone() };
+        let plain_bytes = plain.encode();
+        let without = &plain_bytes[..plain_bytes.len() - 4];
+        let mut second = without.to_vec();
+        second[0] = 2;
+        assert_eq!(PreparedChange::decode(9, &second, || "test".into()).expect("version 2"), plain);
         let mut first = vec![1];
-        first.extend_from_slice(&bytes[9..]);
+        first.extend_from_slice(&without[9..]);
         let old = PreparedChange::decode(9, &first, || "test".into()).expect("version 1");
-        assert_eq!(old, PreparedChange { term: 0, ..change });
+        assert_eq!(old, PreparedChange { term: 0, ..plain });
     }
 }

@@ -12,7 +12,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use quiver_meta::{ShardId, TableDef, TableId};
 
-use super::log::{LoggedChange, PreparedChange};
+use super::log::{LoggedChange, PreparedChange, Resolution};
 use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
 use crate::cold::ColdState;
 use crate::error::Result;
@@ -286,8 +286,11 @@ impl ShardReplica {
     ) -> Result<Vec<Arc<Chunk>>> {
         let mut new_chunks = Vec::new();
         let written_ms = removed.iter().map(|c| c.meta.written_ms).max().unwrap_or_else(crate::clock::unix_ms);
+        // Nor visible to readers that did not see the rows they come from.
+        let visible_from = removed.iter().map(|c| c.meta.visible_from).max().unwrap_or(0);
         for b in split_rows(added, self.tables.chunk_rows_target)? {
             let (seq, meta) = self.encode_chunk(&b, written_ms, batch)?;
+            let meta = ChunkMeta { visible_from, ..meta };
             batch.put(keys::index_key(self.def.id, self.shard, seq), chunk::encode_meta(&meta, &self.schema)?);
             new_chunks.push(self.make_chunk(seq, meta));
         }
@@ -314,6 +317,68 @@ impl ShardReplica {
         for c in removed {
             c.retire();
         }
+    }
+
+    /// As [`ShardReplica::install`], and gives the chunks numbered in `restamped` (already in the version) their
+    /// rewritten index entries: the same chunk, data and incarnation, now visible as a settled statement's part.
+    fn install_restamped(
+        &self,
+        removed: &[Arc<Chunk>],
+        added: Vec<Arc<Chunk>>,
+        mut restamped: BTreeMap<u64, ChunkMeta>,
+    ) {
+        if restamped.is_empty() {
+            return self.install(removed, added);
+        }
+        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
+        let mut guard = self.version.write().expect("version lock poisoned");
+        let mut list: Vec<Arc<Chunk>> = guard
+            .iter()
+            .filter(|c| !gone.contains(&c.seq))
+            .map(|c| self.restamp(Arc::clone(c), &mut restamped))
+            .collect();
+        list.extend(added);
+        list.sort_by_key(|c| c.seq);
+        *guard = Arc::new(list);
+        drop(guard);
+        for c in removed {
+            c.retire();
+        }
+    }
+
+    /// `chunk` with the index entry `restamped` holds for its number, if any (taken out of it).
+    fn restamp(&self, chunk: Arc<Chunk>, restamped: &mut BTreeMap<u64, ChunkMeta>) -> Arc<Chunk> {
+        match restamped.remove(&chunk.seq) {
+            // The old object is not retired, so dropping it leaves the data to the new one.
+            Some(meta) => Arc::new(Chunk {
+                table: chunk.table,
+                shard: chunk.shard,
+                seq: chunk.seq,
+                meta,
+                retired: AtomicBool::new(false),
+                incarnation: chunk.incarnation,
+                tables: Arc::clone(&chunk.tables),
+            }),
+            None => chunk,
+        }
+    }
+
+    /// The settled commits of statements spanning shards with parts in this replica's committed chunks: what a
+    /// replica caught up from this one settles as it did.
+    pub(crate) fn settled_commits(&self) -> Vec<Resolution> {
+        let mut out: BTreeMap<u64, u64> = BTreeMap::new();
+        for c in self.version().iter().filter(|c| c.meta.txn != 0 && c.meta.visible_from != 0) {
+            out.insert(c.meta.txn, c.meta.visible_from);
+        }
+        out.into_iter().map(|(txn, version)| Resolution { txn, commit: true, version }).collect()
+    }
+
+    /// The statements spanning shards with parts in this replica's committed chunks not settled yet.
+    pub(crate) fn unsettled_txns(&self) -> Vec<u64> {
+        let mut txns: Vec<u64> = self.version().iter().filter(|c| c.meta.unsettled()).map(|c| c.meta.txn).collect();
+        txns.sort_unstable();
+        txns.dedup();
+        txns
     }
 
     /// Replaces chunks: removes `removed` and adds `added` (already conformed) in one atomic, durable commit.
@@ -389,8 +454,9 @@ impl ShardReplica {
     }
 
     /// Ends a catch-up: applies `added` (as [`ShardReplica::apply`]), then makes the committed chunks exactly those
-    /// numbered in `keep` (dropping any other), discards every prepared change and sets the commit point to
-    /// `committed_lsn`, all in one durable batch. The caller holds [`ShardReplica::dml_lock`].
+    /// numbered in `keep` (dropping any other), settles the parts of the committed statements in `resolved` as the
+    /// primary did, discards every prepared change and sets the commit point to `committed_lsn`, all in one durable
+    /// batch. The caller holds [`ShardReplica::dml_lock`].
     ///
     /// # Errors
     ///
@@ -402,6 +468,7 @@ impl ShardReplica {
         keep: &[u64],
         committed_lsn: u64,
         next_seq: u64,
+        resolved: &[Resolution],
     ) -> Result<()> {
         let keep: HashSet<u64> = keep.iter().copied().collect();
         let current = self.version();
@@ -422,6 +489,15 @@ impl ShardReplica {
         for c in &gone {
             batch.delete(keys::index_key(self.def.id, self.shard, c.seq));
         }
+        let committed: BTreeMap<u64, u64> = resolved.iter().filter(|r| r.commit).map(|r| (r.txn, r.version)).collect();
+        let mut restamped = BTreeMap::new();
+        for c in current.iter().chain(new_chunks.iter()).filter(|c| keep.contains(&c.seq) && c.meta.unsettled()) {
+            if let Some(version) = committed.get(&c.meta.txn) {
+                let settled = ChunkMeta { visible_from: *version, ..c.meta.clone() };
+                batch.put(keys::index_key(self.def.id, self.shard, c.seq), chunk::encode_meta(&settled, &self.schema)?);
+                restamped.insert(c.seq, settled);
+            }
+        }
         let prepared: Vec<PreparedChange> =
             self.prepared.lock().expect("prepared lock poisoned").values().cloned().collect();
         for change in &prepared {
@@ -436,7 +512,8 @@ impl ShardReplica {
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
         batch.put(keys::commit_key(self.def.id, self.shard), committed_lsn.to_be_bytes().to_vec());
         self.tables.commit(batch)?;
-        self.install(&gone, new_chunks);
+        let new_chunks = new_chunks.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
+        self.install_restamped(&gone, new_chunks, restamped);
         self.prepared.lock().expect("prepared lock poisoned").clear();
         self.committed_lsn.store(committed_lsn, Ordering::Release);
         Ok(())
@@ -507,6 +584,7 @@ impl ShardReplica {
         epoch: u64,
         added: Vec<crate::engine::ReplicatedChunk>,
         removed: Vec<u64>,
+        resolved: Vec<Resolution>,
     ) -> Result<()> {
         let refuse = |detail: String| crate::error::Error::ShardUnavailable { shard: self.shard.0, detail };
         // A primary sends only changes above its commit point, and a replica's commit point never passes its
@@ -551,7 +629,7 @@ impl ShardReplica {
             batch.put(key, data);
             entries.push((seq, index));
         }
-        let change = PreparedChange { lsn, term, added: entries, removed };
+        let change = PreparedChange { lsn, term, added: entries, removed, resolved };
         batch.put(keys::prepared_key(self.def.id, self.shard, lsn), change.encode());
         self.next_seq.fetch_max(highest, Ordering::Relaxed);
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
@@ -594,18 +672,24 @@ impl ShardReplica {
             })?;
             added.push((seq, index, data));
         }
-        Ok(Some(LoggedChange { lsn, term: change.term, added, removed: change.removed }))
+        Ok(Some(LoggedChange { lsn, term: change.term, added, removed: change.removed, resolved: change.resolved }))
     }
 
     /// Encodes rows (already conformed) as new chunks of this shard, numbered now, written nowhere yet: an insert
-    /// that becomes a change of the shard's log. Blocking work (compression).
-    pub(crate) fn encode_chunks(&self, batches: Vec<RecordBatch>) -> Result<Vec<crate::engine::ReplicatedChunk>> {
+    /// that becomes a change of the shard's log, a part of statement `txn` spanning shards unless 0. Blocking work
+    /// (compression).
+    pub(crate) fn encode_chunks(
+        &self,
+        batches: Vec<RecordBatch>,
+        txn: u64,
+        visible_from: u64,
+    ) -> Result<Vec<crate::engine::ReplicatedChunk>> {
         let written_ms = crate::clock::unix_ms();
         let mut out = Vec::new();
         for b in split_rows(batches, self.tables.chunk_rows_target)? {
             let seq = self.allocate_seq();
             let data = chunk::encode_data(&b)?;
-            let meta = chunk::compute_meta(&b, data.len() as u64, written_ms);
+            let meta = ChunkMeta { txn, visible_from, ..chunk::compute_meta(&b, data.len() as u64, written_ms) };
             out.push((seq, chunk::encode_meta(&meta, &self.schema)?, data));
         }
         Ok(out)
@@ -641,6 +725,8 @@ impl ShardReplica {
         let mut batch = WriteBatch::new();
         let mut added = Vec::new();
         let mut removed: HashSet<u64> = HashSet::new();
+        // Chunks of settled statements, by number: their index entries as rewritten.
+        let mut restamped: BTreeMap<u64, ChunkMeta> = BTreeMap::new();
         for change in &changes {
             for (seq, index) in &change.added {
                 if present.insert(*seq) {
@@ -652,6 +738,26 @@ impl ShardReplica {
                 batch.delete(keys::index_key(self.def.id, self.shard, *seq));
                 removed.insert(*seq);
             }
+            for r in &change.resolved {
+                let parts = current.iter().map(|c| (c.seq, &c.meta)).chain(added.iter().map(|c| (c.seq, &c.meta)));
+                let matching: Vec<(u64, ChunkMeta)> = parts
+                    .filter(|(seq, m)| m.txn == r.txn && m.unsettled() && !removed.contains(seq))
+                    .map(|(seq, m)| (seq, m.clone()))
+                    .collect();
+                for (seq, meta) in matching {
+                    if r.commit {
+                        let settled = ChunkMeta { visible_from: r.version, ..meta };
+                        batch.put(
+                            keys::index_key(self.def.id, self.shard, seq),
+                            chunk::encode_meta(&settled, &self.schema)?,
+                        );
+                        restamped.insert(seq, settled);
+                    } else {
+                        batch.delete(keys::index_key(self.def.id, self.shard, seq));
+                        removed.insert(seq);
+                    }
+                }
+            }
             batch.delete(keys::prepared_key(self.def.id, self.shard, change.lsn));
         }
         batch.put(keys::commit_key(self.def.id, self.shard), last.to_be_bytes().to_vec());
@@ -661,8 +767,9 @@ impl ShardReplica {
         for c in gone_now {
             c.retire();
         }
+        let added = added.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
         let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
-        self.install(&gone, added);
+        self.install_restamped(&gone, added, restamped);
         let mut prepared = self.prepared.lock().expect("prepared lock poisoned");
         for change in &changes {
             prepared.remove(&change.lsn);

@@ -237,10 +237,10 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     {
         let copy = engine.hot_table("copy").expect("table");
         let replica = copy.only_shard();
-        replica.prepare(1, 1, 1, first.to_vec(), vec![]).expect("prepare 1");
-        replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect("prepare 2");
-        replica.prepare(3, 1, 1, again, vec![]).expect("prepare 3");
-        replica.prepare(1, 1, 1, first.to_vec(), vec![]).expect("prepared twice: nothing changes");
+        replica.prepare(1, 1, 1, first.to_vec(), vec![], vec![]).expect("prepare 1");
+        replica.prepare(2, 1, 1, rest.to_vec(), vec![], vec![]).expect("prepare 2");
+        replica.prepare(3, 1, 1, again, vec![], vec![]).expect("prepare 3");
+        replica.prepare(1, 1, 1, first.to_vec(), vec![], vec![]).expect("prepared twice: nothing changes");
         assert_eq!(replica.prepared_lsns(), [1, 2, 3]);
     }
     assert_eq!(count_sum(&engine, "copy").await.0, 0, "prepared changes are not visible");
@@ -271,7 +271,7 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     assert_eq!(count_sum(&engine, "copy").await, (250, 31_375));
     assert!(replica.version().iter().all(|c| c.seq != 1000), "the discarded change's chunk never became visible");
     // A change at or below the commit point is refused: its sender's log is behind this replica's.
-    let behind = replica.prepare(2, 1, 1, rest.to_vec(), vec![]).expect_err("an old change");
+    let behind = replica.prepare(2, 1, 1, rest.to_vec(), vec![], vec![]).expect_err("an old change");
     assert!(behind.to_string().contains("commit point"), "{behind}");
     assert!(replica.prepared_lsns().is_empty());
 }
@@ -285,18 +285,18 @@ async fn a_new_primarys_change_replaces_an_earlier_primarys_and_the_log_has_no_h
     let copy = engine.hot_table("copy").expect("table");
     let replica = copy.only_shard();
     // The primary of epoch 1 sends changes 1 and 2 (term 1).
-    replica.prepare(1, 1, 1, a.clone(), vec![]).expect("prepare 1");
-    replica.prepare(2, 1, 1, b.clone(), vec![]).expect("prepare 2");
+    replica.prepare(1, 1, 1, a.clone(), vec![], vec![]).expect("prepare 1");
+    replica.prepare(2, 1, 1, b.clone(), vec![], vec![]).expect("prepare 2");
     // A change that skips a number is refused: the replica missed one and must catch up.
-    let hole = replica.prepare(4, 1, 1, c.clone(), vec![]).expect_err("a hole in the log");
+    let hole = replica.prepare(4, 1, 1, c.clone(), vec![], vec![]).expect_err("a hole in the log");
     assert!(hole.to_string().contains("missing"), "{hole}");
     // The primary of epoch 3 never had change 2: its own change 2 replaces it, and its copy of change 1 (term 1,
     // sent again) is the one the replica holds.
-    replica.prepare(1, 1, 3, a.clone(), vec![]).expect("change 1 again");
-    replica.prepare(2, 3, 3, c.clone(), vec![]).expect("the new primary's change 2");
+    replica.prepare(1, 1, 3, a.clone(), vec![], vec![]).expect("change 1 again");
+    replica.prepare(2, 3, 3, c.clone(), vec![], vec![]).expect("the new primary's change 2");
     assert_eq!(replica.prepared_lsns(), [1, 2]);
     // A different change 2 under a term as new as the sender's epoch is refused, not replaced.
-    let clash = replica.prepare(2, 2, 3, b, vec![]).expect_err("two changes 2 of current terms");
+    let clash = replica.prepare(2, 2, 3, b, vec![], vec![]).expect_err("two changes 2 of current terms");
     assert!(clash.to_string().contains("term"), "{clash}");
     assert_eq!(replica.commit_through(2).expect("commit"), 2);
     let expected = |chunk: &(u64, Vec<u8>, Vec<u8>)| chunk.0;
@@ -347,7 +347,7 @@ async fn a_chunk_received_again_after_its_replica_dropped_it_keeps_its_data_when
     assert_eq!(count_sum(&engine, "copy").await, count_sum(&engine, "source").await);
     // A reader holds the chunks while the shard leaves the node (everything dropped)...
     let held = replica.version();
-    replica.reset(Vec::new(), &[], 0, next_seq).expect("dropped");
+    replica.reset(Vec::new(), &[], 0, next_seq, &[]).expect("dropped");
     assert_eq!(count_sum(&engine, "copy").await.0, 0);
     // ...and comes back: the same chunk numbers are sent again before the reader lets the old ones go.
     replica.apply(chunks.clone(), &[], next_seq).expect("caught up again");

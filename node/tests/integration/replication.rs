@@ -115,6 +115,7 @@ async fn scan_ids(node: &Node, shard: &ShardRecord, epoch: u64) -> Result<Vec<i6
         all_columns: false,
         limit: None,
         filter: None,
+        snapshot: 0,
     };
     let mut stream = node.client().await.scan_shard(request).await?.into_inner();
     let mut ids = Vec::new();
@@ -174,6 +175,7 @@ fn request(
         discard_after: None,
         reset: false,
         keep: vec![],
+        resolved: vec![],
     }
 }
 
@@ -333,7 +335,8 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     // min_in_sync, or when they are not Arrow IPC.
     let rows = |ids: Vec<i64>| arrow_ipc_of(&primary.engine, ids);
     let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
-        let request = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: rows(ids) };
+        let request =
+            WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: rows(ids), txn: 0 };
         let addr = node.grpc.clone();
         async move {
             ShardServiceClient::connect(format!("http://{addr}")).await.expect("connect").write_shard(request).await
@@ -348,7 +351,8 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     assert!(not_primary.message().contains("not its primary"), "{}", not_primary.message());
     let stale = write(primary, epoch - 1, vec![604]).await.expect_err("an old epoch");
     assert_eq!(stale.code(), Code::Unavailable);
-    let garbage = WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: vec![1, 2] };
+    let garbage =
+        WriteShardRequest { table_id: table.0, shard_id: shard.shard_id.0, epoch, arrow_ipc: vec![1, 2], txn: 0 };
     let status = primary.client().await.write_shard(garbage).await.expect_err("not Arrow IPC");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(scan_ids(primary, &shard, epoch).await.expect("scan"), all, "the refused writes left nothing");
@@ -490,6 +494,7 @@ async fn a_primary_acknowledges_only_what_every_in_sync_copy_holds_and_drops_a_b
             shard_id: shard.shard_id.0,
             epoch,
             arrow_ipc: rows_of(&one.engine, table, ids),
+            txn: 0,
         };
         let addr = one.grpc.clone();
         async move {
@@ -520,6 +525,7 @@ async fn a_primary_acknowledges_only_what_every_in_sync_copy_holds_and_drops_a_b
         shard_id: t3.shard_id.0,
         epoch: t3.epoch,
         arrow_ipc: vec![9, 9, 9],
+        txn: 0,
     };
     let status = one.client().await.write_shard(t2_rows).await.expect_err("not Arrow IPC");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -574,6 +580,7 @@ async fn a_primary_acknowledges_only_what_every_in_sync_copy_holds_and_drops_a_b
         shard_id: t3.shard_id.0,
         epoch: moved.epoch,
         arrow_ipc: rows_of(&two.engine, "t3", vec![321, 322]),
+        txn: 0,
     };
     assert_eq!(two.client().await.write_shard(request).await.expect("the new primary").into_inner().rows, 2);
     let all: Vec<i64> = (1..=322).collect();
@@ -632,6 +639,7 @@ async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catche
             shard_id: shard.shard_id.0,
             epoch,
             arrow_ipc: rows_of(&one.engine, "f", ids),
+            txn: 0,
         };
         let addr = node.grpc.clone();
         async move {

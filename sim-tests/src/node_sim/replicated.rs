@@ -78,6 +78,7 @@ async fn write(live: &Live, first: i64, rows: i64, sent_to: &mut (u64, u64)) -> 
         shard_id: shard.shard_id.0,
         epoch: shard.epoch,
         arrow_ipc: encode(first, rows, -2),
+        txn: 0,
     };
     let attempt = async {
         let mut client = ShardServiceClient::connect(format!("http://{}", addr_of(shard.primary)))
@@ -175,6 +176,7 @@ async fn scan(client: &NodeHandle, shard: &ShardRecord) -> Result<Vec<i64>, Stri
         all_columns: false,
         limit: None,
         filter: None,
+        snapshot: 0,
     };
     let primary = shard.primary;
     client

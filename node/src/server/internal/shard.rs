@@ -12,7 +12,8 @@ use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::shard_service_server::ShardService;
 use quiver_proto::v1::{
     ChangeShardReply, ChangeShardRequest, ReplicaStatusReply, ReplicaStatusRequest, ReplicateReply, ReplicateRequest,
-    ScanShardReply, ScanShardRequest, WriteShardReply, WriteShardRequest,
+    ResolveTransactionReply, ResolveTransactionRequest, ScanShardReply, ScanShardRequest, WriteShardReply,
+    WriteShardRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -54,10 +55,23 @@ impl ShardService for ShardGrpcService {
             decode(&r.arrow_ipc).map_err(|e| malformed(format!("the rows are not a valid Arrow IPC stream: {e}")))?;
         let rows = self
             .engine
-            .write_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, batches)
+            .write_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, batches, r.txn)
             .await
             .map_err(|e| status_from(&e))?;
         Ok(Response::new(WriteShardReply { rows }))
+    }
+
+    async fn resolve_transaction(
+        &self,
+        request: Request<ResolveTransactionRequest>,
+    ) -> Result<Response<ResolveTransactionReply>, Status> {
+        let r = request.into_inner();
+        let chunks = self
+            .engine
+            .resolve_part(TableId(r.table_id), ShardId(r.shard_id), r.epoch, r.txn)
+            .await
+            .map_err(|e| status_from(&e))?;
+        Ok(Response::new(ResolveTransactionReply { chunks }))
     }
 
     async fn change_shard(&self, request: Request<ChangeShardRequest>) -> Result<Response<ChangeShardReply>, Status> {
@@ -85,6 +99,11 @@ impl ShardService for ShardGrpcService {
             commit_through: r.commit_through,
             discard_after: r.discard_after,
             reset: r.reset.then_some(r.keep),
+            resolved: r
+                .resolved
+                .into_iter()
+                .map(|o| crate::engine::Resolution { txn: o.txn, commit: o.commit, version: o.version })
+                .collect(),
         };
         let state = self.engine.apply_replicated(change).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(ReplicateReply {
@@ -121,7 +140,15 @@ impl ShardService for ShardGrpcService {
         let limit = r.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
         let scan = self
             .engine
-            .scan_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, projection, r.filter.as_deref(), limit)
+            .scan_shard(
+                TableId(r.table_id),
+                ShardId(r.shard_id),
+                r.epoch,
+                projection,
+                r.filter.as_deref(),
+                limit,
+                (r.snapshot > 0).then_some(r.snapshot),
+            )
             .await
             .map_err(|e| status_from(&e))?;
         // Headroom for the message's other fields.

@@ -1,0 +1,162 @@
+//! Statements spanning shards (docs/architecture.md, "Statements spanning shards"): all or nothing across them.
+//!
+//! The node that took the statement (its coordinator) writes each shard's part on the shard's primary as an ordinary
+//! change of the shard's log, durable on every in-sync copy, its chunks tagged with the statement's id
+//! ([`crate::table::ChunkMeta::txn`]) and visible to nobody. Once every part is written it records the commit in the
+//! metadata group (`MetaCommand::DecideTransaction`); from that metadata version on, a reader whose snapshot includes
+//! it sees every part, on every shard, and one whose snapshot is older sees none. Only then is the statement
+//! acknowledged. A statement that failed part-way records an abort instead. Each part is then settled in its shard's
+//! log ([`Engine::resolve_part`]): a committed part's chunks are marked visible from the decision's version on, an
+//! aborted part's removed, on every copy alike; once every part is settled the decision is forgotten.
+//!
+//! The first decision recorded stands. A part whose coordinator vanished is settled by its shard's primary: after
+//! [`crate::engine::ReplicationOptions::transaction_hold`] without a decision it records an abort, which either lands
+//! first (the statement never happened) or is refused because the coordinator's commit did (the part is settled as
+//! committed).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use quiver_meta::{MetaCommand, MetaOutcome, Rejection, ShardId, TableId};
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::table::ShardReplica;
+use crate::table::log::Resolution;
+
+impl Engine {
+    /// A new statement id: random, never 0.
+    pub(super) fn new_transaction_id() -> Result<u64> {
+        loop {
+            let id = crate::random::random_u64()?;
+            if id != 0 {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Records the outcome of statement `txn` in the metadata group, unless one is recorded already; returns the
+    /// outcome that stands (the first recorded) and the metadata version that recorded it.
+    ///
+    /// # Errors
+    ///
+    /// The metadata group could not be reached or did not answer: the outcome is unknown.
+    pub(super) async fn decide(&self, txn: u64, commit: bool) -> Result<Resolution> {
+        let at_ms = crate::clock::unix_ms();
+        let response = self.meta.propose(MetaCommand::DecideTransaction { txn, commit, at_ms }).await?;
+        match response.outcome {
+            Ok(MetaOutcome::TransactionDecided { .. }) => Ok(Resolution { txn, commit, version: response.version }),
+            Ok(_) | Err(Rejection::TransactionDecided { .. }) => {
+                let decision = self.meta.read_state(|s| s.transaction(txn)).await?;
+                let decision = decision.ok_or_else(|| {
+                    Error::Internal(format!("statement {txn:x} was decided, and its decision is gone already"))
+                })?;
+                Ok(Resolution { txn, commit: decision.commit, version: decision.version })
+            }
+            Err(rejection) => Err(Error::Meta(rejection.into())),
+        }
+    }
+
+    /// Forgets the decision of statement `txn`, every part of which is settled.
+    pub(super) async fn forget(&self, txn: u64) {
+        if let Err(e) = self.meta.propose(MetaCommand::ForgetTransaction { txn }).await {
+            // Kept a day at most: the next decision made after that drops it.
+            tracing::debug!(txn, error = %e, "forgetting a statement's decision failed");
+        }
+    }
+
+    /// Settles this node's part of statement `txn` in shard `shard` of `table`, which it leads at `epoch`, as the
+    /// metadata group decided it: one change of the shard's log that makes the part's chunks visible from the
+    /// decision's version on (commit) or removes them (abort), durable on every in-sync copy; returns how many chunks
+    /// it settled (0: none was left to settle).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardUnavailable`] when this node does not lead the shard at `epoch`, or no decision is recorded; the
+    /// errors of [`Engine::replicate_change`].
+    pub async fn resolve_part(&self, table: TableId, shard: ShardId, epoch: u64, txn: u64) -> Result<u64> {
+        let (_, _, replica) = self.led_shard(table, shard, epoch).await?;
+        let _serialized = replica.dml_lock.lock().await;
+        self.resolve_locked(&replica, epoch, txn).await
+    }
+
+    /// Settles, in shard `replica` this node leads at `epoch`, every part of a statement spanning shards whose
+    /// decision is recorded. The caller holds the replica's DML lock.
+    pub(super) async fn resolve_decided_locked(&self, replica: &Arc<ShardReplica>, epoch: u64) -> Result<()> {
+        for txn in replica.unsettled_txns() {
+            if self.meta.read_local(|s| s.transaction(txn)).is_some() {
+                self.resolve_locked(replica, epoch, txn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Engine::resolve_part`] with the replica's DML lock held.
+    async fn resolve_locked(&self, replica: &Arc<ShardReplica>, epoch: u64, txn: u64) -> Result<u64> {
+        let shard = replica.shard_id();
+        // Changes left prepared go first: the part may be among them.
+        if replica.log_end() > replica.committed_lsn() && !self.settle(replica).await? {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: "its prepared changes are not settled".into(),
+            });
+        }
+        let parts = replica.version().iter().filter(|c| c.meta.txn == txn && c.meta.unsettled()).count() as u64;
+        if parts == 0 {
+            return Ok(0);
+        }
+        let decision = match self.meta.read_local(|s| s.transaction(txn)) {
+            Some(d) => Some(d),
+            None => self.meta.read_state(|s| s.transaction(txn)).await?,
+        };
+        let Some(decision) = decision else {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("statement {txn:x} spanning shards is not decided yet"),
+            });
+        };
+        let resolution = Resolution { txn, commit: decision.commit, version: decision.version };
+        self.replicate_change(replica, epoch, Vec::new(), Vec::new(), vec![resolution]).await?;
+        self.metrics.transaction_parts_settled.inc();
+        Ok(parts)
+    }
+
+    /// Settles the parts of statements spanning shards left unsettled in the shards this node leads: those decided
+    /// (their coordinator stopped before it settled them) and those undecided for longer than
+    /// [`crate::engine::ReplicationOptions::transaction_hold`] (their coordinator is lost: decided aborted here, unless
+    /// its commit landed first). Runs on the shards' duty rounds.
+    pub(super) async fn resolve_abandoned(&self) {
+        let now = crate::clock::unix_ms();
+        let hold = self.replication.transaction_hold.as_millis() as u64;
+        for replica in self.replicas() {
+            let Some(record) = self.meta.read_local(|s| s.shard(replica.shard_id()).cloned()) else { continue };
+            if record.primary != self.node_id {
+                continue;
+            }
+            let mut oldest: std::collections::BTreeMap<u64, u64> = Default::default();
+            for c in replica.version().iter().filter(|c| c.meta.unsettled()) {
+                let at = oldest.entry(c.meta.txn).or_insert(u64::MAX);
+                *at = (*at).min(c.meta.written_ms);
+            }
+            let mut decided = BTreeSet::new();
+            for (txn, written_ms) in oldest {
+                if self.meta.read_local(|s| s.transaction(txn)).is_some() {
+                    decided.insert(txn);
+                } else if now.saturating_sub(written_ms) >= hold {
+                    match self.decide(txn, false).await {
+                        Ok(r) => {
+                            tracing::info!(txn = format!("{txn:x}"), commit = r.commit, shard = %record.shard_id, "a statement spanning shards whose coordinator is gone was decided");
+                            decided.insert(txn);
+                        }
+                        Err(e) => tracing::debug!(txn, error = %e.report(), "deciding an abandoned statement failed"),
+                    }
+                }
+            }
+            for txn in decided {
+                if let Err(e) = self.resolve_part(record.table_id, record.shard_id, record.epoch, txn).await {
+                    tracing::debug!(txn, error = %e.report(), "settling a part of a statement spanning shards failed");
+                }
+            }
+        }
+    }
+}
