@@ -287,6 +287,7 @@ impl Engine {
     /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node holds no replica of it;
     /// [`Error::Plan`] for a column the table does not have; [`Error::ColdUnavailable`] when the replica's cold
     /// files cannot be read; store errors.
+    #[allow(clippy::too_many_arguments)]
     pub async fn scan_shard(
         &self,
         table: TableId,

@@ -191,7 +191,11 @@ impl Engine {
                         if txn != 0 {
                             tagged.lock().expect("tagged lock poisoned").insert(i);
                         }
-                        rows += self.write_part(table, i, batches, txn).await.map_err(|e| part_error(e, written))?;
+                        // A statement spanning shards fails whole: no part it wrote is ever seen.
+                        rows += self
+                            .write_part(table, i, batches, txn)
+                            .await
+                            .map_err(|e| part_error(e, written && txn == 0))?;
                         written = true;
                     }
                 }
@@ -217,7 +221,7 @@ impl Engine {
                 }
             }
             match failure {
-                Some(e) => Err(part_error(e, written)),
+                Some(e) => Err(part_error(e, written && txn == 0)),
                 None => Ok(()),
             }
         }

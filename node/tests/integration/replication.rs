@@ -1020,3 +1020,133 @@ async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_go
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandoned_part_is_aborted() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let env = [("QUIVER_CLUSTER__TRANSACTION_HOLD", "1s")];
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), &env).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), &env).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), &env).await;
+    let nodes = [&one, &two, &three];
+    one.engine
+        .execute_one("CREATE TABLE w (id BIGINT PRIMARY KEY, pad VARCHAR NOT NULL) WITH (shards = 4, replicas = 2)")
+        .await
+        .expect("create");
+    for node in nodes {
+        until_attached(&node.engine, "w").await;
+    }
+    // A statement over every shard commits as one: each part is durable on its copies, and visible with the others.
+    two.engine.execute_one("INSERT INTO w SELECT value, 'x' FROM generate_series(1, 1000)").await.expect("insert");
+    for node in nodes {
+        assert_eq!(number(node, "SELECT count(*) FROM w").await, 1000);
+    }
+    assert!(two.engine.metrics().transactions_committed.get() >= 1);
+    // Wide rows send parts to the shards' primaries before the statement ends; a NULL in its last rows fails it
+    // after that, and no row of it is ever seen.
+    let failed = three
+        .engine
+        .execute_one(
+            "INSERT INTO w SELECT value, CASE WHEN value = 100000 THEN NULL ELSE repeat('x', 300) END \
+             FROM generate_series(1001, 100000)",
+        )
+        .await
+        .expect_err("a NULL in a NOT NULL column");
+    assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
+    assert!(three.engine.metrics().transactions_aborted.get() >= 1, "parts were written before it failed");
+    for node in nodes {
+        assert_eq!(number(node, "SELECT count(*) FROM w").await, 1000);
+    }
+    // Every part is settled and the decisions forgotten; the aborted parts' rows are gone from every copy (each node
+    // tells of the copies it holds).
+    let mut left = (usize::MAX, i64::MAX);
+    for _ in 0..200 {
+        let decisions = one.engine.meta().read_local(|s| s.transaction_count());
+        let mut held = 0;
+        for node in nodes {
+            held += number(
+                node,
+                "SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name = 'w'",
+            )
+            .await;
+        }
+        left = (decisions, held);
+        if left == (0, 2000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, (0, 2000), "decisions kept, and rows held on the copies");
+
+    // A part whose coordinator never decides stays unseen; after the hold its primary records an abort and removes it.
+    one.engine
+        .execute_one("CREATE TABLE o (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 2)")
+        .await
+        .expect("create");
+    for node in nodes {
+        until_attached(&node.engine, "o").await;
+    }
+    let o = one.engine.hot_table("o").expect("table").def().id;
+    let shard = one.engine.meta().read_local(|s| s.table_shards(o).next().cloned()).expect("shard");
+    let primary = nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
+    let part = |txn: u64, ids: Vec<i64>| WriteShardRequest {
+        table_id: o.0,
+        shard_id: shard.shard_id.0,
+        epoch: shard.epoch,
+        arrow_ipc: rows_of(&one.engine, "o", ids),
+        txn,
+    };
+    let abandoned = 0xabad_0001;
+    assert_eq!(
+        primary.client().await.write_shard(part(abandoned, vec![1, 2, 3])).await.expect("part").into_inner().rows,
+        3
+    );
+    for node in nodes {
+        assert_eq!(number(node, "SELECT count(*) FROM o").await, 0, "an undecided part is seen");
+    }
+    let mut decided = None;
+    for _ in 0..200 {
+        decided = one.engine.meta().read_local(|s| s.transaction(abandoned));
+        if decided.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(decided.map(|d| d.commit), Some(false), "the primary records the abandoned statement's abort");
+    let late = MetaCommand::DecideTransaction { txn: abandoned, commit: true, at_ms: 0 };
+    let refused = one.engine.meta().propose(late).await.expect("answered").outcome;
+    assert!(refused.is_err(), "a commit after the abort: {refused:?}");
+    // A part whose commit is recorded is seen by every reader from then on, settled or not yet.
+    let committed = 0xc0de_0001;
+    primary.client().await.write_shard(part(committed, vec![10, 20])).await.expect("part");
+    let decide = MetaCommand::DecideTransaction { txn: committed, commit: true, at_ms: 0 };
+    assert!(one.engine.meta().propose(decide).await.expect("answered").outcome.is_ok());
+    for node in nodes {
+        node.engine.execute_one("SELECT 1").await.expect("serving");
+        assert_eq!(number(node, "SELECT sum(id) FROM o").await, 30);
+    }
+    let mut held = -1;
+    for _ in 0..200 {
+        held = 0;
+        for node in nodes {
+            held += number(
+                node,
+                "SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name = 'o'",
+            )
+            .await;
+        }
+        if held == 4 && primary.engine.metrics().transaction_parts_settled.get() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 4, "the aborted part is removed from both copies, the committed one kept");
+    for node in nodes {
+        assert_eq!(number(node, "SELECT sum(id) FROM o").await, 30);
+    }
+    for node in [one, two, three] {
+        node.stop().await;
+    }
+}
