@@ -28,8 +28,10 @@
 //! the tables keep one copy (and tier to the cold tier), the other half three (hot: a replicated shard is not tiered
 //! until the cold tier is per shard); [`replicas_of`] says which. Rows of a table with one copy may be lost when any
 //! node loses its disk; rows of a replicated table only when two nodes lost their disks since the row was written (an
-//! acknowledgement needs two durable copies, `min_in_sync`). Each table has one shard until statements spanning
-//! shards are atomic. Beside them, one table of one shard with three copies is written directly through its primary,
+//! acknowledgement needs two durable copies, `min_in_sync`). Each table has one shard unless `--shards` says more:
+//! then every append spanning shards is a transaction (a batch torn across shards is a violation, unless a shard's
+//! only copy may have been lost with a disk), and a part whose coordinator died is aborted by its primary after a
+//! 3 s hold. Beside them, one table of one shard with three copies is written directly through its primary,
 //! under the same faults, with its own checks (`replicated`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,11 +80,14 @@ pub struct NodeSimOptions {
     pub liveness_secs: u64,
     /// A bug injected into every node, to show that the checks catch it.
     pub bug: Option<quiver_node::engine::InjectedBug>,
+    /// Shards of each workload table: above 1, an append's rows spread over them and each append is a statement
+    /// spanning shards, all or nothing.
+    pub shards: u32,
 }
 
 impl Default for NodeSimOptions {
     fn default() -> Self {
-        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None }
+        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None, shards: 1 }
     }
 }
 
@@ -121,6 +126,7 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
         if bootstrap { Vec::new() } else { (1..=nodes).filter(|n| *n != id).map(|n| addr_of(n).to_string()).collect() };
     config.cluster.voters = if nodes % 2 == 1 { nodes as usize } else { nodes as usize - 1 };
     config.cluster.heartbeat_interval = Millis(50);
+    config.cluster.transaction_hold = Millis(3_000);
     config.cluster.election_timeout_min = Millis(300);
     config.cluster.election_timeout_max = Millis(600);
     config.cluster.request_timeout = Millis(2_000);
@@ -278,6 +284,8 @@ struct History {
     disk_losses: BTreeMap<u64, Vec<Duration>>,
     /// Nodes in the cluster.
     nodes: u64,
+    /// Shards of each table.
+    shards: u32,
 }
 
 impl History {
@@ -338,7 +346,9 @@ impl History {
         let candidates: Vec<&Append> = self.candidates(*node, table, *invoked, *completed, settled).collect();
         for append in &candidates {
             let present = append.ids().filter(|id| seen.contains(id)).count() as i64;
-            if present != 0 && present != append.rows {
+            // A batch over several shards loses the part of a shard whose only copy's disk was lost.
+            let torn_by_loss = self.shards > 1 && self.may_be_lost(table, append.invoked, *completed);
+            if present != 0 && present != append.rows && !torn_by_loss {
                 return Err(format!(
                     "a torn batch: {present} of the {} rows appended to {table} on node {} at {:?} are visible on \
                      node {node} (query at {invoked:?})",
@@ -406,11 +416,11 @@ fn replicas_of(table: &str, nodes: u64) -> u64 {
     if hasher.finish().is_multiple_of(2) { 1 } else { nodes.min(3) }
 }
 
-/// The CREATE TABLE of a workload table: one shard, [`replicas_of`] copies.
-fn create_sql(table: &str, nodes: u64, if_not_exists: bool) -> String {
+/// The CREATE TABLE of a workload table: `shards` shards, [`replicas_of`] copies.
+fn create_sql(table: &str, nodes: u64, shards: u32, if_not_exists: bool) -> String {
     format!(
-        "CREATE TABLE {}{table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id', shards = 1, \
-         replicas = {})",
+        "CREATE TABLE {}{table} (id BIGINT NOT NULL, client BIGINT NOT NULL) WITH (shard_key = 'id', shards = \
+         {shards}, replicas = {})",
         if if_not_exists { "IF NOT EXISTS " } else { "" },
         replicas_of(table, nodes)
     )
@@ -562,7 +572,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         hosts: Hosts::new(handle.clone()),
         disks: Disks::default(),
         live: live.clone(),
-        history: Arc::new(Mutex::new(History { nodes: options.nodes, ..History::default() })),
+        history: Arc::new(Mutex::new(History { nodes: options.nodes, shards: options.shards, ..History::default() })),
         clients: client_host.clone(),
         killed_at: BTreeMap::new(),
     };
@@ -650,7 +660,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // then overlap on a node, the interleavings a lone client cannot produce.
     let shared: Vec<String> = vec!["shared_0".into(), "shared_1".into()];
     for table in &shared {
-        let create = create_sql(table, options.nodes, false);
+        let create = create_sql(table, options.nodes, options.shards, false);
         let created = client_host.spawn(async move { execute(1, create).await });
         if !matches!(created.await, Ok(Ok(_))) {
             return Err(format!("the shared table {table} could not be created before the faults"));
@@ -673,7 +683,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     for client in 0..options.clients {
         let history = world.history.clone();
         let started = world.hosts.started;
-        let nodes = options.nodes;
+        let (nodes, shards) = (options.nodes, options.shards);
         let tiered = tiered.clone();
         let shared = shared.clone();
         clients.push(client_host.spawn(async move {
@@ -689,7 +699,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             let mut mine: Vec<(String, u32)> = Vec::new();
             let mut next_id = (client as i64 + 1) * 1_000_000_000;
             let mut made = 0;
-            let create = |table: String| create_sql(&table, nodes, false);
+            let create = |table: String| create_sql(&table, nodes, shards, false);
             while Instant::now() < deadline {
                 let node = thread_rng().gen_range(1..=nodes);
                 let invoked = started.elapsed();
@@ -786,14 +796,14 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     // Liveness: every node serves DDL and appends again within the bound.
     let healed = Instant::now();
     let recovered_by = healed + Duration::from_secs(options.liveness_secs);
-    let nodes = options.nodes;
+    let (nodes, shards) = (options.nodes, options.shards);
     for node in 1..=options.nodes {
         let table = format!("probe_{node}");
         loop {
             let probe = client_host.spawn({
                 let table = table.clone();
                 async move {
-                    let created = execute(node, create_sql(&table, nodes, true)).await;
+                    let created = execute(node, create_sql(&table, nodes, shards, true)).await;
                     match created {
                         Ok(_) => append(node, table, encode(-1, 1, -1)).await.is_ok(),
                         Err(_) => false,

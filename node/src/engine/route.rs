@@ -294,15 +294,13 @@ impl Engine {
         } else {
             self.metrics.transactions_aborted.inc();
         }
-        let mut settled = true;
-        for i in tagged {
-            if let Err(e) = self.settle_part(table, *i, txn).await {
-                tracing::debug!(txn, error = %e.report(), "settling a part failed; its primary settles it later");
-                settled = false;
+        // The outcome stands: the client need not wait for the parts to be settled.
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(engine) => {
+                let (table, tagged) = (Arc::clone(table), tagged.clone());
+                tokio::spawn(async move { engine.settle_parts(&table, &tagged, txn).await });
             }
-        }
-        if settled {
-            self.forget(txn).await;
+            None => self.settle_parts(table, tagged, txn).await,
         }
         match (written, resolution.commit) {
             (Ok(rows), true) => Ok(rows),
@@ -320,6 +318,22 @@ impl Engine {
                 "statement {txn:x} failed ({}) and yet its commit is recorded",
                 e.report()
             ))),
+        }
+    }
+
+    /// Settles every part of decided statement `txn` (in the shards at the positions in `tagged` of `table`), then
+    /// forgets its decision; a part left unsettled is settled later by its shard's primary.
+    async fn settle_parts(&self, table: &Arc<HotTable>, tagged: &BTreeSet<usize>, txn: u64) {
+        let settled = futures::future::join_all(tagged.iter().map(|i| self.settle_part(table, *i, txn))).await;
+        let mut all = true;
+        for result in settled {
+            if let Err(e) = result {
+                tracing::debug!(txn, error = %e.report(), "settling a part failed; its primary settles it later");
+                all = false;
+            }
+        }
+        if all {
+            self.forget(txn).await;
         }
     }
 
