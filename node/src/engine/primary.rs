@@ -258,6 +258,26 @@ impl Engine {
                 return Err(e);
             }
         };
+        // No backup fenced a change made on the only in-sync copy: a node whose metadata lags could take itself for
+        // a primary the cluster has replaced. The configuration is confirmed current (a linearizable read) before
+        // the acknowledgement, as for a direct write.
+        if current.in_sync.iter().all(|n| *n == self.node_id)
+            && self.is_clustered()
+            && !self.injected(InjectedBugKind::DeposedPrimaryAccepts)
+        {
+            let confirmed = self.meta.read_state(|s| s.shard(shard).cloned()).await;
+            if !matches!(&confirmed, Ok(Some(r)) if r.epoch == current.epoch && r.primary == self.node_id) {
+                self.metrics.shard_outcome_unknown.inc();
+                return Err(Error::OutcomeUnknown {
+                    shard: shard.0,
+                    detail: format!(
+                        "the change was made here as the shard's only in-sync copy at epoch {}, and the shard's \
+                         configuration could not be confirmed current afterwards",
+                        current.epoch
+                    ),
+                });
+            }
+        }
         let need = self.min_in_sync(replica.def());
         if current.in_sync.len() < need {
             self.metrics.shard_outcome_unknown.inc();

@@ -100,6 +100,9 @@ impl Engine {
         Error: From<E>,
     {
         let clustered = self.is_clustered();
+        if clustered {
+            self.check_serving(table)?;
+        }
         // In a cluster, a statement that may span shards is one transaction: its parts go through the shards'
         // primaries, tagged with its id, and become visible together once the metadata group records its commit
         // (`engine::transactions`).
@@ -512,6 +515,7 @@ impl Engine {
         if !self.is_clustered() {
             return Ok(vec![ShardRead::Local; table.shards().len()]);
         }
+        self.check_serving(table)?;
         let mut reads = Vec::with_capacity(table.shards().len());
         for replica in table.shards() {
             let record = self.shard_record_of(table.def().id, replica.shard_id())?;
@@ -536,6 +540,20 @@ impl Engine {
             reads.push(ShardRead::Remote { epoch: record.epoch, addr });
         }
         Ok(reads)
+    }
+
+    /// Refuses a statement on a node of a cluster that has not joined it yet: its metadata replica may still replay
+    /// configurations in which it led shards (a node back with an empty disk, before the cluster took it out of the
+    /// in-sync sets), and its replicas would answer for them (node seed 8041 with `--shards 2`: an empty node read its
+    /// empty replica of a shard it had led).
+    fn check_serving(&self, table: &HotTable) -> Result<()> {
+        if self.shards_served.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(Error::ShardUnavailable {
+            shard: table.shards().first().map_or(0, |r| r.shard_id().0),
+            detail: "this node is still joining its cluster".into(),
+        })
     }
 
     /// Where a scan finds a shard that moved since it was planned.
