@@ -361,3 +361,46 @@ async fn a_chunk_received_again_after_its_replica_dropped_it_keeps_its_data_when
     let engine = open(dir.path()).await;
     assert_eq!(count_sum(&engine, "copy").await, (250, 31_375), "and after a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_of_statements_spanning_shards_stay_unseen_until_settled_and_settle_durably() {
+    use super::chunk;
+    use super::log::Resolution;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    let schema = engine.hot_table("source").expect("table").schema();
+    // The source's chunks as parts of statements 7 (the first two) and 8 (the rest).
+    let tag = |txn: u64, c: &crate::engine::ReplicatedChunk| {
+        let meta = chunk::decode_meta(&c.1, || "test".into()).expect("meta");
+        let tagged = super::ChunkMeta { txn, ..meta };
+        (c.0, chunk::encode_meta(&tagged, &schema).expect("encode"), c.2.clone())
+    };
+    let (first, rest) = chunks.split_at(2);
+    let seven: Vec<_> = first.iter().map(|c| tag(7, c)).collect();
+    let eight: Vec<_> = rest.iter().map(|c| tag(8, c)).collect();
+    let seven_rows: i64 =
+        seven.iter().map(|c| chunk::decode_meta(&c.1, || "t".into()).expect("meta").rows as i64).sum();
+    {
+        let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+        replica.prepare(1, 1, 1, seven, vec![], vec![]).expect("prepare 1");
+        replica.prepare(2, 1, 1, eight, vec![], vec![]).expect("prepare 2");
+        assert_eq!(replica.commit_through(2).expect("commit"), 2);
+        assert_eq!(replica.unsettled_txns(), [7, 8]);
+        assert_eq!(count_sum(&engine, "copy").await.0, 0, "committed in the log, and undecided: unseen");
+        // One change settles both: 7 committed at metadata version 1, 8 aborted.
+        let resolved =
+            vec![Resolution { txn: 7, commit: true, version: 1 }, Resolution { txn: 8, commit: false, version: 2 }];
+        replica.prepare(3, 1, 1, vec![], vec![], resolved).expect("prepare 3");
+        assert_eq!(count_sum(&engine, "copy").await.0, 0, "a settling change is invisible until committed too");
+        assert_eq!(replica.commit_through(3).expect("commit"), 1);
+        assert!(replica.unsettled_txns().is_empty());
+        assert_eq!(replica.settled_commits(), [Resolution { txn: 7, commit: true, version: 1 }]);
+        assert_eq!(count_sum(&engine, "copy").await.0, seven_rows);
+    }
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+    assert_eq!(count_sum(&engine, "copy").await.0, seven_rows, "settled durably");
+    assert!(replica.version().iter().all(|c| c.meta.txn == 7 && c.meta.visible_from == 1), "the aborted part is gone");
+}
