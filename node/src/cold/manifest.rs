@@ -76,6 +76,15 @@ pub struct ColdFile {
     /// `ttl` judge. `None` in files tiered before chunks carried their age (such files never expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_ms: Option<WrittenRange>,
+    /// The metadata version from which its newest rows are visible (the latest commit of a statement spanning shards
+    /// among them; 0: rows visible at once): a reader whose snapshot is older cannot be served from this file (it
+    /// holds rows that reader must see and rows it must not), and is told to retry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub visible_from: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// When the rows of a file were written, in milliseconds since the Unix epoch.
@@ -549,7 +558,17 @@ mod tests {
     fn file(node: u64, max_seq: u64) -> ColdFile {
         let store = node * 1000;
         let path = Manifest::data_path(7, 9, node, store, max_seq, 0xab);
-        ColdFile { path, node, store, rows: 10, bytes: 100, max_seq, columns: Vec::new(), written_ms: None }
+        ColdFile {
+            path,
+            node,
+            store,
+            rows: 10,
+            bytes: 100,
+            max_seq,
+            columns: Vec::new(),
+            written_ms: None,
+            visible_from: 0,
+        }
     }
 
     #[test]

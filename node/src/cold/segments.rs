@@ -245,6 +245,7 @@ mod tests {
                 nulls: 0,
             }],
             written_ms: Some(WrittenRange { min: i, max: i + 1 }),
+            visible_from: 0,
         }
     }
 

@@ -199,6 +199,7 @@ impl Engine {
             max_seq,
             columns: merged_columns(run, &schema),
             written_ms,
+            visible_from: run.iter().map(|f| f.visible_from).max().unwrap_or(0),
         })
     }
 }
@@ -290,6 +291,7 @@ mod tests {
             max_seq: n,
             columns: Vec::new(),
             written_ms: aged.then_some(WrittenRange { min: 1, max: 2 }),
+            visible_from: 0,
         }
     }
 

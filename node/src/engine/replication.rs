@@ -353,6 +353,17 @@ impl Engine {
         }
         let mut projected: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let mut batches = frame.collect().await?;
+        // The shard may have moved while the scan waited (its manifests, the network): a replica dropped from it
+        // deletes its rows once it applied the move, so rows read after that are not the shard's (node seed 8177 with
+        // `--shards 2`: a scan checked at epoch 7 read the replica after it left at epoch 8). The epoch still current
+        // once the rows are read means none was deleted.
+        let now = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch));
+        if now != Some(record.epoch) {
+            return Err(Error::ShardUnavailable {
+                shard: shard.0,
+                detail: format!("the shard moved from epoch {} to {now:?} during the scan", record.epoch),
+            });
+        }
         if counts_only {
             projected = Arc::new(arrow::datatypes::Schema::empty());
             batches = batches

@@ -358,6 +358,7 @@ impl Engine {
             max_seq: file.max_seq,
             columns: stats.finish(),
             written_ms: file.written_ms,
+            visible_from: file.visible_from,
         });
         Ok(Rewritten { matched, file })
     }
@@ -407,6 +408,7 @@ impl Engine {
                 min: moved.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
                 max: moved.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
             }),
+            visible_from: moved.iter().map(|c| c.meta.visible_from).max().unwrap_or(0),
         })
     }
 

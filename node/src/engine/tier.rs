@@ -565,6 +565,7 @@ impl Engine {
                 min: run.iter().map(|c| c.meta.written_ms).min().unwrap_or(0),
                 max: run.iter().map(|c| c.meta.written_ms).max().unwrap_or(0),
             }),
+            visible_from: run.iter().map(|c| c.meta.visible_from).max().unwrap_or(0),
         })
     }
 }
@@ -1458,6 +1459,7 @@ mod tests {
             max_seq,
             columns,
             written_ms: None,
+            visible_from: 0,
         };
         let mut manifest =
             Manifest::empty(table.def().id.0, "t", shard.shard_id.0, schema.as_ref().clone()).with_file(file);

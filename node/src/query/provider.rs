@@ -172,6 +172,22 @@ impl TableProvider for HotTableProvider {
                 ColdState::Ready(view) => view,
                 ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }.into()),
             };
+            // A file holding rows committed after the reader's snapshot also holds rows it must see: neither can be
+            // told apart in the file, so the reader is told to retry (at a newer snapshot).
+            let snapshot = read_at.as_ref().and_then(|r| r.snapshot);
+            if let Some(s) = snapshot
+                && let Some(file) = cold.files.iter().find(|f| f.visible_from > s)
+            {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.shard_id().0,
+                    detail: format!(
+                        "its cold file {} holds rows committed at metadata version {}, after this statement's \
+                         snapshot {s}; retry the statement",
+                        file.path, file.visible_from
+                    ),
+                }
+                .into());
+            }
             let unread = version.iter().filter(|c| c.seq > cold.hot_through).cloned();
             match &read_at {
                 Some(read_at) => hot.extend(read_at.visible(unread)),
