@@ -241,21 +241,36 @@ impl Engine {
     /// Writes one shard's part (the shard at position `i` of `table`) on its primary, following the configuration
     /// when it moved, as a part of statement `txn` unless 0; returns the rows written.
     async fn write_part(&self, table: &Arc<HotTable>, i: usize, batches: Vec<RecordBatch>, txn: u64) -> Result<u64> {
+        let schema = table.schema();
+        self.on_primary(table, i, |record| {
+            let (batches, schema) = (batches.clone(), Arc::clone(&schema));
+            async move {
+                if record.primary == self.node_id {
+                    self.write_shard(record.table_id, record.shard_id, record.epoch, batches, txn).await
+                } else {
+                    self.write_remote(&record, &schema, &batches, txn).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `call` with the configuration of the shard at position `i` of `table` as this node knows it; when the
+    /// shard's primary refused it (nothing was done: the configuration moved, a failover, a new primary's first
+    /// change), learns the configuration again and calls again, a few times.
+    async fn on_primary<T, F, Fut>(&self, table: &HotTable, i: usize, mut call: F) -> Result<T>
+    where
+        F: FnMut(ShardRecord) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let shard = table.shards()[i].shard_id();
         let id = table.def().id;
         let mut last = None;
         for attempt in 0..ROUTE_ATTEMPTS {
             if attempt > 0 {
-                // The configuration moved (a failover, a new primary's first change): learn the new one.
                 self.catch_up().await?;
             }
-            let record = self.shard_record_of(id, shard)?;
-            let result = if record.primary == self.node_id {
-                self.write_shard(id, shard, record.epoch, batches.clone(), txn).await
-            } else {
-                self.write_remote(&record, &table.schema(), &batches, txn).await
-            };
-            match result {
+            match call(self.shard_record_of(id, shard)?).await {
                 Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
                 other => return other,
             }
@@ -342,28 +357,21 @@ impl Engine {
 
     /// Settles the part of statement `txn` in the shard at position `i` of `table`, on the shard's primary.
     async fn settle_part(&self, table: &Arc<HotTable>, i: usize, txn: u64) -> Result<u64> {
-        let shard = table.shards()[i].shard_id();
-        let id = table.def().id;
-        let mut last = None;
-        for attempt in 0..ROUTE_ATTEMPTS {
-            if attempt > 0 {
-                self.catch_up().await?;
+        self.on_primary(table, i, |record| async move {
+            if record.primary == self.node_id {
+                return self.resolve_part(record.table_id, record.shard_id, record.epoch, txn).await;
             }
-            let record = self.shard_record_of(id, shard)?;
-            let result = if record.primary == self.node_id {
-                self.resolve_part(id, shard, record.epoch, txn).await
-            } else {
-                let request = ResolveTransactionRequest { table_id: id.0, shard_id: shard.0, epoch: record.epoch, txn };
-                self.call_primary(&record, |mut client| async move { client.resolve_transaction(request).await })
-                    .await
-                    .map(|r| r.chunks)
+            let request = ResolveTransactionRequest {
+                table_id: record.table_id.0,
+                shard_id: record.shard_id.0,
+                epoch: record.epoch,
+                txn,
             };
-            match result {
-                Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::Internal("no attempt made".into())))
+            self.call_primary(&record, |mut client| async move { client.resolve_transaction(request).await })
+                .await
+                .map(|r| r.chunks)
+        })
+        .await
     }
 
     /// The configuration of a shard of table `table` as this node knows it.
