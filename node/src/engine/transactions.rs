@@ -73,7 +73,7 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::ShardUnavailable`] when this node does not lead the shard at `epoch`, or no decision is recorded; the
-    /// errors of [`Engine::replicate_change`].
+    /// errors of replicating a change of the shard.
     pub async fn resolve_part(&self, table: TableId, shard: ShardId, epoch: u64, txn: u64) -> Result<u64> {
         let (_, _, replica) = self.led_shard(table, shard, epoch).await?;
         let _serialized = replica.dml_lock.lock().await;
