@@ -1021,6 +1021,17 @@ async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_go
     }
 }
 
+/// The hot rows of `table` held on every copy, as the nodes tell of the copies each holds.
+async fn rows_held(nodes: &[&Node], table: &str) -> i64 {
+    let sql =
+        format!("SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name = '{table}'");
+    let mut held = 0;
+    for node in nodes {
+        held += number(node, &sql).await;
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandoned_part_is_aborted() {
     let cold = tempfile::tempdir().expect("tempdir");
@@ -1064,14 +1075,7 @@ async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandone
     let mut left = (usize::MAX, i64::MAX);
     for _ in 0..200 {
         let decisions = one.engine.meta().read_local(|s| s.transaction_count());
-        let mut held = 0;
-        for node in nodes {
-            held += number(
-                node,
-                "SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name = 'w'",
-            )
-            .await;
-        }
+        let held = rows_held(&nodes, "w").await;
         left = (decisions, held);
         if left == (0, 2000) {
             break;
@@ -1129,14 +1133,7 @@ async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandone
     }
     let mut held = -1;
     for _ in 0..200 {
-        held = 0;
-        for node in nodes {
-            held += number(
-                node,
-                "SELECT CAST(coalesce(sum(hot_rows), 0) AS BIGINT) FROM system.shards WHERE table_name = 'o'",
-            )
-            .await;
-        }
+        held = rows_held(&nodes, "o").await;
         if held == 4 && primary.engine.metrics().transaction_parts_settled.get() >= 2 {
             break;
         }
