@@ -62,9 +62,14 @@ pub struct ColdView {
     /// The shard's files, whichever store tiered them: a shard that moved to this node keeps the files its earlier
     /// holders wrote.
     pub files: Vec<ColdFile>,
-    /// The highest of this store's hot-chunk sequence numbers the files hold; hot chunks up to it are skipped. (A
-    /// replica caught up from another holder receives only chunks above that holder's mark.)
+    /// The highest of the replica's hot-chunk sequence numbers the files hold, as marked under `marked_as`; hot
+    /// chunks up to it are skipped. (A replica caught up from another holder receives only chunks above that holder's
+    /// mark.)
     pub hot_through: u64,
+    /// The identity `hot_through` is the mark of (`crate::table::ShardReplica::mark_id`).
+    pub marked_as: u64,
+    /// Every identity's mark in the manifest, to take the view for another identity ([`ColdView::marked_for`]).
+    pub marks: std::collections::BTreeMap<u64, u64>,
     /// Per column of the table, its statistics across the files, read once for pruning.
     pub bounds: Vec<ColumnBounds>,
 }
@@ -98,7 +103,7 @@ impl ColumnBounds {
 }
 
 impl ColdView {
-    /// The view of a shard's `manifest` for the hot store with identity `store`.
+    /// The view of a shard's `manifest` for the replica whose tiered chunks are marked under identity `store`.
     pub fn of(manifest: &Manifest, store: u64) -> Self {
         let files: Vec<ColdFile> = manifest.files.clone();
         ColdView {
@@ -112,7 +117,14 @@ impl ColdView {
                 .collect(),
             files,
             hot_through: manifest.hot_through.get(&store).copied().unwrap_or(0),
+            marked_as: store,
+            marks: manifest.hot_through.clone(),
         }
+    }
+
+    /// The same view for the replica marked under identity `id`.
+    pub fn marked_for(&self, id: u64) -> Self {
+        ColdView { hot_through: self.marks.get(&id).copied().unwrap_or(0), marked_as: id, ..self.clone() }
     }
 }
 

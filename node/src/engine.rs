@@ -795,8 +795,13 @@ impl Engine {
         let mut shards = Vec::new();
         for shard in map.shards() {
             let found = recovered.remove(&(def.id, shard)).unwrap_or_default();
-            let replica =
-                Arc::new(crate::table::ShardReplica::new(def.clone(), shard, Arc::clone(&self.tables), found));
+            let replica = Arc::new(crate::table::ShardReplica::new(
+                def.clone(),
+                shard,
+                Arc::clone(&self.tables),
+                found,
+                self.store_id,
+            ));
             replica.set_cold(self.cold_state_of(&replica).await);
             shards.push(replica);
         }
@@ -1593,6 +1598,9 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
     }
     for (shard, floor) in shard_values(store, keys::all_floor_range(), "sequence floor", &live, &mut garbage)? {
         by_shard.entry(shard).or_default().floor = floor;
+    }
+    for (shard, id) in shard_values(store, keys::all_mark_range(), "mark identity", &live, &mut garbage)? {
+        by_shard.entry(shard).or_default().mark_id = Some(id);
     }
     if !garbage.is_empty() {
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");

@@ -11,10 +11,11 @@
 //! ```
 //!
 //! A manifest version lists every file of the shard with its row count, size and per-column statistics, the table's
-//! name and Arrow schema, and for each hot store (a node's data directory, known by the random identity it got when
-//! it was created) the highest hot-chunk sequence number tiered from it (`hot_through`): that store's hot chunks up
-//! to it are in the files, and its newer ones are still hot. Marks are per store, not per node, because a node that
-//! comes back with an empty disk under the same id numbers its chunks from the start again.
+//! name and Arrow schema, and for each shard replica that tiered (known by its mark identity,
+//! `crate::table::ShardReplica::mark_id`) the highest hot-chunk sequence number tiered from it (`hot_through`): that
+//! replica's hot chunks up to it are in the files, and its newer ones are still hot. Marks are per replica identity,
+//! not per node, because a node that comes back with an empty disk under the same id, or a replica refilled by a
+//! catch-up after its shard lost every copy, numbers its chunks from the start again.
 //!
 //! A version is stored as a small version object (format 3: the schema, the marks, the retired files, and the
 //! segments in order, each with its number of files, rows and bytes) and the segments it names: immutable objects
@@ -61,7 +62,8 @@ pub struct ColdFile {
     pub path: String,
     /// The node whose hot chunks it holds.
     pub node: u64,
-    /// The identity of the hot store (the node's data directory) they came from.
+    /// The mark identity of the shard replica they came from (`crate::table::ShardReplica::mark_id`; the hot store's
+    /// identity for files written before replicas had their own).
     pub store: u64,
     /// Rows.
     pub rows: u64,
@@ -177,7 +179,7 @@ pub struct Manifest {
     pub schema: Schema,
     /// Every file of the shard.
     pub files: Vec<ColdFile>,
-    /// Per hot store (by identity), the highest hot-chunk sequence number its files hold.
+    /// Per shard replica (by mark identity), the highest hot-chunk sequence number its files hold.
     pub hot_through: BTreeMap<u64, u64>,
     /// Files taken out by retention, compaction or rewrites, with when: the garbage collector keeps them for its
     /// grace period from then, so that scans still reading an earlier version can finish.

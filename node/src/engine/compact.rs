@@ -101,7 +101,7 @@ impl Engine {
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
-            let runs = runs_to_merge(&current.files, self.store_id, target, min_files);
+            let runs = runs_to_merge(&current.files, table.mark_id(), target, min_files);
             if runs.is_empty() {
                 return Ok(CompactReport { manifest_version: current.version, ..CompactReport::default() });
             }
@@ -160,7 +160,7 @@ impl Engine {
         match table.cold() {
             ColdState::Ready(view) => {
                 target > 0
-                    && !runs_to_merge(&view.files, self.store_id, target, self.cold.compact_min_files()).is_empty()
+                    && !runs_to_merge(&view.files, table.mark_id(), target, self.cold.compact_min_files()).is_empty()
             }
             ColdState::Unavailable(_) => false,
         }
@@ -193,7 +193,7 @@ impl Engine {
         Ok(ColdFile {
             path,
             node: self.node_id,
-            store: self.store_id,
+            store: table.mark_id(),
             rows: run.iter().map(|f| f.rows).sum(),
             bytes,
             max_seq,

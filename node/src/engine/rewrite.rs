@@ -267,7 +267,7 @@ impl Engine {
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(table, &shard).await?;
             // Only this node changes its own files and mark, and only under the table's lock.
-            let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
+            let mark = current.hot_through.get(&table.mark_id()).copied().unwrap_or(0);
             if mark != view.hot_through || replaced.iter().any(|p| !current.files.iter().any(|f| &f.path == p)) {
                 return Err(Error::Internal(format!(
                     "the cold files of table \"{}\" on this node changed under a statement",
@@ -352,7 +352,7 @@ impl Engine {
         let file = (rows > 0).then(|| ColdFile {
             path,
             node: self.node_id,
-            store: self.store_id,
+            store: table.mark_id(),
             rows,
             bytes,
             max_seq: file.max_seq,
@@ -399,7 +399,7 @@ impl Engine {
         Ok(ColdFile {
             path,
             node: self.node_id,
-            store: self.store_id,
+            store: table.mark_id(),
             rows,
             bytes,
             max_seq,
@@ -418,7 +418,7 @@ impl Engine {
             table.def().id.0,
             shard.shard_id.0,
             self.node_id,
-            self.store_id,
+            table.mark_id(),
             max_seq,
             crate::random_u64()?,
         ))

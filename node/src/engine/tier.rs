@@ -95,7 +95,7 @@ impl Engine {
         let Some(pointer) = self.shard_record(replica)?.manifest else {
             return Ok(ColdView::default());
         };
-        Ok(ColdView::of(&self.manifest_at(&pointer.location).await?, self.store_id))
+        Ok(ColdView::of(&self.manifest_at(&pointer.location).await?, replica.mark_id()))
     }
 
     /// Reads the manifest a pointer names, from this cluster's cold store.
@@ -181,7 +181,7 @@ impl Engine {
         if matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
             return;
         }
-        table.advance_cold(Arc::new(ColdView::of(manifest, self.store_id)));
+        table.advance_cold(Arc::new(ColdView::of(manifest, table.mark_id())));
         self.remove_tiered_chunks(table).await;
     }
 
@@ -425,7 +425,7 @@ impl Engine {
             }
             let (mut pointer, mut current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
-            let mark = current.hot_through.get(&self.store_id).copied().unwrap_or(0);
+            let mark = current.hot_through.get(&table.mark_id()).copied().unwrap_or(0);
             // Only chunks below every number an insert in progress may still commit (read before the version): the
             // mark must not cover a chunk that appears later.
             let settled_below = table.settled_below();
@@ -485,7 +485,7 @@ impl Engine {
                     return Err(kept_changing());
                 }
                 (pointer, current) = self.shard_manifest(table, &shard).await?;
-                if current.hot_through.get(&self.store_id).copied().unwrap_or(0) != mark {
+                if current.hot_through.get(&table.mark_id()).copied().unwrap_or(0) != mark {
                     // An earlier tiering of ours landed meanwhile: start again from what it committed.
                     continue 'fresh;
                 }
@@ -493,7 +493,7 @@ impl Engine {
         };
 
         // 4. Scans now read the file; the hot chunks go.
-        table.advance_cold(Arc::new(ColdView::of(&manifest, self.store_id)));
+        table.advance_cold(Arc::new(ColdView::of(&manifest, table.mark_id())));
         let t = Arc::clone(table);
         let removed = chunks.clone();
         crate::blocking::run("remove tiered chunks", move || t.replace(&removed, Vec::new())).await??;
@@ -549,14 +549,20 @@ impl Engine {
         let schema = table.schema();
         let max_seq = run.iter().map(|c| c.seq).max().unwrap_or(0);
         let batches = futures::stream::iter(run.iter().map(|chunk| table.read_chunk(chunk, None, &schema)));
-        let path =
-            Manifest::data_path(table.def().id.0, shard_id, self.node_id, self.store_id, max_seq, crate::random_u64()?);
+        let path = Manifest::data_path(
+            table.def().id.0,
+            shard_id,
+            self.node_id,
+            table.mark_id(),
+            max_seq,
+            crate::random_u64()?,
+        );
         let layout = self.file_layout(table);
         let bytes = cold::write_parquet(store, self.cold.display(), &path, &schema, batches, &layout).await?;
         Ok(ColdFile {
             path,
             node: self.node_id,
-            store: self.store_id,
+            store: table.mark_id(),
             rows: run.iter().map(|c| c.meta.rows).sum(),
             bytes,
             max_seq,
@@ -1438,7 +1444,14 @@ mod tests {
         let schema = table.schema();
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
+        let path = Manifest::data_path(
+            table.def().id.0,
+            shard.shard_id.0,
+            engine.node_id,
+            table.only_shard().mark_id(),
+            max_seq,
+            1,
+        );
         let bytes = cold::write_parquet(
             &store,
             "test",
@@ -1453,7 +1466,7 @@ mod tests {
         let file = ColdFile {
             path,
             node: engine.node_id,
-            store: engine.store_id,
+            store: table.only_shard().mark_id(),
             rows,
             bytes,
             max_seq,
@@ -1513,7 +1526,14 @@ mod tests {
         let table = engine.hot_table("t").expect("table");
         let max_seq = table.only_shard().version().iter().map(|c| c.seq).max().expect("chunks");
         let shard = engine.shard_record(table.only_shard()).expect("shard");
-        let path = Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, engine.store_id, max_seq, 1);
+        let path = Manifest::data_path(
+            table.def().id.0,
+            shard.shard_id.0,
+            engine.node_id,
+            table.only_shard().mark_id(),
+            max_seq,
+            1,
+        );
         // An upload that never got committed: a stray object, which the retry leaves alone.
         let store = engine.cold_store().expect("store");
         store

@@ -8,6 +8,7 @@
 //! 0x06 table:u64be shard:u64be            -> a floor for the shard's next chunk sequence number (u64, big-endian)
 //! 0x07 table:u64be shard:u64be lsn:u64be  -> a prepared change of the shard's log (`crate::table::log`)
 //! 0x08 table:u64be shard:u64be            -> the shard's commit point: the last change of its log committed here
+//! 0x09 table:u64be shard:u64be            -> the identity the cold tier marks the replica's tiered chunks under
 //! 0x10 …                                  -> the metadata replica: Raft log, vote, snapshot (quiver_meta's layout)
 //! ```
 //!
@@ -28,8 +29,8 @@ use quiver_meta::{ShardId, TableId};
 
 /// The key of the format version.
 pub(crate) const FORMAT_KEY: &[u8] = b"\x00format";
-/// The key of the store's identity: a data directory's hot chunks are known by it in the cold tier's manifests, so a
-/// node that comes back with an empty disk under the same node id does not take the old disk's marks for its own.
+/// The key of the store's identity: the mark identity of a shard replica that has none of its own ([`mark_key`]), so
+/// a node that comes back with an empty disk under the same node id does not take the old disk's marks for its own.
 pub(crate) const STORE_ID_KEY: &[u8] = b"\x00store_id";
 /// Present in a store created by a build that stores only the shards placed on its node: such a store deletes the
 /// rows of a shard that left the node. A store without it (made before, when every node wrote rows of every shard)
@@ -45,6 +46,7 @@ const DATA_TAG: u8 = 0x05;
 const FLOOR_TAG: u8 = 0x06;
 const PREPARED_TAG: u8 = 0x07;
 const COMMIT_TAG: u8 = 0x08;
+const MARK_TAG: u8 = 0x09;
 /// The length of a chunk key.
 const CHUNK_KEY_LEN: usize = 25;
 
@@ -95,6 +97,13 @@ pub(crate) fn commit_key(table: TableId, shard: ShardId) -> Vec<u8> {
     shard_prefix(COMMIT_TAG, table, shard)
 }
 
+/// Returns the key of the identity under which the cold tier's manifests mark the shard replica's tiered chunks
+/// (`crate::table::ShardReplica::mark_id`). A replica without one (made by an earlier build) is marked under the
+/// store's identity ([`STORE_ID_KEY`]).
+pub(crate) fn mark_key(table: TableId, shard: ShardId) -> Vec<u8> {
+    shard_prefix(MARK_TAG, table, shard)
+}
+
 /// Returns the `[start, end)` range of every prepared change.
 pub(crate) fn all_prepared_range() -> (Vec<u8>, Vec<u8>) {
     (vec![PREPARED_TAG], vec![PREPARED_TAG + 1])
@@ -103,6 +112,11 @@ pub(crate) fn all_prepared_range() -> (Vec<u8>, Vec<u8>) {
 /// Returns the `[start, end)` range of every commit point.
 pub(crate) fn all_commit_range() -> (Vec<u8>, Vec<u8>) {
     (vec![COMMIT_TAG], vec![COMMIT_TAG + 1])
+}
+
+/// Returns the `[start, end)` range of every replica's mark identity.
+pub(crate) fn all_mark_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![MARK_TAG], vec![MARK_TAG + 1])
 }
 
 /// Splits a prepared change's key into its table, shard and log number.
@@ -117,9 +131,9 @@ pub(crate) fn parse_prepared_key(key: &[u8]) -> Option<ChunkId> {
     })
 }
 
-/// Splits a floor or commit point key into its table and shard.
+/// Splits a floor, commit point or mark identity key into its table and shard.
 pub(crate) fn parse_shard_key(key: &[u8]) -> Option<(TableId, ShardId)> {
-    if key.len() != 17 || (key[0] != FLOOR_TAG && key[0] != COMMIT_TAG) {
+    if key.len() != 17 || !matches!(key[0], FLOOR_TAG | COMMIT_TAG | MARK_TAG) {
         return None;
     }
     Some((

@@ -84,6 +84,8 @@ pub(crate) struct ShardReplica {
     committed_lsn: AtomicU64,
     /// As its primary: the commit point every in-sync backup was last told (in memory: 0 after a restart).
     pushed_commit: AtomicU64,
+    /// The identity under which the cold tier's manifests mark the chunks this replica tiered ([`keys::mark_key`]).
+    mark_id: AtomicU64,
 }
 
 /// What recovery found of one shard replica in the hot store.
@@ -97,13 +99,22 @@ pub(crate) struct RecoveredShard {
     pub(crate) prepared: Vec<PreparedChange>,
     /// The commit point.
     pub(crate) committed_lsn: u64,
+    /// The identity its tiered chunks are marked under, if one was stored.
+    pub(crate) mark_id: Option<u64>,
 }
 
 impl ShardReplica {
     /// Returns the replica of shard `shard` of table `def` with what recovery found of it: committed chunks, the
-    /// numbering floor, prepared changes and the commit point.
-    pub(crate) fn new(def: TableDef, shard: ShardId, tables: Arc<TableStore>, recovered: RecoveredShard) -> Self {
-        let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn } = recovered;
+    /// numbering floor, prepared changes, the commit point and the mark identity (`store_id`, the store's identity,
+    /// when none was stored).
+    pub(crate) fn new(
+        def: TableDef,
+        shard: ShardId,
+        tables: Arc<TableStore>,
+        recovered: RecoveredShard,
+        store_id: u64,
+    ) -> Self {
+        let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id } = recovered;
         let schema = Arc::new(def.arrow_schema());
         let mut list: Vec<Arc<Chunk>> = chunks
             .into_iter()
@@ -137,7 +148,20 @@ impl ShardReplica {
             prepared: Mutex::new(prepared.into_iter().map(|p| (p.lsn, p)).collect()),
             committed_lsn: AtomicU64::new(committed_lsn),
             pushed_commit: AtomicU64::new(0),
+            mark_id: AtomicU64::new(mark_id.unwrap_or(store_id)),
         }
+    }
+
+    /// The identity under which the cold tier's manifests mark the chunks this replica tiered: its chunks up to that
+    /// identity's mark are in the shard's cold files.
+    ///
+    /// Marks are per replica, and the chunks a mark covers are numbered by the shard's log: a chunk's number names
+    /// the same chunk on every copy, as long as the shard keeps a copy. A shard that lost every copy numbers its
+    /// chunks from the start again, so a mark made before (by a node the shard later comes back to) would cover
+    /// chunks it never saw; a replica therefore takes a new identity whenever a catch-up or a removal replaces its
+    /// chunks wholesale ([`ShardReplica::reset`]), and reads every hot chunk it holds until it tiers under it.
+    pub(crate) fn mark_id(&self) -> u64 {
+        self.mark_id.load(Ordering::Acquire)
     }
 
     /// Returns the table's definition.
@@ -177,15 +201,39 @@ impl ShardReplica {
 
     /// Installs a new cold view (before the hot chunks it covers are removed).
     pub(crate) fn set_cold(&self, state: ColdState) {
+        let state = match state {
+            ColdState::Ready(view) => ColdState::Ready(self.own_view(view)),
+            unavailable => unavailable,
+        };
         *self.cold.write().expect("cold lock poisoned") = state;
     }
 
     /// Installs `view` unless the shard already has a newer one: views only move forward, whoever installs them
     /// (a tiering, or a statement catching up with another node's commit) and in whatever order.
     pub(crate) fn advance_cold(&self, view: Arc<crate::cold::ColdView>) {
+        let view = self.own_view(view);
         let mut current = self.cold.write().expect("cold lock poisoned");
         if !matches!(&*current, ColdState::Ready(v) if v.version >= view.version) {
             *current = ColdState::Ready(view);
+        }
+    }
+
+    /// `view` as this replica's mark identity sees it (a view taken before [`ShardReplica::reset`] renewed it
+    /// carries the old identity's mark).
+    fn own_view(&self, view: Arc<crate::cold::ColdView>) -> Arc<crate::cold::ColdView> {
+        let id = self.mark_id();
+        if view.marked_as == id || view.marks.get(&id).copied().unwrap_or(0) == view.hot_through {
+            view
+        } else {
+            Arc::new(view.marked_for(id))
+        }
+    }
+
+    /// Takes the current cold view again for the replica's mark identity, after it changed.
+    fn remark_cold(&self) {
+        let mut current = self.cold.write().expect("cold lock poisoned");
+        if let ColdState::Ready(view) = &*current {
+            *current = ColdState::Ready(self.own_view(Arc::clone(view)));
         }
     }
 
@@ -511,9 +559,15 @@ impl ShardReplica {
         self.next_seq.fetch_max(highest, Ordering::Relaxed);
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
         batch.put(keys::commit_key(self.def.id, self.shard), committed_lsn.to_be_bytes().to_vec());
+        // The chunks held now are numbered by whoever sent them, and none of them is in the cold files: the old
+        // identity's mark says nothing of them.
+        let mark_id = crate::random::random_u64()?;
+        batch.put(keys::mark_key(self.def.id, self.shard), mark_id.to_be_bytes().to_vec());
         self.tables.commit(batch)?;
         let new_chunks = new_chunks.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
         self.install_restamped(&gone, new_chunks, restamped);
+        self.mark_id.store(mark_id, Ordering::Release);
+        self.remark_cold();
         self.prepared.lock().expect("prepared lock poisoned").clear();
         self.committed_lsn.store(committed_lsn, Ordering::Release);
         Ok(())

@@ -404,3 +404,41 @@ async fn parts_of_statements_spanning_shards_stay_unseen_until_settled_and_settl
     assert_eq!(count_sum(&engine, "copy").await.0, seven_rows, "settled durably");
     assert!(replica.version().iter().all(|c| c.meta.txn == 7 && c.meta.visible_from == 1), "the aborted part is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refilled_by_a_catch_up_does_not_take_its_old_cold_mark_for_the_new_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    // The copy tiers chunks of its own, numbered from 1: its mark covers them.
+    engine
+        .execute_one("INSERT INTO copy SELECT value, value + 0 FROM generate_series(1001, 1300)")
+        .await
+        .expect("insert");
+    assert_eq!(engine.tier("copy").await.expect("tier").rows, 300);
+    let copy = engine.hot_table("copy").expect("table");
+    let replica = Arc::clone(copy.only_shard());
+    let (old_id, mark) = match replica.cold() {
+        crate::cold::ColdState::Ready(view) => (view.marked_as, view.hot_through),
+        crate::cold::ColdState::Unavailable(why) => panic!("cold view: {why}"),
+    };
+    assert_eq!(old_id, replica.mark_id());
+    assert!(chunks.iter().all(|c| c.0 <= mark), "the new chunks' numbers fall under the old mark {mark}");
+    // The shard lost every other copy and numbered its chunks from the start again; a catch-up refills this one.
+    let next_seq = chunks.iter().map(|c| c.0 + 1).max().expect("chunks");
+    let keep: Vec<u64> = chunks.iter().map(|c| c.0).collect();
+    replica.reset(chunks.clone(), &keep, 0, next_seq, &[]).expect("caught up");
+    assert_ne!(replica.mark_id(), old_id, "a new identity");
+    let both = (550, 31_375 + (1001..=1300).sum::<i64>());
+    assert_eq!(count_sum(&engine, "copy").await, both, "the cold rows and every new hot chunk");
+    // The identity is durable, and the next tiering marks under it.
+    let id = replica.mark_id();
+    drop((copy, replica));
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(engine.hot_table("copy").expect("table").only_shard().mark_id(), id);
+    assert_eq!(count_sum(&engine, "copy").await, both, "after a restart");
+    assert_eq!(engine.tier("copy").await.expect("tier").rows, 250);
+    assert_eq!(count_sum(&engine, "copy").await, both, "after tiering the new chunks");
+    assert_eq!(engine.hot_table("copy").expect("table").only_shard().version().len(), 0);
+}
