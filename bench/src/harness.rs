@@ -39,6 +39,22 @@ pub fn run_in_background(server: Server) -> (tokio::sync::oneshot::Sender<()>, t
     (tx, task)
 }
 
+/// Returns a Flight SQL client connected to the server at `addr`.
+pub async fn flight_client_at(addr: SocketAddr) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(FlightSqlServiceClient::new(channel))
+}
+
+/// Returns a PostgreSQL client connected to the gateway at `addr`.
+pub async fn pg_client_at(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
+    let conn = format!("host={} port={} user=quiver", addr.ip(), addr.port());
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 impl Running {
     /// Starts a server whose data lives in `dir` (durable: every commit is fsync'd).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
@@ -68,18 +84,12 @@ impl Running {
 
     /// Returns a Flight SQL client connected to the server.
     pub async fn flight_client(&self) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
-        let channel = Channel::from_shared(format!("http://{}", self.flight))?.connect().await?;
-        Ok(FlightSqlServiceClient::new(channel))
+        flight_client_at(self.flight).await
     }
 
     /// Returns a PostgreSQL client connected to the server.
     pub async fn pg_client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let conn = format!("host={} port={} user=quiver", self.pg.ip(), self.pg.port());
-        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        pg_client_at(self.pg).await
     }
 
     /// Stops the server and its metadata replica and waits for them; the data directory can be opened again once

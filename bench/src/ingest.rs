@@ -1,5 +1,6 @@
 //! The ingest benchmark.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -30,7 +31,13 @@ impl Measurement {
 
 /// Loads `table` over Flight SQL bulk ingest (`CommandStatementIngest` in one DoPut).
 pub async fn via_flight(server: &Running, table: &Table, target: &str) -> anyhow::Result<Measurement> {
-    let mut client = server.flight_client().await?;
+    via_flight_at(server.flight, table, target, "Quiver Flight SQL DoPut").await
+}
+
+/// Loads `table` over Flight SQL bulk ingest into the server at `addr` (the table is created unless it exists);
+/// `path` names the measurement.
+pub async fn via_flight_at(addr: SocketAddr, table: &Table, target: &str, path: &str) -> anyhow::Result<Measurement> {
+    let mut client = crate::harness::flight_client_at(addr).await?;
     let command = CommandStatementIngest {
         table_definition_options: Some(TableDefinitionOptions {
             if_not_exist: TableNotExistOption::Create.into(),
@@ -47,11 +54,7 @@ pub async fn via_flight(server: &Running, table: &Table, target: &str) -> anyhow
     let started = Instant::now();
     let stream = futures::stream::iter(batches.into_iter().map(Ok));
     let rows = client.execute_ingest(command, stream).await?;
-    Ok(Measurement {
-        path: "Quiver Flight SQL DoPut".into(),
-        rows: rows as u64,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(Measurement { path: path.into(), rows: rows as u64, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Encodes batches as CSV without a header, as a client would stream them to COPY.

@@ -7,8 +7,11 @@
 //! - `tier`: the TPC-H queries with every table tiered to the cold tier (a local directory, then a loopback S3
 //!   server), after a restart (cold caches) and again (warm), beside the same queries on the hot store, with the
 //!   object-store GETs each query made;
-//! - `meta`: metadata proposal throughput and latency (p50/p90/p99) on a loopback cluster of servers.
+//! - `meta`: metadata proposal throughput and latency (p50/p90/p99) on a loopback cluster of servers;
+//! - `cluster`: bulk ingest and single-row INSERT p50/p99 through one node of a loopback cluster of three servers
+//!   keeping two copies of every shard, against a single server.
 
+pub mod cluster;
 pub mod data;
 pub mod harness;
 pub mod ingest;

@@ -1,7 +1,7 @@
 //! `quiver-bench`: see the library docs. Run `quiver-bench --help`.
 
 use clap::{Parser, Subcommand};
-use quiver_bench::{data, harness::Running, ingest, meta, s3, tier, tpch};
+use quiver_bench::{cluster, data, harness::Running, ingest, meta, s3, tier, tpch};
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver-bench", about = "Benchmarks that drive a real Quiver server")]
@@ -48,6 +48,16 @@ enum Command {
         /// Commands to propose (comma-separated).
         #[arg(long, value_delimiter = ',', value_enum, default_values_t = [meta::Workload::Heartbeat, meta::Workload::CreateTable])]
         workload: Vec<meta::Workload>,
+    },
+    /// Bulk ingest (lineitem over Flight SQL DoPut) and single-row INSERT p50/p99 through one node of a loopback
+    /// cluster of three servers with two copies of every shard, against a single server; ratios.
+    Cluster {
+        /// TPC-H scale factor of the lineitem load (1 = 6M rows).
+        #[arg(long, default_value_t = 1.0)]
+        sf: f64,
+        /// Single-row INSERTs per deployment.
+        #[arg(long, default_value_t = 2000)]
+        inserts: usize,
     },
 }
 
@@ -151,6 +161,12 @@ async fn main() -> anyhow::Result<()> {
                 let run = tier::run_store(&dir.path().join("s3"), &label, Some(cold), &tables, &which, runs).await?;
                 print!("{}", tier::render(&run));
             }
+        }
+        Command::Cluster { sf, inserts } => {
+            eprintln!("generating lineitem at SF {sf} …");
+            let table = data::lineitem(sf);
+            let results = cluster::run(dir.path(), &table, inserts).await?;
+            print!("{}", cluster::render(&results));
         }
         Command::Meta { nodes, proposals, concurrency, workload } => {
             let results = meta::run(dir.path(), nodes, proposals, &concurrency, &workload).await?;

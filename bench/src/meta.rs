@@ -71,6 +71,8 @@ impl Measurement {
 /// A running loopback cluster.
 pub struct Cluster {
     nodes: Vec<(MetaNode, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// Each node's Flight SQL and PostgreSQL addresses, in node order.
+    addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl Cluster {
@@ -78,6 +80,7 @@ impl Cluster {
     /// a member and the cluster has `min(count, 3)` voters.
     pub async fn start(dir: &Path, count: u64) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
         let mut seed = None;
         for id in 1..=count {
             let overrides = Overrides {
@@ -95,13 +98,14 @@ impl Cluster {
             let config = Config::load(None, Vec::new(), &overrides)?;
             let server = Server::bind(config).await.with_context(|| format!("start node {id}"))?;
             let meta = server.engine().meta().clone();
+            addrs.push((server.flight_addr(), server.pg_addr()));
             if seed.is_none() {
                 seed = server.grpc_addr().map(|a| a.to_string());
             }
             let (tx, task) = crate::harness::run_in_background(server);
             nodes.push((meta, tx, task));
         }
-        let cluster = Cluster { nodes };
+        let cluster = Cluster { nodes, addrs };
         let want = count.min(3) as usize;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -131,6 +135,11 @@ impl Cluster {
                 self.nodes.iter().map(|(m, ..)| m).find(|m| m.node_id() != leader.node_id()).context("no follower")?
             }
         })
+    }
+
+    /// Node `index`'s (from 0) Flight SQL and PostgreSQL addresses.
+    pub fn addrs(&self, index: usize) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        self.addrs[index]
     }
 
     /// Returns every node's replica.

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use quiver_meta::{ShardId, TableDef};
 
 pub(crate) use chunk::ChunkMeta;
@@ -208,8 +208,14 @@ fn conform(def: &TableDef, schema: &SchemaRef, batch: &RecordBatch) -> Result<Re
             detail: format!("expected {} columns, got {}", fields.len(), batch.num_columns()),
         });
     }
+    let mut columns = Vec::with_capacity(fields.len());
     for (field, column) in fields.iter().zip(batch.columns()) {
-        if column.data_type() != field.data_type() {
+        let column = if column.data_type() == field.data_type() {
+            Arc::clone(column)
+        } else if same_family(column.data_type(), field.data_type()) {
+            // Another layout of the same values (Arrow clients send strings as views, or with 64-bit offsets).
+            arrow::compute::cast(column, field.data_type())?
+        } else {
             return Err(Error::SchemaMismatch {
                 table: def.name.clone(),
                 detail: format!(
@@ -219,12 +225,21 @@ fn conform(def: &TableDef, schema: &SchemaRef, batch: &RecordBatch) -> Result<Re
                     column.data_type()
                 ),
             });
-        }
+        };
         if !field.is_nullable() && column.null_count() > 0 {
             return Err(Error::NotNullViolation { table: def.name.clone(), column: field.name().clone() });
         }
+        columns.push(column);
     }
-    Ok(RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?)
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// Whether `a` and `b` hold the same values laid out differently: strings (`Utf8`, `LargeUtf8`, `Utf8View`), or
+/// bytes (`Binary`, `LargeBinary`, `BinaryView`).
+fn same_family(a: &DataType, b: &DataType) -> bool {
+    use DataType::{Binary, BinaryView, LargeBinary, LargeUtf8, Utf8, Utf8View};
+    matches!((a, b), (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View))
+        || matches!((a, b), (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView))
 }
 
 /// One shard's replacement in a statement that changes several: the chunks it removes and the rows that replace

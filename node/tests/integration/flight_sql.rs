@@ -302,6 +302,35 @@ async fn bulk_ingest_streams_rows_and_rejects_a_mismatched_schema() {
     assert_eq!(f.client.execute_ingest(append, futures::stream::iter([Ok(batch)])).await.expect("append"), 1);
     assert_eq!(f.count("events").await, 10_001);
 
+    tracing::info!("phase: strings sent as views or with 64-bit offsets are the table's TEXT");
+    let views = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8View, true),
+    ]));
+    let viewed = RecordBatch::try_new(
+        views,
+        vec![Arc::new(Int64Array::from(vec![20_000])), Arc::new(arrow::array::StringViewArray::from(vec!["view"]))],
+    )
+    .expect("batch");
+    let large = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::LargeUtf8, true),
+    ]));
+    let large = RecordBatch::try_new(
+        large,
+        vec![Arc::new(Int64Array::from(vec![20_001])), Arc::new(arrow::array::LargeStringArray::from(vec!["large"]))],
+    )
+    .expect("batch");
+    let append = ingest_command("events", TableNotExistOption::Fail, TableExistsOption::Append);
+    let appended = f.client.execute_ingest(append, futures::stream::iter([Ok(viewed), Ok(large)])).await;
+    assert_eq!(appended.expect("strings of other layouts"), 2);
+    let names = f.query("SELECT name FROM events WHERE id >= 20000 ORDER BY id").await;
+    let names: Vec<Option<String>> = names
+        .iter()
+        .flat_map(|b| b.column(0).as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(names, [Some("view".to_string()), Some("large".to_string())]);
+
     f.stop().await;
 }
 
