@@ -275,9 +275,21 @@ impl MetaState {
                 shard.reconfigure(replicas, in_sync, primary);
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
-            MetaCommand::SetShardManifest { shard_id, expected_version, manifest, uploaded_from_ms } => {
+            MetaCommand::SetShardManifest {
+                shard_id,
+                expected_version,
+                manifest,
+                uploaded_from_ms,
+                expected_epoch,
+                tiered_through,
+            } => {
                 let fence_ms = self.cold_upload_fence_ms;
                 let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
+                if let Some(expected) = expected_epoch
+                    && expected != shard.epoch
+                {
+                    return Err(Rejection::ShardEpochConflict { shard_id, expected, current: shard.epoch });
+                }
                 let current = shard.manifest.as_ref().map(|m| m.version);
                 if current != expected_version || current.is_some_and(|c| manifest.version <= c) {
                     return Err(Rejection::ManifestVersionConflict { shard_id, expected: expected_version, current });
@@ -287,6 +299,7 @@ impl MetaState {
                 }
                 let version = manifest.version;
                 shard.manifest = Some(manifest);
+                shard.tiered_through = shard.tiered_through.max(tiered_through);
                 Ok(MetaOutcome::ShardManifestSet { shard_id, version })
             }
             MetaCommand::FenceColdUploads { before_ms } => {
@@ -347,6 +360,7 @@ impl MetaState {
                         epoch: 1,
                         manifest: None,
                         left_in_sync: Default::default(),
+                        tiered_through: 0,
                     };
                     self.shards.insert(shard_id, record);
                     shards.push(shard_id);

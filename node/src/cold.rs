@@ -45,7 +45,7 @@ use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 
-pub use self::manifest::{ColdFile, ColumnStats, Manifest, WrittenRange};
+pub use self::manifest::{ColdFile, ColumnStats, Manifest, SHARD_MARK, WrittenRange};
 pub use self::segments::{SegmentCache, committed_shards, mark_commit, read_committed, read_manifest, write_manifest};
 pub use self::store::{ColdConfig, ColdStore, check_url};
 pub use self::writer::{FileLayout, write_parquet};
@@ -116,7 +116,7 @@ impl ColdView {
                 .map(|(i, field)| ColumnBounds::of(&files, i, field.data_type()))
                 .collect(),
             files,
-            hot_through: manifest.hot_through.get(&store).copied().unwrap_or(0),
+            hot_through: mark_of(&manifest.hot_through, store),
             marked_as: store,
             marks: manifest.hot_through.clone(),
         }
@@ -124,8 +124,15 @@ impl ColdView {
 
     /// The same view for the replica marked under identity `id`.
     pub fn marked_for(&self, id: u64) -> Self {
-        ColdView { hot_through: self.marks.get(&id).copied().unwrap_or(0), marked_as: id, ..self.clone() }
+        ColdView { hot_through: mark_of(&self.marks, id), marked_as: id, ..self.clone() }
     }
+}
+
+/// The mark that covers the hot chunks of the replica known as `id`: the shard's own, or the one the replica's
+/// identity got from a build before shard marks, whichever is higher.
+pub fn mark_of(marks: &std::collections::BTreeMap<u64, u64>, id: u64) -> u64 {
+    let of = |key: u64| marks.get(&key).copied().unwrap_or(0);
+    of(id).max(of(SHARD_MARK))
 }
 
 /// A table's cold view, or why it could not be read (the store is unreachable): scans fail until it can.

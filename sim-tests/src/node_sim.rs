@@ -25,8 +25,8 @@
 //!    - every hot row on every node is stored in the shard that owns its slot.
 //!
 //! Statements route to the shards' primaries, so a row acknowledged through any node is visible on every node. Half
-//! the tables keep one copy (and tier to the cold tier), the other half three (hot: a replicated shard is not tiered
-//! until the cold tier is per shard); [`replicas_of`] says which. Rows of a table with one copy may be lost when any
+//! the tables keep one copy, the other half three, all tiering to the cold tier on their shards' primaries;
+//! [`replicas_of`] says which. Rows of a table with one copy may be lost when any
 //! node loses its disk; rows of a replicated table only when two nodes lost their disks since the row was written (an
 //! acknowledgement needs two durable copies, `min_in_sync`). Each table has one shard unless `--shards` says more:
 //! then every append spanning shards is a transaction (a batch torn across shards is a violation, unless a shard's

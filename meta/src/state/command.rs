@@ -111,6 +111,15 @@ pub enum MetaCommand {
         /// before fences existed): never refused.
         #[serde(default)]
         uploaded_from_ms: u64,
+        /// The shard's configuration epoch the writer worked at: refused when the shard moved since (a deposed
+        /// primary's late tiering must not list rows its successor changed); `None` (commands written before it
+        /// existed): not checked.
+        #[serde(default)]
+        expected_epoch: Option<u64>,
+        /// The highest chunk number the new manifest's tiering marks cover: raises the shard's
+        /// [`ShardRecord::tiered_through`](crate::ShardRecord::tiered_through).
+        #[serde(default)]
+        tiered_through: u64,
     },
     /// Refuses, from now on, every manifest commit whose uploads began before `before_ms` (unix ms; the fence only
     /// moves forward). A garbage collection fences before it reads the manifest pointers and deletes what they do not

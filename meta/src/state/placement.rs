@@ -222,6 +222,7 @@ mod tests {
             epoch: 1,
             manifest: None,
             left_in_sync: Default::default(),
+            tiered_through: 0,
         };
         let placed = place(nodes.iter(), [&existing].into_iter(), 1, 1).expect("placed");
         assert_eq!(placed, vec![Placed { replicas: vec![2] }], "node 1 leads a shard already");

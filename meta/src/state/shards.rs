@@ -143,6 +143,11 @@ pub struct ShardRecord {
     /// `min_in_sync` of them), so it is the one to lead when every in-sync copy is lost.
     #[serde(default)]
     pub left_in_sync: std::collections::BTreeMap<u64, u64>,
+    /// The highest chunk number the shard's cold tier covers (the largest tiering mark of its manifest,
+    /// [`MetaCommand::SetShardManifest`](crate::MetaCommand::SetShardManifest)): a primary numbers new chunks above
+    /// it, so a shard that lost every copy and starts again empty never numbers a chunk that a mark already covers.
+    #[serde(default)]
+    pub tiered_through: u64,
 }
 
 impl ShardRecord {

@@ -262,6 +262,8 @@ fn rejected_commands_change_nothing() {
                 expected_version: Some(3),
                 manifest: ManifestPointer { version: 4, location: "m/4".into() },
                 uploaded_from_ms: 0,
+                expected_epoch: None,
+                tiered_through: 0,
             },
             ErrorKind::InvalidRequest,
         ),
@@ -271,6 +273,8 @@ fn rejected_commands_change_nothing() {
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
                 uploaded_from_ms: 0,
+                expected_epoch: None,
+                tiered_through: 0,
             },
             ErrorKind::NotFound,
         ),
@@ -310,6 +314,8 @@ fn version_grows_by_one_per_change_only() {
                 expected_version: None,
                 manifest: ManifestPointer { version: 1, location: "m/1".into() },
                 uploaded_from_ms: 0,
+                expected_epoch: None,
+                tiered_through: 0,
             },
             true,
         ),
@@ -348,6 +354,8 @@ fn manifest_updates_are_compare_and_set() {
         expected_version: expected,
         manifest: ManifestPointer { version, location: format!("m/{version}") },
         uploaded_from_ms: 0,
+        expected_epoch: None,
+        tiered_through: 0,
     };
     applied(&mut s, set(None, 1));
     applied(&mut s, set(Some(1), 2));
@@ -355,6 +363,49 @@ fn manifest_updates_are_compare_and_set() {
     assert_eq!(stale, Rejection::ManifestVersionConflict { shard_id: ShardId(1), expected: Some(1), current: Some(2) });
     let backwards = s.apply(set(Some(2), 2)).outcome.expect_err("same version");
     assert!(matches!(backwards, Rejection::ManifestVersionConflict { .. }));
+}
+
+#[test]
+fn a_manifest_commit_at_an_old_epoch_is_refused_and_marks_only_raise_the_tiered_floor() {
+    let mut s = MetaState::new();
+    applied(&mut s, register(1));
+    applied(&mut s, register(2));
+    applied(&mut s, create_one("t"));
+    let record = s.shard(ShardId(1)).cloned().expect("shard");
+    let set = |expected, version, epoch, tiered_through| MetaCommand::SetShardManifest {
+        shard_id: ShardId(1),
+        expected_version: expected,
+        manifest: ManifestPointer { version, location: format!("m/{version}") },
+        uploaded_from_ms: 0,
+        expected_epoch: Some(epoch),
+        tiered_through,
+    };
+    applied(&mut s, set(None, 1, record.epoch, 40));
+    assert_eq!(s.shard(ShardId(1)).map(|r| r.tiered_through), Some(40));
+    applied(&mut s, set(Some(1), 2, record.epoch, 7));
+    assert_eq!(s.shard(ShardId(1)).map(|r| r.tiered_through), Some(40), "the floor never goes back");
+    // The shard moves on (a copy added): a commit of the writer that worked at the old epoch is refused.
+    let mut replicas = record.replicas.clone();
+    replicas.push(if replicas.contains(&1) { 2 } else { 1 });
+    applied(
+        &mut s,
+        MetaCommand::SetShardReplicas {
+            shard_id: ShardId(1),
+            replicas,
+            in_sync: record.in_sync.clone(),
+            primary: record.primary,
+            expected_epoch: Some(record.epoch),
+        },
+    );
+    let late = s.apply(set(Some(2), 3, record.epoch, 90)).outcome.expect_err("a deposed writer");
+    assert_eq!(
+        late,
+        Rejection::ShardEpochConflict { shard_id: ShardId(1), expected: record.epoch, current: record.epoch + 1 }
+    );
+    let now = s.shard(ShardId(1)).cloned().expect("shard");
+    assert_eq!((now.manifest.map(|m| m.version), now.tiered_through), (Some(2), 40), "nothing moved");
+    applied(&mut s, set(Some(2), 3, record.epoch + 1, 90));
+    assert_eq!(s.shard(ShardId(1)).map(|r| r.tiered_through), Some(90));
 }
 
 #[test]
@@ -367,6 +418,8 @@ fn a_collection_fence_refuses_commits_of_older_uploads_and_only_moves_forward() 
         expected_version: expected,
         manifest: ManifestPointer { version, location: format!("m/{version}") },
         uploaded_from_ms,
+        expected_epoch: None,
+        tiered_through: 0,
     };
     applied(&mut s, set(None, 1, 1_000));
     let fenced = s.apply(MetaCommand::FenceColdUploads { before_ms: 5_000 }).outcome.expect("fence");

@@ -190,6 +190,12 @@ pub struct Manifest {
     pub segments: Vec<Segment>,
 }
 
+/// The key of the shard's own tiering mark in [`Manifest::hot_through`]: chunk numbers belong to the shard (its
+/// primary assigns them, and every copy holds a chunk under the same number), so the chunks up to it are in the
+/// files on every copy. A shard numbers new chunks above every mark (`ShardRecord::tiered_through`), even after it
+/// lost every copy. The other keys are replicas' mark identities, which builds before the shard's mark wrote alone.
+pub const SHARD_MARK: u64 = 0;
+
 /// A file a manifest version no longer lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredFile {
@@ -323,10 +329,19 @@ impl Manifest {
         }
     }
 
-    /// Marks hot store `store`'s chunks up to `max_seq` as tiered in this version (held by its files, or gone).
+    /// Marks the chunks up to `max_seq` of the shard replica known as `store` as tiered in this version (held by
+    /// its files, or gone), and the shard's own mark ([`SHARD_MARK`]) with them.
     pub fn mark_tiered(&mut self, store: u64, max_seq: u64) {
-        let through = self.hot_through.entry(store).or_insert(0);
-        *through = (*through).max(max_seq);
+        for id in [store, SHARD_MARK] {
+            let through = self.hot_through.entry(id).or_insert(0);
+            *through = (*through).max(max_seq);
+        }
+    }
+
+    /// The highest chunk number any mark of this version covers: the shard numbers new chunks above it
+    /// (`ShardRecord::tiered_through` in the metadata group).
+    pub fn tiered_through(&self) -> u64 {
+        self.hot_through.values().copied().max().unwrap_or(0)
     }
 
     /// The next version, without the files at `paths` (expired by retention), which are listed as retired at
@@ -581,7 +596,9 @@ mod tests {
         let m2 = m1.with_file(file(2, 15)).with_file(file(1, 90));
         assert_eq!((m1.version, m2.version), (1, 3));
         assert_eq!(m2.files.len(), 3);
-        assert_eq!(m2.hot_through, BTreeMap::from([(1000, 90), (2000, 15)]));
+        // Each replica's mark, and the shard's own (key 0) with every one of them.
+        assert_eq!(m2.hot_through, BTreeMap::from([(SHARD_MARK, 90), (1000, 90), (2000, 15)]));
+        assert_eq!(m2.tiered_through(), 90);
         let again = m2.with_file(file(1, 90));
         assert_eq!(again.files.len(), 3, "the same file committed twice is listed once");
         let mut stored = m2.clone();
@@ -721,7 +738,7 @@ mod tests {
         let mut bucket = Bucket::default();
         let location = bucket.store(&mut next, 5, SEGMENT_FILES);
         assert_eq!(bucket.written(), (1, 3));
-        assert_eq!(bucket.load(&location).hot_through, BTreeMap::from([(1000, 30), (2000, 20)]));
+        assert_eq!(bucket.load(&location).hot_through, BTreeMap::from([(SHARD_MARK, 30), (1000, 30), (2000, 20)]));
     }
 
     #[test]

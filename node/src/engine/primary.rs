@@ -167,6 +167,7 @@ impl Engine {
             detail: "its table is not attached here".into(),
         })?;
         let replica = self.replica_of(table, shard)?;
+        replica.raise_floor(record.tiered_through + 1);
         Ok((record, hot, replica))
     }
 

@@ -67,6 +67,7 @@ impl Engine {
                 }
             }
         }
+        self.raise_floors(table);
         // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`).
         if self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct()) {
             return self.change_rows_routed(state, table, change).await;
@@ -109,7 +110,7 @@ impl Engine {
         let mut affected = 0;
         let mut changed_shards = Vec::new();
         for (shard, _, _) in &shards {
-            match self.change_shard_rows(state, shard, &compiled).await {
+            match self.change_shard_rows(state, shard, &compiled, None).await {
                 Ok(n) => {
                     affected += n;
                     if n > 0 {
@@ -163,7 +164,7 @@ impl Engine {
         self.resolve_decided_locked(replica, epoch).await?;
         let alone = record.in_sync.iter().all(|n| *n == self.node_id) && replica.log_end() == replica.committed_lsn();
         if alone {
-            return self.change_shard_rows(state, replica, compiled).await;
+            return self.change_shard_rows(state, replica, compiled, None).await;
         }
         if !self.settle(replica).await? {
             return Err(Error::ShardUnavailable {
@@ -171,21 +172,18 @@ impl Engine {
                 detail: "its prepared changes are not settled".into(),
             });
         }
-        let view = match replica.cold() {
-            ColdState::Ready(view) => view,
-            ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
-        };
-        if !view.files.is_empty() {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "changing rows of shard {shard} of table \"{}\": it has cold files and copies to keep in step",
-                    replica.def().name
-                ),
-            });
-        }
-        let hot: Vec<Arc<Chunk>> =
-            replica.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
-        let change = dml::hot_change(state, replica, compiled, &hot)?;
+        self.change_shard_rows(state, replica, compiled, Some(epoch)).await
+    }
+
+    /// Commits `change` of hot rows of `replica`: in this store alone (`epoch` `None`), or as one change of the
+    /// shard's log, which this node leads at `epoch`, durable on every in-sync copy.
+    async fn commit_hot_change(
+        &self,
+        replica: &Arc<ShardReplica>,
+        change: HotChange,
+        epoch: Option<u64>,
+    ) -> Result<u64> {
+        let Some(epoch) = epoch else { return dml::commit_hot(replica, change).await };
         if change.changed.is_empty() {
             return Ok(0);
         }
@@ -201,12 +199,18 @@ impl Engine {
         Ok(change.affected)
     }
 
-    /// [`Engine::change_rows`] on one shard; the caller holds the shard's DML lock.
+    /// [`Engine::change_rows`] on one shard, this node's store alone (`epoch` `None`) or as the shard's primary at
+    /// `epoch`; the caller holds the shard's DML lock.
+    ///
+    /// A statement that reaches cold files lands whole in one commit of the shard's manifest: the rewritten files,
+    /// and the shard's hot rows below it moved into a file of their own with the statement applied, the shard's mark
+    /// moved past them. Every copy follows the manifest, skipping (and dropping) the chunks the mark covers.
     async fn change_shard_rows(
         &self,
         state: &dyn Session,
         table: &Arc<ShardReplica>,
         compiled: &Compiled,
+        epoch: Option<u64>,
     ) -> Result<u64> {
         let view = match table.cold() {
             ColdState::Ready(view) => view,
@@ -216,7 +220,7 @@ impl Engine {
             let hot: Vec<Arc<Chunk>> =
                 table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
             let change = dml::hot_change(state, table, compiled, &hot)?;
-            return dml::commit_hot(table, change).await;
+            return self.commit_hot_change(table, change, epoch).await;
         }
         // Work from the shard's current manifest: the files to rewrite and the mark must be the latest.
         let shard = self.shard_record(table)?;
@@ -226,8 +230,17 @@ impl Engine {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
-        // Read before the version: every chunk numbered below it is in the version (see `settled_below`).
+        // Read before the version: every chunk numbered below it is in the version (see `settled_below`). Nor may
+        // the mark pass a part of a statement spanning shards not settled yet: it is not in the files.
         let settled_below = table.settled_below();
+        let settled_below = table
+            .version()
+            .iter()
+            .filter(|c| c.meta.unsettled())
+            .map(|c| c.seq)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(settled_below);
         let hot: Vec<Arc<Chunk>> =
             table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
         let hot_change = dml::hot_change(state, table, compiled, &hot)?;
@@ -247,7 +260,7 @@ impl Engine {
             }
         }
         if replaced.is_empty() {
-            return dml::commit_hot(table, hot_change).await;
+            return self.commit_hot_change(table, hot_change, epoch).await;
         }
         let moved: Vec<Arc<Chunk>> = hot.iter().filter(|c| c.seq < settled_below).cloned().collect();
         let tiered = if hot_change.changed.is_empty() {
@@ -267,7 +280,7 @@ impl Engine {
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(table, &shard).await?;
             // Only this node changes its own files and mark, and only under the table's lock.
-            let mark = current.hot_through.get(&table.mark_id()).copied().unwrap_or(0);
+            let mark = cold::mark_of(&current.hot_through, table.mark_id());
             if mark != view.hot_through || replaced.iter().any(|p| !current.files.iter().any(|f| &f.path == p)) {
                 return Err(Error::Internal(format!(
                     "the cold files of table \"{}\" on this node changed under a statement",

@@ -103,6 +103,7 @@ impl Engine {
         if clustered {
             self.check_serving(table)?;
         }
+        self.raise_floors(table);
         // In a cluster, a statement that may span shards is one transaction: its parts go through the shards'
         // primaries, tagged with its id, and become visible together once the metadata group records its commit
         // (`engine::transactions`).
@@ -562,6 +563,19 @@ impl Engine {
             shard: table.shards().first().map_or(0, |r| r.shard_id().0),
             detail: "this node is still joining its cluster".into(),
         })
+    }
+
+    /// Numbers the next chunks of every shard of `table` above what the shard's cold tier covers
+    /// (`ShardRecord::tiered_through`): a shard that lost every copy starts again empty, and a chunk numbered below
+    /// a tiering mark would be taken for one already in the cold files.
+    pub(super) fn raise_floors(&self, table: &HotTable) {
+        self.meta.read_local(|s| {
+            for replica in table.shards() {
+                if let Some(record) = s.shard(replica.shard_id()) {
+                    replica.raise_floor(record.tiered_through + 1);
+                }
+            }
+        });
     }
 
     /// Where a scan finds a shard that moved since it was planned.

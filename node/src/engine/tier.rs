@@ -204,6 +204,10 @@ impl Engine {
             expected_version: expected.map(|p| p.version),
             manifest: ManifestPointer { version: next.version, location: location.clone() },
             uploaded_from_ms,
+            // A writer deposed meanwhile (a failover, a copy added or dropped) is refused: its successor may have
+            // changed rows its files list.
+            expected_epoch: Some(shard.epoch),
+            tiered_through: next.tiered_through(),
         };
         let outcome = match self.meta.propose(command.clone()).await {
             Ok(response) => response.outcome.map(|_| ()),
@@ -283,8 +287,10 @@ impl Engine {
     /// policy) lets them in again.
     pub async fn apply_tier_policies(&self, hot_bytes_max: Option<u64>) -> Vec<(String, TierReport)> {
         let default_limit = hot_bytes_max.unwrap_or(self.cold.hot_bytes_max());
-        // Views whose last load failed are loaded again first: a shard whose view is unavailable cannot tier.
+        // Views whose last load failed are loaded again first: a shard whose view is unavailable cannot tier. Copies
+        // that are not their shard's primary follow its tierings here, dropping the chunks its files now hold.
         self.reload_unavailable_cold().await;
+        self.follow_manifests().await;
         let catalog = self.catalog();
         let now = crate::clock::unix_ms();
         let mut tiered = Vec::new();
@@ -406,10 +412,11 @@ impl Engine {
             return Err(Error::ColdUnavailable { detail });
         }
         let shard = self.shard_record(table)?;
-        // A replicated shard stays hot until the cold tier is per shard (docs/rfcs/0001-cluster-data-path.md, "The
-        // switch", 3): a copy that tiered on its own would keep rows its primary deleted, or lose rows at a failover.
-        // A shard not placed here (it moved away, and its rows here wait to be deleted) is tiered by its holder.
-        if shard.replicas != [self.node_id] {
+        // Only the shard's primary tiers it, under the shard's own mark (chunk numbers are the shard's, the same on
+        // every copy): every copy's view then skips the chunks the files hold, and drops them when it follows the
+        // manifest. A copy that tiered on its own would keep rows its primary deleted. A shard not placed here (it
+        // moved away, and its rows here wait to be deleted) is tiered by its holder.
+        if shard.primary != self.node_id || !shard.in_sync.contains(&self.node_id) {
             return Ok(TierReport::default());
         }
         let store = self.cold_store()?;
@@ -425,7 +432,7 @@ impl Engine {
             }
             let (mut pointer, mut current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
-            let mark = current.hot_through.get(&table.mark_id()).copied().unwrap_or(0);
+            let mark = cold::mark_of(&current.hot_through, table.mark_id());
             // Only chunks below every number an insert in progress may still commit (read before the version): the
             // mark must not cover a chunk that appears later.
             let settled_below = table.settled_below();
@@ -485,7 +492,7 @@ impl Engine {
                     return Err(kept_changing());
                 }
                 (pointer, current) = self.shard_manifest(table, &shard).await?;
-                if current.hot_through.get(&table.mark_id()).copied().unwrap_or(0) != mark {
+                if cold::mark_of(&current.hot_through, table.mark_id()) != mark {
                     // An earlier tiering of ours landed meanwhile: start again from what it committed.
                     continue 'fresh;
                 }
@@ -1482,6 +1489,8 @@ mod tests {
             expected_version: None,
             manifest: ManifestPointer { version: 1, location },
             uploaded_from_ms: crate::clock::unix_ms(),
+            expected_epoch: Some(shard.epoch),
+            tiered_through: manifest.tiered_through(),
         };
         engine.meta().propose(command).await.expect("commit").into_result().expect("committed");
         chunks

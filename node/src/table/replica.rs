@@ -88,6 +88,16 @@ pub(crate) struct ShardReplica {
     mark_id: AtomicU64,
 }
 
+/// A new mark identity: random, never the shard's own mark's key.
+fn new_mark_id() -> Result<u64> {
+    loop {
+        let id = crate::random::random_u64()?;
+        if id != crate::cold::SHARD_MARK {
+            return Ok(id);
+        }
+    }
+}
+
 /// What recovery found of one shard replica in the hot store.
 #[derive(Debug, Default)]
 pub(crate) struct RecoveredShard {
@@ -164,6 +174,11 @@ impl ShardReplica {
         self.mark_id.load(Ordering::Acquire)
     }
 
+    /// Numbers the shard's next chunks above `floor` at least (the shard's cold tier covers the numbers below).
+    pub(crate) fn raise_floor(&self, floor: u64) {
+        self.next_seq.fetch_max(floor, Ordering::AcqRel);
+    }
+
     /// Returns the table's definition.
     pub(crate) fn def(&self) -> &TableDef {
         &self.def
@@ -222,7 +237,7 @@ impl ShardReplica {
     /// carries the old identity's mark).
     fn own_view(&self, view: Arc<crate::cold::ColdView>) -> Arc<crate::cold::ColdView> {
         let id = self.mark_id();
-        if view.marked_as == id || view.marks.get(&id).copied().unwrap_or(0) == view.hot_through {
+        if view.marked_as == id || crate::cold::mark_of(&view.marks, id) == view.hot_through {
             view
         } else {
             Arc::new(view.marked_for(id))
@@ -561,7 +576,7 @@ impl ShardReplica {
         batch.put(keys::commit_key(self.def.id, self.shard), committed_lsn.to_be_bytes().to_vec());
         // The chunks held now are numbered by whoever sent them, and none of them is in the cold files: the old
         // identity's mark says nothing of them.
-        let mark_id = crate::random::random_u64()?;
+        let mark_id = new_mark_id()?;
         batch.put(keys::mark_key(self.def.id, self.shard), mark_id.to_be_bytes().to_vec());
         self.tables.commit(batch)?;
         let new_chunks = new_chunks.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();

@@ -274,9 +274,12 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     .await
     .expect("a filtered remote scan");
     assert_eq!(filtered.iter().map(RecordBatch::num_rows).sum::<usize>(), 11);
-    // A replicated shard stays hot until the cold tier is kept per shard.
+    // Only the primary tiers a replicated shard; every copy then reads the rows from the files, once.
+    assert_eq!(backup.engine.tier("t").await.expect("tier on the backup").rows, 0);
     let tiered = primary.engine.tier("t").await.expect("tier on the primary");
-    assert_eq!(tiered.rows, 0, "{tiered:?}");
+    assert_eq!(tiered.rows, all.len() as u64, "{tiered:?}");
+    assert_eq!(scan_ids(backup, &shard, shard.epoch).await.expect("the backup reads the files"), all);
+    assert_eq!(scan_ids(primary, &shard, shard.epoch).await.expect("and so does the primary"), all);
     let failed = datafusion::physical_plan::collect(remote(vec![unreachable], None), task).await;
     let message = failed.expect_err("no replica reachable").to_string();
     assert!(message.contains("no replica could be scanned"), "{message}");
@@ -1146,4 +1149,91 @@ async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandone
     for node in [one, two, three] {
         node.stop().await;
     }
+}
+
+/// `count(*)` and `sum(id)` of table `table` as `node` reads it.
+async fn count_sum(node: &Node, table: &str) -> (i64, i64) {
+    let sql = format!("SELECT count(*), CAST(coalesce(sum(id), 0) AS BIGINT) FROM {table}");
+    let batches = node.engine.execute_one(&sql).await.expect(&sql).collect().await.expect(&sql);
+    (
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        batches[0].column(1).as_primitive::<Int64Type>().value(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_shard_tiers_on_its_primary_and_every_copy_reads_its_rows_once_also_after_a_failover() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), FAST_FAILOVER).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    one.engine
+        .execute_one("CREATE TABLE c (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 3)")
+        .await
+        .expect("create");
+    for node in [&one, &two, &three] {
+        until_attached(&node.engine, "c").await;
+    }
+    let table = one.engine.hot_table("c").expect("table").def().id;
+    let shard = one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("shard");
+    // Node 2 leads the shard (node 1 leads the metadata group, which must stay up to fail the shard over).
+    let placed = MetaCommand::SetShardReplicas {
+        shard_id: shard.shard_id,
+        replicas: vec![1, 2, 3],
+        in_sync: vec![1, 2, 3],
+        primary: 2,
+        expected_epoch: None,
+    };
+    one.engine.meta().propose(placed).await.expect("propose").into_result().expect("placed");
+    let placed = until_config(&two, shard.shard_id, &[1, 2, 3], 2).await;
+    until_epoch(&one, shard.shard_id, placed.epoch).await;
+    until_epoch(&three, shard.shard_id, placed.epoch).await;
+    let sum = |lo: i64, hi: i64| (lo..=hi).sum::<i64>();
+    one.engine.execute_one("INSERT INTO c SELECT value, 1 FROM generate_series(1, 1000)").await.expect("insert");
+
+    // Only the primary tiers; every copy then reads the rows from the files, once, and drops its hot chunks.
+    assert_eq!(one.engine.tier("c").await.expect("tier").rows, 0, "a backup does not tier");
+    assert_eq!(two.engine.tier("c").await.expect("tier").rows, 1000);
+    for node in [&one, &two, &three] {
+        assert_eq!(count_sum(node, "c").await, (1000, sum(1, 1000)));
+    }
+    let mut held = -1;
+    for _ in 0..100 {
+        held = rows_held(&[&one, &two, &three], "c").await;
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held, 0, "every copy dropped the tiered chunks");
+    let record = one.engine.meta().read_local(|s| s.shard(shard.shard_id).cloned()).expect("shard");
+    assert!(record.tiered_through > 0, "the shard's mark is in its record: {record:?}");
+
+    // New rows are numbered above the mark and stay hot on every copy; a DELETE reaching the cold files commits
+    // through the shard's manifest, which every copy follows.
+    one.engine.execute_one("INSERT INTO c SELECT value, 2 FROM generate_series(1001, 1500)").await.expect("insert");
+    three.engine.execute_one("DELETE FROM c WHERE id % 10 = 0").await.expect("delete across tiers");
+    let left = (1350, sum(1, 1500) - (1..=150).map(|k| k * 10).sum::<i64>());
+    for node in [&one, &two, &three] {
+        assert_eq!(count_sum(node, "c").await, left);
+    }
+
+    // The primary goes: a backup takes over with the same rows, hot and cold, and tiers in its turn.
+    let _dir = two.stop().await;
+    let record = until_shards(&one, table, "a failover", |r| r.primary != 2 && !r.in_sync.contains(&2)).await;
+    let primary = if record[0].primary == 1 { &one } else { &three };
+    until_epoch(&three, shard.shard_id, record[0].epoch).await;
+    for node in [&one, &three] {
+        assert_eq!(count_sum(node, "c").await, left, "after the failover");
+    }
+    one.engine.execute_one("INSERT INTO c SELECT value, 3 FROM generate_series(1501, 1600)").await.expect("insert");
+    let now = (left.0 + 100, left.1 + sum(1501, 1600));
+    primary.engine.tier("c").await.expect("tier");
+    for node in [&one, &three] {
+        assert_eq!(count_sum(node, "c").await, now, "after the new primary tiered");
+    }
+    one.stop().await;
+    three.stop().await;
 }

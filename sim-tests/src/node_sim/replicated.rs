@@ -16,7 +16,8 @@
 //!   in-sync set: no acknowledged write is lost by a failover, a kill or a lost disk of one node at a time);
 //! - every in-sync copy holds the same committed chunks, under the same numbers, as the primary.
 //!
-//! Its rows stay hot: a replicated shard is not tiered until the cold tier is per shard.
+//! Its rows stay hot (`hot_bytes_max = '0'`), so that the copies' chunks can be compared whole; the workload's
+//! tables of three copies tier on their primaries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
