@@ -94,14 +94,19 @@ impl Engine {
         }
         let target = self.cold.target_file_bytes();
         let shard = self.shard_record(table)?;
-        if target == 0 || shard.manifest.is_none() {
+        // The files are the shard's: its primary merges them, whoever wrote them (every copy follows the manifest).
+        if target == 0
+            || shard.manifest.is_none()
+            || shard.primary != self.node_id
+            || !shard.in_sync.contains(&self.node_id)
+        {
             return Ok(CompactReport::default());
         }
         let store = self.cold_store()?;
         for _ in 0..COMMIT_ATTEMPTS {
             let (pointer, current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
-            let runs = runs_to_merge(&current.files, table.mark_id(), target, min_files);
+            let runs = runs_to_merge(&current.files, target, min_files);
             if runs.is_empty() {
                 return Ok(CompactReport { manifest_version: current.version, ..CompactReport::default() });
             }
@@ -159,8 +164,7 @@ impl Engine {
         let target = self.cold.target_file_bytes();
         match table.cold() {
             ColdState::Ready(view) => {
-                target > 0
-                    && !runs_to_merge(&view.files, table.mark_id(), target, self.cold.compact_min_files()).is_empty()
+                target > 0 && !runs_to_merge(&view.files, target, self.cold.compact_min_files()).is_empty()
             }
             ColdState::Unavailable(_) => false,
         }
@@ -227,12 +231,11 @@ pub(super) async fn read_file(
     Ok(stream.map_err(move |e| cold::unavailable(&display, &format!("read {path}"), e)))
 }
 
-/// The runs of files to merge: this store's files of known age smaller than half of `target`, in the order they
+/// The runs of files to merge: the shard's files of known age smaller than half of `target`, in the order they
 /// were tiered, cut into runs of at most `target` bytes; only runs of two files or more, and none unless at least
 /// `min_files` files are small.
-fn runs_to_merge(files: &[ColdFile], store: u64, target: u64, min_files: usize) -> Vec<Vec<&ColdFile>> {
-    let mut small: Vec<&ColdFile> =
-        files.iter().filter(|f| f.store == store && f.written_ms.is_some() && f.bytes < target / 2).collect();
+fn runs_to_merge(files: &[ColdFile], target: u64, min_files: usize) -> Vec<Vec<&ColdFile>> {
+    let mut small: Vec<&ColdFile> = files.iter().filter(|f| f.written_ms.is_some() && f.bytes < target / 2).collect();
     if small.len() < min_files.max(2) {
         return Vec::new();
     }
@@ -300,8 +303,9 @@ mod tests {
     }
 
     #[test]
-    fn runs_take_this_stores_small_files_of_known_age_in_tiering_order_up_to_the_target() {
-        // Out of order in the manifest; f4 is large, f5 another store's, f6 of unknown age.
+    fn runs_take_the_shards_small_files_of_known_age_in_tiering_order_up_to_the_target() {
+        // Out of order in the manifest; f4 is large, f5 another copy's (a primary merges every file of its shard),
+        // f6 of unknown age.
         let files = vec![
             file(3, 7, 30, true),
             file(1, 7, 40, true),
@@ -312,12 +316,11 @@ mod tests {
             file(7, 7, 45, true),
             file(8, 7, 5, true),
         ];
-        assert_eq!(paths(&runs_to_merge(&files, 7, 100, 2)), [vec!["f1", "f2"], vec!["f3", "f7", "f8"]]);
-        assert!(runs_to_merge(&files, 7, 100, 6).is_empty(), "five small files, six wanted");
-        assert_eq!(runs_to_merge(&files, 7, 100, 5).len(), 2);
+        assert_eq!(paths(&runs_to_merge(&files, 100, 2)), [vec!["f1", "f2"], vec!["f3", "f5", "f7", "f8"]]);
+        assert!(runs_to_merge(&files, 100, 7).is_empty(), "six small files, seven wanted");
+        assert_eq!(runs_to_merge(&files, 100, 6).len(), 2);
         // A run of one file is left alone.
         let three = [file(1, 7, 45, true), file(2, 7, 45, true), file(3, 7, 45, true)];
-        assert_eq!(paths(&runs_to_merge(&three, 7, 100, 2)), [vec!["f1", "f2"]]);
-        assert!(runs_to_merge(&files, 9, 100, 2).is_empty(), "no file of that store");
+        assert_eq!(paths(&runs_to_merge(&three, 100, 2)), [vec!["f1", "f2"]]);
     }
 }

@@ -77,29 +77,31 @@ impl Engine {
                 let removed = expired.iter().map(|c| c.seq).collect();
                 self.replicate_change(table, record.epoch, Vec::new(), removed, Vec::new()).await?;
             }
-            return Ok(report);
-        }
-
-        let through = match table.cold() {
-            ColdState::Ready(view) => view.hot_through,
-            ColdState::Unavailable(_) => 0,
-        };
-        let expired: Vec<Arc<Chunk>> = table
-            .version()
-            .iter()
-            .filter(|c| c.seq > through && c.meta.written_ms > 0 && c.meta.written_ms < cutoff && !c.meta.unsettled())
-            .cloned()
-            .collect();
-        if !expired.is_empty() {
-            report.chunks = expired.len();
-            report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
-            let t = Arc::clone(table);
-            crate::blocking::run("expire hot chunks", move || t.replace(&expired, Vec::new())).await??;
+        } else {
+            let through = match table.cold() {
+                ColdState::Ready(view) => view.hot_through,
+                ColdState::Unavailable(_) => 0,
+            };
+            let expired: Vec<Arc<Chunk>> = table
+                .version()
+                .iter()
+                .filter(|c| {
+                    c.seq > through && c.meta.written_ms > 0 && c.meta.written_ms < cutoff && !c.meta.unsettled()
+                })
+                .cloned()
+                .collect();
+            if !expired.is_empty() {
+                report.chunks = expired.len();
+                report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
+                let t = Arc::clone(table);
+                crate::blocking::run("expire hot chunks", move || t.replace(&expired, Vec::new())).await??;
+            }
         }
 
         let shard = self.shard_record(table)?;
-        // The cold files are the shard's, whoever tiered them: its holder expires them.
-        if shard.replicas != [self.node_id] {
+        // The cold files are the shard's, whoever tiered them: its primary expires them (every copy follows the
+        // manifest).
+        if shard.primary != self.node_id || !shard.in_sync.contains(&self.node_id) {
             return Ok(report);
         }
         let Some(pointer) = &shard.manifest else {
