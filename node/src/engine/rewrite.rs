@@ -230,19 +230,11 @@ impl Engine {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
         };
-        // Read before the version: every chunk numbered below it is in the version (see `settled_below`). Nor may
-        // the mark pass a part of a statement spanning shards not settled yet: it is not in the files.
-        let settled_below = table.settled_below();
-        let settled_below = table
-            .version()
-            .iter()
-            .filter(|c| c.meta.unsettled())
-            .map(|c| c.seq)
-            .min()
-            .unwrap_or(u64::MAX)
-            .min(settled_below);
+        // Every chunk numbered below it is in the version, and none is part of a statement not settled yet (not in
+        // the files the mark moves past).
+        let (version, settled_below) = table.tierable();
         let hot: Vec<Arc<Chunk>> =
-            table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
+            version.iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
         let hot_change = dml::hot_change(state, table, compiled, &hot)?;
         let schema = table.schema();
         let candidates: Vec<ColdFile> =

@@ -433,19 +433,9 @@ impl Engine {
             let (mut pointer, mut current) = self.shard_manifest(table, &shard).await?;
             self.adopt(table, &current).await;
             let mark = cold::mark_of(&current.hot_through, table.mark_id());
-            // Only chunks below every number an insert in progress may still commit (read before the version): the
-            // mark must not cover a chunk that appears later.
-            let settled_below = table.settled_below();
-            let version = table.version();
-            // Nor a part of a statement spanning shards not settled yet: it may still be removed, and its rows are
-            // not everybody's to see.
-            let settled_below = version
-                .iter()
-                .filter(|c| c.meta.unsettled())
-                .map(|c| c.seq)
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(settled_below);
+            // Only chunks below every number an insert in progress may still commit: the mark must not cover a
+            // chunk that appears later, nor a part of a statement spanning shards not settled yet.
+            let (version, settled_below) = table.tierable();
             let mut chunks: Vec<Arc<Chunk>> =
                 version.iter().filter(|c| c.seq > mark && c.seq < settled_below).cloned().collect();
             if let Some(cutoff) = cutoff {

@@ -303,6 +303,17 @@ impl ShardReplica {
         pinned.keys().next().copied().map_or(next, |first| first.min(next))
     }
 
+    /// The current version, and the number a tiering mark may not reach in it: [`ShardReplica::settled_below`]
+    /// (read before the version), and the first chunk that is part of a statement spanning shards not settled yet
+    /// (it may still be removed, and its rows are not everybody's to see).
+    pub(crate) fn tierable(&self) -> (Version, u64) {
+        let settled_below = self.settled_below();
+        let version = self.version();
+        let below =
+            version.iter().filter(|c| c.meta.unsettled()).map(|c| c.seq).min().unwrap_or(u64::MAX).min(settled_below);
+        (version, below)
+    }
+
     /// Starts this shard's part of an insert.
     pub(crate) fn appender(self: &Arc<Self>) -> ShardAppender {
         ShardAppender {

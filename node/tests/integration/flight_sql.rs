@@ -303,24 +303,15 @@ async fn bulk_ingest_streams_rows_and_rejects_a_mismatched_schema() {
     assert_eq!(f.count("events").await, 10_001);
 
     tracing::info!("phase: strings sent as views or with 64-bit offsets are the table's TEXT");
-    let views = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("name", DataType::Utf8View, true),
-    ]));
-    let viewed = RecordBatch::try_new(
-        views,
-        vec![Arc::new(Int64Array::from(vec![20_000])), Arc::new(arrow::array::StringViewArray::from(vec!["view"]))],
-    )
-    .expect("batch");
-    let large = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("name", DataType::LargeUtf8, true),
-    ]));
-    let large = RecordBatch::try_new(
-        large,
-        vec![Arc::new(Int64Array::from(vec![20_001])), Arc::new(arrow::array::LargeStringArray::from(vec!["large"]))],
-    )
-    .expect("batch");
+    let other_layout = |id: i64, name: arrow::array::ArrayRef| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", name.data_type().clone(), true),
+        ]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![id])), name]).expect("batch")
+    };
+    let viewed = other_layout(20_000, Arc::new(arrow::array::StringViewArray::from(vec!["view"])));
+    let large = other_layout(20_001, Arc::new(arrow::array::LargeStringArray::from(vec!["large"])));
     let append = ingest_command("events", TableNotExistOption::Fail, TableExistsOption::Append);
     let appended = f.client.execute_ingest(append, futures::stream::iter([Ok(viewed), Ok(large)])).await;
     assert_eq!(appended.expect("strings of other layouts"), 2);

@@ -607,24 +607,27 @@ fn free_addr() -> String {
     listener.local_addr().expect("addr").to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catches_up_when_it_returns() {
-    let cold = tempfile::tempdir().expect("tempdir");
+/// Three nodes at fixed addresses (returned) that fail shards over quickly, and a table `name` (`id`, `v`) of one
+/// shard with a copy on each, led by node 2 (node 1 leads the metadata group, which must stay up to fail the shard
+/// over); returns the table's id and the shard's placed configuration too.
+async fn three_led_by_two(
+    cold: &std::path::Path,
+    name: &str,
+) -> ([Node; 3], Vec<String>, quiver_meta::TableId, ShardRecord) {
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let tmp = || tempfile::tempdir().expect("tempdir");
-    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), FAST_FAILOVER).await;
-    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
-    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold, FAST_FAILOVER).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold, FAST_FAILOVER).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold, FAST_FAILOVER).await;
     one.engine
-        .execute_one("CREATE TABLE f (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 3)")
+        .execute_one(&format!("CREATE TABLE {name} (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 3)"))
         .await
         .expect("create");
     for node in [&one, &two, &three] {
-        until_attached(&node.engine, "f").await;
+        until_attached(&node.engine, name).await;
     }
-    let table = one.engine.hot_table("f").expect("table").def().id;
+    let table = one.engine.hot_table(name).expect("table").def().id;
     let shard = one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("shard");
-    // Node 2 leads the shard (node 1 leads the metadata group, which must stay up to fail the shard over).
     let placed = MetaCommand::SetShardReplicas {
         shard_id: shard.shard_id,
         replicas: vec![1, 2, 3],
@@ -636,6 +639,14 @@ async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catche
     let placed = until_config(&two, shard.shard_id, &[1, 2, 3], 2).await;
     until_epoch(&one, shard.shard_id, placed.epoch).await;
     until_epoch(&three, shard.shard_id, placed.epoch).await;
+    ([one, two, three], addrs, table, placed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catches_up_when_it_returns() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let ([one, two, three], addrs, table, placed) = three_led_by_two(cold.path(), "f").await;
+    let shard = placed.clone();
     let write = |node: &Node, epoch: u64, ids: Vec<i64>| {
         let request = WriteShardRequest {
             table_id: table.0,
@@ -1164,32 +1175,7 @@ async fn count_sum(node: &Node, table: &str) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_shard_tiers_on_its_primary_and_every_copy_reads_its_rows_once_also_after_a_failover() {
     let cold = tempfile::tempdir().expect("tempdir");
-    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let tmp = || tempfile::tempdir().expect("tempdir");
-    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), FAST_FAILOVER).await;
-    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
-    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), FAST_FAILOVER).await;
-    one.engine
-        .execute_one("CREATE TABLE c (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 1, replicas = 3)")
-        .await
-        .expect("create");
-    for node in [&one, &two, &three] {
-        until_attached(&node.engine, "c").await;
-    }
-    let table = one.engine.hot_table("c").expect("table").def().id;
-    let shard = one.engine.meta().read_local(|s| s.table_shards(table).next().cloned()).expect("shard");
-    // Node 2 leads the shard (node 1 leads the metadata group, which must stay up to fail the shard over).
-    let placed = MetaCommand::SetShardReplicas {
-        shard_id: shard.shard_id,
-        replicas: vec![1, 2, 3],
-        in_sync: vec![1, 2, 3],
-        primary: 2,
-        expected_epoch: None,
-    };
-    one.engine.meta().propose(placed).await.expect("propose").into_result().expect("placed");
-    let placed = until_config(&two, shard.shard_id, &[1, 2, 3], 2).await;
-    until_epoch(&one, shard.shard_id, placed.epoch).await;
-    until_epoch(&three, shard.shard_id, placed.epoch).await;
+    let ([one, two, three], _, table, shard) = three_led_by_two(cold.path(), "c").await;
     let sum = |lo: i64, hi: i64| (lo..=hi).sum::<i64>();
     one.engine.execute_one("INSERT INTO c SELECT value, 1 FROM generate_series(1, 1000)").await.expect("insert");
 
