@@ -1429,6 +1429,12 @@ mod tests {
         assert_eq!(totals(&engine).await, expected(700), "and after another restart");
     }
 
+    /// The name the first file of table `t`'s hot chunks up to `max_seq` gets (nonce 1).
+    fn first_file_path(engine: &Engine, table: &HotTable, shard: &ShardRecord, max_seq: u64) -> String {
+        let replica = table.only_shard();
+        Manifest::data_path(table.def().id.0, shard.shard_id.0, engine.node_id, replica.mark_id(), max_seq, 1)
+    }
+
     /// Steps 1 to 3 of a tiering of table `t`'s hot chunks, behind the engine's back: the pointer moves, and the
     /// engine neither learns of it nor removes the chunks (a crash, or a commit whose answer was lost).
     async fn commit_unnoticed(engine: &Engine) -> Vec<Arc<Chunk>> {
@@ -1441,14 +1447,7 @@ mod tests {
         let schema = table.schema();
         let batches: Vec<RecordBatch> =
             chunks.iter().map(|c| table.read_chunk(c, None, &schema).expect("read")).collect();
-        let path = Manifest::data_path(
-            table.def().id.0,
-            shard.shard_id.0,
-            engine.node_id,
-            table.only_shard().mark_id(),
-            max_seq,
-            1,
-        );
+        let path = first_file_path(engine, &table, &shard, max_seq);
         let bytes = cold::write_parquet(
             &store,
             "test",
@@ -1525,14 +1524,7 @@ mod tests {
         let table = engine.hot_table("t").expect("table");
         let max_seq = table.only_shard().version().iter().map(|c| c.seq).max().expect("chunks");
         let shard = engine.shard_record(table.only_shard()).expect("shard");
-        let path = Manifest::data_path(
-            table.def().id.0,
-            shard.shard_id.0,
-            engine.node_id,
-            table.only_shard().mark_id(),
-            max_seq,
-            1,
-        );
+        let path = first_file_path(&engine, &table, &shard, max_seq);
         // An upload that never got committed: a stray object, which the retry leaves alone.
         let store = engine.cold_store().expect("store");
         store
