@@ -101,8 +101,10 @@ pub(crate) enum InjectedBugKind {
 pub enum InjectedBug {
     /// A primary acknowledges a change once it is durable here, sending it to its backups on the side.
     AckBeforeBackups,
-    /// A node trusts the shard configuration it replayed: a sole in-sync copy acknowledges without confirming it is
-    /// still the primary, and shard requests do not wait for the metadata to catch up after a start.
+    /// A node trusts its own view of a shard's configuration: a primary whose backups refused or missed a change
+    /// acknowledges it without them when the metadata group does not take them out of the in-sync set (it deposed
+    /// the primary, or cannot be reached), a sole in-sync copy acknowledges without confirming it is still the
+    /// primary, and shard requests do not wait for the metadata to catch up after a start.
     DeposedPrimaryAccepts,
     /// A replica serves a scan at whatever epoch it is asked, and a statement routes by the configuration its node
     /// has applied, unconfirmed.

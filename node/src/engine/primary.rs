@@ -341,8 +341,25 @@ impl Engine {
         .await;
         let failed: Vec<(u64, String)> =
             backups.iter().zip(sent).filter_map(|(b, r)| r.err().map(|why| (*b, why))).collect();
-        let current =
-            if failed.is_empty() { record } else { self.take_out_of_sync(&record, &failed).await.map_err(&unknown)? };
+        let current = if failed.is_empty() {
+            record
+        } else if self.injected(InjectedBugKind::DeposedPrimaryAccepts) {
+            // The injected bug: a primary whose backups refused or missed the change goes on without them when the
+            // metadata group does not take them out of the in-sync set (it deposed this node, or cannot be reached),
+            // as if its own view of the configuration were the cluster's.
+            match self.take_out_of_sync(&record, &failed).await {
+                Ok(current) => current,
+                Err(_) => {
+                    let out: Vec<u64> = failed.iter().map(|(n, _)| *n).collect();
+                    ShardRecord {
+                        in_sync: record.in_sync.iter().copied().filter(|n| !out.contains(n)).collect(),
+                        ..record
+                    }
+                }
+            }
+        } else {
+            self.take_out_of_sync(&record, &failed).await.map_err(&unknown)?
+        };
         if !backups.is_empty() {
             self.metrics.shard_replication_latency.observe(started.elapsed());
         }

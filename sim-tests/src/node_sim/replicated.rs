@@ -270,17 +270,16 @@ pub(super) async fn check(
             if tries > 50 {
                 let seqs = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().map(|c| c.0).collect::<BTreeSet<_>>();
                 let (mine, theirs) = (seqs(&held), seqs(&expected));
-                let status = |e: &quiver_node::Engine| {
-                    let r = e.hot_table(TABLE).map(|t| t.def().id);
-                    format!("{r:?}")
-                };
-                let _ = status;
+                let primary_has: BTreeMap<u64, &(u64, Vec<u8>, Vec<u8>)> = expected.iter().map(|c| (c.0, c)).collect();
+                let differ: Vec<u64> =
+                    held.iter().filter(|c| primary_has.get(&c.0).is_some_and(|p| *p != *c)).map(|c| c.0).collect();
                 let here = engine.replica_status(shard.table_id, shard.shard_id, shard.epoch, shard.primary).await;
                 let there =
                     primary_engine.replica_status(shard.table_id, shard.shard_id, shard.epoch, shard.primary).await;
                 return Err(format!(
-                    "replicated shard: in-sync node {id} holds chunks {:?} the primary {} does not, and lacks {:?}; \
-                     its log {:?}, the primary's {:?}",
+                    "replicated shard: in-sync node {id} holds chunks {:?} the primary {} does not, lacks {:?}, and \
+                     holds chunks {differ:?} other than the primary's of the same numbers; its log {:?}, the \
+                     primary's {:?}",
                     mine.difference(&theirs).collect::<Vec<_>>(),
                     shard.primary,
                     theirs.difference(&mine).collect::<Vec<_>>(),
