@@ -350,6 +350,10 @@ pub struct Engine {
     /// Shards with changes prepared here and not committed yet, which [`Engine::tend_shards`] settles once this node
     /// leads them.
     unsettled: std::sync::Mutex<std::collections::BTreeSet<(TableId, ShardId)>>,
+    /// As a primary: when this node first saw each undecided statement spanning shards with a part in a shard it
+    /// leads (`Engine::resolve_abandoned` holds it `transaction_hold` from then; in memory, so a restart or a new
+    /// primary holds it longer, never shorter).
+    undecided_since: std::sync::Mutex<HashMap<u64, tokio::time::Instant>>,
     /// Rounds of [`Engine::tend_shards`] so far.
     tend_rounds: std::sync::atomic::AtomicU64,
     /// Whether the metadata replica caught up with the metadata group since the engine opened (shard requests wait
@@ -560,6 +564,7 @@ impl Engine {
             peers: primary::Peers::default(),
             commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            undecided_since: std::sync::Mutex::new(HashMap::new()),
             tend_rounds: std::sync::atomic::AtomicU64::new(0),
             meta_confirmed: std::sync::atomic::AtomicBool::new(false),
             shards_served: std::sync::atomic::AtomicBool::new(false),
@@ -1601,6 +1606,9 @@ fn recover_chunks(store: &dyn HotStore, catalog: &Catalog) -> Result<RecoveredCh
     }
     for (shard, id) in shard_values(store, keys::all_mark_range(), "mark identity", &live, &mut garbage)? {
         by_shard.entry(shard).or_default().mark_id = Some(id);
+    }
+    for (shard, version) in shard_values(store, keys::all_removals_range(), "settled removal", &live, &mut garbage)? {
+        by_shard.entry(shard).or_default().removals_settled = version;
     }
     if !garbage.is_empty() {
         tracing::info!(keys = garbage.ops().len(), "removing uncommitted chunk data");

@@ -90,6 +90,14 @@ impl Engine {
             return Err(refuse("this node's prepared changes are not settled".into()));
         }
         let record = self.catch_up_record(shard, target)?;
+        // A replica is admitted with no removal pending in the shard (its reset clears every mark it holds): removals
+        // by statements spanning shards that are decided are settled first, and an undecided one defers the catch-up.
+        self.resolve_decided_locked(&replica, record.epoch).await?;
+        if replica.version().iter().any(|c| c.meta.removed_by != 0) {
+            return Err(refuse(
+                "a statement spanning shards is removing rows of it; the catch-up resumes next time".into(),
+            ));
+        }
         if record.in_sync.contains(&target) {
             // Another catch-up admitted it meanwhile.
             return Ok(CatchUpReport { epoch: record.epoch, ..report });

@@ -143,7 +143,7 @@ impl Engine {
         if added.is_empty() {
             return Ok(0);
         }
-        self.replicate_change(&replica, epoch, added, Vec::new(), Vec::new()).await?;
+        self.replicate_change(&replica, epoch, added, Vec::new(), Vec::new(), 0).await?;
         self.metrics.rows_ingested.add(rows);
         Ok(rows)
     }
@@ -208,8 +208,10 @@ impl Engine {
     }
 
     /// Makes a change of a shard this node leads at `epoch` durable on every in-sync copy, then visible here: the
-    /// change adds `added` (numbered by the replica) and removes the chunks numbered in `removed`. The caller holds
-    /// the replica's DML lock.
+    /// change adds `added` (numbered by the replica) and removes the chunks numbered in `removed`, and settles the
+    /// statements spanning shards in `resolved`. As a part of statement `txn` spanning shards (unless 0), it marks
+    /// the chunks in `removed` removed by that statement instead (`crate::table::ChunkMeta::removed_by`), and `added`
+    /// are tagged with it. The caller holds the replica's DML lock.
     ///
     /// # Errors
     ///
@@ -223,6 +225,7 @@ impl Engine {
         added: Vec<ReplicatedChunk>,
         removed: Vec<u64>,
         resolved: Vec<crate::table::log::Resolution>,
+        txn: u64,
     ) -> Result<()> {
         let (table, shard) = (replica.def().id, replica.shard_id());
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
@@ -237,7 +240,7 @@ impl Engine {
             return Err(Error::ColdUnavailable { detail });
         }
         let lsn = replica.log_end() + 1;
-        let change = LoggedChange { lsn, term: epoch, added, removed, resolved };
+        let change = LoggedChange { lsn, term: epoch, added, removed, resolved, txn };
         let r = Arc::clone(replica);
         let mine = change.clone();
         let changes = crate::blocking::run("prepare a shard's change", move || -> Result<Vec<LoggedChange>> {
@@ -246,7 +249,7 @@ impl Engine {
             for n in r.prepared_lsns() {
                 changes.extend(r.prepared_change(n)?);
             }
-            r.prepare(mine.lsn, mine.term, epoch, mine.added.clone(), mine.removed.clone(), mine.resolved.clone())?;
+            r.prepare(epoch, mine.clone())?;
             changes.push(mine);
             Ok(changes)
         })
@@ -480,7 +483,7 @@ impl Engine {
             let r = Arc::clone(&replica);
             let next_seq = replica.next_seq();
             match crate::blocking::run("delete a shard that left this node", move || {
-                r.reset(Vec::new(), &[], 0, next_seq, &[])
+                r.reset(Vec::new(), &[], 0, next_seq, &[], 0)
             })
             .await
             {
@@ -580,6 +583,7 @@ impl Engine {
                     .iter()
                     .map(|r| TransactionOutcome { txn: r.txn, commit: r.commit, version: r.version })
                     .collect(),
+                txn: change.txn,
             };
             match tokio::time::timeout(timeout, client.replicate(request)).await {
                 Ok(Ok(_)) => {}
@@ -706,6 +710,7 @@ impl Engine {
             reset: false,
             keep: Vec::new(),
             resolved: Vec::new(),
+            txn: 0,
         };
         match tokio::time::timeout(timeout, client.replicate(request)).await {
             Ok(Ok(_)) => true,

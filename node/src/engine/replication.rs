@@ -53,6 +53,8 @@ pub struct ReplicatedChange {
     pub reset: Option<Vec<u64>>,
     /// The statements spanning shards whose parts the change settles.
     pub resolved: Vec<crate::table::log::Resolution>,
+    /// The statement spanning shards the change is a part of (0: none): it marks the chunks it removes.
+    pub txn: u64,
 }
 
 /// What a replica of one shard holds ([`Engine::replica_status`]).
@@ -213,6 +215,7 @@ impl Engine {
             discard_after,
             reset,
             resolved,
+            txn,
         } = change;
         let replica = self.replica_for(table, shard, epoch, from_node).await?;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
@@ -223,17 +226,23 @@ impl Engine {
         if now != Some(epoch) {
             return Err(refuse(format!("the shard moved from epoch {epoch} to {now:?} meanwhile")));
         }
+        // A catch-up replaces the replica's chunks wholesale, after removals by statements spanning shards that the
+        // primary settled: readers at a snapshot older than the metadata now may have expected the removed chunks.
+        let removals_floor = match reset {
+            Some(_) => self.meta.read_state(|s| s.version()).await?,
+            None => 0,
+        };
         let r = Arc::clone(&replica);
         crate::blocking::run("apply a replicated change", move || -> Result<()> {
             if let Some(keep) = reset {
-                return r.reset(added, &keep, commit_through, next_seq, &resolved);
+                return r.reset(added, &keep, commit_through, next_seq, &resolved, removals_floor);
             }
             if let Some(lsn) = discard_after {
                 r.discard_after(lsn)?;
             }
             if lsn > 0 {
                 let term = if term == 0 { epoch } else { term };
-                r.prepare(lsn, term, epoch, added, removed, resolved)?;
+                r.prepare(epoch, crate::table::log::LoggedChange { lsn, term, added, removed, resolved, txn })?;
             } else if !added.is_empty() || !removed.is_empty() {
                 r.apply(added, &removed, next_seq)?;
             }

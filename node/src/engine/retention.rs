@@ -75,7 +75,7 @@ impl Engine {
                 report.chunks = expired.len();
                 report.hot_rows = expired.iter().map(|c| c.meta.rows).sum();
                 let removed = expired.iter().map(|c| c.seq).collect();
-                self.replicate_change(table, record.epoch, Vec::new(), removed, Vec::new()).await?;
+                self.replicate_change(table, record.epoch, Vec::new(), removed, Vec::new(), 0).await?;
             }
         } else {
             let through = match table.cold() {

@@ -33,6 +33,11 @@ use crate::table::{Chunk, HotTable, ShardReplica};
 /// How often a statement retries its manifest commit when another node moved the pointer meanwhile.
 const COMMIT_ATTEMPTS: usize = 8;
 
+/// How long a DELETE or UPDATE waits for the outcome of a statement spanning shards that is removing rows of the same
+/// shard, and how often it looks.
+const PENDING_REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const PENDING_REMOVAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A file written by a statement, and the rows it matched in what it replaces.
 struct Rewritten {
     matched: u64,
@@ -110,7 +115,7 @@ impl Engine {
         let mut affected = 0;
         let mut changed_shards = Vec::new();
         for (shard, _, _) in &shards {
-            match self.change_shard_rows(state, shard, &compiled, None).await {
+            match self.change_shard_rows(state, shard, &compiled, None, 0).await.map(|(n, _)| n) {
                 Ok(n) => {
                     affected += n;
                     if n > 0 {
@@ -134,37 +139,62 @@ impl Engine {
         Ok(affected)
     }
 
-    /// Applies a compiled DELETE or UPDATE to one shard this node leads at `epoch`; returns the rows it affected. A
-    /// shard whose only in-sync copy is this node changes here, hot and cold rows alike; a replicated one (all hot)
-    /// changes as one change of its log, durable on every in-sync copy before it is visible.
+    /// Applies a compiled DELETE or UPDATE to one shard this node leads at `epoch`, as a part of statement `txn`
+    /// spanning shards unless 0; returns the rows it affected, and whether the change is such a part (to be settled
+    /// once the statement is decided). A shard whose only in-sync copy is this node changes here, hot and cold rows
+    /// alike, unless a part; otherwise the change is one change of the shard's log, durable on every in-sync copy
+    /// before it is visible (a part's stays invisible until its statement commits). A statement that reaches the
+    /// shard's cold files commits on its own, in the shard's manifest, and is no part.
+    ///
+    /// Rows a statement spanning shards is removing, undecided, cannot be changed before its outcome is known: the
+    /// change waits for it ([`PENDING_REMOVAL_WAIT`]), then is refused (retryable).
     ///
     /// # Errors
     ///
-    /// [`Error::ShardUnavailable`] when the shard moved past `epoch` or its prepared changes could not be settled
-    /// (nothing changed); the errors of [`Engine::replicate_change`].
+    /// [`Error::ShardUnavailable`] when the shard moved past `epoch`, its prepared changes could not be settled or
+    /// a removal stayed undecided (nothing changed); the errors of [`Engine::replicate_change`].
     pub(super) async fn change_led_shard(
         &self,
         state: &dyn Session,
         replica: &Arc<ShardReplica>,
         compiled: &Compiled,
         epoch: u64,
-    ) -> Result<u64> {
+        txn: u64,
+    ) -> Result<(u64, bool)> {
         let shard = replica.shard_id();
-        let _serialized = replica.dml_lock.lock().await;
+        let waited_from = tokio::time::Instant::now();
+        let _serialized = loop {
+            let serialized = replica.dml_lock.lock().await;
+            let record = self.shard_record_of(replica.def().id, shard)?;
+            if record.epoch != epoch {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.0,
+                    detail: format!("the shard moved from epoch {epoch} to {} meanwhile", record.epoch),
+                });
+            }
+            self.check_primary(&record)?;
+            // Parts of statements spanning shards whose decision is recorded are settled first: the statement sees
+            // every acknowledged row, and changes none it cannot see.
+            self.resolve_decided_locked(replica, epoch).await?;
+            let Some(pending) = replica.version().iter().map(|c| c.meta.removed_by).find(|t| *t != 0) else {
+                break serialized;
+            };
+            drop(serialized);
+            if waited_from.elapsed() >= PENDING_REMOVAL_WAIT {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.0,
+                    detail: format!(
+                        "statement {pending:x} spanning shards is changing its rows and is not decided yet; nothing \
+                         was changed: retry the statement"
+                    ),
+                });
+            }
+            tokio::time::sleep(PENDING_REMOVAL_POLL).await;
+        };
         let record = self.shard_record_of(replica.def().id, shard)?;
-        if record.epoch != epoch {
-            return Err(Error::ShardUnavailable {
-                shard: shard.0,
-                detail: format!("the shard moved from epoch {epoch} to {} meanwhile", record.epoch),
-            });
-        }
-        self.check_primary(&record)?;
-        // Parts of statements spanning shards whose decision is recorded are settled first: the statement sees every
-        // acknowledged row, and changes none it cannot see.
-        self.resolve_decided_locked(replica, epoch).await?;
         let alone = record.in_sync.iter().all(|n| *n == self.node_id) && replica.log_end() == replica.committed_lsn();
-        if alone {
-            return self.change_shard_rows(state, replica, compiled, None).await;
+        if alone && txn == 0 {
+            return self.change_shard_rows(state, replica, compiled, None, 0).await;
         }
         if !self.settle(replica).await? {
             return Err(Error::ShardUnavailable {
@@ -172,31 +202,39 @@ impl Engine {
                 detail: "its prepared changes are not settled".into(),
             });
         }
-        self.change_shard_rows(state, replica, compiled, Some(epoch)).await
+        self.change_shard_rows(state, replica, compiled, Some(epoch), txn).await
     }
 
     /// Commits `change` of hot rows of `replica`: in this store alone (`epoch` `None`), or as one change of the
-    /// shard's log, which this node leads at `epoch`, durable on every in-sync copy.
+    /// shard's log, which this node leads at `epoch`, durable on every in-sync copy, a part of statement `txn`
+    /// spanning shards unless 0 (its rows tagged with it, the chunks it replaces marked removed by it). Returns the
+    /// rows affected, and whether the change is such a part.
     async fn commit_hot_change(
         &self,
         replica: &Arc<ShardReplica>,
         change: HotChange,
         epoch: Option<u64>,
-    ) -> Result<u64> {
-        let Some(epoch) = epoch else { return dml::commit_hot(replica, change).await };
+        txn: u64,
+    ) -> Result<(u64, bool)> {
+        let Some(epoch) = epoch else { return Ok((dml::commit_hot(replica, change).await?, false)) };
         if change.changed.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let removed: Vec<u64> = change.changed.iter().map(|(chunk, _)| chunk.seq).collect();
-        // The rows changed are seen by the readers that saw the rows they come from.
-        let visible_from = change.changed.iter().map(|(chunk, _)| chunk.meta.visible_from).max().unwrap_or(0);
+        // The rows changed are seen by the readers that saw the rows they come from (a part's, once its statement
+        // commits, which is later).
+        let visible_from = if txn == 0 {
+            change.changed.iter().map(|(chunk, _)| chunk.meta.visible_from).max().unwrap_or(0)
+        } else {
+            0
+        };
         let rows: Vec<RecordBatch> =
             change.changed.into_iter().map(|(_, rows)| rows).filter(|b| b.num_rows() > 0).collect();
         let r = Arc::clone(replica);
         let added =
-            crate::blocking::run("encode changed rows", move || r.encode_chunks(rows, 0, visible_from)).await??;
-        self.replicate_change(replica, epoch, added, removed, Vec::new()).await?;
-        Ok(change.affected)
+            crate::blocking::run("encode changed rows", move || r.encode_chunks(rows, txn, visible_from)).await??;
+        self.replicate_change(replica, epoch, added, removed, Vec::new(), txn).await?;
+        Ok((change.affected, txn != 0))
     }
 
     /// [`Engine::change_rows`] on one shard, this node's store alone (`epoch` `None`) or as the shard's primary at
@@ -211,7 +249,8 @@ impl Engine {
         table: &Arc<ShardReplica>,
         compiled: &Compiled,
         epoch: Option<u64>,
-    ) -> Result<u64> {
+        txn: u64,
+    ) -> Result<(u64, bool)> {
         let view = match table.cold() {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
@@ -220,7 +259,7 @@ impl Engine {
             let hot: Vec<Arc<Chunk>> =
                 table.version().iter().filter(|c| c.seq > view.hot_through && !c.meta.unsettled()).cloned().collect();
             let change = dml::hot_change(state, table, compiled, &hot)?;
-            return self.commit_hot_change(table, change, epoch).await;
+            return self.commit_hot_change(table, change, epoch, txn).await;
         }
         // Work from the shard's current manifest: the files to rewrite and the mark must be the latest.
         let shard = self.shard_record(table)?;
@@ -252,7 +291,7 @@ impl Engine {
             }
         }
         if replaced.is_empty() {
-            return self.commit_hot_change(table, hot_change, epoch).await;
+            return self.commit_hot_change(table, hot_change, epoch, txn).await;
         }
         let moved: Vec<Arc<Chunk>> = hot.iter().filter(|c| c.seq < settled_below).cloned().collect();
         let tiered = if hot_change.changed.is_empty() {
@@ -314,7 +353,7 @@ impl Engine {
                     crate::blocking::run("remove tiered chunks", move || t.replace(&moved, Vec::new())).await??;
                     self.metrics.rows_tiered.add(rows);
                 }
-                return Ok(affected);
+                return Ok((affected, false));
             }
         }
         Err(Error::ColdUnavailable {

@@ -325,12 +325,12 @@ impl Engine {
             (Ok(rows), true) => Ok(rows),
             (Ok(_), false) => Err(Error::ShardUnavailable {
                 shard: 0,
-                detail: "a shard's primary took the statement for abandoned and aborted it; nothing was written".into(),
+                detail: "a shard's primary took the statement for abandoned and aborted it; it took no effect".into(),
             }),
             // The abort is recorded: no part is visible, or ever will be.
             (Err(Error::OutcomeUnknown { shard, detail }), false) => Err(Error::ShardUnavailable {
                 shard,
-                detail: format!("{detail}; the statement was rolled back, nothing was written"),
+                detail: format!("{detail}; the statement was rolled back and took no effect"),
             }),
             (Err(e), false) => Err(e),
             (Err(e), true) => Err(Error::Internal(format!(
@@ -601,9 +601,16 @@ impl Engine {
     ) -> Result<u64> {
         let compiled = dml::compile(state, change)?;
         let mut statement: Option<String> = None;
+        // A statement over several shards is one transaction, as an insert is (`engine::transactions`): each shard's
+        // part is written tagged with its id, the rows it replaces marked, and all become visible together once the
+        // metadata group records its commit.
+        let txn = if table.shards().len() > 1 { Self::new_transaction_id()? } else { 0 };
         let mut affected = 0;
-        let mut changed: Vec<ShardId> = Vec::new();
-        for replica in table.shards() {
+        // Positions of the shards changed as parts of `txn`, and shards changed on their own (their cold files).
+        let mut tagged: BTreeSet<usize> = BTreeSet::new();
+        let mut committed: Vec<ShardId> = Vec::new();
+        let mut failed = None;
+        for (i, replica) in table.shards().iter().enumerate() {
             let shard = replica.shard_id();
             let mut last = None;
             let mut result = None;
@@ -613,13 +620,13 @@ impl Engine {
                 }
                 let record = self.shard_record_of(table.def().id, shard)?;
                 let outcome = if record.primary == self.node_id {
-                    self.change_led_shard(state, replica, &compiled, record.epoch).await
+                    self.change_led_shard(state, replica, &compiled, record.epoch, txn).await
                 } else {
                     let sql = match &statement {
                         Some(sql) => sql.clone(),
                         None => statement.insert(statement_sql(table.def(), change)?).clone(),
                     };
-                    self.change_remote(&record, sql).await
+                    self.change_remote(&record, sql, txn).await
                 };
                 match outcome {
                     Err(e @ Error::ShardUnavailable { .. }) => last = Some(e),
@@ -629,50 +636,79 @@ impl Engine {
                     }
                 }
             }
-            let result = result.unwrap_or_else(|| Err(last.unwrap_or_else(|| Error::Internal("no attempt".into()))));
-            match result {
-                Ok(n) => {
+            match result.unwrap_or_else(|| Err(last.unwrap_or_else(|| Error::Internal("no attempt".into())))) {
+                Ok((n, part)) => {
                     affected += n;
-                    if n > 0 {
-                        changed.push(shard);
+                    if part {
+                        tagged.insert(i);
+                    } else if n > 0 {
+                        committed.push(shard);
                     }
                 }
-                Err(e) if changed.is_empty() => return Err(e),
                 Err(e) => {
-                    let done: Vec<String> = changed.iter().map(ToString::to_string).collect();
-                    return Err(Error::OutcomeUnknown {
-                        shard: shard.0,
-                        detail: format!(
-                            "the statement on table \"{}\" was applied in part: shards {} changed {affected} rows \
-                             before this one failed ({}); check the table before running it again",
-                            table.def().name,
-                            done.join(", "),
-                            e.report()
-                        ),
-                    });
+                    failed = Some((shard, e));
+                    break;
                 }
             }
         }
-        Ok(affected)
+        // Shards changed on their own cannot be rolled back: a failure after one is a partial outcome.
+        let partial = |shard: ShardId, e: &Error| {
+            let done: Vec<String> = committed.iter().map(ToString::to_string).collect();
+            Error::OutcomeUnknown {
+                shard: shard.0,
+                detail: format!(
+                    "the statement on table \"{}\" was applied in part: the cold files of shards {} changed before \
+                     shard {shard} failed ({}); check the table before running it again",
+                    table.def().name,
+                    done.join(", "),
+                    e.report()
+                ),
+            }
+        };
+        let outcome = match failed {
+            None => Ok(affected),
+            Some((shard, e)) if !committed.is_empty() => {
+                let partial = partial(shard, &e);
+                if !tagged.is_empty() {
+                    // The parts are rolled back; the shards changed on their own stay changed.
+                    let _ = self.finish_transaction(table, txn, &tagged, Err(e)).await;
+                }
+                return Err(partial);
+            }
+            Some((_, e)) => Err(e),
+        };
+        if tagged.is_empty() {
+            return outcome;
+        }
+        self.finish_transaction(table, txn, &tagged, outcome).await
     }
 
     /// Sends a DELETE or UPDATE of one shard to its primary on another node; returns the rows it affected there.
-    async fn change_remote(&self, record: &ShardRecord, statement: String) -> Result<u64> {
+    async fn change_remote(&self, record: &ShardRecord, statement: String, txn: u64) -> Result<(u64, bool)> {
         let (table_id, shard_id, epoch) = (record.table_id.0, record.shard_id.0, record.epoch);
-        let request = ChangeShardRequest { table_id, shard_id, epoch, statement };
-        self.call_primary(record, |mut client| async move { client.change_shard(request).await }).await.map(|r| r.rows)
+        let request = ChangeShardRequest { table_id, shard_id, epoch, statement, txn };
+        self.call_primary(record, |mut client| async move { client.change_shard(request).await })
+            .await
+            .map(|r| (r.rows, r.tagged))
     }
 
     /// Applies a DELETE or UPDATE (`statement`, SQL against the table) to one shard this node leads at `epoch`, as
-    /// one change of its log; returns the rows it affected. A statement another node routed here
-    /// (`ShardService.ChangeShard`).
+    /// one change of its log, a part of statement `txn` spanning shards unless 0; returns the rows it affected and
+    /// whether the change is such a part. A statement another node routed here (`ShardService.ChangeShard`).
     ///
     /// # Errors
     ///
     /// [`Error::ShardUnavailable`] when the epoch is not the shard's or this node is not its primary (nothing
     /// changed); [`Error::Plan`] for a statement that is not a DELETE or UPDATE of the shard's table; the errors of
     /// the statement.
-    pub async fn change_shard(&self, table: TableId, shard: ShardId, epoch: u64, statement: &str) -> Result<u64> {
+    pub async fn change_shard(
+        &self,
+        table: TableId,
+        shard: ShardId,
+        epoch: u64,
+        statement: &str,
+        txn: u64,
+    ) -> Result<(u64, bool)> {
         use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
         let (_, hot, replica) = self.led_shard(table, shard, epoch).await?;
         let state = self.ctx.state();
@@ -689,7 +725,7 @@ impl Engine {
         }
         let change = dml::analyze(&hot.def().name, &input, op == WriteOp::Update)?;
         let compiled = dml::compile(&state, &change)?;
-        self.change_led_shard(&state, &replica, &compiled, epoch).await
+        self.change_led_shard(&state, &replica, &compiled, epoch, txn).await
     }
 }
 

@@ -101,7 +101,11 @@ impl Engine {
                 detail: "its prepared changes are not settled".into(),
             });
         }
-        let parts = replica.version().iter().filter(|c| c.meta.txn == txn && c.meta.unsettled()).count() as u64;
+        let parts = replica
+            .version()
+            .iter()
+            .filter(|c| (c.meta.txn == txn && c.meta.pending_part()) || c.meta.removed_by == txn)
+            .count() as u64;
         if parts == 0 {
             return Ok(0);
         }
@@ -116,7 +120,7 @@ impl Engine {
             });
         };
         let resolution = Resolution { txn, commit: decision.commit, version: decision.version };
-        self.replicate_change(replica, epoch, Vec::new(), Vec::new(), vec![resolution]).await?;
+        self.replicate_change(replica, epoch, Vec::new(), Vec::new(), vec![resolution], 0).await?;
         self.metrics.transaction_parts_settled.inc();
         Ok(parts)
     }
@@ -126,23 +130,21 @@ impl Engine {
     /// [`crate::engine::ReplicationOptions::transaction_hold`] (their coordinator is lost: decided aborted here, unless
     /// its commit landed first). Runs on the shards' duty rounds.
     pub(super) async fn resolve_abandoned(&self) {
-        let now = crate::clock::unix_ms();
-        let hold = self.replication.transaction_hold.as_millis() as u64;
+        let now = tokio::time::Instant::now();
+        let hold = self.replication.transaction_hold;
+        let mut seen = std::collections::HashSet::new();
         for replica in self.replicas() {
             let Some(record) = self.meta.read_local(|s| s.shard(replica.shard_id()).cloned()) else { continue };
             if record.primary != self.node_id {
                 continue;
             }
-            let mut oldest: std::collections::BTreeMap<u64, u64> = Default::default();
-            for c in replica.version().iter().filter(|c| c.meta.unsettled()) {
-                let at = oldest.entry(c.meta.txn).or_insert(u64::MAX);
-                *at = (*at).min(c.meta.written_ms);
-            }
             let mut decided = BTreeSet::new();
-            for (txn, written_ms) in oldest {
+            for txn in replica.unsettled_txns() {
+                seen.insert(txn);
+                let since = *self.undecided_since.lock().expect("undecided lock poisoned").entry(txn).or_insert(now);
                 if self.meta.read_local(|s| s.transaction(txn)).is_some() {
                     decided.insert(txn);
-                } else if now.saturating_sub(written_ms) >= hold {
+                } else if now.saturating_duration_since(since) >= hold {
                     match self.decide(txn, false).await {
                         Ok(r) => {
                             tracing::info!(txn = format!("{txn:x}"), commit = r.commit, shard = %record.shard_id, "a statement spanning shards whose coordinator is gone was decided");
@@ -158,5 +160,6 @@ impl Engine {
                 }
             }
         }
+        self.undecided_since.lock().expect("undecided lock poisoned").retain(|txn, _| seen.contains(txn));
     }
 }

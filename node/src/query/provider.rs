@@ -188,6 +188,21 @@ impl TableProvider for HotTableProvider {
                 }
                 .into());
             }
+            // Chunks a statement spanning shards removed, settled at a version after the snapshot, are gone here, and
+            // the rows that replaced them are not for this reader either.
+            if let Some(s) = snapshot
+                && shard.removals_settled() > s
+            {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.shard_id().0,
+                    detail: format!(
+                        "rows of it were changed by a statement committed at metadata version {}, after this \
+                         statement's snapshot {s}; retry the statement",
+                        shard.removals_settled()
+                    ),
+                }
+                .into());
+            }
             let unread = version.iter().filter(|c| c.seq > cold.hot_through).cloned();
             match &read_at {
                 Some(read_at) => hot.extend(read_at.visible(unread)),

@@ -8,12 +8,13 @@
 //!   count, minimum and maximum. Index entries are small and all of them are held in memory, so a query prunes chunks
 //!   without reading them, and tiering and retention judge their age without reading them either.
 //!
-//! Index entry layout (little-endian): `b'Q' 3u8 rows:u64 data_bytes:u64 written_ms:u64 txn:u64 visible_from:u64
-//! columns:u32 null_count:u64*columns` followed by an Arrow IPC stream of a two-row batch (row 0: minimums, row 1:
-//! maximums; NULL where unknown). `written_ms` is milliseconds since the Unix epoch. `txn` and `visible_from` say
-//! when the chunk's rows become visible (see [`ChunkMeta::visible`]). Version 1 entries, written before chunks
-//! carried their age, lack it and read as 0: tiering by age takes them at once, retention never drops them. Version
-//! 1 and 2 entries lack `txn` and `visible_from` and read as 0: visible to every reader.
+//! Index entry layout (little-endian): `b'Q' 4u8 rows:u64 data_bytes:u64 written_ms:u64 txn:u64 visible_from:u64
+//! removed_by:u64 columns:u32 null_count:u64*columns` followed by an Arrow IPC stream of a two-row batch (row 0:
+//! minimums, row 1: maximums; NULL where unknown). `written_ms` is milliseconds since the Unix epoch. `txn` and
+//! `visible_from` say when the chunk's rows become visible, `removed_by` when they stop being (see
+//! [`ChunkMeta::visible`]). Version 1 entries, written before chunks carried their age, lack it and read as 0:
+//! tiering by age takes them at once, retention never drops them. Version 1 and 2 entries lack `txn` and
+//! `visible_from` and read as 0: visible to every reader. Entries before version 4 lack `removed_by` and read as 0.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use datafusion_functions_aggregate_common::min_max::{MaxAccumulator, MinAccumula
 use crate::error::{Error, Result};
 
 const INDEX_MAGIC: u8 = b'Q';
-const INDEX_VERSION: u8 = 3;
+const INDEX_VERSION: u8 = 4;
 
 /// What the index entry of a chunk says about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,10 @@ pub(crate) struct ChunkMeta {
     /// statement that wrote them; 0: at once, or not settled yet): a reader whose snapshot is older does not see
     /// them.
     pub(crate) visible_from: u64,
+    /// The statement spanning shards that removes the chunk (0: none), until the shard's log settles it: the chunk
+    /// stays visible to every reader that does not see that statement's commit. Once settled, a committed removal
+    /// deletes the chunk and an aborted one clears the mark.
+    pub(crate) removed_by: u64,
     /// Per column: NULLs in the chunk.
     pub(crate) null_counts: Vec<u64>,
     /// Per column: the minimum, or a NULL scalar when unknown.
@@ -102,7 +107,17 @@ pub(crate) fn compute_meta(batch: &RecordBatch, data_bytes: u64, written_ms: u64
         min.push(column_min_max(column, field.data_type(), true));
         max.push(column_min_max(column, field.data_type(), false));
     }
-    ChunkMeta { rows: batch.num_rows() as u64, data_bytes, written_ms, txn: 0, visible_from: 0, null_counts, min, max }
+    ChunkMeta {
+        rows: batch.num_rows() as u64,
+        data_bytes,
+        written_ms,
+        txn: 0,
+        visible_from: 0,
+        removed_by: 0,
+        null_counts,
+        min,
+        max,
+    }
 }
 
 impl ChunkMeta {
@@ -113,9 +128,16 @@ impl ChunkMeta {
     /// A settled chunk, or one of no such statement, is visible from its `visible_from` on; one whose statement is
     /// not settled in the shard's log yet is visible only once its commit is recorded, at or before the snapshot. A
     /// chunk whose statement is undecided, aborted or forgotten unsettled is seen by nobody (its part is removed, or
-    /// settled, by the shard's primary).
+    /// settled, by the shard's primary). A chunk a statement removes (`removed_by`, not settled yet) is no longer
+    /// seen once that statement's commit is recorded at or before the snapshot.
     pub(crate) fn visible(&self, snapshot: Option<u64>, decision: impl Fn(u64) -> Option<(bool, u64)>) -> bool {
-        let from = if !self.unsettled() {
+        if self.removed_by != 0
+            && let Some((true, version)) = decision(self.removed_by)
+            && snapshot.is_none_or(|s| version <= s)
+        {
+            return false;
+        }
+        let from = if !self.pending_part() {
             self.visible_from
         } else {
             match decision(self.txn) {
@@ -126,9 +148,22 @@ impl ChunkMeta {
         snapshot.is_none_or(|s| from <= s)
     }
 
-    /// Whether the chunk is part of a statement spanning shards that the shard's log has not settled yet.
+    /// Whether the chunk is added or removed by a statement spanning shards that the shard's log has not settled
+    /// yet.
     pub(crate) fn unsettled(&self) -> bool {
+        self.pending_part() || self.removed_by != 0
+    }
+
+    /// Whether the chunk is added by a statement spanning shards that the shard's log has not settled yet.
+    pub(crate) fn pending_part(&self) -> bool {
         self.txn != 0 && self.visible_from == 0
+    }
+
+    /// The statements spanning shards, not settled yet, that add or remove the chunk.
+    pub(crate) fn pending_txns(&self) -> impl Iterator<Item = u64> {
+        [self.pending_part().then_some(self.txn), (self.removed_by != 0).then_some(self.removed_by)]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -159,6 +194,7 @@ pub(crate) fn encode_meta(meta: &ChunkMeta, schema: &Schema) -> Result<Vec<u8>> 
     out.extend_from_slice(&meta.written_ms.to_le_bytes());
     out.extend_from_slice(&meta.txn.to_le_bytes());
     out.extend_from_slice(&meta.visible_from.to_le_bytes());
+    out.extend_from_slice(&meta.removed_by.to_le_bytes());
     out.extend_from_slice(&(meta.null_counts.len() as u32).to_le_bytes());
     for n in &meta.null_counts {
         out.extend_from_slice(&n.to_le_bytes());
@@ -201,10 +237,11 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
     };
     let rows = u64_at(2)?;
     let data_bytes = u64_at(10)?;
-    let (written_ms, txn, visible_from, mut at) = match version {
-        1 => (0, 0, 0, 18),
-        2 => (u64_at(18)?, 0, 0, 26),
-        _ => (u64_at(18)?, u64_at(26)?, u64_at(34)?, 42),
+    let (written_ms, txn, visible_from, removed_by, mut at) = match version {
+        1 => (0, 0, 0, 0, 18),
+        2 => (u64_at(18)?, 0, 0, 0, 26),
+        3 => (u64_at(18)?, u64_at(26)?, u64_at(34)?, 0, 42),
+        _ => (u64_at(18)?, u64_at(26)?, u64_at(34)?, u64_at(42)?, 50),
     };
     let count = bytes.get(at..at + 4).ok_or_else(|| corrupt("truncated chunk index entry"))?;
     let columns = u32::from_le_bytes(count.try_into().expect("slice of 4 bytes")) as usize;
@@ -227,7 +264,7 @@ pub(crate) fn decode_meta(bytes: &[u8], location: impl Fn() -> String) -> Result
         min.push(ScalarValue::try_from_array(col, 0).map_err(|_| corrupt("bad minimum"))?);
         max.push(ScalarValue::try_from_array(col, 1).map_err(|_| corrupt("bad maximum"))?);
     }
-    Ok(ChunkMeta { rows, data_bytes, written_ms, txn, visible_from, null_counts, min, max })
+    Ok(ChunkMeta { rows, data_bytes, written_ms, txn, visible_from, removed_by, null_counts, min, max })
 }
 
 #[cfg(test)]
@@ -286,16 +323,23 @@ mod tests {
         // visibility) as visible to every reader.
         let mut v1 = bytes[..18].to_vec();
         v1[1] = 1;
-        v1.extend_from_slice(&bytes[42..]);
+        v1.extend_from_slice(&bytes[50..]);
         let back = decode_meta(&v1, || "t".into()).expect("decode a version 1 entry");
         assert_eq!(back, ChunkMeta { written_ms: 0, ..meta.clone() });
         let mut v2 = bytes[..26].to_vec();
         v2[1] = 2;
-        v2.extend_from_slice(&bytes[42..]);
+        v2.extend_from_slice(&bytes[50..]);
         assert_eq!(decode_meta(&v2, || "t".into()).expect("decode a version 2 entry"), meta);
+        // A version 3 entry (no removal mark) as removed by nothing.
         let tagged = ChunkMeta { txn: 77, visible_from: 0, ..meta.clone() };
+        let tagged_bytes = encode_meta(&tagged, &b.schema()).expect("encode");
+        let mut v3 = tagged_bytes[..42].to_vec();
+        v3[1] = 3;
+        v3.extend_from_slice(&tagged_bytes[50..]);
+        assert_eq!(decode_meta(&v3, || "t".into()).expect("decode a version 3 entry"), tagged);
         let stamped = ChunkMeta { txn: 77, visible_from: 12, ..meta.clone() };
-        for m in [&tagged, &stamped] {
+        let removing = ChunkMeta { removed_by: 78, ..stamped.clone() };
+        for m in [&tagged, &stamped, &removing] {
             assert_eq!(&decode_meta(&encode_meta(m, &b.schema()).expect("encode"), || "t".into()).expect("decode"), m);
         }
     }
@@ -310,9 +354,18 @@ mod tests {
         let stamped = ChunkMeta { txn: 5, visible_from: 10, ..meta.clone() };
         assert!(!stamped.visible(Some(9), undecided) && stamped.visible(Some(10), undecided));
         assert!(stamped.visible(None, undecided));
-        let tagged = ChunkMeta { txn: 5, ..meta };
+        let tagged = ChunkMeta { txn: 5, ..meta.clone() };
         assert!(!tagged.visible(None, undecided) && !tagged.visible(None, aborted));
         assert!(!tagged.visible(Some(9), committed_at_10) && tagged.visible(Some(10), committed_at_10));
         assert!(tagged.visible(None, committed_at_10));
+        // A chunk being removed: seen until the removal's commit is in the reader's snapshot.
+        let removing = ChunkMeta { removed_by: 6, ..meta.clone() };
+        assert!(removing.visible(None, undecided) && removing.visible(Some(3), undecided));
+        assert!(removing.visible(None, aborted) && removing.visible(Some(9), committed_at_10));
+        assert!(!removing.visible(Some(10), committed_at_10) && !removing.visible(None, committed_at_10));
+        assert!(removing.unsettled() && !removing.pending_part());
+        assert_eq!(removing.pending_txns().collect::<Vec<_>>(), vec![6]);
+        let both = ChunkMeta { txn: 5, removed_by: 6, ..meta };
+        assert_eq!(both.pending_txns().collect::<Vec<_>>(), vec![5, 6]);
     }
 }

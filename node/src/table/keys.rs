@@ -9,6 +9,8 @@
 //! 0x07 table:u64be shard:u64be lsn:u64be  -> a prepared change of the shard's log (`crate::table::log`)
 //! 0x08 table:u64be shard:u64be            -> the shard's commit point: the last change of its log committed here
 //! 0x09 table:u64be shard:u64be            -> the identity the cold tier marks the replica's tiered chunks under
+//! 0x0a table:u64be shard:u64be            -> the metadata version of the last removal by a statement spanning shards
+//!                                            settled here (u64): older readers are refused
 //! 0x10 …                                  -> the metadata replica: Raft log, vote, snapshot (quiver_meta's layout)
 //! ```
 //!
@@ -47,6 +49,7 @@ const FLOOR_TAG: u8 = 0x06;
 const PREPARED_TAG: u8 = 0x07;
 const COMMIT_TAG: u8 = 0x08;
 const MARK_TAG: u8 = 0x09;
+const REMOVALS_TAG: u8 = 0x0a;
 /// The length of a chunk key.
 const CHUNK_KEY_LEN: usize = 25;
 
@@ -104,6 +107,17 @@ pub(crate) fn mark_key(table: TableId, shard: ShardId) -> Vec<u8> {
     shard_prefix(MARK_TAG, table, shard)
 }
 
+/// Returns the key of the metadata version of the last removal by a statement spanning shards that the shard
+/// replica settled (`crate::table::ShardReplica::removals_settled`).
+pub(crate) fn removals_key(table: TableId, shard: ShardId) -> Vec<u8> {
+    shard_prefix(REMOVALS_TAG, table, shard)
+}
+
+/// Returns the `[start, end)` range of every shard replica's last settled removal.
+pub(crate) fn all_removals_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![REMOVALS_TAG], vec![REMOVALS_TAG + 1])
+}
+
 /// Returns the `[start, end)` range of every prepared change.
 pub(crate) fn all_prepared_range() -> (Vec<u8>, Vec<u8>) {
     (vec![PREPARED_TAG], vec![PREPARED_TAG + 1])
@@ -131,9 +145,9 @@ pub(crate) fn parse_prepared_key(key: &[u8]) -> Option<ChunkId> {
     })
 }
 
-/// Splits a floor, commit point or mark identity key into its table and shard.
+/// Splits a floor, commit point, mark identity or settled removal key into its table and shard.
 pub(crate) fn parse_shard_key(key: &[u8]) -> Option<(TableId, ShardId)> {
-    if key.len() != 17 || !matches!(key[0], FLOOR_TAG | COMMIT_TAG | MARK_TAG) {
+    if key.len() != 17 || !matches!(key[0], FLOOR_TAG | COMMIT_TAG | MARK_TAG | REMOVALS_TAG) {
         return None;
     }
     Some((

@@ -10,7 +10,9 @@
 //!
 //! A change may also settle parts of statements spanning shards ([`Resolution`]): committing it rewrites the index
 //! entries of a committed statement's chunks (visible from the decision's metadata version on, untagged) and removes
-//! an aborted statement's chunks, on every replica alike.
+//! an aborted statement's chunks, on every replica alike. A change that is itself a part of such a statement (`txn`)
+//! does not remove chunks: it marks them removed by the statement ([`crate::table::ChunkMeta::removed_by`]), and
+//! settling the statement removes them (commit) or clears the marks (abort).
 
 use crate::error::{Error, Result};
 
@@ -28,6 +30,8 @@ pub(crate) struct PreparedChange {
     pub(crate) removed: Vec<u64>,
     /// The statements spanning shards whose parts it settles.
     pub(crate) resolved: Vec<Resolution>,
+    /// The statement spanning shards the change is a part of (0: none): its removals are marks until settled.
+    pub(crate) txn: u64,
 }
 
 /// What the metadata group decided of one statement spanning shards, as a change of a shard's log settles it.
@@ -54,11 +58,13 @@ pub(crate) struct LoggedChange {
     pub(crate) removed: Vec<u64>,
     /// The statements spanning shards whose parts it settles.
     pub(crate) resolved: Vec<Resolution>,
+    /// The statement spanning shards the change is a part of (0: none).
+    pub(crate) txn: u64,
 }
 
 /// The record format's version, first byte of every record: 2 adds the term (version 1 records read as term 0), 3
-/// the resolutions (none in earlier records).
-const RECORD_VERSION: u8 = 3;
+/// the resolutions (none in earlier records), 4 the statement the change is a part of (0 in earlier records).
+const RECORD_VERSION: u8 = 4;
 
 impl PreparedChange {
     /// Encodes the record (the lsn is in its key).
@@ -81,6 +87,7 @@ impl PreparedChange {
             out.push(u8::from(r.commit));
             out.extend_from_slice(&r.version.to_be_bytes());
         }
+        out.extend_from_slice(&self.txn.to_be_bytes());
         out
     }
 
@@ -101,7 +108,7 @@ impl PreparedChange {
         let version = take(1)?[0];
         let term = match version {
             1 => 0,
-            2 | RECORD_VERSION => u64_of(take(8)?),
+            2..=RECORD_VERSION => u64_of(take(8)?),
             _ => return Err(corrupt("unknown prepared change record version")),
         };
         let count = u32_of(take(4)?);
@@ -129,10 +136,11 @@ impl PreparedChange {
                 resolved.push(Resolution { txn, commit, version: u64_of(take(8)?) });
             }
         }
+        let txn = if version >= 4 { u64_of(take(8)?) } else { 0 };
         if !rest.is_empty() {
             return Err(corrupt("the prepared change record has trailing bytes"));
         }
-        Ok(Self { lsn, term, added, removed, resolved })
+        Ok(Self { lsn, term, added, removed, resolved, txn })
     }
 }
 
@@ -151,6 +159,7 @@ mod tests {
                 Resolution { txn: 7, commit: true, version: 40 },
                 Resolution { txn: 8, commit: false, version: 41 },
             ],
+            txn: 12,
         };
         let bytes = change.encode();
         assert_eq!(PreparedChange::decode(9, &bytes, || "test".into()).expect("decode"), change);
@@ -160,10 +169,16 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(PreparedChange::decode(9, &longer, || "test".into()).is_err());
-        // A record of the first version has no term, of the first two no resolutions.
-        let plain = PreparedChange { resolved: Vec::new(), ..change.clone() };
+        // A record of the first version has no term, of the first two no resolutions, of the first three no
+        // statement.
+        let whole = PreparedChange { txn: 0, ..change.clone() };
+        let whole_bytes = whole.encode();
+        let mut third = whole_bytes[..whole_bytes.len() - 8].to_vec();
+        third[0] = 3;
+        assert_eq!(PreparedChange::decode(9, &third, || "test".into()).expect("version 3"), whole);
+        let plain = PreparedChange { resolved: Vec::new(), txn: 0, ..change.clone() };
         let plain_bytes = plain.encode();
-        let without = &plain_bytes[..plain_bytes.len() - 4];
+        let without = &plain_bytes[..plain_bytes.len() - 12];
         let mut second = without.to_vec();
         second[0] = 2;
         assert_eq!(PreparedChange::decode(9, &second, || "test".into()).expect("version 2"), plain);

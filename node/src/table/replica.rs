@@ -86,6 +86,9 @@ pub(crate) struct ShardReplica {
     pushed_commit: AtomicU64,
     /// The identity under which the cold tier's manifests mark the chunks this replica tiered ([`keys::mark_key`]).
     mark_id: AtomicU64,
+    /// The metadata version of the last removal by a statement spanning shards settled here ([`keys::removals_key`]):
+    /// the removed chunks are gone, so a reader at an older snapshot, which would still see them, is refused.
+    removals_settled: AtomicU64,
 }
 
 /// A new mark identity: random, never the shard's own mark's key.
@@ -96,6 +99,25 @@ fn new_mark_id() -> Result<u64> {
             return Ok(id);
         }
     }
+}
+
+/// The index entry of chunk `seq` as a run of changes being committed left it so far: rewritten (`restamped`), added
+/// by an earlier change of the run, or as `current` holds it; `None` when it is not held or was removed.
+fn meta_now(
+    current: &[Arc<Chunk>],
+    added: &[Arc<Chunk>],
+    restamped: &BTreeMap<u64, ChunkMeta>,
+    removed: &HashSet<u64>,
+    seq: u64,
+) -> Option<ChunkMeta> {
+    if removed.contains(&seq) {
+        return None;
+    }
+    if let Some(meta) = restamped.get(&seq) {
+        return Some(meta.clone());
+    }
+    let held = current.binary_search_by_key(&seq, |c| c.seq).ok().map(|i| &current[i]);
+    held.or_else(|| added.iter().find(|c| c.seq == seq)).map(|c| c.meta.clone())
 }
 
 /// What recovery found of one shard replica in the hot store.
@@ -111,6 +133,8 @@ pub(crate) struct RecoveredShard {
     pub(crate) committed_lsn: u64,
     /// The identity its tiered chunks are marked under, if one was stored.
     pub(crate) mark_id: Option<u64>,
+    /// The metadata version of the last removal by a statement spanning shards settled here (0: none).
+    pub(crate) removals_settled: u64,
 }
 
 impl ShardReplica {
@@ -124,7 +148,7 @@ impl ShardReplica {
         recovered: RecoveredShard,
         store_id: u64,
     ) -> Self {
-        let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id } = recovered;
+        let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id, removals_settled } = recovered;
         let schema = Arc::new(def.arrow_schema());
         let mut list: Vec<Arc<Chunk>> = chunks
             .into_iter()
@@ -159,7 +183,14 @@ impl ShardReplica {
             committed_lsn: AtomicU64::new(committed_lsn),
             pushed_commit: AtomicU64::new(0),
             mark_id: AtomicU64::new(mark_id.unwrap_or(store_id)),
+            removals_settled: AtomicU64::new(removals_settled),
         }
+    }
+
+    /// The metadata version of the last removal by a statement spanning shards settled on this replica: a reader
+    /// whose snapshot is older would miss both the removed rows and the rows that replaced them, and is refused.
+    pub(crate) fn removals_settled(&self) -> u64 {
+        self.removals_settled.load(Ordering::Acquire)
     }
 
     /// The identity under which the cold tier's manifests mark the chunks this replica tiered: its chunks up to that
@@ -447,9 +478,11 @@ impl ShardReplica {
         out.into_iter().map(|(txn, version)| Resolution { txn, commit: true, version }).collect()
     }
 
-    /// The statements spanning shards with parts in this replica's committed chunks not settled yet.
+    /// The statements spanning shards with parts in this replica's committed chunks not settled yet (chunks they add or
+    /// remove).
     pub(crate) fn unsettled_txns(&self) -> Vec<u64> {
-        let mut txns: Vec<u64> = self.version().iter().filter(|c| c.meta.unsettled()).map(|c| c.meta.txn).collect();
+        let mut txns: Vec<u64> =
+            self.version().iter().flat_map(|c| c.meta.pending_txns().collect::<Vec<_>>()).collect();
         txns.sort_unstable();
         txns.dedup();
         txns
@@ -543,6 +576,7 @@ impl ShardReplica {
         committed_lsn: u64,
         next_seq: u64,
         resolved: &[Resolution],
+        removals_settled: u64,
     ) -> Result<()> {
         let keep: HashSet<u64> = keep.iter().copied().collect();
         let current = self.version();
@@ -566,12 +600,20 @@ impl ShardReplica {
         let committed: BTreeMap<u64, u64> = resolved.iter().filter(|r| r.commit).map(|r| (r.txn, r.version)).collect();
         let mut restamped = BTreeMap::new();
         for c in current.iter().chain(new_chunks.iter()).filter(|c| keep.contains(&c.seq) && c.meta.unsettled()) {
-            if let Some(version) = committed.get(&c.meta.txn) {
-                let settled = ChunkMeta { visible_from: *version, ..c.meta.clone() };
+            let mut settled = c.meta.clone();
+            if let Some(version) = committed.get(&c.meta.txn).filter(|_| c.meta.pending_part()) {
+                settled.visible_from = *version;
+            }
+            // The primary catches a replica up only while no removal is pending in the shard: a mark this replica
+            // still holds was settled there (an abort, since the chunk is kept).
+            settled.removed_by = 0;
+            if settled != c.meta {
                 batch.put(keys::index_key(self.def.id, self.shard, c.seq), chunk::encode_meta(&settled, &self.schema)?);
                 restamped.insert(c.seq, settled);
             }
         }
+        let removals_settled = removals_settled.max(self.removals_settled());
+        batch.put(keys::removals_key(self.def.id, self.shard), removals_settled.to_be_bytes().to_vec());
         let prepared: Vec<PreparedChange> =
             self.prepared.lock().expect("prepared lock poisoned").values().cloned().collect();
         for change in &prepared {
@@ -591,6 +633,7 @@ impl ShardReplica {
         batch.put(keys::mark_key(self.def.id, self.shard), mark_id.to_be_bytes().to_vec());
         self.tables.commit(batch)?;
         let new_chunks = new_chunks.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
+        self.removals_settled.fetch_max(removals_settled, Ordering::AcqRel);
         self.install_restamped(&gone, new_chunks, restamped);
         self.mark_id.store(mark_id, Ordering::Release);
         self.remark_cold();
@@ -657,15 +700,8 @@ impl ShardReplica {
     /// [`crate::Error::ShardUnavailable`] for a hole in the log or a prepared change of the same number from the
     /// sender's own epoch that differs; [`crate::Error::Parameter`] for a chunk whose index entry does not fit the
     /// table; store errors.
-    pub(crate) fn prepare(
-        &self,
-        lsn: u64,
-        term: u64,
-        epoch: u64,
-        added: Vec<crate::engine::ReplicatedChunk>,
-        removed: Vec<u64>,
-        resolved: Vec<Resolution>,
-    ) -> Result<()> {
+    pub(crate) fn prepare(&self, epoch: u64, change: LoggedChange) -> Result<()> {
+        let LoggedChange { lsn, term, added, removed, resolved, txn } = change;
         let refuse = |detail: String| crate::error::Error::ShardUnavailable { shard: self.shard.0, detail };
         // A primary sends only changes above its commit point, and a replica's commit point never passes its
         // primary's: a change at or below it comes from a sender whose log is behind this replica's (a node that lost
@@ -709,7 +745,7 @@ impl ShardReplica {
             batch.put(key, data);
             entries.push((seq, index));
         }
-        let change = PreparedChange { lsn, term, added: entries, removed, resolved };
+        let change = PreparedChange { lsn, term, added: entries, removed, resolved, txn };
         batch.put(keys::prepared_key(self.def.id, self.shard, lsn), change.encode());
         self.next_seq.fetch_max(highest, Ordering::Relaxed);
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
@@ -752,7 +788,14 @@ impl ShardReplica {
             })?;
             added.push((seq, index, data));
         }
-        Ok(Some(LoggedChange { lsn, term: change.term, added, removed: change.removed, resolved: change.resolved }))
+        Ok(Some(LoggedChange {
+            lsn,
+            term: change.term,
+            added,
+            removed: change.removed,
+            resolved: change.resolved,
+            txn: change.txn,
+        }))
     }
 
     /// Encodes rows (already conformed) as new chunks of this shard, numbered now, written nowhere yet: an insert
@@ -803,10 +846,12 @@ impl ShardReplica {
         let current = self.version();
         let mut present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
         let mut batch = WriteBatch::new();
-        let mut added = Vec::new();
+        let mut added: Vec<Arc<Chunk>> = Vec::new();
         let mut removed: HashSet<u64> = HashSet::new();
-        // Chunks of settled statements, by number: their index entries as rewritten.
+        // Index entries these changes rewrite (removal marks, settled statements), by number, as they stand after the
+        // changes so far.
         let mut restamped: BTreeMap<u64, ChunkMeta> = BTreeMap::new();
+        let mut removals_settled = self.removals_settled();
         for change in &changes {
             for (seq, index) in &change.added {
                 if present.insert(*seq) {
@@ -815,30 +860,52 @@ impl ShardReplica {
                 }
             }
             for seq in &change.removed {
-                batch.delete(keys::index_key(self.def.id, self.shard, *seq));
-                removed.insert(*seq);
+                if change.txn == 0 {
+                    batch.delete(keys::index_key(self.def.id, self.shard, *seq));
+                    removed.insert(*seq);
+                } else if let Some(meta) = meta_now(&current, &added, &restamped, &removed, *seq) {
+                    // A part of a statement spanning shards marks the chunks it removes; settling removes them.
+                    let marked = ChunkMeta { removed_by: change.txn, ..meta };
+                    batch.put(
+                        keys::index_key(self.def.id, self.shard, *seq),
+                        chunk::encode_meta(&marked, &self.schema)?,
+                    );
+                    restamped.insert(*seq, marked);
+                }
             }
             for r in &change.resolved {
-                let parts = current.iter().map(|c| (c.seq, &c.meta)).chain(added.iter().map(|c| (c.seq, &c.meta)));
-                let matching: Vec<(u64, ChunkMeta)> = parts
-                    .filter(|(seq, m)| m.txn == r.txn && m.unsettled() && !removed.contains(seq))
-                    .map(|(seq, m)| (seq, m.clone()))
-                    .collect();
-                for (seq, meta) in matching {
-                    if r.commit {
-                        let settled = ChunkMeta { visible_from: r.version, ..meta };
-                        batch.put(
-                            keys::index_key(self.def.id, self.shard, seq),
-                            chunk::encode_meta(&settled, &self.schema)?,
-                        );
-                        restamped.insert(seq, settled);
+                let seqs: Vec<u64> = current.iter().chain(added.iter()).map(|c| c.seq).collect();
+                for seq in seqs {
+                    let Some(meta) = meta_now(&current, &added, &restamped, &removed, seq) else { continue };
+                    let settled = if meta.pending_part() && meta.txn == r.txn {
+                        r.commit.then(|| ChunkMeta { visible_from: r.version, ..meta })
+                    } else if meta.removed_by == r.txn {
+                        if r.commit {
+                            removals_settled = removals_settled.max(r.version);
+                        }
+                        (!r.commit).then(|| ChunkMeta { removed_by: 0, ..meta })
                     } else {
-                        batch.delete(keys::index_key(self.def.id, self.shard, seq));
-                        removed.insert(seq);
+                        continue;
+                    };
+                    match settled {
+                        Some(settled) => {
+                            batch.put(
+                                keys::index_key(self.def.id, self.shard, seq),
+                                chunk::encode_meta(&settled, &self.schema)?,
+                            );
+                            restamped.insert(seq, settled);
+                        }
+                        None => {
+                            batch.delete(keys::index_key(self.def.id, self.shard, seq));
+                            removed.insert(seq);
+                        }
                     }
                 }
             }
             batch.delete(keys::prepared_key(self.def.id, self.shard, change.lsn));
+        }
+        if removals_settled > self.removals_settled() {
+            batch.put(keys::removals_key(self.def.id, self.shard), removals_settled.to_be_bytes().to_vec());
         }
         batch.put(keys::commit_key(self.def.id, self.shard), last.to_be_bytes().to_vec());
         self.tables.commit(batch)?;
@@ -849,6 +916,8 @@ impl ShardReplica {
         }
         let added = added.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
         let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
+        // Readers too old to see a settled removal are refused before its chunks leave.
+        self.removals_settled.fetch_max(removals_settled, Ordering::AcqRel);
         self.install_restamped(&gone, added, restamped);
         let mut prepared = self.prepared.lock().expect("prepared lock poisoned");
         for change in &changes {

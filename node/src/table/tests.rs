@@ -15,6 +15,17 @@ async fn open(dir: &std::path::Path) -> Arc<Engine> {
     Engine::open(StorageLocation::Path(dir.to_path_buf()), options).await.expect("open")
 }
 
+/// Change `lsn` of a shard's log, numbered at `term`, as the replication stream carries it.
+fn logged(
+    lsn: u64,
+    term: u64,
+    added: Vec<crate::engine::ReplicatedChunk>,
+    removed: Vec<u64>,
+    resolved: Vec<super::log::Resolution>,
+) -> super::log::LoggedChange {
+    super::log::LoggedChange { lsn, term, added, removed, resolved, txn: 0 }
+}
+
 async fn rows(engine: &Engine, sql: &str) -> Vec<RecordBatch> {
     engine.execute_one(sql).await.expect(sql).collect().await.expect(sql)
 }
@@ -237,10 +248,10 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     {
         let copy = engine.hot_table("copy").expect("table");
         let replica = copy.only_shard();
-        replica.prepare(1, 1, 1, first.to_vec(), vec![], vec![]).expect("prepare 1");
-        replica.prepare(2, 1, 1, rest.to_vec(), vec![], vec![]).expect("prepare 2");
-        replica.prepare(3, 1, 1, again, vec![], vec![]).expect("prepare 3");
-        replica.prepare(1, 1, 1, first.to_vec(), vec![], vec![]).expect("prepared twice: nothing changes");
+        replica.prepare(1, logged(1, 1, first.to_vec(), vec![], vec![])).expect("prepare 1");
+        replica.prepare(1, logged(2, 1, rest.to_vec(), vec![], vec![])).expect("prepare 2");
+        replica.prepare(1, logged(3, 1, again, vec![], vec![])).expect("prepare 3");
+        replica.prepare(1, logged(1, 1, first.to_vec(), vec![], vec![])).expect("prepared twice: nothing changes");
         assert_eq!(replica.prepared_lsns(), [1, 2, 3]);
     }
     assert_eq!(count_sum(&engine, "copy").await.0, 0, "prepared changes are not visible");
@@ -271,7 +282,7 @@ async fn prepared_changes_stay_invisible_across_restarts_until_committed_and_dis
     assert_eq!(count_sum(&engine, "copy").await, (250, 31_375));
     assert!(replica.version().iter().all(|c| c.seq != 1000), "the discarded change's chunk never became visible");
     // A change at or below the commit point is refused: its sender's log is behind this replica's.
-    let behind = replica.prepare(2, 1, 1, rest.to_vec(), vec![], vec![]).expect_err("an old change");
+    let behind = replica.prepare(1, logged(2, 1, rest.to_vec(), vec![], vec![])).expect_err("an old change");
     assert!(behind.to_string().contains("commit point"), "{behind}");
     assert!(replica.prepared_lsns().is_empty());
 }
@@ -285,18 +296,18 @@ async fn a_new_primarys_change_replaces_an_earlier_primarys_and_the_log_has_no_h
     let copy = engine.hot_table("copy").expect("table");
     let replica = copy.only_shard();
     // The primary of epoch 1 sends changes 1 and 2 (term 1).
-    replica.prepare(1, 1, 1, a.clone(), vec![], vec![]).expect("prepare 1");
-    replica.prepare(2, 1, 1, b.clone(), vec![], vec![]).expect("prepare 2");
+    replica.prepare(1, logged(1, 1, a.clone(), vec![], vec![])).expect("prepare 1");
+    replica.prepare(1, logged(2, 1, b.clone(), vec![], vec![])).expect("prepare 2");
     // A change that skips a number is refused: the replica missed one and must catch up.
-    let hole = replica.prepare(4, 1, 1, c.clone(), vec![], vec![]).expect_err("a hole in the log");
+    let hole = replica.prepare(1, logged(4, 1, c.clone(), vec![], vec![])).expect_err("a hole in the log");
     assert!(hole.to_string().contains("missing"), "{hole}");
     // The primary of epoch 3 never had change 2: its own change 2 replaces it, and its copy of change 1 (term 1,
     // sent again) is the one the replica holds.
-    replica.prepare(1, 1, 3, a.clone(), vec![], vec![]).expect("change 1 again");
-    replica.prepare(2, 3, 3, c.clone(), vec![], vec![]).expect("the new primary's change 2");
+    replica.prepare(3, logged(1, 1, a.clone(), vec![], vec![])).expect("change 1 again");
+    replica.prepare(3, logged(2, 3, c.clone(), vec![], vec![])).expect("the new primary's change 2");
     assert_eq!(replica.prepared_lsns(), [1, 2]);
     // A different change 2 under a term as new as the sender's epoch is refused, not replaced.
-    let clash = replica.prepare(2, 2, 3, b, vec![], vec![]).expect_err("two changes 2 of current terms");
+    let clash = replica.prepare(3, logged(2, 2, b, vec![], vec![])).expect_err("two changes 2 of current terms");
     assert!(clash.to_string().contains("term"), "{clash}");
     assert_eq!(replica.commit_through(2).expect("commit"), 2);
     let expected = |chunk: &(u64, Vec<u8>, Vec<u8>)| chunk.0;
@@ -347,7 +358,7 @@ async fn a_chunk_received_again_after_its_replica_dropped_it_keeps_its_data_when
     assert_eq!(count_sum(&engine, "copy").await, count_sum(&engine, "source").await);
     // A reader holds the chunks while the shard leaves the node (everything dropped)...
     let held = replica.version();
-    replica.reset(Vec::new(), &[], 0, next_seq, &[]).expect("dropped");
+    replica.reset(Vec::new(), &[], 0, next_seq, &[], 0).expect("dropped");
     assert_eq!(count_sum(&engine, "copy").await.0, 0);
     // ...and comes back: the same chunk numbers are sent again before the reader lets the old ones go.
     replica.apply(chunks.clone(), &[], next_seq).expect("caught up again");
@@ -382,15 +393,15 @@ async fn parts_of_statements_spanning_shards_stay_unseen_until_settled_and_settl
         seven.iter().map(|c| chunk::decode_meta(&c.1, || "t".into()).expect("meta").rows as i64).sum();
     {
         let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
-        replica.prepare(1, 1, 1, seven, vec![], vec![]).expect("prepare 1");
-        replica.prepare(2, 1, 1, eight, vec![], vec![]).expect("prepare 2");
+        replica.prepare(1, logged(1, 1, seven, vec![], vec![])).expect("prepare 1");
+        replica.prepare(1, logged(2, 1, eight, vec![], vec![])).expect("prepare 2");
         assert_eq!(replica.commit_through(2).expect("commit"), 2);
         assert_eq!(replica.unsettled_txns(), [7, 8]);
         assert_eq!(count_sum(&engine, "copy").await.0, 0, "committed in the log, and undecided: unseen");
         // One change settles both: 7 committed at metadata version 1, 8 aborted.
         let resolved =
             vec![Resolution { txn: 7, commit: true, version: 1 }, Resolution { txn: 8, commit: false, version: 2 }];
-        replica.prepare(3, 1, 1, vec![], vec![], resolved).expect("prepare 3");
+        replica.prepare(1, logged(3, 1, vec![], vec![], resolved)).expect("prepare 3");
         assert_eq!(count_sum(&engine, "copy").await.0, 0, "a settling change is invisible until committed too");
         assert_eq!(replica.commit_through(3).expect("commit"), 1);
         assert!(replica.unsettled_txns().is_empty());
@@ -427,7 +438,7 @@ async fn a_refilled_replica_takes_a_new_mark_identity_and_new_chunks_are_numbere
     assert_eq!(record.tiered_through, mark);
     // The shard leaves the node and comes back empty: the replica takes a new identity, durably, and reads the
     // cold rows once.
-    replica.reset(Vec::new(), &[], 0, 0, &[]).expect("emptied");
+    replica.reset(Vec::new(), &[], 0, 0, &[], 0).expect("emptied");
     let id = replica.mark_id();
     assert_ne!(id, old_id, "a new identity");
     let cold = (300, (1001..=1300).sum::<i64>());

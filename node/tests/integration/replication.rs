@@ -13,7 +13,7 @@ use quiver_node::config::{Config, Overrides};
 use quiver_node::server::Server;
 use quiver_node::{Engine, RemoteShardScanExec};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
-use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk, ScanShardRequest, WriteShardRequest};
+use quiver_proto::v1::{ChangeShardRequest, ReplicateRequest, ReplicatedChunk, ScanShardRequest, WriteShardRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -176,6 +176,7 @@ fn request(
         reset: false,
         keep: vec![],
         resolved: vec![],
+        txn: 0,
     }
 }
 
@@ -1156,6 +1157,124 @@ async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandone
     assert_eq!(held, 4, "the aborted part is removed from both copies, the committed one kept");
     for node in nodes {
         assert_eq!(number(node, "SELECT sum(id) FROM o").await, 30);
+    }
+    for node in [one, two, three] {
+        node.stop().await;
+    }
+}
+
+/// `count(*)` and `sum(v - id)` of table `w` as `node` reads it, and how many distinct `v - id` it holds.
+async fn offsets(node: &Node) -> (i64, i64, i64) {
+    let sql = "SELECT count(*), CAST(coalesce(sum(v - id), 0) AS BIGINT), count(DISTINCT v - id) FROM w";
+    let batches = node.engine.execute_one(sql).await.expect(sql).collect().await.expect(sql);
+    let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+    (at(0), at(1), at(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let env = [("QUIVER_CLUSTER__TRANSACTION_HOLD", "1s")];
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), &env).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), &env).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), &env).await;
+    let nodes = [&one, &two, &three];
+    one.engine
+        .execute_one("CREATE TABLE w (id BIGINT PRIMARY KEY, v BIGINT NOT NULL) WITH (shards = 4, replicas = 2)")
+        .await
+        .expect("create");
+    for node in nodes {
+        until_attached(&node.engine, "w").await;
+    }
+    one.engine
+        .execute_one("INSERT INTO w SELECT value, value + 0 FROM generate_series(1, 1000)")
+        .await
+        .expect("insert");
+    // An UPDATE of every shard through a node that leads some of them and not others commits as one statement.
+    let before = two.engine.metrics().transactions_committed.get();
+    two.engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
+    assert!(two.engine.metrics().transactions_committed.get() > before, "one statement spanning shards");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (1000, 1000, 1), "node {}", node.engine.node_id());
+    }
+    // A statement that fails in one shard after others changed rows takes no effect anywhere: for some of these
+    // rows, the shard that fails is not the first one changed.
+    for id in 1..=8 {
+        let sql = format!("UPDATE w SET v = CASE WHEN id = {id} THEN NULL ELSE v + 1000 END");
+        let failed = three.engine.execute_one(&sql).await.expect_err("a NULL in a NOT NULL column");
+        assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
+        for node in nodes {
+            assert_eq!(
+                offsets(node).await,
+                (1000, 1000, 1),
+                "after a failed statement, node {}",
+                node.engine.node_id()
+            );
+        }
+    }
+    assert!(three.engine.metrics().transactions_aborted.get() >= 1, "parts were written before a failure");
+    // Readers on another node see each statement whole while statements spanning shards run: every row has the same
+    // offset (a reader too old for a settled removal is told to retry).
+    let writer = {
+        let engine = Arc::clone(&one.engine);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
+            }
+        })
+    };
+    let (mut reads, mut retried) = (0, 0);
+    while !writer.is_finished() {
+        let sql = "SELECT count(*), count(DISTINCT v - id) FROM w";
+        match three.engine.execute_one(sql).await {
+            Ok(stream) => match stream.collect().await {
+                Ok(batches) => {
+                    let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+                    assert_eq!((at(0), at(1)), (1000, 1), "a reader saw part of a statement");
+                    reads += 1;
+                }
+                Err(e) if e.to_string().contains("retry") => retried += 1,
+                Err(e) => panic!("{e}"),
+            },
+            Err(e) if e.to_string().contains("retry") => retried += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    writer.await.expect("writer");
+    assert!(reads > 0, "{reads} reads, {retried} told to retry");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (1000, 11_000, 1), "node {}", node.engine.node_id());
+    }
+    // A DELETE over every shard, through the third node.
+    three.engine.execute_one("DELETE FROM w WHERE id % 2 = 0").await.expect("delete");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (500, 5_500, 1), "node {}", node.engine.node_id());
+    }
+
+    // A part whose coordinator never decides leaves the rows it removes in place, seen by everyone; after the hold
+    // its primary records an abort and clears its marks, and the next statement changes the rows.
+    let w = one.engine.hot_table("w").expect("table").def().id;
+    let shard = one.engine.meta().read_local(|s| s.table_shards(w).next().cloned()).expect("shard");
+    let primary = nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
+    let part = ChangeShardRequest {
+        table_id: w.0,
+        shard_id: shard.shard_id.0,
+        epoch: shard.epoch,
+        statement: "DELETE FROM w".into(),
+        txn: 0xabad_0002,
+    };
+    let answer = primary.client().await.change_shard(part).await.expect("part").into_inner();
+    assert!(answer.rows > 0 && answer.tagged, "{answer:?}");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (500, 5_500, 1), "an undecided removal took effect");
+    }
+    one.engine.execute_one("UPDATE w SET v = v + 1").await.expect("waits for the abandoned statement's abort");
+    let decided = one.engine.meta().read_local(|s| s.transaction(0xabad_0002)).map(|d| d.commit);
+    assert_ne!(decided, Some(true), "the abandoned statement is aborted");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (500, 6_000, 1), "node {}", node.engine.node_id());
     }
     for node in [one, two, three] {
         node.stop().await;

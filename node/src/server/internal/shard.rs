@@ -76,12 +76,12 @@ impl ShardService for ShardGrpcService {
 
     async fn change_shard(&self, request: Request<ChangeShardRequest>) -> Result<Response<ChangeShardReply>, Status> {
         let r = request.into_inner();
-        let rows = self
+        let (rows, tagged) = self
             .engine
-            .change_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, &r.statement)
+            .change_shard(TableId(r.table_id), ShardId(r.shard_id), r.epoch, &r.statement, r.txn)
             .await
             .map_err(|e| status_from(&e))?;
-        Ok(Response::new(ChangeShardReply { rows }))
+        Ok(Response::new(ChangeShardReply { rows, tagged }))
     }
 
     async fn replicate(&self, request: Request<ReplicateRequest>) -> Result<Response<ReplicateReply>, Status> {
@@ -104,6 +104,7 @@ impl ShardService for ShardGrpcService {
                 .into_iter()
                 .map(|o| crate::engine::Resolution { txn: o.txn, commit: o.commit, version: o.version })
                 .collect(),
+            txn: r.txn,
         };
         let state = self.engine.apply_replicated(change).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(ReplicateReply {
