@@ -457,3 +457,71 @@ async fn a_refilled_replica_takes_a_new_mark_identity_and_new_chunks_are_numbere
     assert_eq!(count_sum(&engine, "copy").await, both, "after tiering the new chunks");
     assert_eq!(engine.hot_table("copy").expect("table").only_shard().version().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_marks_the_chunks_it_replaces_until_settled_and_a_settled_removal_refuses_older_readers() {
+    use super::log::{LoggedChange, Resolution};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    assert_eq!(chunks.len(), 3, "100 rows a chunk");
+    let seqs: Vec<u64> = chunks.iter().map(|c| c.0).collect();
+    let part = |lsn: u64, removed: Vec<u64>, txn: u64| LoggedChange {
+        lsn,
+        term: 1,
+        added: Vec::new(),
+        removed,
+        resolved: Vec::new(),
+        txn,
+    };
+    {
+        let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+        replica.prepare(1, logged(1, 1, chunks.clone(), vec![], vec![])).expect("prepare 1");
+        // Statement 9's part removes the first chunk: committed in the log, the chunk is marked, not removed.
+        replica.prepare(1, part(2, vec![seqs[0]], 9)).expect("prepare 2");
+        assert_eq!(replica.commit_through(2).expect("commit"), 2);
+        assert_eq!(replica.unsettled_txns(), [9]);
+        let marked = replica.version().iter().find(|c| c.seq == seqs[0]).map(|c| c.meta.removed_by);
+        assert_eq!(marked, Some(9));
+        assert_eq!(count_sum(&engine, "copy").await.0, 250, "undecided: the rows it removes are still seen");
+        assert!(replica.tierable().1 <= seqs[0], "tiering stops below a marked chunk");
+    }
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+
+    let engine = open(dir.path()).await;
+    let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+    assert_eq!(replica.unsettled_txns(), [9], "the mark is durable");
+    // Settled as committed at the metadata version now: the chunk is gone and readers at an older version are
+    // refused; settled durably.
+    let now = engine.meta().read_local(|s| s.version());
+    let commit = vec![Resolution { txn: 9, commit: true, version: now }];
+    replica.prepare(1, logged(3, 1, vec![], vec![], commit)).expect("prepare 3");
+    assert_eq!(replica.commit_through(3).expect("commit"), 1);
+    assert_eq!((replica.removals_settled(), replica.unsettled_txns()), (now, vec![]));
+    assert_eq!(count_sum(&engine, "copy").await.0, 150);
+    // Statement 10 removes the second chunk and is aborted: the mark is cleared, the chunk stays.
+    replica.prepare(1, part(4, vec![seqs[1]], 10)).expect("prepare 4");
+    let abort = vec![Resolution { txn: 10, commit: false, version: now + 1 }];
+    replica.prepare(1, logged(5, 1, vec![], vec![], abort)).expect("prepare 5");
+    assert_eq!(replica.commit_through(5).expect("commit"), 2);
+    assert!(replica.version().iter().all(|c| c.meta.removed_by == 0) && replica.unsettled_txns().is_empty());
+    assert_eq!(replica.removals_settled(), now, "an abort removes nothing");
+    assert_eq!(count_sum(&engine, "copy").await.0, 150);
+    drop(replica);
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+
+    let engine = open(dir.path()).await;
+    let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+    assert_eq!(replica.removals_settled(), now, "the last settled removal is durable");
+    assert_eq!(count_sum(&engine, "copy").await.0, 150);
+    // A reader whose snapshot predates the settled removal would miss both the old rows and the new: refused.
+    let copy = engine.hot_table("copy").expect("table");
+    let read_at = crate::query::provider::ReadAt { meta: engine.meta().clone(), snapshot: Some(now - 1) };
+    let shard = copy.only_shard().shard_id();
+    let provider = crate::query::provider::HotTableProvider::for_shard(Arc::clone(&copy), shard, read_at);
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("old", Arc::new(provider)).expect("register");
+    let refused = ctx.sql("SELECT count(*) FROM old").await.expect("plan").collect().await.expect_err("too old");
+    assert!(refused.to_string().contains("retry"), "{refused}");
+}
