@@ -36,6 +36,9 @@ struct Args {
     /// Node workload: shards of each table (above 1, every append spanning shards is a transaction).
     #[arg(long, default_value_t = 1)]
     shards: u32,
+    /// Node workload: also run the ledger (UPDATEs spanning shards, audited for atomicity).
+    #[arg(long)]
+    ledger: bool,
     /// Run every seed twice and require the same trace (determinism).
     #[arg(long)]
     check_determinism: bool,
@@ -72,7 +75,7 @@ fn main() {
 fn run_one(args: &Args, seed: u64) -> i32 {
     use quiver_sim_tests::{meta_sim, node_sim};
 
-    let (replicas, fault_secs, shards) = (args.replicas, args.fault_secs, args.shards.max(1));
+    let (replicas, fault_secs, shards, ledger) = (args.replicas, args.fault_secs, args.shards.max(1), args.ledger);
     let bug = match args.inject_bug.as_deref().map(str::parse::<quiver_node::engine::InjectedBug>).transpose() {
         Ok(bug) => bug,
         Err(e) => {
@@ -82,7 +85,8 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     };
     let run: Box<dyn FnOnce(u64) -> Result<meta_sim::Outcome, String> + Send> = match args.workload.as_str() {
         "node" => Box::new(move |seed| {
-            let options = node_sim::NodeSimOptions { nodes: replicas, fault_secs, bug, shards, ..Default::default() };
+            let options =
+                node_sim::NodeSimOptions { nodes: replicas, fault_secs, bug, shards, ledger, ..Default::default() };
             node_sim::run_seed(seed, &options)
         }),
         _ => Box::new(move |seed| {
@@ -148,6 +152,7 @@ fn run_many(args: &Args) -> i32 {
             .args(["--seed", &seed.to_string(), "--quiet", "--workload", &args.workload])
             .args(["--fault-secs", &args.fault_secs.to_string(), "--replicas", &args.replicas.to_string()])
             .args(["--shards", &args.shards.to_string()])
+            .args(args.ledger.then_some("--ledger"))
             .args(args.inject_bug.iter().flat_map(|bug| ["--inject-bug", bug.as_str()]))
             .output();
         match output {

@@ -65,6 +65,7 @@ use crate::meta_sim::Outcome;
 use crate::object_store::{FaultRates, FaultyStore};
 use crate::shard_map::{self, ShardMapChecker};
 
+mod ledger;
 mod replicated;
 
 /// What one run does.
@@ -83,11 +84,13 @@ pub struct NodeSimOptions {
     /// Shards of each workload table: above 1, an append's rows spread over them and each append is a statement
     /// spanning shards, all or nothing.
     pub shards: u32,
+    /// Also run the ledger: UPDATEs spanning shards, audited for atomicity (see `ledger`).
+    pub ledger: bool,
 }
 
 impl Default for NodeSimOptions {
     fn default() -> Self {
-        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None, shards: 1 }
+        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None, shards: 1, ledger: false }
     }
 }
 
@@ -672,7 +675,20 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     if !matches!(created.await, Ok(Ok(_))) {
         return Err(format!("the table {} could not be created before the faults", replicated::TABLE));
     }
+    // The ledger, changed by UPDATEs spanning shards (see `ledger`).
+    if options.ledger {
+        let created = client_host.spawn(async move { execute(1, ledger::create_sql()).await });
+        if !matches!(created.await, Ok(Ok(_))) {
+            return Err(format!("the table {} could not be created before the faults", ledger::TABLE));
+        }
+        client_host.spawn(ledger::open()).await.map_err(|e| format!("the ledger's opening: {e}"))??;
+    }
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
+    let ledger_runs = options.ledger.then(|| {
+        let client = client_host.spawn(ledger::transfers(options.nodes, world.hosts.started, deadline));
+        let auditor = client_host.spawn(ledger::auditor(options.nodes, world.hosts.started, deadline));
+        (client, auditor)
+    });
     let replicated_writer = client_host.spawn(replicated::writer(live.clone(), world.hosts.started, deadline));
     let replicated_readers: Vec<_> = (1..=options.nodes)
         .map(|node| client_host.spawn(replicated::reader(node, world.hosts.started, deadline)))
@@ -833,6 +849,13 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let read_summary = replicated::check_reads(&writes, &reads)?;
     let summary = replicated::check(&live, &client_host, &writes, Duration::from_secs(options.liveness_secs)).await?;
     world.hosts.note(format!("{summary}; {read_summary} through the nodes"));
+    if let Some((client, auditor)) = ledger_runs {
+        let transfers = client.await.map_err(|e| format!("the ledger's client: {e}"))?;
+        let audits = auditor.await.map_err(|e| format!("the ledger's auditor: {e}"))?;
+        let bound = Duration::from_secs(options.liveness_secs);
+        let summary = ledger::check(&client_host, options.nodes, &transfers, &audits, bound).await?;
+        world.hosts.note(summary);
+    }
 
     // The metadata replicas converge.
     let converged = wait_until(Duration::from_secs(30), || {
@@ -888,9 +911,11 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
             _ => {}
         }
     }
-    if let Some(stranger) =
-        catalog.iter().find(|t| !t.starts_with("probe_") && *t != replicated::TABLE && !history.tables.contains_key(*t))
-    {
+    if let Some(stranger) = catalog.iter().find(|t| {
+        !t.starts_with("probe_")
+            && ![replicated::TABLE, ledger::TABLE].contains(&t.as_str())
+            && !history.tables.contains_key(*t)
+    }) {
         return Err(format!("table {stranger} was never created"));
     }
 

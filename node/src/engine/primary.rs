@@ -235,9 +235,15 @@ impl Engine {
             return Err(refuse(format!("the shard moved from epoch {epoch} to {} meanwhile", record.epoch)));
         }
         self.check_primary(&record)?;
-        self.check_min_in_sync(&record, replica.def())?;
-        if let Some(detail) = replica.refusal() {
-            return Err(Error::ColdUnavailable { detail });
+        // A change that only settles statements spanning shards writes no rows: it applies what the metadata group
+        // decided, and is made below `min_in_sync` and past the write limit too (a catch-up that restores the copies
+        // may wait for it), though it is then reported as not durable enough (below).
+        let settles_only = added.is_empty() && removed.is_empty();
+        if !settles_only {
+            self.check_min_in_sync(&record, replica.def())?;
+            if let Some(detail) = replica.refusal() {
+                return Err(Error::ColdUnavailable { detail });
+            }
         }
         let lsn = replica.log_end() + 1;
         let change = LoggedChange { lsn, term: epoch, added, removed, resolved, txn };
@@ -283,6 +289,8 @@ impl Engine {
             }
         }
         let need = self.min_in_sync(replica.def());
+        // A settling change is no exception here: until it is durable on `min_in_sync` copies, its statement's
+        // decision must be kept (a copy that missed it may lead the shard later and settle from the decision).
         if current.in_sync.len() < need {
             self.metrics.shard_outcome_unknown.inc();
             return Err(Error::OutcomeUnknown {

@@ -163,6 +163,7 @@ impl Engine {
     ) -> Result<(u64, bool)> {
         let shard = replica.shard_id();
         let waited_from = tokio::time::Instant::now();
+        let mut caught_up = false;
         let _serialized = loop {
             let serialized = replica.dml_lock.lock().await;
             let record = self.shard_record_of(replica.def().id, shard)?;
@@ -173,8 +174,24 @@ impl Engine {
                 });
             }
             self.check_primary(&record)?;
+            // Changes left prepared (a new primary's predecessor's, or a failure's) go first: they may hold parts
+            // whose marks this statement must see.
+            if replica.log_end() > replica.committed_lsn() && !self.settle(replica).await? {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.0,
+                    detail: "its prepared changes are not settled".into(),
+                });
+            }
             // Parts of statements spanning shards whose decision is recorded are settled first: the statement sees
-            // every acknowledged row, and changes none it cannot see.
+            // every acknowledged row, and changes none it cannot see. This node's metadata may not have the decision
+            // of a statement acknowledged before this one began: with parts left unsettled, it reads the metadata
+            // group first (linearizable), so those left undecided began no earlier than this statement.
+            if !caught_up && !replica.unsettled_txns().is_empty() {
+                drop(serialized);
+                self.meta.read_state(|_| ()).await?;
+                caught_up = true;
+                continue;
+            }
             self.resolve_decided_locked(replica, epoch).await?;
             let Some(pending) = replica.version().iter().map(|c| c.meta.removed_by).find(|t| *t != 0) else {
                 break serialized;
