@@ -853,7 +853,13 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         let transfers = client.await.map_err(|e| format!("the ledger's client: {e}"))?;
         let audits = auditor.await.map_err(|e| format!("the ledger's auditor: {e}"))?;
         let bound = Duration::from_secs(options.liveness_secs);
-        let summary = ledger::check(&client_host, options.nodes, &transfers, &audits, bound).await?;
+        let second_loss = {
+            let history = world.history.lock().expect("history");
+            let mut losses: Vec<Duration> = history.disk_losses.values().flatten().copied().collect();
+            losses.sort_unstable();
+            losses.get(1).copied()
+        };
+        let summary = ledger::check(&client_host, options.nodes, &transfers, &audits, second_loss, bound).await?;
         world.hosts.note(summary);
     }
 
