@@ -1047,23 +1047,28 @@ async fn rows_held(nodes: &[&Node], table: &str) -> i64 {
     held
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandoned_part_is_aborted() {
-    let cold = tempfile::tempdir().expect("tempdir");
+/// Three nodes that hold a part undecided for 1 s before aborting it, sharing the cold directory `cold`, with a table
+/// `w (id BIGINT PRIMARY KEY, <column>)` of four shards and two copies attached on each.
+async fn three_with_w(cold: &std::path::Path, column: &str) -> (Node, Node, Node) {
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let tmp = || tempfile::tempdir().expect("tempdir");
     let env = [("QUIVER_CLUSTER__TRANSACTION_HOLD", "1s")];
-    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), &env).await;
-    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), &env).await;
-    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), &env).await;
-    let nodes = [&one, &two, &three];
-    one.engine
-        .execute_one("CREATE TABLE w (id BIGINT PRIMARY KEY, pad VARCHAR NOT NULL) WITH (shards = 4, replicas = 2)")
-        .await
-        .expect("create");
-    for node in nodes {
+    let one = start_on(1, tmp(), &addrs[0], vec![], cold, &env).await;
+    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold, &env).await;
+    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold, &env).await;
+    let create = format!("CREATE TABLE w (id BIGINT PRIMARY KEY, {column}) WITH (shards = 4, replicas = 2)");
+    one.engine.execute_one(&create).await.expect("create");
+    for node in [&one, &two, &three] {
         until_attached(&node.engine, "w").await;
     }
+    (one, two, three)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_spanning_shards_is_seen_whole_or_not_at_all_and_an_abandoned_part_is_aborted() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let (one, two, three) = three_with_w(cold.path(), "pad VARCHAR NOT NULL").await;
+    let nodes = [&one, &two, &three];
     // A statement over every shard commits as one: each part is durable on its copies, and visible with the others.
     two.engine.execute_one("INSERT INTO w SELECT value, 'x' FROM generate_series(1, 1000)").await.expect("insert");
     for node in nodes {
@@ -1174,20 +1179,8 @@ async fn offsets(node: &Node) -> (i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     let cold = tempfile::tempdir().expect("tempdir");
-    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let tmp = || tempfile::tempdir().expect("tempdir");
-    let env = [("QUIVER_CLUSTER__TRANSACTION_HOLD", "1s")];
-    let one = start_on(1, tmp(), &addrs[0], vec![], cold.path(), &env).await;
-    let two = start_on(2, tmp(), &addrs[1], vec![addrs[0].clone()], cold.path(), &env).await;
-    let three = start_on(3, tmp(), &addrs[2], vec![addrs[0].clone()], cold.path(), &env).await;
+    let (one, two, three) = three_with_w(cold.path(), "v BIGINT NOT NULL").await;
     let nodes = [&one, &two, &three];
-    one.engine
-        .execute_one("CREATE TABLE w (id BIGINT PRIMARY KEY, v BIGINT NOT NULL) WITH (shards = 4, replicas = 2)")
-        .await
-        .expect("create");
-    for node in nodes {
-        until_attached(&node.engine, "w").await;
-    }
     one.engine
         .execute_one("INSERT INTO w SELECT value, value + 0 FROM generate_series(1, 1000)")
         .await
