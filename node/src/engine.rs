@@ -21,6 +21,7 @@ mod catch_up;
 mod compact;
 pub mod copy;
 mod gc;
+mod moves;
 mod options;
 mod primary;
 mod registry;
@@ -340,6 +341,8 @@ pub struct Engine {
     sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
     queries: Arc<statements::QueryLog>,
+    /// The catch-ups of replicas of the shards this node leads, with their progress (`system.shard_moves`).
+    moves: Arc<moves::MoveLog>,
     /// The sharding of new tables whose CREATE TABLE does not say.
     sharding: ShardingDefaults,
     /// How this node replicates the changes of the shards it leads, and its connections to their backups.
@@ -523,9 +526,15 @@ impl Engine {
         registry::install(&ctx, Arc::clone(&registry));
         let hot = Arc::new(RwLock::new(HashMap::new()));
         let queries = Arc::new(statements::QueryLog::default());
+        let moves = Arc::new(moves::MoveLog::default());
         registry.add_schema(
             system::SYSTEM_SCHEMA,
-            Arc::new(system::SystemSchema::new(meta.clone(), Arc::clone(&hot), Arc::clone(&queries))),
+            Arc::new(system::SystemSchema::new(
+                meta.clone(),
+                Arc::clone(&hot),
+                Arc::clone(&queries),
+                Arc::clone(&moves),
+            )),
         );
 
         let node_id = meta.node_id();
@@ -559,6 +568,7 @@ impl Engine {
             manifest_segments: crate::cold::SegmentCache::default(),
             sorts,
             queries,
+            moves,
             sharding: options.sharding,
             replication: options.replication,
             peers: primary::Peers::default(),

@@ -170,7 +170,7 @@ fn read_chunk(
     };
     let cache = &tables.cache;
     let metrics = &tables.metrics;
-    let source = Source::Chunk(chunk.shard.0, chunk.seq);
+    let source = chunk.cache_source();
     let mut arrays: Vec<Option<ArrayRef>> = columns.iter().map(|c| cache.get(&source, *c, metrics)).collect();
     let missing: Vec<usize> = columns.iter().zip(&arrays).filter(|(_, a)| a.is_none()).map(|(c, _)| *c).collect();
     if !missing.is_empty() {

@@ -70,22 +70,38 @@ impl Engine {
     /// target cannot be reached or refuses, or the shard's configuration changed meanwhile (a later catch-up resumes
     /// where this one stopped); store errors.
     pub async fn catch_up_replica(&self, table: TableId, shard: ShardId, target: u64) -> Result<CatchUpReport> {
-        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let replica = self.replica_of(table, shard)?;
         let record = self.catch_up_record(shard, target)?;
         if record.in_sync.contains(&target) {
             return Ok(CatchUpReport { epoch: record.epoch, ..CatchUpReport::default() });
         }
+        self.moves.attempt(table, &replica.def().name, shard, target, record.epoch);
+        let outcome = self.run_catch_up(replica, record, target).await;
+        let ended = outcome.as_ref().map(|report| report.epoch).map_err(|e| e.report().to_string());
+        self.moves.ended(shard, target, ended);
+        outcome
+    }
+
+    /// One attempt of [`Engine::catch_up_replica`], of `replica` at the configuration `record`.
+    async fn run_catch_up(
+        &self,
+        replica: Arc<ShardReplica>,
+        record: ShardRecord,
+        target: u64,
+    ) -> Result<CatchUpReport> {
+        let (table, shard) = (record.table_id, record.shard_id);
+        let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let addr = self
             .meta
             .read_local(|s| s.node(target).map(|n| n.grpc_addr.clone()))
             .ok_or_else(|| refuse(format!("node {target} is not in the node registry")))?;
         let mut report = CatchUpReport::default();
         // The bulk, while writes go on.
-        let held = self.status_of(&addr, &record, table, target).await?;
-        self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
+        let held = self.status_of(&addr, &record, &replica, target).await?;
+        self.send_missing((target, &addr), &record, &replica, &held, &mut report).await?;
 
         let _serialized = replica.dml_lock.lock().await;
+        self.moves.finishing(shard, target);
         if !self.settle(&replica).await? {
             return Err(refuse("this node's prepared changes are not settled".into()));
         }
@@ -106,8 +122,8 @@ impl Engine {
             // Another catch-up admitted it meanwhile.
             return Ok(CatchUpReport { epoch: record.epoch, ..report });
         }
-        let held = self.status_of(&addr, &record, table, target).await?;
-        self.send_missing(&addr, &record, &replica, &held, &mut report).await?;
+        let held = self.status_of(&addr, &record, &replica, target).await?;
+        self.send_missing((target, &addr), &record, &replica, &held, &mut report).await?;
         let keep = hot_chunks(&record, &replica)?;
         let reset = ReplicateRequest {
             table_id: table.0,
@@ -206,7 +222,16 @@ impl Engine {
     }
 
     /// The committed chunks the replica at `addr` holds.
-    async fn status_of(&self, addr: &str, record: &ShardRecord, table: TableId, target: u64) -> Result<HashSet<u64>> {
+    /// The committed chunks the replica at `addr` holds as this node's replica of the shard (`replica`) holds them:
+    /// of the same number and digest.
+    async fn status_of(
+        &self,
+        addr: &str,
+        record: &ShardRecord,
+        replica: &ShardReplica,
+        target: u64,
+    ) -> Result<HashSet<u64>> {
+        let table = replica.def().id;
         let refuse = |detail: String| Error::ShardUnavailable { shard: record.shard_id.0, detail };
         let timeout = self.replication.timeout;
         let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
@@ -217,17 +242,32 @@ impl Engine {
             from_node: self.node_id,
         };
         match tokio::time::timeout(timeout, client.replica_status(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner().chunks.into_iter().collect()),
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                if reply.digests.len() != reply.chunks.len() {
+                    // A build without digests: numbers alone.
+                    return Ok(reply.chunks.into_iter().collect());
+                }
+                let mine: std::collections::HashMap<u64, u64> =
+                    replica.version().iter().map(|c| (c.seq, c.meta.digest())).collect();
+                Ok(reply
+                    .chunks
+                    .into_iter()
+                    .zip(reply.digests)
+                    .filter(|(seq, digest)| mine.get(seq).is_none_or(|d| d == digest))
+                    .map(|(seq, _)| seq)
+                    .collect())
+            }
             Ok(Err(status)) => Err(refuse(format!("node {target} did not say what it holds: {}", status.message()))),
             Err(_) => Err(refuse(format!("node {target} did not say what it holds within {timeout:?}"))),
         }
     }
 
-    /// Sends the replica at `addr` the committed chunks of this node's replica it does not hold, in messages of at
-    /// most [`CATCH_UP_MESSAGE_BYTES`] of data, at most `[cluster] catch_up_rate` bytes a second.
+    /// Sends the replica of node `target` at `addr` the committed chunks of this node's replica it does not hold, in
+    /// messages of at most [`CATCH_UP_MESSAGE_BYTES`] of data, at most `[cluster] catch_up_rate` bytes a second.
     async fn send_missing(
         &self,
-        addr: &str,
+        (target, addr): (u64, &str),
         record: &ShardRecord,
         replica: &Arc<ShardReplica>,
         held: &HashSet<u64>,
@@ -236,6 +276,11 @@ impl Engine {
         let shard = record.shard_id;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let missing: Vec<u64> = hot_chunks(record, replica)?.into_iter().filter(|s| !held.contains(s)).collect();
+        let missing_bytes = {
+            let wanted: HashSet<u64> = missing.iter().copied().collect();
+            replica.version().iter().filter(|c| wanted.contains(&c.seq)).map(|c| c.meta.data_bytes).sum()
+        };
+        self.moves.to_send(shard, target, missing.len() as u64, missing_bytes);
         let timeout = self.replication.timeout;
         let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
         let mut next = 0;
@@ -270,6 +315,7 @@ impl Engine {
             }
             report.chunks += count;
             report.bytes += bytes;
+            self.moves.sent(shard, target, count, bytes);
             self.metrics.shard_catch_up_bytes.add(bytes);
             if self.replication.catch_up_rate > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.replication.catch_up_rate as f64)).await;

@@ -62,6 +62,8 @@ pub struct ReplicatedChange {
 pub struct ReplicaStatus {
     /// The numbers of its committed chunks.
     pub chunks: Vec<u64>,
+    /// A digest of each of those chunks, in the same order (`ChunkMeta::digest`).
+    pub digests: Vec<u64>,
     /// Its commit point.
     pub committed_lsn: u64,
     /// The last change of the shard's log it holds.
@@ -185,8 +187,10 @@ impl Engine {
         from_node: u64,
     ) -> Result<ReplicaStatus> {
         let replica = self.replica_for(table, shard, epoch, from_node).await?;
+        let version = replica.version();
         Ok(ReplicaStatus {
-            chunks: replica.version().iter().map(|c| c.seq).collect(),
+            chunks: version.iter().map(|c| c.seq).collect(),
+            digests: version.iter().map(|c| c.meta.digest()).collect(),
             committed_lsn: replica.committed_lsn(),
             log_end: replica.log_end(),
         })

@@ -8,6 +8,10 @@
 //! - `system.shards`: one row per shard of every native table, from the shard map — its slot range, primary,
 //!   replicas, in-sync replicas, configuration epoch, and `state`: `ok`, or `under-replicated` while fewer copies are
 //!   in sync than the table's replication factor.
+//! - `system.shard_moves`: the copies of shards this node leads that it is bringing in sync (back after a failure, new
+//!   for re-replication or a drain), and the last finished ones — table, shard, target node, `phase` (`copying`,
+//!   `finishing`, `waiting` after a failed attempt, `in-sync`), attempts, start and last change, chunks and bytes sent
+//!   and still to send, the epoch, and the last attempt's error. Moves run on the shard's primary: query that node.
 //!
 //! - `system.tier_files`: one row per cold-tier file that this node's scans read — table, shard, manifest version,
 //!   path under the cluster's prefix, node and hot store it came from, rows, bytes, the highest hot-chunk sequence
@@ -38,6 +42,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use quiver_meta::MetaNode;
 use quiver_meta::{NodeRole, NodeState};
 
+use super::moves::{MoveLog, MoveRecord};
 use super::statements::{QueryLog, QueryRecord};
 use crate::cold::{ColdState, ColdView};
 use crate::table::{HotTable, ShardReplica};
@@ -48,22 +53,29 @@ pub const SYSTEM_SCHEMA: &str = "system";
 /// The attached native tables by name, as the engine keeps them.
 pub(crate) type HotTables = Arc<RwLock<HashMap<String, Arc<HotTable>>>>;
 
-/// The `system` schema over one metadata replica and the engine's tables.
-pub(crate) struct SystemSchema {
+/// What the system tables read: the metadata replica, the engine's tables, its query and move logs.
+#[derive(Clone)]
+struct Sources {
     meta: MetaNode,
     hot: HotTables,
     queries: Arc<QueryLog>,
+    moves: Arc<MoveLog>,
+}
+
+/// The `system` schema over one metadata replica and the engine's state.
+pub(crate) struct SystemSchema {
+    sources: Sources,
 }
 
 impl SystemSchema {
-    pub(crate) fn new(meta: MetaNode, hot: HotTables, queries: Arc<QueryLog>) -> Self {
-        SystemSchema { meta, hot, queries }
+    pub(crate) fn new(meta: MetaNode, hot: HotTables, queries: Arc<QueryLog>, moves: Arc<MoveLog>) -> Self {
+        SystemSchema { sources: Sources { meta, hot, queries, moves } }
     }
 }
 
 impl std::fmt::Debug for SystemSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemSchema").field("node_id", &self.meta.node_id()).finish()
+        f.debug_struct("SystemSchema").field("node_id", &self.sources.meta.node_id()).finish()
     }
 }
 
@@ -73,16 +85,18 @@ enum SystemTable {
     Nodes,
     Raft,
     Shards,
+    ShardMoves,
     TierFiles,
     Tiering,
     Queries,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 6] = [
+    const ALL: [SystemTable; 7] = [
         SystemTable::Nodes,
         SystemTable::Raft,
         SystemTable::Shards,
+        SystemTable::ShardMoves,
         SystemTable::TierFiles,
         SystemTable::Tiering,
         SystemTable::Queries,
@@ -93,6 +107,7 @@ impl SystemTable {
             SystemTable::Nodes => "nodes",
             SystemTable::Raft => "raft",
             SystemTable::Shards => "shards",
+            SystemTable::ShardMoves => "shard_moves",
             SystemTable::TierFiles => "tier_files",
             SystemTable::Tiering => "tiering",
             SystemTable::Queries => "queries",
@@ -102,6 +117,8 @@ impl SystemTable {
     fn schema(self) -> SchemaRef {
         let u64_field = |name: &str, nullable: bool| Field::new(name, DataType::UInt64, nullable);
         let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+        let timestamp =
+            |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false);
         Arc::new(Schema::new(match self {
             SystemTable::Nodes => vec![
                 u64_field("node_id", false),
@@ -147,6 +164,21 @@ impl SystemTable {
                 u64_field("hot_bytes", true),
                 text("catching_up", false),
             ],
+            SystemTable::ShardMoves => vec![
+                text("table_name", false),
+                u64_field("shard_id", false),
+                u64_field("target", false),
+                text("phase", false),
+                u64_field("attempts", false),
+                timestamp("started"),
+                timestamp("updated"),
+                u64_field("chunks_sent", false),
+                u64_field("bytes_sent", false),
+                u64_field("chunks_left", false),
+                u64_field("bytes_left", false),
+                u64_field("epoch", false),
+                text("error", true),
+            ],
             SystemTable::TierFiles => vec![
                 text("table_name", false),
                 u64_field("shard_id", true),
@@ -175,7 +207,7 @@ impl SystemTable {
             ],
             SystemTable::Queries => vec![
                 u64_field("query_id", false),
-                Field::new("started", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+                timestamp("started"),
                 u64_field("duration_ms", false),
                 text("query", false),
                 u64_field("rows", false),
@@ -188,7 +220,8 @@ impl SystemTable {
     }
 
     /// Reads the table's rows from the replica and the engine's tables now.
-    fn rows(self, meta: &MetaNode, hot: &HotTables, queries: &QueryLog) -> DfResult<RecordBatch> {
+    fn rows(self, sources: &Sources) -> DfResult<RecordBatch> {
+        let Sources { meta, hot, queries, moves } = sources;
         let status = meta.status();
         let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
         tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
@@ -211,6 +244,33 @@ impl SystemTable {
                     values(|r| r.bucket_get_bytes),
                     values(|r| r.cache_hits),
                     values(|r| r.cache_misses),
+                ]
+            }
+            SystemTable::ShardMoves => {
+                let m = moves.records();
+                let values = |f: fn(&MoveRecord) -> u64| -> ArrayRef {
+                    Arc::new(UInt64Array::from_iter_values(m.iter().map(f)))
+                };
+                let time = |f: fn(&MoveRecord) -> u64| -> ArrayRef {
+                    Arc::new(
+                        TimestampMillisecondArray::from_iter_values(m.iter().map(|r| f(r) as i64))
+                            .with_timezone("+00:00"),
+                    )
+                };
+                vec![
+                    Arc::new(StringArray::from_iter_values(m.iter().map(|r| r.table_name.as_str()))),
+                    values(|r| r.shard.0),
+                    values(|r| r.target),
+                    Arc::new(StringArray::from_iter_values(m.iter().map(|r| r.phase.name()))),
+                    values(|r| r.attempts),
+                    time(|r| r.started_ms),
+                    time(|r| r.updated_ms),
+                    values(|r| r.chunks_sent),
+                    values(|r| r.bytes_sent),
+                    values(|r| r.chunks_left),
+                    values(|r| r.bytes_left),
+                    values(|r| r.epoch),
+                    Arc::new(StringArray::from_iter(m.iter().map(|r| r.error.as_deref()))),
                 ]
             }
             SystemTable::TierFiles => {
@@ -468,14 +528,10 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(SystemTable::ALL.into_iter().find(|t| t.name() == name).map(|table| {
-            Arc::new(SystemTableProvider {
-                table,
-                meta: self.meta.clone(),
-                hot: Arc::clone(&self.hot),
-                queries: Arc::clone(&self.queries),
-            }) as _
-        }))
+        Ok(SystemTable::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .map(|table| Arc::new(SystemTableProvider { table, sources: self.sources.clone() }) as _))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -486,9 +542,7 @@ impl SchemaProvider for SystemSchema {
 /// One system table; its rows are read from the replica at each scan.
 struct SystemTableProvider {
     table: SystemTable,
-    meta: MetaNode,
-    hot: HotTables,
-    queries: Arc<QueryLog>,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for SystemTableProvider {
@@ -514,7 +568,7 @@ impl TableProvider for SystemTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.table.rows(&self.meta, &self.hot, &self.queries)?;
+        let batch = self.table.rows(&self.sources)?;
         MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }

@@ -4,7 +4,7 @@
 //! A scan of a chunk otherwise reads the chunk's data from the hot store, checks it, decompresses it and decodes the
 //! Arrow IPC stream, every time; a scan of a cold file decompresses and decodes Parquet pages. Chunks and files never
 //! change once written, so a decoded column can be kept and shared (`ArrayRef` is reference counted) by every later
-//! scan that projects it, at no risk of serving stale data: a chunk's shard and sequence number and a file's name are
+//! scan that projects it, at no risk of serving stale data: a chunk object (its shard, number and incarnation) and a file's name are
 //! never reused; a retired chunk's entries are dropped with its data, and a dropped file's entries age out.
 //!
 //! Entries are keyed by where the column comes from ([`Source`]) and the column's index in the table. Eviction is least-recently-used by a logical tick, kept in a
@@ -21,8 +21,10 @@ use crate::metrics::Metrics;
 /// Where a decoded column comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Source {
-    /// A hot chunk, by shard and sequence number (shard ids are never reused, nor numbers within a shard).
-    Chunk(u64, u64),
+    /// A hot chunk, by shard, sequence number and incarnation (shard ids are never reused; a replica may hold a number
+    /// again, dropped and received anew or replaced by another chunk of that number, each time as another
+    /// incarnation).
+    Chunk(u64, u64, u64),
     /// A row group (by index) of a cold file (by its path in the bucket).
     RowGroup(Arc<str>, usize),
 }
@@ -116,14 +118,15 @@ impl ColumnCache {
         metrics.column_cache_bytes.set(inner.bytes as u64);
     }
 
-    /// Drops every cached column of a chunk with `columns` columns (its data is being deleted).
-    pub(crate) fn remove_chunk(&self, shard: u64, seq: u64, columns: usize, metrics: &Metrics) {
+    /// Drops every cached column of the chunk `source` with `columns` columns (its data is being deleted or
+    /// replaced).
+    pub(crate) fn remove_chunk(&self, source: &Source, columns: usize, metrics: &Metrics) {
         if !self.enabled() {
             return;
         }
         let mut inner = self.inner.lock().expect("column cache lock poisoned");
         for column in 0..columns {
-            if let Some(old) = inner.entries.remove(&(Source::Chunk(shard, seq), column)) {
+            if let Some(old) = inner.entries.remove(&(source.clone(), column)) {
                 inner.by_use.remove(&old.tick);
                 inner.bytes -= old.bytes;
             }
@@ -153,13 +156,13 @@ mod tests {
         let metrics = Metrics::default();
         let one = column(1000).get_array_memory_size();
         let cache = ColumnCache::new(one * 2 + one / 2);
-        cache.insert(&Source::Chunk(1, 1), 0, column(1000), &metrics);
-        cache.insert(&Source::Chunk(1, 2), 0, column(1000), &metrics);
-        assert!(cache.get(&Source::Chunk(1, 1), 0, &metrics).is_some(), "1 is now the most recently used");
-        cache.insert(&Source::Chunk(1, 3), 0, column(1000), &metrics);
-        assert!(cache.get(&Source::Chunk(1, 2), 0, &metrics).is_none(), "2 was least recently used");
-        assert!(cache.get(&Source::Chunk(1, 1), 0, &metrics).is_some());
-        assert!(cache.get(&Source::Chunk(1, 3), 0, &metrics).is_some());
+        cache.insert(&Source::Chunk(1, 1, 0), 0, column(1000), &metrics);
+        cache.insert(&Source::Chunk(1, 2, 0), 0, column(1000), &metrics);
+        assert!(cache.get(&Source::Chunk(1, 1, 0), 0, &metrics).is_some(), "1 is now the most recently used");
+        cache.insert(&Source::Chunk(1, 3, 0), 0, column(1000), &metrics);
+        assert!(cache.get(&Source::Chunk(1, 2, 0), 0, &metrics).is_none(), "2 was least recently used");
+        assert!(cache.get(&Source::Chunk(1, 1, 0), 0, &metrics).is_some());
+        assert!(cache.get(&Source::Chunk(1, 3, 0), 0, &metrics).is_some());
         assert!(cache.bytes() <= one * 2 + one / 2);
         assert_eq!(metrics.column_cache_evictions.get(), 1);
         assert_eq!(metrics.column_cache_misses.get(), 1);
@@ -170,19 +173,19 @@ mod tests {
     fn removing_a_chunk_frees_its_columns_and_oversized_columns_are_not_kept() {
         let metrics = Metrics::default();
         let cache = ColumnCache::new(1 << 20);
-        cache.insert(&Source::Chunk(1, 7), 0, column(10), &metrics);
-        cache.insert(&Source::Chunk(1, 7), 1, column(10), &metrics);
-        cache.insert(&Source::Chunk(1, 8), 0, column(10), &metrics);
-        cache.remove_chunk(1, 7, 2, &metrics);
+        cache.insert(&Source::Chunk(1, 7, 0), 0, column(10), &metrics);
+        cache.insert(&Source::Chunk(1, 7, 0), 1, column(10), &metrics);
+        cache.insert(&Source::Chunk(1, 8, 0), 0, column(10), &metrics);
+        cache.remove_chunk(&Source::Chunk(1, 7, 0), 2, &metrics);
         assert!(
-            cache.get(&Source::Chunk(1, 7), 0, &metrics).is_none()
-                && cache.get(&Source::Chunk(1, 7), 1, &metrics).is_none()
+            cache.get(&Source::Chunk(1, 7, 0), 0, &metrics).is_none()
+                && cache.get(&Source::Chunk(1, 7, 0), 1, &metrics).is_none()
         );
-        assert_eq!(cache.get(&Source::Chunk(1, 8), 0, &metrics).map(|a| a.len()), Some(10));
-        cache.insert(&Source::Chunk(1, 9), 0, column(1 << 20), &metrics);
-        assert!(cache.get(&Source::Chunk(1, 9), 0, &metrics).is_none());
+        assert_eq!(cache.get(&Source::Chunk(1, 8, 0), 0, &metrics).map(|a| a.len()), Some(10));
+        cache.insert(&Source::Chunk(1, 9, 0), 0, column(1 << 20), &metrics);
+        assert!(cache.get(&Source::Chunk(1, 9, 0), 0, &metrics).is_none());
         let disabled = ColumnCache::new(0);
-        disabled.insert(&Source::Chunk(1, 1), 0, column(10), &metrics);
-        assert!(disabled.get(&Source::Chunk(1, 1), 0, &metrics).is_none());
+        disabled.insert(&Source::Chunk(1, 1, 0), 0, column(10), &metrics);
+        assert!(disabled.get(&Source::Chunk(1, 1, 0), 0, &metrics).is_none());
     }
 }

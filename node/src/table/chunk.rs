@@ -148,6 +148,19 @@ impl ChunkMeta {
         snapshot.is_none_or(|s| from <= s)
     }
 
+    /// A digest of what the chunk is, the same on every copy of it: its rows, size, write time, statement and column
+    /// statistics (not its settlement, which a copy may be behind on). A chunk of the same number and another digest
+    /// is another chunk (a shard that lost every in-sync copy numbers its chunks anew).
+    pub(crate) fn digest(&self) -> u64 {
+        fn mix(hash: u64, bytes: &[u8]) -> u64 {
+            bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+        }
+        let words =
+            [self.rows, self.data_bytes, self.written_ms, self.txn].into_iter().chain(self.null_counts.iter().copied());
+        let hash = words.fold(0xcbf2_9ce4_8422_2325, |h, w| mix(h, &w.to_le_bytes()));
+        self.min.iter().chain(&self.max).fold(hash, |h, s| mix(mix(h, s.to_string().as_bytes()), &[0]))
+    }
+
     /// Whether the chunk is added or removed by a statement spanning shards that the shard's log has not settled
     /// yet.
     pub(crate) fn unsettled(&self) -> bool {

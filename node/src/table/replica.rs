@@ -38,6 +38,11 @@ impl Chunk {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Where the column cache keeps the chunk's decoded columns.
+    pub(crate) fn cache_source(&self) -> super::cache::Source {
+        super::cache::Source::Chunk(self.shard.0, self.seq, self.incarnation)
+    }
+
     /// The key of the chunk's data.
     pub(crate) fn data_key(&self) -> Vec<u8> {
         keys::data_key(self.table, self.shard, self.seq)
@@ -47,7 +52,7 @@ impl Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
-            self.tables.cache.remove_chunk(self.shard.0, self.seq, self.meta.null_counts.len(), &self.tables.metrics);
+            self.tables.cache.remove_chunk(&self.cache_source(), self.meta.null_counts.len(), &self.tables.metrics);
             self.tables.discard_retired(self.data_key(), self.incarnation);
         }
     }
@@ -425,18 +430,23 @@ impl ShardReplica {
     }
 
     /// As [`ShardReplica::install`], and gives the chunks numbered in `restamped` (already in the version) their
-    /// rewritten index entries: the same chunk, data and incarnation, now visible as a settled statement's part.
+    /// rewritten index entries: the same chunk, data and incarnation, now visible as a settled statement's part. The
+    /// chunks numbered in `replaced` leave the version without retiring: `added` holds other chunks of their numbers,
+    /// whose data is under the same keys (the old ones' decoded columns leave the cache).
     fn install_restamped(
         &self,
         removed: &[Arc<Chunk>],
         added: Vec<Arc<Chunk>>,
         mut restamped: BTreeMap<u64, ChunkMeta>,
+        replaced: &HashSet<u64>,
     ) {
-        if restamped.is_empty() {
+        if restamped.is_empty() && replaced.is_empty() {
             return self.install(removed, added);
         }
-        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
+        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).chain(replaced.iter().copied()).collect();
         let mut guard = self.version.write().expect("version lock poisoned");
+        let swapped: Vec<super::cache::Source> =
+            guard.iter().filter(|c| replaced.contains(&c.seq)).map(|c| c.cache_source()).collect();
         let mut list: Vec<Arc<Chunk>> = guard
             .iter()
             .filter(|c| !gone.contains(&c.seq))
@@ -446,6 +456,9 @@ impl ShardReplica {
         list.sort_by_key(|c| c.seq);
         *guard = Arc::new(list);
         drop(guard);
+        for source in &swapped {
+            self.tables.cache.remove_chunk(source, self.schema.fields().len(), &self.tables.metrics);
+        }
         for c in removed {
             c.retire();
         }
@@ -516,39 +529,48 @@ impl ShardReplica {
         next_seq: u64,
     ) -> Result<()> {
         let current = self.version();
-        let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
         let mut batch = WriteBatch::new();
-        let (new_chunks, highest) = self.stage_added(added, &present, |_| true, next_seq, &mut batch)?;
+        let (new_chunks, replaced, highest) = self.stage_added(added, &current, |_| true, next_seq, &mut batch)?;
         let removed: HashSet<u64> = removed.iter().copied().collect();
-        let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
+        let gone: Vec<Arc<Chunk>> =
+            current.iter().filter(|c| removed.contains(&c.seq) && !replaced.contains(&c.seq)).cloned().collect();
         for c in &gone {
             batch.delete(keys::index_key(self.def.id, self.shard, c.seq));
         }
         self.next_seq.fetch_max(highest, Ordering::Relaxed);
         batch.put(keys::floor_key(self.def.id, self.shard), self.next_seq().to_be_bytes().to_vec());
         self.tables.commit(batch)?;
-        self.install(&gone, new_chunks);
+        self.install_restamped(&gone, new_chunks, BTreeMap::new(), &replaced);
         Ok(())
     }
 
-    /// Adds to `batch` the data and index entries of the replicated chunks of `added` that are not `present` and that
-    /// `wanted` takes; returns their chunks and the next number above every chunk of `added` and `next_seq`.
+    /// Adds to `batch` the data and index entries of the replicated chunks of `added` that `wanted` takes and that
+    /// `current` does not hold as they are (a held chunk of the same number and another digest is another chunk,
+    /// numbered anew after the shard lost every in-sync copy: it is replaced); returns their chunks, the numbers of
+    /// the held chunks they replace, and the next number above every chunk of `added` and `next_seq`.
     fn stage_added(
         &self,
         added: Vec<crate::engine::ReplicatedChunk>,
-        present: &HashSet<u64>,
+        current: &[Arc<Chunk>],
         wanted: impl Fn(u64) -> bool,
         next_seq: u64,
         batch: &mut WriteBatch,
-    ) -> Result<(Vec<Arc<Chunk>>, u64)> {
+    ) -> Result<(Vec<Arc<Chunk>>, HashSet<u64>, u64)> {
         let mut new_chunks = Vec::new();
+        let mut replaced = HashSet::new();
         let mut highest = next_seq;
         for (seq, index, data) in added {
             highest = highest.max(seq + 1);
-            if present.contains(&seq) || !wanted(seq) {
+            if !wanted(seq) {
                 continue;
             }
             let meta = self.replicated_meta(seq, &index)?;
+            if let Ok(i) = current.binary_search_by_key(&seq, |c| c.seq) {
+                if current[i].meta.digest() == meta.digest() {
+                    continue;
+                }
+                replaced.insert(seq);
+            }
             let key = keys::data_key(self.def.id, self.shard, seq);
             // This replica may have held the number before (dropped by a reset, or with its shard when it left the
             // node): the old chunk's deferred deletion must not take the new data.
@@ -557,7 +579,7 @@ impl ShardReplica {
             batch.put(keys::index_key(self.def.id, self.shard, seq), index);
             new_chunks.push(self.make_chunk(seq, meta));
         }
-        Ok((new_chunks, highest))
+        Ok((new_chunks, replaced, highest))
     }
 
     /// Ends a catch-up: applies `added` (as [`ShardReplica::apply`]), then makes the committed chunks exactly those
@@ -582,8 +604,10 @@ impl ShardReplica {
         let current = self.version();
         let present: HashSet<u64> = current.iter().map(|c| c.seq).collect();
         let mut batch = WriteBatch::new();
-        let (new_chunks, highest) =
-            self.stage_added(added, &present, |seq| keep.contains(&seq), next_seq, &mut batch)?;
+        let (new_chunks, replaced, highest) =
+            self.stage_added(added, &current, |seq| keep.contains(&seq), next_seq, &mut batch)?;
+        // The held chunks as they stand once the replaced ones are swapped for the new.
+        let current: Vec<Arc<Chunk>> = current.iter().filter(|c| !replaced.contains(&c.seq)).cloned().collect();
         let held: HashSet<u64> = present.iter().chain(new_chunks.iter().map(|c| &c.seq)).copied().collect();
         if let Some(missing) = keep.iter().find(|seq| !held.contains(seq)) {
             return Err(crate::error::Error::Parameter {
@@ -634,7 +658,7 @@ impl ShardReplica {
         self.tables.commit(batch)?;
         let new_chunks = new_chunks.into_iter().map(|c| self.restamp(c, &mut restamped)).collect();
         self.removals_settled.fetch_max(removals_settled, Ordering::AcqRel);
-        self.install_restamped(&gone, new_chunks, restamped);
+        self.install_restamped(&gone, new_chunks, restamped, &replaced);
         self.mark_id.store(mark_id, Ordering::Release);
         self.remark_cold();
         self.prepared.lock().expect("prepared lock poisoned").clear();
@@ -918,7 +942,7 @@ impl ShardReplica {
         let gone: Vec<Arc<Chunk>> = current.iter().filter(|c| removed.contains(&c.seq)).cloned().collect();
         // Readers too old to see a settled removal are refused before its chunks leave.
         self.removals_settled.fetch_max(removals_settled, Ordering::AcqRel);
-        self.install_restamped(&gone, added, restamped);
+        self.install_restamped(&gone, added, restamped, &HashSet::new());
         let mut prepared = self.prepared.lock().expect("prepared lock poisoned");
         for change in &changes {
             prepared.remove(&change.lsn);

@@ -525,3 +525,47 @@ async fn a_part_marks_the_chunks_it_replaces_until_settled_and_a_settled_removal
     let refused = ctx.sql("SELECT count(*) FROM old").await.expect("plan").collect().await.expect_err("too old");
     assert!(refused.to_string().contains("retry"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_received_under_a_held_number_with_other_content_replaces_the_held_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    assert_eq!(chunks.len(), 3, "100 rows a chunk");
+    // Rows and sum of `v` of each chunk of the source, in order.
+    let source = engine.hot_table("source").expect("table");
+    let schema = source.schema();
+    let per_chunk: Vec<(i64, i64)> = source
+        .only_shard()
+        .version()
+        .iter()
+        .map(|c| {
+            let batch = source.only_shard().read_chunk(c, None, &schema).expect("read");
+            let v = batch.column(1).as_primitive::<Int64Type>();
+            (batch.num_rows() as i64, v.iter().flatten().sum())
+        })
+        .collect();
+    let whole = (250, (1..=250).sum::<i64>());
+    let seqs: Vec<u64> = chunks.iter().map(|c| c.0).collect();
+    let copy = engine.hot_table("copy").expect("table");
+    let replica = Arc::clone(copy.only_shard());
+    replica.reset(chunks.clone(), &seqs, 0, 0, &[], 0).expect("filled");
+    assert_eq!(count_sum(&engine, "copy").await, whole);
+    let second = Arc::clone(&replica.version()[1]);
+    // A catch-up sends the first number with the third chunk's content (the shard numbered its chunks anew after it
+    // lost every in-sync copy) and the second as held: the first is replaced, the second kept as it is.
+    let renumbered = (seqs[0], chunks[2].1.clone(), chunks[2].2.clone());
+    replica.reset(vec![renumbered, chunks[1].clone()], &seqs, 0, 0, &[], 0).expect("caught up");
+    let expected = (whole.0 - per_chunk[0].0 + per_chunk[2].0, whole.1 - per_chunk[0].1 + per_chunk[2].1);
+    assert_eq!(count_sum(&engine, "copy").await, expected, "the first number holds the new content");
+    assert!(Arc::ptr_eq(&second, &replica.version()[1]), "a chunk held as sent is not written again");
+    // A replicated change does the same: the third number takes the first chunk's content.
+    replica.apply(vec![(seqs[2], chunks[0].1.clone(), chunks[0].2.clone())], &[], 0).expect("applied");
+    let swapped = (expected.0 - per_chunk[2].0 + per_chunk[0].0, expected.1 - per_chunk[2].1 + per_chunk[0].1);
+    assert_eq!(count_sum(&engine, "copy").await, swapped);
+    assert_eq!(replica.version().len(), 3);
+    drop((second, replica, copy, source));
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = open(dir.path()).await;
+    assert_eq!(count_sum(&engine, "copy").await, swapped, "durable: the replaced data is not deleted by a restart");
+}

@@ -717,6 +717,25 @@ async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catche
     // Caught up already: nothing moves.
     let again = new.engine.catch_up_replica(table, shard.shard_id, 2).await.expect("in sync");
     assert_eq!(again.chunks, 0);
+    // The primary shows the move, finished (the chunks written while node 2 was away moved, by this catch-up or by
+    // the primary's own round).
+    let moved = format!(
+        "SELECT phase, CAST(bytes_sent AS BIGINT), CAST(bytes_left AS BIGINT), CAST(epoch AS BIGINT), \
+         CAST(chunks_sent AS BIGINT) FROM system.shard_moves WHERE table_name = 'f' AND shard_id = {} AND target = 2",
+        shard.shard_id.0
+    );
+    let batches = new.engine.execute_one(&moved).await.expect("moves").collect().await.expect("moves");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "one move of the shard to node 2");
+    let row = &batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+    assert_eq!(row.column(0).as_string::<i32>().value(0), "in-sync");
+    let (sent, left, epoch, chunks) = (
+        row.column(1).as_primitive::<Int64Type>().value(0),
+        row.column(2).as_primitive::<Int64Type>().value(0),
+        row.column(3).as_primitive::<Int64Type>().value(0),
+        row.column(4).as_primitive::<Int64Type>().value(0),
+    );
+    assert!(sent > 0 && chunks > 0 && left == 0, "sent {sent} bytes in {chunks} chunks, {left} left");
+    assert_eq!(epoch as u64, report.epoch);
     for node in [one, two, three] {
         node.stop().await;
     }

@@ -128,6 +128,7 @@ impl ShardService for ShardGrpcService {
             .map_err(|e| status_from(&e))?;
         Ok(Response::new(ReplicaStatusReply {
             chunks: status.chunks,
+            digests: status.digests,
             committed_lsn: status.committed_lsn,
             log_end: status.log_end,
         }))
