@@ -39,6 +39,10 @@ struct Args {
     /// Node workload: also run the ledger (UPDATEs spanning shards, audited for atomicity).
     #[arg(long)]
     ledger: bool,
+    /// Node workload: clients also DELETE whole batches they saw acknowledged (tables of one shard: a DELETE of tiered
+    /// rows spanning shards is atomic per shard only).
+    #[arg(long)]
+    deletes: bool,
     /// Run every seed twice and require the same trace (determinism).
     #[arg(long)]
     check_determinism: bool,
@@ -76,6 +80,11 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     use quiver_sim_tests::{meta_sim, node_sim};
 
     let (replicas, fault_secs, shards, ledger) = (args.replicas, args.fault_secs, args.shards.max(1), args.ledger);
+    let deletes = args.deletes;
+    if deletes && shards > 1 {
+        eprintln!("--deletes needs --shards 1: a DELETE of tiered rows spanning shards is atomic per shard only");
+        return 2;
+    }
     let bug = match args.inject_bug.as_deref().map(str::parse::<quiver_node::engine::InjectedBug>).transpose() {
         Ok(bug) => bug,
         Err(e) => {
@@ -85,8 +94,15 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     };
     let run: Box<dyn FnOnce(u64) -> Result<meta_sim::Outcome, String> + Send> = match args.workload.as_str() {
         "node" => Box::new(move |seed| {
-            let options =
-                node_sim::NodeSimOptions { nodes: replicas, fault_secs, bug, shards, ledger, ..Default::default() };
+            let options = node_sim::NodeSimOptions {
+                nodes: replicas,
+                fault_secs,
+                bug,
+                shards,
+                ledger,
+                deletes,
+                ..Default::default()
+            };
             node_sim::run_seed(seed, &options)
         }),
         _ => Box::new(move |seed| {
@@ -153,6 +169,7 @@ fn run_many(args: &Args) -> i32 {
             .args(["--fault-secs", &args.fault_secs.to_string(), "--replicas", &args.replicas.to_string()])
             .args(["--shards", &args.shards.to_string()])
             .args(args.ledger.then_some("--ledger"))
+            .args(args.deletes.then_some("--deletes"))
             .args(args.inject_bug.iter().flat_map(|bug| ["--inject-bug", bug.as_str()]))
             .output();
         match output {

@@ -8,7 +8,8 @@
 //! 2. **Faults** (for [`NodeSimOptions::fault_secs`] virtual seconds) while clients create tables, append batches of
 //!    rows with unique ids to random nodes, and query them back: kill a node (its disk losing unsynced writes or
 //!    not) and restart it on the same disk, lose a node with its disk (removed, an empty replacement joins), isolate
-//!    a node, cut one direction of its traffic, slow the network, drop packets, make the clocks jump; on half the
+//!    a node, cut one direction of its traffic, slow the network, drop packets, make the clocks jump (with
+//!    `--deletes`, clients also DELETE whole batches they saw acknowledged); on half the
 //!    seeds the fault points in the production code fire too. An operator drains a random node now and then and stops
 //!    the drain a few seconds later, and the copies of a node down for three seconds are made again elsewhere, so
 //!    shards move (copies added, caught up, dropped, primaries handed over) under the faults.
@@ -16,7 +17,8 @@
 //!    within a bound.
 //! 4. **Checks**, against a model of what each client learned:
 //!    - every query answer holds each row at most once, whole batches only, every batch acknowledged on that node
-//!      before the query began, and nothing that failed or began after the query ended;
+//!      before the query began and not deleted since, no batch whose DELETE was acknowledged before it began, and
+//!      nothing that failed or began after the query ended;
 //!    - after the faults, on every node, every acknowledged row is present exactly once, a batch whose outcome the
 //!      client could not know is present entirely or not at all, and `count(*)`, `sum`, `min`, `max` computed by
 //!      DataFusion equal the model's;
@@ -86,11 +88,23 @@ pub struct NodeSimOptions {
     pub shards: u32,
     /// Also run the ledger: UPDATEs spanning shards, audited for atomicity (see `ledger`).
     pub ledger: bool,
+    /// Clients also DELETE whole batches they saw acknowledged: each must then be gone from every later answer on
+    /// every node, and be gone whole or not at all from every answer.
+    pub deletes: bool,
 }
 
 impl Default for NodeSimOptions {
     fn default() -> Self {
-        NodeSimOptions { nodes: 3, fault_secs: 20, clients: 3, liveness_secs: 30, bug: None, shards: 1, ledger: false }
+        NodeSimOptions {
+            nodes: 3,
+            fault_secs: 20,
+            clients: 3,
+            liveness_secs: 30,
+            bug: None,
+            shards: 1,
+            ledger: false,
+            deletes: false,
+        }
     }
 }
 
@@ -242,6 +256,17 @@ impl Append {
     }
 }
 
+/// One DELETE of every row of the acknowledged append that begins at id `first` from `table`, as a client saw it.
+#[derive(Debug, Clone)]
+struct Delete {
+    node: u64,
+    table: String,
+    first: i64,
+    invoked: Duration,
+    completed: Duration,
+    fate: Fate,
+}
+
 /// Whether a table must exist at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -282,6 +307,8 @@ struct History {
     /// Every DROP TABLE.
     drops: Vec<Dropped>,
     appends: Vec<Append>,
+    /// Every DELETE of a batch.
+    deletes: Vec<Delete>,
     scans: Vec<Scan>,
     /// When each node lost its disk (the rows it held are gone by design).
     disk_losses: BTreeMap<u64, Vec<Duration>>,
@@ -358,10 +385,28 @@ impl History {
                     append.rows, append.node, append.invoked
                 ));
             }
+            // DELETEs of the batch that may have taken effect; one acknowledged before the query makes it gone.
+            let deletes: Vec<&Delete> = self
+                .deletes
+                .iter()
+                .filter(|d| d.table == *table && d.first == append.first && d.fate != Fate::Failed)
+                .collect();
+            if let Some(d) = deletes.iter().find(|d| d.fate == Fate::Acknowledged && d.completed < *invoked)
+                && present != 0
+            {
+                return Err(format!(
+                    "deleted rows seen: the batch {:?} of {table} was deleted through node {} (acknowledged at {:?}), \
+                     but {present} of its rows are visible on node {node} (query at {invoked:?})",
+                    append.ids(),
+                    d.node,
+                    d.completed
+                ));
+            }
             let must = append.fate == Fate::Acknowledged
                 && append.completed < *invoked
                 && !self.may_be_lost(table, append.invoked, *completed)
-                && !self.drop_began(table, append.incarnation, *completed);
+                && !self.drop_began(table, append.incarnation, *completed)
+                && !deletes.iter().any(|d| d.invoked <= *completed);
             if must && present == 0 {
                 return Err(format!(
                     "lost rows: the batch {:?} appended to {table} on node {} was acknowledged at {:?}, but a query \
@@ -699,7 +744,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     for client in 0..options.clients {
         let history = world.history.clone();
         let started = world.hosts.started;
-        let (nodes, shards) = (options.nodes, options.shards);
+        let (nodes, shards, deletes) = (options.nodes, options.shards, options.deletes);
         let tiered = tiered.clone();
         let shared = shared.clone();
         clients.push(client_host.spawn(async move {
@@ -763,6 +808,33 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                         let mut tiered = tiered.lock().expect("tiered");
                         tiered.0 += 1;
                         tiered.1 += rows;
+                    }
+                } else if deletes && dice < 28 {
+                    // DELETE an acknowledged batch of the table, whole: gone from every later answer on every node,
+                    // whatever its shard's copies, tiers and primaries went through.
+                    let (table, incarnation) = pick(&mine);
+                    let target = {
+                        let history = history.lock().expect("history");
+                        let done: Vec<&Append> = history
+                            .appends
+                            .iter()
+                            .filter(|a| a.table == table && a.incarnation == incarnation)
+                            .filter(|a| a.fate == Fate::Acknowledged)
+                            .collect();
+                        (!done.is_empty()).then(|| {
+                            let a = done[thread_rng().gen_range(0..done.len())];
+                            (a.first, a.rows)
+                        })
+                    };
+                    if let Some((first, rows)) = target {
+                        let sql = format!("DELETE FROM {table} WHERE id BETWEEN {first} AND {}", first + rows - 1);
+                        let fate = match execute(node, sql).await {
+                            Ok(_) => Fate::Acknowledged,
+                            Err(code) => fate_of(code),
+                        };
+                        let completed = started.elapsed();
+                        let delete = Delete { node, table, first, invoked, completed, fate };
+                        history.lock().expect("history").deletes.push(delete);
                     }
                 } else if dice < 70 {
                     let (table, incarnation) = pick(&mine);
@@ -1010,10 +1082,13 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let rows: usize = final_rows.values().map(Vec::len).sum();
     let (tierings, rows_tiered) = *tiered.lock().expect("tiered");
     let compacted: u64 = live_engines(&live).iter().map(|e| e.metrics().cold_files_compacted.get()).sum();
+    let deleted = history.deletes.iter().filter(|d| d.fate == Fate::Acknowledged).count();
     world.hosts.note(format!(
-        "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} scans, {} tables, {rows} rows, \
-         {tierings} tierings ({rows_tiered} rows moved), {compacted} files compacted by the nodes now running",
+        "checked: {} appends ({acknowledged} acknowledged, {uncertain} uncertain), {} deletes ({deleted} \
+         acknowledged), {} scans, {} tables, {rows} rows, {tierings} tierings ({rows_tiered} rows moved), {compacted} \
+         files compacted by the nodes now running",
         history.appends.len(),
+        history.deletes.len(),
         history.scans.len(),
         tables.len()
     ));
