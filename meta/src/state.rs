@@ -51,6 +51,9 @@ pub struct MetaState {
     /// The decisions of statements spanning shards, by transaction id, until forgotten or expired.
     #[serde(default)]
     transactions: BTreeMap<u64, Decision>,
+    /// Shards whose primary was replaced because its node went down or was lost, since the cluster began.
+    #[serde(default)]
+    failovers: u64,
 }
 
 impl MetaState {
@@ -67,6 +70,11 @@ impl MetaState {
     /// Returns the recorded decision of transaction `txn`, if one was made and is still kept.
     pub fn transaction(&self, txn: u64) -> Option<Decision> {
         self.transactions.get(&txn).copied()
+    }
+
+    /// Returns how many times a shard's primary was replaced because its node went down or was lost.
+    pub fn failovers(&self) -> u64 {
+        self.failovers
     }
 
     /// Returns how many transaction decisions are kept.
@@ -169,6 +177,9 @@ impl MetaState {
         let changes = placement::fail_over(&self.nodes, self.shards.values(), node_id, lost);
         for (shard_id, in_sync, primary) in &changes {
             if let Some(shard) = self.shards.get_mut(shard_id) {
+                if shard.primary != *primary {
+                    self.failovers += 1;
+                }
                 let replicas = shard.replicas.clone();
                 shard.reconfigure(replicas, in_sync.clone(), *primary);
             }

@@ -672,6 +672,7 @@ impl Engine {
             learners,
             metadata_version: self.meta.read_local(|s| s.version()),
             snapshot: self.meta.snapshot_stats(),
+            shard_failovers: self.meta.read_local(|s| s.failovers()),
         }
     }
 

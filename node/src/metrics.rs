@@ -188,6 +188,8 @@ pub struct Metrics {
     pub shard_catch_up_bytes: Counter,
     /// Catch-ups running from this node.
     pub shard_catch_ups_running: Gauge,
+    /// Bytes of chunk data the catch-ups running from this node have still to send.
+    pub shard_catch_up_bytes_left: Gauge,
     /// Shards whose rows this node deleted because they left it (drained, or made again elsewhere).
     pub shard_copies_deleted: Counter,
 }
@@ -215,6 +217,8 @@ pub struct RaftGauges {
     pub metadata_version: u64,
     /// Snapshots built and installed, the last one's bytes and build time.
     pub snapshot: quiver_meta::raft::SnapshotStats,
+    /// Shards whose primary the metadata group replaced because its node went down or was lost, cluster-wide.
+    pub shard_failovers: u64,
 }
 
 impl Metrics {
@@ -435,6 +439,18 @@ impl Metrics {
             "Catch-ups running from this node.",
             self.shard_catch_ups_running.get(),
         );
+        gauge(
+            &mut out,
+            "quiver_shard_catch_up_bytes_left",
+            "Bytes of chunk data the catch-ups running from this node have still to send.",
+            self.shard_catch_up_bytes_left.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_shard_failovers_total",
+            "Shards whose primary was replaced because its node went down or was lost (cluster-wide, as applied here).",
+            raft.shard_failovers,
+        );
         counter(
             &mut out,
             "quiver_shard_copies_deleted_total",
@@ -489,8 +505,11 @@ mod tests {
         let f = m.frontend(Frontend::Postgres);
         f.requests.inc();
         f.latency.observe(Duration::from_micros(300));
-        let text = m.render(1000, 2, &RaftGauges::default());
+        m.shard_catch_up_bytes_left.set(512);
+        let text = m.render(1000, 2, &RaftGauges { shard_failovers: 3, ..RaftGauges::default() });
         assert!(text.contains("quiver_rows_ingested_total 42"), "{text}");
+        assert!(text.contains("quiver_shard_failovers_total 3"), "{text}");
+        assert!(text.contains("quiver_shard_catch_up_bytes_left 512"), "{text}");
         assert!(text.contains("quiver_requests_total{frontend=\"postgres\"} 1"), "{text}");
         assert!(text.contains("quiver_request_duration_seconds_bucket{frontend=\"postgres\",le=\"0.0005\"} 1"));
         assert!(text.contains("quiver_request_duration_seconds_bucket{frontend=\"postgres\",le=\"0.00025\"} 0"));

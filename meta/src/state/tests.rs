@@ -178,6 +178,8 @@ fn a_node_marked_down_leaves_every_in_sync_set_and_its_shards_get_new_primaries(
         }
     }
     assert!(before.iter().any(|r| r.primary == 2 && r.in_sync.len() == 2), "node 2 led a replicated shard");
+    let promoted = before.iter().filter(|r| r.primary == 2 && r.in_sync.len() > 1).count() as u64;
+    assert_eq!(s.failovers(), promoted, "each promotion is a failover");
     // A node back with an empty store leaves every in-sync set the same way.
     let node3: Vec<ShardId> =
         s.shards().filter(|r| r.in_sync.contains(&3) && r.in_sync.len() > 1).map(|r| r.shard_id).collect();

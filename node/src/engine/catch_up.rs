@@ -79,6 +79,7 @@ impl Engine {
         let outcome = self.run_catch_up(replica, record, target).await;
         let ended = outcome.as_ref().map(|report| report.epoch).map_err(|e| e.report().to_string());
         self.moves.ended(shard, target, ended);
+        self.metrics.shard_catch_up_bytes_left.set(self.moves.bytes_left());
         outcome
     }
 
@@ -281,6 +282,7 @@ impl Engine {
             replica.version().iter().filter(|c| wanted.contains(&c.seq)).map(|c| c.meta.data_bytes).sum()
         };
         self.moves.to_send(shard, target, missing.len() as u64, missing_bytes);
+        self.metrics.shard_catch_up_bytes_left.set(self.moves.bytes_left());
         let timeout = self.replication.timeout;
         let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
         let mut next = 0;
@@ -316,6 +318,7 @@ impl Engine {
             report.chunks += count;
             report.bytes += bytes;
             self.moves.sent(shard, target, count, bytes);
+            self.metrics.shard_catch_up_bytes_left.set(self.moves.bytes_left());
             self.metrics.shard_catch_up_bytes.add(bytes);
             if self.replication.catch_up_rate > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.replication.catch_up_rate as f64)).await;

@@ -111,6 +111,11 @@ impl MoveLog {
         }
     }
 
+    /// Bytes the running moves have still to send.
+    pub(crate) fn bytes_left(&self) -> u64 {
+        self.lock().iter().filter(|m| m.phase != MovePhase::InSync).map(|m| m.bytes_left).sum()
+    }
+
     /// The current attempt has `chunks` of `bytes` to send (more, once it enters [`MovePhase::Finishing`]).
     pub(crate) fn to_send(&self, shard: ShardId, target: u64, chunks: u64, bytes: u64) {
         self.update(shard, target, |m| {

@@ -679,6 +679,7 @@ async fn a_backup_takes_over_a_primary_that_went_down_and_the_old_primary_catche
     }
     let after = failed_over.expect("the shard failed over");
     assert!(after.epoch > placed.epoch, "{after:?}");
+    assert!(one.engine.raft_gauges().shard_failovers >= 1, "the failover is counted");
     assert_eq!((after.in_sync.contains(&2), after.replicas.clone()), (false, vec![1, 2, 3]), "{after:?}");
     let (new, other) = if after.primary == 1 { (&one, &three) } else { (&three, &one) };
     until_epoch(new, shard.shard_id, after.epoch).await;
