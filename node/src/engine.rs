@@ -767,7 +767,7 @@ impl Engine {
             TableKind::Native => match self.attach_native(def, recovered).await {
                 Ok(table) => {
                     for shard in table.shards() {
-                        self.remove_tiered_chunks(shard).await;
+                        self.remove_tiered_chunks_if_idle(shard).await;
                     }
                 }
                 // The metadata gives every native table a shard map; a table without one cannot be read or written.

@@ -391,8 +391,10 @@ impl History {
                 .iter()
                 .filter(|d| d.table == *table && d.first == append.first && d.fate != Fate::Failed)
                 .collect();
+            // (Every copy that had the DELETE may have been lost with disks since, the copy left leading without it.)
             if let Some(d) = deletes.iter().find(|d| d.fate == Fate::Acknowledged && d.completed < *invoked)
                 && present != 0
+                && !self.may_be_lost(table, d.invoked, *completed)
             {
                 return Err(format!(
                     "deleted rows seen: the batch {:?} of {table} was deleted through node {} (acknowledged at {:?}), \

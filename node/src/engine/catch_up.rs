@@ -73,6 +73,8 @@ impl Engine {
         let replica = self.replica_of(table, shard)?;
         let record = self.catch_up_record(shard, target)?;
         if record.in_sync.contains(&target) {
+            // Admitted by an attempt whose answer was lost, or by another: its move, if shown open, is done.
+            self.moves.ended(shard, target, Ok(record.epoch));
             return Ok(CatchUpReport { epoch: record.epoch, ..CatchUpReport::default() });
         }
         self.moves.attempt(table, &replica.def().name, shard, target, record.epoch);

@@ -11,6 +11,9 @@ use std::sync::Mutex;
 
 use quiver_meta::{ShardId, TableId};
 
+/// A move: its shard and the node receiving the copy.
+pub(crate) type MoveKey = (ShardId, u64);
+
 /// Finished moves kept (the running ones are always kept).
 const FINISHED_KEPT: usize = 256;
 
@@ -116,11 +119,32 @@ impl MoveLog {
         self.lock().iter().filter(|m| m.phase != MovePhase::InSync).map(|m| m.bytes_left).sum()
     }
 
-    /// The current attempt has `chunks` of `bytes` to send (more, once it enters [`MovePhase::Finishing`]).
+    /// The current attempt has `chunks` of `bytes` left to send (what the target lacks now: counted again when it
+    /// enters [`MovePhase::Finishing`]).
     pub(crate) fn to_send(&self, shard: ShardId, target: u64, chunks: u64, bytes: u64) {
-        self.update(shard, target, |m| {
-            m.chunks_left += chunks;
-            m.bytes_left += bytes;
+        self.update(shard, target, |m| (m.chunks_left, m.bytes_left) = (chunks, bytes));
+    }
+
+    /// Closes the moves not running now (`running`, by shard and target) that are no longer wanted: in sync
+    /// (`in_sync` says at which epoch), or not this node's to make any more (it no longer leads the shard, the copy
+    /// was dropped, the table is gone), which leave the log.
+    pub(crate) fn reconcile(
+        &self,
+        running: &std::collections::HashSet<MoveKey>,
+        in_sync: impl Fn(ShardId, u64) -> Option<u64>,
+        wanted: &std::collections::HashSet<MoveKey>,
+    ) {
+        let now = crate::clock::unix_ms();
+        let mut moves = self.lock();
+        moves.retain_mut(|m| {
+            let key = (m.shard, m.target);
+            if m.phase == MovePhase::InSync || running.contains(&key) || wanted.contains(&key) {
+                return true;
+            }
+            let Some(epoch) = in_sync(m.shard, m.target) else { return false };
+            (m.phase, m.epoch, m.error, m.updated_ms) = (MovePhase::InSync, epoch, None, now);
+            (m.chunks_left, m.bytes_left) = (0, 0);
+            true
         });
     }
 
@@ -200,6 +224,9 @@ mod tests {
         let m = &records[0];
         assert_eq!((m.phase, m.attempts, m.epoch), (MovePhase::Copying, 2, 5));
         assert_eq!((m.chunks_sent, m.bytes_sent, m.chunks_left, m.bytes_left), (6, 600, 4, 400));
+        // What the target lacks is counted anew as the attempt finishes.
+        log.to_send(shard, 3, 4, 400);
+        assert_eq!(log.bytes_left(), 400);
         assert_eq!(m.error.as_deref(), Some("node 3 did not answer"), "the last failure stays until it succeeds");
         log.finishing(shard, 3);
         log.sent(shard, 3, 4, 400);
@@ -214,6 +241,19 @@ mod tests {
         let records = log.records();
         assert_eq!(records.len(), 1);
         assert_eq!((records[0].attempts, records[0].bytes_sent), (1, 0));
+        // A move that failed and is no longer wanted is closed: in sync (admitted by an attempt whose answer was
+        // lost), or dropped from the log.
+        log.attempt(table, "t", ShardId(8), 1, 3);
+        log.ended(ShardId(8), 1, Err("lost answer".into()));
+        log.attempt(table, "t", ShardId(9), 1, 3);
+        log.ended(ShardId(9), 1, Err("gone".into()));
+        let none = std::collections::HashSet::new();
+        log.reconcile(&none, |s, _| (s == ShardId(8)).then_some(4), &[(shard, 3)].into_iter().collect());
+        let records = log.records();
+        let eight = records.iter().find(|m| m.shard == ShardId(8)).expect("kept");
+        assert_eq!((eight.phase, eight.epoch, eight.error.clone()), (MovePhase::InSync, 4, None));
+        assert!(records.iter().all(|m| m.shard != ShardId(9)), "dropped");
+        assert!(records.iter().any(|m| m.shard == shard && m.phase == MovePhase::Copying), "wanted: kept");
         // Finished moves are bounded; running ones are kept.
         for n in 0..(FINISHED_KEPT as u64 + 10) {
             log.attempt(table, "t", ShardId(100 + n), 2, 1);

@@ -23,7 +23,7 @@
 //! - Backups learn the commit point with the next change, or from [`Engine::push_commit_points`] when none follows.
 //! - A shard whose only in-sync copy is this node, with nothing prepared, commits directly, as a single node does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk, TransactionOutcome};
 use tonic::transport::{Channel, Endpoint};
 
+use super::moves::MoveKey;
 use super::{Engine, InjectedBugKind, ReplicatedChunk};
 use crate::error::{Error, Result};
 use crate::table::ShardReplica;
@@ -516,6 +517,21 @@ impl Engine {
         use quiver_meta::NodeState;
         let Some(engine) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
         let me = self.node_id;
+        // The moves shown open that are not this node's to make any more, or done, are closed.
+        let (open, admitted): (HashSet<MoveKey>, HashMap<MoveKey, u64>) = self.meta.read_local(|s| {
+            let led: Vec<&ShardRecord> = s.shards().filter(|r| r.primary == me).collect();
+            let open = led.iter().flat_map(|r| {
+                r.replicas.iter().filter(|n| !r.in_sync.contains(n)).map(|n| (r.shard_id, *n)).collect::<Vec<_>>()
+            });
+            let admitted =
+                led.iter().flat_map(|r| r.in_sync.iter().map(|n| ((r.shard_id, *n), r.epoch)).collect::<Vec<_>>());
+            (open.collect(), admitted.collect())
+        });
+        let running: HashSet<MoveKey> = {
+            let running = self.catching_up.lock().expect("catch-up lock poisoned");
+            running.iter().map(|(_, shard, target)| (*shard, *target)).collect()
+        };
+        self.moves.reconcile(&running, |shard, target| admitted.get(&(shard, target)).copied(), &open);
         let wanted: Vec<(TableId, ShardId, u64)> = self.meta.read_local(|s| {
             s.shards()
                 .filter(|r| r.primary == me)

@@ -110,7 +110,10 @@ impl Engine {
     }
 
     /// Removes the hot chunks of `table` that its cold view says are tiered: left behind by a crash between a
-    /// tiering's commit and their removal (scans skip them meanwhile).
+    /// tiering's commit and their removal, or by a view advanced while the shard was busy (scans skip them meanwhile).
+    /// The caller holds the shard's [`ShardReplica::dml_lock`]: a replicated change or a catch-up may otherwise
+    /// replace a chunk of the same number between the read of the version and the removal's commit, whose index
+    /// delete and retirement would then take the new chunk.
     pub(crate) async fn remove_tiered_chunks(&self, table: &Arc<ShardReplica>) {
         let ColdState::Ready(view) = table.cold() else { return };
         let covered: Vec<Arc<Chunk>> = table.version().iter().filter(|c| c.seq <= view.hot_through).cloned().collect();
@@ -124,6 +127,17 @@ impl Engine {
                 tracing::warn!(table = %table.def().name, error = %e.report(), "removing tiered hot chunks failed")
             }
         }
+    }
+
+    /// [`Engine::remove_tiered_chunks`] for a caller that does not hold the shard's lock: done when the lock is free
+    /// and a chunk is covered, else left to a later call (scans skip covered chunks meanwhile).
+    pub(crate) async fn remove_tiered_chunks_if_idle(&self, table: &Arc<ShardReplica>) {
+        let ColdState::Ready(view) = table.cold() else { return };
+        if table.version().first().is_none_or(|c| c.seq > view.hot_through) {
+            return;
+        }
+        let Ok(_serialized) = table.dml_lock.try_lock() else { return };
+        self.remove_tiered_chunks(table).await;
     }
 
     /// Every attached native table.
@@ -154,7 +168,7 @@ impl Engine {
             let ready = matches!(state, ColdState::Ready(_));
             table.set_cold(state);
             if ready {
-                self.remove_tiered_chunks(&table).await;
+                self.remove_tiered_chunks_if_idle(&table).await;
             }
         }
     }
@@ -176,13 +190,23 @@ impl Engine {
         Ok((pointer, manifest))
     }
 
-    /// Makes `manifest` the table's cold view on this node when it is newer, and removes the hot chunks it covers.
+    /// Makes `manifest` the table's cold view on this node when it is newer, and removes the hot chunks it covers; the
+    /// caller holds the shard's [`ShardReplica::dml_lock`].
     pub(super) async fn adopt(&self, table: &Arc<ShardReplica>, manifest: &Manifest) {
         if matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
             return;
         }
         table.advance_cold(Arc::new(ColdView::of(manifest, table.mark_id())));
         self.remove_tiered_chunks(table).await;
+    }
+
+    /// [`Engine::adopt`] for a caller that does not hold the shard's lock: the view advances at once, the chunks it
+    /// covers leave when the lock is free ([`Engine::remove_tiered_chunks_if_idle`]).
+    async fn adopt_unlocked(&self, table: &Arc<ShardReplica>, manifest: &Manifest) {
+        if !matches!(table.cold(), ColdState::Ready(view) if view.version >= manifest.version) {
+            table.advance_cold(Arc::new(ColdView::of(manifest, table.mark_id())));
+        }
+        self.remove_tiered_chunks_if_idle(table).await;
     }
 
     /// Moves `shard`'s manifest pointer from `expected` to `next`, stored at `location`, by compare-and-set through
@@ -255,10 +279,12 @@ impl Engine {
                 continue;
             };
             if pointer.version <= view.version {
+                // Chunks an earlier call left covered, while the shard was busy.
+                self.remove_tiered_chunks_if_idle(&table).await;
                 continue;
             }
             match self.manifest_at(&pointer.location).await {
-                Ok(manifest) => self.adopt(&table, &manifest).await,
+                Ok(manifest) => self.adopt_unlocked(&table, &manifest).await,
                 Err(e) => {
                     // Scans of the table fail, naming the problem, until a statement loads it, unless a load
                     // reached the pointer meanwhile.
