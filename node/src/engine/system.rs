@@ -228,15 +228,10 @@ impl SystemTable {
         let columns: Vec<ArrayRef> = match self {
             SystemTable::Queries => {
                 let q = queries.records();
-                let values = |f: fn(&QueryRecord) -> u64| -> ArrayRef {
-                    Arc::new(UInt64Array::from_iter_values(q.iter().map(f)))
-                };
+                let values = |f: fn(&QueryRecord) -> u64| u64_column(&q, f);
                 vec![
                     values(|r| r.id),
-                    Arc::new(
-                        TimestampMillisecondArray::from_iter_values(q.iter().map(|r| r.started_ms as i64))
-                            .with_timezone("+00:00"),
-                    ),
+                    time_column(&q, |r| r.started_ms),
                     values(|r| r.duration_ms),
                     Arc::new(StringArray::from_iter_values(q.iter().map(|r| r.text.as_str()))),
                     values(|r| r.rows),
@@ -248,15 +243,8 @@ impl SystemTable {
             }
             SystemTable::ShardMoves => {
                 let m = moves.records();
-                let values = |f: fn(&MoveRecord) -> u64| -> ArrayRef {
-                    Arc::new(UInt64Array::from_iter_values(m.iter().map(f)))
-                };
-                let time = |f: fn(&MoveRecord) -> u64| -> ArrayRef {
-                    Arc::new(
-                        TimestampMillisecondArray::from_iter_values(m.iter().map(|r| f(r) as i64))
-                            .with_timezone("+00:00"),
-                    )
-                };
+                let values = |f: fn(&MoveRecord) -> u64| u64_column(&m, f);
+                let time = |f: fn(&MoveRecord) -> u64| time_column(&m, f);
                 vec![
                     Arc::new(StringArray::from_iter_values(m.iter().map(|r| r.table_name.as_str()))),
                     values(|r| r.shard.0),
@@ -350,6 +338,16 @@ impl SystemTable {
         };
         Ok(RecordBatch::try_new(self.schema(), columns)?)
     }
+}
+
+/// A column of `f` of each of `rows`.
+fn u64_column<T>(rows: &[T], f: fn(&T) -> u64) -> ArrayRef {
+    Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+}
+
+/// A UTC timestamp column of `f` (milliseconds since the Unix epoch) of each of `rows`.
+fn time_column<T>(rows: &[T], f: fn(&T) -> u64) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| f(r) as i64)).with_timezone("+00:00"))
 }
 
 /// The columns of `system.shards`: every native table's shards, tables by name, shards in slot order, with the hot
