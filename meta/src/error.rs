@@ -127,6 +127,14 @@ pub enum Error {
         /// The fence (unix ms).
         fence_ms: u64,
     },
+    /// A shard's manifest cannot change while a statement spanning shards has a manifest pending for it.
+    #[error("shard {shard_id} has a manifest pending for statement {txn:x}, not decided yet")]
+    ShardManifestPending {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The undecided statement's transaction id.
+        txn: u64,
+    },
     /// A transaction's outcome was decided otherwise before.
     #[error("transaction {txn} was decided before: {}", if *commit { "committed" } else { "aborted" })]
     TransactionDecided {
@@ -154,6 +162,7 @@ impl Error {
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ColdUploadsFenced { .. }
+            | Error::ShardManifestPending { .. }
             | Error::TransactionDecided { .. }
             | Error::ClusterIdMismatch { .. } => ErrorKind::InvalidRequest,
             Error::Decode(_) => ErrorKind::Internal,
@@ -245,6 +254,14 @@ pub enum Rejection {
         /// The fence (unix ms).
         fence_ms: u64,
     },
+    /// See [`Error::ShardManifestPending`].
+    #[error("shard {shard_id} has a manifest pending for statement {txn:x}, not decided yet")]
+    ShardManifestPending {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The undecided statement's transaction id.
+        txn: u64,
+    },
     /// See [`Error::TransactionDecided`].
     #[error("transaction {txn} was decided before: {}", if *commit { "committed" } else { "aborted" })]
     TransactionDecided {
@@ -289,6 +306,7 @@ impl From<Rejection> for Error {
             Rejection::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms } => {
                 Error::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms }
             }
+            Rejection::ShardManifestPending { shard_id, txn } => Error::ShardManifestPending { shard_id, txn },
             Rejection::TransactionDecided { txn, commit } => Error::TransactionDecided { txn, commit },
             Rejection::ClusterIdMismatch { current, proposed } => Error::ClusterIdMismatch { current, proposed },
         }
@@ -314,6 +332,7 @@ impl Rejection {
             | Error::InvalidShardReplicas { .. }
             | Error::ManifestVersionConflict { .. }
             | Error::ColdUploadsFenced { .. }
+            | Error::ShardManifestPending { .. }
             | Error::TransactionDecided { .. }
             | Error::ClusterIdMismatch { .. }
             | Error::Decode(_)) => unreachable!("Catalog::apply returned {other}"),

@@ -47,6 +47,6 @@ pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Reje
 pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
 pub use state::{
     DECISION_KEPT_MS, Decision, ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord,
-    NodeRole, NodeState, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
+    NodeRole, NodeState, PendingManifest, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
 };
 pub use store::{MemMetaStore, MetaStore, ScanOrder, WriteBatch, WriteOp};

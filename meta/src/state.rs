@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::command::{MetaCommand, MetaOutcome, MetaResponse};
 pub use self::registry::{NodeRecord, NodeRole, NodeState};
-pub use self::shards::{ManifestPointer, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type};
+pub use self::shards::{
+    ManifestPointer, PendingManifest, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
+};
 pub use self::transactions::{DECISION_KEPT_MS, Decision};
 use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
 use crate::error::{Error, Rejection};
@@ -54,6 +56,10 @@ pub struct MetaState {
     /// Shards whose primary was replaced because its node went down or was lost, since the cluster began.
     #[serde(default)]
     failovers: u64,
+    /// The shards holding a pending manifest ([`ShardRecord::pending`]), by transaction id: a decision settles
+    /// them without a pass over every shard.
+    #[serde(default)]
+    pending_manifests: BTreeMap<u64, Vec<ShardId>>,
 }
 
 impl MetaState {
@@ -293,13 +299,23 @@ impl MetaState {
                 uploaded_from_ms,
                 expected_epoch,
                 tiered_through,
+                txn,
             } => {
                 let fence_ms = self.cold_upload_fence_ms;
+                let decided = self.transactions.get(&txn).map(|d| d.commit);
                 let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
                 if let Some(expected) = expected_epoch
                     && expected != shard.epoch
                 {
                     return Err(Rejection::ShardEpochConflict { shard_id, expected, current: shard.epoch });
+                }
+                if let Some(pending) = &shard.pending {
+                    // The same proposal again (its answer was lost) changes nothing; any other waits for the decision.
+                    return if txn != 0 && pending.txn == txn && pending.manifest.location == manifest.location {
+                        Ok(MetaOutcome::Unchanged)
+                    } else {
+                        Err(Rejection::ShardManifestPending { shard_id, txn: pending.txn })
+                    };
                 }
                 let current = shard.manifest.as_ref().map(|m| m.version);
                 if current != expected_version || current.is_some_and(|c| manifest.version <= c) {
@@ -309,6 +325,18 @@ impl MetaState {
                     return Err(Rejection::ColdUploadsFenced { shard_id, uploaded_from_ms, fence_ms });
                 }
                 let version = manifest.version;
+                let txn_version = shard.manifest.as_ref().map_or(0, |m| m.txn_version);
+                let manifest = ManifestPointer { txn_version, ..manifest };
+                if txn != 0 {
+                    // A part of a statement decided already comes too late: an abort dropped it, a commit was
+                    // recorded without it.
+                    if let Some(commit) = decided {
+                        return Err(Rejection::TransactionDecided { txn, commit });
+                    }
+                    shard.pending = Some(PendingManifest { txn, manifest, tiered_through });
+                    self.pending_manifests.entry(txn).or_default().push(shard_id);
+                    return Ok(MetaOutcome::ShardManifestProposed { shard_id, version, txn });
+                }
                 shard.manifest = Some(manifest);
                 shard.tiered_through = shard.tiered_through.max(tiered_through);
                 Ok(MetaOutcome::ShardManifestSet { shard_id, version })
@@ -328,7 +356,21 @@ impl MetaState {
                 // Decisions made more than a day before this one (by the deciders' clocks) are dropped.
                 let expired_before = at_ms.saturating_sub(DECISION_KEPT_MS);
                 self.transactions.retain(|_, d| d.at_ms >= expired_before);
-                self.transactions.insert(txn, Decision { commit, at_ms, version: self.version + 1 });
+                let version = self.version + 1;
+                self.transactions.insert(txn, Decision { commit, at_ms, version });
+                // The statement's pending manifests become current in this same apply, or are dropped: both tiers of
+                // every shard flip at the decision's version.
+                for shard_id in self.pending_manifests.remove(&txn).unwrap_or_default() {
+                    let Some(shard) = self.shards.get_mut(&shard_id) else { continue };
+                    if shard.pending.as_ref().is_none_or(|p| p.txn != txn) {
+                        continue;
+                    }
+                    let Some(pending) = shard.pending.take() else { continue };
+                    if commit {
+                        shard.manifest = Some(ManifestPointer { txn_version: version, ..pending.manifest });
+                        shard.tiered_through = shard.tiered_through.max(pending.tiered_through);
+                    }
+                }
                 Ok(MetaOutcome::TransactionDecided { txn, commit })
             }
             MetaCommand::ForgetTransaction { txn } => match self.transactions.remove(&txn) {
@@ -372,6 +414,7 @@ impl MetaState {
                         manifest: None,
                         left_in_sync: Default::default(),
                         tiered_through: 0,
+                        pending: None,
                     };
                     self.shards.insert(shard_id, record);
                     shards.push(shard_id);
@@ -381,7 +424,14 @@ impl MetaState {
             CatalogOutcome::Dropped(table) => {
                 let shards: Vec<ShardId> = self.table_shards(table.id).map(|s| s.shard_id).collect();
                 for shard_id in &shards {
-                    self.shards.remove(shard_id);
+                    if let Some(pending) = self.shards.remove(shard_id).and_then(|s| s.pending)
+                        && let Some(listed) = self.pending_manifests.get_mut(&pending.txn)
+                    {
+                        listed.retain(|s| s != shard_id);
+                        if listed.is_empty() {
+                            self.pending_manifests.remove(&pending.txn);
+                        }
+                    }
                 }
                 Ok(MetaOutcome::TableDropped { table, shards })
             }

@@ -72,6 +72,9 @@ pub struct ColdView {
     pub marks: std::collections::BTreeMap<u64, u64>,
     /// Per column of the table, its statistics across the files, read once for pruning.
     pub bounds: Vec<ColumnBounds>,
+    /// The metadata version of the latest commit of a statement spanning shards whose changes the files hold
+    /// ([`Manifest::txn_version`]): a reader whose snapshot is older must not read them.
+    pub txn_version: u64,
 }
 
 /// One column's statistics across a view's files, in their order: NULL where unknown.
@@ -119,6 +122,7 @@ impl ColdView {
             hot_through: mark_of(&manifest.hot_through, store),
             marked_as: store,
             marks: manifest.hot_through.clone(),
+            txn_version: manifest.txn_version,
         }
     }
 

@@ -711,8 +711,6 @@ impl Engine {
         if self.is_clustered() && !self.injected(InjectedBugKind::StaleEpochScan) {
             self.catch_up().await?;
         }
-        self.reload_unavailable_cold().await;
-        self.follow_manifests().await;
         Ok(())
     }
 

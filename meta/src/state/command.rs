@@ -120,6 +120,12 @@ pub enum MetaCommand {
         /// [`ShardRecord::tiered_through`](crate::ShardRecord::tiered_through).
         #[serde(default)]
         tiered_through: u64,
+        /// A statement spanning shards whose part this manifest is (0: none): the manifest is only proposed, as the
+        /// shard's [`ShardRecord::pending`](crate::ShardRecord::pending) manifest, made current by the statement's
+        /// commit ([`MetaCommand::DecideTransaction`]) or dropped by its abort; refused once the statement is
+        /// decided.
+        #[serde(default)]
+        txn: u64,
     },
     /// Refuses, from now on, every manifest commit whose uploads began before `before_ms` (unix ms; the fence only
     /// moves forward). A garbage collection fences before it reads the manifest pointers and deletes what they do not
@@ -200,6 +206,15 @@ pub enum MetaOutcome {
         shard_id: ShardId,
         /// The new manifest version.
         version: u64,
+    },
+    /// A shard's manifest was proposed as a part of statement `txn`, pending its decision.
+    ShardManifestProposed {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The proposed manifest version.
+        version: u64,
+        /// The statement's transaction id.
+        txn: u64,
     },
     /// The cold-upload fence stands at `before_ms` (it moved there, or was there already, or further).
     ColdUploadsFenced {

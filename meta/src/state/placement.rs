@@ -223,6 +223,7 @@ mod tests {
             manifest: None,
             left_in_sync: Default::default(),
             tiered_through: 0,
+            pending: None,
         };
         let placed = place(nodes.iter(), [&existing].into_iter(), 1, 1).expect("placed");
         assert_eq!(placed, vec![Placed { replicas: vec![2] }], "node 1 leads a shard already");

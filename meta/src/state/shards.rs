@@ -114,6 +114,34 @@ pub struct ManifestPointer {
     pub version: u64,
     /// The manifest's location in the object store.
     pub location: String,
+    /// The metadata version that recorded the commit of the latest statement spanning shards whose changes this
+    /// manifest holds (0: none). Set by the metadata group, never by a writer: a manifest made current by a decision
+    /// ([`MetaCommand::DecideTransaction`](crate::MetaCommand::DecideTransaction)) takes the decision's version, a
+    /// later one keeps its predecessor's. A reader whose snapshot is older must not read the manifest's files, and
+    /// one whose snapshot is as new must.
+    #[serde(default)]
+    pub txn_version: u64,
+}
+
+impl ManifestPointer {
+    /// A pointer to the manifest of `version` at `location`, before the metadata group sets its
+    /// [`ManifestPointer::txn_version`].
+    pub fn new(version: u64, location: String) -> Self {
+        Self { version, location, txn_version: 0 }
+    }
+}
+
+/// A manifest a shard's primary proposed as its part of a statement spanning shards: it becomes the shard's
+/// manifest in the same apply that records the statement's commit, or is dropped with its abort. While one is
+/// pending, no other manifest commit of the shard is taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingManifest {
+    /// The statement's transaction id.
+    pub txn: u64,
+    /// The proposed manifest.
+    pub manifest: ManifestPointer,
+    /// The highest chunk number its tiering marks cover.
+    pub tiered_through: u64,
 }
 
 /// One shard of a table.
@@ -148,6 +176,9 @@ pub struct ShardRecord {
     /// it, so a shard that lost every copy and starts again empty never numbers a chunk that a mark already covers.
     #[serde(default)]
     pub tiered_through: u64,
+    /// A manifest proposed as a part of a statement spanning shards, not decided yet.
+    #[serde(default)]
+    pub pending: Option<PendingManifest>,
 }
 
 impl ShardRecord {

@@ -262,10 +262,11 @@ fn rejected_commands_change_nothing() {
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
                 expected_version: Some(3),
-                manifest: ManifestPointer { version: 4, location: "m/4".into() },
+                manifest: ManifestPointer::new(4, "m/4".into()),
                 uploaded_from_ms: 0,
                 expected_epoch: None,
                 tiered_through: 0,
+                txn: 0,
             },
             ErrorKind::InvalidRequest,
         ),
@@ -273,10 +274,11 @@ fn rejected_commands_change_nothing() {
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(42),
                 expected_version: None,
-                manifest: ManifestPointer { version: 1, location: "m/1".into() },
+                manifest: ManifestPointer::new(1, "m/1".into()),
                 uploaded_from_ms: 0,
                 expected_epoch: None,
                 tiered_through: 0,
+                txn: 0,
             },
             ErrorKind::NotFound,
         ),
@@ -314,10 +316,11 @@ fn version_grows_by_one_per_change_only() {
             MetaCommand::SetShardManifest {
                 shard_id: ShardId(1),
                 expected_version: None,
-                manifest: ManifestPointer { version: 1, location: "m/1".into() },
+                manifest: ManifestPointer::new(1, "m/1".into()),
                 uploaded_from_ms: 0,
                 expected_epoch: None,
                 tiered_through: 0,
+                txn: 0,
             },
             true,
         ),
@@ -354,10 +357,11 @@ fn manifest_updates_are_compare_and_set() {
     let set = |expected, version| MetaCommand::SetShardManifest {
         shard_id: ShardId(1),
         expected_version: expected,
-        manifest: ManifestPointer { version, location: format!("m/{version}") },
+        manifest: ManifestPointer::new(version, format!("m/{version}")),
         uploaded_from_ms: 0,
         expected_epoch: None,
         tiered_through: 0,
+        txn: 0,
     };
     applied(&mut s, set(None, 1));
     applied(&mut s, set(Some(1), 2));
@@ -377,10 +381,11 @@ fn a_manifest_commit_at_an_old_epoch_is_refused_and_marks_only_raise_the_tiered_
     let set = |expected, version, epoch, tiered_through| MetaCommand::SetShardManifest {
         shard_id: ShardId(1),
         expected_version: expected,
-        manifest: ManifestPointer { version, location: format!("m/{version}") },
+        manifest: ManifestPointer::new(version, format!("m/{version}")),
         uploaded_from_ms: 0,
         expected_epoch: Some(epoch),
         tiered_through,
+        txn: 0,
     };
     applied(&mut s, set(None, 1, record.epoch, 40));
     assert_eq!(s.shard(ShardId(1)).map(|r| r.tiered_through), Some(40));
@@ -418,10 +423,11 @@ fn a_collection_fence_refuses_commits_of_older_uploads_and_only_moves_forward() 
     let set = |expected, version, uploaded_from_ms| MetaCommand::SetShardManifest {
         shard_id: ShardId(1),
         expected_version: expected,
-        manifest: ManifestPointer { version, location: format!("m/{version}") },
+        manifest: ManifestPointer::new(version, format!("m/{version}")),
         uploaded_from_ms,
         expected_epoch: None,
         tiered_through: 0,
+        txn: 0,
     };
     applied(&mut s, set(None, 1, 1_000));
     let fenced = s.apply(MetaCommand::FenceColdUploads { before_ms: 5_000 }).outcome.expect("fence");
@@ -498,4 +504,59 @@ fn the_first_decision_of_a_transaction_stands_until_it_is_forgotten() {
     assert_eq!(s.transaction(8).map(|d| d.commit), Some(false), "exactly a day: kept");
     applied(&mut s, decide(10, true, 3_001 + DECISION_KEPT_MS));
     assert_eq!((s.transaction(8), s.transaction_count()), (None, 2), "past a day: dropped");
+}
+
+#[test]
+fn a_pending_manifest_becomes_current_with_its_statements_commit_or_leaves_with_its_abort() {
+    let mut s = MetaState::new();
+    applied(&mut s, register(1));
+    applied(&mut s, create_sharded("t", 2, 1));
+    let set = |shard, expected, version, tiered_through, txn| MetaCommand::SetShardManifest {
+        shard_id: ShardId(shard),
+        expected_version: expected,
+        manifest: ManifestPointer::new(version, format!("m/{shard}/{version}")),
+        uploaded_from_ms: 0,
+        expected_epoch: None,
+        tiered_through,
+        txn,
+    };
+    let decide = |txn, commit| MetaCommand::DecideTransaction { txn, commit, at_ms: 1_000 };
+    applied(&mut s, set(1, None, 1, 10, 0));
+    let proposed = applied(&mut s, set(1, Some(1), 2, 20, 7));
+    assert_eq!(proposed, MetaOutcome::ShardManifestProposed { shard_id: ShardId(1), version: 2, txn: 7 });
+    applied(&mut s, set(2, None, 1, 30, 7));
+    let shard = |s: &MetaState, id| s.shard(ShardId(id)).cloned().expect("shard");
+    assert_eq!(shard(&s, 1).manifest.map(|m| m.version), Some(1), "a proposal is not current");
+    assert_eq!(shard(&s, 1).tiered_through, 10);
+    // The same proposal again changes nothing; any other commit waits for the decision.
+    assert_eq!(applied(&mut s, set(1, Some(1), 2, 20, 7)), MetaOutcome::Unchanged);
+    let held = s.apply(set(1, Some(1), 3, 0, 0)).outcome.expect_err("a tiering while a part is pending");
+    assert_eq!(held, Rejection::ShardManifestPending { shard_id: ShardId(1), txn: 7 });
+    let other = s.apply(set(1, Some(1), 3, 0, 8)).outcome.expect_err("another statement's part");
+    assert_eq!(other, Rejection::ShardManifestPending { shard_id: ShardId(1), txn: 7 });
+    // The commit makes both current in its own apply, at its version.
+    applied(&mut s, decide(7, true));
+    let decided = s.transaction(7).expect("decision").version;
+    assert_eq!(decided, s.version());
+    for (id, version, tiered) in [(1, 2, 20), (2, 1, 30)] {
+        let now = shard(&s, id);
+        assert_eq!(now.pending, None);
+        assert_eq!(now.manifest.as_ref().map(|m| (m.version, m.txn_version)), Some((version, decided)));
+        assert_eq!(now.tiered_through, tiered);
+    }
+    // A later commit keeps the decision's version: the manifest still holds the statement's changes.
+    applied(&mut s, set(1, Some(2), 3, 0, 0));
+    assert_eq!(shard(&s, 1).manifest.map(|m| m.txn_version), Some(decided));
+    // An abort drops the proposal; a proposal of a statement decided already is refused.
+    applied(&mut s, set(1, Some(3), 4, 90, 9));
+    applied(&mut s, decide(9, false));
+    let now = shard(&s, 1);
+    assert_eq!((now.manifest.map(|m| m.version), now.pending, now.tiered_through), (Some(3), None, 20));
+    let late = s.apply(set(1, Some(3), 4, 90, 9)).outcome.expect_err("a part after its abort");
+    assert_eq!(late, Rejection::TransactionDecided { txn: 9, commit: false });
+    // A dropped table takes its pending proposals along.
+    applied(&mut s, set(2, Some(1), 2, 0, 11));
+    applied(&mut s, MetaCommand::Catalog { command: CatalogCommand::DropTable { name: "t".into(), if_exists: false } });
+    applied(&mut s, decide(11, true));
+    assert!(s.pending_manifests.is_empty(), "nothing is left pending: {:?}", s.pending_manifests);
 }

@@ -188,6 +188,10 @@ pub struct Manifest {
     /// the next version reuses the segments whose files are all still listed (empty: nothing stored yet, or a
     /// format-2 manifest, which listed its files inline).
     pub segments: Vec<Segment>,
+    /// Not stored: the metadata version of the latest commit of a statement spanning shards whose changes this
+    /// version holds, from the pointer it was read by (`quiver_meta::ManifestPointer::txn_version`); a version made
+    /// from it keeps it, as the metadata group does.
+    pub txn_version: u64,
 }
 
 /// The key of the shard's own tiering mark in [`Manifest::hot_through`]: chunk numbers belong to the shard (its
@@ -290,6 +294,7 @@ impl Manifest {
             hot_through: BTreeMap::new(),
             retired: Vec::new(),
             segments: Vec::new(),
+            txn_version: 0,
         }
     }
 
@@ -542,6 +547,7 @@ impl StoredVersion {
             hot_through: o.hot_through,
             retired: o.retired,
             segments: layout,
+            txn_version: 0,
         })
     }
 }

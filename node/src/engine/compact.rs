@@ -99,6 +99,7 @@ impl Engine {
             || shard.manifest.is_none()
             || shard.primary != self.node_id
             || !shard.in_sync.contains(&self.node_id)
+            || shard.pending.is_some()
         {
             return Ok(CompactReport::default());
         }
@@ -137,7 +138,7 @@ impl Engine {
                     ),
                 });
             }
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms, 0).await? {
                 self.adopt(table, &next).await;
                 report.manifest_version = next.version;
                 self.metrics.cold_files_compacted.add(report.files_in as u64);

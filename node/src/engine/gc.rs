@@ -30,7 +30,7 @@ use crate::cold::{self, Manifest};
 use crate::error::{Error, Result};
 
 /// Each shard's manifest pointer (its location), by table and shard id.
-type Pointers = BTreeMap<(u64, u64), Option<String>>;
+type Pointers = BTreeMap<(u64, u64), (Option<String>, Option<String>)>;
 
 /// What a collection deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,7 +107,13 @@ impl Engine {
                 let tables = s.catalog().tables().map(|t| t.id.0).collect();
                 let pointers = s
                     .shards()
-                    .map(|r| ((r.table_id.0, r.shard_id.0), r.manifest.as_ref().map(|p| p.location.clone())))
+                    .map(|r| {
+                        let current = r.manifest.as_ref().map(|p| p.location.clone());
+                        (
+                            (r.table_id.0, r.shard_id.0),
+                            (current, r.pending.as_ref().map(|p| p.manifest.location.clone())),
+                        )
+                    })
                     .collect();
                 (tables, pointers)
             })
@@ -115,19 +121,25 @@ impl Engine {
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now().checked_sub_signed(grace).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut keep: HashSet<String> = HashSet::new();
-        for ((table, shard), location) in pointers.iter().filter(|((t, _), _)| tables.contains(t)) {
-            let Some(location) = location else { continue };
-            let manifest = self.manifest_at(location).await?;
-            // The commit marker, written again before anything is deleted: a commit whose node crashed before
-            // writing it left the bucket's newest marker naming a version about to be collected.
-            cold::mark_commit(&store, &display, (*table, *shard), manifest.version, location).await?;
-            keep.insert(Manifest::commit_path(*table, *shard, manifest.version));
-            keep.insert(location.clone());
-            keep.extend(manifest.segments.into_iter().map(|s| s.path));
-            keep.extend(manifest.files.into_iter().map(|f| f.path));
-            // Files retention took out lately: scans of the version before may still read them.
-            let retired_after = cutoff.timestamp_millis().max(0) as u64;
-            keep.extend(manifest.retired.into_iter().filter(|r| r.removed_ms > retired_after).map(|r| r.path));
+        for ((table, shard), (current, pending)) in pointers.iter().filter(|((t, _), _)| tables.contains(t)) {
+            // A manifest proposed by a part of a statement spanning shards, with every object it names, stays
+            // until the statement is decided.
+            let listed = current.iter().map(|l| (l, true)).chain(pending.iter().map(|l| (l, false)));
+            for (location, committed) in listed {
+                let manifest = self.manifest_at(location).await?;
+                if committed {
+                    // The commit marker, written again before anything is deleted: a commit whose node crashed
+                    // before writing it left the bucket's newest marker naming a version about to be collected.
+                    cold::mark_commit(&store, &display, (*table, *shard), manifest.version, location).await?;
+                    keep.insert(Manifest::commit_path(*table, *shard, manifest.version));
+                }
+                keep.insert(location.clone());
+                keep.extend(manifest.segments.into_iter().map(|s| s.path));
+                keep.extend(manifest.files.into_iter().map(|f| f.path));
+                // Files retention took out lately: scans of the version before may still read them.
+                let retired_after = cutoff.timestamp_millis().max(0) as u64;
+                keep.extend(manifest.retired.into_iter().filter(|r| r.removed_ms > retired_after).map(|r| r.path));
+            }
         }
         let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };
         let mut report = GcReport { grace: grace.to_std().unwrap_or(Duration::MAX), ..GcReport::default() };
@@ -259,7 +271,7 @@ mod tests {
         engine.collect_cold_garbage(Duration::ZERO).await.expect("gc");
         assert!(!keys(&engine).await.contains(&location), "the collection deleted the uncommitted manifest");
         let refused = engine
-            .propose_manifest(&shard, pointer.as_ref(), &next, location.clone(), uploaded_from_ms)
+            .propose_manifest(&shard, pointer.as_ref(), &next, location.clone(), uploaded_from_ms, 0)
             .await
             .expect_err("a commit of uploads older than the fence");
         assert!(refused.report().contains("fence"), "{}", refused.report());

@@ -331,8 +331,7 @@ impl Engine {
             detail: "its table is not attached here".into(),
         })?;
         // As before any statement: a cold view must not trail the shard's manifest pointer.
-        self.reload_unavailable_cold().await;
-        self.follow_manifests().await;
+        self.follow_shards(std::slice::from_ref(&replica)).await;
         let (manifest_version, hot_through) = match replica.cold() {
             ColdState::Ready(view) => (view.version, view.hot_through),
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),

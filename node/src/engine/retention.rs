@@ -60,8 +60,12 @@ impl Engine {
         let _serialized = table.dml_lock.lock().await;
         let mut report = ExpireReport::default();
         // A replicated shard's rows change only through its primary's log: the primary expires them as a change its
-        // backups apply too.
+        // backups apply too. A shard whose manifest a statement spanning shards proposed (it may hold these hot rows
+        // in a new file) waits for its decision.
         let record = self.shard_record(table)?;
+        if record.pending.is_some() {
+            return Ok(report);
+        }
         if record.replicas.len() > 1 {
             if record.primary != self.node_id {
                 return Ok(report);
@@ -127,7 +131,7 @@ impl Engine {
             let uploading = crate::clock::unix_ms();
             let mut next = current.without_files(&paths, uploading, keep_ms);
             let location = self.store_manifest(&store, &mut next).await?;
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, uploading).await? {
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, uploading, 0).await? {
                 self.adopt(table, &next).await;
                 (report.files, report.cold_rows) = (paths.len(), rows);
                 tracing::info!(table = name, files = paths.len(), rows, "expired cold files");

@@ -13,6 +13,13 @@
 //! commit leaves everything as it was (uploads are collected as garbage); after it, the manifest's mark says which
 //! hot chunks the new file holds. A statement that changes only hot rows commits only to the hot store; one that
 //! changes only cold rows commits only the manifest.
+//!
+//! A statement over several shards is one transaction (`engine::transactions`). A shard's part that reaches its cold
+//! files does not commit its manifest: it proposes it as the shard's pending manifest for the statement
+//! (`quiver_meta::ShardRecord::pending`), and the statement's decision, recorded in the metadata group, makes every
+//! pending manifest current in the same apply that makes its hot parts visible, or drops them. Until then the shard
+//! takes no other DELETE, UPDATE, tiering, compaction or retention, and readers keep the manifest before; a reader
+//! matches each cold view to its snapshot by the decision's version the manifest pointer carries.
 
 use std::sync::Arc;
 
@@ -46,12 +53,13 @@ struct Rewritten {
 }
 
 impl Engine {
-    /// Applies a DELETE or UPDATE to table `table` on this node, hot and cold rows alike; returns the rows it
-    /// affected. Serialized with tiering, compaction and retention of each of the table's shards.
+    /// Applies a DELETE or UPDATE to table `table`, hot and cold rows alike; returns the rows it affected.
+    /// Serialized with tiering, compaction and retention of each of the table's shards; whole or not at all.
     ///
-    /// When no shard has cold files on this node, the statement changes every shard's hot chunks in one atomic,
-    /// durable commit, published as one. Otherwise it applies shard by shard, each shard whole; the statement is
-    /// then atomic per shard only (a crash between two shards' commits leaves the first changed).
+    /// When every shard is this node's alone and none has cold files, the statement changes every shard's hot chunks
+    /// in one atomic, durable commit, published as one; a table of one shard with cold files commits in its
+    /// manifest. Otherwise each shard's part is written on its primary and the statement's decision, recorded in the
+    /// metadata group, makes every part visible at once ([`Engine::change_rows_routed`]).
     pub(super) async fn change_rows(
         &self,
         state: &dyn Session,
@@ -73,8 +81,15 @@ impl Engine {
             }
         }
         self.raise_floors(table);
-        // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`).
-        if self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct()) {
+        // The cold views must not trail their manifest pointers: a statement judged against a view without the
+        // shard's newest files would miss their rows.
+        self.follow_shards(table.shards()).await;
+        // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`). So
+        // does a statement over several shards that may reach cold files: each shard's part, hot or cold, then
+        // waits for the statement's one decision.
+        let cold_files = |s: &Arc<ShardReplica>| matches!(s.cold(), ColdState::Ready(v) if !v.files.is_empty());
+        let spans_cold = table.shards().len() > 1 && table.shards().iter().any(cold_files);
+        if spans_cold || (self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct())) {
             return self.change_rows_routed(state, table, change).await;
         }
         let compiled = dml::compile(state, change)?;
@@ -110,30 +125,10 @@ impl Engine {
             }
             return Ok(affected);
         }
-        // Some shard has cold files: each shard commits on its own (its manifest, then its hot chunks). A failure
-        // after a shard changed rows must not invite a blind retry.
+        // The table's one shard has cold files: it commits in its manifest, whole.
         let mut affected = 0;
-        let mut changed_shards = Vec::new();
         for (shard, _, _) in &shards {
-            match self.change_shard_rows(state, shard, &compiled, None, 0).await.map(|(n, _)| n) {
-                Ok(n) => {
-                    affected += n;
-                    if n > 0 {
-                        changed_shards.push(shard.shard_id().to_string());
-                    }
-                }
-                Err(e) if changed_shards.is_empty() => return Err(e),
-                Err(e) => {
-                    return Err(Error::Internal(format!(
-                        "the statement on table \"{}\" was applied in part: shards {} of it changed {affected} rows \
-                         before shard {} failed ({}); check the table before running it again",
-                        table.def().name,
-                        changed_shards.join(", "),
-                        shard.shard_id(),
-                        e.report()
-                    )));
-                }
-            }
+            affected += self.change_shard_rows(state, shard, &compiled, None, 0).await?.0;
         }
         drop(locks);
         Ok(affected)
@@ -143,11 +138,12 @@ impl Engine {
     /// spanning shards unless 0; returns the rows it affected, and whether the change is such a part (to be settled
     /// once the statement is decided). A shard whose only in-sync copy is this node changes here, hot and cold rows
     /// alike, unless a part; otherwise the change is one change of the shard's log, durable on every in-sync copy
-    /// before it is visible (a part's stays invisible until its statement commits). A statement that reaches the
-    /// shard's cold files commits on its own, in the shard's manifest, and is no part.
+    /// before it is visible (a part's stays invisible until its statement commits). A part that reaches the shard's
+    /// cold files proposes the shard's manifest, pending the statement's decision.
     ///
-    /// Rows a statement spanning shards is removing, undecided, cannot be changed before its outcome is known: the
-    /// change waits for it ([`PENDING_REMOVAL_WAIT`]), then is refused (retryable).
+    /// Rows a statement spanning shards is removing, undecided, or a shard with a manifest pending, cannot be
+    /// changed before the outcome is known: the change waits for it ([`PENDING_REMOVAL_WAIT`]), then is refused
+    /// (retryable).
     ///
     /// # Errors
     ///
@@ -193,7 +189,16 @@ impl Engine {
                 continue;
             }
             self.resolve_decided_locked(replica, epoch).await?;
-            let Some(pending) = replica.version().iter().map(|c| c.meta.removed_by).find(|t| *t != 0) else {
+            // A part of a statement spanning shards that rewrote the shard's cold files holds them until decided.
+            let proposed = record.pending.as_ref().map(|p| p.txn);
+            if proposed.is_some_and(|p| p == txn) {
+                return Err(Error::ShardUnavailable {
+                    shard: shard.0,
+                    detail: format!("its part of statement {txn:x} was proposed already (an earlier attempt)"),
+                });
+            }
+            let removing = replica.version().iter().map(|c| c.meta.removed_by).find(|t| *t != 0);
+            let Some(pending) = proposed.or(removing) else {
                 break serialized;
             };
             drop(serialized);
@@ -259,7 +264,8 @@ impl Engine {
     ///
     /// A statement that reaches cold files lands whole in one commit of the shard's manifest: the rewritten files,
     /// and the shard's hot rows below it moved into a file of their own with the statement applied, the shard's mark
-    /// moved past them. Every copy follows the manifest, skipping (and dropping) the chunks the mark covers.
+    /// moved past them. Every copy follows the manifest, skipping (and dropping) the chunks the mark covers. A part
+    /// of statement `txn` spanning shards only proposes that manifest; the statement's decision makes it current.
     async fn change_shard_rows(
         &self,
         state: &dyn Session,
@@ -268,6 +274,7 @@ impl Engine {
         epoch: Option<u64>,
         txn: u64,
     ) -> Result<(u64, bool)> {
+        self.follow_shards(std::slice::from_ref(table)).await;
         let view = match table.cold() {
             ColdState::Ready(view) => view,
             ColdState::Unavailable(detail) => return Err(Error::ColdUnavailable { detail }),
@@ -358,7 +365,14 @@ impl Engine {
                     ),
                 });
             }
-            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
+            // A part of a statement spanning shards only proposes its manifest: the statement's decision makes it
+            // current (every copy then follows it, dropping the hot chunks its mark covers) or drops it.
+            let part = if epoch.is_some() { txn } else { 0 };
+            if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms, part).await? {
+                if part != 0 {
+                    let affected = cold_affected + if tiered.is_some() { hot_change.affected } else { 0 };
+                    return Ok((affected, true));
+                }
                 self.adopt(table, &next).await;
                 let mut affected = cold_affected;
                 if tiered.is_some() {

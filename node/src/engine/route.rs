@@ -590,9 +590,11 @@ impl Engine {
 }
 
 impl Engine {
-    /// [`Engine::change_rows`](super::Engine) in a cluster where some shard of `table` is replicated or led elsewhere:
-    /// each shard changes on its primary, as one change of its log (`ShardService.ChangeShard` on another node).
-    /// Atomic per shard: a failure after a shard changed is reported as [`Error::OutcomeUnknown`].
+    /// [`Engine::change_rows`](super::Engine) where some shard of `table` is replicated or led elsewhere, or the
+    /// statement spans shards that may have cold files: each shard changes on its primary
+    /// (`ShardService.ChangeShard` on another node), as one change of its log or, for a shard whose cold files it
+    /// rewrites, as a proposed manifest; a statement over several shards is one transaction, its parts visible
+    /// together once its commit is recorded, or discarded together.
     pub(super) async fn change_rows_routed(
         &self,
         state: &dyn datafusion::catalog::Session,
@@ -606,9 +608,8 @@ impl Engine {
         // metadata group records its commit.
         let txn = if table.shards().len() > 1 { Self::new_transaction_id()? } else { 0 };
         let mut affected = 0;
-        // Positions of the shards changed as parts of `txn`, and shards changed on their own (their cold files).
+        // Positions of the shards changed as parts of `txn`.
         let mut tagged: BTreeSet<usize> = BTreeSet::new();
-        let mut committed: Vec<ShardId> = Vec::new();
         let mut failed = None;
         for (i, replica) in table.shards().iter().enumerate() {
             let shard = replica.shard_id();
@@ -641,43 +642,21 @@ impl Engine {
                     affected += n;
                     if part {
                         tagged.insert(i);
-                    } else if n > 0 {
-                        committed.push(shard);
                     }
                 }
                 Err(e) => {
-                    failed = Some((shard, e));
+                    failed = Some(e);
                     break;
                 }
             }
         }
-        // Shards changed on their own cannot be rolled back: a failure after one is a partial outcome.
-        let partial = |shard: ShardId, e: &Error| {
-            let done: Vec<String> = committed.iter().map(ToString::to_string).collect();
-            Error::OutcomeUnknown {
-                shard: shard.0,
-                detail: format!(
-                    "the statement on table \"{}\" was applied in part: the cold files of shards {} changed before \
-                     shard {shard} failed ({}); check the table before running it again",
-                    table.def().name,
-                    done.join(", "),
-                    e.report()
-                ),
-            }
-        };
         let outcome = match failed {
             None => Ok(affected),
-            Some((shard, e)) if !committed.is_empty() => {
-                let partial = partial(shard, &e);
-                if !tagged.is_empty() {
-                    // The parts are rolled back; the shards changed on their own stay changed.
-                    let _ = self.finish_transaction(table, txn, &tagged, Err(e)).await;
-                }
-                return Err(partial);
-            }
-            Some((_, e)) => Err(e),
+            Some(e) => Err(e),
         };
-        if tagged.is_empty() {
+        // A failed statement spanning shards is decided aborted even when no part answered: an attempt whose answer
+        // was lost may have written one, which the abort discards at once rather than after the hold.
+        if txn == 0 || (tagged.is_empty() && outcome.is_ok()) {
             return outcome;
         }
         self.finish_transaction(table, txn, &tagged, outcome).await

@@ -95,7 +95,14 @@ impl Engine {
         let Some(pointer) = self.shard_record(replica)?.manifest else {
             return Ok(ColdView::default());
         };
-        Ok(ColdView::of(&self.manifest_at(&pointer.location).await?, replica.mark_id()))
+        Ok(ColdView::of(&self.manifest_of(&pointer).await?, replica.mark_id()))
+    }
+
+    /// Reads the manifest `pointer` names, with the pointer's [`Manifest::txn_version`].
+    pub(super) async fn manifest_of(&self, pointer: &ManifestPointer) -> Result<Manifest> {
+        let mut manifest = self.manifest_at(&pointer.location).await?;
+        manifest.txn_version = pointer.txn_version;
+        Ok(manifest)
     }
 
     /// Reads the manifest a pointer names, from this cluster's cold store.
@@ -156,7 +163,12 @@ impl Engine {
     /// failed after the store was back, because a stalled load from the outage landed last). A statement waits for a
     /// load in flight at most [`COLD_RELOAD_WAIT`], so that an outage of the store does not hold up statements.
     pub(crate) async fn reload_unavailable_cold(&self) {
-        for table in self.replicas() {
+        self.reload_unavailable(self.replicas()).await;
+    }
+
+    /// [`Engine::reload_unavailable_cold`] for the replicas `replicas`.
+    async fn reload_unavailable(&self, replicas: Vec<Arc<ShardReplica>>) {
+        for table in replicas {
             if !matches!(table.cold(), ColdState::Unavailable(_)) {
                 continue;
             }
@@ -181,7 +193,7 @@ impl Engine {
     ) -> Result<(Option<ManifestPointer>, Manifest)> {
         let pointer = self.meta.read_state(|s| s.shard(shard.shard_id).map(|r| r.manifest.clone())).await?.flatten();
         let manifest = match &pointer {
-            Some(p) => self.manifest_at(&p.location).await?,
+            Some(p) => self.manifest_of(p).await?,
             None => {
                 let def = table.def();
                 Manifest::empty(def.id.0, &def.name, shard.shard_id.0, table.schema().as_ref().clone())
@@ -215,6 +227,10 @@ impl Engine {
     /// `uploaded_from_ms` is when this node began uploading the objects `next` names, itself included (unix ms): a
     /// garbage collection begun since may have fenced them off (`MetaCommand::FenceColdUploads`), and the commit is
     /// then refused ([`Error::Meta`]) rather than name objects it deletes.
+    ///
+    /// With `txn` other than 0, `next` is only proposed, as the shard's part of statement `txn` spanning shards
+    /// (`quiver_meta::ShardRecord::pending`): `true` once the proposal is recorded; the statement's decision makes it
+    /// current or drops it.
     pub(super) async fn propose_manifest(
         &self,
         shard: &ShardRecord,
@@ -222,16 +238,18 @@ impl Engine {
         next: &Manifest,
         location: String,
         uploaded_from_ms: u64,
+        txn: u64,
     ) -> Result<bool> {
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
             expected_version: expected.map(|p| p.version),
-            manifest: ManifestPointer { version: next.version, location: location.clone() },
+            manifest: ManifestPointer::new(next.version, location.clone()),
             uploaded_from_ms,
             // A writer deposed meanwhile (a failover, a copy added or dropped) is refused: its successor may have
             // changed rows its files list.
             expected_epoch: Some(shard.epoch),
             tiered_through: next.tiered_through(),
+            txn,
         };
         let outcome = match self.meta.propose(command.clone()).await {
             Ok(response) => response.outcome.map(|_| ()),
@@ -240,14 +258,18 @@ impl Engine {
             // here, and a pointer this commit moved counts as committed.
             Err(_) => {
                 let settled = self.settle_proposal(command, "a commit of a shard's cold files").await;
-                let now = self.meta.read_local(|s| s.shard(shard.shard_id).and_then(|r| r.manifest.clone()));
-                match now {
-                    Some(p) if p.version == next.version && p.location == location => Ok(()),
-                    _ => settled.outcome.map(|_| ()),
-                }
+                let ours = |p: &ManifestPointer| p.version == next.version && p.location == location;
+                let landed = self.meta.read_local(|s| {
+                    s.shard(shard.shard_id).is_some_and(|r| {
+                        r.manifest.as_ref().is_some_and(ours)
+                            || r.pending.as_ref().is_some_and(|p| p.txn == txn && ours(&p.manifest))
+                    })
+                });
+                if landed { Ok(()) } else { settled.outcome.map(|_| ()) }
             }
         };
         match outcome {
+            Ok(()) if txn != 0 => Ok(true),
             Ok(()) => {
                 // For readers of the bucket alone; the collector writes it again if this fails.
                 let marked = match self.cold_store() {
@@ -272,7 +294,20 @@ impl Engine {
     /// node that restarts after a tiering whose commit its replica had not applied yet loads the older manifest, and
     /// the tiered rows would be in neither its view nor its hot store).
     pub(crate) async fn follow_manifests(&self) {
-        for table in self.replicas() {
+        self.follow(self.replicas()).await;
+    }
+
+    /// Brings the cold views of `replicas` up to their manifest pointers, loading views whose last load failed:
+    /// before a statement reads or changes their table (its work grows with the table's shards, not with the number
+    /// of tables).
+    pub(crate) async fn follow_shards(&self, replicas: &[Arc<ShardReplica>]) {
+        self.reload_unavailable(replicas.to_vec()).await;
+        self.follow(replicas.to_vec()).await;
+    }
+
+    /// [`Engine::follow_manifests`] for the replicas `replicas`.
+    async fn follow(&self, replicas: Vec<Arc<ShardReplica>>) {
+        for table in replicas {
             let ColdState::Ready(view) = table.cold() else { continue };
             let shard = table.shard_id();
             let Some(pointer) = self.meta.read_local(|s| s.shard(shard).and_then(|r| r.manifest.clone())) else {
@@ -283,7 +318,7 @@ impl Engine {
                 self.remove_tiered_chunks_if_idle(&table).await;
                 continue;
             }
-            match self.manifest_at(&pointer.location).await {
+            match self.manifest_of(&pointer).await {
                 Ok(manifest) => self.adopt_unlocked(&table, &manifest).await,
                 Err(e) => {
                     // Scans of the table fail, naming the problem, until a statement loads it, unless a load
@@ -442,7 +477,8 @@ impl Engine {
         // every copy): every copy's view then skips the chunks the files hold, and drops them when it follows the
         // manifest. A copy that tiered on its own would keep rows its primary deleted. A shard not placed here (it
         // moved away, and its rows here wait to be deleted) is tiered by its holder.
-        if shard.primary != self.node_id || !shard.in_sync.contains(&self.node_id) {
+        // A shard whose manifest a statement spanning shards proposed waits for its decision.
+        if shard.primary != self.node_id || !shard.in_sync.contains(&self.node_id) || shard.pending.is_some() {
             return Ok(TierReport::default());
         }
         let store = self.cold_store()?;
@@ -500,7 +536,7 @@ impl Engine {
                         ),
                     });
                 }
-                if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms).await? {
+                if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms, 0).await? {
                     break 'fresh (next, chunks, files.len(), rows, bytes);
                 }
                 attempts += 1;
@@ -1502,10 +1538,11 @@ mod tests {
         let command = MetaCommand::SetShardManifest {
             shard_id: shard.shard_id,
             expected_version: None,
-            manifest: ManifestPointer { version: 1, location },
+            manifest: ManifestPointer::new(1, location),
             uploaded_from_ms: crate::clock::unix_ms(),
             expected_epoch: Some(shard.epoch),
             tiered_through: manifest.tiered_through(),
+            txn: 0,
         };
         engine.meta().propose(command).await.expect("commit").into_result().expect("committed");
         chunks

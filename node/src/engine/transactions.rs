@@ -139,7 +139,12 @@ impl Engine {
                 continue;
             }
             let mut decided = BTreeSet::new();
-            for txn in replica.unsettled_txns() {
+            // A pending manifest is a part too: its decision makes it current or drops it.
+            let mut unsettled = replica.unsettled_txns();
+            unsettled.extend(record.pending.as_ref().map(|p| p.txn));
+            unsettled.sort_unstable();
+            unsettled.dedup();
+            for txn in unsettled {
                 seen.insert(txn);
                 let since = *self.undecided_since.lock().expect("undecided lock poisoned").entry(txn).or_insert(now);
                 if self.meta.read_local(|s| s.transaction(txn)).is_some() {

@@ -67,6 +67,41 @@ impl ReadAt {
     }
 }
 
+/// How many snapshots a scan takes at most before it gives up matching its cold views to one.
+const SNAPSHOT_ATTEMPTS: usize = 4;
+
+/// Why the cold view `view` of shard `shard` does not fit a reader at metadata version `snapshot`, if it does not:
+/// its files hold a statement spanning shards committed after the snapshot, or lack one committed at or before it
+/// (the shard's manifest pointer, as this node applied it, names a newer such commit).
+fn cold_mismatch(
+    meta: &quiver_meta::MetaNode,
+    shard: ShardId,
+    view: &crate::cold::ColdView,
+    snapshot: u64,
+) -> Option<(ShardId, String)> {
+    if view.txn_version > snapshot {
+        return Some((
+            shard,
+            format!(
+                "its cold files hold a statement committed at metadata version {}, after this statement's snapshot \
+                 {snapshot}; retry the statement",
+                view.txn_version
+            ),
+        ));
+    }
+    let current = meta.read_local(|s| s.shard(shard).and_then(|r| r.manifest.as_ref()).map(|m| m.txn_version));
+    let current = current.unwrap_or(0);
+    (current > view.txn_version && current <= snapshot).then(|| {
+        (
+            shard,
+            format!(
+                "its cold files here lack a statement committed at metadata version {current}, at or before this \
+                 statement's snapshot {snapshot}; retry the statement"
+            ),
+        )
+    })
+}
+
 impl HotTableProvider {
     /// Wraps a hot table.
     pub(crate) fn new(table: Arc<HotTable>) -> Self {
@@ -152,19 +187,45 @@ impl TableProvider for HotTableProvider {
         // skipped, so every row is read exactly once, and no statement is seen in part.
         // In a cluster, shards led by other nodes are read there (`engine::route`).
         let engine = if self.only.is_none() { self.engine.upgrade() } else { None };
+        if let Some(engine) = &engine {
+            // The cold views must not trail their manifest pointers (a pointer may cover hot chunks that are gone).
+            engine.follow_shards(self.table.shards()).await;
+        }
         let reads = match &engine {
             Some(engine) => engine.shard_reads(&self.table).await?,
             None => vec![ShardRead::Local; self.table.shards().len()],
         };
-        // One snapshot for every shard of the table: a statement spanning shards is seen whole or not at all.
-        let read_at = self.read_at.clone().or_else(|| {
-            self.engine
-                .upgrade()
-                .map(|e| ReadAt { meta: e.meta().clone(), snapshot: Some(e.meta().read_local(|s| s.version())) })
-        });
+        // One snapshot for every shard of the table: a statement spanning shards is seen whole or not at all, in
+        // both tiers. Each cold view read here must hold exactly the statements committed at or before it: one that
+        // trails (a commit applied since the views were followed) is followed again, one ahead of it (followed
+        // since the snapshot was taken) gets a newer snapshot.
+        let mut attempts = 0;
+        let (read_at, taken) = loop {
+            let read_at = self.read_at.clone().or_else(|| {
+                self.engine
+                    .upgrade()
+                    .map(|e| ReadAt { meta: e.meta().clone(), snapshot: Some(e.meta().read_local(|s| s.version())) })
+            });
+            let taken = self.table.snapshot();
+            let mismatch = read_at.as_ref().and_then(|r| Some((r, r.snapshot?))).and_then(|(r, snapshot)| {
+                taken.iter().zip(&reads).find_map(|((shard, _, cold), read)| {
+                    let ColdState::Ready(view) = cold else { return None };
+                    let local = matches!(read, ShardRead::Local) && self.only.is_none_or(|o| o == shard.shard_id());
+                    local.then(|| cold_mismatch(&r.meta, shard.shard_id(), view, snapshot)).flatten()
+                })
+            });
+            let Some((shard, detail)) = mismatch else { break (read_at, taken) };
+            attempts += 1;
+            match &engine {
+                Some(engine) if attempts < SNAPSHOT_ATTEMPTS && self.read_at.is_none() => {
+                    engine.follow_shards(self.table.shards()).await;
+                }
+                _ => return Err(Error::ShardUnavailable { shard: shard.0, detail }.into()),
+            }
+        };
         let mut hot: Vec<Arc<Chunk>> = Vec::new();
         let mut colds = Vec::new();
-        for ((shard, version, cold), read) in self.table.snapshot().into_iter().zip(&reads) {
+        for ((shard, version, cold), read) in taken.into_iter().zip(&reads) {
             if self.only.is_some_and(|only| only != shard.shard_id()) || !matches!(read, ShardRead::Local) {
                 continue;
             }

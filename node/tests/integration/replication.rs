@@ -1294,6 +1294,136 @@ async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     }
 }
 
+/// The transactions of table `table`'s shards' pending manifests, as `node` has applied the metadata.
+fn pending_manifests(node: &Node, table: &str) -> Vec<u64> {
+    let id = node.engine.hot_table(table).expect("table").def().id;
+    node.engine.meta().read_local(|s| s.table_shards(id).filter_map(|r| r.pending.as_ref().map(|p| p.txn)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_or_update_spanning_shards_with_cold_files_is_seen_whole_or_not_at_all() {
+    let cold = tempfile::tempdir().expect("tempdir");
+    let (one, two, three) = three_with_w(cold.path(), "v BIGINT NOT NULL").await;
+    let nodes = [&one, &two, &three];
+    one.engine
+        .execute_one("INSERT INTO w SELECT value, value + 0 FROM generate_series(1, 1000)")
+        .await
+        .expect("insert");
+    // Every shard's rows go to its cold files (each primary tiers its own, once the insert's parts are settled),
+    // and more rows stay hot.
+    let mut tiered = 0;
+    for _ in 0..100 {
+        for node in nodes {
+            tiered += node.engine.tier("w").await.expect("tier").rows;
+        }
+        if tiered >= 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tiered, 1000);
+    one.engine
+        .execute_one("INSERT INTO w SELECT value, value + 0 FROM generate_series(1001, 1200)")
+        .await
+        .expect("insert");
+    // An UPDATE of every shard rewrites every shard's files (and moves its hot rows into a file): each shard's
+    // manifest becomes current with the statement's commit, on every node at once.
+    let before = two.engine.metrics().transactions_committed.get();
+    two.engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
+    assert!(two.engine.metrics().transactions_committed.get() > before, "one statement spanning shards");
+    let w = one.engine.hot_table("w").expect("table").def().id;
+    let decided: Vec<u64> = one
+        .engine
+        .meta()
+        .read_state(|s| s.table_shards(w).map(|r| r.manifest.as_ref().map_or(0, |m| m.txn_version)).collect())
+        .await
+        .expect("state");
+    assert!(
+        decided.iter().all(|v| *v > 0 && *v == decided[0]),
+        "every shard's manifest flipped at one decision: {decided:?}"
+    );
+    for node in nodes {
+        assert_eq!(offsets(node).await, (1200, 1200, 1), "node {}", node.engine.node_id());
+        assert_eq!(pending_manifests(node, "w"), Vec::<u64>::new());
+    }
+    // A statement that fails in one shard after others proposed their manifests takes no effect anywhere.
+    for id in [1, 2, 3, 5, 8, 13] {
+        let sql = format!("UPDATE w SET v = CASE WHEN id = {id} THEN NULL ELSE v + 1000 END");
+        let failed = three.engine.execute_one(&sql).await.expect_err("a NULL in a NOT NULL column");
+        assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
+        for node in nodes {
+            assert_eq!(
+                offsets(node).await,
+                (1200, 1200, 1),
+                "after a failed statement, node {}",
+                node.engine.node_id()
+            );
+        }
+    }
+    assert!(three.engine.metrics().transactions_aborted.get() >= 1, "parts were proposed before a failure");
+    assert_eq!(pending_manifests(&one, "w"), Vec::<u64>::new(), "the aborts dropped every proposal");
+    // Readers on another node see each statement whole, in both tiers, while statements spanning shards run.
+    let writer = {
+        let engine = Arc::clone(&one.engine);
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
+            }
+        })
+    };
+    let (mut reads, mut retried) = (0, 0);
+    while !writer.is_finished() {
+        let sql = "SELECT count(*), count(DISTINCT v - id) FROM w";
+        let read = match three.engine.execute_one(sql).await {
+            Ok(stream) => stream.collect().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(batches) => {
+                let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+                assert_eq!((at(0), at(1)), (1200, 1), "a reader saw part of a statement");
+                reads += 1;
+            }
+            Err(e) if e.contains("retry") => retried += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    writer.await.expect("writer");
+    assert!(reads > 0, "{reads} reads, {retried} told to retry");
+    three.engine.execute_one("DELETE FROM w WHERE id % 2 = 0").await.expect("delete");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (600, 3_600, 1), "node {}", node.engine.node_id());
+    }
+
+    // A part whose coordinator never decides holds its proposal, and the rows stay as they were for everyone; after
+    // the hold its primary records an abort, which drops the proposal, and the next statement changes the rows.
+    let shard = one.engine.meta().read_local(|s| s.table_shards(w).next().cloned()).expect("shard");
+    let primary = nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
+    let part = ChangeShardRequest {
+        table_id: w.0,
+        shard_id: shard.shard_id.0,
+        epoch: shard.epoch,
+        statement: "DELETE FROM w".into(),
+        txn: 0xabad_0003,
+    };
+    let answer = primary.client().await.change_shard(part).await.expect("part").into_inner();
+    assert!(answer.rows > 0 && answer.tagged, "{answer:?}");
+    assert_eq!(pending_manifests(primary, "w"), vec![0xabad_0003]);
+    for node in nodes {
+        assert_eq!(offsets(node).await, (600, 3_600, 1), "an undecided proposal took effect");
+    }
+    one.engine.execute_one("UPDATE w SET v = v + 1").await.expect("waits for the abandoned statement's abort");
+    let decided = one.engine.meta().read_local(|s| s.transaction(0xabad_0003)).map(|d| d.commit);
+    assert_ne!(decided, Some(true), "the abandoned statement is aborted");
+    for node in nodes {
+        assert_eq!(offsets(node).await, (600, 4_200, 1), "node {}", node.engine.node_id());
+        assert_eq!(pending_manifests(node, "w"), Vec::<u64>::new());
+    }
+    for node in [one, two, three] {
+        node.stop().await;
+    }
+}
+
 /// `count(*)` and `sum(id)` of table `table` as `node` reads it.
 async fn count_sum(node: &Node, table: &str) -> (i64, i64) {
     let sql = format!("SELECT count(*), CAST(coalesce(sum(id), 0) AS BIGINT) FROM {table}");
