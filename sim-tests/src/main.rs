@@ -39,8 +39,8 @@ struct Args {
     /// Node workload: also run the ledger (UPDATEs spanning shards, audited for atomicity).
     #[arg(long)]
     ledger: bool,
-    /// Node workload: clients also DELETE whole batches they saw acknowledged (tables of one shard: a DELETE of tiered
-    /// rows spanning shards is atomic per shard only).
+    /// Node workload: clients also DELETE whole batches they saw acknowledged, hot or tiered (with `--shards` above 1,
+    /// every DELETE spans shards).
     #[arg(long)]
     deletes: bool,
     /// Run every seed twice and require the same trace (determinism).

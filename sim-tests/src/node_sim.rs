@@ -309,6 +309,9 @@ struct History {
     appends: Vec<Append>,
     /// Every DELETE of a batch.
     deletes: Vec<Delete>,
+    /// When a client last saw a tiering of each table (name, incarnation) move rows: batches acknowledged before it
+    /// are likely in cold files, and a DELETE prefers them.
+    tiered_at: BTreeMap<(String, u32), Duration>,
     scans: Vec<Scan>,
     /// When each node lost its disk (the rows it held are gone by design).
     disk_losses: BTreeMap<u64, Vec<Duration>>,
@@ -805,16 +808,45 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 } else if dice < 22 {
                     // Move the table's hot rows on that node to the cold tier: no row may be lost or counted twice,
                     // whatever the bucket, the network or a crash does meanwhile.
-                    let (table, _) = pick(&mine);
-                    if let Ok(rows) = tier(node, table).await {
-                        let mut tiered = tiered.lock().expect("tiered");
-                        tiered.0 += 1;
-                        tiered.1 += rows;
+                    let (table, incarnation) = pick(&mine);
+                    // With DELETEs, every node is asked (each tiers the shards it leads), so that DELETEs find rows
+                    // in the cold files of every shard.
+                    let mut asked = vec![node];
+                    if deletes {
+                        asked.extend((1..=nodes).filter(|n| *n != node));
+                    }
+                    for node in asked {
+                        if let Ok(rows) = tier(node, table.clone()).await {
+                            {
+                                let mut tiered = tiered.lock().expect("tiered");
+                                tiered.0 += 1;
+                                tiered.1 += rows;
+                            }
+                            if rows > 0 {
+                                let at = started.elapsed();
+                                history.lock().expect("history").tiered_at.insert((table.clone(), incarnation), at);
+                            }
+                        }
                     }
                 } else if deletes && dice < 28 {
                     // DELETE an acknowledged batch of the table, whole: gone from every later answer on every node,
                     // whatever its shard's copies, tiers and primaries went through.
-                    let (table, incarnation) = pick(&mine);
+                    // Mostly a table a tiering moved rows of (this client's, or a shared one).
+                    let (table, incarnation) = {
+                        let history = history.lock().expect("history");
+                        let tiered: Vec<&(String, u32)> = history
+                            .tiered_at
+                            .keys()
+                            .filter(|(t, i)| {
+                                mine.iter().any(|(m, j)| m == t && j == i) || (*i == 0 && shared.contains(t))
+                            })
+                            .collect();
+                        if !tiered.is_empty() && thread_rng().gen_bool(0.75) {
+                            tiered[thread_rng().gen_range(0..tiered.len())].clone()
+                        } else {
+                            pick(&mine)
+                        }
+                    };
                     let target = {
                         let history = history.lock().expect("history");
                         let done: Vec<&Append> = history
@@ -823,8 +855,14 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                             .filter(|a| a.table == table && a.incarnation == incarnation)
                             .filter(|a| a.fate == Fate::Acknowledged)
                             .collect();
-                        (!done.is_empty()).then(|| {
-                            let a = done[thread_rng().gen_range(0..done.len())];
+                        // Mostly a batch acknowledged before a tiering of the table, so that DELETEs reach cold
+                        // files (spanning shards, with `--shards`) as often as hot chunks.
+                        let tiered_at = history.tiered_at.get(&(table.clone(), incarnation)).copied();
+                        let cold: Vec<&Append> =
+                            done.iter().copied().filter(|a| tiered_at.is_some_and(|t| a.completed < t)).collect();
+                        let from = if !cold.is_empty() && thread_rng().gen_bool(0.75) { cold } else { done };
+                        (!from.is_empty()).then(|| {
+                            let a = from[thread_rng().gen_range(0..from.len())];
                             (a.first, a.rows)
                         })
                     };

@@ -370,6 +370,7 @@ impl Engine {
             let part = if epoch.is_some() { txn } else { 0 };
             if self.propose_manifest(&shard, pointer.as_ref(), &next, location, began_ms, part).await? {
                 if part != 0 {
+                    tracing::info!(table = %table.def().name, shard = %shard.shard_id, txn = format!("{txn:x}"), version = next.version, "cold files rewritten as a part of a statement spanning shards; the manifest waits for its decision");
                     let affected = cold_affected + if tiered.is_some() { hot_change.affected } else { 0 };
                     return Ok((affected, true));
                 }
