@@ -334,6 +334,9 @@ impl MetaState {
                         return Err(Rejection::TransactionDecided { txn, commit });
                     }
                     shard.pending = Some(PendingManifest { txn, manifest, tiered_through });
+                    // The floor of new chunk numbers rises now: a copy started anew before the decision must not
+                    // number a chunk the proposed mark covers (a floor only, so an abort leaves it harmlessly high).
+                    shard.tiered_through = shard.tiered_through.max(tiered_through);
                     self.pending_manifests.entry(txn).or_default().push(shard_id);
                     return Ok(MetaOutcome::ShardManifestProposed { shard_id, version, txn });
                 }

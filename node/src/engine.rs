@@ -357,6 +357,10 @@ pub struct Engine {
     /// leads (`Engine::resolve_abandoned` holds it `transaction_hold` from then; in memory, so a restart or a new
     /// primary holds it longer, never shorter).
     undecided_since: std::sync::Mutex<HashMap<u64, tokio::time::Instant>>,
+    /// The DELETE and UPDATE statements spanning shards this node coordinates now: on a node that is its cluster's
+    /// only member, a part of any other undecided statement is an orphan (its coordinator crashed, or its caller
+    /// gave up on it) and is aborted when a statement needs its shard.
+    coordinating: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Rounds of [`Engine::tend_shards`] so far.
     tend_rounds: std::sync::atomic::AtomicU64,
     /// Whether the metadata replica caught up with the metadata group since the engine opened (shard requests wait
@@ -575,6 +579,7 @@ impl Engine {
             commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             undecided_since: std::sync::Mutex::new(HashMap::new()),
+            coordinating: std::sync::Mutex::new(std::collections::HashSet::new()),
             tend_rounds: std::sync::atomic::AtomicU64::new(0),
             meta_confirmed: std::sync::atomic::AtomicBool::new(false),
             shards_served: std::sync::atomic::AtomicBool::new(false),

@@ -330,6 +330,11 @@ impl Engine {
             shard: shard.0,
             detail: "its table is not attached here".into(),
         })?;
+        // The reader's snapshot decides which statements spanning shards it sees; this node judges them once it has
+        // applied the metadata up to that snapshot, and follows the shard's manifest from there.
+        if snapshot.is_some_and(|s| self.meta.read_local(|m| m.version()) < s) {
+            self.meta.read_state(|_| ()).await?;
+        }
         // As before any statement: a cold view must not trail the shard's manifest pointer.
         self.follow_shards(std::slice::from_ref(&replica)).await;
         let (manifest_version, hot_through) = match replica.cold() {
@@ -340,11 +345,6 @@ impl Engine {
         let columns = projection.unwrap_or_else(|| (0..schema.fields().len()).collect());
         if let Some(bad) = columns.iter().find(|c| **c >= schema.fields().len()) {
             return Err(Error::Plan { message: format!("table \"{}\" has no column {bad}", replica.def().name) });
-        }
-        // The reader's snapshot decides which statements spanning shards it sees; this node judges them once it has
-        // applied the metadata up to that snapshot.
-        if snapshot.is_some_and(|s| self.meta.read_local(|m| m.version()) < s) {
-            self.meta.read_state(|_| ()).await?;
         }
         let read_at = crate::query::provider::ReadAt { meta: self.meta.clone(), snapshot };
         let provider = Arc::new(HotTableProvider::for_shard(hot, shard, read_at));

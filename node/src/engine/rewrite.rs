@@ -87,15 +87,20 @@ impl Engine {
         // In a cluster, a shard replicated or led elsewhere changes through its primary's log (`engine::route`). So
         // does a statement over several shards that may reach cold files: each shard's part, hot or cold, then
         // waits for the statement's one decision.
-        let cold_files = |s: &Arc<ShardReplica>| matches!(s.cold(), ColdState::Ready(v) if !v.files.is_empty());
-        let spans_cold = table.shards().len() > 1 && table.shards().iter().any(cold_files);
-        if spans_cold || (self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct())) {
+        if self.needs_transaction(table)
+            || (self.is_clustered() && self.write_routes(table).iter().any(|r| !r.is_direct()))
+        {
             return self.change_rows_routed(state, table, change).await;
         }
         let compiled = dml::compile(state, change)?;
         let mut locks = Vec::with_capacity(table.shards().len());
         for shard in table.shards() {
             locks.push(shard.dml_lock.lock().await);
+        }
+        // Judged again under the locks: a tiering or a statement spanning shards may have come in between.
+        if self.needs_transaction(table) {
+            drop(locks);
+            return self.change_rows_routed(state, table, change).await;
         }
         // Every shard's version and cold view as of one moment: an insert that spans shards is wholly in or out.
         let mut shards = Vec::with_capacity(table.shards().len());
@@ -134,6 +139,18 @@ impl Engine {
         Ok(affected)
     }
 
+    /// Whether a DELETE or UPDATE of `table` must be a statement spanning shards, each shard's part waiting for one
+    /// decision: the table has several shards and one of them has cold files, a manifest pending, or parts of such
+    /// statements not settled yet (which a plain rewrite of its hot chunks would not respect).
+    fn needs_transaction(&self, table: &HotTable) -> bool {
+        table.shards().len() > 1
+            && table.shards().iter().any(|s| {
+                matches!(s.cold(), ColdState::Ready(v) if !v.files.is_empty())
+                    || !s.unsettled_txns().is_empty()
+                    || self.meta.read_local(|m| m.shard(s.shard_id()).is_some_and(|r| r.pending.is_some()))
+            })
+    }
+
     /// Applies a compiled DELETE or UPDATE to one shard this node leads at `epoch`, as a part of statement `txn`
     /// spanning shards unless 0; returns the rows it affected, and whether the change is such a part (to be settled
     /// once the statement is decided). A shard whose only in-sync copy is this node changes here, hot and cold rows
@@ -160,6 +177,7 @@ impl Engine {
         let shard = replica.shard_id();
         let waited_from = tokio::time::Instant::now();
         let mut caught_up = false;
+        let mut orphan_aborted = false;
         let _serialized = loop {
             let serialized = replica.dml_lock.lock().await;
             let record = self.shard_record_of(replica.def().id, shard)?;
@@ -192,9 +210,10 @@ impl Engine {
             // A part of a statement spanning shards that rewrote the shard's cold files holds them until decided.
             let proposed = record.pending.as_ref().map(|p| p.txn);
             if proposed.is_some_and(|p| p == txn) {
-                return Err(Error::ShardUnavailable {
+                // An earlier attempt's answer was lost: the statement is aborted whole (not retried here).
+                return Err(Error::OutcomeUnknown {
                     shard: shard.0,
-                    detail: format!("its part of statement {txn:x} was proposed already (an earlier attempt)"),
+                    detail: format!("its part of statement {txn:x} was proposed by an earlier attempt"),
                 });
             }
             let removing = replica.version().iter().map(|c| c.meta.removed_by).find(|t| *t != 0);
@@ -202,6 +221,12 @@ impl Engine {
                 break serialized;
             };
             drop(serialized);
+            // Alone in its cluster, a node knows every statement in flight: an undecided one it does not coordinate
+            // is aborted now (its decision then settles it on the next pass).
+            if !orphan_aborted && self.abort_orphan(pending).await {
+                orphan_aborted = true;
+                continue;
+            }
             if waited_from.elapsed() >= PENDING_REMOVAL_WAIT {
                 return Err(Error::ShardUnavailable {
                     shard: shard.0,

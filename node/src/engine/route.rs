@@ -317,9 +317,10 @@ impl Engine {
         match self.me.get().and_then(std::sync::Weak::upgrade) {
             Some(engine) => {
                 let (table, tagged) = (Arc::clone(table), tagged.clone());
-                tokio::spawn(async move { engine.settle_parts(&table, &tagged, txn).await });
+                let commit = resolution.commit;
+                tokio::spawn(async move { engine.settle_parts(&table, &tagged, txn, commit).await });
             }
-            None => self.settle_parts(table, tagged, txn).await,
+            None => self.settle_parts(table, tagged, txn, resolution.commit).await,
         }
         match (written, resolution.commit) {
             (Ok(rows), true) => Ok(rows),
@@ -341,8 +342,10 @@ impl Engine {
     }
 
     /// Settles every part of decided statement `txn` (in the shards at the positions in `tagged` of `table`), then
-    /// forgets its decision; a part left unsettled is settled later by its shard's primary.
-    async fn settle_parts(&self, table: &Arc<HotTable>, tagged: &BTreeSet<usize>, txn: u64) {
+    /// forgets its decision if it committed; a part left unsettled is settled later by its shard's primary. An abort
+    /// is kept (until it expires, a day later): a part whose answer was lost may still land, and must find it (a
+    /// manifest proposed for a statement decided is refused; one of a statement forgotten would wait for the hold).
+    async fn settle_parts(&self, table: &Arc<HotTable>, tagged: &BTreeSet<usize>, txn: u64, commit: bool) {
         let settled = futures::future::join_all(tagged.iter().map(|i| self.settle_part(table, *i, txn))).await;
         let mut all = true;
         for result in settled {
@@ -351,7 +354,7 @@ impl Engine {
                 all = false;
             }
         }
-        if all {
+        if all && commit {
             self.forget(txn).await;
         }
     }
@@ -607,6 +610,7 @@ impl Engine {
         // part is written tagged with its id, the rows it replaces marked, and all become visible together once the
         // metadata group records its commit.
         let txn = if table.shards().len() > 1 { Self::new_transaction_id()? } else { 0 };
+        let _coordinating = (txn != 0).then(|| self.coordinate(txn));
         let mut affected = 0;
         // Positions of the shards changed as parts of `txn`.
         let mut tagged: BTreeSet<usize> = BTreeSet::new();

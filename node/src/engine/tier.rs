@@ -269,7 +269,12 @@ impl Engine {
             }
         };
         match outcome {
-            Ok(()) if txn != 0 => Ok(true),
+            Ok(()) if txn != 0 => {
+                // This node's statements judge the shard by its own copy of the metadata: the proposal must be
+                // there before the caller lets the shard's lock go (the leader may have applied it alone).
+                self.meta.read_state(|_| ()).await?;
+                Ok(true)
+            }
             Ok(()) => {
                 // For readers of the bucket alone; the collector writes it again if this fails.
                 let marked = match self.cold_store() {
@@ -688,6 +693,52 @@ mod tests {
             .expect("rows");
         let value = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
         (value(0), value(1), value(2))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_over_shards_with_cold_files_is_one_statement_here_too_and_an_orphaned_part_is_aborted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = EngineOptions { chunk_rows_target: 100, ..EngineOptions::default() };
+        options.sharding.shards_per_table = 2;
+        let engine = open_options(dir.path(), options).await;
+        engine.execute_one("CREATE TABLE t (x BIGINT PRIMARY KEY)").await.expect("create");
+        insert(&engine, 1, 1000).await;
+        assert_eq!(engine.tier("t").await.expect("tier").rows, 1000);
+        insert(&engine, 1001, 1200).await;
+        let pointers = |engine: &Engine| {
+            let id = engine.hot_table("t").expect("t").def().id;
+            engine
+                .meta
+                .read_local(|s| s.table_shards(id).map(|r| (r.manifest.clone(), r.pending.clone())).collect::<Vec<_>>())
+        };
+        // Both shards' files change in one statement: their manifests become current at one decision.
+        let before = engine.metrics().transactions_committed.get();
+        engine.execute_one("DELETE FROM t WHERE x % 2 = 0").await.expect("delete");
+        assert_eq!(engine.metrics().transactions_committed.get(), before + 1, "one statement spanning shards");
+        let odd: i64 = (1..=1200).filter(|x| x % 2 == 1).sum();
+        assert_eq!(totals(&engine).await, (600, odd, 600));
+        let decided: Vec<u64> =
+            pointers(&engine).iter().map(|(m, _)| m.as_ref().map_or(0, |m| m.txn_version)).collect();
+        assert!(decided.iter().all(|v| *v > 0 && *v == decided[0]), "{decided:?}");
+        // A part whose statement nobody decides (its caller gave up on it, or the process stopped) is aborted by the
+        // next statement that needs its shard: the rows it removed stay, and that statement applies. Here the part
+        // proposes a manifest without the shard's files.
+        let table = engine.hot_table("t").expect("t");
+        let replica = &table.shards()[0];
+        let record = engine.shard_record(replica).expect("shard");
+        let (pointer, current) = engine.shard_manifest(replica, &record).await.expect("manifest");
+        let mut next = current.with_files(Vec::new());
+        let store = engine.cold_store().expect("store");
+        let location = engine.store_manifest(&store, &mut next).await.expect("store");
+        let uploaded = crate::clock::unix_ms();
+        let proposed = engine.propose_manifest(&record, pointer.as_ref(), &next, location, uploaded, 0xdead).await;
+        assert!(proposed.expect("an orphaned part"), "recorded");
+        assert_eq!(pointers(&engine).iter().filter(|(_, p)| p.is_some()).count(), 1, "its manifest is pending");
+        assert_eq!(totals(&engine).await, (600, odd, 600), "an undecided part is not seen");
+        engine.execute_one("DELETE FROM t WHERE x = 1").await.expect("delete");
+        assert_eq!(engine.meta.read_local(|s| s.transaction(0xdead)).map(|d| d.commit), Some(false));
+        assert!(pointers(&engine).iter().all(|(_, p)| p.is_none()), "the abort dropped the proposal");
+        assert_eq!(totals(&engine).await, (599, odd - 1, 599));
     }
 
     async fn insert(engine: &Engine, from: i64, to: i64) {

@@ -24,7 +24,48 @@ use crate::error::{Error, Result};
 use crate::table::ShardReplica;
 use crate::table::log::Resolution;
 
+/// Registers a statement this node coordinates for as long as it lives (`Engine::coordinating`).
+pub(super) struct Coordinating<'a> {
+    engine: &'a Engine,
+    txn: u64,
+}
+
+impl Drop for Coordinating<'_> {
+    fn drop(&mut self) {
+        self.engine.coordinating.lock().expect("coordinating lock poisoned").remove(&self.txn);
+    }
+}
+
 impl Engine {
+    /// Registers statement `txn` as coordinated here until the guard is dropped.
+    pub(super) fn coordinate(&self, txn: u64) -> Coordinating<'_> {
+        self.coordinating.lock().expect("coordinating lock poisoned").insert(txn);
+        Coordinating { engine: self, txn }
+    }
+
+    /// On a node that is its cluster's only member, aborts statement `txn` when no statement of this node
+    /// coordinates it: nobody else could decide it (a crash or a dropped call left its parts), and the shards it
+    /// holds would wait for the hold. Returns whether it aborted it (or found it decided).
+    pub(super) async fn abort_orphan(&self, txn: u64) -> bool {
+        if self.is_clustered() || self.coordinating.lock().expect("coordinating lock poisoned").contains(&txn) {
+            return false;
+        }
+        match self.decide(txn, false).await {
+            Ok(r) => {
+                tracing::info!(
+                    txn = format!("{txn:x}"),
+                    commit = r.commit,
+                    "a statement spanning shards left undecided here was decided"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::debug!(txn, error = %e.report(), "deciding an orphaned statement failed");
+                false
+            }
+        }
+    }
+
     /// A new statement id: random, never 0.
     pub(super) fn new_transaction_id() -> Result<u64> {
         loop {

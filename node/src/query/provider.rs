@@ -71,8 +71,9 @@ impl ReadAt {
 const SNAPSHOT_ATTEMPTS: usize = 4;
 
 /// Why the cold view `view` of shard `shard` does not fit a reader at metadata version `snapshot`, if it does not:
-/// its files hold a statement spanning shards committed after the snapshot, or lack one committed at or before it
-/// (the shard's manifest pointer, as this node applied it, names a newer such commit).
+/// its files hold a statement spanning shards committed after the snapshot, or may lack one committed at or before
+/// it (the shard's manifest pointer, as this node applied it, names a newer such commit: the view is followed again,
+/// whatever that commit's version, since one between the view's and it may be at or before the snapshot).
 fn cold_mismatch(
     meta: &quiver_meta::MetaNode,
     shard: ShardId,
@@ -91,12 +92,12 @@ fn cold_mismatch(
     }
     let current = meta.read_local(|s| s.shard(shard).and_then(|r| r.manifest.as_ref()).map(|m| m.txn_version));
     let current = current.unwrap_or(0);
-    (current > view.txn_version && current <= snapshot).then(|| {
+    (current > view.txn_version).then(|| {
         (
             shard,
             format!(
-                "its cold files here lack a statement committed at metadata version {current}, at or before this \
-                 statement's snapshot {snapshot}; retry the statement"
+                "its cold files here trail a statement committed at metadata version {current} (this statement's \
+                 snapshot is {snapshot}); retry the statement"
             ),
         )
     })

@@ -25,6 +25,21 @@ pub(crate) struct Chunk {
     pub(crate) shard: ShardId,
     pub(crate) seq: u64,
     pub(crate) meta: ChunkMeta,
+    /// Its stored data, shared with the objects that give the same chunk a rewritten index entry
+    /// ([`ShardReplica::restamp`]).
+    data: Arc<ChunkData>,
+}
+
+/// The stored data of one chunk object, and of the objects that restamp it: deleted once the chunk is retired and the
+/// last of them is gone, so a reader still holding the chunk under an older index entry reads its data whatever
+/// became of the newer one.
+#[derive(Debug)]
+struct ChunkData {
+    key: Vec<u8>,
+    shard: ShardId,
+    seq: u64,
+    /// The table's columns (the column cache's entries of the chunk).
+    columns: usize,
     retired: AtomicBool,
     /// Tells this chunk object from another of the same number (a replica may receive a chunk number again after it
     /// dropped it): only the object that retired last deletes the data.
@@ -32,29 +47,49 @@ pub(crate) struct Chunk {
     tables: Arc<TableStore>,
 }
 
+impl Drop for ChunkData {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            let source = super::cache::Source::Chunk(self.shard.0, self.seq, self.incarnation);
+            self.tables.cache.remove_chunk(&source, self.columns, &self.tables.metrics);
+            self.tables.discard_retired(std::mem::take(&mut self.key), self.incarnation);
+        }
+    }
+}
+
 impl Chunk {
+    /// A new chunk object of shard `shard` of table `table`, numbered `seq`, whose data is stored in `tables`.
+    fn new(table: TableId, shard: ShardId, seq: u64, meta: ChunkMeta, tables: &Arc<TableStore>) -> Self {
+        let data = ChunkData {
+            key: keys::data_key(table, shard, seq),
+            shard,
+            seq,
+            columns: meta.null_counts.len(),
+            retired: AtomicBool::new(false),
+            incarnation: tables.next_incarnation(),
+            tables: Arc::clone(tables),
+        };
+        Chunk { table, shard, seq, meta, data: Arc::new(data) }
+    }
+
+    /// The same chunk, data and incarnation under the index entry `meta`.
+    fn restamped(&self, meta: ChunkMeta) -> Self {
+        Chunk { table: self.table, shard: self.shard, seq: self.seq, meta, data: Arc::clone(&self.data) }
+    }
+
     fn retire(&self) {
-        self.tables.retiring(self.data_key(), self.incarnation);
-        self.retired.store(true, Ordering::Release);
+        self.data.tables.retiring(self.data_key(), self.data.incarnation);
+        self.data.retired.store(true, Ordering::Release);
     }
 
     /// Where the column cache keeps the chunk's decoded columns.
     pub(crate) fn cache_source(&self) -> super::cache::Source {
-        super::cache::Source::Chunk(self.shard.0, self.seq, self.incarnation)
+        super::cache::Source::Chunk(self.shard.0, self.seq, self.data.incarnation)
     }
 
     /// The key of the chunk's data.
     pub(crate) fn data_key(&self) -> Vec<u8> {
         keys::data_key(self.table, self.shard, self.seq)
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire) {
-            self.tables.cache.remove_chunk(&self.cache_source(), self.meta.null_counts.len(), &self.tables.metrics);
-            self.tables.discard_retired(self.data_key(), self.incarnation);
-        }
     }
 }
 
@@ -155,20 +190,8 @@ impl ShardReplica {
     ) -> Self {
         let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id, removals_settled } = recovered;
         let schema = Arc::new(def.arrow_schema());
-        let mut list: Vec<Arc<Chunk>> = chunks
-            .into_iter()
-            .map(|(seq, meta)| {
-                Arc::new(Chunk {
-                    table: def.id,
-                    shard,
-                    seq,
-                    meta,
-                    retired: AtomicBool::new(false),
-                    incarnation: tables.next_incarnation(),
-                    tables: Arc::clone(&tables),
-                })
-            })
-            .collect();
+        let mut list: Vec<Arc<Chunk>> =
+            chunks.into_iter().map(|(seq, meta)| Arc::new(Chunk::new(def.id, shard, seq, meta, &tables))).collect();
         list.sort_by_key(|c| c.seq);
         let prepared_above = prepared.iter().flat_map(|p| p.added.iter().map(|(seq, _)| seq + 1)).max().unwrap_or(1);
         let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1)).max(prepared_above);
@@ -371,15 +394,7 @@ impl ShardReplica {
     }
 
     fn make_chunk(&self, seq: u64, meta: ChunkMeta) -> Arc<Chunk> {
-        Arc::new(Chunk {
-            table: self.def.id,
-            shard: self.shard,
-            seq,
-            meta,
-            retired: AtomicBool::new(false),
-            incarnation: self.tables.next_incarnation(),
-            tables: Arc::clone(&self.tables),
-        })
+        Arc::new(Chunk::new(self.def.id, self.shard, seq, meta, &self.tables))
     }
 
     /// Adds to `batch` the replacement of `removed` by `added` (already conformed): the new chunks' data and index
@@ -467,16 +482,8 @@ impl ShardReplica {
     /// `chunk` with the index entry `restamped` holds for its number, if any (taken out of it).
     fn restamp(&self, chunk: Arc<Chunk>, restamped: &mut BTreeMap<u64, ChunkMeta>) -> Arc<Chunk> {
         match restamped.remove(&chunk.seq) {
-            // The old object is not retired, so dropping it leaves the data to the new one.
-            Some(meta) => Arc::new(Chunk {
-                table: chunk.table,
-                shard: chunk.shard,
-                seq: chunk.seq,
-                meta,
-                retired: AtomicBool::new(false),
-                incarnation: chunk.incarnation,
-                tables: Arc::clone(&chunk.tables),
-            }),
+            // Both objects own the data together: it goes once the chunk is retired and neither is held any more.
+            Some(meta) => Arc::new(chunk.restamped(meta)),
             None => chunk,
         }
     }

@@ -569,3 +569,48 @@ async fn a_chunk_received_under_a_held_number_with_other_content_replaces_the_he
     let engine = open(dir.path()).await;
     assert_eq!(count_sum(&engine, "copy").await, swapped, "durable: the replaced data is not deleted by a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holding_a_chunk_under_an_older_index_entry_reads_its_data_after_the_newer_one_is_removed() {
+    use super::log::{LoggedChange, Resolution};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, chunks) = source_and_copy(dir.path(), 250).await;
+    let seqs: Vec<u64> = chunks.iter().map(|c| c.0).collect();
+    let part = |lsn: u64, removed: Vec<u64>, txn: u64| LoggedChange {
+        lsn,
+        term: 1,
+        added: Vec::new(),
+        removed,
+        resolved: Vec::new(),
+        txn,
+    };
+    let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
+    replica.prepare(1, logged(1, 1, chunks.clone(), vec![], vec![])).expect("prepare 1");
+    assert_eq!(replica.commit_through(1).expect("commit"), 1);
+    // A reader holds the first chunk as it is now.
+    let held = replica.version().iter().find(|c| c.seq == seqs[0]).cloned().expect("chunk");
+    // Statement 9 marks it removed (the same chunk and data under a rewritten index entry), then settles as
+    // committed: the marked object is retired and leaves the version.
+    replica.prepare(1, part(2, vec![seqs[0]], 9)).expect("prepare 2");
+    assert_eq!(replica.commit_through(2).expect("commit"), 1);
+    let now = engine.meta().read_local(|s| s.version());
+    let commit = vec![Resolution { txn: 9, commit: true, version: now }];
+    replica.prepare(1, logged(3, 1, vec![], vec![], commit)).expect("prepare 3");
+    assert_eq!(replica.commit_through(3).expect("commit"), 1);
+    assert!(replica.version().iter().all(|c| c.seq != seqs[0]), "settled: the chunk is gone");
+    // Later commits carry the store's queued deletions: the data the reader holds is not among them.
+    replica.prepare(1, part(4, vec![seqs[1]], 10)).expect("prepare 4");
+    assert_eq!(replica.commit_through(4).expect("commit"), 1);
+    let schema = replica.schema();
+    let rows = replica.read_chunk(&held, None, &schema).expect("the held chunk's data");
+    assert_eq!(rows.num_rows() as u64, held.meta.rows);
+    // Once the reader lets go, the next commit deletes it.
+    let key = held.data_key();
+    drop(held);
+    let abort = vec![Resolution { txn: 10, commit: false, version: now + 1 }];
+    replica.prepare(1, logged(5, 1, vec![], vec![], abort)).expect("prepare 5");
+    assert_eq!(replica.commit_through(5).expect("commit"), 1);
+    assert!(replica.tables.store.get(&key).expect("get").is_none(), "the retired chunk's data is deleted");
+    drop(replica);
+    engine.shutdown().await.expect("shutdown");
+}
