@@ -220,6 +220,11 @@ async fn a_format_2_directory_is_rewritten_to_format_3_keeping_every_row_and_tie
 
 /// An engine in `dir` with two tables of one shard, `source` holding ids 1..=`rows` and `copy` empty; returns it and
 /// the committed chunks of `source`, as a primary would send them.
+/// Change `lsn` (term 1) of a part of statement `txn` spanning shards that removes the chunks numbered `removed`.
+fn removal_part(lsn: u64, removed: Vec<u64>, txn: u64) -> super::log::LoggedChange {
+    super::log::LoggedChange { lsn, term: 1, added: Vec::new(), removed, resolved: Vec::new(), txn }
+}
+
 async fn source_and_copy(dir: &std::path::Path, rows: i64) -> (Arc<Engine>, Vec<crate::engine::ReplicatedChunk>) {
     let engine = open(dir).await;
     for name in ["source", "copy"] {
@@ -460,24 +465,16 @@ async fn a_refilled_replica_takes_a_new_mark_identity_and_new_chunks_are_numbere
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_marks_the_chunks_it_replaces_until_settled_and_a_settled_removal_refuses_older_readers() {
-    use super::log::{LoggedChange, Resolution};
+    use super::log::Resolution;
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, chunks) = source_and_copy(dir.path(), 250).await;
     assert_eq!(chunks.len(), 3, "100 rows a chunk");
     let seqs: Vec<u64> = chunks.iter().map(|c| c.0).collect();
-    let part = |lsn: u64, removed: Vec<u64>, txn: u64| LoggedChange {
-        lsn,
-        term: 1,
-        added: Vec::new(),
-        removed,
-        resolved: Vec::new(),
-        txn,
-    };
     {
         let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
         replica.prepare(1, logged(1, 1, chunks.clone(), vec![], vec![])).expect("prepare 1");
         // Statement 9's part removes the first chunk: committed in the log, the chunk is marked, not removed.
-        replica.prepare(1, part(2, vec![seqs[0]], 9)).expect("prepare 2");
+        replica.prepare(1, removal_part(2, vec![seqs[0]], 9)).expect("prepare 2");
         assert_eq!(replica.commit_through(2).expect("commit"), 2);
         assert_eq!(replica.unsettled_txns(), [9]);
         let marked = replica.version().iter().find(|c| c.seq == seqs[0]).map(|c| c.meta.removed_by);
@@ -500,7 +497,7 @@ async fn a_part_marks_the_chunks_it_replaces_until_settled_and_a_settled_removal
     assert_eq!((replica.removals_settled(), replica.unsettled_txns()), (now, vec![]));
     assert_eq!(count_sum(&engine, "copy").await.0, 150);
     // Statement 10 removes the second chunk and is aborted: the mark is cleared, the chunk stays.
-    replica.prepare(1, part(4, vec![seqs[1]], 10)).expect("prepare 4");
+    replica.prepare(1, removal_part(4, vec![seqs[1]], 10)).expect("prepare 4");
     let abort = vec![Resolution { txn: 10, commit: false, version: now + 1 }];
     replica.prepare(1, logged(5, 1, vec![], vec![], abort)).expect("prepare 5");
     assert_eq!(replica.commit_through(5).expect("commit"), 2);
@@ -572,18 +569,10 @@ async fn a_chunk_received_under_a_held_number_with_other_content_replaces_the_he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_holding_a_chunk_under_an_older_index_entry_reads_its_data_after_the_newer_one_is_removed() {
-    use super::log::{LoggedChange, Resolution};
+    use super::log::Resolution;
     let dir = tempfile::tempdir().expect("tempdir");
     let (engine, chunks) = source_and_copy(dir.path(), 250).await;
     let seqs: Vec<u64> = chunks.iter().map(|c| c.0).collect();
-    let part = |lsn: u64, removed: Vec<u64>, txn: u64| LoggedChange {
-        lsn,
-        term: 1,
-        added: Vec::new(),
-        removed,
-        resolved: Vec::new(),
-        txn,
-    };
     let replica = Arc::clone(engine.hot_table("copy").expect("table").only_shard());
     replica.prepare(1, logged(1, 1, chunks.clone(), vec![], vec![])).expect("prepare 1");
     assert_eq!(replica.commit_through(1).expect("commit"), 1);
@@ -591,7 +580,7 @@ async fn a_reader_holding_a_chunk_under_an_older_index_entry_reads_its_data_afte
     let held = replica.version().iter().find(|c| c.seq == seqs[0]).cloned().expect("chunk");
     // Statement 9 marks it removed (the same chunk and data under a rewritten index entry), then settles as
     // committed: the marked object is retired and leaves the version.
-    replica.prepare(1, part(2, vec![seqs[0]], 9)).expect("prepare 2");
+    replica.prepare(1, removal_part(2, vec![seqs[0]], 9)).expect("prepare 2");
     assert_eq!(replica.commit_through(2).expect("commit"), 1);
     let now = engine.meta().read_local(|s| s.version());
     let commit = vec![Resolution { txn: 9, commit: true, version: now }];
@@ -599,7 +588,7 @@ async fn a_reader_holding_a_chunk_under_an_older_index_entry_reads_its_data_afte
     assert_eq!(replica.commit_through(3).expect("commit"), 1);
     assert!(replica.version().iter().all(|c| c.seq != seqs[0]), "settled: the chunk is gone");
     // Later commits carry the store's queued deletions: the data the reader holds is not among them.
-    replica.prepare(1, part(4, vec![seqs[1]], 10)).expect("prepare 4");
+    replica.prepare(1, removal_part(4, vec![seqs[1]], 10)).expect("prepare 4");
     assert_eq!(replica.commit_through(4).expect("commit"), 1);
     let schema = replica.schema();
     let rows = replica.read_chunk(&held, None, &schema).expect("the held chunk's data");

@@ -1197,6 +1197,56 @@ async fn offsets(node: &Node) -> (i64, i64, i64) {
     (at(0), at(1), at(2))
 }
 
+/// Runs UPDATEs of table `w` through `through` that fail in the shard holding row `id`, for each id of `ids`, after
+/// other shards took their parts: `offsets` stays `expect` on every node of `nodes`.
+async fn failed_updates_change_nothing(
+    through: &Node,
+    nodes: &[&Node],
+    ids: impl IntoIterator<Item = i64>,
+    expect: (i64, i64, i64),
+) {
+    for id in ids {
+        let sql = format!("UPDATE w SET v = CASE WHEN id = {id} THEN NULL ELSE v + 1000 END");
+        let failed = through.engine.execute_one(&sql).await.expect_err("a NULL in a NOT NULL column");
+        assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
+        for node in nodes {
+            assert_eq!(offsets(node).await, expect, "after a failed statement, node {}", node.engine.node_id());
+        }
+    }
+}
+
+/// Runs `updates` UPDATEs of every row of table `w` (`rows` of them) through `writer` while `reader` reads it: every
+/// answer holds every row with the same offset (a reader told to retry is counted, and tries again).
+async fn readers_see_whole_statements(writer: &Node, reader: &Node, updates: usize, rows: i64) {
+    let writing = {
+        let engine = Arc::clone(&writer.engine);
+        tokio::spawn(async move {
+            for _ in 0..updates {
+                engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
+            }
+        })
+    };
+    let (mut reads, mut retried) = (0, 0);
+    while !writing.is_finished() {
+        let sql = "SELECT count(*), count(DISTINCT v - id) FROM w";
+        let read = match reader.engine.execute_one(sql).await {
+            Ok(stream) => stream.collect().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(batches) => {
+                let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+                assert_eq!((at(0), at(1)), (rows, 1), "a reader saw part of a statement");
+                reads += 1;
+            }
+            Err(e) if e.contains("retry") => retried += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    writing.await.expect("writer");
+    assert!(reads > 0, "{reads} reads, {retried} told to retry");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     let cold = tempfile::tempdir().expect("tempdir");
@@ -1215,49 +1265,11 @@ async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     }
     // A statement that fails in one shard after others changed rows takes no effect anywhere: for some of these
     // rows, the shard that fails is not the first one changed.
-    for id in 1..=8 {
-        let sql = format!("UPDATE w SET v = CASE WHEN id = {id} THEN NULL ELSE v + 1000 END");
-        let failed = three.engine.execute_one(&sql).await.expect_err("a NULL in a NOT NULL column");
-        assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
-        for node in nodes {
-            assert_eq!(
-                offsets(node).await,
-                (1000, 1000, 1),
-                "after a failed statement, node {}",
-                node.engine.node_id()
-            );
-        }
-    }
+    failed_updates_change_nothing(&three, &nodes, 1..=8, (1000, 1000, 1)).await;
     assert!(three.engine.metrics().transactions_aborted.get() >= 1, "parts were written before a failure");
     // Readers on another node see each statement whole while statements spanning shards run: every row has the same
     // offset (a reader too old for a settled removal is told to retry).
-    let writer = {
-        let engine = Arc::clone(&one.engine);
-        tokio::spawn(async move {
-            for _ in 0..10 {
-                engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
-            }
-        })
-    };
-    let (mut reads, mut retried) = (0, 0);
-    while !writer.is_finished() {
-        let sql = "SELECT count(*), count(DISTINCT v - id) FROM w";
-        match three.engine.execute_one(sql).await {
-            Ok(stream) => match stream.collect().await {
-                Ok(batches) => {
-                    let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
-                    assert_eq!((at(0), at(1)), (1000, 1), "a reader saw part of a statement");
-                    reads += 1;
-                }
-                Err(e) if e.to_string().contains("retry") => retried += 1,
-                Err(e) => panic!("{e}"),
-            },
-            Err(e) if e.to_string().contains("retry") => retried += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    writer.await.expect("writer");
-    assert!(reads > 0, "{reads} reads, {retried} told to retry");
+    readers_see_whole_statements(&one, &three, 10, 1000).await;
     for node in nodes {
         assert_eq!(offsets(node).await, (1000, 11_000, 1), "node {}", node.engine.node_id());
     }
@@ -1348,49 +1360,11 @@ async fn a_delete_or_update_spanning_shards_with_cold_files_is_seen_whole_or_not
         assert_eq!(pending_manifests(node, "w"), Vec::<u64>::new());
     }
     // A statement that fails in one shard after others proposed their manifests takes no effect anywhere.
-    for id in [1, 2, 3, 5, 8, 13] {
-        let sql = format!("UPDATE w SET v = CASE WHEN id = {id} THEN NULL ELSE v + 1000 END");
-        let failed = three.engine.execute_one(&sql).await.expect_err("a NULL in a NOT NULL column");
-        assert!(failed.to_string().to_lowercase().contains("null"), "{failed}");
-        for node in nodes {
-            assert_eq!(
-                offsets(node).await,
-                (1200, 1200, 1),
-                "after a failed statement, node {}",
-                node.engine.node_id()
-            );
-        }
-    }
+    failed_updates_change_nothing(&three, &nodes, [1, 2, 3, 5, 8, 13], (1200, 1200, 1)).await;
     assert!(three.engine.metrics().transactions_aborted.get() >= 1, "parts were proposed before a failure");
     assert_eq!(pending_manifests(&one, "w"), Vec::<u64>::new(), "the aborts dropped every proposal");
     // Readers on another node see each statement whole, in both tiers, while statements spanning shards run.
-    let writer = {
-        let engine = Arc::clone(&one.engine);
-        tokio::spawn(async move {
-            for _ in 0..5 {
-                engine.execute_one("UPDATE w SET v = v + 1").await.expect("update");
-            }
-        })
-    };
-    let (mut reads, mut retried) = (0, 0);
-    while !writer.is_finished() {
-        let sql = "SELECT count(*), count(DISTINCT v - id) FROM w";
-        let read = match three.engine.execute_one(sql).await {
-            Ok(stream) => stream.collect().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match read {
-            Ok(batches) => {
-                let at = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
-                assert_eq!((at(0), at(1)), (1200, 1), "a reader saw part of a statement");
-                reads += 1;
-            }
-            Err(e) if e.contains("retry") => retried += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    writer.await.expect("writer");
-    assert!(reads > 0, "{reads} reads, {retried} told to retry");
+    readers_see_whole_statements(&one, &three, 5, 1200).await;
     three.engine.execute_one("DELETE FROM w WHERE id % 2 = 0").await.expect("delete");
     for node in nodes {
         assert_eq!(offsets(node).await, (600, 3_600, 1), "node {}", node.engine.node_id());
