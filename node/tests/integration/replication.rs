@@ -1197,6 +1197,23 @@ async fn offsets(node: &Node) -> (i64, i64, i64) {
     (at(0), at(1), at(2))
 }
 
+/// Sends a DELETE of every row of table `w` to the primary of its first shard, as the part of statement `txn`
+/// spanning shards whose coordinator never decides it; returns that primary.
+async fn abandoned_delete<'a>(nodes: &[&'a Node], w: quiver_meta::TableId, txn: u64) -> &'a Node {
+    let shard = nodes[0].engine.meta().read_local(|s| s.table_shards(w).next().cloned()).expect("shard");
+    let primary = *nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
+    let part = ChangeShardRequest {
+        table_id: w.0,
+        shard_id: shard.shard_id.0,
+        epoch: shard.epoch,
+        statement: "DELETE FROM w".into(),
+        txn,
+    };
+    let answer = primary.client().await.change_shard(part).await.expect("part").into_inner();
+    assert!(answer.rows > 0 && answer.tagged, "{answer:?}");
+    primary
+}
+
 /// Runs UPDATEs of table `w` through `through` that fail in the shard holding row `id`, for each id of `ids`, after
 /// other shards took their parts: `offsets` stays `expect` on every node of `nodes`.
 async fn failed_updates_change_nothing(
@@ -1282,17 +1299,7 @@ async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     // A part whose coordinator never decides leaves the rows it removes in place, seen by everyone; after the hold
     // its primary records an abort and clears its marks, and the next statement changes the rows.
     let w = one.engine.hot_table("w").expect("table").def().id;
-    let shard = one.engine.meta().read_local(|s| s.table_shards(w).next().cloned()).expect("shard");
-    let primary = nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
-    let part = ChangeShardRequest {
-        table_id: w.0,
-        shard_id: shard.shard_id.0,
-        epoch: shard.epoch,
-        statement: "DELETE FROM w".into(),
-        txn: 0xabad_0002,
-    };
-    let answer = primary.client().await.change_shard(part).await.expect("part").into_inner();
-    assert!(answer.rows > 0 && answer.tagged, "{answer:?}");
+    let primary = abandoned_delete(&nodes, w, 0xabad_0002).await;
     for node in nodes {
         assert_eq!(offsets(node).await, (500, 5_500, 1), "an undecided removal took effect");
     }
@@ -1372,17 +1379,7 @@ async fn a_delete_or_update_spanning_shards_with_cold_files_is_seen_whole_or_not
 
     // A part whose coordinator never decides holds its proposal, and the rows stay as they were for everyone; after
     // the hold its primary records an abort, which drops the proposal, and the next statement changes the rows.
-    let shard = one.engine.meta().read_local(|s| s.table_shards(w).next().cloned()).expect("shard");
-    let primary = nodes.iter().find(|n| n.engine.node_id() == shard.primary).expect("primary");
-    let part = ChangeShardRequest {
-        table_id: w.0,
-        shard_id: shard.shard_id.0,
-        epoch: shard.epoch,
-        statement: "DELETE FROM w".into(),
-        txn: 0xabad_0003,
-    };
-    let answer = primary.client().await.change_shard(part).await.expect("part").into_inner();
-    assert!(answer.rows > 0 && answer.tagged, "{answer:?}");
+    let primary = abandoned_delete(&nodes, w, 0xabad_0003).await;
     assert_eq!(pending_manifests(primary, "w"), vec![0xabad_0003]);
     for node in nodes {
         assert_eq!(offsets(node).await, (600, 3_600, 1), "an undecided proposal took effect");
