@@ -1299,7 +1299,7 @@ async fn a_delete_or_update_spanning_shards_is_seen_whole_or_not_at_all() {
     // A part whose coordinator never decides leaves the rows it removes in place, seen by everyone; after the hold
     // its primary records an abort and clears its marks, and the next statement changes the rows.
     let w = one.engine.hot_table("w").expect("table").def().id;
-    let primary = abandoned_delete(&nodes, w, 0xabad_0002).await;
+    abandoned_delete(&nodes, w, 0xabad_0002).await;
     for node in nodes {
         assert_eq!(offsets(node).await, (500, 5_500, 1), "an undecided removal took effect");
     }
