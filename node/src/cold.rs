@@ -46,7 +46,9 @@ use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 
 pub use self::manifest::{ColdFile, ColumnStats, Manifest, SHARD_MARK, WrittenRange};
-pub use self::segments::{SegmentCache, committed_shards, mark_commit, read_committed, read_manifest, write_manifest};
+pub use self::segments::{
+    SegmentCache, committed_shards, ensure_commit_marker, mark_commit, read_committed, read_manifest, write_manifest,
+};
 pub use self::store::{ColdConfig, ColdStore, check_url};
 pub use self::writer::{FileLayout, write_parquet};
 use crate::error::Error;

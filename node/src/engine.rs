@@ -464,7 +464,11 @@ impl Engine {
     ) -> Result<Arc<Engine>> {
         check_format(&*store)?;
         let meta = crate::cluster::start_local(Arc::clone(&store), quiver_meta::MetaConfig::default()).await?;
-        Self::open_with_meta(location, store, options, meta).await
+        let engine = Self::open_with_meta(location, store, options, meta).await?;
+        // A metadata group of its own: there is no cluster to join, and its shards' requests (settling the parts of
+        // its statements spanning shards) are served at once.
+        engine.serve_shards();
+        Ok(engine)
     }
 
     /// Opens a database on a given hot store whose catalog is the state of `meta`, a metadata replica started on

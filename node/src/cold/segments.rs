@@ -170,6 +170,33 @@ pub async fn mark_commit(
     put(store, display, Manifest::commit_path(shard.0, shard.1, version), bytes).await
 }
 
+/// Makes sure the marker of the commit of version `version` of shard `shard` is in the bucket: writes it when it is
+/// missing (a node that crashed after its commit left it out, or a commit made current by a statement's decision);
+/// returns when it was written, in milliseconds since the Unix epoch (by the store's clock, or by this node's for one
+/// written here). A marker is never written before its commit, so this is never before the version became current: the
+/// collector's grace for the files the version retired counts from it.
+///
+/// # Errors
+///
+/// [`Error::ColdUnavailable`] when the store cannot be read or refuses the write.
+pub async fn ensure_commit_marker(
+    store: &Arc<dyn ObjectStore>,
+    display: &str,
+    shard: (u64, u64),
+    version: u64,
+    location: &str,
+) -> Result<u64> {
+    let path = Path::from(Manifest::commit_path(shard.0, shard.1, version));
+    match store.head(&path).await {
+        Ok(meta) => Ok(meta.last_modified.timestamp_millis().max(0) as u64),
+        Err(object_store::Error::NotFound { .. }) => {
+            mark_commit(store, display, shard, version, location).await?;
+            Ok(crate::clock::unix_ms())
+        }
+        Err(e) => Err(unavailable(display, &format!("read {path}"), e)),
+    }
+}
+
 /// The current manifest of shard `shard` (table and shard ids) as the bucket alone tells it: the one its newest
 /// commit marker names; `None` when it has none.
 ///

@@ -127,18 +127,26 @@ impl Engine {
             let listed = current.iter().map(|l| (l, true)).chain(pending.iter().map(|l| (l, false)));
             for (location, committed) in listed {
                 let manifest = self.manifest_at(location).await?;
+                let retired_after = cutoff.timestamp_millis().max(0) as u64;
+                // When the version became current (its commit marker's time; never before): a version a statement
+                // spanning shards proposed was built, and its files retired, before its statement was decided.
+                let mut current_since = 0;
                 if committed {
-                    // The commit marker, written again before anything is deleted: a commit whose node crashed
-                    // before writing it left the bucket's newest marker naming a version about to be collected.
-                    cold::mark_commit(&store, &display, (*table, *shard), manifest.version, location).await?;
+                    // The commit marker, written before anything is deleted when it is missing: a commit whose node
+                    // crashed before writing it left the bucket's newest marker naming a version about to be
+                    // collected.
+                    current_since =
+                        cold::ensure_commit_marker(&store, &display, (*table, *shard), manifest.version, location)
+                            .await?;
                     keep.insert(Manifest::commit_path(*table, *shard, manifest.version));
                 }
                 keep.insert(location.clone());
                 keep.extend(manifest.segments.into_iter().map(|s| s.path));
                 keep.extend(manifest.files.into_iter().map(|f| f.path));
-                // Files retention took out lately: scans of the version before may still read them.
-                let retired_after = cutoff.timestamp_millis().max(0) as u64;
-                keep.extend(manifest.retired.into_iter().filter(|r| r.removed_ms > retired_after).map(|r| r.path));
+                // Files this version took out (retention, compaction, a rewrite) within the grace period: scans of
+                // the version before may still read them.
+                let recent = |removed_ms: u64| removed_ms.max(current_since) > retired_after;
+                keep.extend(manifest.retired.into_iter().filter(|r| recent(r.removed_ms)).map(|r| r.path));
             }
         }
         let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };
@@ -282,6 +290,44 @@ mod tests {
         engine.execute_one("INSERT INTO t VALUES (501)").await.expect("insert");
         assert_eq!(engine.tier("t").await.expect("tier").rows, 1);
         assert_eq!(sum(&engine).await, 501 * 502 / 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_a_statements_manifest_retires_are_kept_for_the_grace_period_from_its_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = tiered_twice(dir.path()).await;
+        let grace = Duration::from_secs(3);
+        // Every object is older than the grace period from here on.
+        tokio::time::sleep(grace + Duration::from_millis(500)).await;
+        let table = engine.hot_table("t").expect("table");
+        let replica = table.only_shard();
+        let shard = engine.shard_record(replica).expect("shard");
+        let store = engine.cold_store().expect("store");
+        // The part of a statement spanning shards that dropped the shard's files, proposed long before its
+        // statement was decided: its files were stamped retired when it was built.
+        let (pointer, current) = engine.shard_manifest(replica, &shard).await.expect("manifest");
+        let files: Vec<String> = current.files.iter().map(|f| f.path.clone()).collect();
+        let mut next = current.without_files(&files, 1, u64::MAX);
+        let location = engine.store_manifest(&store, &mut next).await.expect("store");
+        let (txn, uploaded) = (0x5eed, crate::clock::unix_ms());
+        let proposed = engine.propose_manifest(&shard, pointer.as_ref(), &next, location, uploaded, txn).await;
+        assert!(proposed.expect("proposed"), "recorded as pending");
+        assert!(engine.decide(txn, true).await.expect("decided").commit);
+        engine.resolve_part(shard.table_id, shard.shard_id, shard.epoch, txn).await.expect("settled");
+        // Its commit marker is written when its part is settled: the bucket alone tells the decided version.
+        let alone = cold::SegmentCache::default();
+        let at = (shard.table_id.0, shard.shard_id.0);
+        let committed = cold::read_committed(&store, "bucket", at, &alone).await.expect("read").expect("one");
+        assert_eq!((committed.version, committed.files.len()), (next.version, 0));
+        // A scan of the version before may still read the files: the grace counts from the decision.
+        engine.collect_cold_garbage(grace).await.expect("gc");
+        let kept = keys(&engine).await;
+        assert!(files.iter().all(|f| kept.contains(f)), "retired by the decision just now: {kept:?}");
+        tokio::time::sleep(grace + Duration::from_millis(500)).await;
+        engine.collect_cold_garbage(grace).await.expect("gc");
+        let later = keys(&engine).await;
+        assert!(files.iter().all(|f| !later.contains(f)), "the grace period is over: {later:?}");
+        assert_eq!(sum(&engine).await, 0, "the statement took every row of the files");
     }
 
     #[test]

@@ -66,7 +66,13 @@ impl Peers {
             Some(channel) => channel.clone(),
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-                let channel = endpoint.connect_timeout(connect_timeout).connect_lazy();
+                // Pings on open calls: a call that may run long (a rewrite of cold files) fails once its peer has
+                // been silent for two timeouts, not at its deadline.
+                let channel = endpoint
+                    .connect_timeout(connect_timeout)
+                    .http2_keep_alive_interval(connect_timeout)
+                    .keep_alive_timeout(connect_timeout)
+                    .connect_lazy();
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

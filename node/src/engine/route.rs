@@ -407,6 +407,21 @@ impl Engine {
         F: FnOnce(ShardServiceClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_primary_within(record, self.replication.timeout * 3, call).await
+    }
+
+    /// [`Engine::call_primary`] for a call that may take up to `deadline`. A primary that is gone or cut off fails
+    /// it sooner: the connection's keepalive gives up on a peer silent for two replication timeouts.
+    async fn call_primary_within<T, F, Fut>(
+        &self,
+        record: &ShardRecord,
+        deadline: std::time::Duration,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ShardServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         let shard = record.shard_id;
         let unavailable = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let addr = self
@@ -415,12 +430,12 @@ impl Engine {
             .ok_or_else(|| unavailable(format!("its primary, node {}, is not registered", record.primary)))?;
         let timeout = self.replication.timeout;
         let client = self.peers.client(&addr, timeout).map_err(&unavailable)?;
-        match tokio::time::timeout(timeout * 3, call(client)).await {
+        match tokio::time::timeout(deadline, call(client)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(error_from_status(record.primary, shard, &status)),
             Err(_) => Err(Error::OutcomeUnknown {
                 shard: shard.0,
-                detail: format!("its primary, node {}, did not answer within {:?}", record.primary, timeout * 3),
+                detail: format!("its primary, node {}, did not answer within {deadline:?}", record.primary),
             }),
         }
     }
@@ -670,7 +685,13 @@ impl Engine {
     async fn change_remote(&self, record: &ShardRecord, statement: String, txn: u64) -> Result<(u64, bool)> {
         let (table_id, shard_id, epoch) = (record.table_id.0, record.shard_id.0, record.epoch);
         let request = ChangeShardRequest { table_id, shard_id, epoch, statement, txn };
-        self.call_primary(record, |mut client| async move { client.change_shard(request).await })
+        // A shard with cold files may have them rewritten, which takes as long as they are large: up to the hold,
+        // after which the part would be aborted anyway.
+        let deadline = match record.manifest {
+            Some(_) => self.replication.transaction_hold.max(self.replication.timeout * 3),
+            None => self.replication.timeout * 3,
+        };
+        self.call_primary_within(record, deadline, |mut client| async move { client.change_shard(request).await })
             .await
             .map(|r| (r.rows, r.tagged))
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use quiver_meta::{MetaCommand, MetaOutcome, Rejection, ShardId, TableId};
 
 use super::Engine;
+use crate::cold;
 use crate::error::{Error, Result};
 use crate::table::ShardReplica;
 use crate::table::log::Resolution;
@@ -148,8 +149,11 @@ impl Engine {
             .filter(|c| (c.meta.txn == txn && c.meta.pending_part()) || c.meta.removed_by == txn)
             .count() as u64;
         if parts == 0 {
+            // A part that rewrote the shard's cold files alone has nothing hot to settle.
+            self.mark_decided_manifest(replica, txn).await;
             return Ok(0);
         }
+        self.mark_decided_manifest(replica, txn).await;
         let decision = match self.meta.read_local(|s| s.transaction(txn)) {
             Some(d) => Some(d),
             None => self.meta.read_state(|s| s.transaction(txn)).await?,
@@ -164,6 +168,34 @@ impl Engine {
         self.replicate_change(replica, epoch, Vec::new(), Vec::new(), vec![resolution], 0).await?;
         self.metrics.transaction_parts_settled.inc();
         Ok(parts)
+    }
+
+    /// Writes the commit marker of the manifest that the commit of statement `txn` made the shard's current one, if
+    /// it did: for readers of the bucket alone, and the collector's grace for the files it retired counts from the
+    /// marker (see [`cold::ensure_commit_marker`]). A failure is logged: the collector writes a missing marker.
+    async fn mark_decided_manifest(&self, replica: &ShardReplica, txn: u64) {
+        let decision = match self.meta.read_local(|s| s.transaction(txn)) {
+            Some(d) => d,
+            None => match self.meta.read_state(|s| s.transaction(txn)).await {
+                Ok(Some(d)) => d,
+                _ => return,
+            },
+        };
+        let shard = replica.shard_id();
+        let Some(pointer) = self.meta.read_local(|s| s.shard(shard).and_then(|r| r.manifest.clone())) else { return };
+        if !decision.commit || pointer.txn_version != decision.version {
+            return;
+        }
+        let marked = match self.cold_store() {
+            Ok(store) => {
+                let at = (replica.def().id.0, shard.0);
+                cold::ensure_commit_marker(&store, self.cold.display(), at, pointer.version, &pointer.location).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = marked {
+            tracing::warn!(shard = %shard, version = pointer.version, error = %e.report(), "writing a commit marker failed");
+        }
     }
 
     /// Settles the parts of statements spanning shards left unsettled in the shards this node leads: those decided
