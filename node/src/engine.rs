@@ -312,6 +312,13 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
 }
 
+/// The catalog's tables as attached to an engine (name → id), and the catalog version they match (`None`: none yet).
+#[derive(Debug, Default)]
+struct Attached {
+    tables: BTreeMap<String, TableId>,
+    version: Option<u64>,
+}
+
 /// An open database. Cheap to share: wrap it in an `Arc`.
 pub struct Engine {
     location: StorageLocation,
@@ -320,8 +327,8 @@ pub struct Engine {
     node_id: u64,
     /// The hot store's identity: the cold tier's marks of which hot chunks are tiered are kept per store.
     store_id: u64,
-    /// The catalog's tables as attached to this engine (name → id), guarded for [`Engine::sync_catalog`].
-    attached: tokio::sync::Mutex<BTreeMap<String, TableId>>,
+    /// The catalog's tables as attached to this engine, guarded for [`Engine::sync_catalog`].
+    attached: tokio::sync::Mutex<Attached>,
     registry: Arc<TableRegistry>,
     /// The attached native tables by name (shared with the `system` schema).
     hot: Arc<RwLock<HashMap<String, Arc<HotTable>>>>,
@@ -563,7 +570,7 @@ impl Engine {
             meta,
             node_id,
             store_id,
-            attached: tokio::sync::Mutex::new(BTreeMap::new()),
+            attached: tokio::sync::Mutex::new(Attached::default()),
             registry,
             hot,
             hot_by_id: RwLock::new(HashMap::new()),
@@ -598,8 +605,9 @@ impl Engine {
             let mut attached = engine.attached.lock().await;
             for def in catalog.tables() {
                 engine.attach(def, &mut chunks_by_shard).await;
-                attached.insert(def.name.clone(), def.id);
+                attached.tables.insert(def.name.clone(), def.id);
             }
+            attached.version = Some(catalog.version());
             for ((table, shard), found) in &chunks_by_shard {
                 if !found.chunks.is_empty() || !found.prepared.is_empty() {
                     tracing::warn!(%table, %shard, chunks = found.chunks.len(), prepared = found.prepared.len(), "hot chunks of a shard the table does not have are left unread");
@@ -746,25 +754,32 @@ impl Engine {
     }
 
     /// Makes the engine's tables match the replica's catalog: attaches tables created since the last call and
-    /// detaches dropped ones, deleting their local data. Idempotent; serialized by the `attached` lock.
+    /// detaches dropped ones, deleting their local data. Idempotent; serialized by the `attached` lock. Runs after
+    /// every metadata change this node applies and before every statement in a cluster: when the catalog's version
+    /// has not moved since the last call, it costs one read of that version, whatever the number of tables.
     async fn sync_catalog(&self) -> Result<()> {
         let mut attached = self.attached.lock().await;
+        if attached.version == Some(self.meta.read_local(|s| s.catalog().version())) {
+            return Ok(());
+        }
         let catalog = self.catalog();
         let gone: Vec<(String, TableId)> = attached
+            .tables
             .iter()
             .filter(|(name, id)| catalog.table(name).map(|t| t.id) != Some(**id))
             .map(|(name, id)| (name.clone(), *id))
             .collect();
         for (name, id) in gone {
             self.detach(&name, id).await?;
-            attached.remove(&name);
+            attached.tables.remove(&name);
         }
         for def in catalog.tables() {
-            if attached.get(&def.name) != Some(&def.id) {
+            if attached.tables.get(&def.name) != Some(&def.id) {
                 self.attach(def, &mut HashMap::new()).await;
-                attached.insert(def.name.clone(), def.id);
+                attached.tables.insert(def.name.clone(), def.id);
             }
         }
+        attached.version = Some(catalog.version());
         Ok(())
     }
 
@@ -1068,7 +1083,8 @@ impl Engine {
     async fn alter_table_options(&self, name: &str, options: BTreeMap<String, Option<String>>) -> Result<QueryOutput> {
         self.see_acknowledged_ddl().await?;
         let table = self.native_table(name)?;
-        let mut after = self.catalog().table(name).map(|d| d.options.clone()).unwrap_or_default();
+        let mut after =
+            self.meta.read_local(|s| s.catalog().table(name).map(|d| d.options.clone())).unwrap_or_default();
         for (key, value) in &options {
             match value {
                 Some(v) => after.insert(key.clone(), v.clone()),
@@ -1138,7 +1154,7 @@ impl Engine {
                     .definition
                     .clone()
                     .ok_or_else(|| Error::Internal("external table without its definition".into()))?;
-                let exists = self.catalog().table(&name).is_some();
+                let exists = self.meta.read_local(|s| s.catalog().table(&name).is_some());
                 if exists {
                     return if create.if_not_exists {
                         Ok(QueryOutput::Done { command: Command::CreateExternalTable })

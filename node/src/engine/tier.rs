@@ -592,7 +592,9 @@ impl Engine {
         let def = table.def();
         let primary: Vec<usize> = def.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
         // The catalog's options, which ALTER TABLE changes (the attached definition is the one at attach time).
-        let defined = self.catalog().table(&def.name).filter(|d| d.id == def.id).map(|d| d.options.clone());
+        let defined = self
+            .meta
+            .read_local(|s| s.catalog().table(&def.name).filter(|d| d.id == def.id).map(|d| d.options.clone()));
         let sort = defined.and_then(|o| options::sort_key(&o, &schema)).unwrap_or_else(|| primary.clone());
         cold::FileLayout {
             row_group_rows: self.cold.row_group_rows(),
