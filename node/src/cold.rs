@@ -45,7 +45,7 @@ use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 
-pub use self::manifest::{ColdFile, ColumnStats, Manifest, SHARD_MARK, WrittenRange};
+pub use self::manifest::{ColdFile, ColumnStats, Manifest, RetiredFile, SHARD_MARK, WrittenRange};
 pub use self::segments::{
     SegmentCache, committed_shards, ensure_commit_marker, mark_commit, read_committed, read_manifest, write_manifest,
 };

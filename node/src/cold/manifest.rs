@@ -205,8 +205,13 @@ pub const SHARD_MARK: u64 = 0;
 pub struct RetiredFile {
     /// Its key under the cluster's prefix.
     pub path: String,
-    /// When it was taken out, in milliseconds since the Unix epoch.
+    /// When it was taken out, in milliseconds since the Unix epoch: when the version that took it out was built, or,
+    /// once a later version is built on that one, no earlier than then (a version a statement spanning shards
+    /// proposed becomes current only at its decision, and scans of the version before may read the file until then).
     pub removed_ms: u64,
+    /// The version that took it out (0: not recorded, in versions written before it was).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
 }
 
 /// One stored segment of a manifest: an immutable object listing some of the shard's files.
@@ -305,9 +310,20 @@ impl Manifest {
 
     /// The next version: this one plus `files`, each holding its store's hot chunks up to its `max_seq`.
     pub fn with_files(&self, files: Vec<ColdFile>) -> Self {
-        let mut next = self.clone();
-        next.version += 1;
+        let mut next = self.successor(crate::clock::unix_ms());
         next.add_all_tiered(files);
+        next
+    }
+
+    /// The next version, the same as this one, built at `now_ms`. This version was current when it was built on:
+    /// the files this version took out count as taken out no earlier than that, and the collector's grace for them
+    /// runs from there (see [`RetiredFile::removed_ms`]).
+    fn successor(&self, now_ms: u64) -> Self {
+        let mut next = self.clone();
+        for retired in next.retired.iter_mut().filter(|r| r.version == self.version) {
+            retired.removed_ms = retired.removed_ms.max(now_ms);
+        }
+        next.version += 1;
         next
     }
 
@@ -353,12 +369,12 @@ impl Manifest {
     /// `now_ms`; retired files older than `keep_ms` are forgotten. The marks stay, so the files' hot chunks are not
     /// read again.
     pub fn without_files(&self, paths: &[String], now_ms: u64, keep_ms: u64) -> Self {
-        let mut next = self.clone();
-        next.version += 1;
+        let mut next = self.successor(now_ms);
         let gone: HashSet<&str> = paths.iter().map(String::as_str).collect();
         next.files.retain(|f| !gone.contains(f.path.as_str()));
         next.retired.retain(|r| r.removed_ms.saturating_add(keep_ms) > now_ms);
-        next.retired.extend(paths.iter().map(|path| RetiredFile { path: path.clone(), removed_ms: now_ms }));
+        let version = next.version;
+        next.retired.extend(paths.iter().map(|path| RetiredFile { path: path.clone(), removed_ms: now_ms, version }));
         next
     }
 
@@ -716,7 +732,12 @@ mod tests {
         let mut listed: Vec<u64> = loaded.files.iter().map(|f| f.max_seq).collect();
         listed.sort_unstable();
         assert_eq!(listed, (1..=97).filter(|&s| s != 24).collect::<Vec<_>>());
-        assert_eq!(loaded.retired, vec![RetiredFile { path: gone, removed_ms: 1_000 }]);
+        assert_eq!(loaded.retired, vec![RetiredFile { path: gone.clone(), removed_ms: 1_000, version: next.version }]);
+        // A version built on that one counts the file as taken out no earlier than then; later ones leave it.
+        let after = next.with_files(Vec::new()).with_files(Vec::new());
+        assert!(after.retired[0].removed_ms > 1_000 && after.retired[0].path == gone, "{:?}", after.retired);
+        let (stamp, next_stamp) = (after.retired[0].removed_ms, after.with_files(Vec::new()).retired[0].removed_ms);
+        assert_eq!(stamp, next_stamp, "only the version right after it restamps it");
         assert!(loaded.segments.iter().all(|s| s.files.len() <= 10));
         assert!(loaded.segments.len() <= 96 * 2 / 10 + 1);
     }

@@ -127,6 +127,7 @@ impl Engine {
             let listed = current.iter().map(|l| (l, true)).chain(pending.iter().map(|l| (l, false)));
             for (location, committed) in listed {
                 let manifest = self.manifest_at(location).await?;
+                let version = manifest.version;
                 let retired_after = cutoff.timestamp_millis().max(0) as u64;
                 // When the version became current (its commit marker's time; never before): a version a statement
                 // spanning shards proposed was built, and its files retired, before its statement was decided.
@@ -143,10 +144,13 @@ impl Engine {
                 keep.insert(location.clone());
                 keep.extend(manifest.segments.into_iter().map(|s| s.path));
                 keep.extend(manifest.files.into_iter().map(|f| f.path));
-                // Files this version took out (retention, compaction, a rewrite) within the grace period: scans of
-                // the version before may still read them.
-                let recent = |removed_ms: u64| removed_ms.max(current_since) > retired_after;
-                keep.extend(manifest.retired.into_iter().filter(|r| recent(r.removed_ms)).map(|r| r.path));
+                // Files taken out (retention, compaction, a rewrite) within the grace period: scans of the version
+                // before may still read them. Those this version took out count from when it became current.
+                let recent = |r: &cold::RetiredFile| {
+                    let since = if r.version == version { current_since } else { 0 };
+                    r.removed_ms.max(since) > retired_after
+                };
+                keep.extend(manifest.retired.into_iter().filter(|r| recent(r)).map(|r| r.path));
             }
         }
         let failed = |e: object_store::Error| Error::ColdUnavailable { detail: format!("list {display}: {e}") };

@@ -186,10 +186,18 @@ impl Engine {
         if !decision.commit || pointer.txn_version != decision.version {
             return;
         }
+        // Under the shard's lock: an unreachable store holds it up for one replication timeout at most.
         let marked = match self.cold_store() {
             Ok(store) => {
                 let at = (replica.def().id.0, shard.0);
-                cold::ensure_commit_marker(&store, self.cold.display(), at, pointer.version, &pointer.location).await
+                let mark =
+                    cold::ensure_commit_marker(&store, self.cold.display(), at, pointer.version, &pointer.location);
+                match tokio::time::timeout(self.replication.timeout, mark).await {
+                    Ok(marked) => marked.map(|_| ()),
+                    Err(_) => Err(Error::ColdUnavailable {
+                        detail: format!("{}: no answer within {:?}", self.cold.display(), self.replication.timeout),
+                    }),
+                }
             }
             Err(e) => Err(e),
         };
