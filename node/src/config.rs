@@ -155,6 +155,10 @@ pub struct ClusterConfig {
     /// How long a part of a statement spanning shards may wait for its statement's decision before the shard's
     /// primary decides it aborted (its coordinator is taken for lost).
     pub transaction_hold: Millis,
+    /// Whether statements run as multi-stage plans whose parts reading shards run on the nodes leading them (filters,
+    /// projections and partial aggregates there); false: every row a statement reads comes to the node it was sent
+    /// to. A node with no peers plans the same either way.
+    pub distributed_execution: bool,
     /// A bug the simulation injects on purpose (simulation builds only; never read from a file).
     #[cfg(madsim)]
     #[serde(skip)]
@@ -186,6 +190,7 @@ impl Default for ClusterConfig {
             replication_timeout: Millis(crate::engine::ReplicationOptions::default().timeout.as_millis() as u64),
             transaction_hold: Millis(crate::engine::ReplicationOptions::default().transaction_hold.as_millis() as u64),
             catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
+            distributed_execution: true,
             #[cfg(madsim)]
             injected_bug: None,
         }
@@ -586,6 +591,7 @@ impl Config {
                 #[cfg(madsim)]
                 injected_bug: self.cluster.injected_bug,
             },
+            distributed_execution: self.cluster.distributed_execution,
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,

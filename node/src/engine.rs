@@ -115,6 +115,9 @@ pub struct EngineOptions {
     pub sharding: ShardingDefaults,
     /// How a shard's primary replicates its changes.
     pub replication: ReplicationOptions,
+    /// Whether statements in a cluster run as multi-stage plans, the parts reading shards on the nodes leading them
+    /// (ignored by the simulation build, which keeps single-stage plans).
+    pub distributed_execution: bool,
 }
 
 impl Default for EngineOptions {
@@ -130,6 +133,7 @@ impl Default for EngineOptions {
             cold_store: None,
             sharding: ShardingDefaults::default(),
             replication: ReplicationOptions::default(),
+            distributed_execution: false,
         }
     }
 }
@@ -384,6 +388,9 @@ pub struct Engine {
     /// Whether the store holds only rows of shards placed on this node ([`keys::PLACED_ONLY_KEY`]): the rows of a
     /// shard that left the node are then deleted ([`Engine::drop_unplaced`]).
     placed_only: bool,
+    /// Multi-stage execution: this node's worker and the engine its tasks run on (`None`: single-stage plans).
+    #[cfg(not(madsim))]
+    distributed: Option<crate::query::distributed::Distributed>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -536,7 +543,22 @@ impl Engine {
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let cold_reads = Arc::new(crate::query::cold::ColdReads::default());
         let config = config.with_extension(Arc::clone(&cold_reads));
-        let ctx = SessionContext::new_with_config(config);
+        let runtime = Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default());
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&runtime))
+            .with_default_features();
+        #[cfg(not(madsim))]
+        let (state, distributed) = if options.distributed_execution {
+            let (state, distributed) =
+                crate::query::distributed::Distributed::install(state, &meta, options.replication.timeout, runtime)?;
+            (state, Some(distributed))
+        } else {
+            (state, None)
+        };
+        #[cfg(madsim)]
+        let _ = runtime;
+        let ctx = SessionContext::new_with_state(state.build());
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
         let hot = Arc::new(RwLock::new(HashMap::new()));
@@ -597,9 +619,15 @@ impl Engine {
             me: std::sync::OnceLock::new(),
             catching_up: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             placed_only,
+            #[cfg(not(madsim))]
+            distributed,
         };
         let engine = Arc::new(engine);
         let _ = engine.me.set(Arc::downgrade(&engine));
+        #[cfg(not(madsim))]
+        if let Some(distributed) = &engine.distributed {
+            distributed.bind(Arc::downgrade(&engine));
+        }
         let mut chunks_by_shard = chunks_by_shard;
         {
             let mut attached = engine.attached.lock().await;
@@ -869,6 +897,26 @@ impl Engine {
     /// Returns the DataFusion session the engine plans with (for frontends that need its catalog or functions).
     pub fn session(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// This node's side of multi-stage execution, when statements run as multi-stage plans.
+    #[cfg(not(madsim))]
+    pub(crate) fn distributed(&self) -> Option<&crate::query::distributed::Distributed> {
+        self.distributed.as_ref()
+    }
+
+    /// Has the tasks of multi-stage plans that are routed to `addr`, this node's internal address as its peers know
+    /// it, run in this process rather than through the internal endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `addr` is not a host and port.
+    #[cfg(not(madsim))]
+    pub fn run_local_tasks_at(&self, addr: &str) -> Result<()> {
+        let Some(distributed) = &self.distributed else { return Ok(()) };
+        distributed
+            .run_local_tasks_at(&mut self.ctx.state_ref().write(), addr)
+            .map_err(|e| Error::Config { detail: format!("the internal address {addr}: {e}") })
     }
 
     /// Adds a schema beside `public` in the `quiver` catalog (frontends install `pg_catalog` this way).
@@ -1270,6 +1318,15 @@ impl Engine {
                         what: "SQL-level PREPARE/EXECUTE/RESET; use the protocol's prepared statements".into(),
                     }),
                 }
+            }
+            #[cfg(not(madsim))]
+            LogicalPlan::Explain(explain)
+                if !explain.verbose
+                    && matches!(explain.explain_format, datafusion::common::format::ExplainFormat::Indent)
+                    && self.distributed.is_some() =>
+            {
+                let (schema, stream) = crate::query::distributed::explain(&self.ctx.state(), &explain).await?;
+                Ok(QueryOutput::Rows { schema, stream })
             }
             plan => {
                 // A state of its own, so that the query's scans of cold files count into its entry in the log.

@@ -154,6 +154,10 @@ impl Server {
         let mut engine_options = config.engine_options();
         engine_options.cold_store = cold;
         let engine = Engine::open_with_meta(location, Arc::clone(&store), engine_options, meta.clone()).await?;
+        #[cfg(not(madsim))]
+        if let Err(e) = engine.run_local_tasks_at(&options.grpc_addr) {
+            tracing::warn!(error = %e.report(), "tasks routed to this node go through its internal endpoint");
+        }
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;

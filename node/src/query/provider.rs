@@ -196,6 +196,15 @@ impl TableProvider for HotTableProvider {
             Some(engine) => engine.shard_reads(&self.table).await?,
             None => vec![ShardRead::Local; self.table.shards().len()],
         };
+        // In a cluster running multi-stage plans, every shard is read where it is led, as the leaf's tasks.
+        #[cfg(not(madsim))]
+        if let Some(engine) = &engine
+            && self.read_at.is_none()
+            && engine.distributed().is_some()
+            && reads.iter().any(|r| matches!(r, ShardRead::Remote { .. }))
+        {
+            return Ok(super::distributed::shards_scan(engine, &self.table, &reads, projection, filters, limit)?);
+        }
         // One snapshot for every shard of the table: a statement spanning shards is seen whole or not at all, in
         // both tiers. Each cold view read here must hold exactly the statements committed at or before it: one that
         // trails (a commit applied since the views were followed) is followed again, one ahead of it (followed

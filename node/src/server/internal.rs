@@ -5,7 +5,8 @@
 //! [`quiver_meta::service`]), the node's `DataService` (one SQL statement, an atomic append of Arrow IPC rows, or
 //! tiering a table to the cold tier, on this node's data) and its `ShardService` (`shard`: the replication stream
 //! into this node's shard replicas, and scans of one of them). Payloads are Arrow IPC streams bounded by
-//! `limits.flight_message_max` in both directions.
+//! `limits.flight_message_max` in both directions. With multi-stage execution it also serves the worker of
+//! `datafusion-distributed`, which runs the tasks of plans other nodes send (`query::distributed`).
 //!
 //! In the simulation build the endpoint runs on madsim's simulated network and the data service is how the
 //! simulated workload writes and reads rows (the client frontends are not part of that build).
@@ -145,6 +146,9 @@ impl DataService for DataGrpcService {
 }
 
 fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> tonic::transport::server::Router {
+    // The worker of multi-stage plans: tasks other nodes send this one.
+    #[cfg(not(madsim))]
+    let worker = engine.distributed().map(|d| d.worker().into_worker_server());
     // A replicated change carries the chunks of a write that fit in `max_message_bytes`, compressed, with their index
     // entries: headroom for those.
     let shard = ShardServiceServer::new(ShardGrpcService::new(Arc::clone(&engine), max_message_bytes))
@@ -153,12 +157,15 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
     let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
-    Server::builder()
+    let router = Server::builder()
         .add_service(quiver_meta::service::raft_server(meta))
         .add_service(quiver_meta::service::meta_server(meta))
         .add_service(quiver_meta::service::cluster_server(meta))
         .add_service(data)
-        .add_service(shard)
+        .add_service(shard);
+    #[cfg(not(madsim))]
+    let router = router.add_optional_service(worker);
+    router
 }
 
 /// Serves the internal endpoint on `listener` until `shutdown` completes.

@@ -1,0 +1,292 @@
+//! [`ShardsScanExec`]: every shard of a table, read where each shard is led, as the leaf of a multi-stage plan.
+//!
+//! The planning node lists each shard with the epoch it was routed at and the node leading it then, grouped into
+//! tasks (one per node until the plan's stage says otherwise, [`ShardsScanExec::split`]). A task runs on its node: a
+//! shard led there is read from the node's own replica ([`Engine::scan_shard`], checked against the epoch); any other
+//! shard (a task holding shards of several nodes, or a shard that moved since planning) is read from its primary over
+//! the internal endpoint ([`RemoteShardScanExec`], which follows a moved shard). Every shard is read at the planning
+//! node's metadata snapshot, so a statement spanning shards is seen whole or not at all, wherever the tasks run.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, ReplaceChildrenOptions};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use datafusion_distributed::DistributedTaskContext;
+use futures::TryStreamExt;
+use quiver_meta::{ShardId, TableId};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::query::remote::RemoteShardScanExec;
+
+/// One shard as the planning node routed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShardPart {
+    pub(crate) shard: u64,
+    /// The shard's epoch when the statement was planned: a replica at another epoch refuses the read.
+    pub(crate) epoch: u64,
+    /// The node leading the shard at that epoch, and its internal address.
+    pub(crate) node: u64,
+    pub(crate) addr: String,
+}
+
+/// The shards one task reads, and the node it should run on (the one leading most of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ScanTask {
+    pub(crate) node: u64,
+    pub(crate) addr: String,
+    pub(crate) parts: Vec<ShardPart>,
+}
+
+/// What a [`ShardsScanExec`] reads: all of it travels to the task's node (see `codec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ScanSpec {
+    pub(crate) table: u64,
+    pub(crate) table_name: String,
+    pub(crate) tasks: Vec<ScanTask>,
+    /// Columns read, by index in the table (`None`: all; empty: row counts only).
+    pub(crate) projection: Option<Vec<usize>>,
+    /// The table's schema projected: the leaf's output.
+    pub(crate) schema: Schema,
+    /// A predicate each shard applies before its rows leave it (SQL over the table's columns); the plan filters again.
+    pub(crate) filter: Option<String>,
+    pub(crate) limit: Option<usize>,
+    /// The metadata version every shard is read at.
+    pub(crate) snapshot: Option<u64>,
+    /// The longest a remote read waits for a replica's first answer, in milliseconds.
+    pub(crate) timeout_ms: u64,
+}
+
+/// The scan of every shard of one table, each on the node that leads it (see the module's documentation).
+#[derive(Debug)]
+pub(crate) struct ShardsScanExec {
+    spec: Arc<ScanSpec>,
+    engine: Weak<Engine>,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShardsScanExec {
+    /// Returns the scan `spec` describes, run by `engine` (the planning node's, or the node a task runs on).
+    pub(crate) fn new(spec: ScanSpec, engine: Weak<Engine>) -> Self {
+        // Every task's variant of the leaf has the same partitions: one per shard of the task with the most.
+        let partitions = spec.tasks.iter().map(|t| t.parts.len()).max().unwrap_or(0).max(1);
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::new(spec.schema.clone())),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { spec: Arc::new(spec), engine, properties }
+    }
+
+    pub(crate) fn spec(&self) -> &ScanSpec {
+        &self.spec
+    }
+
+    /// The nodes the shards are read on, one per task as planned.
+    pub(crate) fn task_nodes(&self) -> Vec<(u64, String)> {
+        self.spec.tasks.iter().map(|t| (t.node, t.addr.clone())).collect()
+    }
+
+    /// The same scan in `count` tasks. The shards of one node stay together while there are at least as many tasks
+    /// as nodes (the largest groups split in two, on the same node, while tasks are left); with fewer tasks, a task
+    /// takes several nodes' groups and reads the ones not led where it runs from their primaries.
+    pub(crate) fn split(&self, count: usize) -> Self {
+        let count = count.max(1);
+        let mut groups: Vec<ScanTask> = Vec::new();
+        for part in self.spec.tasks.iter().flat_map(|t| &t.parts) {
+            match groups.iter_mut().find(|g| g.node == part.node) {
+                Some(group) => group.parts.push(part.clone()),
+                None => groups.push(ScanTask { node: part.node, addr: part.addr.clone(), parts: vec![part.clone()] }),
+            }
+        }
+        groups.sort_by_key(|g| g.node);
+        while groups.len() < count {
+            let Some((largest, _)) =
+                groups.iter().enumerate().filter(|(_, g)| g.parts.len() > 1).max_by_key(|(_, g)| g.parts.len())
+            else {
+                break;
+            };
+            let half = groups[largest].parts.len() / 2;
+            let moved = groups[largest].parts.split_off(half);
+            let group = &groups[largest];
+            groups.push(ScanTask { node: group.node, addr: group.addr.clone(), parts: moved });
+        }
+        let mut tasks: Vec<ScanTask> = Vec::with_capacity(count);
+        groups.sort_by_key(|g| std::cmp::Reverse(g.parts.len()));
+        for group in groups {
+            if tasks.len() < count {
+                tasks.push(group);
+            } else {
+                let lightest = tasks.iter_mut().min_by_key(|t| t.parts.len()).expect("count >= 1");
+                lightest.parts.extend(group.parts);
+            }
+        }
+        // Tasks left without shards run on the first task's node and read nothing.
+        while tasks.len() < count {
+            let (node, addr) = tasks.first().map(|t| (t.node, t.addr.clone())).unwrap_or_default();
+            tasks.push(ScanTask { node, addr, parts: Vec::new() });
+        }
+        let mut spec = (*self.spec).clone();
+        spec.tasks = tasks;
+        Self::new(spec, self.engine.clone())
+    }
+
+    /// The parts the task running in `context` reads.
+    fn parts_of_task(&self, context: &Arc<TaskContext>) -> DfResult<&[ShardPart]> {
+        let task = DistributedTaskContext::from_ctx(context);
+        let tasks = &self.spec.tasks;
+        if tasks.len() == task.task_count {
+            return Ok(tasks.get(task.task_index).map_or(&[][..], |t| &t.parts[..]));
+        }
+        // Not split: one task reads everything, the others (if any) nothing.
+        if tasks.len() <= 1 {
+            return Ok(if task.task_index == 0 { tasks.first().map_or(&[][..], |t| &t.parts[..]) } else { &[] });
+        }
+        Err(DataFusionError::Internal(format!(
+            "ShardsScanExec planned for {} tasks runs as task {} of {}",
+            tasks.len(),
+            task.task_index,
+            task.task_count
+        )))
+    }
+}
+
+impl DisplayAs for ShardsScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShardsScanExec: table={}", self.spec.table_name)?;
+        for task in &self.spec.tasks {
+            let shards: Vec<String> = task.parts.iter().map(|p| p.shard.to_string()).collect();
+            write!(f, ", node {}: shards [{}]", task.node, shards.join(","))?;
+        }
+        if let Some(p) = &self.spec.projection {
+            let names: Vec<&str> = self.spec.schema.fields().iter().map(|f| f.name().as_str()).collect();
+            write!(f, ", projection=[{}]", if p.is_empty() { String::new() } else { names.join(", ") })?;
+        }
+        if let Some(filter) = &self.spec.filter {
+            write!(f, ", filter={filter}")?;
+        }
+        if let Some(l) = self.spec.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ShardsScanExec {
+    fn name(&self) -> &'static str {
+        "ShardsScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let schema: SchemaRef = Arc::new(self.spec.schema.clone());
+        let Some(part) = self.parts_of_task(&context)?.get(partition).cloned() else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+        };
+        let engine = self.engine.upgrade().ok_or_else(|| {
+            DataFusionError::External(Box::new(Error::ShardUnavailable {
+                shard: part.shard,
+                detail: "this node is shutting down".into(),
+            }))
+        })?;
+        let spec = Arc::clone(&self.spec);
+        let out = Arc::clone(&schema);
+        let stream =
+            futures::stream::once(async move { read(engine, spec, part, schema, context).await }).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out, stream)))
+    }
+}
+
+/// The rows of one shard: from this node's replica when the shard was led here at its epoch, else from its primary.
+async fn read(
+    engine: Arc<Engine>,
+    spec: Arc<ScanSpec>,
+    part: ShardPart,
+    schema: SchemaRef,
+    context: Arc<TaskContext>,
+) -> DfResult<SendableRecordBatchStream> {
+    let (table, shard) = (TableId(spec.table), ShardId(part.shard));
+    if part.node == engine.node_id() {
+        let scan = engine
+            .scan_shard(
+                table,
+                shard,
+                part.epoch,
+                spec.projection.clone(),
+                spec.filter.as_deref(),
+                spec.limit,
+                spec.snapshot,
+            )
+            .await;
+        match scan {
+            Ok(scan) => {
+                let batches = scan
+                    .batches
+                    .into_iter()
+                    .map(|b| {
+                        let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                        RecordBatch::try_new_with_options(Arc::clone(&schema), b.columns().to_vec(), &options)
+                            .map_err(DataFusionError::from)
+                    })
+                    .collect::<Vec<_>>();
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches))));
+            }
+            // The shard moved since planning: its primary is looked up and read there.
+            Err(Error::ShardUnavailable { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let remote = RemoteShardScanExec::new(
+        table,
+        shard,
+        part.epoch,
+        vec![part.addr.clone()],
+        spec.projection.clone(),
+        schema,
+        spec.limit,
+        std::time::Duration::from_millis(spec.timeout_ms),
+        usize::MAX,
+    )
+    .with_filter(spec.filter.clone())
+    .with_snapshot(spec.snapshot)
+    .with_locator(engine.locator());
+    remote.execute(0, context)
+}
