@@ -1154,6 +1154,17 @@ impl Engine {
         table_options: BTreeMap<String, String>,
         text: &str,
     ) -> Result<QueryOutput> {
+        // EXPLAIN of a statement that runs as a multi-stage plan shows its stages (DataFusion's own EXPLAIN is built
+        // before the distributed planner runs); any other EXPLAIN is DataFusion's.
+        #[cfg(not(madsim))]
+        if let LogicalPlan::Explain(explain) = &plan
+            && !explain.verbose
+            && matches!(explain.explain_format, datafusion::common::format::ExplainFormat::Indent)
+            && self.distributed.is_some()
+            && let Some((schema, stream)) = crate::query::distributed::explain(&self.ctx.state(), explain).await
+        {
+            return Ok(QueryOutput::Rows { schema, stream });
+        }
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let name = table_name(&create.name)?;
@@ -1319,23 +1330,27 @@ impl Engine {
                     }),
                 }
             }
-            #[cfg(not(madsim))]
-            LogicalPlan::Explain(explain)
-                if !explain.verbose
-                    && matches!(explain.explain_format, datafusion::common::format::ExplainFormat::Indent)
-                    && self.distributed.is_some() =>
-            {
-                let (schema, stream) = crate::query::distributed::explain(&self.ctx.state(), &explain).await?;
-                Ok(QueryOutput::Rows { schema, stream })
-            }
             plan => {
                 // A state of its own, so that the query's scans of cold files count into its entry in the log.
                 let reads = Arc::new(crate::cold::cache::ReadTally::default());
                 let mut state = self.ctx.state();
                 state.config_mut().set_extension(Arc::new(crate::query::cold::StatementReads(Arc::clone(&reads))));
-                let df = datafusion::dataframe::DataFrame::new(state, plan);
+                let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let stream = self.queries.track(text, reads, df.execute_stream().await?);
+                let started = df.execute_stream().await;
+                // A multi-stage plan that lost a node before any row came is planned again from the metadata as it
+                // is now (a shard's new primary), once.
+                #[cfg(not(madsim))]
+                let started = match self.distributed {
+                    Some(_) => {
+                        let again = move || datafusion::dataframe::DataFrame::new(state, plan).execute_stream();
+                        crate::query::distributed::run_again_if_a_node_is_lost(started, again).await
+                    }
+                    None => started,
+                };
+                #[cfg(madsim)]
+                let _ = (state, plan);
+                let stream = self.queries.track(text, reads, started?);
                 Ok(QueryOutput::Rows { schema, stream })
             }
         }

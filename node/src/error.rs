@@ -171,6 +171,13 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// Another node a statement needed (to run a part of its plan) stopped answering before the statement sent any
+    /// result; the statement took no effect and may be sent again.
+    #[error("node unavailable: {detail}")]
+    NodeUnavailable {
+        /// Which node, and what failed.
+        detail: String,
+    },
     /// A write reached some copies of a shard before a failure, so whether it takes effect depends on which copy leads
     /// the shard next (or it took effect on fewer copies than required). The client must look before repeating it.
     #[error("shard {shard}: the write's outcome is unknown: {detail}")]
@@ -201,9 +208,10 @@ impl Error {
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::ShuttingDown | Error::ColdUnavailable { .. } | Error::ShardUnavailable { .. } => {
-                ErrorKind::Unavailable
-            }
+            Error::ShuttingDown
+            | Error::ColdUnavailable { .. }
+            | Error::ShardUnavailable { .. }
+            | Error::NodeUnavailable { .. } => ErrorKind::Unavailable,
             Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Error::Cluster(e) => match e.kind() {
                 quiver_meta::ClusterErrorKind::Unavailable => ErrorKind::Unavailable,
@@ -251,6 +259,8 @@ impl Error {
             Error::ColdUnavailable { .. } => "58030",
             // cannot_connect_now: the shard's configuration is changing; retry once it has settled.
             Error::ShardUnavailable { .. } => "57P03",
+            // cannot_connect_now: a node the statement needed is down or cut off; retry once the cluster noticed.
+            Error::NodeUnavailable { .. } => "57P03",
             // statement_completion_unknown.
             Error::OutcomeUnknown { .. } => "40003",
             // 57P03 cannot_connect_now: the metadata cluster has no leader or quorum right now; retry later.
@@ -334,6 +344,21 @@ fn execution_sqlstate(message: &str) -> &'static str {
     }
 }
 
+/// Whether a message of the distributed execution library says a worker could not be reached or never got its task.
+pub(crate) fn lost_worker_message(message: &str) -> bool {
+    message.contains("connecting to Distributed DataFusion worker")
+        || message.contains("waiting for the plan to be set by the coordinator")
+}
+
+/// Whether a status from another node's worker says the node or the connection to it failed (not the statement).
+pub(crate) fn peer_failed(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
@@ -343,6 +368,7 @@ impl From<datafusion::error::DataFusionError> for Error {
             D::SchemaError(e, _) => Error::Plan { message: e.to_string() },
             D::NotImplemented(m) => Error::Unsupported { what: m },
             D::ArrowError(e, _) => Error::Arrow(*e),
+            D::Execution(m) if lost_worker_message(&m) => Error::NodeUnavailable { detail: m },
             D::Execution(m) => Error::Execution { message: m },
             D::Diagnostic(_, inner) => Error::from(*inner),
             D::ExecutionJoin(e) => Error::Internal(format!("query task failed: {e}")),
@@ -359,7 +385,13 @@ impl From<datafusion::error::DataFusionError> for Error {
                 Ok(ours) => *ours,
                 Err(e) => match e.downcast::<D>() {
                     Ok(df) => Error::from(*df),
-                    Err(e) => Error::Execution { message: e.to_string() },
+                    Err(e) => match e.downcast::<tonic::Status>() {
+                        Ok(status) if peer_failed(&status) => {
+                            Error::NodeUnavailable { detail: status.message().to_string() }
+                        }
+                        Ok(status) => Error::Execution { message: status.message().to_string() },
+                        Err(e) => Error::Execution { message: e.to_string() },
+                    },
                 },
             },
             D::Shared(e) => match std::sync::Arc::try_unwrap(e) {

@@ -527,8 +527,8 @@ pub(crate) fn error_from_status(node: u64, shard: ShardId, status: &tonic::Statu
 pub(crate) enum ShardRead {
     /// This node's replica: this node leads the shard (or is not part of a cluster).
     Local,
-    /// The primary on another node, at the shard's epoch.
-    Remote { epoch: u64, addr: String },
+    /// The primary on another node (`node`, at internal address `addr`), at the shard's epoch.
+    Remote { epoch: u64, node: u64, addr: String },
 }
 
 impl Engine {
@@ -564,7 +564,7 @@ impl Engine {
                         detail: format!("its primary, node {}, is not registered", record.primary),
                     }
                 })?;
-            reads.push(ShardRead::Remote { epoch: record.epoch, addr });
+            reads.push(ShardRead::Remote { epoch: record.epoch, node: record.primary, addr });
         }
         Ok(reads)
     }

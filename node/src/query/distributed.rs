@@ -144,25 +144,32 @@ pub(crate) fn shards_scan(
     use crate::engine::route::ShardRead;
     let me = engine.node_id();
     let (snapshot, own_addr, parts) = engine.meta().read_local(|s| {
-        let own_addr = s.node(me).map(|n| n.grpc_addr.clone()).unwrap_or_default();
+        let addr_of = |node: u64| s.node(node).map(|n| n.grpc_addr.clone()).unwrap_or_default();
         let mut parts = Vec::with_capacity(reads.len());
         for (replica, read) in table.shards().iter().zip(reads) {
             let shard = replica.shard_id();
+            // Each part's epoch and primary come from one configuration of the shard: a task reads a replica only
+            // when its node led the shard at that epoch.
             let part = match read {
                 ShardRead::Local => {
-                    let epoch = s.shard(shard).map(|r| r.epoch).ok_or_else(|| {
-                        crate::error::Error::ShardUnavailable { shard: shard.0, detail: "it was dropped".into() }
+                    let record = s.shard(shard).ok_or_else(|| crate::error::Error::ShardUnavailable {
+                        shard: shard.0,
+                        detail: "it was dropped".into(),
                     })?;
-                    ShardPart { shard: shard.0, epoch, node: me, addr: own_addr.clone() }
+                    ShardPart {
+                        shard: shard.0,
+                        epoch: record.epoch,
+                        node: record.primary,
+                        addr: addr_of(record.primary),
+                    }
                 }
-                ShardRead::Remote { epoch, addr } => {
-                    let node = s.shard(shard).map(|r| r.primary).unwrap_or_default();
-                    ShardPart { shard: shard.0, epoch: *epoch, node, addr: addr.clone() }
+                ShardRead::Remote { epoch, node, addr } => {
+                    ShardPart { shard: shard.0, epoch: *epoch, node: *node, addr: addr.clone() }
                 }
             };
             parts.push(part);
         }
-        Ok::<_, crate::error::Error>((s.version(), own_addr, parts))
+        Ok::<_, crate::error::Error>((s.version(), addr_of(me), parts))
     })?;
     let schema = table.schema();
     let projected = match projection {
@@ -186,21 +193,19 @@ pub(crate) fn shards_scan(
     Ok(Arc::new(ShardsScanExec::new(spec, Arc::downgrade(engine))))
 }
 
-/// EXPLAIN of a statement as this node would run it: the optimized logical plan, and the physical plan cut into
-/// stages, with the tasks of each and the node each shard scan task reads on (a plan with no stage to distribute is
-/// shown as DataFusion shows it). The library's planner runs after DataFusion's own EXPLAIN is built, so DataFusion's
-/// EXPLAIN would show the single-stage plan.
-///
-/// # Errors
-///
-/// The errors of planning the statement.
+/// EXPLAIN of a statement that runs as a multi-stage plan: the optimized logical plan, and the physical plan cut into
+/// stages, with the tasks of each and the node each shard scan task reads on. `None` when the statement does not run
+/// as a multi-stage plan or cannot be planned (DataFusion's EXPLAIN shows those, with the planning error).
 pub(crate) async fn explain(
     state: &datafusion::execution::SessionState,
     explain: &datafusion::logical_expr::Explain,
-) -> crate::error::Result<(arrow::datatypes::SchemaRef, datafusion::execution::SendableRecordBatchStream)> {
+) -> Option<(arrow::datatypes::SchemaRef, datafusion::execution::SendableRecordBatchStream)> {
     use arrow::array::{RecordBatch, StringArray};
-    let logical = state.optimize(&explain.plan)?;
-    let physical = state.create_physical_plan(&explain.plan).await?;
+    let logical = state.optimize(&explain.plan).ok()?;
+    let physical = state.create_physical_plan(&explain.plan).await.ok()?;
+    if !physical.is::<datafusion_distributed::DistributedExec>() {
+        return None;
+    }
     let schema: arrow::datatypes::SchemaRef = Arc::new(explain.schema.as_arrow().clone());
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
@@ -211,10 +216,154 @@ pub(crate) async fn explain(
                 datafusion_distributed::display_plan_ascii(physical.as_ref(), false),
             ])),
         ],
-    )?;
+    )
+    .ok()?;
     let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
         Arc::clone(&schema),
         futures::stream::iter(vec![Ok(batch)]),
     );
-    Ok((schema, Box::pin(stream)))
+    Some((schema, Box::pin(stream)))
+}
+
+/// Whether `e` says a node the plan ran a part on went away (a refused or broken connection, a worker that never got
+/// its task) or a shard moved under it: a plan made again from the metadata as it is now may not need that node.
+pub(crate) fn lost_node(e: &DataFusionError) -> bool {
+    use crate::error::{Error, lost_worker_message, peer_failed};
+    let external = |b: &(dyn std::error::Error + Send + Sync + 'static)| {
+        if let Some(status) = b.downcast_ref::<tonic::Status>() {
+            return peer_failed(status);
+        }
+        if let Some(ours) = b.downcast_ref::<Error>() {
+            return matches!(ours, Error::NodeUnavailable { .. } | Error::ShardUnavailable { .. });
+        }
+        b.downcast_ref::<DataFusionError>().is_some_and(lost_node)
+    };
+    match e {
+        DataFusionError::External(b) => external(b.as_ref()),
+        DataFusionError::ArrowError(a, _) => {
+            matches!(a.as_ref(), arrow::error::ArrowError::ExternalError(b) if external(b.as_ref()))
+        }
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => lost_node(inner),
+        DataFusionError::Shared(inner) => lost_node(inner),
+        DataFusionError::Collection(errors) => errors.iter().any(lost_node),
+        DataFusionError::Execution(message) => lost_worker_message(message),
+        _ => false,
+    }
+}
+
+/// The rows of a statement, planned and run once more with `again` when the first run (`first`) fails because a node
+/// went away ([`lost_node`]) before it produced a row: nothing reached the client, so nothing is read twice. A failure
+/// after rows came goes to the client (a retryable error when a node was lost).
+///
+/// # Errors
+///
+/// The errors of planning or starting the statement, the second time when it was run again.
+pub(crate) async fn run_again_if_a_node_is_lost<F, Fut>(
+    first: DfResult<datafusion::execution::SendableRecordBatchStream>,
+    again: F,
+) -> DfResult<datafusion::execution::SendableRecordBatchStream>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = DfResult<datafusion::execution::SendableRecordBatchStream>> + Send + 'static,
+{
+    use datafusion::execution::SendableRecordBatchStream;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use futures::{StreamExt, TryStreamExt};
+    let mut first = match first {
+        Err(e) if lost_node(&e) => {
+            tracing::info!(error = %e, "a node the statement needed failed before it started; planning it again");
+            return again().await;
+        }
+        first => first?,
+    };
+    let schema = first.schema();
+    let rows = futures::stream::once(async move {
+        match first.next().await {
+            Some(Err(e)) if lost_node(&e) => {
+                tracing::info!(error = %e, "a node the statement needed failed before any row came; planning it again");
+                drop(first);
+                again().await
+            }
+            Some(head) => {
+                let schema = first.schema();
+                let all = futures::stream::iter([head]).chain(first);
+                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, all)) as SendableRecordBatchStream)
+            }
+            None => Ok(first),
+        }
+    })
+    .try_flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use datafusion::execution::SendableRecordBatchStream;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]))
+    }
+
+    fn batch(values: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values))]).expect("batch")
+    }
+
+    fn stream(items: Vec<DfResult<RecordBatch>>) -> SendableRecordBatchStream {
+        Box::pin(RecordBatchStreamAdapter::new(schema(), futures::stream::iter(items)))
+    }
+
+    fn refused() -> DataFusionError {
+        DataFusionError::External(Box::new(tonic::Status::unavailable("tcp connect error: connection refused")))
+    }
+
+    /// Runs `first`, with a second run that answers `[7]`; returns the rows (or the error) and the runs made again.
+    async fn run(first: DfResult<SendableRecordBatchStream>) -> (DfResult<Vec<i64>>, usize) {
+        let again = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&again);
+        let out = run_again_if_a_node_is_lost(first, move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(stream(vec![Ok(batch(vec![7]))]))
+        })
+        .await;
+        let rows = match out {
+            Ok(s) => s.try_collect::<Vec<_>>().await.map(|batches| {
+                batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().expect("ints").values().to_vec())
+                    .collect()
+            }),
+            Err(e) => Err(e),
+        };
+        (rows, again.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_statement_whose_node_is_lost_before_any_row_runs_once_more_and_never_twice_after_rows() {
+        // Lost before the first row (or before it started): planned again, its rows are the second run's.
+        let (rows, again) = run(Ok(stream(vec![Err(refused()), Ok(batch(vec![1]))]))).await;
+        assert_eq!((rows.expect("rows"), again), (vec![7], 1));
+        let (rows, again) = run(Err(DataFusionError::Context("plan".into(), Box::new(refused())))).await;
+        assert_eq!((rows.expect("rows"), again), (vec![7], 1));
+        let lost = DataFusionError::Execution("Error connecting to Distributed DataFusion worker on 'x'".into());
+        let (rows, again) = run(Ok(stream(vec![Err(lost)]))).await;
+        assert_eq!((rows.expect("rows"), again), (vec![7], 1));
+        // Lost after rows came: the client gets a retryable error, the rows already sent are not sent twice.
+        let (rows, again) = run(Ok(stream(vec![Ok(batch(vec![1, 2])), Err(refused())]))).await;
+        let e = rows.expect_err("lost after rows");
+        assert_eq!((again, crate::error::Error::from(e).kind()), (0, crate::error::ErrorKind::Unavailable));
+        // A failure of the statement itself is not a lost node: it is not run again.
+        let (rows, again) = run(Ok(stream(vec![Err(DataFusionError::Execution("Divide by zero".into()))]))).await;
+        assert!(rows.is_err() && again == 0);
+        // No failure: the rows as they come.
+        let (rows, again) = run(Ok(stream(vec![Ok(batch(vec![1])), Ok(batch(vec![2, 3]))]))).await;
+        assert_eq!((rows.expect("rows"), again), (vec![1, 2, 3], 0));
+    }
 }

@@ -307,7 +307,7 @@ impl TableProvider for HotTableProvider {
             None
         };
         for (replica, read) in self.table.shards().iter().zip(&reads) {
-            let (Some(engine), ShardRead::Remote { epoch, addr }) = (&engine, read) else { continue };
+            let (Some(engine), ShardRead::Remote { epoch, addr, .. }) = (&engine, read) else { continue };
             scans.push(Arc::new(
                 RemoteShardScanExec::new(
                     self.table.def().id,

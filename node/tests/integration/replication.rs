@@ -953,6 +953,11 @@ async fn a_query_runs_its_shard_scans_on_the_nodes_leading_them_and_answers_as_o
         assert!(explained.contains(&leads), "no scan task on node {}:\n{explained}", node.engine.node_id());
     }
     assert!(explained.contains("filter=") && explained.contains("v > 10"), "{explained}");
+    // EXPLAIN of what does not run as stages is DataFusion's.
+    for sql in ["EXPLAIN SELECT count(*) FROM information_schema.tables", "EXPLAIN DELETE FROM f WHERE id = 1"] {
+        let plan = answer(&two.engine, sql).await.join("\n");
+        assert!(plan.contains("logical_plan") && !plan.contains("DistributedExec"), "{sql}: {plan}");
+    }
     for node in [three, two, one] {
         node.stop().await;
     }

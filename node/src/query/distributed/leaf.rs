@@ -79,8 +79,9 @@ pub(crate) struct ShardsScanExec {
 impl ShardsScanExec {
     /// Returns the scan `spec` describes, run by `engine` (the planning node's, or the node a task runs on).
     pub(crate) fn new(spec: ScanSpec, engine: Weak<Engine>) -> Self {
-        // Every task's variant of the leaf has the same partitions: one per shard of the task with the most.
-        let partitions = spec.tasks.iter().map(|t| t.parts.len()).max().unwrap_or(0).max(1);
+        // One partition per shard, numbered over all tasks, in every task's variant of the leaf: a task reads the
+        // partitions of its own shards, and the leaf run as a single task (a stage the library left whole) reads all.
+        let partitions = spec.tasks.iter().map(|t| t.parts.len()).sum::<usize>().max(1);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::new(spec.schema.clone())),
             Partitioning::UnknownPartitioning(partitions),
@@ -143,23 +144,23 @@ impl ShardsScanExec {
         Self::new(spec, self.engine.clone())
     }
 
-    /// The parts the task running in `context` reads.
-    fn parts_of_task(&self, context: &Arc<TaskContext>) -> DfResult<&[ShardPart]> {
+    /// The shard partition `partition` reads in the task running in `context`: none when the shard belongs to
+    /// another task.
+    fn part_of(&self, partition: usize, context: &Arc<TaskContext>) -> DfResult<Option<ShardPart>> {
         let task = DistributedTaskContext::from_ctx(context);
         let tasks = &self.spec.tasks;
-        if tasks.len() == task.task_count {
-            return Ok(tasks.get(task.task_index).map_or(&[][..], |t| &t.parts[..]));
+        let owner = tasks.iter().enumerate().flat_map(|(i, t)| t.parts.iter().map(move |p| (i, p))).nth(partition);
+        match owner {
+            None => Ok(None),
+            Some((_, part)) if task.task_count == 1 => Ok(Some(part.clone())),
+            Some((i, part)) if task.task_count == tasks.len() => Ok((i == task.task_index).then(|| part.clone())),
+            Some(_) => Err(DataFusionError::Internal(format!(
+                "ShardsScanExec planned for {} tasks runs as task {} of {}",
+                tasks.len(),
+                task.task_index,
+                task.task_count
+            ))),
         }
-        // Not split: one task reads everything, the others (if any) nothing.
-        if tasks.len() <= 1 {
-            return Ok(if task.task_index == 0 { tasks.first().map_or(&[][..], |t| &t.parts[..]) } else { &[] });
-        }
-        Err(DataFusionError::Internal(format!(
-            "ShardsScanExec planned for {} tasks runs as task {} of {}",
-            tasks.len(),
-            task.task_index,
-            task.task_count
-        )))
     }
 }
 
@@ -218,7 +219,7 @@ impl ExecutionPlan for ShardsScanExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let schema: SchemaRef = Arc::new(self.spec.schema.clone());
-        let Some(part) = self.parts_of_task(&context)?.get(partition).cloned() else {
+        let Some(part) = self.part_of(partition, &context)? else {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
         };
         let engine = self.engine.upgrade().ok_or_else(|| {
@@ -244,7 +245,11 @@ async fn read(
     context: Arc<TaskContext>,
 ) -> DfResult<SendableRecordBatchStream> {
     let (table, shard) = (TableId(spec.table), ShardId(part.shard));
-    if part.node == engine.node_id() {
+    // Read here only a shard this node led at the part's epoch (as this node knows the shard now): a replica here
+    // that is a backup at that epoch may trail its primary's commit point.
+    let me = engine.node_id();
+    let led_here = engine.meta().read_local(|s| s.shard(shard).map(|r| (r.epoch, r.primary))) == Some((part.epoch, me));
+    if part.node == me && led_here {
         let scan = engine
             .scan_shard(
                 table,

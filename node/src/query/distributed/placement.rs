@@ -29,10 +29,14 @@ pub(crate) fn desired_tasks(event: DesiredTaskCountEvent<'_>) -> Option<DfResult
     event.plan.children().is_empty().then(|| Ok(DesiredTaskCountEventResponse::maximum(1)))
 }
 
-/// Splits a shard scan into the stage's tasks.
+/// Splits a shard scan into the stage's tasks; every other leaf stays as it is (its stage has one task, and the
+/// library's own splitting of file scans would bypass DataFusion's checks of which files may be read in ranges).
 pub(crate) fn scale_up(event: ScaleUpLeafNodeEvent<'_>) -> Option<DfResult<ScaleUpLeafNodeEventResponse>> {
-    let scan = event.plan.downcast_ref::<ShardsScanExec>()?;
-    Some(Ok(ScaleUpLeafNodeEventResponse::new(Arc::new(scan.split(event.task_count)))))
+    let plan = match event.plan.downcast_ref::<ShardsScanExec>() {
+        Some(scan) => Arc::new(scan.split(event.task_count)),
+        None => Arc::clone(event.plan),
+    };
+    Some(Ok(ScaleUpLeafNodeEventResponse::new(plan)))
 }
 
 /// Runs each task of a stage scanning shards on the node leading them, and a stage holding a leaf that reads this
@@ -56,7 +60,11 @@ pub(crate) fn route(event: RouteTasksEvent<'_>) -> Option<DfResult<RouteTasksEve
         return Some(Err(e));
     }
     if local {
-        let here = event.task_ctx.session_config().get_extension::<super::LocalUrl>()?;
+        let Some(here) = event.task_ctx.session_config().get_extension::<super::LocalUrl>() else {
+            return Some(Err(datafusion::common::DataFusionError::Internal(
+                "a stage reading this node's own data, and this node's worker address is not known".into(),
+            )));
+        };
         return Some(Ok(RouteTasksEventResponse::new(vec![here.0.clone(); event.task_count])));
     }
     let nodes = shards.filter(|n| n.len() == event.task_count)?;
