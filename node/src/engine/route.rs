@@ -528,7 +528,12 @@ pub(crate) enum ShardRead {
     /// This node's replica: this node leads the shard (or is not part of a cluster).
     Local,
     /// The primary on another node (`node`, at internal address `addr`), at the shard's epoch.
-    Remote { epoch: u64, node: u64, addr: String },
+    Remote {
+        epoch: u64,
+        #[cfg_attr(madsim, allow(dead_code))]
+        node: u64,
+        addr: String,
+    },
 }
 
 impl Engine {
