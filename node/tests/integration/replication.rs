@@ -753,16 +753,22 @@ async fn number(node: &Node, sql: &str) -> i64 {
     }
 }
 
+/// Three nodes, the second and third joined through the first, each serving statements; their cold tier in `cold`.
+async fn three_serving(cold: &std::path::Path) -> (Node, Node, Node) {
+    let one = start(1, vec![], cold).await;
+    let two = start(2, vec![one.grpc.clone()], cold).await;
+    let three = start(3, vec![one.grpc.clone()], cold).await;
+    for node in [&one, &two, &three] {
+        node.engine.execute_one("SELECT 1").await.expect("serving");
+    }
+    (one, two, three)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_written_through_any_node_are_stored_on_their_shards_copies_and_read_the_same_from_every_node() {
     let cold = tempfile::tempdir().expect("tempdir");
-    let one = start(1, vec![], cold.path()).await;
-    let two = start(2, vec![one.grpc.clone()], cold.path()).await;
-    let three = start(3, vec![one.grpc.clone()], cold.path()).await;
+    let (one, two, three) = three_serving(cold.path()).await;
     let nodes = [&one, &two, &three];
-    for node in nodes {
-        node.engine.execute_one("SELECT 1").await.expect("serving");
-    }
     one.engine
         .execute_one("CREATE TABLE r (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 4, replicas = 2)")
         .await
@@ -886,13 +892,8 @@ async fn answer(engine: &Engine, sql: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_query_runs_its_shard_scans_on_the_nodes_leading_them_and_answers_as_one_node_does() {
     let cold = tempfile::tempdir().expect("tempdir");
-    let one = start(1, vec![], cold.path()).await;
-    let two = start(2, vec![one.grpc.clone()], cold.path()).await;
-    let three = start(3, vec![one.grpc.clone()], cold.path()).await;
+    let (one, two, three) = three_serving(cold.path()).await;
     let nodes = [&one, &two, &three];
-    for node in nodes {
-        node.engine.execute_one("SELECT 1").await.expect("serving");
-    }
     // The same tables and rows in a cluster and on one embedded node.
     let single = Engine::open(quiver_node::StorageLocation::Memory, Default::default()).await.expect("open");
     let statements = [
