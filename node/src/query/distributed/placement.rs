@@ -10,7 +10,7 @@ use datafusion::common::Result as DfResult;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion_distributed::{
     DesiredTaskCountEvent, DesiredTaskCountEventResponse, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
-    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse,
+    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, Stage,
 };
 use std::sync::Arc;
 use url::Url;
@@ -39,14 +39,19 @@ pub(crate) fn scale_up(event: ScaleUpLeafNodeEvent<'_>) -> Option<DfResult<Scale
     Some(Ok(ScaleUpLeafNodeEventResponse::new(plan)))
 }
 
-/// Runs each task of a stage scanning shards on the node leading them, and a stage holding a leaf that reads this
-/// node's own data (a hot or cold scan of a table not read through shards, a system table) on this node; other
-/// stages are left to the planner's own routing.
+/// Runs each task of a stage scanning shards on the node leading them, a stage holding a leaf that reads this node's
+/// own data (a hot or cold scan of a table not read through shards, a system table) on this node, and the tasks of a
+/// stage fed by other stages over the nodes running those; a single task above other stages is left to the planner's
+/// own routing (this node, or the one node its input runs on).
 pub(crate) fn route(event: RouteTasksEvent<'_>) -> Option<DfResult<RouteTasksEventResponse>> {
     let mut shards = None;
     let mut local = false;
+    let mut below: Vec<Url> = Vec::new();
     let walked = event.plan.apply(|plan| {
-        if plan.as_network_boundary().is_some() {
+        if let Some(boundary) = plan.as_network_boundary() {
+            if let Stage::Remote(stage) = boundary.input_stage() {
+                below.extend(stage.workers.iter().cloned());
+            }
             return Ok(TreeNodeRecursion::Jump);
         }
         if let Some(scan) = plan.downcast_ref::<ShardsScanExec>() {
@@ -67,7 +72,16 @@ pub(crate) fn route(event: RouteTasksEvent<'_>) -> Option<DfResult<RouteTasksEve
         };
         return Some(Ok(RouteTasksEventResponse::new(vec![here.0.clone(); event.task_count])));
     }
-    let nodes = shards.filter(|n| n.len() == event.task_count)?;
-    let urls: DfResult<Vec<Url>> = nodes.iter().map(|(_, addr)| super::url_of(addr)).collect();
-    Some(urls.map(RouteTasksEventResponse::new))
+    if let Some(nodes) = shards.filter(|n| n.len() == event.task_count) {
+        let urls: DfResult<Vec<Url>> = nodes.iter().map(|(_, addr)| super::url_of(addr)).collect();
+        return Some(urls.map(RouteTasksEventResponse::new));
+    }
+    // A stage fed by other stages runs on the nodes that run those (they were serving when the statement was
+    // planned), not on any node of the registry: a node down but not yet marked down is not picked for it.
+    below.sort();
+    below.dedup();
+    if below.is_empty() || event.task_count <= 1 {
+        return None;
+    }
+    Some(Ok(RouteTasksEventResponse::new((0..event.task_count).map(|i| below[i % below.len()].clone()).collect())))
 }
