@@ -9,13 +9,17 @@
 //!   object-store GETs each query made;
 //! - `meta`: metadata proposal throughput and latency (p50/p90/p99) on a loopback cluster of servers;
 //! - `cluster`: bulk ingest and single-row INSERT p50/p99 through one node of a loopback cluster of three servers
-//!   keeping two copies of every shard, against a single server.
+//!   keeping two copies of every shard, against a single server;
+//! - `cluster-tpch`: the 22 TPC-H queries through a cluster of three `quiver server` processes, tables sharded over
+//!   every node, against one server process, every answer compared.
 
 pub mod cluster;
+pub mod cluster_tpch;
 pub mod data;
 pub mod harness;
 pub mod ingest;
 pub mod meta;
+pub mod processes;
 pub mod queries;
 pub mod s3;
 pub mod tier;

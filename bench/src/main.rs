@@ -1,7 +1,7 @@
 //! `quiver-bench`: see the library docs. Run `quiver-bench --help`.
 
 use clap::{Parser, Subcommand};
-use quiver_bench::{cluster, data, harness::Running, ingest, meta, s3, tier, tpch};
+use quiver_bench::{cluster, cluster_tpch, data, harness::Running, ingest, meta, processes, s3, tier, tpch};
 
 #[derive(Debug, Parser)]
 #[command(name = "quiver-bench", about = "Benchmarks that drive a real Quiver server")]
@@ -58,6 +58,15 @@ enum Command {
         /// Single-row INSERTs per deployment.
         #[arg(long, default_value_t = 2000)]
         inserts: usize,
+    },
+    /// The 22 TPC-H queries over Flight SQL through a cluster of three `quiver server` processes (tables sharded
+    /// over every node) and on one `quiver server` process; every answer compared, seconds and ratios.
+    ClusterTpch {
+        #[command(flatten)]
+        tpch: TpchArgs,
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
     },
 }
 
@@ -167,6 +176,23 @@ async fn main() -> anyhow::Result<()> {
             let table = data::lineitem(sf);
             let results = cluster::run(dir.path(), &table, inserts).await?;
             print!("{}", cluster::render(&results));
+        }
+        Command::ClusterTpch { tpch: args, nodes } => {
+            let (sf, runs, which) = (args.sf, args.runs, args.queries());
+            let binary = processes::quiver_binary()?;
+            eprintln!("generating TPC-H at SF {sf} …");
+            let tables = data::all(sf);
+            let single = processes::ProcessCluster::start(&binary, &dir.path().join("single"), 1, &[]).await?;
+            let cluster = processes::ProcessCluster::start(&binary, &dir.path().join("cluster"), nodes, &[]).await?;
+            eprintln!("loading the single node and the {nodes}-node cluster …");
+            let reference = &single.nodes[0];
+            tpch::load_over_flight(reference.flight, reference.pg, &tables, false).await?;
+            tpch::load_over_flight(cluster.nodes[0].flight, cluster.nodes[0].pg, &tables, true).await?;
+            drop(tables);
+            let through: Vec<_> = cluster.nodes.iter().map(|n| n.flight).collect();
+            let results = cluster_tpch::compare(reference.flight, &through, &which, runs).await?;
+            print!("{}", cluster_tpch::render(&results));
+            anyhow::ensure!(results.iter().all(|c| c.same_answer), "the cluster answered differently");
         }
         Command::Meta { nodes, proposals, concurrency, workload } => {
             let results = meta::run(dir.path(), nodes, proposals, &concurrency, &workload).await?;

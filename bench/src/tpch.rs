@@ -27,6 +27,59 @@ pub async fn load_quiver(server: &Running, tables: &[Table]) -> anyhow::Result<(
     Ok(())
 }
 
+/// The shard key of each TPC-H table in a cluster: its primary key's leading column, so that `orders` and
+/// `lineitem` share a key and every table spreads over every shard.
+pub fn shard_key(table: &str) -> &'static str {
+    match table {
+        "region" => "r_regionkey",
+        "nation" => "n_nationkey",
+        "supplier" => "s_suppkey",
+        "customer" => "c_custkey",
+        "part" => "p_partkey",
+        "partsupp" => "ps_partkey",
+        "orders" => "o_orderkey",
+        _ => "l_orderkey",
+    }
+}
+
+/// The `CREATE TABLE` of `t` from its generated schema, with `with` (e.g. ` WITH (shard_key = '…')`) appended.
+pub fn ddl(t: &Table, with: &str) -> anyhow::Result<String> {
+    use arrow::datatypes::DataType;
+    let schema = t.batches[0].schema();
+    let mut columns = Vec::new();
+    for f in schema.fields() {
+        let sql = match f.data_type() {
+            DataType::Int64 => "BIGINT".to_string(),
+            DataType::Int32 => "INT".to_string(),
+            DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+            DataType::Date32 => "DATE".to_string(),
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "TEXT".to_string(),
+            other => anyhow::bail!("{}.{}: no SQL type for {other}", t.name, f.name()),
+        };
+        let null = if f.is_nullable() { "" } else { " NOT NULL" };
+        columns.push(format!("{} {sql}{null}", f.name()));
+    }
+    Ok(format!("CREATE TABLE {} ({}){with}", t.name, columns.join(", ")))
+}
+
+/// Creates every table through the PostgreSQL gateway at `pg` (sharded by [`shard_key`] when `sharded`) and loads
+/// it over Flight SQL bulk ingest through `flight`, checking every row arrived.
+pub async fn load_over_flight(
+    flight: std::net::SocketAddr,
+    pg: std::net::SocketAddr,
+    tables: &[Table],
+    sharded: bool,
+) -> anyhow::Result<()> {
+    let client = crate::harness::pg_client_at(pg).await?;
+    for t in tables {
+        let with = if sharded { format!(" WITH (shard_key = '{}')", shard_key(t.name)) } else { String::new() };
+        client.batch_execute(&ddl(t, &with)?).await?;
+        let loaded = crate::ingest::via_flight_at(flight, t, t.name, "load").await?;
+        anyhow::ensure!(loaded.rows as usize == t.rows(), "{}: {} of {} rows loaded", t.name, loaded.rows, t.rows());
+    }
+    Ok(())
+}
+
 /// Writes every table as one Parquet file under `dir` and registers it in a new DataFusion context.
 pub async fn parquet_context(dir: &Path, tables: &[Table]) -> anyhow::Result<SessionContext> {
     let ctx = SessionContext::new();
@@ -45,7 +98,12 @@ pub async fn parquet_context(dir: &Path, tables: &[Table]) -> anyhow::Result<Ses
 
 /// Runs `sql` over Flight SQL and collects the rows.
 pub async fn run_flight(server: &Running, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
-    let mut client = server.flight_client().await?;
+    run_flight_at(server.flight, sql).await
+}
+
+/// Runs `sql` over Flight SQL on the server at `addr` and collects the rows.
+pub async fn run_flight_at(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut client = crate::harness::flight_client_at(addr).await?;
     let info = client.execute(sql.to_string(), None).await?;
     let mut out = Vec::new();
     for endpoint in info.endpoint {
