@@ -47,6 +47,13 @@ pub struct MetaConfig {
     /// milliseconds (0: at once). Shards of fewer copies than their table asks for, and replicas on draining nodes,
     /// are repaired whatever this says.
     pub replica_down_timeout_ms: u64,
+    /// Whether the leader moves shard copies on its own so that every node holds about as much hot data (moves under
+    /// way finish either way; `quiver admin rebalance` starts moves when this is off).
+    pub rebalance: bool,
+    /// How far from the mean, in percent of it, a node's load may be before copies move.
+    pub rebalance_tolerance_pct: u32,
+    /// The most shard copies moving for balance at once, cluster-wide.
+    pub rebalance_moves_max: usize,
 }
 
 impl Default for MetaConfig {
@@ -66,6 +73,9 @@ impl Default for MetaConfig {
             node_heartbeat_interval_ms: 1_000,
             node_down_after_ms: 10_000,
             replica_down_timeout_ms: 300_000,
+            rebalance: true,
+            rebalance_tolerance_pct: 10,
+            rebalance_moves_max: 2,
         }
     }
 }
@@ -116,7 +126,25 @@ impl MetaConfig {
                 3 * self.node_heartbeat_interval_ms
             ));
         }
+        if self.rebalance_tolerance_pct == 0 || self.rebalance_tolerance_pct > 100 {
+            return invalid(format!(
+                "rebalance_tolerance_pct must be between 1 and 100, not {}",
+                self.rebalance_tolerance_pct
+            ));
+        }
+        if self.rebalance_moves_max == 0 {
+            return invalid("rebalance_moves_max must be positive".into());
+        }
         Ok(())
+    }
+
+    /// Returns how the leader balances shard copies.
+    pub(crate) fn balance_settings(&self) -> crate::state::balance::BalanceSettings {
+        crate::state::balance::BalanceSettings {
+            automatic: self.rebalance,
+            tolerance: f64::from(self.rebalance_tolerance_pct) / 100.0,
+            moves_max: self.rebalance_moves_max,
+        }
     }
 
     /// Returns how long a node may stay down before its replicas are made again elsewhere.

@@ -45,8 +45,10 @@ pub use catalog::{
 pub use config::MetaConfig;
 pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
 pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
+pub use state::repair::hand_over;
 pub use state::{
     DECISION_KEPT_MS, Decision, ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord,
-    NodeRole, NodeState, PendingManifest, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
+    NodeRole, NodeState, PendingManifest, SLOT_COUNT, ShardId, ShardLoad, ShardMove, ShardRecord, SlotRange,
+    is_shard_key_type,
 };
 pub use store::{MemMetaStore, MetaStore, ScanOrder, WriteBatch, WriteOp};

@@ -25,7 +25,7 @@ mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use openraft::error::{
@@ -65,6 +65,9 @@ struct Inner {
     liveness: liveness::Liveness,
     /// The leader's memory of when each node went down (the repair round's clock).
     down_since: repair::DownSince,
+    /// The term in which an operator asked this leader to balance (`quiver admin rebalance`; 0: never): moves start
+    /// then as if automatic rebalancing were on, until the nodes are balanced or the leadership ends.
+    rebalance_requested: AtomicU64,
     /// Set while this replica must not vote: it started with an empty store and has not rejoined yet.
     votes_held: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -132,6 +135,7 @@ impl MetaNode {
             changes_in_flight: AtomicUsize::new(0),
             liveness: liveness::Liveness::default(),
             down_since: repair::DownSince::default(),
+            rebalance_requested: AtomicU64::new(0),
             votes_held: Arc::default(),
         });
         tokio::spawn(break_split_votes(Arc::downgrade(&inner)));

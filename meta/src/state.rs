@@ -16,8 +16,9 @@
 //!
 //! Module layout: `command` (commands, outcomes, responses), `registry` (nodes), `shards` (shard map, slots),
 //! `placement` (where a new table's shards go, and failover), `repair` (the changes that bring shards back to their
-//! number of copies, and drain nodes).
+//! number of copies, and drain nodes), `balance` (the copies that move so that every node holds about as much).
 
+pub(crate) mod balance;
 mod command;
 mod placement;
 mod registry;
@@ -32,7 +33,8 @@ use serde::{Deserialize, Serialize};
 pub use self::command::{MetaCommand, MetaOutcome, MetaResponse};
 pub use self::registry::{NodeRecord, NodeRole, NodeState};
 pub use self::shards::{
-    ManifestPointer, PendingManifest, SLOT_COUNT, ShardId, ShardRecord, SlotRange, is_shard_key_type,
+    ManifestPointer, PendingManifest, SLOT_COUNT, ShardId, ShardLoad, ShardMove, ShardRecord, SlotRange,
+    is_shard_key_type,
 };
 pub use self::transactions::{DECISION_KEPT_MS, Decision};
 use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
@@ -292,6 +294,52 @@ impl MetaState {
                 shard.reconfigure(replicas, in_sync, primary);
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
+            MetaCommand::MoveShardCopy { shard_id, from, to, expected_epoch } => {
+                let eligible = self
+                    .nodes
+                    .get(&to)
+                    .ok_or(Rejection::NodeNotFound { node_id: to })
+                    .map(|n| n.state == NodeState::Serving && !n.is_draining())?;
+                let shard = self.shards.get_mut(&shard_id).ok_or(Rejection::ShardNotFound { shard_id })?;
+                if expected_epoch != shard.epoch {
+                    return Err(Rejection::ShardEpochConflict {
+                        shard_id,
+                        expected: expected_epoch,
+                        current: shard.epoch,
+                    });
+                }
+                let invalid = |detail: String| Rejection::InvalidShardReplicas { shard_id, detail };
+                if let Some(m) = shard.moving {
+                    return Err(invalid(format!("a copy is moving already, from node {} to node {}", m.from, m.to)));
+                }
+                if !shard.replicas.contains(&from) {
+                    return Err(invalid(format!("node {from} holds no copy to move")));
+                }
+                if shard.replicas.contains(&to) {
+                    return Err(invalid(format!("node {to} holds a copy already")));
+                }
+                if !eligible {
+                    return Err(invalid(format!("node {to} is not serving, or is draining")));
+                }
+                let mut replicas = shard.replicas.clone();
+                replicas.push(to);
+                let (in_sync, primary) = (shard.in_sync.clone(), shard.primary);
+                shard.reconfigure(replicas, in_sync, primary);
+                shard.moving = Some(ShardMove { from, to });
+                Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
+            }
+            MetaCommand::ReportShardLoads { node_id, loads } => {
+                let mut changed = false;
+                for (shard_id, load) in loads {
+                    if let Some(shard) = self.shards.get_mut(&shard_id).filter(|s| s.primary == node_id)
+                        && shard.load != load
+                    {
+                        shard.load = load;
+                        changed = true;
+                    }
+                }
+                Ok(if changed { MetaOutcome::NodeUpdated { node_id } } else { MetaOutcome::Unchanged })
+            }
             MetaCommand::SetShardManifest {
                 shard_id,
                 expected_version,
@@ -418,6 +466,8 @@ impl MetaState {
                         left_in_sync: Default::default(),
                         tiered_through: 0,
                         pending: None,
+                        moving: None,
+                        load: ShardLoad::default(),
                     };
                     self.shards.insert(shard_id, record);
                     shards.push(shard_id);

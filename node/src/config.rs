@@ -159,6 +159,17 @@ pub struct ClusterConfig {
     /// projections and partial aggregates there); false: every row a statement reads comes to the node it was sent
     /// to. A node with no peers plans the same either way.
     pub distributed_execution: bool,
+    /// Whether the metadata leader moves shard copies on its own so that every node holds about as much hot data
+    /// (when a node joins, say); moves under way finish either way, and `quiver admin rebalance` starts moves when
+    /// this is off. Read on the metadata leader: set it alike on every node.
+    pub rebalance: bool,
+    /// How far from the mean, in percent of it, a node's hot data may be before copies move.
+    pub rebalance_tolerance_pct: u32,
+    /// The most shard copies moving for balance at once, cluster-wide.
+    pub rebalance_moves_max: usize,
+    /// How often this node reports the hot data of the shards it leads to the metadata group (when it changed by a
+    /// twentieth or more), for rebalancing and `system.shards`.
+    pub load_report_interval: Millis,
     /// A bug the simulation injects on purpose (simulation builds only; never read from a file).
     #[cfg(madsim)]
     #[serde(skip)]
@@ -191,6 +202,10 @@ impl Default for ClusterConfig {
             transaction_hold: Millis(crate::engine::ReplicationOptions::default().transaction_hold.as_millis() as u64),
             catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
             distributed_execution: true,
+            rebalance: meta.rebalance,
+            rebalance_tolerance_pct: meta.rebalance_tolerance_pct,
+            rebalance_moves_max: meta.rebalance_moves_max,
+            load_report_interval: Millis(10_000),
             #[cfg(madsim)]
             injected_bug: None,
         }
@@ -210,6 +225,9 @@ impl ClusterConfig {
             node_heartbeat_interval_ms: self.node_heartbeat_interval.0,
             node_down_after_ms: self.node_down_after.0,
             replica_down_timeout_ms: self.replica_down_timeout.0,
+            rebalance: self.rebalance,
+            rebalance_tolerance_pct: self.rebalance_tolerance_pct,
+            rebalance_moves_max: self.rebalance_moves_max,
             ..quiver_meta::MetaConfig::default()
         }
     }

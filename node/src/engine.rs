@@ -21,6 +21,7 @@ mod catch_up;
 mod compact;
 pub mod copy;
 mod gc;
+mod loads;
 mod moves;
 mod options;
 mod primary;

@@ -146,6 +146,13 @@ enum AdminCommand {
         #[arg(long, default_value = "1h")]
         timeout: quiver_node::config::Millis,
     },
+    /// Shows the shard copy moves that would balance the nodes' hot data, and starts them (also with `[cluster]
+    /// rebalance = false`) until the nodes are balanced. Progress shows in `system.shard_moves`.
+    Rebalance {
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Moves the metadata leadership to another voter.
     TransferLeader {
         /// The voter that should lead.
@@ -255,6 +262,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 AdminCommand::Drain { node_id, cancel, wait, timeout } => {
                     cli::admin::drain(&connect, node_id, cancel, wait.then(|| timeout.duration())).await?
                 }
+                AdminCommand::Rebalance { dry_run } => cli::admin::rebalance(&connect, dry_run).await?,
                 AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
                 AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
                 AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,

@@ -258,6 +258,18 @@ impl Server {
                 async move { engine.tend_shards().await }
             }))
         });
+        // The primaries' loads, for rebalancing.
+        let reporter = internal.as_ref().map(|_| {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(every(config.cluster.load_report_interval.duration(), rx.clone(), move || {
+                let engine = Arc::clone(&engine);
+                async move {
+                    if let Err(e) = engine.report_shard_loads().await {
+                        tracing::debug!(error = %e.report(), "reporting shard loads failed");
+                    }
+                }
+            }))
+        });
         #[cfg(not(madsim))]
         let result = run_frontends(&engine, &config, frontends, grpc_addr, shutdown, &tx).await;
         #[cfg(madsim)]
@@ -271,7 +283,7 @@ impl Server {
         if let Some(keeper) = keeper {
             let _ = keeper.await;
         }
-        for task in [tierer, collector, committer].into_iter().flatten() {
+        for task in [tierer, collector, committer, reporter].into_iter().flatten() {
             let _ = task.await;
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use quiver_proto::v1::cluster_service_client::ClusterServiceClient;
 use quiver_proto::v1::{
     CampaignRequest, ClusterStatusRequest, ClusterStatusResponse, DrainNodeRequest, JoinRequest as JoinMessage,
-    NodeHeartbeatRequest, RemoveNodeRequest, TransferLeaderRequest, TriggerSnapshotRequest,
+    NodeHeartbeatRequest, RebalanceRequest, RebalanceResponse, RemoveNodeRequest, TransferLeaderRequest,
+    TriggerSnapshotRequest,
 };
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -192,6 +193,18 @@ impl ClusterClient {
             .on_leader(addr, |mut c| async move { c.drain_node(DrainNodeRequest { node_id, cancel }).await })
             .await?;
         Ok(reply.into_inner().replicas)
+    }
+
+    /// Asks the leader of the cluster reached at `addr` for the moves that balance the nodes; unless `dry_run`, it
+    /// starts them.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors, or no leader.
+    pub async fn rebalance(&self, addr: &str, dry_run: bool) -> Result<RebalanceResponse, ClusterError> {
+        let reply =
+            self.on_leader(addr, |mut c| async move { c.rebalance(RebalanceRequest { dry_run }).await }).await?;
+        Ok(reply.into_inner())
     }
 
     /// Moves leadership of the cluster reached at `addr` to `to`; returns the leader afterwards.

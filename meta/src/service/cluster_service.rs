@@ -9,8 +9,8 @@ use quiver_proto::v1::cluster_service_server::ClusterService;
 use quiver_proto::v1::{
     CampaignRequest, CampaignResponse, ClusterStatusRequest, ClusterStatusResponse, DrainNodeRequest,
     DrainNodeResponse, JoinRequest as JoinMessage, JoinResponse, MemberStatus as MemberMessage, NodeHeartbeatRequest,
-    NodeHeartbeatResponse, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse,
-    TriggerSnapshotRequest, TriggerSnapshotResponse,
+    NodeHeartbeatResponse, RebalanceRequest, RebalanceResponse, RemoveNodeRequest, RemoveNodeResponse,
+    TransferLeaderRequest, TransferLeaderResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -115,6 +115,12 @@ impl ClusterService for ClusterGrpcService {
         let DrainNodeRequest { node_id, cancel } = request.into_inner();
         let replicas = self.node.drain_node(node_id, !cancel).await.map_err(|e| status_from_error(&e))?;
         Ok(Response::new(DrainNodeResponse { replicas }))
+    }
+
+    async fn rebalance(&self, request: Request<RebalanceRequest>) -> Result<Response<RebalanceResponse>, Status> {
+        let dry_run = request.into_inner().dry_run;
+        let response = self.node.rebalance(dry_run).await.map_err(|e| status_from_error(&e))?;
+        Ok(Response::new(response))
     }
 
     async fn transfer_leader(

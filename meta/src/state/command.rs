@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{CatalogCommand, TableDef};
 use crate::error::{Error, Rejection};
 use crate::state::registry::{NodeRole, NodeState};
-use crate::state::shards::{ManifestPointer, ShardId};
+use crate::state::shards::{ManifestPointer, ShardId, ShardLoad};
 
 /// A change to the replicated metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +97,27 @@ pub enum MetaCommand {
         /// Applies only while the shard is at this epoch (a compare-and-set); `None`: whatever its epoch.
         #[serde(default)]
         expected_epoch: Option<u64>,
+    },
+    /// Starts moving a copy of a shard for balance: `to` joins its replicas out of sync (the primary's catch-up brings
+    /// it in), and the copy on `from` leaves once it is in sync ([`ShardRecord::moving`](crate::ShardRecord::moving)).
+    /// A compare-and-set on the shard's epoch; refused while another move of the shard is under way.
+    MoveShardCopy {
+        /// The shard's id.
+        shard_id: ShardId,
+        /// The replica that will leave.
+        from: u64,
+        /// The serving node, not draining and not holding a copy, that receives one.
+        to: u64,
+        /// Applies only while the shard is at this epoch.
+        expected_epoch: u64,
+    },
+    /// Records the hot data of shards as their primary `node_id` measured it; entries of shards it does not lead
+    /// (any more) are ignored. Not a configuration change: no epoch moves.
+    ReportShardLoads {
+        /// The reporting node.
+        node_id: u64,
+        /// Each shard's load.
+        loads: Vec<(ShardId, ShardLoad)>,
     },
     /// Publishes a shard's new cold-tier manifest if the current one is still at `expected_version`.
     SetShardManifest {

@@ -224,6 +224,8 @@ mod tests {
             left_in_sync: Default::default(),
             tiered_through: 0,
             pending: None,
+            moving: None,
+            load: Default::default(),
         };
         let placed = place(nodes.iter(), [&existing].into_iter(), 1, 1).expect("placed");
         assert_eq!(placed, vec![Placed { replicas: vec![2] }], "node 1 leads a shard already");

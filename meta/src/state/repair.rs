@@ -126,6 +126,12 @@ pub(crate) fn plan(state: &MetaState, gone: &BTreeSet<u64>) -> Vec<Repair> {
             // The new copies are still catching up.
             continue;
         }
+        let primary_serving = state.node(shard.primary).is_some_and(|n| n.state == NodeState::Serving);
+        if dropped.contains(&shard.primary) && primary_serving && !gone.contains(&shard.primary) {
+            // A primary still serving hands the shard over itself, with its writes held ([`hand_over`]), so that no
+            // write of its is in flight when it stops leading.
+            continue;
+        }
         let primary = if dropped.contains(&shard.primary) {
             let Some(next) = in_sync
                 .iter()
@@ -155,14 +161,46 @@ pub(crate) fn plan(state: &MetaState, gone: &BTreeSet<u64>) -> Vec<Repair> {
     plans
 }
 
+/// The change by which `node`, leading `shard_id` and leaving it (draining, or the source of a move whose new copy is
+/// in sync), hands the shard over and drops its copy: the in-sync copy elsewhere leading the fewest shards (the
+/// move's new copy, for a move) becomes primary. `None` when the node does not lead the shard, does not leave it, or
+/// too few other copies are in sync. The primary proposes it itself with the shard's writes held, so that none of
+/// its writes is in flight at the old configuration.
+pub fn hand_over(state: &MetaState, shard_id: ShardId, node: u64) -> Option<MetaCommand> {
+    let shard = state.shard(shard_id).filter(|s| s.primary == node)?;
+    let draining = state.node(node).is_some_and(super::NodeRecord::is_draining);
+    let moved_to = shard.moving.filter(|m| m.from == node && shard.in_sync.contains(&m.to)).map(|m| m.to);
+    if !draining && moved_to.is_none() {
+        return None;
+    }
+    let want = state.catalog().tables().find(|t| t.id == shard.table_id).map_or(1, |t| t.sharding.replicas.max(1));
+    let in_sync: Vec<u64> = shard.in_sync.iter().copied().filter(|n| *n != node).collect();
+    if in_sync.len() < want as usize {
+        return None;
+    }
+    let serving = |n: &u64| state.node(*n).is_some_and(|r| r.state == NodeState::Serving && !r.is_draining());
+    let leads = |n: u64| state.shards().filter(|s| s.primary == n).count();
+    let primary = match moved_to.filter(serving) {
+        Some(to) => to,
+        None => in_sync.iter().copied().filter(serving).min_by_key(|n| (leads(*n), *n))?,
+    };
+    Some(MetaCommand::SetShardReplicas {
+        shard_id,
+        replicas: shard.replicas.iter().copied().filter(|n| *n != node).collect(),
+        in_sync,
+        primary,
+        expected_epoch: Some(shard.epoch),
+    })
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::catalog::{CatalogCommand, ColumnDef, Sharding, TableKind};
     use crate::state::NodeRole;
     use arrow_schema::DataType;
 
-    fn cluster(nodes: u64) -> MetaState {
+    pub(in crate::state) fn cluster(nodes: u64) -> MetaState {
         let mut s = MetaState::new();
         for node_id in 1..=nodes {
             add_node(&mut s, node_id);
@@ -170,7 +208,7 @@ mod tests {
         s
     }
 
-    fn add_node(s: &mut MetaState, node_id: u64) {
+    pub(in crate::state) fn add_node(s: &mut MetaState, node_id: u64) {
         let register = MetaCommand::RegisterNode {
             node_id,
             grpc_addr: format!("10.0.0.{node_id}:50052"),
@@ -182,7 +220,7 @@ mod tests {
         s.apply(MetaCommand::UpdateNodeState { node_id, state: NodeState::Serving }).outcome.expect("serving");
     }
 
-    fn create(s: &mut MetaState, name: &str, shards: u32, replicas: u32) {
+    pub(in crate::state) fn create(s: &mut MetaState, name: &str, shards: u32, replicas: u32) {
         let command = CatalogCommand::CreateTable {
             name: name.into(),
             columns: vec![ColumnDef { name: "id".into(), data_type: DataType::Int64, nullable: false }],
@@ -204,8 +242,19 @@ mod tests {
         plans.into_iter().map(|p| p.reason).collect()
     }
 
-    /// What a primary's catch-up does: every replica of every shard in sync.
-    fn catch_up_all(s: &mut MetaState) {
+    /// What a primary's catch-up does: every replica of every shard in sync; then what a primary leaving its shard
+    /// does: it hands it over.
+    pub(in crate::state) fn catch_up_all(s: &mut MetaState) {
+        admit_all(s);
+        let led: Vec<(ShardId, u64)> = s.shards().map(|r| (r.shard_id, r.primary)).collect();
+        for (shard, primary) in led {
+            if let Some(command) = hand_over(s, shard, primary) {
+                s.apply(command).outcome.expect("handed over");
+            }
+        }
+    }
+
+    pub(in crate::state) fn admit_all(s: &mut MetaState) {
         let shards: Vec<ShardRecord> = s.shards().cloned().collect();
         for shard in shards {
             if shard.in_sync.len() < shard.replicas.len() {
@@ -221,7 +270,7 @@ mod tests {
         }
     }
 
-    fn holders(s: &MetaState) -> Vec<Vec<u64>> {
+    pub(in crate::state) fn holders(s: &MetaState) -> Vec<Vec<u64>> {
         s.shards()
             .map(|r| {
                 let mut n = r.replicas.clone();
@@ -302,8 +351,9 @@ mod tests {
         // A fourth node lets it finish.
         add_node(&mut s, 4);
         assert_eq!(apply(&mut s, &none), vec![RepairReason::Add { node: 4 }; 2]);
+        // The shard node 2 leads it hands over itself (catch_up_all does that); the leader drops its other copy.
         catch_up_all(&mut s);
-        assert_eq!(apply(&mut s, &none), vec![RepairReason::Drop { nodes: vec![2] }; 2]);
+        assert_eq!(apply(&mut s, &none), vec![RepairReason::Drop { nodes: vec![2] }]);
         assert_eq!(holders(&s), vec![vec![1, 3, 4], vec![1, 3, 4]]);
     }
 

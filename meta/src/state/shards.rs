@@ -179,6 +179,33 @@ pub struct ShardRecord {
     /// A manifest proposed as a part of a statement spanning shards, not decided yet.
     #[serde(default)]
     pub pending: Option<PendingManifest>,
+    /// The copy moving between nodes for balance ([`MetaCommand::MoveShardCopy`](crate::MetaCommand::MoveShardCopy)),
+    /// if any: over once either node has left the replicas.
+    #[serde(default)]
+    pub moving: Option<ShardMove>,
+    /// The shard's hot data, as its primary last reported it
+    /// ([`MetaCommand::ReportShardLoads`](crate::MetaCommand::ReportShardLoads)): what rebalancing weighs.
+    #[serde(default)]
+    pub load: ShardLoad,
+}
+
+/// A copy of a shard moving from one node to another for balance: the copy on `to` is added (out of sync, brought in
+/// by the primary's catch-up), and the copy on `from` leaves once the one on `to` is in sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    /// The node the copy leaves.
+    pub from: u64,
+    /// The node receiving it.
+    pub to: u64,
+}
+
+/// A shard's hot (not yet tiered) data, as its primary reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoad {
+    /// Bytes of chunk data.
+    pub hot_bytes: u64,
+    /// Rows.
+    pub hot_rows: u64,
 }
 
 impl ShardRecord {
@@ -194,5 +221,8 @@ impl ShardRecord {
         self.replicas = replicas;
         self.in_sync = in_sync;
         self.primary = primary;
+        if self.moving.is_some_and(|m| !self.replicas.contains(&m.from) || !self.replicas.contains(&m.to)) {
+            self.moving = None;
+        }
     }
 }

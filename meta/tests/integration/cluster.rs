@@ -33,6 +33,7 @@ pub(crate) fn test_config() -> MetaConfig {
         node_heartbeat_interval_ms: 100,
         node_down_after_ms: 600,
         replica_down_timeout_ms: 1_000,
+        ..MetaConfig::default()
     }
 }
 

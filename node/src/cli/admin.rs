@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use quiver_meta::service::ClusterClient;
-use quiver_proto::v1::ClusterStatusResponse;
+use quiver_proto::v1::{ClusterStatusResponse, RebalanceResponse};
 
 use crate::error::{Error, Result};
 
@@ -151,6 +151,56 @@ pub async fn drain(addr: &str, node_id: u64, cancel: bool, wait: Option<Duration
         left = status.members.iter().find(|m| m.node_id == node_id).map_or(0, |m| m.replicas);
     }
     Ok(format!("node {node_id} drained: it holds no shard replica\n"))
+}
+
+/// Shows the moves that would balance the nodes and, unless `dry_run`, has the leader start them.
+///
+/// # Errors
+///
+/// The cluster cannot be reached or has no leader.
+pub async fn rebalance(addr: &str, dry_run: bool) -> Result<String> {
+    let r = client().rebalance(addr, dry_run).await?;
+    Ok(render_rebalance(&r, dry_run))
+}
+
+/// Formats a rebalance answer: each node's load, the moves under way, the planned ones.
+pub fn render_rebalance(r: &RebalanceResponse, dry_run: bool) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let mut out = String::from("node  load (MiB)\n");
+    let mut loads: Vec<_> = r.loads.iter().collect();
+    loads.sort();
+    for (node, load) in loads {
+        let _ = writeln!(out, "{node:>4}  {:>10.1}", mib(*load));
+    }
+    for (title, moves) in [("moving", &r.running), ("planned", &r.planned)] {
+        if moves.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}:\n shard | table                | from | to   | hot MiB | hot rows");
+        for m in moves {
+            let _ = writeln!(
+                out,
+                "{:>6} | {:<20} | {:>4} | {:>4} | {:>7.1} | {}",
+                m.shard_id,
+                m.table_name,
+                m.from,
+                m.to,
+                mib(m.hot_bytes),
+                m.hot_rows
+            );
+        }
+    }
+    let automatic = if r.automatic { "on" } else { "off" };
+    let _ = match (r.planned.is_empty(), dry_run) {
+        (true, _) => writeln!(out, "\nbalanced: no move planned (automatic rebalancing {automatic})"),
+        (false, true) => writeln!(out, "\n{} moves planned; none started (dry run)", r.planned.len()),
+        (false, false) => writeln!(
+            out,
+            "\n{} moves planned; the leader starts them a few at a time (progress: system.shard_moves)",
+            r.planned.len()
+        ),
+    };
+    out
 }
 
 /// Moves leadership to `to`.

@@ -18,7 +18,7 @@
 //! committed meanwhile moves. A replica admitted holds every committed change and nothing prepared, so the primary's
 //! next change (numbered after its commit point) follows its log without a hole.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,11 +153,28 @@ impl Engine {
         }
         let mut in_sync = record.in_sync.clone();
         in_sync.push(target);
+        let (mut replicas, mut primary) = (record.replicas.clone(), self.node_id);
+        // The copy of a move for balance replaces the one it moves from in the same change, made here with the
+        // shard's writes held: no write is in flight at the old configuration, and a primary handing over to the new
+        // copy has nothing prepared that the new one lacks. (With too few other copies in sync, it is only admitted;
+        // the metadata leader finishes the move once they are.)
+        let want = self.meta.read_local(|s| {
+            s.catalog().tables().find(|t| t.id == table).map_or(1, |t| t.sharding.replicas.max(1) as usize)
+        });
+        if let Some(m) = record.moving.filter(|m| m.to == target)
+            && in_sync.iter().filter(|n| **n != m.from).count() >= want
+        {
+            replicas.retain(|n| *n != m.from);
+            in_sync.retain(|n| *n != m.from);
+            if m.from == self.node_id {
+                primary = target;
+            }
+        }
         let admit = MetaCommand::SetShardReplicas {
             shard_id: shard,
-            replicas: record.replicas.clone(),
+            replicas,
             in_sync,
-            primary: self.node_id,
+            primary,
             expected_epoch: Some(record.epoch),
         };
         let proposed = match self.meta.propose(admit.clone()).await {
@@ -251,8 +268,7 @@ impl Engine {
                     // A build without digests: numbers alone.
                     return Ok(reply.chunks.into_iter().collect());
                 }
-                let mine: std::collections::HashMap<u64, u64> =
-                    replica.version().iter().map(|c| (c.seq, c.meta.digest())).collect();
+                let mine: HashMap<u64, u64> = replica.version().iter().map(|c| (c.seq, c.meta.digest())).collect();
                 Ok(reply
                     .chunks
                     .into_iter()
@@ -279,11 +295,18 @@ impl Engine {
         let shard = record.shard_id;
         let refuse = |detail: String| Error::ShardUnavailable { shard: shard.0, detail };
         let missing: Vec<u64> = hot_chunks(record, replica)?.into_iter().filter(|s| !held.contains(s)).collect();
-        let missing_bytes = {
+        // Each missing chunk's rows, and the bytes of them all, for the move's progress.
+        let (rows_of, missing_bytes) = {
             let wanted: HashSet<u64> = missing.iter().copied().collect();
-            replica.version().iter().filter(|c| wanted.contains(&c.seq)).map(|c| c.meta.data_bytes).sum()
+            let mut rows_of: HashMap<u64, u64> = HashMap::new();
+            let mut bytes = 0;
+            for c in replica.version().iter().filter(|c| wanted.contains(&c.seq)) {
+                rows_of.insert(c.seq, c.meta.rows);
+                bytes += c.meta.data_bytes;
+            }
+            (rows_of, bytes)
         };
-        self.moves.to_send(shard, target, missing.len() as u64, missing_bytes);
+        self.moves.to_send(shard, target, (missing.len() as u64, missing_bytes, rows_of.values().sum()));
         self.metrics.shard_catch_up_bytes_left.set(self.moves.bytes_left());
         let timeout = self.replication.timeout;
         let mut client = self.peers.client(addr, timeout).map_err(|e| refuse(e.clone()))?;
@@ -302,6 +325,7 @@ impl Engine {
                 continue;
             }
             let bytes: u64 = batch.iter().map(|c| c.2.len() as u64).sum();
+            let rows: u64 = batch.iter().map(|c| rows_of.get(&c.0).copied().unwrap_or(0)).sum();
             let request = ReplicateRequest {
                 table_id: record.table_id.0,
                 shard_id: shard.0,
@@ -319,7 +343,7 @@ impl Engine {
             }
             report.chunks += count;
             report.bytes += bytes;
-            self.moves.sent(shard, target, count, bytes);
+            self.moves.sent(shard, target, (count, bytes, rows));
             self.metrics.shard_catch_up_bytes_left.set(self.moves.bytes_left());
             self.metrics.shard_catch_up_bytes.add(bytes);
             if self.replication.catch_up_rate > 0 {

@@ -62,6 +62,9 @@ pub(crate) struct MoveRecord {
     /// it sent since).
     pub(crate) chunks_left: u64,
     pub(crate) bytes_left: u64,
+    /// Rows of the chunks every attempt sent, and of those the current attempt has still to send.
+    pub(crate) rows_sent: u64,
+    pub(crate) rows_left: u64,
     /// The shard's configuration epoch the attempt runs at (once in sync: the epoch that admitted the copy).
     pub(crate) epoch: u64,
     /// Why the last attempt failed.
@@ -90,7 +93,7 @@ impl MoveLog {
                 m.phase = MovePhase::Copying;
                 m.epoch = epoch;
                 m.updated_ms = now;
-                (m.chunks_left, m.bytes_left) = (0, 0);
+                (m.chunks_left, m.bytes_left, m.rows_left) = (0, 0, 0);
             }
             None => {
                 moves.retain(|m| !(m.shard == shard && m.target == target));
@@ -107,6 +110,8 @@ impl MoveLog {
                     bytes_sent: 0,
                     chunks_left: 0,
                     bytes_left: 0,
+                    rows_sent: 0,
+                    rows_left: 0,
                     epoch,
                     error: None,
                 });
@@ -119,10 +124,10 @@ impl MoveLog {
         self.lock().iter().filter(|m| m.phase != MovePhase::InSync).map(|m| m.bytes_left).sum()
     }
 
-    /// The current attempt has `chunks` of `bytes` left to send (what the target lacks now: counted again when it
-    /// enters [`MovePhase::Finishing`]).
-    pub(crate) fn to_send(&self, shard: ShardId, target: u64, chunks: u64, bytes: u64) {
-        self.update(shard, target, |m| (m.chunks_left, m.bytes_left) = (chunks, bytes));
+    /// The current attempt has `chunks` of `bytes` and `rows` left to send (what the target lacks now: counted
+    /// again when it enters [`MovePhase::Finishing`]).
+    pub(crate) fn to_send(&self, shard: ShardId, target: u64, (chunks, bytes, rows): (u64, u64, u64)) {
+        self.update(shard, target, |m| (m.chunks_left, m.bytes_left, m.rows_left) = (chunks, bytes, rows));
     }
 
     /// Closes the moves not running now (`running`, by shard and target) that are no longer wanted: in sync
@@ -143,19 +148,30 @@ impl MoveLog {
             }
             let Some(epoch) = in_sync(m.shard, m.target) else { return false };
             (m.phase, m.epoch, m.error, m.updated_ms) = (MovePhase::InSync, epoch, None, now);
-            (m.chunks_left, m.bytes_left) = (0, 0);
+            (m.chunks_left, m.bytes_left, m.rows_left) = (0, 0, 0);
             true
         });
     }
 
-    /// The current attempt sent `chunks` of `bytes`.
-    pub(crate) fn sent(&self, shard: ShardId, target: u64, chunks: u64, bytes: u64) {
+    /// The current attempt sent `chunks` of `bytes` and `rows`.
+    pub(crate) fn sent(&self, shard: ShardId, target: u64, (chunks, bytes, rows): (u64, u64, u64)) {
         self.update(shard, target, |m| {
             m.chunks_sent += chunks;
             m.bytes_sent += bytes;
+            m.rows_sent += rows;
             m.chunks_left = m.chunks_left.saturating_sub(chunks);
             m.bytes_left = m.bytes_left.saturating_sub(bytes);
+            m.rows_left = m.rows_left.saturating_sub(rows);
         });
+    }
+
+    /// Seconds the running move has still to take at the rate it sent so far; `None` when nothing is sent yet.
+    pub(crate) fn eta_seconds(m: &MoveRecord) -> Option<u64> {
+        let elapsed_ms = m.updated_ms.saturating_sub(m.started_ms);
+        if m.phase == MovePhase::InSync || m.bytes_sent == 0 || elapsed_ms == 0 {
+            return (m.phase == MovePhase::InSync).then_some(0);
+        }
+        Some((m.bytes_left as f64 * elapsed_ms as f64 / m.bytes_sent as f64 / 1000.0).ceil() as u64)
     }
 
     /// The current attempt holds the shard's writes to send the rest and admit the copy.
@@ -167,7 +183,7 @@ impl MoveLog {
     pub(crate) fn ended(&self, shard: ShardId, target: u64, outcome: Result<u64, String>) {
         let finished = outcome.is_ok();
         self.update(shard, target, |m| {
-            (m.chunks_left, m.bytes_left) = (0, 0);
+            (m.chunks_left, m.bytes_left, m.rows_left) = (0, 0, 0);
             match outcome {
                 Ok(epoch) => {
                     m.phase = MovePhase::InSync;
@@ -213,23 +229,24 @@ mod tests {
         let log = MoveLog::default();
         let (table, shard) = (TableId(1), ShardId(7));
         log.attempt(table, "t", shard, 3, 4);
-        log.to_send(shard, 3, 10, 1000);
-        log.sent(shard, 3, 4, 400);
+        log.to_send(shard, 3, (10, 1000, 100));
+        log.sent(shard, 3, (4, 400, 40));
         log.ended(shard, 3, Err("node 3 did not answer".into()));
         log.attempt(table, "t", shard, 3, 5);
-        log.to_send(shard, 3, 6, 600);
-        log.sent(shard, 3, 2, 200);
+        log.to_send(shard, 3, (6, 600, 60));
+        log.sent(shard, 3, (2, 200, 20));
         let records = log.records();
         assert_eq!(records.len(), 1, "one record per move");
         let m = &records[0];
         assert_eq!((m.phase, m.attempts, m.epoch), (MovePhase::Copying, 2, 5));
         assert_eq!((m.chunks_sent, m.bytes_sent, m.chunks_left, m.bytes_left), (6, 600, 4, 400));
+        assert_eq!((m.rows_sent, m.rows_left), (60, 40));
         // What the target lacks is counted anew as the attempt finishes.
-        log.to_send(shard, 3, 4, 400);
+        log.to_send(shard, 3, (4, 400, 40));
         assert_eq!(log.bytes_left(), 400);
         assert_eq!(m.error.as_deref(), Some("node 3 did not answer"), "the last failure stays until it succeeds");
         log.finishing(shard, 3);
-        log.sent(shard, 3, 4, 400);
+        log.sent(shard, 3, (4, 400, 40));
         log.ended(shard, 3, Ok(6));
         let m = &log.records()[0];
         assert_eq!(

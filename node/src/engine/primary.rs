@@ -353,12 +353,7 @@ impl Engine {
                 .map_err(|e| unknown(e.report()))?;
             return Ok(record);
         }
-        let sent = futures::future::join_all(
-            backups.iter().map(|b| self.send_changes(*b, &record, table, &changes, commit_point, replica.next_seq())),
-        )
-        .await;
-        let failed: Vec<(u64, String)> =
-            backups.iter().zip(sent).filter_map(|(b, r)| r.err().map(|why| (*b, why))).collect();
+        let (record, failed) = self.send_to_backups(replica, record, &changes, commit_point).await;
         let current = if failed.is_empty() {
             record
         } else if self.injected(InjectedBugKind::DeposedPrimaryAccepts) {
@@ -396,6 +391,49 @@ impl Engine {
         Ok(current)
     }
 
+    /// Sends `changes` to every in-sync backup of `record`; returns the configuration they were last sent at and the
+    /// backups that failed, with why.
+    ///
+    /// A backup refuses a change sent at an epoch older than its own: the configuration moved while the change was
+    /// on its way (a copy added, a move finished; a copy is never admitted meanwhile, the caller holding the shard's
+    /// writes). Then, while this node still leads the shard and no copy joined its in-sync set, the change goes again,
+    /// at the new epoch, to the failed backups still in sync, instead of taking them out of the set for it.
+    async fn send_to_backups(
+        &self,
+        replica: &Arc<ShardReplica>,
+        mut record: ShardRecord,
+        changes: &[LoggedChange],
+        commit_point: u64,
+    ) -> (ShardRecord, Vec<(u64, String)>) {
+        let table = replica.def().id;
+        let mut backups: Vec<u64> = record.in_sync.iter().copied().filter(|n| *n != self.node_id).collect();
+        let mut failed = Vec::new();
+        for attempt in 0..3 {
+            let sent = futures::future::join_all(
+                backups
+                    .iter()
+                    .map(|b| self.send_changes(*b, &record, table, changes, commit_point, replica.next_seq())),
+            )
+            .await;
+            failed = backups.iter().zip(sent).filter_map(|(b, r)| r.err().map(|why| (*b, why))).collect();
+            if failed.is_empty() || attempt == 2 || self.meta.read_state(|_| ()).await.is_err() {
+                break;
+            }
+            let Some(now) = self.meta.read_local(|s| s.shard(record.shard_id).cloned()) else { break };
+            let moved = now.epoch != record.epoch
+                && now.primary == self.node_id
+                && now.in_sync.iter().all(|n| record.in_sync.contains(n));
+            if !moved {
+                break;
+            }
+            backups = failed.iter().map(|(n, _)| *n).filter(|n| now.in_sync.contains(n)).collect();
+            tracing::debug!(shard = %record.shard_id, from = record.epoch, to = now.epoch, ?backups, "the shard moved under a change; sending it again");
+            record = now;
+        }
+        failed.retain(|(n, _)| record.in_sync.contains(n));
+        (record, failed)
+    }
+
     /// Settles the changes left prepared on this node's replica of a shard it leads (a change whose outcome a failure
     /// left unknown, or, on a new primary, changes its predecessor numbered and may have acknowledged): sends them to
     /// every in-sync backup and commits them, so that a read here sees every acknowledged change. Returns whether
@@ -428,6 +466,42 @@ impl Engine {
         Ok(true)
     }
 
+    /// Hands over the shards this node leads and leaves (it is draining, or a move's new copy took its place) to an
+    /// in-sync copy elsewhere ([`quiver_meta::hand_over`]), each with its writes held: nothing this node prepared is
+    /// left unsettled, and no write of its is in flight when it stops leading, so a handover fails no write.
+    async fn hand_over_leaving(&self) {
+        let me = self.node_id;
+        let leaving: Vec<(TableId, ShardId)> = self.meta.read_local(|s| {
+            s.shards()
+                .filter(|r| r.primary == me && quiver_meta::hand_over(s, r.shard_id, me).is_some())
+                .map(|r| (r.table_id, r.shard_id))
+                .collect()
+        });
+        for (table, shard) in leaving {
+            let Ok(replica) = self.replica_of(table, shard) else { continue };
+            let _serialized = replica.dml_lock.lock().await;
+            match self.settle(&replica).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::debug!(%shard, error = %e.report(), "settling before a handover failed");
+                    continue;
+                }
+            }
+            // Read again under the lock: the configuration may have moved meanwhile.
+            let Some(command) = self.meta.read_local(|s| quiver_meta::hand_over(s, shard, me)) else { continue };
+            let outcome = match self.meta.propose(command.clone()).await {
+                Ok(response) => response.outcome,
+                // Its answer lost: settled before the lock is let go, so that no write here follows a handover.
+                Err(_) => self.settle_proposal(command, "a shard's handover").await.outcome,
+            };
+            match outcome {
+                Ok(_) => tracing::info!(%shard, "shard handed over; this node's copy leaves it"),
+                Err(e) => tracing::debug!(%shard, rejection = %e, "a shard's handover was refused"),
+            }
+        }
+    }
+
     /// The duties of the shards this node holds, every [`COMMIT_PUSH_INTERVAL`]: tells backups the commit points no
     /// later change carried to them, and settles prepared changes of shards this node leads (`Engine::settle`).
     pub async fn tend_shards(&self) {
@@ -445,6 +519,7 @@ impl Engine {
         self.push_commit_points().await;
         if self.tend_rounds.load(std::sync::atomic::Ordering::Relaxed).is_multiple_of(CATCH_UP_ROUNDS) {
             self.start_catch_ups();
+            self.hand_over_leaving().await;
             self.drop_unplaced().await;
             self.resolve_abandoned().await;
         }

@@ -163,6 +163,7 @@ impl SystemTable {
                 u64_field("hot_rows", true),
                 u64_field("hot_bytes", true),
                 text("catching_up", false),
+                u64_field("reported_hot_bytes", false),
             ],
             SystemTable::ShardMoves => vec![
                 text("table_name", false),
@@ -176,6 +177,10 @@ impl SystemTable {
                 u64_field("bytes_sent", false),
                 u64_field("chunks_left", false),
                 u64_field("bytes_left", false),
+                u64_field("rows_sent", false),
+                u64_field("rows_left", false),
+                u64_field("eta_seconds", true),
+                u64_field("source", true),
                 u64_field("epoch", false),
                 text("error", true),
             ],
@@ -257,6 +262,14 @@ impl SystemTable {
                     values(|r| r.bytes_sent),
                     values(|r| r.chunks_left),
                     values(|r| r.bytes_left),
+                    values(|r| r.rows_sent),
+                    values(|r| r.rows_left),
+                    Arc::new(UInt64Array::from_iter(m.iter().map(MoveLog::eta_seconds))),
+                    // The node a copy moving for balance leaves (NULL: a copy made again or brought back).
+                    Arc::new(UInt64Array::from_iter(m.iter().map(|r| {
+                        meta.read_local(|s| s.shard(r.shard).and_then(|s| s.moving).filter(|m| m.to == r.target))
+                            .map(|m| m.from)
+                    }))),
                     values(|r| r.epoch),
                     Arc::new(StringArray::from_iter(m.iter().map(|r| r.error.as_deref()))),
                 ]
@@ -282,16 +295,8 @@ impl SystemTable {
                     .iter()
                     .flat_map(|t| t.shards())
                     .map(|shard| {
-                        let chunks = shard.version();
-                        // Chunks the cold view covers are in cold files already (and about to be removed).
-                        let through = match shard.cold() {
-                            ColdState::Ready(view) => view.hot_through,
-                            ColdState::Unavailable(_) => 0,
-                        };
-                        let hot = chunks.iter().filter(|c| c.seq > through);
-                        let rows = hot.clone().map(|c| c.meta.rows).sum();
-                        let bytes = hot.map(|c| c.meta.data_bytes).sum();
-                        (shard.shard_id().0, (rows, bytes))
+                        let load = super::loads::hot_load(shard);
+                        (shard.shard_id().0, (load.hot_rows, load.hot_bytes))
                     })
                     .collect();
                 meta.read_local(|state| shard_columns(state, &local))
@@ -351,12 +356,13 @@ fn time_column<T>(rows: &[T], f: fn(&T) -> u64) -> ArrayRef {
 }
 
 /// The columns of `system.shards`: every native table's shards, tables by name, shards in slot order, with the hot
-/// rows and bytes of this node's replica (`local`, by shard id; NULL where this node holds none).
+/// rows and bytes of this node's replica (`local`, by shard id; NULL where this node holds none), and the hot bytes
+/// its primary last reported (what rebalancing weighs).
 fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)>) -> Vec<ArrayRef> {
     let list = |nodes: &[u64]| nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let (mut table, mut shard, mut slots, mut primary) = (vec![], vec![], vec![], vec![]);
     let (mut replicas, mut in_sync, mut epoch, mut health) = (vec![], vec![], vec![], vec![]);
-    let (mut hot_rows, mut hot_bytes, mut catching_up) = (vec![], vec![], vec![]);
+    let (mut hot_rows, mut hot_bytes, mut reported, mut catching_up) = (vec![], vec![], vec![], vec![]);
     for def in state.catalog().tables() {
         let mut shards: Vec<_> = state.table_shards(def.id).collect();
         shards.sort_by_key(|r| r.slots);
@@ -373,6 +379,7 @@ fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)
             let here = local.get(&r.shard_id.0);
             hot_rows.push(here.map(|h| h.0));
             hot_bytes.push(here.map(|h| h.1));
+            reported.push(r.load.hot_bytes);
             let behind: Vec<u64> = r.replicas.iter().copied().filter(|n| !r.in_sync.contains(n)).collect();
             catching_up.push(list(&behind));
         }
@@ -389,6 +396,7 @@ fn shard_columns(state: &quiver_meta::MetaState, local: &HashMap<u64, (u64, u64)
         Arc::new(UInt64Array::from(hot_rows)),
         Arc::new(UInt64Array::from(hot_bytes)),
         Arc::new(StringArray::from(catching_up)),
+        Arc::new(UInt64Array::from(reported)),
     ]
 }
 

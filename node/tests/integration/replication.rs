@@ -999,7 +999,17 @@ async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert_eq!(mine, theirs, "node {backup}'s copy of {record:?}");
+            if mine != theirs {
+                // Chunk numbers, and those whose contents differ: the bytes themselves say little.
+                let numbers = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().map(|c| c.0).collect::<Vec<_>>();
+                let differ: Vec<u64> =
+                    mine.iter().filter(|c| theirs.iter().any(|t| t.0 == c.0 && t != *c)).map(|c| c.0).collect();
+                panic!(
+                    "node {backup}'s copy of {record:?} holds chunks {:?}, its primary {:?}; differing: {differ:?}",
+                    numbers(&mine),
+                    numbers(&theirs)
+                );
+            }
         }
     }
 }
@@ -1082,7 +1092,11 @@ async fn shards_get_their_copies_on_joining_nodes_and_move_off_nodes_that_are_go
         .expect("insert");
     until_attached(&four.engine, "c").await;
     let c = four.engine.hot_table("c").expect("table").def().id;
-    assert!(four.engine.meta().read_local(|s| s.table_shards(c).all(|r| r.replicas.len() == 1 && r.primary != 1)));
+    // (A copy may be moving for balance meanwhile.)
+    until_shards(&four, c, "one copy of each shard of c, off node 1", |r| {
+        r.replicas.len() == 1 && r.primary != 1 && r.moving.is_none()
+    })
+    .await;
     for node in [&one, &two, &four] {
         assert_eq!(number(node, "SELECT count(*) FROM m").await, 600);
         assert_eq!(number(node, "SELECT sum(v) FROM m").await, 600 * 601);
@@ -1546,4 +1560,154 @@ async fn a_replicated_shard_tiers_on_its_primary_and_every_copy_reads_its_rows_o
     }
     one.stop().await;
     three.stop().await;
+}
+
+/// What the writer and readers of a table saw while its shards moved.
+#[derive(Debug, Default)]
+struct Traffic {
+    /// Statements of `BATCH` rows the writer had acknowledged.
+    acknowledged: std::sync::atomic::AtomicI64,
+    /// Answers the readers checked.
+    answers: std::sync::atomic::AtomicU64,
+    /// The first error or wrong answer.
+    failure: std::sync::Mutex<Option<String>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Traffic {
+    fn fail(&self, what: String) {
+        self.failure.lock().expect("failure lock").get_or_insert(what);
+    }
+}
+
+const BATCH: i64 = 40;
+
+/// Writes statements of `BATCH` rows (`id` counting up from `first`, `v = 2·id`) through `node` until told to stop.
+async fn write_batches(engine: Arc<Engine>, first: i64, traffic: Arc<Traffic>) {
+    use std::sync::atomic::Ordering;
+    let mut next = first;
+    while !traffic.stop.load(Ordering::SeqCst) {
+        let sql = format!("INSERT INTO r SELECT value, value * 2 FROM generate_series({next}, {})", next + BATCH - 1);
+        match engine.execute_one(&sql).await {
+            Ok(_) => {
+                next += BATCH;
+                traffic.acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                traffic.fail(format!("INSERT: {}", e.report()));
+                return;
+            }
+        }
+    }
+}
+
+/// Reads through `nodes` in turn until told to stop: every answer holds whole statements, each row once, and every
+/// statement acknowledged before the query began (`base` rows loaded first).
+async fn read_whole(nodes: Vec<Arc<Engine>>, base: i64, traffic: Arc<Traffic>) {
+    use std::sync::atomic::Ordering;
+    let sql = "SELECT count(*), count(DISTINCT id), coalesce(max(id), 0), coalesce(sum(v) - 2 * sum(id), 0) FROM r";
+    let mut turn = 0;
+    while !traffic.stop.load(Ordering::SeqCst) {
+        let engine = &nodes[turn % nodes.len()];
+        turn += 1;
+        let before = traffic.acknowledged.load(Ordering::SeqCst);
+        let batches = match engine.execute_one(sql).await {
+            Ok(stream) => stream.collect().await,
+            Err(e) => Err(e),
+        };
+        let after = traffic.acknowledged.load(Ordering::SeqCst);
+        let batches = match batches {
+            Ok(b) => b,
+            Err(e) => return traffic.fail(format!("node {}: query: {}", engine.node_id(), e.report())),
+        };
+        let cell = |i: usize| batches[0].column(i).as_primitive::<Int64Type>().value(0);
+        let (count, distinct, max, diff) = (cell(0), cell(1), cell(2), cell(3));
+        let whole = (count - base) % BATCH == 0;
+        let statements = (count - base) / BATCH;
+        if count != distinct || count != max || diff != 0 || !whole || statements < before || statements > after + 1 {
+            return traffic.fail(format!(
+                "node {}: {count} rows, {distinct} distinct, max id {max}, sum(v) - 2·sum(id) = {diff}, with \
+                 {before}..={after} statements acknowledged",
+                engine.node_id()
+            ));
+        }
+        traffic.answers.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_receives_shards_while_queries_and_ingest_run_and_a_drain_empties_a_node() {
+    use std::sync::atomic::Ordering;
+    let cold = tempfile::tempdir().expect("tempdir");
+    let tmp = || tempfile::tempdir().expect("tempdir");
+    let mut env = FAST_FAILOVER.to_vec();
+    env.push(("QUIVER_CLUSTER__LOAD_REPORT_INTERVAL", "200ms"));
+    let one = start_on(1, tmp(), "127.0.0.1:0", vec![], cold.path(), &env).await;
+    let join = vec![one.grpc.clone()];
+    let two = start_on(2, tmp(), "127.0.0.1:0", join.clone(), cold.path(), &env).await;
+    let three = start_on(3, tmp(), "127.0.0.1:0", join.clone(), cold.path(), &env).await;
+    let create = "CREATE TABLE r (id BIGINT PRIMARY KEY, v BIGINT) WITH (shards = 12, replicas = 2)";
+    one.engine.execute_one(create).await.expect("create");
+    let base = 4000;
+    let load = format!("INSERT INTO r SELECT value, value * 2 FROM generate_series(1, {base})");
+    two.engine.execute_one(&load).await.expect("load");
+    let table = one.engine.hot_table("r").expect("table").def().id;
+    let copies_on = |node: &Node, id: u64| {
+        node.engine.meta().read_local(|s| s.table_shards(table).filter(|r| r.replicas.contains(&id)).count())
+    };
+    assert_eq!(copies_on(&one, 1) + copies_on(&one, 2) + copies_on(&one, 3), 24);
+
+    // Ingest through node 2 and queries through nodes 1 and 3 run throughout.
+    let traffic = Arc::new(Traffic::default());
+    let writer = tokio::spawn(write_batches(Arc::clone(&two.engine), base + 1, Arc::clone(&traffic)));
+    let readers = vec![Arc::clone(&one.engine), Arc::clone(&three.engine)];
+    let reader = tokio::spawn(read_whole(readers, base, Arc::clone(&traffic)));
+
+    // A fourth node joins: copies move to it, a few at a time, until every node holds six.
+    let four = start_on(4, tmp(), "127.0.0.1:0", join.clone(), cold.path(), &env).await;
+    let balanced = until_shards(&one, table, "six copies on each of four nodes, none moving", |_| {
+        let moving = one.engine.meta().read_local(|s| s.table_shards(table).any(|r| r.moving.is_some()));
+        !moving && (1..=4).all(|n| copies_on(&one, n) == 6)
+    })
+    .await;
+    assert!(balanced.iter().all(|r| r.replicas.len() == 2 && r.in_sync.len() == 2), "{balanced:#?}");
+    assert!(balanced.iter().any(|r| r.primary == 4), "node 4 leads shards too");
+    let planned = quiver_node::cli::admin::rebalance(&three.grpc, true).await.expect("dry run");
+    assert!(planned.contains("balanced: no move planned"), "{planned}");
+    // The primaries show the moves to node 4 they made, each in sync now.
+    let mut shown = 0;
+    for node in [&one, &two, &three] {
+        let sql = "SELECT count(*) FROM system.shard_moves WHERE target = 4 AND phase = 'in-sync'";
+        shown += number(node, sql).await;
+    }
+    assert!(shown >= 6, "{shown} moves to node 4 shown");
+
+    // Node 1 is drained while the traffic goes on: it ends up holding nothing, and nothing moves back to it.
+    let said =
+        quiver_node::cli::admin::drain(&two.grpc, 1, false, Some(Duration::from_secs(90))).await.expect("drained");
+    assert!(said.contains("drained"), "{said}");
+    let drained = until_shards(&two, table, "no copy on node 1, all in sync", |r| {
+        !r.replicas.contains(&1) && r.in_sync.len() == 2 && r.moving.is_none()
+    })
+    .await;
+    assert!(drained.iter().all(|r| r.primary != 1));
+
+    traffic.stop.store(true, Ordering::SeqCst);
+    writer.await.expect("writer");
+    reader.await.expect("reader");
+    if let Some(failure) = traffic.failure.lock().expect("failure lock").take() {
+        panic!("{failure}");
+    }
+    let statements = traffic.acknowledged.load(Ordering::SeqCst);
+    assert!(statements > 0 && traffic.answers.load(Ordering::SeqCst) > 0, "{traffic:?}");
+    let rows = base + statements * BATCH;
+    let drained = until_shards(&two, table, "every copy in sync", |r| r.in_sync.len() == 2).await;
+    copies_equal(&[&two, &three, &four], &drained).await;
+    for node in [&one, &two, &three, &four] {
+        assert_eq!(number(node, "SELECT count(*) FROM r").await, rows, "node {}", node.engine.node_id());
+        assert_eq!(number(node, "SELECT sum(v) - 2 * sum(id) FROM r").await, 0);
+    }
+    for node in [four, three, two, one] {
+        node.stop().await;
+    }
 }
