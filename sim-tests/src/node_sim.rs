@@ -1009,6 +1009,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }
         shard_map::check_state(&states[0]).map_err(|e| format!("shard map after the faults: {e}"))?;
         world.hosts.note(format!("shard map checked in {} replica states", checked.0.observed));
+        world.hosts.note(format!("{} shard copies seen moving for balance", checked.0.moves.len()));
     }
 
     // Every answer during the faults was consistent with the model.

@@ -5,7 +5,9 @@
 //! - a native table's shards own disjoint slot ranges that cover the slot space, as many as the table declares;
 //! - a shard's replicas are distinct registered nodes; its primary is in its in-sync set, a subset of its replicas;
 //! - a shard's configuration epoch never goes back on a replica (an incarnation of a node: a node that restarts
-//!   replays its metadata from the start and is a new observer).
+//!   replays its metadata from the start and is a new observer);
+//! - a copy moving for balance moves between two distinct replicas of its shard, the new one never in sync before
+//!   the old one is still there to serve (no shard has fewer in-sync copies than outside a move).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +19,8 @@ pub(crate) struct ShardMapChecker {
     epochs: BTreeMap<(usize, ShardId), u64>,
     /// How many states were checked.
     pub(crate) observed: u64,
+    /// The moves for balance seen, by shard and nodes.
+    pub(crate) moves: BTreeSet<(ShardId, u64, u64)>,
 }
 
 impl ShardMapChecker {
@@ -32,6 +36,9 @@ impl ShardMapChecker {
                 ));
             }
             *seen = shard.epoch;
+            if let Some(m) = shard.moving {
+                self.moves.insert((shard.shard_id, m.from, m.to));
+            }
         }
         self.observed += 1;
         Ok(())
@@ -61,6 +68,14 @@ pub(crate) fn check_state(state: &MetaState) -> Result<(), String> {
             return Err(format!(
                 "shard {id} of {}: primary {} and in-sync {:?} must lie within replicas {:?}",
                 table.name, shard.primary, shard.in_sync, shard.replicas
+            ));
+        }
+        if let Some(m) = shard.moving
+            && (m.from == m.to || !replicas.contains(&m.from) || !replicas.contains(&m.to))
+        {
+            return Err(format!(
+                "shard {id} of {}: a copy moves from node {} to node {}, not two of its replicas {:?}",
+                table.name, m.from, m.to, shard.replicas
             ));
         }
         if shard.epoch == 0 {
