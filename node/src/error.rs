@@ -350,6 +350,16 @@ pub(crate) fn lost_worker_message(message: &str) -> bool {
         || message.contains("waiting for the plan to be set by the coordinator")
 }
 
+/// Whether an error's text says a peer node, or the connection to it, failed: the library's own messages, and a
+/// transport failure as tonic words it, however deeply the library wrapped it (a Flight error, an Arrow error).
+pub(crate) fn lost_peer_text(message: &str) -> bool {
+    lost_worker_message(message)
+        || message.contains("The service is currently unavailable")
+        || message.contains("tcp connect error")
+        || message.contains("connection reset")
+        || message.contains("broken pipe")
+}
+
 /// Whether a status from another node's worker says the node or the connection to it failed (not the statement).
 pub(crate) fn peer_failed(status: &tonic::Status) -> bool {
     use tonic::Code;
@@ -361,66 +371,101 @@ pub(crate) fn peer_failed(status: &tonic::Status) -> bool {
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        use datafusion::error::DataFusionError as D;
-        match e {
-            D::SQL(e, _) => Error::SqlSyntax { message: e.to_string() },
-            D::Plan(m) => Error::Plan { message: m },
-            D::SchemaError(e, _) => Error::Plan { message: e.to_string() },
-            D::NotImplemented(m) => Error::Unsupported { what: m },
-            D::ArrowError(e, _) => Error::Arrow(*e),
-            D::Execution(m) if lost_worker_message(&m) => Error::NodeUnavailable { detail: m },
-            D::Execution(m) => Error::Execution { message: m },
-            D::Diagnostic(_, inner) => Error::from(*inner),
-            D::ExecutionJoin(e) => Error::Internal(format!("query task failed: {e}")),
-            D::IoError(e) => Error::io("query", e),
-            D::Context(ctx, inner) => {
-                let inner = Error::from(*inner);
-                match inner {
-                    Error::Plan { message } => Error::Plan { message: format!("{ctx}: {message}") },
-                    Error::Execution { message } => Error::Execution { message: format!("{ctx}: {message}") },
-                    other => other,
-                }
+        // A lost peer is retryable however the error reached us.
+        match from_datafusion(e) {
+            Error::Execution { message: detail } | Error::Internal(detail) if lost_peer_text(&detail) => {
+                Error::NodeUnavailable { detail }
             }
-            D::External(e) => match e.downcast::<Error>() {
-                Ok(ours) => *ours,
-                Err(e) => match e.downcast::<D>() {
-                    Ok(df) => Error::from(*df),
-                    Err(e) => match e.downcast::<tonic::Status>() {
-                        Ok(status) if peer_failed(&status) => {
-                            Error::NodeUnavailable { detail: status.message().to_string() }
-                        }
-                        Ok(status) => Error::Execution { message: status.message().to_string() },
-                        Err(e) => Error::Execution { message: e.to_string() },
-                    },
+            Error::Arrow(e) if lost_peer_text(&e.to_string()) => Error::NodeUnavailable { detail: e.to_string() },
+            other => other,
+        }
+    }
+}
+
+/// [`Error`] for a DataFusion error, by its kind.
+fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::SQL(e, _) => Error::SqlSyntax { message: e.to_string() },
+        D::Plan(m) => Error::Plan { message: m },
+        D::SchemaError(e, _) => Error::Plan { message: e.to_string() },
+        D::NotImplemented(m) => Error::Unsupported { what: m },
+        D::ArrowError(e, _) => Error::Arrow(*e),
+        D::Execution(m) if lost_worker_message(&m) => Error::NodeUnavailable { detail: m },
+        D::Execution(m) => Error::Execution { message: m },
+        D::Diagnostic(_, inner) => Error::from(*inner),
+        D::ExecutionJoin(e) => Error::Internal(format!("query task failed: {e}")),
+        D::IoError(e) => Error::io("query", e),
+        D::Context(ctx, inner) => {
+            let inner = Error::from(*inner);
+            match inner {
+                Error::Plan { message } => Error::Plan { message: format!("{ctx}: {message}") },
+                Error::Execution { message } => Error::Execution { message: format!("{ctx}: {message}") },
+                other => other,
+            }
+        }
+        D::External(e) => match e.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(e) => match e.downcast::<D>() {
+                Ok(df) => Error::from(*df),
+                Err(e) => match e.downcast::<tonic::Status>() {
+                    Ok(status) if peer_failed(&status) => {
+                        Error::NodeUnavailable { detail: status.message().to_string() }
+                    }
+                    Ok(status) => Error::Execution { message: status.message().to_string() },
+                    Err(e) => Error::Execution { message: e.to_string() },
                 },
             },
-            D::Shared(e) => match std::sync::Arc::try_unwrap(e) {
-                Ok(inner) => Error::from(inner),
-                Err(shared) => Error::Execution { message: shared.to_string() },
-            },
-            D::Collection(mut errors) => match errors.pop() {
-                Some(first) => Error::from(first),
-                None => Error::Internal("empty error collection".into()),
-            },
-            other @ (D::ParquetError(_)
-            | D::ObjectStore(_)
-            | D::Configuration(_)
-            | D::Internal(_)
-            | D::ResourcesExhausted(_)
-            | D::Substrait(_)
-            | D::Ffi(_)) => match other {
-                D::Configuration(m) => Error::Plan { message: m },
-                D::ResourcesExhausted(m) => Error::Execution { message: m },
-                D::ParquetError(e) => Error::Execution { message: format!("parquet: {e}") },
-                D::ObjectStore(e) => Error::Execution { message: format!("object store: {e}") },
-                other => Error::Internal(other.to_string()),
-            },
-        }
+        },
+        D::Shared(e) => match std::sync::Arc::try_unwrap(e) {
+            Ok(inner) => Error::from(inner),
+            Err(shared) => Error::Execution { message: shared.to_string() },
+        },
+        D::Collection(mut errors) => match errors.pop() {
+            Some(first) => Error::from(first),
+            None => Error::Internal("empty error collection".into()),
+        },
+        other @ (D::ParquetError(_)
+        | D::ObjectStore(_)
+        | D::Configuration(_)
+        | D::Internal(_)
+        | D::ResourcesExhausted(_)
+        | D::Substrait(_)
+        | D::Ffi(_)) => match other {
+            D::Configuration(m) => Error::Plan { message: m },
+            D::ResourcesExhausted(m) => Error::Execution { message: m },
+            D::ParquetError(e) => Error::Execution { message: format!("parquet: {e}") },
+            D::ObjectStore(e) => Error::Execution { message: format!("object store: {e}") },
+            other => Error::Internal(other.to_string()),
+        },
     }
 }
 
 impl From<Error> for datafusion::error::DataFusionError {
     fn from(e: Error) -> Self {
         datafusion::error::DataFusionError::External(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+
+    #[test]
+    fn a_lost_peer_is_retryable_however_the_library_wrapped_it() {
+        let refused = "code: 'The service is currently unavailable', message: \"tcp connect error\"";
+        for e in [
+            DataFusionError::Internal(refused.to_string()),
+            DataFusionError::Execution(format!("stage 2: {refused}")),
+            DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::ExternalError(refused.into())), None),
+            DataFusionError::External(Box::new(tonic::Status::unavailable("connection refused"))),
+        ] {
+            let ours = Error::from(e);
+            assert!(matches!(ours, Error::NodeUnavailable { .. }), "{ours:?}");
+            assert_eq!(ours.sqlstate(), "57P03");
+        }
+        let statement = Error::from(DataFusionError::Execution("division by zero".into()));
+        assert!(matches!(statement, Error::Execution { .. }), "{statement:?}");
     }
 }

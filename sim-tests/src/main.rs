@@ -43,6 +43,9 @@ struct Args {
     /// every DELETE spans shards).
     #[arg(long)]
     deletes: bool,
+    /// Node workload: balance shard copies within a twentieth of the mean load, so that copies move throughout.
+    #[arg(long)]
+    moves: bool,
     /// Run every seed twice and require the same trace (determinism).
     #[arg(long)]
     check_determinism: bool,
@@ -80,7 +83,7 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     use quiver_sim_tests::{meta_sim, node_sim};
 
     let (replicas, fault_secs, shards, ledger) = (args.replicas, args.fault_secs, args.shards.max(1), args.ledger);
-    let deletes = args.deletes;
+    let (deletes, moves) = (args.deletes, args.moves);
     let bug = match args.inject_bug.as_deref().map(str::parse::<quiver_node::engine::InjectedBug>).transpose() {
         Ok(bug) => bug,
         Err(e) => {
@@ -97,6 +100,7 @@ fn run_one(args: &Args, seed: u64) -> i32 {
                 shards,
                 ledger,
                 deletes,
+                moves,
                 ..Default::default()
             };
             node_sim::run_seed(seed, &options)
@@ -138,8 +142,8 @@ fn run_one(args: &Args, seed: u64) -> i32 {
                 }
             }
             println!(
-                "seed {seed}: ok  faults {}  acknowledged {}  uncertain {}  trace {:016x}",
-                outcome.faults, outcome.acknowledged, outcome.uncertain, outcome.trace_hash
+                "seed {seed}: ok  faults {}  acknowledged {}  uncertain {}  moves {}  trace {:016x}",
+                outcome.faults, outcome.acknowledged, outcome.uncertain, outcome.moves, outcome.trace_hash
             );
             0
         }
@@ -166,6 +170,7 @@ fn run_many(args: &Args) -> i32 {
             .args(["--shards", &args.shards.to_string()])
             .args(args.ledger.then_some("--ledger"))
             .args(args.deletes.then_some("--deletes"))
+            .args(args.moves.then_some("--moves"))
             .args(args.inject_bug.iter().flat_map(|bug| ["--inject-bug", bug.as_str()]))
             .output();
         match output {

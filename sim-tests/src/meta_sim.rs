@@ -74,6 +74,8 @@ pub struct Outcome {
     pub acknowledged: usize,
     /// Proposals whose outcome the client could not know (timeouts, crashes).
     pub uncertain: usize,
+    /// Shard copies seen moving for balance (the node workload).
+    pub moves: usize,
     /// The trace, one line per event.
     pub trace: Vec<String>,
 }
@@ -731,5 +733,5 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         (&c.name, c.invoked, c.completed.map(|(t, o)| (t, format!("{o:?}")))).hash(&mut hasher);
     }
     states[0].encode().hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.hosts.trace })
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, moves: 0, trace: world.hosts.trace })
 }

@@ -91,6 +91,9 @@ pub struct NodeSimOptions {
     /// Clients also DELETE whole batches they saw acknowledged: each must then be gone from every later answer on
     /// every node, and be gone whole or not at all from every answer.
     pub deletes: bool,
+    /// Balance shard copies within a twentieth of the mean load, so that copies move for balance throughout (they
+    /// move within the default tenth too, less often).
+    pub moves: bool,
 }
 
 impl Default for NodeSimOptions {
@@ -104,6 +107,7 @@ impl Default for NodeSimOptions {
             shards: 1,
             ledger: false,
             deletes: false,
+            moves: false,
         }
     }
 }
@@ -165,6 +169,8 @@ fn node_config(id: u64, nodes: u64, bootstrap: bool) -> Config {
     // faults: tierings that take too long must give up rather than have their uploads collected under them.
     config.cold.gc_interval = Millis(2_000);
     config.cold.gc_grace = Millis(6_000);
+    // Primaries report their shards' loads every second: the leader balances copies on what they hold.
+    config.cluster.load_report_interval = Millis(1_000);
     config
 }
 
@@ -183,7 +189,7 @@ fn live_engines(live: &Live) -> Vec<Arc<Engine>> {
 async fn run_node(
     id: u64,
     nodes: u64,
-    bug: Option<quiver_node::engine::InjectedBug>,
+    (bug, moves): (Option<quiver_node::engine::InjectedBug>, bool),
     disks: Disks,
     live: Live,
     bootstrapped: Arc<AtomicBool>,
@@ -195,6 +201,10 @@ async fn run_node(
     let bootstrap = id == 1 && !bootstrapped.swap(true, Ordering::SeqCst);
     let mut config = node_config(id, nodes, bootstrap);
     config.cluster.injected_bug = bug;
+    if moves {
+        // Balance within a twentieth: copies move whenever appends, tierings and deletes shift the loads.
+        config.cluster.rebalance_tolerance_pct = 5;
+    }
     // Every node's cold tier is the one bucket, which outlives the nodes (and their disks); small row groups, so
     // files have several.
     let cold = ColdStore::new(Arc::new(bucket), "sim-bucket", 16);
@@ -636,7 +646,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         world.disks.lock().expect("disks").insert(id, SimHotDisk::new());
         let (disks, live, bootstrapped, failures, bucket) =
             (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone());
-        let (nodes, bug) = (options.nodes, options.bug);
+        let (nodes, bug, moves) = (options.nodes, options.bug, options.moves);
         let node = handle
             .create_node()
             .name(format!("node-{id}"))
@@ -645,7 +655,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                 run_node(
                     id,
                     nodes,
-                    bug,
+                    (bug, moves),
                     disks.clone(),
                     live.clone(),
                     bootstrapped.clone(),
@@ -1002,6 +1012,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }
     }
     // The shard map held its invariants on every replica all along, and holds them in the converged state.
+    let moves;
     {
         let mut checked = shard_map.lock().expect("shard map");
         if let Some(violation) = checked.1.take() {
@@ -1009,7 +1020,8 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }
         shard_map::check_state(&states[0]).map_err(|e| format!("shard map after the faults: {e}"))?;
         world.hosts.note(format!("shard map checked in {} replica states", checked.0.observed));
-        world.hosts.note(format!("{} shard copies seen moving for balance", checked.0.moves.len()));
+        moves = checked.0.moves.len();
+        world.hosts.note(format!("{moves} shard copies seen moving for balance"));
     }
 
     // Every answer during the faults was consistent with the model.
@@ -1136,5 +1148,5 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let mut hasher = DefaultHasher::new();
     world.hosts.trace.hash(&mut hasher);
     final_rows.hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, trace: world.hosts.trace })
+    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, moves, trace: world.hosts.trace })
 }

@@ -229,6 +229,9 @@ pub(crate) async fn explain(
 /// its task) or a shard moved under it: a plan made again from the metadata as it is now may not need that node.
 pub(crate) fn lost_node(e: &DataFusionError) -> bool {
     use crate::error::{Error, lost_worker_message, peer_failed};
+    if crate::error::lost_peer_text(&e.to_string()) {
+        return true;
+    }
     let external = |b: &(dyn std::error::Error + Send + Sync + 'static)| {
         if let Some(status) = b.downcast_ref::<tonic::Status>() {
             return peer_failed(status);
