@@ -292,6 +292,11 @@ impl MetaState {
                     return Ok(MetaOutcome::Unchanged);
                 }
                 shard.reconfigure(replicas, in_sync, primary);
+                // A move whose source the shard now needs (another copy left meanwhile) is over: both copies stay.
+                let want = self.catalog.tables().find(|t| t.id == shard.table_id).map_or(1, |t| t.sharding.replicas);
+                if shard.moving.is_some() && shard.replicas.len() <= want.max(1) as usize {
+                    shard.moving = None;
+                }
                 Ok(MetaOutcome::ShardReplicasSet { shard_id, epoch: shard.epoch })
             }
             MetaCommand::MoveShardCopy { shard_id, from, to, expected_epoch } => {

@@ -21,7 +21,7 @@ use crate::error::ClusterError;
 use crate::error::Rejection;
 use crate::state::balance::{self, BalanceStep};
 use crate::state::repair::{self, RepairReason};
-use crate::state::{NodeState, ShardId};
+use crate::state::{MetaCommand, NodeState, ShardId};
 
 /// When the leader first saw each node down, in its current term.
 #[derive(Debug, Default)]
@@ -70,7 +70,10 @@ impl MetaNode {
         self.ensure_leader()?;
         let gone = self.gone();
         let settings = self.inner.config.balance_settings();
-        let response = self.read_local(|s| {
+        // Planned on a copy: a long plan must not hold up the applying of metadata.
+        let state = self.read_local(|s| s.clone());
+        let response = {
+            let s = &state;
             let copy_move = |shard_id: ShardId, from: u64, to: u64| {
                 let record = s.shard(shard_id);
                 let table = record.and_then(|r| s.catalog().tables().find(|t| t.id == r.table_id));
@@ -94,7 +97,7 @@ impl MetaNode {
                 .collect();
             let loads = balance::loads(s, &gone).into_iter().collect();
             RebalanceResponse { running, planned, loads, automatic: settings.automatic }
-        });
+        };
         if !dry_run {
             let term = self.inner.raft.metrics().borrow().current_term;
             self.inner.rebalance_requested.store(term, Ordering::SeqCst);
@@ -116,26 +119,39 @@ impl MetaNode {
         }
         let mut applied = 0;
         for plan in plans {
-            let (response, _) = self.with_timeout("repair a shard", self.propose_local(plan.command)).await??;
-            match response.outcome {
-                Ok(_) => {
-                    applied += 1;
-                    match plan.reason {
-                        RepairReason::Add { node } => {
-                            tracing::info!(shard = %plan.shard_id, node, "shard replica added; it catches up");
-                        }
-                        RepairReason::Drop { nodes } => {
-                            tracing::info!(shard = %plan.shard_id, ?nodes, "shard replicas on gone or draining nodes dropped");
-                        }
-                    }
+            if !self.propose_planned(plan.command, plan.shard_id, "repair a shard").await? {
+                continue;
+            }
+            applied += 1;
+            match plan.reason {
+                RepairReason::Add { node } => {
+                    tracing::info!(shard = %plan.shard_id, node, "shard replica added; it catches up");
                 }
-                Err(Rejection::ShardEpochConflict { .. }) => {}
-                Err(rejection) => {
-                    tracing::warn!(shard = %plan.shard_id, %rejection, "a planned shard repair was refused");
+                RepairReason::Drop { nodes } => {
+                    tracing::info!(shard = %plan.shard_id, ?nodes, "shard replicas on gone or draining nodes dropped");
                 }
             }
         }
         Ok(applied)
+    }
+
+    /// Proposes a planned change of `shard` through this replica's own log; returns whether it applied (a plan made
+    /// from a state that moved meanwhile changes nothing).
+    async fn propose_planned(
+        &self,
+        command: MetaCommand,
+        shard: ShardId,
+        what: &'static str,
+    ) -> Result<bool, ClusterError> {
+        let (response, _) = self.with_timeout(what, self.propose_local(command)).await??;
+        match response.outcome {
+            Ok(_) => Ok(true),
+            Err(Rejection::ShardEpochConflict { .. }) => Ok(false),
+            Err(rejection) => {
+                tracing::warn!(%shard, %rejection, what, "a planned shard change was refused");
+                Ok(false)
+            }
+        }
     }
 
     /// On the leader, with nothing to repair: finishes the moves whose new copy is in sync and starts the moves that
@@ -153,25 +169,19 @@ impl MetaNode {
         }
         let mut applied = 0;
         for step in steps {
-            let (response, _) = self.with_timeout("move a shard copy", self.propose_local(step.command)).await??;
-            match response.outcome {
-                Ok(_) => {
-                    applied += 1;
-                    match step.step {
-                        BalanceStep::Start { from, to, load } => {
-                            tracing::info!(shard = %step.shard_id, from, to, load, "shard copy moving for balance");
-                        }
-                        BalanceStep::Finish { from, to } => {
-                            tracing::info!(shard = %step.shard_id, from, to, "shard copy moved");
-                        }
-                        BalanceStep::Trim { node } => {
-                            tracing::info!(shard = %step.shard_id, node, "extra shard copy dropped");
-                        }
-                    }
+            if !self.propose_planned(step.command, step.shard_id, "move a shard copy").await? {
+                continue;
+            }
+            applied += 1;
+            match step.step {
+                BalanceStep::Start { from, to, load } => {
+                    tracing::info!(shard = %step.shard_id, from, to, load, "shard copy moving for balance");
                 }
-                Err(Rejection::ShardEpochConflict { .. }) => {}
-                Err(rejection) => {
-                    tracing::warn!(shard = %step.shard_id, %rejection, "a planned shard move was refused");
+                BalanceStep::Finish { from, to } => {
+                    tracing::info!(shard = %step.shard_id, from, to, "shard copy moved");
+                }
+                BalanceStep::Trim { node } => {
+                    tracing::info!(shard = %step.shard_id, node, "extra shard copy dropped");
                 }
             }
         }

@@ -121,7 +121,14 @@ pub(crate) fn plan(state: &MetaState, gone: &BTreeSet<u64>, settings: BalanceSet
             // nodes that stay: the copy on the most loaded node leaves.
             let settled = shard.replicas.iter().all(|n| nodes.contains(n) && shard.in_sync.contains(n));
             if settled && shard.replicas.len() > want(shard) {
-                let Some(node) = shard.replicas.iter().copied().max_by_key(|n| (copies.get(n).copied(), *n)) else {
+                // Never the primary's: deposing it here would fail its writes in flight.
+                let Some(node) = shard
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != shard.primary)
+                    .max_by_key(|n| (copies.get(n).copied(), *n))
+                else {
                     continue;
                 };
                 let in_sync: Vec<u64> = shard.in_sync.iter().copied().filter(|n| *n != node).collect();
@@ -419,6 +426,31 @@ mod tests {
         let trimmed = apply(&mut s, BalanceSettings { automatic: false, ..AUTO });
         assert!(matches!(trimmed[..], [BalanceStep::Trim { .. }]), "{trimmed:?}");
         assert_eq!(s.shard(shard.shard_id).expect("shard").replicas.len(), 2);
+    }
+
+    #[test]
+    fn a_move_whose_source_the_shard_comes_to_need_is_over_and_both_copies_stay() {
+        let mut s = cluster(3);
+        create(&mut s, "t", 1, 2);
+        add_node(&mut s, 4);
+        let shard = s.shards().next().expect("shard").clone();
+        let (from, other) = (shard.replicas[0], shard.replicas[1]);
+        let to = (1..=4).find(|n| !shard.replicas.contains(n)).expect("a free node");
+        let mv = MetaCommand::MoveShardCopy { shard_id: shard.shard_id, from, to, expected_epoch: shard.epoch };
+        s.apply(mv).outcome.expect("moving");
+        // The other copy is lost meanwhile (its node gone) and dropped, with the new one in sync: the source stays.
+        let now = s.shard(shard.shard_id).expect("shard").clone();
+        let primary = if now.primary == other { from } else { now.primary };
+        let drop = MetaCommand::SetShardReplicas {
+            shard_id: shard.shard_id,
+            replicas: vec![from, to],
+            in_sync: vec![from, to],
+            primary,
+            expected_epoch: Some(now.epoch),
+        };
+        s.apply(drop).outcome.expect("dropped");
+        assert_eq!(s.shard(shard.shard_id).expect("shard").moving, None, "the move is over");
+        assert!(plan(&s, &BTreeSet::new(), BalanceSettings { automatic: false, ..AUTO }).is_empty());
     }
 
     #[test]

@@ -175,10 +175,10 @@ pub fn hand_over(state: &MetaState, shard_id: ShardId, node: u64) -> Option<Meta
     }
     let want = state.catalog().tables().find(|t| t.id == shard.table_id).map_or(1, |t| t.sharding.replicas.max(1));
     let in_sync: Vec<u64> = shard.in_sync.iter().copied().filter(|n| *n != node).collect();
-    if in_sync.len() < want as usize {
+    let serving = |n: &u64| state.node(*n).is_some_and(|r| r.state == NodeState::Serving && !r.is_draining());
+    if in_sync.iter().filter(|n| serving(n)).count() < want as usize {
         return None;
     }
-    let serving = |n: &u64| state.node(*n).is_some_and(|r| r.state == NodeState::Serving && !r.is_draining());
     let leads = |n: u64| state.shards().filter(|s| s.primary == n).count();
     let primary = match moved_to.filter(serving) {
         Some(to) => to,

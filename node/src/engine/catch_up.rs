@@ -158,11 +158,17 @@ impl Engine {
         // shard's writes held: no write is in flight at the old configuration, and a primary handing over to the new
         // copy has nothing prepared that the new one lacks. (With too few other copies in sync, it is only admitted;
         // the metadata leader finishes the move once they are.)
-        let want = self.meta.read_local(|s| {
-            s.catalog().tables().find(|t| t.id == table).map_or(1, |t| t.sharding.replicas.max(1) as usize)
+        let (want, staying) = self.meta.read_local(|s| {
+            let want = s.catalog().tables().find(|t| t.id == table).map_or(1, |t| t.sharding.replicas.max(1) as usize);
+            // Copies that count towards it: on nodes serving and not draining (the target is admitted now).
+            let staying = |n: &u64| {
+                *n == target
+                    || s.node(*n).is_some_and(|r| r.state == quiver_meta::NodeState::Serving && !r.is_draining())
+            };
+            (want, in_sync.iter().filter(|n| staying(n)).copied().collect::<Vec<u64>>())
         });
         if let Some(m) = record.moving.filter(|m| m.to == target)
-            && in_sync.iter().filter(|n| **n != m.from).count() >= want
+            && staying.iter().filter(|n| **n != m.from).count() >= want
         {
             replicas.retain(|n| *n != m.from);
             in_sync.retain(|n| *n != m.from);
@@ -198,10 +204,23 @@ impl Engine {
             Err(other) => return Err(Error::Meta(other.into())),
         }
         self.metrics.shard_catch_ups.inc();
-        self.meta.read_state(|_| ()).await?;
+        // The lock is let go only once this node's metadata has the change: a write waiting for it must not pass the
+        // epoch check at the old configuration (with the switch, this node may not even lead the shard any more).
+        self.caught_up_with_metadata().await;
         report.epoch = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch)).unwrap_or(record.epoch + 1);
         tracing::info!(%shard, target, chunks = report.chunks, bytes = report.bytes, epoch = report.epoch, "replica caught up and in sync");
         Ok(report)
+    }
+
+    /// Reads the metadata linearizably until a read succeeds, so that this node's replica has applied every change
+    /// committed before; the caller holds a shard's lock that must not be let go before.
+    pub(super) async fn caught_up_with_metadata(&self) {
+        let mut wait = Duration::from_millis(50);
+        while let Err(e) = self.meta.read_state(|_| ()).await {
+            tracing::warn!(error = %e, "reading the metadata back under a shard's lock failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Settles a compare-and-set proposal whose outcome is unknown (the metadata group took it, or not, without

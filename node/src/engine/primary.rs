@@ -479,7 +479,8 @@ impl Engine {
         });
         for (table, shard) in leaving {
             let Ok(replica) = self.replica_of(table, shard) else { continue };
-            let _serialized = replica.dml_lock.lock().await;
+            // A shard busy with a long write is handed over a later round: this round tends every shard.
+            let Ok(_serialized) = replica.dml_lock.try_lock() else { continue };
             match self.settle(&replica).await {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -496,7 +497,10 @@ impl Engine {
                 Err(_) => self.settle_proposal(command, "a shard's handover").await.outcome,
             };
             match outcome {
-                Ok(_) => tracing::info!(%shard, "shard handed over; this node's copy leaves it"),
+                Ok(_) => {
+                    self.caught_up_with_metadata().await;
+                    tracing::info!(%shard, "shard handed over; this node's copy leaves it");
+                }
                 Err(e) => tracing::debug!(%shard, rejection = %e, "a shard's handover was refused"),
             }
         }
