@@ -358,6 +358,9 @@ pub(crate) fn lost_peer_text(message: &str) -> bool {
         || message.contains("tcp connect error")
         || message.contains("connection reset")
         || message.contains("broken pipe")
+        || message.contains("Connection refused")
+        || message.contains("h2 protocol error")
+        || message.contains("error reading a body from connection")
 }
 
 /// Whether a status from another node's worker says the node or the connection to it failed (not the statement).
