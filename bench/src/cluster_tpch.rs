@@ -83,3 +83,46 @@ pub fn render(results: &[Comparison]) -> String {
     out.push_str(&format!("{:>5} {single:>12.3} {cluster:>12.3} {:>7.2}x\n", "total", cluster / single));
     out
 }
+
+/// The text of EXPLAIN ANALYZE of TPC-H query `q` run through the node at `addr` (the plan column of its rows).
+pub async fn explain_analyze(addr: SocketAddr, q: usize) -> anyhow::Result<String> {
+    use arrow::array::{Array, AsArray};
+    let batches = run_flight_at(addr, &format!("EXPLAIN ANALYZE {}", queries::query(q))).await?;
+    let mut out = String::new();
+    for b in &batches {
+        let plans = b.column(b.num_columns() - 1);
+        let plans = arrow::compute::cast(plans, &arrow::datatypes::DataType::Utf8)?;
+        let plans = plans.as_string::<i32>();
+        for i in 0..plans.len() {
+            out.push_str(plans.value(i));
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until the primaries of the cluster reached through `addr` reported the size of their shards (what the
+/// planner weighs joins by), so that the first queries after the load are planned as the later ones: until every shard
+/// has a report, or none came for `quiet` (the shards left are empty), or `patience` passed. Returns the shards
+/// still without one.
+pub async fn until_sizes_reported(
+    addr: SocketAddr,
+    quiet: std::time::Duration,
+    patience: std::time::Duration,
+) -> anyhow::Result<i64> {
+    use arrow::array::AsArray;
+    let started = Instant::now();
+    let (mut last, mut changed) = (i64::MAX, Instant::now());
+    loop {
+        let sql = "SELECT count(*) FROM system.shards WHERE reported_hot_bytes = 0";
+        let batches = run_flight_at(addr, sql).await?;
+        let unreported = batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+        if unreported != last {
+            (last, changed) = (unreported, Instant::now());
+        }
+        if unreported == 0 || changed.elapsed() >= quiet || started.elapsed() >= patience {
+            return Ok(unreported);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

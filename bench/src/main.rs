@@ -67,6 +67,10 @@ enum Command {
         /// Nodes in the cluster.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Also print each query's EXPLAIN ANALYZE through the cluster: its stages, the tasks on each node, and the
+        /// rows, bytes and time of each operator.
+        #[arg(long)]
+        explain: bool,
     },
 }
 
@@ -177,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
             let results = cluster::run(dir.path(), &table, inserts).await?;
             print!("{}", cluster::render(&results));
         }
-        Command::ClusterTpch { tpch: args, nodes } => {
+        Command::ClusterTpch { tpch: args, nodes, explain } => {
             let (sf, runs, which) = (args.sf, args.runs, args.queries());
             let binary = processes::quiver_binary()?;
             eprintln!("generating TPC-H at SF {sf} …");
@@ -189,8 +193,17 @@ async fn main() -> anyhow::Result<()> {
             tpch::load_over_flight(reference.flight, reference.pg, &tables, false).await?;
             tpch::load_over_flight(cluster.nodes[0].flight, cluster.nodes[0].pg, &tables, true).await?;
             drop(tables);
+            let (quiet, patience) = (std::time::Duration::from_secs(12), std::time::Duration::from_secs(60));
+            let unreported = cluster_tpch::until_sizes_reported(cluster.nodes[0].flight, quiet, patience).await?;
+            eprintln!("shard sizes reported ({unreported} shards without rows or a report)");
             let through: Vec<_> = cluster.nodes.iter().map(|n| n.flight).collect();
             let results = cluster_tpch::compare(reference.flight, &through, &which, runs).await?;
+            if explain {
+                for &q in &which {
+                    println!("-- query {q}, EXPLAIN ANALYZE through cluster node {}", q % through.len() + 1);
+                    println!("{}", cluster_tpch::explain_analyze(through[q % through.len()], q).await?);
+                }
+            }
             print!("{}", cluster_tpch::render(&results));
             anyhow::ensure!(results.iter().all(|c| c.same_answer), "the cluster answered differently");
         }

@@ -21,7 +21,7 @@ mod catch_up;
 mod compact;
 pub mod copy;
 mod gc;
-mod loads;
+pub(crate) mod loads;
 mod moves;
 mod options;
 mod primary;
@@ -30,7 +30,7 @@ mod replication;
 mod retention;
 mod rewrite;
 pub(crate) mod route;
-mod statements;
+pub(crate) mod statements;
 pub mod system;
 mod tier;
 mod transactions;
@@ -1338,20 +1338,32 @@ impl Engine {
                 state.config_mut().set_extension(Arc::new(crate::query::cold::StatementReads(Arc::clone(&reads))));
                 let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let started = df.execute_stream().await;
-                // A multi-stage plan that lost a node before any row came is planned again from the metadata as it
-                // is now (a shard's new primary), once.
+                // The physical plan that runs, kept so that the log can count what its stages shipped.
+                let ran = statements::RanPlan::default();
+                let started = statements::start(df, &ran).await;
+                // A multi-stage plan that lost a node, or had a shard move under it, before any row came is planned
+                // again from the metadata as it is now (a shard's new primary), read linearizably first.
                 #[cfg(not(madsim))]
                 let started = match self.distributed {
                     Some(_) => {
-                        let again = move || datafusion::dataframe::DataFrame::new(state, plan).execute_stream();
+                        let (meta, ran) = (self.meta.clone(), ran.clone());
+                        let again = move || {
+                            let (meta, ran) = (meta.clone(), ran.clone());
+                            let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
+                            async move {
+                                if let Err(e) = meta.read_state(|_| ()).await {
+                                    tracing::debug!(error = %e, "reading the metadata before planning again failed");
+                                }
+                                statements::start(df, &ran).await
+                            }
+                        };
                         crate::query::distributed::run_again_if_a_node_is_lost(started, again).await
                     }
                     None => started,
                 };
                 #[cfg(madsim)]
                 let _ = (state, plan);
-                let stream = self.queries.track(text, reads, started?);
+                let stream = self.queries.track(text, reads, ran, started?);
                 Ok(QueryOutput::Rows { schema, stream })
             }
         }

@@ -164,7 +164,7 @@ pub enum Error {
     /// A shard cannot serve a request now: the request does not match the shard's configuration as this node knows
     /// it (an older or newer epoch, a sender that is not the primary, no replica here), or no replica could be
     /// reached. The sender refreshes its view of the shard and retries.
-    #[error("shard {shard}: {detail}")]
+    #[error("shard {shard} unavailable: {detail}")]
     ShardUnavailable {
         /// The shard.
         shard: u64,
@@ -363,6 +363,34 @@ pub(crate) fn lost_peer_text(message: &str) -> bool {
         || message.contains("error reading a body from connection")
 }
 
+/// The retryable error of ours that a message carries, when one crossed a boundary that kept only its text: a task of
+/// a multi-stage plan failing on another node reaches the planning node as words, not as an [`Error`].
+pub(crate) fn retryable_in_text(message: &str) -> Option<Error> {
+    const SHARD: &str = "shard ";
+    const SHARD_TAIL: &str = " unavailable: ";
+    const NODE: &str = "node unavailable: ";
+    let mut from = 0;
+    while let Some(at) = message[from..].find(SHARD).map(|i| from + i) {
+        let digits = &message[at + SHARD.len()..];
+        let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+        if end > 0
+            && let Some(detail) = digits[end..].strip_prefix(SHARD_TAIL)
+            && let Ok(shard) = digits[..end].parse()
+        {
+            return Some(Error::ShardUnavailable { shard, detail: first_line(detail) });
+        }
+        from = at + SHARD.len();
+    }
+    let at = message.find(NODE)?;
+    Some(Error::NodeUnavailable { detail: first_line(&message[at + NODE.len()..]) })
+}
+
+/// The first line of `text`: what a wrapper appended on lines of its own (DataFusion's plea to report an internal
+/// error as its bug) is not the detail.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
 /// Whether a status from another node's worker says the node or the connection to it failed (not the statement).
 pub(crate) fn peer_failed(status: &tonic::Status) -> bool {
     use tonic::Code;
@@ -380,6 +408,9 @@ impl From<datafusion::error::DataFusionError> for Error {
                 Error::NodeUnavailable { detail }
             }
             Error::Arrow(e) if lost_peer_text(&e.to_string()) => Error::NodeUnavailable { detail: e.to_string() },
+            // A shard that moved, or a node lost, under a task on another node: retryable as it was there.
+            Error::Execution { message } => retryable_in_text(&message).unwrap_or(Error::Execution { message }),
+            Error::Internal(text) => retryable_in_text(&text).unwrap_or(Error::Internal(text)),
             other => other,
         }
     }
@@ -467,6 +498,27 @@ mod tests {
             let ours = Error::from(e);
             assert!(matches!(ours, Error::NodeUnavailable { .. }), "{ours:?}");
             assert_eq!(ours.sqlstate(), "57P03");
+        }
+        // A shard that moved under a task on another node, as the library brings the task's error back: words only.
+        let moved = "External error: shard 8 unavailable: the request is at epoch 2, the shard at epoch 3";
+        for e in [
+            DataFusionError::Execution(moved.to_string()),
+            DataFusionError::Internal(format!("stage 1: {moved}")),
+            DataFusionError::External(moved.into()),
+        ] {
+            let ours = Error::from(e);
+            assert!(
+                matches!(&ours, Error::ShardUnavailable { shard: 8, detail } if detail.starts_with("the request is at epoch 2, the shard at epoch 3")),
+                "{ours:?}"
+            );
+            assert_eq!(ours.kind(), ErrorKind::Unavailable);
+        }
+        let lost = Error::from(DataFusionError::External("task 2: node unavailable: node 3 went away".into()));
+        assert!(matches!(&lost, Error::NodeUnavailable { detail } if detail == "node 3 went away"), "{lost:?}");
+        // Words that only look alike are the statement's own failure.
+        for text in ["shard 8: out of range", "shard x unavailable: no", "the shard unavailable: no"] {
+            let ours = Error::from(DataFusionError::Execution(text.into()));
+            assert!(matches!(ours, Error::Execution { .. }), "{ours:?}");
         }
         let statement = Error::from(DataFusionError::Execution("division by zero".into()));
         assert!(matches!(statement, Error::Execution { .. }), "{statement:?}");

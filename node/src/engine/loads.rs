@@ -23,6 +23,30 @@ pub(crate) fn hot_load(replica: &ShardReplica) -> ShardLoad {
     ShardLoad { hot_rows: hot.clone().map(|c| c.meta.rows).sum(), hot_bytes: hot.map(|c| c.meta.data_bytes).sum() }
 }
 
+#[cfg_attr(madsim, allow(dead_code))]
+/// About how large a shard is, for planning (join order, which side of a join to build or broadcast): rows and bytes
+/// of its hot chunks (as this node's replica holds them when it holds any, else as its primary last reported them) and
+/// of its cold files. `None` when nothing is known (no rows here, none reported, no files): an empty shard looks the
+/// same.
+pub(crate) fn shard_size(replica: &ShardReplica, reported: Option<ShardLoad>) -> Option<ShardSize> {
+    let local = hot_load(replica);
+    let hot = if local.hot_rows > 0 { local } else { reported.unwrap_or_default() };
+    let (cold_rows, cold_bytes) = match replica.cold() {
+        ColdState::Ready(view) => view.files.iter().fold((0, 0), |(r, b), f| (r + f.rows, b + f.bytes)),
+        ColdState::Unavailable(_) => (0, 0),
+    };
+    let size = ShardSize { rows: hot.hot_rows + cold_rows, bytes: hot.hot_bytes + cold_bytes };
+    (size.rows > 0).then_some(size)
+}
+
+#[cfg_attr(madsim, allow(dead_code))]
+/// Rows and bytes of a shard (see [`shard_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ShardSize {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+}
+
 /// Whether `now` differs from `reported` enough to report: by a twentieth of the larger, or from nothing.
 fn moved(reported: ShardLoad, now: ShardLoad) -> bool {
     let far = |a: u64, b: u64| a.abs_diff(b) > a.max(b) / 20;

@@ -23,7 +23,7 @@
 //! - `system.queries`: the last queries on this node (statements that returned rows; up to 1,000) — id, start, duration,
 //!   text, rows returned, and what their scans read from the cold tier: GET requests sent to the bucket and their
 //!   bytes, and the read cache's block hits and misses (a statement writes nothing to the bucket: tiering is not a
-//!   statement).
+//!   statement); and the bytes its stages shipped between nodes (NULL until a multi-stage plan's tasks reported).
 //!
 //! Each scan reads the replica's state at that moment, so the tables are always current and cost nothing when
 //! nobody queries them. Every node answers for itself: run the same query on another node to see its view.
@@ -220,6 +220,7 @@ impl SystemTable {
                 u64_field("bucket_get_bytes", false),
                 u64_field("cache_hits", false),
                 u64_field("cache_misses", false),
+                u64_field("bytes_shipped", true),
             ],
         }))
     }
@@ -244,6 +245,7 @@ impl SystemTable {
                     values(|r| r.bucket_get_bytes),
                     values(|r| r.cache_hits),
                     values(|r| r.cache_misses),
+                    Arc::new(UInt64Array::from_iter(q.iter().map(|r| r.bytes_shipped))),
                 ]
             }
             SystemTable::ShardMoves => {

@@ -150,6 +150,7 @@ pub(crate) fn shards_scan(
             let shard = replica.shard_id();
             // Each part's epoch and primary come from one configuration of the shard: a task reads a replica only
             // when its node led the shard at that epoch.
+            let size = crate::engine::loads::shard_size(replica, s.shard(shard).map(|r| r.load));
             let part = match read {
                 ShardRead::Local => {
                     let record = s.shard(shard).ok_or_else(|| crate::error::Error::ShardUnavailable {
@@ -161,10 +162,11 @@ pub(crate) fn shards_scan(
                         epoch: record.epoch,
                         node: record.primary,
                         addr: addr_of(record.primary),
+                        size,
                     }
                 }
                 ShardRead::Remote { epoch, node, addr } => {
-                    ShardPart { shard: shard.0, epoch: *epoch, node: *node, addr: addr.clone() }
+                    ShardPart { shard: shard.0, epoch: *epoch, node: *node, addr: addr.clone(), size }
                 }
             };
             parts.push(part);
@@ -229,7 +231,9 @@ pub(crate) async fn explain(
 /// its task) or a shard moved under it: a plan made again from the metadata as it is now may not need that node.
 pub(crate) fn lost_node(e: &DataFusionError) -> bool {
     use crate::error::{Error, lost_worker_message, peer_failed};
-    if crate::error::lost_peer_text(&e.to_string()) {
+    let text = e.to_string();
+    // A task on another node fails into words: a lost peer, or our own retryable error, as that node put it.
+    if crate::error::lost_peer_text(&text) || crate::error::retryable_in_text(&text).is_some() {
         return true;
     }
     let external = |b: &(dyn std::error::Error + Send + Sync + 'static)| {
@@ -254,45 +258,65 @@ pub(crate) fn lost_node(e: &DataFusionError) -> bool {
     }
 }
 
-/// The rows of a statement, planned and run once more with `again` when the first run (`first`) fails because a node
-/// went away ([`lost_node`]) before it produced a row: nothing reached the client, so nothing is read twice. A failure
-/// after rows came goes to the client (a retryable error when a node was lost).
+/// How often a statement is planned and run again when a node it needed went away, or a shard moved under it, before
+/// any row came: each time from the metadata as it is then. A moving shard may switch its primary more than once
+/// during a query; a lost node is usually out of the plan the first time.
+pub(crate) const RUNS_AGAIN: usize = 3;
+
+/// The rows of a statement, planned and run again with `again` (at most [`RUNS_AGAIN`] times) when a run (the first is
+/// `first`) fails because a node went away or a shard moved ([`lost_node`]) before it produced a row: nothing reached
+/// the client, so nothing is read twice. A failure after rows came goes to the client (a retryable error when a node
+/// was lost).
 ///
 /// # Errors
 ///
-/// The errors of planning or starting the statement, the second time when it was run again.
+/// The errors of planning or starting the statement, of its last run when it was run again.
 pub(crate) async fn run_again_if_a_node_is_lost<F, Fut>(
     first: DfResult<datafusion::execution::SendableRecordBatchStream>,
     again: F,
 ) -> DfResult<datafusion::execution::SendableRecordBatchStream>
 where
-    F: FnOnce() -> Fut + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = DfResult<datafusion::execution::SendableRecordBatchStream>> + Send + 'static,
 {
     use datafusion::execution::SendableRecordBatchStream;
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
     use futures::{StreamExt, TryStreamExt};
-    let mut first = match first {
-        Err(e) if lost_node(&e) => {
-            tracing::info!(error = %e, "a node the statement needed failed before it started; planning it again");
-            return again().await;
+    let mut left = RUNS_AGAIN;
+    let mut started = first;
+    let first = loop {
+        match started {
+            Err(e) if left > 0 && lost_node(&e) => {
+                tracing::info!(error = %e, "a node or shard the statement needed failed before it started; planning it again");
+                left -= 1;
+                started = again().await;
+            }
+            started => break started?,
         }
-        first => first?,
     };
     let schema = first.schema();
     let rows = futures::stream::once(async move {
-        match first.next().await {
-            Some(Err(e)) if lost_node(&e) => {
-                tracing::info!(error = %e, "a node the statement needed failed before any row came; planning it again");
-                drop(first);
-                again().await
+        let mut current: SendableRecordBatchStream = first;
+        loop {
+            match current.next().await {
+                Some(Err(e)) if left > 0 && lost_node(&e) => {
+                    tracing::info!(error = %e, "a node or shard the statement needed failed before any row came; planning it again");
+                    drop(current);
+                    left -= 1;
+                    current = loop {
+                        match again().await {
+                            Err(e) if left > 0 && lost_node(&e) => left -= 1,
+                            started => break started?,
+                        }
+                    };
+                }
+                Some(head) => {
+                    let schema = current.schema();
+                    let all = futures::stream::iter([head]).chain(current);
+                    return Ok::<_, DataFusionError>(Box::pin(RecordBatchStreamAdapter::new(schema, all)) as SendableRecordBatchStream);
+                }
+                None => return Ok::<_, DataFusionError>(current),
             }
-            Some(head) => {
-                let schema = first.schema();
-                let all = futures::stream::iter([head]).chain(first);
-                Ok(Box::pin(RecordBatchStreamAdapter::new(schema, all)) as SendableRecordBatchStream)
-            }
-            None => Ok(first),
         }
     })
     .try_flatten();
@@ -331,21 +355,20 @@ mod tests {
     async fn run(first: DfResult<SendableRecordBatchStream>) -> (DfResult<Vec<i64>>, usize) {
         let again = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&again);
-        let out = run_again_if_a_node_is_lost(first, move || async move {
+        let out = run_again_if_a_node_is_lost(first, move || {
             counted.fetch_add(1, Ordering::SeqCst);
-            Ok(stream(vec![Ok(batch(vec![7]))]))
+            async { Ok(stream(vec![Ok(batch(vec![7]))])) }
         })
         .await;
-        let rows = match out {
-            Ok(s) => s.try_collect::<Vec<_>>().await.map(|batches| {
-                batches
-                    .iter()
-                    .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().expect("ints").values().to_vec())
-                    .collect()
-            }),
-            Err(e) => Err(e),
-        };
-        (rows, again.load(Ordering::SeqCst))
+        (collect(out).await, again.load(Ordering::SeqCst))
+    }
+
+    async fn collect(out: DfResult<SendableRecordBatchStream>) -> DfResult<Vec<i64>> {
+        let batches: Vec<_> = out?.try_collect().await?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().expect("ints").values().to_vec())
+            .collect())
     }
 
     #[tokio::test]
@@ -365,6 +388,33 @@ mod tests {
         // A failure of the statement itself is not a lost node: it is not run again.
         let (rows, again) = run(Ok(stream(vec![Err(DataFusionError::Execution("Divide by zero".into()))]))).await;
         assert!(rows.is_err() && again == 0);
+        // A shard moving under a task on another node, as the task's error comes back (words only): planned again,
+        // as often as it keeps moving, up to a bound.
+        let moved =
+            || DataFusionError::Execution("External error: shard 3 unavailable: at epoch 4, the shard at 5".into());
+        for failures in [1, RUNS_AGAIN, RUNS_AGAIN + 1] {
+            let runs = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&runs);
+            let out = run_again_if_a_node_is_lost(Ok(stream(vec![Err(moved())])), move || {
+                let run = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    match run < failures {
+                        true => Ok(stream(vec![Err(moved())])),
+                        false => Ok(stream(vec![Ok(batch(vec![7]))])),
+                    }
+                }
+            })
+            .await;
+            let rows = collect(out).await;
+            let again_runs = runs.load(Ordering::SeqCst);
+            match failures <= RUNS_AGAIN {
+                true => assert_eq!((rows.expect("rows"), again_runs), (vec![7], failures)),
+                false => {
+                    let e = crate::error::Error::from(rows.expect_err("moved every time"));
+                    assert_eq!((again_runs, e.kind()), (RUNS_AGAIN, crate::error::ErrorKind::Unavailable));
+                }
+            }
+        }
         // No failure: the rows as they come.
         let (rows, again) = run(Ok(stream(vec![Ok(batch(vec![1])), Ok(batch(vec![2, 3]))]))).await;
         assert_eq!((rows.expect("rows"), again), (vec![1, 2, 3], 0));

@@ -21,6 +21,7 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
@@ -30,6 +31,7 @@ use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::ScanShardRequest;
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
 
+use crate::engine::statements::BYTES_SHIPPED_METRIC;
 use crate::error::Error;
 
 /// Where a shard is read now: its configuration's epoch and its primary's internal address, from metadata at least as
@@ -64,6 +66,10 @@ pub struct RemoteShardScanExec {
     /// The metadata version the reading node scans every shard of the table at (0: the replica's now).
     snapshot: u64,
     properties: Arc<PlanProperties>,
+    /// The bytes of rows received (counted as shipped between nodes).
+    metrics: ExecutionPlanMetricsSet,
+    /// Where the bytes received count instead, when a plan node of its own runs this scan inside.
+    received: Option<Count>,
 }
 
 impl RemoteShardScanExec {
@@ -100,6 +106,8 @@ impl RemoteShardScanExec {
             locator: None,
             snapshot: 0,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+            received: None,
         }
     }
 
@@ -112,6 +120,11 @@ impl RemoteShardScanExec {
     /// Has the scan ask `locator` where the shard is when every replica refused it before sending rows.
     pub fn with_locator(self, locator: Arc<dyn ShardLocator>) -> Self {
         Self { locator: Some(locator), ..self }
+    }
+
+    /// Has the bytes received count into `received` (a metric of the plan node running this scan inside it).
+    pub(crate) fn counting_into(self, received: Count) -> Self {
+        Self { received: Some(received), ..self }
     }
 
     /// Has the replica send only rows `filter` (SQL over the table's columns) may match.
@@ -175,12 +188,20 @@ impl DisplayAs for RemoteShardScanExec {
 impl ExecutionPlan for RemoteShardScanExec {
     leaf_plan_methods!("RemoteShardScanExec");
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
                 "RemoteShardScanExec has one partition, asked for {partition}"
             )));
         }
+        let received = match &self.received {
+            Some(received) => received.clone(),
+            None => MetricBuilder::new(&self.metrics).counter(BYTES_SHIPPED_METRIC, partition),
+        };
         let (mut request, shard, timeout, max) = (self.request(), self.shard, self.timeout, self.max_message_bytes);
         let (table, mut replicas, locator) = (self.table, self.replicas.clone(), self.locator.clone());
         let schema = self.schema();
@@ -190,7 +211,9 @@ impl ExecutionPlan for RemoteShardScanExec {
             for relocation in 0..=RELOCATIONS {
                 for addr in &replicas {
                     match first_reply(addr, &request, timeout, max).await {
-                        Ok((first, replies)) => return rows(first, replies, Arc::clone(&schema), shard, addr),
+                        Ok((first, replies)) => {
+                            return rows(first, replies, Arc::clone(&schema), shard, addr, received);
+                        }
                         Err(why) => failures.push(format!("{addr} at epoch {}: {why}", request.epoch)),
                     }
                 }
@@ -249,9 +272,13 @@ fn rows(
     schema: SchemaRef,
     shard: ShardId,
     addr: &str,
+    received: Count,
 ) -> DfResult<impl futures::Stream<Item = DfResult<RecordBatch>> + use<>> {
     let first = match first {
-        Some(reply) => decode(&reply.arrow_ipc, &schema, shard, addr)?,
+        Some(reply) => {
+            received.add(reply.arrow_ipc.len());
+            decode(&reply.arrow_ipc, &schema, shard, addr)?
+        }
         None => Vec::new(),
     };
     let addr = addr.to_string();
@@ -263,7 +290,10 @@ fn rows(
         }
     })
     .map(move |reply| match reply {
-        Ok(reply) => decode(&reply.arrow_ipc, &schema, shard, &addr),
+        Ok(reply) => {
+            received.add(reply.arrow_ipc.len());
+            decode(&reply.arrow_ipc, &schema, shard, &addr)
+        }
         Err(status) => Err(DataFusionError::External(Box::new(Error::ShardUnavailable {
             shard: shard.0,
             detail: format!(

@@ -956,6 +956,29 @@ async fn a_query_runs_its_shard_scans_on_the_nodes_leading_them_and_answers_as_o
         assert!(explained.contains(&leads), "no scan task on node {}:\n{explained}", node.engine.node_id());
     }
     assert!(explained.contains("filter=") && explained.contains("v > 10"), "{explained}");
+    // EXPLAIN ANALYZE shows the stages run, with rows and the bytes shipped into each network boundary.
+    let analyzed = answer(&two.engine, "EXPLAIN ANALYZE SELECT k, count(*) FROM f GROUP BY k").await.join("\n");
+    assert!(analyzed.contains("Stage 1") && analyzed.contains("bytes_transferred="), "{analyzed}");
+    assert!(analyzed.contains("output_rows="), "{analyzed}");
+    // system.queries gets the bytes a multi-stage query shipped between nodes once its tasks reported them; a query
+    // that ran here alone shipped none.
+    answer(&three.engine, "SELECT k, sum(v) FROM f GROUP BY k").await;
+    answer(&three.engine, "SELECT count(*) FROM information_schema.tables").await;
+    let logged = |query: &str, bytes: &str| {
+        format!("SELECT count(*) FROM system.queries WHERE query = '{query}' AND bytes_shipped {bytes}")
+    };
+    let mut staged = 0;
+    for _ in 0..100 {
+        staged = number(&three, &logged("SELECT k, sum(v) FROM f GROUP BY k", "> 1000")).await;
+        if staged == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = answer(&three.engine, "SELECT query, bytes_shipped FROM system.queries").await;
+    assert_eq!(staged, 1, "{seen:#?}");
+    let alone = logged("SELECT count(*) FROM information_schema.tables", "= 0");
+    assert_eq!(number(&three, &alone).await, 1, "{seen:#?}");
     // EXPLAIN of what does not run as stages is DataFusion's.
     for sql in ["EXPLAIN SELECT count(*) FROM information_schema.tables", "EXPLAIN DELETE FROM f WHERE id = 1"] {
         let plan = answer(&two.engine, sql).await.join("\n");

@@ -12,13 +12,16 @@ use std::sync::{Arc, Weak};
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Schema, SchemaRef};
-use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DataFusionError, Result as DfResult, Statistics};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+    StatisticsArgs,
 };
 use datafusion_distributed::DistributedTaskContext;
 use futures::TryStreamExt;
@@ -26,6 +29,8 @@ use quiver_meta::{ShardId, TableId};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
+use crate::engine::loads::ShardSize;
+use crate::engine::statements::BYTES_SHIPPED_METRIC;
 use crate::error::Error;
 use crate::query::remote::RemoteShardScanExec;
 
@@ -38,6 +43,9 @@ pub(crate) struct ShardPart {
     /// The node leading the shard at that epoch, and its internal address.
     pub(crate) node: u64,
     pub(crate) addr: String,
+    /// About how large the shard is, as the planning node knew (what the plan's statistics say).
+    #[serde(default)]
+    pub(crate) size: Option<ShardSize>,
 }
 
 /// The shards one task reads, and the node it should run on (the one leading most of them).
@@ -73,6 +81,8 @@ pub(crate) struct ShardsScanExec {
     spec: Arc<ScanSpec>,
     engine: Weak<Engine>,
     properties: Arc<PlanProperties>,
+    /// The bytes of rows read from shards on other nodes (shipped between nodes).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShardsScanExec {
@@ -87,7 +97,7 @@ impl ShardsScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { spec: Arc::new(spec), engine, properties }
+        Self { spec: Arc::new(spec), engine, properties, metrics: ExecutionPlanMetricsSet::new() }
     }
 
     pub(crate) fn spec(&self) -> &ScanSpec {
@@ -143,6 +153,31 @@ impl ShardsScanExec {
         Self::new(spec, self.engine.clone())
     }
 
+    /// Rows and bytes of `parts` (inexact: loads reported now and then), as the planner weighs the scan. Shards whose
+    /// size is not known count as the average of the known ones; nothing known is unknown statistics.
+    fn statistics_of(&self, parts: &mut dyn Iterator<Item = &ShardPart>) -> Statistics {
+        let schema = Arc::new(self.spec.schema.clone());
+        let mut stats = Statistics::new_unknown(&schema);
+        let (mut count, mut known, mut rows, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        for part in parts {
+            count += 1;
+            if let Some(size) = part.size {
+                known += 1;
+                rows += size.rows;
+                bytes += size.bytes;
+            }
+        }
+        if known == 0 {
+            return stats;
+        }
+        let scale =
+            |v: u64| usize::try_from(u128::from(v) * u128::from(count) / u128::from(known)).unwrap_or(usize::MAX);
+        let rows = scale(rows);
+        stats.num_rows = Precision::Inexact(self.spec.limit.map_or(rows, |l| rows.min(l)));
+        stats.total_byte_size = Precision::Inexact(scale(bytes));
+        stats
+    }
+
     /// The shard partition `partition` reads in the task running in `context`: none when the shard belongs to
     /// another task.
     fn part_of(&self, partition: usize, context: &Arc<TaskContext>) -> DfResult<Option<ShardPart>> {
@@ -187,6 +222,22 @@ impl DisplayAs for ShardsScanExec {
 impl ExecutionPlan for ShardsScanExec {
     leaf_plan_methods!("ShardsScanExec");
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> DfResult<Arc<Statistics>> {
+        let mut parts = self.spec.tasks.iter().flat_map(|t| &t.parts);
+        Ok(Arc::new(match args.partition() {
+            Some(p) => self.statistics_of(&mut parts.nth(p).into_iter()),
+            None => self.statistics_of(&mut parts),
+        }))
+    }
+
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         let schema: SchemaRef = Arc::new(self.spec.schema.clone());
         let Some(part) = self.part_of(partition, &context)? else {
@@ -200,8 +251,9 @@ impl ExecutionPlan for ShardsScanExec {
         })?;
         let spec = Arc::clone(&self.spec);
         let out = Arc::clone(&schema);
-        let stream =
-            futures::stream::once(async move { read(engine, spec, part, schema, context).await }).try_flatten();
+        let received = MetricBuilder::new(&self.metrics).counter(BYTES_SHIPPED_METRIC, partition);
+        let stream = futures::stream::once(async move { read(engine, spec, part, schema, context, received).await })
+            .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out, stream)))
     }
 }
@@ -213,6 +265,7 @@ async fn read(
     part: ShardPart,
     schema: SchemaRef,
     context: Arc<TaskContext>,
+    received: Count,
 ) -> DfResult<SendableRecordBatchStream> {
     let (table, shard) = (TableId(spec.table), ShardId(part.shard));
     // Read here only a shard this node led at the part's epoch (as this node knows the shard now): a replica here
@@ -262,6 +315,7 @@ async fn read(
     )
     .with_filter(spec.filter.clone())
     .with_snapshot(spec.snapshot)
-    .with_locator(engine.locator());
+    .with_locator(engine.locator())
+    .counting_into(received);
     remote.execute(0, context)
 }
