@@ -203,6 +203,7 @@ pub(crate) fn starts(state: &MetaState, gone: &BTreeSet<u64>, tolerance: f64, co
     let mut loads = loads(state, gone);
     let mean = loads.values().map(|l| *l as f64).sum::<f64>() / loads.len() as f64;
     let (high, low) = (mean * (1.0 + tolerance), mean * (1.0 - tolerance));
+    let closeness = ((mean * tolerance / 4.0) as u64).max(1);
     let mut catching_up: BTreeMap<u64, usize> = BTreeMap::new();
     for s in state.shards() {
         for n in s.replicas.iter().filter(|n| !s.in_sync.contains(n)) {
@@ -249,8 +250,12 @@ pub(crate) fn starts(state: &MetaState, gone: &BTreeSet<u64>, tolerance: f64, co
                 .filter(|s| up(state, gone, s.primary))
                 .filter(|s| weight(s) < gap)
                 .min_by_key(|s| {
+                    // Copies that close the gap about as well (within a quarter of the band) are told apart by
+                    // leadership first: the node leading more than its share gives a shard it leads, and the others
+                    // keep theirs, so that a node that joins comes to lead shards too.
                     let leads_much = primaries.get(&from).is_some_and(|p| *p as f64 > share);
-                    ((gap / 2).abs_diff(weight(s)), (s.primary == from) != leads_much, s.shard_id)
+                    let off = (gap / 2).abs_diff(weight(s));
+                    (off / closeness, (s.primary == from) != leads_much, off, s.shard_id)
                 });
             if let Some(shard) = best {
                 chosen = Some((shard, from, to));

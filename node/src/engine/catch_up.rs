@@ -127,6 +127,15 @@ impl Engine {
         }
         let held = self.status_of(&addr, &record, &replica, target).await?;
         self.send_missing((target, &addr), &record, &replica, &held, &mut report).await?;
+        // The reset brings the replica to this node's commit point: the copies in sync are told it first, so that
+        // none is behind the one admitted (a copy behind another it may come to lead would send it changes again
+        // that it committed already, and it would refuse them).
+        if !self.push_commit_point_now(&replica, &record, table).await {
+            return Err(refuse(
+                "a copy in sync did not take the commit point before the admission; the catch-up resumes next time"
+                    .into(),
+            ));
+        }
         let keep = hot_chunks(&record, &replica)?;
         let reset = ReplicateRequest {
             table_id: table.0,

@@ -489,6 +489,14 @@ impl Engine {
                     continue;
                 }
             }
+            // Every in-sync copy commits what this node committed before another leads: the next primary must
+            // not hold prepared a change a copy it leads has committed (a copy a catch-up reset to this node's commit
+            // point), which it would send again and that copy refuse.
+            let Some(record) = self.meta.read_local(|s| s.shard(shard).cloned()) else { continue };
+            if !self.push_commit_point_now(&replica, &record, table).await {
+                tracing::debug!(%shard, "a backup did not take the commit point before a handover; tried again later");
+                continue;
+            }
             // Read again under the lock: the configuration may have moved meanwhile.
             let Some(command) = self.meta.read_local(|s| quiver_meta::hand_over(s, shard, me)) else { continue };
             let outcome = match self.meta.propose(command.clone()).await {
@@ -790,6 +798,27 @@ impl Engine {
             }
         }
         self.commit_unsent.lock().expect("commit lock poisoned").extend(again);
+    }
+
+    /// Tells every in-sync backup of `record` the commit point of this node's `replica` now, with the shard's writes
+    /// held by the caller, so that no in-sync copy is behind it; returns whether every one took it.
+    pub(super) async fn push_commit_point_now(
+        &self,
+        replica: &ShardReplica,
+        record: &ShardRecord,
+        table: TableId,
+    ) -> bool {
+        let (through, next_seq) = (replica.committed_lsn(), replica.next_seq());
+        let backups = record.in_sync.iter().filter(|n| **n != self.node_id);
+        let sent = futures::future::join_all(
+            backups.map(|backup| self.send_commit_point(*backup, record, table, through, next_seq)),
+        )
+        .await;
+        let all = sent.iter().all(|ok| *ok);
+        if all {
+            replica.set_pushed_commit(through);
+        }
+        all
     }
 
     /// Sends a commit point alone to one backup; returns whether it took it.

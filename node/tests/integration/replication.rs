@@ -1027,12 +1027,32 @@ async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
             if mine != theirs {
                 // Chunk numbers, and those whose contents differ: the bytes themselves say little.
                 let numbers = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().map(|c| c.0).collect::<Vec<_>>();
-                let differ: Vec<u64> =
-                    mine.iter().filter(|c| theirs.iter().any(|t| t.0 == c.0 && t != *c)).map(|c| c.0).collect();
+                let differ = |part: fn(&(u64, Vec<u8>, Vec<u8>)) -> &Vec<u8>| -> Vec<u64> {
+                    mine.iter()
+                        .filter(|c| theirs.iter().any(|t| t.0 == c.0 && part(t) != part(c)))
+                        .map(|c| c.0)
+                        .collect()
+                };
+                // A chunk's index entry starts with two bytes, then rows, data bytes, written at, the statement that
+                // wrote it, the version it became visible at and the statement removing it (little-endian u64s).
+                let header = |c: &(u64, Vec<u8>, Vec<u8>)| -> Vec<u64> {
+                    c.1[2..50].chunks(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+                };
+                let headers: Vec<_> = differ(|c| &c.1)
+                    .into_iter()
+                    .map(|seq| {
+                        let at = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().find(|c| c.0 == seq).map(header);
+                        (seq, at(&mine), at(&theirs))
+                    })
+                    .collect();
                 panic!(
-                    "node {backup}'s copy of {record:?} holds chunks {:?}, its primary {:?}; differing: {differ:?}",
+                    "node {backup}'s copy of {record:?} holds chunks {:?}, its primary {:?}; differing in their \
+                     metadata (backup's and primary's [rows, bytes, written, txn, visible from, removed by]): {:?}, \
+                     in their rows: {:?}",
                     numbers(&mine),
-                    numbers(&theirs)
+                    numbers(&theirs),
+                    headers,
+                    differ(|c| &c.2)
                 );
             }
         }
