@@ -1007,6 +1007,9 @@ async fn until_shards(
     panic!("{what}: never; the shards are {records:#?}");
 }
 
+/// A committed chunk as a copy holds it: its number, index entry and data.
+type Copied = (u64, Vec<u8>, Vec<u8>);
+
 /// Checks that every copy of each shard holds exactly its primary's committed chunks.
 async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
     for record in records {
@@ -1026,8 +1029,8 @@ async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
             }
             if mine != theirs {
                 // Chunk numbers, and those whose contents differ: the bytes themselves say little.
-                let numbers = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().map(|c| c.0).collect::<Vec<_>>();
-                let differ = |part: fn(&(u64, Vec<u8>, Vec<u8>)) -> &Vec<u8>| -> Vec<u64> {
+                let numbers = |c: &[Copied]| c.iter().map(|c| c.0).collect::<Vec<_>>();
+                let differ = |part: fn(&Copied) -> &Vec<u8>| -> Vec<u64> {
                     mine.iter()
                         .filter(|c| theirs.iter().any(|t| t.0 == c.0 && part(t) != part(c)))
                         .map(|c| c.0)
@@ -1035,13 +1038,13 @@ async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
                 };
                 // A chunk's index entry starts with two bytes, then rows, data bytes, written at, the statement that
                 // wrote it, the version it became visible at and the statement removing it (little-endian u64s).
-                let header = |c: &(u64, Vec<u8>, Vec<u8>)| -> Vec<u64> {
+                let header = |c: &Copied| -> Vec<u64> {
                     c.1[2..50].chunks(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
                 };
                 let headers: Vec<_> = differ(|c| &c.1)
                     .into_iter()
                     .map(|seq| {
-                        let at = |c: &[(u64, Vec<u8>, Vec<u8>)]| c.iter().find(|c| c.0 == seq).map(header);
+                        let at = |c: &[Copied]| c.iter().find(|c| c.0 == seq).map(header);
                         (seq, at(&mine), at(&theirs))
                     })
                     .collect();
