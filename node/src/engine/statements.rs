@@ -224,6 +224,8 @@ impl Drop for Tracked {
             bytes_shipped: distributed.is_none().then_some(0),
             cache_misses: self.reads.cache_misses.get(),
         });
+        #[cfg(madsim)]
+        let _ = (id, distributed);
         // The tasks on other nodes send their metrics once they end: gathered off this path, bounded.
         #[cfg(not(madsim))]
         if let Some(plan) = distributed

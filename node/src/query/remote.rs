@@ -122,6 +122,7 @@ impl RemoteShardScanExec {
         Self { locator: Some(locator), ..self }
     }
 
+    #[cfg_attr(madsim, allow(dead_code))]
     /// Has the bytes received count into `received` (a metric of the plan node running this scan inside it).
     pub(crate) fn counting_into(self, received: Count) -> Self {
         Self { received: Some(received), ..self }
