@@ -71,6 +71,9 @@ enum Command {
         /// rows, bytes and time of each operator.
         #[arg(long)]
         explain: bool,
+        /// How the cluster's nodes compress rows shipped between stages (`[cluster] shuffle_compression`).
+        #[arg(long, default_value = "lz4", value_parser = ["lz4", "zstd", "none"])]
+        shuffle_compression: String,
     },
 }
 
@@ -181,13 +184,14 @@ async fn main() -> anyhow::Result<()> {
             let results = cluster::run(dir.path(), &table, inserts).await?;
             print!("{}", cluster::render(&results));
         }
-        Command::ClusterTpch { tpch: args, nodes, explain } => {
+        Command::ClusterTpch { tpch: args, nodes, explain, shuffle_compression } => {
             let (sf, runs, which) = (args.sf, args.runs, args.queries());
             let binary = processes::quiver_binary()?;
             eprintln!("generating TPC-H at SF {sf} …");
             let tables = data::all(sf);
             let single = processes::ProcessCluster::start(&binary, &dir.path().join("single"), 1, &[]).await?;
-            let cluster = processes::ProcessCluster::start(&binary, &dir.path().join("cluster"), nodes, &[]).await?;
+            let env = [("QUIVER_CLUSTER__SHUFFLE_COMPRESSION", shuffle_compression.as_str())];
+            let cluster = processes::ProcessCluster::start(&binary, &dir.path().join("cluster"), nodes, &env).await?;
             eprintln!("loading the single node and the {nodes}-node cluster …");
             let reference = &single.nodes[0];
             tpch::load_over_flight(reference.flight, reference.pg, &tables, false).await?;

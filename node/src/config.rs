@@ -159,6 +159,8 @@ pub struct ClusterConfig {
     /// projections and partial aggregates there); false: every row a statement reads comes to the node it was sent
     /// to. A node with no peers plans the same either way.
     pub distributed_execution: bool,
+    /// How rows shipped between the stages of a multi-stage plan are compressed: `lz4`, `zstd` or `none`.
+    pub shuffle_compression: crate::engine::ShuffleCompression,
     /// Whether the metadata leader moves shard copies on its own so that every node holds about as much hot data
     /// (when a node joins, say); moves under way finish either way, and `quiver admin rebalance` starts moves when
     /// this is off. Read on the metadata leader: set it alike on every node.
@@ -202,6 +204,7 @@ impl Default for ClusterConfig {
             transaction_hold: Millis(crate::engine::ReplicationOptions::default().transaction_hold.as_millis() as u64),
             catch_up_rate: ByteSize(crate::engine::ReplicationOptions::default().catch_up_rate),
             distributed_execution: true,
+            shuffle_compression: crate::engine::ShuffleCompression::default(),
             rebalance: meta.rebalance,
             rebalance_tolerance_pct: meta.rebalance_tolerance_pct,
             rebalance_moves_max: meta.rebalance_moves_max,
@@ -610,6 +613,7 @@ impl Config {
                 injected_bug: self.cluster.injected_bug,
             },
             distributed_execution: self.cluster.distributed_execution,
+            shuffle_compression: self.cluster.shuffle_compression,
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,

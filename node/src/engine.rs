@@ -66,7 +66,7 @@ pub(crate) use options::InjectedBugKind;
 pub use options::{ReplicationOptions, ShardingDefaults};
 pub use primary::COMMIT_PUSH_INTERVAL;
 use registry::TableRegistry;
-pub use replication::{ReplicaState, ReplicaStatus, ReplicatedChange, ReplicatedChunk, ShardScan};
+pub use replication::{ReplicaState, ReplicaStatus, ReplicatedChange, ReplicatedChunk, SCAN_HEAD_BYTES, ShardScan};
 pub use retention::ExpireReport;
 pub use tier::TierReport;
 
@@ -119,6 +119,21 @@ pub struct EngineOptions {
     /// Whether statements in a cluster run as multi-stage plans, the parts reading shards on the nodes leading them
     /// (ignored by the simulation build, which keeps single-stage plans).
     pub distributed_execution: bool,
+    /// How the rows a multi-stage plan ships between its stages are compressed.
+    pub shuffle_compression: ShuffleCompression,
+}
+
+/// How the rows a multi-stage plan ships between nodes are compressed (Arrow IPC buffer compression).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShuffleCompression {
+    /// LZ4 frames: cheap to compress and decompress, about a third of the bytes on typical columns.
+    #[default]
+    Lz4,
+    /// Zstandard: fewer bytes than LZ4 for more CPU, for slow or metered links between nodes.
+    Zstd,
+    /// None: the least CPU, the most bytes, for fast links between nodes.
+    None,
 }
 
 impl Default for EngineOptions {
@@ -135,6 +150,7 @@ impl Default for EngineOptions {
             sharding: ShardingDefaults::default(),
             replication: ReplicationOptions::default(),
             distributed_execution: false,
+            shuffle_compression: ShuffleCompression::default(),
         }
     }
 }
@@ -552,7 +568,7 @@ impl Engine {
         #[cfg(not(madsim))]
         let (state, distributed) = if options.distributed_execution {
             let (state, distributed) =
-                crate::query::distributed::Distributed::install(state, &meta, options.replication.timeout, runtime)?;
+                crate::query::distributed::Distributed::install(state, &meta, &options, runtime)?;
             (state, Some(distributed))
         } else {
             (state, None)

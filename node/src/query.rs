@@ -43,6 +43,7 @@ macro_rules! leaf_plan_methods {
     };
 }
 
+pub(crate) mod bounds;
 pub(crate) mod cold;
 pub(crate) mod concat;
 #[cfg(not(madsim))]

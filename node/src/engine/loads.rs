@@ -10,6 +10,7 @@ use quiver_meta::{MetaCommand, ShardId, ShardLoad};
 
 use super::Engine;
 use crate::cold::ColdState;
+use crate::query::bounds::ColumnBounds;
 use crate::table::ShardReplica;
 
 /// The hot rows and bytes of a replica: its chunks above its cold mark.
@@ -37,6 +38,18 @@ pub(crate) fn shard_size(replica: &ShardReplica, reported: Option<ShardLoad>) ->
     };
     let size = ShardSize { rows: hot.hot_rows + cold_rows, bytes: hot.hot_bytes + cold_bytes };
     (size.rows > 0).then_some(size)
+}
+
+#[cfg_attr(madsim, allow(dead_code))]
+/// The bounds of `columns` in this node's copy of a shard (see [`crate::query::bounds`]): `None` when it holds no hot
+/// chunks of it here, or when part of the shard is in cold files (their bounds are not kept here).
+pub(crate) fn shard_bounds(replica: &ShardReplica, columns: &[usize]) -> Option<ColumnBounds> {
+    let through = match replica.cold() {
+        ColdState::Ready(view) if view.files.is_empty() => view.hot_through,
+        _ => return None,
+    };
+    let chunks = replica.version();
+    ColumnBounds::of_chunks(chunks.iter().filter(|c| c.seq > through).map(|c| &c.meta), columns)
 }
 
 #[cfg_attr(madsim, allow(dead_code))]

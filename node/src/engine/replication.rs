@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use quiver_meta::{ShardId, ShardRecord, TableId};
 
 use super::Engine;
@@ -86,16 +89,60 @@ pub struct ReplicaState {
 }
 
 /// The rows of one shard's replica, read by [`Engine::scan_shard`].
-#[derive(Debug)]
 pub struct ShardScan {
     /// The projected schema.
     pub schema: SchemaRef,
-    /// The rows.
-    pub batches: Vec<RecordBatch>,
+    /// The rows, as the replica's scan produces them. The stream ends with [`Error::ShardUnavailable`] instead of its
+    /// end when the shard moved while it was read: the rows already sent may then miss some of the shard's.
+    pub batches: datafusion::physical_plan::SendableRecordBatchStream,
     /// The manifest version of the replica's cold view: the cold rows read are that version's files.
     pub manifest_version: u64,
     /// The highest chunk number the cold view covers: the hot rows read are above it.
     pub hot_through: u64,
+}
+
+impl std::fmt::Debug for ShardScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardScan")
+            .field("schema", &self.schema)
+            .field("manifest_version", &self.manifest_version)
+            .field("hot_through", &self.hot_through)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many bytes of rows a reader takes from a shard's scan before it starts passing them on ([`ShardScan::head`]).
+pub const SCAN_HEAD_BYTES: usize = 4 << 20;
+
+impl ShardScan {
+    /// Reads the scan's first rows, up to about `bytes` of them; returns them with the rest of the stream, `None` when
+    /// the scan ended within them. A scan that ends within `bytes` (most of a small shard's) succeeds or fails whole,
+    /// before its reader passed on any row: a shard that moved under it is then read again from its new primary
+    /// rather than failing the statement.
+    ///
+    /// # Errors
+    ///
+    /// The scan's error, when it came within the first `bytes` ([`Error::ShardUnavailable`] when the shard moved).
+    pub async fn head(
+        self,
+        bytes: usize,
+    ) -> Result<(Vec<RecordBatch>, Option<datafusion::physical_plan::SendableRecordBatchStream>)> {
+        let mut rows = self.batches;
+        let (mut head, mut size) = (Vec::new(), 0usize);
+        loop {
+            match rows.next().await {
+                None => return Ok((head, None)),
+                Some(Err(e)) => return Err(Error::from(e)),
+                Some(Ok(batch)) => {
+                    size += batch.get_array_memory_size();
+                    head.push(batch);
+                    if size >= bytes {
+                        return Ok((head, Some(rows)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -363,32 +410,37 @@ impl Engine {
         if let Some(limit) = limit {
             frame = frame.limit(0, Some(limit))?;
         }
-        let mut projected: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let mut batches = frame.collect().await?;
-        // The shard may have moved while the scan waited (its manifests, the network): a replica dropped from it
-        // deletes its rows once it applied the move, so rows read after that are not the shard's (node seed 8177 with
-        // `--shards 2`: a scan checked at epoch 7 read the replica after it left at epoch 8). The epoch still current
-        // once the rows are read means none was deleted.
-        let now = self.meta.read_local(|s| s.shard(shard).map(|r| r.epoch));
-        if now != Some(record.epoch) {
-            return Err(Error::ShardUnavailable {
-                shard: shard.0,
-                detail: format!("the shard moved from epoch {} to {now:?} during the scan", record.epoch),
-            });
-        }
-        if counts_only {
-            projected = Arc::new(arrow::datatypes::Schema::empty());
-            batches = batches
-                .into_iter()
-                .map(|b| {
-                    RecordBatch::try_new_with_options(
-                        Arc::clone(&projected),
-                        vec![],
-                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                    )
-                })
-                .collect::<std::result::Result<_, _>>()?;
-        }
+        let projected: SchemaRef = match counts_only {
+            true => Arc::new(arrow::datatypes::Schema::empty()),
+            false => Arc::new(frame.schema().as_arrow().clone()),
+        };
+        let rows = frame.execute_stream().await?;
+        let out = Arc::clone(&projected);
+        let rows = rows.map(move |batch| {
+            let batch = batch?;
+            if !counts_only {
+                return Ok(batch);
+            }
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            Ok(RecordBatch::try_new_with_options(Arc::clone(&out), vec![], &options)?)
+        });
+        // The shard may have moved while the scan ran (its manifests, the network, a slow reader): a replica dropped
+        // from it deletes its rows once it applied the move, so rows read after that are not the shard's (node seed
+        // 8177 with `--shards 2`: a scan checked at epoch 7 read the replica after it left at epoch 8). The epoch
+        // still current once the last row is read means none was deleted; otherwise the stream ends in an error,
+        // never in a quiet end that would miss rows.
+        let (meta, epoch) = (self.meta.clone(), record.epoch);
+        let moved = futures::stream::once(async move {
+            let now = meta.read_local(|s| s.shard(shard).map(|r| r.epoch));
+            (now != Some(epoch)).then(|| {
+                Err(DataFusionError::from(Error::ShardUnavailable {
+                    shard: shard.0,
+                    detail: format!("the shard moved from epoch {epoch} to {now:?} during the scan"),
+                }))
+            })
+        })
+        .filter_map(futures::future::ready);
+        let batches = Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&projected), rows.chain(moved)));
         Ok(ShardScan { schema: projected, batches, manifest_version, hot_through })
     }
 }

@@ -73,7 +73,8 @@ impl std::fmt::Debug for Distributed {
 impl Distributed {
     /// Makes `state` plan statements as multi-stage plans over the serving nodes of `meta`'s cluster; returns it
     /// with this node's worker, whose tasks run on `runtime` (the engine's memory pool and spill space).
-    /// Connections to peers give up after `timeout` without an answer.
+    /// Connections to peers give up after `options.replication.timeout` without an answer; rows shipped between
+    /// stages are compressed as `options.shuffle_compression` says.
     ///
     /// # Errors
     ///
@@ -81,9 +82,16 @@ impl Distributed {
     pub(crate) fn install(
         state: SessionStateBuilder,
         meta: &MetaNode,
-        timeout: Duration,
+        options: &crate::engine::EngineOptions,
         runtime: Arc<RuntimeEnv>,
     ) -> crate::error::Result<(SessionStateBuilder, Self)> {
+        use crate::engine::ShuffleCompression;
+        let timeout: Duration = options.replication.timeout;
+        let compression = match options.shuffle_compression {
+            ShuffleCompression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+            ShuffleCompression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+            ShuffleCompression::None => None,
+        };
         let engine = EngineSlot::default();
         let channels = PeerChannels::new(timeout);
         // A union's inputs stay in the union's tasks: a shard's hot and cold scans under a union are this node's
@@ -91,6 +99,7 @@ impl Distributed {
         let state = state
             .with_distributed_planner()
             .with_distributed_children_isolator_unions(false)?
+            .with_distributed_compression(compression)?
             .with_distributed_worker_resolver(NodeWorkers::new(meta.clone()))
             .with_distributed_channel_resolver(channels.clone())
             .with_distributed_user_codec(codec::LeafCodec::new(engine.clone()))
@@ -178,6 +187,13 @@ pub(crate) fn shards_scan(
         Some(p) => schema.project(p)?,
         None => schema.as_ref().clone(),
     };
+    // Bounds from the copies held here stand for every shard's (rows are spread over shards by a hash of their key).
+    let columns: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+    let bounds =
+        table.shards().iter().filter_map(|r| crate::engine::loads::shard_bounds(r, &columns)).reduce(|mut all, one| {
+            all.merge(&one);
+            all
+        });
     let filter = datafusion::logical_expr::utils::conjunction(filters.iter().cloned())
         .and_then(|e| super::remote::expr_sql(&e).ok());
     let spec = ScanSpec {
@@ -191,6 +207,7 @@ pub(crate) fn shards_scan(
         limit: if filters.is_empty() { limit } else { None },
         snapshot: Some(snapshot),
         timeout_ms: u64::try_from(engine.remote_timeout().as_millis()).unwrap_or(u64::MAX),
+        bounds,
     };
     Ok(Arc::new(ShardsScanExec::new(spec, Arc::downgrade(engine))))
 }

@@ -22,6 +22,7 @@ use datafusion::physical_plan::{
     StatisticsArgs,
 };
 
+use super::bounds::ColumnBounds;
 use crate::table::{Chunk, HotTable};
 
 /// Deals the pieces of a scan (chunks, row groups) into at most `target_partitions` partitions of about equal rows:
@@ -66,6 +67,8 @@ pub(crate) struct ChunkScanExec {
     chunks_total: usize,
     limit: Option<usize>,
     properties: Arc<PlanProperties>,
+    /// The statistics of the whole scan, once asked (the planner asks many times).
+    whole: std::sync::OnceLock<Arc<Statistics>>,
 }
 
 impl ChunkScanExec {
@@ -87,7 +90,8 @@ impl ChunkScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { table, projection, projected_schema, partitions, chunks_total, limit, properties }
+        let whole = std::sync::OnceLock::new();
+        Self { table, projection, projected_schema, partitions, chunks_total, limit, properties, whole }
     }
 
     fn statistics_of(&self, chunks: &mut dyn Iterator<Item = &Arc<Chunk>>) -> Statistics {
@@ -98,7 +102,8 @@ impl ChunkScanExec {
             None => (0..self.table.schema().fields().len()).collect(),
         };
         let mut nulls = vec![0u64; columns.len()];
-        for c in chunks {
+        let counted: Vec<&Arc<Chunk>> = chunks.collect();
+        for c in counted.iter().copied() {
             rows += c.meta.rows;
             bytes += c.meta.data_bytes;
             for (i, col) in columns.iter().enumerate() {
@@ -115,6 +120,9 @@ impl ChunkScanExec {
             .into_iter()
             .map(|n| ColumnStatistics { null_count: Precision::Exact(n as usize), ..ColumnStatistics::new_unknown() })
             .collect();
+        if let Some(bounds) = ColumnBounds::of_chunks(counted.iter().map(|c| &c.meta), &columns) {
+            bounds.apply(&mut stats.column_statistics);
+        }
         stats
     }
 }
@@ -177,10 +185,11 @@ impl ExecutionPlan for ChunkScanExec {
         _input_stats: &[Arc<Statistics>],
         args: &StatisticsArgs,
     ) -> DfResult<Arc<Statistics>> {
-        let stats = match args.partition() {
-            Some(p) => self.statistics_of(&mut self.partitions.get(p).into_iter().flatten()),
-            None => self.statistics_of(&mut self.partitions.iter().flatten()),
-        };
-        Ok(Arc::new(stats))
+        Ok(match args.partition() {
+            Some(p) => Arc::new(self.statistics_of(&mut self.partitions.get(p).into_iter().flatten())),
+            None => Arc::clone(
+                self.whole.get_or_init(|| Arc::new(self.statistics_of(&mut self.partitions.iter().flatten()))),
+            ),
+        })
     }
 }

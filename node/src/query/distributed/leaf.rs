@@ -24,7 +24,7 @@ use datafusion::physical_plan::{
     StatisticsArgs,
 };
 use datafusion_distributed::DistributedTaskContext;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use quiver_meta::{ShardId, TableId};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,7 @@ use crate::engine::Engine;
 use crate::engine::loads::ShardSize;
 use crate::engine::statements::BYTES_SHIPPED_METRIC;
 use crate::error::Error;
+use crate::query::bounds::ColumnBounds;
 use crate::query::remote::RemoteShardScanExec;
 
 /// One shard as the planning node routed it.
@@ -73,6 +74,10 @@ pub(crate) struct ScanSpec {
     pub(crate) snapshot: Option<u64>,
     /// The longest a remote read waits for a replica's first answer, in milliseconds.
     pub(crate) timeout_ms: u64,
+    /// The bounds of the columns read, from the copies of the shards on the planning node: what the plan's statistics
+    /// say (only the planning node plans with them; they do not travel).
+    #[serde(skip)]
+    pub(crate) bounds: Option<ColumnBounds>,
 }
 
 /// The scan of every shard of one table, each on the node that leads it (see the module's documentation).
@@ -175,6 +180,9 @@ impl ShardsScanExec {
         let rows = scale(rows);
         stats.num_rows = Precision::Inexact(self.spec.limit.map_or(rows, |l| rows.min(l)));
         stats.total_byte_size = Precision::Inexact(scale(bytes));
+        if let Some(bounds) = &self.spec.bounds {
+            bounds.apply(&mut stats.column_statistics);
+        }
         stats
     }
 
@@ -284,18 +292,22 @@ async fn read(
                 spec.snapshot,
             )
             .await;
+        // The first rows are read before any is passed on: a shard that moved under a small scan is read from its
+        // new primary below instead of failing the statement.
+        let scan = match scan {
+            Ok(scan) => scan.head(crate::engine::SCAN_HEAD_BYTES).await,
+            Err(e) => Err(e),
+        };
         match scan {
-            Ok(scan) => {
-                let batches = scan
-                    .batches
-                    .into_iter()
-                    .map(|b| {
-                        let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
-                        RecordBatch::try_new_with_options(Arc::clone(&schema), b.columns().to_vec(), &options)
-                            .map_err(DataFusionError::from)
-                    })
-                    .collect::<Vec<_>>();
-                return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches))));
+            Ok((head, rest)) => {
+                let out = Arc::clone(&schema);
+                let rest = rest.map(|r| r.boxed()).unwrap_or_else(|| futures::stream::empty().boxed());
+                let batches = futures::stream::iter(head.into_iter().map(Ok)).chain(rest).map(move |b| {
+                    let b = b?;
+                    let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+                    Ok(RecordBatch::try_new_with_options(Arc::clone(&out), b.columns().to_vec(), &options)?)
+                });
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)));
             }
             // The shard moved since planning: its primary is looked up and read there.
             Err(Error::ShardUnavailable { .. }) => {}

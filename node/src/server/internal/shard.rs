@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::shard_service_server::ShardService;
 use quiver_proto::v1::{
@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::{decode, encode};
 use crate::engine::{Engine, ReplicatedChange};
+use crate::error::Error;
 use crate::server::status::{malformed, status_from};
 
 /// The `ShardService` of one node.
@@ -153,20 +154,42 @@ impl ShardService for ShardGrpcService {
             )
             .await
             .map_err(|e| status_from(&e))?;
-        // Headroom for the message's other fields.
+        // The first rows are read before the answer starts (a small shard's all of them: a failure there, such as
+        // the shard moving under the scan, is this call's status, and the reader looks for the shard elsewhere);
+        // the rest follow as they are read, and a failure among them ends the stream with its error. Each batch is
+        // split to fit a message, with headroom for the message's other fields; the first message says which cold
+        // view was read.
+        let (schema, manifest_version, hot_through) =
+            (Arc::clone(&scan.schema), scan.manifest_version, scan.hot_through);
+        let (head, rest) = scan.head(crate::engine::SCAN_HEAD_BYTES).await.map_err(|e| status_from(&e))?;
         let limit = self.max_message_bytes.saturating_sub(1024).max(1);
         let mut replies = Vec::new();
-        for batch in &scan.batches {
-            for arrow_ipc in encode_within(&scan.schema, batch, limit)? {
+        for batch in &head {
+            for arrow_ipc in encode_within(&schema, batch, limit)? {
                 replies.push(ScanShardReply { arrow_ipc, manifest_version: 0, hot_through: 0 });
             }
         }
         if replies.is_empty() {
-            let arrow_ipc = encode(&scan.schema, &[]).map_err(|e| status_from(&e))?;
+            let arrow_ipc = encode(&schema, &[]).map_err(|e| status_from(&e))?;
             replies.push(ScanShardReply { arrow_ipc, manifest_version: 0, hot_through: 0 });
         }
-        replies[0].manifest_version = scan.manifest_version;
-        replies[0].hot_through = scan.hot_through;
-        Ok(Response::new(Box::pin(futures::stream::iter(replies.into_iter().map(Ok)))))
+        replies[0].manifest_version = manifest_version;
+        replies[0].hot_through = hot_through;
+        let head = futures::stream::iter(replies.into_iter().map(Ok));
+        let Some(rest) = rest else { return Ok(Response::new(Box::pin(head))) };
+        let rest = rest.flat_map(move |batch| {
+            let replies = match batch.map_err(Error::from) {
+                Ok(batch) => match encode_within(&schema, &batch, limit) {
+                    Ok(parts) => parts
+                        .into_iter()
+                        .map(|arrow_ipc| Ok(ScanShardReply { arrow_ipc, manifest_version: 0, hot_through: 0 }))
+                        .collect(),
+                    Err(status) => vec![Err(status)],
+                },
+                Err(e) => vec![Err(status_from(&e))],
+            };
+            futures::stream::iter(replies)
+        });
+        Ok(Response::new(Box::pin(head.chain(rest))))
     }
 }
