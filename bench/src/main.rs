@@ -72,7 +72,7 @@ enum Command {
         #[arg(long)]
         explain: bool,
         /// How the cluster's nodes compress rows shipped between stages (`[cluster] shuffle_compression`).
-        #[arg(long, default_value = "lz4", value_parser = ["lz4", "zstd", "none"])]
+        #[arg(long, default_value = "none", value_parser = ["lz4", "zstd", "none"])]
         shuffle_compression: String,
     },
 }

@@ -159,7 +159,8 @@ pub struct ClusterConfig {
     /// projections and partial aggregates there); false: every row a statement reads comes to the node it was sent
     /// to. A node with no peers plans the same either way.
     pub distributed_execution: bool,
-    /// How rows shipped between the stages of a multi-stage plan are compressed: `lz4`, `zstd` or `none`.
+    /// How rows shipped between the stages of a multi-stage plan are compressed: `none` (the default), `lz4` or
+    /// `zstd`.
     pub shuffle_compression: crate::engine::ShuffleCompression,
     /// Whether the metadata leader moves shard copies on its own so that every node holds about as much hot data
     /// (when a node joins, say); moves under way finish either way, and `quiver admin rebalance` starts moves when

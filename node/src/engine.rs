@@ -126,13 +126,17 @@ pub struct EngineOptions {
 /// How the rows a multi-stage plan ships between nodes are compressed (Arrow IPC buffer compression).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+///
+/// None by default: a cluster's nodes usually share a fast network, where compressing costs more CPU than the bytes it
+/// saves take to send (TPC-H SF 1 through three nodes on one machine: 1.48x a single node's time with LZ4, 1.25x
+/// without).
 pub enum ShuffleCompression {
     /// LZ4 frames: cheap to compress and decompress, about a third of the bytes on typical columns.
-    #[default]
     Lz4,
     /// Zstandard: fewer bytes than LZ4 for more CPU, for slow or metered links between nodes.
     Zstd,
     /// None: the least CPU, the most bytes, for fast links between nodes.
+    #[default]
     None,
 }
 
