@@ -11,8 +11,11 @@
 //! - `cluster`: bulk ingest and single-row INSERT p50/p99 through one node of a loopback cluster of three servers
 //!   keeping two copies of every shard, against a single server;
 //! - `cluster-tpch`: the 22 TPC-H queries through a cluster of three `quiver server` processes, tables sharded over
-//!   every node, against one server process, every answer compared.
+//!   every node, against one server process, every answer compared;
+//! - `quiver-chaos` (its own program, [`chaos`]): a cluster on test hosts (network namespaces) under kill -9,
+//!   freeze, partition, one-way cut, disk-full and restart faults, with a checker of what the clients saw.
 
+pub mod chaos;
 pub mod cluster;
 pub mod cluster_tpch;
 pub mod data;

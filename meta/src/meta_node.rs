@@ -17,15 +17,16 @@
 //! index at that moment; the reading replica waits until it has applied that index, then reads its own state. A
 //! follower asks the leader for the index over the `ReadIndex` call.
 //!
-//! Time is tokio's (the simulator's under madsim); nothing here reads the wall clock.
+//! Time is tokio's (the simulator's under madsim); the wall clock is read only to compare it with the leader's
+//! (`liveness`), through `SystemTime`, which the simulator also drives.
 
-mod liveness;
+pub(crate) mod liveness;
 mod membership;
 mod repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use openraft::error::{
@@ -70,6 +71,9 @@ struct Inner {
     rebalance_requested: AtomicU64,
     /// Set while this replica must not vote: it started with an empty store and has not rejoined yet.
     votes_held: Arc<std::sync::atomic::AtomicBool>,
+    /// How far the metadata leader's wall clock was ahead of this node's at the last heartbeat, in milliseconds
+    /// (`liveness`); [`liveness::SKEW_UNKNOWN`] before one was answered.
+    clock_skew_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -137,6 +141,7 @@ impl MetaNode {
             down_since: repair::DownSince::default(),
             rebalance_requested: AtomicU64::new(0),
             votes_held: Arc::default(),
+            clock_skew_ms: std::sync::atomic::AtomicI64::new(liveness::SKEW_UNKNOWN),
         });
         tokio::spawn(break_split_votes(Arc::downgrade(&inner)));
         tokio::spawn(liveness::send_heartbeats(Arc::downgrade(&inner)));
@@ -163,7 +168,7 @@ impl MetaNode {
     /// (its disk was lost) holds them until the cluster has added it anew: the votes it cast before are gone with
     /// its disk, so answering a candidate of a term it already voted in could elect two leaders in that term.
     pub fn hold_votes(&self, hold: bool) {
-        self.inner.votes_held.store(hold, std::sync::atomic::Ordering::SeqCst);
+        self.inner.votes_held.store(hold, Ordering::SeqCst);
     }
 
     /// The flag [`MetaNode::hold_votes`] sets, for the Raft service.
@@ -179,6 +184,28 @@ impl MetaNode {
     /// Returns a receiver of Raft's metrics of this replica.
     pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
         self.inner.raft.metrics()
+    }
+
+    /// Completes when this replica's Raft has stopped on its own (a fatal error: its log or state could not be
+    /// written, say on a full disk), with why. A replica in that state answers nothing until its process starts
+    /// again on its durable state, so a server stops when this completes.
+    pub async fn stopped_by_fault(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "its Raft task ended".to_string();
+            }
+        }
+    }
+
+    /// How far the metadata leader's wall clock is ahead of this node's (negative: behind), as the last answered
+    /// heartbeat measured it (to within half its round trip); zero on the leader; `None` before any was answered.
+    pub fn clock_skew(&self) -> Option<i64> {
+        let ms = self.inner.clock_skew_ms.load(Ordering::Relaxed);
+        (ms != liveness::SKEW_UNKNOWN).then_some(ms)
     }
 
     /// Returns the leader this replica currently knows, with its address.

@@ -5,7 +5,7 @@
 //!
 //! - **embedded** ([`start_local`]): a single voter in-process whose Raft messages never leave the process (there is
 //!   no peer to send them to); the same state machine applies every catalog change;
-//! - **server** ([`start_replica`] then [`bootstrap_or_join`]): a voter reachable over gRPC at the node's internal
+//! - **server** ([`start_replica`], [`read_start`], then [`bootstrap_or_join`]): a voter reachable over gRPC at the node's internal
 //!   address. Without `--join` a fresh node bootstraps a cluster of one; with `--join ADDR` it asks that node's
 //!   cluster to admit it (as a learner, promoted to voter while the cluster has fewer voters than configured).
 //!
@@ -123,8 +123,8 @@ async fn register(node: &MetaNode, node_id: u64, grpc: &str, flight: &str, pg: &
     Ok(())
 }
 
-/// Starts a server's metadata replica with the gRPC transport. It neither bootstraps nor joins: serve its gRPC
-/// services first, then call [`bootstrap_or_join`].
+/// Starts a server's metadata replica with the gRPC transport. It neither bootstraps nor joins: read what its store
+/// held ([`read_start`]), serve its gRPC services, then call [`bootstrap_or_join`].
 ///
 /// # Errors
 ///
@@ -150,7 +150,63 @@ pub async fn start_replica(store: Arc<dyn HotStore>, options: &ClusterOptions) -
 /// in-sync set), a restart joins as empty again.
 const REJOIN_KEY: &[u8] = b"\x00rejoin_pending";
 
-/// Makes a started replica part of a cluster:
+/// What a node's store held when it started, read before its internal endpoint serves ([`read_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartState {
+    /// The metadata replica held a log or a snapshot (and no join with an empty store was left unfinished): the
+    /// node was a member and resumes.
+    initialized: bool,
+}
+
+/// Reads whether a started replica's store held anything, before its internal endpoint serves.
+///
+/// It must come first: the metadata leader replicates to a member the moment it answers, so a member back with an
+/// empty disk (a lost disk, a replaced host) would look initialized moments later, resume as the member it was, and
+/// lead shards it holds nothing of (chaos seed 203: a replaced node's empty copies were taken for the shards' data).
+/// A node that is to join with an empty store also stops voting here, and marks its store so that a restart before
+/// the cluster admitted it joins as empty again.
+///
+/// # Errors
+///
+/// Fails when the store cannot be read or written.
+pub async fn read_start(node: &MetaNode, options: &ClusterOptions, store: &Arc<dyn HotStore>) -> Result<StartState> {
+    let initialized =
+        node.raft().is_initialized().await.map_err(|e| Error::Internal(format!("metadata replica: {e}")))?;
+    // A node that began joining with an empty store and stopped before the cluster admitted it anew still holds no
+    // shard data, even if its metadata replica received the log meanwhile (the leader kept replicating to the
+    // member it was): it joins anew, as empty, until a join completes.
+    let rejoining = store.get(REJOIN_KEY)?.is_some() && !options.join.is_empty();
+    if rejoining {
+        tracing::info!(node_id = options.node_id, "an earlier join with an empty store did not finish; joining anew");
+    }
+    let start = StartState { initialized: initialized && !rejoining };
+    if !start.initialized && !options.join.is_empty() {
+        // Until the cluster has added this node anew, it must not vote: if it is a member that lost its disk, the
+        // votes it cast before are gone with it.
+        node.hold_votes(true);
+        if !rejoining {
+            mark_rejoin(store, true).await?;
+        }
+    }
+    Ok(start)
+}
+
+/// Sets or clears the mark of a join with an empty store that has not finished, durably (off the async workers).
+async fn mark_rejoin(store: &Arc<dyn HotStore>, pending: bool) -> Result<()> {
+    let store = Arc::clone(store);
+    crate::blocking::run("mark a join with an empty store", move || {
+        let mut batch = WriteBatch::new();
+        if pending {
+            batch.put(REJOIN_KEY.to_vec(), Vec::new());
+        } else {
+            batch.delete(REJOIN_KEY.to_vec());
+        }
+        store.write(batch, Durability::Sync)
+    })
+    .await?
+}
+
+/// Makes a started replica part of a cluster, as its store was when it started (`start`, from [`read_start`]):
 ///
 /// - a fresh node without `join` bootstraps a new cluster and registers itself;
 /// - a fresh node with `join` asks the cluster to admit it, retrying until `join_timeout` (the seed may still be
@@ -161,17 +217,13 @@ const REJOIN_KEY: &[u8] = b"\x00rejoin_pending";
 /// # Errors
 ///
 /// A refusal by the cluster (another cluster id, a duplicate node id), or no answer within the join timeout.
-pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions, store: &dyn HotStore) -> Result<()> {
-    let mut initialized =
-        node.raft().is_initialized().await.map_err(|e| Error::Internal(format!("metadata replica: {e}")))?;
-    // A node that began joining with an empty store and stopped before the cluster admitted it anew still holds no
-    // shard data, even if its metadata replica received the log meanwhile (the leader kept replicating to the
-    // member it was): it joins anew, as empty, until a join completes.
-    let rejoining = store.get(REJOIN_KEY)?.is_some() && !options.join.is_empty();
-    if rejoining {
-        tracing::info!(node_id = options.node_id, "an earlier join with an empty store did not finish; joining anew");
-        initialized = false;
-    }
+pub async fn bootstrap_or_join(
+    node: &MetaNode,
+    options: &ClusterOptions,
+    store: &Arc<dyn HotStore>,
+    start: StartState,
+) -> Result<()> {
+    let StartState { initialized } = start;
     let mine = node.read_local(|s| s.cluster_id().map(str::to_string));
     let request = JoinRequest {
         node_id: options.node_id,
@@ -204,14 +256,8 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions, store:
             tracing::info!(node_id = options.node_id, cluster_id = ?mine, "resumed as a member of the cluster");
         }
         (false, false) => {
-            // Until the cluster has added this node anew, it must not vote: if it is a member that lost its disk,
-            // the votes it cast before are gone with it.
+            // Held since `read_start`; marked there too.
             node.hold_votes(true);
-            if !rejoining {
-                let mut batch = WriteBatch::new();
-                batch.put(REJOIN_KEY.to_vec(), Vec::new());
-                store.write(batch, Durability::Sync)?;
-            }
             let deadline = tokio::time::Instant::now() + options.join_timeout;
             loop {
                 let mut last = None;
@@ -220,9 +266,7 @@ pub async fn bootstrap_or_join(node: &MetaNode, options: &ClusterOptions, store:
                         Ok((cluster_id, role)) => {
                             tracing::info!(node_id = options.node_id, cluster_id, role, via = %seed, "joined the cluster");
                             node.hold_votes(false);
-                            let mut batch = WriteBatch::new();
-                            batch.delete(REJOIN_KEY.to_vec());
-                            store.write(batch, Durability::Sync)?;
+                            mark_rejoin(store, false).await?;
                             return Ok(());
                         }
                         Err(e @ (ClusterError::JoinRefused { .. } | ClusterError::InvalidMembershipChange { .. })) => {

@@ -137,6 +137,9 @@ pub struct ClusterConfig {
     /// How long a node may stay silent before the metadata leader marks it down (at least three heartbeat
     /// intervals).
     pub node_down_after: Millis,
+    /// The most this node's wall clock may differ from the metadata leader's (measured by heartbeats): a node
+    /// beyond it refuses to start, and logs an error while it runs beyond it (0: not checked).
+    pub max_clock_skew: Millis,
     /// How long a node may stay down before each of its replicas is made again on another node (0: at once).
     pub replica_down_timeout: Millis,
     /// Shards of a new table whose CREATE TABLE does not say (`WITH (shards = N)`); 0: two per serving node at
@@ -197,6 +200,7 @@ impl Default for ClusterConfig {
             snapshot_every: meta.snapshot_logs_since_last,
             node_heartbeat_interval: Millis(meta.node_heartbeat_interval_ms),
             node_down_after: Millis(meta.node_down_after_ms),
+            max_clock_skew: Millis(500),
             replica_down_timeout: Millis(meta.replica_down_timeout_ms),
             shards_per_table: 0,
             replication_factor: 0,
@@ -537,8 +541,36 @@ impl Config {
         ] {
             resolve_addr(addr).map_err(|why| Error::Config { detail: format!("{key}: {why}") })?;
         }
+        let mut joins = Vec::with_capacity(self.cluster.join.len());
         for (i, addr) in self.cluster.join.iter().enumerate() {
-            resolve_addr(addr).map_err(|why| Error::Config { detail: format!("cluster.join[{i}]: {why}") })?;
+            joins
+                .push(resolve_addr(addr).map_err(|why| Error::Config { detail: format!("cluster.join[{i}]: {why}") })?);
+        }
+        // The address the other nodes are told to reach this one at must be one they can reach.
+        let (key, advertised) = match &self.cluster.advertise_addr {
+            Some(a) => ("cluster.advertise_addr", a),
+            None => ("cluster.grpc_addr", &self.cluster.grpc_addr),
+        };
+        let reached_at = resolve_addr(advertised).map_err(|why| Error::Config { detail: format!("{key}: {why}") })?;
+        if reached_at.ip().is_unspecified() {
+            return bad(
+                key,
+                format!(
+                    "{advertised} binds every interface, and other nodes cannot reach a node at it: set \
+                     cluster.advertise_addr to the address they reach this one at"
+                ),
+            );
+        }
+        if reached_at.ip().is_loopback()
+            && let Some(peer) = joins.iter().find(|j| !j.ip().is_loopback())
+        {
+            return bad(
+                key,
+                format!(
+                    "{advertised} is a loopback address, which the node joined through ({peer}) cannot reach: bind \
+                     (or advertise, cluster.advertise_addr) an address on the network the nodes share"
+                ),
+            );
         }
         if !self.cluster.join.is_empty()
             && let Some(what) = self.cold.node_local()
@@ -684,6 +716,22 @@ mod tests {
     }
 
     #[test]
+    fn a_node_says_where_other_nodes_reach_it_or_refuses_to_start() {
+        let shared = Overrides { cold_store: Some("s3://bucket/quiver".into()), ..Overrides::default() };
+        let wildcard = Overrides { grpc_addr: Some("0.0.0.0:50052".into()), ..shared.clone() };
+        let err = Config::load(None, env(&[]), &wildcard).expect_err("a wildcard bind, not advertised");
+        assert!(err.to_string().contains("advertise_addr") && err.to_string().contains("0.0.0.0"), "{err}");
+        let advertised = env(&[("QUIVER_CLUSTER__ADVERTISE_ADDR", "10.0.0.7:50052")]);
+        assert!(Config::load(None, advertised, &wildcard).is_ok(), "a wildcard bind with an advertised address");
+
+        let loopback_joining_a_network = Overrides { join: vec!["10.0.0.1:50052".into()], ..shared.clone() };
+        let err = Config::load(None, env(&[]), &loopback_joining_a_network).expect_err("peers cannot reach 127.0.0.1");
+        assert!(err.to_string().contains("loopback") && err.to_string().contains("10.0.0.1:50052"), "{err}");
+        let on_loopback = Overrides { join: vec!["127.0.0.1:50062".into()], ..shared };
+        assert!(Config::load(None, env(&[]), &on_loopback).is_ok(), "a cluster on one machine's loopback");
+    }
+
+    #[test]
     fn a_node_joining_a_cluster_needs_a_cold_store_every_node_reads() {
         let joining = Overrides { join: vec!["127.0.0.1:50052".into()], ..Overrides::default() };
         let err = Config::load(None, env(&[]), &joining).expect_err("the default, in the data directory");
@@ -774,6 +822,22 @@ mod tests {
         assert_eq!(c.cluster.voters, 3);
         assert_eq!(c.cluster.join_timeout, Millis(60_000));
         assert_eq!(c.cluster.election_timeout_min, Millis(1_000));
+    }
+
+    #[test]
+    fn the_role_examples_load_as_their_roles() {
+        let load = |name: &str, text: &str| {
+            Config::load(Some((name, text)), env(&[]), &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let single = load("single-node.toml", include_str!("../../deploy/roles/single-node.toml"));
+        assert!(single.cluster.join.is_empty());
+        let first = load("first-node.toml", include_str!("../../deploy/roles/first-node.toml"));
+        assert!(first.cluster.join.is_empty() && first.cluster.node_id == 1);
+        let joining = load("joining-node.toml", include_str!("../../deploy/roles/joining-node.toml"));
+        assert_eq!(joining.cluster.join.len(), 2);
+        assert_eq!(joining.cluster.advertise_addr.as_deref(), Some("10.0.0.2:50052"));
+        assert_eq!(first.cluster.cluster_id, joining.cluster.cluster_id);
+        assert_eq!(first.cold.store, joining.cold.store, "one bucket for the cluster");
     }
 
     #[test]

@@ -84,6 +84,14 @@ pub const CATALOG_NAME: &str = "quiver";
 /// The schema name every table lives in.
 pub const SCHEMA_NAME: &str = "public";
 
+/// The largest hash join build side, in estimated bytes in memory (or rows, where bytes are not estimated), that a
+/// query over several nodes broadcasts to every task of its probe side (one node: DataFusion's own thresholds, 1 MiB
+/// and 128K rows).
+#[cfg(not(madsim))]
+const CLUSTER_BROADCAST_BYTES: usize = 8 << 20;
+#[cfg(not(madsim))]
+const CLUSTER_BROADCAST_ROWS: usize = 1 << 20;
+
 /// Where an engine keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageLocation {
@@ -739,6 +747,7 @@ impl Engine {
             metadata_version: self.meta.read_local(|s| s.version()),
             snapshot: self.meta.snapshot_stats(),
             shard_failovers: self.meta.read_local(|s| s.failovers()),
+            clock_skew_ms: self.meta.clock_skew(),
         }
     }
 
@@ -1182,7 +1191,7 @@ impl Engine {
             && !explain.verbose
             && matches!(explain.explain_format, datafusion::common::format::ExplainFormat::Indent)
             && self.distributed.is_some()
-            && let Some((schema, stream)) = crate::query::distributed::explain(&self.ctx.state(), explain).await
+            && let Some((schema, stream)) = crate::query::distributed::explain(&self.query_state(), explain).await
         {
             return Ok(QueryOutput::Rows { schema, stream });
         }
@@ -1354,7 +1363,7 @@ impl Engine {
             plan => {
                 // A state of its own, so that the query's scans of cold files count into its entry in the log.
                 let reads = Arc::new(crate::cold::cache::ReadTally::default());
-                let mut state = self.ctx.state();
+                let mut state = self.query_state();
                 state.config_mut().set_extension(Arc::new(crate::query::cold::StatementReads(Arc::clone(&reads))));
                 let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -1387,6 +1396,25 @@ impl Engine {
                 Ok(QueryOutput::Rows { schema, stream })
             }
         }
+    }
+
+    /// The planner state a query runs with. Over a cluster of several serving nodes, a hash join broadcasts a build
+    /// side estimated up to [`CLUSTER_BROADCAST_BYTES`] rather than shuffling both sides by key: shuffling the probe
+    /// side (often the largest table) costs far more between nodes than on one.
+    fn query_state(&self) -> datafusion::execution::SessionState {
+        #[cfg(not(madsim))]
+        if self.distributed.is_some()
+            && self
+                .meta
+                .read_local(|s| s.nodes().filter(|n| n.state == quiver_meta::NodeState::Serving).nth(1).is_some())
+        {
+            let mut state = self.ctx.state();
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.hash_join_single_partition_threshold = CLUSTER_BROADCAST_BYTES;
+            optimizer.hash_join_single_partition_threshold_rows = CLUSTER_BROADCAST_ROWS;
+            return state;
+        }
+        self.ctx.state()
     }
 
     fn native_table(&self, name: &str) -> Result<Arc<HotTable>> {

@@ -13,6 +13,7 @@
 //! - [`server`]: Arrow Flight SQL, the PostgreSQL wire gateway and HTTP (health, metrics), started by [`server::Server`].
 //! - [`cluster`]: the node's replica of the metadata Raft group (the catalog's home), bootstrap and join.
 //! - [`config`]: the server's layered configuration.
+//! - [`fixture`]: what the upgrade fixture holds (a data directory a release leaves for the next to open).
 //!
 //! tokio and tonic are used through madsim's facades: in an ordinary build they are tokio and tonic themselves; a
 //! build with `--cfg madsim` (the simulation, see docs/simulation.md) gets madsim's simulated time, tasks and network,
@@ -32,6 +33,7 @@ pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod fixture;
 pub mod metrics;
 mod query;
 mod random;

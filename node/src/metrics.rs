@@ -219,6 +219,8 @@ pub struct RaftGauges {
     pub snapshot: quiver_meta::raft::SnapshotStats,
     /// Shards whose primary the metadata group replaced because its node went down or was lost, cluster-wide.
     pub shard_failovers: u64,
+    /// How far the metadata leader's wall clock is ahead of this node's, in milliseconds (`None`: not measured yet).
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl Metrics {
@@ -477,6 +479,15 @@ impl Metrics {
         gauge(&mut out, "quiver_raft_voters", "Voters of the metadata group.", raft.voters);
         gauge(&mut out, "quiver_raft_learners", "Learners of the metadata group.", raft.learners);
         gauge(&mut out, "quiver_meta_version", "Applied metadata version.", raft.metadata_version);
+        if let Some(ms) = raft.clock_skew_ms {
+            let _ = writeln!(
+                out,
+                "# HELP quiver_clock_skew_seconds How far the metadata leader's wall clock is ahead of this node's \
+                 (negative: behind), from the last heartbeat.\n# TYPE quiver_clock_skew_seconds gauge\n\
+                 quiver_clock_skew_seconds {}",
+                ms as f64 / 1000.0
+            );
+        }
         counter(&mut out, "quiver_raft_snapshots_built_total", "Metadata snapshots built.", raft.snapshot.built);
         counter(
             &mut out,

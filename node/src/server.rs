@@ -154,6 +154,14 @@ impl Server {
         let mut engine_options = config.engine_options();
         engine_options.cold_store = cold;
         let engine = Engine::open_with_meta(location, Arc::clone(&store), engine_options, meta.clone()).await?;
+        // Before the internal endpoint answers the metadata leader, which would fill an empty replica at once.
+        let start = match cluster::read_start(&meta, &options, &store).await {
+            Ok(start) => start,
+            Err(e) => {
+                let _ = engine.shutdown().await;
+                return Err(e);
+            }
+        };
         #[cfg(not(madsim))]
         if let Err(e) = engine.run_local_tasks_at(&options.grpc_addr) {
             tracing::warn!(error = %e.report(), "tasks routed to this node go through its internal endpoint");
@@ -168,7 +176,10 @@ impl Server {
         #[cfg(madsim)]
         let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc_addr, stopped));
         let internal = Internal { addr: grpc_addr, stop, task };
-        if let Err(e) = cluster::bootstrap_or_join(&meta, &options, &*store).await {
+        // A slow start: the endpoint answers the metadata leader, which replicates to a member at once, a while
+        // before the node joins or resumes (on real hosts, tens of milliseconds; chaos seed 203).
+        quiver_meta::buggify_delay!(0.5, 500);
+        if let Err(e) = cluster::bootstrap_or_join(&meta, &options, &store, start).await {
             let _ = internal.stop.send(true);
             let _ = engine.shutdown().await;
             return Err(e);
@@ -340,6 +351,46 @@ async fn signal(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Compares this node's wall clock with the metadata leader's, as heartbeats measure it: completes with an error if the
+/// first measurement is beyond `[cluster] max_clock_skew`; afterwards only logs an error each time the skew goes
+/// beyond it (`quiver_clock_skew_seconds` shows it). Never completes when the check is off.
+#[cfg(not(madsim))]
+async fn clock_check(engine: &Arc<Engine>, config: &Config) -> Error {
+    let bound = config.cluster.max_clock_skew.0;
+    let interval = config.cluster.node_heartbeat_interval.duration();
+    if bound == 0 {
+        return std::future::pending().await;
+    }
+    let beyond = |skew: i64| skew.unsigned_abs() > bound;
+    let first = loop {
+        tokio::time::sleep(interval).await;
+        if let Some(skew) = engine.meta().clock_skew() {
+            break skew;
+        }
+    };
+    if beyond(first) {
+        return Error::Config {
+            detail: format!(
+                "this node's clock is {first} ms behind the metadata leader's (negative: ahead), more than \
+                 cluster.max_clock_skew ({bound} ms): synchronize the clocks (NTP, chrony) and start again"
+            ),
+        };
+    }
+    let mut was_beyond = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(skew) = engine.meta().clock_skew() else { continue };
+        if beyond(skew) && !was_beyond {
+            tracing::error!(
+                skew_ms = skew,
+                bound_ms = bound,
+                "this node's clock is too far from the metadata leader's"
+            );
+        }
+        was_beyond = beyond(skew);
+    }
+}
+
 /// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
 #[cfg(not(madsim))]
 async fn run_frontends(
@@ -378,6 +429,18 @@ async fn run_frontends(
         r = &mut http => Some(joined("HTTP")(r.map(as_string))),
         r = &mut pg => Some(joined("PostgreSQL")(r.map(as_string))),
         r = &mut flight => Some(joined("Flight SQL")(r.map(|r| r.map_err(|e| e.to_string())))),
+        // A clock too far from the metadata leader's: refused at start (time-based retention and the ages of data
+        // would disagree between nodes).
+        e = clock_check(engine, config) => Some(Err(e)),
+        // A metadata replica whose Raft stopped (its log could not be written: a full or failing disk) answers
+        // nothing again in this process; the node stops, to be started again (systemd: Restart=on-failure) on its
+        // durable state once the disk is fixed, rather than serving errors for good.
+        why = engine.meta().stopped_by_fault() => {
+            tracing::error!(why = %why, "the metadata replica stopped; the node stops");
+            Some(Err(Error::Internal(format!(
+                "the metadata replica stopped ({why}); the node stops so that it can start again on its durable state"
+            ))))
+        }
     };
     let _ = stop.send(true);
     let stopped = async {

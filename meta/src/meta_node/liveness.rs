@@ -14,7 +14,8 @@
 //! registry keeps following the membership.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::time::Instant;
 
@@ -127,6 +128,14 @@ impl MetaNode {
     }
 }
 
+/// [`MetaNode::clock_skew`] before a heartbeat was answered.
+pub(super) const SKEW_UNKNOWN: i64 = i64::MIN;
+
+/// This machine's wall clock, in milliseconds since the Unix epoch: only to compare with the leader's.
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The replica, while it runs: `None` once its handles are all dropped or Raft has stopped, which ends the task.
 fn running(replica: &Weak<Inner>) -> Option<MetaNode> {
     let inner = replica.upgrade()?;
@@ -149,14 +158,25 @@ pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
         let node_id = node.inner.node_id;
         match node.leader() {
             Some((leader, _)) if leader == node_id => {
+                node.inner.clock_skew_ms.store(0, Ordering::Relaxed);
                 if let Err(e) = node.record_heartbeat(node_id).await {
                     tracing::debug!(node_id, error = %e, "recording this leader's own heartbeat failed");
                 }
             }
             Some((_, addr)) => {
+                let skew = Arc::downgrade(&node.inner);
                 drop(node);
-                if let Err(e) = client.heartbeat(&addr.grpc_addr, node_id).await {
-                    tracing::debug!(node_id, error = %e, "heartbeat to the metadata leader failed");
+                let sent = wall_ms();
+                match client.heartbeat(&addr.grpc_addr, node_id).await {
+                    Ok(leader_time_ms) if leader_time_ms > 0 => {
+                        // The leader read its clock about halfway through the round trip.
+                        let midway = sent + (wall_ms() - sent) / 2;
+                        if let Some(inner) = skew.upgrade() {
+                            inner.clock_skew_ms.store(leader_time_ms as i64 - midway as i64, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(node_id, error = %e, "heartbeat to the metadata leader failed"),
                 }
             }
             None => {}

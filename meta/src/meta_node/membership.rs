@@ -259,6 +259,9 @@ impl MetaNode {
         }
         let (voters, nodes) = self.members();
         let member = nodes.iter().find(|(id, _)| *id == node_id).map(|(_, addr)| addr.grpc_addr.clone());
+        // A registered node that is no member joins after its removal: a new node under the id, which takes copies
+        // again (the drain that preceded the removal is over).
+        let drained = member.is_none() && record.as_ref().is_some_and(|r| r.draining);
         let known_addr = member.clone().or_else(|| record.as_ref().map(|r| r.grpc_addr.clone()));
         if let Some(addr) = known_addr
             && addr != request.grpc_addr
@@ -296,6 +299,13 @@ impl MetaNode {
             role,
         };
         self.propose(register).await?.into_result().map_err(|e| ClusterError::JoinRefused { detail: e.to_string() })?;
+        if drained {
+            tracing::info!(node_id, "a node removed after a drain joins again; it takes shard copies again");
+            self.propose(MetaCommand::SetDraining { node_id, draining: false })
+                .await?
+                .into_result()
+                .map_err(|e| ClusterError::JoinRefused { detail: e.to_string() })?;
+        }
         if member.is_none() {
             tracing::info!(node_id, addr = %request.grpc_addr, "adding a node as learner");
             self.add_learner(node_id, NodeAddr::new(request.grpc_addr.clone())).await?;

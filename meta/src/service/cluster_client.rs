@@ -230,17 +230,18 @@ impl ClusterClient {
         Ok(())
     }
 
-    /// Tells the node at `addr`, the leader as far as the caller knows, that member `node_id` is alive. One attempt:
-    /// heartbeats repeat anyway, so a lost one is not resent.
+    /// Tells the node at `addr`, the leader as far as the caller knows, that member `node_id` is alive; returns the
+    /// leader's wall clock when it answered (milliseconds since the Unix epoch; 0 from a node that does not say). One
+    /// attempt: heartbeats repeat anyway, so a lost one is not resent.
     ///
     /// # Errors
     ///
     /// [`ClusterError::NotLeader`] when the called node does not lead; transport errors.
-    pub async fn heartbeat(&self, addr: &str, node_id: u64) -> Result<(), ClusterError> {
+    pub async fn heartbeat(&self, addr: &str, node_id: u64) -> Result<u64, ClusterError> {
         let mut client = self.connect(addr).await?;
         let call = client.heartbeat(NodeHeartbeatRequest { node_id });
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(reply) => reply.map(|_| ()).map_err(|s| error_from_status(addr, &s)),
+            Ok(reply) => reply.map(|r| r.into_inner().leader_time_ms).map_err(|s| error_from_status(addr, &s)),
             Err(_) => Err(ClusterError::Timeout { operation: "heartbeat", node_id, timeout_ms: 0 }),
         }
     }

@@ -156,6 +156,6 @@ impl ClusterService for ClusterGrpcService {
     ) -> Result<Response<NodeHeartbeatResponse>, Status> {
         let node_id = request.into_inner().node_id;
         self.node.record_heartbeat(node_id).await.map_err(|e| status_from_error(&e))?;
-        Ok(Response::new(NodeHeartbeatResponse {}))
+        Ok(Response::new(NodeHeartbeatResponse { leader_time_ms: crate::meta_node::liveness::wall_ms() }))
     }
 }

@@ -4,6 +4,7 @@
 //! One test binary, so the crate links once. Shared helpers are in `cluster`.
 
 mod cluster;
+mod disk_failure;
 mod grpc;
 mod liveness;
 mod membership;

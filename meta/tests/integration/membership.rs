@@ -26,6 +26,22 @@ fn join_request(replica: &GrpcReplica, cluster_id: Option<&str>) -> JoinRequest 
     }
 }
 
+/// Three replicas of cluster "c1": node 1 bootstrapped it, nodes 2 and 3 joined through it; returns them and node
+/// 1's address.
+async fn three_joined(config: &quiver_meta::MetaConfig) -> Result<(Vec<GrpcReplica>, String)> {
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(GrpcReplica::start_fresh(id, config.clone()).await?);
+    }
+    let seed = replicas[0].addr.to_string();
+    replicas[0].node.bootstrap("c1").await?;
+    replicas[0].node.propose(register(1, &seed)).await?.into_result()?;
+    for replica in &replicas[1..] {
+        client().join(&seed, &join_request(replica, None)).await?;
+    }
+    Ok((replicas, seed))
+}
+
 fn voters(replica: &GrpcReplica) -> BTreeSet<u64> {
     replica.node.metrics().borrow().membership_config.membership().voter_ids().collect()
 }
@@ -114,16 +130,7 @@ async fn nodes_join_as_voters_up_to_the_target_and_bad_changes_are_refused() -> 
 async fn a_voter_back_with_an_empty_disk_is_added_anew_and_catches_up() -> Result<()> {
     init_tracing();
     let config = test_config();
-    let mut replicas = Vec::new();
-    for id in 1..=3 {
-        replicas.push(GrpcReplica::start_fresh(id, config.clone()).await?);
-    }
-    let seed = replicas[0].addr.to_string();
-    replicas[0].node.bootstrap("c1").await?;
-    replicas[0].node.propose(register(1, &seed)).await?.into_result()?;
-    for replica in &replicas[1..] {
-        client().join(&seed, &join_request(replica, None)).await?;
-    }
+    let (mut replicas, seed) = three_joined(&config).await?;
     assert_eq!(voters(&replicas[0]), BTreeSet::from([1, 2, 3]));
     for i in 0..20 {
         replicas[0].node.propose(create_table(&format!("before{i}"))).await?.into_result()?;
@@ -155,6 +162,40 @@ async fn a_voter_back_with_an_empty_disk_is_added_anew_and_catches_up() -> Resul
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(voters(&replicas[0]), BTreeSet::from([1, 2, 3]));
+    for replica in replicas {
+        replica.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_drained_and_removed_joins_again_as_a_node_that_takes_copies() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let (mut replicas, seed) = three_joined(&config).await?;
+
+    // The operator drains node 3 (it holds no shard copy here, so the drain is done at once) and removes it.
+    client().drain_node(&seed, 3, false).await?;
+    let draining = |r: &GrpcReplica| r.node.read_local(|s| s.node(3).map(|n| n.draining));
+    assert_eq!(draining(&replicas[0]), Some(true));
+    client().remove_node(&seed, 3).await?;
+    let (_, addr) = replicas.remove(2).stop().await?;
+
+    // A new node on the host, with an empty disk, joins under the same id: it takes copies again.
+    let back = GrpcReplica::restart(3, quiver_meta::MemMetaStore::new(), addr, config.clone()).await?;
+    let mut request = join_request(&back, None);
+    request.empty_store = true;
+    client().join(&seed, &request).await?;
+    let record = replicas[0].node.read_state(|s| s.node(3).cloned()).await?.expect("registered");
+    assert!(!record.draining, "still draining after it joined again: {record:?}");
+    assert_eq!(record.state, NodeState::Serving);
+
+    // A node drained but not removed that only restarts stays drained.
+    client().drain_node(&seed, 2, false).await?;
+    client().join(&seed, &join_request(&replicas[1], None)).await?;
+    let drained = replicas[0].node.read_state(|s| s.node(2).map(|n| n.draining)).await?;
+    assert_eq!(drained, Some(true), "a member's drain is the operator's to cancel");
+    replicas.push(back);
     for replica in replicas {
         replica.stop().await?;
     }

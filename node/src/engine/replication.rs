@@ -162,11 +162,8 @@ impl Engine {
                 detail: "this node is still joining its cluster".into(),
             });
         }
-        if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire)
-            && !self.injected(super::InjectedBugKind::DeposedPrimaryAccepts)
-        {
-            self.catch_up().await?;
-            self.meta_confirmed.store(true, std::sync::atomic::Ordering::Release);
+        if !self.injected(super::InjectedBugKind::DeposedPrimaryAccepts) {
+            self.confirm_meta().await?;
         }
         let read = || self.meta.read_local(|s| s.shard(shard).cloned());
         let mut record = read();
@@ -184,6 +181,21 @@ impl Engine {
             return Err(refuse(format!("the request is at epoch {epoch}, the shard at epoch {}", record.epoch)));
         }
         Ok(record)
+    }
+
+    /// Catches this node's metadata replica up with the metadata group once after the engine opened: until then it
+    /// may replay configurations in which this node led shards it leads no more (all of them, after a lost disk), and
+    /// its replicas of those would answer for them.
+    ///
+    /// # Errors
+    ///
+    /// The metadata group's errors, when no leader confirmed a read in time.
+    pub(crate) async fn confirm_meta(&self) -> Result<()> {
+        if !self.meta_confirmed.load(std::sync::atomic::Ordering::Acquire) {
+            self.catch_up().await?;
+            self.meta_confirmed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
     }
 
     /// This node's replica of a shard.
@@ -283,6 +295,16 @@ impl Engine {
             Some(_) => self.meta.read_state(|s| s.version()).await?,
             None => 0,
         };
+        // A replica's commit point never passes its primary's, which settles what it prepared before a catch-up: a
+        // sender behind it lost what this replica committed (a node back with an empty disk that took itself for the
+        // primary), and its reset would drop acknowledged rows here too.
+        let held = replica.committed_lsn();
+        if reset.is_some() && commit_through < held {
+            return Err(refuse(format!(
+                "a catch-up to commit point {commit_through} is refused: this replica committed through {held}, so \
+                 the sender's log is behind"
+            )));
+        }
         let r = Arc::clone(&replica);
         crate::blocking::run("apply a replicated change", move || -> Result<()> {
             if let Some(keep) = reset {

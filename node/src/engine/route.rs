@@ -101,7 +101,7 @@ impl Engine {
     {
         let clustered = self.is_clustered();
         if clustered {
-            self.check_serving(table)?;
+            self.check_serving(table).await?;
         }
         self.raise_floors(table);
         // In a cluster, a statement that may span shards is one transaction: its parts go through the shards'
@@ -547,7 +547,7 @@ impl Engine {
         if !self.is_clustered() {
             return Ok(vec![ShardRead::Local; table.shards().len()]);
         }
-        self.check_serving(table)?;
+        self.check_serving(table).await?;
         let mut reads = Vec::with_capacity(table.shards().len());
         for replica in table.shards() {
             let record = self.shard_record_of(table.def().id, replica.shard_id())?;
@@ -574,18 +574,19 @@ impl Engine {
         Ok(reads)
     }
 
-    /// Refuses a statement on a node of a cluster that has not joined it yet: its metadata replica may still replay
+    /// Refuses a statement on a node of a cluster that has not joined it yet, and holds the first statements after a
+    /// start until its metadata replica has caught up with the group ([`Engine::confirm_meta`]): it may still replay
     /// configurations in which it led shards (a node back with an empty disk, before the cluster took it out of the
-    /// in-sync sets), and its replicas would answer for them (node seed 8041 with `--shards 2`: an empty node read its
-    /// empty replica of a shard it had led).
-    fn check_serving(&self, table: &HotTable) -> Result<()> {
-        if self.shards_served.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(());
+    /// in-sync sets; a node restarted after its shards failed over), and its replicas would answer for them (node
+    /// seed 8041 with `--shards 2`: an empty node read its empty replica of a shard it had led).
+    async fn check_serving(&self, table: &HotTable) -> Result<()> {
+        if !self.shards_served.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::ShardUnavailable {
+                shard: table.shards().first().map_or(0, |r| r.shard_id().0),
+                detail: "this node is still joining its cluster".into(),
+            });
         }
-        Err(Error::ShardUnavailable {
-            shard: table.shards().first().map_or(0, |r| r.shard_id().0),
-            detail: "this node is still joining its cluster".into(),
-        })
+        self.confirm_meta().await
     }
 
     /// Numbers the next chunks of every shard of `table` above what the shard's cold tier covers

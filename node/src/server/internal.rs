@@ -157,7 +157,11 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
     let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
+    // Peers cancel calls that time out (openraft's leadership checks by the dozen while a node is away); past h2's
+    // default of 20 such resets waiting for accept, the server would close the connection with GOAWAY
+    // ("too_many_resets") and fail every call on it. Peers are other nodes of the cluster, not the internet.
     let router = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(INTERNAL_MAX_PENDING_RESETS))
         .add_service(quiver_meta::service::raft_server(meta))
         .add_service(quiver_meta::service::meta_server(meta))
         .add_service(quiver_meta::service::cluster_server(meta))
@@ -167,6 +171,9 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
     let router = router.add_optional_service(worker);
     router
 }
+
+/// Streams a peer may reset before the internal endpoint accepted them, per connection, before it is closed.
+const INTERNAL_MAX_PENDING_RESETS: usize = 1024;
 
 /// Serves the internal endpoint on `listener` until `shutdown` completes.
 ///

@@ -10,3 +10,4 @@ mod pg;
 mod replication;
 mod server;
 mod sql;
+mod upgrade;

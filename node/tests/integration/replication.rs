@@ -231,6 +231,13 @@ async fn a_primary_replicates_its_chunks_to_a_backup_and_a_deposed_one_is_refuse
     let mut client = backup.client().await;
     let again = client.replicate(request(&shard, shard.epoch, shard.primary, &chunks, next_seq)).await.expect("again");
     assert_eq!((again.get_ref().chunks, again.get_ref().rows), (chunks.len() as u64, 501), "applied once");
+    // A catch-up that would bring the backup back to an empty log (a primary that lost its disk and took itself for
+    // the shard's primary) is refused, and the backup keeps every row.
+    let mut wipe = request(&shard, shard.epoch, shard.primary, &[], next_seq);
+    wipe.reset = true;
+    let refused = client.replicate(wipe).await.expect_err("a reset below the backup's commit point");
+    assert!(refused.message().contains("the sender's log is behind"), "{}", refused.message());
+    assert_eq!(backup.engine.committed_chunks(table, shard.shard_id).await.expect("backup chunks").0, chunks);
 
     // The DataFusion leaf of a remote shard scan: an unreachable replica is skipped, the next one answers.
     let remote = |replicas: Vec<String>, projection: Option<Vec<usize>>| {
@@ -1020,12 +1027,15 @@ async fn copies_equal(nodes: &[&Node], records: &[ShardRecord]) {
     for record in records {
         let holder = |id: u64| nodes.iter().find(|n| n.engine.node_id() == id).expect("a running holder");
         let table = record.table_id;
-        let (theirs, _) =
-            holder(record.primary).engine.committed_chunks(table, record.shard_id).await.expect("primary chunks");
+        let primary_chunks = || async {
+            holder(record.primary).engine.committed_chunks(table, record.shard_id).await.expect("primary chunks").0
+        };
         for backup in record.replicas.iter().filter(|n| **n != record.primary) {
-            let mut mine = Vec::new();
-            // A backup commits a change once the primary's commit point reaches it.
+            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+            // A backup commits a change once the primary's commit point reaches it, and a part of a statement
+            // spanning shards is settled on each copy in turn: both are read again until they agree.
             for _ in 0..100 {
+                theirs = primary_chunks().await;
                 mine = holder(*backup).engine.committed_chunks(table, record.shard_id).await.expect("chunks").0;
                 if mine == theirs {
                     break;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::stats::Precision;
 use datafusion::common::{DataFusionError, Result as DfResult, Statistics};
 use datafusion::execution::TaskContext;
@@ -158,18 +158,18 @@ impl ShardsScanExec {
         Self::new(spec, self.engine.clone())
     }
 
-    /// Rows and bytes of `parts` (inexact: loads reported now and then), as the planner weighs the scan. Shards whose
-    /// size is not known count as the average of the known ones; nothing known is unknown statistics.
+    /// Rows and bytes of `parts` (inexact: loads reported now and then), as the planner weighs the scan: bytes as
+    /// the columns read take in memory ([`row_width`]). Shards whose size is not known count as the average of the
+    /// known ones; nothing known is unknown statistics.
     fn statistics_of(&self, parts: &mut dyn Iterator<Item = &ShardPart>) -> Statistics {
         let schema = Arc::new(self.spec.schema.clone());
         let mut stats = Statistics::new_unknown(&schema);
-        let (mut count, mut known, mut rows, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        let (mut count, mut known, mut rows) = (0u64, 0u64, 0u64);
         for part in parts {
             count += 1;
             if let Some(size) = part.size {
                 known += 1;
                 rows += size.rows;
-                bytes += size.bytes;
             }
         }
         if known == 0 {
@@ -177,9 +177,11 @@ impl ShardsScanExec {
         }
         let scale =
             |v: u64| usize::try_from(u128::from(v) * u128::from(count) / u128::from(known)).unwrap_or(usize::MAX);
-        let rows = scale(rows);
-        stats.num_rows = Precision::Inexact(self.spec.limit.map_or(rows, |l| rows.min(l)));
-        stats.total_byte_size = Precision::Inexact(scale(bytes));
+        let rows = self.spec.limit.map_or(scale(rows), |l| scale(rows).min(l));
+        stats.num_rows = Precision::Inexact(rows);
+        // Bytes as the rows take in memory once read, for the columns read: what a join would build or a stage
+        // ship. The bytes stored (compressed, every column) say little of that.
+        stats.total_byte_size = Precision::Inexact(rows.saturating_mul(row_width(&self.spec.schema)));
         if let Some(bounds) = &self.spec.bounds {
             bounds.apply(&mut stats.column_statistics);
         }
@@ -330,4 +332,21 @@ async fn read(
     .with_locator(engine.locator())
     .counting_into(received);
     remote.execute(0, context)
+}
+
+/// The bytes a value of a variable-width column (text, binary) is taken to need in memory: its offset and about 20
+/// bytes of data.
+const VARIABLE_WIDTH_BYTES: usize = 24;
+
+/// An estimate of a row of `schema` in memory: fixed-width columns their width (a boolean a byte), variable-width
+/// ones [`VARIABLE_WIDTH_BYTES`].
+fn row_width(schema: &Schema) -> usize {
+    schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Boolean => 1,
+            t => t.primitive_width().unwrap_or(VARIABLE_WIDTH_BYTES),
+        })
+        .sum()
 }
