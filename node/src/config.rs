@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub pg_addr: String,
     /// HTTP: `/health`, `/ready`, `/metrics`.
     pub http_addr: String,
+    /// How long a clean stop (SIGTERM) waits for statements and peers' streams in flight to finish before it closes
+    /// what is left (everything acknowledged is durable already); keep it below the supervisor's stop timeout.
+    pub shutdown_timeout: Millis,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             flight_addr: "127.0.0.1:50051".into(),
             pg_addr: "127.0.0.1:5433".into(),
             http_addr: "127.0.0.1:9464".into(),
+            shutdown_timeout: Millis(20_000),
         }
     }
 }

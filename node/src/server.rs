@@ -291,25 +291,51 @@ impl Server {
         };
         tracing::info!("shutting down");
         let _ = tx.send(true);
-        if let Some(keeper) = keeper {
-            let _ = keeper.await;
-        }
-        for task in [tierer, collector, committer, reporter].into_iter().flatten() {
-            let _ = task.await;
+        // Past the deadline, what has not stopped is closed: everything acknowledged is durable already, and a peer's
+        // stream that never ends (or a round stuck on a frozen peer) must not keep the node from stopping.
+        let deadline = tokio::time::Instant::now() + config.server.shutdown_timeout.duration();
+        for (what, task) in [
+            ("the voter keeper", keeper),
+            ("the tierer", tierer),
+            ("the cold garbage collector", collector),
+            ("the commit pusher", committer),
+            ("the load reporter", reporter),
+        ] {
+            if let Some(task) = task {
+                let _ = stop_by(deadline, what, task).await;
+            }
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.
         if let Some(internal) = internal {
-            if let Err(e) = engine.shutdown().await {
-                tracing::warn!(error = %e.report(), "metadata replica shutdown");
+            match tokio::time::timeout_at(deadline, engine.shutdown()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e.report(), "metadata replica shutdown"),
+                Err(_) => tracing::warn!("the metadata replica did not stop by the shutdown deadline; stopping anyway"),
+                Ok(Ok(())) => {}
             }
             let _ = internal.stop.send(true);
-            match internal.task.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC endpoint stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "internal gRPC task"),
-                Ok(Ok(())) => {}
+            match stop_by(deadline, "the internal gRPC endpoint", internal.task).await {
+                Some(Ok(Err(e))) => tracing::warn!(error = %e, "internal gRPC endpoint stopped with an error"),
+                Some(Err(e)) => tracing::warn!(error = %e, "internal gRPC task"),
+                Some(Ok(Ok(()))) | None => {}
             }
         }
         result
+    }
+}
+
+/// Waits for `task` until `deadline`; past it, aborts the task, says so, and returns `None`.
+async fn stop_by<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    mut task: tokio::task::JoinHandle<T>,
+) -> Option<std::result::Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => Some(joined),
+        Err(_) => {
+            tracing::warn!(what, "did not stop by the shutdown deadline (server.shutdown_timeout); closed");
+            task.abort();
+            None
+        }
     }
 }
 
@@ -369,12 +395,7 @@ async fn clock_check(engine: &Arc<Engine>, config: &Config) -> Error {
         }
     };
     if beyond(first) {
-        return Error::Config {
-            detail: format!(
-                "this node's clock is {first} ms behind the metadata leader's (negative: ahead), more than \
-                 cluster.max_clock_skew ({bound} ms): synchronize the clocks (NTP, chrony) and start again"
-            ),
-        };
+        return Error::Config { detail: skew_refusal(first, bound) };
     }
     let mut was_beyond = false;
     loop {
@@ -389,6 +410,17 @@ async fn clock_check(engine: &Arc<Engine>, config: &Config) -> Error {
         }
         was_beyond = beyond(skew);
     }
+}
+
+/// Why a node whose clock is `skew_ms` behind the metadata leader's (negative: ahead) does not start.
+#[cfg(not(madsim))]
+fn skew_refusal(skew_ms: i64, bound_ms: u64) -> String {
+    let side = if skew_ms < 0 { "ahead of" } else { "behind" };
+    format!(
+        "this node's clock is {} ms {side} the metadata leader's, more than cluster.max_clock_skew ({bound_ms} ms): \
+         synchronize the clocks (NTP, chrony) and start again",
+        skew_ms.unsigned_abs()
+    )
 }
 
 /// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
@@ -443,15 +475,18 @@ async fn run_frontends(
         }
     };
     let _ = stop.send(true);
-    let stopped = async {
-        joined("HTTP")(http.await.map(as_string))?;
-        joined("PostgreSQL")(pg.await.map(as_string))?;
-        joined("Flight SQL")(flight.await.map(|r| r.map_err(|e| e.to_string())))
-    };
-    match early {
-        Some(result) => result.and(Err(Error::Internal("a server stopped on its own".into()))),
-        None => stopped.await,
+    if let Some(result) = early {
+        // The servers that did not fail stop on the signal; a finished one's handle must not be awaited again.
+        return result.and(Err(Error::Internal("a server stopped on its own".into())));
     }
+    // Statements in flight get until the deadline to finish (Flight SQL's graceful stop waits for its streams).
+    let deadline = tokio::time::Instant::now() + config.server.shutdown_timeout.duration();
+    let http = stop_by(deadline, "the HTTP server", http).await;
+    let pg = stop_by(deadline, "the PostgreSQL gateway", pg).await;
+    let flight = stop_by(deadline, "the Flight SQL server", flight).await;
+    http.map_or(Ok(()), |r| joined("HTTP")(r.map(as_string)))?;
+    pg.map_or(Ok(()), |r| joined("PostgreSQL")(r.map(as_string)))?;
+    flight.map_or(Ok(()), |r| joined("Flight SQL")(r.map(|r| r.map_err(|e| e.to_string()))))
 }
 
 #[cfg(not(madsim))]

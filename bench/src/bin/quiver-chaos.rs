@@ -18,7 +18,7 @@ enum Profile {
 #[command(
     name = "quiver-chaos",
     about = "Runs a Quiver cluster on test hosts (network namespaces) under kill -9, freeze, partition, one-way cut, \
-             disk-full, restart, replaced-disk, rolling-restart, remove-and-add and network-delay faults while clients \
+             disk-full, restart, replaced-disk, rolling-restart, remove-and-add, network-delay and clock-skew faults while clients \
              write and read through every host; checks the history"
 )]
 struct Args {
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     faults: Option<usize>,
     /// Kinds of fault, comma-separated (kill, freeze, isolate, cut, disk-full, restart, replace, rolling-restart,
-    /// kill-leader, remove-add, delay; default: all).
+    /// kill-leader, remove-add, delay, clock-skew; default: all).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// The seed of the schedule and the clients (default: from the clock; the report prints it).

@@ -38,11 +38,14 @@ pub enum FaultKind {
     RemoveAdd,
     /// Delay a host's packets by 200 ms and lose 5 % of them (netem); skipped where the kernel has no netem.
     Delay,
+    /// Restart a node with its wall clock 5 s off (ahead or behind, drawn): it must refuse to run, saying why;
+    /// healed by starting it with the machine's clock.
+    ClockSkew,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         Self::Kill,
         Self::Freeze,
         Self::Isolate,
@@ -54,6 +57,7 @@ impl FaultKind {
         Self::KillLeader,
         Self::RemoveAdd,
         Self::Delay,
+        Self::ClockSkew,
     ];
 
     /// The name used in reports and on the command line.
@@ -70,6 +74,7 @@ impl FaultKind {
             Self::KillLeader => "kill-leader",
             Self::RemoveAdd => "remove-add",
             Self::Delay => "delay",
+            Self::ClockSkew => "clock-skew",
         }
     }
 
@@ -92,7 +97,7 @@ pub struct Planned {
     pub kind: FaultKind,
     /// On which host.
     pub host: usize,
-    /// For a cut: the host that stops receiving.
+    /// For a cut: the host that stops receiving; for a clock skew, odd: the clock runs ahead, even: behind.
     pub other: usize,
     /// The quiet time before it.
     pub quiet: Duration,
@@ -214,8 +219,14 @@ pub fn target(p: &Planned) -> String {
         FaultKind::RollingRestart => "every host".to_string(),
         FaultKind::KillLeader => format!("the metadata leader (host {})", p.host),
         FaultKind::RemoveAdd => format!("host {} (removed through host {})", p.host, p.other),
+        FaultKind::ClockSkew => format!("host {} (its clock {:+} s off)", p.host, skew_seconds(p)),
         _ => format!("host {}", p.host),
     }
+}
+
+/// How far a clock-skew fault sets the node's clock, in seconds: ten times `[cluster] max_clock_skew`'s default.
+fn skew_seconds(p: &Planned) -> i64 {
+    if p.other % 2 == 1 { 5 } else { -5 }
 }
 
 /// What `deploy/testbed delay` says where the kernel has no netem.
@@ -250,12 +261,24 @@ async fn apply(bed: &Testbed, p: &mut Planned, history: &super::history::History
             bed.on("wipe", p.host).await.map(|_| ())
         }
         FaultKind::Delay => bed.run(&["delay", &p.host.to_string(), "200", "5"]).await.map(|_| ()),
+        FaultKind::ClockSkew => {
+            let offset = skew_seconds(p);
+            let said = bed.run(&["skew", &p.host.to_string(), &offset.to_string()]).await?;
+            println!("           {}", said.trim());
+            anyhow::ensure!(
+                said.contains("max_clock_skew"),
+                "host {}'s node started with its clock {offset} s off did not refuse for its clock: {}",
+                p.host,
+                said.trim()
+            );
+            Ok(())
+        }
     }
 }
 
 async fn heal(bed: &Testbed, p: &Planned) -> anyhow::Result<()> {
     match p.kind {
-        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Replace | FaultKind::RemoveAdd => {
+        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Replace | FaultKind::RemoveAdd | FaultKind::ClockSkew => {
             bed.on("start", p.host).await.map(|_| ())
         }
         FaultKind::Freeze => bed.on("cont", p.host).await.map(|_| ()),

@@ -156,3 +156,35 @@ async fn flight_sends_view_types_as_classic_types() {
     let _ = stop_tx.send(());
     running.await.expect("join").expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_closes_a_stream_that_does_not_finish_by_the_shutdown_timeout() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = ("test.toml", "[server]\nshutdown_timeout = \"1s\"\n");
+    let config = Config::load(Some(file), Vec::new(), &loopback_overrides(dir.path())).expect("config");
+    let server = Server::bind(config).await.expect("bind");
+    let flight = server.flight_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{flight}")).expect("uri").connect().await.expect("c");
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    // A result far larger than HTTP/2's flow-control windows, of which the client reads one batch and then nothing:
+    // the server's stream stalls, and a graceful stop alone would wait for it for ever.
+    let info = client.execute("SELECT value FROM generate_series(1, 20000000)".to_string(), None).await.expect("run");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut rows = client.do_get(ticket).await.expect("do_get");
+    let first = rows.next().await.expect("a batch").expect("rows");
+    assert!(first.num_rows() > 0);
+
+    let asked = std::time::Instant::now();
+    let _ = stop_tx.send(());
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), running).await;
+    let stopped = stopped.expect("the server stops within its shutdown timeout, not waiting on the stalled stream");
+    stopped.expect("join").expect("a clean stop");
+    assert!(asked.elapsed() >= std::time::Duration::from_millis(900), "the stream got its time to finish");
+    drop(rows);
+}
