@@ -155,11 +155,16 @@ impl Server {
         engine_options.cold_store = cold;
         let engine = Engine::open_with_meta(location, Arc::clone(&store), engine_options, meta.clone()).await?;
         // Before the internal endpoint answers the metadata leader, which would fill an empty replica at once.
-        let start = match cluster::read_start(&meta, &options, &store).await {
-            Ok(start) => start,
-            Err(e) => {
-                let _ = engine.shutdown().await;
-                return Err(e);
+        let read_late = engine.injected(crate::engine::InjectedBugKind::StartReadLate);
+        let start = if read_late {
+            None
+        } else {
+            match cluster::read_start(&meta, &options, &store).await {
+                Ok(start) => Some(start),
+                Err(e) => {
+                    let _ = engine.shutdown().await;
+                    return Err(e);
+                }
             }
         };
         #[cfg(not(madsim))]
@@ -179,7 +184,11 @@ impl Server {
         // A slow start: the endpoint answers the metadata leader, which replicates to a member at once, a while
         // before the node joins or resumes (on real hosts, tens of milliseconds; chaos seed 203).
         quiver_meta::buggify_delay!(0.5, 500);
-        if let Err(e) = cluster::bootstrap_or_join(&meta, &options, &store, start).await {
+        let start = match start {
+            Some(start) => Ok(start),
+            None => cluster::read_start(&meta, &options, &store).await,
+        };
+        if let Err(e) = async { cluster::bootstrap_or_join(&meta, &options, &store, start?).await }.await {
             let _ = internal.stop.send(true);
             let _ = engine.shutdown().await;
             return Err(e);
@@ -307,7 +316,7 @@ impl Server {
         }
         // The metadata replica stops after the frontends (a DDL in flight finishes first), then its endpoint.
         if let Some(internal) = internal {
-            match tokio::time::timeout_at(deadline, engine.shutdown()).await {
+            match tokio::time::timeout(until(deadline), engine.shutdown()).await {
                 Ok(Err(e)) => tracing::warn!(error = %e.report(), "metadata replica shutdown"),
                 Err(_) => tracing::warn!("the metadata replica did not stop by the shutdown deadline; stopping anyway"),
                 Ok(Ok(())) => {}
@@ -323,13 +332,18 @@ impl Server {
     }
 }
 
+/// The time left until `deadline` (the simulation's runtime has no `timeout_at`).
+fn until(deadline: tokio::time::Instant) -> std::time::Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
 /// Waits for `task` until `deadline`; past it, aborts the task, says so, and returns `None`.
 async fn stop_by<T>(
     deadline: tokio::time::Instant,
     what: &str,
     mut task: tokio::task::JoinHandle<T>,
 ) -> Option<std::result::Result<T, tokio::task::JoinError>> {
-    match tokio::time::timeout_at(deadline, &mut task).await {
+    match tokio::time::timeout(until(deadline), &mut task).await {
         Ok(joined) => Some(joined),
         Err(_) => {
             tracing::warn!(what, "did not stop by the shutdown deadline (server.shutdown_timeout); closed");

@@ -93,6 +93,7 @@ pub(crate) enum InjectedBugKind {
     AckBeforeBackups,
     DeposedPrimaryAccepts,
     StaleEpochScan,
+    StartReadLate,
 }
 
 /// Bugs the simulation injects, each breaking one rule of the data path (simulation builds only).
@@ -109,6 +110,10 @@ pub enum InjectedBug {
     /// A replica serves a scan at whatever epoch it is asked, and a statement routes by the configuration its node
     /// has applied, unconfirmed.
     StaleEpochScan,
+    /// A starting node reads whether its store held a cluster's metadata only after its internal endpoint serves:
+    /// a member back with an empty disk is filled by the metadata leader meanwhile and resumes as the member it
+    /// was, leading shards it holds nothing of.
+    StartReadLate,
 }
 
 #[cfg(madsim)]
@@ -120,9 +125,10 @@ impl std::str::FromStr for InjectedBug {
             "ack-before-backups" => Ok(Self::AckBeforeBackups),
             "deposed-primary-accepts" => Ok(Self::DeposedPrimaryAccepts),
             "stale-epoch-scan" => Ok(Self::StaleEpochScan),
-            other => {
-                Err(format!("unknown bug '{other}' (ack-before-backups, deposed-primary-accepts, stale-epoch-scan)"))
-            }
+            "start-read-late" => Ok(Self::StartReadLate),
+            other => Err(format!(
+                "unknown bug '{other}' (ack-before-backups, deposed-primary-accepts, stale-epoch-scan, start-read-late)"
+            )),
         }
     }
 }
