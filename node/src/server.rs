@@ -295,8 +295,14 @@ impl Server {
         #[cfg(madsim)]
         let result = {
             tracing::info!(grpc = ?grpc_addr, node_id = engine.node_id(), "quiver is serving");
-            shutdown.await;
-            Ok(())
+            // As `run_frontends`: a metadata replica stopped by a fault (its log unwritable) stops the node.
+            tokio::select! {
+                () = shutdown => Ok(()),
+                why = engine.meta().stopped_by_fault() => Err(Error::Internal(format!(
+                    "the metadata replica stopped ({why}); the node stops so that it can start again on its durable \
+                     state"
+                ))),
+            }
         };
         tracing::info!("shutting down");
         let _ = tx.send(true);

@@ -80,6 +80,12 @@ pub(crate) trait Cluster {
     fn isolate_from_peers_only(&self) -> bool {
         false
     }
+    /// Whether the faults fill disks (a workload that asks for them).
+    fn fills_disks(&self) -> bool {
+        false
+    }
+    /// Fills member `id`'s disk (`true`: its writes fail) or frees it.
+    fn set_disk_full(&mut self, _id: u64, _full: bool) {}
 }
 
 /// Cuts member `target` off from the other `members` (both directions) for `lasting`; the trace says why (`what`).
@@ -137,6 +143,18 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
         let lasting = Duration::from_millis(thread_rng().gen_range(200..3_000));
         let ms = lasting.as_millis();
         faults += 1;
+        // Drawn only where the workload fills disks, so that the other workloads' schedules stay as they were.
+        if cluster.fills_disks() && thread_rng().gen_bool(0.25) {
+            // The member's disk fills: its writes fail (its metadata log's too, which stops its replica and then the
+            // node), then it is freed; the workload's supervisor starts a node that stopped itself again once its
+            // disk has room, as systemd would.
+            cluster.note(format!("fill {victim}'s disk for {ms} ms"));
+            cluster.set_disk_full(victim, true);
+            sleep(lasting).await;
+            cluster.set_disk_full(victim, false);
+            cluster.note(format!("free {victim}'s disk"));
+            continue;
+        }
         match thread_rng().gen_range(0..10) {
             0 | 1 => {
                 let lost = cluster.kill(victim);

@@ -5,13 +5,16 @@
 //! everything written before it). `Durability::Buffered` writes are visible at once but may be lost:
 //! [`SimHotDisk::crash`] either keeps them (the operating system had flushed them) or rolls the store back to its last
 //! synced state (they were still in the page cache), as the seed decides. Batches are atomic either way.
+//!
+//! A disk can fill up ([`SimHotDisk::set_full`]): every write then fails as RocksDB's does on ENOSPC, whole, until
+//! it is freed.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use quiver_node::Result;
 use quiver_node::storage::{Durability, HotStore, KeyValue, StoreSnapshot, WriteBatch, WriteOp};
+use quiver_node::{Error, Result};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -21,6 +24,10 @@ struct Inner {
     current: Arc<Map>,
     /// What survives a crash that loses unsynced writes.
     durable: Map,
+    /// The disk is full: writes fail.
+    full: bool,
+    /// Writes refused since the disk was made.
+    refused: u64,
     /// Buffered batches since the last synced one, in order.
     pending: Vec<WriteBatch>,
 }
@@ -88,6 +95,23 @@ impl SimHotDisk {
     }
 }
 
+impl SimHotDisk {
+    /// Fills the disk (`true`: every write fails from now on, none applied) or frees it.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
+    }
+
+    /// Whether the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.lock().full
+    }
+
+    /// Writes refused since the disk was made (for being full).
+    pub fn refused(&self) -> u64 {
+        self.lock().refused
+    }
+}
+
 impl HotStore for SimHotDisk {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().current.get(key).cloned())
@@ -95,6 +119,11 @@ impl HotStore for SimHotDisk {
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let mut inner = self.lock();
+        if inner.full {
+            inner.refused += 1;
+            let source = std::io::Error::from_raw_os_error(28); // ENOSPC
+            return Err(Error::Io { operation: "write to the hot store".into(), source });
+        }
         apply(Arc::make_mut(&mut inner.current), &batch);
         inner.pending.push(batch);
         if durability == Durability::Sync {
@@ -176,6 +205,20 @@ mod tests {
         disk.write(put("b"), Durability::Buffered).expect("write");
         disk.crash(true);
         assert_eq!(keys(&disk), ["a"]);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_whole_writes_until_freed() {
+        let disk = SimHotDisk::new();
+        disk.write(put("a"), Durability::Sync).expect("write");
+        disk.set_full(true);
+        assert!(disk.write(put("b"), Durability::Sync).is_err());
+        assert!(disk.write(put("c"), Durability::Buffered).is_err());
+        assert_eq!((keys(&disk), disk.refused()), (vec!["a".to_string()], 2));
+        disk.set_full(false);
+        disk.write(put("d"), Durability::Sync).expect("write once freed");
+        disk.crash(true);
+        assert_eq!(keys(&disk), vec!["a".to_string(), "d".to_string()]);
     }
 
     #[test]

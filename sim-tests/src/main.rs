@@ -46,6 +46,10 @@ struct Args {
     /// Node workload: balance shard copies within a twentieth of the mean load, so that copies move throughout.
     #[arg(long)]
     moves: bool,
+    /// Node workload: the faults also fill nodes' disks (a node stops itself when its metadata log cannot be written
+    /// and is started again once its disk is freed).
+    #[arg(long)]
+    disk_full: bool,
     /// Run every seed twice and require the same trace (determinism).
     #[arg(long)]
     check_determinism: bool,
@@ -83,7 +87,7 @@ fn run_one(args: &Args, seed: u64) -> i32 {
     use quiver_sim_tests::{meta_sim, node_sim};
 
     let (replicas, fault_secs, shards, ledger) = (args.replicas, args.fault_secs, args.shards.max(1), args.ledger);
-    let (deletes, moves) = (args.deletes, args.moves);
+    let (deletes, moves, disk_full) = (args.deletes, args.moves, args.disk_full);
     let bug = match args.inject_bug.as_deref().map(str::parse::<quiver_node::engine::InjectedBug>).transpose() {
         Ok(bug) => bug,
         Err(e) => {
@@ -101,6 +105,7 @@ fn run_one(args: &Args, seed: u64) -> i32 {
                 ledger,
                 deletes,
                 moves,
+                disk_full,
                 ..Default::default()
             };
             node_sim::run_seed(seed, &options)
@@ -142,8 +147,13 @@ fn run_one(args: &Args, seed: u64) -> i32 {
                 }
             }
             println!(
-                "seed {seed}: ok  faults {}  acknowledged {}  uncertain {}  moves {}  trace {:016x}",
-                outcome.faults, outcome.acknowledged, outcome.uncertain, outcome.moves, outcome.trace_hash
+                "seed {seed}: ok  faults {}  acknowledged {}  uncertain {}  moves {}  self-stops {}  trace {:016x}",
+                outcome.faults,
+                outcome.acknowledged,
+                outcome.uncertain,
+                outcome.moves,
+                outcome.self_stops,
+                outcome.trace_hash
             );
             0
         }
@@ -171,6 +181,7 @@ fn run_many(args: &Args) -> i32 {
             .args(args.ledger.then_some("--ledger"))
             .args(args.deletes.then_some("--deletes"))
             .args(args.moves.then_some("--moves"))
+            .args(args.disk_full.then_some("--disk-full"))
             .args(args.inject_bug.iter().flat_map(|bug| ["--inject-bug", bug.as_str()]))
             .output();
         match output {

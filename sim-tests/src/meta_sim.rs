@@ -76,6 +76,8 @@ pub struct Outcome {
     pub uncertain: usize,
     /// Shard copies seen moving for balance (the node workload).
     pub moves: usize,
+    /// Times a node stopped itself on a full disk and was started again (the node workload).
+    pub self_stops: usize,
     /// The trace, one line per event.
     pub trace: Vec<String>,
 }
@@ -733,5 +735,13 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         (&c.name, c.invoked, c.completed.map(|(t, o)| (t, format!("{o:?}")))).hash(&mut hasher);
     }
     states[0].encode().hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, moves: 0, trace: world.hosts.trace })
+    Ok(Outcome {
+        trace_hash: hasher.finish(),
+        faults,
+        acknowledged,
+        uncertain,
+        moves: 0,
+        self_stops: 0,
+        trace: world.hosts.trace,
+    })
 }

@@ -94,6 +94,9 @@ pub struct NodeSimOptions {
     /// Balance shard copies within a twentieth of the mean load, so that copies move for balance throughout (they
     /// move within the default tenth too, less often).
     pub moves: bool,
+    /// The faults also fill nodes' disks: a node whose metadata log cannot be written stops itself and is started
+    /// again once its disk is freed.
+    pub disk_full: bool,
 }
 
 impl Default for NodeSimOptions {
@@ -108,6 +111,7 @@ impl Default for NodeSimOptions {
             ledger: false,
             deletes: false,
             moves: false,
+            disk_full: false,
         }
     }
 }
@@ -193,10 +197,11 @@ async fn run_node(
     disks: Disks,
     live: Live,
     bootstrapped: Arc<AtomicBool>,
-    failures: Failures,
+    (failures, stopped): (Failures, Stopped),
     bucket: FaultyStore,
 ) {
     let disk = disks.lock().expect("disks")[&id].clone();
+    let full = disk.clone();
     // Only node 1's very first boot bootstraps; every other start of a node with an empty disk joins.
     let bootstrap = id == 1 && !bootstrapped.swap(true, Ordering::SeqCst);
     let mut config = node_config(id, nodes, bootstrap);
@@ -208,20 +213,63 @@ async fn run_node(
     // Every node's cold tier is the one bucket, which outlives the nodes (and their disks); small row groups, so
     // files have several.
     let cold = ColdStore::new(Arc::new(bucket), "sim-bucket", 16);
+    // A start or a run that ends on a write its full disk refused is what a node must do: its supervisor starts it
+    // again once the disk has room. Anything else is a failure.
+    let ended = |what: &str, e: quiver_node::Error| {
+        let report = e.report();
+        if full.refused() > 0 && report.contains("No space left on device") {
+            tracing::info!(node = id, error = %report, "the node {what} on its full disk");
+            stopped.lock().expect("stopped").insert(id);
+        } else {
+            failures.lock().expect("failures").push(format!("node {id} {what}: {report}"));
+        }
+    };
     let server = match Server::bind_on_stores(config, Arc::new(disk), Some(cold)).await {
         Ok(server) => server,
-        Err(e) => {
-            failures.lock().expect("failures").push(format!("node {id} failed to start: {}", e.report()));
-            return;
-        }
+        Err(e) => return ended("failed to start", e),
     };
     live.lock().expect("live map").insert(id, Arc::clone(server.engine()));
     if let Err(e) = server.run(std::future::pending()).await {
-        failures.lock().expect("failures").push(format!("node {id} stopped: {}", e.report()));
+        live.lock().expect("live map").remove(&id);
+        ended("stopped", e);
     }
 }
 
 type Failures = Arc<Mutex<Vec<String>>>;
+
+/// Starts a node that stopped itself on a full disk again once its disk has room, as systemd's
+/// `Restart=on-failure` would (every 100 virtual ms); counts the starts in `starts`. Runs until aborted.
+async fn supervise(
+    handle: Handle,
+    hosts: BTreeMap<u64, madsim::task::NodeId>,
+    disks: Disks,
+    stopped: Stopped,
+    starts: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    loop {
+        sleep(Duration::from_millis(100)).await;
+        let ready: Vec<u64> = {
+            let disks = disks.lock().expect("disks");
+            let mut stopped = stopped.lock().expect("stopped");
+            let ready: Vec<u64> = stopped.iter().copied().filter(|id| !disks[id].is_full()).collect();
+            for id in &ready {
+                stopped.remove(id);
+            }
+            ready
+        };
+        for id in ready {
+            tracing::info!(node = id, "its disk has room again: the node that stopped itself starts again");
+            // A kill first: it also takes the stopped process's sockets off the simulated network (a restart alone
+            // leaves its listener there, and the new one's peers would reach the old).
+            handle.kill(hosts[&id]);
+            handle.restart(hosts[&id]);
+            starts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The nodes that stopped themselves on a full disk and have not been started again.
+type Stopped = Arc<Mutex<BTreeSet<u64>>>;
 
 /// What a client learned of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -568,6 +616,8 @@ struct World {
     clients: NodeHandle,
     /// When each node was last killed.
     killed_at: BTreeMap<u64, Duration>,
+    /// Whether the faults fill disks.
+    fills_disks: bool,
 }
 
 impl faults::Cluster for World {
@@ -615,6 +665,14 @@ impl faults::Cluster for World {
         matches!(remove.await, Ok(Ok(())))
     }
 
+    fn fills_disks(&self) -> bool {
+        self.fills_disks
+    }
+
+    fn set_disk_full(&mut self, id: u64, full: bool) {
+        self.disks.lock().expect("disks")[&id].set_full(full);
+    }
+
     fn replace_disk(&mut self, id: u64) {
         self.disks.lock().expect("disks").insert(id, SimHotDisk::new());
         let lost_at = self.killed_at.get(&id).copied().unwrap_or_else(|| self.hosts.started.elapsed());
@@ -638,7 +696,9 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         history: Arc::new(Mutex::new(History { nodes: options.nodes, shards: options.shards, ..History::default() })),
         clients: client_host.clone(),
         killed_at: BTreeMap::new(),
+        fills_disks: options.disk_full,
     };
+    let stopped = Stopped::default();
     let voters = node_config(1, options.nodes, false).cluster.voters;
     // The cold tier's bucket: in memory, shared by the nodes, failing and stalling while the faults run.
     let bucket = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()), FaultRates::default());
@@ -646,6 +706,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         world.disks.lock().expect("disks").insert(id, SimHotDisk::new());
         let (disks, live, bootstrapped, failures, bucket) =
             (world.disks.clone(), live.clone(), bootstrapped.clone(), failures.clone(), bucket.clone());
+        let stopped = stopped.clone();
         let (nodes, bug, moves) = (options.nodes, options.bug, options.moves);
         let node = handle
             .create_node()
@@ -659,7 +720,7 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
                     disks.clone(),
                     live.clone(),
                     bootstrapped.clone(),
-                    failures.clone(),
+                    (failures.clone(), stopped.clone()),
                     bucket.clone(),
                 )
             })
@@ -921,6 +982,14 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         }));
     }
 
+    let self_stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let supervisor = madsim::task::spawn(supervise(
+        handle.clone(),
+        world.hosts.nodes.iter().map(|(id, node)| (*id, node.id())).collect(),
+        world.disks.clone(),
+        stopped.clone(),
+        self_stops.clone(),
+    ));
     let faults = faults::inject(&mut world, deadline).await;
     for client in clients {
         let _ = client.await;
@@ -1148,5 +1217,15 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let mut hasher = DefaultHasher::new();
     world.hosts.trace.hash(&mut hasher);
     final_rows.hash(&mut hasher);
-    Ok(Outcome { trace_hash: hasher.finish(), faults, acknowledged, uncertain, moves, trace: world.hosts.trace })
+    supervisor.abort();
+    let self_stops = self_stops.load(Ordering::SeqCst);
+    Ok(Outcome {
+        trace_hash: hasher.finish(),
+        faults,
+        acknowledged,
+        uncertain,
+        moves,
+        self_stops,
+        trace: world.hosts.trace,
+    })
 }
