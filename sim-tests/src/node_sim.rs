@@ -983,13 +983,16 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     }
 
     let self_stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let supervisor = madsim::task::spawn(supervise(
-        handle.clone(),
-        world.hosts.nodes.iter().map(|(id, node)| (*id, node.id())).collect(),
-        world.disks.clone(),
-        stopped.clone(),
-        self_stops.clone(),
-    ));
+    // Only where disks fill, so that the other runs' schedules are as they were.
+    let supervisor = options.disk_full.then(|| {
+        madsim::task::spawn(supervise(
+            handle.clone(),
+            world.hosts.nodes.iter().map(|(id, node)| (*id, node.id())).collect(),
+            world.disks.clone(),
+            stopped.clone(),
+            self_stops.clone(),
+        ))
+    });
     let faults = faults::inject(&mut world, deadline).await;
     for client in clients {
         let _ = client.await;
@@ -1217,7 +1220,9 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
     let mut hasher = DefaultHasher::new();
     world.hosts.trace.hash(&mut hasher);
     final_rows.hash(&mut hasher);
-    supervisor.abort();
+    if let Some(supervisor) = supervisor {
+        supervisor.abort();
+    }
     let self_stops = self_stops.load(Ordering::SeqCst);
     Ok(Outcome {
         trace_hash: hasher.finish(),
