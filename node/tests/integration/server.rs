@@ -130,12 +130,14 @@ async fn binary_sql_connects_to_a_server_over_flight_sql() {
     running.await.expect("join").expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flight_sends_view_types_as_classic_types() {
-    use arrow::datatypes::DataType;
-    use futures::TryStreamExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::load(None, Vec::new(), &loopback_overrides(dir.path())).expect("config");
+/// Serves `config` until the returned sender fires (or is dropped); a Flight SQL client connected to it.
+async fn serve_flight(
+    config: Config,
+) -> (
+    arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<quiver_node::Result<()>>,
+) {
     let server = Server::bind(config).await.expect("bind");
     let flight = server.flight_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -144,7 +146,16 @@ async fn flight_sends_view_types_as_classic_types() {
     }));
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{flight}")).expect("uri").connect().await.expect("c");
-    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    (arrow_flight::sql::client::FlightSqlServiceClient::new(channel), stop_tx, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sends_view_types_as_classic_types() {
+    use arrow::datatypes::DataType;
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(None, Vec::new(), &loopback_overrides(dir.path())).expect("config");
+    let (mut client, stop_tx, running) = serve_flight(config).await;
     let sql = "SELECT arrow_cast(CAST(value AS TEXT), 'Utf8View') AS v FROM generate_series(1, 50000)";
     let info = client.execute(sql.to_string(), None).await.expect("execute");
     let announced = info.clone().try_decode_schema().expect("schema");
@@ -163,15 +174,7 @@ async fn a_clean_stop_closes_a_stream_that_does_not_finish_by_the_shutdown_timeo
     let dir = tempfile::tempdir().expect("tempdir");
     let file = ("test.toml", "[server]\nshutdown_timeout = \"1s\"\n");
     let config = Config::load(Some(file), Vec::new(), &loopback_overrides(dir.path())).expect("config");
-    let server = Server::bind(config).await.expect("bind");
-    let flight = server.flight_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async move {
-        let _ = stop_rx.await;
-    }));
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{flight}")).expect("uri").connect().await.expect("c");
-    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let (mut client, stop_tx, running) = serve_flight(config).await;
     // A result far larger than HTTP/2's flow-control windows, of which the client reads one batch and then nothing:
     // the server's stream stalls, and a graceful stop alone would wait for it for ever.
     let info = client.execute("SELECT value FROM generate_series(1, 20000000)".to_string(), None).await.expect("run");
