@@ -170,7 +170,7 @@ pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
                 match client.heartbeat(&addr.grpc_addr, node_id).await {
                     Ok(leader_time_ms) if leader_time_ms > 0 => {
                         // The leader read its clock about halfway through the round trip.
-                        let midway = sent + (wall_ms() - sent) / 2;
+                        let midway = sent + wall_ms().saturating_sub(sent) / 2; // a clock stepped back: no round trip
                         if let Some(inner) = skew.upgrade() {
                             inner.clock_skew_ms.store(leader_time_ms as i64 - midway as i64, Ordering::Relaxed);
                         }
