@@ -47,6 +47,8 @@ pub struct Options {
     pub max_rows: u64,
     /// Where the run leaves its history, the shard map's timeline, the report and the hosts' logs.
     pub out: std::path::PathBuf,
+    /// The binary the `upgrade` fault installs on every host (the next release).
+    pub upgrade_to: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -62,6 +64,7 @@ impl Options {
             readers: 2,
             max_rows: 50,
             out: std::env::temp_dir().join(format!("quiver-chaos-{seed}")),
+            upgrade_to: None,
         }
     }
 
@@ -113,7 +116,7 @@ pub async fn run_inside(bed: &Testbed, options: &Options) -> anyhow::Result<(Str
         tokio::spawn(workload::shard_timeline(bed.clone(), history.clone(), Duration::from_millis(500), stop.clone()));
 
     let plan = nemesis::schedule(options.seed, &options.kinds, options.faults, bed.hosts(), options.hold_ms);
-    let applied = nemesis::run(bed, &history, plan).await;
+    let applied = nemesis::run(bed, &history, plan, options.upgrade_to.as_deref()).await;
     // A last quiet stretch with every host healed, then the clients stop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

@@ -193,6 +193,8 @@ impl MetaConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.snapshot_logs_kept,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
+            // Elections are started by `raft::election`, after a pre-vote, not by openraft's timer.
+            enable_elect: false,
             ..Default::default()
         };
         config.validate().map_err(|e| ClusterError::InvalidConfig { detail: e.to_string() })
@@ -210,6 +212,7 @@ mod tests {
         let raft = config.to_openraft().expect("translates");
         assert_eq!(raft.heartbeat_interval, 100);
         assert_eq!(raft.max_in_snapshot_log_to_keep, 100);
+        assert!(!raft.enable_elect, "elections go through the pre-vote");
     }
 
     #[test]

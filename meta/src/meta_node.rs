@@ -39,6 +39,7 @@ use tokio::time::Instant;
 pub use self::membership::{ClusterStatus, JoinRequest, MemberStatus};
 use crate::config::MetaConfig;
 use crate::error::{ClusterError, ClusterErrorKind};
+use crate::raft::election::{self, Elections, PreVoteNetwork};
 use crate::raft::log_store::LogStore;
 use crate::raft::state_machine::{SharedState, SnapshotStats, StateMachineStore};
 use crate::raft::types::{MetaRaft, NodeAddr, RaftMetrics, TypeConfig};
@@ -71,6 +72,8 @@ struct Inner {
     rebalance_requested: AtomicU64,
     /// Set while this replica must not vote: it started with an empty store and has not rejoined yet.
     votes_held: Arc<std::sync::atomic::AtomicBool>,
+    /// This replica's side of the elections: its pre-vote answers and the driver's state.
+    elections: Arc<Elections>,
     /// How far the metadata leader's wall clock was ahead of this node's at the last heartbeat, in milliseconds
     /// (`liveness`); [`liveness::SKEW_UNKNOWN`] before one was answered.
     clock_skew_ms: std::sync::atomic::AtomicI64,
@@ -105,7 +108,7 @@ impl MetaNode {
     /// let router = Router::new();
     /// let node = MetaNode::start(1, NodeAddr::new("127.0.0.1:7001"), Arc::new(MemMetaStore::new()),
     ///     MetaConfig::default(), router.network(1)).await?;
-    /// router.register(1, node.raft().clone());
+    /// router.register(&node);
     /// node.bootstrap("cluster-a").await?;
     /// node.shutdown().await?;
     /// # Ok(())
@@ -119,14 +122,18 @@ impl MetaNode {
         network: N,
     ) -> Result<Self, ClusterError>
     where
-        N: RaftNetworkFactory<TypeConfig>,
+        N: RaftNetworkFactory<TypeConfig> + PreVoteNetwork + Clone,
     {
         let raft_config = Arc::new(config.to_openraft()?);
         let stopped = |source: Fatal<u64>| ClusterError::Stopped { node_id, source: Box::new(source) };
         let log = LogStore::open(Arc::clone(&store)).map_err(|e| stopped(Fatal::StorageError(e)))?;
         let state_machine = StateMachineStore::open(store).map_err(|e| stopped(Fatal::StorageError(e)))?;
         let shared = state_machine.shared();
+        let last_log_id = log.last_log_id_cell();
+        let pre_votes: Arc<dyn PreVoteNetwork> = Arc::new(network.clone());
         let raft = MetaRaft::new(node_id, raft_config, network, log, state_machine).await.map_err(stopped)?;
+        let votes_held: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let elections = Arc::new(Elections::new(node_id, raft.clone(), last_log_id, Arc::clone(&votes_held), &config));
         let client = MetaClient::new(config.connect_timeout());
         tracing::info!(node_id, %addr, "metadata replica started");
         let inner = Arc::new(Inner {
@@ -140,10 +147,11 @@ impl MetaNode {
             liveness: liveness::Liveness::default(),
             down_since: repair::DownSince::default(),
             rebalance_requested: AtomicU64::new(0),
-            votes_held: Arc::default(),
+            votes_held,
+            elections: Arc::clone(&elections),
             clock_skew_ms: std::sync::atomic::AtomicI64::new(liveness::SKEW_UNKNOWN),
         });
-        tokio::spawn(break_split_votes(Arc::downgrade(&inner)));
+        tokio::spawn(election::run(Arc::downgrade(&elections), pre_votes));
         tokio::spawn(liveness::send_heartbeats(Arc::downgrade(&inner)));
         tokio::spawn(liveness::detect_failures(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -174,6 +182,11 @@ impl MetaNode {
     /// The flag [`MetaNode::hold_votes`] sets, for the Raft service.
     pub(crate) fn votes_held(&self) -> Arc<std::sync::atomic::AtomicBool> {
         Arc::clone(&self.inner.votes_held)
+    }
+
+    /// Returns this replica's side of the elections, to answer pre-votes.
+    pub fn elections(&self) -> Arc<Elections> {
+        Arc::clone(&self.inner.elections)
     }
 
     /// Returns the Raft handle, to serve its RPCs or wait on its metrics.
@@ -528,59 +541,6 @@ impl MetaNode {
             },
             RaftError::Fatal(source) => self.stopped(source),
         }
-    }
-}
-
-/// Starts an election, after a random pause, on a voter that has known no leader for two maximal election timeouts.
-///
-/// openraft 0.9 draws a replica's election timeout once, when it starts, and checks it on a timer tick. Replicas
-/// whose timeouts round to the same tick and whose ticks line up time out together, each votes for itself, and the
-/// next round splits the same way, for good: the simulation found three replicas doing that after a partition
-/// healed. The random pause puts one replica ahead. Ends when the replica shuts down.
-async fn break_split_votes(replica: std::sync::Weak<Inner>) {
-    use openraft::AsyncRuntime;
-    use rand::Rng;
-
-    // Holds the replica only while it looks: a replica whose handles are all dropped stops, and this task with it.
-    let Some(config) = replica.upgrade().map(|r| r.config.clone()) else { return };
-    let period = Duration::from_millis(config.election_timeout_max_ms);
-    let mut leaderless_since: Option<Instant> = None;
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = replica.upgrade() else { return };
-        let (state, leader, voter) = {
-            let metrics = inner.raft.metrics();
-            let m = metrics.borrow();
-            (m.state, m.current_leader, m.membership_config.membership().voter_ids().any(|v| v == m.id))
-        };
-        drop(inner);
-        if state == openraft::ServerState::Shutdown {
-            return;
-        }
-        if leader.is_some() || !voter {
-            leaderless_since = None;
-            continue;
-        }
-        let since = *leaderless_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < 2 * period {
-            continue;
-        }
-        let pause = {
-            let mut rng = crate::raft::types::Runtime::thread_rng();
-            Duration::from_millis(rng.gen_range(0..config.election_timeout_min_ms.max(1)))
-        };
-        tokio::time::sleep(pause).await;
-        let Some(inner) = replica.upgrade() else { return };
-        if inner.raft.metrics().borrow().current_leader.is_none() {
-            tracing::info!(
-                node_id = inner.node_id,
-                "no leader for a while; starting an election to break a split vote"
-            );
-            if inner.raft.trigger().elect().await.is_err() {
-                return;
-            }
-        }
-        leaderless_since = None;
     }
 }
 

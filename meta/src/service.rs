@@ -47,7 +47,7 @@ macro_rules! server_type {
 pub fn raft_server(node: &MetaNode) -> server_type!(RaftServiceServer<RaftGrpcService>) {
     // Snapshot chunks are bounded by the configured chunk size plus the envelope; allow them with headroom.
     let limit = usize::try_from(node.config().snapshot_chunk_bytes_max).unwrap_or(usize::MAX).saturating_mul(2);
-    RaftServiceServer::new(RaftGrpcService::new(node.raft().clone(), node.votes_held()))
+    RaftServiceServer::new(RaftGrpcService::new(node.raft().clone(), node.votes_held(), node.elections()))
         .max_decoding_message_size(limit.max(4 << 20))
 }
 

@@ -22,12 +22,14 @@ pub(crate) struct Hosts {
     pub(crate) started: Instant,
     /// One line per event: virtual milliseconds, then what happened.
     pub(crate) trace: Vec<String>,
+    /// Invariants the fault loop saw broken (checked by the workload at the end).
+    pub(crate) violations: Vec<String>,
 }
 
 impl Hosts {
     /// A cluster with no host yet, starting now.
     pub(crate) fn new(handle: Handle) -> Self {
-        Hosts { handle, nodes: BTreeMap::new(), started: Instant::now(), trace: Vec::new() }
+        Hosts { handle, nodes: BTreeMap::new(), started: Instant::now(), trace: Vec::new(), violations: Vec::new() }
     }
 
     /// Records an event in the trace (and the log).
@@ -44,6 +46,8 @@ pub(crate) trait Cluster {
     fn hosts(&mut self) -> &mut Hosts;
     /// The member that leads the metadata group now, if a running one says it does.
     fn leader(&self) -> Option<u64>;
+    /// The current Raft term of member `id`'s metadata replica, if it runs.
+    fn term(&self, id: u64) -> Option<u64>;
     /// Kills member `id`; its disk loses its unsynced writes when the seed says so. Returns how many were lost.
     fn kill(&mut self, id: u64) -> usize;
     /// Asks another running member to remove the (dead) member `id` from the cluster; true when it was removed.
@@ -97,6 +101,29 @@ async fn isolate_from_peers<C: Cluster>(cluster: &mut C, net: &NetSim, members: 
         members.iter().filter(|m| **m != target).map(|m| (cluster.host(target), cluster.host(*m))).collect();
     cut_links(net, &links, lasting).await;
     cluster.note(format!("reconnect {target} to the other members"));
+}
+
+/// Cuts member `target`'s host off from every other host for `lasting`, then reconnects it, checking that its
+/// metadata replica did not raise its term more than once meanwhile: cut off, it cannot win a pre-vote, and so
+/// must not campaign (once is allowed, for a pre-vote won just before the cut). A replica that raised its term
+/// while away would unseat the leader when it returns.
+async fn isolate_host<C: Cluster>(cluster: &mut C, net: &NetSim, target: u64, lasting: Duration) {
+    let host = cluster.host(target);
+    let before = cluster.term(target);
+    net.clog_node(host);
+    sleep(lasting).await;
+    let after = cluster.term(target);
+    net.unclog_node(host);
+    if let (Some(before), Some(after)) = (before, after)
+        && after > before + 1
+    {
+        let violation = format!(
+            "replica {target} raised its term from {before} to {after} while cut off from every other ({} ms)",
+            lasting.as_millis()
+        );
+        cluster.note(violation.clone());
+        cluster.hosts().violations.push(violation);
+    }
 }
 
 /// Cuts each of `links` in both directions for `lasting`, then heals them.
@@ -199,10 +226,7 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
                 let leader = cluster.leader();
                 let target = leader.unwrap_or(victim);
                 cluster.note(format!("isolate {target} (leader: {leader:?}) for {ms} ms"));
-                let host = cluster.host(target);
-                net.clog_node(host);
-                sleep(lasting).await;
-                net.unclog_node(host);
+                isolate_host(cluster, &net, target, lasting).await;
                 cluster.note(format!("reconnect {target}"));
             }
             4 => {
@@ -250,10 +274,7 @@ pub(crate) async fn inject<C: Cluster>(cluster: &mut C, until: Instant) -> usize
             }
             8 => {
                 cluster.note(format!("isolate {victim} for {ms} ms"));
-                let host = cluster.host(victim);
-                net.clog_node(host);
-                sleep(lasting).await;
-                net.unclog_node(host);
+                isolate_host(cluster, &net, victim, lasting).await;
                 cluster.note(format!("reconnect {victim}"));
             }
             _ => {

@@ -65,7 +65,7 @@ async fn three_voters(router: &Router) -> Vec<MetaNode> {
         let node = MetaNode::start(id, NodeAddr::new(addr(id)), store, config(), router.network(id))
             .await
             .expect("replica starts");
-        router.register(id, node.raft().clone());
+        router.register(&node);
         nodes.push(node);
     }
     nodes[0].bootstrap("c").await.expect("bootstrap");

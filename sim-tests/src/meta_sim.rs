@@ -325,6 +325,10 @@ impl faults::Cluster for World {
             .map(|m| m.id)
     }
 
+    fn term(&self, id: u64) -> Option<u64> {
+        self.live.lock().expect("live map").get(&id).map(|n| n.metrics().borrow().current_term)
+    }
+
     /// Kills replica `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
@@ -705,6 +709,10 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
         if ids.len() > 1 {
             return Err(format!("term {term} had leaders {ids:?}"));
         }
+    }
+    // Stability: no replica cut off from the others campaigned.
+    if let Some(violation) = world.hosts.violations.first() {
+        return Err(violation.clone());
     }
     // Metadata reads and writes are linearizable, the final state read as the last read.
     let tables: BTreeSet<String> = states[0].catalog().tables().map(|t| t.name.clone()).collect();

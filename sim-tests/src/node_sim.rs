@@ -633,6 +633,10 @@ impl faults::Cluster for World {
             .map(|m| m.id)
     }
 
+    fn term(&self, id: u64) -> Option<u64> {
+        self.live.lock().expect("live map").get(&id).map(|e| e.meta().metrics().borrow().current_term)
+    }
+
     /// Kills node `id`; its disk loses the writes it had not synced when the seed says so.
     fn kill(&mut self, id: u64) -> usize {
         self.live.lock().expect("live map").remove(&id);
@@ -1082,6 +1086,10 @@ async fn simulate(options: NodeSimOptions) -> Result<Outcome, String> {
         if ids.len() > 1 {
             return Err(format!("term {term} had leaders {ids:?}"));
         }
+    }
+    // No metadata replica cut off from the others campaigned.
+    if let Some(violation) = world.hosts.violations.first() {
+        return Err(violation.clone());
     }
     // The shard map held its invariants on every replica all along, and holds them in the converged state.
     let moves;

@@ -18,7 +18,7 @@ enum Profile {
 #[command(
     name = "quiver-chaos",
     about = "Runs a Quiver cluster on test hosts (network namespaces) under kill -9, freeze, partition, one-way cut, \
-             disk-full, restart, replaced-disk, rolling-restart, remove-and-add, network-delay and clock-skew faults while clients \
+             disk-full, restart, replaced-disk, rolling-restart, remove-and-add, network-delay, clock-skew and upgrade faults while clients \
              write and read through every host; checks the history"
 )]
 struct Args {
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     faults: Option<usize>,
     /// Kinds of fault, comma-separated (kill, freeze, isolate, cut, disk-full, restart, replace, rolling-restart,
-    /// kill-leader, remove-add, delay, clock-skew; default: all).
+    /// kill-leader, remove-add, delay, clock-skew, upgrade; default: all).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// The seed of the schedule and the clients (default: from the clock; the report prints it).
@@ -40,6 +40,11 @@ struct Args {
     /// The `quiver` binary the hosts run (default: the one built beside this program).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// The binary the `upgrade` fault installs on every host in turn: the next release, with the hosts started on
+    /// the previous one (`--binary`). Default: a copy of `--binary`, so that the procedure (stop, swap, start) runs
+    /// even without a second release.
+    #[arg(long)]
+    upgrade_to: Option<PathBuf>,
     /// The testbed script (default: deploy/testbed of this source tree).
     #[arg(long)]
     testbed: Option<PathBuf>,
@@ -74,6 +79,7 @@ impl Args {
         if let Some(out) = &self.out {
             o.out = out.clone();
         }
+        o.upgrade_to.clone_from(&self.upgrade_to);
         if !self.kinds.is_empty() {
             o.kinds = self
                 .kinds
@@ -129,8 +135,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let _ = bed.down().await;
         return Err(e.context("bringing the test hosts up"));
     }
-    // The same arguments inside, with the seed drawn here.
+    // The same arguments inside, with the seed drawn here (and the binary to upgrade to, when none was given).
     let mut inner: Vec<String> = Vec::new();
+    if args.upgrade_to.is_none() && options.kinds.contains(&FaultKind::Upgrade) {
+        std::fs::create_dir_all(&options.out)?;
+        let copy = options.out.join("quiver-upgraded");
+        std::fs::copy(&binary, &copy)
+            .map_err(|e| anyhow::anyhow!("copying {} to upgrade to: {e}", binary.display()))?;
+        inner.extend(["--upgrade-to".to_string(), copy.to_string_lossy().into_owned()]);
+    }
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {

@@ -2,6 +2,7 @@
 //! held a while, then healed, with the time the cluster took to serve again through every host measured.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use super::testbed::Testbed;
@@ -41,11 +42,15 @@ pub enum FaultKind {
     /// Restart a node with its wall clock 5 s off (ahead or behind, drawn): it must refuse to run, saying why;
     /// healed by starting it with the machine's clock.
     ClockSkew,
+    /// Upgrade every node in turn onto another binary (`--upgrade-to`: the next release; by default a copy of the
+    /// running one), each serving again before the next stops: the upgrade procedure, under load, with the new
+    /// binary opening the data directory the old one wrote.
+    Upgrade,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         Self::Kill,
         Self::Freeze,
         Self::Isolate,
@@ -58,6 +63,7 @@ impl FaultKind {
         Self::RemoveAdd,
         Self::Delay,
         Self::ClockSkew,
+        Self::Upgrade,
     ];
 
     /// The name used in reports and on the command line.
@@ -75,6 +81,7 @@ impl FaultKind {
             Self::RemoveAdd => "remove-add",
             Self::Delay => "delay",
             Self::ClockSkew => "clock-skew",
+            Self::Upgrade => "upgrade",
         }
     }
 
@@ -149,8 +156,13 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], count: usize, hosts: usize, hold
 /// The longest the cluster may take to serve again after a fault is healed.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(90);
 
-/// Applies the schedule, one fault at a time, while the workload runs.
-pub async fn run(bed: &Testbed, history: &super::history::History, plan: Vec<Planned>) -> Vec<Applied> {
+/// Applies the schedule, one fault at a time, while the workload runs; an upgrade installs `upgrade_to`.
+pub async fn run(
+    bed: &Testbed,
+    history: &super::history::History,
+    plan: Vec<Planned>,
+    upgrade_to: Option<&Path>,
+) -> Vec<Applied> {
     let mut out = Vec::with_capacity(plan.len());
     for p in plan {
         tokio::time::sleep(p.quiet).await;
@@ -159,7 +171,7 @@ pub async fn run(bed: &Testbed, history: &super::history::History, plan: Vec<Pla
         println!("{:7.1} s  {} {what}", at.as_secs_f64(), p.kind);
         let mut p = p;
         let mut error = None;
-        match apply(bed, &mut p, history).await {
+        match apply(bed, &mut p, history, upgrade_to).await {
             Ok(()) => {}
             Err(e) if e.to_string().contains(NO_NETEM) => {
                 println!("           skipped: {NO_NETEM}");
@@ -216,7 +228,7 @@ pub async fn run(bed: &Testbed, history: &super::history::History, plan: Vec<Pla
 pub fn target(p: &Planned) -> String {
     match p.kind {
         FaultKind::Cut => format!("host {} -> host {}", p.host, p.other),
-        FaultKind::RollingRestart => "every host".to_string(),
+        FaultKind::RollingRestart | FaultKind::Upgrade => "every host".to_string(),
         FaultKind::KillLeader => format!("the metadata leader (host {})", p.host),
         FaultKind::RemoveAdd => format!("host {} (removed through host {})", p.host, p.other),
         FaultKind::ClockSkew => format!("host {} (its clock {:+} s off)", p.host, skew_seconds(p)),
@@ -233,7 +245,12 @@ fn skew_seconds(p: &Planned) -> i64 {
 const NO_NETEM: &str = "this kernel has no netem";
 
 /// Applies a fault; a fault aimed at whichever node leads the metadata group records that node's host in `p`.
-async fn apply(bed: &Testbed, p: &mut Planned, history: &super::history::History) -> anyhow::Result<()> {
+async fn apply(
+    bed: &Testbed,
+    p: &mut Planned,
+    history: &super::history::History,
+    upgrade_to: Option<&Path>,
+) -> anyhow::Result<()> {
     match p.kind {
         FaultKind::Kill => bed.on("kill", p.host).await.map(|_| ()),
         FaultKind::Freeze => bed.on("stop", p.host).await.map(|_| ()),
@@ -247,6 +264,16 @@ async fn apply(bed: &Testbed, p: &mut Planned, history: &super::history::History
                 bed.on("restart", i).await?;
                 anyhow::ensure!(serving_again(bed, i, history).await, "host {i} did not serve again after its restart");
             }
+            Ok(())
+        }
+        FaultKind::Upgrade => {
+            let binary = upgrade_to.ok_or_else(|| anyhow::anyhow!("no binary to upgrade to (--upgrade-to)"))?;
+            let binary = binary.to_string_lossy();
+            for i in 1..=bed.hosts() {
+                bed.run(&["upgrade", &i.to_string(), &binary]).await?;
+                anyhow::ensure!(serving_again(bed, i, history).await, "host {i} did not serve again after its upgrade");
+            }
+            println!("           every host runs {binary}");
             Ok(())
         }
         FaultKind::KillLeader => {
@@ -284,7 +311,7 @@ async fn heal(bed: &Testbed, p: &Planned) -> anyhow::Result<()> {
         FaultKind::Freeze => bed.on("cont", p.host).await.map(|_| ()),
         FaultKind::Isolate | FaultKind::Cut | FaultKind::Delay => bed.on("heal", p.host).await.map(|_| ()),
         FaultKind::DiskFull => bed.on("free-disk", p.host).await.map(|_| ()),
-        FaultKind::Restart | FaultKind::RollingRestart => Ok(()),
+        FaultKind::Restart | FaultKind::RollingRestart | FaultKind::Upgrade => Ok(()),
     }
 }
 

@@ -24,6 +24,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::raft::election::LastLogId;
 use crate::raft::keys;
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::store::{MetaStore, ScanOrder, WriteBatch};
@@ -40,6 +41,8 @@ pub struct LogStore {
     reader: LogReader,
     last_log_id: Option<LogId>,
     last_purged_log_id: Option<LogId>,
+    /// `last_log_id`, shared with the replica's pre-vote.
+    shared_last_log_id: LastLogId,
 }
 
 impl LogStore {
@@ -51,9 +54,19 @@ impl LogStore {
     pub fn open(store: Arc<dyn MetaStore>) -> Result<Self, StorageError> {
         let reader = LogReader { store };
         let last_purged_log_id: Option<LogId> = reader.read_json(keys::LAST_PURGED, ErrorSubject::Logs)?;
-        let mut log = Self { reader, last_log_id: None, last_purged_log_id };
-        log.last_log_id = log.read_last_log_id()?;
+        let mut log = Self { reader, last_log_id: None, last_purged_log_id, shared_last_log_id: LastLogId::default() };
+        log.set_last_log_id(log.read_last_log_id()?);
         Ok(log)
+    }
+
+    /// Returns the id of the last entry, kept up to date as the log changes, for the pre-vote.
+    pub(crate) fn last_log_id_cell(&self) -> LastLogId {
+        self.shared_last_log_id.clone()
+    }
+
+    fn set_last_log_id(&mut self, id: Option<LogId>) {
+        self.last_log_id = id;
+        self.shared_last_log_id.set(id);
     }
 
     fn store(&self) -> &dyn MetaStore {
@@ -178,7 +191,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match self.store().write(batch, true) {
             Ok(()) => {
                 if last.is_some() {
-                    self.last_log_id = last;
+                    self.set_last_log_id(last);
                 }
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -195,7 +208,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range(keys::log(log_id.index), keys::log_end());
         // Synced so that a crash cannot resurrect conflicting entries that a later, synced append has replaced.
         self.write(batch, true, ErrorSubject::Logs)?;
-        self.last_log_id = self.read_last_log_id()?;
+        let last = self.read_last_log_id()?;
+        self.set_last_log_id(last);
         Ok(())
     }
 
@@ -210,7 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, false, ErrorSubject::Logs)?;
         self.last_purged_log_id = Some(log_id);
         if self.last_log_id < Some(log_id) {
-            self.last_log_id = Some(log_id);
+            self.set_last_log_id(Some(log_id));
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::MetaConfig;
+use crate::raft::election::{PreVoteFuture, PreVoteNetwork, PreVoteRequest};
 use crate::raft::types::{NodeAddr, TypeConfig, Vote};
 
 /// The error type of a Raft RPC towards one peer.
@@ -88,6 +89,27 @@ impl GrpcNetwork {
         let channel = endpoint.connect_timeout(self.connect_timeout).connect_lazy();
         channels.insert(target, (addr.to_string(), channel.clone()));
         Ok(channel)
+    }
+}
+
+impl PreVoteNetwork for GrpcNetwork {
+    fn pre_vote(&self, target: u64, node: &NodeAddr, request: PreVoteRequest, timeout: Duration) -> PreVoteFuture {
+        let channel = self.channel(target, &node.grpc_addr);
+        Box::pin(async move {
+            let mut client = RaftServiceClient::new(channel.map_err(|e| e.to_string())?);
+            let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+            let mut call = tonic::Request::new(RaftRequest { payload });
+            call.set_timeout(timeout);
+            let reply = tokio::time::timeout(timeout, client.pre_vote(call))
+                .await
+                .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+                .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+            match reply.into_inner().result {
+                Some(raft_reply::Result::Ok(bytes)) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+                Some(raft_reply::Result::Error(bytes)) => Err(String::from_utf8_lossy(&bytes).into_owned()),
+                None => Err("the pre-vote reply carries no result".into()),
+            }
+        })
     }
 }
 

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::AnyError;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
@@ -26,13 +27,15 @@ use openraft::raft::{
     VoteResponse,
 };
 
+use crate::MetaNode;
+use crate::raft::election::{Elections, PreVoteFuture, PreVoteNetwork, PreVoteRequest};
 use crate::raft::types::{MetaRaft, NodeAddr, TypeConfig};
 
 type RpcError<E = openraft::error::Infallible> = RPCError<u64, NodeAddr, RaftError<u64, E>>;
 
 #[derive(Default)]
 struct Routes {
-    nodes: BTreeMap<u64, MetaRaft>,
+    nodes: BTreeMap<u64, (MetaRaft, Arc<Elections>)>,
     isolated: BTreeSet<u64>,
     cut: BTreeSet<(u64, u64)>,
     drops_pending: u64,
@@ -67,9 +70,9 @@ impl Router {
         RouterNetwork { router: self.clone(), from: node_id }
     }
 
-    /// Makes replica `node_id` reachable through `raft`, replacing an earlier handle (after a restart).
-    pub fn register(&self, node_id: u64, raft: MetaRaft) {
-        self.lock().nodes.insert(node_id, raft);
+    /// Makes replica `node` reachable, replacing an earlier incarnation of it (after a restart).
+    pub fn register(&self, node: &MetaNode) {
+        self.lock().nodes.insert(node.node_id(), (node.raft().clone(), node.elections()));
     }
 
     /// Makes replica `node_id` unreachable, as if its process had stopped.
@@ -105,8 +108,8 @@ impl Router {
         self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Returns the target's handle if a request from `from` to `to` is delivered now.
-    fn deliver(&self, from: u64, to: u64) -> Result<MetaRaft, Unreachable> {
+    /// Returns the target's handles if a request from `from` to `to` is delivered now.
+    fn deliver(&self, from: u64, to: u64) -> Result<(MetaRaft, Arc<Elections>), Unreachable> {
         let mut routes = self.lock();
         Self::pass(&mut routes, from, to)?;
         routes.nodes.get(&to).cloned().ok_or_else(|| Unreachable::from(AnyError::error(format!("node {to} is down"))))
@@ -142,6 +145,18 @@ pub struct RouterNetwork {
     from: u64,
 }
 
+impl PreVoteNetwork for RouterNetwork {
+    fn pre_vote(&self, target: u64, _node: &NodeAddr, request: PreVoteRequest, _timeout: Duration) -> PreVoteFuture {
+        let (router, from) = (self.router.clone(), self.from);
+        Box::pin(async move {
+            let (_, elections) = router.deliver(from, target).map_err(|e| e.to_string())?;
+            let answer = elections.answer(&request).await;
+            router.deliver_reply(target, from).map_err(|e| e.to_string())?;
+            Ok(answer)
+        })
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
     type Network = RouterConnection;
 
@@ -167,7 +182,7 @@ impl RouterConnection {
         F: FnOnce(MetaRaft) -> Fut,
         Fut: Future<Output = Result<T, RaftError<u64, E>>>,
     {
-        let target = self.router.deliver(self.from, self.to).map_err(RPCError::Unreachable)?;
+        let (target, _) = self.router.deliver(self.from, self.to).map_err(RPCError::Unreachable)?;
         let result = call(target).await;
         self.router.deliver_reply(self.to, self.from).map_err(RPCError::Unreachable)?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.to, self.node.clone(), e)))
@@ -198,6 +213,6 @@ impl RaftNetwork<TypeConfig> for RouterConnection {
     /// Retries a dropped message after 10 ms: in-process delivery has no connection to re-establish, and a pause
     /// longer than the election timeout would turn every dropped message into an election.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(std::time::Duration::from_millis(10)))
+        Backoff::new(std::iter::repeat(Duration::from_millis(10)))
     }
 }

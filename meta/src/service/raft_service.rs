@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
+use crate::raft::election::{Elections, PreVoteRequest};
 use crate::raft::network::vote_from_proto;
 use crate::raft::types::{MetaRaft, TypeConfig};
 use crate::service::status::status_from_error;
@@ -24,12 +25,15 @@ pub struct RaftGrpcService {
     raft: MetaRaft,
     /// Set while the replica must not vote (see [`MetaNode::hold_votes`](crate::MetaNode::hold_votes)).
     votes_held: Arc<AtomicBool>,
+    /// Answers pre-votes.
+    elections: Arc<Elections>,
 }
 
 impl RaftGrpcService {
-    /// Returns the service of the local replica `raft`, which answers no vote request while `votes_held` is set.
-    pub fn new(raft: MetaRaft, votes_held: Arc<AtomicBool>) -> Self {
-        Self { raft, votes_held }
+    /// Returns the service of the local replica `raft`, which answers no vote request while `votes_held` is set and
+    /// pre-votes through `elections`.
+    pub fn new(raft: MetaRaft, votes_held: Arc<AtomicBool>, elections: Arc<Elections>) -> Self {
+        Self { raft, votes_held, elections }
     }
 }
 
@@ -60,6 +64,11 @@ impl RaftService for RaftGrpcService {
         }
         let rpc = decode(&request.into_inner().payload, "vote request")?;
         Ok(reply(self.raft.vote(rpc).await))
+    }
+
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc: PreVoteRequest = decode(&request.into_inner().payload, "pre-vote request")?;
+        Ok(reply::<_, ()>(Ok(self.elections.answer(&rpc).await)))
     }
 
     async fn install_snapshot(&self, request: Request<SnapshotChunk>) -> Result<Response<RaftReply>, Status> {

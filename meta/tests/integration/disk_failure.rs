@@ -45,7 +45,7 @@ async fn a_replica_whose_disk_fills_stops_and_says_why() -> Result<()> {
     let node =
         MetaNode::start(1, NodeAddr::new("127.0.0.1:7001"), Arc::new(store.clone()), test_config(), router.network(1))
             .await?;
-    router.register(1, node.raft().clone());
+    router.register(&node);
     node.bootstrap("disk").await?;
     wait_leader(&[&node], Duration::from_secs(5)).await?;
     node.propose(register(1, "127.0.0.1:7001")).await?;
@@ -66,7 +66,7 @@ async fn a_replica_whose_disk_fills_stops_and_says_why() -> Result<()> {
     store.full.store(false, Ordering::SeqCst);
     let again =
         MetaNode::start(1, NodeAddr::new("127.0.0.1:7001"), Arc::new(store), test_config(), router.network(1)).await?;
-    router.register(1, again.raft().clone());
+    router.register(&again);
     wait_leader(&[&again], Duration::from_secs(5)).await?;
     let (before, after) = again.read_state(|s| (s.node(1).is_some(), s.node(2).is_some())).await?;
     ensure!(before, "the acknowledged record survives");

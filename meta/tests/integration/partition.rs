@@ -15,7 +15,7 @@ async fn router_cluster(router: &Router, count: u64, config: MetaConfig) -> Resu
     for id in 1..=count {
         let addr = NodeAddr::new(format!("router-node-{id}:0"));
         let node = MetaNode::start(id, addr, Arc::new(MemMetaStore::new()), config.clone(), router.network(id)).await?;
-        router.register(id, node.raft().clone());
+        router.register(&node);
         nodes.push(node);
     }
     nodes[0].bootstrap("router-cluster").await?;
@@ -66,6 +66,101 @@ async fn isolated_leader_cannot_commit_and_converges_after_heal() -> Result<()> 
     let tables: Vec<&str> = state.catalog().tables().map(|t| t.name.as_str()).collect();
     assert_eq!(tables, vec!["after", "before"], "the uncommitted CREATE TABLE lost was discarded");
     for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+fn term_of(node: &MetaNode) -> u64 {
+    node.metrics().borrow().current_term
+}
+
+/// A follower cut off from the others (for ten longest election timeouts) asks for votes in vain, and so never
+/// raises its term (Raft's pre-vote); when it returns, the leader keeps its term and leadership, and the follower
+/// catches up on what was committed without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_keeps_its_term_and_does_not_unseat_the_leader_when_it_returns() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let term = term_of(&nodes[0]);
+    let follower = nodes.iter().find(|n| n.node_id() != leader).expect("a follower");
+    let leader_node = &nodes[(leader - 1) as usize];
+
+    router.isolate(follower.node_id());
+    let apart = Duration::from_millis(10 * config.election_timeout_max_ms);
+    let until = tokio::time::Instant::now() + apart;
+    while tokio::time::Instant::now() < until {
+        ensure!(term_of(follower) == term, "the isolated follower raised its term to {}", term_of(follower));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    leader_node.propose(create_table("while_apart")).await?.into_result()?;
+
+    router.heal();
+    // Long enough for a disruptive return to show: the follower's next answers reach the leader at once.
+    tokio::time::sleep(Duration::from_millis(4 * config.election_timeout_max_ms)).await;
+    assert_eq!(wait_leader(&all, Duration::from_secs(5)).await?, leader, "the leader kept its leadership");
+    for node in &nodes {
+        assert_eq!(term_of(node), term, "node {} is in another term", node.node_id());
+    }
+    let state = converged_state(&all, leader_node).await?;
+    assert!(state.catalog().table("while_apart").is_some());
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A follower that stops hearing the leader (the link from the leader is cut) but still reaches the other follower
+/// is refused: the other follower hears the leader. No term changes, and the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_no_longer_hears_the_leader_is_refused_while_the_others_do() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let term = term_of(&nodes[0]);
+    let deaf = nodes.iter().find(|n| n.node_id() != leader).expect("a follower").node_id();
+
+    router.cut(leader, deaf);
+    tokio::time::sleep(Duration::from_millis(10 * config.election_timeout_max_ms)).await;
+    for node in &nodes {
+        assert_eq!(term_of(node), term, "node {} changed its term while the leader was heard", node.node_id());
+    }
+    router.heal();
+    assert_eq!(wait_leader(&all, Duration::from_secs(5)).await?, leader);
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// When the leader stops, the followers, hearing no one, grant each other's pre-votes and elect a new leader within
+/// a few election timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_followers_of_a_stopped_leader_elect_a_new_one_promptly() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let stopped = &nodes[(leader - 1) as usize];
+    router.unregister(leader);
+    stopped.shutdown().await?;
+    let rest: Vec<&MetaNode> = nodes.iter().filter(|n| n.node_id() != leader).collect();
+    let started = tokio::time::Instant::now();
+    let next = wait_leader(&rest, Duration::from_secs(5)).await?;
+    assert_ne!(next, leader);
+    // The lease and one election timeout, each at most the longest timeout, plus the pre-vote and the vote.
+    let bound = Duration::from_millis(4 * config.election_timeout_max_ms);
+    ensure!(started.elapsed() < bound, "a new leader took {:?}, more than {bound:?}", started.elapsed());
+    for node in rest {
         node.shutdown().await?;
     }
     Ok(())
