@@ -146,8 +146,10 @@ pub async fn run_inside(bed: &Testbed, options: &Options) -> anyhow::Result<(Str
 
     let ops = history.ops();
     let checks = checker::check(&ops, &end);
+    // A fault that could not be applied or healed tested nothing: the run fails, naming it in the report.
+    let applied_cleanly = applied.iter().all(|a| a.error.is_none());
     let recovered = applied.iter().all(|a| a.recovery.is_some() || a.skipped.is_some()) && converged.is_some();
-    let passed = checks.iter().all(|c| c.passed) && recovered;
+    let passed = checks.iter().all(|c| c.passed) && recovered && applied_cleanly;
     let report = report(bed, options, &applied, &ops, &checks, converged);
     let final_map = workload::shard_map(bed.pg(1)).await.unwrap_or_else(|e| format!("  (not read: {e})\n"));
     let files = [
@@ -189,7 +191,7 @@ fn report(
             a.plan.kind.name(),
             a.plan.hold.as_secs_f64(),
             if a.restarted { " (the node had stopped itself and was started again)" } else { "" },
-            a.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            a.error.as_ref().map(|e| format!(" (FAILED, so the run fails: {e})")).unwrap_or_default()
         );
     }
     let mut by_kind: BTreeMap<FaultKind, Vec<f64>> = BTreeMap::new();

@@ -54,6 +54,10 @@ pub struct MetaConfig {
     pub rebalance_tolerance_pct: u32,
     /// The most shard copies moving for balance at once, cluster-wide.
     pub rebalance_moves_max: usize,
+    /// How far a candidate's wall clock may be from a voter's, in milliseconds, for the voter to grant its pre-vote
+    /// (0: not checked). A node whose clock is off could otherwise win an election while the group has no leader,
+    /// and then every node with a good clock would measure itself as the one that is off.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -76,6 +80,7 @@ impl Default for MetaConfig {
             rebalance: true,
             rebalance_tolerance_pct: 10,
             rebalance_moves_max: 2,
+            max_clock_skew_ms: 500,
         }
     }
 }

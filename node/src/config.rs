@@ -240,8 +240,40 @@ impl ClusterConfig {
             rebalance: self.rebalance,
             rebalance_tolerance_pct: self.rebalance_tolerance_pct,
             rebalance_moves_max: self.rebalance_moves_max,
+            max_clock_skew_ms: self.max_clock_skew.0,
             ..quiver_meta::MetaConfig::default()
         }
+    }
+}
+
+/// A secret from the configuration (a key, a password): read and written as the plain string, but never shown by
+/// `Debug`, so that no log line or error message that prints a configuration prints the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Returns the secret itself, for the one place that hands it on.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::MetaConfig;
+use crate::meta_node::liveness::wall_ms;
 use crate::raft::types::{LogId, MetaRaft, NodeAddr, Runtime, Vote};
 
 /// A replica's question to a voter before an election: would it vote for this candidate now?
@@ -44,6 +45,9 @@ pub struct PreVoteRequest {
     pub term: u64,
     /// The id of the last entry in the asking replica's log.
     pub last_log_id: Option<LogId>,
+    /// The asking replica's wall clock when it asked, in milliseconds since the Unix epoch (0: not given).
+    #[serde(default)]
+    pub wall_ms: u64,
 }
 
 /// A voter's answer to a [`PreVoteRequest`].
@@ -101,6 +105,8 @@ struct Timing {
     /// How long a replica that heard from a leader trusts it is still there (openraft's leader lease: the longest
     /// election timeout).
     lease: Duration,
+    /// How far a candidate's wall clock may be from this replica's (0: not checked).
+    max_clock_skew_ms: u64,
 }
 
 /// One replica's side of the elections: answers pre-votes and holds them. Shared by the replica, its Raft service
@@ -142,6 +148,7 @@ impl Elections {
             tick: config.heartbeat_interval(),
             timeout_ms: (config.election_timeout_min_ms, config.election_timeout_max_ms),
             lease: Duration::from_millis(config.election_timeout_max_ms),
+            max_clock_skew_ms: config.max_clock_skew_ms,
         };
         Self { node_id, raft, last_log_id, votes_held, timing }
     }
@@ -162,7 +169,8 @@ impl Elections {
     }
 
     /// Answers a pre-vote: granted when this replica has not heard from a leader for a lease, is no leader itself,
-    /// and the candidate's log is at least as up to date as its own. Changes nothing.
+    /// the candidate's wall clock is within `max_clock_skew_ms` of its own, and the candidate's log is at least as up
+    /// to date as its own. Changes nothing.
     pub async fn answer(&self, request: &PreVoteRequest) -> PreVoteResponse {
         if self.votes_held() {
             return PreVoteResponse::refused("it lost its store and votes again once it has rejoined".into());
@@ -185,6 +193,17 @@ impl Elections {
                 quiet.as_millis()
             ));
         }
+        let bound = self.timing.max_clock_skew_ms;
+        if bound > 0 && request.wall_ms > 0 {
+            let ahead = request.wall_ms as i64 - wall_ms() as i64;
+            if ahead.unsigned_abs() > bound {
+                let side = if ahead > 0 { "ahead of" } else { "behind" };
+                return PreVoteResponse::refused(format!(
+                    "the candidate's clock is {} ms {side} this replica's, more than max_clock_skew ({bound} ms)",
+                    ahead.unsigned_abs()
+                ));
+            }
+        }
         let mine = self.last_log_id.get();
         if request.last_log_id < mine {
             return PreVoteResponse::refused(format!(
@@ -203,6 +222,7 @@ impl Elections {
             candidate: self.node_id,
             term: view.vote.leader_id.term,
             last_log_id: self.last_log_id.get(),
+            wall_ms: wall_ms(),
         };
         let peers: BTreeSet<u64> = configs.iter().flatten().copied().filter(|id| *id != self.node_id).collect();
         let timeout = Duration::from_millis(self.timing.timeout_ms.0);

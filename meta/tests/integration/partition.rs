@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use quiver_meta::raft::{NodeAddr, Router};
+use quiver_meta::raft::{NodeAddr, PreVoteRequest, Router};
 use quiver_meta::{ClusterError, ClusterErrorKind, MemMetaStore, MetaConfig, MetaNode};
 
 use crate::cluster::{converged_state, create_table, init_tracing, register, test_config, wait_leader};
@@ -161,6 +161,43 @@ async fn the_followers_of_a_stopped_leader_elect_a_new_one_promptly() -> Result<
     let bound = Duration::from_millis(4 * config.election_timeout_max_ms);
     ensure!(started.elapsed() < bound, "a new leader took {:?}, more than {bound:?}", started.elapsed());
     for node in rest {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// A voter that hears no leader grants a pre-vote to a candidate whose wall clock agrees with its own, and refuses one
+/// whose clock is off by more than `max_clock_skew_ms`, saying by how much: a node started with its clock off must not
+/// lead, or every node with a good clock would measure itself as the one that is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_whose_clock_is_off_is_refused_a_pre_vote() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let voter = nodes.iter().find(|n| n.node_id() != leader).expect("a follower");
+    // Cut off, it stops hearing the leader; past the lease, only the clock and the log decide its answer.
+    router.isolate(voter.node_id());
+    tokio::time::sleep(Duration::from_millis(3 * config.election_timeout_max_ms)).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let ask = |wall_ms| PreVoteRequest {
+        candidate: 9,
+        term: 1,
+        last_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1_000, 9), 1_000_000)),
+        wall_ms,
+    };
+    let elections = voter.elections();
+    let granted = elections.answer(&ask(now)).await;
+    assert!(granted.granted, "{}", granted.reason);
+    let ahead = elections.answer(&ask(now + 5_000)).await;
+    assert!(!ahead.granted);
+    assert!(ahead.reason.contains("ahead of") && ahead.reason.contains("max_clock_skew (500 ms)"), "{}", ahead.reason);
+    let behind = elections.answer(&ask(now - 5_000)).await;
+    assert!(!behind.granted && behind.reason.contains("behind"), "{}", behind.reason);
+    router.heal();
+    for node in &nodes {
         node.shutdown().await?;
     }
     Ok(())

@@ -17,7 +17,7 @@ use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
 
 use super::cache::CacheSettings;
-use crate::config::{ByteSize, Millis};
+use crate::config::{ByteSize, Millis, Secret};
 use crate::error::Error;
 
 /// `[cold]`: the cold tier's object store. Credentials and endpoints not given here come from the standard environment
@@ -41,8 +41,8 @@ pub struct ColdConfig {
     pub allow_http: bool,
     /// S3 access key id (prefer the environment or an instance role).
     pub access_key_id: Option<String>,
-    /// S3 secret access key.
-    pub secret_access_key: Option<String>,
+    /// S3 secret access key (never shown by `Debug`).
+    pub secret_access_key: Option<Secret>,
     /// Rows per Parquet row group in tiered files.
     pub row_group_rows: usize,
     /// The size cold files aim for. Tiering starts a new file once its chunks' hot size passes this; compaction
@@ -212,7 +212,7 @@ impl ColdStore {
                             builder = builder.with_access_key_id(key);
                         }
                         if let Some(secret) = &config.secret_access_key {
-                            builder = builder.with_secret_access_key(secret);
+                            builder = builder.with_secret_access_key(secret.expose());
                         }
                         prefixed(Arc::new(builder.build().map_err(|e| bad(format!("{text}: {e}")))?), &prefix)
                     }
@@ -340,5 +340,15 @@ mod tests {
         };
         let store = ColdStore::open(&config, None).expect("client");
         assert_eq!(store.display(), "s3://bucket/prefix");
+    }
+
+    #[test]
+    fn the_secret_key_is_read_from_the_file_but_never_shown() {
+        let config: ColdConfig =
+            toml::from_str("store = \"s3://b/p\"\nsecret_access_key = \"hunter2-secret\"\n").expect("parses");
+        assert_eq!(config.secret_access_key.as_ref().map(Secret::expose), Some("hunter2-secret"));
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("hunter2"), "the secret is shown: {shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 }
