@@ -415,7 +415,9 @@ async fn clock_check(engine: &Arc<Engine>, config: &Config) -> Error {
         }
     };
     if beyond(first) {
-        return Error::Config { detail: skew_refusal(first, bound) };
+        let meta = engine.meta();
+        let leads = meta.leader().is_some_and(|(id, _)| id == meta.node_id());
+        return Error::Config { detail: skew_refusal(first, bound, leads) };
     }
     let mut was_beyond = false;
     loop {
@@ -432,12 +434,14 @@ async fn clock_check(engine: &Arc<Engine>, config: &Config) -> Error {
     }
 }
 
-/// Why a node whose clock is `skew_ms` behind the metadata leader's (negative: ahead) does not start.
+/// Why a node whose clock is `skew_ms` behind the metadata leader's (negative: ahead) does not start; for the leader
+/// itself (`leads`), behind most of the other members'.
 #[cfg(not(madsim))]
-fn skew_refusal(skew_ms: i64, bound_ms: u64) -> String {
+fn skew_refusal(skew_ms: i64, bound_ms: u64, leads: bool) -> String {
     let side = if skew_ms < 0 { "ahead of" } else { "behind" };
+    let whose = if leads { "most other members' (this node led the metadata group)" } else { "the metadata leader's" };
     format!(
-        "this node's clock is {} ms {side} the metadata leader's, more than cluster.max_clock_skew ({bound_ms} ms): \
+        "this node's clock is {} ms {side} {whose}, more than cluster.max_clock_skew ({bound_ms} ms): \
          synchronize the clocks (NTP, chrony) and start again",
         skew_ms.unsigned_abs()
     )

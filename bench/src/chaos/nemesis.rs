@@ -40,8 +40,7 @@ pub enum FaultKind {
     /// Delay a host's packets by 200 ms and lose 5 % of them (netem); skipped where the kernel has no netem.
     Delay,
     /// Restart a node with its wall clock 5 s off (ahead or behind, drawn): it must refuse to run, saying why;
-    /// healed by starting it with the machine's clock. Half of them restart the metadata leader, whose group must
-    /// then elect a node with a good clock.
+    /// healed by starting it with the machine's clock. Half of them restart the metadata leader.
     ClockSkew,
     /// Upgrade every node in turn onto another binary (`--upgrade-to`: the next release; by default a copy of the
     /// running one), each serving again before the next stops: the upgrade procedure, under load, with the new
@@ -291,8 +290,9 @@ async fn apply(
         FaultKind::Delay => bed.run(&["delay", &p.host.to_string(), "200", "5"]).await.map(|_| ()),
         FaultKind::ClockSkew => {
             if p.host % 2 == 0 {
-                // Drawn on an even host, it restarts the metadata leader instead: the group, left without a leader,
-                // must elect another node, not the one whose clock is off.
+                // Drawn on an even host, it restarts the metadata leader instead. Restarted within its followers'
+                // lease, the leader resumes leading at once (openraft keeps its committed vote), so it must find
+                // its clock off by its members' heartbeats, not by a leader's.
                 p.host = metadata_leader(bed).await?;
                 println!("           on the metadata leader, host {}", p.host);
             }

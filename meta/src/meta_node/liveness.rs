@@ -27,6 +27,8 @@ use crate::state::{MetaCommand, NodeState};
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
     inner: Mutex<Heard>,
+    /// How far each member's wall clock was ahead of this leader's at its last heartbeat (ms), and when.
+    clocks: Mutex<HashMap<u64, (i64, Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,38 @@ impl MetaNode {
             self.set_state_as_leader(node_id, NodeState::Serving).await?;
         }
         Ok(())
+    }
+
+    /// Records on the leader how far member `node_id`'s wall clock (`member_time_ms` when it sent its heartbeat) is
+    /// ahead of this node's.
+    pub fn record_member_clock(&self, node_id: u64, member_time_ms: u64) {
+        let ahead = member_time_ms as i64 - wall_ms() as i64;
+        let mut clocks = self.inner.liveness.clocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        clocks.insert(node_id, (ahead, Instant::now()));
+    }
+
+    /// The leader's own clock skew, from its members' heartbeats: how far the members' clocks are ahead of this
+    /// node's, as most of them say (the offset in the middle of the closer half, at least two members heard within
+    /// `node_down_after`); 0 without other members or with one (two nodes cannot tell whose clock is off); `None`
+    /// while too few have said.
+    fn leader_clock_skew(&self) -> Option<i64> {
+        let (_, members) = self.members();
+        let others = members.iter().filter(|(id, _)| *id != self.inner.node_id).count();
+        if others < 2 {
+            return Some(0);
+        }
+        let fresh = self.inner.config.node_down_after();
+        let clocks = self.inner.liveness.clocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut offsets: Vec<i64> = clocks
+            .iter()
+            .filter(|(id, (_, at))| **id != self.inner.node_id && at.elapsed() <= fresh)
+            .map(|(_, (ahead, _))| *ahead)
+            .collect();
+        if offsets.len() < 2 {
+            return None;
+        }
+        offsets.sort_by_key(|o| o.unsigned_abs());
+        Some(offsets[(offsets.len() - 1) / 2])
     }
 
     /// Records on the leader that member `node_id` was heard from now, as it joins (or rejoins): the memory of its last
@@ -158,7 +192,8 @@ pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
         let node_id = node.inner.node_id;
         match node.leader() {
             Some((leader, _)) if leader == node_id => {
-                node.inner.clock_skew_ms.store(0, Ordering::Relaxed);
+                let skew = node.leader_clock_skew().unwrap_or(SKEW_UNKNOWN);
+                node.inner.clock_skew_ms.store(skew, Ordering::Relaxed);
                 if let Err(e) = node.record_heartbeat(node_id).await {
                     tracing::debug!(node_id, error = %e, "recording this leader's own heartbeat failed");
                 }

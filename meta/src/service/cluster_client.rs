@@ -239,7 +239,8 @@ impl ClusterClient {
     /// [`ClusterError::NotLeader`] when the called node does not lead; transport errors.
     pub async fn heartbeat(&self, addr: &str, node_id: u64) -> Result<u64, ClusterError> {
         let mut client = self.connect(addr).await?;
-        let call = client.heartbeat(NodeHeartbeatRequest { node_id });
+        let member_time_ms = crate::meta_node::liveness::wall_ms();
+        let call = client.heartbeat(NodeHeartbeatRequest { node_id, member_time_ms });
         match tokio::time::timeout(self.request_timeout, call).await {
             Ok(reply) => reply.map(|r| r.into_inner().leader_time_ms).map_err(|s| error_from_status(addr, &s)),
             Err(_) => Err(ClusterError::Timeout { operation: "heartbeat", node_id, timeout_ms: 0 }),

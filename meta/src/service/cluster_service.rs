@@ -154,8 +154,11 @@ impl ClusterService for ClusterGrpcService {
         &self,
         request: Request<NodeHeartbeatRequest>,
     ) -> Result<Response<NodeHeartbeatResponse>, Status> {
-        let node_id = request.into_inner().node_id;
+        let NodeHeartbeatRequest { node_id, member_time_ms } = request.into_inner();
         self.node.record_heartbeat(node_id).await.map_err(|e| status_from_error(&e))?;
+        if member_time_ms > 0 {
+            self.node.record_member_clock(node_id, member_time_ms);
+        }
         Ok(Response::new(NodeHeartbeatResponse { leader_time_ms: crate::meta_node::liveness::wall_ms() }))
     }
 }

@@ -203,6 +203,43 @@ async fn a_candidate_whose_clock_is_off_is_refused_a_pre_vote() -> Result<()> {
     Ok(())
 }
 
+/// The leader measures its own clock against its members' heartbeats: when most members' clocks are 5 s ahead of
+/// its own, its skew says it is 5 s behind; when one of two agrees with it, it is not the one that is off. (On the
+/// router, members send no heartbeats: the test reports their clocks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_learns_from_most_members_that_its_own_clock_is_off() -> Result<()> {
+    init_tracing();
+    let config = test_config();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let all: Vec<&MetaNode> = nodes.iter().collect();
+    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let leading = &nodes[(leader - 1) as usize];
+    let members: Vec<u64> = nodes.iter().map(MetaNode::node_id).filter(|id| *id != leader).collect();
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
+    let settles = |range: std::ops::RangeInclusive<i64>| async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let skew = leading.clock_skew();
+            if skew.is_some_and(|s| range.contains(&s)) {
+                return Ok::<_, anyhow::Error>(());
+            }
+            ensure!(tokio::time::Instant::now() < until, "the leader's skew stayed {skew:?}, not in {range:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    for id in &members {
+        leading.record_member_clock(*id, wall()? + 5_000);
+    }
+    settles(4_800..=5_000).await?;
+    leading.record_member_clock(members[0], wall()?);
+    settles(-200..=0).await?;
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_messages_are_retried_until_committed() -> Result<()> {
     init_tracing();
