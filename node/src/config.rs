@@ -141,8 +141,9 @@ pub struct ClusterConfig {
     /// How long a node may stay silent before the metadata leader marks it down (at least three heartbeat
     /// intervals).
     pub node_down_after: Millis,
-    /// The most this node's wall clock may differ from the metadata leader's (measured by heartbeats): a node
-    /// beyond it refuses to start, and logs an error while it runs beyond it (0: not checked).
+    /// The most this node's wall clock may differ from the metadata leader's (measured by heartbeats; the leader's
+    /// from most members'): a node beyond it refuses to start, and logs an error while it runs beyond it; a candidate
+    /// beyond it from a voter's clock is refused that voter's pre-vote (0: not checked).
     pub max_clock_skew: Millis,
     /// How long a node may stay down before each of its replicas is made again on another node (0: at once).
     pub replica_down_timeout: Millis,

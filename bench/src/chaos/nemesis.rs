@@ -289,7 +289,7 @@ async fn apply(
         }
         FaultKind::Delay => bed.run(&["delay", &p.host.to_string(), "200", "5"]).await.map(|_| ()),
         FaultKind::ClockSkew => {
-            if p.host % 2 == 0 {
+            if p.host.is_multiple_of(2) {
                 // Drawn on an even host, it restarts the metadata leader instead. Restarted within its followers'
                 // lease, the leader resumes leading at once (openraft keeps its committed vote), so it must find
                 // its clock off by its members' heartbeats, not by a leader's.

@@ -65,14 +65,28 @@ async fn isolated_leader_cannot_commit_and_converges_after_heal() -> Result<()> 
     let state = converged_state(&all, &nodes[(leader - 1) as usize]).await?;
     let tables: Vec<&str> = state.catalog().tables().map(|t| t.name.as_str()).collect();
     assert_eq!(tables, vec!["after", "before"], "the uncommitted CREATE TABLE lost was discarded");
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
 
 fn term_of(node: &MetaNode) -> u64 {
     node.metrics().borrow().current_term
+}
+
+/// Three replicas on a router with the test settings, once they agree on a leader: the router, the replicas and the
+/// leader's id.
+async fn led_cluster() -> Result<(Router, Vec<MetaNode>, u64)> {
+    init_tracing();
+    let router = Router::new();
+    let nodes = router_cluster(&router, 3, test_config()).await?;
+    let leader = wait_leader(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(5)).await?;
+    Ok((router, nodes, leader))
+}
+
+async fn shutdown_all(nodes: &[MetaNode]) -> Result<()> {
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
 }
 
 /// A follower cut off from the others (for ten longest election timeouts) asks for votes in vain, and so never
@@ -80,12 +94,9 @@ fn term_of(node: &MetaNode) -> u64 {
 /// catches up on what was committed without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_follower_keeps_its_term_and_does_not_unseat_the_leader_when_it_returns() -> Result<()> {
-    init_tracing();
     let config = test_config();
-    let router = Router::new();
-    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let (router, nodes, leader) = led_cluster().await?;
     let all: Vec<&MetaNode> = nodes.iter().collect();
-    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
     let term = term_of(&nodes[0]);
     let follower = nodes.iter().find(|n| n.node_id() != leader).expect("a follower");
     let leader_node = &nodes[(leader - 1) as usize];
@@ -108,22 +119,16 @@ async fn an_isolated_follower_keeps_its_term_and_does_not_unseat_the_leader_when
     }
     let state = converged_state(&all, leader_node).await?;
     assert!(state.catalog().table("while_apart").is_some());
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
 
 /// A follower that stops hearing the leader (the link from the leader is cut) but still reaches the other follower
 /// is refused: the other follower hears the leader. No term changes, and the leader stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_no_longer_hears_the_leader_is_refused_while_the_others_do() -> Result<()> {
-    init_tracing();
     let config = test_config();
-    let router = Router::new();
-    let nodes = router_cluster(&router, 3, config.clone()).await?;
+    let (router, nodes, leader) = led_cluster().await?;
     let all: Vec<&MetaNode> = nodes.iter().collect();
-    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
     let term = term_of(&nodes[0]);
     let deaf = nodes.iter().find(|n| n.node_id() != leader).expect("a follower").node_id();
 
@@ -134,22 +139,15 @@ async fn a_follower_that_no_longer_hears_the_leader_is_refused_while_the_others_
     }
     router.heal();
     assert_eq!(wait_leader(&all, Duration::from_secs(5)).await?, leader);
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
 
 /// When the leader stops, the followers, hearing no one, grant each other's pre-votes and elect a new leader within
 /// a few election timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_followers_of_a_stopped_leader_elect_a_new_one_promptly() -> Result<()> {
-    init_tracing();
     let config = test_config();
-    let router = Router::new();
-    let nodes = router_cluster(&router, 3, config.clone()).await?;
-    let all: Vec<&MetaNode> = nodes.iter().collect();
-    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let (router, nodes, leader) = led_cluster().await?;
     let stopped = &nodes[(leader - 1) as usize];
     router.unregister(leader);
     stopped.shutdown().await?;
@@ -171,12 +169,8 @@ async fn the_followers_of_a_stopped_leader_elect_a_new_one_promptly() -> Result<
 /// lead, or every node with a good clock would measure itself as the one that is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_whose_clock_is_off_is_refused_a_pre_vote() -> Result<()> {
-    init_tracing();
     let config = test_config();
-    let router = Router::new();
-    let nodes = router_cluster(&router, 3, config.clone()).await?;
-    let all: Vec<&MetaNode> = nodes.iter().collect();
-    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let (router, nodes, leader) = led_cluster().await?;
     let voter = nodes.iter().find(|n| n.node_id() != leader).expect("a follower");
     // Cut off, it stops hearing the leader; past the lease, only the clock and the log decide its answer.
     router.isolate(voter.node_id());
@@ -197,10 +191,7 @@ async fn a_candidate_whose_clock_is_off_is_refused_a_pre_vote() -> Result<()> {
     let behind = elections.answer(&ask(now - 5_000)).await;
     assert!(!behind.granted && behind.reason.contains("behind"), "{}", behind.reason);
     router.heal();
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
 
 /// The leader measures its own clock against its members' heartbeats: when most members' clocks are 5 s ahead of
@@ -208,12 +199,7 @@ async fn a_candidate_whose_clock_is_off_is_refused_a_pre_vote() -> Result<()> {
 /// router, members send no heartbeats: the test reports their clocks.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_learns_from_most_members_that_its_own_clock_is_off() -> Result<()> {
-    init_tracing();
-    let config = test_config();
-    let router = Router::new();
-    let nodes = router_cluster(&router, 3, config.clone()).await?;
-    let all: Vec<&MetaNode> = nodes.iter().collect();
-    let leader = wait_leader(&all, Duration::from_secs(5)).await?;
+    let (_router, nodes, leader) = led_cluster().await?;
     let leading = &nodes[(leader - 1) as usize];
     let members: Vec<u64> = nodes.iter().map(MetaNode::node_id).filter(|id| *id != leader).collect();
     let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64);
@@ -234,10 +220,7 @@ async fn a_leader_learns_from_most_members_that_its_own_clock_is_off() -> Result
     settles(4_800..=5_000).await?;
     leading.record_member_clock(members[0], wall()?);
     settles(-200..=0).await?;
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,8 +238,5 @@ async fn dropped_messages_are_retried_until_committed() -> Result<()> {
     let leader = wait_leader(&all, Duration::from_secs(5)).await?;
     let state = converged_state(&all, &nodes[(leader - 1) as usize]).await?;
     assert_eq!(state.catalog().tables().count(), 5);
-    for node in &nodes {
-        node.shutdown().await?;
-    }
-    Ok(())
+    shutdown_all(&nodes).await
 }
