@@ -13,7 +13,7 @@
 //! yes from a majority of every configuration (both halves of a joint one) does the replica start the election. A
 //! replica that cannot reach a majority, or whose peers still hear from a leader, never raises its term.
 //!
-//! openraft 0.9 has no pre-vote, so its timer is switched off (`enable_elect = false`) and [`run`] takes its place:
+//! openraft 0.9 has no pre-vote, so its timer is switched off (`enable_elect = false`) and `run` takes its place:
 //! it waits as openraft's timer would (the leader lease, then a random election timeout, drawn anew before every
 //! attempt so that replicas whose attempts collided do not collide again), holds the pre-vote, and on winning
 //! triggers openraft's election. A sole voter elects itself without asking. The answering side is
