@@ -94,6 +94,7 @@ impl Cluster {
                 // One directory for every node's cold tier, as a shared bucket would be.
                 cold_store: Some(format!("file://{}", dir.join("cold").display())),
                 cold_shared_dir: true,
+                ..Overrides::default()
             };
             let config = Config::load(None, Vec::new(), &overrides)?;
             let server = Server::bind(config).await.with_context(|| format!("start node {id}"))?;

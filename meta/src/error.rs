@@ -144,6 +144,24 @@ pub enum Error {
         commit: bool,
     },
     /// Stored metadata could not be decoded.
+    /// No role of this name exists.
+    #[error("role \"{role}\" does not exist")]
+    RoleNotFound {
+        /// The role's name.
+        role: String,
+    },
+    /// A role of this name exists.
+    #[error("role \"{role}\" already exists")]
+    RoleAlreadyExists {
+        /// The role's name.
+        role: String,
+    },
+    /// A change to the principals that cannot be made.
+    #[error("{detail}")]
+    InvalidPrincipal {
+        /// What is wrong.
+        detail: String,
+    },
     #[error("metadata could not be decoded")]
     Decode(#[source] serde_json::Error),
 }
@@ -152,10 +170,11 @@ impl Error {
     /// Returns what a caller should do about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::TableNotFound { .. } | Error::NodeNotFound { .. } | Error::ShardNotFound { .. } => {
-                ErrorKind::NotFound
-            }
-            Error::TableAlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::TableNotFound { .. }
+            | Error::NodeNotFound { .. }
+            | Error::ShardNotFound { .. }
+            | Error::RoleNotFound { .. } => ErrorKind::NotFound,
+            Error::TableAlreadyExists { .. } | Error::RoleAlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::InvalidTableDefinition { .. }
             | Error::NoNodeForShards { .. }
             | Error::ShardEpochConflict { .. }
@@ -164,6 +183,7 @@ impl Error {
             | Error::ColdUploadsFenced { .. }
             | Error::ShardManifestPending { .. }
             | Error::TransactionDecided { .. }
+            | Error::InvalidPrincipal { .. }
             | Error::ClusterIdMismatch { .. } => ErrorKind::InvalidRequest,
             Error::Decode(_) => ErrorKind::Internal,
         }
@@ -278,6 +298,24 @@ pub enum Rejection {
         /// The cluster id in the command.
         proposed: String,
     },
+    /// See [`Error::RoleNotFound`].
+    #[error("role \"{role}\" does not exist")]
+    RoleNotFound {
+        /// The role's name.
+        role: String,
+    },
+    /// See [`Error::RoleAlreadyExists`].
+    #[error("role \"{role}\" already exists")]
+    RoleAlreadyExists {
+        /// The role's name.
+        role: String,
+    },
+    /// See [`Error::InvalidPrincipal`].
+    #[error("{detail}")]
+    InvalidPrincipal {
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl Rejection {
@@ -309,6 +347,9 @@ impl From<Rejection> for Error {
             Rejection::ShardManifestPending { shard_id, txn } => Error::ShardManifestPending { shard_id, txn },
             Rejection::TransactionDecided { txn, commit } => Error::TransactionDecided { txn, commit },
             Rejection::ClusterIdMismatch { current, proposed } => Error::ClusterIdMismatch { current, proposed },
+            Rejection::RoleNotFound { role } => Error::RoleNotFound { role },
+            Rejection::RoleAlreadyExists { role } => Error::RoleAlreadyExists { role },
+            Rejection::InvalidPrincipal { detail } => Error::InvalidPrincipal { detail },
         }
     }
 }
@@ -335,6 +376,9 @@ impl Rejection {
             | Error::ShardManifestPending { .. }
             | Error::TransactionDecided { .. }
             | Error::ClusterIdMismatch { .. }
+            | Error::RoleNotFound { .. }
+            | Error::RoleAlreadyExists { .. }
+            | Error::InvalidPrincipal { .. }
             | Error::Decode(_)) => unreachable!("Catalog::apply returned {other}"),
         }
     }

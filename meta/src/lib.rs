@@ -14,9 +14,9 @@
 //!  every replica: LogStore (MetaStore) ─► commit ─► StateMachineStore::apply ─► MetaState ─► subscribe()
 //! ```
 //!
-//! Module layout: [`catalog`](Catalog) and `state` (the data), [`store`] (the storage seam), [`raft`] (openraft
-//! plumbing), `meta_node` ([`MetaNode`]), [`service`] (gRPC servers, client, error mapping), `config`
-//! ([`MetaConfig`]), `error`.
+//! Module layout: [`catalog`](Catalog), `principals` ([`Principals`]: roles, users, privileges) and `state` (the
+//! data), [`store`] (the storage seam), [`raft`] (openraft plumbing), `meta_node` ([`MetaNode`]), [`service`] (gRPC
+//! servers, client, error mapping), `config` ([`MetaConfig`]), `error`.
 //!
 //! This crate depends on `openraft`, `tonic` and the generated protocol, but on no storage engine or query engine:
 //! the node supplies the [`MetaStore`] implementation.
@@ -34,6 +34,7 @@ mod catalog;
 mod config;
 mod error;
 mod meta_node;
+mod principals;
 pub mod raft;
 pub mod service;
 mod state;
@@ -45,6 +46,9 @@ pub use catalog::{
 pub use config::MetaConfig;
 pub use error::{BoxError, ClusterError, ClusterErrorKind, Error, ErrorKind, Rejection, Result};
 pub use meta_node::{ClusterStatus, JoinRequest, MemberStatus, MetaNode};
+pub use principals::{
+    GrantObject, GrantRow, PrincipalCommand, Principals, Privilege, ROLE_NAME_MAX, RoleRecord, ScramVerifier, TokenKey,
+};
 pub use state::repair::hand_over;
 pub use state::{
     DECISION_KEPT_MS, Decision, ManifestPointer, MetaCommand, MetaOutcome, MetaResponse, MetaState, NodeRecord,

@@ -39,6 +39,7 @@ pub use self::shards::{
 pub use self::transactions::{DECISION_KEPT_MS, Decision};
 use crate::catalog::{Catalog, CatalogCommand, CatalogOutcome, TableId};
 use crate::error::{Error, Rejection};
+use crate::principals::Principals;
 
 /// The replicated metadata of a cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,9 @@ pub struct MetaState {
     /// them without a pass over every shard.
     #[serde(default)]
     pending_manifests: BTreeMap<u64, Vec<ShardId>>,
+    /// Roles, users and their privileges.
+    #[serde(default)]
+    principals: Principals,
 }
 
 impl MetaState {
@@ -103,6 +107,11 @@ impl MetaState {
     /// Returns the catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Returns the roles, users and privileges.
+    pub fn principals(&self) -> &Principals {
+        &self.principals
     }
 
     /// Returns the registered node of this id.
@@ -212,6 +221,15 @@ impl MetaState {
                 Some(current) => Err(Rejection::ClusterIdMismatch { current: current.clone(), proposed: cluster_id }),
             },
             MetaCommand::Catalog { command } => self.apply_catalog(command),
+            MetaCommand::Principals { command } => {
+                if let Some(table) = command.granted_tables().into_iter().find(|t| self.catalog.table(t).is_none()) {
+                    return Err(Rejection::TableNotFound { table: table.to_string() });
+                }
+                match self.principals.apply(command)? {
+                    true => Ok(MetaOutcome::PrincipalsChanged),
+                    false => Ok(MetaOutcome::Unchanged),
+                }
+            }
             MetaCommand::RegisterNode { node_id, grpc_addr, flight_addr, pg_addr, role } => {
                 match self.nodes.get_mut(&node_id) {
                     Some(node) => {
@@ -491,6 +509,7 @@ impl MetaState {
                         }
                     }
                 }
+                self.principals.table_dropped(&table.name);
                 Ok(MetaOutcome::TableDropped { table, shards })
             }
             CatalogOutcome::Altered(table) => Ok(MetaOutcome::TableAltered { table }),

@@ -36,6 +36,10 @@ pub struct Config {
     pub cold: ColdConfig,
     /// Limits that protect the node from oversized requests.
     pub limits: LimitsConfig,
+    /// Who may connect: users, passwords, tokens.
+    pub auth: AuthConfig,
+    /// TLS on the client endpoints.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -244,6 +248,99 @@ impl ClusterConfig {
             max_clock_skew_ms: self.max_clock_skew.0,
             ..quiver_meta::MetaConfig::default()
         }
+    }
+}
+
+/// TLS on the client endpoints (Flight SQL, PostgreSQL wire, HTTP): on when both files are given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain (PEM), its own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// How often the files are checked for a renewed certificate (also reloaded on SIGHUP).
+    pub reload_interval: Millis,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert_file: None, key_file: None, reload_interval: Millis(10_000) }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// Authentication of clients (Flight SQL, PostgreSQL wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether clients authenticate as users of the metadata and need privileges for what they do. Off: every
+    /// client has every privilege (only sensible on loopback or a trusted network).
+    pub enabled: bool,
+    /// How long a Flight SQL bearer token is valid.
+    pub token_ttl: Millis,
+    /// The initial administrator: a superuser created with `admin_password` when auth is on and no user of this
+    /// name exists (empty: none). Set by `quiver server --init-admin NAME`.
+    pub admin_user: String,
+    /// The initial administrator's password; set it from the environment (`QUIVER_AUTH__ADMIN_PASSWORD`) or use
+    /// `admin_password_file`, never a command line.
+    pub admin_password: Option<Secret>,
+    /// A file holding the initial administrator's password (its first line).
+    pub admin_password_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_ttl: Millis(12 * 3_600_000),
+            admin_user: String::new(),
+            admin_password: None,
+            admin_password_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The initial administrator's name and password, when one is configured.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a name is given without a password, both sources are given, or the file cannot be
+    /// read or is empty.
+    pub fn admin(&self) -> Result<Option<(String, Secret)>> {
+        if self.admin_user.is_empty() {
+            return Ok(None);
+        }
+        let bad = |why: String| Err(Error::Config { detail: format!("auth.admin_password: {why}") });
+        let password = match (&self.admin_password, &self.admin_password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(text) => text,
+                    Err(e) => return bad(format!("cannot read {}: {e}", path.display())),
+                };
+                Secret::from(text.lines().next().unwrap_or_default().to_string())
+            }
+            (Some(_), Some(_)) => return bad("give admin_password or admin_password_file, not both".into()),
+            (None, None) => {
+                return bad(format!(
+                    "the initial administrator \"{}\" needs a password: set QUIVER_AUTH__ADMIN_PASSWORD or \
+                     auth.admin_password_file",
+                    self.admin_user
+                ));
+            }
+        };
+        if password.expose().is_empty() {
+            return bad("the initial administrator's password is empty".into());
+        }
+        Ok(Some((self.admin_user.clone(), password)))
     }
 }
 
@@ -468,6 +565,8 @@ pub struct Overrides {
     pub cold_store: Option<String>,
     /// `--cold-shared-dir`: sets `cold.shared_dir` when given.
     pub cold_shared_dir: bool,
+    /// `--init-admin NAME`: sets `auth.admin_user` and turns auth on.
+    pub init_admin: Option<String>,
 }
 
 /// The error of a node of a cluster whose cold store only it can read.
@@ -539,6 +638,10 @@ impl Config {
         if overrides.cold_shared_dir {
             config.cold.shared_dir = true;
         }
+        if let Some(admin) = &overrides.init_admin {
+            config.auth.admin_user = admin.clone();
+            config.auth.enabled = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -554,6 +657,18 @@ impl Config {
             && let Err(why) = crate::cold::check_url(&self.cold.store)
         {
             return bad("cold.store", why);
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls", "cert_file and key_file are given together, or neither".into());
+        }
+        if self.tls.enabled() && self.tls.reload_interval.0 < 100 {
+            return bad("tls.reload_interval", "must be at least 100ms".into());
+        }
+        if self.auth.enabled {
+            self.auth.admin()?;
+            if self.auth.token_ttl.0 < 1000 {
+                return bad("auth.token_ttl", "must be at least 1s".into());
+            }
         }
         if self.cold.compact_min_files < 2 {
             return bad("cold.compact_min_files", "must be 2 or more".into());

@@ -70,6 +70,7 @@ pub use replication::{ReplicaState, ReplicaStatus, ReplicatedChange, ReplicatedC
 pub use retention::ExpireReport;
 pub use tier::TierReport;
 
+use crate::auth::{self, Caller};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::query::provider::HotTableProvider;
@@ -200,6 +201,16 @@ pub enum Command {
     Rollback,
     /// SET.
     Set,
+    /// CREATE USER / CREATE ROLE.
+    CreateRole,
+    /// ALTER USER / ALTER ROLE.
+    AlterRole,
+    /// DROP USER / DROP ROLE.
+    DropRole,
+    /// GRANT.
+    Grant,
+    /// REVOKE.
+    Revoke,
     /// Any other statement that returns no rows.
     Other,
 }
@@ -222,6 +233,11 @@ impl Command {
             Command::Commit => "COMMIT",
             Command::Rollback => "ROLLBACK",
             Command::Set => "SET",
+            Command::CreateRole => "CREATE ROLE",
+            Command::AlterRole => "ALTER ROLE",
+            Command::DropRole => "DROP ROLE",
+            Command::Grant => "GRANT",
+            Command::Revoke => "REVOKE",
             Command::Other => "OK",
         }
     }
@@ -992,10 +1008,20 @@ impl Engine {
     ///
     /// Stops at the first failing statement; the statements before it have taken effect.
     pub async fn execute(&self, sql: &str) -> Result<Vec<QueryOutput>> {
+        self.execute_as(&Caller::Trusted, sql).await
+    }
+
+    /// Executes the statements of `sql` for `caller`, whose privileges each statement needs; see
+    /// [`Engine::execute`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::execute`], and [`Error::PermissionDenied`] for a statement the caller may not run.
+    pub async fn execute_as(&self, caller: &Caller, sql: &str) -> Result<Vec<QueryOutput>> {
         let statements = parse(sql)?;
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
-            out.push(self.execute_statement(s).await?);
+            out.push(self.execute_statement(caller, s).await?);
         }
         Ok(out)
     }
@@ -1006,9 +1032,18 @@ impl Engine {
     ///
     /// Fails when `sql` holds no statement or several, or when the statement fails.
     pub async fn execute_one(&self, sql: &str) -> Result<QueryOutput> {
+        self.execute_one_as(&Caller::Trusted, sql).await
+    }
+
+    /// Executes exactly one statement for `caller`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::execute_one`], and [`Error::PermissionDenied`] when the caller may not run it.
+    pub async fn execute_one_as(&self, caller: &Caller, sql: &str) -> Result<QueryOutput> {
         let mut statements = parse(sql)?;
         match (statements.pop(), statements.is_empty()) {
-            (Some(s), true) => self.execute_statement(s).await,
+            (Some(s), true) => self.execute_statement(caller, s).await,
             (None, _) => Ok(QueryOutput::Done { command: Command::Other }),
             (Some(_), false) => {
                 Err(Error::Unsupported { what: "several statements in one request of this kind".into() })
@@ -1022,6 +1057,15 @@ impl Engine {
     ///
     /// Fails when the statement does not parse or plan.
     pub async fn prepare(&self, sql: &str) -> Result<PreparedStatement> {
+        self.prepare_as(&Caller::Trusted, sql).await
+    }
+
+    /// Plans a statement for `caller`, who must hold the privileges it needs (checked again at every execution).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::prepare`], and [`Error::PermissionDenied`].
+    pub async fn prepare_as(&self, caller: &Caller, sql: &str) -> Result<PreparedStatement> {
         let numbered = number_question_marks(sql);
         let mut statements = parse(numbered.as_deref().unwrap_or(sql))?;
         let statement = match (statements.pop(), statements.is_empty()) {
@@ -1032,11 +1076,15 @@ impl Engine {
             (Some(ParsedStatement::CopyFrom(_)), true) => {
                 return Err(Error::Unsupported { what: "COPY FROM in a prepared statement".into() });
             }
+            (Some(ParsedStatement::Dcl(d)), true) => {
+                return Err(Error::Unsupported { what: format!("{} in a prepared statement", d.tag()) });
+            }
             (Some(_), false) => return Err(Error::Unsupported { what: "several statements in one prepare".into() }),
         };
         self.see_acknowledged_ddl().await?;
         let version = self.meta.read_local(|s| s.version());
         let plan = self.ctx.state().statement_to_plan(statement).await?;
+        self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan))?;
         let types = plan.get_parameter_types()?;
         let mut parameter_types = Vec::new();
         for (name, ty) in types {
@@ -1071,6 +1119,21 @@ impl Engine {
         statement: &PreparedStatement,
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput> {
+        self.execute_prepared_as(&Caller::Trusted, statement, params).await
+    }
+
+    /// Executes a prepared statement for `caller`, whose privileges are checked anew (a grant may have been revoked
+    /// since it was prepared).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::execute_prepared`], and [`Error::PermissionDenied`].
+    pub async fn execute_prepared_as(
+        &self,
+        caller: &Caller,
+        statement: &PreparedStatement,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
         self.metrics.statements.inc();
         if params.len() != statement.parameter_types.len() {
             return Err(Error::Parameter {
@@ -1097,9 +1160,10 @@ impl Engine {
         let statement = if self.meta.read_local(|s| s.version()) == statement.version {
             statement
         } else {
-            replanned = self.prepare(&statement.sql).await?;
+            replanned = self.prepare_as(caller, &statement.sql).await?;
             &replanned
         };
+        self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &statement.plan))?;
         let plan = if values.is_empty() {
             statement.plan.clone()
         } else {
@@ -1112,9 +1176,10 @@ impl Engine {
         self.execute_plan_with(plan, BTreeMap::new(), &statement.sql).await
     }
 
-    async fn execute_statement(&self, statement: ParsedStatement) -> Result<QueryOutput> {
+    async fn execute_statement(&self, caller: &Caller, statement: ParsedStatement) -> Result<QueryOutput> {
         self.metrics.statements.inc();
         match statement {
+            ParsedStatement::Dcl(dcl) => self.execute_dcl(caller, dcl).await,
             ParsedStatement::DataFusion(s) => {
                 // Transaction control in any PostgreSQL spelling (BEGIN, BEGIN WORK, END, ABORT, …): statements
                 // autocommit, so these are accepted and change nothing.
@@ -1143,6 +1208,8 @@ impl Engine {
                             };
                             let changes = options::parse(set)?;
                             let name = table_name_of(&alter.name)?;
+                            self.see_acknowledged_ddl().await?;
+                            self.meta.read_local(|s| caller.require_superuser(s.principals(), "alter a table"))?;
                             return self.alter_table_options(&name, changes).await;
                         }
                         _ => {}
@@ -1151,10 +1218,77 @@ impl Engine {
                 self.see_acknowledged_ddl().await?;
                 let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
+                self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan))?;
                 self.execute_plan_with(plan, table_options, &text).await
             }
-            ParsedStatement::CopyFrom(copy) => self.copy_from_file(copy).await,
+            ParsedStatement::CopyFrom(copy) => {
+                self.see_acknowledged_ddl().await?;
+                self.meta.read_local(|s| caller.require_superuser(s.principals(), "COPY from a file on the server"))?;
+                self.copy_from_file(copy).await
+            }
         }
+    }
+
+    /// Runs CREATE/ALTER/DROP USER or ROLE, GRANT or REVOKE: a superuser's change to the principals, replicated
+    /// whole through the metadata group.
+    async fn execute_dcl(&self, caller: &Caller, dcl: auth::dcl::Dcl) -> Result<QueryOutput> {
+        self.see_acknowledged_ddl().await?;
+        self.meta.read_local(|s| caller.require_superuser(s.principals(), "change users, roles and privileges"))?;
+        let command = match &dcl {
+            auth::dcl::Dcl::CreateRole { .. } => Command::CreateRole,
+            auth::dcl::Dcl::AlterRole { .. } => Command::AlterRole,
+            auth::dcl::Dcl::DropRoles { .. } => Command::DropRole,
+            auth::dcl::Dcl::GrantRoles { grant: true, .. } | auth::dcl::Dcl::Privileges { grant: true, .. } => {
+                Command::Grant
+            }
+            auth::dcl::Dcl::GrantRoles { .. } | auth::dcl::Dcl::Privileges { .. } => Command::Revoke,
+        };
+        let principals = auth::command_of(dcl).await?;
+        self.propose(MetaCommand::Principals { command: principals }).await?;
+        Ok(QueryOutput::Done { command })
+    }
+
+    /// Proposes a change to the principals made by the server itself (the initial administrator, the token key).
+    ///
+    /// # Errors
+    ///
+    /// When the metadata group refuses it or cannot be reached.
+    pub async fn change_principals(&self, command: quiver_meta::PrincipalCommand) -> Result<()> {
+        self.propose(MetaCommand::Principals { command }).await.map(|_| ())
+    }
+
+    /// Refuses `caller` unless it may append rows to `table` (COPY FROM STDIN, bulk ingest).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PermissionDenied`].
+    pub async fn authorize_insert(&self, caller: &Caller, table: &str) -> Result<()> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        self.see_acknowledged_ddl().await?;
+        self.meta.read_local(|s| auth::privileges::need(s.principals(), user, table, quiver_meta::Privilege::Insert))
+    }
+
+    /// Refuses `caller` unless it is a superuser; `what` says what it tried.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PermissionDenied`].
+    pub async fn authorize_superuser(&self, caller: &Caller, what: &str) -> Result<()> {
+        if *caller == Caller::Trusted {
+            return Ok(());
+        }
+        self.see_acknowledged_ddl().await?;
+        self.meta.read_local(|s| caller.require_superuser(s.principals(), what))
+    }
+
+    /// Returns a copy of the principals as this node's replica has applied them.
+    pub fn principals(&self) -> quiver_meta::Principals {
+        self.meta.read_local(|s| s.principals().clone())
+    }
+
+    /// Reads the principals as this node's replica has applied them, without copying them.
+    pub fn with_principals<T>(&self, read: impl FnOnce(&quiver_meta::Principals) -> T) -> T {
+        self.meta.read_local(|s| read(s.principals()))
     }
 
     /// Changes the options of native table `name` through the metadata group.
@@ -1521,9 +1655,13 @@ impl Engine {
 enum ParsedStatement {
     DataFusion(Statement),
     CopyFrom(copy::CopyFrom),
+    Dcl(auth::dcl::Dcl),
 }
 
 fn parse(sql: &str) -> Result<Vec<ParsedStatement>> {
+    if let Some(dcl) = auth::dcl::parse(sql)? {
+        return Ok(vec![ParsedStatement::Dcl(dcl)]);
+    }
     match DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) {
         Ok(statements) => Ok(statements.into_iter().map(ParsedStatement::DataFusion).collect()),
         Err(e) => {

@@ -25,6 +25,10 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The feature is not supported (yet).
     Unsupported,
+    /// The caller is not who it claims, or did not say: authenticate (again).
+    Unauthenticated,
+    /// The caller lacks a privilege the request needs: have it granted.
+    PermissionDenied,
     /// A transient condition: retrying later may succeed.
     Unavailable,
     /// The request may or may not have taken effect (a write reached some copies of its data before a failure):
@@ -187,6 +191,18 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// Authentication failed or is missing.
+    #[error("{detail}")]
+    Unauthenticated {
+        /// What failed (never which of user or password was wrong).
+        detail: String,
+    },
+    /// The caller lacks a privilege.
+    #[error("permission denied: {detail}")]
+    PermissionDenied {
+        /// Which privilege on what, or what only a superuser may do.
+        detail: String,
+    },
     /// An invariant of ours broke.
     #[error("internal error: {0}")]
     Internal(String),
@@ -208,6 +224,8 @@ impl Error {
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
+            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             Error::ShuttingDown
             | Error::ColdUnavailable { .. }
             | Error::ShardUnavailable { .. }
@@ -254,6 +272,10 @@ impl Error {
             Error::Parameter { .. } => "08P01",
             Error::Unsupported { .. } => "0A000",
             Error::Config { .. } => "F0000",
+            // invalid_password (SCRAM and tokens: PostgreSQL says 28P01 for both a wrong password and no user).
+            Error::Unauthenticated { .. } => "28P01",
+            // insufficient_privilege.
+            Error::PermissionDenied { .. } => "42501",
             Error::ShuttingDown => "57P01",
             // io_error: an external storage failure.
             Error::ColdUnavailable { .. } => "58030",
@@ -269,6 +291,9 @@ impl Error {
                 quiver_meta::ClusterErrorKind::InvalidRequest => "55000",
                 quiver_meta::ClusterErrorKind::Internal => "XX000",
             },
+            // undefined_object and duplicate_object: roles are not tables.
+            Error::Meta(quiver_meta::Error::RoleNotFound { .. }) => "42704",
+            Error::Meta(quiver_meta::Error::RoleAlreadyExists { .. }) => "42710",
             Error::Meta(e) => match e.kind() {
                 quiver_meta::ErrorKind::NotFound => "42P01",
                 quiver_meta::ErrorKind::AlreadyExists => "42P07",

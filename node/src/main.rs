@@ -57,6 +57,10 @@ enum Command {
         /// The directory --cold-store names is mounted by every node of the cluster at that path (cold.shared_dir).
         #[arg(long)]
         cold_shared_dir: bool,
+        /// Turns authentication on and creates this superuser if no user of its name exists; its password comes
+        /// from QUIVER_AUTH__ADMIN_PASSWORD or the file auth.admin_password_file names, never the command line.
+        #[arg(long, value_name = "NAME")]
+        init_admin: Option<String>,
     },
     /// Administers a cluster through any node's internal gRPC endpoint.
     Admin {
@@ -223,6 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             join,
             cold_store,
             cold_shared_dir,
+            init_admin,
         } => {
             let file = match &config {
                 Some(path) => Some((
@@ -242,6 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 join,
                 cold_store,
                 cold_shared_dir,
+                init_admin,
             };
             let config =
                 Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;

@@ -447,6 +447,40 @@ fn skew_refusal(skew_ms: i64, bound_ms: u64, leads: bool) -> String {
     )
 }
 
+/// Readies the principals for authenticated clients: the cluster's token key (chosen by the first node that needs
+/// it) and the initial administrator, when configured and not there yet.
+///
+/// # Errors
+///
+/// When the metadata group cannot take the change, or the configured administrator's password cannot be read.
+#[cfg(not(madsim))]
+async fn prepare_auth(engine: &Arc<Engine>, auth: &crate::config::AuthConfig) -> Result<()> {
+    use quiver_meta::PrincipalCommand;
+    if engine.with_principals(|p| p.token_key().is_none()) {
+        engine.change_principals(PrincipalCommand::SetTokenKey { key: crate::auth::new_token_key()? }).await?;
+    }
+    if let Some((name, password)) = auth.admin()? {
+        if engine.with_principals(|p| p.role(&name).is_none()) {
+            let verifier = crate::auth::new_verifier(password.expose().to_string()).await?;
+            let command = PrincipalCommand::CreateRole {
+                name: name.clone(),
+                login: true,
+                superuser: true,
+                verifier: Some(verifier),
+                if_not_exists: true,
+            };
+            engine.change_principals(command).await?;
+            tracing::info!(target: "quiver::audit", event = "ddl", user = "quiver", statement = "CREATE USER", role = name, "initial administrator created");
+        }
+    } else if !engine.with_principals(|p| p.has_login()) {
+        tracing::warn!(
+            "auth is on and no user can log in yet: start a node with --init-admin NAME (password from \
+             QUIVER_AUTH__ADMIN_PASSWORD or auth.admin_password_file)"
+        );
+    }
+    Ok(())
+}
+
 /// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
 #[cfg(not(madsim))]
 async fn run_frontends(
@@ -468,9 +502,36 @@ async fn run_frontends(
         max_message_bytes: config.limits.flight_message_max.0 as usize,
         ..flight_sql::FlightSqlLimits::default()
     };
-    let mut http = tokio::spawn(http::serve(Arc::clone(engine), frontends.http, signal(rx.clone())));
-    let mut pg = tokio::spawn(pg::serve(Arc::clone(engine), frontends.pg, signal(rx.clone())));
-    let mut flight = tokio::spawn(flight_sql::serve(Arc::clone(engine), limits, frontends.flight, signal(rx.clone())));
+    let authenticate = config.auth.enabled;
+    let certificates = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert_file), Some(key_file)) => Some(tls::Certificates::load(tls::TlsOptions {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            reload_interval: config.tls.reload_interval.duration(),
+        })?),
+        _ => None,
+    };
+    let tls_for = |alpn: &[&[u8]]| certificates.as_ref().map(|c| c.server_config(alpn)).transpose();
+    let (http_tls, pg_tls, flight_tls) = (tls_for(&[b"http/1.1"])?, tls_for(&[])?, tls_for(&[b"h2"])?);
+    if let Some(certificates) = &certificates {
+        tokio::spawn(Arc::clone(certificates).watch(signal(rx.clone())));
+    }
+    let mut http =
+        tokio::spawn(http::serve_with(Arc::clone(engine), authenticate, http_tls, frontends.http, signal(rx.clone())));
+    if authenticate {
+        prepare_auth(engine, &config.auth).await?;
+    }
+    let pg_options = pg::PgOptions { authenticate, tls: pg_tls };
+    let mut pg = tokio::spawn(pg::serve_with(Arc::clone(engine), frontends.pg, pg_options, signal(rx.clone())));
+    let flight_auth = authenticate.then(|| flight_sql::FlightAuth { token_ttl: config.auth.token_ttl.duration() });
+    let mut flight = tokio::spawn(flight_sql::serve_secured(
+        Arc::clone(engine),
+        limits,
+        flight_auth,
+        flight_tls,
+        frontends.flight,
+        signal(rx.clone()),
+    ));
     let joined = |what: &'static str| {
         move |r: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>| match r {
             Ok(Ok(())) => Ok(()),
@@ -517,3 +578,5 @@ async fn run_frontends(
 pub mod flight_sql;
 #[cfg(not(madsim))]
 pub mod pg;
+#[cfg(not(madsim))]
+pub mod tls;

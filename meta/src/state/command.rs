@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogCommand, TableDef};
 use crate::error::{Error, Rejection};
+use crate::principals::PrincipalCommand;
 use crate::state::registry::{NodeRole, NodeState};
 use crate::state::shards::{ManifestPointer, ShardId, ShardLoad};
 
@@ -24,6 +25,11 @@ pub enum MetaCommand {
     Catalog {
         /// The catalog change.
         command: CatalogCommand,
+    },
+    /// Changes the roles, users and privileges.
+    Principals {
+        /// The change.
+        command: PrincipalCommand,
     },
     /// Registers a node, or updates the addresses and role of a registered one (its state and heartbeat are kept).
     RegisterNode {
@@ -204,6 +210,8 @@ pub enum MetaOutcome {
         /// The table as it is now.
         table: TableDef,
     },
+    /// The roles, users or privileges changed.
+    PrincipalsChanged,
     /// A node was registered for the first time.
     NodeRegistered {
         /// The node's id.

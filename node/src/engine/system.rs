@@ -25,6 +25,14 @@
 //!   bytes, and the read cache's block hits and misses (a statement writes nothing to the bucket: tiering is not a
 //!   statement); and the bytes its stages shipped between nodes (NULL until a multi-stage plan's tasks reported).
 //!
+//! - `system.users`: one row per role — name, whether it may log in, is a superuser, has a password, the roles it is
+//!   a member of, and its generation (raised by every change to it; tokens issued before are revoked). No password
+//!   or verifier is shown.
+//! - `system.grants`: one row per privilege granted — grantee, object (`TABLE t` or `ALL TABLES`), privilege.
+//!
+//! With authentication on, only a superuser reads the `system` schema (it shows other users' queries and the
+//! cluster's layout).
+//!
 //! Each scan reads the replica's state at that moment, so the tables are always current and cost nothing when
 //! nobody queries them. Every node answers for itself: run the same query on another node to see its view.
 
@@ -89,10 +97,12 @@ enum SystemTable {
     TierFiles,
     Tiering,
     Queries,
+    Users,
+    Grants,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 7] = [
+    const ALL: [SystemTable; 9] = [
         SystemTable::Nodes,
         SystemTable::Raft,
         SystemTable::Shards,
@@ -100,6 +110,8 @@ impl SystemTable {
         SystemTable::TierFiles,
         SystemTable::Tiering,
         SystemTable::Queries,
+        SystemTable::Users,
+        SystemTable::Grants,
     ];
 
     fn name(self) -> &'static str {
@@ -111,6 +123,8 @@ impl SystemTable {
             SystemTable::TierFiles => "tier_files",
             SystemTable::Tiering => "tiering",
             SystemTable::Queries => "queries",
+            SystemTable::Users => "users",
+            SystemTable::Grants => "grants",
         }
     }
 
@@ -222,6 +236,15 @@ impl SystemTable {
                 u64_field("cache_misses", false),
                 u64_field("bytes_shipped", true),
             ],
+            SystemTable::Users => vec![
+                text("name", false),
+                Field::new("login", DataType::Boolean, false),
+                Field::new("superuser", DataType::Boolean, false),
+                Field::new("has_password", DataType::Boolean, false),
+                text("member_of", false),
+                u64_field("generation", false),
+            ],
+            SystemTable::Grants => vec![text("grantee", false), text("object", false), text("privilege", false)],
         }))
     }
 
@@ -232,6 +255,30 @@ impl SystemTable {
         let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
         tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
         let columns: Vec<ArrayRef> = match self {
+            SystemTable::Users => meta.read_local(|state| {
+                let roles: Vec<_> = state.principals().roles().collect();
+                let flag = |f: fn(&quiver_meta::RoleRecord) -> bool| -> ArrayRef {
+                    Arc::new(BooleanArray::from_iter(roles.iter().map(|r| Some(f(r)))))
+                };
+                vec![
+                    Arc::new(StringArray::from_iter_values(roles.iter().map(|r| r.name.as_str()))) as ArrayRef,
+                    flag(|r| r.login),
+                    flag(|r| r.superuser),
+                    flag(|r| r.verifier.is_some()),
+                    Arc::new(StringArray::from_iter_values(
+                        roles.iter().map(|r| r.member_of.iter().map(String::as_str).collect::<Vec<_>>().join(",")),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(roles.iter().map(|r| r.generation))),
+                ]
+            }),
+            SystemTable::Grants => meta.read_local(|state| {
+                let grants: Vec<_> = state.principals().grants().collect();
+                vec![
+                    Arc::new(StringArray::from_iter_values(grants.iter().map(|g| g.grantee))) as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(grants.iter().map(|g| g.object.to_string()))),
+                    Arc::new(StringArray::from_iter_values(grants.iter().map(|g| g.privilege.keyword()))),
+                ]
+            }),
             SystemTable::Queries => {
                 let q = queries.records();
                 let values = |f: fn(&QueryRecord) -> u64| u64_column(&q, f);

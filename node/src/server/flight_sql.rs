@@ -33,7 +33,15 @@
 //!   descriptor or action body) are neither counted nor mapped here.
 //!
 //! Statements autocommit: transactions, savepoints, query cancellation and Substrait plans are answered as
-//! unsupported. Clients are not authenticated; the handshake accepts everyone.
+//! unsupported.
+//!
+//! Authentication ([`FlightAuth`]): without it every call runs with every privilege and the handshake accepts
+//! everyone. With it, the Handshake takes basic credentials (the `authorization: Basic …` header that pyarrow, ADBC
+//! and JDBC send, or a `BasicAuth` payload), checks the password against the user's verifier in the metadata, and
+//! answers with a bearer token (in the `authorization` response header and as the payload); every other call must
+//! carry `authorization: Bearer <token>`, is refused `UNAUTHENTICATED` without a valid one, and runs as that user,
+//! whose privileges each statement needs. Listings (GetTables, GetPrimaryKeys) show only the tables the user holds a
+//! privilege on.
 //!
 //! Queries run on the Tokio runtime that runs the server: [`serve`] runs on its caller's runtime, and DataFusion
 //! spawns a query's partitions there too.
@@ -87,6 +95,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::prepared::PreparedStatements;
 use self::request::{DoGetStream, RequestTimer, decode_batches, encode_batches, engine_batches, read_parameter_rows};
+use crate::auth::{Caller, token};
 use crate::engine::{CATALOG_NAME, Engine, IngestMode, PreparedStatement, QueryOutput, SCHEMA_NAME};
 use crate::error::Error;
 use crate::server::status::{decode_failure, encode_failure, malformed, status_from};
@@ -114,10 +123,24 @@ impl Default for FlightSqlLimits {
     }
 }
 
+/// How Flight SQL clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlightAuth {
+    /// How long a bearer token issued at the handshake is valid.
+    pub token_ttl: std::time::Duration,
+}
+
+impl Default for FlightAuth {
+    fn default() -> Self {
+        Self { token_ttl: std::time::Duration::from_secs(12 * 3600) }
+    }
+}
+
 /// The Flight SQL service of one [`Engine`].
 pub struct QuiverFlightSqlService {
     engine: Arc<Engine>,
     limits: FlightSqlLimits,
+    auth: Option<FlightAuth>,
     prepared: PreparedStatements,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
@@ -135,7 +158,16 @@ impl fmt::Debug for QuiverFlightSqlService {
 
 /// Builds the gRPC service that answers Flight SQL for `engine`, with `limits` applied to message sizes.
 pub fn flight_service(engine: Arc<Engine>, limits: FlightSqlLimits) -> FlightServiceServer<QuiverFlightSqlService> {
-    FlightServiceServer::new(QuiverFlightSqlService::new(engine, limits))
+    flight_service_with(engine, limits, None)
+}
+
+/// Builds the gRPC service as [`flight_service`] does, with clients authenticated when `auth` is given.
+pub fn flight_service_with(
+    engine: Arc<Engine>,
+    limits: FlightSqlLimits,
+    auth: Option<FlightAuth>,
+) -> FlightServiceServer<QuiverFlightSqlService> {
+    FlightServiceServer::new(QuiverFlightSqlService::new(engine, limits).with_auth(auth))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes)
 }
@@ -170,8 +202,47 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(engine, limits, None, listener, shutdown).await
+}
+
+/// Serves Flight SQL as [`serve`] does, with clients authenticated when `auth` is given.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_with(
+    engine: Arc<Engine>,
+    limits: FlightSqlLimits,
+    auth: Option<FlightAuth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    serve_secured(engine, limits, auth, None, listener, shutdown).await
+}
+
+/// Serves Flight SQL as [`serve_with`] does, over TLS when `tls` is given (its configuration must offer ALPN `h2`).
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_secured(
+    engine: Arc<Engine>,
+    limits: FlightSqlLimits,
+    auth: Option<FlightAuth>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "flight sql server listening");
+        tracing::info!(%addr, tls = tls.is_some(), "flight sql server listening");
+    }
+    if let Some(tls) = tls {
+        let accepted = tokio_stream::wrappers::ReceiverStream::new(crate::server::tls::accept(listener, tls));
+        let incoming = accepted.map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+        return Server::builder()
+            .add_service(flight_service_with(engine, limits, auth))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
     }
     let incoming = TcpListenerStream::new(listener).inspect_ok(|stream| {
         // Responses end in small messages; Nagle's algorithm would hold them back waiting for an acknowledgement.
@@ -179,7 +250,10 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not disable Nagle's algorithm on a flight sql connection");
         }
     });
-    Server::builder().add_service(flight_service(engine, limits)).serve_with_incoming_shutdown(incoming, shutdown).await
+    Server::builder()
+        .add_service(flight_service_with(engine, limits, auth))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 impl QuiverFlightSqlService {
@@ -188,9 +262,110 @@ impl QuiverFlightSqlService {
         Self {
             engine,
             limits,
+            auth: None,
             prepared: PreparedStatements::new(limits.max_prepared_statements),
             sql_info: catalog::sql_info(),
             xdbc_types: catalog::xdbc_type_info(),
+        }
+    }
+
+    /// Authenticates clients as `auth` says (`None`: every call has every privilege).
+    pub fn with_auth(mut self, auth: Option<FlightAuth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Returns for whom a call runs: anyone with every privilege without authentication, else the user its bearer
+    /// token names.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if self.auth.is_none() {
+            return Ok(Caller::Trusted);
+        }
+        let unauthenticated = |detail: String| status_from(&Error::Unauthenticated { detail });
+        let Some(header) = request.metadata().get("authorization") else {
+            return Err(unauthenticated(
+                "authentication required: Handshake with basic credentials, then send the bearer token".into(),
+            ));
+        };
+        let header = header.to_str().map_err(|_| unauthenticated("the authorization header is not text".into()))?;
+        let Some(token) = strip_scheme(header, "bearer") else {
+            return Err(unauthenticated("the authorization header carries no bearer token; Handshake first".into()));
+        };
+        let now = crate::clock::unix_ms();
+        match self.engine.with_principals(|p| token::check(p, token, now)) {
+            Ok(user) => Ok(Caller::User(user)),
+            Err(e) => {
+                let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(target: "quiver::audit", event = "token", outcome = "refused", peer, reason = %e, "bearer token refused");
+                Err(unauthenticated(e.to_string()))
+            }
+        }
+    }
+
+    /// Answers a handshake: checks basic credentials and issues a bearer token.
+    async fn authenticate(
+        &self,
+        request: &Request<Streaming<HandshakeRequest>>,
+        payload: Option<Bytes>,
+    ) -> Result<HandshakeResponse, Status> {
+        let Some(auth) = self.auth else {
+            return Ok(HandshakeResponse { protocol_version: 0, payload: Bytes::new() });
+        };
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let unauthenticated = |detail: String| status_from(&Error::Unauthenticated { detail });
+        let (user, password) = match request.metadata().get("authorization").map(|h| h.to_str()) {
+            Some(Ok(header)) => {
+                let encoded = strip_scheme(header, "basic")
+                    .ok_or_else(|| unauthenticated("the handshake takes basic credentials".into()))?;
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+                    .and_then(|d| String::from_utf8(d).ok())
+                    .ok_or_else(|| unauthenticated("the basic credentials are not base64 of user:password".into()))?;
+                let (user, password) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| unauthenticated("the basic credentials are not user:password".into()))?;
+                (user.to_string(), password.to_string())
+            }
+            Some(Err(_)) => return Err(unauthenticated("the authorization header is not text".into())),
+            None => {
+                let basic = payload
+                    .and_then(|p| arrow_flight::BasicAuth::decode(p).ok())
+                    .ok_or_else(|| unauthenticated("the handshake carries no credentials".into()))?;
+                (basic.username, basic.password)
+            }
+        };
+        let (role_id, generation) = match crate::auth::check_login(&self.engine, &user, password).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", peer, user, protocol = "flight", "login failed");
+                return Err(status_from(&e));
+            }
+        };
+        let key = match self.engine.with_principals(|p| p.token_key().cloned()) {
+            Some(key) => key,
+            None => {
+                return Err(status_from(&Error::ShardUnavailable {
+                    shard: 0,
+                    detail: "the cluster's token key is not set yet; retry shortly".into(),
+                }));
+            }
+        };
+        let expires_ms = crate::clock::unix_ms().saturating_add(auth.token_ttl.as_millis() as u64);
+        let bearer = token::issue(&key, &token::Claims { role_id, generation, expires_ms, name: user.clone() });
+        tracing::info!(target: "quiver::audit", event = "login", outcome = "ok", peer, user, protocol = "flight", "login");
+        Ok(HandshakeResponse { protocol_version: 0, payload: Bytes::from(bearer) })
+    }
+
+    /// The tables `caller` may see: those it holds a privilege on.
+    async fn visible_tables(&self, caller: &Caller) -> Vec<crate::engine::TableInfo> {
+        let tables = self.engine.tables().await;
+        match caller {
+            Caller::Trusted => tables,
+            Caller::User(user) => self.engine.with_principals(|p| {
+                tables.into_iter().filter(|t| p.is_superuser(user) || p.sees(user, &t.name)).collect()
+            }),
         }
     }
 
@@ -249,43 +424,54 @@ impl QuiverFlightSqlService {
 
     async fn statement_info(
         &self,
+        caller: &Caller,
         query: CommandStatementQuery,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         no_transaction(query.transaction_id.as_ref())?;
+        // Users, roles and grants are not planned: they run now, as other statements that change something do.
+        if crate::auth::dcl::parse(&query.query).is_ok_and(|d| d.is_some()) {
+            self.engine.execute_one_as(caller, &query.query).await.map_err(|e| status_from(&e))?;
+            return executed_info(descriptor);
+        }
         // Planning checks the statement now, so syntax errors and unknown tables fail here rather than at DoGet.
-        let statement = self.engine.prepare(&query.query).await.map_err(|e| status_from(&e))?;
+        let statement = self.engine.prepare_as(caller, &query.query).await.map_err(|e| status_from(&e))?;
         if !statement.returns_rows() {
             // A statement that changes something runs now: clients (ADBC among them) send DDL and DML as queries
             // and may never fetch the empty result.
-            self.engine.execute_prepared(&statement, Vec::new()).await.map_err(|e| status_from(&e))?;
+            self.engine.execute_prepared_as(caller, &statement, Vec::new()).await.map_err(|e| status_from(&e))?;
             return executed_info(descriptor);
         }
         let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
         flight_info(&statement.result_schema(), ticket.as_any().encode_to_vec(), descriptor)
     }
 
-    async fn run_statement_ticket(&self, ticket: &TicketStatementQuery) -> Result<QueryOutput, Status> {
+    async fn run_statement_ticket(
+        &self,
+        caller: &Caller,
+        ticket: &TicketStatementQuery,
+    ) -> Result<QueryOutput, Status> {
         if ticket.statement_handle.as_ref() == EXECUTED_TICKET {
             return Ok(QueryOutput::Done { command: crate::engine::Command::Other });
         }
         let sql = std::str::from_utf8(&ticket.statement_handle)
             .map_err(|_| malformed("the statement ticket is not UTF-8 SQL text; tickets come from GetFlightInfo"))?;
-        self.engine.execute_one(sql).await.map_err(|e| status_from(&e))
+        self.engine.execute_one_as(caller, sql).await.map_err(|e| status_from(&e))
     }
 
-    async fn run_update(&self, command: CommandStatementUpdate) -> Result<i64, Status> {
+    async fn run_update(&self, caller: &Caller, command: CommandStatementUpdate) -> Result<i64, Status> {
         no_transaction(command.transaction_id.as_ref())?;
-        let outputs = self.engine.execute(&command.query).await.map_err(|e| status_from(&e))?;
+        let outputs = self.engine.execute_as(caller, &command.query).await.map_err(|e| status_from(&e))?;
         Ok(record_count(outputs.into_iter().map(affected_rows).fold(0, u64::saturating_add)))
     }
 
     async fn create_prepared(
         &self,
+        caller: &Caller,
         query: ActionCreatePreparedStatementRequest,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         no_transaction(query.transaction_id.as_ref())?;
-        let statement = self.engine.prepare(&query.query).await.map_err(|e| status_from(&e))?;
+        let statement = self.engine.prepare_as(caller, &query.query).await.map_err(|e| status_from(&e))?;
         let dataset_schema = ipc_schema(&request::wire_schema(&statement.result_schema()))?;
         let parameter_schema = ipc_schema(&parameter_schema(statement.parameter_types()))?;
         let prepared_statement_handle = self.prepared.open(statement)?;
@@ -307,6 +493,7 @@ impl QuiverFlightSqlService {
 
     async fn prepared_info(
         &self,
+        caller: &Caller,
         command: CommandPreparedStatementQuery,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
@@ -314,7 +501,7 @@ impl QuiverFlightSqlService {
         if !open.statement.returns_rows() {
             // As for plain statements: run it now, with the last bound parameter row.
             let params = open.bound.last().cloned().unwrap_or_default();
-            self.engine.execute_prepared(&open.statement, params).await.map_err(|e| status_from(&e))?;
+            self.engine.execute_prepared_as(caller, &open.statement, params).await.map_err(|e| status_from(&e))?;
             return executed_info(descriptor);
         }
         flight_info(&open.statement.result_schema(), command.as_any().encode_to_vec(), descriptor)
@@ -322,10 +509,14 @@ impl QuiverFlightSqlService {
 
     /// Runs a prepared query with the last parameter row bound to it (a query returns one result, so one row of
     /// parameters is used; none when the statement has no parameters).
-    async fn run_prepared_query(&self, command: &CommandPreparedStatementQuery) -> Result<QueryOutput, Status> {
+    async fn run_prepared_query(
+        &self,
+        caller: &Caller,
+        command: &CommandPreparedStatementQuery,
+    ) -> Result<QueryOutput, Status> {
         let open = self.prepared.get(&command.prepared_statement_handle)?;
         let params = open.bound.last().cloned().unwrap_or_default();
-        self.engine.execute_prepared(&open.statement, params).await.map_err(|e| status_from(&e))
+        self.engine.execute_prepared_as(caller, &open.statement, params).await.map_err(|e| status_from(&e))
     }
 
     /// Runs a prepared update once per parameter row: the rows sent with this DoPut, or else the rows bound before
@@ -333,6 +524,7 @@ impl QuiverFlightSqlService {
     /// the executions before it stay applied.
     async fn run_prepared_update(
         &self,
+        caller: &Caller,
         command: CommandPreparedStatementUpdate,
         input: PeekableFlightDataStream,
     ) -> Result<i64, Status> {
@@ -348,15 +540,27 @@ impl QuiverFlightSqlService {
         };
         let mut total = 0u64;
         for params in rows {
-            let output = self.engine.execute_prepared(&open.statement, params).await.map_err(|e| status_from(&e))?;
+            let output =
+                self.engine.execute_prepared_as(caller, &open.statement, params).await.map_err(|e| status_from(&e))?;
             total = total.saturating_add(affected_rows(output));
         }
         Ok(record_count(total))
     }
 
-    async fn ingest(&self, command: CommandStatementIngest, input: PeekableFlightDataStream) -> Result<i64, Status> {
+    async fn ingest(
+        &self,
+        caller: &Caller,
+        command: CommandStatementIngest,
+        input: PeekableFlightDataStream,
+    ) -> Result<i64, Status> {
         check_ingest_target(&command)?;
         let table = command.table;
+        // Appending needs INSERT; a mode that may create or replace the table needs a superuser.
+        let authorized = match command.table_definition_options.as_ref().map(|o| o.if_not_exist) {
+            Some(n) if n == TableNotExistOption::Fail as i32 => self.engine.authorize_insert(caller, &table).await,
+            _ => self.engine.authorize_superuser(caller, "create or replace a table by bulk ingest").await,
+        };
+        authorized.map_err(|e| status_from(&e))?;
         let mode = match ingest_plan(command.table_definition_options)? {
             IngestPlan::Run(mode) => mode,
             plan @ (IngestPlan::ReplaceExisting | IngestPlan::Refuse) => {
@@ -544,6 +748,12 @@ fn unsupported(what: &str) -> Status {
     status_from(&Error::Unsupported { what: what.to_string() })
 }
 
+/// The credentials of an `authorization` header of `scheme` (matched without regard to case).
+fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
+    let (found, rest) = header.split_once(' ')?;
+    found.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
 /// Shortens and escapes a name that came from the network, for an error message.
 fn shown(name: &str) -> String {
     name.chars().take(100).collect::<String>().escape_debug().to_string()
@@ -557,19 +767,36 @@ impl FlightSqlService for QuiverFlightSqlService {
     /// it, lets JDBC clients that always send credentials connect.
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        mut request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
         let timer = self.timer();
-        let response = HandshakeResponse { protocol_version: 0, payload: Bytes::new() };
+        // A legacy client sends its credentials as a `BasicAuth` payload instead of a header.
+        let payload = match request.metadata().get("authorization") {
+            Some(_) => None,
+            None => request.get_mut().message().await.ok().flatten().map(|m| m.payload),
+        };
+        let response = match self.authenticate(&request, payload).await {
+            Ok(response) => response,
+            Err(status) => return timer.finish(Err(status)),
+        };
+        let header = (!response.payload.is_empty())
+            .then(|| std::str::from_utf8(&response.payload).ok().map(|t| format!("Bearer {t}")))
+            .flatten()
+            .and_then(|h| h.parse().ok());
         let stream: HandshakeStream = Box::pin(futures::stream::iter([Ok(response)]));
-        timer.finish(Ok(Response::new(stream)))
+        let mut response = Response::new(stream);
+        if let Some(header) = header {
+            response.metadata_mut().insert("authorization", header);
+        }
+        timer.finish(Ok(response))
     }
 
     async fn do_get_fallback(
         &self,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(malformed(format!(
             "the ticket holds a {}, which is no ticket this server issues",
             shown(&message.type_url)
@@ -581,15 +808,17 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.statement_info(query, request.into_inner()).await.map(Response::new))
+        timer.finish(self.statement_info(&caller, query, request.into_inner()).await.map(Response::new))
     }
 
     async fn get_flight_info_substrait_plan(
         &self,
         _query: CommandStatementSubstraitPlan,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("Substrait plans")))
     }
 
@@ -598,8 +827,9 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.prepared_info(query, request.into_inner()).await.map(Response::new))
+        timer.finish(self.prepared_info(&caller, query, request.into_inner()).await.map(Response::new))
     }
 
     async fn get_flight_info_catalogs(
@@ -607,6 +837,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = GetCatalogsBuilder::new().schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -617,6 +848,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = GetDbSchemasBuilder::new(None::<String>, None::<String>).schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -627,6 +859,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = query.clone().into_builder().schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -637,6 +870,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = query.into_builder().schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -647,6 +881,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = self.sql_info.schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -657,6 +892,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = catalog::primary_keys_schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -667,6 +903,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = catalog::foreign_keys_schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -677,6 +914,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = catalog::foreign_keys_schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -687,6 +925,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = catalog::foreign_keys_schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -697,6 +936,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         let schema = self.xdbc_types.schema();
         self.timer()
             .finish(flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner()).map(Response::new))
@@ -705,36 +945,40 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn get_flight_info_fallback(
         &self,
         cmd: Command,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(malformed(format!("{} is not a command GetFlightInfo accepts", shown(cmd.type_url())))))
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        let output = self.run_statement_ticket(&ticket).await;
+        let output = self.run_statement_ticket(&caller, &ticket).await;
         self.respond_statement(timer, output)
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        let output = self.run_prepared_query(&query).await;
+        let output = self.run_prepared_query(&caller, &query).await;
         self.respond_statement(timer, output)
     }
 
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         let mut builder = query.into_builder();
         builder.append(CATALOG_NAME);
@@ -744,8 +988,9 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         let mut builder = query.into_builder();
         builder.append(CATALOG_NAME, SCHEMA_NAME);
@@ -755,18 +1000,20 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        let tables = self.engine.tables().await;
+        let tables = self.visible_tables(&caller).await;
         self.respond_batch(timer, catalog::tables_batch(query, &tables))
     }
 
     async fn do_get_table_types(
         &self,
         query: CommandGetTableTypes,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         let mut builder = query.into_builder();
         for table_type in catalog::TABLE_TYPES {
@@ -778,8 +1025,9 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_sql_info(
         &self,
         query: CommandGetSqlInfo,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         self.respond_batch(timer, query.into_builder(&self.sql_info).build().map_err(encode_failure))
     }
@@ -787,18 +1035,20 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_primary_keys(
         &self,
         query: CommandGetPrimaryKeys,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        let tables = self.engine.tables().await;
+        let tables = self.visible_tables(&caller).await;
         self.respond_batch(timer, catalog::primary_keys_batch(&query, &tables))
     }
 
     async fn do_get_exported_keys(
         &self,
         _query: CommandGetExportedKeys,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         self.respond_batch(timer, Ok(RecordBatch::new_empty(catalog::foreign_keys_schema())))
     }
@@ -806,8 +1056,9 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_imported_keys(
         &self,
         _query: CommandGetImportedKeys,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         self.respond_batch(timer, Ok(RecordBatch::new_empty(catalog::foreign_keys_schema())))
     }
@@ -815,8 +1066,9 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_cross_reference(
         &self,
         _query: CommandGetCrossReference,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         self.respond_batch(timer, Ok(RecordBatch::new_empty(catalog::foreign_keys_schema())))
     }
@@ -824,35 +1076,39 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_get_xdbc_type_info(
         &self,
         query: CommandGetXdbcTypeInfo,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         self.respond_batch(timer, query.into_builder(&self.xdbc_types).build().map_err(encode_failure))
     }
 
     async fn do_put_fallback(
         &self,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(malformed(format!("{} is not a command DoPut accepts", shown(&message.type_url)))))
     }
 
     async fn do_put_error_callback(
         &self,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
         error: DoPutError,
     ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(malformed(format!("malformed DoPut: {error}"))))
     }
 
     async fn do_put_statement_update(
         &self,
         ticket: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.run_update(ticket).await)
+        timer.finish(self.run_update(&caller, ticket).await)
     }
 
     async fn do_put_statement_ingest(
@@ -860,8 +1116,9 @@ impl FlightSqlService for QuiverFlightSqlService {
         ticket: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.ingest(ticket, request.into_inner()).await)
+        timer.finish(self.ingest(&caller, ticket, request.into_inner()).await)
     }
 
     async fn do_put_prepared_statement_query(
@@ -869,6 +1126,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.caller(&request)?;
         let timer = self.timer();
         timer.finish(self.bind_parameters(query, request.into_inner()).await)
     }
@@ -878,15 +1136,17 @@ impl FlightSqlService for QuiverFlightSqlService {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.run_prepared_update(query, request.into_inner()).await)
+        timer.finish(self.run_prepared_update(&caller, query, request.into_inner()).await)
     }
 
     async fn do_put_substrait_plan(
         &self,
         _query: CommandStatementSubstraitPlan,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("Substrait plans")))
     }
 
@@ -894,6 +1154,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        self.caller(&request)?;
         let action = shown(&request.get_ref().r#type);
         self.timer().finish(Err(malformed(format!("unknown action type \"{action}\""))))
     }
@@ -901,65 +1162,73 @@ impl FlightSqlService for QuiverFlightSqlService {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = self.caller(&request)?;
         let timer = self.timer();
-        timer.finish(self.create_prepared(query).await)
+        timer.finish(self.create_prepared(&caller, query).await)
     }
 
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
+        self.caller(&request)?;
         self.timer().finish(self.prepared.close(&query.prepared_statement_handle))
     }
 
     async fn do_action_create_prepared_substrait_plan(
         &self,
         _query: ActionCreatePreparedSubstraitPlanRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("Substrait plans")))
     }
 
     async fn do_action_begin_transaction(
         &self,
         _query: ActionBeginTransactionRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionBeginTransactionResult, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("Flight SQL transactions (statements autocommit)")))
     }
 
     async fn do_action_end_transaction(
         &self,
         _query: ActionEndTransactionRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("Flight SQL transactions (statements autocommit)")))
     }
 
     async fn do_action_begin_savepoint(
         &self,
         _query: ActionBeginSavepointRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionBeginSavepointResult, Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("savepoints")))
     }
 
     async fn do_action_end_savepoint(
         &self,
         _query: ActionEndSavepointRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
+        self.caller(&request)?;
         self.timer().finish(Err(unsupported("savepoints")))
     }
 
     async fn do_action_cancel_query(
         &self,
         _query: ActionCancelQueryRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
+        self.caller(&request)?;
         // Closing the DoGet stream stops a query; there is no separate cancel.
         self.timer().finish(Err(unsupported("CancelQuery; close the result stream to stop a query")))
     }

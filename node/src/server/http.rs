@@ -1,12 +1,16 @@
 //! The HTTP endpoint: `/health` (the process is up), `/ready` (the engine is open and serving) and `/metrics`
 //! (Prometheus text format).
+//!
+//! With authentication on, `/metrics` needs a superuser's `authorization` header: `Basic` credentials (what
+//! Prometheus' `basic_auth` sends) or a `Bearer` token from a Flight SQL handshake; `/health` and `/ready` stay open
+//! for probes. Without, every route is open.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -22,25 +26,80 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(engine, false, None, listener, shutdown).await
+}
+
+/// Serves the HTTP endpoint as [`serve`] does; with `authenticate`, `/metrics` needs a superuser's credentials; with
+/// `tls`, over TLS.
+///
+/// # Errors
+///
+/// Fails when accepting connections fails.
+pub async fn serve_with(
+    engine: Arc<Engine>,
+    authenticate: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(engine);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        .with_state(Shared { engine, authenticate });
+    match tls {
+        Some(tls) => {
+            let listener = crate::server::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }
 
-async fn ready(State(_engine): State<Arc<Engine>>) -> impl IntoResponse {
+/// What the routes share.
+#[derive(Clone)]
+struct Shared {
+    engine: Arc<Engine>,
+    authenticate: bool,
+}
+
+/// Refuses a request without a superuser's credentials when authentication is on.
+async fn authorized(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, [(header::HeaderName, &'static str); 1], String)> {
+    if !shared.authenticate {
+        return Ok(());
+    }
+    let challenge = [(header::WWW_AUTHENTICATE, "Basic realm=\"quiver\"")];
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err((StatusCode::UNAUTHORIZED, challenge, "authentication required\n".into()));
+    };
+    let caller = match crate::auth::check_header(&shared.engine, value).await {
+        Ok(caller) => caller,
+        Err(e) => return Err((StatusCode::UNAUTHORIZED, challenge, format!("{e}\n"))),
+    };
+    match shared.engine.authorize_superuser(&caller, "read the metrics").await {
+        Ok(()) => Ok(()),
+        Err(e) => Err((StatusCode::FORBIDDEN, challenge, format!("{e}\n"))),
+    }
+}
+
+async fn ready(State(_shared): State<Shared>) -> impl IntoResponse {
     // The engine is open once this server runs: recovery happens before any endpoint binds.
     (StatusCode::OK, "ready\n")
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    if let Err(refusal) = authorized(&shared, &headers).await {
+        return refusal.into_response();
+    }
+    let engine = shared.engine;
     let tables = engine.tables().await.len();
     let bytes = {
         let engine = Arc::clone(&engine);
         tokio::task::spawn_blocking(move || engine.hot_store_bytes()).await.unwrap_or(0)
     };
     let body = engine.metrics().render(bytes, tables, &engine.raft_gauges());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  client ──▶ accept ──▶ connection task (pgwire::tokio::process_socket)
-//!                          │ startup: trust (no password); SCRAM slots in as another `AuthMethod`
+//!                          │ startup: trust (no password), or SCRAM-SHA-256 against the metadata's users
 //!                          ├─ Query (simple) ──▶ split at top-level `;` ──▶ per statement, in order:
 //!                          │      classify ─┬─ SET / SHOW / RESET / DISCARD ─▶ answered by the gateway
 //!                          │                ├─ COPY t FROM STDIN ───────────▶ CopyInResponse, then CopyData …
@@ -100,8 +100,34 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(engine, listener, PgOptions::default(), shutdown).await
+}
+
+/// How the PostgreSQL gateway serves its clients.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// Whether clients authenticate (SCRAM-SHA-256 as users of the metadata, each statement checked against the
+    /// user's privileges); without, every connection has every privilege.
+    pub authenticate: bool,
+    /// TLS (`sslmode=require` and stricter): when given, a connection that does not ask for TLS is refused.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Serves the PostgreSQL wire protocol on `listener` as [`serve`] does, with `options`.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_with(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    options: PgOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     catalog::install(&engine).map_err(|e| io::Error::other(e.report()))?;
-    let shared = Arc::new(handler::Shared::new(engine));
+    let method = if options.authenticate { startup::AuthMethod::Scram } else { startup::AuthMethod::Trust };
+    let tls = options.tls.map(pgwire::tokio::TlsAcceptor::from);
+    let shared = Arc::new(handler::Shared::new(engine, method, tls.is_some()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "postgres gateway listening");
     tokio::pin!(shutdown);
@@ -117,9 +143,10 @@ pub async fn serve(
                     tracing::debug!(%peer, error = %e, "could not disable Nagle's algorithm");
                 }
                 let handlers = handler::ConnectionHandlers::new(Arc::clone(&shared));
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "postgres connection opened");
-                    match pgwire::tokio::process_socket(socket, None, handlers).await {
+                    match pgwire::tokio::process_socket(socket, tls, handlers).await {
                         Ok(()) => tracing::debug!(%peer, "postgres connection closed"),
                         // The peer reset or timed out: its problem, not the server's.
                         Err(e) => tracing::debug!(%peer, error = %e, "postgres connection ended with an error"),

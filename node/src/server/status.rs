@@ -53,12 +53,17 @@ pub(crate) fn status_from(e: &Error) -> Status {
         // The limits are configured sizes: the same request exceeds them again.
         ErrorKind::ResourceExhausted => (Code::ResourceExhausted, false, Blame::Client),
         ErrorKind::Unsupported => (Code::Unimplemented, false, Blame::Client),
+        ErrorKind::Unauthenticated => (Code::Unauthenticated, false, Blame::Client),
+        ErrorKind::PermissionDenied => (Code::PermissionDenied, false, Blame::Client),
         ErrorKind::Unavailable => (Code::Unavailable, true, Blame::Transient),
         // Repeating the request may apply it twice.
         ErrorKind::OutcomeUnknown => (Code::Unknown, false, Blame::Transient),
         // The request did not take effect, but repeating it blindly against a failing store helps nobody.
         ErrorKind::Internal => (Code::Internal, false, Blame::Server),
     };
+    if matches!(e.kind(), ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) {
+        tracing::info!(target: "quiver::audit", event = "denied", protocol = "grpc", error = %e.report(), "request denied");
+    }
     let mut status = build(code, e.report(), e.sqlstate(), retryable, blame);
     if matches!(e, Error::ShardUnavailable { .. }) {
         status.metadata_mut().insert(REFUSED_KEY, AsciiMetadataValue::from_static("true"));

@@ -1,5 +1,6 @@
 //! The integration tests of the node crate, one binary so that it links once.
 
+mod auth;
 mod clients;
 mod cluster;
 mod cold_s3;
@@ -10,4 +11,5 @@ mod pg;
 mod replication;
 mod server;
 mod sql;
+mod tls;
 mod upgrade;

@@ -38,6 +38,7 @@ fn overrides(node_id: u64, dir: &std::path::Path, join: Vec<String>, cold: Optio
         join,
         cold_store: cold.map(|c| format!("file://{}", c.display())),
         cold_shared_dir: cold.is_some(),
+        ..Overrides::default()
     }
 }
 

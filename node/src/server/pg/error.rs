@@ -34,6 +34,10 @@ pub(super) fn error_info(e: &Error) -> ErrorInfo {
             tracing::debug!(sqlstate, ?kind, error = %e.report(), "postgres request uses an unsupported feature");
             None
         }
+        ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => {
+            tracing::info!(target: "quiver::audit", event = "denied", protocol = "postgres", sqlstate, error = %e.report(), "request denied");
+            None
+        }
         ErrorKind::Unavailable => {
             tracing::info!(sqlstate, ?kind, error = %e.report(), "postgres request refused while unavailable");
             Some("the condition is transient; retry the statement later")

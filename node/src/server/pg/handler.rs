@@ -38,9 +38,10 @@ use super::catalog;
 use super::copy::CopyIn;
 use super::error::protocol_error;
 use super::request::Request;
-use super::startup::{AuthMethod, Startup};
+use super::startup::{AuthMethod, Startup, caller_of};
 use super::statement::{Classified, Classifier, PgStatement, StatementParser, split_statements};
 use super::{params, results};
+use crate::auth::Caller;
 use crate::engine::copy::CopyFrom;
 use crate::engine::{Command, Engine, QueryOutput};
 
@@ -54,13 +55,14 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state of a server for `engine`.
-    pub(super) fn new(engine: Arc<Engine>) -> Self {
+    /// Builds the shared state of a server for `engine`, whose connections authenticate by `method` (over TLS only,
+    /// with `require_tls`).
+    pub(super) fn new(engine: Arc<Engine>, method: AuthMethod, require_tls: bool) -> Self {
         let cancels = Arc::new(CancelRegistry::default());
         Self {
+            startup: Arc::new(Startup::new(method, require_tls, Arc::clone(&engine), Arc::clone(&cancels))),
             engine,
             classifier: Arc::new(Classifier::new()),
-            startup: Arc::new(Startup::new(AuthMethod::Trust, Arc::clone(&cancels))),
             cancels,
         }
     }
@@ -140,7 +142,10 @@ impl Session {
     }
 
     /// Starts a COPY-in; the response makes pgwire send `CopyInResponse` and route `CopyData` to this session.
-    async fn start_copy(&self, copy: CopyFrom, request: Request) -> PgWireResult<Response> {
+    async fn start_copy(&self, caller: &Caller, copy: CopyFrom, mut request: Request) -> PgWireResult<Response> {
+        if let Err(e) = self.engine().authorize_insert(caller, &copy.table).await {
+            return Err(request.fail(&e));
+        }
         let copy = CopyIn::start(self.engine(), copy, request).await?;
         let columns = copy.columns();
         // A COPY left behind (its client vanished mid-way) is dropped here, which aborts it.
@@ -167,12 +172,13 @@ impl Session {
             Classified::Local(local) => local.run(client, &Format::UnifiedText).await.map_err(|e| request.fail_with(e)),
             Classified::CopyIn(_) if !last => Err(request
                 .fail_with(protocol_error("0A000", "COPY FROM STDIN must be the last statement of a query string"))),
-            Classified::CopyIn(copy) => self.start_copy(copy, request).await,
+            Classified::CopyIn(copy) => self.start_copy(&caller_of(client), copy, request).await,
             Classified::PrimaryKeys { .. } => {
                 Err(request.fail(&crate::error::Error::Internal("primary-key listing left unresolved".into())))
             }
             Classified::Sql(sql) => {
-                let output = self.engine().execute_one(&sql).await.map_err(|e| request.fail(&e))?;
+                let output =
+                    self.engine().execute_one_as(&caller_of(client), &sql).await.map_err(|e| request.fail(&e))?;
                 warn_if_rollback(client, is_rollback(&output)).await?;
                 results::into_response(output, &Format::UnifiedText, format_options(client), request)
             }
@@ -381,8 +387,12 @@ impl ExtendedQueryHandler for Session {
             PgStatement::Prepared(prepared) => {
                 let values = params::decode(portal, &prepared.parameter_types).map_err(|e| request.fail(&e))?;
                 let watch = cancel_watch(client);
+                let caller = caller_of(client);
                 let execute = async {
-                    self.engine().execute_prepared(&prepared.statement, values).await.map_err(|e| request.fail(&e))
+                    self.engine()
+                        .execute_prepared_as(&caller, &prepared.statement, values)
+                        .await
+                        .map_err(|e| request.fail(&e))
                 };
                 let output = match &watch {
                     Some(watch) => cancellable(execute, watch).await,
@@ -410,7 +420,7 @@ impl ExtendedQueryHandler for Session {
             PgStatement::Local(local) => {
                 local.run(client, &portal.result_column_format).await.map_err(|e| request.fail_with(e))
             }
-            PgStatement::CopyIn(copy) => self.start_copy(copy.as_ref().clone(), request).await,
+            PgStatement::CopyIn(copy) => self.start_copy(&caller_of(client), copy.as_ref().clone(), request).await,
         }
     }
 }

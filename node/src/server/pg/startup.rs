@@ -1,39 +1,73 @@
 //! Connection startup: protocol negotiation, authentication, server parameters and the cancel key.
 //!
-//! [`Startup`] runs the startup phase of every connection. Authentication is chosen by [`AuthMethod`]; today the
-//! only method is `Trust` (every connection is accepted as the user it names, as PostgreSQL's `trust`). A password
-//! method adds a variant: its arm of [`Startup::on_startup`] sends the authentication request after the startup
-//! message, checks the client's answer (pgwire's `api::auth::sasl` implements SCRAM-SHA-256 over an `AuthSource`),
-//! and then calls [`Startup::accept`] like `Trust` does. Everything after authentication — server parameters, the
-//! cancel key registration, `ReadyForQuery` — is shared by all methods.
+//! [`Startup`] runs the startup phase of every connection. Authentication is chosen by [`AuthMethod`]: `Trust` accepts
+//! every connection as the user it names, with every privilege (a server without authentication, as PostgreSQL's
+//! `trust`); `Scram` runs SCRAM-SHA-256 against the verifiers in the metadata (RFC 5802: the password never crosses
+//! the wire, and the server keeps no password) and the connection then runs as that user. An unknown user gets the
+//! same exchange as a known one with a made-up verifier, so the answer never tells which of user or password was
+//! wrong. Everything after authentication — server parameters, the cancel key registration, `ReadyForQuery` — is
+//! shared by both methods. The connection's [`Caller`] is kept in its session extensions for the query handlers.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use futures::Sink;
+use bytes::Bytes;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
-use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::cancel::{Cancel, CancelRegistry, Registration};
 use super::error::protocol_error;
 use super::local::SERVER_VERSION;
+use crate::auth::Caller;
+use crate::auth::scram::{self, ServerFirst};
+use crate::engine::Engine;
+
+/// The SASL mechanism offered.
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// How connections authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum AuthMethod {
-    /// Every connection is accepted as the user it names (PostgreSQL's `trust`).
+    /// Every connection is accepted as the user it names, with every privilege (PostgreSQL's `trust`).
     Trust,
+    /// SCRAM-SHA-256 against the users in the metadata.
+    Scram,
+}
+
+/// A connection's SCRAM exchange between the server's first message and the client's final one.
+struct Exchange {
+    user: String,
+    /// Whether the user exists and may log in (otherwise the exchange runs on a made-up verifier and fails).
+    known: bool,
+    first: ServerFirst,
+}
+
+/// Returns the connection's caller, set when it authenticated; a connection without one has no privilege at all.
+pub(super) fn caller_of<C: ClientInfo>(client: &C) -> Caller {
+    client.session_extensions().get::<Caller>().map_or_else(|| Caller::User(String::new()), |c| (*c).clone())
+}
+
+fn auth_failed(user: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        "28P01".to_owned(),
+        format!("password authentication failed for user \"{user}\""),
+    )))
 }
 
 /// The startup handler shared by all connections of a server.
 pub(super) struct Startup {
     method: AuthMethod,
+    require_tls: bool,
+    engine: Arc<Engine>,
     cancels: Arc<CancelRegistry>,
     keys: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
@@ -46,12 +80,102 @@ impl Debug for Startup {
 }
 
 impl Startup {
-    /// Builds the handler; connections register their cancel keys in `cancels`.
-    pub(super) fn new(method: AuthMethod, cancels: Arc<CancelRegistry>) -> Self {
+    /// Builds the handler; users are looked up in `engine`'s metadata, connections register their cancel keys in
+    /// `cancels`.
+    pub(super) fn new(
+        method: AuthMethod,
+        require_tls: bool,
+        engine: Arc<Engine>,
+        cancels: Arc<CancelRegistry>,
+    ) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         // libpq, JDBC and psycopg read the leading "major.minor"; the rest names the server, as distributions do.
         parameters.server_version = format!("{SERVER_VERSION} (Quiver {})", env!("CARGO_PKG_VERSION"));
-        Self { method, cancels, keys: RandomPidSecretKeyGenerator::default(), parameters }
+        Self { method, require_tls, engine, cancels, keys: RandomPidSecretKeyGenerator::default(), parameters }
+    }
+
+    /// The verifier to run the exchange for `user` on: theirs, or a made-up one (stable per user name, so a
+    /// repeated attempt does not reveal that the user does not exist by a changing salt).
+    fn verifier_for(&self, user: &str) -> (bool, quiver_meta::ScramVerifier) {
+        let found = self.engine.with_principals(|p| p.role(user).filter(|r| r.login).and_then(|r| r.verifier.clone()));
+        match found {
+            Some(v) => (true, v),
+            None => {
+                let mut salt =
+                    ring::digest::digest(&ring::digest::SHA256, format!("quiver:{user}").as_bytes()).as_ref().to_vec();
+                salt.truncate(16);
+                let made_up = quiver_meta::ScramVerifier {
+                    iterations: scram::ITERATIONS,
+                    salt,
+                    stored_key: vec![0; 32],
+                    server_key: vec![0; 32],
+                };
+                (false, made_up)
+            }
+        }
+    }
+
+    /// Runs one step of the SCRAM exchange for a password-family message.
+    async fn scram_step<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::startup::PasswordMessageFamily,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let slot = client.session_extensions().get_or_insert_with(|| Mutex::new(None::<Exchange>));
+        let pending = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let peer = client.socket_addr();
+        match pending {
+            None => {
+                let initial = message.into_sasl_initial_response()?;
+                if initial.auth_method != SCRAM_SHA_256 {
+                    return Err(protocol_error(
+                        "28000",
+                        format!("SASL mechanism {} is not offered (only {SCRAM_SHA_256})", initial.auth_method),
+                    ));
+                }
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let (known, verifier) = self.verifier_for(&user);
+                let nonce = server_nonce().map_err(|e| protocol_error("XX000", e.report()))?;
+                let data = initial.data.unwrap_or_default();
+                let (first, server_first) = ServerFirst::start(&data, verifier, &nonce).map_err(|e| {
+                    tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", %peer, user, reason = %e, "login failed");
+                    protocol_error("08P01", e.to_string())
+                })?;
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Exchange { user, known, first });
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASLContinue(Bytes::from(server_first))))
+                    .await?;
+                Ok(())
+            }
+            Some(exchange) => {
+                let response = message.into_sasl_response()?;
+                match exchange.first.finish(&response.data) {
+                    Ok(server_final) if exchange.known => {
+                        tracing::info!(target: "quiver::audit", event = "login", outcome = "ok", %peer, user = exchange.user, protocol = "postgres", "login");
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(Bytes::from(
+                                server_final,
+                            ))))
+                            .await?;
+                        client.session_extensions().insert(Caller::User(exchange.user));
+                        self.accept(client).await
+                    }
+                    outcome => {
+                        let reason = match outcome {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "no such user".to_string(),
+                        };
+                        tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", %peer, user = exchange.user, protocol = "postgres", reason, "login failed");
+                        Err(auth_failed(&exchange.user))
+                    }
+                }
+            }
+        }
     }
 
     /// Completes the startup of an authenticated connection: cancel key, server parameters, `ReadyForQuery`.
@@ -80,8 +204,15 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match (self.method, message) {
-            (AuthMethod::Trust, PgWireFrontendMessage::Startup(startup)) => {
+        match (&self.method, message) {
+            (method, PgWireFrontendMessage::Startup(startup)) => {
+                if self.require_tls && !client.is_secure() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_owned(),
+                        "28000".to_owned(),
+                        "this server takes TLS connections only (sslmode=require or stricter)".to_owned(),
+                    ))));
+                }
                 protocol_negotiation(client, &startup).await?;
                 save_startup_parameters_to_metadata(client, &startup);
                 // Session parameters are looked up by lower-case name; clients send some mixed-case at startup
@@ -93,14 +224,38 @@ impl StartupHandler for Startup {
                     .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                     .collect();
                 client.metadata_mut().extend(lowered);
-                self.accept(client).await
+                match method {
+                    AuthMethod::Trust => {
+                        client.session_extensions().insert(Caller::Trusted);
+                        self.accept(client).await
+                    }
+                    AuthMethod::Scram => {
+                        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                        let offered = vec![SCRAM_SHA_256.to_string()];
+                        client.send(PgWireBackendMessage::Authentication(Authentication::SASL(offered))).await?;
+                        Ok(())
+                    }
+                }
+            }
+            (AuthMethod::Scram, PgWireFrontendMessage::PasswordMessageFamily(message)) => {
+                self.scram_step(client, message).await
             }
             // Password and SASL messages answer an authentication request, which trust never sends.
-            (AuthMethod::Trust, other) => {
+            (_, other) => {
                 Err(protocol_error("08P01", format!("unexpected {} message during startup", message_name(&other))))
             }
         }
     }
+}
+
+/// A fresh server nonce: 24 random bytes in base64.
+fn server_nonce() -> crate::Result<String> {
+    use base64::Engine as _;
+    let mut bytes = Vec::with_capacity(24);
+    for _ in 0..3 {
+        bytes.extend_from_slice(&crate::random_u64()?.to_be_bytes());
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 fn message_name(message: &PgWireFrontendMessage) -> &'static str {

@@ -37,6 +37,7 @@ use pgwire::error::PgWireResult;
 use super::local::Local;
 use super::request::Request;
 use super::{params, results};
+use crate::auth::Caller;
 use crate::engine::copy::{CopyFrom, parse_copy_from};
 use crate::engine::{Engine, PreparedStatement};
 use crate::error::Error;
@@ -292,8 +293,8 @@ impl StatementParser {
 
 impl StatementParser {
     /// Prepares SQL for the engine.
-    async fn prepare(&self, sql: &str) -> PgWireResult<PgStatement> {
-        match self.engine.prepare(sql).await {
+    async fn prepare(&self, caller: &Caller, sql: &str) -> PgWireResult<PgStatement> {
+        match self.engine.prepare_as(caller, sql).await {
             Ok(statement) => {
                 let parameter_types = params::announced_types(sql, statement.parameter_types());
                 Ok(PgStatement::Prepared(Arc::new(Prepared { statement, parameter_types })))
@@ -307,10 +308,11 @@ impl StatementParser {
 impl QueryParser for StatementParser {
     type Statement = PgStatement;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PgStatement>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PgStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        let caller = super::startup::caller_of(client);
         let statements = split_statements(sql);
         let statement = match statements.as_slice() {
             [] => return Ok(None),
@@ -332,10 +334,10 @@ impl QueryParser for StatementParser {
                 }
                 PgStatement::CopyIn(Arc::new(copy))
             }
-            Classified::Sql(sql) => self.prepare(&sql).await?,
+            Classified::Sql(sql) => self.prepare(&caller, &sql).await?,
             Classified::PrimaryKeys { schema, table } => {
                 let sql = super::catalog::primary_keys_sql(&self.engine, schema.as_deref(), table.as_deref()).await;
-                self.prepare(&sql).await?
+                self.prepare(&caller, &sql).await?
             }
         }))
     }

@@ -1,0 +1,277 @@
+//! Users, roles and privileges with authentication on: a real server on loopback ports, driven by tokio-postgres
+//! (SCRAM-SHA-256) and arrow-flight's Flight SQL client (handshake with basic credentials, then a bearer token).
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::CommandGetTables;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use quiver_node::config::{Config, Overrides};
+use quiver_node::server::Server;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// A server with authentication on and an initial administrator, on loopback ports.
+struct Secured {
+    flight: std::net::SocketAddr,
+    pg: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<quiver_node::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            flight_addr: Some("127.0.0.1:0".into()),
+            pg_addr: Some("127.0.0.1:0".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            grpc_addr: Some("127.0.0.1:0".into()),
+            init_admin: Some("admin".into()),
+            ..Overrides::default()
+        };
+        let env = vec![("QUIVER_AUTH__ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string())];
+        let server = Server::bind(Config::load(None, env, &overrides).expect("config")).await.expect("bind");
+        let (flight, pg) = (server.flight_addr(), server.pg_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self { flight, pg, stop, running, _dir: dir }
+    }
+
+    async fn pg(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config.host(self.pg.ip().to_string()).port(self.pg.port()).user(user).password(password).dbname("quiver");
+        // The server may still be readying its principals when the first client arrives.
+        let mut tries = 0;
+        loop {
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    return Ok(client);
+                }
+                Err(e) if e.code().is_none() && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn flight(&self) -> FlightSqlServiceClient<Channel> {
+        let channel =
+            Channel::from_shared(format!("http://{}", self.flight)).expect("uri").connect().await.expect("connect");
+        FlightSqlServiceClient::new(channel)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.running.await.expect("join").expect("clean shutdown");
+    }
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
+    client.query_one(sql, &[]).await.map(|row| row.get::<_, i64>(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_log_in_with_scram_and_need_privileges() {
+    let server = Secured::start().await;
+    let wrong = server.pg("admin", "not the password").await.expect_err("a wrong password is refused");
+    assert_eq!(code(&wrong), "28P01", "{wrong}");
+    let nobody = server.pg("nobody", "x").await.expect_err("an unknown user is refused");
+    assert_eq!(code(&nobody), "28P01", "{nobody}");
+    assert!(message(&nobody).contains("password authentication failed"), "{nobody:?}");
+
+    let admin = server.pg("admin", ADMIN_PASSWORD).await.expect("the administrator logs in");
+    admin.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)").await.expect("create");
+    admin.batch_execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')").await.expect("insert");
+    admin.batch_execute("CREATE TABLE secret (x BIGINT)").await.expect("create");
+    admin.batch_execute("CREATE USER alice WITH PASSWORD 'alice''s pw'").await.expect("create user");
+    admin.batch_execute("CREATE ROLE readers").await.expect("create role");
+
+    let alice = server.pg("alice", "alice's pw").await.expect("alice logs in");
+    let denied = count(&alice, "SELECT count(*) FROM t").await.expect_err("no grant yet");
+    assert_eq!(code(&denied), "42501", "{denied}");
+    assert!(message(&denied).contains("lacks SELECT on table \"t\""), "{denied:?}");
+
+    admin.batch_execute("GRANT SELECT ON ALL TABLES TO readers").await.expect("grant to role");
+    admin.batch_execute("GRANT readers TO alice").await.expect("grant role");
+    assert_eq!(count(&alice, "SELECT count(*) FROM t").await.expect("select through the role"), 2);
+    let insert = alice.batch_execute("INSERT INTO t VALUES (3, 'c')").await.expect_err("no INSERT");
+    assert_eq!(code(&insert), "42501", "{insert}");
+    admin.batch_execute("GRANT INSERT ON TABLE t TO alice").await.expect("grant insert");
+    alice.batch_execute("INSERT INTO t VALUES (3, 'c')").await.expect("insert with the grant");
+    let other = alice.batch_execute("INSERT INTO secret VALUES (1)").await.expect_err("insert on another table");
+    assert_eq!(code(&other), "42501", "{other}");
+    let update = alice.batch_execute("UPDATE t SET v = 'x' WHERE id = 1").await.expect_err("no UPDATE");
+    assert_eq!(code(&update), "42501", "{update}");
+    // A DELETE needs DELETE, and SELECT as well when its condition reads the rows (as in PostgreSQL).
+    admin.batch_execute("CREATE USER deleter PASSWORD 'd'").await.expect("user");
+    admin.batch_execute("GRANT DELETE ON t TO deleter").await.expect("grant delete");
+    let deleter = server.pg("deleter", "d").await.expect("deleter logs in");
+    let reads = deleter.batch_execute("DELETE FROM t WHERE v = 'zzz'").await.expect_err("WHERE reads rows");
+    assert!(message(&reads).contains("lacks SELECT on table \"t\""), "{reads:?}");
+    admin.batch_execute("GRANT SELECT ON t TO deleter").await.expect("grant select");
+    deleter.batch_execute("DELETE FROM t WHERE v = 'zzz'").await.expect("delete with both");
+    admin.batch_execute("DROP USER deleter").await.expect("drop");
+
+    // The extended protocol (a prepared statement) is checked too.
+    let prepared = alice.query("SELECT v FROM t WHERE id = $1", &[&1i64]).await.expect("prepared select");
+    assert_eq!(prepared[0].get::<_, String>(0), "a");
+
+    // Only a superuser defines tables, changes principals, or reads the system schema.
+    for sql in [
+        "CREATE TABLE mine (x BIGINT)",
+        "DROP TABLE t",
+        "CREATE USER mallory PASSWORD 'x'",
+        "GRANT ALL ON ALL TABLES TO alice",
+        "SELECT * FROM system.users",
+    ] {
+        let e = alice.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(code(&e), "42501", "{sql}: {e}");
+    }
+
+    let users = admin
+        .query("SELECT name, login, superuser, has_password, member_of FROM system.users ORDER BY name", &[])
+        .await
+        .expect("users");
+    let shown: Vec<(String, bool, bool, bool, String)> =
+        users.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("admin".into(), true, true, true, String::new()),
+            ("alice".into(), true, false, true, "readers".into()),
+            ("readers".into(), false, false, false, String::new()),
+        ]
+    );
+    let grants = admin
+        .query("SELECT grantee, object, privilege FROM system.grants ORDER BY 1, 2, 3", &[])
+        .await
+        .expect("grants");
+    let shown: Vec<(String, String, String)> = grants.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("alice".into(), "TABLE t".into(), "INSERT".into()),
+            ("readers".into(), "ALL TABLES".into(), "SELECT".into()),
+        ]
+    );
+
+    // A revoke takes effect on the next statement of a session already open.
+    admin.batch_execute("REVOKE readers FROM alice").await.expect("revoke role");
+    let revoked = count(&alice, "SELECT count(*) FROM t").await.expect_err("revoked");
+    assert_eq!(code(&revoked), "42501", "{revoked}");
+    // Grants on a dropped table go with it.
+    admin.batch_execute("DROP TABLE t").await.expect("drop");
+    let grants = admin.query("SELECT grantee FROM system.grants WHERE object = 'TABLE t'", &[]).await.expect("grants");
+    assert!(grants.is_empty());
+    let missing = admin.batch_execute("GRANT SELECT ON TABLE nope TO alice").await.expect_err("unknown table");
+    assert_eq!(code(&missing), "42P01", "{missing}");
+    let unknown = admin.batch_execute("GRANT SELECT ON ALL TABLES TO nobody").await.expect_err("unknown role");
+    assert_eq!(code(&unknown), "42704", "{unknown}");
+
+    // A password change applies to the next login; a dropped user cannot log in.
+    admin.batch_execute("ALTER USER alice WITH PASSWORD 'new'").await.expect("alter");
+    assert_eq!(code(&server.pg("alice", "alice's pw").await.expect_err("old password")), "28P01");
+    drop(server.pg("alice", "new").await.expect("new password"));
+    admin.batch_execute("DROP USER alice").await.expect("drop user");
+    assert_eq!(code(&server.pg("alice", "new").await.expect_err("dropped")), "28P01");
+    server.stop().await;
+}
+
+fn status(e: FlightError) -> tonic::Status {
+    match e {
+        FlightError::Tonic(status) => *status,
+        FlightError::Arrow(arrow::error::ArrowError::IpcError(message)) if message.contains("Unauthenticated") => {
+            tonic::Status::unauthenticated(message)
+        }
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Result<Vec<RecordBatch>, FlightError> {
+    let info = client.execute(sql.to_string(), None).await?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.expect("ticket")).await?;
+        batches.extend(stream.try_collect::<Vec<_>>().await?);
+    }
+    Ok(batches)
+}
+
+async fn table_names(client: &mut FlightSqlServiceClient<Channel>) -> Vec<String> {
+    let command = CommandGetTables { include_schema: false, ..Default::default() };
+    let info = client.get_tables(command).await.expect("get tables");
+    let mut names = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.expect("ticket")).await.expect("do_get");
+        for batch in stream.try_collect::<Vec<_>>().await.expect("batches") {
+            let column = arrow::compute::cast(batch.column_by_name("table_name").expect("column"), &DataType::Utf8)
+                .expect("text");
+            names.extend(column.as_string::<i32>().iter().flatten().map(str::to_string));
+        }
+    }
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_clients_trade_basic_credentials_for_a_bearer_token() {
+    let server = Secured::start().await;
+    // Wait until the server has readied its principals (the first login may race them).
+    drop(server.pg("admin", ADMIN_PASSWORD).await.expect("admin"));
+
+    let mut anonymous = server.flight().await;
+    let e = status(query(&mut anonymous, "SELECT 1").await.expect_err("no token"));
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = anonymous.handshake("admin", "wrong").await.expect_err("wrong password");
+    assert!(e.to_string().contains("password authentication failed"), "{e}");
+
+    let mut admin = server.flight().await;
+    let token = admin.handshake("admin", ADMIN_PASSWORD).await.expect("handshake");
+    assert!(!token.is_empty(), "the token is also the handshake's payload");
+    admin.execute_update("CREATE TABLE a (x BIGINT)".into(), None).await.expect("create a");
+    admin.execute_update("CREATE TABLE b (x BIGINT)".into(), None).await.expect("create b");
+    admin.execute_update("INSERT INTO a VALUES (1), (2), (3)".into(), None).await.expect("insert");
+    admin.execute_update("CREATE USER bob PASSWORD 'bob'".into(), None).await.expect("create user over flight");
+    admin.execute_update("GRANT SELECT ON a TO bob".into(), None).await.expect("grant");
+    assert_eq!(table_names(&mut admin).await, vec!["a".to_string(), "b".to_string()]);
+
+    let mut bob = server.flight().await;
+    bob.handshake("bob", "bob").await.expect("bob's handshake");
+    let rows: usize = query(&mut bob, "SELECT x FROM a").await.expect("select").iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 3);
+    let e = status(query(&mut bob, "SELECT x FROM b").await.expect_err("no grant on b"));
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert_eq!(table_names(&mut bob).await, vec!["a".to_string()], "bob lists only what he may see");
+
+    // Another client presenting a forged or altered token is refused.
+    let mut forger = server.flight().await;
+    forger.set_token(format!("{}x", String::from_utf8_lossy(&token)));
+    let e = status(query(&mut forger, "SELECT 1").await.expect_err("forged"));
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+
+    // Dropping the user revokes its token.
+    admin.execute_update("DROP USER bob".into(), None).await.expect("drop bob");
+    let e = status(query(&mut bob, "SELECT x FROM a").await.expect_err("revoked"));
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("revoked"), "{e}");
+    server.stop().await;
+}
