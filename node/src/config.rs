@@ -1001,4 +1001,27 @@ mod tests {
         assert_eq!(ByteSize(1000).to_string(), "1000B");
         assert!("MiB".parse::<ByteSize>().is_err());
     }
+
+    #[test]
+    fn auth_and_tls_settings_are_checked_and_the_password_never_shown() {
+        let none = Overrides::default();
+        let e = Config::load(None, env(&[("QUIVER_TLS__CERT_FILE", "/x.pem")]), &none).expect_err("no key");
+        assert!(e.to_string().contains("cert_file and key_file"), "{e}");
+        let admin = Overrides { init_admin: Some("admin".into()), ..Overrides::default() };
+        let e = Config::load(None, env(&[]), &admin).expect_err("no password");
+        assert!(e.to_string().contains("QUIVER_AUTH__ADMIN_PASSWORD"), "{e}");
+        let c = Config::load(None, env(&[("QUIVER_AUTH__ADMIN_PASSWORD", "hunter2")]), &admin).expect("password");
+        assert!(c.auth.enabled, "--init-admin turns auth on");
+        assert_eq!(
+            c.auth.admin().expect("admin").map(|(n, p)| (n, p.expose().to_string())),
+            Some(("admin".into(), "hunter2".into()))
+        );
+        assert!(!format!("{c:?}").contains("hunter2"), "the password is not in Debug output");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from a file\nsecond line ignored\n").expect("write");
+        let from_file = env(&[("QUIVER_AUTH__ADMIN_PASSWORD_FILE", file.to_str().expect("utf-8"))]);
+        let c = Config::load(None, from_file, &admin).expect("file");
+        assert_eq!(c.auth.admin().expect("admin").map(|(_, p)| p.expose().to_string()), Some("from a file".into()));
+    }
 }

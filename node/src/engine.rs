@@ -1219,6 +1219,9 @@ impl Engine {
                 let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
                 self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan))?;
+                if let LogicalPlan::Ddl(ddl) = &plan {
+                    tracing::info!(target: "quiver::audit", event = "ddl", user = caller.name(), statement = ddl.name(), "DDL");
+                }
                 self.execute_plan_with(plan, table_options, &text).await
             }
             ParsedStatement::CopyFrom(copy) => {
@@ -1245,6 +1248,7 @@ impl Engine {
         };
         let principals = auth::command_of(dcl).await?;
         self.propose(MetaCommand::Principals { command: principals }).await?;
+        tracing::info!(target: "quiver::audit", event = "dcl", user = caller.name(), statement = command.tag(), "DCL");
         Ok(QueryOutput::Done { command })
     }
 

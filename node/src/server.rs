@@ -481,6 +481,19 @@ async fn prepare_auth(engine: &Arc<Engine>, auth: &crate::config::AuthConfig) ->
     Ok(())
 }
 
+/// Answers SIGHUP (which would otherwise end the process) with a log line, until `shutdown` completes.
+#[cfg(not(madsim))]
+async fn ignore_hangups(shutdown: impl Future<Output = ()>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            Some(()) = hangup.recv() => tracing::info!("SIGHUP: nothing to reload (no TLS certificate configured)"),
+        }
+    }
+}
+
 /// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
 #[cfg(not(madsim))]
 async fn run_frontends(
@@ -513,8 +526,10 @@ async fn run_frontends(
     };
     let tls_for = |alpn: &[&[u8]]| certificates.as_ref().map(|c| c.server_config(alpn)).transpose();
     let (http_tls, pg_tls, flight_tls) = (tls_for(&[b"http/1.1"])?, tls_for(&[])?, tls_for(&[b"h2"])?);
-    if let Some(certificates) = &certificates {
-        tokio::spawn(Arc::clone(certificates).watch(signal(rx.clone())));
+    match &certificates {
+        Some(certificates) => drop(tokio::spawn(Arc::clone(certificates).watch(signal(rx.clone())))),
+        // SIGHUP (`systemctl reload`) must not stop a node that has nothing to reload.
+        None => drop(tokio::spawn(ignore_hangups(signal(rx.clone())))),
     }
     let mut http =
         tokio::spawn(http::serve_with(Arc::clone(engine), authenticate, http_tls, frontends.http, signal(rx.clone())));

@@ -67,6 +67,8 @@ fn auth_failed(user: &str) -> PgWireError {
 pub(super) struct Startup {
     method: AuthMethod,
     require_tls: bool,
+    /// Keys the made-up salts of unknown users.
+    mock_key: Vec<u8>,
     engine: Arc<Engine>,
     cancels: Arc<CancelRegistry>,
     keys: RandomPidSecretKeyGenerator,
@@ -91,18 +93,28 @@ impl Startup {
         let mut parameters = DefaultServerParameterProvider::default();
         // libpq, JDBC and psycopg read the leading "major.minor"; the rest names the server, as distributions do.
         parameters.server_version = format!("{SERVER_VERSION} (Quiver {})", env!("CARGO_PKG_VERSION"));
-        Self { method, require_tls, engine, cancels, keys: RandomPidSecretKeyGenerator::default(), parameters }
+        let mock_key = (0..4).flat_map(|_| crate::random_u64().unwrap_or_default().to_be_bytes()).collect();
+        Self {
+            method,
+            require_tls,
+            mock_key,
+            engine,
+            cancels,
+            keys: RandomPidSecretKeyGenerator::default(),
+            parameters,
+        }
     }
 
     /// The verifier to run the exchange for `user` on: theirs, or a made-up one (stable per user name, so a
-    /// repeated attempt does not reveal that the user does not exist by a changing salt).
+    /// repeated attempt does not reveal that the user does not exist by a changing salt, and unpredictable).
     fn verifier_for(&self, user: &str) -> (bool, quiver_meta::ScramVerifier) {
         let found = self.engine.with_principals(|p| p.role(user).filter(|r| r.login).and_then(|r| r.verifier.clone()));
         match found {
             Some(v) => (true, v),
             None => {
-                let mut salt =
-                    ring::digest::digest(&ring::digest::SHA256, format!("quiver:{user}").as_bytes()).as_ref().to_vec();
+                // Keyed by a secret of this process: a salt anyone could compute from the name would tell.
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.mock_key);
+                let mut salt = ring::hmac::sign(&key, user.as_bytes()).as_ref().to_vec();
                 salt.truncate(16);
                 let made_up = quiver_meta::ScramVerifier {
                     iterations: scram::ITERATIONS,
