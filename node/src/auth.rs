@@ -94,7 +94,6 @@ pub async fn check_login(engine: &crate::Engine, user: &str, password: String) -
 ///
 /// [`Error::Unauthenticated`] when the header is malformed, the credentials are wrong or the token is not valid.
 pub async fn check_header(engine: &crate::Engine, header: &str) -> Result<Caller> {
-    use base64::Engine as _;
     let unauthenticated = |detail: &str| Error::Unauthenticated { detail: detail.to_string() };
     let (scheme, credentials) = header.split_once(' ').ok_or_else(|| unauthenticated("malformed authorization"))?;
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -107,15 +106,27 @@ pub async fn check_header(engine: &crate::Engine, header: &str) -> Result<Caller
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(unauthenticated("the authorization header takes Basic credentials or a Bearer token"));
     }
+    let (user, password) = basic_credentials(credentials)?;
+    check_login(engine, &user, password).await?;
+    Ok(Caller::User(user))
+}
+
+/// Decodes the credentials of an `authorization: Basic …` header (base64 of `user:password`).
+///
+/// # Errors
+///
+/// [`Error::Unauthenticated`] when they are not.
+pub fn basic_credentials(encoded: &str) -> Result<(String, String)> {
+    use base64::Engine as _;
+    let unauthenticated = |detail: &str| Error::Unauthenticated { detail: detail.to_string() };
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(credentials.trim())
+        .decode(encoded.trim())
         .ok()
         .and_then(|d| String::from_utf8(d).ok())
         .ok_or_else(|| unauthenticated("the basic credentials are not base64 of user:password"))?;
     let (user, password) =
         decoded.split_once(':').ok_or_else(|| unauthenticated("the basic credentials are not user:password"))?;
-    check_login(engine, user, password.to_string()).await?;
-    Ok(Caller::User(user.to_string()))
+    Ok((user.to_string(), password.to_string()))
 }
 
 /// A fresh salt for a new verifier.

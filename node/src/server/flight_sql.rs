@@ -317,16 +317,7 @@ impl QuiverFlightSqlService {
             Some(Ok(header)) => {
                 let encoded = strip_scheme(header, "basic")
                     .ok_or_else(|| unauthenticated("the handshake takes basic credentials".into()))?;
-                use base64::Engine as _;
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .ok()
-                    .and_then(|d| String::from_utf8(d).ok())
-                    .ok_or_else(|| unauthenticated("the basic credentials are not base64 of user:password".into()))?;
-                let (user, password) = decoded
-                    .split_once(':')
-                    .ok_or_else(|| unauthenticated("the basic credentials are not user:password".into()))?;
-                (user.to_string(), password.to_string())
+                crate::auth::basic_credentials(encoded).map_err(|e| status_from(&e))?
             }
             Some(Err(_)) => return Err(unauthenticated("the authorization header is not text".into())),
             None => {
