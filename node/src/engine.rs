@@ -1021,7 +1021,7 @@ impl Engine {
         let statements = parse(sql)?;
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
-            out.push(self.execute_statement(caller, s).await?);
+            out.push(Box::pin(self.execute_statement(caller, s)).await?);
         }
         Ok(out)
     }
@@ -1043,7 +1043,7 @@ impl Engine {
     pub async fn execute_one_as(&self, caller: &Caller, sql: &str) -> Result<QueryOutput> {
         let mut statements = parse(sql)?;
         match (statements.pop(), statements.is_empty()) {
-            (Some(s), true) => self.execute_statement(caller, s).await,
+            (Some(s), true) => Box::pin(self.execute_statement(caller, s)).await,
             (None, _) => Ok(QueryOutput::Done { command: Command::Other }),
             (Some(_), false) => {
                 Err(Error::Unsupported { what: "several statements in one request of this kind".into() })
@@ -1173,9 +1173,12 @@ impl Engine {
                 .with_param_values(ParamValues::from(values))
                 .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
         };
-        self.execute_plan_with(plan, BTreeMap::new(), &statement.sql).await
+        Box::pin(self.execute_plan_with(plan, BTreeMap::new(), &statement.sql)).await
     }
 
+    /// Runs one parsed statement. Its future is large (planning, routing, replication, each a state machine inside
+    /// the next), so the public entry points box it: a caller that awaits many statements in one function keeps a
+    /// pointer per await, not the whole machine on its stack.
     async fn execute_statement(&self, caller: &Caller, statement: ParsedStatement) -> Result<QueryOutput> {
         self.metrics.statements.inc();
         match statement {

@@ -86,7 +86,8 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self> {
         let location = StorageLocation::Path(config.storage.data_dir.clone());
         let store = Engine::open_store(&location, &config.engine_options()).await?;
-        Self::bind_on_stores(config, store, None).await
+        // Boxed: starting a node is a deep future; the caller's task keeps a pointer to it.
+        Box::pin(Self::bind_on_stores(config, store, None)).await
     }
 
     /// Starts a node on an open hot store: binds the listeners, starts the metadata replica, opens the engine (its

@@ -122,9 +122,20 @@ impl Node {
         join: Option<&str>,
         env: &'static [(&'static str, &'static str)],
     ) -> Node {
-        match spawn_server(id, &dir, &grpc, join, env).await {
-            Started::Serving { child, pg_port, log } => Node { id, grpc, dir, child: Some(child), pg_port, env, log },
-            Started::Exited { log } => panic!("node {id} did not start:\n{log}"),
+        // The internal port is chosen before the node starts (its peers must know it); another test's connection
+        // may hold it as its local port for a while, so a bind refused as in use is tried again.
+        let mut attempts = 0;
+        loop {
+            match spawn_server(id, &dir, &grpc, join, env).await {
+                Started::Serving { child, pg_port, log } => {
+                    return Node { id, grpc, dir, child: Some(child), pg_port, env, log };
+                }
+                Started::Exited { log } if attempts < 20 && log.contains("Address already in use") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Started::Exited { log } => panic!("node {id} did not start:\n{log}"),
+            }
         }
     }
 
