@@ -58,6 +58,14 @@ pub struct MetaConfig {
     /// (0: not checked). A node whose clock is off could otherwise win an election while the group has no leader,
     /// and then every node with a good clock would measure itself as the one that is off.
     pub max_clock_skew_ms: u64,
+    /// How this replica reaches its peers: plaintext or mutual TLS under the cluster CA (set by the node from its
+    /// certificate files, never from a file of settings).
+    #[serde(skip)]
+    pub peer_tls: crate::transport::PeerTls,
+    /// The secret a node must present to join, checked before anything changes (`None`: not checked). Set by the node
+    /// from its configuration; never shown by `Debug`.
+    #[serde(skip)]
+    pub join_secret: Option<crate::transport::JoinSecret>,
 }
 
 impl Default for MetaConfig {
@@ -81,6 +89,8 @@ impl Default for MetaConfig {
             rebalance_tolerance_pct: 10,
             rebalance_moves_max: 2,
             max_clock_skew_ms: 500,
+            peer_tls: crate::transport::PeerTls::plaintext(),
+            join_secret: None,
         }
     }
 }
@@ -165,6 +175,11 @@ impl MetaConfig {
     /// Returns the time allowed to connect to a peer.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Returns how this replica makes channels to its peers.
+    pub fn transport(&self) -> crate::transport::PeerTransport {
+        crate::transport::PeerTransport::new(self.connect_timeout(), self.peer_tls.clone())
     }
 
     /// Returns the heartbeat interval.

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Module layout: [`catalog`](Catalog), `principals` ([`Principals`]: roles, users, privileges) and `state` (the
-//! data), [`store`] (the storage seam), [`raft`] (openraft plumbing), `meta_node` ([`MetaNode`]), [`service`] (gRPC
+//! data), [`store`] (the storage seam), [`raft`] (openraft plumbing), [`transport`] (channels to peers: plaintext or mutual TLS), `meta_node` ([`MetaNode`]), [`service`] (gRPC
 //! servers, client, error mapping), `config` ([`MetaConfig`]), `error`.
 //!
 //! This crate depends on `openraft`, `tonic` and the generated protocol, but on no storage engine or query engine:
@@ -39,6 +39,7 @@ pub mod raft;
 pub mod service;
 mod state;
 pub mod store;
+pub mod transport;
 
 pub use catalog::{
     Catalog, CatalogCommand, CatalogOutcome, ColumnDef, REPLICAS_MAX, Sharding, TableDef, TableId, TableKind,

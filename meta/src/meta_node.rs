@@ -134,7 +134,7 @@ impl MetaNode {
         let raft = MetaRaft::new(node_id, raft_config, network, log, state_machine).await.map_err(stopped)?;
         let votes_held: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let elections = Arc::new(Elections::new(node_id, raft.clone(), last_log_id, Arc::clone(&votes_held), &config));
-        let client = MetaClient::new(config.connect_timeout());
+        let client = MetaClient::with_transport(config.transport());
         tracing::info!(node_id, %addr, "metadata replica started");
         let inner = Arc::new(Inner {
             node_id,

@@ -243,7 +243,8 @@ pub async fn bootstrap_or_join(
             ),
         });
     }
-    let client = ClusterClient::new(options.meta.connect_timeout(), options.meta.request_timeout());
+    let client = ClusterClient::with_transport(options.meta.transport(), options.meta.request_timeout())
+        .with_join_secret(options.meta.join_secret.clone());
     match (initialized, options.join.is_empty()) {
         (false, true) => {
             let cluster_id = options.cluster_id.clone().unwrap_or_else(new_cluster_id);

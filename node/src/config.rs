@@ -99,6 +99,10 @@ pub struct ServerConfig {
     /// How long a clean stop (SIGTERM) waits for statements and peers' streams in flight to finish before it closes
     /// what is left (everything acknowledged is durable already); keep it below the supervisor's stop timeout.
     pub shutdown_timeout: Millis,
+    /// Serve on addresses other than loopback without authentication and TLS (`quiver server --insecure`): only
+    /// on a network where everyone who can reach the node may read, change and drop everything. Without it, such a
+    /// node refuses to start; with it, the log and `/health` say the node is insecure.
+    pub insecure: bool,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
             pg_addr: "127.0.0.1:5433".into(),
             http_addr: "127.0.0.1:9464".into(),
             shutdown_timeout: Millis(20_000),
+            insecure: false,
         }
     }
 }
@@ -128,6 +133,12 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// The cluster id given at bootstrap, or required of the cluster joined; generated when absent.
     pub cluster_id: Option<String>,
+    /// A secret every node of the cluster is given alike: a node joining must present it, else it is refused
+    /// before anything changes (unset: not checked). Set it from the environment (`QUIVER_CLUSTER__JOIN_SECRET`).
+    /// Without `[cluster.tls]` it travels in the clear: it then keeps out nodes of other clusters, not eavesdroppers.
+    pub join_secret: Option<Secret>,
+    /// Mutual TLS on the internal endpoint.
+    pub tls: ClusterTlsConfig,
     /// How many voters the cluster aims for (odd).
     pub voters: usize,
     /// Raft timing.
@@ -200,6 +211,8 @@ impl Default for ClusterConfig {
             advertise_addr: None,
             join: Vec::new(),
             cluster_id: None,
+            join_secret: None,
+            tls: ClusterTlsConfig::default(),
             voters: meta.voters,
             heartbeat_interval: Millis(meta.heartbeat_interval_ms),
             election_timeout_min: Millis(meta.election_timeout_min_ms),
@@ -246,8 +259,31 @@ impl ClusterConfig {
             rebalance_tolerance_pct: self.rebalance_tolerance_pct,
             rebalance_moves_max: self.rebalance_moves_max,
             max_clock_skew_ms: self.max_clock_skew.0,
+            join_secret: self.join_secret.as_ref().map(|s| quiver_meta::transport::JoinSecret::new(s.expose())),
             ..quiver_meta::MetaConfig::default()
         }
+    }
+}
+
+/// `[cluster.tls]`: mutual TLS on the internal endpoint (Raft, metadata, shard data, query stages), on when all three
+/// files are given. Every node holds a certificate signed by the cluster CA, naming the host its peers dial (the
+/// address it advertises) and good for both server and client authentication; a peer without one cannot connect.
+/// The certificate is reloaded as the client endpoints' is (`tls.reload_interval`, SIGHUP); the CA is read at start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// The cluster CA's certificate (PEM): peers' certificates must chain to it.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by the cluster CA.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClusterTlsConfig {
+    /// Whether the internal endpoint speaks mutual TLS.
+    pub fn enabled(&self) -> bool {
+        self.ca_file.is_some()
     }
 }
 
@@ -544,6 +580,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Whether `addr` (host:port) can only be reached from this host: a loopback address or `localhost`.
+fn is_loopback(addr: &str) -> bool {
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        return socket.ip().is_loopback();
+    }
+    addr.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
 /// Command-line values that override the configuration (highest precedence).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -567,6 +611,8 @@ pub struct Overrides {
     pub cold_shared_dir: bool,
     /// `--init-admin NAME`: sets `auth.admin_user` and turns auth on.
     pub init_admin: Option<String>,
+    /// `--insecure`: sets `server.insecure` when given.
+    pub insecure: bool,
 }
 
 /// The error of a node of a cluster whose cold store only it can read.
@@ -642,8 +688,44 @@ impl Config {
             config.auth.admin_user = admin.clone();
             config.auth.enabled = true;
         }
+        if overrides.insecure {
+            config.server.insecure = true;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// What a server with these settings would leave open on addresses other than loopback: an endpoint reachable
+    /// from other hosts without authentication, without TLS, or an internal endpoint without mutual TLS. Empty when
+    /// every endpoint listens on loopback or is secured.
+    pub fn exposed(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let clients = [
+            ("server.flight_addr", &self.server.flight_addr),
+            ("server.pg_addr", &self.server.pg_addr),
+            ("server.http_addr", &self.server.http_addr),
+        ];
+        let open: Vec<String> = clients
+            .iter()
+            .filter(|(_, addr)| !is_loopback(addr))
+            .map(|(key, addr)| format!("{key} = {addr}"))
+            .collect();
+        if !open.is_empty() {
+            if !self.auth.enabled {
+                out.push(format!("{} without authentication ([auth] enabled)", open.join(", ")));
+            }
+            if !self.tls.enabled() {
+                out.push(format!("{} without TLS ([tls] cert_file, key_file)", open.join(", ")));
+            }
+        }
+        let internal = self.cluster.advertise_addr.as_ref().unwrap_or(&self.cluster.grpc_addr);
+        if (!is_loopback(&self.cluster.grpc_addr) || !is_loopback(internal)) && !self.cluster.tls.enabled() {
+            out.push(format!(
+                "cluster.grpc_addr = {} without mutual TLS between nodes ([cluster.tls])",
+                self.cluster.grpc_addr
+            ));
+        }
+        out
     }
 
     /// Checks values that types alone cannot.
@@ -660,6 +742,16 @@ impl Config {
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "cert_file and key_file are given together, or neither".into());
+        }
+        let internal = &self.cluster.tls;
+        if [&internal.ca_file, &internal.cert_file, &internal.key_file]
+            .iter()
+            .any(|f| f.is_some() != internal.enabled())
+        {
+            return bad("cluster.tls", "ca_file, cert_file and key_file are given together, or none".into());
+        }
+        if self.cluster.join_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return bad("cluster.join_secret", "must be at least 16 characters".into());
         }
         if self.tls.enabled() && self.tls.reload_interval.0 < 100 {
             return bad("tls.reload_interval", "must be at least 100ms".into());
@@ -979,10 +1071,18 @@ mod tests {
     #[test]
     fn the_role_examples_load_as_their_roles() {
         let load = |name: &str, text: &str| {
-            Config::load(Some((name, text)), env(&[]), &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+            // The first administrator's password comes from the environment, as the unit's secrets file gives it.
+            Config::load(
+                Some((name, text)),
+                env(&[("QUIVER_AUTH__ADMIN_PASSWORD", "from the environment")]),
+                &Overrides::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         let single = load("single-node.toml", include_str!("../../deploy/roles/single-node.toml"));
         assert!(single.cluster.join.is_empty());
+        // Secure by default: what the roles serve to other hosts is authenticated and encrypted.
+        assert_eq!(single.exposed(), Vec::<String>::new());
         let first = load("first-node.toml", include_str!("../../deploy/roles/first-node.toml"));
         assert!(first.cluster.join.is_empty() && first.cluster.node_id == 1);
         let joining = load("joining-node.toml", include_str!("../../deploy/roles/joining-node.toml"));
@@ -990,6 +1090,29 @@ mod tests {
         assert_eq!(joining.cluster.advertise_addr.as_deref(), Some("10.0.0.2:50052"));
         assert_eq!(first.cluster.cluster_id, joining.cluster.cluster_id);
         assert_eq!(first.cold.store, joining.cold.store, "one bucket for the cluster");
+        assert_eq!(first.exposed(), Vec::<String>::new());
+        assert_eq!(joining.exposed(), Vec::<String>::new());
+        assert!(first.auth.enabled && joining.cluster.tls.enabled());
+    }
+
+    #[test]
+    fn serving_other_hosts_needs_auth_and_tls_or_insecure() {
+        let none = Overrides::default();
+        let loopback = Config::load(None, env(&[]), &none).expect("defaults");
+        assert!(loopback.exposed().is_empty(), "the defaults listen on loopback");
+        let open = Config::load(None, env(&[("QUIVER_SERVER__PG_ADDR", "0.0.0.0:5433")]), &none).expect("open");
+        let exposed = open.exposed().join("; ");
+        assert!(exposed.contains("server.pg_addr = 0.0.0.0:5433 without authentication"), "{exposed}");
+        assert!(exposed.contains("without TLS"), "{exposed}");
+        let internal = Config::load(None, env(&[("QUIVER_CLUSTER__GRPC_ADDR", "10.0.0.1:50052")]), &none).expect("ok");
+        assert!(internal.exposed().join("; ").contains("without mutual TLS between nodes"));
+        let advertised =
+            Config::load(None, env(&[("QUIVER_CLUSTER__ADVERTISE_ADDR", "10.0.0.7:50052")]), &none).expect("ok");
+        assert_eq!(advertised.exposed().len(), 1, "an advertised address other hosts dial is exposed");
+        let named = Config::load(None, env(&[("QUIVER_SERVER__HTTP_ADDR", "localhost:9464")]), &none).expect("ok");
+        assert!(named.exposed().is_empty(), "localhost is loopback");
+        let flag = Overrides { insecure: true, ..Overrides::default() };
+        assert!(Config::load(None, env(&[]), &flag).expect("insecure").server.insecure);
     }
 
     #[test]
@@ -1007,6 +1130,15 @@ mod tests {
         let none = Overrides::default();
         let e = Config::load(None, env(&[("QUIVER_TLS__CERT_FILE", "/x.pem")]), &none).expect_err("no key");
         assert!(e.to_string().contains("cert_file and key_file"), "{e}");
+        let e = Config::load(None, env(&[("QUIVER_CLUSTER__TLS__CA_FILE", "/ca.pem")]), &none).expect_err("no cert");
+        assert!(e.to_string().contains("cluster.tls: ca_file, cert_file and key_file"), "{e}");
+        let e = Config::load(None, env(&[("QUIVER_CLUSTER__JOIN_SECRET", "short")]), &none).expect_err("short");
+        assert!(e.to_string().contains("cluster.join_secret"), "{e}");
+        let secret = "a-long-enough-join-secret";
+        let c = Config::load(None, env(&[("QUIVER_CLUSTER__JOIN_SECRET", secret)]), &none).expect("secret");
+        assert!(!format!("{c:?}").contains(secret), "the join secret is not shown");
+        assert!(!format!("{:?}", c.cluster.meta_config()).contains(secret));
+        assert!(c.cluster.meta_config().join_secret.is_some_and(|s| s.matches(secret)));
         let admin = Overrides { init_admin: Some("admin".into()), ..Overrides::default() };
         let e = Config::load(None, env(&[]), &admin).expect_err("no password");
         assert!(e.to_string().contains("QUIVER_AUTH__ADMIN_PASSWORD"), "{e}");

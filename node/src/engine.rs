@@ -603,6 +603,7 @@ impl Engine {
         };
         #[cfg(madsim)]
         let _ = runtime;
+        let peers = primary::Peers::new(meta.config().peer_tls.clone());
         let ctx = SessionContext::new_with_state(state.build());
         let registry = Arc::new(TableRegistry::default());
         registry::install(&ctx, Arc::clone(&registry));
@@ -653,7 +654,7 @@ impl Engine {
             moves,
             sharding: options.sharding,
             replication: options.replication,
-            peers: primary::Peers::default(),
+            peers,
             commit_unsent: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             unsettled: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             undecided_since: std::sync::Mutex::new(HashMap::new()),

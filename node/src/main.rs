@@ -61,12 +61,20 @@ enum Command {
         /// from QUIVER_AUTH__ADMIN_PASSWORD or the file auth.admin_password_file names, never the command line.
         #[arg(long, value_name = "NAME")]
         init_admin: Option<String>,
+        /// Serve on addresses other than loopback without authentication and TLS (a trusted network only); without
+        /// it such a node refuses to start.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Administers a cluster through any node's internal gRPC endpoint.
     Admin {
         /// A node's internal gRPC address, host:port.
         #[arg(long, default_value = "127.0.0.1:50052")]
         connect: String,
+        /// A settings file whose `[cluster.tls]` (a certificate of the cluster CA) and `cluster.join_secret` are
+        /// used to reach the node; the QUIVER_ environment variables count as for `quiver server`.
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -228,6 +236,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cold_store,
             cold_shared_dir,
             init_admin,
+            insecure,
         } => {
             let file = match &config {
                 Some(path) => Some((
@@ -248,6 +257,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cold_store,
                 cold_shared_dir,
                 init_admin,
+                insecure,
             };
             let config =
                 Config::load(file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())), std::env::vars(), &overrides)?;
@@ -255,26 +265,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await?;
         }
-        Command::Admin { connect, command } => {
+        Command::Admin { connect, config, command } => {
             init_logging("warn");
+            // The node's own settings file (and QUIVER_ variables) say how to reach it: [cluster.tls], join_secret.
+            let file = match &config {
+                Some(path) => Some((
+                    path.display().to_string(),
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?,
+                )),
+                None => None,
+            };
+            let config = Config::load(
+                file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())),
+                std::env::vars(),
+                &Overrides::default(),
+            )?;
+            let connect = cli::admin::Target::from_config(&connect, &config)?;
             let text = match command {
-                AdminCommand::Status => cli::admin::status(&connect).await?,
+                AdminCommand::Status => cli::admin::status(connect).await?,
                 AdminCommand::Add { node_id, grpc_addr, flight_addr, pg_addr } => {
-                    cli::admin::add(&connect, node_id, grpc_addr, flight_addr, pg_addr).await?
+                    cli::admin::add(connect, node_id, grpc_addr, flight_addr, pg_addr).await?
                 }
                 AdminCommand::Remove { node_id, now, timeout } => {
-                    cli::admin::remove(&connect, node_id, (!now).then(|| timeout.duration())).await?
+                    cli::admin::remove(connect, node_id, (!now).then(|| timeout.duration())).await?
                 }
                 AdminCommand::Drain { node_id, cancel, wait, timeout } => {
-                    cli::admin::drain(&connect, node_id, cancel, wait.then(|| timeout.duration())).await?
+                    cli::admin::drain(connect, node_id, cancel, wait.then(|| timeout.duration())).await?
                 }
-                AdminCommand::Rebalance { dry_run } => cli::admin::rebalance(&connect, dry_run).await?,
-                AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(&connect, node_id).await?,
-                AdminCommand::Snapshot => cli::admin::snapshot(&connect).await?,
-                AdminCommand::Tier { table } => cli::admin::tier(&connect, &table).await?,
-                AdminCommand::Compact { table } => cli::admin::compact(&connect, &table).await?,
-                AdminCommand::Shards => cli::admin::shards(&connect).await?,
-                AdminCommand::Gc { grace } => cli::admin::gc(&connect, grace.map(|g| g.duration())).await?,
+                AdminCommand::Rebalance { dry_run } => cli::admin::rebalance(connect, dry_run).await?,
+                AdminCommand::TransferLeader { node_id } => cli::admin::transfer_leader(connect, node_id).await?,
+                AdminCommand::Snapshot => cli::admin::snapshot(connect).await?,
+                AdminCommand::Tier { table } => cli::admin::tier(connect, &table).await?,
+                AdminCommand::Compact { table } => cli::admin::compact(connect, &table).await?,
+                AdminCommand::Shards => cli::admin::shards(connect).await?,
+                AdminCommand::Gc { grace } => cli::admin::gc(connect, grace.map(|g| g.duration())).await?,
             };
             print!("{text}");
             if !text.ends_with('\n') {

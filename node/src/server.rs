@@ -84,6 +84,9 @@ impl Server {
     ///
     /// Fails when the data directory cannot be opened or a listener cannot be bound.
     pub async fn bind(config: Config) -> Result<Self> {
+        // Before the data directory is touched.
+        #[cfg(not(madsim))]
+        refuse_exposed(&config)?;
         let location = StorageLocation::Path(config.storage.data_dir.clone());
         let store = Engine::open_store(&location, &config.engine_options()).await?;
         // Boxed: starting a node is a deep future; the caller's task keeps a pointer to it.
@@ -132,6 +135,15 @@ impl Server {
         };
         #[cfg(madsim)]
         let (flight_addr, pg_addr) = (String::new(), String::new());
+        #[cfg_attr(madsim, allow(unused_mut))]
+        let mut meta_config = config.cluster.meta_config();
+        // Mutual TLS between nodes (the simulation's network has none).
+        #[cfg(not(madsim))]
+        let cluster_tls = tls::ClusterTls::from_config(&config)?;
+        #[cfg(not(madsim))]
+        if let Some(cluster_tls) = &cluster_tls {
+            meta_config.peer_tls = quiver_meta::transport::PeerTls::mutual(Arc::clone(&cluster_tls.client));
+        }
         let options = ClusterOptions {
             node_id: config.cluster.node_id,
             grpc_addr: config.cluster.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string()),
@@ -139,7 +151,7 @@ impl Server {
             cluster_id: config.cluster.cluster_id.clone(),
             flight_addr,
             pg_addr,
-            meta: config.cluster.meta_config(),
+            meta: meta_config,
             join_timeout: config.cluster.join_timeout.duration(),
         };
         let meta = cluster::start_replica(Arc::clone(&store), &options).await?;
@@ -178,7 +190,17 @@ impl Server {
         };
         let max_message = usize::try_from(config.limits.flight_message_max.0).unwrap_or(usize::MAX);
         #[cfg(not(madsim))]
-        let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc, stopped));
+        let task = {
+            let tls = cluster_tls.map(|cluster_tls| {
+                let mut stopped = stop.subscribe();
+                let stopped = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                drop(tokio::spawn(Arc::clone(&cluster_tls.certificates).watch(stopped)));
+                cluster_tls.server
+            });
+            tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc, tls, stopped))
+        };
         #[cfg(madsim)]
         let task = tokio::spawn(internal::serve(meta.clone(), Arc::clone(&engine), max_message, grpc_addr, stopped));
         let internal = Internal { addr: grpc_addr, stop, task };
@@ -216,6 +238,7 @@ impl Server {
     /// Fails when a listener cannot be bound.
     #[cfg(not(madsim))]
     pub async fn bind_with_engine(config: Config, engine: Arc<Engine>) -> Result<Self> {
+        refuse_exposed(&config)?;
         let frontends = Frontends::bind(&config).await?;
         Ok(Self { engine, config, frontends, internal: None })
     }
@@ -495,6 +518,30 @@ async fn ignore_hangups(shutdown: impl Future<Output = ()>) {
     }
 }
 
+/// A node reachable from other hosts without authentication and TLS starts only when told to (`--insecure`), and
+/// then says so in its log (and `/health`).
+#[cfg(not(madsim))]
+fn refuse_exposed(config: &Config) -> Result<()> {
+    let exposed = config.exposed();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if config.server.insecure {
+        tracing::warn!(
+            target: "quiver::audit", event = "insecure", exposed = %exposed.join("; "),
+            "serving insecure (--insecure): whoever reaches these endpoints may read, change and drop everything"
+        );
+        return Ok(());
+    }
+    Err(Error::Config {
+        detail: format!(
+            "refusing to serve other hosts without security: {}. Configure it (docs/security.md), listen on loopback, \
+             or pass --insecure (server.insecure = true) to serve so on a trusted network",
+            exposed.join("; ")
+        ),
+    })
+}
+
 /// Serves the client frontends until `shutdown` completes or one of them fails, then stops all of them.
 #[cfg(not(madsim))]
 async fn run_frontends(
@@ -519,6 +566,7 @@ async fn run_frontends(
     let authenticate = config.auth.enabled;
     let certificates = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert_file), Some(key_file)) => Some(tls::Certificates::load(tls::TlsOptions {
+            setting: "tls",
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
             reload_interval: config.tls.reload_interval.duration(),
@@ -532,8 +580,16 @@ async fn run_frontends(
         // SIGHUP (`systemctl reload`) must not stop a node that has nothing to reload.
         None => drop(tokio::spawn(ignore_hangups(signal(rx.clone())))),
     }
-    let mut http =
-        tokio::spawn(http::serve_with(Arc::clone(engine), authenticate, http_tls, frontends.http, signal(rx.clone())));
+    let mut http = tokio::spawn(http::serve_with(
+        Arc::clone(engine),
+        http::HttpOptions {
+            authenticate,
+            tls: http_tls,
+            insecure: config.server.insecure.then(|| config.exposed()).filter(|e| !e.is_empty()),
+        },
+        frontends.http,
+        signal(rx.clone()),
+    ));
     if authenticate {
         prepare_auth(engine, &config.auth).await?;
     }

@@ -182,7 +182,7 @@ fn running(replica: &Weak<Inner>) -> Option<MetaNode> {
 pub(super) async fn send_heartbeats(replica: Weak<Inner>) {
     let Some((interval, client)) = replica.upgrade().map(|r| {
         let c = &r.config;
-        (c.node_heartbeat_interval(), crate::service::ClusterClient::new(c.connect_timeout(), c.request_timeout()))
+        (c.node_heartbeat_interval(), crate::service::ClusterClient::with_transport(c.transport(), c.request_timeout()))
     }) else {
         return;
     };

@@ -34,11 +34,12 @@ use quiver_proto::v1::raft_service_client::RaftServiceClient;
 use quiver_proto::v1::{RaftReply, RaftRequest, RaftVote, SnapshotChunk};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::MetaConfig;
 use crate::raft::election::{PreVoteFuture, PreVoteNetwork, PreVoteRequest};
 use crate::raft::types::{NodeAddr, TypeConfig, Vote};
+use crate::transport::PeerTransport;
 
 /// The error type of a Raft RPC towards one peer.
 type RpcError<E = openraft::error::Infallible> = RPCError<u64, NodeAddr, RaftError<u64, E>>;
@@ -51,7 +52,7 @@ type RpcError<E = openraft::error::Infallible> = RPCError<u64, NodeAddr, RaftErr
 #[derive(Debug, Clone)]
 pub struct GrpcNetwork {
     node_id: u64,
-    connect_timeout: Duration,
+    transport: PeerTransport,
     backoff: Duration,
     /// The channel to each peer, with the address it was made for.
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
@@ -64,12 +65,7 @@ impl GrpcNetwork {
     /// openraft's default pause is 500 ms; when that exceeds the election timeout, one lost connection silences the
     /// leader long enough for the follower to start an election, so the pause follows the heartbeat instead.
     pub fn new(node_id: u64, config: &MetaConfig) -> Self {
-        Self {
-            node_id,
-            connect_timeout: config.connect_timeout(),
-            backoff: config.heartbeat_interval(),
-            channels: Arc::default(),
-        }
+        Self { node_id, transport: config.transport(), backoff: config.heartbeat_interval(), channels: Arc::default() }
     }
 }
 
@@ -85,8 +81,7 @@ impl GrpcNetwork {
         }
         // Lazy: the channel connects on first use and reconnects after failures, so a peer that is down when
         // replication starts is reached once it comes back.
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| AnyError::new(&e))?;
-        let channel = endpoint.connect_timeout(self.connect_timeout).connect_lazy();
+        let channel = self.transport.open_lazy(addr).map_err(|e| AnyError::new(&e))?;
         channels.insert(target, (addr.to_string(), channel.clone()));
         Ok(channel)
     }

@@ -9,22 +9,28 @@ use std::time::Duration;
 
 use quiver_proto::v1::meta_service_client::MetaServiceClient;
 use quiver_proto::v1::{ProposeRequest, ReadIndexRequest, ReadStateRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ClusterError;
 use crate::service::status::error_from_status;
 use crate::state::{MetaCommand, MetaResponse, MetaState};
+use crate::transport::PeerTransport;
 
 /// A client of the metadata service of other replicas.
 #[derive(Debug, Clone)]
 pub struct MetaClient {
-    connect_timeout: Duration,
+    transport: PeerTransport,
 }
 
 impl MetaClient {
-    /// Returns a client whose connection attempts give up after `connect_timeout`.
+    /// Returns a client whose plaintext connection attempts give up after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
-        Self { connect_timeout }
+        Self::with_transport(PeerTransport::plaintext(connect_timeout))
+    }
+
+    /// Returns a client connecting through `transport`.
+    pub fn with_transport(transport: PeerTransport) -> Self {
+        Self { transport }
     }
 
     async fn connect(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClusterError> {
@@ -32,9 +38,7 @@ impl MetaClient {
             addr: addr.to_string(),
             source: Box::new(source),
         };
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(unreachable)?.connect_timeout(self.connect_timeout);
-        Ok(MetaServiceClient::new(endpoint.connect().await.map_err(unreachable)?))
+        Ok(MetaServiceClient::new(self.transport.open(addr).await.map_err(unreachable)?))
     }
 
     /// Proposes `command` on the replica at `addr`, which must be the leader, and returns the response with the log

@@ -13,17 +13,19 @@ use quiver_proto::v1::{
     TriggerSnapshotRequest,
 };
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ClusterError;
 use crate::meta_node::JoinRequest;
 use crate::service::status::error_from_status;
+use crate::transport::{JoinSecret, PeerTransport};
 
 /// A client of the cluster service of a node.
 #[derive(Debug, Clone)]
 pub struct ClusterClient {
-    connect_timeout: Duration,
+    transport: PeerTransport,
     request_timeout: Duration,
+    join_secret: Option<JoinSecret>,
 }
 
 /// How many leader redirects a call follows before giving up.
@@ -33,7 +35,18 @@ impl ClusterClient {
     /// Returns a client whose connections give up after `connect_timeout` and whose calls (redirects included)
     /// give up after `request_timeout`.
     pub fn new(connect_timeout: Duration, request_timeout: Duration) -> Self {
-        Self { connect_timeout, request_timeout }
+        Self::with_transport(PeerTransport::plaintext(connect_timeout), request_timeout)
+    }
+
+    /// Returns a client connecting through `transport` (mutual TLS in a cluster that uses it), whose calls give up
+    /// after `request_timeout`.
+    pub fn with_transport(transport: PeerTransport, request_timeout: Duration) -> Self {
+        Self { transport, request_timeout, join_secret: None }
+    }
+
+    /// The same client, presenting `secret` when it asks to join (a node's own, or an operator's adding one).
+    pub fn with_join_secret(self, secret: Option<JoinSecret>) -> Self {
+        Self { join_secret: secret, ..self }
     }
 
     async fn connect(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, ClusterError> {
@@ -41,9 +54,7 @@ impl ClusterClient {
             addr: addr.to_string(),
             source: Box::new(source),
         };
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(unreachable)?.connect_timeout(self.connect_timeout);
-        Ok(ClusterServiceClient::new(endpoint.connect().await.map_err(unreachable)?))
+        Ok(ClusterServiceClient::new(self.transport.open(addr).await.map_err(unreachable)?))
     }
 
     /// Runs `call` on the node at `addr`, following "not leader" answers to the leader, and while no leader is
@@ -94,6 +105,7 @@ impl ClusterClient {
             pg_addr: request.pg_addr.clone(),
             cluster_id: request.cluster_id.clone(),
             empty_store: request.empty_store,
+            join_secret: self.join_secret.as_ref().map(|s| s.expose().to_string()).unwrap_or_default(),
         };
         let reply = self
             .on_leader(addr, |mut c| {

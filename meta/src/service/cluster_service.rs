@@ -15,6 +15,7 @@ use quiver_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::ClusterClient;
+use crate::error::ClusterError;
 use crate::meta_node::{ClusterStatus, JoinRequest, MetaNode};
 use crate::service::status::status_from_error;
 use crate::state::{NodeRole, NodeState};
@@ -29,7 +30,7 @@ pub struct ClusterGrpcService {
 impl ClusterGrpcService {
     /// Returns the service of `node`.
     pub fn new(node: MetaNode) -> Self {
-        let client = ClusterClient::new(node.config().connect_timeout(), node.config().request_timeout());
+        let client = ClusterClient::with_transport(node.config().transport(), node.config().request_timeout());
         Self { node, client }
     }
 }
@@ -88,7 +89,18 @@ pub(crate) fn status_message(status: ClusterStatus) -> ClusterStatusResponse {
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpcService {
     async fn join(&self, request: Request<JoinMessage>) -> Result<Response<JoinResponse>, Status> {
+        let peer = request.remote_addr();
         let m = request.into_inner();
+        if let Some(secret) = &self.node.config().join_secret
+            && !secret.matches(&m.join_secret)
+        {
+            tracing::warn!(
+                target: "quiver::audit", event = "join_refused", node_id = m.node_id, grpc_addr = %m.grpc_addr,
+                peer = ?peer, "a node asked to join without the cluster's join secret"
+            );
+            let refused = ClusterError::JoinRefused { detail: "the join secret does not match this cluster's".into() };
+            return Err(status_from_error(&refused));
+        }
         let request = JoinRequest {
             node_id: m.node_id,
             grpc_addr: m.grpc_addr,

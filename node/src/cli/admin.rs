@@ -8,13 +8,61 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use quiver_meta::service::ClusterClient;
+use quiver_meta::transport::{JoinSecret, PeerTls, PeerTransport};
 use quiver_proto::v1::{ClusterStatusResponse, RebalanceResponse};
 
 use crate::error::{Error, Result};
 
-fn client() -> ClusterClient {
-    ClusterClient::new(Duration::from_secs(3), Duration::from_secs(30))
+/// The node an admin command is sent to, and how to reach it: plaintext, or mutual TLS with a certificate of the
+/// cluster CA (and the join secret, for `add`) when the cluster uses them.
+#[derive(Debug, Clone)]
+pub struct Target {
+    addr: String,
+    transport: PeerTransport,
+    join_secret: Option<JoinSecret>,
 }
+
+impl Target {
+    /// The node at `addr`, over plaintext.
+    pub fn plaintext(addr: &str) -> Self {
+        Self { addr: addr.to_string(), transport: PeerTransport::plaintext(CONNECT_TIMEOUT), join_secret: None }
+    }
+
+    /// The node at `addr`, reached as `config`'s `[cluster.tls]` and `cluster.join_secret` say (the operator's
+    /// certificate must be signed by the cluster CA).
+    ///
+    /// # Errors
+    ///
+    /// The certificate files cannot be read.
+    pub fn from_config(addr: &str, config: &crate::config::Config) -> Result<Self> {
+        let tls = match crate::server::tls::ClusterTls::from_config(config)? {
+            Some(tls) => PeerTls::mutual(tls.client),
+            None => PeerTls::plaintext(),
+        };
+        let join_secret = config.cluster.meta_config().join_secret;
+        Ok(Self { addr: addr.to_string(), transport: PeerTransport::new(CONNECT_TIMEOUT, tls), join_secret })
+    }
+
+    fn client(&self) -> ClusterClient {
+        ClusterClient::with_transport(self.transport.clone(), Duration::from_secs(30))
+            .with_join_secret(self.join_secret.clone())
+    }
+}
+
+impl From<&str> for Target {
+    fn from(addr: &str) -> Self {
+        Self::plaintext(addr)
+    }
+}
+
+impl From<&String> for Target {
+    fn from(addr: &String) -> Self {
+        Self::plaintext(addr)
+    }
+}
+
+/// How long an admin command waits to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
@@ -25,8 +73,10 @@ fn opt(v: Option<u64>) -> String {
 /// # Errors
 ///
 /// The node cannot be reached.
-pub async fn status(addr: &str) -> Result<String> {
-    let client = client();
+pub async fn status(target: impl Into<Target>) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
+    let client = target.client();
     let local = client.status(addr).await?;
     let leader_addr = local
         .leader_id
@@ -93,11 +143,19 @@ pub fn render_status(s: &ClusterStatusResponse) -> String {
 /// # Errors
 ///
 /// The cluster refuses (the id is taken by another address) or cannot be reached.
-pub async fn add(addr: &str, node_id: u64, grpc_addr: String, flight_addr: String, pg_addr: String) -> Result<String> {
+pub async fn add(
+    target: impl Into<Target>,
+    node_id: u64,
+    grpc_addr: String,
+    flight_addr: String,
+    pg_addr: String,
+) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
     // A node admitted ahead of its start is not a member yet: whether its store is empty changes nothing.
     let request =
         quiver_meta::JoinRequest { node_id, grpc_addr, flight_addr, pg_addr, cluster_id: None, empty_store: false };
-    let (cluster_id, role) = client().join(addr, &request).await?;
+    let (cluster_id, role) = target.client().join(addr, &request).await?;
     Ok(format!("node {node_id} admitted to cluster {cluster_id} as {role}"))
 }
 
@@ -108,12 +166,14 @@ pub async fn add(addr: &str, node_id: u64, grpc_addr: String, flight_addr: Strin
 ///
 /// The cluster refuses (not a member, the last voter) or cannot be reached, or the drain does not finish in time
 /// (the node stays, draining).
-pub async fn remove(addr: &str, node_id: u64, drain_for: Option<Duration>) -> Result<String> {
+pub async fn remove(target: impl Into<Target>, node_id: u64, drain_for: Option<Duration>) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
     let mut out = String::new();
     if let Some(limit) = drain_for {
-        out = drain(addr, node_id, false, Some(limit)).await?;
+        out = drain(target.clone(), node_id, false, Some(limit)).await?;
     }
-    client().remove_node(addr, node_id).await?;
+    target.client().remove_node(addr, node_id).await?;
     let _ = writeln!(out, "node {node_id} removed");
     Ok(out)
 }
@@ -124,8 +184,10 @@ pub async fn remove(addr: &str, node_id: u64, drain_for: Option<Duration>) -> Re
 /// # Errors
 ///
 /// The node is not registered, the cluster cannot be reached, or the wait runs out.
-pub async fn drain(addr: &str, node_id: u64, cancel: bool, wait: Option<Duration>) -> Result<String> {
-    let client = client();
+pub async fn drain(target: impl Into<Target>, node_id: u64, cancel: bool, wait: Option<Duration>) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
+    let client = target.client();
     let mut left = client.drain_node(addr, node_id, cancel).await?;
     if cancel {
         return Ok(format!("node {node_id} no longer draining; it holds {left} shard replicas"));
@@ -158,8 +220,10 @@ pub async fn drain(addr: &str, node_id: u64, cancel: bool, wait: Option<Duration
 /// # Errors
 ///
 /// The cluster cannot be reached or has no leader.
-pub async fn rebalance(addr: &str, dry_run: bool) -> Result<String> {
-    let r = client().rebalance(addr, dry_run).await?;
+pub async fn rebalance(target: impl Into<Target>, dry_run: bool) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
+    let r = target.client().rebalance(addr, dry_run).await?;
     Ok(render_rebalance(&r, dry_run))
 }
 
@@ -208,8 +272,10 @@ pub fn render_rebalance(r: &RebalanceResponse, dry_run: bool) -> String {
 /// # Errors
 ///
 /// The cluster refuses (not a voter) or cannot be reached.
-pub async fn transfer_leader(addr: &str, to: u64) -> Result<String> {
-    let leader = client().transfer_leader(addr, to).await?;
+pub async fn transfer_leader(target: impl Into<Target>, to: u64) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
+    let leader = target.client().transfer_leader(addr, to).await?;
     if leader == to {
         Ok(format!("node {to} leads"))
     } else {
@@ -222,8 +288,10 @@ pub async fn transfer_leader(addr: &str, to: u64) -> Result<String> {
 /// # Errors
 ///
 /// The node cannot be reached or fails to build it.
-pub async fn snapshot(addr: &str) -> Result<String> {
-    let index = client().trigger_snapshot(addr).await?;
+pub async fn snapshot(target: impl Into<Target>) -> Result<String> {
+    let target = target.into();
+    let addr = target.addr.as_str();
+    let index = target.client().trigger_snapshot(addr).await?;
     Ok(format!("snapshot built up to log index {}", opt(index)))
 }
 
@@ -232,10 +300,11 @@ pub async fn snapshot(addr: &str) -> Result<String> {
 /// # Errors
 ///
 /// The node cannot be reached, the table does not exist, or the object store fails (the rows stay hot).
-pub async fn tier(addr: &str, table: &str) -> Result<String> {
+pub async fn tier(target: impl Into<Target>, table: &str) -> Result<String> {
+    let target = target.into();
     use quiver_proto::v1::TierRequest;
 
-    let mut client = data_client(addr).await?;
+    let mut client = data_client(&target).await?;
     let reply = client
         .tier(TierRequest { table: table.to_string() })
         .await
@@ -255,10 +324,11 @@ pub async fn tier(addr: &str, table: &str) -> Result<String> {
 /// # Errors
 ///
 /// The node cannot be reached, the table does not exist, or the object store fails (the files stay as they were).
-pub async fn compact(addr: &str, table: &str) -> Result<String> {
+pub async fn compact(target: impl Into<Target>, table: &str) -> Result<String> {
+    let target = target.into();
     use quiver_proto::v1::CompactRequest;
 
-    let mut client = data_client(addr).await?;
+    let mut client = data_client(&target).await?;
     let reply = client
         .compact(CompactRequest { table: table.to_string() })
         .await
@@ -278,10 +348,11 @@ pub async fn compact(addr: &str, table: &str) -> Result<String> {
 /// # Errors
 ///
 /// The node cannot be reached, the grace period is too short, or the object store fails (nothing is deleted).
-pub async fn gc(addr: &str, grace: Option<Duration>) -> Result<String> {
+pub async fn gc(target: impl Into<Target>, grace: Option<Duration>) -> Result<String> {
+    let target = target.into();
     use quiver_proto::v1::CollectGarbageRequest;
 
-    let mut client = data_client(addr).await?;
+    let mut client = data_client(&target).await?;
     let grace_ms = grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
     let reply = client
         .collect_garbage(CollectGarbageRequest { grace_ms })
@@ -302,10 +373,11 @@ pub async fn gc(addr: &str, grace: Option<Duration>) -> Result<String> {
 /// # Errors
 ///
 /// The node cannot be reached or its answer cannot be decoded.
-pub async fn shards(addr: &str) -> Result<String> {
+pub async fn shards(target: impl Into<Target>) -> Result<String> {
+    let target = target.into();
     use quiver_proto::v1::ExecuteRequest;
 
-    let mut client = data_client(addr).await?;
+    let mut client = data_client(&target).await?;
     let sql = "SELECT * FROM system.shards ORDER BY table_name, shard_id";
     let reply = client
         .execute(ExecuteRequest { sql: sql.to_string() })
@@ -317,15 +389,26 @@ pub async fn shards(addr: &str) -> Result<String> {
     Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
 }
 
-/// A client of the data service of the node at `addr`.
+/// An error with its sources, on one line (a transport error says what failed only in its sources).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A client of the data service of the target node.
 async fn data_client(
-    addr: &str,
+    target: &Target,
 ) -> Result<quiver_proto::v1::data_service_client::DataServiceClient<tonic::transport::Channel>> {
-    let unreachable = |e: &dyn std::fmt::Display| Error::Internal(format!("cannot reach {addr}: {e}"));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| unreachable(&e))?
-        .connect_timeout(Duration::from_secs(3));
-    Ok(quiver_proto::v1::data_service_client::DataServiceClient::new(
-        endpoint.connect().await.map_err(|e| unreachable(&e))?,
-    ))
+    let channel = target
+        .transport
+        .open(&target.addr)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot reach {}: {}", target.addr, chain(&e))))?;
+    Ok(quiver_proto::v1::data_service_client::DataServiceClient::new(channel))
 }

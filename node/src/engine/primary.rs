@@ -28,10 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use quiver_meta::transport::{PeerTls, PeerTransport};
 use quiver_meta::{MetaCommand, Rejection, ShardId, ShardRecord, TableDef, TableId};
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
 use quiver_proto::v1::{ReplicateRequest, ReplicatedChunk as WireChunk, TransactionOutcome};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::moves::MoveKey;
 use super::{Engine, InjectedBugKind, ReplicatedChunk};
@@ -48,13 +49,20 @@ const COMMIT_SWEEP_ROUNDS: u64 = 25;
 /// Every this many rounds of [`Engine::tend_shards`], replicas out of the in-sync set are caught up.
 const CATCH_UP_ROUNDS: u64 = 5;
 
-/// Connections to the internal endpoints of other nodes, by address, opened on first use and kept.
+/// Connections to the internal endpoints of other nodes, by address, opened on first use and kept; over mutual TLS
+/// when the cluster uses it.
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
+    tls: PeerTls,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
+    /// Connections made with `tls`.
+    pub(crate) fn new(tls: PeerTls) -> Self {
+        Self { tls, channels: Mutex::default() }
+    }
+
     /// A shard service client for the node at `addr`.
     pub(super) fn client(
         &self,
@@ -65,14 +73,15 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+                let transport = PeerTransport::new(connect_timeout, self.tls.clone());
                 // Pings on open calls: a call that may run long (a rewrite of cold files) fails once its peer has
                 // been silent for two timeouts, not at its deadline.
-                let channel = endpoint
-                    .connect_timeout(connect_timeout)
+                let endpoint = transport
+                    .endpoint(addr)
+                    .map_err(|e| e.to_string())?
                     .http2_keep_alive_interval(connect_timeout)
-                    .keep_alive_timeout(connect_timeout)
-                    .connect_lazy();
+                    .keep_alive_timeout(connect_timeout);
+                let channel = transport.connect_lazy(&endpoint);
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -785,4 +785,8 @@ impl crate::query::remote::ShardLocator for Locator {
             .ok_or_else(|| format!("its primary, node {}, is not registered", record.primary))?;
         Ok((record.epoch, addr))
     }
+
+    fn peer_tls(&self) -> quiver_meta::transport::PeerTls {
+        self.0.upgrade().map(|engine| engine.meta.config().peer_tls.clone()).unwrap_or_default()
+    }
 }

@@ -93,7 +93,7 @@ impl Distributed {
             ShuffleCompression::None => None,
         };
         let engine = EngineSlot::default();
-        let channels = PeerChannels::new(timeout);
+        let channels = PeerChannels::new(timeout, meta.config().peer_tls.clone());
         // A union's inputs stay in the union's tasks: a shard's hot and cold scans under a union are this node's
         // reads, never split into tasks of their own elsewhere.
         let state = state

@@ -27,6 +27,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
+use quiver_meta::transport::{PeerTls, PeerTransport};
 use quiver_meta::{ShardId, TableId};
 use quiver_proto::v1::ScanShardRequest;
 use quiver_proto::v1::shard_service_client::ShardServiceClient;
@@ -40,6 +41,11 @@ use crate::error::Error;
 pub trait ShardLocator: Send + Sync + fmt::Debug {
     /// Returns the current epoch of `shard` of `table` and its primary's internal address.
     async fn locate(&self, table: TableId, shard: ShardId) -> Result<(u64, String), String>;
+
+    /// How the scan reaches the replicas: plaintext unless the cluster uses mutual TLS.
+    fn peer_tls(&self) -> PeerTls {
+        PeerTls::plaintext()
+    }
 }
 
 /// How many times a scan asks its locator where a shard moved before it gives up.
@@ -207,11 +213,13 @@ impl ExecutionPlan for RemoteShardScanExec {
         let (table, mut replicas, locator) = (self.table, self.replicas.clone(), self.locator.clone());
         let schema = self.schema();
         let out_schema = Arc::clone(&schema);
+        // Mutual TLS when the cluster uses it (the locator is the node's); a scan without a locator dials plaintext.
+        let transport = PeerTransport::new(timeout, locator.as_ref().map(|l| l.peer_tls()).unwrap_or_default());
         let stream = futures::stream::once(async move {
             let mut failures = Vec::new();
             for relocation in 0..=RELOCATIONS {
                 for addr in &replicas {
-                    match first_reply(addr, &request, timeout, max).await {
+                    match first_reply(&transport, addr, &request, timeout, max).await {
                         Ok((first, replies)) => {
                             return rows(first, replies, Arc::clone(&schema), shard, addr, received);
                         }
@@ -244,16 +252,14 @@ impl ExecutionPlan for RemoteShardScanExec {
 
 /// The scan's first reply from the replica at `addr`, with the stream of the others.
 async fn first_reply(
+    transport: &PeerTransport,
     addr: &str,
     request: &ScanShardRequest,
     timeout: Duration,
     max: usize,
 ) -> Result<(Option<quiver_proto::v1::ScanShardReply>, tonic::Streaming<quiver_proto::v1::ScanShardReply>), String> {
     let attempt = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(timeout);
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = transport.open(addr).await.map_err(|e| e.to_string())?;
         let mut client = ShardServiceClient::new(channel).max_decoding_message_size(max);
         let mut replies = client.scan_shard(request.clone()).await.map_err(|s| s.message().to_string())?.into_inner();
         let first = replies.message().await.map_err(|s| s.message().to_string())?;

@@ -26,24 +26,29 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(engine, false, None, listener, shutdown).await
+    serve_with(engine, HttpOptions::default(), listener, shutdown).await
 }
 
-/// Serves the HTTP endpoint as [`serve`] does; with `authenticate`, `/metrics` needs a superuser's credentials; with
-/// `tls`, over TLS.
+/// Serves the HTTP endpoint as [`serve`] does, as `options` say: `/metrics` behind a superuser's credentials, TLS,
+/// and `/health` telling that the node serves insecure.
 ///
 /// # Errors
 ///
 /// Fails when accepting connections fails.
 pub async fn serve_with(
     engine: Arc<Engine>,
-    authenticate: bool,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    options: HttpOptions,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let HttpOptions { authenticate, tls, insecure } = options;
+    // `ok` first, always: probes look for it. An insecure node says so on the next lines.
+    let health: Arc<str> = match insecure {
+        Some(exposed) => format!("ok\ninsecure: {}\n", exposed.join("; ")).into(),
+        None => "ok\n".into(),
+    };
     let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(move || std::future::ready(health.to_string())))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(Shared { engine, authenticate });
@@ -54,6 +59,17 @@ pub async fn serve_with(
         }
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
     }
+}
+
+/// How the HTTP endpoint serves.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// `/metrics` needs a superuser's credentials.
+    pub authenticate: bool,
+    /// Serve over TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The node serves insecure (`--insecure`) and leaves these open: `/health` says so.
+    pub insecure: Option<Vec<String>>,
 }
 
 /// What the routes share.

@@ -186,9 +186,20 @@ pub async fn serve(
     engine: Arc<Engine>,
     max_message_bytes: usize,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    use futures::StreamExt as _;
     use tonic::transport::server::TcpIncoming;
+    if let Some(tls) = tls {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "internal endpoint speaks mutual TLS: peers need a certificate of the cluster CA");
+        }
+        let accepted = crate::server::tls::accept_peers(listener, tls);
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+        return router(&meta, engine, max_message_bytes).serve_with_incoming_shutdown(incoming, shutdown).await;
+    }
     // Small request/response messages: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to a reply.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router(&meta, engine, max_message_bytes).serve_with_incoming_shutdown(incoming, shutdown).await

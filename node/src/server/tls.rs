@@ -1,4 +1,5 @@
-//! TLS for the client endpoints (Flight SQL, PostgreSQL wire, HTTP), with rustls.
+//! TLS for the client endpoints (Flight SQL, PostgreSQL wire, HTTP), and mutual TLS between nodes
+//! ([`ClusterTls`]), with rustls.
 //!
 //! [`Certificates`] holds the node's certificate chain and key, read from the files the configuration names, and
 //! hands them to every new handshake (it is the rustls certificate resolver of all three endpoints). It is read
@@ -16,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::SignatureScheme;
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -37,6 +40,8 @@ const ACCEPTED_QUEUE: usize = 128;
 /// Where the node's certificate lives, and how often to look for a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
+    /// The settings' section, to name in errors (`tls`, `cluster.tls`).
+    pub setting: &'static str,
     /// The certificate chain (PEM), the node's own certificate first.
     pub cert_file: PathBuf,
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
@@ -59,9 +64,9 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// Reads a certificate chain and key and checks that they belong together.
-fn read_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey> {
+fn read_pair(setting: &str, cert_file: &Path, key_file: &Path) -> Result<CertifiedKey> {
     let bad = |what: &str, path: &Path, why: String| Error::Config {
-        detail: format!("tls.{what}: {}: {why}", path.display()),
+        detail: format!("{setting}.{what}: {}: {why}", path.display()),
     };
     let cert_pem = std::fs::read(cert_file).map_err(|e| bad("cert_file", cert_file, e.to_string()))?;
     let key_pem = std::fs::read(key_file).map_err(|e| bad("key_file", key_file, e.to_string()))?;
@@ -88,7 +93,7 @@ impl Certificates {
     /// [`Error::Config`] naming the file when one cannot be read or parsed, or the key does not match.
     pub fn load(options: TlsOptions) -> Result<Arc<Self>> {
         let stamps = (modified(&options.cert_file), modified(&options.key_file));
-        let pair = read_pair(&options.cert_file, &options.key_file)?;
+        let pair = read_pair(options.setting, &options.cert_file, &options.key_file)?;
         Ok(Arc::new(Self { options, current: RwLock::new(Arc::new(pair)), read_at: Mutex::new(stamps) }))
     }
 
@@ -104,7 +109,7 @@ impl Certificates {
         if !force && *read_at == stamps {
             return Ok(false);
         }
-        let pair = read_pair(&self.options.cert_file, &self.options.key_file)?;
+        let pair = read_pair(self.options.setting, &self.options.cert_file, &self.options.key_file)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
         *read_at = stamps;
         Ok(true)
@@ -153,11 +158,113 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// A node presents the same certificate when it dials a peer as when a peer dials it.
+impl ResolvesClientCert for Certificates {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner)))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Mutual TLS between nodes: the node's certificate (reloaded as the client endpoints' is) and the cluster CA that
+/// every peer's certificate must chain to, as a server configuration for the internal endpoint and a client
+/// configuration for the connections to peers.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// The node's certificate; keep it current with [`Certificates::watch`].
+    pub certificates: Arc<Certificates>,
+    /// The internal endpoint's: asks every peer for a certificate and refuses the connection without a valid one.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The peers' clients': trusts only the cluster CA and presents the node's certificate.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl ClusterTls {
+    /// The mutual TLS `config`'s `[cluster.tls]` asks for, or `None` when it is off.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterTls::load`].
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Self>> {
+        let internal = &config.cluster.tls;
+        let (Some(ca_file), Some(cert_file), Some(key_file)) =
+            (&internal.ca_file, &internal.cert_file, &internal.key_file)
+        else {
+            return Ok(None);
+        };
+        let options = TlsOptions {
+            setting: "cluster.tls",
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            reload_interval: config.tls.reload_interval.duration(),
+        };
+        Self::load(ca_file, options).map(Some)
+    }
+
+    /// Reads the cluster CA from `ca_file` and the node's certificate as `options` say.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the file when one cannot be read or parsed.
+    pub fn load(ca_file: &Path, options: TlsOptions) -> Result<Self> {
+        let setting = options.setting;
+        let bad = |why: String| Error::Config { detail: format!("{setting}.ca_file: {}: {why}", ca_file.display()) };
+        let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?).map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("holds no certificate".into()));
+        }
+        let roots = Arc::new(roots);
+        let certificates = Certificates::load(options)?;
+        let provider = Arc::new(provider::default_provider());
+        let versions = |e: rustls::Error| Error::Internal(format!("TLS protocol versions: {e}"));
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(versions)?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(versions)?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesClientCert>);
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self { certificates, server: Arc::new(server), client: Arc::new(client) })
+    }
+}
+
 /// Accepts connections on `listener` and runs their TLS handshakes, each on its own task; yields those that
 /// completed, with the peer's address. Ends when the receiver is dropped.
 pub fn accept(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    accept_with(listener, config, false)
+}
+
+/// As [`accept`], for the internal endpoint: a handshake refused (no certificate of the cluster CA) is logged as a
+/// warning and to the audit target, since only nodes of the cluster should be dialling it.
+pub fn accept_peers(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    accept_with(listener, config, true)
+}
+
+fn accept_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    peers: bool,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
@@ -184,6 +291,10 @@ pub fn accept(
                     Ok(Ok(stream)) => {
                         let _ = tx.send((stream, peer)).await;
                     }
+                    Ok(Err(e)) if peers => tracing::warn!(
+                        target: "quiver::audit", event = "peer_refused", %peer, error = %e,
+                        "refused a connection to the internal endpoint: no valid certificate of the cluster CA"
+                    ),
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -241,8 +352,12 @@ mod tests {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::copy(fixture("server.pem"), &cert).expect("copy");
         std::fs::copy(fixture("server.key"), &key).expect("copy");
-        let options =
-            TlsOptions { cert_file: cert.clone(), key_file: key.clone(), reload_interval: Duration::from_secs(1) };
+        let options = TlsOptions {
+            setting: "tls",
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            reload_interval: Duration::from_secs(1),
+        };
         let certs = Certificates::load(options).expect("load");
         let first = fingerprint(&certs);
         assert!(!certs.reload(false).expect("unchanged"));
@@ -266,6 +381,7 @@ mod tests {
     #[test]
     fn bad_files_are_named_in_the_error() {
         let options = TlsOptions {
+            setting: "tls",
             cert_file: fixture("missing.pem"),
             key_file: fixture("server.key"),
             reload_interval: Duration::from_secs(1),

@@ -3,6 +3,7 @@
 mod auth;
 mod clients;
 mod cluster;
+mod cluster_tls;
 mod cold_s3;
 mod crash;
 mod data_service;

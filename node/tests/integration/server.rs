@@ -62,6 +62,35 @@ async fn http_serves_health_readiness_and_prometheus_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_open_to_other_hosts_starts_only_secured_or_insecure_on_purpose() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut overrides = loopback_overrides(dir.path());
+    // Bound on every interface (no traffic goes anywhere but loopback here).
+    overrides.pg_addr = Some("0.0.0.0:0".into());
+    let config = Config::load(None, Vec::new(), &overrides).expect("config");
+    let Err(refused) = Server::bind(config).await else { panic!("a server open to other hosts started") };
+    let report = refused.report();
+    assert!(report.contains("refusing to serve other hosts without security"), "{report}");
+    assert!(report.contains("server.pg_addr = 0.0.0.0:0 without authentication ([auth] enabled)"), "{report}");
+    assert!(report.contains("without TLS") && report.contains("--insecure"), "{report}");
+    assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none(), "the data directory was not touched");
+
+    overrides.insecure = true;
+    let config = Config::load(None, Vec::new(), &overrides).expect("config");
+    let server = Server::bind(config).await.expect("insecure on purpose");
+    let http = server.http_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let (status, body) = http_get(http, "/health").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\r\n\r\nok\ninsecure: server.pg_addr = 0.0.0.0:0 without authentication"), "{body}");
+    let _ = stop_tx.send(());
+    running.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_fails_startup_naming_the_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

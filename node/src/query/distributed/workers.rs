@@ -15,6 +15,7 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
 use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{ChannelResolver, DistributedExt, WorkerChannel, WorkerQueryContext, WorkerResolver};
+use quiver_meta::transport::{PeerTls, PeerTransport};
 use quiver_meta::{MetaNode, NodeState};
 use url::Url;
 
@@ -57,14 +58,15 @@ impl WorkerResolver for NodeWorkers {
 /// Connections to the other nodes' workers, one per node, opened on first use.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerChannels {
-    timeout: Duration,
+    transport: PeerTransport,
     channels: Arc<Mutex<HashMap<Url, BoxCloneSyncChannel>>>,
 }
 
 impl PeerChannels {
-    /// Channels that give up connecting after `timeout` and close once a peer stayed silent for about two of them.
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Self { timeout, channels: Arc::default() }
+    /// Channels that give up connecting after `timeout` and close once a peer stayed silent for about two of them;
+    /// over mutual TLS when `tls` says so.
+    pub(crate) fn new(timeout: Duration, tls: PeerTls) -> Self {
+        Self { transport: PeerTransport::new(timeout, tls), channels: Arc::default() }
     }
 
     fn channel(&self, url: &Url) -> DfResult<BoxCloneSyncChannel> {
@@ -72,14 +74,15 @@ impl PeerChannels {
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
         }
+        let timeout = self.transport.connect_timeout();
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| DataFusionError::Execution(format!("the worker address {url}: {e}")))?
-            .connect_timeout(self.timeout)
+            .connect_timeout(timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(self.timeout)
-            .keep_alive_timeout(self.timeout)
+            .http2_keep_alive_interval(timeout)
+            .keep_alive_timeout(timeout)
             .keep_alive_while_idle(true);
-        let channel = BoxCloneSyncChannel::new(endpoint.connect_lazy());
+        let channel = BoxCloneSyncChannel::new(self.transport.connect_lazy(&endpoint));
         channels.insert(url.clone(), channel.clone());
         Ok(channel)
     }
