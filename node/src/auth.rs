@@ -16,10 +16,13 @@
 pub(crate) mod dcl;
 pub(crate) mod privileges;
 pub mod scram;
+pub mod sessions;
+pub mod throttle;
 pub mod token;
 
 use quiver_meta::{PrincipalCommand, Principals, ScramVerifier};
 
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::error::{Error, Result};
 
 /// For whom a statement runs.
@@ -68,7 +71,22 @@ impl Caller {
 ///
 /// [`Error::Unauthenticated`] for a wrong password, an unknown user, or one that may not log in (the message does
 /// not say which).
-pub async fn check_login(engine: &crate::Engine, user: &str, password: String) -> Result<(u64, u64)> {
+pub async fn check_login(
+    engine: &crate::Engine,
+    user: &str,
+    password: String,
+    peer: &str,
+    protocol: &'static str,
+) -> Result<(u64, u64)> {
+    let audit = |outcome, detail: &str| {
+        engine
+            .audit()
+            .record(AuditEntry::new(AuditEvent::Login, outcome, detail).user(user).peer(peer).protocol(protocol))
+    };
+    if let Some(wait) = engine.logins().locked(user) {
+        audit(Outcome::Refused, "locked after repeated failed logins");
+        return Err(too_many_failures(user, wait));
+    }
     let found = engine.with_principals(|p| {
         p.role(user).filter(|r| r.login).and_then(|r| r.verifier.clone().map(|v| (v, r.id, r.generation)))
     });
@@ -85,7 +103,25 @@ pub async fn check_login(engine: &crate::Engine, user: &str, password: String) -
         (dummy, 0, 0)
     });
     let ok = crate::blocking::run("checking a password", move || scram::check_password(&verifier, &password)).await?;
-    if ok && known { Ok((id, generation)) } else { Err(failed()) }
+    if ok && known {
+        engine.logins().succeeded(user);
+        audit(Outcome::Ok, "password");
+        Ok((id, generation))
+    } else {
+        engine.logins().failed(user);
+        audit(Outcome::Failed, if known { "wrong password" } else { "no such user, or one that may not log in" });
+        Err(failed())
+    }
+}
+
+/// The refusal of a login attempt while its user name is locked after repeated failures.
+pub fn too_many_failures(user: &str, wait: std::time::Duration) -> Error {
+    Error::Unauthenticated {
+        detail: format!(
+            "too many failed logins for user \"{user}\"; try again in {} s",
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ),
+    }
 }
 
 /// Authenticates an HTTP-style `authorization` header: `Basic` credentials or a `Bearer` token.
@@ -93,22 +129,34 @@ pub async fn check_login(engine: &crate::Engine, user: &str, password: String) -
 /// # Errors
 ///
 /// [`Error::Unauthenticated`] when the header is malformed, the credentials are wrong or the token is not valid.
-pub async fn check_header(engine: &crate::Engine, header: &str) -> Result<Caller> {
+pub async fn check_header(engine: &crate::Engine, header: &str, peer: &str) -> Result<Caller> {
     let unauthenticated = |detail: &str| Error::Unauthenticated { detail: detail.to_string() };
     let (scheme, credentials) = header.split_once(' ').ok_or_else(|| unauthenticated("malformed authorization"))?;
     if scheme.eq_ignore_ascii_case("bearer") {
-        let now = crate::clock::unix_ms();
-        return engine
-            .with_principals(|p| token::check(p, credentials.trim(), now))
-            .map(Caller::User)
-            .map_err(|e| unauthenticated(&e.to_string()));
+        return check_token(engine, credentials.trim(), peer, "http").map(Caller::User);
     }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(unauthenticated("the authorization header takes Basic credentials or a Bearer token"));
     }
     let (user, password) = basic_credentials(credentials)?;
-    check_login(engine, &user, password).await?;
+    check_login(engine, &user, password, peer, "http").await?;
     Ok(Caller::User(user))
+}
+
+/// Checks a bearer token; returns the name of the user it was issued to. A refused token goes to the audit log.
+///
+/// # Errors
+///
+/// [`Error::Unauthenticated`] for a forged, expired or revoked token.
+pub fn check_token(engine: &crate::Engine, bearer: &str, peer: &str, protocol: &'static str) -> Result<String> {
+    let now = crate::clock::unix_ms();
+    engine.with_principals(|p| token::check(p, bearer, now)).map_err(|e| {
+        let detail = e.to_string();
+        engine
+            .audit()
+            .record(AuditEntry::new(AuditEvent::Token, Outcome::Refused, &detail).peer(peer).protocol(protocol));
+        Error::Unauthenticated { detail }
+    })
 }
 
 /// Decodes the credentials of an `authorization: Basic …` header (base64 of `user:password`).
@@ -119,7 +167,13 @@ pub async fn check_header(engine: &crate::Engine, header: &str) -> Result<Caller
 pub fn basic_credentials(encoded: &str) -> Result<(String, String)> {
     use base64::Engine as _;
     let unauthenticated = |detail: &str| Error::Unauthenticated { detail: detail.to_string() };
-    let decoded = base64::engine::general_purpose::STANDARD
+    // Padded or not: arrow-go's Flight client (under ADBC's Flight SQL driver) leaves the padding out.
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded = LENIENT
         .decode(encoded.trim())
         .ok()
         .and_then(|d| String::from_utf8(d).ok())
@@ -222,4 +276,22 @@ pub(crate) async fn command_of(statement: dcl::Dcl) -> Result<PrincipalCommand> 
             PrincipalCommand::All(all)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_decode_with_or_without_padding() {
+        let pair = |user: &str, password: &str| Some((user.to_string(), password.to_string()));
+        // "admin:wrong", padded (curl, Prometheus, pyarrow) and unpadded (arrow-go, under ADBC).
+        assert_eq!(basic_credentials("YWRtaW46d3Jvbmc=").ok(), pair("admin", "wrong"));
+        assert_eq!(basic_credentials("YWRtaW46d3Jvbmc").ok(), pair("admin", "wrong"));
+        assert_eq!(basic_credentials(" YWxpY2U6YTpi ").ok(), pair("alice", "a:b"), "the password may hold a colon");
+        for bad in ["not base64!", "bm9jb2xvbg==", "//79"] {
+            let Err(e) = basic_credentials(bad) else { panic!("{bad} accepted") };
+            assert!(matches!(e, Error::Unauthenticated { .. }), "{e}");
+        }
+    }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The audit log's file.
+    pub audit: AuditConfig,
 }
 
 /// Storage settings.
@@ -489,11 +491,45 @@ pub struct LimitsConfig {
     pub flight_message_max: ByteSize,
     /// The largest SQL text accepted.
     pub sql_text_max: ByteSize,
+    /// PostgreSQL-wire connections one user may have open on a node at once, with authentication on (0: no limit).
+    pub connections_per_user: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { flight_message_max: ByteSize(64 << 20), sql_text_max: ByteSize(1 << 20) }
+        Self { flight_message_max: ByteSize(64 << 20), sql_text_max: ByteSize(1 << 20), connections_per_user: 100 }
+    }
+}
+
+/// The audit log's file: logins, DDL, DCL and refusals as JSON lines (docs/security.md). Every entry also goes to
+/// the node's log (target `quiver::audit`) and `system.audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Whether the file is written.
+    pub enabled: bool,
+    /// The file; a relative path is under `storage.data_dir`.
+    pub file: PathBuf,
+    /// The size at which the file is rotated to `<file>.1`.
+    pub max_file_size: ByteSize,
+    /// Rotated files kept (`<file>.1` … `<file>.<keep_files>`).
+    pub keep_files: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { enabled: true, file: PathBuf::from("audit.log"), max_file_size: ByteSize(64 << 20), keep_files: 5 }
+    }
+}
+
+impl AuditConfig {
+    /// Where the file is and when it rotates, for a node whose data is in `data_dir`; `None` when it is off.
+    pub fn file_options(&self, data_dir: &Path) -> Option<crate::audit::AuditFileOptions> {
+        self.enabled.then(|| crate::audit::AuditFileOptions {
+            path: data_dir.join(&self.file),
+            max_size: self.max_file_size.0,
+            keep: self.keep_files,
+        })
     }
 }
 
@@ -753,6 +789,15 @@ impl Config {
         if self.cluster.join_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
             return bad("cluster.join_secret", "must be at least 16 characters".into());
         }
+        if self.audit.enabled && self.audit.file.as_os_str().is_empty() {
+            return bad("audit.file", "must name a file (or set audit.enabled = false)".into());
+        }
+        if self.audit.enabled && self.audit.max_file_size.0 < 4096 {
+            return bad("audit.max_file_size", "must be at least 4KiB".into());
+        }
+        if self.audit.enabled && !(1..=1000).contains(&self.audit.keep_files) {
+            return bad("audit.keep_files", "must be between 1 and 1000".into());
+        }
         if self.tls.enabled() && self.tls.reload_interval.0 < 100 {
             return bad("tls.reload_interval", "must be at least 100ms".into());
         }
@@ -891,6 +936,9 @@ impl Config {
             },
             distributed_execution: self.cluster.distributed_execution,
             shuffle_compression: self.cluster.shuffle_compression,
+            // The simulation's nodes have no disk of their own for it.
+            #[cfg(not(madsim))]
+            audit_file: self.audit.file_options(&self.storage.data_dir),
             rocks: RocksStoreOptions {
                 block_cache_bytes: self.storage.block_cache.0 as usize,
                 write_buffer_bytes: self.storage.write_buffer.0 as usize,
@@ -1113,6 +1161,30 @@ mod tests {
         assert!(named.exposed().is_empty(), "localhost is loopback");
         let flag = Overrides { insecure: true, ..Overrides::default() };
         assert!(Config::load(None, env(&[]), &flag).expect("insecure").server.insecure);
+    }
+
+    #[test]
+    fn the_audit_file_is_in_the_data_directory_unless_moved_or_off() {
+        let none = Overrides::default();
+        let dir = PathBuf::from("/var/lib/quiver");
+        let defaults = Config::load(None, env(&[]), &none).expect("defaults");
+        let options = defaults.audit.file_options(&dir).expect("on by default");
+        assert_eq!(options.path, dir.join("audit.log"));
+        assert_eq!((options.max_size, options.keep), (64 << 20, 5));
+        assert_eq!(defaults.limits.connections_per_user, 100);
+        let moved = env(&[("QUIVER_AUDIT__FILE", "/var/log/quiver/audit.log"), ("QUIVER_AUDIT__KEEP_FILES", "9")]);
+        let moved = Config::load(None, moved, &none).expect("moved").audit.file_options(&dir).expect("on");
+        assert_eq!((moved.path, moved.keep), (PathBuf::from("/var/log/quiver/audit.log"), 9));
+        let off = Config::load(None, env(&[("QUIVER_AUDIT__ENABLED", "false")]), &none).expect("off");
+        assert_eq!(off.audit.file_options(&dir), None);
+        for (key, value, says) in [
+            ("QUIVER_AUDIT__FILE", "", "audit.file"),
+            ("QUIVER_AUDIT__MAX_FILE_SIZE", "1KiB", "audit.max_file_size"),
+            ("QUIVER_AUDIT__KEEP_FILES", "0", "audit.keep_files"),
+        ] {
+            let Err(e) = Config::load(None, env(&[(key, value)]), &none) else { panic!("{key} = {value:?} accepted") };
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub use replication::{ReplicaState, ReplicaStatus, ReplicatedChange, ReplicatedC
 pub use retention::ExpireReport;
 pub use tier::TierReport;
 
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::auth::{self, Caller};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -130,6 +131,8 @@ pub struct EngineOptions {
     pub distributed_execution: bool,
     /// How the rows a multi-stage plan ships between its stages are compressed.
     pub shuffle_compression: ShuffleCompression,
+    /// The file the audit log appends to (none: the node's log and `system.audit` only).
+    pub audit_file: Option<crate::audit::AuditFileOptions>,
 }
 
 /// How the rows a multi-stage plan ships between nodes are compressed (Arrow IPC buffer compression).
@@ -164,6 +167,7 @@ impl Default for EngineOptions {
             replication: ReplicationOptions::default(),
             distributed_execution: false,
             shuffle_compression: ShuffleCompression::default(),
+            audit_file: None,
         }
     }
 }
@@ -397,6 +401,9 @@ pub struct Engine {
     sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
     queries: Arc<statements::QueryLog>,
+    logins: auth::throttle::LoginThrottle,
+    /// Logins, DDL, DCL and refusals (`system.audit`, the audit file).
+    audit: Arc<crate::audit::AuditLog>,
     /// The catch-ups of replicas of the shards this node leads, with their progress (`system.shard_moves`).
     moves: Arc<moves::MoveLog>,
     /// The sharding of new tables whose CREATE TABLE does not say.
@@ -610,6 +617,10 @@ impl Engine {
         let hot = Arc::new(RwLock::new(HashMap::new()));
         let queries = Arc::new(statements::QueryLog::default());
         let moves = Arc::new(moves::MoveLog::default());
+        let audit = Arc::new(match &options.audit_file {
+            Some(file) => crate::audit::AuditLog::with_file(file)?,
+            None => crate::audit::AuditLog::in_memory(),
+        });
         registry.add_schema(
             system::SYSTEM_SCHEMA,
             Arc::new(system::SystemSchema::new(
@@ -617,6 +628,7 @@ impl Engine {
                 Arc::clone(&hot),
                 Arc::clone(&queries),
                 Arc::clone(&moves),
+                Arc::clone(&audit),
             )),
         );
 
@@ -651,6 +663,8 @@ impl Engine {
             manifest_segments: crate::cold::SegmentCache::default(),
             sorts,
             queries,
+            logins: auth::throttle::LoginThrottle::default(),
+            audit,
             moves,
             sharding: options.sharding,
             replication: options.replication,
@@ -1085,7 +1099,7 @@ impl Engine {
         self.see_acknowledged_ddl().await?;
         let version = self.meta.read_local(|s| s.version());
         let plan = self.ctx.state().statement_to_plan(statement).await?;
-        self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan))?;
+        self.refused(caller, self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan)))?;
         let types = plan.get_parameter_types()?;
         let mut parameter_types = Vec::new();
         for (name, ty) in types {
@@ -1164,7 +1178,10 @@ impl Engine {
             replanned = self.prepare_as(caller, &statement.sql).await?;
             &replanned
         };
-        self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &statement.plan))?;
+        self.refused(
+            caller,
+            self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &statement.plan)),
+        )?;
         let plan = if values.is_empty() {
             statement.plan.clone()
         } else {
@@ -1213,8 +1230,14 @@ impl Engine {
                             let changes = options::parse(set)?;
                             let name = table_name_of(&alter.name)?;
                             self.see_acknowledged_ddl().await?;
-                            self.meta.read_local(|s| caller.require_superuser(s.principals(), "alter a table"))?;
-                            return self.alter_table_options(&name, changes).await;
+                            self.refused(
+                                caller,
+                                self.meta.read_local(|s| caller.require_superuser(s.principals(), "alter a table")),
+                            )?;
+                            let what = alter.to_string();
+                            let result = self.alter_table_options(&name, changes).await;
+                            self.audit_change(AuditEvent::Ddl, caller, what, &result);
+                            return result;
                         }
                         _ => {}
                     }
@@ -1222,15 +1245,21 @@ impl Engine {
                 self.see_acknowledged_ddl().await?;
                 let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
-                self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan))?;
-                if let LogicalPlan::Ddl(ddl) = &plan {
-                    tracing::info!(target: "quiver::audit", event = "ddl", user = caller.name(), statement = ddl.name(), "DDL");
+                self.refused(caller, self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan)))?;
+                let ddl = matches!(plan, LogicalPlan::Ddl(_)).then(|| text.clone());
+                let result = self.execute_plan_with(plan, table_options, &text).await;
+                if let Some(text) = ddl {
+                    self.audit_change(AuditEvent::Ddl, caller, text, &result);
                 }
-                self.execute_plan_with(plan, table_options, &text).await
+                result
             }
             ParsedStatement::CopyFrom(copy) => {
                 self.see_acknowledged_ddl().await?;
-                self.meta.read_local(|s| caller.require_superuser(s.principals(), "COPY from a file on the server"))?;
+                self.refused(
+                    caller,
+                    self.meta
+                        .read_local(|s| caller.require_superuser(s.principals(), "COPY from a file on the server")),
+                )?;
                 self.copy_from_file(copy).await
             }
         }
@@ -1240,7 +1269,10 @@ impl Engine {
     /// whole through the metadata group.
     async fn execute_dcl(&self, caller: &Caller, dcl: auth::dcl::Dcl) -> Result<QueryOutput> {
         self.see_acknowledged_ddl().await?;
-        self.meta.read_local(|s| caller.require_superuser(s.principals(), "change users, roles and privileges"))?;
+        self.refused(
+            caller,
+            self.meta.read_local(|s| caller.require_superuser(s.principals(), "change users, roles and privileges")),
+        )?;
         let command = match &dcl {
             auth::dcl::Dcl::CreateRole { .. } => Command::CreateRole,
             auth::dcl::Dcl::AlterRole { .. } => Command::AlterRole,
@@ -1250,10 +1282,41 @@ impl Engine {
             }
             auth::dcl::Dcl::GrantRoles { .. } | auth::dcl::Dcl::Privileges { .. } => Command::Revoke,
         };
-        let principals = auth::command_of(dcl).await?;
-        self.propose(MetaCommand::Principals { command: principals }).await?;
-        tracing::info!(target: "quiver::audit", event = "dcl", user = caller.name(), statement = command.tag(), "DCL");
-        Ok(QueryOutput::Done { command })
+        let described = dcl.describe();
+        let result = async {
+            let principals = auth::command_of(dcl).await?;
+            self.propose(MetaCommand::Principals { command: principals }).await?;
+            Ok(QueryOutput::Done { command })
+        }
+        .await;
+        self.audit_change(AuditEvent::Dcl, caller, described, &result);
+        result
+    }
+
+    /// Records a change to the catalog or the principals that `caller` made or tried: `what` names it.
+    fn audit_change<T>(&self, event: AuditEvent, caller: &Caller, mut what: String, result: &Result<T>) {
+        const WHAT_MAX: usize = 1_000;
+        if what.len() > WHAT_MAX {
+            let mut end = WHAT_MAX;
+            while !what.is_char_boundary(end) {
+                end -= 1;
+            }
+            what.truncate(end);
+            what.push('…');
+        }
+        let entry = match result {
+            Ok(_) => AuditEntry::new(event, Outcome::Ok, what),
+            Err(e) => AuditEntry::new(event, Outcome::Failed, format!("{what}: {}", e.report())),
+        };
+        self.audit.record(entry.user(caller.name()));
+    }
+
+    /// Passes `result` on, recording a refusal for want of a privilege in the audit log.
+    fn refused<T>(&self, caller: &Caller, result: Result<T>) -> Result<T> {
+        if let Err(e @ Error::PermissionDenied { .. }) = &result {
+            self.audit.record(AuditEntry::new(AuditEvent::Denied, Outcome::Refused, e.to_string()).user(caller.name()));
+        }
+        result
     }
 
     /// Proposes a change to the principals made by the server itself (the initial administrator, the token key).
@@ -1273,7 +1336,11 @@ impl Engine {
     pub async fn authorize_insert(&self, caller: &Caller, table: &str) -> Result<()> {
         let Caller::User(user) = caller else { return Ok(()) };
         self.see_acknowledged_ddl().await?;
-        self.meta.read_local(|s| auth::privileges::need(s.principals(), user, table, quiver_meta::Privilege::Insert))
+        self.refused(
+            caller,
+            self.meta
+                .read_local(|s| auth::privileges::need(s.principals(), user, table, quiver_meta::Privilege::Insert)),
+        )
     }
 
     /// Refuses `caller` unless it is a superuser; `what` says what it tried.
@@ -1286,12 +1353,22 @@ impl Engine {
             return Ok(());
         }
         self.see_acknowledged_ddl().await?;
-        self.meta.read_local(|s| caller.require_superuser(s.principals(), what))
+        self.refused(caller, self.meta.read_local(|s| caller.require_superuser(s.principals(), what)))
     }
 
     /// Returns a copy of the principals as this node's replica has applied them.
     pub fn principals(&self) -> quiver_meta::Principals {
         self.meta.read_local(|s| s.principals().clone())
+    }
+
+    /// The failed logins of this node, by user name (the back-off every frontend applies).
+    pub fn logins(&self) -> &auth::throttle::LoginThrottle {
+        &self.logins
+    }
+
+    /// The audit log of this node.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
     }
 
     /// Reads the principals as this node's replica has applied them, without copying them.

@@ -8,6 +8,7 @@
 //! - [`cold`]: the cold tier: hot chunks tiered to Parquet files in an object store, listed in Raft-pointed manifests.
 //! - [`shard`]: the cluster data path on a node: which shard a row belongs to (docs/rfcs/0001-cluster-data-path.md).
 //! - `query`: DataFusion integration (table provider, pruned parallel scans, inserts, DELETE/UPDATE).
+//! - [`audit`]: the audit log (logins, DDL, DCL, refusals): the node's log, `system.audit`, a rotated file.
 //! - [`auth`]: who runs a statement and whether they may (users, roles and privileges, passwords, tokens).
 //! - [`engine`]: one database: catalog, tables, SQL execution. Every frontend goes through [`engine::Engine`].
 //! - [`embedded`]: [`Quiver`], the in-process API.
@@ -24,6 +25,7 @@
 extern crate madsim_tokio as tokio;
 extern crate madsim_tonic as tonic;
 
+pub mod audit;
 pub mod auth;
 mod blocking;
 #[cfg(not(madsim))]

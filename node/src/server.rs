@@ -27,6 +27,7 @@ use std::sync::Arc;
 #[cfg(not(madsim))]
 use tokio::net::TcpListener;
 
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::cluster::{self, ClusterOptions};
 use crate::config::{Config, resolve_addr};
 use crate::engine::{Engine, StorageLocation};
@@ -167,6 +168,11 @@ impl Server {
         let mut engine_options = config.engine_options();
         engine_options.cold_store = cold;
         let engine = Engine::open_with_meta(location, Arc::clone(&store), engine_options, meta.clone()).await?;
+        #[cfg(not(madsim))]
+        if config.server.insecure && !config.exposed().is_empty() {
+            let detail = format!("serving insecure (--insecure): {}", config.exposed().join("; "));
+            engine.audit().record(AuditEntry::new(AuditEvent::Insecure, Outcome::Ok, detail));
+        }
         // Before the internal endpoint answers the metadata leader, which would fill an empty replica at once.
         let read_late = engine.injected(crate::engine::InjectedBugKind::StartReadLate);
         let start = if read_late {
@@ -494,7 +500,8 @@ async fn prepare_auth(engine: &Arc<Engine>, auth: &crate::config::AuthConfig) ->
                 if_not_exists: true,
             };
             engine.change_principals(command).await?;
-            tracing::info!(target: "quiver::audit", event = "ddl", user = "quiver", statement = "CREATE USER", role = name, "initial administrator created");
+            let detail = format!("CREATE USER {name} SUPERUSER (the initial administrator, from the configuration)");
+            engine.audit().record(AuditEntry::new(AuditEvent::Dcl, Outcome::Ok, detail).user("quiver"));
         }
     } else if !engine.with_principals(|p| p.has_login()) {
         tracing::warn!(
@@ -528,7 +535,7 @@ fn refuse_exposed(config: &Config) -> Result<()> {
     }
     if config.server.insecure {
         tracing::warn!(
-            target: "quiver::audit", event = "insecure", exposed = %exposed.join("; "),
+            exposed = %exposed.join("; "),
             "serving insecure (--insecure): whoever reaches these endpoints may read, change and drop everything"
         );
         return Ok(());
@@ -593,7 +600,8 @@ async fn run_frontends(
     if authenticate {
         prepare_auth(engine, &config.auth).await?;
     }
-    let pg_options = pg::PgOptions { authenticate, tls: pg_tls };
+    let connections_per_user = config.limits.connections_per_user as usize;
+    let pg_options = pg::PgOptions { authenticate, tls: pg_tls, connections_per_user };
     let mut pg = tokio::spawn(pg::serve_with(Arc::clone(engine), frontends.pg, pg_options, signal(rx.clone())));
     let flight_auth = authenticate.then(|| flight_sql::FlightAuth { token_ttl: config.auth.token_ttl.duration() });
     let mut flight = tokio::spawn(flight_sql::serve_secured(

@@ -51,6 +51,42 @@ impl Dcl {
             Dcl::GrantRoles { .. } | Dcl::Privileges { .. } => "REVOKE",
         }
     }
+
+    /// What the statement does, for the audit log: its tag and the names it touches, never a password.
+    pub(crate) fn describe(&self) -> String {
+        let (to, list) = (if self.tag() == "GRANT" { "TO" } else { "FROM" }, |names: &[String]| names.join(", "));
+        match self {
+            Dcl::CreateRole { name, superuser, .. } => {
+                format!("{} {name}{}", self.tag(), if *superuser { " SUPERUSER" } else { "" })
+            }
+            Dcl::AlterRole { name, password, superuser, login } => {
+                let mut changes = Vec::new();
+                if password.is_some() {
+                    changes.push("PASSWORD");
+                }
+                match superuser {
+                    Some(true) => changes.push("SUPERUSER"),
+                    Some(false) => changes.push("NOSUPERUSER"),
+                    None => {}
+                }
+                match login {
+                    Some(true) => changes.push("LOGIN"),
+                    Some(false) => changes.push("NOLOGIN"),
+                    None => {}
+                }
+                format!("ALTER ROLE {name} {}", changes.join(" ")).trim_end().to_string()
+            }
+            Dcl::DropRoles { names, .. } => format!("DROP ROLE {}", list(names)),
+            Dcl::GrantRoles { roles, members, .. } => format!("{} {} {to} {}", self.tag(), list(roles), list(members)),
+            Dcl::Privileges { privileges, objects, grantees, .. } => format!(
+                "{} {} ON {} {to} {}",
+                self.tag(),
+                privileges.iter().map(|p| p.keyword()).collect::<Vec<_>>().join(", "),
+                objects.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                list(grantees)
+            ),
+        }
+    }
 }
 
 /// Returns the statement when `sql` is one of the forms above; `None` when it is not DCL.

@@ -30,6 +30,10 @@
 //!   or verifier is shown.
 //! - `system.grants`: one row per privilege granted — grantee, object (`TABLE t` or `ALL TABLES`), privilege.
 //!
+//! - `system.audit`: the last 1,000 entries of this node's audit log — id, time, event (`login`, `token`, `ddl`,
+//!   `dcl`, `denied`, `peer_refused`, `insecure`), outcome (`ok`, `failed`, `refused`), user, peer address,
+//!   protocol, and detail (the statement, or why it failed). The audit file keeps them all (docs/security.md).
+//!
 //! With authentication on, only a superuser reads the `system` schema (it shows other users' queries and the
 //! cluster's layout).
 //!
@@ -52,6 +56,7 @@ use quiver_meta::{NodeRole, NodeState};
 
 use super::moves::{MoveLog, MoveRecord};
 use super::statements::{QueryLog, QueryRecord};
+use crate::audit::AuditLog;
 use crate::cold::{ColdState, ColdView};
 use crate::table::{HotTable, ShardReplica};
 
@@ -68,6 +73,7 @@ struct Sources {
     hot: HotTables,
     queries: Arc<QueryLog>,
     moves: Arc<MoveLog>,
+    audit: Arc<AuditLog>,
 }
 
 /// The `system` schema over one metadata replica and the engine's state.
@@ -76,8 +82,14 @@ pub(crate) struct SystemSchema {
 }
 
 impl SystemSchema {
-    pub(crate) fn new(meta: MetaNode, hot: HotTables, queries: Arc<QueryLog>, moves: Arc<MoveLog>) -> Self {
-        SystemSchema { sources: Sources { meta, hot, queries, moves } }
+    pub(crate) fn new(
+        meta: MetaNode,
+        hot: HotTables,
+        queries: Arc<QueryLog>,
+        moves: Arc<MoveLog>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        SystemSchema { sources: Sources { meta, hot, queries, moves, audit } }
     }
 }
 
@@ -99,10 +111,11 @@ enum SystemTable {
     Queries,
     Users,
     Grants,
+    Audit,
 }
 
 impl SystemTable {
-    const ALL: [SystemTable; 9] = [
+    const ALL: [SystemTable; 10] = [
         SystemTable::Nodes,
         SystemTable::Raft,
         SystemTable::Shards,
@@ -112,6 +125,7 @@ impl SystemTable {
         SystemTable::Queries,
         SystemTable::Users,
         SystemTable::Grants,
+        SystemTable::Audit,
     ];
 
     fn name(self) -> &'static str {
@@ -125,6 +139,7 @@ impl SystemTable {
             SystemTable::Queries => "queries",
             SystemTable::Users => "users",
             SystemTable::Grants => "grants",
+            SystemTable::Audit => "audit",
         }
     }
 
@@ -245,12 +260,22 @@ impl SystemTable {
                 u64_field("generation", false),
             ],
             SystemTable::Grants => vec![text("grantee", false), text("object", false), text("privilege", false)],
+            SystemTable::Audit => vec![
+                u64_field("id", false),
+                timestamp("time"),
+                text("event", false),
+                text("outcome", false),
+                text("user_name", true),
+                text("peer", true),
+                text("protocol", true),
+                text("detail", false),
+            ],
         }))
     }
 
     /// Reads the table's rows from the replica and the engine's tables now.
     fn rows(self, sources: &Sources) -> DfResult<RecordBatch> {
-        let Sources { meta, hot, queries, moves } = sources;
+        let Sources { meta, hot, queries, moves, audit } = sources;
         let status = meta.status();
         let mut tables: Vec<Arc<HotTable>> = hot.read().expect("hot table map poisoned").values().cloned().collect();
         tables.sort_by(|a, b| a.def().name.cmp(&b.def().name));
@@ -279,6 +304,19 @@ impl SystemTable {
                     Arc::new(StringArray::from_iter_values(grants.iter().map(|g| g.privilege.keyword()))),
                 ]
             }),
+            SystemTable::Audit => {
+                let a = audit.recent();
+                vec![
+                    u64_column(&a, |e| e.id),
+                    time_column(&a, |e| e.time_ms),
+                    Arc::new(StringArray::from_iter_values(a.iter().map(|e| e.event.name()))),
+                    Arc::new(StringArray::from_iter_values(a.iter().map(|e| e.outcome.name()))),
+                    Arc::new(StringArray::from_iter(a.iter().map(|e| e.user.as_deref()))),
+                    Arc::new(StringArray::from_iter(a.iter().map(|e| e.peer.as_deref()))),
+                    Arc::new(StringArray::from_iter(a.iter().map(|e| e.protocol))),
+                    Arc::new(StringArray::from_iter_values(a.iter().map(|e| e.detail.as_str()))),
+                ]
+            }
             SystemTable::Queries => {
                 let q = queries.records();
                 let values = |f: fn(&QueryRecord) -> u64| u64_column(&q, f);

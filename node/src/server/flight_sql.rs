@@ -291,15 +291,8 @@ impl QuiverFlightSqlService {
         let Some(token) = strip_scheme(header, "bearer") else {
             return Err(unauthenticated("the authorization header carries no bearer token; Handshake first".into()));
         };
-        let now = crate::clock::unix_ms();
-        match self.engine.with_principals(|p| token::check(p, token, now)) {
-            Ok(user) => Ok(Caller::User(user)),
-            Err(e) => {
-                let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(target: "quiver::audit", event = "token", outcome = "refused", peer, reason = %e, "bearer token refused");
-                Err(unauthenticated(e.to_string()))
-            }
-        }
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        crate::auth::check_token(&self.engine, token, &peer, "flight").map(Caller::User).map_err(|e| status_from(&e))
     }
 
     /// Answers a handshake: checks basic credentials and issues a bearer token.
@@ -327,13 +320,9 @@ impl QuiverFlightSqlService {
                 (basic.username, basic.password)
             }
         };
-        let (role_id, generation) = match crate::auth::check_login(&self.engine, &user, password).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", peer, user, protocol = "flight", "login failed");
-                return Err(status_from(&e));
-            }
-        };
+        let (role_id, generation) = crate::auth::check_login(&self.engine, &user, password, &peer, "flight")
+            .await
+            .map_err(|e| status_from(&e))?;
         let key = match self.engine.with_principals(|p| p.token_key().cloned()) {
             Some(key) => key,
             None => {
@@ -345,7 +334,6 @@ impl QuiverFlightSqlService {
         };
         let expires_ms = crate::clock::unix_ms().saturating_add(auth.token_ttl.as_millis() as u64);
         let bearer = token::issue(&key, &token::Claims { role_id, generation, expires_ms, name: user.clone() });
-        tracing::info!(target: "quiver::audit", event = "login", outcome = "ok", peer, user, protocol = "flight", "login");
         Ok(HandshakeResponse { protocol_version: 0, payload: Bytes::from(bearer) })
     }
 

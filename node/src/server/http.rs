@@ -9,10 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 
 use crate::engine::Engine;
 
@@ -51,13 +53,30 @@ pub async fn serve_with(
         .route("/health", get(move || std::future::ready(health.to_string())))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(Shared { engine, authenticate });
+        .with_state(Shared { engine, authenticate })
+        .into_make_service_with_connect_info::<Peer>();
     match tls {
         Some(tls) => {
             let listener = crate::server::tls::TlsListener::new(listener, tls)?;
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await
         }
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
+}
+
+/// The client's address, for the audit log.
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::server::tls::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, crate::server::tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
     }
 }
 
@@ -82,6 +101,7 @@ struct Shared {
 /// Refuses a request without a superuser's credentials when authentication is on.
 async fn authorized(
     shared: &Shared,
+    peer: Peer,
     headers: &HeaderMap,
 ) -> Result<(), (StatusCode, [(header::HeaderName, &'static str); 1], String)> {
     if !shared.authenticate {
@@ -91,7 +111,7 @@ async fn authorized(
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err((StatusCode::UNAUTHORIZED, challenge, "authentication required\n".into()));
     };
-    let caller = match crate::auth::check_header(&shared.engine, value).await {
+    let caller = match crate::auth::check_header(&shared.engine, value, &peer.0.to_string()).await {
         Ok(caller) => caller,
         Err(e) => return Err((StatusCode::UNAUTHORIZED, challenge, format!("{e}\n"))),
     };
@@ -106,8 +126,12 @@ async fn ready(State(_shared): State<Shared>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n")
 }
 
-async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> axum::response::Response {
-    if let Err(refusal) = authorized(&shared, &headers).await {
+async fn metrics(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if let Err(refusal) = authorized(&shared, peer, &headers).await {
         return refusal.into_response();
     }
     let engine = shared.engine;

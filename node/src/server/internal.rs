@@ -195,7 +195,7 @@ pub async fn serve(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "internal endpoint speaks mutual TLS: peers need a certificate of the cluster CA");
         }
-        let accepted = crate::server::tls::accept_peers(listener, tls);
+        let accepted = crate::server::tls::accept_peers(listener, tls, Arc::clone(&engine));
         let incoming =
             tokio_stream::wrappers::ReceiverStream::new(accepted).map(|(stream, _)| Ok::<_, std::io::Error>(stream));
         return router(&meta, engine, max_message_bytes).serve_with_incoming_shutdown(incoming, shutdown).await;

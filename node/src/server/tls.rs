@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::error::{Error, Result};
 
 /// How long a client may take to complete its TLS handshake.
@@ -249,22 +250,23 @@ pub fn accept(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
-    accept_with(listener, config, false)
+    accept_with(listener, config, None)
 }
 
-/// As [`accept`], for the internal endpoint: a handshake refused (no certificate of the cluster CA) is logged as a
-/// warning and to the audit target, since only nodes of the cluster should be dialling it.
+/// As [`accept`], for the internal endpoint: a handshake refused (no certificate of the cluster CA) goes to the
+/// `engine`'s audit log, since only nodes of the cluster should be dialling it.
 pub fn accept_peers(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    engine: Arc<crate::Engine>,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
-    accept_with(listener, config, true)
+    accept_with(listener, config, Some(engine))
 }
 
 fn accept_with(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-    peers: bool,
+    peers: Option<Arc<crate::Engine>>,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
@@ -285,17 +287,24 @@ fn accept_with(
             if let Err(e) = socket.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "could not disable Nagle's algorithm");
             }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, peers) = (acceptor.clone(), tx.clone(), peers.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send((stream, peer)).await;
                     }
-                    Ok(Err(e)) if peers => tracing::warn!(
-                        target: "quiver::audit", event = "peer_refused", %peer, error = %e,
-                        "refused a connection to the internal endpoint: no valid certificate of the cluster CA"
-                    ),
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => match peers {
+                        Some(engine) => engine.audit().record(
+                            AuditEntry::new(
+                                AuditEvent::PeerRefused,
+                                Outcome::Refused,
+                                format!("no valid certificate of the cluster CA: {e}"),
+                            )
+                            .peer(peer)
+                            .protocol("internal"),
+                        ),
+                        None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    },
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });

@@ -20,11 +20,16 @@ struct Secured {
     pg: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     running: tokio::task::JoinHandle<quiver_node::Result<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Secured {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with more settings from the environment (`QUIVER_…` variables).
+    async fn start_with(settings: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let overrides = Overrides {
             data_dir: Some(dir.path().to_path_buf()),
@@ -35,14 +40,15 @@ impl Secured {
             init_admin: Some("admin".into()),
             ..Overrides::default()
         };
-        let env = vec![("QUIVER_AUTH__ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string())];
+        let mut env = vec![("QUIVER_AUTH__ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string())];
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let server = Server::bind(Config::load(None, env, &overrides).expect("config")).await.expect("bind");
         let (flight, pg) = (server.flight_addr(), server.pg_addr());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        Self { flight, pg, stop, running, _dir: dir }
+        Self { flight, pg, stop, running, dir }
     }
 
     async fn pg(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -273,5 +279,121 @@ async fn flight_clients_trade_basic_credentials_for_a_bearer_token() {
     let e = status(query(&mut bob, "SELECT x FROM a").await.expect_err("revoked"));
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     assert!(e.message().contains("revoked"), "{e}");
+
+    // Repeated failed logins lock the name for a while, on every frontend of the node: the right password is refused
+    // meanwhile, then works once the lock ran out. Unknown names are counted alike.
+    admin.execute_update("CREATE USER carol PASSWORD 'carol'".into(), None).await.expect("create carol");
+    let mut guesser = server.flight().await;
+    // The client wraps a refused handshake in its own error: read its text.
+    for _ in 0..5 {
+        let e = guesser.handshake("carol", "guess").await.expect_err("wrong").to_string();
+        assert!(e.contains("password authentication failed") && !e.contains("too many"), "{e}");
+    }
+    let e = guesser.handshake("carol", "carol").await.expect_err("locked").to_string();
+    assert!(e.contains("valid authentication credentials"), "UNAUTHENTICATED: {e}");
+    assert!(e.contains("too many failed logins for user") && e.contains("carol"), "{e}");
+    let e = server.pg("carol", "carol").await.expect_err("locked on the PostgreSQL wire too");
+    assert!(message(&e).contains("too many failed logins"), "{}", message(&e));
+    for _ in 0..5 {
+        let _ = guesser.handshake("nobody", "guess").await;
+    }
+    let e = guesser.handshake("nobody", "guess").await.expect_err("locked").to_string();
+    assert!(e.contains("too many failed logins"), "an unknown name is locked alike: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    guesser.handshake("carol", "carol").await.expect("the lock ran out");
+    server.stop().await;
+}
+
+/// Rows of `system.audit` as (event, outcome, user, peer, protocol, detail), oldest first.
+async fn audit_rows(admin: &tokio_postgres::Client) -> Vec<[String; 6]> {
+    let rows = admin
+        .query("SELECT event, outcome, user_name, peer, protocol, detail FROM system.audit ORDER BY id", &[])
+        .await
+        .expect("system.audit");
+    rows.iter().map(|r| std::array::from_fn(|i| r.get::<_, Option<String>>(i).unwrap_or_default())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_changes_and_refusals_go_to_the_audit_log_its_file_and_system_audit() {
+    let server = Secured::start_with(&[("QUIVER_LIMITS__CONNECTIONS_PER_USER", "2")]).await;
+    let admin = server.pg("admin", ADMIN_PASSWORD).await.expect("admin");
+    server.pg("admin", "not the password").await.expect_err("a wrong password is refused");
+    admin.batch_execute("CREATE TABLE t (x BIGINT)").await.expect("create t");
+    admin.batch_execute("CREATE USER dave PASSWORD 'dave-secret-password'").await.expect("create dave");
+    admin.batch_execute("GRANT INSERT ON t TO dave").await.expect("grant");
+    let dave = server.pg("dave", "dave-secret-password").await.expect("dave");
+    let e = dave.query("SELECT x FROM t", &[]).await.expect_err("dave may not read t");
+    assert_eq!(code(&e), "42501", "{e}");
+    let e = dave.query("SELECT * FROM system.audit", &[]).await.expect_err("only a superuser reads the audit");
+    assert_eq!(code(&e), "42501", "{e}");
+    // A user has at most limits.connections_per_user connections open; a closed one frees its place.
+    let second = server.pg("dave", "dave-secret-password").await.expect("dave's second connection");
+    let e = server.pg("dave", "dave-secret-password").await.expect_err("a third is refused");
+    assert_eq!(code(&e), "53300", "{e}");
+    assert!(message(&e).contains("too many connections for user \"dave\""), "{}", message(&e));
+    drop(second);
+    let mut third = None;
+    for _ in 0..100 {
+        match server.pg("dave", "dave-secret-password").await {
+            Ok(client) => {
+                third = Some(client);
+                break;
+            }
+            // The closed connection's end reaches the server shortly after the client drops it.
+            Err(e) if code(&e) == "53300" => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let third = third.expect("the closed connection's place came free");
+    assert_eq!(count(&third, "SELECT count(*) FROM (VALUES (1))").await.expect("works"), 1);
+    let mut flight = server.flight().await;
+    flight.handshake("admin", ADMIN_PASSWORD).await.expect("handshake");
+    let mut forger = server.flight().await;
+    forger.set_token("not-a-token".into());
+    status(query(&mut forger, "SELECT 1").await.expect_err("forged"));
+
+    let rows = audit_rows(&admin).await;
+    let find = |event: &str, outcome: &str, user: &str, protocol: &str, detail: &str| {
+        rows.iter()
+            .find(|[e, o, u, _, p, d]| e == event && o == outcome && u == user && p == protocol && d.contains(detail))
+    };
+    let failed = find("login", "failed", "admin", "postgres", "").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert!(failed[3].starts_with("127.0.0.1:"), "the peer's address: {failed:?}");
+    let ok = find("login", "ok", "admin", "postgres", "").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert!(ok[3].starts_with("127.0.0.1:"), "{ok:?}");
+    assert!(find("ddl", "ok", "admin", "", "CREATE TABLE t").is_some(), "{rows:#?}");
+    assert!(find("dcl", "ok", "admin", "", "CREATE USER dave").is_some(), "{rows:#?}");
+    assert!(find("dcl", "ok", "admin", "", "GRANT INSERT ON TABLE t TO dave").is_some(), "{rows:#?}");
+    assert!(find("login", "ok", "dave", "postgres", "").is_some(), "{rows:#?}");
+    assert!(find("denied", "refused", "dave", "", "lacks SELECT on table \"t\"").is_some(), "{rows:#?}");
+    assert!(find("denied", "refused", "dave", "", "system.audit").is_some(), "{rows:#?}");
+    assert!(find("login", "ok", "admin", "flight", "").is_some(), "{rows:#?}");
+    assert!(find("token", "refused", "", "flight", "").is_some(), "{rows:#?}");
+    assert!(find("login", "refused", "dave", "postgres", "too many connections").is_some(), "{rows:#?}");
+    assert!(rows.iter().flatten().all(|v| !v.contains("dave-secret-password")), "no password is audited");
+
+    // The file in the data directory holds the same entries, one JSON object per line (written off the request
+    // path: wait for it to catch up).
+    let path = server.dir.path().join("audit.log");
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!text.contains("dave-secret-password"), "no password in the audit file");
+        entries = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>();
+        if entries.len() >= rows.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(entries.len() >= rows.len(), "{} entries in the file, {} in system.audit", entries.len(), rows.len());
+    let denied = entries
+        .iter()
+        .find(|e| e["event"] == "denied" && e["user"] == "dave")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(denied["outcome"], "refused");
+    assert!(denied["time_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "{denied}");
     server.stop().await;
 }

@@ -8,6 +8,14 @@ use quiver_node::server::Server;
 async fn with_server(
     run: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> std::process::Output + Send + 'static,
 ) {
+    with_server_configured(Vec::new(), run).await;
+}
+
+/// As [`with_server`], with settings from the environment (`QUIVER_…` variables).
+async fn with_server_configured(
+    env: Vec<(String, String)>,
+    run: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> std::process::Output + Send + 'static,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let overrides = Overrides {
         data_dir: Some(dir.path().to_path_buf()),
@@ -17,7 +25,7 @@ async fn with_server(
         grpc_addr: Some("127.0.0.1:0".into()),
         ..Overrides::default()
     };
-    let server = Server::bind(Config::load(None, Vec::new(), &overrides).expect("config")).await.expect("bind");
+    let server = Server::bind(Config::load(None, env, &overrides).expect("config")).await.expect("bind");
     let (flight, pg) = (server.flight_addr(), server.pg_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {
@@ -42,6 +50,30 @@ fn python(script: &str, args: &[String]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_driver_and_pyarrow_flight_work() {
     with_server(|flight, _| python("flight_clients.py", &[flight.to_string()])).await;
+}
+
+/// Authentication and TLS on every client endpoint: psycopg (verify-full), ADBC and pyarrow (grpc+tls) log in
+/// unmodified, and wrong passwords, missing tokens and plaintext are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_adbc_and_pyarrow_log_in_over_tls() {
+    let fixture = |name: &str| format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"));
+    const PASSWORD: &str = "secured clients password";
+    let env = [
+        ("QUIVER_AUTH__ENABLED", "true"),
+        ("QUIVER_AUTH__ADMIN_USER", "admin"),
+        ("QUIVER_AUTH__ADMIN_PASSWORD", PASSWORD),
+        ("QUIVER_TLS__CERT_FILE", &fixture("server.pem")),
+        ("QUIVER_TLS__KEY_FILE", &fixture("server.key")),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let ca = fixture("ca.pem");
+    with_server_configured(env, move |flight, pg| {
+        let args = [flight.port().to_string(), pg.port().to_string(), ca, "admin".into(), PASSWORD.into()];
+        python("secured_clients.py", &args)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ pub(super) fn error_info(e: &Error) -> ErrorInfo {
             None
         }
         ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => {
-            tracing::info!(target: "quiver::audit", event = "denied", protocol = "postgres", sqlstate, error = %e.report(), "request denied");
+            tracing::debug!(sqlstate, ?kind, error = %e.report(), "postgres request denied");
             None
         }
         ErrorKind::Unavailable => {

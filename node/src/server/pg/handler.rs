@@ -57,14 +57,10 @@ pub(super) struct Shared {
 impl Shared {
     /// Builds the shared state of a server for `engine`, whose connections authenticate by `method` (over TLS only,
     /// with `require_tls`).
-    pub(super) fn new(engine: Arc<Engine>, method: AuthMethod, require_tls: bool) -> Self {
+    pub(super) fn new(engine: Arc<Engine>, method: AuthMethod, require_tls: bool, per_user: usize) -> Self {
         let cancels = Arc::new(CancelRegistry::default());
-        Self {
-            startup: Arc::new(Startup::new(method, require_tls, Arc::clone(&engine), Arc::clone(&cancels))),
-            engine,
-            classifier: Arc::new(Classifier::new()),
-            cancels,
-        }
+        let startup = Startup::new(method, require_tls, Arc::clone(&engine), Arc::clone(&cancels), per_user);
+        Self { startup: Arc::new(startup), engine, classifier: Arc::new(Classifier::new()), cancels }
     }
 }
 

@@ -26,8 +26,10 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use super::cancel::{Cancel, CancelRegistry, Registration};
 use super::error::protocol_error;
 use super::local::SERVER_VERSION;
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::auth::scram::{self, ServerFirst};
+use crate::auth::sessions::Sessions;
 use crate::engine::Engine;
 
 /// The SASL mechanism offered.
@@ -71,6 +73,8 @@ pub(super) struct Startup {
     mock_key: Vec<u8>,
     engine: Arc<Engine>,
     cancels: Arc<CancelRegistry>,
+    /// The open connections of each user.
+    sessions: Arc<Sessions>,
     keys: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
 }
@@ -89,6 +93,7 @@ impl Startup {
         require_tls: bool,
         engine: Arc<Engine>,
         cancels: Arc<CancelRegistry>,
+        per_user: usize,
     ) -> Self {
         let mut parameters = DefaultServerParameterProvider::default();
         // libpq, JDBC and psycopg read the leading "major.minor"; the rest names the server, as distributions do.
@@ -100,6 +105,7 @@ impl Startup {
             mock_key,
             engine,
             cancels,
+            sessions: Sessions::new(per_user),
             keys: RandomPidSecretKeyGenerator::default(),
             parameters,
         }
@@ -151,11 +157,15 @@ impl Startup {
                     ));
                 }
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
+                if let Some(wait) = self.engine.logins().locked(&user) {
+                    self.audit_login(&user, peer, Outcome::Refused, "locked after repeated failed logins".into());
+                    return Err(protocol_error("28P01", crate::auth::too_many_failures(&user, wait).to_string()));
+                }
                 let (known, verifier) = self.verifier_for(&user);
                 let nonce = server_nonce().map_err(|e| protocol_error("XX000", e.report()))?;
                 let data = initial.data.unwrap_or_default();
                 let (first, server_first) = ServerFirst::start(&data, verifier, &nonce).map_err(|e| {
-                    tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", %peer, user, reason = %e, "login failed");
+                    self.audit_login(&user, peer, Outcome::Failed, e.to_string());
                     protocol_error("08P01", e.to_string())
                 })?;
                 *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Exchange { user, known, first });
@@ -168,7 +178,19 @@ impl Startup {
                 let response = message.into_sasl_response()?;
                 match exchange.first.finish(&response.data) {
                     Ok(server_final) if exchange.known => {
-                        tracing::info!(target: "quiver::audit", event = "login", outcome = "ok", %peer, user = exchange.user, protocol = "postgres", "login");
+                        self.engine.logins().succeeded(&exchange.user);
+                        let Some(slot) = self.sessions.open(&exchange.user) else {
+                            let detail = format!(
+                                "too many connections for user \"{}\" (limits.connections_per_user = {})",
+                                exchange.user,
+                                self.sessions.limit()
+                            );
+                            self.audit_login(&exchange.user, peer, Outcome::Refused, detail.clone());
+                            return Err(protocol_error("53300", detail));
+                        };
+                        // Held until the connection closes (pgwire drops its extensions then).
+                        client.session_extensions().insert(slot);
+                        self.audit_login(&exchange.user, peer, Outcome::Ok, "SCRAM-SHA-256".into());
                         client
                             .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(Bytes::from(
                                 server_final,
@@ -180,14 +202,21 @@ impl Startup {
                     outcome => {
                         let reason = match outcome {
                             Err(e) => e.to_string(),
-                            Ok(_) => "no such user".to_string(),
+                            Ok(_) => "no such user, or one that may not log in".to_string(),
                         };
-                        tracing::info!(target: "quiver::audit", event = "login", outcome = "failed", %peer, user = exchange.user, protocol = "postgres", reason, "login failed");
+                        self.audit_login(&exchange.user, peer, Outcome::Failed, reason);
+                        self.engine.logins().failed(&exchange.user);
                         Err(auth_failed(&exchange.user))
                     }
                 }
             }
         }
+    }
+
+    /// Records a login attempt of `user` from `peer` in the audit log.
+    fn audit_login(&self, user: &str, peer: std::net::SocketAddr, outcome: Outcome, detail: String) {
+        let entry = AuditEntry::new(AuditEvent::Login, outcome, detail).user(user).peer(peer).protocol("postgres");
+        self.engine.audit().record(entry);
     }
 
     /// Completes the startup of an authenticated connection: cancel key, server parameters, `ReadyForQuery`.
