@@ -1191,6 +1191,7 @@ impl Engine {
                 .with_param_values(ParamValues::from(values))
                 .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
         };
+        let plan = self.hide_unseen(caller, plan)?;
         Box::pin(self.execute_plan_with(plan, BTreeMap::new(), &statement.sql)).await
     }
 
@@ -1246,6 +1247,7 @@ impl Engine {
                 let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
                 self.refused(caller, self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan)))?;
+                let plan = self.hide_unseen(caller, plan)?;
                 let ddl = matches!(plan, LogicalPlan::Ddl(_)).then(|| text.clone());
                 let result = self.execute_plan_with(plan, table_options, &text).await;
                 if let Some(text) = ddl {
@@ -1309,6 +1311,14 @@ impl Engine {
             Err(e) => AuditEntry::new(event, Outcome::Failed, format!("{what}: {}", e.report())),
         };
         self.audit.record(entry.user(caller.name()));
+    }
+
+    /// Hides from `plan`'s reads of `information_schema` and `pg_catalog` the tables `caller` holds no privilege on.
+    fn hide_unseen(&self, caller: &Caller, plan: LogicalPlan) -> Result<LogicalPlan> {
+        self.meta.read_local(|s| {
+            let tables = s.catalog().tables().map(|t| t.name.as_str());
+            auth::privileges::hide_unseen(caller, s.principals(), tables, plan)
+        })
     }
 
     /// Passes `result` on, recording a refusal for want of a privilege in the audit log.

@@ -27,6 +27,7 @@ use std::sync::Arc;
 #[cfg(not(madsim))]
 use tokio::net::TcpListener;
 
+#[cfg(not(madsim))]
 use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::cluster::{self, ClusterOptions};
 use crate::config::{Config, resolve_addr};

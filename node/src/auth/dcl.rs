@@ -336,6 +336,24 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_description_names_what_changes_but_never_a_password() {
+        for (sql, described) in [
+            ("CREATE USER alice WITH PASSWORD 'pw-one'", "CREATE USER alice"),
+            ("CREATE ROLE admins SUPERUSER", "CREATE ROLE admins SUPERUSER"),
+            ("ALTER USER bob WITH PASSWORD 'pw-two' NOLOGIN", "ALTER ROLE bob PASSWORD NOLOGIN"),
+            ("DROP USER IF EXISTS a, b", "DROP ROLE a, b"),
+            ("GRANT SELECT, INSERT ON TABLE t, u TO readers", "GRANT SELECT, INSERT ON TABLE t, TABLE u TO readers"),
+            ("REVOKE ALL ON ALL TABLES FROM bob", "REVOKE SELECT, INSERT, UPDATE, DELETE ON ALL TABLES FROM bob"),
+            ("GRANT readers TO alice, bob", "GRANT readers TO alice, bob"),
+            ("REVOKE readers FROM bob", "REVOKE readers FROM bob"),
+        ] {
+            let text = dcl(sql).describe();
+            assert_eq!(text, described, "{sql}");
+            assert!(!text.contains("pw-"), "{text}");
+        }
+    }
+
+    #[test]
     fn parses_postgresql_spellings() {
         assert_eq!(
             dcl("CREATE USER Alice WITH PASSWORD 'it''s secret'"),

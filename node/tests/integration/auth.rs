@@ -91,6 +91,11 @@ fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
+/// The first column of `sql`'s rows, as text.
+async fn names(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client.query(sql, &[]).await.expect(sql).iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
 async fn count(client: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
     client.query_one(sql, &[]).await.map(|row| row.get::<_, i64>(0))
 }
@@ -131,6 +136,26 @@ async fn postgres_clients_log_in_with_scram_and_need_privileges() {
     admin.batch_execute("CREATE USER deleter PASSWORD 'd'").await.expect("user");
     admin.batch_execute("GRANT DELETE ON t TO deleter").await.expect("grant delete");
     let deleter = server.pg("deleter", "d").await.expect("deleter logs in");
+    // The catalog's listings show a user only the tables it holds a privilege on (psql's \dt reads pg_class),
+    // in the simple and the extended protocol; the superuser sees all.
+    for sql in [
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+        "SELECT DISTINCT table_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1",
+        "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        "SELECT relname FROM pg_catalog.pg_class WHERE relname IN ('t', 'secret') ORDER BY 1",
+    ] {
+        assert_eq!(names(&deleter, sql).await, ["t"], "{sql}");
+        assert_eq!(names(&admin, sql).await, ["secret", "t"], "{sql}");
+        let simple = deleter.simple_query(sql).await.expect(sql);
+        let rows: Vec<_> = simple
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows, ["t"], "{sql}");
+    }
     let reads = deleter.batch_execute("DELETE FROM t WHERE v = 'zzz'").await.expect_err("WHERE reads rows");
     assert!(message(&reads).contains("lacks SELECT on table \"t\""), "{reads:?}");
     admin.batch_execute("GRANT SELECT ON t TO deleter").await.expect("grant select");
