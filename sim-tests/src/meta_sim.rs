@@ -14,7 +14,9 @@
 //! 4. **Checks**: at most one leader per term (sampled all along); reads and writes of the catalog are
 //!    linearizable (reads see every table acknowledged before they began, nothing proposed after they ended, and
 //!    never less than an earlier read); every acknowledged table is in the final state; nothing that was never
-//!    proposed is; all replicas converge to the same applied state.
+//!    proposed is; all replicas converge to the same applied state. The workload also creates users with a grant
+//!    and revokes and grants it again: every acknowledged change holds at the end, and no role appears that was
+//!    never proposed.
 //!
 //! The run's trace (faults with their virtual times, the workload's outcomes, the final state) is hashed; the same
 //! seed must give the same hash.
@@ -40,8 +42,8 @@ use crate::faults::{self, Hosts, wait_until};
 use crate::linearizability::{self, Operation, TableModel, TableOp, TableOutcome};
 use quiver_meta::service::ClusterClient;
 use quiver_meta::{
-    CatalogCommand, ClusterError, ColumnDef, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole, NodeState,
-    Rejection, TableKind,
+    CatalogCommand, ClusterError, ColumnDef, GrantObject, JoinRequest, MetaCommand, MetaConfig, MetaNode, NodeRole,
+    NodeState, PrincipalCommand, Privilege, Rejection, TableKind,
 };
 
 /// What one run does.
@@ -217,6 +219,63 @@ fn create_table(name: &str) -> MetaCommand {
             sharding: Default::default(),
             if_not_exists: false,
         },
+    }
+}
+
+/// Creates the role `name` (a user without a password) holding SELECT on every table.
+fn create_role_with_select(name: &str) -> MetaCommand {
+    let create = PrincipalCommand::CreateRole {
+        name: name.to_string(),
+        login: true,
+        superuser: false,
+        verifier: None,
+        if_not_exists: false,
+    };
+    let MetaCommand::Principals { command: grant } = select_on_all_tables(name, true) else { unreachable!() };
+    MetaCommand::Principals { command: PrincipalCommand::All(vec![create, grant]) }
+}
+
+/// Grants (or revokes) SELECT on every table to the role `name`.
+fn select_on_all_tables(name: &str, grant: bool) -> MetaCommand {
+    let (privileges, object, grantee) = (BTreeSet::from([Privilege::Select]), GrantObject::AllTables, name.to_string());
+    MetaCommand::Principals {
+        command: if grant {
+            PrincipalCommand::Grant { privileges, object, grantee }
+        } else {
+            PrincipalCommand::Revoke { privileges, object, grantee }
+        },
+    }
+}
+
+/// The roles the workload proposed, and what each must hold at the end: `Some(granted)` after an acknowledged last
+/// change, `None` when its last change's outcome is unknown (not checked).
+#[derive(Debug, Default)]
+struct RoleLedger {
+    proposed: BTreeSet<String>,
+    expected: BTreeMap<String, Option<bool>>,
+}
+
+impl RoleLedger {
+    /// Checks the final state's principals against the acknowledged changes.
+    fn check(&self, state: &quiver_meta::MetaState) -> Result<usize, String> {
+        let principals = state.principals();
+        let mut checked = 0;
+        for (name, expected) in &self.expected {
+            let Some(granted) = expected else { continue };
+            if principals.role(name).is_none() {
+                return Err(format!("role {name}, acknowledged, is missing from the final state"));
+            }
+            // A grant on ALL TABLES holds for any table name.
+            let holds = principals.allows(name, "any_table", Privilege::Select);
+            if holds != *granted {
+                return Err(format!("role {name} holds SELECT on all tables: {holds}; acknowledged: {granted}"));
+            }
+            checked += 1;
+        }
+        if let Some(stranger) = principals.roles().find(|r| !self.proposed.contains(&r.name)) {
+            return Err(format!("role {} was never proposed", stranger.name));
+        }
+        Ok(checked)
     }
 }
 
@@ -419,12 +478,14 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     // list linearizably, on a random live replica.
     let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
     let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
+    let roles: Arc<Mutex<RoleLedger>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(options.fault_secs);
     let mut clients = Vec::new();
     for client in 0..options.clients {
         let live = live.clone();
         let changes = changes.clone();
         let reads = reads.clone();
+        let roles = roles.clone();
         let nodes: Vec<(u64, NodeHandle)> = world.hosts.nodes.iter().map(|(id, n)| (*id, n.clone())).collect();
         let handle = handle.clone();
         let started = world.hosts.started;
@@ -432,6 +493,8 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
             let mut n = 0u64;
             // Tables this client created and has not tried to drop.
             let mut mine: Vec<String> = Vec::new();
+            // Roles this client created, each with whether it holds its grant now (as acknowledged).
+            let mut my_roles: Vec<(String, bool)> = Vec::new();
             while Instant::now() < deadline {
                 let (id, on) = &nodes[thread_rng().gen_range(0..nodes.len())];
                 let Some(node) = live.lock().expect("live map").get(id).cloned() else {
@@ -443,7 +506,33 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
                 let Some(on) = handle.get_node(on.id()) else { continue };
                 let invoked = started.elapsed();
                 let dice = thread_rng().gen_range(0..100);
-                if dice < 30 {
+                if dice >= 92 {
+                    // Users and privileges: create a role with SELECT on every table, or take its grant away or
+                    // give it back, in one command each.
+                    let (name, command, grant) = if my_roles.is_empty() || dice >= 96 {
+                        n += 1;
+                        let name = format!("c{client}_r{n}");
+                        (name.clone(), create_role_with_select(&name), true)
+                    } else {
+                        let (name, granted) = my_roles.swap_remove(thread_rng().gen_range(0..my_roles.len()));
+                        (name.clone(), select_on_all_tables(&name, !granted), !granted)
+                    };
+                    roles.lock().expect("roles").proposed.insert(name.clone());
+                    let task = on.spawn(async move { node.propose(command).await });
+                    match task.await {
+                        Ok(Ok(response)) => {
+                            if let Err(e) = response.outcome {
+                                panic!("a principal command for {name} was rejected: {e}");
+                            }
+                            roles.lock().expect("roles").expected.insert(name.clone(), Some(grant));
+                            my_roles.push((name, grant));
+                        }
+                        // The outcome is unknown: the role is left alone from now on, and not checked.
+                        _ => {
+                            roles.lock().expect("roles").expected.insert(name, None);
+                        }
+                    }
+                } else if dice < 30 {
                     let task = on.spawn(async move {
                         node.read_state(|s| s.catalog().tables().map(|t| t.name.clone()).collect::<BTreeSet<_>>()).await
                     });
@@ -726,6 +815,10 @@ async fn simulate(options: SimOptions) -> Result<Outcome, String> {
     if let Some(stranger) = tables.iter().find(|t| !t.starts_with("probe_") && !created.contains(t.as_str())) {
         return Err(format!("table {stranger} was never proposed"));
     }
+
+    // Users and privileges: every acknowledged change holds, nothing unproposed is there.
+    let roles_checked = roles.lock().expect("roles").check(&states[0])?;
+    world.hosts.note(format!("checked {roles_checked} roles and their grants"));
 
     let acknowledged = changes.iter().filter(|c| c.completed.is_some()).count();
     let uncertain = changes.len() - acknowledged;
