@@ -87,6 +87,7 @@ pub async fn check_login(
         audit(Outcome::Refused, "locked after repeated failed logins");
         return Err(too_many_failures(user, wait));
     }
+    engine.see_acknowledged_principals().await?;
     let found = engine.with_principals(|p| {
         p.role(user).filter(|r| r.login).and_then(|r| r.verifier.clone().map(|v| (v, r.id, r.generation)))
     });

@@ -820,6 +820,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes every change to users and privileges acknowledged anywhere in the cluster before this call visible here
+    /// (a login on this node right after a DROP USER or ALTER USER … PASSWORD elsewhere sees it), as
+    /// [`Engine::see_acknowledged_ddl`] does for statements.
+    ///
+    /// # Errors
+    ///
+    /// When the metadata group cannot answer (no leader).
+    pub async fn see_acknowledged_principals(&self) -> Result<()> {
+        self.see_acknowledged_ddl().await
+    }
+
     /// Waits until this node has applied every metadata change committed before the call, then attaches them.
     async fn catch_up(&self) -> Result<()> {
         self.meta.read_state(|_| ()).await?;

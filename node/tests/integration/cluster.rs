@@ -543,3 +543,70 @@ async fn a_replicated_table_loses_no_acknowledged_row_to_kill_9_a_lost_disk_and_
         assert_eq!(ids.len(), reads[0], "node {} after node 1's loss", node.id);
     }
 }
+
+/// Authentication on every node of a three-node cluster.
+const AUTH: [(&str, &str); 3] = [
+    ("QUIVER_AUTH__ENABLED", "true"),
+    ("QUIVER_AUTH__ADMIN_USER", "admin"),
+    ("QUIVER_AUTH__ADMIN_PASSWORD", "cluster admin password"),
+];
+
+/// Logs in to `node` over the PostgreSQL wire, retrying for a few seconds while the user is not yet known there
+/// (the metadata that created it is still on its way) or the node is readying its principals.
+async fn login(node: &Node, user: &str, password: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(node.pg_port).user(user).password(password).dbname("quiver");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                return client;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{user} cannot log in to node {}: {e}", node.id),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_grants_made_on_one_node_hold_on_the_next_statement_on_every_node() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut nodes = vec![Node::start_with(1, root.path().join("n1"), grpc[0].clone(), None, &AUTH).await];
+    for id in 2..=3u64 {
+        let dir = root.path().join(format!("n{id}"));
+        nodes.push(Node::start_with(id, dir, grpc[id as usize - 1].clone(), Some(&grpc[0]), &AUTH).await);
+    }
+    let admin = login(&nodes[0], "admin", "cluster admin password").await;
+    admin.batch_execute("CREATE TABLE t (x BIGINT)").await.expect("create");
+    admin.batch_execute("INSERT INTO t VALUES (1), (2)").await.expect("insert");
+    admin.batch_execute("CREATE USER eve PASSWORD 'eve password'").await.expect("create user");
+    admin.batch_execute("GRANT SELECT ON t TO eve").await.expect("grant");
+
+    // The user made on node 1 logs in on the others, and the grant holds there at once.
+    let mut eves = Vec::new();
+    for node in &nodes[1..] {
+        let eve = login(node, "eve", "eve password").await;
+        let n: i64 = eve.query_one("SELECT count(*) FROM t", &[]).await.expect("select").get(0);
+        assert_eq!(n, 2, "node {}", node.id);
+        eves.push(eve);
+    }
+    // A REVOKE acknowledged on node 1 holds on the very next statement of connections open on the others.
+    admin.batch_execute("REVOKE SELECT ON t FROM eve").await.expect("revoke");
+    for (eve, node) in eves.iter().zip(&nodes[1..]) {
+        let e = eve.query_one("SELECT count(*) FROM t", &[]).await.expect_err("revoked");
+        assert_eq!(e.code().map(|c| c.code()), Some("42501"), "node {}: {e}", node.id);
+    }
+    // Dropping the user ends its logins everywhere.
+    admin.batch_execute("DROP USER eve").await.expect("drop user");
+    for node in &nodes[1..] {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(node.pg_port).user("eve").password("eve password").dbname("quiver");
+        let e = config.connect(tokio_postgres::NoTls).await.map(|_| ()).expect_err("dropped");
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "node {}: {e}", node.id);
+    }
+}

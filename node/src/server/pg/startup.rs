@@ -161,6 +161,9 @@ impl Startup {
                     self.audit_login(&user, peer, Outcome::Refused, "locked after repeated failed logins".into());
                     return Err(protocol_error("28P01", crate::auth::too_many_failures(&user, wait).to_string()));
                 }
+                if let Err(e) = self.engine.see_acknowledged_principals().await {
+                    return Err(protocol_error(e.sqlstate(), e.report()));
+                }
                 let (known, verifier) = self.verifier_for(&user);
                 let nonce = server_nonce().map_err(|e| protocol_error("XX000", e.report()))?;
                 let data = initial.data.unwrap_or_default();
