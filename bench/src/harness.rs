@@ -63,14 +63,7 @@ impl Running {
 
     /// Starts a server whose data lives in `dir`, with the cold tier `cold` (default: a directory in `dir`).
     pub async fn start_with(dir: &Path, cold: Option<ColdConfig>) -> anyhow::Result<Self> {
-        let overrides = Overrides {
-            data_dir: Some(dir.to_path_buf()),
-            flight_addr: Some("127.0.0.1:0".into()),
-            pg_addr: Some("127.0.0.1:0".into()),
-            http_addr: Some("127.0.0.1:0".into()),
-            grpc_addr: Some("127.0.0.1:0".into()),
-            ..Overrides::default()
-        };
+        let overrides = Overrides::loopback(dir.to_path_buf());
         let mut config = Config::load(None, Vec::new(), &overrides)?;
         if let Some(cold) = cold {
             config.cold = cold;

@@ -84,17 +84,12 @@ impl Cluster {
         let mut seed = None;
         for id in 1..=count {
             let overrides = Overrides {
-                data_dir: Some(dir.join(format!("node{id}"))),
-                flight_addr: Some("127.0.0.1:0".into()),
-                pg_addr: Some("127.0.0.1:0".into()),
-                http_addr: Some("127.0.0.1:0".into()),
-                grpc_addr: Some("127.0.0.1:0".into()),
                 node_id: Some(id),
                 join: seed.iter().cloned().collect(),
                 // One directory for every node's cold tier, as a shared bucket would be.
                 cold_store: Some(format!("file://{}", dir.join("cold").display())),
                 cold_shared_dir: true,
-                ..Overrides::default()
+                ..Overrides::loopback(dir.join(format!("node{id}")))
             };
             let config = Config::load(None, Vec::new(), &overrides)?;
             let server = Server::bind(config).await.with_context(|| format!("start node {id}"))?;

@@ -651,6 +651,22 @@ pub struct Overrides {
     pub insecure: bool,
 }
 
+impl Overrides {
+    /// A node keeping its data in `data_dir` with every endpoint on an ephemeral loopback port (tests, benches, a
+    /// throwaway local node).
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
+        let any_port = || Some("127.0.0.1:0".to_string());
+        Overrides {
+            data_dir: Some(data_dir.into()),
+            flight_addr: any_port(),
+            pg_addr: any_port(),
+            http_addr: any_port(),
+            grpc_addr: any_port(),
+            ..Overrides::default()
+        }
+    }
+}
+
 /// The error of a node of a cluster whose cold store only it can read.
 pub(crate) fn cold_store_not_shared(what: &str) -> Error {
     Error::Config {

@@ -194,6 +194,14 @@ enum AdminCommand {
     },
 }
 
+/// Reads the configuration file at `path`, if one is given: its name (for errors) and its text.
+fn read_config_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<(String, String)>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
+    Ok(Some((path.display().to_string(), text)))
+}
+
 /// Starts logging to stderr with `filter` (the server's `log.filter`, settable as `QUIVER_LOG__FILTER`).
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::new(filter);
@@ -238,14 +246,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             init_admin,
             insecure,
         } => {
-            let file = match &config {
-                Some(path) => Some((
-                    path.display().to_string(),
-                    std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?,
-                )),
-                None => None,
-            };
+            let file = read_config_file(config.as_deref())?;
             let overrides = Overrides {
                 data_dir,
                 flight_addr,
@@ -268,14 +269,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Admin { connect, config, command } => {
             init_logging("warn");
             // The node's own settings file (and QUIVER_ variables) say how to reach it: [cluster.tls], join_secret.
-            let file = match &config {
-                Some(path) => Some((
-                    path.display().to_string(),
-                    std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?,
-                )),
-                None => None,
-            };
+            let file = read_config_file(config.as_deref())?;
             let config = Config::load(
                 file.as_ref().map(|(o, t)| (o.as_str(), t.as_str())),
                 std::env::vars(),

@@ -31,15 +31,7 @@ impl Secured {
     /// Starts with more settings from the environment (`QUIVER_…` variables).
     async fn start_with(settings: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let overrides = Overrides {
-            data_dir: Some(dir.path().to_path_buf()),
-            flight_addr: Some("127.0.0.1:0".into()),
-            pg_addr: Some("127.0.0.1:0".into()),
-            http_addr: Some("127.0.0.1:0".into()),
-            grpc_addr: Some("127.0.0.1:0".into()),
-            init_admin: Some("admin".into()),
-            ..Overrides::default()
-        };
+        let overrides = Overrides { init_admin: Some("admin".into()), ..Overrides::loopback(dir.path().to_path_buf()) };
         let mut env = vec![("QUIVER_AUTH__ADMIN_PASSWORD".to_string(), ADMIN_PASSWORD.to_string())];
         env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let server = Server::bind(Config::load(None, env, &overrides).expect("config")).await.expect("bind");

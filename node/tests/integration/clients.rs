@@ -17,14 +17,7 @@ async fn with_server_configured(
     run: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> std::process::Output + Send + 'static,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = Overrides {
-        data_dir: Some(dir.path().to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::loopback(dir.path().to_path_buf());
     let server = Server::bind(Config::load(None, env, &overrides).expect("config")).await.expect("bind");
     let (flight, pg) = (server.flight_addr(), server.pg_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -52,17 +52,12 @@ async fn start(
 ) -> quiver_node::Result<Node> {
     let dir = tempfile::tempdir().expect("tempdir");
     let overrides = Overrides {
-        data_dir: Some(dir.path().to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        // The certificates name 127.0.0.1: the address peers dial is checked against them.
-        grpc_addr: Some("127.0.0.1:0".into()),
         node_id: Some(node_id),
         join,
         cold_store: Some(format!("file://{}", cold.display())),
         cold_shared_dir: true,
-        ..Overrides::default()
+        // The certificates name 127.0.0.1: the address peers dial is checked against them.
+        ..Overrides::loopback(dir.path().to_path_buf())
     };
     let server = Server::bind(Config::load(None, settings(cert, secret), &overrides)?).await?;
     let grpc = server.grpc_addr().expect("internal endpoint").to_string();

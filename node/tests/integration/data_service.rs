@@ -49,14 +49,7 @@ async fn execute(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_and_appends_over_the_internal_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = Overrides {
-        data_dir: Some(dir.path().to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::loopback(dir.path().to_path_buf());
     let mut config = Config::load(None, Vec::new(), &overrides).expect("config");
     config.limits.flight_message_max = ByteSize(1 << 20);
     let server = Server::bind(config).await.expect("bind");

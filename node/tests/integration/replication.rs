@@ -29,16 +29,11 @@ struct Node {
 /// one, the default directory of its own.
 fn overrides(node_id: u64, dir: &std::path::Path, join: Vec<String>, cold: Option<&std::path::Path>) -> Overrides {
     Overrides {
-        data_dir: Some(dir.to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
         node_id: Some(node_id),
         join,
         cold_store: cold.map(|c| format!("file://{}", c.display())),
         cold_shared_dir: cold.is_some(),
-        ..Overrides::default()
+        ..Overrides::loopback(dir.to_path_buf())
     }
 }
 

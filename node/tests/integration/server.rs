@@ -21,14 +21,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 fn loopback_overrides(dir: &std::path::Path) -> Overrides {
-    Overrides {
-        data_dir: Some(dir.to_path_buf()),
-        flight_addr: Some("127.0.0.1:0".into()),
-        pg_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        grpc_addr: Some("127.0.0.1:0".into()),
-        ..Overrides::default()
-    }
+    Overrides::loopback(dir.to_path_buf())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,15 +39,7 @@ impl Tls {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::copy(fixture("server.pem"), dir.path().join("cert.pem")).expect("copy");
         std::fs::copy(fixture("server.key"), dir.path().join("key.pem")).expect("copy");
-        let overrides = Overrides {
-            data_dir: Some(dir.path().join("data")),
-            flight_addr: Some("127.0.0.1:0".into()),
-            pg_addr: Some("127.0.0.1:0".into()),
-            http_addr: Some("127.0.0.1:0".into()),
-            grpc_addr: Some("127.0.0.1:0".into()),
-            init_admin: Some("admin".into()),
-            ..Overrides::default()
-        };
+        let overrides = Overrides { init_admin: Some("admin".into()), ..Overrides::loopback(dir.path().join("data")) };
         let env = vec![
             ("QUIVER_AUTH__ADMIN_PASSWORD".to_string(), PASSWORD.to_string()),
             ("QUIVER_TLS__CERT_FILE".to_string(), dir.path().join("cert.pem").display().to_string()),
