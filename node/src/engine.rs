@@ -821,8 +821,8 @@ impl Engine {
     }
 
     /// Makes every change to users and privileges acknowledged anywhere in the cluster before this call visible here
-    /// (a login on this node right after a DROP USER or ALTER USER … PASSWORD elsewhere sees it), as
-    /// [`Engine::see_acknowledged_ddl`] does for statements.
+    /// (a login on this node right after a DROP USER or ALTER USER … PASSWORD elsewhere sees it), as every statement
+    /// does before it runs.
     ///
     /// # Errors
     ///

@@ -5,7 +5,7 @@
 //! [`LOCK_MAX`], and is refused at once while the lock holds. A successful login clears the name. Names are counted
 //! whether a user of that name exists or not, so the back-off tells nothing about which users exist.
 //!
-//! The table is bounded ([`NAMES_MAX`]): past it, names whose lock ran out are forgotten first, and a name new to a
+//! The table is bounded (10,000 names): past it, names whose lock ran out are forgotten first, and a name new to a
 //! full table of locked names is not counted (each attempt still pays the derivation).
 
 use std::collections::BTreeMap;
