@@ -31,6 +31,7 @@ pub use self::cluster_client::ClusterClient;
 pub use self::cluster_service::ClusterGrpcService;
 pub use self::meta_service::MetaGrpcService;
 pub use self::raft_service::RaftGrpcService;
+pub use self::status::error_chain;
 use crate::meta_node::MetaNode;
 
 /// The generated servers: tonic's take the service; madsim's simulated ones also name their (identity) interceptor.

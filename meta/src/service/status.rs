@@ -130,8 +130,9 @@ fn strip(message: &str, prefix: &str) -> String {
     message.strip_prefix(prefix).unwrap_or(message).to_string()
 }
 
-/// Formats an error with its whole source chain, for logs.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+/// Formats an error with its whole source chain on one line (a transport error says what failed only in its
+/// sources), for logs and messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -389,26 +389,12 @@ pub async fn shards(target: impl Into<Target>) -> Result<String> {
     Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
 }
 
-/// An error with its sources, on one line (a transport error says what failed only in its sources).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// A client of the data service of the target node.
 async fn data_client(
     target: &Target,
 ) -> Result<quiver_proto::v1::data_service_client::DataServiceClient<tonic::transport::Channel>> {
-    let channel = target
-        .transport
-        .open(&target.addr)
-        .await
-        .map_err(|e| Error::Internal(format!("cannot reach {}: {}", target.addr, chain(&e))))?;
+    let channel = target.transport.open(&target.addr).await.map_err(|e| {
+        Error::Internal(format!("cannot reach {}: {}", target.addr, quiver_meta::service::error_chain(&e)))
+    })?;
     Ok(quiver_proto::v1::data_service_client::DataServiceClient::new(channel))
 }

@@ -58,11 +58,12 @@ pub(super) fn caller_of<C: ClientInfo>(client: &C) -> Caller {
 }
 
 fn auth_failed(user: &str) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".to_owned(),
-        "28P01".to_owned(),
-        format!("password authentication failed for user \"{user}\""),
-    )))
+    refused_login("28P01", format!("password authentication failed for user \"{user}\""))
+}
+
+/// A login refused: FATAL, as PostgreSQL ends the connection with it.
+fn refused_login(sqlstate: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".to_owned(), sqlstate.to_owned(), message)))
 }
 
 /// The startup handler shared by all connections of a server.
@@ -159,7 +160,7 @@ impl Startup {
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
                 if let Some(wait) = self.engine.logins().locked(&user) {
                     self.audit_login(&user, peer, Outcome::Refused, "locked after repeated failed logins".into());
-                    return Err(protocol_error("28P01", crate::auth::too_many_failures(&user, wait).to_string()));
+                    return Err(refused_login("28P01", crate::auth::too_many_failures(&user, wait).to_string()));
                 }
                 if let Err(e) = self.engine.see_acknowledged_principals().await {
                     return Err(protocol_error(e.sqlstate(), e.report()));
@@ -189,7 +190,7 @@ impl Startup {
                                 self.sessions.limit()
                             );
                             self.audit_login(&exchange.user, peer, Outcome::Refused, detail.clone());
-                            return Err(protocol_error("53300", detail));
+                            return Err(refused_login("53300", detail));
                         };
                         // Held until the connection closes (pgwire drops its extensions then).
                         client.session_extensions().insert(slot);
