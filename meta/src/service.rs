@@ -28,7 +28,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub use self::client::MetaClient;
 pub use self::cluster_client::ClusterClient;
-pub use self::cluster_service::ClusterGrpcService;
+pub use self::cluster_service::{ClusterGrpcService, JoinRefusal, OnJoinRefused};
 pub use self::meta_service::MetaGrpcService;
 pub use self::raft_service::RaftGrpcService;
 pub use self::status::error_chain;
@@ -60,6 +60,14 @@ pub fn meta_server(node: &MetaNode) -> server_type!(MetaServiceServer<MetaGrpcSe
 /// Returns the `ClusterService` server of `node`, to mount on the node's gRPC server.
 pub fn cluster_server(node: &MetaNode) -> server_type!(ClusterServiceServer<ClusterGrpcService>) {
     ClusterServiceServer::new(ClusterGrpcService::new(node.clone()))
+}
+
+/// [`cluster_server`], calling `hook` with every join it refuses.
+pub fn cluster_server_auditing(
+    node: &MetaNode,
+    hook: OnJoinRefused,
+) -> server_type!(ClusterServiceServer<ClusterGrpcService>) {
+    ClusterServiceServer::new(ClusterGrpcService::new(node.clone()).on_join_refused(hook))
 }
 
 /// Serves the metadata and cluster services of `node` on `listener` until `shutdown` completes.

@@ -41,6 +41,8 @@ pub enum AuditEvent {
     Denied,
     /// A connection to the internal endpoint without a certificate of the cluster CA.
     PeerRefused,
+    /// A node that asked to join the cluster without its join secret.
+    JoinRefused,
     /// A server started without authentication or TLS on an address other hosts reach (`--insecure`).
     Insecure,
 }
@@ -55,6 +57,7 @@ impl AuditEvent {
             AuditEvent::Dcl => "dcl",
             AuditEvent::Denied => "denied",
             AuditEvent::PeerRefused => "peer_refused",
+            AuditEvent::JoinRefused => "join_refused",
             AuditEvent::Insecure => "insecure",
         }
     }

@@ -491,7 +491,8 @@ pub struct LimitsConfig {
     pub flight_message_max: ByteSize,
     /// The largest SQL text accepted.
     pub sql_text_max: ByteSize,
-    /// PostgreSQL-wire connections one user may have open on a node at once, with authentication on (0: no limit).
+    /// PostgreSQL-wire connections one user may have open on a node at once, with authentication on (0: no limit);
+    /// also the Flight SQL calls running statements one user may have in flight on a node at once.
     pub connections_per_user: u32,
 }
 

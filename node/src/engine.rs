@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -1110,7 +1110,10 @@ impl Engine {
         self.see_acknowledged_ddl().await?;
         let version = self.meta.read_local(|s| s.version());
         let plan = self.ctx.state().statement_to_plan(statement).await?;
-        self.refused(caller, self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan)))?;
+        self.refused(
+            caller,
+            self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), s.catalog(), &plan)),
+        )?;
         let types = plan.get_parameter_types()?;
         let mut parameter_types = Vec::new();
         for (name, ty) in types {
@@ -1191,7 +1194,7 @@ impl Engine {
         };
         self.refused(
             caller,
-            self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &statement.plan)),
+            self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), s.catalog(), &statement.plan)),
         )?;
         let plan = if values.is_empty() {
             statement.plan.clone()
@@ -1202,7 +1205,7 @@ impl Engine {
                 .with_param_values(ParamValues::from(values))
                 .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
         };
-        let plan = self.hide_unseen(caller, plan)?;
+        let plan = self.hide_unseen(caller, plan).await?;
         Box::pin(self.execute_plan_with(plan, BTreeMap::new(), &statement.sql)).await
     }
 
@@ -1257,8 +1260,11 @@ impl Engine {
                 self.see_acknowledged_ddl().await?;
                 let text = s.to_string();
                 let plan = self.ctx.state().statement_to_plan(s).await?;
-                self.refused(caller, self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), &plan)))?;
-                let plan = self.hide_unseen(caller, plan)?;
+                self.refused(
+                    caller,
+                    self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), s.catalog(), &plan)),
+                )?;
+                let plan = self.hide_unseen(caller, plan).await?;
                 let ddl = matches!(plan, LogicalPlan::Ddl(_)).then(|| text.clone());
                 let result = self.execute_plan_with(plan, table_options, &text).await;
                 if let Some(text) = ddl {
@@ -1325,11 +1331,41 @@ impl Engine {
     }
 
     /// Hides from `plan`'s reads of `information_schema` and `pg_catalog` the tables `caller` holds no privilege on.
-    fn hide_unseen(&self, caller: &Caller, plan: LogicalPlan) -> Result<LogicalPlan> {
-        self.meta.read_local(|s| {
-            let tables = s.catalog().tables().map(|t| t.name.as_str());
-            auth::privileges::hide_unseen(caller, s.principals(), tables, plan)
-        })
+    /// A plan that lists nothing of the catalog (almost every statement) is passed on after a walk over the plan
+    /// alone; one that reads `pg_attribute` first looks up the hidden tables' oids in `pg_class`.
+    async fn hide_unseen(&self, caller: &Caller, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let listings = auth::privileges::listings(&plan)?;
+        if !listings.any() || matches!(caller, Caller::Trusted) {
+            return Ok(plan);
+        }
+        let names = self.meta.read_local(|s| {
+            auth::privileges::unseen(caller, s.principals(), s.catalog().tables().map(|t| t.name.as_str()))
+        });
+        let oids = if listings.by_oid && !names.is_empty() { self.oids_of(&names).await? } else { Vec::new() };
+        auth::privileges::hide(plan, &names, &oids)
+    }
+
+    /// The oids `pg_catalog.pg_class` gives the tables named in `names`.
+    async fn oids_of(&self, names: &[String]) -> Result<Vec<i32>> {
+        let batches = self.ctx.sql("SELECT oid, relname FROM pg_catalog.pg_class").await?.collect().await?;
+        let mut oids = Vec::new();
+        for batch in &batches {
+            let (Some(oid), Some(name)) = (batch.column_by_name("oid"), batch.column_by_name("relname")) else {
+                continue;
+            };
+            let name = arrow::compute::cast(name, &DataType::Utf8)?;
+            let (Some(oid), Some(name)) = (oid.as_primitive_opt::<Int32Type>(), name.as_string_opt::<i32>()) else {
+                continue;
+            };
+            for (oid, name) in oid.iter().zip(name.iter()) {
+                if let (Some(oid), Some(name)) = (oid, name)
+                    && names.iter().any(|n| n == name)
+                {
+                    oids.push(oid);
+                }
+            }
+        }
+        Ok(oids)
     }
 
     /// Passes `result` on, recording a refusal for want of a privilege in the audit log.

@@ -103,6 +103,12 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A user holds as many connections or calls on this node as `limits.connections_per_user` allows.
+    #[error("{detail}")]
+    TooManyForUser {
+        /// Which user, and the limit.
+        detail: String,
+    },
     /// A parameter of a prepared statement is missing or has the wrong type.
     #[error("parameter error: {detail}")]
     Parameter {
@@ -222,7 +228,7 @@ impl Error {
             Error::TableNotFound { .. } => ErrorKind::NotFound,
             Error::TableAlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
-            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::TooLarge { .. } | Error::TooManyForUser { .. } => ErrorKind::ResourceExhausted,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
             Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
@@ -269,6 +275,8 @@ impl Error {
             Error::SchemaMismatch { .. } => "42804",
             Error::NotNullViolation { .. } => "23502",
             Error::TooLarge { .. } => "54000",
+            // too_many_connections.
+            Error::TooManyForUser { .. } => "53300",
             Error::Parameter { .. } => "08P01",
             Error::Unsupported { .. } => "0A000",
             Error::Config { .. } => "F0000",

@@ -604,7 +604,10 @@ async fn run_frontends(
     let connections_per_user = config.limits.connections_per_user as usize;
     let pg_options = pg::PgOptions { authenticate, tls: pg_tls, connections_per_user };
     let mut pg = tokio::spawn(pg::serve_with(Arc::clone(engine), frontends.pg, pg_options, signal(rx.clone())));
-    let flight_auth = authenticate.then(|| flight_sql::FlightAuth { token_ttl: config.auth.token_ttl.duration() });
+    let flight_auth = authenticate.then(|| flight_sql::FlightAuth {
+        token_ttl: config.auth.token_ttl.duration(),
+        calls_per_user: connections_per_user,
+    });
     let mut flight = tokio::spawn(flight_sql::serve_secured(
         Arc::clone(engine),
         limits,

@@ -3,6 +3,8 @@
 //! leader answers with the leader's address (the `NotLeader` status), and [`ClusterClient`](super::ClusterClient)
 //! retries there.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_proto::v1::cluster_service_server::ClusterService;
@@ -20,18 +22,47 @@ use crate::meta_node::{ClusterStatus, JoinRequest, MetaNode};
 use crate::service::status::status_from_error;
 use crate::state::{NodeRole, NodeState};
 
+/// A join this replica refused before anything changed: what the node asked, for an audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRefusal {
+    /// The id the node asked to join under.
+    pub node_id: u64,
+    /// The internal address it gave.
+    pub grpc_addr: String,
+    /// Where the request came from, when the transport knows.
+    pub peer: Option<SocketAddr>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Called with every join refused (the node records it in its audit log).
+pub type OnJoinRefused = Arc<dyn Fn(JoinRefusal) + Send + Sync>;
+
 /// Serves the cluster service of the local replica.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterGrpcService {
     node: MetaNode,
     client: ClusterClient,
+    on_refused: Option<OnJoinRefused>,
+}
+
+impl std::fmt::Debug for ClusterGrpcService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterGrpcService").field("node", &self.node).finish_non_exhaustive()
+    }
 }
 
 impl ClusterGrpcService {
     /// Returns the service of `node`.
     pub fn new(node: MetaNode) -> Self {
         let client = ClusterClient::with_transport(node.config().transport(), node.config().request_timeout());
-        Self { node, client }
+        Self { node, client, on_refused: None }
+    }
+
+    /// Calls `hook` with every join this service refuses.
+    #[must_use]
+    pub fn on_join_refused(self, hook: OnJoinRefused) -> Self {
+        Self { on_refused: Some(hook), ..self }
     }
 }
 
@@ -98,7 +129,11 @@ impl ClusterService for ClusterGrpcService {
                 target: "quiver::audit", event = "join_refused", node_id = m.node_id, grpc_addr = %m.grpc_addr,
                 peer = ?peer, "a node asked to join without the cluster's join secret"
             );
-            let refused = ClusterError::JoinRefused { detail: "the join secret does not match this cluster's".into() };
+            let reason = "the join secret does not match this cluster's";
+            if let Some(hook) = &self.on_refused {
+                hook(JoinRefusal { node_id: m.node_id, grpc_addr: m.grpc_addr, peer, reason: reason.into() });
+            }
+            let refused = ClusterError::JoinRefused { detail: reason.into() };
             return Err(status_from_error(&refused));
         }
         let request = JoinRequest {

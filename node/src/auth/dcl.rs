@@ -96,7 +96,7 @@ impl Dcl {
 /// [`Error::SqlSyntax`] when it starts like one but does not follow its grammar.
 pub(crate) fn parse(sql: &str) -> Result<Option<Dcl>> {
     // Every statement passes here: look at the first word before tokenizing the whole text.
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or_default();
+    let first = after_comments(sql).split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or_default();
     if !["create", "alter", "drop", "grant", "revoke"].iter().any(|w| first.eq_ignore_ascii_case(w)) {
         return Ok(None);
     }
@@ -190,6 +190,42 @@ enum RoleOption {
     Login(bool),
     Superuser(bool),
     Password(Option<String>),
+}
+
+/// `sql` after its leading white space and comments (`-- …` to the end of a line, `/* … */`, which nest in
+/// PostgreSQL); an unclosed comment leaves nothing.
+fn after_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.find('\n').map_or("", |end| &line[end + 1..]).trim_start();
+        } else if rest.starts_with("/*") {
+            let mut depth = 0usize;
+            let mut end = None;
+            let bytes = rest.as_bytes();
+            let mut i = 0;
+            while i + 1 < bytes.len() {
+                match (bytes[i], bytes[i + 1]) {
+                    (b'/', b'*') => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    (b'*', b'/') => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            end = Some(i);
+                            break;
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            rest = end.map_or("", |end| &rest[end..]).trim_start();
+        } else {
+            return rest;
+        }
+    }
 }
 
 struct Parser {
@@ -405,6 +441,13 @@ mod tests {
             dcl("GRANT readers TO bob"),
             Dcl::GrantRoles { roles: vec!["readers".into()], members: vec!["bob".into()], grant: true }
         );
+        // Leading comments, as scripts and tools write them, do not hide a statement's kind.
+        assert_eq!(
+            dcl("-- give bob the readers\n  /* nested /* comment */ here */ GRANT readers TO bob"),
+            Dcl::GrantRoles { roles: vec!["readers".into()], members: vec!["bob".into()], grant: true }
+        );
+        assert_eq!(parse("/* unclosed GRANT readers TO bob").expect("ok"), None);
+        assert_eq!(parse("-- GRANT readers TO bob").expect("ok"), None);
         assert_eq!(parse("SELECT 1").expect("ok"), None);
         assert_eq!(parse("CREATE TABLE users (id INT)").expect("ok"), None);
     }

@@ -1,6 +1,7 @@
 //! Open sessions per user on this node, bounded by `limits.connections_per_user`: a PostgreSQL-wire connection
-//! holds a [`SessionSlot`] from its login until it closes, so one user (or one leaked password) cannot take every
-//! connection a node can serve.
+//! holds a [`SessionSlot`] from its login until it closes, and a Flight SQL call that runs a statement holds one (in
+//! a count of its own) until its response ends, so one user (or one leaked password) cannot take every connection
+//! or worker a node can serve.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -31,7 +31,7 @@
 //! - `system.grants`: one row per privilege granted — grantee, object (`TABLE t` or `ALL TABLES`), privilege.
 //!
 //! - `system.audit`: the last 1,000 entries of this node's audit log — id, time, event (`login`, `token`, `ddl`,
-//!   `dcl`, `denied`, `peer_refused`, `insecure`), outcome (`ok`, `failed`, `refused`), user, peer address,
+//!   `dcl`, `denied`, `peer_refused`, `join_refused`, `insecure`), outcome (`ok`, `failed`, `refused`), user, peer address,
 //!   protocol, and detail (the statement, or why it failed). The audit file keeps them all (docs/security.md).
 //!
 //! With authentication on, only a superuser reads the `system` schema (it shows other users' queries and the

@@ -95,6 +95,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::prepared::PreparedStatements;
 use self::request::{DoGetStream, RequestTimer, decode_batches, encode_batches, engine_batches, read_parameter_rows};
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
+use crate::auth::sessions::{SessionSlot, Sessions};
 use crate::auth::{Caller, token};
 use crate::engine::{CATALOG_NAME, Engine, IngestMode, PreparedStatement, QueryOutput, SCHEMA_NAME};
 use crate::error::Error;
@@ -128,11 +130,15 @@ impl Default for FlightSqlLimits {
 pub struct FlightAuth {
     /// How long a bearer token issued at the handshake is valid.
     pub token_ttl: std::time::Duration,
+    /// The most calls that run statements (GetFlightInfo, DoGet to the end of its stream, DoPut) one user may have
+    /// in flight on this node at once (0: no limit); `limits.connections_per_user`, since Flight SQL's HTTP/2
+    /// connections belong to no user.
+    pub calls_per_user: usize,
 }
 
 impl Default for FlightAuth {
     fn default() -> Self {
-        Self { token_ttl: std::time::Duration::from_secs(12 * 3600) }
+        Self { token_ttl: std::time::Duration::from_secs(12 * 3600), calls_per_user: 100 }
     }
 }
 
@@ -141,6 +147,8 @@ pub struct QuiverFlightSqlService {
     engine: Arc<Engine>,
     limits: FlightSqlLimits,
     auth: Option<FlightAuth>,
+    /// The statement-running calls in flight per user.
+    calls: Arc<Sessions>,
     prepared: PreparedStatements,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
@@ -263,6 +271,7 @@ impl QuiverFlightSqlService {
             engine,
             limits,
             auth: None,
+            calls: Sessions::new(0),
             prepared: PreparedStatements::new(limits.max_prepared_statements),
             sql_info: catalog::sql_info(),
             xdbc_types: catalog::xdbc_type_info(),
@@ -271,8 +280,33 @@ impl QuiverFlightSqlService {
 
     /// Authenticates clients as `auth` says (`None`: every call has every privilege).
     pub fn with_auth(mut self, auth: Option<FlightAuth>) -> Self {
+        self.calls = Sessions::new(auth.map_or(0, |a| a.calls_per_user));
         self.auth = auth;
         self
+    }
+
+    /// Counts a statement-running call of `caller` until the slot returned is dropped.
+    ///
+    /// # Errors
+    ///
+    /// `RESOURCE_EXHAUSTED` (SQLSTATE 53300) when the user has `calls_per_user` such calls in flight; it is audited.
+    fn call_slot<T>(&self, caller: &Caller, request: &Request<T>) -> Result<Option<SessionSlot>, Status> {
+        let Caller::User(user) = caller else { return Ok(None) };
+        if let Some(slot) = self.calls.open(user) {
+            return Ok(Some(slot));
+        }
+        let detail = format!(
+            "too many Flight SQL calls in flight for user \"{user}\" (limits.connections_per_user = {})",
+            self.calls.limit()
+        );
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.engine.audit().record(
+            AuditEntry::new(AuditEvent::Login, Outcome::Refused, detail.clone())
+                .user(user.as_str())
+                .peer(peer)
+                .protocol("flight"),
+        );
+        Err(status_from(&Error::TooManyForUser { detail }))
     }
 
     /// Returns for whom a call runs: anyone with every privilege without authentication, else the user its bearer
@@ -583,6 +617,17 @@ impl QuiverFlightSqlService {
     }
 }
 
+/// Keeps `slot` (a user's call in flight) until the response's stream ends or the client drops it.
+fn holding(response: Response<DoGetStream>, slot: Option<SessionSlot>) -> Response<DoGetStream> {
+    let Some(slot) = slot else { return response };
+    response.map(|stream| -> DoGetStream {
+        Box::pin(stream.map(move |item| {
+            let _held = &slot;
+            item
+        }))
+    })
+}
+
 /// Builds the FlightInfo of a result with `schema`, fetched with one DoGet of `ticket`.
 /// The statement handle of a ticket whose statement already ran at GetFlightInfo; its DoGet returns no rows. SQL text
 /// never starts with a NUL byte, so it cannot collide with a real statement.
@@ -788,6 +833,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request)?;
+        let _slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         timer.finish(self.statement_info(&caller, query, request.into_inner()).await.map(Response::new))
     }
@@ -936,9 +982,10 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let caller = self.caller(&request)?;
+        let slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         let output = self.run_statement_ticket(&caller, &ticket).await;
-        self.respond_statement(timer, output)
+        self.respond_statement(timer, output).map(|r| holding(r, slot))
     }
 
     async fn do_get_prepared_statement(
@@ -947,9 +994,10 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let caller = self.caller(&request)?;
+        let slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         let output = self.run_prepared_query(&caller, &query).await;
-        self.respond_statement(timer, output)
+        self.respond_statement(timer, output).map(|r| holding(r, slot))
     }
 
     async fn do_get_catalogs(
@@ -1086,6 +1134,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let caller = self.caller(&request)?;
+        let _slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         timer.finish(self.run_update(&caller, ticket).await)
     }
@@ -1096,6 +1145,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let caller = self.caller(&request)?;
+        let _slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         timer.finish(self.ingest(&caller, ticket, request.into_inner()).await)
     }
@@ -1116,6 +1166,7 @@ impl FlightSqlService for QuiverFlightSqlService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let caller = self.caller(&request)?;
+        let _slot = self.call_slot(&caller, &request)?;
         let timer = self.timer();
         timer.finish(self.run_prepared_update(&caller, query, request.into_inner()).await)
     }

@@ -33,6 +33,7 @@ use tonic::{Request, Response, Status};
 mod shard;
 
 pub use self::shard::ShardGrpcService;
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::engine::{Engine, QueryOutput};
 use crate::error::Error;
 use crate::server::status::{malformed, status_from};
@@ -145,6 +146,19 @@ impl DataService for DataGrpcService {
     }
 }
 
+/// Records each join refused for want of the join secret in the node's audit log.
+fn join_refusals(engine: &Arc<Engine>) -> quiver_meta::service::OnJoinRefused {
+    let engine = Arc::clone(engine);
+    Arc::new(move |refusal: quiver_meta::service::JoinRefusal| {
+        let detail = format!("node {} at {}: {}", refusal.node_id, refusal.grpc_addr, refusal.reason);
+        let mut entry = AuditEntry::new(AuditEvent::JoinRefused, Outcome::Refused, detail).protocol("internal");
+        if let Some(peer) = refusal.peer {
+            entry = entry.peer(peer);
+        }
+        engine.audit().record(entry);
+    })
+}
+
 fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> tonic::transport::server::Router {
     // The worker of multi-stage plans: tasks other nodes send this one.
     #[cfg(not(madsim))]
@@ -154,6 +168,7 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
     let shard = ShardServiceServer::new(ShardGrpcService::new(Arc::clone(&engine), max_message_bytes))
         .max_decoding_message_size(max_message_bytes.saturating_add(1 << 20))
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
+    let refusals = join_refusals(&engine);
     let data = DataServiceServer::new(DataGrpcService::new(engine, max_message_bytes))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes.saturating_add(1 << 20));
@@ -164,7 +179,7 @@ fn router(meta: &MetaNode, engine: Arc<Engine>, max_message_bytes: usize) -> ton
         .http2_max_pending_accept_reset_streams(Some(INTERNAL_MAX_PENDING_RESETS))
         .add_service(quiver_meta::service::raft_server(meta))
         .add_service(quiver_meta::service::meta_server(meta))
-        .add_service(quiver_meta::service::cluster_server(meta))
+        .add_service(quiver_meta::service::cluster_server_auditing(meta, refusals))
         .add_service(data)
         .add_service(shard);
     #[cfg(not(madsim))]

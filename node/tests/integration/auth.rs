@@ -148,6 +148,22 @@ async fn postgres_clients_log_in_with_scram_and_need_privileges() {
             .collect();
         assert_eq!(rows, ["t"], "{sql}");
     }
+    // pg_attribute lists columns by the table's oid: a hidden table's columns are hidden too (t has id and v,
+    // secret has x).
+    let columns = "SELECT DISTINCT attname FROM pg_catalog.pg_attribute WHERE attname IN ('v', 'x') ORDER BY 1";
+    assert_eq!(names(&deleter, columns).await, ["v"]);
+    assert_eq!(names(&admin, columns).await, ["v", "x"]);
+    // An UPDATE needs SELECT as well when a SET reads the rows it rewrites.
+    admin.batch_execute("CREATE TABLE u (id BIGINT PRIMARY KEY, v TEXT)").await.expect("create");
+    admin.batch_execute("INSERT INTO u VALUES (1, 'a')").await.expect("insert");
+    admin.batch_execute("GRANT UPDATE ON u TO deleter").await.expect("grant update");
+    let sets = deleter.batch_execute("UPDATE u SET v = v || '!'").await.expect_err("SET reads rows");
+    assert!(message(&sets).contains("lacks SELECT on table \"u\""), "{sets:?}");
+    let copies = deleter.batch_execute("UPDATE u SET v = CAST(id AS TEXT)").await.expect_err("SET reads id");
+    assert_eq!(code(&copies), "42501", "{copies}");
+    deleter.batch_execute("UPDATE u SET v = 'same'").await.expect("a constant SET reads nothing");
+    assert_eq!(names(&admin, "SELECT v FROM u").await, ["same"]);
+    admin.batch_execute("DROP TABLE u").await.expect("drop");
     let reads = deleter.batch_execute("DELETE FROM t WHERE v = 'zzz'").await.expect_err("WHERE reads rows");
     assert!(message(&reads).contains("lacks SELECT on table \"t\""), "{reads:?}");
     admin.batch_execute("GRANT SELECT ON t TO deleter").await.expect("grant select");
@@ -368,6 +384,37 @@ async fn logins_changes_and_refusals_go_to_the_audit_log_its_file_and_system_aud
     let mut forger = server.flight().await;
     forger.set_token("not-a-token".into());
     status(query(&mut forger, "SELECT 1").await.expect_err("forged"));
+    // Over Flight SQL, whose connections belong to no user, the limit bounds a user's calls in flight: a DoGet holds
+    // its place until its stream ends or the client drops it.
+    let mut dave_flight = server.flight().await;
+    dave_flight.handshake("dave", "dave-secret-password").await.expect("dave's handshake");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let info = dave_flight.execute("SELECT * FROM generate_series(1, 50000000)".into(), None).await.expect("info");
+        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+        open.push(dave_flight.do_get(ticket).await.expect("a stream left unread"));
+    }
+    let e = status(dave_flight.execute("SELECT 1".into(), None).await.expect_err("a third call is refused"));
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("too many Flight SQL calls in flight for user \"dave\""), "{e}");
+    drop(open.pop());
+    let mut freed = false;
+    for _ in 0..100 {
+        match query(&mut dave_flight, "SELECT 1").await {
+            Ok(_) => {
+                freed = true;
+                break;
+            }
+            Err(e) => {
+                // The dropped stream's reset reaches the server shortly after.
+                let e = status(e);
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(freed, "the dropped stream's place came free");
+    drop(open);
 
     let rows = audit_rows(&admin).await;
     let find = |event: &str, outcome: &str, user: &str, protocol: &str, detail: &str| {
@@ -387,6 +434,7 @@ async fn logins_changes_and_refusals_go_to_the_audit_log_its_file_and_system_aud
     assert!(find("login", "ok", "admin", "flight", "").is_some(), "{rows:#?}");
     assert!(find("token", "refused", "", "flight", "").is_some(), "{rows:#?}");
     assert!(find("login", "refused", "dave", "postgres", "too many connections").is_some(), "{rows:#?}");
+    assert!(find("login", "refused", "dave", "flight", "too many Flight SQL calls").is_some(), "{rows:#?}");
     assert!(rows.iter().flatten().all(|v| !v.contains("dave-secret-password")), "no password is audited");
 
     // The file in the data directory holds the same entries, one JSON object per line (written off the request

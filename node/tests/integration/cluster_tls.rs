@@ -134,6 +134,16 @@ async fn nodes_speak_mutual_tls_and_refuse_strangers_and_wrong_join_secrets() {
     let wrong = start(4, vec![one.grpc.clone()], cold.path(), "server2", "not the secret of this cluster").await;
     let Err(e) = wrong else { panic!("a node with the wrong join secret joined") };
     assert!(e.report().contains("join secret"), "{}", e.report());
+    // The refusal is in the audit log of the node that refused it, with the asker's id and address.
+    let refusals: Vec<_> = one
+        .engine
+        .audit()
+        .recent()
+        .into_iter()
+        .filter(|entry| entry.event == quiver_node::audit::AuditEvent::JoinRefused)
+        .collect();
+    assert!(!refusals.is_empty(), "no join_refused entry");
+    assert!(refusals.iter().all(|r| r.detail.starts_with("node 4 at ") && r.peer.is_some()), "{refusals:?}");
     let status = client_as("server").status(&one.grpc).await.expect("status");
     let mut members: Vec<u64> = status.members.iter().map(|m| m.node_id).collect();
     members.sort_unstable();

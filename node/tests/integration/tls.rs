@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::AsArray;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use quiver_node::config::{Config, Overrides};
@@ -77,6 +78,11 @@ impl Tls {
 
     /// The certificate the HTTP endpoint presents to a new connection, and its answer to `GET path`.
     async fn https(&self, path: &str) -> (Vec<u8>, String) {
+        self.https_with(path, "").await
+    }
+
+    /// [`Self::https`] with `headers` (each line ending in CRLF) added to the request.
+    async fn https_with(&self, path: &str, headers: &str) -> (Vec<u8>, String) {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).expect("ca")).expect("root");
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -89,7 +95,7 @@ impl Tls {
         let name = ServerName::try_from("localhost").expect("name");
         let mut stream = connector.connect(name, tcp).await.expect("TLS handshake with the HTTP endpoint");
         let presented = stream.get_ref().1.peer_certificates().expect("certificates")[0].as_ref().to_vec();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response).await;
@@ -112,6 +118,15 @@ async fn every_endpoint_speaks_tls_and_a_renewed_certificate_is_served_without_a
     assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
     let (_, metrics) = server.https("/metrics").await;
     assert!(metrics.starts_with("HTTP/1.1 401"), "{metrics}");
+    let basic = |password: &str| {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
+        format!("Authorization: Basic {credentials}\r\n")
+    };
+    let (_, wrong) = server.https_with("/metrics", &basic("not the password")).await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let (_, metrics) = server.https_with("/metrics", &basic(PASSWORD)).await;
+    assert!(metrics.starts_with("HTTP/1.1 200") && metrics.contains("quiver_"), "{metrics}");
 
     // Flight SQL over TLS, verified against the test CA.
     let tls = ClientTlsConfig::new()
@@ -130,6 +145,22 @@ async fn every_endpoint_speaks_tls_and_a_renewed_certificate_is_served_without_a
     let ticket = info.endpoint[0].ticket.clone().expect("ticket");
     let batches: Vec<_> = client.do_get(ticket).await.expect("do_get").try_collect().await.expect("rows");
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    // The HTTP logins above are in the audit log, with the client's address.
+    let info = client
+        .execute(
+            "SELECT outcome, peer FROM system.audit WHERE event = 'login' AND protocol = 'http' ORDER BY id".into(),
+            None,
+        )
+        .await
+        .expect("audit query");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let audit: Vec<_> = client.do_get(ticket).await.expect("do_get").try_collect().await.expect("rows");
+    let audit = arrow::compute::concat_batches(&audit[0].schema(), &audit).expect("concat");
+    let outcomes = arrow::compute::cast(audit.column(0), &arrow::datatypes::DataType::Utf8).expect("cast");
+    let outcomes: Vec<_> = outcomes.as_string::<i32>().iter().map(|o| o.unwrap_or_default().to_string()).collect();
+    assert_eq!(outcomes, ["failed", "ok"], "{audit:?}");
+    let peers = arrow::compute::cast(audit.column(1), &arrow::datatypes::DataType::Utf8).expect("cast");
+    assert!(peers.as_string::<i32>().iter().all(|p| p.is_some_and(|p| p.starts_with("127.0.0.1:"))), "{audit:?}");
     // A client that does not speak TLS gets nowhere.
     let plain = Channel::from_shared(format!("http://{}", server.flight)).expect("uri").connect().await;
     if let Ok(plain) = plain {
