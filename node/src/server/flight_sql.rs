@@ -53,6 +53,7 @@
 mod catalog;
 mod prepared;
 mod request;
+mod tickets;
 
 use std::fmt;
 use std::future::Future;
@@ -95,6 +96,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::prepared::PreparedStatements;
 use self::request::{DoGetStream, RequestTimer, decode_batches, encode_batches, engine_batches, read_parameter_rows};
+use self::tickets::PlannedTickets;
 use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::auth::sessions::{SessionSlot, Sessions};
 use crate::auth::{Caller, token};
@@ -150,6 +152,8 @@ pub struct QuiverFlightSqlService {
     /// The statement-running calls in flight per user.
     calls: Arc<Sessions>,
     prepared: PreparedStatements,
+    /// The plans of the statement tickets issued, waiting for their DoGet.
+    tickets: PlannedTickets,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
 }
@@ -273,6 +277,7 @@ impl QuiverFlightSqlService {
             auth: None,
             calls: Sessions::new(0),
             prepared: PreparedStatements::new(limits.max_prepared_statements),
+            tickets: PlannedTickets::default(),
             sql_info: catalog::sql_info(),
             xdbc_types: catalog::xdbc_type_info(),
         }
@@ -455,8 +460,9 @@ impl QuiverFlightSqlService {
             self.engine.execute_prepared_as(caller, &statement, Vec::new()).await.map_err(|e| status_from(&e))?;
             return executed_info(descriptor);
         }
-        let ticket = TicketStatementQuery { statement_handle: Bytes::from(query.query) };
-        flight_info(&statement.result_schema(), ticket.as_any().encode_to_vec(), descriptor)
+        let schema = statement.result_schema();
+        let ticket = TicketStatementQuery { statement_handle: self.tickets.issue(user_of(caller), statement) };
+        flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
 
     async fn run_statement_ticket(
@@ -467,7 +473,12 @@ impl QuiverFlightSqlService {
         if ticket.statement_handle.as_ref() == EXECUTED_TICKET {
             return Ok(QueryOutput::Done { command: crate::engine::Command::Other });
         }
-        let sql = std::str::from_utf8(&ticket.statement_handle)
+        let parsed = tickets::parse(&ticket.statement_handle);
+        // The plan GetFlightInfo made, when this node holds it for this caller (its privileges are checked again).
+        if let Some(statement) = parsed.handle.and_then(|handle| self.tickets.take(handle, user_of(caller))) {
+            return self.engine.execute_prepared_as(caller, &statement, Vec::new()).await.map_err(|e| status_from(&e));
+        }
+        let sql = std::str::from_utf8(parsed.sql)
             .map_err(|_| malformed("the statement ticket is not UTF-8 SQL text; tickets come from GetFlightInfo"))?;
         self.engine.execute_one_as(caller, sql).await.map_err(|e| status_from(&e))
     }
@@ -614,6 +625,14 @@ impl QuiverFlightSqlService {
                 Err(decode_error.unwrap_or_else(|| status_from(&e)))
             }
         }
+    }
+}
+
+/// The user a call runs as; `None` for a trusted caller.
+fn user_of(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::User(user) => Some(user),
+        Caller::Trusted => None,
     }
 }
 

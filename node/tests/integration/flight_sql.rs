@@ -158,6 +158,20 @@ async fn statements_update_query_and_map_errors() {
     let empty = f.query("SELECT id FROM t WHERE v > 1000").await;
     assert!(i64_column(&empty, 0).is_empty());
 
+    tracing::info!(
+        "phase: a ticket carries the plan GetFlightInfo made; fetched again, or after the table changed, it \
+        answers from its SQL text"
+    );
+    let info = f.client.execute("SELECT sum(v) FROM t".into(), None).await.expect("info");
+    assert_eq!(single_i64(&fetch(&mut f.client, info.clone()).await.expect("first fetch")), 60);
+    f.update("INSERT INTO t VALUES (4, 40, 'd')").await;
+    assert_eq!(single_i64(&fetch(&mut f.client, info.clone()).await.expect("second fetch")), 100);
+    let info = f.client.execute("SELECT sum(v) FROM t".into(), None).await.expect("info");
+    f.update("DROP TABLE t").await;
+    f.update("CREATE TABLE t (id BIGINT NOT NULL, v BIGINT, name TEXT)").await;
+    f.update("INSERT INTO t VALUES (1, 10, 'a'), (2, 20, 'b'), (3, 30, 'c')").await;
+    assert_eq!(single_i64(&fetch(&mut f.client, info).await.expect("planned before the table changed")), 60);
+
     tracing::info!("phase: errors carry a precise code, the object's name and the SQLSTATE");
     let missing = f.query_error("SELECT * FROM no_such_table").await;
     assert!(matches!(missing.code(), Code::NotFound | Code::InvalidArgument), "{missing:?}");
