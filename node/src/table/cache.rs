@@ -7,14 +7,19 @@
 //! scan that projects it, at no risk of serving stale data: a chunk object (its shard, number and incarnation) and a file's name are
 //! never reused; a retired chunk's entries are dropped with its data, and a dropped file's entries age out.
 //!
-//! Entries are keyed by where the column comes from ([`Source`]) and the column's index in the table. Eviction is least-recently-used by a logical tick, kept in a
-//! `BTreeMap` ordered by last use; every operation takes one short mutex. The cache holds at most `capacity_bytes` of
-//! Arrow buffers (as `get_array_memory_size` counts them); a column larger than the whole capacity is not kept.
+//! Entries are keyed by where the column comes from ([`Source`]) and the column's index in the table. The cache is
+//! moka's concurrent cache, weighted by the bytes of Arrow buffers (as `get_array_memory_size` counts them) and
+//! evicting the least recently used first: a hit takes no lock that every scan shares (reads are recorded in
+//! lock-free buffers and applied in batches), so concurrent scans on many cores do not queue on the cache. The
+//! bytes held may pass `capacity_bytes` for a moment, until the cache applies its pending writes; a column larger
+//! than the whole capacity is not kept.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef};
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 
 use crate::metrics::Metrics;
 
@@ -32,112 +37,118 @@ pub(crate) enum Source {
 /// A cache key: the source and the column's index in the table.
 type Key = (Source, usize);
 
-#[derive(Debug)]
-struct Entry {
-    array: ArrayRef,
-    bytes: usize,
-    tick: u64,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<Key, Entry>,
-    /// Last-use tick → key, oldest first.
-    by_use: BTreeMap<u64, Key>,
-    bytes: usize,
-    tick: u64,
-}
-
 /// Decoded columns of chunks, bounded by bytes.
-#[derive(Debug)]
 pub(crate) struct ColumnCache {
     capacity_bytes: usize,
-    inner: Mutex<Inner>,
+    /// `None` when disabled.
+    columns: Option<moka::sync::Cache<Key, ArrayRef>>,
+    /// What the cache's removals are counted in.
+    counts: Arc<Counts>,
+    /// How many of the evictions the metrics were told of.
+    reported: AtomicU64,
+}
+
+/// Kept up to date by the cache's eviction listener.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Bytes of the columns inserted and not removed yet (for the metrics; the cache's own weighted size lags until
+    /// its pending writes are applied).
+    bytes: AtomicI64,
+    /// Columns evicted for room since the cache was made.
+    evicted: AtomicU64,
+}
+
+impl std::fmt::Debug for ColumnCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColumnCache")
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("bytes", &self.columns.as_ref().map(moka::sync::Cache::weighted_size))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The weight of a column: the bytes of its buffers (at most `u32::MAX`; larger ones are never kept).
+fn weight(array: &ArrayRef) -> u32 {
+    u32::try_from(array.get_array_memory_size()).unwrap_or(u32::MAX)
 }
 
 impl ColumnCache {
     /// Returns an empty cache holding at most `capacity_bytes` (0 disables it).
     pub(crate) fn new(capacity_bytes: usize) -> Self {
-        Self { capacity_bytes, inner: Mutex::new(Inner::default()) }
-    }
-
-    /// Returns whether the cache keeps anything.
-    pub(crate) fn enabled(&self) -> bool {
-        self.capacity_bytes > 0
+        let counts = Arc::new(Counts::default());
+        let columns = (capacity_bytes > 0).then(|| {
+            let counted = Arc::clone(&counts);
+            moka::sync::Cache::builder()
+                .max_capacity(capacity_bytes as u64)
+                .weigher(|_: &Key, array: &ArrayRef| weight(array))
+                .eviction_policy(EvictionPolicy::lru())
+                .eviction_listener(move |_, array: ArrayRef, cause| {
+                    counted.bytes.fetch_sub(i64::from(weight(&array)), Ordering::Relaxed);
+                    if cause == RemovalCause::Size {
+                        counted.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .build()
+        });
+        Self { capacity_bytes, columns, counts, reported: AtomicU64::new(0) }
     }
 
     /// Returns the column if cached, marking it recently used.
     pub(crate) fn get(&self, source: &Source, column: usize, metrics: &Metrics) -> Option<ArrayRef> {
-        if !self.enabled() {
-            return None;
+        let columns = self.columns.as_ref()?;
+        let found = columns.get(&(source.clone(), column));
+        match found {
+            Some(_) => metrics.column_cache_hits.inc(),
+            None => metrics.column_cache_misses.inc(),
         }
-        let mut inner = self.inner.lock().expect("column cache lock poisoned");
-        inner.tick += 1;
-        let tick = inner.tick;
-        let Inner { entries, by_use, .. } = &mut *inner;
-        let key = (source.clone(), column);
-        match entries.get_mut(&key) {
-            Some(entry) => {
-                by_use.remove(&entry.tick);
-                entry.tick = tick;
-                by_use.insert(tick, key);
-                metrics.column_cache_hits.inc();
-                Some(entry.array.clone())
-            }
-            None => {
-                metrics.column_cache_misses.inc();
-                None
-            }
-        }
+        found
     }
 
     /// Keeps a decoded column, evicting the least recently used columns to make room.
     pub(crate) fn insert(&self, source: &Source, column: usize, array: ArrayRef, metrics: &Metrics) {
-        let bytes = array.get_array_memory_size();
-        if !self.enabled() || bytes > self.capacity_bytes {
+        let Some(columns) = &self.columns else { return };
+        if array.get_array_memory_size() > self.capacity_bytes {
             return;
         }
-        let mut inner = self.inner.lock().expect("column cache lock poisoned");
-        inner.tick += 1;
-        let tick = inner.tick;
-        let key = (source.clone(), column);
-        if let Some(old) = inner.entries.remove(&key) {
-            inner.by_use.remove(&old.tick);
-            inner.bytes -= old.bytes;
-        }
-        while inner.bytes + bytes > self.capacity_bytes {
-            let Some((_, key)) = inner.by_use.pop_first() else { break };
-            if let Some(evicted) = inner.entries.remove(&key) {
-                inner.bytes -= evicted.bytes;
-                metrics.column_cache_evictions.inc();
-            }
-        }
-        inner.entries.insert(key.clone(), Entry { array, bytes, tick });
-        inner.by_use.insert(tick, key);
-        inner.bytes += bytes;
-        metrics.column_cache_bytes.set(inner.bytes as u64);
+        self.counts.bytes.fetch_add(i64::from(weight(&array)), Ordering::Relaxed);
+        columns.insert((source.clone(), column), array);
+        self.report(metrics);
     }
 
     /// Drops every cached column of the chunk `source` with `columns` columns (its data is being deleted or
     /// replaced).
     pub(crate) fn remove_chunk(&self, source: &Source, columns: usize, metrics: &Metrics) {
-        if !self.enabled() {
-            return;
-        }
-        let mut inner = self.inner.lock().expect("column cache lock poisoned");
+        let Some(cache) = &self.columns else { return };
         for column in 0..columns {
-            if let Some(old) = inner.entries.remove(&(source.clone(), column)) {
-                inner.by_use.remove(&old.tick);
-                inner.bytes -= old.bytes;
-            }
+            cache.invalidate(&(source.clone(), column));
         }
-        metrics.column_cache_bytes.set(inner.bytes as u64);
+        self.report(metrics);
     }
 
-    /// Returns the bytes held now.
+    /// Brings the metrics up to date with the cache (bytes held, evictions since the last report).
+    fn report(&self, metrics: &Metrics) {
+        metrics.column_cache_bytes.set(u64::try_from(self.counts.bytes.load(Ordering::Relaxed)).unwrap_or(0));
+        let evicted = self.counts.evicted.load(Ordering::Relaxed);
+        let before = self.reported.swap(evicted, Ordering::Relaxed);
+        metrics.column_cache_evictions.add(evicted.saturating_sub(before));
+    }
+
+    /// Returns the bytes held now, pending writes applied.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
-        self.inner.lock().expect("column cache lock poisoned").bytes
+        self.columns.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            usize::try_from(c.weighted_size()).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// Applies the cache's pending writes and evictions.
+    #[cfg(test)]
+    fn settle(&self, metrics: &Metrics) {
+        if let Some(columns) = &self.columns {
+            columns.run_pending_tasks();
+            self.report(metrics);
+        }
     }
 }
 
@@ -158,8 +169,11 @@ mod tests {
         let cache = ColumnCache::new(one * 2 + one / 2);
         cache.insert(&Source::Chunk(1, 1, 0), 0, column(1000), &metrics);
         cache.insert(&Source::Chunk(1, 2, 0), 0, column(1000), &metrics);
+        cache.settle(&metrics);
         assert!(cache.get(&Source::Chunk(1, 1, 0), 0, &metrics).is_some(), "1 is now the most recently used");
+        cache.settle(&metrics);
         cache.insert(&Source::Chunk(1, 3, 0), 0, column(1000), &metrics);
+        cache.settle(&metrics);
         assert!(cache.get(&Source::Chunk(1, 2, 0), 0, &metrics).is_none(), "2 was least recently used");
         assert!(cache.get(&Source::Chunk(1, 1, 0), 0, &metrics).is_some());
         assert!(cache.get(&Source::Chunk(1, 3, 0), 0, &metrics).is_some());
@@ -183,6 +197,7 @@ mod tests {
         );
         assert_eq!(cache.get(&Source::Chunk(1, 8, 0), 0, &metrics).map(|a| a.len()), Some(10));
         cache.insert(&Source::Chunk(1, 9, 0), 0, column(1 << 20), &metrics);
+        cache.settle(&metrics);
         assert!(cache.get(&Source::Chunk(1, 9, 0), 0, &metrics).is_none());
         let disabled = ColumnCache::new(0);
         disabled.insert(&Source::Chunk(1, 1, 0), 0, column(10), &metrics);
