@@ -26,6 +26,11 @@ const PREFIX: &[u8] = b"\0plan:";
 /// How many plans wait for their DoGet at most.
 const CAPACITY: usize = 1024;
 
+/// The longest SQL text whose plan is kept: a longer statement's ticket holds its text alone and DoGet plans it again,
+/// so the plans waiting hold at most about `CAPACITY` times this much text (a statement may be up to
+/// `limits.sql_text_max`).
+const SQL_KEPT_MAX: usize = 16 << 10;
+
 /// How long a plan waits for its DoGet.
 const KEEP: Duration = Duration::from_secs(60);
 
@@ -67,8 +72,11 @@ impl PlannedTickets {
     }
 
     fn issue_at(&self, now: Instant, user: Option<&str>, statement: PreparedStatement) -> Bytes {
-        let handle = self.next.fetch_add(1, Ordering::Relaxed);
         let sql = statement.sql().as_bytes();
+        if sql.len() > SQL_KEPT_MAX {
+            return Bytes::copy_from_slice(sql);
+        }
+        let handle = self.next.fetch_add(1, Ordering::Relaxed);
         let mut ticket = BytesMut::with_capacity(PREFIX.len() + 8 + sql.len());
         ticket.put_slice(PREFIX);
         ticket.put_u64(handle);
@@ -162,5 +170,10 @@ mod tests {
         }
         assert_eq!(tickets.len(), CAPACITY);
         assert!(tickets.take(parse(&first).handle.expect("handle"), None).is_none(), "the oldest went first");
+        // A long statement's ticket is its text alone.
+        let long = format!("SELECT 1 AS \"{}\"", "x".repeat(SQL_KEPT_MAX));
+        let ticket = tickets.issue(None, statement(&engine, &long).await);
+        assert_eq!(parse(&ticket), Ticket { handle: None, sql: long.as_bytes() });
+        assert_eq!(tickets.len(), CAPACITY);
     }
 }
