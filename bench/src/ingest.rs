@@ -29,6 +29,45 @@ impl Measurement {
     }
 }
 
+/// The label of PostgreSQL's COPY, the reference of Quiver's COPY.
+pub const POSTGRES: &str = "PostgreSQL COPY (reference)";
+/// The label of DuckDB's load from Parquet, the reference of Quiver's DoPut.
+pub const DUCKDB: &str = "DuckDB from Parquet (reference)";
+
+/// Formats the loads, each of Quiver's with its ratio to both references.
+pub fn render(results: &[Measurement]) -> String {
+    let rate = |label: &str| results.iter().find(|m| m.path == label).map(Measurement::rows_per_s);
+    let (pg, duck) = (rate(POSTGRES), rate(DUCKDB));
+    let ratio = |m: &Measurement, r: Option<f64>| r.map(|r| format!("{:.2}x", m.rows_per_s() / r));
+    let mut out = format!(
+        "{:<32} {:>10} {:>8} {:>12} {:>12} {:>12}\n",
+        "path", "rows", "seconds", "rows/s", "vs PG COPY", "vs DuckDB"
+    );
+    for m in results {
+        out.push_str(&format!(
+            "{:<32} {:>10} {:>8.2} {:>12.0} {:>12} {:>12}\n",
+            m.path,
+            m.rows,
+            m.seconds,
+            m.rows_per_s(),
+            ratio(m, pg).unwrap_or_else(|| "-".into()),
+            ratio(m, duck).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    out
+}
+
+/// Writes `batches` to one Parquet file at `path`.
+pub fn write_parquet(batches: &[RecordBatch], path: &std::path::Path) -> anyhow::Result<()> {
+    let Some(first) = batches.first() else { anyhow::bail!("no rows to write") };
+    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, first.schema(), None)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.close()?;
+    Ok(())
+}
+
 /// Loads `table` over Flight SQL bulk ingest (`CommandStatementIngest` in one DoPut).
 pub async fn via_flight(server: &Running, table: &Table, target: &str) -> anyhow::Result<Measurement> {
     via_flight_at(server.flight, table, target, "Quiver Flight SQL DoPut").await

@@ -121,13 +121,23 @@ pub async fn run_datafusion(ctx: &SessionContext, sql: &str) -> anyhow::Result<V
 
 /// Returns the rows as sorted text lines, so that answers can be compared whatever the order of ties.
 pub fn canonical_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<String>> {
+    rows_with(batches, normalize)
+}
+
+/// Returns the rows as sorted text lines with every number in [`comparable`] form, to compare with an engine whose
+/// decimal scales and average types differ (DuckDB's `avg` of a decimal is a double).
+pub fn comparable_rows(batches: &[RecordBatch]) -> anyhow::Result<Vec<String>> {
+    rows_with(batches, comparable)
+}
+
+fn rows_with(batches: &[RecordBatch], cell: fn(&str) -> String) -> anyhow::Result<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for b in batches {
         let formatters: Vec<ArrayFormatter> =
             b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>()?;
         for r in 0..b.num_rows() {
-            let cells: Vec<String> = formatters.iter().map(|f| normalize(&f.value(r).to_string())).collect();
+            let cells: Vec<String> = formatters.iter().map(|f| cell(&f.value(r).to_string())).collect();
             rows.push(cells.join("|"));
         }
     }
@@ -143,46 +153,137 @@ fn normalize(cell: &str) -> String {
     }
 }
 
-/// The result of one query on both engines.
+/// An integer as it is; any other number to 6 significant digits (so `25.500000`, `25.50` and `25.5` agree); other
+/// text as it is.
+pub fn comparable(cell: &str) -> String {
+    if cell.parse::<i64>().is_ok() {
+        return cell.to_string();
+    }
+    match cell.parse::<f64>() {
+        Ok(v) if v == 0.0 => "0".to_string(),
+        Ok(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
+        Ok(v) => format!("{v:.5e}"),
+        Err(_) => cell.to_string(),
+    }
+}
+
+/// One query's medians on every engine of the run.
 #[derive(Debug, Clone)]
 pub struct QueryTiming {
     /// The query number.
     pub query: usize,
-    /// Best-of-`runs` seconds over Flight SQL.
+    /// Median seconds over Flight SQL on Quiver's own tables.
     pub quiver_s: f64,
-    /// Best-of-`runs` seconds in DataFusion on Parquet.
+    /// Median seconds in DataFusion in-process on Parquet.
     pub datafusion_s: f64,
+    /// Median seconds in DuckDB on its own tables, when DuckDB ran.
+    pub duckdb_native_s: Option<f64>,
+    /// Median seconds in DuckDB on the Parquet files, when DuckDB ran.
+    pub duckdb_parquet_s: Option<f64>,
     /// Rows returned.
     pub rows: usize,
-    /// Whether both engines gave the same answer.
-    pub same_answer: bool,
+    /// Whether Quiver and DataFusion gave the same answer.
+    pub same_as_datafusion: bool,
+    /// Whether Quiver and DuckDB (its own tables) gave the same answer, when DuckDB ran.
+    pub same_as_duckdb: Option<bool>,
 }
 
-/// Runs every query `runs` times on both engines.
+/// Runs every query `runs` times over Flight SQL and in DataFusion, alternating, and takes each one's median; adds
+/// DuckDB's medians and compares its answers when `duckdb` is given.
 pub async fn run_all(
     server: &Running,
     ctx: &SessionContext,
     which: &[usize],
     runs: usize,
+    duckdb: Option<&crate::duckdb::Tpch>,
 ) -> anyhow::Result<Vec<QueryTiming>> {
+    use crate::duckdb::median;
     let mut out = Vec::new();
     for &q in which {
         let sql = queries::query(q);
-        let mut quiver_s = f64::MAX;
-        let mut datafusion_s = f64::MAX;
+        let (mut quiver, mut datafusion) = (Vec::new(), Vec::new());
         let mut quiver_rows = Vec::new();
         let mut df_rows = Vec::new();
         for _ in 0..runs.max(1) {
             let started = Instant::now();
             quiver_rows = run_flight(server, sql).await?;
-            quiver_s = quiver_s.min(started.elapsed().as_secs_f64());
+            quiver.push(started.elapsed().as_secs_f64());
             let started = Instant::now();
             df_rows = run_datafusion(ctx, sql).await?;
-            datafusion_s = datafusion_s.min(started.elapsed().as_secs_f64());
+            datafusion.push(started.elapsed().as_secs_f64());
         }
         let a = canonical_rows(&quiver_rows)?;
         let b = canonical_rows(&df_rows)?;
-        out.push(QueryTiming { query: q, quiver_s, datafusion_s, rows: a.len(), same_answer: a == b });
+        let find = |list: &[crate::duckdb::QueryRuns]| list.iter().find(|r| r.query == q).cloned();
+        let native = duckdb.and_then(|d| find(&d.native));
+        let parquet = duckdb.and_then(|d| find(&d.parquet));
+        let same_as_duckdb = match &native {
+            Some(n) => Some(comparable_rows(&quiver_rows)? == crate::duckdb::canonical_rows(&n.rows)),
+            None => None,
+        };
+        out.push(QueryTiming {
+            query: q,
+            quiver_s: median(&quiver),
+            datafusion_s: median(&datafusion),
+            duckdb_native_s: native.map(|n| median(&n.seconds)),
+            duckdb_parquet_s: parquet.map(|p| median(&p.seconds)),
+            rows: a.len(),
+            same_as_datafusion: a == b,
+            same_as_duckdb,
+        });
     }
     Ok(out)
+}
+
+/// Formats the timings with Quiver's ratio to each reference, and the sums of the medians.
+pub fn render(timings: &[QueryTiming]) -> String {
+    let opt = |v: Option<f64>| v.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into());
+    let ratio = |q: f64, r: Option<f64>| r.map(|r| format!("{:.2}x", q / r)).unwrap_or_else(|| "-".into());
+    let yes = |b: Option<bool>| b.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "{:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6}\n",
+        "query",
+        "quiver",
+        "duckdb",
+        "duckdb-pq",
+        "datafusion",
+        "/duckdb",
+        "/duck-pq",
+        "/datafus",
+        "rows",
+        "=df",
+        "=duck"
+    );
+    let (mut q, mut d, mut n, mut p) = (0.0, 0.0, Some(0.0), Some(0.0));
+    for t in timings {
+        q += t.quiver_s;
+        d += t.datafusion_s;
+        n = n.zip(t.duckdb_native_s).map(|(a, b)| a + b);
+        p = p.zip(t.duckdb_parquet_s).map(|(a, b)| a + b);
+        out.push_str(&format!(
+            "{:>5} {:>10.3} {:>10} {:>10} {:>10.3} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6}\n",
+            t.query,
+            t.quiver_s,
+            opt(t.duckdb_native_s),
+            opt(t.duckdb_parquet_s),
+            t.datafusion_s,
+            ratio(t.quiver_s, t.duckdb_native_s),
+            ratio(t.quiver_s, t.duckdb_parquet_s),
+            ratio(t.quiver_s, Some(t.datafusion_s)),
+            t.rows,
+            t.same_as_datafusion,
+            yes(t.same_as_duckdb),
+        ));
+    }
+    out.push_str(&format!(
+        "{:>5} {q:>10.3} {:>10} {:>10} {d:>10.3} {:>9} {:>9} {:>9}\n",
+        "sum",
+        opt(n),
+        opt(p),
+        ratio(q, n),
+        ratio(q, p),
+        ratio(q, Some(d)),
+    ));
+    out.push_str("(seconds: the median of the runs of each query; quiver over Flight SQL on its own tables)\n");
+    out
 }
