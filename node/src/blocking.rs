@@ -1,5 +1,5 @@
 //! Work that blocks the calling thread (hot-store writes that fsync, chunk encoding): on tokio's blocking thread pool
-//! in an ordinary build. The simulation has no thread pool to hand it to (madsim runs every task on one thread, in
+//! in an ordinary build, at the query runtime's lower scheduling priority ([`crate::cpu`]). The simulation has no thread pool to hand it to (madsim runs every task on one thread, in
 //! virtual time), so there it runs inline, in the task that awaits it.
 
 #[cfg(not(madsim))]
@@ -18,7 +18,12 @@ where
 {
     #[cfg(not(madsim))]
     {
-        tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("{what}: {e}")))
+        tokio::task::spawn_blocking(move || {
+            crate::cpu::lower_this_thread();
+            f()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("{what}: {e}")))
     }
     #[cfg(madsim)]
     {

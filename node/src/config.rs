@@ -36,6 +36,8 @@ pub struct Config {
     pub cold: ColdConfig,
     /// Limits that protect the node from oversized requests.
     pub limits: LimitsConfig,
+    /// Query execution.
+    pub query: QueryConfig,
     /// Who may connect: users, passwords, tokens.
     pub auth: AuthConfig,
     /// TLS on the client endpoints.
@@ -482,6 +484,16 @@ impl<'de> Deserialize<'de> for Millis {
             Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// Query execution.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Threads of the runtime that queries run on (planning, scans, decoding, DataFusion's operators), apart from
+    /// the runtime answering the network, whose threads stay free for connections, heartbeats and Raft (0: one per
+    /// core).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -953,6 +965,7 @@ impl Config {
             },
             distributed_execution: self.cluster.distributed_execution,
             shuffle_compression: self.cluster.shuffle_compression,
+            query_threads: self.query.threads,
             // The simulation's nodes have no disk of their own for it.
             #[cfg(not(madsim))]
             audit_file: self.audit.file_options(&self.storage.data_dir),

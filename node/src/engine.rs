@@ -133,6 +133,8 @@ pub struct EngineOptions {
     pub shuffle_compression: ShuffleCompression,
     /// The file the audit log appends to (none: the node's log and `system.audit` only).
     pub audit_file: Option<crate::audit::AuditFileOptions>,
+    /// Threads of the runtime that queries run on, apart from the one answering the network (0: one per core).
+    pub query_threads: usize,
 }
 
 /// How the rows a multi-stage plan ships between nodes are compressed (Arrow IPC buffer compression).
@@ -168,6 +170,7 @@ impl Default for EngineOptions {
             distributed_execution: false,
             shuffle_compression: ShuffleCompression::default(),
             audit_file: None,
+            query_threads: 0,
         }
     }
 }
@@ -401,6 +404,8 @@ pub struct Engine {
     sorts: Arc<datafusion::execution::TaskContext>,
     /// Recent queries and what they read from the cold tier (`system.queries`).
     queries: Arc<statements::QueryLog>,
+    /// Where statements that read tables run: off the runtime answering the network.
+    cpu: crate::cpu::CpuRuntime,
     logins: auth::throttle::LoginThrottle,
     /// Logins, DDL, DCL and refusals (`system.audit`, the audit file).
     audit: Arc<crate::audit::AuditLog>,
@@ -644,6 +649,11 @@ impl Engine {
         let cache_settings = options.cold.cache_settings(data_dir.as_deref());
         let cold_cache = crate::cold::cache::ReadCache::open(&cache_settings, Arc::clone(&metrics.cold_cache)).await?;
         let sorts = sort_context(&options.cold, data_dir.as_deref())?;
+        #[cfg(not(madsim))]
+        let cpu = crate::cpu::CpuRuntime::start(options.query_threads)
+            .map_err(|e| Error::Internal(format!("starting the query runtime: {e}")))?;
+        #[cfg(madsim)]
+        let cpu = crate::cpu::CpuRuntime::inline();
         let engine = Engine {
             location,
             tables,
@@ -663,6 +673,7 @@ impl Engine {
             manifest_segments: crate::cold::SegmentCache::default(),
             sorts,
             queries,
+            cpu,
             logins: auth::throttle::LoginThrottle::default(),
             audit,
             moves,
@@ -1645,29 +1656,41 @@ impl Engine {
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 // The physical plan that runs, kept so that the log can count what its stages shipped.
                 let ran = statements::RanPlan::default();
-                let started = statements::start(df, &ran).await;
-                // A multi-stage plan that lost a node, or had a shard move under it, before any row came is planned
-                // again from the metadata as it is now (a shard's new primary), read linearizably first.
+                // A statement that reads tables is planned and runs on the query runtime; one that reads none
+                // (`SELECT 1`, `INSERT … VALUES`) runs here, at once.
+                let cpu = if reads_tables(&plan) { self.cpu.clone() } else { crate::cpu::CpuRuntime::inline() };
                 #[cfg(not(madsim))]
-                let started = match self.distributed {
-                    Some(_) => {
-                        let (meta, ran) = (self.meta.clone(), ran.clone());
-                        let again = move || {
-                            let (meta, ran) = (meta.clone(), ran.clone());
-                            let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
-                            async move {
-                                if let Err(e) = meta.read_state(|_| ()).await {
-                                    tracing::debug!(error = %e, "reading the metadata before planning again failed");
-                                }
-                                statements::start(df, &ran).await
+                let meta = self.distributed.as_ref().map(|_| self.meta.clone());
+                let start = {
+                    let ran = ran.clone();
+                    async move {
+                        let started = statements::start(df, &ran).await;
+                        // A multi-stage plan that lost a node, or had a shard move under it, before any row came
+                        // is planned again from the metadata as it is now (a shard's new primary), read
+                        // linearizably first.
+                        #[cfg(not(madsim))]
+                        let started = match meta {
+                            Some(meta) => {
+                                let again = move || {
+                                    let (meta, ran) = (meta.clone(), ran.clone());
+                                    let df = datafusion::dataframe::DataFrame::new(state.clone(), plan.clone());
+                                    async move {
+                                        if let Err(e) = meta.read_state(|_| ()).await {
+                                            tracing::debug!(error = %e, "reading the metadata before planning again failed");
+                                        }
+                                        statements::start(df, &ran).await
+                                    }
+                                };
+                                crate::query::distributed::run_again_if_a_node_is_lost(started, again).await
                             }
+                            None => started,
                         };
-                        crate::query::distributed::run_again_if_a_node_is_lost(started, again).await
+                        #[cfg(madsim)]
+                        let _ = (state, plan);
+                        started
                     }
-                    None => started,
                 };
-                #[cfg(madsim)]
-                let _ = (state, plan);
+                let started = cpu.run(start).await;
                 let stream = self.queries.track(text, reads, ran, started?);
                 Ok(QueryOutput::Rows { schema, stream })
             }
@@ -1884,6 +1907,21 @@ fn table_name(r: &datafusion::common::TableReference) -> Result<String> {
         return Err(Error::Plan { message: format!("catalog \"{catalog}\" does not exist") });
     }
     Ok(r.table().to_string())
+}
+
+/// Whether `plan` (its subqueries included) reads a table: a scan of a table, a view, a system table or a table
+/// function.
+fn reads_tables(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut reads = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            reads = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    reads
 }
 
 fn columns_of(schema: &arrow::datatypes::Schema) -> Vec<ColumnDef> {

@@ -109,6 +109,12 @@ pub enum Error {
         /// Which user, and the limit.
         detail: String,
     },
+    /// The statement needed more memory or spill space than the engine may give it.
+    #[error("resources exhausted: {message}")]
+    ResourcesExhausted {
+        /// What ran out, as the engine said.
+        message: String,
+    },
     /// A parameter of a prepared statement is missing or has the wrong type.
     #[error("parameter error: {detail}")]
     Parameter {
@@ -228,7 +234,9 @@ impl Error {
             Error::TableNotFound { .. } => ErrorKind::NotFound,
             Error::TableAlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::NotNullViolation { .. } => ErrorKind::ConstraintViolation,
-            Error::TooLarge { .. } | Error::TooManyForUser { .. } => ErrorKind::ResourceExhausted,
+            Error::TooLarge { .. } | Error::TooManyForUser { .. } | Error::ResourcesExhausted { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
             Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
@@ -277,6 +285,8 @@ impl Error {
             Error::TooLarge { .. } => "54000",
             // too_many_connections.
             Error::TooManyForUser { .. } => "53300",
+            // out_of_memory: DataFusion's memory pool (or its spill space) refused the statement.
+            Error::ResourcesExhausted { .. } => "53200",
             Error::Parameter { .. } => "08P01",
             Error::Unsupported { .. } => "0A000",
             Error::Config { .. } => "F0000",
@@ -457,7 +467,10 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
         D::Plan(m) => Error::Plan { message: m },
         D::SchemaError(e, _) => Error::Plan { message: e.to_string() },
         D::NotImplemented(m) => Error::Unsupported { what: m },
-        D::ArrowError(e, _) => Error::Arrow(*e),
+        D::ArrowError(e, _) => match cold_store_failure(e.as_ref()) {
+            Some(cold) => cold,
+            None => Error::Arrow(*e),
+        },
         D::Execution(m) if lost_worker_message(&m) => Error::NodeUnavailable { detail: m },
         D::Execution(m) => Error::Execution { message: m },
         D::Diagnostic(_, inner) => Error::from(*inner),
@@ -480,7 +493,7 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
                         Error::NodeUnavailable { detail: status.message().to_string() }
                     }
                     Ok(status) => Error::Execution { message: status.message().to_string() },
-                    Err(e) => Error::Execution { message: e.to_string() },
+                    Err(e) => cold_store_failure(e.as_ref()).unwrap_or(Error::Execution { message: e.to_string() }),
                 },
             },
         },
@@ -500,12 +513,38 @@ fn from_datafusion(e: datafusion::error::DataFusionError) -> Error {
         | D::Substrait(_)
         | D::Ffi(_)) => match other {
             D::Configuration(m) => Error::Plan { message: m },
-            D::ResourcesExhausted(m) => Error::Execution { message: m },
-            D::ParquetError(e) => Error::Execution { message: format!("parquet: {e}") },
-            D::ObjectStore(e) => Error::Execution { message: format!("object store: {e}") },
+            D::ResourcesExhausted(m) => Error::ResourcesExhausted { message: m },
+            D::ParquetError(e) => {
+                cold_store_failure(e.as_ref()).unwrap_or(Error::Execution { message: format!("parquet: {e}") })
+            }
+            D::ObjectStore(e) => {
+                cold_store_failure(e.as_ref()).unwrap_or(Error::Internal(format!("object store: {e}")))
+            }
             other => Error::Internal(other.to_string()),
         },
     }
+}
+
+/// The cold tier's failure an error carries, found by type along its chain of sources: a request the object store
+/// failed or refused (unreachable, timed out, not found under a manifest being replaced, credentials refused) is
+/// [`Error::ColdUnavailable`], retryable; a request the store cannot make at all (a path or setting it does not
+/// support) is not the store's failure and is left to the caller.
+fn cold_store_failure(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    use object_store::Error as S;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(store) = e.downcast_ref::<S>() {
+            return match store {
+                S::NotSupported { .. }
+                | S::NotImplemented { .. }
+                | S::UnknownConfigurationKey { .. }
+                | S::InvalidPath { .. } => None,
+                other => Some(Error::ColdUnavailable { detail: other.to_string() }),
+            };
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl From<Error> for datafusion::error::DataFusionError {
@@ -518,6 +557,33 @@ impl From<Error> for datafusion::error::DataFusionError {
 mod tests {
     use super::*;
     use datafusion::error::DataFusionError;
+
+    #[test]
+    fn a_cold_store_failure_is_retryable_by_its_type_and_exhausted_memory_is_53200() {
+        let failed = || object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() };
+        for e in [
+            DataFusionError::ObjectStore(Box::new(failed())),
+            DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::External(Box::new(failed())))),
+            DataFusionError::External(Box::new(failed())),
+            DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::ExternalError(Box::new(failed()))), None),
+            DataFusionError::Context(
+                "reading a cold file".into(),
+                Box::new(DataFusionError::ObjectStore(Box::new(failed()))),
+            ),
+        ] {
+            let ours = Error::from(e);
+            assert!(matches!(ours, Error::ColdUnavailable { .. }), "{ours:?}");
+            assert_eq!((ours.kind(), ours.sqlstate()), (ErrorKind::Unavailable, "58030"));
+        }
+        let unsupported = object_store::Error::NotImplemented { operation: "copy".into(), implementer: "x".into() };
+        let ours = Error::from(DataFusionError::ObjectStore(Box::new(unsupported)));
+        assert_eq!(ours.kind(), ErrorKind::Internal, "{ours:?}");
+        // A message that merely mentions an object store is not one of its failures.
+        let ours = Error::from(DataFusionError::Execution("object store path must not be empty".into()));
+        assert!(matches!(ours, Error::Execution { .. }), "{ours:?}");
+        let memory = Error::from(DataFusionError::ResourcesExhausted("Failed to allocate additional 1 MB".into()));
+        assert_eq!((memory.kind(), memory.sqlstate()), (ErrorKind::ResourceExhausted, "53200"));
+    }
 
     #[test]
     fn a_lost_peer_is_retryable_however_the_library_wrapped_it() {

@@ -34,6 +34,7 @@ pub mod clock;
 pub mod cluster;
 pub mod cold;
 pub mod config;
+mod cpu;
 pub mod embedded;
 pub mod engine;
 pub mod error;

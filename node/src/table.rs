@@ -541,6 +541,7 @@ impl HotTable {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
             let mut appender = appender;
             let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+                crate::cpu::lower_this_thread();
                 while let Some(step) = rx.blocking_recv() {
                     match step {
                         Step::Rows(batch) => appender.push(&batch)?,

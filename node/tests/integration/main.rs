@@ -8,6 +8,7 @@ mod cold_s3;
 mod crash;
 mod data_service;
 mod flight_sql;
+mod isolation;
 mod pg;
 mod replication;
 mod server;

@@ -198,9 +198,12 @@ impl CopyIn {
         let schema = Arc::clone(&self.schema);
         let format = self.format.clone();
         let block = block.freeze();
-        let batches = tokio::task::spawn_blocking(move || decode_delimited(&schema, &format, &block))
-            .await
-            .map_err(|e| Error::Internal(format!("COPY decode task: {e}")))??;
+        let batches = tokio::task::spawn_blocking(move || {
+            crate::cpu::lower_this_thread();
+            decode_delimited(&schema, &format, &block)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("COPY decode task: {e}")))??;
         self.format.header = false;
         for batch in batches {
             if self.sender.send(Chunk::Batch(batch)).await.is_err() {
