@@ -160,11 +160,24 @@ pub fn comparable(cell: &str) -> String {
         return cell.to_string();
     }
     match cell.parse::<f64>() {
-        Ok(v) if v == 0.0 => "0".to_string(),
         Ok(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
         Ok(v) => format!("{v:.5e}"),
         Err(_) => cell.to_string(),
     }
+}
+
+/// Whether two answers in [`comparable`] form agree: the same rows, numbers within a relative 1e-4 (an average of
+/// decimals keeps 6 decimal places in DataFusion, a double in DuckDB: 0.049985 beside 0.0499853).
+pub fn agree(a: &[String], b: &[String]) -> bool {
+    let close = |x: &str, y: &str| match (x.parse::<f64>(), y.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-4 * x.abs().max(y.abs()),
+        _ => x == y,
+    };
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(ra, rb)| {
+            let (ca, cb): (Vec<&str>, Vec<&str>) = (ra.split('|').collect(), rb.split('|').collect());
+            ca.len() == cb.len() && ca.iter().zip(&cb).all(|(x, y)| close(x, y))
+        })
 }
 
 /// One query's medians on every engine of the run.
@@ -218,7 +231,7 @@ pub async fn run_all(
         let native = duckdb.and_then(|d| find(&d.native));
         let parquet = duckdb.and_then(|d| find(&d.parquet));
         let same_as_duckdb = match &native {
-            Some(n) => Some(comparable_rows(&quiver_rows)? == crate::duckdb::canonical_rows(&n.rows)),
+            Some(n) => Some(agree(&comparable_rows(&quiver_rows)?, &crate::duckdb::canonical_rows(&n.rows))),
             None => None,
         };
         out.push(QueryTiming {
@@ -286,4 +299,24 @@ pub fn render(timings: &[QueryTiming]) -> String {
     ));
     out.push_str("(seconds: the median of the runs of each query; quiver over Flight SQL on its own tables)\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_agree_across_decimal_scales_and_average_types_but_not_across_values() {
+        let ours: Vec<String> = ["A|F|25.500000|0.049985|37734107.00"]
+            .iter()
+            .map(|r| r.split('|').map(comparable).collect::<Vec<_>>().join("|"))
+            .collect();
+        let theirs = vec![["A", "F", "25.5", "0.04998529583839761", "37734107"].map(comparable).join("|")];
+        assert!(agree(&ours, &theirs), "{ours:?} vs {theirs:?}");
+        let off = vec![["A", "F", "25.5", "0.0501", "37734107"].map(comparable).join("|")];
+        assert!(!agree(&ours, &off));
+        let other_key = vec![["N", "F", "25.5", "0.04998529583839761", "37734107"].map(comparable).join("|")];
+        assert!(!agree(&ours, &other_key));
+        assert!(!agree(&ours, &[]));
+    }
 }

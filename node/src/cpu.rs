@@ -152,6 +152,7 @@ impl CpuRuntime {
 /// Lowers the calling thread's scheduling priority to the query runtime's, once per thread: for the blocking pool's
 /// threads (an ingest's encoding and writes, fsyncs, COPY's parsing), which must not take the cores from the threads
 /// answering the network either.
+#[cfg_attr(madsim, allow(dead_code))]
 pub(crate) fn lower_this_thread() {
     #[cfg(not(madsim))]
     {
@@ -278,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_query_runs_on_the_query_threads_and_streams_back_in_order() {
-        let cpu = CpuRuntime::start(2).unwrap();
+        let cpu = CpuRuntime::start(2).expect("query runtime");
         let stream = cpu
             .run(async {
                 let name = std::thread::current().name().map(str::to_string);
@@ -286,10 +287,17 @@ mod tests {
                 numbers(50)
             })
             .await
-            .unwrap();
+            .expect("a test step");
         assert_eq!(stream.schema().field(0).name(), "n");
         let got: Vec<i64> = stream
-            .map(|b| b.unwrap().column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0))
+            .map(|b| {
+                b.expect("a test step")
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .expect("a test step")
+                    .value(0)
+            })
             .collect()
             .await;
         assert_eq!(got, (0..50).collect::<Vec<_>>());
@@ -297,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_and_panics_reach_the_reader() {
-        let cpu = CpuRuntime::start(1).unwrap();
+        let cpu = CpuRuntime::start(1).expect("query runtime");
         let Err(e) = cpu.run(async { Err(DataFusionError::Plan("no such column".into())) }).await else {
             panic!("a planning error must fail the start")
         };
@@ -313,17 +321,17 @@ mod tests {
                 Ok(Box::pin(RecordBatchStreamAdapter::new(schema, first.chain(rest))) as SendableRecordBatchStream)
             })
             .await
-            .unwrap();
-        assert!(stream.next().await.unwrap().is_ok());
-        assert!(stream.next().await.unwrap().is_ok());
-        let e = stream.next().await.unwrap().unwrap_err();
+            .expect("a test step");
+        assert!(stream.next().await.expect("a batch").is_ok());
+        assert!(stream.next().await.expect("a batch").is_ok());
+        let Some(Err(e)) = stream.next().await else { panic!("a panic mid-stream must reach the reader as an error") };
         assert!(e.to_string().contains("boom mid-stream"), "{e}");
         assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]
     async fn dropping_the_stream_stops_the_query() {
-        let cpu = CpuRuntime::start(1).unwrap();
+        let cpu = CpuRuntime::start(1).expect("query runtime");
         let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
         struct Notify(Option<tokio::sync::oneshot::Sender<()>>);
         impl Drop for Notify {
@@ -342,12 +350,12 @@ mod tests {
                 Ok(Box::pin(RecordBatchStreamAdapter::new(schema(), endless)) as SendableRecordBatchStream)
             })
             .await
-            .unwrap();
-        assert!(stream.next().await.unwrap().is_ok());
+            .expect("a test step");
+        assert!(stream.next().await.expect("a batch").is_ok());
         drop(stream);
         tokio::time::timeout(std::time::Duration::from_secs(10), dropped_rx)
             .await
             .expect("the query must stop once its reader is gone")
-            .unwrap();
+            .expect("a test step");
     }
 }
