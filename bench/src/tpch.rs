@@ -7,7 +7,6 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use futures::TryStreamExt;
 use quiver_node::engine::IngestMode;
 
 use crate::data::Table;
@@ -104,14 +103,7 @@ pub async fn run_flight(server: &Running, sql: &str) -> anyhow::Result<Vec<Recor
 /// Runs `sql` over Flight SQL on the server at `addr` and collects the rows.
 pub async fn run_flight_at(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
     let mut client = crate::harness::flight_client_at(addr).await?;
-    let info = client.execute(sql.to_string(), None).await?;
-    let mut out = Vec::new();
-    for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.ok_or_else(|| anyhow::anyhow!("endpoint without ticket"))?;
-        let mut got: Vec<RecordBatch> = client.do_get(ticket).await?.try_collect().await?;
-        out.append(&mut got);
-    }
-    Ok(out)
+    crate::latency::flight_query(&mut client, sql).await
 }
 
 /// Runs `sql` in-process with DataFusion and collects the rows.
