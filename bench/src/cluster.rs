@@ -29,11 +29,7 @@ pub struct Measurement {
 impl Measurement {
     /// The INSERT latency at quantile `q` (0..=1), nearest rank.
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.inserts.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q * self.inserts.len() as f64).ceil() as usize).clamp(1, self.inserts.len());
-        self.inserts[rank - 1]
+        crate::latency::quantile(&self.inserts, q)
     }
 }
 

@@ -47,12 +47,7 @@ pub async fn flight_client_at(addr: SocketAddr) -> anyhow::Result<FlightSqlServi
 
 /// Returns a PostgreSQL client connected to the gateway at `addr`.
 pub async fn pg_client_at(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
-    let conn = format!("host={} port={} user=quiver", addr.ip(), addr.port());
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    crate::latency::pg_connect(&format!("host={} port={} user=quiver", addr.ip(), addr.port())).await
 }
 
 impl Running {

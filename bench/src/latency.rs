@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use bytes::Bytes;
-use futures::{SinkExt, TryStreamExt};
+use futures::TryStreamExt;
 use rand::Rng;
 use tonic::transport::Channel;
 
@@ -53,12 +53,17 @@ impl Measurement {
 
     /// The latency at quantile `q` (0..=1), nearest rank.
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[rank - 1]
+        quantile(&self.latencies, q)
     }
+}
+
+/// The value at quantile `q` (0..=1) of ascending `sorted`, nearest rank; zero when empty.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// Connects a PostgreSQL client with `conninfo`.
@@ -97,10 +102,7 @@ async fn setup(client: &tokio_postgres::Client, plan: &Plan) -> anyhow::Result<(
     for id in 0..plan.lookup_rows {
         csv.push_str(&format!("{id},value {id}\n"));
     }
-    let sink = client.copy_in::<_, Bytes>("COPY bench_lookup FROM STDIN WITH (FORMAT csv)").await?;
-    futures::pin_mut!(sink);
-    sink.send(Bytes::from(csv)).await?;
-    let rows = sink.finish().await?;
+    let rows = crate::ingest::via_copy(client, &[Bytes::from(csv)], "bench_lookup", "lookup rows").await?.rows;
     anyhow::ensure!(rows as usize == plan.lookup_rows, "the lookup table took {rows} of {} rows", plan.lookup_rows);
     Ok(())
 }

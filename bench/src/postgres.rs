@@ -131,11 +131,7 @@ impl PostgresServer {
 
     /// Connects a client.
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, connection) = tokio_postgres::connect(&self.conninfo(), tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        crate::latency::pg_connect(&self.conninfo()).await
     }
 }
 

@@ -187,12 +187,22 @@ impl Remote {
     async fn failure(&mut self) -> DataFusionError {
         match self.task.take() {
             Some(task) => match task.await {
-                Err(e) if e.is_panic() => DataFusionError::Execution(format!("the query failed: {}", panic_text(e))),
-                _ => DataFusionError::Execution("the query was cancelled: the engine is shutting down".into()),
+                Err(e) => ended(e),
+                Ok(()) => DataFusionError::Execution("the query ended before it started".into()),
             },
             None => DataFusionError::Execution("the query ended early".into()),
         }
     }
+}
+
+/// The error a reader gets for a query task that panicked or was cancelled.
+#[cfg(not(madsim))]
+fn ended(e: tokio::task::JoinError) -> DataFusionError {
+    DataFusionError::Execution(if e.is_panic() {
+        format!("the query failed: {}", panic_text(e))
+    } else {
+        "the query was cancelled: the engine is shutting down".into()
+    })
 }
 
 #[cfg(not(madsim))]
@@ -225,12 +235,7 @@ impl Stream for Remote {
                     }
                     Poll::Ready(Err(e)) => {
                         self.task = None;
-                        let message = if e.is_panic() {
-                            format!("the query failed: {}", panic_text(e))
-                        } else {
-                            "the query was cancelled: the engine is shutting down".into()
-                        };
-                        Poll::Ready(Some(Err(DataFusionError::Execution(message))))
+                        Poll::Ready(Some(Err(ended(e))))
                     }
                 }
             }

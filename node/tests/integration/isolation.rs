@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quiver_bench::harness::Running;
+use quiver_bench::latency::quantile;
 use quiver_bench::{data, ingest, latency, queries};
 
 /// How much slower than quiet `SELECT 1` may be under load (p99), with a floor for the scheduler's time slices.
@@ -113,8 +114,4 @@ async fn select_one_latencies(
     }
     latencies.sort();
     latencies
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
