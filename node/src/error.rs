@@ -402,6 +402,11 @@ pub(crate) fn lost_peer_text(message: &str) -> bool {
         || message.contains("connection reset")
         || message.contains("broken pipe")
         || message.contains("Connection refused")
+        // tonic's words for a connection that failed under a request, and the I/O kinds hyper reports inside them.
+        || message.contains("transport error")
+        || message.contains("ConnectionReset")
+        || message.contains("ConnectionAborted")
+        || message.contains("BrokenPipe")
         || message.contains("h2 protocol error")
         || message.contains("error reading a body from connection")
 }
@@ -593,6 +598,12 @@ mod tests {
             DataFusionError::Execution(format!("stage 2: {refused}")),
             DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::ExternalError(refused.into())), None),
             DataFusionError::External(Box::new(tonic::Status::unavailable("connection refused"))),
+            // A node killed while its stream was read: the reset reaches us in the Debug words of hyper's error.
+            DataFusionError::Internal(
+                "code: 'Unknown error', message: \"transport error\", source: tonic::transport::Error(Transport, \
+                 hyper::Error(Io, Kind(ConnectionReset)))"
+                    .to_string(),
+            ),
         ] {
             let ours = Error::from(e);
             assert!(matches!(ours, Error::NodeUnavailable { .. }), "{ours:?}");
