@@ -27,6 +27,7 @@ pub(crate) mod keys;
 pub(crate) mod log;
 mod replica;
 pub(crate) mod upgrade;
+mod version;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -1554,7 +1554,7 @@ mod tests {
     /// engine neither learns of it nor removes the chunks (a crash, or a commit whose answer was lost).
     async fn commit_unnoticed(engine: &Engine) -> Vec<Arc<Chunk>> {
         let table = engine.hot_table("t").expect("table");
-        let chunks: Vec<Arc<Chunk>> = table.only_shard().version().to_vec();
+        let chunks: Vec<Arc<Chunk>> = table.only_shard().version().iter().cloned().collect();
         let max_seq = chunks.iter().map(|c| c.seq).max().expect("chunks");
         let rows = chunks.iter().map(|c| c.meta.rows).sum();
         let store = engine.cold_store().expect("store");

@@ -14,6 +14,7 @@ use quiver_meta::{ShardId, TableDef, TableId};
 
 use super::log::{LoggedChange, PreparedChange, Resolution};
 use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
+use super::version::Chunks;
 use crate::cold::ColdState;
 use crate::error::Result;
 use crate::storage::{Durability, WriteBatch};
@@ -94,7 +95,7 @@ impl Chunk {
 }
 
 /// The chunks of a shard at one moment, in sequence order.
-pub(crate) type Version = Arc<Vec<Arc<Chunk>>>;
+pub(crate) type Version = Arc<Chunks>;
 
 /// One shard of a table stored on this node.
 #[derive(Debug)]
@@ -144,7 +145,7 @@ fn new_mark_id() -> Result<u64> {
 /// The index entry of chunk `seq` as a run of changes being committed left it so far: rewritten (`restamped`), added
 /// by an earlier change of the run, or as `current` holds it; `None` when it is not held or was removed.
 fn meta_now(
-    current: &[Arc<Chunk>],
+    current: &Chunks,
     added: &[Arc<Chunk>],
     restamped: &BTreeMap<u64, ChunkMeta>,
     removed: &HashSet<u64>,
@@ -156,7 +157,7 @@ fn meta_now(
     if let Some(meta) = restamped.get(&seq) {
         return Some(meta.clone());
     }
-    let held = current.binary_search_by_key(&seq, |c| c.seq).ok().map(|i| &current[i]);
+    let held = current.get(seq);
     held.or_else(|| added.iter().find(|c| c.seq == seq)).map(|c| c.meta.clone())
 }
 
@@ -190,9 +191,8 @@ impl ShardReplica {
     ) -> Self {
         let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id, removals_settled } = recovered;
         let schema = Arc::new(def.arrow_schema());
-        let mut list: Vec<Arc<Chunk>> =
-            chunks.into_iter().map(|(seq, meta)| Arc::new(Chunk::new(def.id, shard, seq, meta, &tables))).collect();
-        list.sort_by_key(|c| c.seq);
+        let list =
+            Chunks::new(chunks.into_iter().map(|(seq, meta)| Arc::new(Chunk::new(def.id, shard, seq, meta, &tables))).collect());
         let prepared_above = prepared.iter().flat_map(|p| p.added.iter().map(|(seq, _)| seq + 1)).max().unwrap_or(1);
         let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1)).max(prepared_above);
         Self {
@@ -434,11 +434,11 @@ impl ShardReplica {
     pub(crate) fn install(&self, removed: &[Arc<Chunk>], added: Vec<Arc<Chunk>>) {
         let gone: HashSet<u64> = removed.iter().map(|c| c.seq).collect();
         let mut guard = self.version.write().expect("version lock poisoned");
-        let mut list: Vec<Arc<Chunk>> = guard.iter().filter(|c| !gone.contains(&c.seq)).cloned().collect();
-        list.extend(added);
-        list.sort_by_key(|c| c.seq);
-        *guard = Arc::new(list);
+        let list = guard.changed(&gone, added);
+        let old = std::mem::replace(&mut *guard, Arc::new(list));
         drop(guard);
+        // The old version goes (when no reader holds it) outside the lock.
+        drop(old);
         for c in removed {
             c.retire();
         }
@@ -458,19 +458,25 @@ impl ShardReplica {
         if restamped.is_empty() && replaced.is_empty() {
             return self.install(removed, added);
         }
-        let gone: HashSet<u64> = removed.iter().map(|c| c.seq).chain(replaced.iter().copied()).collect();
+        let mut gone: HashSet<u64> = removed.iter().map(|c| c.seq).chain(replaced.iter().copied()).collect();
+        let mut added = added;
         let mut guard = self.version.write().expect("version lock poisoned");
         let swapped: Vec<super::cache::Source> =
-            guard.iter().filter(|c| replaced.contains(&c.seq)).map(|c| c.cache_source()).collect();
-        let mut list: Vec<Arc<Chunk>> = guard
-            .iter()
-            .filter(|c| !gone.contains(&c.seq))
-            .map(|c| self.restamp(Arc::clone(c), &mut restamped))
-            .collect();
-        list.extend(added);
-        list.sort_by_key(|c| c.seq);
-        *guard = Arc::new(list);
+            replaced.iter().filter_map(|seq| guard.get(*seq)).map(|c| c.cache_source()).collect();
+        // A restamped chunk leaves the list and comes back as the same chunk, data and incarnation under its new
+        // index entry (both objects own the data together: it goes once the chunk is retired and neither is held).
+        while let Some((seq, meta)) = restamped.pop_first() {
+            if !gone.contains(&seq)
+                && let Some(chunk) = guard.get(seq)
+            {
+                added.push(Arc::new(chunk.restamped(meta)));
+                gone.insert(seq);
+            }
+        }
+        let list = guard.changed(&gone, added);
+        let old = std::mem::replace(&mut *guard, Arc::new(list));
         drop(guard);
+        drop(old);
         for source in &swapped {
             self.tables.cache.remove_chunk(source, self.schema.fields().len(), &self.tables.metrics);
         }
@@ -558,7 +564,7 @@ impl ShardReplica {
     fn stage_added(
         &self,
         added: Vec<crate::engine::ReplicatedChunk>,
-        current: &[Arc<Chunk>],
+        current: &Chunks,
         wanted: impl Fn(u64) -> bool,
         next_seq: u64,
         batch: &mut WriteBatch,
@@ -572,8 +578,8 @@ impl ShardReplica {
                 continue;
             }
             let meta = self.replicated_meta(seq, &index)?;
-            if let Ok(i) = current.binary_search_by_key(&seq, |c| c.seq) {
-                if current[i].meta.digest() == meta.digest() {
+            if let Some(held) = current.get(seq) {
+                if held.meta.digest() == meta.digest() {
                     continue;
                 }
                 replaced.insert(seq);
@@ -1069,7 +1075,7 @@ impl ShardReplica {
         for c in guard.iter() {
             c.retire();
         }
-        *guard = Arc::new(Vec::new());
+        *guard = Arc::default();
         let prepared = std::mem::take(&mut *self.prepared.lock().expect("prepared lock poisoned"));
         let (id, shard) = (self.def.id, self.shard);
         self.tables.discard(
