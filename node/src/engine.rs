@@ -44,7 +44,7 @@ use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::logical_expr::{DdlStatement, DmlStatement, Expr, LogicalPlan, WriteOp};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
@@ -312,6 +312,11 @@ pub struct PreparedStatement {
     /// The metadata version the plan was made at: a later catalog change re-plans it (its tables may be others).
     version: u64,
     plan: LogicalPlan,
+    /// The plan as DataFusion's analyzer and optimizer left it, where that holds for every parameter value: each
+    /// execution substitutes its values and goes straight to physical planning. `None` where a parameter's type is
+    /// unknown, the plan calls a function whose result changes between executions (`now()`, `random()`: the
+    /// optimizer would fold it once), or the statement is not a query or an INSERT.
+    optimized: Option<LogicalPlan>,
     parameter_types: Vec<Option<DataType>>,
     result_schema: SchemaRef,
 }
@@ -1146,7 +1151,13 @@ impl Engine {
             }
             other => Arc::new(other.schema().as_arrow().clone()),
         };
-        Ok(PreparedStatement { sql: sql.to_string(), version, plan, parameter_types, result_schema })
+        let optimized = if parameter_types.iter().all(Option::is_some) && optimizable_once(&plan) {
+            // A plan the optimizer cannot take with its parameters unbound is optimized at each execution.
+            self.ctx.state().optimize(&plan).ok()
+        } else {
+            None
+        };
+        Ok(PreparedStatement { sql: sql.to_string(), version, plan, optimized, parameter_types, result_schema })
     }
 
     /// Executes a prepared statement with `params` for `$1`, `$2`, ….
@@ -1207,17 +1218,20 @@ impl Engine {
             caller,
             self.meta.read_local(|s| auth::privileges::check(caller, s.principals(), s.catalog(), &statement.plan)),
         )?;
+        // A plan that lists tables may need some hidden from this user: it is planned from its logical form.
+        let (plan, optimized) = match &statement.optimized {
+            Some(optimized) if !auth::privileges::listings(&statement.plan)?.any() => (optimized, true),
+            _ => (&statement.plan, false),
+        };
         let plan = if values.is_empty() {
-            statement.plan.clone()
+            plan.clone()
         } else {
-            statement
-                .plan
-                .clone()
+            plan.clone()
                 .with_param_values(ParamValues::from(values))
                 .map_err(|e| Error::Parameter { detail: Error::from(e).to_string() })?
         };
-        let plan = self.hide_unseen(caller, plan).await?;
-        Box::pin(self.execute_plan_with(plan, BTreeMap::new(), &statement.sql)).await
+        let plan = if optimized { plan } else { self.hide_unseen(caller, plan).await? };
+        Box::pin(self.execute_plan_with(plan, optimized, BTreeMap::new(), &statement.sql)).await
     }
 
     /// Runs one parsed statement. Its future is large (planning, routing, replication, each a state machine inside
@@ -1277,7 +1291,7 @@ impl Engine {
                 )?;
                 let plan = self.hide_unseen(caller, plan).await?;
                 let ddl = matches!(plan, LogicalPlan::Ddl(_)).then(|| text.clone());
-                let result = self.execute_plan_with(plan, table_options, &text).await;
+                let result = self.execute_plan_with(plan, false, table_options, &text).await;
                 if let Some(text) = ddl {
                     self.audit_change(AuditEvent::Ddl, caller, text, &result);
                 }
@@ -1463,11 +1477,12 @@ impl Engine {
         Ok(QueryOutput::Done { command: Command::AlterTable })
     }
 
-    /// Executes a planned statement; `table_options` are those of a CREATE TABLE, `text` is the statement for the
-    /// query log.
+    /// Executes a planned statement; `optimized` says DataFusion's analyzer and optimizer made `plan` already (a
+    /// prepared statement's), `table_options` are those of a CREATE TABLE, `text` is the statement for the query log.
     async fn execute_plan_with(
         &self,
         plan: LogicalPlan,
+        optimized: bool,
         table_options: BTreeMap<String, String>,
         text: &str,
     ) -> Result<QueryOutput> {
@@ -1601,9 +1616,17 @@ impl Engine {
                 if self.hot_table(&name).is_none() {
                     return Err(Error::TableReadOnly { table: name });
                 }
-                let result = match self.ctx.execute_logical_plan(plan).await {
-                    Ok(df) => df.collect().await,
-                    Err(e) => Err(e),
+                let result = if optimized {
+                    let state = self.ctx.state();
+                    match state.query_planner().create_physical_plan(&plan, &state).await {
+                        Ok(physical) => datafusion::physical_plan::collect(physical, state.task_ctx()).await,
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    match self.ctx.execute_logical_plan(plan).await {
+                        Ok(df) => df.collect().await,
+                        Err(e) => Err(e),
+                    }
                 };
                 let rows = count_of(result.map_err(|e| not_null_error(&name, self.hot_table(&name), e.into()))?)?;
                 Ok(QueryOutput::Affected { command: Command::Insert, rows })
@@ -1664,7 +1687,7 @@ impl Engine {
                 let start = {
                     let ran = ran.clone();
                     async move {
-                        let started = statements::start(df, &ran).await;
+                        let started = statements::start(df, &ran, optimized).await;
                         // A multi-stage plan that lost a node, or had a shard move under it, before any row came
                         // is planned again from the metadata as it is now (a shard's new primary), read
                         // linearizably first.
@@ -1678,7 +1701,7 @@ impl Engine {
                                         if let Err(e) = meta.read_state(|_| ()).await {
                                             tracing::debug!(error = %e, "reading the metadata before planning again failed");
                                         }
-                                        statements::start(df, &ran).await
+                                        statements::start(df, &ran, optimized).await
                                     }
                                 };
                                 crate::query::distributed::run_again_if_a_node_is_lost(started, again).await
@@ -1924,6 +1947,51 @@ fn reads_tables(plan: &LogicalPlan) -> bool {
     reads
 }
 
+/// Whether a prepared statement's plan may be optimized once for all its executions: a query or an INSERT that calls
+/// no function answering differently from one execution to the next (the optimizer folds `now()` to the time it
+/// runs), in its own expressions or in a view it reads.
+fn optimizable_once(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {}
+        LogicalPlan::Dml(_)
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::DescribeTable(_) => return false,
+        _ => {}
+    }
+    immutable(plan)
+}
+
+/// Whether every function `plan` calls (its subqueries and the views it reads included) is immutable.
+fn immutable(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Volatility;
+    let mut immutable = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(view) = scan.source.get_logical_plan()
+            && !self::immutable(&view)
+        {
+            immutable = false;
+        }
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    immutable = false;
+                }
+                Ok(if immutable { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+            })
+        })?;
+        Ok(if immutable { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    immutable
+}
+
 fn columns_of(schema: &arrow::datatypes::Schema) -> Vec<ColumnDef> {
     schema
         .fields()
@@ -2155,7 +2223,48 @@ pub fn data_dir(location: &StorageLocation) -> Option<&Path> {
 
 #[cfg(test)]
 mod tests {
-    use super::number_question_marks;
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    use datafusion::common::ScalarValue;
+
+    use super::{Engine, EngineOptions, StorageLocation, number_question_marks};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_statements_are_optimized_once_unless_a_function_answers_anew_each_time() {
+        let engine = Engine::open(StorageLocation::Memory, EngineOptions::default()).await.expect("open");
+        for sql in [
+            "CREATE TABLE t (id BIGINT NOT NULL, v BIGINT, ts TIMESTAMP, PRIMARY KEY (id))",
+            "CREATE VIEW recent AS SELECT id, v FROM t WHERE ts > now() - INTERVAL '1 hour'",
+        ] {
+            engine.execute_one(sql).await.expect(sql);
+        }
+        let insert = engine.prepare("INSERT INTO t (id, v, ts) VALUES ($1, $2, now())").await.expect("prepare");
+        assert!(insert.optimized.is_none(), "now() is read at each execution");
+        let insert = engine.prepare("INSERT INTO t (id, v) VALUES ($1, $2)").await.expect("prepare");
+        assert!(insert.optimized.is_some(), "an INSERT of parameters is optimized once");
+        for id in 1..=5_i64 {
+            let params = vec![ScalarValue::Int64(Some(id)), ScalarValue::Int64(Some(id * 10))];
+            engine.execute_prepared(&insert, params).await.expect("insert");
+        }
+        let lookup = engine.prepare("SELECT v FROM t WHERE id = $1").await.expect("prepare");
+        assert!(lookup.optimized.is_some());
+        for id in [2_i64, 5, 3] {
+            let batches = engine
+                .execute_prepared(&lookup, vec![ScalarValue::Int64(Some(id))])
+                .await
+                .expect("lookup")
+                .collect()
+                .await
+                .expect("rows");
+            let values: Vec<i64> =
+                batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+            assert_eq!(values, vec![id * 10], "each execution reads its own parameter");
+        }
+        for sql in ["SELECT count(*) FROM t WHERE ts < now()", "SELECT count(*) FROM recent WHERE id = $1"] {
+            let prepared = engine.prepare(sql).await.expect(sql);
+            assert!(prepared.optimized.is_none(), "{sql}: optimized once would keep one moment's now()");
+        }
+    }
 
     #[test]
     fn question_marks_become_numbered_parameters_outside_quotes_and_comments() {

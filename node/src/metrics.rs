@@ -150,6 +150,10 @@ pub struct Metrics {
     pub hot_bytes_written: Counter,
     /// Bytes of chunk data read from the hot store.
     pub hot_bytes_read: Counter,
+    /// Synced writes of the group committer, each acknowledging every statement of its group.
+    pub commit_groups: Counter,
+    /// Statements acknowledged through the group committer.
+    pub commit_group_statements: Counter,
     /// SQL statements executed.
     pub statements: Counter,
     /// Chunk columns a scan found decoded in the column cache.
@@ -332,6 +336,18 @@ impl Metrics {
             "quiver_hot_store_written_bytes_total",
             "Bytes written to the hot store.",
             self.hot_bytes_written.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_commit_groups_total",
+            "Writes of the group committer (each one synced write for every statement of its group).",
+            self.commit_groups.get(),
+        );
+        counter(
+            &mut out,
+            "quiver_commit_group_statements_total",
+            "Statements acknowledged through the group committer.",
+            self.commit_group_statements.get(),
         );
         counter(
             &mut out,

@@ -99,6 +99,12 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// Adds every operation of `other` after this batch's own.
+    pub fn append(&mut self, mut other: WriteBatch) {
+        self.bytes += other.bytes;
+        self.ops.append(&mut other.ops);
+    }
+
     /// Returns the bytes of keys and values in the batch.
     pub fn size_bytes(&self) -> usize {
         self.bytes

@@ -23,6 +23,8 @@
 
 pub(crate) mod cache;
 pub(crate) mod chunk;
+#[cfg(not(madsim))]
+mod commit;
 pub(crate) mod keys;
 pub(crate) mod log;
 mod replica;
@@ -63,6 +65,9 @@ pub(crate) struct TableStore {
     pub(crate) metrics: Arc<Metrics>,
     /// Decoded columns of recently scanned chunks.
     cache: ColumnCache,
+    /// The group committer of small statements (`commit.rs`); none in the simulation, whose inserts commit inline.
+    #[cfg(not(madsim))]
+    committer: Option<commit::Committer>,
 }
 
 impl TableStore {
@@ -74,7 +79,17 @@ impl TableStore {
         column_cache_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        #[cfg(not(madsim))]
+        let committer = match commit::Committer::start(Arc::clone(&store), durability, Arc::clone(&metrics)) {
+            Ok(committer) => Some(committer),
+            Err(e) => {
+                tracing::warn!(error = %e, "no group committer: small inserts commit one by one");
+                None
+            }
+        };
         Self {
+            #[cfg(not(madsim))]
+            committer,
             cache: ColumnCache::new(column_cache_bytes),
             store,
             garbage: Mutex::new(Garbage::default()),
@@ -539,6 +554,43 @@ impl HotTable {
                 Rows(RecordBatch),
                 Commit,
             }
+            // Most statements (INSERT … VALUES, a small DoPut) bring their rows in one batch: then one task of the
+            // blocking pool writes and commits them, with no channel between (each hop is a thread woken).
+            let first = match stream.next().await {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(Error::from(e)),
+                Some(Ok(batch)) => batch,
+            };
+            let second = match stream.next().await {
+                None => None,
+                Some(Err(e)) => return Err(Error::from(e)),
+                Some(Ok(batch)) => Some(batch),
+            };
+            let Some(second) = second else {
+                // A task of its own: once its batch is handed to the group committer, the insert must finish (made
+                // visible, or rolled back) even if this statement is dropped meanwhile. A few rows are encoded
+                // here (microseconds); more, on the blocking pool.
+                let mut appender = appender;
+                let name = self.def.name.clone();
+                let written = tokio::spawn(async move {
+                    let appender = if first.num_rows() <= INLINE_ROWS {
+                        appender.push(&first)?;
+                        appender
+                    } else {
+                        tokio::task::spawn_blocking(move || -> Result<Appender> {
+                            crate::cpu::lower_this_thread();
+                            appender.push(&first)?;
+                            Ok(appender)
+                        })
+                        .await
+                        .map_err(|e| Error::Internal(format!("insert writer of table \"{name}\": {e}")))??
+                    };
+                    appender.commit_grouped().await
+                })
+                .await;
+                return written
+                    .map_err(|e| Error::Internal(format!("insert into table \"{}\": {e}", self.def.name)))?;
+            };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Step>(2);
             let mut appender = appender;
             let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
@@ -553,6 +605,8 @@ impl HotTable {
                 Ok(None)
             });
             let mut failure = None;
+            let ahead = futures::stream::iter([Ok(first), Ok(second)]);
+            let mut stream = ahead.chain(stream.map(|item| item.map_err(Error::from)));
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(batch) => {
@@ -561,7 +615,7 @@ impl HotTable {
                         }
                     }
                     Err(e) => {
-                        failure = Some(Error::from(e));
+                        failure = Some(e);
                         break;
                     }
                 }
@@ -584,6 +638,10 @@ impl HotTable {
         }
     }
 }
+
+/// The rows of a one-batch insert encoded on the task that received them rather than on the blocking pool.
+#[cfg(not(madsim))]
+const INLINE_ROWS: usize = 64;
 
 /// Splits and coalesces batches into batches of about `target` rows.
 fn split_rows(batches: Vec<RecordBatch>, target: usize) -> Result<Vec<RecordBatch>> {
@@ -676,15 +734,52 @@ impl Appender {
     ///
     /// Fails when the store fails; then no row of the insert is visible, now or after a restart.
     pub(crate) fn commit(mut self) -> Result<u64> {
-        let mut batch = WriteBatch::new();
-        for part in self.parts.iter_mut().flatten() {
-            part.stage(&mut batch)?;
-        }
+        let batch = self.staged()?;
         if batch.is_empty() {
             return Ok(0);
         }
         // On failure the parts are dropped uncommitted: their data keys are queued for deletion.
         self.table.tables.commit(batch)?;
+        Ok(self.publish())
+    }
+
+    /// [`Appender::commit`] through the group committer: the batch waits for its group without holding a thread.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe (the batch may be written after the future is dropped, and the rows must then become
+    /// visible): run it in a task of its own.
+    #[cfg(not(madsim))]
+    async fn commit_grouped(mut self) -> Result<u64> {
+        let table = Arc::clone(&self.table);
+        let Some(committer) = table.tables.committer.as_ref() else {
+            return self.commit();
+        };
+        let mut batch = self.staged()?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // Fault point: the disk refuses the write (the insert must roll back whole).
+        if quiver_meta::buggify!(0.02) {
+            return Err(Error::storage("commit", "injected write failure"));
+        }
+        self.table.tables.drain_garbage_into(&mut batch);
+        // On failure the parts are dropped uncommitted: their data keys are queued for deletion.
+        committer.commit(batch).await?;
+        Ok(self.publish())
+    }
+
+    /// The write batch of every part's rest of rows and index entries.
+    fn staged(&mut self) -> Result<WriteBatch> {
+        let mut batch = WriteBatch::new();
+        for part in self.parts.iter_mut().flatten() {
+            part.stage(&mut batch)?;
+        }
+        Ok(batch)
+    }
+
+    /// Makes the committed parts visible; returns the rows inserted.
+    fn publish(mut self) -> u64 {
         let parts: Vec<ShardAppender> = self.parts.iter_mut().filter_map(Option::take).collect();
         {
             let _published = self.table.publish.write().expect("publish lock poisoned");
@@ -693,7 +788,7 @@ impl Appender {
             }
         }
         self.table.tables.metrics.rows_ingested.add(self.rows);
-        Ok(self.rows)
+        self.rows
     }
 }
 

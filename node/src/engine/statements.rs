@@ -53,14 +53,20 @@ impl RanPlan {
     }
 }
 
-/// Plans `df` and starts it, keeping its physical plan in `ran`.
+/// Plans `df` and starts it, keeping its physical plan in `ran`; with `optimized`, its logical plan is optimized
+/// already (a prepared statement's) and goes straight to physical planning.
 ///
 /// # Errors
 ///
 /// Planning or starting errors.
-pub(crate) async fn start(df: DataFrame, ran: &RanPlan) -> DfResult<SendableRecordBatchStream> {
+pub(crate) async fn start(df: DataFrame, ran: &RanPlan, optimized: bool) -> DfResult<SendableRecordBatchStream> {
     let task = Arc::new(df.task_ctx());
-    let plan = df.create_physical_plan().await?;
+    let plan = if optimized {
+        let (state, logical) = df.into_parts();
+        state.query_planner().create_physical_plan(&logical, &state).await?
+    } else {
+        df.create_physical_plan().await?
+    };
     ran.set(Arc::clone(&plan));
     datafusion::physical_plan::execute_stream(plan, task)
 }

@@ -61,9 +61,16 @@ pub(crate) struct ChunkMeta {
     pub(crate) max: Vec<ScalarValue>,
 }
 
+/// The rows from which a chunk's columns are compressed.
+const COMPRESS_FROM_ROWS: usize = 256;
+
 /// Encodes a batch as chunk data.
 pub(crate) fn encode_data(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+    // A chunk of few rows is written uncompressed: LZ4 saves little on a few rows, and its frame encoder sets up tables
+    // of tens of KiB for every buffer of every column, which costs a single-row INSERT more than the rest of its
+    // encoding. Readers see from each message whether it is compressed.
+    let compression = (batch.num_rows() >= COMPRESS_FROM_ROWS).then_some(CompressionType::LZ4_FRAME);
+    let options = IpcWriteOptions::default().try_with_compression(compression)?;
     let mut writer = StreamWriter::try_new_with_options(Vec::new(), &batch.schema(), options)?;
     writer.write(batch)?;
     writer.finish()?;

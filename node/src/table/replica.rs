@@ -1135,8 +1135,18 @@ impl ShardAppender {
         Ok(())
     }
 
-    /// Writes full chunks of the pending rows (all of them when `all`), unsynced and not yet visible.
+    /// Writes full chunks of the pending rows, unsynced and not yet visible.
     fn flush(&mut self, all: bool) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        self.encode_pending(all, &mut batch)?;
+        if !batch.is_empty() {
+            self.replica.tables.store.write(batch, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes full chunks of the pending rows (all of them when `all`) into `batch`.
+    fn encode_pending(&mut self, all: bool, batch: &mut WriteBatch) -> Result<()> {
         let target = self.replica.tables.chunk_rows_target;
         let mut chunks = split_rows(std::mem::take(&mut self.pending), target)?;
         self.pending_rows = 0;
@@ -1151,19 +1161,17 @@ impl ShardAppender {
         if self.pin.is_none() {
             self.pin = Some(self.replica.pin());
         }
-        let mut batch = WriteBatch::new();
         for c in &chunks {
-            let (seq, meta) = self.replica.encode_chunk(c, crate::clock::unix_ms(), &mut batch)?;
+            let (seq, meta) = self.replica.encode_chunk(c, crate::clock::unix_ms(), batch)?;
             self.written.push((seq, meta));
         }
-        self.replica.tables.store.write(batch, Durability::Buffered)?;
         Ok(())
     }
 
-    /// Writes the rest of the rows and adds the index entries of every chunk written to `batch`, whose durable
-    /// write commits them.
+    /// Adds the rest of the rows, and the index entries of every chunk written, to `batch`, whose durable write
+    /// commits them (a statement of one small batch writes its rows and their entries in that one write).
     pub(crate) fn stage(&mut self, batch: &mut WriteBatch) -> Result<()> {
-        self.flush(true)?;
+        self.encode_pending(true, batch)?;
         let replica = &self.replica;
         for (seq, meta) in &self.written {
             batch.put(keys::index_key(replica.def.id, replica.shard, *seq), chunk::encode_meta(meta, &replica.schema)?);
