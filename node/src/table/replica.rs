@@ -13,8 +13,8 @@ use arrow::datatypes::SchemaRef;
 use quiver_meta::{ShardId, TableDef, TableId};
 
 use super::log::{LoggedChange, PreparedChange, Resolution};
-use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
 use super::version::Chunks;
+use super::{ChunkMeta, TableStore, chunk, keys, split_rows};
 use crate::cold::ColdState;
 use crate::error::Result;
 use crate::storage::{Durability, WriteBatch};
@@ -191,8 +191,9 @@ impl ShardReplica {
     ) -> Self {
         let RecoveredShard { chunks, floor: next_seq, prepared, committed_lsn, mark_id, removals_settled } = recovered;
         let schema = Arc::new(def.arrow_schema());
-        let list =
-            Chunks::new(chunks.into_iter().map(|(seq, meta)| Arc::new(Chunk::new(def.id, shard, seq, meta, &tables))).collect());
+        let list = Chunks::new(
+            chunks.into_iter().map(|(seq, meta)| Arc::new(Chunk::new(def.id, shard, seq, meta, &tables))).collect(),
+        );
         let prepared_above = prepared.iter().flat_map(|p| p.added.iter().map(|(seq, _)| seq + 1)).max().unwrap_or(1);
         let next_seq = next_seq.max(list.last().map_or(1, |c| c.seq + 1)).max(prepared_above);
         Self {

@@ -269,8 +269,7 @@ mod tests {
     fn an_append_copies_at_most_one_run() {
         let runs = Runs::new((0..10_000).map(|n| Item(n, 0)).collect());
         let appended = runs.changed(&HashSet::new(), vec![Item(10_000, 1)]);
-        let copied =
-            appended.runs.iter().filter(|r| !runs.runs.iter().any(|b| std::sync::Arc::ptr_eq(r, b))).count();
+        let copied = appended.runs.iter().filter(|r| !runs.runs.iter().any(|b| std::sync::Arc::ptr_eq(r, b))).count();
         assert_eq!(copied, 1);
         assert_eq!(appended.len(), 10_001);
     }
