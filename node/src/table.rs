@@ -145,14 +145,38 @@ impl TableStore {
 
     /// Writes `batch` plus the queued garbage deletions with the configured durability.
     pub(crate) fn commit(&self, mut batch: WriteBatch) -> Result<()> {
+        self.before_commit(&mut batch)?;
+        let bytes = batch.size_bytes() as u64;
+        self.store.write(batch, self.durability)?;
+        self.metrics.hot_bytes_written.add(bytes);
+        Ok(())
+    }
+
+    /// [`TableStore::commit`] in the group committer's next group (`commit.rs`), waiting without holding a thread;
+    /// on the blocking pool where the engine has no committer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: the batch may be written after the future is dropped. Callers run it in a task of its own.
+    #[cfg(not(madsim))]
+    pub(crate) async fn commit_grouped(self: &Arc<Self>, mut batch: WriteBatch) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            let tables = Arc::clone(self);
+            return tokio::task::spawn_blocking(move || tables.commit(batch))
+                .await
+                .map_err(|e| Error::Internal(format!("commit: {e}")))?;
+        };
+        self.before_commit(&mut batch)?;
+        committer.commit(batch).await
+    }
+
+    /// What every commit does first: the fault point, and the queued garbage joins the batch.
+    fn before_commit(&self, batch: &mut WriteBatch) -> Result<()> {
         // Fault point: the disk refuses the write (the insert must roll back whole).
         if quiver_meta::buggify!(0.02) {
             return Err(Error::storage("commit", "injected write failure"));
         }
-        self.drain_garbage_into(&mut batch);
-        let bytes = batch.size_bytes() as u64;
-        self.store.write(batch, self.durability)?;
-        self.metrics.hot_bytes_written.add(bytes);
+        self.drain_garbage_into(batch);
         Ok(())
     }
 }
@@ -554,8 +578,9 @@ impl HotTable {
                 Rows(RecordBatch),
                 Commit,
             }
-            // Most statements (INSERT … VALUES, a small DoPut) bring their rows in one batch: then one task of the
-            // blocking pool writes and commits them, with no channel between (each hop is a thread woken).
+            // Most statements (INSERT … VALUES, a small DoPut) bring their rows in one batch: then their rows,
+            // chunk data and index entries go to the group committer in one write batch, with no writer thread and
+            // channel between (each hop is a thread woken).
             let first = match stream.next().await {
                 None => return Ok(0),
                 Some(Err(e)) => return Err(Error::from(e)),
@@ -751,21 +776,12 @@ impl Appender {
     /// visible): run it in a task of its own.
     #[cfg(not(madsim))]
     async fn commit_grouped(mut self) -> Result<u64> {
-        let table = Arc::clone(&self.table);
-        let Some(committer) = table.tables.committer.as_ref() else {
-            return self.commit();
-        };
-        let mut batch = self.staged()?;
+        let batch = self.staged()?;
         if batch.is_empty() {
             return Ok(0);
         }
-        // Fault point: the disk refuses the write (the insert must roll back whole).
-        if quiver_meta::buggify!(0.02) {
-            return Err(Error::storage("commit", "injected write failure"));
-        }
-        self.table.tables.drain_garbage_into(&mut batch);
         // On failure the parts are dropped uncommitted: their data keys are queued for deletion.
-        committer.commit(batch).await?;
+        self.table.tables.commit_grouped(batch).await?;
         Ok(self.publish())
     }
 

@@ -26,10 +26,23 @@ struct Request {
     done: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
 }
 
-/// The handle of a committer thread; the thread ends once the handle is dropped and the batches sent are written.
+/// The handle of a committer thread. Dropping it waits for the thread to write the batches sent and end, so that the
+/// store it writes to is closed when the engine is (a database reopened at once finds it free).
 #[derive(Debug)]
 pub(crate) struct Committer {
-    requests: std::sync::Mutex<mpsc::Sender<Request>>,
+    requests: std::sync::Mutex<Option<mpsc::Sender<Request>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        drop(self.requests.lock().map(|mut r| r.take()));
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the committer thread panicked");
+        }
+    }
 }
 
 impl Committer {
@@ -40,11 +53,11 @@ impl Committer {
     /// When the thread cannot be started.
     pub(crate) fn start(store: Arc<dyn HotStore>, durability: Durability, metrics: Arc<Metrics>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("quiver-commit".into())
             .spawn(move || run(&rx, store.as_ref(), durability, &metrics))
             .map_err(|e| Error::io("starting the committer thread", e))?;
-        Ok(Committer { requests: std::sync::Mutex::new(tx) })
+        Ok(Committer { requests: std::sync::Mutex::new(Some(tx)), thread: Some(thread) })
     }
 
     /// Writes `batch` in the next group; durable (as the engine is configured) when this returns `Ok`.
@@ -59,8 +72,11 @@ impl Committer {
     /// Not cancel safe: the batch may be written after the future is dropped. Callers run it in a task of its own.
     pub(crate) async fn commit(&self, batch: WriteBatch) -> Result<()> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let sent = self.requests.lock().expect("committer lock poisoned").send(Request { batch, done });
-        if sent.is_err() {
+        let sent = match self.requests.lock().expect("committer lock poisoned").as_ref() {
+            Some(requests) => requests.send(Request { batch, done }).is_ok(),
+            None => false,
+        };
+        if !sent {
             return Err(Error::Internal("the committer has stopped".into()));
         }
         match answer.await {
@@ -135,5 +151,6 @@ mod tests {
         assert_eq!(all.len(), 400, "every put of every batch is there");
         let groups = metrics.commit_groups.get();
         assert!((1..=200).contains(&groups), "{groups} groups");
+        assert_eq!(metrics.commit_group_statements.get(), 200, "every batch acknowledged once, in some group");
     }
 }
